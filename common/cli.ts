@@ -1,0 +1,64 @@
+import { CommanderError, type Command } from 'commander';
+import { ActionableError, ExitCode, UsageError } from './errors.js';
+import { ContractError } from './contract/validate.js';
+import type { Logger } from './log.js';
+
+/**
+ * A subcommand whose capability has not landed yet: it still has --help, and running it says
+ * where the work is tracked and exits with the usage code, so scripts can tell it from a failure.
+ */
+export function notBuiltYet(command: Command, tracking: string): Command {
+  return command.allowUnknownOption().allowExcessArguments().action(() => {
+    throw new UsageError(`'flb ${command.name()}' is not built yet (${tracking})`);
+  });
+}
+
+/**
+ * Runs a commander program with the conventions every `flb` command shares: exit 0 on success
+ * and for --help/--version, 2 for usage errors (commander would use 1), 1 for failures; errors go
+ * to stderr as one readable line plus a hint, and as a structured log line when a logger is given.
+ */
+export async function runCli(program: Command, argv: string[], logger?: Logger): Promise<number> {
+  program.exitOverride();
+  for (const command of allCommands(program)) {
+    command.exitOverride();
+    command.configureOutput({ outputError: (text, write) => write(text) });
+  }
+  try {
+    await program.parseAsync(argv);
+    return ExitCode.ok;
+  } catch (error) {
+    return reportError(error, logger);
+  }
+}
+
+function allCommands(command: Command): Command[] {
+  return [command, ...command.commands.flatMap(allCommands)];
+}
+
+export function reportError(error: unknown, logger?: Logger): number {
+  if (error instanceof CommanderError) {
+    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') {
+      return ExitCode.ok;
+    }
+    // commander has already printed its message.
+    return ExitCode.usage;
+  }
+  if (error instanceof UsageError) {
+    process.stderr.write(`flb: ${error.message}\n`);
+    return ExitCode.usage;
+  }
+  if (error instanceof ActionableError) {
+    process.stderr.write(`flb: ${error.message}\n${error.hint ? `hint: ${error.hint}\n` : ''}`);
+    logger?.error({ err: error }, error.message);
+    return ExitCode.failure;
+  }
+  if (error instanceof ContractError) {
+    process.stderr.write(`flb: ${error.message}\n`);
+    return ExitCode.failure;
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`flb: ${message}\n`);
+  logger?.error({ err: error }, message);
+  return ExitCode.failure;
+}

@@ -1,0 +1,118 @@
+import { z } from 'zod';
+import { API_VERSION, cidr, dnsLabel, dnsName, port } from './primitives.js';
+
+/** The ports users see (ARCHITECTURE.md, 'Defaults'). */
+export const DEFAULT_PORTS = {
+  admin: 15000,
+  outbound: 15001,
+  inbound: 15003,
+  metrics: 15010,
+  dns: 15053,
+  livenessProbe: 15901,
+  readinessProbe: 15902,
+  startupProbe: 15903,
+} as const;
+
+export const DEFAULT_PROXY_UID = 1500;
+export const DEFAULT_VIP_RANGE = '240.240.0.0/16';
+export const DEFAULT_REPO_PORT = 6060;
+
+export const SidecarPortsSchema = z
+  .object({
+    admin: port.default(DEFAULT_PORTS.admin),
+    outbound: port.default(DEFAULT_PORTS.outbound),
+    inbound: port.default(DEFAULT_PORTS.inbound),
+    metrics: port.default(DEFAULT_PORTS.metrics),
+    dns: port.default(DEFAULT_PORTS.dns),
+    livenessProbe: port.default(DEFAULT_PORTS.livenessProbe),
+    readinessProbe: port.default(DEFAULT_PORTS.readinessProbe),
+    startupProbe: port.default(DEFAULT_PORTS.startupProbe),
+  })
+  .superRefine((ports, ctx) => {
+    const seen = new Map<number, string>();
+    for (const [name, value] of Object.entries(ports)) {
+      const other = seen.get(value);
+      if (other) ctx.addIssue({ code: 'custom', path: [name], message: `port ${value} is also used for ${other}` });
+      seen.set(value, name);
+    }
+  });
+
+export const InterceptionModeSchema = z.enum(['iptables', 'cni', 'ebpf']);
+
+/** Mesh-wide interception defaults; a pod's annotations narrow them (see interception.ts). */
+export const MeshInterceptionSchema = z.object({
+  mode: InterceptionModeSchema.default('iptables'),
+  captureDns: z.boolean().default(true),
+  ipv6: z.enum(['auto', 'enabled', 'disabled']).default('auto'),
+  excludeOutboundPorts: z.array(port).default([]),
+  excludeInboundPorts: z.array(port).default([]),
+  excludeOutboundIpRanges: z.array(cidr).default([]),
+  /** Empty means every destination is intercepted. */
+  includeOutboundIpRanges: z.array(cidr).default([]),
+  excludeInterfaces: z.array(z.string().min(1).max(15, 'interface names are at most 15 characters')).default([]),
+});
+
+const resourceQuantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/, 'must be a Kubernetes quantity such as 100m or 64Mi');
+export const ResourcesSchema = z.object({
+  requests: z.object({ cpu: resourceQuantity.optional(), memory: resourceQuantity.optional() }).default({}),
+  limits: z.object({ cpu: resourceQuantity.optional(), memory: resourceQuantity.optional() }).default({}),
+});
+
+/** What the injector puts into pods; image and command are settings so a Pipy image can be injected instead. */
+export const SidecarTemplateSchema = z.object({
+  image: z.string().min(1).default('flomesh/flb-mesh:latest'),
+  imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).default('IfNotPresent'),
+  command: z.array(z.string()).default(['flb', 'sidecar']),
+  args: z.array(z.string()).default([]),
+  resources: ResourcesSchema.default({ requests: { cpu: '100m', memory: '64Mi' }, limits: { memory: '256Mi' } }),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+});
+
+export const InitTemplateSchema = z.object({
+  image: z.string().min(1).default('flomesh/flb-mesh:latest'),
+  command: z.array(z.string()).default(['flb', 'iptables', 'apply']),
+});
+
+export const TlsModeSchema = z.enum(['disabled', 'permissive', 'strict']);
+
+export const MeshSchema = z
+  .object({
+    apiVersion: z.literal(API_VERSION),
+    kind: z.literal('Mesh'),
+    name: dnsLabel,
+    /** The control plane's namespace; its pods are never injected. */
+    controlPlaneNamespace: dnsLabel.default('flomesh'),
+    /** This cluster's name among several (multi-cluster); sources name remote services `cluster:NAME`. */
+    clusterName: dnsLabel.default('local'),
+    clusterDomain: dnsName.default('cluster.local'),
+    ports: SidecarPortsSchema.default(SidecarPortsSchema.parse({})),
+    proxyUid: z.number().int().min(1, 'must not be root (0)').max(2147483647).default(DEFAULT_PROXY_UID),
+    interception: MeshInterceptionSchema.default(MeshInterceptionSchema.parse({})),
+    /** Registry services without a ClusterIP get a stable VIP from these ranges. */
+    vipRanges: z.array(cidr).min(1, 'at least one range is needed').default([DEFAULT_VIP_RANGE]),
+    dns: z
+      .object({
+        /** Extra domains the sidecar answers for besides cluster names, e.g. `consul` or `eureka`. */
+        domains: z.array(dnsName).default([]),
+        ttlSeconds: z.number().int().min(0).max(86400).default(30),
+      })
+      .default({ domains: [], ttlSeconds: 30 }),
+    outbound: z
+      .object({ unknownDestination: z.enum(['passthrough', 'deny']).default('passthrough') })
+      .default({ unknownDestination: 'passthrough' }),
+    /** Room for sidecar-to-sidecar mTLS: the default for services that do not set their own. */
+    tls: z.object({ mode: TlsModeSchema.default('disabled') }).default({ mode: 'disabled' }),
+    sidecar: SidecarTemplateSchema.default(SidecarTemplateSchema.parse({})),
+    init: InitTemplateSchema.default(InitTemplateSchema.parse({})),
+  })
+  .meta({ title: 'flb-mesh mesh.json', description: 'Mesh-wide settings, published at /flb/mesh/mesh.json' });
+
+export type Mesh = z.output<typeof MeshSchema>;
+export type MeshInput = z.input<typeof MeshSchema>;
+export type SidecarPorts = z.output<typeof SidecarPortsSchema>;
+export type InterceptionMode = z.output<typeof InterceptionModeSchema>;
+
+/** The mesh an install starts with when the user says nothing. */
+export function defaultMesh(name = 'flb'): Mesh {
+  return MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name });
+}

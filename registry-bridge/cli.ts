@@ -1,0 +1,13 @@
+import { Command } from 'commander';
+import { notBuiltYet } from '../common/cli.js';
+
+export function bridgeCommands(): Command[] {
+  return [
+    notBuiltYet(
+      new Command('bridge')
+        .summary('sync Eureka, Consul, Kubernetes and other clusters into the catalog')
+        .description('Runs the registry bridge: sources to one normalised catalog to sinks (repo, Kubernetes, Consul, Eureka).'),
+      'the registry bridge, a later issue',
+    ),
+  ];
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs everything flb-mesh needs on a fresh Debian machine with Node 20, Go and Maven:
+# Debian packages, npm packages, the build, and the test servers built from their Go modules.
+# Safe to run again: each step is skipped when its inputs have not changed.
+# Usage: scripts/setup.sh [--for start|test]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PURPOSE=test
+if [[ "${1:-}" == "--for" ]]; then PURPOSE=${2:-test}; fi
+
+CACHE=${FLB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flb-mesh}
+mkdir -p "$CACHE/bin"
+export GOCACHE="$CACHE/go/build" GOMODCACHE="$CACHE/go/mod" GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+die() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+step "checking tools"
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
+  || die "Node.js 20.19 or newer is needed (found $(node --version 2>/dev/null || echo none))"
+command -v go >/dev/null || die "Go 1.26 or newer is needed to build the test servers (etcd, kube-apiserver); install it and put it on PATH"
+go_version=$(go env GOVERSION)
+[[ "$(printf '%s\n' go1.26 "$go_version" | sort -V | head -1)" == go1.26 ]] || die "Go 1.26 or newer is needed (found $go_version)"
+info "node $(node --version), $go_version, cache $CACHE"
+
+step "Debian packages"
+mapfile -t wanted < <(grep -vE '^\s*(#|$)' scripts/apt-packages.txt)
+missing=()
+for pkg in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  info "installing: ${missing[*]}"
+  SUDO=; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} with your package manager"
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install ${missing[*]} failed"
+else
+  info "all present: ${wanted[*]}"
+fi
+
+step "npm packages"
+lock_hash=$(hash_of package-lock.json package.json)
+if [[ -d node_modules && "$(cat node_modules/.flb-lock-hash 2>/dev/null)" == "$lock_hash" ]]; then
+  info "node_modules matches package-lock.json"
+else
+  info "npm ci (also builds the TypeScript)"
+  npm ci --no-audit --no-fund >&2 || die "npm ci failed"
+  echo "$lock_hash" > node_modules/.flb-lock-hash
+fi
+
+step "test servers (built from their Go modules, cached in $CACHE/bin)"
+# build_server NAME FOLDER "BINARIES" GO-PACKAGES...
+build_server() {
+  local name=$1 dir=$2 binaries=$3; shift 3
+  local stamp="$CACHE/bin/.$name.stamp" want
+  want=$(cd "$dir" && hash_of go.mod go.sum $(ls *.go 2>/dev/null) <(echo "$go_version $*"))
+  local all_there=1
+  for bin in $binaries; do [[ -x "$CACHE/bin/$bin" ]] || all_there=0; done
+  if [[ $all_there == 1 && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+    info "$name: up to date"
+    return
+  fi
+  info "$name: building $binaries (a cold build takes several minutes on 2 cores; progress every 30 s)"
+  local started=$SECONDS log="$CACHE/build-$name.log"
+  ( cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$CACHE/bin/" "$@" ) >"$log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if (( (SECONDS - started) % 30 < 5 )); then
+      info "$name: still building, $((SECONDS - started)) s, Go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1)"
+    fi
+  done
+  wait "$pid" || { tail -30 "$log" >&2; die "building $name failed (full log: $log)"; }
+  echo "$want" > "$stamp"
+  info "$name: built in $((SECONDS - started)) s"
+}
+build_server etcd test-e2e/servers/etcd "etcd" .
+build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+
+step "build"
+npm run --silent build >&2 || die "the TypeScript build failed"
+
+info "setup done for '$PURPOSE' ($(du -sh "$CACHE" 2>/dev/null | cut -f1) in $CACHE)"

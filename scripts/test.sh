@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: setup (packages, build, test servers), the
+# TypeScript compiler, the linter, unit tests in parallel, then end-to-end tests in band
+# (each starts real servers). Usage: scripts/test.sh [--unit|--e2e] [jest args...]
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+SCOPE=all
+case "${1:-}" in --unit) SCOPE=unit; shift ;; --e2e) SCOPE=e2e; shift ;; esac
+
+bash scripts/setup.sh --for test || exit 1
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+started=$SECONDS
+step "typecheck (tsc, sources and tests)"
+npx --no-install tsc -p tsconfig.json --noEmit || exit 1
+step "lint (eslint)"
+npx --no-install eslint --max-warnings 0 . || exit 1
+
+export NODE_OPTIONS="--experimental-vm-modules --no-warnings=ExperimentalWarning ${NODE_OPTIONS:-}"
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+status=0
+run_jest() {
+  local project=$1; shift
+  step "$project tests"
+  npx --no-install jest --selectProjects "$project" --json --outputFile="$results/$project.json" "$@" || status=1
+}
+# Unit tests are CPU-light and parallel; e2e tests each start servers that want a core, so one at a time.
+[[ $SCOPE == e2e ]] || run_jest unit --maxWorkers=2 "$@"
+[[ $SCOPE == unit ]] || run_jest e2e --runInBand "$@"
+
+node -e '
+  const fs = require("fs"); let passed = 0, failed = 0, suitesFailed = 0;
+  for (const f of fs.readdirSync(process.argv[1])) {
+    const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
+    passed += r.numPassedTests; failed += r.numFailedTests; suitesFailed += r.numRuntimeErrorTestSuites;
+  }
+  if (suitesFailed) console.log(`${suitesFailed} test files could not run`);
+  console.log(`tests: ${passed} passed, ${failed + suitesFailed} failed`);
+' "$results"
+echo "(test run took $((SECONDS - started)) s after setup)" >&2
+exit $status
