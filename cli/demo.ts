@@ -16,7 +16,7 @@ export function demoCommand(): Command {
       const log = createLogger('demo');
       const started = Date.now();
       const plane = await startControlPlane({ onProgress: (message) => log.info(message) });
-      log.info({ server: plane.server, ms: Date.now() - started }, 'control plane ready');
+      log.info({ server: plane.server, dir: plane.dir, ms: Date.now() - started }, 'control plane ready');
       if (options.kubeconfigOut) {
         const { copyFileSync } = await import('node:fs');
         copyFileSync(plane.kubeconfigPath, options.kubeconfigOut);

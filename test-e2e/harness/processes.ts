@@ -79,6 +79,8 @@ export function startReaper(dir: string): { dismiss(): Promise<void> } {
   const exited = new Promise<void>((resolve) => reaper.once('exit', () => resolve()));
   return {
     async dismiss() {
+      // Held again while we wait, or an otherwise idle event loop would end before 'exit' arrives.
+      reaper.ref();
       reaper.kill('SIGKILL');
       reaper.stdin?.destroy();
       await exited;
