@@ -79,10 +79,20 @@ build_server() {
   wait "$pid" || { tail -30 "$log" >&2; die "building $name failed (full log: $log)"; }
   echo "$want" > "$stamp"
   info "$name: built in $((SECONDS - started)) s"
+  BUILT_SOMETHING=1
 }
+BUILT_SOMETHING=0
 build_server etcd test-e2e/servers/etcd "etcd" .
 build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+
+if [[ $BUILT_SOMETHING == 1 && -z "${FLB_KEEP_GO_CACHE:-}" ]]; then
+  # Only the binaries are needed from here on; the Go caches (about 4 GB) would only speed up a
+  # rebuild after a version bump. FLB_KEEP_GO_CACHE=1 keeps them.
+  info "removing the Go build and module caches ($(du -sh "$CACHE/go" 2>/dev/null | cut -f1)); binaries stay"
+  go clean -cache -modcache >/dev/null 2>&1 || true
+  rm -rf "$CACHE/go"
+fi
 
 step "build"
 npm run --silent build >&2 || die "the TypeScript build failed"

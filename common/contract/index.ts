@@ -5,3 +5,4 @@ export * from './catalog.js';
 export * from './interception.js';
 export * from './sidecar.js';
 export * from './identity.js';
+export * from './annotations.js';

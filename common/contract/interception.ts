@@ -23,7 +23,8 @@ export const InterceptionSchema = z
     /** The sidecar's own listeners: inbound traffic to them is never redirected (probes, admin, metrics). */
     sidecarPorts: z.array(port).default(Object.values(DEFAULT_PORTS)),
     captureDns: z.boolean().default(true),
-    ipv6: z.boolean().default(false),
+    /** 'auto': the init container or agent adds IPv6 rules when the pod has an IPv6 address. */
+    ipv6: z.enum(['auto', 'enabled', 'disabled']).default('auto'),
     excludeInboundPorts: z.array(port).default([]),
     /** Empty means every inbound port is redirected except the excluded ones. */
     includeInboundPorts: z.array(port).default([]),

@@ -64,6 +64,8 @@ export const SidecarTemplateSchema = z.object({
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).default('IfNotPresent'),
   command: z.array(z.string()).default(['flb', 'sidecar']),
   args: z.array(z.string()).default([]),
+  /** Without native sidecars: a postStart hook that returns once the proxy is ready, so apps start after it. */
+  waitReadyCommand: z.array(z.string()).default(['flb', 'sidecar', 'wait-ready', '--timeout=120s']),
   resources: ResourcesSchema.default({ requests: { cpu: '100m', memory: '64Mi' }, limits: { memory: '256Mi' } }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
@@ -104,6 +106,14 @@ export const MeshSchema = z
     tls: z.object({ mode: TlsModeSchema.default('disabled') }).default({ mode: 'disabled' }),
     sidecar: SidecarTemplateSchema.default(SidecarTemplateSchema.parse({})),
     init: InitTemplateSchema.default(InitTemplateSchema.parse({})),
+    repo: z
+      .object({
+        /** Where sidecars fetch their configuration. */
+        url: z.url().default('https://flb-repo.flomesh.svc:6060'),
+        /** Audience of the projected ServiceAccount token sidecars show the repo. */
+        tokenAudience: z.string().min(1).default('flb-repo'),
+      })
+      .default({ url: 'https://flb-repo.flomesh.svc:6060', tokenAudience: 'flb-repo' }),
   })
   .meta({ title: 'flb-mesh mesh.json', description: 'Mesh-wide settings, published at /flb/mesh/mesh.json' });
 

@@ -1,0 +1,204 @@
+import { describe, expect, it } from '@jest/globals';
+import { readFileSync, readdirSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
+import jsonpatch from 'fast-json-patch';
+import YAML from 'yaml';
+import { API_VERSION, MeshSchema, SIDECAR_STATUS_ANNOTATION, INTERCEPTION_ANNOTATION, InterceptionSchema } from '../common/contract/index.js';
+import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
+
+/**
+ * Golden tests in the style of Istio's: every `testdata/inject/<name>.yaml` is a fixture (pod,
+ * namespace, mesh and settings overrides); `<name>.golden.yaml` is the decision and the injected
+ * pod. UPDATE_GOLDEN=1 rewrites goldens; a golden without a fixture fails the suite.
+ */
+const dir = new URL('./testdata/inject/', import.meta.url).pathname;
+const update = process.env.UPDATE_GOLDEN === '1';
+const fixtures = readdirSync(dir)
+  .filter((f) => f.endsWith('.yaml') && !f.endsWith('.golden.yaml'))
+  .map((f) => f.slice(0, -'.yaml'.length))
+  .sort();
+
+interface Fixture {
+  namespace?: V1Namespace;
+  pod: V1Pod;
+  mesh?: Record<string, unknown>;
+  settings?: Partial<Omit<InjectorSettings, 'mesh'>>;
+}
+
+function settingsFor(fixture: Fixture): InjectorSettings {
+  return {
+    mesh: MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', ...fixture.mesh }),
+    nativeSidecars: true,
+    version: '0.1.0-test',
+    ...fixture.settings,
+  };
+}
+
+function apply(pod: V1Pod, result: InjectionResult): V1Pod {
+  if (result.action !== 'inject') return pod;
+  // validate: every op must apply to the pod exactly as given (paths exist, indexes in range).
+  return jsonpatch.applyPatch(structuredClone(pod), result.patch, true, false).newDocument;
+}
+
+function goldenOf(result: InjectionResult, injected: V1Pod): unknown {
+  switch (result.action) {
+    case 'inject':
+      return { action: 'inject', because: result.because, reinvocation: result.reinvocation, warnings: result.warnings, pod: injected };
+    case 'skip':
+      return { action: 'skip', reason: result.reason, message: result.message };
+    case 'deny':
+      return { action: 'deny', message: result.message };
+  }
+}
+
+describe('injection fixtures', () => {
+  it('finds fixtures', () => {
+    expect(fixtures.length).toBeGreaterThanOrEqual(20);
+  });
+
+  it('has no stale goldens', () => {
+    const stale = readdirSync(dir)
+      .filter((f) => f.endsWith('.golden.yaml'))
+      .filter((f) => !fixtures.includes(f.slice(0, -'.golden.yaml'.length)));
+    if (update) for (const f of stale) unlinkSync(join(dir, f));
+    else expect(stale).toEqual([]);
+  });
+
+  describe.each(fixtures)('%s', (name) => {
+    const fixture = YAML.parse(readFileSync(join(dir, `${name}.yaml`), 'utf8')) as Fixture;
+    const settings = settingsFor(fixture);
+    const result = injectPod(fixture.pod, fixture.namespace, settings);
+    const injected = apply(fixture.pod, result);
+
+    it('matches its golden (UPDATE_GOLDEN=1 regenerates)', () => {
+      const goldenPath = join(dir, `${name}.golden.yaml`);
+      const actual = YAML.stringify(goldenOf(result, injected), { lineWidth: 0 });
+      if (update) writeFileSync(goldenPath, actual);
+      expect(existsSync(goldenPath)).toBe(true);
+      expect(actual).toBe(readFileSync(goldenPath, 'utf8'));
+    });
+
+    it('is idempotent: injecting the injected pod changes nothing', () => {
+      const again = injectPod(injected, fixture.namespace, settings);
+      expect(apply(injected, again)).toEqual(injected);
+      if (result.action === 'inject') expect(again).toMatchObject({ action: 'skip', reason: 'already-injected' });
+    });
+
+    it('does not touch the input', () => {
+      const before = YAML.parse(readFileSync(join(dir, `${name}.yaml`), 'utf8')) as Fixture;
+      expect(fixture.pod).toEqual(before.pod);
+    });
+  });
+});
+
+describe('injected pods', () => {
+  const load = (name: string) => YAML.parse(readFileSync(join(dir, `${name}.yaml`), 'utf8')) as Fixture;
+  const injectFixture = (name: string, overrides: Partial<InjectorSettings> = {}) => {
+    const fixture = load(name);
+    const result = injectPod(fixture.pod, fixture.namespace, { ...settingsFor(fixture), ...overrides });
+    return { result, pod: apply(fixture.pod, result) };
+  };
+
+  it('run the interception init container as root with NET_ADMIN and NET_RAW only, never privileged', () => {
+    const { pod } = injectFixture('deployment-pod');
+    const init = pod.spec!.initContainers![0]!;
+    expect(init.name).toBe('flb-init');
+    expect(init.command).toEqual(['flb', 'iptables', 'apply']);
+    expect(init.securityContext).toMatchObject({ runAsUser: 0, privileged: false, allowPrivilegeEscalation: false, capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] } });
+  });
+
+  it('run the sidecar as UID 1500 without privilege escalation, as a native sidecar after the init container', () => {
+    const { pod } = injectFixture('deployment-pod');
+    const sidecar = pod.spec!.initContainers![1]!;
+    expect(sidecar).toMatchObject({ name: 'flb-sidecar', restartPolicy: 'Always' });
+    expect(sidecar.securityContext).toMatchObject({ runAsUser: 1500, runAsNonRoot: true, allowPrivilegeEscalation: false });
+    expect(pod.spec!.containers.map((c) => c.name)).toEqual(['app', 'worker']);
+  });
+
+  it('give the sidecar what it needs to find its id and the repo', () => {
+    const { pod } = injectFixture('deployment-pod');
+    const env = Object.fromEntries(pod.spec!.initContainers![1]!.env!.map((e) => [e.name, e.value ?? e.valueFrom?.fieldRef?.fieldPath]));
+    expect(env).toMatchObject({
+      POD_NAME: 'metadata.name',
+      POD_NAMESPACE: 'metadata.namespace',
+      POD_IP: 'status.podIP',
+      SERVICE_ACCOUNT: 'spec.serviceAccountName',
+      FLB_WORKLOAD_KIND: 'Deployment',
+      FLB_WORKLOAD_NAME: 'orders',
+      FLB_REPO_URL: 'https://flb-repo.flomesh.svc:6060',
+    });
+    const token = pod.spec!.volumes!.find((v) => v.name === 'flb-repo-token')!;
+    expect(token.projected!.sources![0]!.serviceAccountToken).toMatchObject({ audience: 'flb-repo', path: 'token' });
+  });
+
+  it('rewrite HTTP, TCP and gRPC probes to the sidecar probe ports and keep the originals for the sidecar', () => {
+    const { pod } = injectFixture('deployment-pod');
+    const app = pod.spec!.containers[0]!;
+    expect(app.livenessProbe).toEqual({ httpGet: { path: '/app-health/app/liveness', port: 15901, scheme: 'HTTP' }, periodSeconds: 10 });
+    expect(app.readinessProbe).toEqual({ httpGet: { path: '/app-health/app/readiness', port: 15902, scheme: 'HTTP' }, initialDelaySeconds: 2 });
+    expect(app.startupProbe).toEqual({ httpGet: { path: '/app-health/app/startup', port: 15903, scheme: 'HTTP' }, failureThreshold: 30 });
+    expect(pod.spec!.containers[1]!.livenessProbe).toEqual({ exec: { command: ['cat', '/tmp/healthy'] } });
+    const probes = JSON.parse(pod.spec!.initContainers![1]!.env!.find((e) => e.name === 'FLB_APP_PROBES')!.value!) as Record<string, { original: unknown }>;
+    expect(probes['/app-health/app/liveness']!.original).toEqual({
+      type: 'http',
+      port: 8080,
+      path: '/actuator/health/liveness',
+      scheme: 'HTTP',
+      headers: [{ name: 'X-Probe', value: 'kubelet' }],
+    });
+    expect(probes['/app-health/app/readiness']!.original).toEqual({ type: 'tcp', port: 8080 });
+    expect(probes['/app-health/app/startup']!.original).toEqual({ type: 'grpc', port: 9090 });
+  });
+
+  it('carry validated exclusions to the init container and the annotation, merged with the mesh defaults', () => {
+    const { pod } = injectFixture('exclusions');
+    const annotation = InterceptionSchema.parse(JSON.parse(pod.metadata!.annotations![INTERCEPTION_ANNOTATION]!));
+    expect(annotation).toMatchObject({
+      excludeOutboundPorts: [25, 5432, 6379],
+      excludeInboundPorts: [9100],
+      excludeOutboundIpRanges: ['169.254.169.254/32', '10.10.0.0/16', '192.168.1.7/32'],
+      includeOutboundIpRanges: ['10.0.0.0/8'],
+    });
+    expect(JSON.parse(pod.spec!.initContainers![0]!.env![0]!.value!)).toEqual(annotation);
+  });
+
+  it('deny invalid annotations with a message naming the annotation', () => {
+    expect(injectFixture('exclusions-invalid').result).toEqual({
+      action: 'deny',
+      message: 'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")',
+    });
+  });
+
+  it('record what was injected in flomesh.io/sidecar-status', () => {
+    const { pod } = injectFixture('non-native-sidecar');
+    expect(JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!)).toEqual({
+      version: '0.1.0-test',
+      mode: 'iptables',
+      native: false,
+      initContainers: ['flb-init'],
+      containers: ['flb-sidecar'],
+      volumes: ['flb-repo-token', 'flb-state'],
+    });
+    expect(pod.spec!.containers[0]!.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s']);
+    expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'migrate']);
+  });
+
+  it('warn and point to CNI mode when Pod Security would reject the init container', () => {
+    const { result } = injectFixture('pod-security-restricted');
+    expect(result.action).toBe('inject');
+    expect(result.action === 'inject' && result.podSecurityConflict).toMatch(/enforces Pod Security "restricted".*use the CNI interception mode/);
+    const cni = injectFixture('cni-mode');
+    expect(cni.result.action === 'inject' && cni.result.warnings).toEqual([]);
+    expect(cni.pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-sidecar']);
+  });
+
+  it('take the sidecar image and command from the mesh config (so a Pipy image can be injected)', () => {
+    const fixture = load('minimal-pod');
+    const mesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', sidecar: { image: 'flomesh/pipy:1.5', command: ['pipy', 'http://repo/flb/sidecars/'] } });
+    const result = injectPod(fixture.pod, fixture.namespace, { mesh, nativeSidecars: true, version: 'x' });
+    const sidecar = apply(fixture.pod, result).spec!.initContainers!.find((c) => c.name === 'flb-sidecar')!;
+    expect(sidecar.image).toBe('flomesh/pipy:1.5');
+    expect(sidecar.command).toEqual(['pipy', 'http://repo/flb/sidecars/']);
+  });
+});

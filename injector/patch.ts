@@ -1,0 +1,31 @@
+import type { Operation } from 'fast-json-patch';
+
+/** RFC 6901: `~` and `/` inside a key must be escaped in a JSON pointer. */
+export function pointerKey(key: string): string {
+  return key.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+/**
+ * Patch operations that set keys of a string map (labels, annotations) on an object that may
+ * not have the map yet: `add` of the whole map when it is missing, one `add` per key otherwise
+ * (`add` replaces an existing key, so it is right for both).
+ */
+export function setMapEntries(pathToMap: string, existing: Record<string, string> | undefined, entries: Record<string, string>): Operation[] {
+  if (Object.keys(entries).length === 0) return [];
+  if (existing === undefined) return [{ op: 'add', path: pathToMap, value: { ...entries } }];
+  return Object.entries(entries).map(([key, value]) => ({ op: 'add', path: `${pathToMap}/${pointerKey(key)}`, value }));
+}
+
+/** Inserts `items` at `index` of an array that may be missing (index 0 then creates it). */
+export function insertIntoArray(pathToArray: string, existing: readonly unknown[] | undefined, index: number, items: unknown[]): Operation[] {
+  if (items.length === 0) return [];
+  if (existing === undefined) return [{ op: 'add', path: pathToArray, value: items }];
+  // Adding each at index+i keeps their order ahead of what was at `index`.
+  return items.map((value, i) => ({ op: 'add', path: `${pathToArray}/${index + i}`, value }));
+}
+
+export function appendToArray(pathToArray: string, existing: readonly unknown[] | undefined, items: unknown[]): Operation[] {
+  if (items.length === 0) return [];
+  if (existing === undefined) return [{ op: 'add', path: pathToArray, value: items }];
+  return items.map((value) => ({ op: 'add', path: `${pathToArray}/-`, value }));
+}
