@@ -43,7 +43,8 @@ function serialNumber(): string {
 }
 
 function validity(cert: forge.pki.Certificate, days: number, notBefore?: Date): void {
-  const start = notBefore ?? new Date(Date.now() - 5 * 60_000);
+  // Backdated a little for clock skew, but never by more than a sliver of a short-lived certificate's life.
+  const start = notBefore ?? new Date(Date.now() - Math.min(5 * 60_000, (days * 86_400_000) / 20));
   cert.validity.notBefore = start;
   cert.validity.notAfter = new Date(start.getTime() + days * 86_400_000);
 }

@@ -62,7 +62,13 @@ export interface SidecarStatus {
  * JSON patch (RFC 6902) against the pod as given, a named skip reason, or a denial for input
  * the user must fix. The webhook and `flb inject` are thin shells around it.
  */
-export function injectPod(pod: V1Pod, namespace: V1Namespace | undefined, settings: InjectorSettings): InjectionResult {
+export function injectPod(
+  pod: V1Pod,
+  namespace: V1Namespace | undefined,
+  settings: InjectorSettings,
+  /** The workload a pod template belongs to, when there is no ownerReference to read it from (`flb inject`). */
+  workload?: { kind: string; name: string },
+): InjectionResult {
   const { mesh } = settings;
   const decision = decide(pod, namespace, mesh);
   if ('error' in decision) return { action: 'deny', message: decision.error };
@@ -83,7 +89,7 @@ export function injectPod(pod: V1Pod, namespace: V1Namespace | undefined, settin
 
   const containers = pod.spec?.containers ?? [];
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
-  const sidecar = sidecarContainer(pod, settings, resources, rewrites);
+  const sidecar = sidecarContainer(pod, settings, resources, rewrites, workload ?? ownerWorkload(pod));
   const initContainers: V1Container[] = [];
   if (interception.mode === 'iptables') initContainers.push(initContainer(mesh, interception));
   if (settings.nativeSidecars) initContainers.push(sidecar);
@@ -223,9 +229,14 @@ function fieldEnv(name: string, fieldPath: string): V1EnvVar {
   return { name, valueFrom: { fieldRef: { fieldPath } } };
 }
 
-function sidecarContainer(pod: V1Pod, settings: InjectorSettings, resources: NonNullable<V1Container['resources']>, rewrites: ProbeRewrite[]): V1Container {
+function sidecarContainer(
+  _pod: V1Pod,
+  settings: InjectorSettings,
+  resources: NonNullable<V1Container['resources']>,
+  rewrites: ProbeRewrite[],
+  owner: { kind: string; name: string },
+): V1Container {
   const { mesh } = settings;
-  const owner = ownerWorkload(pod);
   // A fresh object each time: shared references would come out as YAML anchors in `flb inject`.
   const ready = () => ({ httpGet: { path: '/ready', port: mesh.ports.readinessProbe, scheme: 'HTTP' } });
   return {

@@ -1,0 +1,149 @@
+import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
+import { z } from 'zod';
+import { issuesOf } from '../common/contract/validate.js';
+import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
+
+/**
+ * The AdmissionReview shell around injectPod: parse, look up the namespace, inject, answer.
+ * It never throws for bad input: garbage gets a 400 with a JSON error, a bad pod an admission
+ * answer that says what is wrong.
+ */
+const AdmissionReviewSchema = z.object({
+  apiVersion: z.literal('admission.k8s.io/v1', { message: 'only admission.k8s.io/v1 AdmissionReviews are supported' }),
+  kind: z.literal('AdmissionReview'),
+  request: z.object({
+    uid: z.string().min(1),
+    kind: z.object({ group: z.string(), version: z.string(), kind: z.string() }),
+    operation: z.string().optional(),
+    namespace: z.string().optional(),
+    name: z.string().optional(),
+    dryRun: z.boolean().optional(),
+    object: z.record(z.string(), z.unknown()).nullable().optional(),
+  }),
+});
+
+export interface NamespaceLookup {
+  /** The namespace from a cache, or from the API when the cache does not have it yet; undefined if unknown. */
+  get(name: string): Promise<V1Namespace | undefined> | V1Namespace | undefined;
+}
+
+export interface AdmissionOutcome {
+  /** HTTP status for the reply; 200 for every well-formed review, whatever the verdict. */
+  status: number;
+  body: unknown;
+  /** For events and metrics; absent for malformed requests. */
+  review?: { uid: string; namespace: string; dryRun: boolean; pod?: V1Pod; result?: InjectionResult };
+}
+
+export function badRequest(message: string): AdmissionOutcome {
+  return { status: 400, body: { error: message } };
+}
+
+export async function review(body: unknown, namespaces: NamespaceLookup, settings: InjectorSettings): Promise<AdmissionOutcome> {
+  const parsed = AdmissionReviewSchema.safeParse(body);
+  if (!parsed.success) {
+    return badRequest(`not an admission.k8s.io/v1 AdmissionReview: ${issuesOf(parsed.error).map((i) => `${i.field}: ${i.message}`).join('; ')}`);
+  }
+  const request = parsed.data.request;
+  const reply = (response: Record<string, unknown>) => ({
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    response: { uid: request.uid, ...response },
+  });
+  const dryRun = request.dryRun === true;
+  const namespace = request.namespace ?? '';
+
+  const { group, version, kind } = request.kind;
+  if (group !== '' || version !== 'v1' || kind !== 'Pod') {
+    // Never block what we do not handle; say so, the webhook's rules are probably too wide.
+    return {
+      status: 200,
+      body: reply({ allowed: true, warnings: [`flb-mesh injector handles core/v1 Pods only, not ${group || 'core'}/${version} ${kind}; nothing was changed`] }),
+      review: { uid: request.uid, namespace, dryRun },
+    };
+  }
+  if (request.operation !== undefined && request.operation !== 'CREATE') {
+    return { status: 200, body: reply({ allowed: true }), review: { uid: request.uid, namespace, dryRun } };
+  }
+  const podCheck = PodShape.safeParse(request.object);
+  if (!podCheck.success) {
+    const problems = issuesOf(podCheck.error).map((i) => `${i.field}: ${i.message}`).join('; ');
+    return {
+      status: 200,
+      body: reply({ allowed: false, status: { code: 400, reason: 'BadRequest', message: `flb-mesh injector: the pod is malformed: ${problems}` } }),
+      review: { uid: request.uid, namespace, dryRun },
+    };
+  }
+  const pod = request.object as V1Pod;
+  // The apiserver sets the namespace on the request; the object may omit it.
+  const podWithNamespace: V1Pod = pod.metadata?.namespace || !namespace ? pod : { ...pod, metadata: { ...pod.metadata, namespace } };
+  let ns: V1Namespace | undefined;
+  try {
+    ns = await namespaces.get(namespace);
+  } catch {
+    ns = undefined;
+  }
+  let result: InjectionResult;
+  try {
+    result = injectPod(podWithNamespace, ns ?? { metadata: { name: namespace } }, settings);
+  } catch (error) {
+    // A bug of ours must not crash the server; the pod is refused with what went wrong.
+    result = { action: 'deny', message: `could not process the pod (${error instanceof Error ? error.message : String(error)}); please report this` };
+  }
+  const outcome = { uid: request.uid, namespace, dryRun, pod: podWithNamespace, result };
+  switch (result.action) {
+    case 'inject':
+      return {
+        status: 200,
+        body: reply({
+          allowed: true,
+          patchType: 'JSONPatch',
+          patch: Buffer.from(JSON.stringify(result.patch)).toString('base64'),
+          ...(result.warnings.length ? { warnings: result.warnings } : {}),
+        }),
+        review: outcome,
+      };
+    case 'skip':
+      return { status: 200, body: reply({ allowed: true, ...(result.warnings.length ? { warnings: result.warnings } : {}) }), review: outcome };
+    case 'deny':
+      return {
+        status: 200,
+        body: reply({ allowed: false, status: { code: 400, reason: 'BadRequest', message: `flb-mesh injector: ${result.message}` } }),
+        review: outcome,
+      };
+  }
+}
+
+const ProbeShape = z
+  .object({
+    httpGet: z.object({ port: z.union([z.number(), z.string()]), path: z.string().optional() }).optional(),
+    tcpSocket: z.object({ port: z.union([z.number(), z.string()]) }).optional(),
+    grpc: z.object({ port: z.number() }).optional(),
+  })
+  .optional();
+const ContainerShape = z.object({
+  name: z.string(),
+  ports: z.array(z.object({ name: z.string().optional(), containerPort: z.number() })).optional(),
+  env: z.array(z.object({ name: z.string(), value: z.string().optional() })).optional(),
+  livenessProbe: ProbeShape,
+  readinessProbe: ProbeShape,
+  startupProbe: ProbeShape,
+});
+
+/** Just enough of a Pod for injection to be safe; the apiserver validates the rest after us. */
+const PodShape = z.object({
+  metadata: z
+    .object({
+      name: z.string().optional(),
+      namespace: z.string().optional(),
+      labels: z.record(z.string(), z.string()).optional(),
+      annotations: z.record(z.string(), z.string()).optional(),
+    })
+    .optional(),
+  spec: z.object({
+    containers: z.array(ContainerShape).min(1, 'a pod needs at least one container'),
+    initContainers: z.array(ContainerShape).optional(),
+    volumes: z.array(z.object({ name: z.string() })).optional(),
+    hostNetwork: z.boolean().optional(),
+  }),
+});

@@ -1,0 +1,234 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execa } from 'execa';
+import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
+import { createLogger } from '../common/log.js';
+import { defaultMesh } from '../common/contract/index.js';
+import { caBundle } from '../injector/certs.js';
+import { runInjector, type RunningInjector } from '../injector/webhook.js';
+import { installWebhookConfiguration, webhookConfiguration } from '../injector/webhook-config.js';
+import { startControlPlane, freePorts, type ControlPlane } from './harness/controlplane.js';
+import { testBinary } from './harness/cache.js';
+
+async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+const names = (pod: V1Pod) => ({
+  init: (pod.spec?.initContainers ?? []).map((c) => c.name),
+  containers: pod.spec?.containers.map((c) => c.name),
+});
+const isInjected = (pod: V1Pod) => pod.metadata?.annotations?.['flomesh.io/sidecar-status'] !== undefined && names(pod).init.includes('flb-sidecar');
+const simplePod = (name: string, labels: Record<string, string> = {}): V1Pod => ({
+  metadata: { name, labels },
+  spec: { containers: [{ name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } }] },
+});
+
+describe('the sidecar injector against a real kube-apiserver', () => {
+  let plane: ControlPlane;
+  let core: CoreV1Api;
+  let injector: RunningInjector;
+  const log = createLogger('injector-test', (process.env.FLB_TEST_LOG_LEVEL as 'warn' | undefined) ?? 'warn');
+  const configName = 'flb-sidecar-injector';
+
+  const install = async (url: string, failurePolicy: 'Fail' | 'Ignore') =>
+    installWebhookConfiguration(
+      plane.kubeConfig,
+      webhookConfiguration({ name: configName, url, failurePolicy, timeoutSeconds: 5, meshNamespace: 'flomesh', caBundlePem: caBundle(injector.current()) }),
+    );
+  const injectorUrl = () => `https://127.0.0.1:${injector.port}/mutate`;
+  const createNamespace = async (name: string, labels: Record<string, string> = {}) => {
+    await core.createNamespace({ body: { metadata: { name, labels } } });
+    await eventually(`ServiceAccount default in ${name}`, () => core.readNamespacedServiceAccount({ name: 'default', namespace: name }));
+  };
+
+  beforeAll(async () => {
+    plane = await startControlPlane();
+    core = plane.kubeConfig.makeApiClient(CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: 'flomesh' } } });
+    injector = await runInjector({
+      kubeConfig: plane.kubeConfig,
+      settings: { mesh: defaultMesh(), nativeSidecars: true, version: '0.1.0-e2e' },
+      host: '127.0.0.1',
+      port: 0,
+      metricsPort: 0,
+      secret: { namespace: 'flomesh', name: 'flb-injector-tls' },
+      webhookConfigName: configName,
+      // Short-lived certificates so the suite sees several renewals, and one of the CA.
+      certs: { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], certValidityMs: 9_000, caValidityMs: 30_000 },
+      checkIntervalMs: 300,
+      caPropagationMs: 1500,
+      log,
+    });
+    await install(injectorUrl(), 'Fail');
+    await createNamespace('shop', { 'flomesh.io/inject': 'enabled' });
+    await createNamespace('legacy');
+  });
+  afterAll(async () => {
+    await injector?.stop();
+    await plane?.stop();
+  });
+
+  it('injects the pods a Deployment makes in a labelled namespace, and a bare pod', async () => {
+    const apps = plane.kubeConfig.makeApiClient(AppsV1Api);
+    await apps.createNamespacedDeployment({
+      namespace: 'shop',
+      body: {
+        metadata: { name: 'orders' },
+        spec: {
+          replicas: 2,
+          selector: { matchLabels: { app: 'orders' } },
+          template: { metadata: { labels: { app: 'orders' } }, spec: simplePod('x').spec! },
+        },
+      },
+    });
+    await core.createNamespacedPod({ namespace: 'shop', body: simplePod('bare') });
+    const pods = await eventually('the Deployment pods', async () => {
+      const list = await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=orders' });
+      return list.items.length === 2 ? list.items : undefined;
+    });
+    for (const pod of [...pods, await core.readNamespacedPod({ name: 'bare', namespace: 'shop' })]) {
+      expect(names(pod)).toEqual({ init: ['flb-init', 'flb-sidecar'], containers: ['app'] });
+      expect(pod.spec!.initContainers![1]!.restartPolicy).toBe('Always');
+      expect(pod.spec!.containers[0]!.readinessProbe!.httpGet).toEqual({ path: '/app-health/app/readiness', port: 15902, scheme: 'HTTP' });
+      expect(JSON.parse(pod.metadata!.annotations!['flomesh.io/sidecar-status']!)).toMatchObject({ version: '0.1.0-e2e', native: true });
+    }
+    const env = pods[0]!.spec!.initContainers![1]!.env!;
+    expect(env.find((e) => e.name === 'FLB_WORKLOAD_NAME')?.value).toBe('orders');
+
+    // The apiserver's own view: an Event on the ReplicaSet that owns the pods.
+    const rsName = pods[0]!.metadata!.ownerReferences![0]!.name;
+    const events = await eventually('an injection Event on the ReplicaSet', async () => {
+      const list = await core.listNamespacedEvent({ namespace: 'shop', fieldSelector: `involvedObject.name=${rsName}` });
+      const ours = list.items.filter((e) => e.reason === 'SidecarInjected');
+      return ours.length >= 2 ? ours : undefined;
+    });
+    expect(events[0]!.message).toContain('namespace label flomesh.io/inject=enabled');
+  });
+
+  it('leaves opted-out pods and unlabelled namespaces alone, and injects pods labelled "true" anywhere', async () => {
+    await core.createNamespacedPod({ namespace: 'shop', body: simplePod('opted-out', { 'flomesh.io/inject': 'false' }) });
+    await core.createNamespacedPod({ namespace: 'legacy', body: simplePod('plain') });
+    await core.createNamespacedPod({ namespace: 'legacy', body: simplePod('opted-in', { 'flomesh.io/inject': 'true' }) });
+    const read = (namespace: string, name: string) => core.readNamespacedPod({ name, namespace });
+    const optedOut = await read('shop', 'opted-out');
+    expect(names(optedOut)).toEqual({ init: [], containers: ['app'] });
+    expect(optedOut.metadata?.annotations?.['flomesh.io/sidecar-status']).toBeUndefined();
+    expect(optedOut.spec!.containers[0]!.readinessProbe!.httpGet!.port).toBe('http');
+    expect(names(await read('legacy', 'plain'))).toEqual({ init: [], containers: ['app'] });
+    expect(isInjected(await read('legacy', 'opted-in'))).toBe(true);
+  });
+
+  it('refuses a pod whose exclusion annotation is invalid, saying which', async () => {
+    const pod = simplePod('bad-annotation');
+    pod.metadata!.annotations = { 'flomesh.io/outbound-ip-range-exclusion-list': '10.0.0.0/8,not-a-cidr' };
+    const refusal = await core.createNamespacedPod({ namespace: 'shop', body: pod }).then(
+      () => 'admitted',
+      (error: { body?: string }) => (JSON.parse(error.body ?? '{}') as { message?: string }).message,
+    );
+    expect(refusal).toBe(
+      'admission webhook "namespace.sidecar-injector.flomesh.io" denied the request: flb-mesh injector: annotation flomesh.io/outbound-ip-range-exclusion-list: "not-a-cidr" is not an IP address or CIDR (expected a comma-separated list such as "10.0.0.0/8,169.254.169.254/32")',
+    );
+  });
+
+  it('tells users of a Pod Security restricted namespace why, and points to CNI mode', async () => {
+    await createNamespace('secure', { 'flomesh.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' });
+    const manifest = JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'api', namespace: 'secure' }, spec: simplePod('api').spec });
+    // Not spawnSync: the injector answers from this process's event loop.
+    const kubectl = await execa(testBinary('kubectl'), ['create', '-f', '-'], { input: manifest, reject: false, env: { KUBECONFIG: plane.kubeconfigPath } });
+    expect(kubectl.exitCode).not.toBe(0);
+    expect(kubectl.stderr).toContain('Warning: namespace secure enforces Pod Security "restricted", which rejects the flb-init init container');
+    expect(kubectl.stderr).toContain('use the CNI interception mode');
+    expect(kubectl.stderr).toMatch(/violates PodSecurity "restricted/);
+    await eventually('a PodSecurityConflict Event', async () => {
+      const list = await core.listNamespacedEvent({ namespace: 'secure' });
+      return list.items.find((e) => e.reason === 'PodSecurityConflict');
+    });
+  });
+
+  it('has no side effects on a server-side dry run', async () => {
+    const dry = await core.createNamespacedPod({ namespace: 'legacy', body: simplePod('dry-run-pod', { 'flomesh.io/inject': 'true' }), dryRun: 'All' });
+    expect(isInjected(dry)).toBe(true);
+    await expect(core.readNamespacedPod({ name: 'dry-run-pod', namespace: 'legacy' })).rejects.toMatchObject({ code: 404 });
+    await injector.events.flush();
+    const events = await core.listNamespacedEvent({ namespace: 'legacy' });
+    expect(events.items.filter((e) => e.message?.includes('dry-run-pod'))).toEqual([]);
+    const metrics = await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/flb_injector_injections_total\{reinvocation="false",dry_run="true"\} 1/);
+  });
+
+  it('exports Prometheus metrics: reviews, injections, skips by reason, latency', async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/flb_injector_admission_reviews_total\{outcome="inject"\} \d+/);
+    expect(metrics).toMatch(/flb_injector_admission_reviews_total\{outcome="deny"\} 1/);
+    expect(metrics).toMatch(/flb_injector_review_duration_seconds_bucket\{le="0.001"\} \d+/);
+  });
+
+  it('with the injector unreachable: failurePolicy Fail refuses with a readable message, Ignore admits', async () => {
+    const [deadPort] = await freePorts(1);
+    await install(`https://127.0.0.1:${deadPort}/mutate`, 'Fail');
+    await eventually('the apiserver to use the new configuration', async () => {
+      try {
+        await core.createNamespacedPod({ namespace: 'shop', body: simplePod('probe-config'), dryRun: 'All' });
+        return undefined;
+      } catch (error) {
+        return String((error as { body?: unknown }).body ?? error).includes('failed calling webhook') ? true : undefined;
+      }
+    });
+    await expect(core.createNamespacedPod({ namespace: 'shop', body: simplePod('refused') })).rejects.toMatchObject({
+      body: expect.stringMatching(/failed calling webhook \\"namespace.sidecar-injector.flomesh.io\\".*connection refused/),
+    });
+
+    await install(`https://127.0.0.1:${deadPort}/mutate`, 'Ignore');
+    const admitted = await eventually('the Ignore policy to apply', async () => {
+      try {
+        return await core.createNamespacedPod({ namespace: 'shop', body: simplePod('admitted') });
+      } catch {
+        return undefined;
+      }
+    });
+    expect(names(admitted)).toEqual({ init: [], containers: ['app'] });
+    await install(injectorUrl(), 'Fail');
+  });
+
+  it('injects every pod created while its certificates rotate (serving certificate and CA)', async () => {
+    const firstCa = injector.current().caPem;
+    const renewalsBefore = (await injector.metrics.certificateRenewals.get()).values[0]?.value ?? 0;
+    // The configuration was swapped in the previous test; wait until our injector answers again.
+    await eventually('the injector to be back', async () => {
+      const pod = await core.createNamespacedPod({ namespace: 'shop', body: simplePod('back'), dryRun: 'All' });
+      return isInjected(pod) ? true : undefined;
+    });
+    const created: string[] = [];
+    const failures: string[] = [];
+    const deadline = Date.now() + 25_000;
+    let i = 0;
+    while (Date.now() < deadline) {
+      const name = `rotating-${i++}`;
+      try {
+        const pod = await core.createNamespacedPod({ namespace: 'shop', body: simplePod(name) });
+        if (!isInjected(pod)) failures.push(`${name} was not injected`);
+        created.push(name);
+      } catch (error) {
+        failures.push(`${name}: ${String((error as { body?: unknown }).body ?? error)}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const renewals = ((await injector.metrics.certificateRenewals.get()).values[0]?.value ?? 0) - renewalsBefore;
+    console.log(`${created.length} pods created during ${renewals} certificate renewals`);
+    expect(failures).toEqual([]);
+    expect(created.length).toBeGreaterThan(50);
+    expect(renewals).toBeGreaterThanOrEqual(2);
+    expect(injector.current().caPem).not.toBe(firstCa);
+  });
+});
