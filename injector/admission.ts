@@ -75,7 +75,8 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
     };
   }
   const pod = request.object as V1Pod;
-  // The apiserver sets the namespace on the request; the object may omit it.
+  // The apiserver puts the namespace on the request; the object may omit it. The patch must apply
+  // to the object as sent, so the pod itself is not changed: the namespace goes beside it.
   const podWithNamespace: V1Pod = pod.metadata?.namespace || !namespace ? pod : { ...pod, metadata: { ...pod.metadata, namespace } };
   let ns: V1Namespace | undefined;
   try {
@@ -85,7 +86,7 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
   }
   let result: InjectionResult;
   try {
-    result = injectPod(podWithNamespace, ns ?? { metadata: { name: namespace } }, settings);
+    result = injectPod(pod, ns ?? { metadata: { name: namespace } }, settings);
   } catch (error) {
     // A bug of ours must not crash the server; the pod is refused with what went wrong.
     result = { action: 'deny', message: `could not process the pod (${error instanceof Error ? error.message : String(error)}); please report this` };
