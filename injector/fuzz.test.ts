@@ -114,7 +114,7 @@ describe('fuzzing the admission handler', () => {
         outcome = await review(input, namespaces, settings);
         checkAnswer(input, outcome.status, outcome.body as Body);
       } catch (error) {
-        throw new Error(`input ${i} (FUZZ_SEED=${seed}) failed: ${String(error)}\n${JSON.stringify(input).slice(0, 2000)}`);
+        throw new Error(`input ${i} (FUZZ_SEED=${seed}) failed: ${String(error)}\n${JSON.stringify(input).slice(0, 2000)}`, { cause: error });
       }
       outcomes[outcome.status as 200 | 400]++;
       const body = outcome.body as Body;
