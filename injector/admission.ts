@@ -125,7 +125,6 @@ const ProbeShape = z
 const ContainerShape = z.object({
   name: z.string(),
   ports: z.array(z.object({ name: z.string().optional(), containerPort: z.number() })).optional(),
-  env: z.array(z.object({ name: z.string(), value: z.string().optional() })).optional(),
   livenessProbe: ProbeShape,
   readinessProbe: ProbeShape,
   startupProbe: ProbeShape,

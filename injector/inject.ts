@@ -77,10 +77,10 @@ export function injectPod(
   const warnings: string[] = [];
   if (isInjected(pod)) return reinvoke(pod, mesh, decision.because, warnings);
 
-  let interception: Interception;
+  let parts: InterceptionParts;
   let resources: NonNullable<V1Container['resources']>;
   try {
-    interception = interceptionFor(pod, mesh);
+    parts = interceptionParts(pod, mesh);
     resources = sidecarResources(pod, mesh);
   } catch (error) {
     if (error instanceof AnnotationError) return { action: 'deny', message: error.message };
@@ -90,8 +90,9 @@ export function injectPod(
   const containers = pod.spec?.containers ?? [];
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
   const sidecar = sidecarContainer(pod, settings, resources, rewrites, workload ?? ownerWorkload(pod));
+  const { interception } = parts;
   const initContainers: V1Container[] = [];
-  if (interception.mode === 'iptables') initContainers.push(initContainer(mesh, interception));
+  if (interception.mode === 'iptables') initContainers.push(parts.init);
   if (settings.nativeSidecars) initContainers.push(sidecar);
   const volumes = sidecarVolumes(mesh);
   const status: SidecarStatus = {
@@ -105,7 +106,7 @@ export function injectPod(
 
   const annotations: Record<string, string> = {
     [SIDECAR_STATUS_ANNOTATION]: JSON.stringify(status),
-    [INTERCEPTION_ANNOTATION]: JSON.stringify(interception),
+    [INTERCEPTION_ANNOTATION]: parts.json,
   };
   // An app that exposes its own metrics keeps its scrape settings.
   if (pod.metadata?.annotations?.['prometheus.io/scrape'] === undefined) {
@@ -150,14 +151,24 @@ function reinvoke(pod: V1Pod, mesh: Mesh, because: string, warnings: string[]): 
     return { action: 'skip', reason: 'already-injected', message: SKIP_REASONS['already-injected'], warnings };
   }
   const patch: Operation[] = rewrites.map((r) => ({ op: 'replace', path: `/spec/containers/${r.containerIndex}/${r.field}`, value: r.probe }));
-  const env = located.container.env ?? [];
-  const index = env.findIndex((e) => e.name === APP_PROBES_ENV);
-  const known = index >= 0 ? (JSON.parse(env[index]!.value ?? '{}') as Record<string, AppProbe>) : {};
+  const env = Array.isArray(located.container.env) ? located.container.env : [];
+  const index = env.findIndex((e) => e?.name === APP_PROBES_ENV);
+  const known = index >= 0 ? parseProbeMap(env[index]!.value) : {};
   const value = JSON.stringify({ ...known, ...probeMap(rewrites) });
   const envPath = `/spec/${located.list}/${located.index}/env`;
   if (index >= 0) patch.push({ op: 'replace', path: `${envPath}/${index}/value`, value });
-  else patch.push(...appendToArray(envPath, located.container.env, [{ name: APP_PROBES_ENV, value }]));
+  else patch.push(...appendToArray(envPath, Array.isArray(located.container.env) ? located.container.env : undefined, [{ name: APP_PROBES_ENV, value }]));
   return { action: 'inject', patch, because, reinvocation: true, warnings };
+}
+
+/** The probes the sidecar already knows; a value someone else mangled is replaced, not trusted. */
+function parseProbeMap(value: unknown): Record<string, AppProbe> {
+  try {
+    const parsed = JSON.parse(String(value ?? '{}')) as unknown;
+    return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, AppProbe>) : {};
+  } catch {
+    return {};
+  }
 }
 
 function findSidecar(pod: V1Pod): { list: 'initContainers' | 'containers'; index: number; container: V1Container } | undefined {
@@ -170,6 +181,50 @@ function findSidecar(pod: V1Pod): { list: 'initContainers' | 'containers'; index
 
 function probeMap(rewrites: ProbeRewrite[]): Record<string, AppProbe> {
   return Object.fromEntries(rewrites.map((r) => [r.path, r.original]));
+}
+
+const EXCLUSION_ANNOTATIONS = [
+  INBOUND_PORT_EXCLUSION_ANNOTATION,
+  OUTBOUND_PORT_EXCLUSION_ANNOTATION,
+  OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION,
+  OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION,
+];
+
+interface InterceptionParts {
+  interception: Interception;
+  json: string;
+  /** Frozen: shared by every pod with the same settings, so nothing may change it. */
+  init: V1Container;
+}
+
+/**
+ * Most pods carry no exclusion annotations, so their interception settings, its JSON and the init
+ * container are the same for every pod of a mesh: built once (zod parsing and serialising them
+ * was a fifth of the webhook's CPU per review, bench/webhook.ts).
+ */
+const interceptionMemo = new WeakMap<Mesh, Map<string, InterceptionParts>>();
+
+function interceptionParts(pod: V1Pod, mesh: Mesh): InterceptionParts {
+  const annotations = pod.metadata?.annotations ?? {};
+  const key = EXCLUSION_ANNOTATIONS.map((a) => annotations[a] ?? '\u0000').join('\u0001');
+  let perMesh = interceptionMemo.get(mesh);
+  if (!perMesh) interceptionMemo.set(mesh, (perMesh = new Map()));
+  let parts = perMesh.get(key);
+  if (!parts) {
+    const interception = interceptionFor(pod, mesh);
+    parts = { interception, json: JSON.stringify(interception), init: deepFreeze(initContainer(mesh, interception)) };
+    if (perMesh.size >= 1000) perMesh.clear();
+    perMesh.set(key, parts);
+  }
+  return parts;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
 }
 
 /** The mesh's interception defaults narrowed by the pod's exclusion annotations. */
