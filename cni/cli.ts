@@ -1,14 +1,74 @@
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { notBuiltYet } from '../common/cli.js';
+import { ActionableError } from '../common/errors.js';
+import type { Interception } from '../common/contract/index.js';
+
+interface IptablesFlags {
+  settings?: string;
+  backend: 'auto' | 'legacy' | 'nft';
+  ipv6?: 'auto' | 'enabled' | 'disabled';
+  netns?: string;
+}
+
+function withCommonOptions(command: Command): Command {
+  return command
+    .option('--settings <json|@file>', 'interception settings (the flomesh.io/interception JSON); default: $FLB_INTERCEPTION, else the mesh defaults')
+    .addOption(new Option('--backend <backend>', 'iptables backend').choices(['auto', 'legacy', 'nft']).default('auto'))
+    .addOption(new Option('--ipv6 <mode>', 'override the settings: IPv6 rules too (auto: when the namespace has an IPv6 address)').choices(['auto', 'enabled', 'disabled']))
+    .option('--netns <path>', 'work inside this network namespace (e.g. /var/run/netns/NAME)');
+}
+
+async function prepare(flags: IptablesFlags): Promise<{ settings: Interception; options: { backend?: 'legacy' | 'nft'; netns?: string } }> {
+  const { loadInterception } = await import('./settings.js');
+  const settings = loadInterception(flags.settings);
+  if (flags.ipv6) settings.ipv6 = flags.ipv6;
+  return { settings, options: { ...(flags.backend !== 'auto' ? { backend: flags.backend } : {}), ...(flags.netns ? { netns: flags.netns } : {}) } };
+}
+
+function iptablesCommand(): Command {
+  const iptables = new Command('iptables')
+    .summary('apply, clean, print or verify the traffic interception rules')
+    .description('The one iptables rule builder, for the init container, the CNI node agent and VMs. Rules live in FLB_* chains of the nat table.');
+
+  withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.')).action(async (flags: IptablesFlags) => {
+    const [{ applyRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
+    const { settings, options } = await prepare(flags);
+    const result = await applyRules(settings, options);
+    createLogger('iptables').info(result, result.unchanged.length === result.families.length ? 'rules already in place' : 'rules applied');
+  });
+
+  withCommonOptions(iptables.command('clean').description('Remove every FLB_* chain and the jumps to them.')).action(async (flags: IptablesFlags) => {
+    const [{ cleanRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
+    const { options } = await prepare(flags);
+    createLogger('iptables').info(await cleanRules(options), 'rules removed');
+  });
+
+  withCommonOptions(iptables.command('print').description('Print the iptables-restore documents without touching anything.')).action(async (flags: IptablesFlags) => {
+    const { buildRules, printDocument } = await import('./rules.js');
+    const { settings } = await prepare(flags);
+    // print never looks at the host: 'auto' shows both families.
+    const families = settings.ipv6 === 'disabled' ? [4 as const] : [4 as const, 6 as const];
+    for (const family of families) {
+      process.stdout.write(`# IPv${family}: ${family === 4 ? 'iptables' : 'ip6tables'}-restore --noflush\n${printDocument(buildRules(settings, family))}`);
+    }
+  });
+
+  withCommonOptions(iptables.command('verify').description('Check that the live rules match the settings; exit 1 and list the differences when not.')).action(async (flags: IptablesFlags) => {
+    const { verifyRules } = await import('./iptables.js');
+    const { settings, options } = await prepare(flags);
+    const { backend, problems } = await verifyRules(settings, options);
+    if (problems.length) {
+      process.stdout.write(`${problems.join('\n')}\n`);
+      throw new ActionableError(`the interception rules (${backend}) do not match: ${problems.length} difference(s)`, "run 'flb iptables apply' with the same settings");
+    }
+    process.stdout.write(`rules match (${backend})\n`);
+  });
+  return iptables;
+}
 
 export function cniCommands(): Command[] {
   return [
-    notBuiltYet(
-      new Command('iptables')
-        .summary('apply, clean, print or verify the traffic interception rules')
-        .description('The one iptables rule builder, for the init container and VMs.'),
-      'issue #4, traffic interception',
-    ),
+    iptablesCommand(),
     notBuiltYet(
       new Command('cni')
         .summary('run the CNI node agent, or install/uninstall the CNI plugin')

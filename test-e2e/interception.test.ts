@@ -1,0 +1,144 @@
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execa, type ResultPromise } from 'execa';
+import { fileURLToPath } from 'node:url';
+import { InterceptionSchema, type Interception } from '../common/contract/index.js';
+import { applyRules, cleanRules, verifyRules, type Backend } from '../cni/iptables.js';
+import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
+
+/**
+ * The interception rules in real network namespaces, with both iptables backends: a "pod"
+ * namespace with the rules and stand-in sidecar listeners, and a "peer" host on a veth pair.
+ * Apps run as UID 1000, the sidecar as 1500.
+ */
+const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
+const APP = 1000;
+const PROXY = 1500;
+const POD = { v4: '10.213.0.1', v6: 'fd0f::1' };
+const PEER = { v4: '10.213.0.2', v6: 'fd0f::2', other: '10.213.0.3' };
+
+const settings = (overrides: Partial<Interception> = {}): Interception =>
+  InterceptionSchema.parse({
+    version: 1,
+    mode: 'iptables',
+    ipv6: 'auto',
+    excludeOutboundPorts: [5432],
+    excludeOutboundIpRanges: [`${PEER.other}/32`],
+    ...overrides,
+  });
+
+const normalisedSave = async (ns: Netns, backend: Backend, family: 4 | 6) =>
+  (await ns.exec(`${family === 4 ? 'iptables' : 'ip6tables'}-${backend}-save`, [])).stdout
+    .split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .map((l) => l.replace(/\[\d+:\d+\]/, '[0:0]'))
+    .join('\n');
+
+/** Resolves once the helper says it is ready; wrapped, because an execa process is a thenable that would be awaited to its exit. */
+async function startHelper(ns: Netns, script: string): Promise<{ process: ResultPromise }> {
+  const child = execa('ip', ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', '--', process.execPath, `${fixtures}${script}`], { reject: false });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+    void child.then((r) => reject(new Error(`${script} exited: ${r.stderr}`)));
+  });
+  return { process: child };
+}
+
+describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (backend) => {
+  let pod: Netns;
+  let peer: Netns;
+  const helpers: { process: ResultPromise }[] = [];
+  const before: Record<4 | 6, string> = { 4: '', 6: '' };
+  const client = async (ns: Netns, uid: number, ...args: string[]) => (await ns.exec(process.execPath, [`${fixtures}intercept-client.mjs`, ...args], { uid })).stdout.trim();
+
+  beforeAll(async () => {
+    requireRoot('the interception tests');
+    await requireTools(['ip', 'nsenter', 'setpriv', `iptables-${backend}-save`, `ip6tables-${backend}-restore`]);
+    await removeStaleNamespaces();
+    pod = await createNetns('pod');
+    peer = await createNetns('peer');
+    await link(pod, [`${POD.v4}/24`, `${POD.v6}/64`], peer, [`${PEER.v4}/24`, `${PEER.other}/24`, `${PEER.v6}/64`]);
+    // A default route covers the mesh VIP range, or connect() fails before any nat rule sees it.
+    await pod.exec('ip', ['route', 'add', 'default', 'via', PEER.v4]);
+    await peer.exec('ip', ['route', 'add', 'default', 'via', POD.v4]);
+    // A pod's nat table exists before we come (kube, the CNI): make it exist here too, so the
+    // comparison is of what we add and remove, not of the table's own creation.
+    for (const cmd of [`iptables-${backend}`, `ip6tables-${backend}`]) {
+      await pod.exec(cmd, ['-t', 'nat', '-N', 'FLBT_PROBE']);
+      await pod.exec(cmd, ['-t', 'nat', '-X', 'FLBT_PROBE']);
+    }
+    before[4] = await normalisedSave(pod, backend, 4);
+    before[6] = await normalisedSave(pod, backend, 6);
+    helpers.push(await startHelper(pod, 'intercept-helper.mjs'), await startHelper(peer, 'intercept-peer.mjs'));
+  });
+  afterAll(async () => {
+    for (const h of helpers) h.process.kill('SIGKILL');
+    await deleteNetns(pod);
+    await deleteNetns(peer);
+  });
+
+  it('applies atomically and idempotently, for IPv4 and IPv6', async () => {
+    expect(await applyRules(settings(), { backend, netns: pod.path })).toEqual({ backend, families: [4, 6], unchanged: [] });
+    expect(await applyRules(settings(), { backend, netns: pod.path })).toEqual({ backend, families: [4, 6], unchanged: [4, 6] });
+    expect(await verifyRules(settings(), { backend, netns: pod.path })).toEqual({ backend, problems: [] });
+    const save = await normalisedSave(pod, backend, 4);
+    expect(save.split('\n').filter((l) => l.startsWith('-A OUTPUT') || l.startsWith('-A PREROUTING'))).toEqual([
+      '-A PREROUTING -p tcp -j FLB_INBOUND',
+      '-A OUTPUT -p tcp -j FLB_OUTPUT',
+      '-A OUTPUT -p udp -m udp --dport 53 -j FLB_DNS',
+    ]);
+  });
+
+  it("sends the app's outbound connections to 15001, where the original destination is read back", async () => {
+    expect(await client(pod, APP, 'tcp', PEER.v4, '8080')).toBe(`outbound ${PEER.v4}:8080`);
+    expect(await client(pod, APP, 'tcp', '240.240.0.10', '80')).toBe('outbound 240.240.0.10:80');
+    expect(await client(pod, APP, 'tcp', PEER.v6, '8080')).toBe(`outbound [${PEER.v6}]:8080`);
+  });
+
+  it("never redirects the sidecar's own connections (no loop)", async () => {
+    expect(await client(pod, PROXY, 'tcp', PEER.v4, '8080')).toBe(`peer ${PEER.v4}:8080`);
+    expect(await client(pod, PROXY, 'tcp', PEER.v6, '8080')).toBe(`peer ${PEER.v6}:8080`);
+  });
+
+  it('lets excluded ports and CIDRs bypass the sidecar', async () => {
+    expect(await client(pod, APP, 'tcp', PEER.v4, '5432')).toBe(`peer ${PEER.v4}:5432`);
+    expect(await client(pod, APP, 'tcp', PEER.other, '8080')).toBe(`peer ${PEER.other}:8080`);
+  });
+
+  it('sends inbound connections to 15003, but not those to the sidecar ports', async () => {
+    expect(await client(peer, APP, 'tcp', POD.v4, '8080')).toBe(`inbound ${POD.v4}:8080 from ${PEER.v4}`);
+    expect(await client(peer, APP, 'tcp', POD.v6, '8080')).toBe(`inbound [${POD.v6}]:8080 from ${PEER.v6}`);
+    expect(await client(peer, APP, 'tcp', POD.v4, '15010')).toBe('sidecar-metrics');
+  });
+
+  it("answers the app's DNS queries from 127.0.0.1:15053 and [::1]:15053, not the sidecar's", async () => {
+    expect(await client(pod, APP, 'udp', PEER.v4, '53')).toBe('sidecar-dns query');
+    expect(await client(pod, APP, 'udp', PEER.v6, '53')).toBe('sidecar-dns query');
+    expect(await client(pod, PROXY, 'udp', PEER.v4, '53')).toBe('peer-dns query');
+  });
+
+  it('handles an app calling itself: through a service via the inbound side, directly as is', async () => {
+    // The sidecar, having mapped a service VIP to its own pod, connects to the pod IP.
+    expect(await client(pod, PROXY, 'tcp', POD.v4, '8080')).toBe(`inbound ${POD.v4}:8080 from ${POD.v4}`);
+    // The sidecar's inbound side forwards to the app from 127.0.0.6: not captured again.
+    expect(await client(pod, PROXY, 'tcp', POD.v4, '8080', '127.0.0.6')).toBe('app from 127.0.0.6');
+    expect(await client(pod, APP, 'tcp', POD.v4, '8080')).toBe(`app from ${POD.v4}`);
+  });
+
+  it('replaces the rules when the settings change', async () => {
+    const changed = settings({ excludeInboundPorts: [8080] });
+    expect((await applyRules(changed, { backend, netns: pod.path })).unchanged).toEqual([]);
+    expect(await client(peer, APP, 'tcp', POD.v4, '8080')).toBe(`app from ${PEER.v4}`);
+    expect((await verifyRules(settings(), { backend, netns: pod.path })).problems).toEqual([
+      'IPv4: unexpected rule: -A FLB_INBOUND -p tcp -m tcp --dport 8080 -j RETURN',
+      'IPv6: unexpected rule: -A FLB_INBOUND -p tcp -m tcp --dport 8080 -j RETURN',
+    ]);
+  });
+
+  it('cleans without residue: iptables-save is as before', async () => {
+    expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [4, 6] });
+    expect(await normalisedSave(pod, backend, 4)).toBe(before[4]);
+    expect(await normalisedSave(pod, backend, 6)).toBe(before[6]);
+    expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [] });
+    expect(await client(pod, APP, 'tcp', PEER.v4, '8080')).toBe(`peer ${PEER.v4}:8080`);
+  });
+});
