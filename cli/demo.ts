@@ -1,5 +1,4 @@
 import { Command } from 'commander';
-import { createLogger } from '../common/log.js';
 
 /**
  * `flb demo` / `npm start`: the embedded default. For now it runs the real control plane the
@@ -13,6 +12,7 @@ export function demoCommand(): Command {
     .action(async (options: { kubeconfigOut?: string }) => {
       // Imported here so that other subcommands do not pay for loading the Kubernetes client.
       const { startControlPlane } = await import('../test-e2e/harness/controlplane.js');
+      const { createLogger } = await import('../common/log.js');
       const log = createLogger('demo');
       const started = Date.now();
       const plane = await startControlPlane({ onProgress: (message) => log.info(message) });

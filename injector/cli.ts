@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import YAML from 'yaml';
+
 import { notBuiltYet } from '../common/cli.js';
-import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/index.js';
+import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/annotations.js';
 import { UsageError, ActionableError } from '../common/errors.js';
 import { parseDuration, parseHostPort } from '../common/duration.js';
 
@@ -150,6 +150,7 @@ function webhookCommand(): Command {
         ...(existing ? { caBundlePem: caBundle(existing) } : {}),
       });
       if (o.print) {
+        const { default: YAML } = await import('yaml');
         process.stdout.write(YAML.stringify(config, { lineWidth: 0 }));
         return;
       }
