@@ -8,21 +8,7 @@ import { runInjector, type RunningInjector } from '../injector/webhook.js';
 import { installWebhookConfiguration, webhookConfiguration } from '../injector/webhook-config.js';
 import { startControlPlane, freePorts, type ControlPlane } from './harness/controlplane.js';
 import { testBinary } from './harness/cache.js';
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-}
+import { eventually } from './harness/eventually.js';
 
 const names = (pod: V1Pod) => ({
   init: (pod.spec?.initContainers ?? []).map((c) => c.name),
