@@ -66,14 +66,48 @@ function iptablesCommand(): Command {
   return iptables;
 }
 
+function cniCommand(): Command {
+  const cni = new Command('cni')
+    .summary('run the CNI node agent, or install/uninstall the CNI plugin')
+    .description('Programs pod network namespaces on behalf of the chained CNI plugin (cni/plugin/flb-cni.c), which forwards every CNI call to this agent.');
+  cni
+    .command('agent')
+    .description('Serve the CNI plugin over a Unix socket: read the pod\'s flomesh.io/interception annotation and program its network namespace.')
+    .option('--socket <path>', 'Unix socket the plugin connects to', '/var/run/flb-mesh/cni-agent.sock')
+    .option('--state-dir <dir>', 'where programmed containers are recorded (for DEL and GC)', '/var/run/flb-mesh/cni-state')
+    .option('--kubeconfig <file>', 'kubeconfig (default: in-cluster)')
+    .action(async (o: { socket: string; stateDir: string; kubeconfig?: string }) => {
+      const [{ CniAgent }, { loadKubeConfig }, { createLogger }, { CoreV1Api }] = await Promise.all([
+        import('./agent.js'),
+        import('../common/kube.js'),
+        import('../common/log.js'),
+        import('@kubernetes/client-node'),
+      ]);
+      const core = loadKubeConfig(o.kubeconfig).makeApiClient(CoreV1Api);
+      const agent = new CniAgent({
+        socketPath: o.socket,
+        stateDir: o.stateDir,
+        log: createLogger('cni-agent'),
+        getPod: async (namespace, name) => {
+          try {
+            return await core.readNamespacedPod({ name, namespace });
+          } catch (error) {
+            if ((error as { code?: number }).code === 404) return undefined;
+            throw error;
+          }
+        },
+      });
+      await agent.start();
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await agent.stop();
+    });
+  notBuiltYet(cni.command('install').description('Install the plugin into the node\'s CNI configuration (not built yet).'), 'issue #4, the CNI installer');
+  return cni;
+}
+
 export function cniCommands(): Command[] {
-  return [
-    iptablesCommand(),
-    notBuiltYet(
-      new Command('cni')
-        .summary('run the CNI node agent, or install/uninstall the CNI plugin')
-        .description('Programs pod network namespaces on behalf of the chained CNI plugin.'),
-      'issue #4, traffic interception',
-    ),
-  ];
+  return [iptablesCommand(), cniCommand()];
 }

@@ -107,6 +107,16 @@ else
   info "up to date"
 fi
 
+step "CNI plugin (cni/plugin: a static C forwarder, so hosts need no Node.js)"
+plugin=cni/plugin/build/flb-cni
+if [[ ! -f $plugin || cni/plugin/flb-cni.c -nt $plugin ]]; then
+  mkdir -p cni/plugin/build
+  gcc -O2 -Wall -Wextra -Werror -static -o "$plugin" cni/plugin/flb-cni.c || die "building the CNI plugin failed (static linking needs libc6-dev)"
+  info "built $plugin"
+else
+  info "up to date"
+fi
+
 step "build"
 npm run --silent build >&2 || die "the TypeScript build failed"
 

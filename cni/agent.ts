@@ -1,0 +1,286 @@
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync, renameSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import type { V1Pod } from '@kubernetes/client-node';
+import { INTERCEPTION_ANNOTATION, InterceptionSchema, SIDECAR_STATUS_ANNOTATION, checkDocument, type Interception } from '../common/contract/index.js';
+import type { Logger } from '../common/log.js';
+import { applyRules, cleanRules, verifyRules } from './iptables.js';
+
+/**
+ * The CNI node agent: the plugin on the host (cni/plugin/flb-cni.c) forwards each CNI call here
+ * over a Unix socket; the agent decides and programs the pod's network namespace with the one
+ * rule builder. CNI spec 1.0.0 (ADD, DEL, CHECK, VERSION) and 1.1.0 (STATUS, GC).
+ */
+export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+
+/** CNI error codes (spec, "Error"); 100+ are this plugin's own. */
+export const CniError = {
+  incompatibleVersion: 1,
+  unsupportedField: 2,
+  unknownContainer: 3,
+  invalidEnvironment: 4,
+  io: 5,
+  decode: 6,
+  invalidConfig: 7,
+  tryAgainLater: 11,
+  programming: 100,
+} as const;
+
+export interface CniRequest {
+  command: string;
+  containerId: string;
+  netns: string;
+  ifName: string;
+  args: string;
+  path: string;
+  stdin: string;
+}
+
+export interface CniReply {
+  exitCode: number;
+  stdout: string;
+}
+
+export interface AgentOptions {
+  socketPath: string;
+  /** Records which container's namespace was programmed, for DEL and GC. */
+  stateDir: string;
+  /** The pod behind a sandbox; undefined when it does not exist (yet). */
+  getPod(namespace: string, name: string): Promise<V1Pod | undefined>;
+  log: Logger;
+}
+
+class CniFailure extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+    readonly details?: string,
+  ) {
+    super(message);
+  }
+}
+
+function parseArgs(args: string): Record<string, string> {
+  return Object.fromEntries(
+    args
+      .split(';')
+      .filter(Boolean)
+      .map((pair) => {
+        const eq = pair.indexOf('=');
+        return eq < 0 ? [pair, ''] : [pair.slice(0, eq), pair.slice(eq + 1)];
+      }),
+  );
+}
+
+/** The interception settings of a pod that has a sidecar and is set up by CNI; undefined otherwise. */
+export function cniSettingsOf(pod: V1Pod): Interception | undefined {
+  const annotations = pod.metadata?.annotations ?? {};
+  if (annotations[SIDECAR_STATUS_ANNOTATION] === undefined || annotations[INTERCEPTION_ANNOTATION] === undefined) return undefined;
+  let data: unknown;
+  try {
+    data = JSON.parse(annotations[INTERCEPTION_ANNOTATION]);
+  } catch {
+    throw new CniFailure(CniError.invalidConfig, `pod annotation ${INTERCEPTION_ANNOTATION} is not JSON`);
+  }
+  const checked = checkDocument(InterceptionSchema, data);
+  if (!checked.ok) throw new CniFailure(CniError.invalidConfig, `pod annotation ${INTERCEPTION_ANNOTATION} is invalid: ${checked.issues.map((i) => `${i.field}: ${i.message}`).join('; ')}`);
+  return checked.value.mode === 'cni' ? checked.value : undefined;
+}
+
+export class CniAgent {
+  private server?: Server;
+  constructor(private readonly options: AgentOptions) {}
+
+  async start(): Promise<void> {
+    mkdirSync(dirname(this.options.socketPath), { recursive: true });
+    mkdirSync(this.options.stateDir, { recursive: true });
+    if (existsSync(this.options.socketPath)) unlinkSync(this.options.socketPath);
+    this.server = createServer((socket) => this.serve(socket));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.options.socketPath, resolve);
+    });
+    this.options.log.info({ socket: this.options.socketPath }, 'CNI agent listening');
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    rmSync(this.options.socketPath, { force: true });
+  }
+
+  private serve(socket: Socket): void {
+    let buffer = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      const request = decodeRequest(buffer);
+      if (!request) return;
+      socket.removeAllListeners('data');
+      this.handle(request).then(
+        (reply) => socket.end(encodeReply(reply)),
+        (error: unknown) => socket.end(encodeReply({ exitCode: 1, stdout: errorResult('1.0.0', CniError.io, `agent error: ${String(error)}`) })),
+      );
+    });
+    socket.on('error', () => socket.destroy());
+  }
+
+  /** One CNI call; never throws: failures become CNI error results. */
+  async handle(request: CniRequest): Promise<CniReply> {
+    let version = '1.0.0';
+    const log = this.options.log.child({ command: request.command, container: request.containerId });
+    try {
+      if (request.command === 'VERSION') {
+        return { exitCode: 0, stdout: JSON.stringify({ cniVersion: '1.1.0', supportedVersions: SUPPORTED_VERSIONS }) };
+      }
+      let config: { cniVersion?: unknown; prevResult?: unknown; name?: unknown; 'cni.dev/valid-attachments'?: unknown };
+      try {
+        config = JSON.parse(request.stdin) as typeof config;
+      } catch (error) {
+        throw new CniFailure(CniError.decode, `the network configuration on stdin is not JSON: ${(error as Error).message}`);
+      }
+      if (typeof config !== 'object' || config === null || typeof config.cniVersion !== 'string') {
+        throw new CniFailure(CniError.invalidConfig, 'the network configuration has no cniVersion');
+      }
+      version = config.cniVersion;
+      if (!SUPPORTED_VERSIONS.includes(version)) {
+        throw new CniFailure(CniError.incompatibleVersion, `CNI version ${version} is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`);
+      }
+      const passThrough = () => JSON.stringify({ ...(config.prevResult as object), cniVersion: version });
+      switch (request.command) {
+        case 'ADD': {
+          if (typeof config.prevResult !== 'object' || config.prevResult === null) {
+            throw new CniFailure(CniError.invalidConfig, 'flb-cni is a chained plugin: put it after the plugin that creates the interface (no prevResult)');
+          }
+          const settings = await this.podSettings(request);
+          if (settings) {
+            await this.program(request, settings);
+            log.info({ netns: request.netns }, 'interception rules applied');
+          }
+          return { exitCode: 0, stdout: passThrough() };
+        }
+        case 'DEL':
+          await this.release(request.containerId, request.netns, log);
+          return { exitCode: 0, stdout: '' };
+        case 'CHECK': {
+          const settings = await this.podSettings(request);
+          if (settings) {
+            const { problems } = await verifyRules(settings, { netns: request.netns });
+            if (problems.length) throw new CniFailure(CniError.programming, `the pod's interception rules are not in place: ${problems.slice(0, 5).join('; ')}`);
+          }
+          return { exitCode: 0, stdout: '' };
+        }
+        case 'STATUS':
+          return { exitCode: 0, stdout: '' };
+        case 'GC': {
+          const valid = Array.isArray(config['cni.dev/valid-attachments']) ? (config['cni.dev/valid-attachments'] as { containerID?: string }[]) : [];
+          const keep = new Set(valid.map((a) => a.containerID));
+          for (const id of this.recordedContainers()) if (!keep.has(id)) await this.release(id, undefined, log);
+          return { exitCode: 0, stdout: '' };
+        }
+        default:
+          throw new CniFailure(CniError.invalidEnvironment, `unknown CNI_COMMAND ${JSON.stringify(request.command)}`);
+      }
+    } catch (error) {
+      const failure = error instanceof CniFailure ? error : new CniFailure(CniError.io, error instanceof Error ? error.message : String(error));
+      log.warn({ code: failure.code }, failure.message);
+      return { exitCode: 1, stdout: errorResult(version, failure.code, failure.message, failure.details) };
+    }
+  }
+
+  private async podSettings(request: CniRequest): Promise<Interception | undefined> {
+    const args = parseArgs(request.args);
+    const namespace = args.K8S_POD_NAMESPACE;
+    const name = args.K8S_POD_NAME;
+    if (!namespace || !name) return undefined; // not a Kubernetes pod: nothing to do
+    if (!request.netns) throw new CniFailure(CniError.invalidEnvironment, 'CNI_NETNS is not set');
+    if (!existsSync(request.netns)) throw new CniFailure(CniError.invalidEnvironment, `the network namespace ${request.netns} does not exist`);
+    let pod: V1Pod | undefined;
+    try {
+      pod = await this.options.getPod(namespace, name);
+    } catch (error) {
+      throw new CniFailure(CniError.tryAgainLater, `cannot read pod ${namespace}/${name} from the Kubernetes API: ${(error as Error).message}`);
+    }
+    if (!pod) throw new CniFailure(CniError.tryAgainLater, `pod ${namespace}/${name} is not known to the Kubernetes API (yet)`);
+    return cniSettingsOf(pod);
+  }
+
+  private async program(request: CniRequest, settings: Interception): Promise<void> {
+    this.record(request.containerId, { netns: request.netns });
+    try {
+      await applyRules(settings, { netns: request.netns });
+    } catch (error) {
+      // applyRules leaves nothing half-applied; nothing to release but the record.
+      this.forget(request.containerId);
+      throw new CniFailure(CniError.programming, `could not program the pod's network namespace: ${(error as Error).message}`);
+    }
+  }
+
+  /** DEL: removes what ADD made. Succeeds for something never added, or whose namespace is gone. */
+  private async release(containerId: string, netns: string | undefined, log: Logger): Promise<void> {
+    const recorded = this.recorded(containerId);
+    const target = netns || recorded?.netns;
+    if (recorded && target && existsSync(target)) {
+      try {
+        await cleanRules({ netns: target });
+      } catch (error) {
+        log.warn({ err: error }, 'could not clean the rules; the namespace is probably going away');
+      }
+    }
+    this.forget(containerId);
+  }
+
+  private statePath(containerId: string): string {
+    return join(this.options.stateDir, `${containerId.replace(/[^A-Za-z0-9_.-]/g, '_')}.json`);
+  }
+
+  private record(containerId: string, state: { netns: string }): void {
+    const path = this.statePath(containerId);
+    writeFileSync(`${path}.tmp`, JSON.stringify({ containerId, ...state }));
+    renameSync(`${path}.tmp`, path);
+  }
+
+  private recorded(containerId: string): { netns: string } | undefined {
+    try {
+      return JSON.parse(readFileSync(this.statePath(containerId), 'utf8')) as { netns: string };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private recordedContainers(): string[] {
+    return readdirSync(this.options.stateDir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => (JSON.parse(readFileSync(join(this.options.stateDir, f), 'utf8')) as { containerId: string }).containerId);
+  }
+
+  private forget(containerId: string): void {
+    rmSync(this.statePath(containerId), { force: true });
+  }
+}
+
+export function errorResult(cniVersion: string, code: number, msg: string, details?: string): string {
+  return JSON.stringify({ cniVersion, code, msg, ...(details ? { details } : {}) });
+}
+
+const FIELDS = ['command', 'containerId', 'netns', 'ifName', 'args', 'path', 'stdin'] as const;
+
+/** The plugin's request (see flb-cni.c): 7 length-prefixed fields; undefined until all have arrived. */
+export function decodeRequest(buffer: Buffer): CniRequest | undefined {
+  const out: Partial<Record<(typeof FIELDS)[number], string>> = {};
+  let offset = 0;
+  for (const field of FIELDS) {
+    if (buffer.length < offset + 4) return undefined;
+    const length = buffer.readUInt32BE(offset);
+    if (buffer.length < offset + 4 + length) return undefined;
+    out[field] = buffer.toString('utf8', offset + 4, offset + 4 + length);
+    offset += 4 + length;
+  }
+  return out as CniRequest;
+}
+
+export function encodeReply(reply: CniReply): Buffer {
+  const body = Buffer.from(reply.stdout.endsWith('\n') || reply.stdout === '' ? reply.stdout : `${reply.stdout}\n`);
+  const header = Buffer.alloc(8);
+  header.writeUInt32BE(reply.exitCode, 0);
+  header.writeUInt32BE(body.length, 4);
+  return Buffer.concat([header, body]);
+}
