@@ -1,5 +1,5 @@
+import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { notBuiltYet } from '../common/cli.js';
 import { ActionableError } from '../common/errors.js';
 import type { Interception } from '../common/contract/index.js';
 
@@ -104,7 +104,40 @@ function cniCommand(): Command {
       });
       await agent.stop();
     });
-  notBuiltYet(cni.command('install').description('Install the plugin into the node\'s CNI configuration (not built yet).'), 'issue #4, the CNI installer');
+  const defaultPlugin = fileURLToPath(new URL('../../cni/plugin/build/flb-cni', import.meta.url));
+  cni
+    .command('install')
+    .description(
+      "Copy the plugin into the CNI bin directory and chain it into the node's active network configuration. With --watch, put it back whenever another CNI rewrites the file. The plugin stays installed when the agent stops: ADD then fails (try again later) instead of starting pods without their rules; remove it with 'flb cni uninstall'.",
+    )
+    .option('--conf-dir <dir>', 'CNI network configuration directory', '/etc/cni/net.d')
+    .option('--bin-dir <dir>', 'CNI plugin directory', '/opt/cni/bin')
+    .option('--plugin <file>', 'the built plugin binary', defaultPlugin)
+    .option('--watch', 'keep watching the configuration directory until stopped')
+    .action(async (o: { confDir: string; binDir: string; plugin: string; watch?: boolean }) => {
+      const [{ installOnce, installAndWatch }, { createLogger }] = await Promise.all([import('./install.js'), import('../common/log.js')]);
+      const options = { confDir: o.confDir, binDir: o.binDir, pluginBinary: o.plugin, log: createLogger('cni-install') };
+      if (!o.watch) {
+        const { file, changed } = installOnce(options);
+        process.stdout.write(`${changed ? 'installed into' : 'already in'} ${file}\n`);
+        return;
+      }
+      const watcher = installAndWatch(options);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      watcher.close();
+    });
+  cni
+    .command('uninstall')
+    .description('Remove the plugin from every network configuration in the directory, and its binary.')
+    .option('--conf-dir <dir>', 'CNI network configuration directory', '/etc/cni/net.d')
+    .option('--bin-dir <dir>', 'CNI plugin directory', '/opt/cni/bin')
+    .action(async (o: { confDir: string; binDir: string }) => {
+      const [{ uninstall }, { createLogger }] = await Promise.all([import('./install.js'), import('../common/log.js')]);
+      for (const file of uninstall({ ...o, log: createLogger('cni-install') })) process.stdout.write(`removed from ${file}\n`);
+    });
   return cni;
 }
 
