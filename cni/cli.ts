@@ -104,6 +104,16 @@ function cniCommand(): Command {
       });
       await agent.stop();
     });
+  cni
+    .command('validate')
+    .description('In-pod check for CNI mode (the injector adds it as the first init container): exit 1, saying what to do, when outbound traffic is not redirected.')
+    .option('--settings <json|@file>', 'interception settings; default: $FLB_INTERCEPTION')
+    .option('--timeout <ms>', 'how long to wait for the redirected connection', '2000')
+    .action(async (o: { settings?: string; timeout: string }) => {
+      const [{ loadInterception }, { validateInterception }] = await Promise.all([import('./settings.js'), import('./validate.js')]);
+      const result = await validateInterception(loadInterception(o.settings), Number(o.timeout));
+      process.stdout.write(`traffic interception is in place (${result.destination} reached port 15001 in ${result.ms.toFixed(1)} ms)\n`);
+    });
   const defaultPlugin = fileURLToPath(new URL('../../cni/plugin/build/flb-cni', import.meta.url));
   cni
     .command('install')

@@ -190,7 +190,8 @@ describe('injected pods', () => {
     expect(result.action === 'inject' && result.podSecurityConflict).toMatch(/enforces Pod Security "restricted".*use the CNI interception mode/);
     const cni = injectFixture('cni-mode');
     expect(cni.result.action === 'inject' && cni.result.warnings).toEqual([]);
-    expect(cni.pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-sidecar']);
+    expect(cni.pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-validation', 'flb-sidecar']);
+    expect(cni.pod.spec!.initContainers![0]!.securityContext).toMatchObject({ runAsUser: 1501, runAsNonRoot: true, capabilities: { drop: ['ALL'] } });
   });
 
   it('take the sidecar image and command from the mesh config (so a Pipy image can be injected)', () => {

@@ -93,6 +93,9 @@ export function injectPod(
   const { interception } = parts;
   const initContainers: V1Container[] = [];
   if (interception.mode === 'iptables') initContainers.push(parts.init);
+  // In CNI mode the node agent wrote the rules; a pod that started before the plugin was on its node
+  // has none, and this check says so instead of letting the app run unmeshed.
+  if (interception.mode === 'cni') initContainers.push(validationContainer(mesh, parts.json));
   if (settings.nativeSidecars) initContainers.push(sidecar);
   const volumes = sidecarVolumes(mesh);
   const status: SidecarStatus = {
@@ -360,6 +363,29 @@ function initContainer(mesh: Mesh, interception: Interception): V1Container {
       allowPrivilegeEscalation: false,
       readOnlyRootFilesystem: true,
       capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] },
+    },
+  };
+}
+
+export const VALIDATION_CONTAINER_NAME = 'flb-validation';
+
+function validationContainer(mesh: Mesh, interceptionJson: string): V1Container {
+  return {
+    name: VALIDATION_CONTAINER_NAME,
+    image: mesh.init.image,
+    imagePullPolicy: mesh.sidecar.imagePullPolicy,
+    command: ['flb', 'cni', 'validate'],
+    env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
+    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
+    // Any UID but the proxy's, or its test connection would not be redirected; no privilege at all.
+    securityContext: {
+      runAsUser: mesh.proxyUid + 1,
+      runAsGroup: mesh.proxyUid + 1,
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
     },
   };
 }

@@ -134,11 +134,33 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     ]);
   });
 
+  it('the in-pod validation passes with the rules in place (CNI mode, no privilege)', async () => {
+    const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
+    // The stand-in sidecar holds 15001 in this namespace; validation runs before the sidecar, so stop it briefly.
+    helpers[0]!.process.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      const ok = await pod.exec(process.execPath, [flb, 'cni', 'validate', '--settings', JSON.stringify(settings())], { uid: 1501, reject: false });
+      expect(ok.stderr).toBe('');
+      expect(ok.stdout).toMatch(/^traffic interception is in place \(240.240.255.254:15999 reached port 15001/);
+    } finally {
+      helpers[0] = await startHelper(pod, 'intercept-helper.mjs');
+    }
+  });
+
   it('cleans without residue: iptables-save is as before', async () => {
     expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [4, 6] });
     expect(await normalisedSave(pod, backend, 4)).toBe(before[4]);
     expect(await normalisedSave(pod, backend, 6)).toBe(before[6]);
     expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [] });
     expect(await client(pod, APP, 'tcp', PEER.v4, '8080')).toBe(`peer ${PEER.v4}:8080`);
+    // Without the rules the in-pod validation fails and says what to do.
+    helpers[0]!.process.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
+    const failed = await pod.exec(process.execPath, [flb, 'cni', 'validate', '--timeout', '500'], { uid: 1501, reject: false });
+    expect(failed.exitCode).toBe(1);
+    expect(failed.stderr).toContain('traffic interception is not in place in this pod');
+    expect(failed.stderr).toContain('hint: the pod probably started before the flb-mesh CNI plugin was installed on its node');
   });
 });
