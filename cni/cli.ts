@@ -76,7 +76,10 @@ function cniCommand(): Command {
     .option('--socket <path>', 'Unix socket the plugin connects to', '/var/run/flb-mesh/cni-agent.sock')
     .option('--state-dir <dir>', 'where programmed containers are recorded (for DEL and GC)', '/var/run/flb-mesh/cni-state')
     .option('--kubeconfig <file>', 'kubeconfig (default: in-cluster)')
-    .action(async (o: { socket: string; stateDir: string; kubeconfig?: string }) => {
+    .option('--node-name <name>', 'this node (for the repair loop); default $NODE_NAME')
+    .addOption(new Option('--repair <mode>', 'pods whose in-pod validation failed: delete those a controller recreates (label the rest), only label, or leave them').choices(['delete', 'label', 'off']).default('delete'))
+    .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
+    .action(async (o: { socket: string; stateDir: string; kubeconfig?: string; nodeName?: string; repair: 'delete' | 'label' | 'off'; repairInterval: string }) => {
       const [{ CniAgent }, { loadKubeConfig }, { createLogger }, { CoreV1Api }] = await Promise.all([
         import('./agent.js'),
         import('../common/kube.js'),
@@ -98,10 +101,20 @@ function cniCommand(): Command {
         },
       });
       await agent.start();
+      const nodeName = o.nodeName ?? process.env.NODE_NAME;
+      let repairTimer: NodeJS.Timeout | undefined;
+      if (o.repair !== 'off' && nodeName) {
+        const [{ repairPass }, { parseDuration }] = await Promise.all([import('./repair.js'), import('../common/duration.js')]);
+        const log = createLogger('cni-repair');
+        const pass = () => void repairPass({ core, nodeName, mode: o.repair as 'delete' | 'label', log }).catch((error: unknown) => log.warn({ err: error }, 'repair pass failed'));
+        repairTimer = setInterval(pass, parseDuration(o.repairInterval));
+        pass();
+      }
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
+      clearInterval(repairTimer);
       await agent.stop();
     });
   cni

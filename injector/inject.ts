@@ -11,6 +11,7 @@ import {
   PROXY_RESOURCE_ANNOTATIONS,
   SIDECAR_CONTAINER_NAME,
   SIDECAR_STATUS_ANNOTATION,
+  VALIDATION_CONTAINER_NAME,
   type Interception,
   type Mesh,
 } from '../common/contract/index.js';
@@ -366,8 +367,6 @@ function initContainer(mesh: Mesh, interception: Interception): V1Container {
     },
   };
 }
-
-export const VALIDATION_CONTAINER_NAME = 'flb-validation';
 
 function validationContainer(mesh: Mesh, interceptionJson: string): V1Container {
   return {

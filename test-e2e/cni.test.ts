@@ -3,12 +3,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CoreV1Api, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import { API_VERSION, MeshSchema, parseDocument, InterceptionSchema } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
 import { CniAgent } from '../cni/agent.js';
 import { verifyRules } from '../cni/iptables.js';
+import { repairPass } from '../cni/repair.js';
 import { injectPod } from '../injector/inject.js';
 import { CniError, CniRuntime, type Conflist, type Sandbox } from './harness/cni-runtime.js';
 import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
@@ -146,6 +147,42 @@ describe('the CNI plugin and node agent', () => {
   it('refuses a missing network namespace', async () => {
     const run = await runtime.exec('ADD', 'flb-cni', { cniVersion: '1.0.0', name: 'x', prevResult: { cniVersion: '1.0.0' } }, { containerId: 'c-x', netns: '/var/run/netns/flbt-missing', ifName: 'eth0', args: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=meshed' });
     expect(run.result).toMatchObject({ code: 4, msg: 'the network namespace /var/run/netns/flbt-missing does not exist' });
+  });
+
+  it('the repair loop deletes controller-owned pods whose validation failed, and labels the others', async () => {
+    const apps = plane.kubeConfig.makeApiClient(AppsV1Api);
+    const cniMesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode: 'cni' } });
+    const template: V1Pod = { metadata: { labels: { app: 'early' } }, spec: { nodeName: 'node-a', containers: [{ name: 'app', image: 'example/app' }] } };
+    const injected = injectPod(template, { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } }, { mesh: cniMesh, nativeSidecars: true, version: 'test' });
+    const podTemplate = jsonpatch.applyPatch(structuredClone(template), (injected as { patch: jsonpatch.Operation[] }).patch, true, false).newDocument;
+    await apps.createNamespacedReplicaSet({ namespace: 'shop', body: { metadata: { name: 'early' }, spec: { replicas: 1, selector: { matchLabels: { app: 'early' } }, template: podTemplate } } });
+    await core.createNamespacedPod({ namespace: 'shop', body: { ...structuredClone(podTemplate), metadata: { name: 'early-bare', labels: { role: 'bare' }, annotations: podTemplate.metadata!.annotations! } } });
+    const first = await eventually('the ReplicaSet pod', async () => (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items[0]);
+    // No kubelet here: report, as a kubelet would, that flb-validation failed in both pods.
+    const failValidation = async (name: string) => {
+      const pod = await core.readNamespacedPod({ name, namespace: 'shop' });
+      pod.status = {
+        phase: 'Pending',
+        initContainerStatuses: [
+          { name: 'flb-validation', image: 'flomesh/flb-mesh:latest', imageID: '', ready: false, restartCount: 1, state: { terminated: { exitCode: 1, reason: 'Error' } } },
+        ],
+      };
+      await core.replaceNamespacedPodStatus({ name, namespace: 'shop', body: pod });
+    };
+    await failValidation(first.metadata!.name!);
+    await failValidation('early-bare');
+    const result = await repairPass({ core, nodeName: 'node-a', mode: 'delete', log });
+    expect(result).toEqual({ deleted: [`shop/${first.metadata!.name}`], labelled: ['shop/early-bare'] });
+    const replacement = await eventually('a replacement pod', async () => {
+      const pods = (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items.filter((p) => p.metadata!.name !== first.metadata!.name && !p.metadata!.deletionTimestamp);
+      return pods[0];
+    });
+    expect(replacement.spec!.nodeName).toBe('node-a');
+    expect((await core.readNamespacedPod({ name: 'early-bare', namespace: 'shop' })).metadata!.labels).toMatchObject({ 'flomesh.io/cni-repair': 'broken' });
+    const events = await core.listNamespacedEvent({ namespace: 'shop', fieldSelector: 'reason=InterceptionMissing' });
+    expect(events.items.map((e) => e.involvedObject.name).sort()).toEqual([first.metadata!.name, 'early-bare'].sort());
+    // A second pass finds nothing more to do.
+    expect(await repairPass({ core, nodeName: 'node-a', mode: 'delete', log })).toEqual({ deleted: [], labelled: [] });
   });
 
   it('fails ADD clearly when the agent is down, so no pod starts without its rules', async () => {

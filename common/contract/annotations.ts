@@ -24,3 +24,4 @@ export const PROXY_RESOURCE_ANNOTATIONS = {
 
 export const SIDECAR_CONTAINER_NAME = 'flb-sidecar';
 export const INIT_CONTAINER_NAME = 'flb-init';
+export const VALIDATION_CONTAINER_NAME = 'flb-validation';
