@@ -1,4 +1,4 @@
-import type { CoreV1Api} from '@kubernetes/client-node';
+import type { CoreV1Api } from '@kubernetes/client-node';
 import { PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../common/log.js';
 import { VALIDATION_CONTAINER_NAME } from '../common/contract/index.js';
