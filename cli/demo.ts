@@ -1,3 +1,4 @@
+import { untilStopped } from '../common/cli.js';
 import { Command } from 'commander';
 
 /**
@@ -34,10 +35,7 @@ export function demoCommand(): Command {
           '',
         ].join('\n'),
       );
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilStopped();
       log.info('stopping');
       await plane.stop();
     });

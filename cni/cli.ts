@@ -1,4 +1,5 @@
 import { fileURLToPath } from 'node:url';
+import { untilStopped } from '../common/cli.js';
 import { Command, Option } from 'commander';
 import { ActionableError } from '../common/errors.js';
 import type { Interception } from '../common/contract/index.js';
@@ -110,10 +111,7 @@ function cniCommand(): Command {
         repairTimer = setInterval(pass, parseDuration(o.repairInterval));
         pass();
       }
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilStopped();
       clearInterval(repairTimer);
       await agent.stop();
     });
@@ -146,10 +144,7 @@ function cniCommand(): Command {
         return;
       }
       const watcher = installAndWatch(options);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilStopped();
       watcher.close();
     });
   cni

@@ -66,3 +66,11 @@ export function reportError(error: unknown, logger?: Logger): number {
   logger?.error({ err: error }, message);
   return ExitCode.failure;
 }
+
+/** Resolves on SIGINT or SIGTERM: long-running subcommands wait on it, then shut down gracefully. */
+export function untilStopped(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+}

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 
-import { notBuiltYet } from '../common/cli.js';
+import { notBuiltYet, untilStopped } from '../common/cli.js';
 import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/annotations.js';
 import { UsageError, ActionableError } from '../common/errors.js';
 import { parseDuration, parseHostPort } from '../common/duration.js';
@@ -102,10 +102,7 @@ function webhookCommand(): Command {
         certs: { dnsNames, ipAddresses: o.ip, certValidityMs: parseDuration(o.certValidity!), caValidityMs: parseDuration(o.caValidity!) },
         log,
       });
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilStopped();
       log.info('shutting down');
       await injector.stop();
     });
