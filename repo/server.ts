@@ -1,0 +1,203 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Logger } from '../common/log.js';
+import { RepoError, checkPath, type Repo } from './repo.js';
+
+/**
+ * `flb repo`: the Pipy 1.5 repo REST API (repo/PIPY-API.md) over a Repo. Errors are text/plain
+ * messages, as Pipy's are, so Pipy's own tools read them; every bad request gets a 4xx and changes
+ * nothing.
+ */
+export const MAX_BODY_BYTES = 8 * 1024 * 1024;
+
+export interface RepoServer {
+  readonly port: number;
+  readonly registry: Registry;
+  close(): Promise<void>;
+}
+
+class Reply {
+  constructor(
+    readonly status: number,
+    readonly body: string | Buffer = '',
+    readonly headers: Record<string, string> = {},
+  ) {}
+}
+
+const text = (status: number, body: string, headers: Record<string, string> = {}) => new Reply(status, body, { 'content-type': 'text/plain', ...headers });
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) {
+      reject(new RepoError(413, `Request body over ${MAX_BODY_BYTES} bytes`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        req.destroy();
+        reject(new RepoError(413, `Request body over ${MAX_BODY_BYTES} bytes`));
+      } else chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseJsonObject(body: Buffer): Record<string, unknown> {
+  if (body.length === 0) return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new RepoError(400, 'Invalid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RepoError(400, 'Invalid JSON: expected an object');
+  return value as Record<string, unknown>;
+}
+
+export async function startRepoServer(options: { repo: Repo; host: string; port: number; log: Logger }): Promise<RepoServer> {
+  const { repo, log } = options;
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const requests = new Counter({ name: 'flb_repo_requests_total', help: 'Requests by route and status', labelNames: ['route', 'status'] as const, registers: [registry] });
+
+  async function route(req: IncomingMessage): Promise<{ route: string; reply: Reply }> {
+    const method = req.method ?? 'GET';
+    const rawPath = (req.url ?? '/').split('?')[0]!;
+    let path: string;
+    try {
+      path = decodeURIComponent(rawPath);
+    } catch {
+      throw new RepoError(400, 'Invalid URL encoding');
+    }
+    if (path.includes('\0')) throw new RepoError(400, 'Invalid path: NUL byte');
+
+    if (path === '/metrics' && method === 'GET') return { route: 'metrics', reply: new Reply(200, await registry.metrics(), { 'content-type': registry.contentType }) };
+
+    if (path === '/api/v1/repo' || path === '/api/v1/repo/') {
+      if (method !== 'GET') return { route: 'list', reply: new Reply(405) };
+      return { route: 'list', reply: text(200, repo.list().join('\n')) };
+    }
+    if (path.startsWith('/api/v1/repo/')) {
+      const name = path.slice('/api/v1/repo'.length);
+      const exact = repo.get(name);
+      switch (method) {
+        case 'GET': {
+          if (exact) return { route: 'codebase', reply: new Reply(200, JSON.stringify(repo.info(exact)), { 'content-type': 'application/json' }) };
+          const found = repo.resolve(name);
+          const content = found ? await repo.readFile(found.codebase.name, found.file) : undefined;
+          return { route: 'codebase', reply: content ? text(200, content.toString('utf8')) : new Reply(404) };
+        }
+        case 'POST':
+          await repo.create(name, parseJsonObject(await readBody(req)));
+          return { route: 'codebase', reply: new Reply(201) };
+        case 'PATCH':
+          await repo.patch(name, parseJsonObject(await readBody(req)));
+          return { route: 'codebase', reply: new Reply(201) };
+        case 'DELETE':
+          await repo.delete(name);
+          return { route: 'codebase', reply: new Reply(204) };
+        default:
+          return { route: 'codebase', reply: new Reply(405) };
+      }
+    }
+    if (path.startsWith('/api/v1/repo-files/')) {
+      const rest = path.slice('/api/v1/repo-files'.length);
+      checkPath(rest, 'filename');
+      const found = repo.resolve(rest);
+      if (!found) return { route: 'files', reply: text(404, 'Codebase not found') };
+      const { codebase, file } = found;
+      switch (method) {
+        case 'GET': {
+          const content = await repo.readFile(codebase.name, file);
+          return { route: 'files', reply: content ? new Reply(200, content, { 'content-type': 'text/plain' }) : new Reply(404) };
+        }
+        case 'POST':
+          await repo.writeDraft(codebase.name, file, await readBody(req));
+          return { route: 'files', reply: new Reply(201) };
+        case 'PATCH': {
+          const body = await readBody(req);
+          if (body.length === 0) await repo.discardDraft(codebase.name, file);
+          else await repo.writeDraft(codebase.name, file, body);
+          return { route: 'files', reply: new Reply(201) };
+        }
+        case 'DELETE':
+          await repo.eraseFile(codebase.name, file);
+          return { route: 'files', reply: new Reply(204) };
+        default:
+          return { route: 'files', reply: new Reply(405) };
+      }
+    }
+    if (path === '/repo' || path.startsWith('/repo/')) return { route: 'served', reply: await served(req, method, path.slice('/repo'.length)) };
+    return { route: 'unknown', reply: text(404, `No such route: ${method} ${rawPath}`) };
+  }
+
+  /** The tree workers poll: manifests, files, _etags, status reports. */
+  async function served(req: IncomingMessage, method: string, path: string): Promise<Reply> {
+    if (path.endsWith('/') && path.length > 1) {
+      const record = repo.get(path.slice(0, -1));
+      if (record && method === 'POST') {
+        const body = await readBody(req);
+        repo.reportStatus(record.name, parseJsonObject(body), req.socket.remoteAddress ?? '');
+        return new Reply(201);
+      }
+      if (record && (method === 'GET' || method === 'HEAD') && repo.isServed(record)) {
+        return text(200, repo.manifest(record), { etag: repo.etag(record) });
+      }
+      if (!record && method === 'POST') return text(404, `Codebase not found: ${path.slice(0, -1)}`);
+    } else if (method === 'GET' || method === 'HEAD') {
+      const found = path ? repo.resolve(path) : undefined;
+      if (found && repo.isServed(found.codebase)) {
+        if (found.file === '/_etags') return text(200, repo.etagsListing(found.codebase), { etag: '' });
+        const sha = repo.servedFiles(found.codebase)[found.file];
+        const content = sha ? await repo.blob(sha) : undefined;
+        if (content) return new Reply(200, content, { 'content-type': 'text/plain', etag: sha!.slice(0, 16) });
+        return new Reply(404);
+      }
+    }
+    if (method !== 'GET' && method !== 'HEAD') return new Reply(405);
+    if (method === 'HEAD') return new Reply(404);
+    const prefix = path.endsWith('/') ? path : `${path}/`;
+    const listed = repo.list().filter((name) => name.startsWith(prefix));
+    return listed.length ? text(200, listed.map((n) => `${n}/\n`).join('')) : new Reply(404);
+  }
+
+  const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    route(req).then(
+      ({ route: name, reply }) => {
+        requests.inc({ route: name, status: String(reply.status) });
+        const body = req.method === 'HEAD' ? '' : reply.body;
+        res.writeHead(reply.status, { server: 'flb-repo', 'content-length': String(Buffer.byteLength(reply.body)), ...reply.headers });
+        res.end(body);
+      },
+      (error: unknown) => {
+        const status = error instanceof RepoError ? error.status : 500;
+        const message = error instanceof Error ? error.message : String(error);
+        if (status >= 500) log.error({ err: error, url: req.url }, 'repo request failed');
+        requests.inc({ route: 'error', status: String(status) });
+        if (!res.headersSent) res.writeHead(status, { server: 'flb-repo', 'content-type': 'text/plain', connection: status === 413 ? 'close' : 'keep-alive' }).end(message);
+      },
+    );
+  });
+  server.keepAliveTimeout = 65_000;
+  const expiry = setInterval(() => repo.expireInstances(), 5000);
+  expiry.unref();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    registry,
+    close: () =>
+      new Promise<void>((resolve) => {
+        clearInterval(expiry);
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,111 @@
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { CodebaseRecord, RepoStore } from './store.js';
+
+/**
+ * The local-disk store. Every write follows the same protocol, so that a crash at any point
+ * leaves the last acknowledged state: write a temp file, fsync it, rename it over the target,
+ * fsync the directory. Blobs are content-addressed and written before the record that refers
+ * to them, so a record on disk never points at a missing blob.
+ *
+ * `faults` lets a test crash the write path after a chosen step to prove each step matters.
+ */
+export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced';
+
+export class DiskStore implements RepoStore {
+  private readonly records: string;
+  private readonly blobs: string;
+
+  constructor(
+    readonly dataDir: string,
+    private readonly faults?: { crashAfter?: WriteStep; occurrence?: number },
+  ) {
+    this.records = join(dataDir, 'codebases');
+    this.blobs = join(dataDir, 'blobs');
+  }
+
+  async init(): Promise<this> {
+    await mkdir(this.records, { recursive: true });
+    await mkdir(this.blobs, { recursive: true });
+    await syncDir(this.dataDir);
+    // Temp files are what a crash mid-write leaves; they were never acknowledged.
+    for (const dir of [this.records, this.blobs]) {
+      for (const f of await readdir(dir)) if (f.endsWith('.tmp')) await rm(join(dir, f), { force: true });
+    }
+    return this;
+  }
+
+  async loadAll(): Promise<CodebaseRecord[]> {
+    const out: CodebaseRecord[] = [];
+    for (const f of (await readdir(this.records)).filter((f) => f.endsWith('.json')).sort()) {
+      out.push(JSON.parse(await readFile(join(this.records, f), 'utf8')) as CodebaseRecord);
+    }
+    return out;
+  }
+
+  putRecord(record: CodebaseRecord): Promise<void> {
+    return this.durableWrite(this.records, `${encodeURIComponent(record.name)}.json`, Buffer.from(JSON.stringify(record)));
+  }
+
+  async deleteRecord(name: string): Promise<void> {
+    await rm(join(this.records, `${encodeURIComponent(name)}.json`), { force: true });
+    await syncDir(this.records);
+  }
+
+  async putBlob(content: Buffer): Promise<string> {
+    const sha = createHash('sha256').update(content).digest('hex');
+    try {
+      // Already there: content-addressed, so it is the same bytes, and it was synced when written.
+      await (await open(join(this.blobs, sha), 'r')).close();
+      return sha;
+    } catch {
+      await this.durableWrite(this.blobs, sha, content);
+      return sha;
+    }
+  }
+
+  async getBlob(sha: string): Promise<Buffer | undefined> {
+    if (!/^[0-9a-f]{64}$/.test(sha)) return undefined;
+    try {
+      return await readFile(join(this.blobs, sha));
+    } catch {
+      return undefined;
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private seen = 0;
+
+  private step(step: WriteStep): void {
+    if (this.faults?.crashAfter !== step) return;
+    if (++this.seen >= (this.faults.occurrence ?? 1)) process.kill(process.pid, 'SIGKILL');
+  }
+
+  private async durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
+    const temp = join(dir, `${name}.${process.pid}.${Date.now()}.tmp`);
+    const handle = await open(temp, 'w');
+    try {
+      await handle.writeFile(content);
+      this.step('temp-written');
+      await handle.sync();
+      this.step('temp-synced');
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, join(dir, name));
+    this.step('renamed');
+    await syncDir(dir);
+    this.step('dir-synced');
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,33 @@
+/**
+ * The repo's storage, behind one small interface so that the local disk (the embedded default)
+ * and etcd (several replicas serving the same data) are interchangeable. A codebase is one small
+ * record (its versions' manifests: path -> content hash) plus content-addressed blobs, so a change
+ * to one file writes one blob and one record, whatever the codebase's size.
+ */
+export interface CodebaseRecord {
+  /** Normalised name, e.g. /flb/mesh */
+  name: string;
+  /** The codebase it derives from, if any. */
+  base?: string;
+  /** The published version; "0" until the first publish. */
+  version: string;
+  main: string;
+  /** Published files: path -> sha256 of the content. */
+  files: Record<string, string>;
+  /** Drafts not yet published: path -> sha256, or null for a file erased in the draft. */
+  edits: Record<string, string | null>;
+  /** A draft entry point, published with the next version. */
+  draftMain?: string;
+}
+
+export interface RepoStore {
+  /** Every codebase record, for start-up. */
+  loadAll(): Promise<CodebaseRecord[]>;
+  /** Writes the record durably; on return a crash can no longer lose it. */
+  putRecord(record: CodebaseRecord): Promise<void>;
+  deleteRecord(name: string): Promise<void>;
+  /** Writes the blob durably (before any record refers to it); returns its sha256. */
+  putBlob(content: Buffer): Promise<string>;
+  getBlob(sha: string): Promise<Buffer | undefined>;
+  close(): Promise<void>;
+}
