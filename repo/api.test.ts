@@ -84,6 +84,28 @@ describe('the repo REST API (flb repo)', () => {
     for (let i = 0; i < 20; i++) expect(manifest).toContain(`/f${i}.json`);
   });
 
+  it('pushes a publish to a worker waiting with If-None-Match and Prefer: wait (long poll)', async () => {
+    const head = async () => (await fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, { method: 'HEAD' })).headers.get('etag')!;
+    const etag = await head();
+    const unchanged = await fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, { headers: { 'if-none-match': etag } });
+    expect(unchanged.status).toBe(304);
+    const started = performance.now();
+    const waiting = fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, { headers: { 'if-none-match': etag, prefer: 'wait=30' } });
+    await new Promise((r) => setTimeout(r, 300));
+    // A publish of the base reaches the derived codebase's waiter.
+    await call('POST', '/api/v1/repo-files/cmesh/mesh.json', '{"v":"pushed"}');
+    const publishedAt = performance.now();
+    await call('PATCH', '/api/v1/repo/cmesh', '{"version":"11"}');
+    const answer = await waiting;
+    const latency = performance.now() - publishedAt;
+    expect(answer.status).toBe(200);
+    expect(answer.headers.get('etag')).not.toBe(etag);
+    expect(performance.now() - started).toBeGreaterThan(250);
+    expect(latency).toBeLessThan(1000);
+    const timedOut = await fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, { headers: { 'if-none-match': answer.headers.get('etag')!, prefer: 'wait=1' } });
+    expect(timedOut.status).toBe(304);
+  });
+
   it('exports Prometheus metrics', async () => {
     expect((await call('GET', '/metrics')).text).toMatch(/flb_repo_requests_total\{route="served",status="200"\} \d+/);
   });

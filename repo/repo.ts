@@ -62,7 +62,26 @@ export class Repo {
   /** Writes to one codebase are serialised: concurrent writers see each other's results, in order. */
   private readonly queues = new Map<string, Promise<unknown>>();
 
+  private readonly listeners = new Set<(name: string) => void>();
+
   constructor(private readonly store: RepoStore) {}
+
+  /** Called with a codebase's name whenever what it serves may have changed (publish, delete). */
+  onPublish(listener: (name: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private published(name: string): void {
+    for (const listener of this.listeners) listener(name);
+  }
+
+  /** The codebase and its bases, nearest first. */
+  chain(name: string): string[] {
+    const out: string[] = [];
+    for (let c = this.codebases.get(name); c; c = c.base ? this.codebases.get(c.base) : undefined) out.push(c.name);
+    return out;
+  }
 
   async load(): Promise<this> {
     for (const record of await this.store.loadAll()) this.codebases.set(record.name, record);
@@ -145,6 +164,7 @@ export class Repo {
       const next: CodebaseRecord = { ...current, files, edits: {}, ...(body.main !== undefined ? { main: body.main as string } : {}), ...(version !== undefined ? { version } : {}) };
       await this.store.putRecord(next);
       this.codebases.set(name, next);
+      this.published(name);
     });
   }
 
@@ -157,6 +177,7 @@ export class Repo {
       await this.store.deleteRecord(name);
       this.codebases.delete(name);
       this.instances.delete(name);
+      this.published(name);
     });
   }
 

@@ -10,6 +10,8 @@ import { RepoError, checkPath, type Repo } from './repo.js';
  * nothing.
  */
 export const MAX_BODY_BYTES = 8 * 1024 * 1024;
+/** Longest a worker's long poll is held; below common proxy idle timeouts. */
+export const MAX_WAIT_SECONDS = 55;
 
 export interface RepoServer {
   readonly port: number;
@@ -146,6 +148,18 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
         return new Reply(201);
       }
       if (record && (method === 'GET' || method === 'HEAD') && repo.isServed(record)) {
+        const known = req.headers['if-none-match'];
+        if (known !== undefined && known === repo.etag(record)) {
+          // Push by long poll: `Prefer: wait=N` (RFC 7240) holds the request until the etag
+          // changes, so a publish reaches waiting workers at once; Pipy workers, which never send
+          // If-None-Match, keep polling as before.
+          const wait = Math.min(MAX_WAIT_SECONDS, Number(/wait=(\d+)/.exec(String(req.headers.prefer ?? ''))?.[1] ?? 0));
+          if (wait > 0) await waitForChange(record.name, known, wait * 1000, req);
+          const now = repo.get(record.name);
+          if (!now || !repo.isServed(now)) return new Reply(404);
+          if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
+          return text(200, repo.manifest(now), { etag: repo.etag(now) });
+        }
         return text(200, repo.manifest(record), { etag: repo.etag(record) });
       }
       if (!record && method === 'POST') return text(404, `Codebase not found: ${path.slice(0, -1)}`);
@@ -164,6 +178,33 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
     const prefix = path.endsWith('/') ? path : `${path}/`;
     const listed = repo.list().filter((name) => name.startsWith(prefix));
     return listed.length ? text(200, listed.map((n) => `${n}/\n`).join('')) : new Reply(404);
+  }
+
+  const waiters = new Set<{ name: string; wake: () => void; cancel: () => void }>();
+  const unsubscribe = repo.onPublish((changed) => {
+    for (const waiter of waiters) if (repo.chain(waiter.name).includes(changed) || waiter.name === changed) waiter.wake();
+  });
+  function waitForChange(name: string, etag: string, timeoutMs: number, req: IncomingMessage): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(waiter);
+        req.socket.off('close', done);
+        resolve();
+      };
+      const waiter = {
+        name,
+        wake: () => {
+          const record = repo.get(name);
+          if (!record || repo.etag(record) !== etag) done();
+        },
+        cancel: done,
+      };
+      const timer = setTimeout(done, timeoutMs);
+      waiters.add(waiter);
+      // A worker that hangs up stops waiting.
+      req.socket.once('close', done);
+    });
   }
 
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -196,6 +237,8 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
     close: () =>
       new Promise<void>((resolve) => {
         clearInterval(expiry);
+        unsubscribe();
+        for (const waiter of [...waiters]) waiter.cancel();
         server.close(() => resolve());
         server.closeAllConnections();
       }),
