@@ -1,0 +1,168 @@
+import type { Logger } from '../common/log.js';
+
+/**
+ * The sidecar's side of the repo: a worker of its own codebase. It waits for a change by long poll
+ * when the repo offers push (flb's repo), polls with HEAD otherwise (a Pipy repo), fetches only the
+ * files whose `_etags` entry changed, reports status, and backs off while the repo is away, keeping
+ * the last good snapshot.
+ */
+export interface Snapshot {
+  etag: string;
+  main: string;
+  files: Map<string, Buffer>;
+}
+
+export interface WorkerOptions {
+  /** The codebase URL, ending in `/`: http(s)://repo:6060/repo/flb/sidecars/<id>/ */
+  url: string;
+  onUpdate(snapshot: Snapshot, changed: string[]): void | Promise<void>;
+  /** The status body to report; omit to report nothing. */
+  status?: () => Record<string, unknown>;
+  log: Logger;
+  /** Seconds a long poll may be held by the repo (0: poll only). */
+  waitSeconds?: number;
+  pollIntervalMs?: number;
+  statusIntervalMs?: number;
+  maxBackoffMs?: number;
+  /** Extra request headers (an Authorization bearer token, later). */
+  headers?: () => Record<string, string>;
+}
+
+export class RepoWorker {
+  private snapshot?: Snapshot;
+  private fileEtags = new Map<string, string>();
+  private stopped = false;
+  private readonly abort = new AbortController();
+  private pushSupported = true;
+  private loop?: Promise<void>;
+  private statusTimer?: NodeJS.Timeout;
+  /** Files fetched since start, for tests and metrics. */
+  fetchedFiles = 0;
+
+  constructor(private readonly options: WorkerOptions) {
+    if (!options.url.endsWith('/')) throw new Error(`the worker URL must end with '/': ${options.url}`);
+  }
+
+  current(): Snapshot | undefined {
+    return this.snapshot;
+  }
+
+  start(): void {
+    this.loop = this.run();
+    if (this.options.status) {
+      const report = () => void this.reportStatus();
+      this.statusTimer = setInterval(report, this.options.statusIntervalMs ?? 5000);
+      report();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort.abort();
+    clearInterval(this.statusTimer);
+    await this.loop?.catch(() => {});
+  }
+
+  private request(path: string, init: RequestInit = {}): Promise<Response> {
+    return fetch(new URL(path, this.options.url), {
+      ...init,
+      signal: this.abort.signal,
+      headers: { ...this.options.headers?.(), ...(init.headers as Record<string, string> | undefined) },
+    });
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 0;
+    while (!this.stopped) {
+      try {
+        await this.step();
+        backoff = 0;
+      } catch (error) {
+        if (this.stopped) return;
+        backoff = Math.min(this.options.maxBackoffMs ?? 30_000, backoff ? backoff * 2 : 500);
+        const delay = backoff / 2 + Math.random() * (backoff / 2);
+        this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
+        await this.sleep(delay);
+      }
+    }
+  }
+
+  private async step(): Promise<void> {
+    const etag = this.snapshot?.etag;
+    const wait = this.options.waitSeconds ?? 30;
+    if (etag !== undefined && !(this.pushSupported && wait > 0)) {
+      await this.sleep(this.options.pollIntervalMs ?? 5000);
+      if (this.stopped) return;
+      const head = await this.request('', { method: 'HEAD' });
+      if (!head.ok) throw new Error(`HEAD ${this.options.url}: ${head.status}`);
+      if (head.headers.get('etag') === etag) return;
+    }
+    const response = await this.request('', etag !== undefined && this.pushSupported && wait > 0 ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}` } } : {});
+    if (response.status === 304) return;
+    if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
+    const manifest = await response.text();
+    const newEtag = response.headers.get('etag') ?? '';
+    if (newEtag === etag) {
+      // The repo ignored If-None-Match (a Pipy repo): fall back to polling.
+      this.pushSupported = false;
+      return;
+    }
+    await this.sync(manifest, newEtag);
+  }
+
+  private async sync(manifest: string, etag: string): Promise<void> {
+    const lines = manifest.split('\n').map((l) => l.trim()).filter(Boolean);
+    const main = lines[0] ?? '';
+    const etagsResponse = await this.request('_etags');
+    const latest = new Map<string, string>();
+    if (etagsResponse.ok) {
+      for (const line of (await etagsResponse.text()).split('\n').filter(Boolean)) {
+        const hash = line.lastIndexOf('#');
+        latest.set(hash < 0 ? line : line.slice(0, hash), hash < 0 ? '' : line.slice(hash + 1));
+      }
+    }
+    const files = new Map<string, Buffer>();
+    const changed: string[] = [];
+    for (const path of lines) {
+      const known = this.snapshot?.files.get(path);
+      const tag = latest.get(path);
+      if (known && tag && this.fileEtags.get(path) === tag) {
+        files.set(path, known);
+        continue;
+      }
+      const file = await this.request(path.slice(1));
+      // As Pipy workers do: a listed file that is gone is skipped.
+      if (file.status === 404) continue;
+      if (!file.ok) throw new Error(`GET ${path}: ${file.status}`);
+      files.set(path, Buffer.from(await file.arrayBuffer()));
+      this.fetchedFiles++;
+      changed.push(path);
+    }
+    for (const path of this.snapshot?.files.keys() ?? []) if (!files.has(path)) changed.push(path);
+    this.fileEtags = latest;
+    this.snapshot = { etag, main, files };
+    await this.options.onUpdate(this.snapshot, changed);
+  }
+
+  private async reportStatus(): Promise<void> {
+    try {
+      await this.request('', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...this.options.status!(), version: this.snapshot?.etag ?? '' }) });
+    } catch {
+      // The next report retries; the repo keeps the instance for a minute.
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const onAbort = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.abort.signal.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      this.abort.signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
