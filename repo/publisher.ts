@@ -1,0 +1,181 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from '../common/log.js';
+import { MESH_CODEBASE, sidecarCodebase } from '../common/contract/identity.js';
+
+/**
+ * The control plane's publisher: keeps `/flb/mesh` (mesh.json, services/*.json) and one derived
+ * codebase per sidecar current in the repo. It is told the desired state and reconciles: only
+ * files whose content hash changed are written, one publish per codebase per round, sidecar
+ * codebases in parallel up to a bound, rounds coalesced, and when the repo is away it retries with
+ * backoff and publishes the latest desired state (never a stale one) once it is back.
+ */
+export interface PublisherOptions {
+  /** The repo's base URL, e.g. http://127.0.0.1:6060 */
+  url: string;
+  log: Logger;
+  concurrency?: number;
+  /** Changes within this window go out in one round. */
+  batchMs?: number;
+  maxBackoffMs?: number;
+  headers?: () => Record<string, string>;
+}
+
+type Files = Map<string, string>;
+const hash = (content: string) => createHash('sha256').update(content).digest('hex');
+
+export class Publisher {
+  private readonly desired = new Map<string, Files>();
+  private readonly published = new Map<string, Map<string, string>>();
+  private readonly versions = new Map<string, number>();
+  private timer?: NodeJS.Timeout;
+  private running?: Promise<void>;
+  private again = false;
+  private backoff = 0;
+  private stopped = false;
+  private waiters: (() => void)[] = [];
+  /** Counts for tests and metrics. */
+  readonly stats = { filesWritten: 0, publishes: 0, failures: 0 };
+
+  constructor(private readonly options: PublisherOptions) {}
+
+  setMesh(files: Files): void {
+    this.desired.set(MESH_CODEBASE, new Map(files));
+    this.schedule();
+  }
+
+  setSidecar(id: string, files: Files): void {
+    this.desired.set(sidecarCodebase(id), new Map(files));
+    this.schedule();
+  }
+
+  removeSidecar(id: string): void {
+    this.desired.delete(sidecarCodebase(id));
+    this.schedule();
+  }
+
+  /** Resolves when everything desired so far is published. */
+  settled(): Promise<void> {
+    if (!this.timer && !this.running && !this.again) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  private schedule(delay = this.options.batchMs ?? 50): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.running = this.round().finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.schedule(0);
+        } else if (!this.timer) {
+          for (const resolve of this.waiters.splice(0)) resolve();
+        }
+      });
+    }, delay);
+  }
+
+  private async round(): Promise<void> {
+    try {
+      // The mesh first: sidecar codebases derive from it.
+      if (this.desired.has(MESH_CODEBASE)) await this.reconcile(MESH_CODEBASE, undefined);
+      const codebases = [...new Set([...this.desired.keys(), ...this.published.keys()])].filter((c) => c !== MESH_CODEBASE);
+      const queue = [...codebases];
+      const workers = Array.from({ length: Math.min(this.options.concurrency ?? 8, queue.length) }, async () => {
+        for (let next = queue.shift(); next; next = queue.shift()) {
+          if (this.desired.has(next)) await this.reconcile(next, MESH_CODEBASE);
+          else await this.remove(next);
+        }
+      });
+      await Promise.all(workers);
+      this.backoff = 0;
+    } catch (error) {
+      this.stats.failures++;
+      this.backoff = Math.min(this.options.maxBackoffMs ?? 30_000, this.backoff ? this.backoff * 2 : 200);
+      this.options.log.warn({ err: error, retryInMs: this.backoff }, 'publishing to the repo failed; will retry with the latest state');
+      this.again = false;
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.schedule(0);
+      }, this.backoff);
+    }
+  }
+
+  private async call(method: string, path: string, body?: string): Promise<Response> {
+    const response = await fetch(new URL(path, this.options.url), { method, ...(body !== undefined ? { body } : {}), headers: { ...this.options.headers?.() } });
+    return response;
+  }
+
+  private async ensure(codebase: string, base: string | undefined): Promise<void> {
+    if (this.versions.has(codebase)) return;
+    const info = await this.call('GET', `/api/v1/repo${codebase}`);
+    if (info.ok) {
+      const record = (await info.json()) as { version: string; files: string[] };
+      this.versions.set(codebase, Number.parseInt(record.version, 10) || 0);
+      // Published by an earlier run: flb's repo names each file by a prefix of its content hash in
+      // _etags, so a restarted control plane republishes nothing that did not change. (Other repos'
+      // etags do not match; everything is then written once.)
+      const known = new Map<string, string>();
+      const etags = await this.call('GET', `/repo${codebase}/_etags`);
+      if (etags.ok) {
+        for (const line of (await etags.text()).split('\n').filter(Boolean)) {
+          const at = line.lastIndexOf('#');
+          if (at > 0 && record.files.includes(line.slice(0, at))) known.set(line.slice(0, at), line.slice(at + 1));
+        }
+      }
+      this.published.set(codebase, known);
+      return;
+    }
+    if (info.status !== 404) throw new Error(`GET ${codebase}: ${info.status} ${await info.text()}`);
+    const created = await this.call('POST', `/api/v1/repo${codebase}`, JSON.stringify(base ? { base } : { main: '/mesh.json' }));
+    if (created.status !== 201) throw new Error(`creating ${codebase}: ${created.status} ${await created.text()}`);
+    this.versions.set(codebase, 0);
+    this.published.set(codebase, new Map());
+  }
+
+  private async reconcile(codebase: string, base: string | undefined): Promise<void> {
+    await this.ensure(codebase, base);
+    const want = this.desired.get(codebase)!;
+    const have = this.published.get(codebase)!;
+    const writes = [...want].filter(([path, content]) => {
+      const known = have.get(path);
+      return known === undefined || !hash(content).startsWith(known);
+    });
+    const erases = [...have.keys()].filter((path) => !want.has(path));
+    if (writes.length === 0 && erases.length === 0) return;
+    for (const [path, content] of writes) {
+      const r = await this.call('POST', `/api/v1/repo-files${codebase}${path}`, content);
+      if (r.status !== 201) throw new Error(`writing ${codebase}${path}: ${r.status} ${await r.text()}`);
+      this.stats.filesWritten++;
+    }
+    for (const path of erases) {
+      const r = await this.call('DELETE', `/api/v1/repo-files${codebase}${path}`);
+      if (r.status !== 204) throw new Error(`erasing ${codebase}${path}: ${r.status}`);
+    }
+    const version = (this.versions.get(codebase) ?? 0) + 1;
+    const r = await this.call('PATCH', `/api/v1/repo${codebase}`, JSON.stringify({ version: String(version) }));
+    if (r.status !== 201) throw new Error(`publishing ${codebase}: ${r.status} ${await r.text()}`);
+    this.versions.set(codebase, version);
+    this.stats.publishes++;
+    for (const [path, content] of writes) have.set(path, hash(content));
+    for (const path of erases) have.delete(path);
+  }
+
+  private async remove(codebase: string): Promise<void> {
+    const r = await this.call('DELETE', `/api/v1/repo${codebase}`);
+    if (r.status !== 204 && r.status !== 404) throw new Error(`deleting ${codebase}: ${r.status} ${await r.text()}`);
+    this.published.delete(codebase);
+    this.versions.delete(codebase);
+  }
+}
