@@ -164,6 +164,7 @@ export class Repo {
       const next: CodebaseRecord = { ...current, files, edits: {}, ...(body.main !== undefined ? { main: body.main as string } : {}), ...(version !== undefined ? { version } : {}) };
       await this.store.putRecord(next);
       this.codebases.set(name, next);
+      await this.store.clearDrafts(name, Object.keys(current.edits));
       this.published(name);
     });
   }
@@ -201,9 +202,8 @@ export class Repo {
     return this.exclusive(name, async () => {
       const record = this.require(name);
       const sha = await this.store.putBlob(content);
-      const next = { ...record, edits: { ...record.edits, [file]: sha } };
-      await this.store.putRecord(next);
-      this.codebases.set(name, next);
+      await this.store.putDraft(name, file, sha);
+      this.codebases.set(name, { ...record, edits: { ...record.edits, [file]: sha } });
     });
   }
 
@@ -214,9 +214,8 @@ export class Repo {
       if (!(file in record.edits)) return;
       const edits = { ...record.edits };
       delete edits[file];
-      const next = { ...record, edits };
-      await this.store.putRecord(next);
-      this.codebases.set(name, next);
+      await this.store.clearDrafts(name, [file]);
+      this.codebases.set(name, { ...record, edits });
     });
   }
 
@@ -225,11 +224,14 @@ export class Repo {
     return this.exclusive(name, async () => {
       const record = this.require(name);
       const edits = { ...record.edits };
-      if (record.files[file]) edits[file] = null;
-      else delete edits[file];
-      const next = { ...record, edits };
-      await this.store.putRecord(next);
-      this.codebases.set(name, next);
+      if (record.files[file]) {
+        edits[file] = null;
+        await this.store.putDraft(name, file, null);
+      } else {
+        delete edits[file];
+        await this.store.clearDrafts(name, [file]);
+      }
+      this.codebases.set(name, { ...record, edits });
     });
   }
 

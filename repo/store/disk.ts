@@ -16,6 +16,7 @@ export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced
 export class DiskStore implements RepoStore {
   private readonly records: string;
   private readonly blobs: string;
+  private readonly drafts: string;
 
   constructor(
     readonly dataDir: string,
@@ -23,14 +24,16 @@ export class DiskStore implements RepoStore {
   ) {
     this.records = join(dataDir, 'codebases');
     this.blobs = join(dataDir, 'blobs');
+    this.drafts = join(dataDir, 'drafts');
   }
 
   async init(): Promise<this> {
     await mkdir(this.records, { recursive: true });
     await mkdir(this.blobs, { recursive: true });
+    await mkdir(this.drafts, { recursive: true });
     await syncDir(this.dataDir);
     // Temp files are what a crash mid-write leaves; they were never acknowledged.
-    for (const dir of [this.records, this.blobs]) {
+    for (const dir of [this.records, this.blobs, ...(await readdir(this.drafts)).map((d) => join(this.drafts, d))]) {
       for (const f of await readdir(dir)) if (f.endsWith('.tmp')) await rm(join(dir, f), { force: true });
     }
     return this;
@@ -39,18 +42,46 @@ export class DiskStore implements RepoStore {
   async loadAll(): Promise<CodebaseRecord[]> {
     const out: CodebaseRecord[] = [];
     for (const f of (await readdir(this.records)).filter((f) => f.endsWith('.json')).sort()) {
-      out.push(JSON.parse(await readFile(join(this.records, f), 'utf8')) as CodebaseRecord);
+      const record = JSON.parse(await readFile(join(this.records, f), 'utf8')) as CodebaseRecord;
+      record.edits = {};
+      const dir = this.draftDir(record.name);
+      for (const d of (await readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
+        const { path, sha } = JSON.parse(await readFile(join(dir, d), 'utf8')) as { path: string; sha: string | null };
+        // A crash between a publish and the removal of its drafts leaves drafts that are published already.
+        if (sha === null ? !(path in record.files) : record.files[path] === sha) continue;
+        record.edits[path] = sha;
+      }
+      out.push(record);
     }
     return out;
   }
 
   putRecord(record: CodebaseRecord): Promise<void> {
-    return this.durableWrite(this.records, `${encodeURIComponent(record.name)}.json`, Buffer.from(JSON.stringify(record)));
+    const { edits: _edits, ...published } = record;
+    return this.durableWrite(this.records, `${encodeURIComponent(record.name)}.json`, Buffer.from(JSON.stringify({ ...published, edits: {} })));
   }
 
   async deleteRecord(name: string): Promise<void> {
     await rm(join(this.records, `${encodeURIComponent(name)}.json`), { force: true });
     await syncDir(this.records);
+    await rm(this.draftDir(name), { recursive: true, force: true });
+  }
+
+  private draftDir(codebase: string): string {
+    return join(this.drafts, encodeURIComponent(codebase));
+  }
+
+  async putDraft(codebase: string, path: string, sha: string | null): Promise<void> {
+    const dir = this.draftDir(codebase);
+    await mkdir(dir, { recursive: true });
+    await this.durableWrite(dir, `${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha })));
+  }
+
+  async clearDrafts(codebase: string, paths: string[]): Promise<void> {
+    if (paths.length === 0) return;
+    const dir = this.draftDir(codebase);
+    await Promise.all(paths.map((p) => rm(join(dir, `${encodeURIComponent(p)}.json`), { force: true })));
+    await syncDir(dir).catch(() => {});
   }
 
   async putBlob(content: Buffer): Promise<string> {

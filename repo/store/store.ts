@@ -21,10 +21,16 @@ export interface CodebaseRecord {
 }
 
 export interface RepoStore {
-  /** Every codebase record, for start-up. */
+  /** Every codebase record with its drafts, for start-up. */
   loadAll(): Promise<CodebaseRecord[]>;
-  /** Writes the record durably; on return a crash can no longer lose it. */
+  /** Writes the record (without its drafts, which are kept apart) durably; on return a crash can no longer lose it. */
   putRecord(record: CodebaseRecord): Promise<void>;
+  /**
+   * Drafts are small records of their own, so writing one costs the same however large the
+   * codebase is: sha of the draft content, or null for an erased file.
+   */
+  putDraft(codebase: string, path: string, sha: string | null): Promise<void>;
+  clearDrafts(codebase: string, paths: string[]): Promise<void>;
   deleteRecord(name: string): Promise<void>;
   /** Writes the blob durably (before any record refers to it); returns its sha256. */
   putBlob(content: Buffer): Promise<string>;
