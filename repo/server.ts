@@ -1,7 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../common/log.js';
+import { Authenticator, authorize } from './auth.js';
 import { RepoError, checkPath, type Repo } from './repo.js';
 
 /**
@@ -61,8 +63,20 @@ function parseJsonObject(body: Buffer): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-export async function startRepoServer(options: { repo: Repo; host: string; port: number; log: Logger }): Promise<RepoServer> {
+export interface RepoServerOptions {
+  repo: Repo;
+  host: string;
+  port: number;
+  log: Logger;
+  /** HTTPS with these; `ca` verifies client certificates (which stay optional: tokens work too). */
+  tls?: { cert: string; key: string; ca?: string };
+  /** Default: everyone may do everything (only for a repo bound to loopback). */
+  auth?: Authenticator;
+}
+
+export async function startRepoServer(options: RepoServerOptions): Promise<RepoServer> {
   const { repo, log } = options;
+  const auth = options.auth ?? new Authenticator({ trustAnonymous: true });
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const requests = new Counter({ name: 'flb_repo_requests_total', help: 'Requests by route and status', labelNames: ['route', 'status'] as const, registers: [registry] });
@@ -77,6 +91,18 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
       throw new RepoError(400, 'Invalid URL encoding');
     }
     if (path.includes('\0')) throw new RepoError(400, 'Invalid path: NUL byte');
+
+    let principal;
+    try {
+      principal = await auth.authenticate(req);
+    } catch (error) {
+      log.warn({ err: error }, 'could not check credentials');
+      throw new RepoError(503, 'cannot check credentials right now (TokenReview failed); retry');
+    }
+    if (!principal) throw new RepoError(401, 'authentication required: a client certificate, or a ServiceAccount token for the repo audience');
+    if (!authorize(principal, method, path)) {
+      throw new RepoError(403, `${principal.kind === 'sidecar' ? `sidecar ${principal.id}` : principal.kind} may not ${method} ${path}; sidecars read only the mesh codebase and their own`);
+    }
 
     if (path === '/metrics' && method === 'GET') return { route: 'metrics', reply: new Reply(200, await registry.metrics(), { 'content-type': registry.contentType }) };
 
@@ -207,7 +233,7 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
     });
   }
 
-  const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
     route(req).then(
       ({ route: name, reply }) => {
         requests.inc({ route: name, status: String(reply.status) });
@@ -223,7 +249,10 @@ export async function startRepoServer(options: { repo: Repo; host: string; port:
         if (!res.headersSent) res.writeHead(status, { server: 'flb-repo', 'content-type': 'text/plain', connection: status === 413 ? 'close' : 'keep-alive' }).end(message);
       },
     );
-  });
+  };
+  const server: Server = options.tls
+    ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2', ...(options.tls.ca ? { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
+    : createServer(handler);
   server.keepAliveTimeout = 65_000;
   const expiry = setInterval(() => repo.expireInstances(), 5000);
   expiry.unref();
