@@ -88,6 +88,25 @@ export class Repo {
     return this;
   }
 
+  /**
+   * Takes in what other replicas wrote to a shared store (etcd), and wakes the workers waiting on
+   * any codebase whose served state changed. Returns the names that changed.
+   */
+  async refresh(): Promise<string[]> {
+    const fresh = new Map((await this.store.loadAll()).map((r) => [r.name, r]));
+    const changed: string[] = [];
+    for (const name of new Set([...this.codebases.keys(), ...fresh.keys()])) {
+      const before = this.codebases.get(name);
+      const after = fresh.get(name);
+      if (JSON.stringify(before) === JSON.stringify(after)) continue;
+      if (after) this.codebases.set(name, after);
+      else this.codebases.delete(name);
+      changed.push(name);
+    }
+    for (const name of changed) this.published(name);
+    return changed;
+  }
+
   private exclusive<T>(name: string, work: () => Promise<T>): Promise<T> {
     const previous = this.queues.get(name) ?? Promise.resolve();
     const next = previous.then(work, work);
