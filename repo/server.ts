@@ -91,6 +91,8 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
       throw new RepoError(400, 'Invalid URL encoding');
     }
     if (path.includes('\0')) throw new RepoError(400, 'Invalid path: NUL byte');
+    // No `.`/`..` segments anywhere: authorization compares path prefixes, so paths must be plain.
+    if (path.split('/').some((segment) => segment === '.' || segment === '..')) throw new RepoError(400, 'Invalid path: "." and ".." segments are not allowed');
 
     let principal;
     try {

@@ -102,6 +102,9 @@ describe('repo authentication and authorization', () => {
     expect(other).toEqual({ status: 403, text: 'sidecar pod.shop.web may not GET /repo/flb/sidecars/pod.shop.other/; sidecars read only the mesh codebase and their own' });
     expect((await call('POST', '/api/v1/repo-files/flb/mesh/evil.json', { token: webToken }, '{}')).status).toBe(403);
     expect((await call('GET', '/api/v1/repo', { token: webToken })).status).toBe(403);
+    // No way out of its own codebase by path tricks.
+    expect((await call('GET', '/repo/flb/sidecars/pod.shop.web/../pod.shop.other/', { token: webToken })).status).toBe(400);
+    expect((await call('GET', '/repo/flb/mesh/%2E%2E/sidecars/pod.shop.other/', { token: webToken })).status).toBe(400);
   });
 
   it('refuses a token for another audience, no credentials, and a certificate from another CA', async () => {
