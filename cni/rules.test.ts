@@ -76,6 +76,13 @@ describe('applying over what is live', () => {
     expect(cleanDocument(parseSave('*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n'))).toBeUndefined();
   });
 
+  it('removes extra copies of a jump, keeping one', () => {
+    const live = parseSave(printDocument(plan).replace('COMMIT', '-A OUTPUT -p tcp -j FLB_OUTPUT\n-A OUTPUT -p tcp -j FLB_OUTPUT\nCOMMIT'));
+    const doc = applyDocument(plan, live);
+    expect(doc.match(/^-D OUTPUT -p tcp -j FLB_OUTPUT$/gm)).toHaveLength(2);
+    expect(doc).not.toMatch(/^-A OUTPUT -p tcp -j FLB_OUTPUT$/m);
+  });
+
   it('reports duplicated jumps and foreign rules in our chains', () => {
     const live = parseSave(`${printDocument(plan).replace('COMMIT', '-A OUTPUT -p tcp -j FLB_OUTPUT\n-A FLB_OUTPUT -j ACCEPT\nCOMMIT')}`);
     expect(verifyAgainst(plan, live)).toEqual(['jump appears 2 times: -A OUTPUT -p tcp -j FLB_OUTPUT', 'unexpected rule: -A FLB_OUTPUT -j ACCEPT']);

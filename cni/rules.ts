@@ -143,7 +143,8 @@ const hasJump = (list: readonly Jump[], jump: Jump) => list.some((j) => j.from =
  * the kernel takes it whole or not at all.
  */
 export function applyDocument(plan: RulePlan, live: LiveState): string {
-  const stale = live.jumps.filter((j) => !hasJump(plan.jumps, j));
+  // Jumps of ours that should not be there, and extra copies of those that should (one stays).
+  const stale = live.jumps.filter((j, i) => !hasJump(plan.jumps, j) || live.jumps.findIndex((k) => k.from === j.from && k.rule === j.rule) !== i);
   const staleChains = live.chains.filter((c) => !plan.chains.includes(c));
   return [
     '*nat',

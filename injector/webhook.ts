@@ -45,13 +45,19 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
   let material = await ensureCertificates(store, options.certs, log);
   const updateExpiry = () => metrics.certificateExpiry.set(certificateExpiry(material.certPem) / 1000);
   updateExpiry();
-  const syncBundle = async (m: TlsMaterial) => {
+  /** True when the configuration's caBundle is now `m`'s (or there is no configuration to update yet). */
+  const syncBundle = async (m: TlsMaterial): Promise<boolean> => {
     try {
       if (await syncCaBundle(kubeConfig, options.webhookConfigName, caBundle(m))) log.info({ config: options.webhookConfigName }, 'caBundle updated');
+      return true;
     } catch (error) {
       const code = (error as { code?: number }).code;
-      if (code === 404) log.warn({ config: options.webhookConfigName }, "the MutatingWebhookConfiguration does not exist yet: run 'flb webhook install' (or install the chart)");
-      else log.warn({ err: error }, 'could not update the caBundle; will retry');
+      if (code === 404) {
+        log.warn({ config: options.webhookConfigName }, "the MutatingWebhookConfiguration does not exist yet: run 'flb webhook install' (or install the chart)");
+        return true;
+      }
+      log.warn({ err: error }, 'could not update the caBundle; will retry');
+      return false;
     }
   };
   await syncBundle(material);
@@ -80,8 +86,9 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
       const next = await ensureCertificates(store, options.certs, log);
       if (next.certPem !== material.certPem) {
         if (next.caPem !== material.caPem) {
-          // The bundle must trust the new CA before anyone is shown a certificate it signed.
-          await syncBundle(next);
+          // The bundle must trust the new CA before anyone is shown a certificate it signed: until
+          // the update is confirmed, keep serving the old certificate (still valid) and retry.
+          if (!(await syncBundle(next))) return;
           await new Promise((r) => setTimeout(r, options.caPropagationMs ?? 5000));
         }
         server.setCertificate({ cert: next.certPem, key: next.keyPem });

@@ -54,7 +54,9 @@ export class Authenticator {
     const user = review.status?.user;
     const namespace = /^system:serviceaccount:([^:]+):[^:]+$/.exec(user?.username ?? '')?.[1];
     const podName = user?.extra?.['authentication.kubernetes.io/pod-name']?.[0];
-    if (review.status?.authenticated && namespace && podName) principal = { kind: 'sidecar', id: sidecarId({ kind: 'pod', namespace, name: podName }) };
+    // An authenticator that ignores audiences would approve any token: the answer must name ours.
+    const forUs = review.status?.audiences?.includes(this.options.tokenReview.audience) ?? false;
+    if (review.status?.authenticated && forUs && namespace && podName) principal = { kind: 'sidecar', id: sidecarId({ kind: 'pod', namespace, name: podName }) };
     // Short-lived cache: a deleted pod's token stops working within this window.
     if (this.cache.size > 10_000) this.cache.clear();
     this.cache.set(key, { principal, until: Date.now() + 30_000 });

@@ -305,14 +305,8 @@ export class Repo {
 
   reportStatus(name: string, status: Record<string, unknown>, ip: string, now = Date.now()): void {
     const uuid = typeof status.uuid === 'string' ? status.uuid : '';
-    let existing: Instance | undefined;
-    for (const set of this.instances.values()) {
-      existing = set.get(uuid);
-      if (existing) {
-        set.delete(uuid);
-        break;
-      }
-    }
+    // Looked up in this codebase only: a sidecar cannot take over another codebase's instance.
+    const existing = this.instances.get(name)?.get(uuid);
     const { metrics: _metrics, ...kept } = status;
     const instance: Instance = { index: existing?.index ?? ++this.instanceCounter, ip, timestamp: now, status: kept };
     if (!this.instances.has(name)) this.instances.set(name, new Map());

@@ -180,6 +180,12 @@ describe('interception annotation', () => {
     expect(parsed.outboundPort).toBe(15001);
     expect(parsed.sidecarPorts).toEqual(expect.arrayContaining([15000, 15001, 15003, 15010, 15053, 15901, 15902, 15903]));
   });
+  it('rejects an interface name that could smuggle text into iptables rules', () => {
+    expect(issues(() => parseDocument(InterceptionSchema, { ...example('interception.json'), excludeInterfaces: ['eth0 -j ACCEPT'] }, 'annotation'))).toEqual([
+      'excludeInterfaces[0]: must be a network interface name (1-15 letters, digits or _.@:+-)',
+    ]);
+  });
+
   it('rejects invalid exclusion lists', () => {
     const bad = { ...example('interception.json'), excludeOutboundPorts: [0], excludeOutboundIpRanges: ['10.0.0.0/8', 'nope'] };
     expect(issues(() => parseDocument(InterceptionSchema, bad, 'annotation')).sort()).toEqual([

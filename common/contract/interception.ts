@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { DEFAULT_PORTS, DEFAULT_PROXY_UID, InterceptionModeSchema } from './mesh.js';
-import { cidr, port } from './primitives.js';
+import { cidr, interfaceName, port } from './primitives.js';
 
 /**
  * The pod annotation the injector writes and that whichever part steers the pod's traffic reads:
@@ -32,7 +32,7 @@ export const InterceptionSchema = z
     excludeOutboundIpRanges: z.array(cidr).default([]),
     /** Empty means every destination is redirected except the excluded ranges. */
     includeOutboundIpRanges: z.array(cidr).default([]),
-    excludeInterfaces: z.array(z.string().min(1).max(15)).default([]),
+    excludeInterfaces: z.array(interfaceName).default([]),
   })
   .superRefine((settings, ctx) => {
     for (const key of ['outboundPort', 'inboundPort', 'dnsPort'] as const) {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { API_VERSION, cidr, dnsLabel, dnsName, port } from './primitives.js';
+import { API_VERSION, cidr, dnsLabel, dnsName, interfaceName, port } from './primitives.js';
 
 /** The ports users see (ARCHITECTURE.md, 'Defaults'). */
 export const DEFAULT_PORTS = {
@@ -49,7 +49,7 @@ export const MeshInterceptionSchema = z.object({
   excludeOutboundIpRanges: z.array(cidr).default([]),
   /** Empty means every destination is intercepted. */
   includeOutboundIpRanges: z.array(cidr).default([]),
-  excludeInterfaces: z.array(z.string().min(1).max(15, 'interface names are at most 15 characters')).default([]),
+  excludeInterfaces: z.array(interfaceName).default([]),
 });
 
 const resourceQuantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/, 'must be a Kubernetes quantity such as 100m or 64Mi');

@@ -53,3 +53,6 @@ export function cidrContains(range: string, address: string): boolean {
   if (ip.kind() !== parsed[0].kind()) return false;
   return ip.match(parsed);
 }
+
+/** A Linux interface name; it goes into iptables rules, so nothing but the characters names use. */
+export const interfaceName = z.string().regex(/^[A-Za-z0-9_.@:+-]{1,15}$/, 'must be a network interface name (1-15 letters, digits or _.@:+-)');

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CodebaseRecord, RepoStore } from './store.js';
@@ -62,9 +62,11 @@ export class DiskStore implements RepoStore {
   }
 
   async deleteRecord(name: string): Promise<void> {
+    // Drafts first: a codebase recreated under the same name must not find old drafts.
+    await rm(this.draftDir(name), { recursive: true, force: true });
+    await syncDir(this.drafts);
     await rm(join(this.records, `${encodeURIComponent(name)}.json`), { force: true });
     await syncDir(this.records);
-    await rm(this.draftDir(name), { recursive: true, force: true });
   }
 
   private draftDir(codebase: string): string {
@@ -73,7 +75,7 @@ export class DiskStore implements RepoStore {
 
   async putDraft(codebase: string, path: string, sha: string | null): Promise<void> {
     const dir = this.draftDir(codebase);
-    await mkdir(dir, { recursive: true });
+    if ((await mkdir(dir, { recursive: true })) !== undefined) await syncDir(this.drafts);
     await this.durableWrite(dir, `${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha })));
   }
 
@@ -87,8 +89,10 @@ export class DiskStore implements RepoStore {
   async putBlob(content: Buffer): Promise<string> {
     const sha = createHash('sha256').update(content).digest('hex');
     try {
-      // Already there: content-addressed, so it is the same bytes, and it was synced when written.
+      // Already there: content-addressed, so the same bytes. Its directory entry may not be synced
+      // yet (another writer between rename and fsync, or a crash right after rename): sync it.
       await (await open(join(this.blobs, sha), 'r')).close();
+      await syncDir(this.blobs);
       return sha;
     } catch {
       await this.durableWrite(this.blobs, sha, content);
@@ -115,8 +119,9 @@ export class DiskStore implements RepoStore {
   }
 
   private async durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
-    const temp = join(dir, `${name}.${process.pid}.${Date.now()}.tmp`);
-    const handle = await open(temp, 'w');
+    // Unique, and created exclusively: two writers of the same content must never share a temp file.
+    const temp = join(dir, `${name}.${randomUUID()}.tmp`);
+    const handle = await open(temp, 'wx');
     try {
       await handle.writeFile(content);
       this.step('temp-written');
