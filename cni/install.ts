@@ -1,5 +1,6 @@
 import { copyFileSync, chmodSync, existsSync, readFileSync, readdirSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { basename, join } from 'node:path';
+import { ActionableError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 
 /**
@@ -23,9 +24,8 @@ export interface InstallOptions {
   log: Logger;
 }
 
-export class InstallError extends Error {
-  override readonly name = 'InstallError';
-}
+/** A problem with the node's CNI configuration or the plugin binary: reported as a CLI failure (exit 1). */
+export class InstallError extends ActionableError {}
 
 const CONFIG_EXTENSIONS = ['.conf', '.conflist', '.json'];
 

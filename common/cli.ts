@@ -53,10 +53,6 @@ export function reportError(error: unknown, logger?: Logger): number {
     logger?.error({ err: error }, error.message);
     return ExitCode.failure;
   }
-  if (error instanceof Error && error.name === 'InstallError') {
-    process.stderr.write(`flb: ${error.message}\n`);
-    return ExitCode.failure;
-  }
   if (error instanceof ContractError) {
     process.stderr.write(`flb: ${error.message}\n`);
     return ExitCode.failure;

@@ -90,7 +90,7 @@ export function injectPod(
 
   const containers = pod.spec?.containers ?? [];
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
-  const sidecar = sidecarContainer(pod, settings, resources, rewrites, workload ?? ownerWorkload(pod));
+  const sidecar = sidecarContainer(settings, resources, rewrites, workload ?? ownerWorkload(pod));
   const { interception } = parts;
   const initContainers: V1Container[] = [];
   if (interception.mode === 'iptables') initContainers.push(parts.init);
@@ -289,7 +289,6 @@ function fieldEnv(name: string, fieldPath: string): V1EnvVar {
 }
 
 function sidecarContainer(
-  _pod: V1Pod,
   settings: InjectorSettings,
   resources: NonNullable<V1Container['resources']>,
   rewrites: ProbeRewrite[],

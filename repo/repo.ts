@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { CodebaseRecord, RepoStore } from './store/store.js';
 
 /**
@@ -329,8 +328,4 @@ export class Repo {
   async blob(sha: string): Promise<Buffer | undefined> {
     return this.store.getBlob(sha);
   }
-}
-
-export function contentHash(content: Buffer): string {
-  return createHash('sha256').update(content).digest('hex');
 }

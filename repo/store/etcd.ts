@@ -17,7 +17,6 @@ const rangeEnd = (prefix: string) => {
 };
 
 export class EtcdStore implements RepoStore {
-  readonly shared = true;
   constructor(
     private readonly endpoint: string,
     private readonly prefix = 'flb-repo/',
