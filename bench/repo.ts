@@ -4,6 +4,7 @@
 // service into it (against one changed service in a 100-service catalog, same run).
 // Repo on core 0, workers and publisher on core 1. Usage: npm run bench:repo
 import { spawn, type ChildProcess } from 'node:child_process';
+import { get as httpsGet } from 'node:https';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,7 +73,9 @@ const extra: Record<string, unknown> = {};
 try {
   // 1. Publish latency to N workers of N sidecar codebases derived from /flb/mesh.
   const repo = await startRepo('latency');
-  const publisher = new Publisher({ url: `http://127.0.0.1:${repo.port}`, log, concurrency: 16 });
+  // No batching window: what is measured is the repo's publish and push, not the control plane's
+  // choice to coalesce changes for 50 ms.
+  const publisher = new Publisher({ url: `http://127.0.0.1:${repo.port}`, log, concurrency: 16, batchMs: 0 });
   progress('creating 1,000 sidecar codebases');
   let started = performance.now();
   let version = 0;
@@ -94,36 +97,69 @@ try {
   publisher.stop();
   repo.child.kill('SIGKILL');
 
-  // 2. CPU and RSS with 1,000 workers polling every 5 s over TLS (keep-alive).
+  // 2. CPU and RSS with 1,000 workers polling every 5 s over TLS: minimal clients that keep their
+  // connection (as a Pipy worker would), and the sidecar's own fetch-based worker.
   const ca = createCertificateAuthority('bench-ca');
   const serving = issueCertificate(ca, { commonName: 'localhost', usage: 'server', ipAddresses: ['127.0.0.1'] });
   writeFileSync(join(work, 'tls.crt'), serving.certPem);
   writeFileSync(join(work, 'tls.key'), serving.keyPem);
-  // A copy of the latency repo's data, served over TLS (loopback, anonymous: the cost measured is TLS).
-  const tlsRepo = await startRepo('latency', ['--tls-cert', join(work, 'tls.crt'), '--tls-key', join(work, 'tls.key')]);
-  progress('1,000 workers polling every 5 s over TLS, 20 s');
-  const pollers = spawn('taskset', ['-c', '1', process.execPath, join(here, 'lib/repo-workers.js'), JSON.stringify({ base: `https://127.0.0.1:${tlsRepo.port}`, codebases, mode: 'poll', pollMs: 5000, ca: ca.certPem })], { stdio: ['pipe', 'ignore', 'inherit'] });
-  pollers.stdin!.write('arm\n');
-  await new Promise((r) => setTimeout(r, 7000));
-  const cpu0 = cpuSeconds(tlsRepo.child.pid!);
-  await new Promise((r) => setTimeout(r, 20_000));
-  const cpuShare = (cpuSeconds(tlsRepo.child.pid!) - cpu0) / 20;
-  const rss = rssMiB(tlsRepo.child.pid!);
-  pollers.kill('SIGKILL');
-  tlsRepo.child.kill('SIGKILL');
-  rows.push({ measure: '1,000 workers polling every 5 s over TLS (keep-alive)', workers: 1000, 'repo CPU % of a core': 100 * cpuShare, 'repo RSS MiB': rss });
+  writeFileSync(join(work, 'ca.crt'), ca.certPem);
+  const tlsConnections = async (base: string) => {
+    const metrics = await new Promise<string>((resolve, reject) => {
+      httpsGet(`${base}/metrics`, { ca: ca.certPem }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve(body));
+      }).on('error', reject);
+    });
+    const count = (label: string) => Number(new RegExp(`flb_repo_connections_total\\{tls="${label}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
+    return { full: count('full-handshake'), resumed: count('resumed') };
+  };
+  // The latency repo's data, served over TLS (loopback, anonymous: the cost measured is TLS).
+  const pollerKinds = [
+    { kind: 'minimal keep-alive clients', script: 'lib/repo-workers.js', args: { mode: 'poll' } },
+    { kind: "flb's repo worker (fetch)", script: 'lib/repo-pollers.js', args: {} },
+  ];
+  for (const { kind, script, args } of pollerKinds) {
+    const tlsRepo = await startRepo('latency', ['--tls-cert', join(work, 'tls.crt'), '--tls-key', join(work, 'tls.key')]);
+    progress(`1,000 ${kind} polling every 5 s over TLS, 20 s`);
+    const base = `https://127.0.0.1:${tlsRepo.port}`;
+    const pollers = spawn('taskset', ['-c', '1', process.execPath, join(here, script), JSON.stringify({ base, codebases, pollMs: 5000, ca: ca.certPem, ...args })], {
+      stdio: ['pipe', 'ignore', 'inherit'],
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: join(work, 'ca.crt') },
+    });
+    pollers.stdin!.write('arm\n');
+    await new Promise((r) => setTimeout(r, 7000));
+    const cpu0 = cpuSeconds(tlsRepo.child.pid!);
+    const conns0 = await tlsConnections(base);
+    await new Promise((r) => setTimeout(r, 20_000));
+    const cpuShare = (cpuSeconds(tlsRepo.child.pid!) - cpu0) / 20;
+    const conns1 = await tlsConnections(base);
+    const rss = rssMiB(tlsRepo.child.pid!);
+    pollers.kill('SIGKILL');
+    tlsRepo.child.kill('SIGKILL');
+    rows.push({
+      measure: `1,000 ${kind} polling every 5 s over TLS`,
+      workers: 1000,
+      'repo CPU % of a core': 100 * cpuShare,
+      'repo RSS MiB': rss,
+      'new TLS connections in 20 s (full/resumed)': `${conns1.full - conns0.full}/${conns1.resumed - conns0.resumed}`,
+    });
+  }
 
   // 3. Catalog publishing: 10,000 services from scratch, one changed at 10,000 and at 100.
   for (const n of [100, 10_000]) {
     const r = await startRepo(`catalog-${n}`);
-    const p = new Publisher({ url: `http://127.0.0.1:${r.port}`, log, concurrency: 16 });
+    const p = new Publisher({ url: `http://127.0.0.1:${r.port}`, log, concurrency: 16, batchMs: 0 });
     progress(`catalog of ${n} services`);
+    const full = catalog(n);
     started = performance.now();
-    p.setMesh(catalog(n));
+    p.setMesh(full);
     await p.settled();
     const fromScratch = performance.now() - started;
+    const changed = catalog(n, 7);
     started = performance.now();
-    p.setMesh(catalog(n, 7));
+    p.setMesh(changed);
     await p.settled();
     const oneChanged = performance.now() - started;
     rows.push({ measure: `catalog of ${n} services`, 'from scratch ms': fromScratch, 'one changed service ms': oneChanged });

@@ -82,4 +82,51 @@ describe('the control plane publisher', () => {
     expect(await (await fetch(`http://127.0.0.1:${port}/repo/flb/mesh/services/svc-7.json`)).json()).toEqual({ id: 'svc-7', v: 1 });
     publisher.stop();
   });
+
+  it('deletes sidecar codebases nobody wants once told the desired state is complete, never before', async () => {
+    await repo.create('/flb/sidecars/pod.shop.gone', { base: '/flb/mesh' });
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    publisher.setMesh(catalog(100, 8));
+    publisher.setSidecar('pod.shop.a', new Map([['/sidecar.json', '{"id":"a"}']]));
+    await publisher.settled();
+    expect(repo.get('/flb/sidecars/pod.shop.gone')).toBeDefined();
+    publisher.markComplete();
+    await publisher.settled();
+    expect(repo.get('/flb/sidecars/pod.shop.gone')).toBeUndefined();
+    expect(repo.get('/flb/sidecars/pod.shop.a')).toBeDefined();
+    expect(repo.get('/flb/mesh')).toBeDefined();
+    publisher.stop();
+  });
+
+  it('discards drafts a stopped control plane left, instead of publishing them', async () => {
+    await repo.writeDraft('/flb/mesh', '/services/stale.json', Buffer.from('{"stale":true}'));
+    await repo.eraseFile('/flb/mesh', '/services/svc-1.json');
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    publisher.setMesh(catalog(100, 9));
+    await publisher.settled();
+    const served = repo.servedFiles(repo.get('/flb/mesh')!);
+    expect(served['/services/stale.json']).toBeUndefined();
+    expect(served['/services/svc-1.json']).toBeDefined();
+    expect(repo.info(repo.get('/flb/mesh')!)).toMatchObject({ editFiles: [], erasedFiles: [] });
+    publisher.stop();
+  });
+
+  it('publishes a large catalog in a few batch requests, drafts first and the publish last', async () => {
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    const big = new Map([...catalog(100, 9)].map(([path, content]) => [path, content.padEnd(30_000, ' ')]));
+    const versionBefore = Number(repo.get('/flb/mesh')!.version);
+    const requestsBefore = await patchCount();
+    publisher.setMesh(big);
+    await publisher.settled();
+    // 101 files of 30 kB, 2 MiB a request: one drafts-only batch and the publishing one, one new version.
+    expect((await patchCount()) - requestsBefore).toBe(2);
+    expect(Number(repo.get('/flb/mesh')!.version)).toBe(versionBefore + 1);
+    expect((await repo.readFile('/flb/mesh', '/services/svc-99.json'))!.length).toBe(30_000);
+    publisher.stop();
+  });
+
+  async function patchCount(): Promise<number> {
+    const metrics = await server.registry.getSingleMetricAsString('flb_repo_requests_total');
+    return [...metrics.matchAll(/route="codebase",status="201"} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+  }
 });

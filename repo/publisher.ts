@@ -21,11 +21,13 @@ export interface PublisherOptions {
 }
 
 type Files = Map<string, string>;
+/** Under the repo's 8 MiB body limit with room for JSON escaping. */
+const BATCH_BYTES = 2 * 1024 * 1024;
 const hash = (content: string) => createHash('sha256').update(content).digest('hex');
 
 export class Publisher {
   private readonly desired = new Map<string, Files>();
-  private readonly published = new Map<string, Map<string, string>>();
+  private readonly published = new Map<string, Map<string, { content?: string; hash?: string }>>();
   private readonly versions = new Map<string, number>();
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
@@ -33,6 +35,9 @@ export class Publisher {
   private backoff = 0;
   private stopped = false;
   private waiters: (() => void)[] = [];
+  /** flb's repo takes a codebase's files and the publish in one request (the batch PATCH). */
+  private batchSupported = false;
+  private collectGarbage = false;
   /** Counts for tests and metrics. */
   readonly stats = { filesWritten: 0, publishes: 0, failures: 0 };
 
@@ -50,6 +55,17 @@ export class Publisher {
 
   removeSidecar(id: string): void {
     this.desired.delete(sidecarCodebase(id));
+    this.schedule();
+  }
+
+  /**
+   * Says the desired state is complete (the control plane has listed every pod and VM): sidecar
+   * codebases in the repo that are not desired, left by pods that went away while the control
+   * plane was down, are deleted in the next round. Never before: a restarted control plane that
+   * has not listed its pods yet would delete live sidecars' configuration.
+   */
+  markComplete(): void {
+    this.collectGarbage = true;
     this.schedule();
   }
 
@@ -89,6 +105,7 @@ export class Publisher {
     try {
       // The mesh first: sidecar codebases derive from it.
       if (this.desired.has(MESH_CODEBASE)) await this.reconcile(MESH_CODEBASE, undefined);
+      if (this.collectGarbage) await this.adoptOrphans();
       const codebases = [...new Set([...this.desired.keys(), ...this.published.keys()])].filter((c) => c !== MESH_CODEBASE);
       const queue = [...codebases];
       const workers = Array.from({ length: Math.min(this.options.concurrency ?? 8, queue.length) }, async () => {
@@ -112,8 +129,19 @@ export class Publisher {
     }
   }
 
+  private async adoptOrphans(): Promise<void> {
+    const list = await this.call('GET', '/api/v1/repo');
+    if (!list.ok) throw new Error(`listing codebases: ${list.status}`);
+    const prefix = sidecarCodebase('');
+    for (const name of (await list.text()).split('\n')) {
+      if (name.startsWith(prefix) && !this.desired.has(name) && !this.published.has(name)) this.published.set(name, new Map());
+    }
+    this.collectGarbage = false;
+  }
+
   private async call(method: string, path: string, body?: string): Promise<Response> {
     const response = await fetch(new URL(path, this.options.url), { method, ...(body !== undefined ? { body } : {}), headers: { ...this.options.headers?.() } });
+    this.batchSupported = response.headers.get('server') === 'flb-repo';
     return response;
   }
 
@@ -121,17 +149,23 @@ export class Publisher {
     if (this.versions.has(codebase)) return;
     const info = await this.call('GET', `/api/v1/repo${codebase}`);
     if (info.ok) {
-      const record = (await info.json()) as { version: string; files: string[] };
+      const record = (await info.json()) as { version: string; files: string[]; editFiles?: string[]; erasedFiles?: string[] };
       this.versions.set(codebase, Number.parseInt(record.version, 10) || 0);
+      // Drafts left by a control plane that stopped mid-round would be published with our next
+      // version: discard them (an empty PATCH discards a draft).
+      for (const path of [...(record.editFiles ?? []), ...(record.erasedFiles ?? [])]) {
+        const r = await this.call('PATCH', `/api/v1/repo-files${codebase}${path}`, '');
+        if (r.status !== 201) throw new Error(`discarding the stale draft ${codebase}${path}: ${r.status} ${await r.text()}`);
+      }
       // Published by an earlier run: flb's repo names each file by a prefix of its content hash in
       // _etags, so a restarted control plane republishes nothing that did not change. (Other repos'
       // etags do not match; everything is then written once.)
-      const known = new Map<string, string>();
+      const known = new Map<string, { hash: string }>();
       const etags = await this.call('GET', `/repo${codebase}/_etags`);
       if (etags.ok) {
         for (const line of (await etags.text()).split('\n').filter(Boolean)) {
           const at = line.lastIndexOf('#');
-          if (at > 0 && record.files.includes(line.slice(0, at))) known.set(line.slice(0, at), line.slice(at + 1));
+          if (at > 0 && record.files.includes(line.slice(0, at))) known.set(line.slice(0, at), { hash: line.slice(at + 1) });
         }
       }
       this.published.set(codebase, known);
@@ -150,10 +184,45 @@ export class Publisher {
     const have = this.published.get(codebase)!;
     const writes = [...want].filter(([path, content]) => {
       const known = have.get(path);
-      return known === undefined || !hash(content).startsWith(known);
+      // Published by this publisher: the content itself is kept, and comparing strings is far
+      // cheaper than hashing 10,000 files for one change. Adopted after a restart: a hash prefix.
+      if (known === undefined) return true;
+      return known.content !== undefined ? known.content !== content : !hash(content).startsWith(known.hash!);
     });
     const erases = [...have.keys()].filter((path) => !want.has(path));
     if (writes.length === 0 && erases.length === 0) return;
+    const version = (this.versions.get(codebase) ?? 0) + 1;
+    if (this.batchSupported) await this.publishBatch(codebase, writes, erases, version);
+    else await this.publishFileByFile(codebase, writes, erases, version);
+    this.versions.set(codebase, version);
+    this.stats.publishes++;
+    for (const [path, content] of writes) have.set(path, { content });
+    for (const path of erases) have.delete(path);
+  }
+
+  /** Drafts in requests of at most BATCH_BYTES, the last one publishing: one request for a typical change. */
+  private async publishBatch(codebase: string, writes: [string, string][], erases: string[], version: number): Promise<void> {
+    const chunks: Record<string, string | null>[] = [{}];
+    let size = 0;
+    for (const [path, content] of writes) {
+      if (size + content.length > BATCH_BYTES && size > 0) {
+        chunks.push({});
+        size = 0;
+      }
+      chunks.at(-1)![path] = content;
+      size += content.length + path.length;
+    }
+    for (const path of erases) chunks.at(-1)![path] = null;
+    for (const [i, files] of chunks.entries()) {
+      const last = i === chunks.length - 1;
+      const r = await this.call('PATCH', `/api/v1/repo${codebase}`, JSON.stringify(last ? { files, version: String(version) } : { files }));
+      if (r.status !== 201) throw new Error(`${last ? 'publishing' : 'writing drafts of'} ${codebase}: ${r.status} ${await r.text()}`);
+      this.stats.filesWritten += Object.keys(files).length;
+    }
+  }
+
+  /** The plain Pipy API: a draft per file, then the publish. */
+  private async publishFileByFile(codebase: string, writes: [string, string][], erases: string[], version: number): Promise<void> {
     for (const [path, content] of writes) {
       const r = await this.call('POST', `/api/v1/repo-files${codebase}${path}`, content);
       if (r.status !== 201) throw new Error(`writing ${codebase}${path}: ${r.status} ${await r.text()}`);
@@ -163,13 +232,8 @@ export class Publisher {
       const r = await this.call('DELETE', `/api/v1/repo-files${codebase}${path}`);
       if (r.status !== 204) throw new Error(`erasing ${codebase}${path}: ${r.status}`);
     }
-    const version = (this.versions.get(codebase) ?? 0) + 1;
     const r = await this.call('PATCH', `/api/v1/repo${codebase}`, JSON.stringify({ version: String(version) }));
     if (r.status !== 201) throw new Error(`publishing ${codebase}: ${r.status} ${await r.text()}`);
-    this.versions.set(codebase, version);
-    this.stats.publishes++;
-    for (const [path, content] of writes) have.set(path, hash(content));
-    for (const path of erases) have.delete(path);
   }
 
   private async remove(codebase: string): Promise<void> {

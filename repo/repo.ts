@@ -48,11 +48,19 @@ function checkVersion(value: unknown): string | undefined {
     if (!Number.isFinite(value) || value < 0 || value > 2 ** 31 - 1) throw new RepoError(400, 'Invalid version number');
     return String(Math.trunc(value));
   }
-  if (typeof value === 'string' && value.length > 0 && value.length <= 128 && !/[\s#]/.test(value)) return value;
-  throw new RepoError(400, 'Invalid version');
+  // `+` joins versions in a derived codebase's etag, which the delta of a push is computed from.
+  if (typeof value === 'string' && value.length > 0 && value.length <= 128 && !/[\s#+]/.test(value)) return value;
+  throw new RepoError(400, "Invalid version: 1-128 characters, no whitespace, '#' or '+'");
 }
 
 export const INSTANCE_TIMEOUT_MS = 60_000;
+/** Versions of each codebase remembered for computing the delta a pushed worker receives. */
+const HISTORY_VERSIONS = 16;
+/** Blobs are immutable (content-addressed), so a cache needs no invalidation; bounded by bytes. */
+const BLOB_CACHE_BYTES = 64 * 1024 * 1024;
+
+/** What changed between two served states: path -> new content sha, or null when removed. */
+export type Delta = Map<string, string | null>;
 
 export class Repo {
   private readonly codebases = new Map<string, CodebaseRecord>();
@@ -62,8 +70,29 @@ export class Repo {
   private readonly queues = new Map<string, Promise<unknown>>();
 
   private readonly listeners = new Set<(name: string) => void>();
+  /**
+   * Published file sets by version, per codebase, newest last. A version published in place (PATCH
+   * without a version) maps to null: workers holding it may have either content, so no delta from it.
+   */
+  private readonly history = new Map<string, Map<string, Record<string, string> | null>>();
+  /** Paths that may differ between a codebase's older etag and its current one, cached per pair. */
+  private readonly changedPathsCache = new Map<string, readonly string[]>();
+  private readonly blobCache = new Map<string, Buffer>();
+  private readonly blobReads = new Map<string, Promise<Buffer | undefined>>();
+  private blobCacheBytes = 0;
 
   constructor(private readonly store: RepoStore) {}
+
+  private remember(record: CodebaseRecord, inPlace = false): void {
+    let versions = this.history.get(record.name);
+    if (!versions) this.history.set(record.name, (versions = new Map()));
+    const previous = versions.get(record.version);
+    const same = previous !== undefined && previous !== null && JSON.stringify(previous) === JSON.stringify(record.files);
+    versions.delete(record.version);
+    versions.set(record.version, (inPlace && previous !== undefined && !same) || previous === null ? null : record.files);
+    while (versions.size > HISTORY_VERSIONS) versions.delete(versions.keys().next().value!);
+    if (this.changedPathsCache.size > 4096) this.changedPathsCache.clear();
+  }
 
   /** Called with a codebase's name whenever what it serves may have changed (publish, delete). */
   onPublish(listener: (name: string) => void): () => void {
@@ -83,7 +112,10 @@ export class Repo {
   }
 
   async load(): Promise<this> {
-    for (const record of await this.store.loadAll()) this.codebases.set(record.name, record);
+    for (const record of await this.store.loadAll()) {
+      this.codebases.set(record.name, record);
+      this.remember(record);
+    }
     return this;
   }
 
@@ -98,8 +130,13 @@ export class Repo {
       const before = this.codebases.get(name);
       const after = fresh.get(name);
       if (JSON.stringify(before) === JSON.stringify(after)) continue;
-      if (after) this.codebases.set(name, after);
-      else this.codebases.delete(name);
+      if (after) {
+        this.codebases.set(name, after);
+        this.remember(after, before?.version === after.version);
+      } else {
+        this.codebases.delete(name);
+        this.history.delete(name);
+      }
       changed.push(name);
     }
     for (const name of changed) this.published(name);
@@ -164,6 +201,7 @@ export class Repo {
       };
       await this.store.putRecord(record);
       this.codebases.set(name, record);
+      this.remember(record);
     });
   }
 
@@ -172,19 +210,56 @@ export class Repo {
     checkPath(name, 'codebase name');
     if (body.main !== undefined && (typeof body.main !== 'string' || !body.main.startsWith('/'))) throw new RepoError(400, 'Invalid main filename');
     const version = checkVersion(body.version);
+    return this.exclusive(name, () => this.publishLocked(name, body.main as string | undefined, version));
+  }
+
+  /**
+   * flb's batch extension: the given files (content, or null to erase) become drafts and, with a
+   * version, are published with every other draft, in one request. Blobs are written together
+   * (one directory sync) and the drafts are never written when publishing, so a 10,000-file
+   * publish costs a few fsyncs per file instead of a request and four fsyncs each.
+   */
+  writeFiles(name: string, files: Map<string, Buffer | null>, options: { version?: unknown; main?: unknown } = {}): Promise<void> {
+    checkPath(name, 'codebase name');
+    for (const file of files.keys()) checkPath(file, 'filename');
+    if (options.main !== undefined && (typeof options.main !== 'string' || !options.main.startsWith('/'))) throw new RepoError(400, 'Invalid main filename');
+    const version = checkVersion(options.version);
     return this.exclusive(name, async () => {
-      const current = this.require(name);
-      const files = { ...current.files };
-      for (const [path, sha] of Object.entries(current.edits)) {
-        if (sha === null) delete files[path];
-        else files[path] = sha;
+      const record = this.require(name);
+      const contents = [...files].filter((entry): entry is [string, Buffer] => entry[1] !== null);
+      const shas = await this.store.putBlobs(contents.map(([, content]) => content));
+      const edits = { ...record.edits };
+      contents.forEach(([file], i) => (edits[file] = shas[i]!));
+      for (const [file, content] of files) {
+        if (content !== null) continue;
+        if (record.files[file]) edits[file] = null;
+        else delete edits[file];
       }
-      const next: CodebaseRecord = { ...current, files, edits: {}, ...(body.main !== undefined ? { main: body.main as string } : {}), ...(version !== undefined ? { version } : {}) };
-      await this.store.putRecord(next);
-      this.codebases.set(name, next);
-      await this.store.clearDrafts(name, Object.keys(current.edits));
-      this.published(name);
+      this.codebases.set(name, { ...record, edits });
+      if (version !== undefined) {
+        // This batch's drafts were never written: only earlier ones have records to remove.
+        await this.publishLocked(name, options.main as string | undefined, version, Object.keys(record.edits));
+        return;
+      }
+      await this.store.putDrafts(name, Object.entries(edits).filter(([file]) => files.has(file)));
+      const erasedBeforehand = [...files].filter(([file, content]) => content === null && !record.files[file] && file in record.edits).map(([file]) => file);
+      await this.store.clearDrafts(name, erasedBeforehand);
     });
+  }
+
+  private async publishLocked(name: string, main: string | undefined, version: string | undefined, draftsOnDisk?: string[]): Promise<void> {
+    const current = this.require(name);
+    const files = { ...current.files };
+    for (const [path, sha] of Object.entries(current.edits)) {
+      if (sha === null) delete files[path];
+      else files[path] = sha;
+    }
+    const next: CodebaseRecord = { ...current, files, edits: {}, ...(main !== undefined ? { main } : {}), ...(version !== undefined ? { version } : {}) };
+    await this.store.putRecord(next);
+    this.codebases.set(name, next);
+    this.remember(next, version === undefined || version === current.version);
+    await this.store.clearDrafts(name, draftsOnDisk ?? Object.keys(current.edits));
+    this.published(name);
   }
 
   delete(name: string): Promise<void> {
@@ -195,6 +270,7 @@ export class Repo {
       if (derived.length) throw new RepoError(409, `Codebase ${name} has derived codebases (${derived.slice(0, 5).join(', ')}${derived.length > 5 ? ', ...' : ''}); delete them first`);
       await this.store.deleteRecord(name);
       this.codebases.delete(name);
+      this.history.delete(name);
       this.instances.delete(name);
       this.published(name);
     });
@@ -205,7 +281,7 @@ export class Repo {
     const record = this.require(name);
     const edit = record.edits[file];
     const sha = edit === null ? this.inheritedSha(record, file) : (edit ?? record.files[file] ?? this.inheritedSha(record, file));
-    return sha ? this.store.getBlob(sha) : undefined;
+    return sha ? this.blob(sha) : undefined;
   }
 
   private inheritedSha(record: CodebaseRecord, file: string): string | undefined {
@@ -325,7 +401,99 @@ export class Repo {
     return expired;
   }
 
-  async blob(sha: string): Promise<Buffer | undefined> {
-    return this.store.getBlob(sha);
+  blob(sha: string): Promise<Buffer | undefined> {
+    const cached = this.blobCache.get(sha);
+    if (cached) return Promise.resolve(cached);
+    // A publish wakes 1,000 workers at once: they share one read of each changed file.
+    const pending = this.blobReads.get(sha);
+    if (pending) return pending;
+    const read = this.store.getBlob(sha).then((content) => {
+      if (content && content.length <= BLOB_CACHE_BYTES / 64) {
+        this.blobCache.set(sha, content);
+        this.blobCacheBytes += content.length;
+        for (const [old, buffer] of this.blobCache) {
+          if (this.blobCacheBytes <= BLOB_CACHE_BYTES) break;
+          this.blobCache.delete(old);
+          this.blobCacheBytes -= buffer.length;
+        }
+      }
+      return content;
+    });
+    this.blobReads.set(sha, read);
+    const forget = () => this.blobReads.delete(sha);
+    read.then(forget, forget);
+    return read;
+  }
+
+  /**
+   * What changed for a worker holding `fromEtag` of `record`, for a push that carries the changed
+   * files themselves; undefined when that state is not remembered (the worker then syncs the
+   * usual way, manifest and `_etags`). Cost follows the number of changed paths, not the size of
+   * the codebase, and the base's part is computed once for all its derived codebases.
+   */
+  delta(record: CodebaseRecord, fromEtag: string): Delta | undefined {
+    const from = this.stateAt(record, fromEtag);
+    if (!from) return undefined;
+    const paths = this.changedPaths(record, fromEtag);
+    if (!paths) return undefined;
+    const delta: Delta = new Map();
+    for (const path of paths) {
+      const before = this.shaIn(from, path);
+      const now = this.shaIn(this.chainOf(record).map((c) => c.files), path);
+      if (before !== now) delta.set(path, now ?? null);
+    }
+    return delta;
+  }
+
+  private chainOf(record: CodebaseRecord): CodebaseRecord[] {
+    const chain: CodebaseRecord[] = [];
+    for (let c: CodebaseRecord | undefined = record; c; c = c.base ? this.codebases.get(c.base) : undefined) chain.push(c);
+    return chain;
+  }
+
+  private shaIn(chainFiles: Record<string, string>[], path: string): string | undefined {
+    for (const files of chainFiles) if (files[path]) return files[path];
+    return undefined;
+  }
+
+  /** The file sets (own first, then the bases') a worker holding `etag` was served. */
+  private stateAt(record: CodebaseRecord, etag: string): Record<string, string>[] | undefined {
+    const out: Record<string, string>[] = [];
+    let rest = etag;
+    for (const c of this.chainOf(record)) {
+      const cut = c.base ? rest.indexOf('+') : rest.length;
+      if (cut < 0) return undefined;
+      const files = this.history.get(c.name)?.get(rest.slice(0, cut));
+      if (!files) return undefined;
+      out.push(files);
+      rest = rest.slice(cut + 1);
+    }
+    return out;
+  }
+
+  private changedPaths(record: CodebaseRecord, fromEtag: string): readonly string[] | undefined {
+    const key = `${record.name}\0${fromEtag}\0${this.etag(record)}`;
+    const cached = this.changedPathsCache.get(key);
+    if (cached) return cached;
+    const cut = record.base ? fromEtag.indexOf('+') : fromEtag.length;
+    const own = this.history.get(record.name)?.get(fromEtag.slice(0, cut));
+    if (!own) return undefined;
+    const paths = new Set<string>();
+    if (own !== record.files) {
+      for (const path of Object.keys(own)) if (own[path] !== record.files[path]) paths.add(path);
+      for (const path of Object.keys(record.files)) if (own[path] !== record.files[path]) paths.add(path);
+    }
+    const base = record.base ? this.codebases.get(record.base) : undefined;
+    if (base) {
+      const fromBase = fromEtag.slice(cut + 1);
+      if (fromBase !== this.etag(base)) {
+        const basePaths = this.changedPaths(base, fromBase);
+        if (!basePaths) return undefined;
+        for (const path of basePaths) paths.add(path);
+      }
+    }
+    const result = [...paths];
+    this.changedPathsCache.set(key, result);
+    return result;
   }
 }

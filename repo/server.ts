@@ -1,10 +1,14 @@
+import { isUtf8 } from 'node:buffer';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../common/log.js';
+import { DELTA_MEDIA_TYPE } from '../common/repo-worker.js';
 import { Authenticator, authorize } from './auth.js';
-import { RepoError, checkPath, type Repo } from './repo.js';
+import { RepoError, checkPath, type Delta, type Repo } from './repo.js';
+import type { CodebaseRecord } from './store/store.js';
 
 /**
  * `flb repo`: the Pipy 1.5 repo REST API (repo/PIPY-API.md) over a Repo. Errors are text/plain
@@ -62,6 +66,19 @@ function parseJsonObject(body: Buffer): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RepoError(400, 'Invalid JSON: expected an object');
   return value as Record<string, unknown>;
 }
+
+/** flb's batch extension of PATCH /api/v1/repo/<codebase>: `files` maps paths to UTF-8 content, or null to erase. */
+function parseBatchFiles(value: unknown): Map<string, Buffer | null> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RepoError(400, 'Invalid files: expected an object of path -> content (string) or null');
+  const files = new Map<string, Buffer | null>();
+  for (const [path, content] of Object.entries(value as Record<string, unknown>)) {
+    if (content !== null && typeof content !== 'string') throw new RepoError(400, `Invalid files: ${JSON.stringify(path)} must be a string or null`);
+    files.set(path, content === null ? null : Buffer.from(content, 'utf8'));
+  }
+  return files;
+}
+
+const MAX_DELTA_BYTES = 1024 * 1024;
 
 export interface RepoServerOptions {
   repo: Repo;
@@ -125,9 +142,12 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
         case 'POST':
           await repo.create(name, parseJsonObject(await readBody(req)));
           return { route: 'codebase', reply: new Reply(201) };
-        case 'PATCH':
-          await repo.patch(name, parseJsonObject(await readBody(req)));
+        case 'PATCH': {
+          const body = parseJsonObject(await readBody(req));
+          if (body.files === undefined) await repo.patch(name, body);
+          else await repo.writeFiles(name, parseBatchFiles(body.files), { version: body.version, main: body.main });
           return { route: 'codebase', reply: new Reply(201) };
+        }
         case 'DELETE':
           await repo.delete(name);
           return { route: 'codebase', reply: new Reply(204) };
@@ -186,6 +206,10 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
           const now = repo.get(record.name);
           if (!now || !repo.isServed(now)) return new Reply(404);
           if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
+          if (method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
+            const delta = await deltaReply(now, known);
+            if (delta) return delta;
+          }
           return text(200, repo.manifest(now), { etag: repo.etag(now) });
         }
         return text(200, repo.manifest(record), { etag: repo.etag(record) });
@@ -206,6 +230,44 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
     const prefix = path.endsWith('/') ? path : `${path}/`;
     const listed = repo.list().filter((name) => name.startsWith(prefix));
     return listed.length ? text(200, listed.map((n) => `${n}/\n`).join('')) : new Reply(404);
+  }
+
+  /**
+   * A push that carries what changed (files and their etags, removed paths) in the answer to the
+   * long poll itself, so a pushed worker is current after one round trip instead of three
+   * (manifest, `_etags`, files). Bodies are shared by every worker with the same change: a mesh
+   * publish answers 1,000 derived codebases with one encoding.
+   */
+  const deltaBodies = new Map<string, Promise<Buffer | undefined>>();
+  async function deltaReply(record: CodebaseRecord, from: string): Promise<Reply | undefined> {
+    const delta = repo.delta(record, from);
+    if (!delta) return undefined;
+    const key = `${record.main}\0${[...delta].join('\0')}`;
+    let body = deltaBodies.get(key);
+    if (!body) {
+      if (deltaBodies.size >= 256) deltaBodies.clear();
+      // Cached as a promise: the workers a publish wakes all ask at once.
+      deltaBodies.set(key, (body = encodeDelta(record.main, delta)));
+    }
+    const encoded = await body;
+    return encoded ? new Reply(200, encoded, { 'content-type': DELTA_MEDIA_TYPE, etag: repo.etag(record) }) : undefined;
+  }
+  async function encodeDelta(main: string, delta: Delta): Promise<Buffer | undefined> {
+    const files: Record<string, { etag: string; content: string; encoding: 'utf8' | 'base64' }> = {};
+    const removed: string[] = [];
+    let size = 0;
+    for (const [path, sha] of delta) {
+      if (sha === null) {
+        removed.push(path);
+        continue;
+      }
+      const content = await repo.blob(sha);
+      if (!content) return undefined;
+      size += content.length;
+      if (size > MAX_DELTA_BYTES) return undefined;
+      files[path] = isUtf8(content) ? { etag: sha.slice(0, 16), content: content.toString('utf8'), encoding: 'utf8' } : { etag: sha.slice(0, 16), content: content.toString('base64'), encoding: 'base64' };
+    }
+    return Buffer.from(JSON.stringify({ main, files, removed }));
   }
 
   const waiters = new Set<{ name: string; wake: () => void; cancel: () => void }>();
@@ -255,7 +317,12 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
   const server: Server = options.tls
     ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2', ...(options.tls.ca ? { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
     : createServer(handler);
+  // Workers polling every 5 s keep their connection (Node announces `Keep-Alive: timeout=65`,
+  // which fetch honours), so a poll costs no TLS handshake.
   server.keepAliveTimeout = 65_000;
+  const connections = new Counter({ name: 'flb_repo_connections_total', help: 'Connections accepted; with TLS, whether the session was resumed', labelNames: ['tls'] as const, registers: [registry] });
+  if (options.tls) server.on('secureConnection', (socket: TLSSocket) => connections.inc({ tls: socket.isSessionReused() ? 'resumed' : 'full-handshake' }));
+  else server.on('connection', () => connections.inc({ tls: 'none' }));
   const expiry = setInterval(() => repo.expireInstances(), 5000);
   expiry.unref();
   await new Promise<void>((resolve, reject) => {

@@ -6,7 +6,7 @@ import { createLogger } from '../common/log.js';
 import { Repo } from './repo.js';
 import { startRepoServer, type RepoServer } from './server.js';
 import { DiskStore } from './store/disk.js';
-import { RepoWorker, type Snapshot } from './worker.js';
+import { RepoWorker, type Snapshot } from '../common/repo-worker.js';
 
 const log = createLogger('worker-test', 'silent');
 
@@ -30,6 +30,11 @@ describe('the repo worker client', () => {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
       await new Promise((r) => setTimeout(r, 10));
     }
+  };
+
+  const servedRequests = async () => {
+    const metrics = await server.registry.getSingleMetricAsString('flb_repo_requests_total');
+    return [...metrics.matchAll(/route="served",status="200"} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
   };
 
   beforeAll(async () => {
@@ -61,6 +66,7 @@ describe('the repo worker client', () => {
       expect(updates[0]!.snapshot.main).toBe('/mesh.json');
       await new Promise((r) => setTimeout(r, 100));
       const fetchedBefore = worker.fetchedFiles;
+      const servedBefore = await servedRequests();
       const published = performance.now();
       await publish('/flb/mesh', { '/services/a.json': '{"a":2}' }, '2');
       await until('the pushed update', () => updates.length === 2);
@@ -68,6 +74,8 @@ describe('the repo worker client', () => {
       expect(latencyMs).toBeLessThan(500);
       expect(updates[1]!.changed).toEqual(['/services/a.json']);
       expect(worker.fetchedFiles - fetchedBefore).toBe(1);
+      // The push carried the file: the long poll is the only request (plus the next one waiting).
+      expect((await servedRequests()) - servedBefore).toBe(1);
       expect(updates[1]!.snapshot.files.get('/services/a.json')!.toString()).toBe('{"a":2}');
       await until('a status report', () => Object.keys((repo.info(repo.get('/flb/sidecars/pod.shop.w')!).instances as object)).length > 0);
       const instances = repo.info(repo.get('/flb/sidecars/pod.shop.w')!).instances as Record<string, { status: { uuid: string; version: string } }>;

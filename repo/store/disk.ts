@@ -79,6 +79,13 @@ export class DiskStore implements RepoStore {
     await this.durableWrite(dir, `${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha })));
   }
 
+  async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
+    if (drafts.length === 0) return;
+    const dir = this.draftDir(codebase);
+    if ((await mkdir(dir, { recursive: true })) !== undefined) await syncDir(this.drafts);
+    await this.durableWriteMany(dir, drafts.map(([path, sha]) => [`${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha }))]));
+  }
+
   async clearDrafts(codebase: string, paths: string[]): Promise<void> {
     if (paths.length === 0) return;
     const dir = this.draftDir(codebase);
@@ -100,6 +107,23 @@ export class DiskStore implements RepoStore {
     }
   }
 
+  async putBlobs(contents: Buffer[]): Promise<string[]> {
+    const shas = contents.map((content) => createHash('sha256').update(content).digest('hex'));
+    const missing = new Map<string, Buffer>();
+    await inParallel(shas.map((sha, i) => [sha, contents[i]!] as const), async ([sha, content]) => {
+      if (missing.has(sha)) return;
+      try {
+        await (await open(join(this.blobs, sha), 'r')).close();
+      } catch {
+        missing.set(sha, content);
+      }
+    });
+    // Blobs that exist may have unsynced directory entries (see putBlob): the one sync below covers them.
+    if (missing.size === 0) await syncDir(this.blobs);
+    else await this.durableWriteMany(this.blobs, [...missing]);
+    return shas;
+  }
+
   async getBlob(sha: string): Promise<Buffer | undefined> {
     if (!/^[0-9a-f]{64}$/.test(sha)) return undefined;
     try {
@@ -116,6 +140,39 @@ export class DiskStore implements RepoStore {
   private step(step: WriteStep): void {
     if (this.faults?.crashAfter !== step) return;
     if (++this.seen >= (this.faults.occurrence ?? 1)) process.kill(process.pid, 'SIGKILL');
+  }
+
+  /**
+   * The same protocol for many files in one directory: every temp file written and synced (in
+   * parallel: fsyncs of different files overlap), then renamed, then one directory sync, which
+   * makes all the renames durable together.
+   */
+  private async durableWriteMany(dir: string, files: [name: string, content: Buffer][]): Promise<void> {
+    const temps = new Map<string, string>();
+    try {
+      await inParallel(files, async ([name, content]) => {
+        const temp = join(dir, `${name}.${randomUUID()}.tmp`);
+        temps.set(name, temp);
+        const handle = await open(temp, 'wx');
+        try {
+          await handle.writeFile(content);
+          this.step('temp-written');
+          await handle.sync();
+          this.step('temp-synced');
+        } finally {
+          await handle.close();
+        }
+      });
+    } catch (error) {
+      await Promise.all([...temps.values()].map((temp) => rm(temp, { force: true })));
+      throw error;
+    }
+    await inParallel([...temps], async ([name, temp]) => {
+      await rename(temp, join(dir, name));
+      this.step('renamed');
+    });
+    await syncDir(dir);
+    this.step('dir-synced');
   }
 
   private async durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
@@ -135,6 +192,16 @@ export class DiskStore implements RepoStore {
     await syncDir(dir);
     this.step('dir-synced');
   }
+}
+
+/** Bounded, because ten thousand files opened at once would run out of descriptors. */
+async function inParallel<T>(items: readonly T[], work: (item: T) => Promise<void>, limit = 32): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await work(items[next++]!);
+    }),
+  );
 }
 
 async function syncDir(dir: string): Promise<void> {

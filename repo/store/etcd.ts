@@ -74,6 +74,11 @@ export class EtcdStore implements RepoStore {
     await this.put(`${this.prefix}drafts/${codebase}\u0000${path}`, JSON.stringify({ codebase, path, sha }));
   }
 
+  async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
+    // etcd limits a transaction to 128 operations by default: plain puts, a few at a time.
+    for (let i = 0; i < drafts.length; i += 16) await Promise.all(drafts.slice(i, i + 16).map(([path, sha]) => this.putDraft(codebase, path, sha)));
+  }
+
   async clearDrafts(codebase: string, paths: string[]): Promise<void> {
     for (const path of paths) await this.call('kv/deleterange', { key: b64(`${this.prefix}drafts/${codebase}\u0000${path}`) });
   }
@@ -84,6 +89,12 @@ export class EtcdStore implements RepoStore {
     // Only when absent: content-addressed, so an existing blob is the same bytes.
     await this.call('kv/txn', { compare: [{ key, target: 'CREATE', result: 'EQUAL', create_revision: '0' }], success: [{ request_put: { key, value: b64(content) } }] });
     return sha;
+  }
+
+  async putBlobs(contents: Buffer[]): Promise<string[]> {
+    const shas: string[] = [];
+    for (let i = 0; i < contents.length; i += 16) shas.push(...(await Promise.all(contents.slice(i, i + 16).map((c) => this.putBlob(c)))));
+    return shas;
   }
 
   async getBlob(sha: string): Promise<Buffer | undefined> {

@@ -1,4 +1,4 @@
-import type { Logger } from '../common/log.js';
+import type { Logger } from './log.js';
 
 /**
  * The sidecar's side of the repo: a worker of its own codebase. It waits for a change by long poll
@@ -10,6 +10,14 @@ export interface Snapshot {
   etag: string;
   main: string;
   files: Map<string, Buffer>;
+}
+
+/** Media type of a pushed delta (flb's repo): a worker asks for it with Accept; Pipy workers never do. */
+export const DELTA_MEDIA_TYPE = 'application/vnd.flb.repo-delta+json';
+interface PushedDelta {
+  main: string;
+  files: Record<string, { etag: string; content: string; encoding: 'utf8' | 'base64' }>;
+  removed: string[];
 }
 
 export interface WorkerOptions {
@@ -97,9 +105,13 @@ export class RepoWorker {
       if (!head.ok) throw new Error(`HEAD ${this.options.url}: ${head.status}`);
       if (head.headers.get('etag') === etag) return;
     }
-    const response = await this.request('', etag !== undefined && this.pushSupported && wait > 0 ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}` } } : {});
+    const response = await this.request('', etag !== undefined && this.pushSupported && wait > 0 ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {});
     if (response.status === 304) return;
     if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
+    if (response.headers.get('content-type') === DELTA_MEDIA_TYPE && this.snapshot) {
+      await this.applyDelta((await response.json()) as PushedDelta, response.headers.get('etag') ?? '');
+      return;
+    }
     const manifest = await response.text();
     const newEtag = response.headers.get('etag') ?? '';
     if (newEtag === etag) {
@@ -108,6 +120,26 @@ export class RepoWorker {
       return;
     }
     await this.sync(manifest, newEtag);
+  }
+
+  /** A push that carries the changed files itself (flb's repo): current in one round trip. */
+  private async applyDelta(delta: PushedDelta, etag: string): Promise<void> {
+    const files = new Map(this.snapshot!.files);
+    const fileEtags = new Map(this.fileEtags);
+    const changed: string[] = [];
+    for (const [path, file] of Object.entries(delta.files)) {
+      files.set(path, Buffer.from(file.content, file.encoding === 'base64' ? 'base64' : 'utf8'));
+      fileEtags.set(path, file.etag);
+      this.fetchedFiles++;
+      changed.push(path);
+    }
+    for (const path of delta.removed) {
+      if (files.delete(path)) changed.push(path);
+      fileEtags.delete(path);
+    }
+    this.fileEtags = fileEtags;
+    this.snapshot = { etag, main: delta.main, files };
+    await this.options.onUpdate(this.snapshot, changed);
   }
 
   private async sync(manifest: string, etag: string): Promise<void> {
