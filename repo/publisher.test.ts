@@ -125,6 +125,24 @@ describe('the control plane publisher', () => {
     publisher.stop();
   });
 
+  it('publishes one changed file of a large catalog without comparing the rest, and removes files', async () => {
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    publisher.setMesh(catalog(100, 10));
+    await publisher.settled();
+    const version = Number(repo.get('/flb/mesh')!.version);
+    publisher.setMeshFile('/services/svc-3.json', '{"id":"svc-3","v":3}');
+    publisher.setMeshFile('/services/svc-4.json', undefined);
+    await publisher.settled();
+    expect(Number(repo.get('/flb/mesh')!.version)).toBe(version + 1);
+    expect((await repo.readFile('/flb/mesh', '/services/svc-3.json'))!.toString()).toBe('{"id":"svc-3","v":3}');
+    expect(repo.servedFiles(repo.get('/flb/mesh')!)['/services/svc-4.json']).toBeUndefined();
+    // Setting the same content again publishes nothing.
+    publisher.setMeshFile('/services/svc-3.json', '{"id":"svc-3","v":3}');
+    await publisher.settled();
+    expect(Number(repo.get('/flb/mesh')!.version)).toBe(version + 1);
+    publisher.stop();
+  });
+
   async function patchCount(): Promise<number> {
     const metrics = await server.registry.getSingleMetricAsString('flb_repo_requests_total');
     return [...metrics.matchAll(/route="codebase",status="201"} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);

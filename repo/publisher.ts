@@ -27,6 +27,11 @@ const hash = (content: string) => createHash('sha256').update(content).digest('h
 
 export class Publisher {
   private readonly desired = new Map<string, Files>();
+  /**
+   * Codebases to look at in the next round: 'all' after a whole file set was given, else the paths
+   * changed one by one, so a change to one service of 10,000 costs one comparison.
+   */
+  private readonly dirty = new Map<string, Set<string> | 'all'>();
   private readonly published = new Map<string, Map<string, { content?: string; hash?: string }>>();
   private readonly versions = new Map<string, number>();
   private timer?: NodeJS.Timeout;
@@ -38,6 +43,7 @@ export class Publisher {
   /** flb's repo takes a codebase's files and the publish in one request (the batch PATCH). */
   private batchSupported = false;
   private collectGarbage = false;
+  private readonly adopted = new Set<string>();
   /** Counts for tests and metrics. */
   readonly stats = { filesWritten: 0, publishes: 0, failures: 0 };
 
@@ -45,16 +51,31 @@ export class Publisher {
 
   setMesh(files: Files): void {
     this.desired.set(MESH_CODEBASE, new Map(files));
+    this.dirty.set(MESH_CODEBASE, 'all');
+    this.schedule();
+  }
+
+  /** One file of the mesh codebase (a service of the catalog), or undefined to remove it. */
+  setMeshFile(path: string, content: string | undefined): void {
+    let files = this.desired.get(MESH_CODEBASE);
+    if (!files) this.desired.set(MESH_CODEBASE, (files = new Map()));
+    if (content === undefined) files.delete(path);
+    else files.set(path, content);
+    const dirty = this.dirty.get(MESH_CODEBASE);
+    if (dirty === undefined) this.dirty.set(MESH_CODEBASE, new Set([path]));
+    else if (dirty !== 'all') dirty.add(path);
     this.schedule();
   }
 
   setSidecar(id: string, files: Files): void {
     this.desired.set(sidecarCodebase(id), new Map(files));
+    this.dirty.set(sidecarCodebase(id), 'all');
     this.schedule();
   }
 
   removeSidecar(id: string): void {
     this.desired.delete(sidecarCodebase(id));
+    this.dirty.set(sidecarCodebase(id), 'all');
     this.schedule();
   }
 
@@ -104,9 +125,10 @@ export class Publisher {
   private async round(): Promise<void> {
     try {
       // The mesh first: sidecar codebases derive from it.
-      if (this.desired.has(MESH_CODEBASE)) await this.reconcile(MESH_CODEBASE, undefined);
+      if (this.desired.has(MESH_CODEBASE) && this.dirty.has(MESH_CODEBASE)) await this.reconcile(MESH_CODEBASE, undefined);
       if (this.collectGarbage) await this.adoptOrphans();
-      const codebases = [...new Set([...this.desired.keys(), ...this.published.keys()])].filter((c) => c !== MESH_CODEBASE);
+      // Only what changed since the last successful round (a failed round leaves its codebases dirty).
+      const codebases = [...this.dirty.keys()].filter((c) => c !== MESH_CODEBASE);
       const queue = [...codebases];
       const workers = Array.from({ length: Math.min(this.options.concurrency ?? 8, queue.length) }, async () => {
         for (let next = queue.shift(); next; next = queue.shift()) {
@@ -134,7 +156,10 @@ export class Publisher {
     if (!list.ok) throw new Error(`listing codebases: ${list.status}`);
     const prefix = sidecarCodebase('');
     for (const name of (await list.text()).split('\n')) {
-      if (name.startsWith(prefix) && !this.desired.has(name) && !this.published.has(name)) this.published.set(name, new Map());
+      if (name.startsWith(prefix) && !this.desired.has(name) && !this.published.has(name)) {
+        this.published.set(name, new Map());
+        this.dirty.set(name, 'all');
+      }
     }
     this.collectGarbage = false;
   }
@@ -169,6 +194,7 @@ export class Publisher {
         }
       }
       this.published.set(codebase, known);
+      this.adopted.add(codebase);
       return;
     }
     if (info.status !== 404) throw new Error(`GET ${codebase}: ${info.status} ${await info.text()}`);
@@ -182,15 +208,34 @@ export class Publisher {
     await this.ensure(codebase, base);
     const want = this.desired.get(codebase)!;
     const have = this.published.get(codebase)!;
-    const writes = [...want].filter(([path, content]) => {
+    const dirty = this.dirty.get(codebase) ?? 'all';
+    // Taken for this attempt: changes made while it is in flight mark the codebase dirty again.
+    this.dirty.delete(codebase);
+    try {
+      await this.reconcileChanges(codebase, want, have, dirty);
+    } catch (error) {
+      const now = this.dirty.get(codebase);
+      this.dirty.set(codebase, now === 'all' || dirty === 'all' ? 'all' : new Set([...dirty, ...(now ?? [])]));
+      throw error;
+    }
+  }
+
+  private async reconcileChanges(codebase: string, want: Files, have: Map<string, { content?: string; hash?: string }>, dirty: Set<string> | 'all'): Promise<void> {
+    // A just-adopted codebase (after a restart) is compared whole: its files' origin is unknown.
+    const whole = dirty === 'all' || this.adopted.has(codebase);
+    const candidates = whole ? [...want] : [...dirty].filter((p) => want.has(p)).map((p) => [p, want.get(p)!] as [string, string]);
+    const writes = candidates.filter(([path, content]) => {
       const known = have.get(path);
       // Published by this publisher: the content itself is kept, and comparing strings is far
       // cheaper than hashing 10,000 files for one change. Adopted after a restart: a hash prefix.
       if (known === undefined) return true;
       return known.content !== undefined ? known.content !== content : !hash(content).startsWith(known.hash!);
     });
-    const erases = [...have.keys()].filter((path) => !want.has(path));
-    if (writes.length === 0 && erases.length === 0) return;
+    const erases = (whole ? [...have.keys()] : [...dirty]).filter((path) => have.has(path) && !want.has(path));
+    if (writes.length === 0 && erases.length === 0) {
+      this.adopted.delete(codebase);
+      return;
+    }
     const version = (this.versions.get(codebase) ?? 0) + 1;
     if (this.batchSupported) await this.publishBatch(codebase, writes, erases, version);
     else await this.publishFileByFile(codebase, writes, erases, version);
@@ -198,6 +243,7 @@ export class Publisher {
     this.stats.publishes++;
     for (const [path, content] of writes) have.set(path, { content });
     for (const path of erases) have.delete(path);
+    this.adopted.delete(codebase);
   }
 
   /** Drafts in requests of at most BATCH_BYTES, the last one publishing: one request for a typical change. */
@@ -241,5 +287,6 @@ export class Publisher {
     if (r.status !== 204 && r.status !== 404) throw new Error(`deleting ${codebase}: ${r.status} ${await r.text()}`);
     this.published.delete(codebase);
     this.versions.delete(codebase);
+    this.dirty.delete(codebase);
   }
 }
