@@ -1,4 +1,4 @@
-import type { CodebaseRecord, RepoStore } from './store/store.js';
+import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/store.js';
 
 /**
  * The repo's model: codebases with drafts and published versions, derived codebases that inherit
@@ -68,6 +68,8 @@ export class Repo {
   private instanceCounter = 0;
   /** Writes to one codebase are serialised: concurrent writers see each other's results, in order. */
   private readonly queues = new Map<string, Promise<unknown>>();
+  /** For each refresh under way, the codebases a local write finished on since its load began. */
+  private readonly writtenDuringRefresh = new Set<Set<string>>();
 
   private readonly listeners = new Set<(name: string) => void>();
   /**
@@ -124,26 +126,72 @@ export class Repo {
    * any codebase whose served state changed. Returns the names that changed.
    */
   async refresh(): Promise<string[]> {
-    const fresh = new Map((await this.store.loadAll()).map((r) => [r.name, r]));
-    const changed: string[] = [];
-    for (const name of new Set([...this.codebases.keys(), ...fresh.keys()])) {
-      const before = this.codebases.get(name);
-      const after = fresh.get(name);
-      if (JSON.stringify(before) === JSON.stringify(after)) continue;
-      if (after) {
-        this.codebases.set(name, after);
-        this.remember(after, before?.version === after.version);
-      } else {
-        this.codebases.delete(name);
-        this.history.delete(name);
-      }
-      changed.push(name);
+    const written = new Set<string>();
+    this.writtenDuringRefresh.add(written);
+    try {
+      const fresh = new Map((await this.store.loadAll()).map((r) => [r.name, r]));
+      const names = [...new Set([...this.codebases.keys(), ...fresh.keys()])].filter((name) => JSON.stringify(this.codebases.get(name)) !== JSON.stringify(fresh.get(name)));
+      // In each codebase's queue: a write in flight lands first, and is never overwritten by a load made before it.
+      const results = await Promise.allSettled(
+        names.map((name) =>
+          this.queued(name, async () => {
+            // A local write finished since the load began, so the load may not hold it: read again,
+            // now that no write to this codebase is in flight.
+            const after = written.has(name) ? await this.store.loadRecord(name) : fresh.get(name);
+            return this.adopt(name, after);
+          }),
+        ),
+      );
+      const failed = results.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      return names.filter((_, i) => (results[i] as PromiseFulfilledResult<boolean>).value);
+    } finally {
+      this.writtenDuringRefresh.delete(written);
     }
-    for (const name of changed) this.published(name);
-    return changed;
+  }
+
+  /** Makes `after`, what the store holds, this codebase's state (undefined: deleted); false if it already was. */
+  private adopt(name: string, after: CodebaseRecord | undefined): boolean {
+    const before = this.codebases.get(name);
+    if (JSON.stringify(before) === JSON.stringify(after)) return false;
+    if (after) {
+      this.codebases.set(name, after);
+      this.remember(after, before?.version === after.version);
+    } else {
+      this.codebases.delete(name);
+      this.history.delete(name);
+    }
+    this.published(name);
+    return true;
+  }
+
+  /** Writes the record; if another replica changed the codebase first, takes in its state and has the writer retry. */
+  private async storeRecord(record: CodebaseRecord, changed?: readonly string[]): Promise<void> {
+    try {
+      const revision = await this.store.putRecord(record, changed);
+      if (revision !== undefined) record.revision = revision;
+    } catch (error) {
+      throw this.conflict(record.name, error);
+    }
+  }
+
+  private conflict(name: string, error: unknown): unknown {
+    if (!(error instanceof StoreConflict)) return error;
+    this.adopt(name, error.current);
+    return new RepoError(409, 'codebase changed on another replica; retry');
   }
 
   private exclusive<T>(name: string, work: () => Promise<T>): Promise<T> {
+    return this.queued(name, async () => {
+      try {
+        return await work();
+      } finally {
+        for (const written of this.writtenDuringRefresh) written.add(name);
+      }
+    });
+  }
+
+  private queued<T>(name: string, work: () => Promise<T>): Promise<T> {
     const previous = this.queues.get(name) ?? Promise.resolve();
     const next = previous.then(work, work);
     this.queues.set(
@@ -199,7 +247,7 @@ export class Repo {
         files: {},
         edits: {},
       };
-      await this.store.putRecord(record);
+      await this.storeRecord(record);
       this.codebases.set(name, record);
       this.remember(record);
     });
@@ -255,7 +303,8 @@ export class Repo {
       else files[path] = sha;
     }
     const next: CodebaseRecord = { ...current, files, edits: {}, ...(main !== undefined ? { main } : {}), ...(version !== undefined ? { version } : {}) };
-    await this.store.putRecord(next);
+    // Only the drafts' paths can differ from what was last written.
+    await this.storeRecord(next, Object.keys(current.edits));
     this.codebases.set(name, next);
     this.remember(next, version === undefined || version === current.version);
     await this.store.clearDrafts(name, draftsOnDisk ?? Object.keys(current.edits));
@@ -265,10 +314,12 @@ export class Repo {
   delete(name: string): Promise<void> {
     checkPath(name, 'codebase name');
     return this.exclusive(name, async () => {
-      this.require(name);
+      const record = this.require(name);
       const derived = this.derivedOf(name);
       if (derived.length) throw new RepoError(409, `Codebase ${name} has derived codebases (${derived.slice(0, 5).join(', ')}${derived.length > 5 ? ', ...' : ''}); delete them first`);
-      await this.store.deleteRecord(name);
+      await this.store.deleteRecord(name, record.revision).catch((error: unknown) => {
+        throw this.conflict(name, error);
+      });
       this.codebases.delete(name);
       this.history.delete(name);
       this.instances.delete(name);

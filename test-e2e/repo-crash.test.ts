@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 /**
  * Durability of `flb repo`: kill -9 during a stream of writes and publishes, restart, and every
  * acknowledged publish is served intact; and, since kill -9 never loses the page cache, a fault
- * hook that kills the process after each step of the write protocol.
+ * hook that kills the process after each step of the write protocol (a publish's journal append,
+ * and the snapshot that compacts a journal), and a journal whose last line a crash cut short.
  */
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 
@@ -37,69 +38,140 @@ async function publish(port: number, version: number): Promise<boolean> {
   }
 }
 
+const served = async (port: number) => {
+  const manifest = await call(port, 'GET', '/repo/flb/mesh/');
+  const content = await call(port, 'GET', '/repo/flb/mesh/v.json');
+  return { etag: manifest.etag, files: manifest.text.split('\n').length, v: content.status === 200 ? (JSON.parse(content.text) as { v: number }).v : undefined };
+};
+
+async function withRepo<T>(dir: string, work: (port: number) => Promise<T>): Promise<T> {
+  const { child, port } = await startRepo(dir);
+  try {
+    return await work(port);
+  } finally {
+    child.kill('SIGKILL');
+    await exited(child);
+  }
+}
+
+const codebaseFiles = (dir: string) => readdirSync(join(dir, 'codebases'));
+
 describe('flb repo durability', () => {
-  it('serves every acknowledged publish intact after kill -9 in a stream of publishes', async () => {
+  it('serves every acknowledged publish intact after kill -9 in a stream of publishes, again and again', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'flb-repo-crash-'));
     try {
       let { child, port } = await startRepo(dir);
       expect((await call(port, 'POST', '/api/v1/repo/flb/mesh', '{"main":"/v.json"}')).status).toBe(201);
+      const generation = () => (JSON.parse(readFileSync(join(dir, 'codebases', `${encodeURIComponent('/flb/mesh')}.json`), 'utf8')) as { journal: string }).journal;
+      const created = generation();
       let acknowledged = 0;
-      const killAt = Date.now() + 1500;
-      for (let v = 1; ; v++) {
-        if (Date.now() >= killAt) {
-          // Kill while a publish is in flight, not between two.
-          const inFlight = publish(port, v);
-          child.kill('SIGKILL');
-          if (await inFlight) acknowledged = v;
-          break;
+      // Each round crosses several journal compactions (the journal outgrows this small snapshot
+      // every few dozen publishes), so kills land in appends and in compactions.
+      for (let round = 0; round < 3; round++) {
+        const first = acknowledged;
+        const killAt = Date.now() + 1000;
+        for (let v = acknowledged + 1; ; v++) {
+          if (Date.now() >= killAt) {
+            // Kill while a publish is in flight, not between two.
+            const inFlight = publish(port, v);
+            child.kill('SIGKILL');
+            if (await inFlight) acknowledged = v;
+            break;
+          }
+          if (!(await publish(port, v))) break;
+          acknowledged = v;
         }
-        if (!(await publish(port, v))) break;
-        acknowledged = v;
-      }
-      await exited(child);
-      expect(acknowledged).toBeGreaterThan(20);
-      ({ child, port } = await startRepo(dir));
-      try {
-        const manifest = await call(port, 'GET', '/repo/flb/mesh/');
-        const served = Number(manifest.etag);
-        // The publish in flight when killed may or may not have landed; nothing acknowledged is lost.
-        expect(served === acknowledged || served === acknowledged + 1).toBe(true);
-        expect(JSON.parse((await call(port, 'GET', '/repo/flb/mesh/v.json')).text)).toEqual({ v: served });
-      } finally {
-        child.kill('SIGKILL');
         await exited(child);
+        expect(acknowledged - first).toBeGreaterThan(20);
+        ({ child, port } = await startRepo(dir));
+        const now = await served(port);
+        // The publish in flight when killed may or may not have landed; nothing acknowledged is lost.
+        expect([String(acknowledged), String(acknowledged + 1)]).toContain(now.etag);
+        expect(now.v).toBe(Number(now.etag));
+        acknowledged = Number(now.etag);
       }
+      expect(generation()).not.toBe(created);
+      child.kill('SIGKILL');
+      await exited(child);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
-  // Writes: 1 create, 2-3 draft v1 (blob, record), 4 publish v1, 5-6 draft v2, 7 publish v2.
+  // Writes: 1 create (a snapshot); per publish of vN through the API, the draft's blob and draft
+  // record (two durable writes) and the publish itself (an append to the journal).
   it.each([
-    ['temp-written', '1'],
-    ['temp-synced', '1'],
-    ['renamed', '2'],
-    ['dir-synced', '2'],
+    // The line is whole in the page cache, which kill -9 keeps. A power cut could leave none of it, or
+    // part of it: the torn-line test below shows that is version 1.
+    ['journal-appended', '2'],
+    ['journal-synced', '2'],
   ])('a crash after step %s of publishing v2 leaves version %s served whole', async (step, expected) => {
     const dir = mkdtempSync(join(tmpdir(), 'flb-repo-fault-'));
     try {
-      let { child, port } = await startRepo(dir, { FLB_REPO_CRASH_AFTER: `${step}:7` });
+      const { child, port } = await startRepo(dir, { FLB_REPO_CRASH_AFTER: `${step}:2` });
       expect((await call(port, 'POST', '/api/v1/repo/flb/mesh', '{"main":"/v.json"}')).status).toBe(201);
       expect(await publish(port, 1)).toBe(true);
       expect(await publish(port, 2)).toBe(false);
       await exited(child);
       expect(child.signalCode).toBe('SIGKILL');
-      ({ child, port } = await startRepo(dir));
-      try {
-        const manifest = await call(port, 'GET', '/repo/flb/mesh/');
-        expect(manifest.etag).toBe(expected);
-        expect(JSON.parse((await call(port, 'GET', '/repo/flb/mesh/v.json')).text)).toEqual({ v: Number(expected) });
-        // What the crash left half-written is gone, never served.
-        expect(readdirSync(join(dir, 'codebases')).filter((f) => f.endsWith('.tmp'))).toEqual([]);
-      } finally {
-        child.kill('SIGKILL');
-        await exited(child);
-      }
+      await withRepo(dir, async (port) => expect(await served(port)).toEqual({ etag: expected, files: 1, v: Number(expected) }));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // v2 adds 1,000 files (one content, so one blob): its difference outweighs the snapshot, so it is
+  // written as a new snapshot that starts a new journal. Durable writes: 1 create, 2-3 draft v1,
+  // (the v1 publish is appended), 4 the blob of v2, 5 the snapshot.
+  it.each([
+    ['temp-written', '1', 5],
+    ['temp-synced', '1', 5],
+    ['renamed', '2', 5],
+    ['dir-synced', '2', 5],
+    ['journal-removed', '2', 1],
+  ])('a crash after step %s of compacting the journal into a snapshot leaves version %s served whole', async (step, expected, occurrence) => {
+    const dir = mkdtempSync(join(tmpdir(), 'flb-repo-compact-'));
+    try {
+      const { child, port } = await startRepo(dir, { FLB_REPO_CRASH_AFTER: `${step}:${occurrence}` });
+      expect((await call(port, 'POST', '/api/v1/repo/flb/mesh', '{"main":"/v.json"}')).status).toBe(201);
+      expect(await publish(port, 1)).toBe(true);
+      const bulk = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`/bulk/f-${i}.json`, '{"v":2}']));
+      await expect(call(port, 'PATCH', '/api/v1/repo/flb/mesh', JSON.stringify({ files: { '/v.json': '{"v":2}', ...bulk }, version: 2 }))).rejects.toThrow();
+      await exited(child);
+      expect(child.signalCode).toBe('SIGKILL');
+      await withRepo(dir, async (port) => {
+        // The old version from its snapshot and journal, or the new one from the new snapshot: never a mix.
+        expect(await served(port)).toEqual({ etag: expected, files: expected === '1' ? 1 : 1001, v: Number(expected) });
+        // What the crash left half-written, and the journal of the generation not taken, are gone.
+        expect(codebaseFiles(dir).filter((f) => !f.endsWith('.json'))).toEqual([expect.stringMatching(/\.journal$/)]);
+        expect(await publish(port, 3)).toBe(true);
+      });
+      await withRepo(dir, async (port) => expect(await served(port)).toEqual({ etag: '3', files: expected === '1' ? 1 : 1001, v: 3 }));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ignores a journal line a crash cut short, and serves what is appended after it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'flb-repo-torn-'));
+    try {
+      await withRepo(dir, async (port) => {
+        expect((await call(port, 'POST', '/api/v1/repo/flb/mesh', '{"main":"/v.json"}')).status).toBe(201);
+        expect(await publish(port, 1)).toBe(true);
+        expect(await publish(port, 2)).toBe(true);
+      });
+      const [name] = codebaseFiles(dir).filter((f) => f.endsWith('.journal'));
+      const journal = join(dir, 'codebases', name!);
+      const whole = statSync(journal).size;
+      // What the append of a v3 that never returned could leave: the start of a line.
+      const lines = readFileSync(journal, 'utf8').split('\n');
+      appendFileSync(journal, lines[lines.length - 2]!.replace('"2"', '"3"').slice(0, 40));
+      await withRepo(dir, async (port) => {
+        expect(await served(port)).toEqual({ etag: '2', files: 1, v: 2 });
+        expect(statSync(journal).size).toBe(whole);
+        expect(await publish(port, 3)).toBe(true);
+      });
+      await withRepo(dir, async (port) => expect(await served(port)).toEqual({ etag: '3', files: 1, v: 3 }));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -4,11 +4,14 @@ import { fileURLToPath } from 'node:url';
 import { repoContract } from '../repo/testing/contract.js';
 import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
 
-/** Two `flb repo` replicas on one etcd (the test control plane's): they serve the same data. */
+/**
+ * Two `flb repo` replicas on one etcd (the test control plane's): they serve the same data, and
+ * neither silently overwrites what the other published.
+ */
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 
-async function replica(etcd: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--etcd-endpoint', etcd, '--sync-interval', '200ms'], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, FLB_LOG_LEVEL: 'warn' } });
+async function replica(etcd: string, syncInterval = '200ms'): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--etcd-endpoint', etcd, '--sync-interval', syncInterval], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, FLB_LOG_LEVEL: 'warn' } });
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
     child.once('exit', (code) => reject(new Error(`flb repo exited (${code})`)));
@@ -68,6 +71,55 @@ describe('repo replicas on etcd', () => {
     // A new replica started afterwards serves the same.
     a = await replica(plane.etcdUrl);
     expect((await call(a.port, 'GET', '/repo/flb/mesh/')).etag).toBe(served.etag);
+  });
+
+  /** A batch publish of one new file; the writer retries on 409 as it is told to. Returns how many 409s it got. */
+  const publishFile = async (port: number, codebase: string, file: string, version: string) => {
+    for (let conflicts = 0; ; conflicts++) {
+      const answer = await call(port, 'PATCH', `/api/v1/repo${codebase}`, JSON.stringify({ files: { [file]: file }, version }));
+      if (answer.status === 201) return conflicts;
+      expect(answer).toMatchObject({ status: 409, text: 'codebase changed on another replica; retry' });
+    }
+  };
+  const servedFiles = async (port: number, codebase: string) => (await call(port, 'GET', `/repo${codebase}/`)).text.split('\n').sort();
+
+  it('refuses a publish from a replica that had not seen the other one\'s (409), and takes the retry', async () => {
+    // Replicas that never sync on their own: only the compare in etcd can tell them apart.
+    const c = await replica(plane.etcdUrl, '1h');
+    expect((await call(c.port, 'POST', '/api/v1/repo/flb/race', '{"main":"/c1.json"}')).status).toBe(201);
+    const d = await replica(plane.etcdUrl, '1h');
+    try {
+      expect(await publishFile(c.port, '/flb/race', '/c1.json', '1')).toBe(0);
+      expect(await publishFile(d.port, '/flb/race', '/d1.json', '2')).toBe(1);
+      expect(await servedFiles(d.port, '/flb/race')).toEqual(['/c1.json', '/d1.json']);
+      expect(await publishFile(c.port, '/flb/race', '/c2.json', '3')).toBe(1);
+      expect(await servedFiles(c.port, '/flb/race')).toEqual(['/c1.json', '/c2.json', '/d1.json']);
+      // d syncs only when told it is stale; b, syncing every 200 ms, serves all three.
+      expect(await servedFiles(d.port, '/flb/race')).toEqual(['/c1.json', '/d1.json']);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await servedFiles(b.port, '/flb/race')).toEqual(['/c1.json', '/c2.json', '/d1.json']);
+      // A create that another replica made first is refused too (then the codebase exists here).
+      expect((await call(c.port, 'POST', '/api/v1/repo/flb/race2', '{}')).status).toBe(201);
+      expect((await call(d.port, 'POST', '/api/v1/repo/flb/race2', '{}')).status).toBe(409);
+      expect((await call(d.port, 'POST', '/api/v1/repo/flb/race2', '{}')).status).toBe(400);
+    } finally {
+      c.child.kill('SIGKILL');
+      d.child.kill('SIGKILL');
+    }
+  });
+
+  it('loses no publish when both replicas publish one codebase at once: each is served, or refused with 409 and retried', async () => {
+    expect((await call(a.port, 'POST', '/api/v1/repo/flb/both', '{"main":"/a-0.json"}')).status).toBe(201);
+    await new Promise((r) => setTimeout(r, 500));
+    await Promise.all(
+      [a, b].map(async (r, i) => {
+        for (let n = 0; n < 15; n++) await publishFile(r.port, '/flb/both', `/${'ab'[i]}-${n}.json`, `${'ab'[i]}${n}`);
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 600));
+    const all = ['a', 'b'].flatMap((x) => Array.from({ length: 15 }, (_, n) => `/${x}-${n}.json`)).sort();
+    expect(await servedFiles(a.port, '/flb/both')).toEqual(all);
+    expect(await servedFiles(b.port, '/flb/both')).toEqual(all);
   });
 
   describe('the REST API contract, on an etcd replica', () => {

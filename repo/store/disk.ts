@@ -1,6 +1,8 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { constants } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import type { CodebaseRecord, RepoStore } from './store.js';
 
 /**
@@ -9,22 +11,71 @@ import type { CodebaseRecord, RepoStore } from './store.js';
  * fsync the directory. Blobs are content-addressed and written before the record that refers
  * to them, so a record on disk never points at a missing blob.
  *
+ * A codebase's record is a snapshot plus a journal of differences: rewriting a 10,000-file record
+ * (about 1 MB) for every publish would make one changed file cost what the whole codebase costs.
+ * A publish appends one line (version, main, paths set and removed) to the journal named by the
+ * snapshot and fdatasyncs it. Each line carries its length and CRC-32, so a line a crash cut short
+ * is recognised at load, ignored and cut off. When the journal outgrows the snapshot (or holds
+ * many entries) the next write is a new snapshot, written with the usual protocol, that names a
+ * new journal generation; journals of any other generation are stale and removed.
+ *
  * `faults` lets a test crash the write path after a chosen step to prove each step matters.
  */
-export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced';
+export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced' | 'journal-appended' | 'journal-synced' | 'journal-removed';
+
+/** A record as published, without drafts (kept apart) or revision (etcd's). */
+type Published = Omit<CodebaseRecord, 'edits' | 'revision'>;
+
+interface JournalEntry {
+  version: string;
+  main: string;
+  set: Record<string, string>;
+  removed: string[];
+}
+
+interface Journal {
+  /** The record as it is durable now (snapshot plus journal): the next entry is the difference from it. */
+  record: Published;
+  /** Named by the snapshot; undefined for a snapshot from before journals. */
+  generation: string | undefined;
+  snapshotBytes: number;
+  bytes: number;
+  entries: number;
+  /**
+   * The next write must be a snapshot: the journal is missing, or an append failed and may have
+   * left part of a line that would hide every later entry, or it is unknown which snapshot a
+   * failed snapshot write left.
+   */
+  needsSnapshot: boolean;
+}
+
+export interface JournalLimits {
+  /** The journal may grow to its snapshot's size, but to at least this many bytes. */
+  minBytes?: number;
+  /** Entries replayed at load, at most. */
+  maxEntries?: number;
+}
 
 export class DiskStore implements RepoStore {
   private readonly records: string;
   private readonly blobs: string;
   private readonly drafts: string;
+  private readonly journals = new Map<string, Journal>();
+  /** Record writes of one codebase, one at a time: each journal entry is a difference from the one before. */
+  private readonly recordQueues = new Map<string, Promise<void>>();
+  private readonly limits: Required<JournalLimits>;
 
   constructor(
     readonly dataDir: string,
     private readonly faults?: { crashAfter?: WriteStep; occurrence?: number },
+    limits: JournalLimits = {},
   ) {
     this.records = join(dataDir, 'codebases');
     this.blobs = join(dataDir, 'blobs');
     this.drafts = join(dataDir, 'drafts');
+    // A small codebase's snapshot costs no more to rewrite than a few appends: below 4 KiB rewrites
+    // would come every other publish. 1,000 entries keep a load's replay short.
+    this.limits = { minBytes: limits.minBytes ?? 4096, maxEntries: limits.maxEntries ?? 1000 };
   }
 
   async init(): Promise<this> {
@@ -40,33 +91,153 @@ export class DiskStore implements RepoStore {
   }
 
   async loadAll(): Promise<CodebaseRecord[]> {
+    const names = await readdir(this.records);
+    const present = new Set(names);
+    const current = new Set<string>();
     const out: CodebaseRecord[] = [];
-    for (const f of (await readdir(this.records)).filter((f) => f.endsWith('.json')).sort()) {
-      const record = JSON.parse(await readFile(join(this.records, f), 'utf8')) as CodebaseRecord;
-      record.edits = {};
-      const dir = this.draftDir(record.name);
-      for (const d of (await readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
-        const { path, sha } = JSON.parse(await readFile(join(dir, d), 'utf8')) as { path: string; sha: string | null };
-        // A crash between a publish and the removal of its drafts leaves drafts that are published already.
-        if (sha === null ? !(path in record.files) : record.files[path] === sha) continue;
-        record.edits[path] = sha;
+    this.journals.clear();
+    for (const f of names.filter((f) => f.endsWith('.json')).sort()) {
+      const snapshot = await readFile(join(this.records, f));
+      const { journal: generation, ...record } = JSON.parse(snapshot.toString('utf8')) as CodebaseRecord & { journal?: string };
+      const journal: Journal = { record, generation, snapshotBytes: snapshot.length, bytes: 0, entries: 0, needsSnapshot: true };
+      if (generation !== undefined && present.has(journalFile(record.name, generation))) {
+        current.add(journalFile(record.name, generation));
+        await this.replay(journal);
+        journal.needsSnapshot = false;
       }
-      out.push(record);
+      const { edits: _edits, ...published } = record;
+      journal.record = published;
+      this.journals.set(record.name, journal);
+      out.push(await this.withDrafts({ ...published, edits: {} }));
     }
+    // Left by a crash between a snapshot and the removal of the journal it replaced, or in a delete.
+    for (const f of names) if (f.endsWith('.journal') && !current.has(f)) await rm(join(this.records, f), { force: true });
     return out;
   }
 
-  putRecord(record: CodebaseRecord): Promise<void> {
-    const { edits: _edits, ...published } = record;
-    return this.durableWrite(this.records, `${encodeURIComponent(record.name)}.json`, Buffer.from(JSON.stringify({ ...published, edits: {} })));
+  async loadRecord(name: string): Promise<CodebaseRecord | undefined> {
+    await this.recordQueues.get(name);
+    const journal = this.journals.get(name);
+    return journal ? this.withDrafts({ ...journal.record, edits: {} }) : undefined;
+  }
+
+  /** Applies the journal's valid entries to the snapshot's record; cuts off a line a crash left torn. */
+  private async replay(journal: Journal): Promise<void> {
+    const path = join(this.records, journalFile(journal.record.name, journal.generation!));
+    const content = await readFile(path);
+    const { entries, valid } = decodeJournal(content);
+    for (const entry of entries) {
+      const files = journal.record.files;
+      for (const [file, sha] of Object.entries(entry.set)) files[file] = sha;
+      for (const file of entry.removed) delete files[file];
+      journal.record.version = entry.version;
+      journal.record.main = entry.main;
+    }
+    journal.bytes = valid;
+    journal.entries = entries.length;
+    if (valid < content.length) {
+      // Never acknowledged (its sync had not returned); appends must follow the last whole line.
+      const handle = await open(path, 'r+');
+      try {
+        await handle.truncate(valid);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+    }
+  }
+
+  private async withDrafts(record: CodebaseRecord): Promise<CodebaseRecord> {
+    const dir = this.draftDir(record.name);
+    for (const d of (await readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
+      const { path, sha } = JSON.parse(await readFile(join(dir, d), 'utf8')) as { path: string; sha: string | null };
+      // A crash between a publish and the removal of its drafts leaves drafts that are published already.
+      if (sha === null ? !(path in record.files) : record.files[path] === sha) continue;
+      record.edits[path] = sha;
+    }
+    return record;
+  }
+
+  putRecord(record: CodebaseRecord, changed?: readonly string[]): Promise<undefined> {
+    const { edits: _edits, revision: _revision, ...published } = record;
+    return this.serially(record.name, async () => {
+      const journal = this.journals.get(record.name);
+      const entry = journal && !journal.needsSnapshot ? difference(journal.record, published, changed) : undefined;
+      const line = entry && encodeLine(entry);
+      if (!journal || !line || journal.entries >= this.limits.maxEntries || journal.bytes + line.length > Math.max(journal.snapshotBytes, this.limits.minBytes)) {
+        await this.writeSnapshot(published, journal);
+        return;
+      }
+      await this.append(journal, line);
+      journal.record = published;
+      journal.bytes += line.length;
+      journal.entries++;
+    }).then(() => undefined);
   }
 
   async deleteRecord(name: string): Promise<void> {
-    // Drafts first: a codebase recreated under the same name must not find old drafts.
-    await rm(this.draftDir(name), { recursive: true, force: true });
-    await syncDir(this.drafts);
-    await rm(join(this.records, `${encodeURIComponent(name)}.json`), { force: true });
-    await syncDir(this.records);
+    await this.serially(name, async () => {
+      // Drafts first: a codebase recreated under the same name must not find old drafts.
+      await rm(this.draftDir(name), { recursive: true, force: true });
+      await syncDir(this.drafts);
+      // The snapshot before its journal: a snapshot without the journal it names would go back in time.
+      await rm(join(this.records, snapshotFile(name)), { force: true });
+      await syncDir(this.records);
+      const journal = this.journals.get(name);
+      const files = journal ? (journal.generation === undefined ? [] : [journalFile(name, journal.generation)]) : (await readdir(this.records)).filter((f) => journalOf(f) === name);
+      // Unsynced: a journal without its snapshot is removed at load anyway, and generations are never reused.
+      for (const f of files) await rm(join(this.records, f), { force: true });
+      this.journals.delete(name);
+    });
+  }
+
+  private serially(name: string, work: () => Promise<void>): Promise<void> {
+    const run = (this.recordQueues.get(name) ?? Promise.resolve()).then(work);
+    const settled = run.catch(() => {});
+    this.recordQueues.set(name, settled);
+    void settled.then(() => {
+      if (this.recordQueues.get(name) === settled) this.recordQueues.delete(name);
+    });
+    return run;
+  }
+
+  private async writeSnapshot(record: Published, previous: Journal | undefined): Promise<void> {
+    const generation = randomBytes(8).toString('hex');
+    // Created before the snapshot that names it, so that the snapshot's directory sync makes its
+    // entry durable too and an append needs nothing but its own fdatasync.
+    await (await open(join(this.records, journalFile(record.name, generation)), 'wx')).close();
+    const content = Buffer.from(JSON.stringify({ ...record, edits: {}, journal: generation }));
+    try {
+      await this.durableWrite(this.records, snapshotFile(record.name), content);
+    } catch (error) {
+      // The rename may have happened: appending to the old journal could then be appending to a stale one.
+      if (previous) previous.needsSnapshot = true;
+      throw error;
+    }
+    this.journals.set(record.name, { record, generation, snapshotBytes: content.length, bytes: 0, entries: 0, needsSnapshot: false });
+    if (previous?.generation !== undefined) {
+      // Unsynced: if a crash brings it back, its generation is not the snapshot's and it is removed at load.
+      await rm(join(this.records, journalFile(record.name, previous.generation)), { force: true });
+      this.step('journal-removed');
+    }
+  }
+
+  private async append(journal: Journal, line: Buffer): Promise<void> {
+    try {
+      // No O_CREAT: the file was created (and its directory entry synced) with the snapshot naming it.
+      const handle = await open(join(this.records, journalFile(journal.record.name, journal.generation!)), constants.O_WRONLY | constants.O_APPEND);
+      try {
+        await handle.writeFile(line);
+        this.step('journal-appended');
+        await handle.datasync();
+        this.step('journal-synced');
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      journal.needsSnapshot = true;
+      throw error;
+    }
   }
 
   private draftDir(codebase: string): string {
@@ -192,6 +363,67 @@ export class DiskStore implements RepoStore {
     await syncDir(dir);
     this.step('dir-synced');
   }
+}
+
+const snapshotFile = (name: string) => `${encodeURIComponent(name)}.json`;
+const journalFile = (name: string, generation: string) => `${encodeURIComponent(name)}.${generation}.journal`;
+/** The codebase a journal file belongs to. */
+const journalOf = (file: string) => {
+  const match = /^(.+)\.[0-9a-f]{16}\.journal$/.exec(file);
+  return match ? decodeURIComponent(match[1]!) : undefined;
+};
+
+/**
+ * What a journal entry must say to turn `before` into `after`; undefined when they differ in more
+ * than version, main and files (a snapshot says that).
+ */
+function difference(before: Published, after: Published, changed: readonly string[] | undefined): JournalEntry | undefined {
+  if (before.name !== after.name || before.base !== after.base || before.draftMain !== after.draftMain) return undefined;
+  const set: Record<string, string> = {};
+  const removed: string[] = [];
+  const compare = (path: string) => {
+    const sha = after.files[path];
+    if (sha === undefined) {
+      if (before.files[path] !== undefined) removed.push(path);
+    } else if (before.files[path] !== sha) set[path] = sha;
+  };
+  if (changed) {
+    for (const path of new Set(changed)) compare(path);
+  } else {
+    for (const path of Object.keys(after.files)) compare(path);
+    for (const path of Object.keys(before.files)) if (after.files[path] === undefined) removed.push(path);
+  }
+  return { version: after.version, main: after.main, set, removed };
+}
+
+/** `<length> <crc32 hex> <json>\n`: the length tells where a line must end, the checksum that all of it arrived. */
+function encodeLine(entry: JournalEntry): Buffer {
+  const body = Buffer.from(JSON.stringify(entry));
+  return Buffer.concat([Buffer.from(`${body.length} ${crc32(body).toString(16).padStart(8, '0')} `), body, Buffer.from('\n')]);
+}
+
+/** The entries of the longest run of whole, intact lines from the start, and its length in bytes. */
+function decodeJournal(content: Buffer): { entries: JournalEntry[]; valid: number } {
+  const entries: JournalEntry[] = [];
+  let at = 0;
+  while (at < content.length) {
+    const space = content.indexOf(0x20, at);
+    if (space < 0 || space - at > 10) break;
+    const length = content.toString('latin1', at, space);
+    if (!/^(0|[1-9][0-9]*)$/.test(length)) break;
+    const body = space + 10;
+    const end = body + Number(length);
+    if (end >= content.length || content[body - 1] !== 0x20 || content[end] !== 0x0a) break;
+    const bytes = content.subarray(body, end);
+    if (crc32(bytes).toString(16).padStart(8, '0') !== content.toString('latin1', space + 1, body - 1)) break;
+    try {
+      entries.push(JSON.parse(bytes.toString('utf8')) as JournalEntry);
+    } catch {
+      break;
+    }
+    at = end + 1;
+  }
+  return { entries, valid: at };
 }
 
 /** Bounded, because ten thousand files opened at once would run out of descriptors. */

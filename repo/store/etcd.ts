@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
-import type { CodebaseRecord, RepoStore } from './store.js';
+import { StoreConflict, type CodebaseRecord, type RepoStore } from './store.js';
 
 /**
  * The etcd store, for several repo replicas serving the same data. It speaks etcd's v3 JSON
  * gateway with fetch (no client library needed for put/range/txn). Every file is its own small key
  * (etcd limits a request to 1.5 MiB), so a change moves one file. Replicas pick up each other's
- * writes through `revision()` and a reload (see Repo.refresh).
+ * writes through `revision()` and a reload (see Repo.refresh). A record is written only if its
+ * mod_revision is still the one the writer's copy was read or written at (an etcd transaction), so
+ * two replicas publishing the same codebase cannot silently overwrite each other.
  */
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
 const unb64 = (s: string) => Buffer.from(s, 'base64');
@@ -15,6 +17,18 @@ const rangeEnd = (prefix: string) => {
   bytes[bytes.length - 1]!++;
   return bytes;
 };
+
+interface KeyValue {
+  key: string;
+  value?: string;
+  mod_revision?: string;
+}
+interface TxnResponse {
+  header: { revision: string };
+  /** Omitted when false (proto3 JSON). */
+  succeeded?: boolean;
+  responses?: { response_range?: { kvs?: KeyValue[] } }[];
+}
 
 export class EtcdStore implements RepoStore {
   constructor(
@@ -29,11 +43,6 @@ export class EtcdStore implements RepoStore {
     return JSON.parse(text) as T;
   }
 
-  private async range(prefix: string): Promise<{ key: string; value: Buffer }[]> {
-    const out = await this.call<{ kvs?: { key: string; value?: string }[] }>('kv/range', { key: b64(prefix), range_end: b64(rangeEnd(prefix)) });
-    return (out.kvs ?? []).map((kv) => ({ key: unb64(kv.key).toString(), value: unb64(kv.value ?? '') }));
-  }
-
   private put(key: string, value: Buffer | string): Promise<unknown> {
     return this.call('kv/put', { key: b64(key), value: b64(value) });
   }
@@ -44,34 +53,86 @@ export class EtcdStore implements RepoStore {
     return out.header.revision;
   }
 
-  async loadAll(): Promise<CodebaseRecord[]> {
-    const drafts = new Map<string, Record<string, string | null>>();
-    for (const { value } of await this.range(`${this.prefix}drafts/`)) {
-      const { codebase, path, sha } = JSON.parse(value.toString()) as { codebase: string; path: string; sha: string | null };
-      drafts.set(codebase, { ...drafts.get(codebase), [path]: sha });
+  private recordKey(name: string): string {
+    return `${this.prefix}records/${name}`;
+  }
+
+  private draftPrefix(name: string): string {
+    return `${this.prefix}drafts/${name}\u0000`;
+  }
+
+  /** A record with its drafts; its revision is the record key's mod_revision. */
+  private toRecord(kv: KeyValue, drafts: KeyValue[]): CodebaseRecord {
+    const record = JSON.parse(unb64(kv.value ?? '').toString()) as CodebaseRecord;
+    record.edits = {};
+    record.revision = kv.mod_revision!;
+    for (const draft of drafts) {
+      const { path, sha } = JSON.parse(unb64(draft.value ?? '').toString()) as { path: string; sha: string | null };
+      if (sha === null ? path in record.files : record.files[path] !== sha) record.edits[path] = sha;
     }
-    return (await this.range(`${this.prefix}records/`)).map(({ value }) => {
-      const record = JSON.parse(value.toString()) as CodebaseRecord;
-      record.edits = {};
-      for (const [path, sha] of Object.entries(drafts.get(record.name) ?? {})) {
-        if (sha === null ? path in record.files : record.files[path] !== sha) record.edits[path] = sha;
-      }
-      return record;
+    return record;
+  }
+
+  /** Ranges over one codebase's record and drafts, in a transaction so that both are read at one revision. */
+  private readOps(name: string): unknown[] {
+    const drafts = this.draftPrefix(name);
+    return [{ request_range: { key: b64(this.recordKey(name)) } }, { request_range: { key: b64(drafts), range_end: b64(rangeEnd(drafts)) } }];
+  }
+
+  private recordOf(out: TxnResponse): CodebaseRecord | undefined {
+    const kv = out.responses?.[0]?.response_range?.kvs?.[0];
+    return kv ? this.toRecord(kv, out.responses?.[1]?.response_range?.kvs ?? []) : undefined;
+  }
+
+  async loadAll(): Promise<CodebaseRecord[]> {
+    const records = `${this.prefix}records/`;
+    const drafts = `${this.prefix}drafts/`;
+    // One transaction: a publish between two separate reads would pair a record with drafts of another moment.
+    const out = await this.call<TxnResponse>('kv/txn', {
+      success: [{ request_range: { key: b64(records), range_end: b64(rangeEnd(records)) } }, { request_range: { key: b64(drafts), range_end: b64(rangeEnd(drafts)) } }],
     });
+    const byCodebase = new Map<string, KeyValue[]>();
+    for (const kv of out.responses?.[1]?.response_range?.kvs ?? []) {
+      const codebase = unb64(kv.key).toString().slice(drafts.length).split('\u0000')[0]!;
+      byCodebase.set(codebase, [...(byCodebase.get(codebase) ?? []), kv]);
+    }
+    return (out.responses?.[0]?.response_range?.kvs ?? []).map((kv) => this.toRecord(kv, byCodebase.get(unb64(kv.key).toString().slice(records.length)) ?? []));
   }
 
-  async putRecord(record: CodebaseRecord): Promise<void> {
-    await this.put(`${this.prefix}records/${record.name}`, JSON.stringify({ ...record, edits: {} }));
+  async loadRecord(name: string): Promise<CodebaseRecord | undefined> {
+    return this.recordOf(await this.call<TxnResponse>('kv/txn', { success: this.readOps(name) }));
   }
 
-  async deleteRecord(name: string): Promise<void> {
-    await this.call('kv/deleterange', { key: b64(`${this.prefix}records/${name}`) });
-    const prefix = `${this.prefix}drafts/${name}\u0000`;
-    await this.call('kv/deleterange', { key: b64(prefix), range_end: b64(rangeEnd(prefix)) });
+  /** Absent when the writer never saw the record; otherwise still at the revision the writer's copy is from. */
+  private unchanged(name: string, revision: string | undefined): unknown {
+    const key = b64(this.recordKey(name));
+    return revision === undefined ? { key, target: 'CREATE', result: 'EQUAL', create_revision: '0' } : { key, target: 'MOD', result: 'EQUAL', mod_revision: revision };
+  }
+
+  async putRecord(record: CodebaseRecord): Promise<string> {
+    const { revision, ...stored } = record;
+    const out = await this.call<TxnResponse>('kv/txn', {
+      compare: [this.unchanged(record.name, revision)],
+      success: [{ request_put: { key: b64(this.recordKey(record.name)), value: b64(JSON.stringify({ ...stored, edits: {} })) } }],
+      // What another replica wrote instead, so the writer's copy is brought up to date in the same round trip.
+      failure: this.readOps(record.name),
+    });
+    if (!out.succeeded) throw new StoreConflict(this.recordOf(out));
+    return out.header.revision;
+  }
+
+  async deleteRecord(name: string, revision?: string): Promise<void> {
+    const drafts = this.draftPrefix(name);
+    const out = await this.call<TxnResponse>('kv/txn', {
+      compare: revision === undefined ? [] : [this.unchanged(name, revision)],
+      success: [{ request_delete_range: { key: b64(this.recordKey(name)) } }, { request_delete_range: { key: b64(drafts), range_end: b64(rangeEnd(drafts)) } }],
+      failure: this.readOps(name),
+    });
+    if (!out.succeeded) throw new StoreConflict(this.recordOf(out));
   }
 
   async putDraft(codebase: string, path: string, sha: string | null): Promise<void> {
-    await this.put(`${this.prefix}drafts/${codebase}\u0000${path}`, JSON.stringify({ codebase, path, sha }));
+    await this.put(`${this.draftPrefix(codebase)}${path}`, JSON.stringify({ codebase, path, sha }));
   }
 
   async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
@@ -80,7 +141,7 @@ export class EtcdStore implements RepoStore {
   }
 
   async clearDrafts(codebase: string, paths: string[]): Promise<void> {
-    for (const path of paths) await this.call('kv/deleterange', { key: b64(`${this.prefix}drafts/${codebase}\u0000${path}`) });
+    for (const path of paths) await this.call('kv/deleterange', { key: b64(`${this.draftPrefix(codebase)}${path}`) });
   }
 
   async putBlob(content: Buffer): Promise<string> {

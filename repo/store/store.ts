@@ -18,13 +18,37 @@ export interface CodebaseRecord {
   edits: Record<string, string | null>;
   /** A draft entry point, published with the next version. */
   draftMain?: string;
+  /**
+   * The store's revision of the record this one was loaded as or last written as, for stores
+   * shared by replicas (etcd): a write based on an older revision is refused with StoreConflict
+   * instead of overwriting what another replica wrote.
+   */
+  revision?: string;
+}
+
+/**
+ * Another replica changed the codebase since `revision` was read: the write was not made.
+ * `current` is what the store holds now (undefined: the codebase was deleted).
+ */
+export class StoreConflict extends Error {
+  constructor(readonly current: CodebaseRecord | undefined) {
+    super('the codebase was changed by another writer');
+  }
 }
 
 export interface RepoStore {
   /** Every codebase record with its drafts, for start-up. */
   loadAll(): Promise<CodebaseRecord[]>;
-  /** Writes the record (without its drafts, which are kept apart) durably; on return a crash can no longer lose it. */
-  putRecord(record: CodebaseRecord): Promise<void>;
+  /** One codebase record with its drafts as the store holds it now; undefined when there is none. */
+  loadRecord(name: string): Promise<CodebaseRecord | undefined>;
+  /**
+   * Writes the record (without its drafts, which are kept apart) durably; on return a crash can no
+   * longer lose it. `changed` names every path whose entry may differ from the record last written
+   * for this codebase, so that a store writing differences need not compare the other paths; without
+   * it every path is compared. Returns the record's new revision when the store keeps revisions;
+   * throws StoreConflict when `record.revision` is no longer the stored one.
+   */
+  putRecord(record: CodebaseRecord, changed?: readonly string[]): Promise<string | undefined>;
   /**
    * Drafts are small records of their own, so writing one costs the same however large the
    * codebase is: sha of the draft content, or null for an erased file.
@@ -33,7 +57,8 @@ export interface RepoStore {
   /** Many drafts at once, durably; cheaper than one putDraft each (one directory sync). */
   putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void>;
   clearDrafts(codebase: string, paths: string[]): Promise<void>;
-  deleteRecord(name: string): Promise<void>;
+  /** Removes the record and its drafts; with a revision, only if it is still the stored one (else StoreConflict). */
+  deleteRecord(name: string, revision?: string): Promise<void>;
   /** Writes the blob durably (before any record refers to it); returns its sha256. */
   putBlob(content: Buffer): Promise<string>;
   /** Many blobs at once, durably; returns their sha256s in order. */
