@@ -1,0 +1,189 @@
+// Benchmark of the sidecar's DNS server against dnsmasq, both answering the same 1,000 catalog
+// names (dnsmasq from a hosts file, ours from the table): the maximum rate one core sustains
+// (closed loop, many queries in flight), the server's CPU share during it, and latency percentiles
+// at a fixed 5,000 qps (open loop). Server on core 0, load generator on core 1. Both servers run
+// side by side and are measured in alternating rounds; the tables show medians. The load generator
+// is Node too and may well be slower than dnsmasq: then dnsmasq's CPU share stays under 100 % and
+// `qps per server core` (rate / CPU share) is the fairer comparison of the two servers.
+// Goals: over 20,000 qps, at least 0.5 of dnsmasq's rate, p99 under 1 ms at 5,000 qps.
+// Usage: npm run bench:dns [-- --seconds 5 --inflight 200 --names 1000 --rounds 5]
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import dnsPacket from 'dns-packet';
+import { runPinned, startPinned, stop } from './lib/processes.js';
+import { report } from './lib/report.js';
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) || fallback : fallback;
+};
+const seconds = arg('seconds', 5);
+const inflight = arg('inflight', 200);
+const count = arg('names', 1000);
+const rounds = arg('rounds', 5);
+const names = Array.from({ length: count }, (_, i) => `svc-${i}.bench.svc.cluster.local`);
+const here = fileURLToPath(new URL('.', import.meta.url));
+const progress = (m: string) => process.stderr.write(`bench: ${m}\n`);
+
+function requireDnsmasq(): string {
+  try {
+    return execFileSync('sh', ['-c', 'command -v dnsmasq'], { encoding: 'utf8' }).trim();
+  } catch {
+    throw new Error('dnsmasq is not installed; the DNS benchmark measures against it: apt-get install dnsmasq-base');
+  }
+}
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+async function freePort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
+  const port = s.address().port;
+  s.close();
+  return port;
+}
+
+/** Resolves once the server answers a catalog name. */
+async function answering(port: number, name: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  const s = createSocket('udp4');
+  try {
+    for (;;) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 200);
+        s.once('message', (m) => {
+          clearTimeout(timer);
+          resolve((dnsPacket.decode(m).answers ?? []).length > 0);
+        });
+        s.send(dnsPacket.encode({ type: 'query', id: 1, questions: [{ type: 'A', name }] }), port, '127.0.0.1');
+      });
+      if (ok) return;
+      if (Date.now() > deadline) throw new Error(`the server on port ${port} does not answer ${name}`);
+    }
+  } finally {
+    s.close();
+  }
+}
+
+interface MaxResult {
+  qps: number;
+  perSecond: number[];
+  errors: number;
+  lost: number;
+}
+interface RateResult {
+  p50: number;
+  p99: number;
+  p999: number;
+  max: number;
+  errors: number;
+  lost: number;
+}
+
+interface Server {
+  label: string;
+  child: ChildProcess;
+  port: number;
+}
+
+function load(server: Server, options: object): Promise<string> {
+  return runPinned(1, join(here, 'lib/dns-load.js'), [JSON.stringify({ host: '127.0.0.1', port: server.port, names, seconds, ...options })]);
+}
+
+async function maxRate(server: Server) {
+  progress(`${server.label}: maximum rate, ${inflight} in flight, ${seconds} s`);
+  const cpu0 = cpuSeconds(server.child.pid!);
+  const t0 = performance.now();
+  const max = JSON.parse(await load(server, { mode: 'max', inflight })) as MaxResult;
+  // The load's first second is warm-up; the CPU share covers the whole run.
+  return { ...max, cpuShare: (cpuSeconds(server.child.pid!) - cpu0) / ((performance.now() - t0) / 1000) };
+}
+
+const dnsmasq = requireDnsmasq();
+const work = mkdtempSync(join(tmpdir(), 'flb-bench-dns-'));
+const rows: Record<string, string | number>[] = [];
+const details: Record<string, unknown> = {};
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+try {
+  const hosts = join(work, 'hosts');
+  writeFileSync(hosts, names.map((n, i) => `10.96.${i >> 8}.${i & 255} ${n}\n`).join(''));
+  const port = await freePort();
+  const peer = spawn(
+    'setpriv',
+    ['--pdeathsig', 'KILL', '--', 'taskset', '-c', '0', dnsmasq, '--no-daemon', '--no-resolv', '--no-hosts', `--addn-hosts=${hosts}`, `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--local-ttl=5', '--user=root', '--pid-file='],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let peerErr = '';
+  peer.stderr!.on('data', (d: Buffer) => (peerErr += d.toString()));
+  peer.once('exit', (code) => code && progress(`dnsmasq exited (${code}): ${peerErr}`));
+  const ours = await startPinned(0, join(here, 'lib/dns-server.js'), [String(count)]).catch(async (error: unknown) => {
+    await stop(peer);
+    throw error;
+  });
+  const servers: Server[] = [
+    { label: 'dnsmasq', child: peer, port },
+    { label: 'flb sidecar DNS', child: ours.child, port: Number(ours.firstLine) },
+  ];
+  try {
+    for (const server of servers) await answering(server.port, names[0]!);
+    // Maximum rate, alternating servers, three rounds, the median kept: the machine's other work
+    // lands on one round or another, not on one server.
+    const maxRounds: (Awaited<ReturnType<typeof maxRate>>)[][] = servers.map(() => []);
+    for (let round = 1; round <= 3; round++) for (const [i, server] of servers.entries()) maxRounds[i]!.push(await maxRate(server));
+    const maxes = maxRounds.map((r) => [...r].sort((a, b) => a.qps - b.qps)[1]!);
+    // Latency at 5,000 qps, alternating servers, several rounds: stalls of a few ms that come from
+    // the machine (they hit dnsmasq as often as ours) decide a single run's p99; the median of the
+    // rounds is what the server itself does.
+    const rates: RateResult[][] = servers.map(() => []);
+    for (let round = 1; round <= rounds; round++) {
+      for (const [i, server] of servers.entries()) {
+        progress(`${server.label}: 5,000 qps, ${seconds} s, round ${round} of ${rounds}`);
+        rates[i]!.push(JSON.parse(await load(server, { mode: 'rate', rate: 5000 })) as RateResult);
+      }
+    }
+    for (const [i, server] of servers.entries()) {
+      const max = maxes[i]!;
+      const r = rates[i]!;
+      details[server.label] = { max: maxRounds[i], rates: r };
+      rows.push({
+        server: server.label,
+        'max qps': max.qps,
+        'server CPU %': 100 * max.cpuShare,
+        'qps per server core': max.qps / Math.max(max.cpuShare, 0.01),
+        'p50 ms @5k': median(r.map((x) => x.p50)),
+        'p99 ms @5k': median(r.map((x) => x.p99)),
+        'p99 ms @5k, worst round': Math.max(...r.map((x) => x.p99)),
+        'p99.9 ms @5k': median(r.map((x) => x.p999)),
+        'errors+lost': max.errors + max.lost + r.reduce((n, x) => n + x.errors + x.lost, 0),
+      });
+    }
+  } finally {
+    await stop(ours.child);
+    await stop(peer);
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+const [peerRow, oursRow] = rows as [Record<string, number>, Record<string, number>];
+const ratio = oursRow['max qps']! / peerRow['max qps']!;
+const perCoreRatio = oursRow['qps per server core']! / peerRow['qps per server core']!;
+rows.push({ server: 'ours / dnsmasq', 'max qps': ratio, 'qps per server core': perCoreRatio });
+const goals = {
+  'over 20,000 qps': oursRow['max qps']! > 20_000,
+  'at least 0.5 of dnsmasq': ratio >= 0.5,
+  [`p99 under 1 ms at 5,000 qps (median of ${rounds} rounds)`]: oursRow['p99 ms @5k']! < 1,
+};
+const loadAverage = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+if (peerRow['p99 ms @5k']! >= 1) {
+  progress(`dnsmasq's p99 at 5,000 qps is over 1 ms too: the machine is busy (load average ${loadAverage} on ${availableParallelism()} CPUs); the latency figures say more on a quiet one`);
+}
+const file = report('dns', `Sidecar DNS vs dnsmasq: ${count} catalog names, type A over UDP, server on one core`, rows, { seconds, inflight, names: count, rounds, loadAverage, goals, details });
+progress(`goals: ${Object.entries(goals).map(([g, ok]) => `${g}: ${ok ? 'met' : 'NOT met'}`).join('; ')}`);
+progress(`results in ${file}`);

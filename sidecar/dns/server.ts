@@ -1,0 +1,424 @@
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
+import { createServer, isIPv6, type Server, type Socket } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { Logger } from '../../common/log.js';
+import { DnsCache } from './cache.js';
+import { DnsMetrics } from './metrics.js';
+import { emptyDnsTable, type DnsTable } from './table.js';
+import { throttled } from './throttle.js';
+import { Forwarder, formatUpstream, nameserversFromResolvConf, parseUpstream, type Upstream } from './upstream.js';
+import {
+  CLASS_ANY,
+  CLASS_IN,
+  DROP,
+  MAX_UDP_PAYLOAD,
+  RCODE_FORMERR,
+  RCODE_NOTIMP,
+  RCODE_SERVFAIL,
+  TYPE_AXFR,
+  TYPE_IXFR,
+  AnswerCompiler,
+  errorResponse,
+  forwardedResponse,
+  localResponse,
+  parseQuery,
+  parseResponse,
+  selectBody,
+  type CompiledTable,
+  type Query,
+} from './wire.js';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export const DEFAULT_DNS_PORT = 15053;
+/** A UDP DNS server behind an iptables REDIRECT must be bound to loopback (ARCHITECTURE.md). */
+export const DEFAULT_DNS_LISTEN: readonly ListenAddress[] = [
+  { host: '127.0.0.1', port: DEFAULT_DNS_PORT },
+  { host: '::1', port: DEFAULT_DNS_PORT },
+];
+
+export interface DnsServerOptions {
+  table?: DnsTable;
+  /** UDP and TCP on each; port 0 picks one free port that UDP and TCP (and every address) share. */
+  listen?: readonly ListenAddress[];
+  /** `ip` or `ip:port` / `[ipv6]:port`; default: the nameservers of `resolvConf`. */
+  upstreams?: readonly string[];
+  resolvConf?: string;
+  log: Logger;
+  /** TTL of the answers for the table's names: short, since the catalog moves. */
+  ttlSeconds?: number;
+  /** Per attempt; a query gets SERVFAIL after `upstreamAttempts` of them. */
+  upstreamTimeoutMs?: number;
+  upstreamAttempts?: number;
+  cacheEntries?: number;
+  cacheMaxTtlSeconds?: number;
+  tcpIdleTimeoutMs?: number;
+  /** Distinct questions upstream at once; more get SERVFAIL rather than memory. */
+  maxInflight?: number;
+  registry?: Registry;
+}
+
+export interface DnsServer {
+  /** What was bound, UDP and TCP alike, in the order of `listen` (less an IPv6 address the host lacks). */
+  readonly ports: readonly ListenAddress[];
+  readonly upstreams: readonly string[];
+  readonly metrics: DnsMetrics;
+  /**
+   * Takes a new table into use: encoded in slices that leave the event loop free, then swapped in
+   * between two queries, so every query sees the old table or the new one, whole. Resolves once the
+   * new table answers, or once a table set after it has replaced it.
+   */
+  setTable(table: DnsTable): Promise<void>;
+  close(): Promise<void>;
+}
+
+type Reply = (response: Buffer) => void;
+
+interface Waiter {
+  msg: Buffer;
+  q: Query;
+  limit: number;
+  reply: Reply;
+}
+
+/** Waiters on one upstream question beyond this get SERVFAIL at once. */
+const MAX_WAITERS = 1024;
+const MAX_TCP_PENDING = 64;
+
+/** Answers one query from the table, the cache or upstream, whatever transport it came on. */
+class Resolver {
+  private compiled: CompiledTable;
+  private readonly compiler: AnswerCompiler;
+  private generation = 0;
+  private readonly inflight = new Map<string, Waiter[]>();
+  private readonly failed: ReturnType<typeof throttled>;
+  /** Set once the listeners are bound (an upstream that is ourselves is known only then). */
+  forwarder?: Forwarder;
+
+  constructor(
+    table: DnsTable,
+    ttlSeconds: number,
+    private readonly cache: DnsCache,
+    readonly metrics: DnsMetrics,
+    log: Logger,
+  ) {
+    this.failed = throttled(log, 'error');
+    this.compiler = new AnswerCompiler(ttlSeconds);
+    this.compiled = this.compiler.compile(table);
+  }
+
+  async setTable(table: DnsTable): Promise<boolean> {
+    const generation = ++this.generation;
+    const compiled = await this.compiler.compileAsync(table, () => generation !== this.generation);
+    if (!compiled || generation !== this.generation) return false;
+    this.compiled = compiled;
+    return true;
+  }
+
+  /** Calls `reply` once, now or later, unless it returns false: a packet that gets no answer. */
+  handle(msg: Buffer, udp: boolean, reply: Reply): boolean {
+    let q: Query | number = DROP;
+    try {
+      q = parseQuery(msg);
+      if (typeof q === 'number') {
+        if (q === DROP) return false;
+        this.metrics.count(0, q === RCODE_NOTIMP ? 'notimp' : 'formerr');
+        reply(errorResponse(msg, q));
+        return true;
+      }
+      const limit = !udp ? 65535 : q.edns ? Math.min(q.udpSize, MAX_UDP_PAYLOAD) : 512;
+      if (q.qclass === CLASS_IN || q.qclass === CLASS_ANY) {
+        const name = this.compiled.get(q.name);
+        if (name !== undefined) {
+          const body = selectBody(name, q.qtype);
+          const response = localResponse(msg, q, body, limit);
+          if (response[2]! & 0x02) this.metrics.truncated += 1;
+          this.metrics.count(q.qtype, body.an > 0 ? 'local' : 'nodata');
+          reply(response);
+          return true;
+        }
+      }
+      if (q.qtype === TYPE_AXFR || q.qtype === TYPE_IXFR) {
+        this.metrics.count(q.qtype, 'notimp');
+        reply(errorResponse(msg, RCODE_NOTIMP, q));
+        return true;
+      }
+      this.forward(msg, q, limit, reply);
+      return true;
+    } catch (error) {
+      // A bug must cost one answer, not the process.
+      this.failed({ err: error }, 'DNS query handling failed');
+      this.metrics.count(typeof q === 'number' ? 0 : q.qtype, 'servfail');
+      try {
+        reply(errorResponse(msg, msg.length >= 12 ? RCODE_SERVFAIL : RCODE_FORMERR, typeof q === 'number' ? undefined : q));
+      } catch {
+        // The transport is gone; nothing to answer on.
+      }
+      return true;
+    }
+  }
+
+  private forward(msg: Buffer, q: Query, limit: number, reply: Reply): void {
+    // DO and CD change what upstream sends back, so they are part of the question.
+    const key = q.name + String.fromCharCode(q.qtype, q.qclass, (q.dnssecOk ? 1 : 0) | (msg[3]! & 0x10));
+    const now = Date.now();
+    const hit = this.cache.get(key, now);
+    if (hit) {
+      this.metrics.cacheHits += 1;
+      const response = forwardedResponse(msg, q, hit.answer, limit, Math.floor((now - hit.storedAt) / 1000));
+      if (response[2]! & 0x02) this.metrics.truncated += 1;
+      this.metrics.count(q.qtype, 'cached');
+      reply(response);
+      return;
+    }
+    this.metrics.cacheMisses += 1;
+    const waiter: Waiter = { msg, q, limit, reply };
+    const waiting = this.inflight.get(key);
+    if (waiting) {
+      if (waiting.length < MAX_WAITERS) waiting.push(waiter);
+      else this.answer(waiter, undefined);
+      return;
+    }
+    this.inflight.set(key, [waiter]);
+    const settle = (response: Buffer | undefined) => {
+      const waiters = this.inflight.get(key) ?? [];
+      this.inflight.delete(key);
+      let answer;
+      try {
+        answer = response ? parseResponse(response, q.questionEnd) : undefined;
+        if (answer) this.cache.set(key, answer, Date.now());
+      } catch (error) {
+        this.failed({ err: error }, 'unreadable upstream DNS answer');
+        answer = undefined;
+      }
+      for (const w of waiters) this.answer(w, answer);
+    };
+    if (this.forwarder) this.forwarder.forward(msg, q, settle);
+    else settle(undefined);
+  }
+
+  private answer(w: Waiter, answer: ReturnType<typeof parseResponse>): void {
+    try {
+      const response = answer ? forwardedResponse(w.msg, w.q, answer, w.limit, -1) : errorResponse(w.msg, RCODE_SERVFAIL, w.q);
+      if (response[2]! & 0x02) this.metrics.truncated += 1;
+      this.metrics.count(w.q.qtype, answer ? 'forwarded' : 'servfail');
+      w.reply(response);
+    } catch (error) {
+      this.failed({ err: error }, 'DNS answer failed');
+    }
+  }
+}
+
+/** One TCP client: 2-byte length framing, several queries (answered as they complete), idle timeout. */
+function serveTcp(socket: Socket, resolver: Resolver, idleMs: number, log: Logger): void {
+  let buffered: Buffer | undefined;
+  let pending = 0;
+  let paused = false;
+  const reply: Reply = (response) => {
+    pending -= 1;
+    if (socket.destroyed || !socket.writable) return;
+    const framed = Buffer.allocUnsafe(response.length + 2);
+    framed.writeUInt16BE(response.length, 0);
+    response.copy(framed, 2);
+    socket.write(framed);
+    if (paused && pending < MAX_TCP_PENDING / 2) {
+      paused = false;
+      socket.resume();
+    }
+  };
+  socket.setNoDelay(true);
+  socket.setTimeout(idleMs);
+  socket.on('timeout', () => {
+    // Idle means nothing to read and nothing owed: an answer still upstream keeps it open.
+    if (pending === 0) socket.destroy();
+    else socket.setTimeout(idleMs);
+  });
+  socket.on('error', (error) => log.debug({ err: error }, 'DNS TCP client error'));
+  socket.on('data', (chunk: Buffer) => {
+    let data = buffered ? Buffer.concat([buffered, chunk]) : chunk;
+    while (data.length >= 2) {
+      const length = (data[0]! << 8) | data[1]!;
+      if (length === 0) {
+        socket.destroy();
+        return;
+      }
+      if (data.length < 2 + length) break;
+      const msg = data.subarray(2, 2 + length);
+      data = data.subarray(2 + length);
+      pending += 1;
+      if (!resolver.handle(msg, false, reply)) pending -= 1;
+    }
+    buffered = data.length > 0 ? data : undefined;
+    if (pending >= MAX_TCP_PENDING && !paused) {
+      paused = true;
+      socket.pause();
+    }
+  });
+}
+
+function bindUdp(host: string, port: number, resolver: Resolver, log: Logger): Promise<UdpSocket> {
+  // A bigger receive buffer than the default 208 KiB: an app starting up sends bursts, and a GC pause
+  // at 100k+ qps would otherwise drop queries the client then waits seconds to repeat.
+  const socket = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4', ipv6Only: isIPv6(host), recvBufferSize: 1 << 20 });
+  const socketError = throttled(log, 'warn');
+  return new Promise((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind({ address: host, port, exclusive: true }, () => {
+      socket.off('error', reject);
+      socket.on('error', (error) => socketError({ err: error }, 'DNS UDP socket error'));
+      socket.on('message', (msg: Buffer, rinfo: RemoteInfo) =>
+        resolver.handle(msg, true, (response) => {
+          try {
+            socket.send(response, rinfo.port, rinfo.address);
+          } catch (error) {
+            log.debug({ err: error }, 'DNS UDP answer not sent');
+          }
+        }),
+      );
+      resolve(socket);
+    });
+  });
+}
+
+function listenTcp(host: string, port: number, resolver: Resolver, idleMs: number, log: Logger): Promise<{ server: Server; sockets: Set<Socket> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    serveTcp(socket, resolver, idleMs, log);
+  });
+  server.maxConnections = 1024;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, exclusive: true, ipv6Only: isIPv6(host) }, () => {
+      server.off('error', reject);
+      server.on('error', (error) => log.warn({ err: error }, 'DNS TCP server error'));
+      resolve({ server, sockets });
+    });
+  });
+}
+
+const errorCode = (error: unknown) => (error as NodeJS.ErrnoException | undefined)?.code;
+
+/** The nameservers of resolv.conf (startDnsServer drops any that is itself: it would loop). */
+export function defaultUpstreams(resolvConf: string, log: Logger): string[] {
+  try {
+    const servers = nameserversFromResolvConf(readFileSync(resolvConf, 'utf8'));
+    // glibc's own default when resolv.conf names none.
+    return servers.length > 0 ? servers : ['127.0.0.1'];
+  } catch (error) {
+    log.warn({ err: error, resolvConf }, 'cannot read resolv.conf; no upstream DNS');
+    return [];
+  }
+}
+
+export async function startDnsServer(options: DnsServerOptions): Promise<DnsServer> {
+  const { log } = options;
+  const listen = options.listen ?? DEFAULT_DNS_LISTEN;
+  const cache = new DnsCache(options.cacheEntries ?? 10_000, options.cacheMaxTtlSeconds ?? 300);
+  const metrics = new DnsMetrics(options.registry, () => cache.size);
+  const idleMs = options.tcpIdleTimeoutMs ?? 10_000;
+  const table = options.table ?? emptyDnsTable();
+  const resolver = new Resolver(table, options.ttlSeconds ?? 5, cache, metrics, log);
+
+  // Bind first: with port 0 the port is known only then, and an upstream on it would be ourselves.
+  let bound: { host: string; port: number; udp: UdpSocket; tcp: Server; sockets: Set<Socket> }[] = [];
+  for (let tries = 0; ; tries++) {
+    let shared = 0;
+    try {
+      for (const address of listen) {
+        const port = address.port || shared;
+        let udp: UdpSocket;
+        try {
+          udp = await bindUdp(address.host, port, resolver, log);
+        } catch (error) {
+          // A pod or VM with IPv6 off has no ::1; DNS over IPv4 must still work.
+          if (isIPv6(address.host) && ['EADDRNOTAVAIL', 'EAFNOSUPPORT'].includes(errorCode(error) ?? '')) {
+            log.warn({ host: address.host }, 'IPv6 loopback unavailable; DNS listens on IPv4 only');
+            continue;
+          }
+          throw error;
+        }
+        const actual = udp.address().port;
+        if (address.port === 0 && shared === 0) shared = actual;
+        try {
+          const { server, sockets } = await listenTcp(address.host, actual, resolver, idleMs, log);
+          bound.push({ host: address.host, port: actual, udp, tcp: server, sockets });
+        } catch (error) {
+          udp.close();
+          throw error;
+        }
+      }
+      if (bound.length === 0) throw new Error(`DNS could bind none of ${listen.map(formatUpstream).join(', ')}`);
+      break;
+    } catch (error) {
+      for (const b of bound) {
+        b.udp.close();
+        b.tcp.close();
+      }
+      bound = [];
+      if (errorCode(error) === 'EADDRINUSE' && listen.some((l) => l.port === 0) && tries < 20) continue;
+      throw error;
+    }
+  }
+
+  const ours = (u: Upstream) => bound.some((b) => b.port === u.port && (b.host === u.host || b.host === '0.0.0.0' || b.host === '::'));
+  const upstreams: Upstream[] = [];
+  for (const spec of options.upstreams ?? defaultUpstreams(options.resolvConf ?? '/etc/resolv.conf', log)) {
+    const upstream = parseUpstream(spec);
+    if (ours(upstream)) log.warn({ upstream: spec }, 'upstream DNS server is this server; skipped');
+    else upstreams.push(upstream);
+  }
+  if (upstreams.length === 0) log.warn('no upstream DNS servers: names outside the mesh get SERVFAIL');
+  const forwarder = new Forwarder(upstreams, {
+    timeoutMs: options.upstreamTimeoutMs ?? 1000,
+    attempts: options.upstreamAttempts ?? 2,
+    maxInflight: options.maxInflight ?? 10_000,
+    log,
+    metrics,
+  });
+  try {
+    await forwarder.start();
+  } catch (error) {
+    for (const b of bound) {
+      b.udp.close();
+      b.tcp.close();
+    }
+    throw error;
+  }
+  resolver.forwarder = forwarder;
+  const logProblems = (t: DnsTable) => {
+    if (t.problems.length > 0) log.warn({ problems: t.problems.slice(0, 20), count: t.problems.length }, 'DNS table has problems');
+  };
+  logProblems(table);
+  log.info({ listen: bound.map(formatUpstream), upstreams: upstreams.map(formatUpstream), names: table.size }, 'DNS server listening');
+
+  return {
+    ports: bound.map(({ host, port }) => ({ host, port })),
+    upstreams: upstreams.map(formatUpstream),
+    metrics,
+    async setTable(next: DnsTable) {
+      if (await resolver.setTable(next)) {
+        logProblems(next);
+        log.debug({ names: next.size }, 'DNS table swapped');
+      }
+    },
+    async close() {
+      forwarder.close();
+      await Promise.all(
+        bound.map(
+          (b) =>
+            new Promise<void>((resolve) => {
+              b.udp.close();
+              for (const socket of b.sockets) socket.destroy();
+              b.tcp.close(() => resolve());
+            }),
+        ),
+      );
+    },
+  };
+}

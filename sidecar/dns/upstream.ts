@@ -1,0 +1,249 @@
+import { randomFillSync } from 'node:crypto';
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { connect, isIP, type Socket } from 'node:net';
+import ipaddr from 'ipaddr.js';
+import type { Logger } from '../../common/log.js';
+import type { DnsMetrics } from './metrics.js';
+import { throttled } from './throttle.js';
+import { RCODE_REFUSED, RCODE_SERVFAIL, sameQuestion, upstreamQuery, type Query } from './wire.js';
+
+export interface Upstream {
+  /** As the kernel reports a peer (RFC 5952 for IPv6), so answers can be matched to it. */
+  host: string;
+  port: number;
+  family: 4 | 6;
+}
+
+export const formatUpstream = (u: { host: string; port: number }): string => (u.host.includes(':') ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`);
+
+/** '10.96.0.10', '10.96.0.10:53', 'fd00::10', '[fd00::10]:5353', 'fe80::1%eth0'. */
+export function parseUpstream(spec: string): Upstream {
+  let host = spec.trim();
+  let port = 53;
+  const bracketed = /^\[(.+)\](?::(\d+))?$/.exec(host);
+  const hostPort = /^([^:]+):(\d+)$/.exec(host);
+  if (bracketed) {
+    host = bracketed[1]!;
+    if (bracketed[2]) port = Number(bracketed[2]);
+  } else if (hostPort) {
+    host = hostPort[1]!;
+    port = Number(hostPort[2]);
+  }
+  const [address, zone] = host.split('%') as [string, string?];
+  const family = isIP(address);
+  if (family === 0 || port < 1 || port > 65535) throw new Error(`not an upstream DNS server address: ${spec} (want an IP address, optionally with :port)`);
+  const canonical = family === 6 ? ipaddr.IPv6.parse(address).toString() : address;
+  return { host: zone ? `${canonical}%${zone}` : canonical, port, family: family as 4 | 6 };
+}
+
+/** The `nameserver` lines of a resolv.conf, in order. */
+export function nameserversFromResolvConf(text: string): string[] {
+  return text
+    .split('\n')
+    .map((line) => line.replace(/[#;].*$/, '').trim().split(/\s+/))
+    .filter((words) => words[0] === 'nameserver' && words[1])
+    .map((words) => words[1]!);
+}
+
+interface Attempt {
+  msg: Buffer;
+  q: Query;
+  done: (response: Buffer | undefined) => void;
+  id: number;
+  tries: number;
+  index: number;
+  sentAt: number;
+  timer?: NodeJS.Timeout;
+}
+
+export interface ForwarderOptions {
+  timeoutMs: number;
+  /** Tries per query, each on the next upstream (the same one again when there is one). */
+  attempts: number;
+  maxInflight: number;
+  log: Logger;
+  metrics: DnsMetrics;
+}
+
+/**
+ * Sends queries upstream over UDP (TCP when the answer comes back truncated) and hands back the raw
+ * answer, or undefined once every attempt has failed: each attempt is bounded by the timeout, so a
+ * silent upstream costs at most attempts x timeout, never a hung query. An upstream that times out
+ * stops being the first one asked. Answers must come from the upstream asked, with the id and the
+ * question we sent (ids from the crypto RNG) before they are believed.
+ */
+export class Forwarder {
+  private readonly sockets = new Map<4 | 6, UdpSocket>();
+  private readonly pending = new Map<number, Attempt>();
+  private readonly tcp = new Set<Socket>();
+  private preferred = 0;
+  private readonly ids = new Uint16Array(1024);
+  private nextId = this.ids.length;
+  private closed = false;
+
+  constructor(
+    readonly upstreams: readonly Upstream[],
+    private readonly options: ForwarderOptions,
+  ) {}
+
+  async start(): Promise<void> {
+    const socketError = throttled(this.options.log, 'warn');
+    for (const family of new Set(this.upstreams.map((u) => u.family))) {
+      const socket = createSocket(family === 6 ? 'udp6' : 'udp4');
+      socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+      socket.on('error', (error) => socketError({ err: error }, 'upstream DNS socket error'));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          socket.once('error', reject);
+          socket.bind(0, () => {
+            socket.off('error', reject);
+            resolve();
+          });
+        });
+        this.sockets.set(family, socket);
+      } catch (error) {
+        // No IPv6 here (or no IPv4): those upstreams fail at once and the others answer.
+        socket.close();
+        this.options.log.warn({ err: error, family }, 'cannot open a socket for upstream DNS servers of this family');
+      }
+    }
+  }
+
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  forward(msg: Buffer, q: Query, done: (response: Buffer | undefined) => void): void {
+    if (this.closed || this.upstreams.length === 0 || this.pending.size >= this.options.maxInflight) {
+      done(undefined);
+      return;
+    }
+    this.send({ msg, q, done, id: 0, tries: 0, index: this.preferred % this.upstreams.length, sentAt: 0 });
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const attempt of this.pending.values()) {
+      clearTimeout(attempt.timer);
+      attempt.done(undefined);
+    }
+    this.pending.clear();
+    for (const socket of this.tcp) socket.destroy();
+    for (const socket of this.sockets.values()) socket.close();
+  }
+
+  private freshId(): number {
+    for (;;) {
+      if (this.nextId === this.ids.length) {
+        randomFillSync(this.ids);
+        this.nextId = 0;
+      }
+      const id = this.ids[this.nextId++]!;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private send(attempt: Attempt): void {
+    const upstream = this.upstreams[attempt.index]!;
+    attempt.id = this.freshId();
+    attempt.sentAt = performance.now();
+    this.pending.set(attempt.id, attempt);
+    attempt.timer = setTimeout(() => this.fail(attempt, 'timeout'), this.options.timeoutMs);
+    const query = upstreamQuery(attempt.id, attempt.msg, attempt.q);
+    const socket = this.sockets.get(upstream.family);
+    if (!socket) {
+      this.fail(attempt, 'error', new Error(`no IPv${upstream.family} socket`));
+      return;
+    }
+    try {
+      socket.send(query, upstream.port, upstream.host, (error) => {
+        if (error) this.fail(attempt, 'error', error);
+      });
+    } catch (error) {
+      this.fail(attempt, 'error', error);
+    }
+  }
+
+  private fail(attempt: Attempt, outcome: 'timeout' | 'error', error?: unknown): void {
+    if (this.pending.get(attempt.id) !== attempt) return;
+    this.pending.delete(attempt.id);
+    clearTimeout(attempt.timer);
+    this.retry(attempt, outcome, error);
+  }
+
+  private retry(attempt: Attempt, outcome: 'timeout' | 'error' | 'answer', error?: unknown): void {
+    const upstream = this.upstreams[attempt.index]!;
+    this.options.metrics.upstream(formatUpstream(upstream), outcome, (performance.now() - attempt.sentAt) / 1000);
+    if (outcome !== 'answer') {
+      this.options.log.debug({ upstream: formatUpstream(upstream), outcome, err: error }, 'upstream DNS attempt failed');
+      if (attempt.index === this.preferred) this.preferred = (attempt.index + 1) % this.upstreams.length;
+    }
+    attempt.tries += 1;
+    if (this.closed || attempt.tries >= this.options.attempts) {
+      attempt.done(undefined);
+      return;
+    }
+    attempt.index = (attempt.index + 1) % this.upstreams.length;
+    this.send(attempt);
+  }
+
+  private onMessage(response: Buffer, rinfo: RemoteInfo): void {
+    if (response.length < 12) return;
+    const attempt = this.pending.get((response[0]! << 8) | response[1]!);
+    if (!attempt) return;
+    const upstream = this.upstreams[attempt.index]!;
+    if (rinfo.port !== upstream.port || rinfo.address.split('%')[0] !== upstream.host.split('%')[0]) return;
+    if (!(response[2]! & 0x80) || !sameQuestion(response, attempt.msg, attempt.q.questionEnd)) return;
+    this.pending.delete(attempt.id);
+    clearTimeout(attempt.timer);
+    if (response[2]! & 0x02) {
+      this.overTcp(attempt);
+      return;
+    }
+    const rcode = response[3]! & 0x0f;
+    // Another upstream may well answer what this one could not; the last one's word stands.
+    if ((rcode === RCODE_SERVFAIL || rcode === RCODE_REFUSED) && this.upstreams.length > 1 && attempt.tries + 1 < this.options.attempts) {
+      this.retry(attempt, 'answer');
+      return;
+    }
+    this.options.metrics.upstream(formatUpstream(upstream), 'answer', (performance.now() - attempt.sentAt) / 1000);
+    attempt.done(response);
+  }
+
+  /** The answer did not fit in UDP: the same question over TCP, to the same upstream, same deadline. */
+  private overTcp(attempt: Attempt): void {
+    const upstream = this.upstreams[attempt.index]!;
+    const id = this.freshId();
+    const query = upstreamQuery(id, attempt.msg, attempt.q);
+    const framed = Buffer.allocUnsafe(query.length + 2);
+    framed.writeUInt16BE(query.length, 0);
+    query.copy(framed, 2);
+    const socket = connect({ host: upstream.host, port: upstream.port });
+    this.tcp.add(socket);
+    let settled = false;
+    let received = Buffer.alloc(0);
+    const finish = (response?: Buffer, error?: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      this.tcp.delete(socket);
+      socket.destroy();
+      if (response) {
+        this.options.metrics.upstream(formatUpstream(upstream), 'answer', (performance.now() - attempt.sentAt) / 1000);
+        attempt.done(response);
+      } else this.retry(attempt, error === 'timeout' ? 'timeout' : 'error', error);
+    };
+    const timer = setTimeout(() => finish(undefined, 'timeout'), Math.max(1, this.options.timeoutMs - (performance.now() - attempt.sentAt)));
+    socket.setNoDelay(true);
+    socket.on('connect', () => socket.write(framed));
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length < 2 || received.length < 2 + received.readUInt16BE(0)) return;
+      const response = received.subarray(2, 2 + received.readUInt16BE(0));
+      if (response.length >= 12 && response.readUInt16BE(0) === id && response[2]! & 0x80 && sameQuestion(response, attempt.msg, attempt.q.questionEnd)) finish(response);
+      else finish(undefined, new Error('upstream TCP answer does not match the question'));
+    });
+    socket.on('error', (error) => finish(undefined, error));
+    socket.on('close', () => finish(undefined, new Error('upstream closed the TCP connection before answering')));
+  }
+}

@@ -1,0 +1,58 @@
+import { describe, expect, it } from '@jest/globals';
+import dnsPacket, { type Answer } from 'dns-packet';
+import { DROP, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOTIMP, forwardedResponse, parseQuery, parseResponse, wireKey, type Query } from './wire.js';
+
+const opt = (udpPayloadSize: number, extra: Record<string, unknown> = {}) => ({ type: 'OPT', name: '.', udpPayloadSize, flags: 0, options: [], ...extra }) as unknown as Answer;
+const question = (name: string, additionals: Answer[] = []) =>
+  dnsPacket.encode({ type: 'query', id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }], additionals });
+
+describe('DNS wire format', () => {
+  it('reads a query in place: lowercase key, EDNS size and DO bit', () => {
+    const q = parseQuery(question('Orders.Shop', [opt(4096, { flags: dnsPacket.DNSSEC_OK })])) as Query;
+    expect(q).toMatchObject({ qtype: 1, qclass: 1, edns: true, udpSize: 4096, dnssecOk: true, name: wireKey('orders.shop') });
+    expect(parseQuery(question('orders.shop'))).toMatchObject({ edns: false, udpSize: 512 });
+  });
+
+  it('tells FORMERR, NOTIMP, BADVERS and what to drop', () => {
+    expect(parseQuery(Buffer.from([1]))).toBe(DROP);
+    expect(parseQuery(Buffer.from([1, 2, 3]))).toBe(RCODE_FORMERR);
+    const response = question('a.example');
+    response[2]! |= 0x80;
+    expect(parseQuery(response)).toBe(DROP);
+    const notify = question('a.example');
+    notify[2] = 4 << 3;
+    expect(parseQuery(notify)).toBe(RCODE_NOTIMP);
+    expect(parseQuery(question('a.example', [opt(1232), opt(1232)]))).toBe(RCODE_FORMERR);
+    expect(parseQuery(question('a.example').subarray(0, 20))).toBe(RCODE_FORMERR);
+    expect(parseQuery(question('a.example', [opt(1232, { ednsVersion: 1 })]))).toBe(RCODE_BADVERS);
+  });
+
+  it('finds the TTL to cache for: the least of the records, or for NXDOMAIN the SOA negative TTL', () => {
+    const q = question('x.example');
+    const questionEnd = (parseQuery(q) as Query).questionEnd;
+    const answer = (packet: Partial<dnsPacket.Packet>) => dnsPacket.encode({ type: 'response', id: 9, questions: [{ name: 'x.example', type: 'A' }], ...packet });
+    expect(parseResponse(answer({ answers: [{ type: 'A', name: 'x.example', ttl: 30, data: '192.0.2.1' }, { type: 'A', name: 'x.example', ttl: 20, data: '192.0.2.2' }] }), questionEnd)).toMatchObject({ cacheSeconds: 20, an: 2, ttls: [30, 20] });
+    const soa: Answer = { type: 'SOA', name: 'example', ttl: 300, data: { mname: 'ns.example', rname: 'h.example', serial: 1, refresh: 1, retry: 1, expire: 1, minimum: 45 } };
+    expect(parseResponse(answer({ flags: 3, authorities: [soa] }), questionEnd)).toMatchObject({ rcode: 3, cacheSeconds: 45 });
+    expect(parseResponse(answer({ flags: 3 }), questionEnd)).toMatchObject({ rcode: 3, cacheSeconds: 0 });
+    expect(parseResponse(answer({ flags: 2, answers: [] }), questionEnd)).toMatchObject({ rcode: 2, cacheSeconds: 0 });
+    expect(parseResponse(answer({ answers: [{ type: 'A', name: 'x.example', ttl: 30, data: '192.0.2.1' }] }).subarray(0, 40), questionEnd)).toBeUndefined();
+  });
+
+  it('drops the upstream OPT, even from the middle of the additional section, and replays the rest', () => {
+    const q = question('x.example', [opt(1232)]);
+    const parsed = parseQuery(q) as Query;
+    const upstream = dnsPacket.encode({
+      type: 'response',
+      id: 9,
+      questions: [{ name: 'x.example', type: 'A' }],
+      answers: [{ type: 'A', name: 'x.example', ttl: 30, data: '192.0.2.1' }],
+      additionals: [opt(4096), { type: 'A', name: 'ns.example', ttl: 30, data: '192.0.2.53' }],
+    });
+    const f = parseResponse(upstream, parsed.questionEnd)!;
+    expect(f).toMatchObject({ an: 1, ar: 1 });
+    const replayed = dnsPacket.decode(forwardedResponse(q, parsed, f, 1232, 5));
+    expect(replayed.answers).toEqual([expect.objectContaining({ ttl: 25, data: '192.0.2.1' })]);
+    expect(replayed.additionals).toEqual([expect.objectContaining({ name: 'ns.example', ttl: 25 }), expect.objectContaining({ type: 'OPT', udpPayloadSize: 1232 })]);
+  });
+});
