@@ -27,16 +27,19 @@ describe('flb CLI', () => {
   });
 
   it('says which issue builds a subcommand that is not built yet, exit 2', () => {
-    const { code, stdout, stderr } = run('sidecar');
+    const { code, stdout, stderr } = run('bgp');
     expect(code).toBe(2);
     expect(stdout).toBe('');
-    expect(stderr).toContain("'flb sidecar' is not built yet (issue #6");
+    expect(stderr).toContain("'flb bgp' is not built yet (the BGP announcer");
   });
 
   it('exits 2 on usage errors, with the problem on stderr', () => {
     const unknown = run('frobnicate');
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain("unknown command 'frobnicate'");
+    const nowhere = run('sidecar', '--id', 'vm.test');
+    expect(nowhere.code).toBe(2);
+    expect(nowhere.stderr).toContain('--repo URL');
     const missing = run('repo', '--listen');
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain("option '--listen <host:port>' argument missing");

@@ -1,0 +1,66 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Registry } from 'prom-client';
+
+export interface AdminOptions {
+  host: string;
+  port: number;
+  ready: () => boolean;
+  configDump: () => unknown;
+  endpoints: () => unknown;
+  registry: Registry;
+}
+
+const json = (res: ServerResponse, status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
+
+async function metrics(res: ServerResponse, registry: Registry): Promise<void> {
+  res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
+}
+
+function listen(server: Server, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, ipv6Only: false }, () => resolve(server));
+  });
+}
+
+/**
+ * The admin port (15000, loopback only, as Envoy's): /ready, /live, /config_dump (what the sidecar
+ * runs: version, mesh, sidecar.json, services, refused files), /endpoints (every endpoint with its
+ * health, ejection and load), /metrics.
+ */
+export function startAdmin(options: AdminOptions): Promise<Server> {
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405, { allow: 'GET' }).end();
+    switch (path) {
+      case '/ready': {
+        const ok = options.ready();
+        return void res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready\n');
+      }
+      case '/live':
+      case '/healthz':
+        return void res.writeHead(200, { 'content-type': 'text/plain' }).end('live\n');
+      case '/config_dump':
+        return json(res, 200, options.configDump());
+      case '/endpoints':
+      case '/clusters':
+        return json(res, 200, options.endpoints());
+      case '/metrics':
+      case '/stats/prometheus':
+        return void metrics(res, options.registry);
+      default:
+        return json(res, 404, { error: `no such admin path ${path}`, paths: ['/ready', '/live', '/config_dump', '/endpoints', '/metrics'] });
+    }
+  });
+  return listen(server, options.host, options.port);
+}
+
+/** The metrics port (15010, on every address, for Prometheus to scrape). */
+export function startMetricsServer(host: string, port: number, registry: Registry): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/metrics' || path === '/stats/prometheus') return void metrics(res, registry);
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('metrics are at /metrics\n');
+  });
+  return listen(server, host, port);
+}

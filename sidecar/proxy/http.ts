@@ -1,0 +1,276 @@
+import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Logger } from '../../common/log.js';
+import { dialWithRetries, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
+import type { Direction, SidecarMetrics } from '../metrics.js';
+import type { Route } from './routes.js';
+import { splice } from './splice.js';
+
+/** Replayable on another endpoint: RFC 9110's idempotent methods. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/** Bodies up to this size are kept so an idempotent request can be retried; larger ones stream. */
+const MAX_REPLAY_BODY = 64 * 1024;
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+const GATEWAY_ERRORS = new Set([502, 503, 504]);
+
+interface Bound {
+  route: Route;
+  pool: EndpointPool;
+}
+
+class AttemptError extends Error {
+  constructor(
+    message: string,
+    readonly kind: 'connect-failure' | 'reset' | 'timeout',
+    /** Whether the request may have reached the endpoint (then only idempotent ones are retried). */
+    readonly reached: boolean,
+  ) {
+    super(message);
+  }
+}
+
+function forwardHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const named = String(headers.connection ?? '')
+    .toLowerCase()
+    .split(',')
+    .map((h) => h.trim());
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.includes(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/**
+ * HTTP/1.1-aware proxying for service ports whose protocol is `http`: each request is balanced on
+ * its own (so one keep-alive client spreads over every endpoint), idempotent requests are retried
+ * on another endpoint after a connect failure or a 5xx the policy names, with bounded jittered
+ * backoff, and 5xx responses feed outlier detection. Headers pass as they are: `x-forwarded-*` is
+ * not added or changed, and Host stays what the app sent.
+ *
+ * node:http's parser (llhttp) takes the connections: a client that sends something that is not
+ * HTTP gets a 400 and its connection closed, as Node's server does.
+ */
+export class HttpProxy {
+  private readonly server = createServer({ requestTimeout: 0, keepAliveTimeout: 60_000 });
+  private readonly bound = new WeakMap<Socket, Bound>();
+  private readonly agents = new Map<string, Agent>();
+
+  constructor(
+    private readonly direction: Direction,
+    private readonly metrics: SidecarMetrics,
+    private readonly log: Logger,
+  ) {
+    this.server.on('request', (req, res) => void this.request(req, res));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
+  }
+
+  handle(socket: Socket, route: Route, pool: EndpointPool): void {
+    this.bound.set(socket, { route, pool });
+    this.metrics.for(this.direction, route.service.id).connections.inc();
+    this.server.emit('connection', socket);
+  }
+
+  /** Pooled keep-alive connections per endpoint; dropped for endpoints that left the catalog. */
+  retainAgents(keys: ReadonlySet<string>): void {
+    for (const [key, agent] of this.agents) {
+      if (keys.has(key)) continue;
+      agent.destroy();
+      this.agents.delete(key);
+    }
+  }
+
+  close(): void {
+    for (const agent of this.agents.values()) agent.destroy();
+    this.agents.clear();
+    this.server.closeAllConnections();
+  }
+
+  private agent(target: PickedEndpoint): Agent {
+    let agent = this.agents.get(target.key);
+    if (!agent) this.agents.set(target.key, (agent = new Agent({ keepAlive: true, scheduling: 'lifo', timeout: 60_000 })));
+    return agent;
+  }
+
+  private async request(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const bound = this.bound.get(req.socket);
+    if (!bound) {
+      res.writeHead(500).end();
+      return;
+    }
+    const { route, pool } = bound;
+    const series = this.metrics.for(this.direction, route.service.id);
+    const started = performance.now();
+    const policy = route.service.policy.retries;
+    const method = req.method ?? 'GET';
+    const headers = forwardHeaders(req.headers);
+    const length = Number(req.headers['content-length'] ?? 0);
+    const chunked = req.headers['transfer-encoding'] !== undefined;
+    // A small body is read first, so that the request can be sent again: to another endpoint
+    // after a connect failure (it never arrived: safe for any method), or after a 5xx or a reset
+    // when the method is idempotent. A large or chunked body streams once.
+    const replayable = !chunked && length <= MAX_REPLAY_BODY;
+    const body = replayable ? await readAll(req) : undefined;
+    const retryOn = new Set(policy?.on ?? []);
+    let requestRetries = policy?.attempts ?? 0;
+    let connectRetries = pool.connect.retries;
+    const tried = new Set<string>();
+    const ctx = {
+      servicePort: route.port.port,
+      sourceIp: req.socket.remoteAddress,
+      header: (name: string) => {
+        const value = req.headers[name.toLowerCase()];
+        return Array.isArray(value) ? value[0] : value;
+      },
+      cookie: (name: string) => cookieValue(req.headers.cookie, name),
+      exclude: tried,
+    };
+    for (let attempt = 1; ; attempt++) {
+      // Retries go to endpoints not tried yet, as long as there are some.
+      const target = pool.pick(ctx) ?? (tried.size ? pool.pick({ ...ctx, exclude: new Set() }) : undefined);
+      if (!target) {
+        series.connectErrors.inc();
+        series.requests('5xx').inc();
+        this.reply(res, 503, `no healthy endpoint for ${route.service.id}\n`);
+        return;
+      }
+      tried.add(target.key);
+      pool.begin(target.key);
+      try {
+        const upstream = await this.send(req, target, pool.connect.timeoutMs, policy?.perTryTimeoutMs, method, headers, body);
+        const status = upstream.statusCode ?? 502;
+        const retryable = (retryOn.has('5xx') && status >= 500) || (retryOn.has('gateway-error') && GATEWAY_ERRORS.has(status));
+        if (retryable && requestRetries > 0 && body !== undefined && IDEMPOTENT.has(method)) {
+          requestRetries--;
+          upstream.resume();
+          pool.end(target.key, '5xx');
+          series.retries.inc();
+          await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
+          continue;
+        }
+        series.requestSeconds.observe((performance.now() - started) / 1000);
+        series.requests(`${Math.floor(status / 100)}xx`).inc();
+        res.writeHead(status, upstream.statusMessage, forwardHeaders(upstream.headers));
+        upstream.on('data', (chunk: Buffer) => {
+          series.received.inc(chunk.length);
+          if (!res.write(chunk)) upstream.pause();
+        });
+        res.on('drain', () => upstream.resume());
+        upstream.on('end', () => {
+          res.end();
+          pool.end(target.key, status >= 500 ? '5xx' : 'success');
+        });
+        upstream.on('error', () => {
+          pool.end(target.key, 'reset');
+          res.destroy();
+        });
+        return;
+      } catch (error) {
+        const failure = error instanceof AttemptError ? error : new AttemptError(String(error), 'reset', true);
+        pool.end(target.key, failure.kind === 'connect-failure' ? 'connect-failure' : 'reset');
+        let retry = false;
+        if (body !== undefined && !failure.reached && connectRetries > 0) {
+          connectRetries--;
+          retry = true;
+        } else if (body !== undefined && failure.reached && IDEMPOTENT.has(method) && retryOn.has(failure.kind === 'timeout' ? 'gateway-error' : 'reset') && requestRetries > 0) {
+          requestRetries--;
+          retry = true;
+        }
+        if (retry) {
+          series.retries.inc();
+          await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
+          continue;
+        }
+        this.log.debug({ service: route.service.id, endpoint: target.key, err: failure.message }, 'request failed');
+        series.requests('5xx').inc();
+        this.reply(res, failure.kind === 'timeout' ? 504 : 502, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
+        return;
+      }
+    }
+  }
+
+  private send(req: IncomingMessage, target: PickedEndpoint, connectTimeoutMs: number, perTryTimeoutMs: number | undefined, method: string, headers: OutgoingHttpHeaders, body: Buffer | undefined): Promise<IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      let reached = false;
+      const upstream = httpRequest({ host: target.address, port: target.port, method, path: req.url, headers, agent: this.agent(target), setHost: false });
+      let connectTimer: NodeJS.Timeout | undefined;
+      upstream.on('socket', (socket: Socket) => {
+        if (!socket.connecting) {
+          reached = true;
+          return;
+        }
+        connectTimer = setTimeout(() => upstream.destroy(new AttemptError(`no connection within ${connectTimeoutMs} ms`, 'connect-failure', false)), connectTimeoutMs);
+        socket.once('connect', () => {
+          clearTimeout(connectTimer);
+          reached = true;
+        });
+      });
+      const tryTimer = perTryTimeoutMs ? setTimeout(() => upstream.destroy(new AttemptError(`no response within ${perTryTimeoutMs} ms`, 'timeout', true)), perTryTimeoutMs) : undefined;
+      upstream.on('response', (response) => {
+        clearTimeout(tryTimer);
+        resolve(response);
+      });
+      upstream.on('error', (error: NodeJS.ErrnoException) => {
+        clearTimeout(connectTimer);
+        clearTimeout(tryTimer);
+        if (error instanceof AttemptError) reject(error);
+        else if (!reached || error.code === 'ECONNREFUSED') reject(new AttemptError(error.message, 'connect-failure', false));
+        else reject(new AttemptError(error.message, 'reset', true));
+      });
+      if (body !== undefined) upstream.end(body);
+      else req.pipe(upstream);
+    });
+  }
+
+  /** WebSocket and other upgrades: balanced once, then a plain byte stream. */
+  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const bound = this.bound.get(socket);
+    if (!bound) {
+      socket.destroy();
+      return;
+    }
+    const { route, pool } = bound;
+    dialWithRetries(pool, { servicePort: route.port.port, sourceIp: socket.remoteAddress }, tcpDial).then(
+      ({ value: upstream, target }) => {
+        const lines = [`${req.method} ${req.url} HTTP/${req.httpVersion}`];
+        for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+        upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+        if (head.length) upstream.write(head);
+        splice(socket, upstream, ({ outcome }) => pool.end(target.key, outcome));
+      },
+      () => socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n'),
+    );
+  }
+
+  private reply(res: ServerResponse, status: number, message: string): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(message), 'x-flb-error': 'upstream' }).end(message);
+  }
+}
+
+function readAll(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+function backoff(attempt: number, baseMs: number, maxMs: number): Promise<void> {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
+  return new Promise((resolve) => setTimeout(resolve, ceiling / 2 + Math.random() * (ceiling / 2)));
+}

@@ -1,0 +1,169 @@
+import type { Server } from 'node:net';
+import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
+import type { Logger } from '../common/log.js';
+import { startAdmin, startMetricsServer } from './admin.js';
+import { EndpointPool, type PoolEvent } from './balancer/index.js';
+import { localConfigSource, repoConfigSource, type ConfigSource } from './config/source.js';
+import type { ConfigChange, SidecarState } from './config/state.js';
+import { startDnsServer, type DnsServer } from './dns/server.js';
+import { buildDnsTable } from './dns/table.js';
+import { SidecarMetrics } from './metrics.js';
+import { parseAppProbes, startProbeServers } from './probes.js';
+import { HttpProxy } from './proxy/http.js';
+import { startInbound } from './proxy/inbound.js';
+import { startOutbound, type OutboundView } from './proxy/outbound.js';
+import { RouteTable } from './proxy/routes.js';
+
+export type ConfigOrigin =
+  | { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string> }
+  | { kind: 'local'; dir: string; watch: boolean };
+
+export interface SidecarOptions {
+  id: string;
+  config: ConfigOrigin;
+  ports: SidecarPorts;
+  log: Logger;
+  /** FLB_APP_PROBES, as the injector wrote it. */
+  appProbes?: string;
+  /** Where the app listens: the pod's IP (POD_IP); loopback on a VM. */
+  appHost: string;
+  /** Upstream resolvers instead of /etc/resolv.conf's (tests). */
+  dnsUpstreams?: string[];
+  /** How long SIGTERM waits for open connections before closing them. */
+  drainMs?: number;
+}
+
+export interface RunningSidecar {
+  readonly metrics: SidecarMetrics;
+  ready(): boolean;
+  current(): SidecarState | undefined;
+  /** Stops accepting, lets open connections finish for up to drainMs, then closes everything. */
+  drain(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * `flb sidecar`: wires the configuration (repo worker or local files) to the data plane. Every
+ * configuration change builds new pools, routes and a DNS table and swaps them in at once, so a
+ * connection sees one configuration, old or new; pools of services that stay keep their endpoints'
+ * health and ejection state, and open connections are never touched.
+ */
+export async function runSidecar(options: SidecarOptions): Promise<RunningSidecar> {
+  const { log, ports } = options;
+  const metrics = new SidecarMetrics();
+  const pools = new Map<string, EndpointPool>();
+  let view: OutboundView = { routes: RouteTable.build([]), pools, unknownDestination: 'passthrough' };
+  let listening = false;
+  let draining = false;
+  const http = new HttpProxy('outbound', metrics, log);
+  const appProbes = parseAppProbes(options.appProbes, ProbeSchema, log);
+
+  const onPoolEvent = (event: PoolEvent) => {
+    if (event.type === 'ejected') {
+      metrics.ejections.labels({ service: event.service }).inc();
+      log.info({ service: event.service, endpoint: event.key, ejections: event.ejections, untilMs: event.untilMs }, 'endpoint ejected (outlier detection)');
+    } else if (event.type === 'health') log.info({ service: event.service, endpoint: event.key, state: event.state }, 'endpoint health changed (active check)');
+    else if (event.type === 'panic') log.warn({ service: event.service, panic: event.panic }, event.panic ? 'no usable endpoint: balancing over every registry-healthy one' : 'usable endpoints are back');
+  };
+
+  let dns: DnsServer | undefined;
+  const apply = (state: SidecarState, change: ConfigChange) => {
+    for (const [id, service] of state.services) {
+      let pool = pools.get(id);
+      if (!pool) pools.set(id, (pool = new EndpointPool({ onEvent: onPoolEvent })));
+      pool.update(service, state.sidecar.locality);
+    }
+    for (const [id, pool] of pools) {
+      if (state.services.has(id)) continue;
+      pool.close();
+      pools.delete(id);
+    }
+    view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
+    http.retainAgents(new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`))));
+    const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain });
+    for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
+    dns?.setTable(table);
+    metrics.configApplied.inc();
+    for (const [id, pool] of pools) metrics.endpointsUsable.labels({ service: id }).set(pool.counters().usable);
+    log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
+  };
+
+  const source: ConfigSource =
+    options.config.kind === 'repo'
+      ? repoConfigSource({ url: options.config.url, cacheDir: options.config.cacheDir, log, onUpdate: apply, ...(options.config.headers ? { headers: options.config.headers } : {}) })
+      : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch });
+
+  const servers: Server[] = [];
+  const ready = () => listening && !draining && source.current() !== undefined;
+  try {
+    dns = await startDnsServer({ listen: dnsListen(ports.dns), log, registry: metrics.registry, ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}) });
+    const outbound = await startOutbound({ host: '::', port: ports.outbound, view: () => view, http, metrics, log });
+    const inbound = await startInbound({ host: '::', port: ports.inbound, metrics, log });
+    servers.push(outbound.server, inbound.server);
+    servers.push(await startAdmin({ host: '127.0.0.1', port: ports.admin, ready, registry: metrics.registry, configDump: () => configDump(options.id, source), endpoints: () => [...pools.values()].map((p) => p.snapshot()) }));
+    servers.push(await startMetricsServer('::', ports.metrics, metrics.registry));
+    servers.push(...(await startProbeServers({ ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe], host: '::', probes: () => appProbes, appHost: options.appHost, ready, log })));
+    await source.start();
+    // The table of a configuration applied before the DNS server existed (from the cache).
+    const state = source.current();
+    if (state) dns.setTable(buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain }));
+    listening = true;
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+  log.info({ id: options.id, ports, config: options.config.kind }, 'sidecar started');
+
+  async function closeAll(): Promise<void> {
+    await source.stop().catch(() => {});
+    for (const server of servers) server.close();
+    for (const server of servers) (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+    http.close();
+    await dns?.close();
+    for (const pool of pools.values()) pool.close();
+  }
+
+  return {
+    metrics,
+    ready,
+    current: () => source.current(),
+    async drain() {
+      draining = true;
+      const proxies = servers.slice(0, 2);
+      for (const server of proxies) server.close();
+      const deadline = Date.now() + (options.drainMs ?? 5000);
+      while (Date.now() < deadline && (await Promise.all(proxies.map(openConnections))).some((n) => n > 0)) await new Promise((r) => setTimeout(r, 100));
+      await closeAll();
+    },
+    close: closeAll,
+  };
+}
+
+function openConnections(server: Server): Promise<number> {
+  return new Promise((resolve) => server.getConnections((error, count) => resolve(error ? 0 : count)));
+}
+
+/** DNS on 127.0.0.1 and ::1 (a REDIRECTed UDP query must reach a loopback-bound socket). */
+function dnsListen(port: number) {
+  return [
+    { host: '127.0.0.1', port },
+    { host: '::1', port },
+  ];
+}
+
+function summarize(change: ConfigChange) {
+  const { added, changed, removed } = change.services;
+  return { mesh: change.mesh, sidecar: change.sidecar, added: added.length, changed: changed.length, removed: removed.length };
+}
+
+function configDump(id: string, source: ConfigSource) {
+  const state = source.current();
+  return {
+    id,
+    version: state?.version ?? null,
+    mesh: state?.mesh ?? null,
+    sidecar: state?.sidecar ?? null,
+    services: state ? [...state.services.values()] : [],
+    rejected: source.rejected(),
+  };
+}
