@@ -10,6 +10,7 @@ import { buildDnsTable } from './dns/table.js';
 import { SidecarMetrics } from './metrics.js';
 import { parseAppProbes, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
+import { Http2Proxy } from './proxy/http2.js';
 import { startInbound } from './proxy/inbound.js';
 import { startOutbound, type OutboundView } from './proxy/outbound.js';
 import { RouteTable } from './proxy/routes.js';
@@ -56,6 +57,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   let listening = false;
   let draining = false;
   const http = new HttpProxy('outbound', metrics, log);
+  const http2 = new Http2Proxy('outbound', metrics, log);
   const appProbes = parseAppProbes(options.appProbes, ProbeSchema, log);
 
   const onPoolEvent = (event: PoolEvent) => {
@@ -79,7 +81,9 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       pools.delete(id);
     }
     view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
-    http.retainAgents(new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`))));
+    const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`)));
+    http.retainAgents(endpointKeys);
+    http2.retainSessions(endpointKeys);
     const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain });
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
     dns?.setTable(table);
@@ -97,7 +101,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   const ready = () => listening && !draining && source.current() !== undefined;
   try {
     dns = await startDnsServer({ listen: dnsListen(ports.dns), log, registry: metrics.registry, ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}) });
-    const outbound = await startOutbound({ host: '::', port: ports.outbound, view: () => view, http, metrics, log });
+    const outbound = await startOutbound({ host: '::', port: ports.outbound, view: () => view, http, http2, metrics, log });
     const inbound = await startInbound({ host: '::', port: ports.inbound, metrics, log });
     servers.push(outbound.server, inbound.server);
     servers.push(await startAdmin({ host: '127.0.0.1', port: ports.admin, ready, registry: metrics.registry, configDump: () => configDump(options.id, source), endpoints: () => [...pools.values()].map((p) => p.snapshot()) }));
@@ -119,6 +123,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     for (const server of servers) server.close();
     for (const server of servers) (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
     http.close();
+    http2.close();
     await dns?.close();
     for (const pool of pools.values()) pool.close();
   }

@@ -4,6 +4,7 @@ import { ConnectError, dialWithRetries, tcpDial, type EndpointPool } from '../ba
 import type { SidecarMetrics } from '../metrics.js';
 import { originalDestination, type OriginalDestination } from '../native/index.js';
 import type { HttpProxy } from './http.js';
+import type { Http2Proxy } from './http2.js';
 import { plainAddress, type Route, type RouteTable } from './routes.js';
 import { splice } from './splice.js';
 
@@ -19,6 +20,7 @@ export interface OutboundOptions {
   port: number;
   view: () => OutboundView;
   http: HttpProxy;
+  http2: Http2Proxy;
   metrics: SidecarMetrics;
   log: Logger;
   /** For tests and VMs without interception: where a connection was meant to go. */
@@ -29,7 +31,7 @@ export interface OutboundOptions {
  * The transparent outbound listener (15001): recovers where the app meant to connect
  * (SO_ORIGINAL_DST, answered by conntrack under iptables and by the cgroup/getsockopt program
  * under eBPF), maps that VIP:port to a service and balances the connection over its endpoints;
- * HTTP ports go to the HTTP proxy for per-request balancing. Anything else passes through to where
+ * HTTP, HTTP/2 and gRPC ports go to the HTTP proxies for per-request balancing. Anything else passes through to where
  * it was going, or is refused, as the mesh says.
  */
 export async function startOutbound(options: OutboundOptions): Promise<{ server: Server; port: number }> {
@@ -62,6 +64,7 @@ export async function startOutbound(options: OutboundOptions): Promise<{ server:
       return;
     }
     if (route.port.protocol === 'http') options.http.handle(socket, route, pool);
+    else if (route.port.protocol === 'http2' || route.port.protocol === 'grpc') options.http2.handle(socket, route, pool);
     else balanceConnection(socket, route, pool);
   });
 

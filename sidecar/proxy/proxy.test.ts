@@ -1,11 +1,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createServer as createHttpServer, request, type Server as HttpServer } from 'node:http';
+import { connect as http2Connect, createServer as createHttp2Server, type Http2Server } from 'node:http2';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { API_VERSION, ServiceSchema, type Service } from '../../common/contract/index.js';
 import { createLogger } from '../../common/log.js';
 import { EndpointPool } from '../balancer/index.js';
 import { SidecarMetrics } from '../metrics.js';
 import { HttpProxy } from './http.js';
+import { Http2Proxy } from './http2.js';
 import { startOutbound, type OutboundView } from './outbound.js';
 import { RouteTable } from './routes.js';
 
@@ -40,6 +42,7 @@ describe('the outbound proxy', () => {
   let view: OutboundView;
   let metrics: SidecarMetrics;
   let http: HttpProxy;
+  let http2: Http2Proxy;
   let pool: EndpointPool;
   /** The VIP port the next connection "was sent to" (connections are made one at a time). */
   let nextPort = 0;
@@ -70,11 +73,13 @@ describe('the outbound proxy', () => {
   beforeAll(async () => {
     metrics = new SidecarMetrics();
     http = new HttpProxy('outbound', metrics, log);
+    http2 = new Http2Proxy('outbound', metrics, log);
     proxy = await startOutbound({
       host: '127.0.0.1',
       port: 0,
       view: () => view,
       http,
+      http2,
       metrics,
       log,
       destination: () => ({ address: VIP, port: nextPort, family: 4 }),
@@ -86,6 +91,7 @@ describe('the outbound proxy', () => {
   afterAll(() => {
     pool?.close();
     http.close();
+    http2.close();
     proxy.server.close();
   });
 
@@ -152,6 +158,45 @@ describe('the outbound proxy', () => {
     expect(outcomes.slice(0, 4).filter((o) => o === 'reset')).toHaveLength(2);
     expect(outcomes.slice(4)).toEqual(['echo', 'echo']);
     expect(pool.snapshot().endpoints.find((e) => e.port === portOf(resetting))).toMatchObject({ ejected: true });
+  });
+
+  it('balances each stream of one HTTP/2 connection (a gRPC channel) and passes trailers', async () => {
+    const h2 = (name: string) =>
+      new Promise<Http2Server>((resolve) => {
+        const server = createHttp2Server();
+        server.on('stream', (stream) => {
+          stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'x-endpoint': name }, { waitForTrailers: true });
+          stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'x-served-by': name }));
+          stream.end(name);
+        });
+        server.listen(0, '127.0.0.1', () => resolve(server));
+      });
+    const a = await h2('a');
+    const b = await h2('b');
+    const closed = await listen(createServer());
+    const deadPort = portOf(closed);
+    closed.close();
+    servers.push(a as unknown as Server, b as unknown as Server);
+    use(ServiceSchema.parse({ ...service([{ port: 50051, protocol: 'tcp' }], []), ports: [{ port: 50051, protocol: 'grpc' }], endpoints: [{ address: '127.0.0.1', port: portOf(a as unknown as Server) }, { address: '127.0.0.1', port: deadPort }, { address: '127.0.0.1', port: portOf(b as unknown as Server) }] }));
+    nextPort = 50051;
+    const client = http2Connect(`http://127.0.0.1:${proxy.port}`);
+    const call = () =>
+      new Promise<{ body: string; trailer: string }>((resolve, reject) => {
+        const stream = client.request({ ':method': 'POST', ':path': '/echo.Echo/Say', 'content-type': 'application/grpc' });
+        let body = '';
+        let trailer = '';
+        stream.on('data', (d: Buffer) => (body += d.toString()));
+        stream.on('trailers', (t) => (trailer = String(t['x-served-by'])));
+        stream.on('end', () => resolve({ body, trailer }));
+        stream.on('error', reject);
+        stream.end('hi');
+      });
+    const answers = [];
+    for (let i = 0; i < 6; i++) answers.push(await call());
+    client.close();
+    // The dead endpoint is skipped (connect failure, retried elsewhere); a and b alternate on one client connection.
+    expect(answers.map((x) => x.body).sort()).toEqual(['a', 'a', 'a', 'b', 'b', 'b']);
+    expect(answers.every((x) => x.trailer === x.body)).toBe(true);
   });
 
   it('refuses an unknown destination when the mesh says deny', async () => {
