@@ -280,6 +280,17 @@ describe('flb sidecar in network namespaces', () => {
     expect((await probe(15902, '/ready')).status).toBe(200);
   });
 
+  it('drains on SIGTERM: not ready, no new connections, an open transfer finishes', async () => {
+    const transfer = client('transfer', CLUSTER_IP, '9090', String(400_000));
+    await new Promise((r) => setTimeout(r, 150));
+    sidecar!.kill('SIGTERM');
+    await eventually('readiness to fail', async () => ((await client('get', 'http://127.0.0.1:15000/ready')).status !== 200 ? true : undefined), 2000, 20);
+    expect((await client('tcp', CLUSTER_IP, '9090', '1')).names).toEqual([expect.stringMatching(/^error:/)]);
+    expect(await transfer).toMatchObject({ bytes: 400_000 });
+    await sidecar;
+    sidecar = undefined;
+  });
+
   it('takes its configuration from the repo, sees a publish at once, and restarts with the repo down still routing', async () => {
     await stopSidecar();
     const repo = (await start(app, [process.execPath, flb, 'repo', '--listen', '127.0.0.1:6061', '--data-dir', join(work, 'repo')], { env: { FLB_LOG_LEVEL: 'warn' }, readyText: '6061' })).process;
