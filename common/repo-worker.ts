@@ -20,6 +20,13 @@ interface PushedDelta {
   removed: string[];
 }
 
+/** The codebase does not exist (yet) or has never been published with a version. */
+export class NotPublished extends Error {
+  constructor(url: string) {
+    super(`${url} is not published`);
+  }
+}
+
 export interface WorkerOptions {
   /** The codebase URL, ending in `/`: http(s)://repo:6060/repo/flb/sidecars/<id>/ */
   url: string;
@@ -87,9 +94,13 @@ export class RepoWorker {
         backoff = 0;
       } catch (error) {
         if (this.stopped) return;
-        backoff = Math.min(this.options.maxBackoffMs ?? 30_000, backoff ? backoff * 2 : 500);
+        // Not published yet (the control plane creates a sidecar's codebase when its pod appears,
+        // which may be after the sidecar starts): ask again soon, and say what is going on.
+        const notYet = error instanceof NotPublished;
+        backoff = Math.min(notYet ? 2000 : (this.options.maxBackoffMs ?? 30_000), backoff ? backoff * 2 : 500);
         const delay = backoff / 2 + Math.random() * (backoff / 2);
-        this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
+        if (notYet) this.options.log.info({ url: this.options.url, retryInMs: Math.round(delay) }, 'codebase not published yet; waiting for the control plane');
+        else this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
         await this.sleep(delay);
       }
     }
@@ -102,11 +113,13 @@ export class RepoWorker {
       await this.sleep(this.options.pollIntervalMs ?? 5000);
       if (this.stopped) return;
       const head = await this.request('', { method: 'HEAD' });
+      if (head.status === 404) throw new NotPublished(this.options.url);
       if (!head.ok) throw new Error(`HEAD ${this.options.url}: ${head.status}`);
       if (head.headers.get('etag') === etag) return;
     }
     const response = await this.request('', etag !== undefined && this.pushSupported && wait > 0 ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {});
     if (response.status === 304) return;
+    if (response.status === 404) throw new NotPublished(this.options.url);
     if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
     if (response.headers.get('content-type') === DELTA_MEDIA_TYPE && this.snapshot) {
       await this.applyDelta((await response.json()) as PushedDelta, response.headers.get('etag') ?? '');

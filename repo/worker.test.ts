@@ -106,4 +106,21 @@ describe('the repo worker client', () => {
       await worker.stop();
     }
   });
+
+  it('waits for a codebase that is not published yet, and takes it once it is', async () => {
+    const updates: Snapshot[] = [];
+    const worker = new RepoWorker({ url: `http://127.0.0.1:${port}/repo/flb/sidecars/pod.shop.later/`, onUpdate: (s) => void updates.push(s), log });
+    worker.start();
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      expect(updates).toHaveLength(0);
+      await repo.create('/flb/sidecars/pod.shop.later', { base: '/flb/mesh' });
+      await publish('/flb/sidecars/pod.shop.later', { '/sidecar.json': '{"id":"later"}' }, '1');
+      // Not-published retries are capped at 2 s, not the 30 s of an unreachable repo.
+      await until('the codebase once published', () => updates.length === 1, 3000);
+      expect(updates[0]!.files.get('/sidecar.json')!.toString()).toBe('{"id":"later"}');
+    } finally {
+      await worker.stop();
+    }
+  });
 });
