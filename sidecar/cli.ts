@@ -20,6 +20,14 @@ interface SidecarFlags {
   drain: string;
 }
 
+/** The bundled build (dist/sidecar.bundle.mjs, see scripts/bundle.mjs) when there is one: less memory per sidecar. */
+async function loadSidecar(): Promise<typeof import('./main.js')> {
+  const bundle = new URL('../sidecar.bundle.mjs', import.meta.url);
+  const { existsSync } = await import('node:fs');
+  if (process.env.FLB_SIDECAR_UNBUNDLED !== '1' && bundle.protocol === 'file:' && existsSync(bundle)) return (await import(bundle.href)) as typeof import('./main.js');
+  return import('./main.js');
+}
+
 const portOf = (value: string, flag: string) => {
   const port = Number(value);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`${flag} ${value}: not a port number`);
@@ -48,14 +56,7 @@ export function sidecarCommands(): Command[] {
     .option('--dns-upstream <address...>', "resolvers for names outside the catalog (default: /etc/resolv.conf's)")
     .option('--drain <duration>', 'how long SIGTERM lets open connections finish', '5s')
     .action(async (o: SidecarFlags) => {
-      const [{ createLogger }, { sidecarIdFromEnv, sidecarCodebase }, { parseDuration }, { runSidecar }, { readFileSync }, { join }] = await Promise.all([
-        import('../common/log.js'),
-        import('../common/contract/identity.js'),
-        import('../common/duration.js'),
-        import('./sidecar.js'),
-        import('node:fs'),
-        import('node:path'),
-      ]);
+      const [{ createLogger, sidecarIdFromEnv, sidecarCodebase, parseDuration, runSidecar }, { readFileSync }, { join }] = await Promise.all([loadSidecar(), import('node:fs'), import('node:path')]);
       const log = createLogger('sidecar');
       const id = o.id ?? sidecarIdFromEnv();
       const repo = o.repo ?? process.env.FLB_REPO_URL;

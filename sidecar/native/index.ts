@@ -13,9 +13,12 @@ interface Addon {
   originalDestination(fd: number): OriginalDestination;
 }
 
-/** Where scripts/setup.sh builds the addon (sources run from sidecar/native, the build from dist/sidecar/native). */
+/**
+ * Where scripts/setup.sh builds the addon, seen from the sources (sidecar/native), the build
+ * (dist/sidecar/native) and the sidecar bundle (dist/sidecar.bundle.mjs).
+ */
 function addonPath(): string {
-  for (const candidate of ['./build/original-dst.node', '../../../sidecar/native/build/original-dst.node']) {
+  for (const candidate of ['./build/original-dst.node', '../../../sidecar/native/build/original-dst.node', '../sidecar/native/build/original-dst.node']) {
     const path = fileURLToPath(new URL(candidate, import.meta.url));
     if (existsSync(path)) return path;
   }
