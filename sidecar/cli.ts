@@ -1,6 +1,9 @@
 import { Command } from 'commander';
 import { notBuiltYet, untilStopped } from '../common/cli.js';
 import { UsageError } from '../common/errors.js';
+import type * as SidecarMainModule from './main.js';
+
+type SidecarMain = typeof SidecarMainModule;
 
 interface SidecarFlags {
   id?: string;
@@ -21,10 +24,10 @@ interface SidecarFlags {
 }
 
 /** The bundled build (dist/sidecar.bundle.mjs, see scripts/bundle.mjs) when there is one: less memory per sidecar. */
-async function loadSidecar(): Promise<typeof import('./main.js')> {
+async function loadSidecar(): Promise<SidecarMain> {
   const bundle = new URL('../sidecar.bundle.mjs', import.meta.url);
   const { existsSync } = await import('node:fs');
-  if (process.env.FLB_SIDECAR_UNBUNDLED !== '1' && bundle.protocol === 'file:' && existsSync(bundle)) return (await import(bundle.href)) as typeof import('./main.js');
+  if (process.env.FLB_SIDECAR_UNBUNDLED !== '1' && bundle.protocol === 'file:' && existsSync(bundle)) return (await import(bundle.href)) as SidecarMain;
   return import('./main.js');
 }
 
