@@ -72,7 +72,9 @@ export async function startOutbound(options: OutboundOptions): Promise<{ server:
     const series = metrics.for('outbound', route.service.id);
     series.connections.inc();
     const started = performance.now();
-    dialWithRetries(pool, { servicePort: route.port.port, sourceIp: socket.remoteAddress }, tcpDial).then(
+    // The peer address costs a getpeername() per connection: asked only when the policy hashes on it.
+    const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? socket.remoteAddress : undefined;
+    dialWithRetries(pool, { servicePort: route.port.port, sourceIp }, tcpDial).then(
       ({ value: upstream, target }) => {
         series.connectSeconds.observe((performance.now() - started) / 1000);
         if (socket.destroyed) {
