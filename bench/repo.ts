@@ -86,12 +86,22 @@ try {
   const codebases = Array.from({ length: 1000 }, (_, i) => `/flb/sidecars/pod.bench.w${i}`);
   for (const mode of ['push', 'poll'] as const) {
     for (const n of [10, 100, 1000]) {
-      progress(`${mode}: publish to ${n} workers`);
-      const r = await runWorkers(`http://127.0.0.1:${repo.port}`, codebases.slice(0, n), mode, async () => {
-        publisher.setMesh(catalog(10, ++version));
-        await publisher.settled();
-      });
-      rows.push({ measure: `publish -> all workers have it (${mode})`, workers: n, received: r.received, 'p50 ms': r.p50, 'p99 ms': r.p99, 'max ms': r.max });
+      // One publish is one sample of a noisy machine (a disk flush, another process): pushed
+      // publishes are repeated and the median round reported, with the worst round beside it.
+      const rounds = mode === 'push' ? 5 : 1;
+      const results = [];
+      for (let round = 0; round < rounds; round++) {
+        progress(`${mode}: publish to ${n} workers${rounds > 1 ? ` (round ${round + 1} of ${rounds})` : ''}`);
+        results.push(
+          await runWorkers(`http://127.0.0.1:${repo.port}`, codebases.slice(0, n), mode, async () => {
+            // Every round changes one service file and mesh.json (what each publish moves).
+            publisher.setMesh(new Map([...catalog(10, ++version % 10), ['/mesh.json', JSON.stringify({ name: 'flb', version })]]));
+            await publisher.settled();
+          }),
+        );
+      }
+      const median = [...results].sort((a, b) => a.p99 - b.p99)[Math.floor(results.length / 2)]!;
+      rows.push({ measure: `publish -> all workers have it (${mode})`, workers: n, rounds, received: median.received, 'p50 ms': median.p50, 'p99 ms': median.p99, 'max ms': median.max, 'worst round p99 ms': Math.max(...results.map((r) => r.p99)) });
     }
   }
   publisher.stop();
