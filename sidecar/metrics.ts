@@ -27,13 +27,28 @@ export class SidecarMetrics {
   private readonly retries = new Counter({ name: 'flb_sidecar_request_retries_total', help: 'HTTP requests retried on another endpoint', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
   private readonly requestSeconds = new Histogram({ name: 'flb_sidecar_request_duration_seconds', help: 'HTTP request latency through the sidecar, to the response headers', labelNames: ['direction', 'service'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] });
   readonly ejections = new Counter({ name: 'flb_sidecar_ejections_total', help: 'Endpoints ejected by outlier detection', labelNames: ['service'] as const, registers: [this.registry] });
-  readonly endpointsUsable = new Gauge({ name: 'flb_sidecar_endpoints_usable', help: 'Endpoints that may be chosen (healthy, not ejected)', labelNames: ['service'] as const, registers: [this.registry] });
+  /** Read when scraped, so it follows health checks and ejections between configuration changes. */
+  private usableSource: () => Iterable<[service: string, usable: number]> = () => [];
+  readonly endpointsUsable = new Gauge({
+    name: 'flb_sidecar_endpoints_usable',
+    help: 'Endpoints that may be chosen now (healthy, not ejected), per service',
+    labelNames: ['service'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.endpointsUsable.reset();
+      for (const [service, usable] of this.usableSource()) this.endpointsUsable.labels({ service }).set(usable);
+    },
+  });
   readonly configApplied = new Counter({ name: 'flb_sidecar_config_updates_total', help: 'Configuration versions applied', registers: [this.registry] });
   readonly configRejected = new Gauge({ name: 'flb_sidecar_config_rejected_files', help: 'Files of the current configuration refused by validation', registers: [this.registry] });
   private readonly series = new Map<string, ServiceSeries>();
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'flb_sidecar_' });
+  }
+
+  countUsableEndpoints(source: () => Iterable<[service: string, usable: number]>): void {
+    this.usableSource = source;
   }
 
   for(direction: Direction, service: string): ServiceSeries {

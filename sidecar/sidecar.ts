@@ -53,6 +53,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   const { log, ports } = options;
   const metrics = new SidecarMetrics();
   const pools = new Map<string, EndpointPool>();
+  metrics.countUsableEndpoints(() => [...pools].map(([id, pool]) => [id, pool.counters().usable]));
   let view: OutboundView = { routes: RouteTable.build([]), pools, unknownDestination: 'passthrough' };
   let listening = false;
   let draining = false;
@@ -88,7 +89,6 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
     dns?.setTable(table);
     metrics.configApplied.inc();
-    for (const [id, pool] of pools) metrics.endpointsUsable.labels({ service: id }).set(pool.counters().usable);
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
   };
 

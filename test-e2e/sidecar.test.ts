@@ -225,6 +225,8 @@ describe('flb sidecar in network namespaces', () => {
       const orders = (JSON.parse(pools) as { service: string; endpoints: { address: string; activeHealth: string }[] }[]).find((p) => p.service === 'orders.shop')!;
       return orders.endpoints.find((e) => e.address === EP[1])!.activeHealth === 'unhealthy' ? true : undefined;
     }, 5000, 100);
+    const metrics = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
+    expect(metrics).toContain('flb_sidecar_endpoints_usable{service="orders.shop"} 2');
     await startEndpoint(1);
     await eventually('ep2 back in rotation', async () => ((await counts('tcp', 6)).ep2 ? true : undefined), 5000, 200);
   });
