@@ -199,6 +199,31 @@ describe('the outbound proxy', () => {
     expect(answers.every((x) => x.trailer === x.body)).toBe(true);
   });
 
+  it('moves a TCP connection to another endpoint when one refuses, and resets it when none answers', async () => {
+    const echo = await listen(createServer((socket) => socket.pipe(socket)));
+    const closed = await listen(createServer());
+    const deadPort = portOf(closed);
+    closed.close();
+    servers.push(echo);
+    const roundTrip = async () => {
+      const socket = await dial(7);
+      socket.write('ping');
+      return new Promise<string>((resolve) => {
+        socket.once('data', (d: Buffer) => {
+          socket.destroy();
+          resolve(d.toString());
+        });
+        socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      });
+    };
+    use(service([{ port: 7, protocol: 'tcp' }], [{ port: deadPort }, { port: portOf(echo) }]));
+    for (let i = 0; i < 4; i++) expect(await roundTrip()).toBe('ping');
+    use(service([{ port: 7, protocol: 'tcp' }], [{ port: deadPort }]));
+    nextPort = 7;
+    const refused = connect({ host: '127.0.0.1', port: proxy.port });
+    expect(await new Promise<string>((resolve) => refused.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error')))).toBe('ECONNRESET');
+  });
+
   it('refuses an unknown destination when the mesh says deny', async () => {
     use(service([{ port: 7, protocol: 'tcp' }], [{ port: 1 }]));
     nextPort = 4444;
