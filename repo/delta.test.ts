@@ -81,6 +81,10 @@ describe('pushed deltas', () => {
     const manifest = await plain;
     expect(manifest.headers.get('content-type')).toBe('text/plain');
     expect((await manifest.text()).split('\n')[0]).toBe('/mesh.json');
+    // An older etag it still remembers, asked without waiting (a worker back after missing publishes): the delta at once.
+    const behind = await fetch(base, { headers: { 'if-none-match': held, accept: DELTA_MEDIA_TYPE } });
+    expect(behind.headers.get('content-type')).toBe(DELTA_MEDIA_TYPE);
+    expect(((await behind.json()) as { removed: string[] }).removed).toEqual(['/services/d.json']);
     // Unknown etag: the manifest, and the worker syncs the usual way.
     const unknown = await fetch(base, { headers: { 'if-none-match': '7+7', accept: DELTA_MEDIA_TYPE } });
     expect(unknown.headers.get('content-type')).toBe('text/plain');

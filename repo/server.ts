@@ -212,6 +212,11 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
           }
           return text(200, repo.manifest(now), { etag: repo.etag(now) });
         }
+        // A worker that missed publishes while away (an older etag) is brought up to date the same way.
+        if (known !== undefined && method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
+          const delta = await deltaReply(record, known);
+          if (delta) return delta;
+        }
         return text(200, repo.manifest(record), { etag: repo.etag(record) });
       }
       if (!record && method === 'POST') return text(404, `Codebase not found: ${path.slice(0, -1)}`);
