@@ -3,6 +3,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { inParallel, syncDir } from '../../common/durable-fs.js';
 import type { CodebaseRecord, RepoStore } from './store.js';
 
 /**
@@ -244,10 +245,8 @@ export class DiskStore implements RepoStore {
     return join(this.drafts, encodeURIComponent(codebase));
   }
 
-  async putDraft(codebase: string, path: string, sha: string | null): Promise<void> {
-    const dir = this.draftDir(codebase);
-    if ((await mkdir(dir, { recursive: true })) !== undefined) await syncDir(this.drafts);
-    await this.durableWrite(dir, `${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha })));
+  putDraft(codebase: string, path: string, sha: string | null): Promise<void> {
+    return this.putDrafts(codebase, [[path, sha]]);
   }
 
   async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
@@ -265,17 +264,7 @@ export class DiskStore implements RepoStore {
   }
 
   async putBlob(content: Buffer): Promise<string> {
-    const sha = createHash('sha256').update(content).digest('hex');
-    try {
-      // Already there: content-addressed, so the same bytes. Its directory entry may not be synced
-      // yet (another writer between rename and fsync, or a crash right after rename): sync it.
-      await (await open(join(this.blobs, sha), 'r')).close();
-      await syncDir(this.blobs);
-      return sha;
-    } catch {
-      await this.durableWrite(this.blobs, sha, content);
-      return sha;
-    }
+    return (await this.putBlobs([content]))[0]!;
   }
 
   async putBlobs(contents: Buffer[]): Promise<string[]> {
@@ -289,7 +278,9 @@ export class DiskStore implements RepoStore {
         missing.set(sha, content);
       }
     });
-    // Blobs that exist may have unsynced directory entries (see putBlob): the one sync below covers them.
+    // Blobs that exist are the same bytes (content-addressed), but their directory entries may not
+    // be synced yet (another writer between rename and fsync, or a crash right after rename): the
+    // one directory sync below covers them.
     if (missing.size === 0) await syncDir(this.blobs);
     else await this.durableWriteMany(this.blobs, [...missing]);
     return shas;
@@ -322,6 +313,7 @@ export class DiskStore implements RepoStore {
     const temps = new Map<string, string>();
     try {
       await inParallel(files, async ([name, content]) => {
+        // Unique, and created exclusively: two writers of the same content must never share a temp file.
         const temp = join(dir, `${name}.${randomUUID()}.tmp`);
         temps.set(name, temp);
         const handle = await open(temp, 'wx');
@@ -346,23 +338,10 @@ export class DiskStore implements RepoStore {
     this.step('dir-synced');
   }
 
-  private async durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
-    // Unique, and created exclusively: two writers of the same content must never share a temp file.
-    const temp = join(dir, `${name}.${randomUUID()}.tmp`);
-    const handle = await open(temp, 'wx');
-    try {
-      await handle.writeFile(content);
-      this.step('temp-written');
-      await handle.sync();
-      this.step('temp-synced');
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, join(dir, name));
-    this.step('renamed');
-    await syncDir(dir);
-    this.step('dir-synced');
+  private durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
+    return this.durableWriteMany(dir, [[name, content]]);
   }
+
 }
 
 const snapshotFile = (name: string) => `${encodeURIComponent(name)}.json`;
@@ -424,23 +403,4 @@ function decodeJournal(content: Buffer): { entries: JournalEntry[]; valid: numbe
     at = end + 1;
   }
   return { entries, valid: at };
-}
-
-/** Bounded, because ten thousand files opened at once would run out of descriptors. */
-async function inParallel<T>(items: readonly T[], work: (item: T) => Promise<void>, limit = 32): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) await work(items[next++]!);
-    }),
-  );
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { inParallel, syncDir } from '../../common/durable-fs.js';
 
 /**
  * The last good configuration on disk, so a sidecar restarted while the repo is away still routes.
@@ -88,7 +89,7 @@ export class ConfigCache {
       manifest.files[path.replace(/^\/+/, '')] = sha;
       if (!existing.has(sha)) missing.set(sha, content);
     }
-    await inParallel([...missing], 16, ([sha, content]) => writeSynced(this.blobs, sha, content));
+    await inParallel([...missing], ([sha, content]) => writeSynced(this.blobs, sha, content), 16);
     // Also covers blobs an earlier save renamed into place but died before syncing.
     await syncDir(this.blobs);
     this.crashPoint('blobs-written');
@@ -100,7 +101,7 @@ export class ConfigCache {
 
     const referenced = new Set(Object.values(manifest.files));
     const orphans = [...existing, ...missing.keys()].filter((name) => !referenced.has(name) && !name.endsWith(TEMP_SUFFIX));
-    await inParallel(orphans, 16, (name) => rm(join(this.blobs, name), { force: true }));
+    await inParallel(orphans, (name) => rm(join(this.blobs, name), { force: true }), 16);
   }
 
   private crashPoint(step: CacheWriteStep): void {
@@ -129,19 +130,3 @@ async function writeSynced(dir: string, name: string, content: Buffer): Promise<
   await rename(await writeTemp(dir, name, content), join(dir, name));
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  const runners = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await work(items[next++]!);
-  });
-  await Promise.all(runners);
-}
