@@ -197,6 +197,7 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
       }
       if (record && (method === 'GET' || method === 'HEAD') && repo.isServed(record)) {
         const known = req.headers['if-none-match'];
+        let current = record;
         if (known !== undefined && known === repo.etag(record)) {
           // Push by long poll: `Prefer: wait=N` (RFC 7240) holds the request until the etag
           // changes, so a publish reaches waiting workers at once; Pipy workers, which never send
@@ -206,18 +207,14 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
           const now = repo.get(record.name);
           if (!now || !repo.isServed(now)) return new Reply(404);
           if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
-          if (method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
-            const delta = await deltaReply(now, known);
-            if (delta) return delta;
-          }
-          return text(200, repo.manifest(now), { etag: repo.etag(now) });
+          current = now;
         }
-        // A worker that missed publishes while away (an older etag) is brought up to date the same way.
+        // A pushed worker, or one back with an older etag the repo still remembers: the change itself.
         if (known !== undefined && method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
-          const delta = await deltaReply(record, known);
+          const delta = await deltaReply(current, known);
           if (delta) return delta;
         }
-        return text(200, repo.manifest(record), { etag: repo.etag(record) });
+        return text(200, repo.manifest(current), { etag: repo.etag(current) });
       }
       if (!record && method === 'POST') return text(404, `Codebase not found: ${path.slice(0, -1)}`);
     } else if (method === 'GET' || method === 'HEAD') {
