@@ -87,7 +87,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     http2.retainSessions(endpointKeys);
     const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain });
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
-    dns?.setTable(table);
+    // The DNS server is up before the configuration source starts, so every configuration reaches it.
+    dns?.setTable(table).catch((error: unknown) => log.error({ err: error }, 'the DNS table could not be swapped; the previous one stays'));
     metrics.configApplied.inc();
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
   };
@@ -108,9 +109,6 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     servers.push(await startMetricsServer('::', ports.metrics, metrics.registry));
     servers.push(...(await startProbeServers({ ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe], host: '::', probes: () => appProbes, appHost: options.appHost, ready, log })));
     await source.start();
-    // The table of a configuration applied before the DNS server existed (from the cache).
-    const state = source.current();
-    if (state) dns.setTable(buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain }));
     listening = true;
   } catch (error) {
     await closeAll();
