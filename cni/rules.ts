@@ -1,5 +1,5 @@
 import ipaddr from 'ipaddr.js';
-import type { Interception } from '../common/contract/index.js';
+import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/index.js';
 
 /**
  * The one rule builder for the init container, the CNI node agent and the VM installer: from the
@@ -17,12 +17,6 @@ export const CHAIN = {
 } as const;
 export const CHAIN_PREFIX = 'FLB_';
 
-/**
- * The sidecar forwards inbound connections to the app from this source address, so that they are
- * told apart from the sidecar's outbound connections to its own pod (an app calling itself
- * through a service), which are sent to the inbound side instead.
- */
-export const INBOUND_FORWARD_SOURCE: Record<Family, string> = { 4: '127.0.0.6', 6: '::6' };
 const LOOPBACK: Record<Family, string> = { 4: '127.0.0.0/8', 6: '::1/128' };
 
 export interface Jump {

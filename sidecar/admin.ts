@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { listen } from './listen.js';
 
 export interface AdminOptions {
   host: string;
@@ -14,13 +15,6 @@ const json = (res: ServerResponse, status: number, body: unknown) => res.writeHe
 
 async function metrics(res: ServerResponse, registry: Registry): Promise<void> {
   res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
-}
-
-function listen(server: Server, host: string, port: number): Promise<Server> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port, ipv6Only: false }, () => resolve(server));
-  });
 }
 
 /**
@@ -52,7 +46,7 @@ export function startAdmin(options: AdminOptions): Promise<Server> {
         return json(res, 404, { error: `no such admin path ${path}`, paths: ['/ready', '/live', '/config_dump', '/endpoints', '/metrics'] });
     }
   });
-  return listen(server, options.host, options.port);
+  return listen(server, options.host, options.port).then(() => server);
 }
 
 /** The metrics port (15010, on every address, for Prometheus to scrape). */
@@ -62,5 +56,5 @@ export function startMetricsServer(host: string, port: number, registry: Registr
     if (path === '/metrics' || path === '/stats/prometheus') return void metrics(res, registry);
     res.writeHead(404, { 'content-type': 'text/plain' }).end('metrics are at /metrics\n');
   });
-  return listen(server, host, port);
+  return listen(server, host, port).then(() => server);
 }

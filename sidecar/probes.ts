@@ -3,9 +3,9 @@ import { connect as http2Connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { isIPv4, connect as netConnect } from 'node:net';
 import type { z } from 'zod';
-import type { ProbeSchema } from '../common/contract/index.js';
+import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
-import { INBOUND_SOURCE } from './proxy/inbound.js';
+import { listen } from './listen.js';
 
 export type AppProbe = z.output<typeof ProbeSchema>;
 export type ProbeResult = { ok: boolean; status: number; detail: string };
@@ -47,10 +47,7 @@ export async function startProbeServers(options: ProbeServerOptions): Promise<Se
   const servers: Server[] = [];
   for (const port of [...new Set(options.ports)]) {
     const server = createServer(onRequest);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: options.host, port, ipv6Only: false }, () => resolve());
-    });
+    await listen(server, options.host, port);
     servers.push(server);
   }
   return servers;
@@ -81,7 +78,7 @@ export function parseAppProbes(value: string | undefined, schema: typeof ProbeSc
  * TCP probe itself. The same source is exempt (cni/rules.ts), so the probe reaches the app.
  */
 function probeSource(host: string): string | undefined {
-  return isIPv4(host) && !host.startsWith('127.') ? INBOUND_SOURCE[4] : undefined;
+  return isIPv4(host) && !host.startsWith('127.') ? INBOUND_FORWARD_SOURCE[4] : undefined;
 }
 
 export function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult> {

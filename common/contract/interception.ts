@@ -53,3 +53,11 @@ export const InterceptionSchema = z
 
 export type Interception = z.output<typeof InterceptionSchema>;
 export type InterceptionInput = z.input<typeof InterceptionSchema>;
+
+/**
+ * The source address the sidecar uses when it hands an inbound connection (or runs an app probe)
+ * to its own app. The interception rules let connections from it through untouched; any other
+ * connection from the proxy's UID to the pod's own IP is an app calling itself through the mesh
+ * and goes to the inbound side.
+ */
+export const INBOUND_FORWARD_SOURCE = { 4: '127.0.0.6', 6: '::6' } as const;

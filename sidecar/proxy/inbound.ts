@@ -1,16 +1,12 @@
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { INBOUND_FORWARD_SOURCE } from '../../common/contract/index.js';
 import type { Logger } from '../../common/log.js';
 import type { SidecarMetrics } from '../metrics.js';
 import { originalDestination, type OriginalDestination } from '../native/index.js';
 import { plainAddress } from './routes.js';
+import { listen } from '../listen.js';
 import { splice } from './splice.js';
 
-/**
- * The source the interception rules recognise as "the sidecar handing an inbound connection to
- * its app" (cni/rules.ts INBOUND_FORWARD_SOURCE); without it, a connection to the pod's own IP
- * from the proxy's UID would look like the app calling itself through the mesh.
- */
-export const INBOUND_SOURCE = { 4: '127.0.0.6', 6: '::6' } as const;
 
 export interface InboundOptions {
   host: string;
@@ -56,7 +52,7 @@ export async function startInbound(options: InboundOptions): Promise<{ server: S
     const family = address.includes(':') ? 6 : 4;
     const started = performance.now();
     const connect = (withSource: boolean) => {
-      const upstream = netConnect({ host: address, port: destination.port, noDelay: true, allowHalfOpen: true, ...(withSource ? { localAddress: INBOUND_SOURCE[family] } : {}) });
+      const upstream = netConnect({ host: address, port: destination.port, noDelay: true, allowHalfOpen: true, ...(withSource ? { localAddress: INBOUND_FORWARD_SOURCE[family] } : {}) });
       let connected = false;
       upstream.once('connect', () => {
         connected = true;
@@ -72,7 +68,7 @@ export async function startInbound(options: InboundOptions): Promise<{ server: S
         if (connected) return;
         if (withSource && error.code === 'EADDRNOTAVAIL') {
           // ::6 is not a loopback address unless the pod's setup adds it to lo: go without.
-          if (!sourceUnavailable) log.warn({ source: INBOUND_SOURCE[family] }, `cannot bind ${INBOUND_SOURCE[family]}; inbound connections reach the app from the pod's own address`);
+          if (!sourceUnavailable) log.warn({ source: INBOUND_FORWARD_SOURCE[family] }, `cannot bind ${INBOUND_FORWARD_SOURCE[family]}; inbound connections reach the app from the pod's own address`);
           sourceUnavailable = true;
           connect(false);
           return;
@@ -85,11 +81,6 @@ export async function startInbound(options: InboundOptions): Promise<{ server: S
     connect(!(family === 6 && sourceUnavailable));
   });
   let listeningPort = options.port;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: options.host, port: options.port, ipv6Only: false }, () => resolve());
-  });
-  const address = server.address();
-  listeningPort = typeof address === 'object' && address ? address.port : options.port;
+  listeningPort = await listen(server, options.host, options.port);
   return { server, port: listeningPort };
 }

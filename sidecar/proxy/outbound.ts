@@ -6,6 +6,7 @@ import { originalDestination, type OriginalDestination } from '../native/index.j
 import type { HttpProxy } from './http.js';
 import type { Http2Proxy } from './http2.js';
 import { plainAddress, type Route, type RouteTable } from './routes.js';
+import { listen } from '../listen.js';
 import { splice } from './splice.js';
 
 /** What the outbound side reads on every connection; swapped whole when the configuration changes. */
@@ -152,11 +153,6 @@ export async function startOutbound(options: OutboundOptions): Promise<{ server:
   }
 
   let listeningPort = options.port;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: options.host, port: options.port, ipv6Only: false }, () => resolve());
-  });
-  const address = server.address();
-  listeningPort = typeof address === 'object' && address ? address.port : options.port;
+  listeningPort = await listen(server, options.host, options.port);
   return { server, port: listeningPort };
 }
