@@ -3,27 +3,15 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, createServer, type Server } from 'node:net';
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import { Registry } from 'prom-client';
-import { ServiceSchema, type ServiceInput } from '../../common/contract/catalog.js';
 import { createLogger } from '../../common/log.js';
 import { startDnsServer, type DnsServer } from './server.js';
 import { buildDnsTable } from './table.js';
+import { orders, service } from './testing/fixtures.js';
 
 const log = createLogger('dns-test', 'silent');
 const search = ['shop.svc.cluster.local', 'svc.cluster.local', 'cluster.local'];
-const service = (s: Partial<ServiceInput> & Pick<ServiceInput, 'id' | 'name' | 'source'>) =>
-  ServiceSchema.parse({ apiVersion: 'flb.flomesh.io/v1alpha1', kind: 'Service', ports: [{ port: 80 }], ...s });
 const catalog = [
-  service({
-    id: 'orders.shop',
-    name: 'orders',
-    namespace: 'shop',
-    source: 'kubernetes',
-    vips: [{ address: '10.96.14.20', allocation: 'cluster-ip' }],
-    ports: [
-      { name: 'http', port: 80, protocol: 'http' },
-      { name: 'grpc', port: 9090, protocol: 'grpc' },
-    ],
-  }),
+  orders,
   service({ id: 'payments.eureka-prod.eureka', name: 'PAYMENTS', registry: 'eureka-prod', source: 'eureka', hostnames: ['payments', 'payments.eureka'], vips: [{ address: '240.240.0.17', allocation: 'mesh' }] }),
   service({ id: 'dual.static', name: 'dual', source: 'static', hostnames: ['dual.example'], vips: [{ address: '240.240.0.18', allocation: 'mesh' }, { address: 'fd00::18', allocation: 'mesh' }] }),
   // 40 VIPs: 640 bytes of answers, more than 512 and less than 1,232; 100 VIPs: 1,600, more than both.

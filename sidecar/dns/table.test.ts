@@ -1,21 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
-import { ServiceSchema, type ServiceInput } from '../../common/contract/catalog.js';
 import { buildDnsTable, reverseName } from './table.js';
+import { orders, service } from './testing/fixtures.js';
 
-const service = (s: Partial<ServiceInput> & Pick<ServiceInput, 'id' | 'name' | 'source'>) =>
-  ServiceSchema.parse({ apiVersion: 'flb.flomesh.io/v1alpha1', kind: 'Service', ports: [{ port: 80 }], ...s });
-
-const orders = service({
-  id: 'orders.shop',
-  name: 'orders',
-  namespace: 'shop',
-  source: 'kubernetes',
-  vips: [{ address: '10.96.14.20', allocation: 'cluster-ip' }],
-  ports: [
-    { name: 'http', port: 80, protocol: 'http' },
-    { name: 'grpc', port: 9090, protocol: 'grpc' },
-  ],
-});
 const payments = service({
   id: 'payments.eureka-prod.eureka',
   name: 'PAYMENTS',
