@@ -94,14 +94,14 @@ if [[ $BUILT_SOMETHING == 1 && -z "${FLB_KEEP_GO_CACHE:-}" ]]; then
   rm -rf "$CACHE/go"
 fi
 
-step "native addon (sidecar/native: SO_ORIGINAL_DST)"
+step "native addon (sidecar/native: original destination, L4 forwarder)"
 # Plain gcc against the headers Node ships: node-gyp would try to download them.
 NODE_INCLUDE=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
-[[ -f "$NODE_INCLUDE/node_api.h" ]] || die "Node's headers are missing ($NODE_INCLUDE/node_api.h); install a Node.js package that ships them (nodesource's nodejs does)"
-addon=sidecar/native/build/original-dst.node
-if [[ ! -f $addon || sidecar/native/original_dst.c -nt $addon ]]; then
+[[ -f "$NODE_INCLUDE/node_api.h" && -f "$NODE_INCLUDE/uv.h" ]] || die "Node's headers are missing ($NODE_INCLUDE/node_api.h, uv.h); install a Node.js package that ships them (nodesource's nodejs does)"
+addon=sidecar/native/build/flb-sidecar.node
+if [[ ! -f $addon ]] || [[ -n $(find sidecar/native -maxdepth 1 \( -name '*.c' -o -name '*.h' \) -newer "$addon") ]]; then
   mkdir -p sidecar/native/build
-  gcc -O2 -Wall -Wextra -Werror -shared -fPIC -I"$NODE_INCLUDE" -o "$addon" sidecar/native/original_dst.c || die "building the addon failed"
+  gcc -O2 -Wall -Wextra -Werror -DNAPI_VERSION=8 -shared -fPIC -I"$NODE_INCLUDE" -o "$addon" sidecar/native/*.c || die "building the addon failed"
   info "built $addon"
 else
   info "up to date"

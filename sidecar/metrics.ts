@@ -20,7 +20,17 @@ export class SidecarMetrics {
   readonly registry = new Registry();
   private readonly connections = new Counter({ name: 'flb_sidecar_connections_total', help: 'Connections accepted, by direction and service (unknown: passed through; denied: refused)', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
   private readonly active = new Gauge({ name: 'flb_sidecar_active_connections', help: 'Connections open now', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
-  private readonly bytes = new Counter({ name: 'flb_sidecar_bytes_total', help: 'Bytes proxied; sent is from the connecting side', labelNames: ['direction', 'service', 'way'] as const, registers: [this.registry] });
+  private readonly collectHooks: (() => void)[] = [];
+  private readonly bytes = new Counter({
+    name: 'flb_sidecar_bytes_total',
+    help: 'Bytes proxied; sent is from the connecting side',
+    labelNames: ['direction', 'service', 'way'] as const,
+    registers: [this.registry],
+    // The native forwarder counts bytes itself; open connections' counts are fetched when scraped.
+    collect: () => {
+      for (const hook of this.collectHooks) hook();
+    },
+  });
   private readonly connectErrors = new Counter({ name: 'flb_sidecar_connect_errors_total', help: 'Connections that found no endpoint to connect to after retries', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
   private readonly connectSeconds = new Histogram({ name: 'flb_sidecar_upstream_connect_seconds', help: 'Time to connect to an endpoint, retries included', labelNames: ['direction', 'service'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5], registers: [this.registry] });
   private readonly requests = new Counter({ name: 'flb_sidecar_requests_total', help: 'HTTP requests by response class', labelNames: ['direction', 'service', 'code'] as const, registers: [this.registry] });
@@ -45,6 +55,11 @@ export class SidecarMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'flb_sidecar_' });
+  }
+
+  /** `hook` runs before the byte counters are read (a scrape). */
+  beforeCollect(hook: () => void): void {
+    this.collectHooks.push(hook);
   }
 
   countUsableEndpoints(source: () => Iterable<[service: string, usable: number]>): void {

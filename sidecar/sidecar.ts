@@ -11,8 +11,9 @@ import { SidecarMetrics } from './metrics.js';
 import { parseAppProbes, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
 import { Http2Proxy } from './proxy/http2.js';
+import { Lazy } from './lazy.js';
 import { startInbound } from './proxy/inbound.js';
-import { startOutbound, type OutboundView } from './proxy/outbound.js';
+import { startOutbound, type OutboundView, type ProxyListener } from './proxy/outbound.js';
 import { RouteTable } from './proxy/routes.js';
 
 export type ConfigOrigin =
@@ -58,7 +59,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   let listening = false;
   let draining = false;
   const http = new HttpProxy('outbound', metrics, log);
-  const http2 = new Http2Proxy('outbound', metrics, log);
+  const http2 = new Lazy(() => Http2Proxy.load('outbound', metrics, log));
   const appProbes = parseAppProbes(options.appProbes, ProbeSchema, log);
 
   const onPoolEvent = (event: PoolEvent) => {
@@ -84,7 +85,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
     const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`)));
     http.retainAgents(endpointKeys);
-    http2.retainSessions(endpointKeys);
+    http2.current()?.retainSessions(endpointKeys);
     const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain });
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
     // The DNS server is up before the configuration source starts, so every configuration reaches it.
@@ -99,12 +100,12 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch });
 
   const servers: Server[] = [];
+  const proxies: ProxyListener[] = [];
   const ready = () => listening && !draining && source.current() !== undefined;
   try {
     dns = await startDnsServer({ listen: dnsListen(ports.dns), log, registry: metrics.registry, ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}) });
-    const outbound = await startOutbound({ host: '::', port: ports.outbound, view: () => view, http, http2, metrics, log });
-    const inbound = await startInbound({ host: '::', port: ports.inbound, metrics, log });
-    servers.push(outbound.server, inbound.server);
+    proxies.push(startOutbound({ host: '::', port: ports.outbound, view: () => view, http, http2, metrics, log }));
+    proxies.push(startInbound({ host: '::', port: ports.inbound, metrics, log }));
     servers.push(await startAdmin({ host: '127.0.0.1', port: ports.admin, ready, registry: metrics.registry, configDump: () => configDump(options.id, source), endpoints: () => [...pools.values()].map((p) => p.snapshot()) }));
     servers.push(await startMetricsServer('::', ports.metrics, metrics.registry));
     servers.push(...(await startProbeServers({ ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe], host: '::', probes: () => appProbes, appHost: options.appHost, ready, log })));
@@ -118,10 +119,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
 
   async function closeAll(): Promise<void> {
     await source.stop().catch(() => {});
+    for (const proxy of proxies) proxy.close();
     for (const server of servers) server.close();
     for (const server of servers) (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
     http.close();
-    http2.close();
+    http2.current()?.close();
     await dns?.close();
     for (const pool of pools.values()) pool.close();
   }
@@ -132,18 +134,13 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     current: () => source.current(),
     async drain() {
       draining = true;
-      const proxies = servers.slice(0, 2);
-      for (const server of proxies) server.close();
+      for (const proxy of proxies) proxy.stopAccepting();
       const deadline = Date.now() + (options.drainMs ?? 5000);
-      while (Date.now() < deadline && (await Promise.all(proxies.map(openConnections))).some((n) => n > 0)) await new Promise((r) => setTimeout(r, 100));
+      while (Date.now() < deadline && proxies.some((proxy) => proxy.openConnections() > 0)) await new Promise((r) => setTimeout(r, 100));
       await closeAll();
     },
     close: closeAll,
   };
-}
-
-function openConnections(server: Server): Promise<number> {
-  return new Promise((resolve) => server.getConnections((error, count) => resolve(error ? 0 : count)));
 }
 
 /** DNS on 127.0.0.1 and ::1 (a REDIRECTed UDP query must reach a loopback-bound socket). */

@@ -21,6 +21,8 @@ const APP_UID = 1000;
 const PROXY_UID = 1500;
 const POD_IP = '10.216.1.1';
 const EP = ['10.216.1.2', '10.216.2.2', '10.216.3.2'] as const;
+/** On ep1's link but nobody's: ARP goes unanswered, so a connect() there neither succeeds nor fails for ~3 s. */
+const SILENT = '10.216.1.99';
 const CLUSTER_IP = '10.96.0.10';
 const VIP = '240.240.0.20';
 const ID = 'pod.shop.app-1';
@@ -229,6 +231,19 @@ describe('flb sidecar in network namespaces', () => {
     expect(metrics).toContain('flb_sidecar_endpoints_usable{service="orders.shop"} 2');
     await startEndpoint(1);
     await eventually('ep2 back in rotation', async () => ((await counts('tcp', 6)).ep2 ? true : undefined), 5000, 200);
+  });
+
+  it('gives up on an endpoint that never answers after the connect timeout, and the connection moves on', async () => {
+    writeService(orders({ connect: { timeoutMs: 300, retries: 2 }, loadBalancer: { algorithm: 'round-robin' } }, [{ address: SILENT }, { address: EP[0] }]));
+    await applied('a 300 ms connect timeout', (s) => (s.policy as { connect: { timeoutMs: number } }).connect.timeoutMs === 300);
+    const started = Date.now();
+    // Round-robin sends one of the two first to the silent address: it waits 300 ms, then moves on.
+    expect(await counts('tcp', 2)).toEqual({ ep1: 2 });
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(300);
+    expect(elapsed).toBeLessThan(2500);
+    writeService(orders());
+    await applied('the three endpoints again', (s) => (s.endpoints as unknown[]).length === 3);
   });
 
   it('answers catalog names from its DNS, including the forms a pod resolver builds from its search list', async () => {

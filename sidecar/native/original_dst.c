@@ -1,6 +1,6 @@
 // Reads the original destination of a connection that iptables REDIRECT (or, under eBPF mode, a
-// cgroup/getsockopt program) sent to the sidecar. Node has no binding for getsockopt, so this is
-// the one piece of native code the sidecar needs; it uses only the stable Node-API.
+// cgroup/getsockopt program) sent to the sidecar: Node has no binding for getsockopt. This is the
+// form for a socket Node accepted (the forwarder reads it itself, see forwarder.c).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/netfilter_ipv4.h>
@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#include "addon.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
@@ -22,7 +24,7 @@ static napi_value throw_errno(napi_env env, const char *what) {
 }
 
 // originalDestination(fd) -> { address, port, family } ; throws with errno text on failure.
-static napi_value original_destination(napi_env env, napi_callback_info info) {
+napi_value original_destination(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   int32_t fd;
@@ -76,11 +78,4 @@ static napi_value original_destination(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, result, "port", port_value);
   napi_set_named_property(env, result, "family", family_value);
   return result;
-}
-
-NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "originalDestination", NAPI_AUTO_LENGTH, original_destination, NULL, &fn);
-  napi_set_named_property(env, exports, "originalDestination", fn);
-  return exports;
 }

@@ -1,12 +1,5 @@
-import {
-  connect as http2Connect,
-  constants,
-  createServer,
-  type ClientHttp2Session,
-  type IncomingHttpHeaders,
-  type OutgoingHttpHeaders,
-  type ServerHttp2Stream,
-} from 'node:http2';
+import type * as Http2 from 'node:http2';
+import type { ClientHttp2Session, Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
@@ -25,6 +18,7 @@ interface Bound {
  * which reads properties through to the socket but is not the same key for a WeakMap.
  */
 const BOUND = Symbol('flb.http2.bound');
+type Http2Module = typeof Http2;
 type BoundSocket = Socket & { [BOUND]?: Bound };
 
 function forward(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
@@ -43,14 +37,24 @@ function forward(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
  * are; a stream reset by the endpoint is reset to the client, and counts as a failure.
  */
 export class Http2Proxy {
-  private readonly server = createServer({ maxSessionMemory: 64 });
+  /**
+   * node:http2 costs ~3 MiB of memory once loaded: a sidecar whose services have no HTTP/2 or
+   * gRPC port never loads it.
+   */
+  static async load(direction: Direction, metrics: SidecarMetrics, log: Logger): Promise<Http2Proxy> {
+    return new Http2Proxy(direction, metrics, log, await import('node:http2'));
+  }
+
+  private readonly server: Http2Server;
   private readonly sessions = new Map<string, Promise<ClientHttp2Session>>();
 
   constructor(
     private readonly direction: Direction,
     private readonly metrics: SidecarMetrics,
     private readonly log: Logger,
+    private readonly http2: Http2Module,
   ) {
+    this.server = http2.createServer({ maxSessionMemory: 64 });
     this.server.on('stream', (stream, headers) => void this.stream(stream, headers));
     this.server.on('session', (session) => session.on('error', () => {}));
   }
@@ -80,7 +84,7 @@ export class Http2Proxy {
     if (existing) return existing;
     const host = target.address.includes(':') ? `[${target.address}]` : target.address;
     const pending = new Promise<ClientHttp2Session>((resolve, reject) => {
-      const session = http2Connect(`http://${host}:${target.port}`);
+      const session = this.http2.connect(`http://${host}:${target.port}`);
       const timer = setTimeout(() => session.destroy(new Error(`no connection within ${connectTimeoutMs} ms`)), connectTimeoutMs);
       session.once('connect', () => {
         clearTimeout(timer);
@@ -108,7 +112,7 @@ export class Http2Proxy {
     stream.on('error', () => {});
     const bound = (stream.session?.socket as BoundSocket | undefined)?.[BOUND];
     if (!bound) {
-      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+      stream.close(this.http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
     const { route, pool } = bound;
@@ -162,7 +166,7 @@ export class Http2Proxy {
       if (status >= 500) outcome = '5xx';
       // A gRPC failure is an HTTP 200 with grpc-status in the trailers; only UNAVAILABLE (14) says the endpoint is unwell.
       if (response['grpc-status'] === '14') outcome = '5xx';
-      const endStream = (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      const endStream = (flags & this.http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
       if (stream.destroyed) return;
       stream.respond({ ...forward(response), ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true });
       if (endStream) return;
@@ -175,14 +179,14 @@ export class Http2Proxy {
     });
     upstream.on('close', () => {
       pool.end(target.key, outcome);
-      if (upstream.rstCode && upstream.rstCode !== constants.NGHTTP2_NO_ERROR && !stream.destroyed) stream.close(upstream.rstCode);
+      if (upstream.rstCode && upstream.rstCode !== this.http2.constants.NGHTTP2_NO_ERROR && !stream.destroyed) stream.close(upstream.rstCode);
     });
     upstream.on('error', () => {
       outcome = 'reset';
-      if (!stream.destroyed) stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+      if (!stream.destroyed) stream.close(this.http2.constants.NGHTTP2_INTERNAL_ERROR);
     });
     stream.on('close', () => {
-      if (!upstream.closed) upstream.close(constants.NGHTTP2_CANCEL);
+      if (!upstream.closed) upstream.close(this.http2.constants.NGHTTP2_CANCEL);
     });
   }
 }

@@ -1,13 +1,15 @@
-import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
-import type { EndpointPool } from '../balancer/index.js';
-import type { SidecarMetrics } from '../metrics.js';
-import { originalDestination, type OriginalDestination } from '../native/index.js';
+import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
+import type { ServiceSeries, SidecarMetrics } from '../metrics.js';
+import { ForwardOutcome, type OriginalDestination } from '../native/index.js';
+import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
 import type { HttpProxy } from './http.js';
+import type { Lazy } from '../lazy.js';
 import type { Http2Proxy } from './http2.js';
-import { plainAddress, type Route, type RouteTable } from './routes.js';
-import { listen } from '../listen.js';
-import { splice } from './splice.js';
+import type { Route, RouteTable } from './routes.js';
+
+/** Istio's default for its passthrough cluster: an unreachable external address fails in 10 s, not the kernel's 2 min. */
+const PASSTHROUGH_CONNECT_TIMEOUT_MS = 10_000;
 
 /** What the outbound side reads on every connection; swapped whole when the configuration changes. */
 export interface OutboundView {
@@ -21,138 +23,199 @@ export interface OutboundOptions {
   port: number;
   view: () => OutboundView;
   http: HttpProxy;
-  http2: Http2Proxy;
+  /** Loaded when the first HTTP/2 or gRPC connection arrives. */
+  http2: Lazy<Http2Proxy>;
   metrics: SidecarMetrics;
   log: Logger;
-  /** For tests and VMs without interception: where a connection was meant to go. */
-  destination?: (socket: Socket) => OriginalDestination;
+  /** For tests and VMs without interception: where a connection was meant to go (the original destination is then not read). */
+  destination?: (peer: { address: string; port: number }) => OriginalDestination;
+}
+
+/** A proxy listener as the sidecar drives it. */
+export interface ProxyListener {
+  readonly port: number;
+  /** Stops accepting; open connections go on. */
+  stopAccepting(): void;
+  openConnections(): number;
+  /** Closes the listener and every connection it forwards. */
+  close(): void;
 }
 
 /**
  * The transparent outbound listener (15001): recovers where the app meant to connect
  * (SO_ORIGINAL_DST, answered by conntrack under iptables and by the cgroup/getsockopt program
  * under eBPF), maps that VIP:port to a service and balances the connection over its endpoints;
- * HTTP, HTTP/2 and gRPC ports go to the HTTP proxies for per-request balancing. Anything else passes through to where
- * it was going, or is refused, as the mesh says.
+ * HTTP, HTTP/2 and gRPC ports go to the HTTP proxies for per-request balancing. Anything else
+ * passes through to where it was going, or is refused, as the mesh says.
+ *
+ * `tcp` ports are forwarded natively: JavaScript picks the endpoint, retries a failed connect on
+ * another, and accounts for the outcome; the bytes never enter it.
  */
-export async function startOutbound(options: OutboundOptions): Promise<{ server: Server; port: number }> {
+export function startOutbound(options: OutboundOptions): ProxyListener {
   const { log, metrics } = options;
-  const destinationOf = options.destination ?? originalDestination;
-  const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
-    socket.on('error', () => {});
-    let destination: OriginalDestination;
-    try {
-      destination = destinationOf(socket);
-    } catch (error) {
-      log.debug({ err: error, from: socket.remoteAddress }, 'connection without an original destination (not redirected); closed');
-      socket.destroy();
-      return;
-    }
-    // Connected to the listener itself (no redirect): forwarding would loop back here.
-    if (destination.port === listeningPort && plainAddress(destination.address) === plainAddress(socket.localAddress ?? '')) {
-      socket.destroy();
+  const listener: ForwardingListener = new ForwardingListener((accepted) => route(accepted), log);
+  metrics.beforeCollect(() => listener.reportBytes());
+
+  function route(accepted: AcceptedConnection): void {
+    const destination = accepted.destination ?? options.destination?.({ address: accepted.peerAddress, port: accepted.peerPort });
+    if (!destination) {
+      log.debug({ from: accepted.peerAddress }, 'connection without an original destination (not redirected); closed');
+      listener.reset(accepted.id);
       return;
     }
     const view = options.view();
     const route = view.routes.lookup(destination.address, destination.port);
     if (!route) {
-      passThrough(socket, destination, view.unknownDestination);
+      passThrough(accepted.id, destination, view.unknownDestination);
       return;
     }
     const pool = view.pools.get(route.service.id);
     if (!pool) {
-      socket.resetAndDestroy();
+      listener.reset(accepted.id);
       return;
     }
-    if (route.port.protocol === 'http') options.http.handle(socket, route, pool);
-    else if (route.port.protocol === 'http2' || route.port.protocol === 'grpc') options.http2.handle(socket, route, pool);
-    else balanceConnection(socket, route, pool);
-  });
-
-  function balanceConnection(socket: Socket, route: Route, pool: EndpointPool): void {
-    const series = metrics.for('outbound', route.service.id);
-    series.connections.inc();
-    const started = performance.now();
-    // The peer address costs a getpeername() per connection: asked only when the policy hashes on it.
-    const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? socket.remoteAddress : undefined;
-    const tried = new Set<string>();
-    const { timeoutMs, retries } = pool.connect;
-    // The same loop as balancer/connect.ts's dialWithRetries, written with callbacks: this runs
-    // for every new connection, and its promises and AbortController were ~5 % of the proxy's
-    // CPU per connection in bench:sidecar's profile.
-    const giveUp = (lastError?: Error) => {
-      if (socket.destroyed) return;
-      series.connectErrors.inc();
-      log.warn({ service: route.service.id, tried: [...tried], err: lastError?.message }, 'no endpoint could be reached; connection reset');
-      socket.resetAndDestroy();
-    };
-    const attempt = (retriesLeft: number, lastError?: Error) => {
-      const target = socket.destroyed ? undefined : pool.pick({ servicePort: route.port.port, sourceIp, exclude: tried });
-      if (!target) {
-        giveUp(lastError);
-        return;
+    if (route.port.protocol === 'http') options.http.handle(listener.socket(accepted.id), route, pool);
+    else if (route.port.protocol === 'http2' || route.port.protocol === 'grpc') {
+      const http2 = options.http2.current();
+      if (http2) http2.handle(listener.socket(accepted.id), route, pool);
+      else {
+        // The connection waits in the forwarder, unread, while node:http2 loads.
+        options.http2.get().then(
+          (proxy) => proxy.handle(listener.socket(accepted.id), route, pool),
+          (error: unknown) => {
+            log.error({ err: error }, 'the HTTP/2 proxy could not be loaded; connection reset');
+            listener.reset(accepted.id);
+          },
+        );
       }
-      tried.add(target.key);
-      pool.begin(target.key);
-      const upstream = netConnect({ host: target.address, port: target.port, noDelay: true, allowHalfOpen: true });
-      const timer = setTimeout(() => upstream.destroy(new Error(`no connection to ${target.address}:${target.port} within ${timeoutMs} ms`)), timeoutMs);
-      const failed = (error: Error) => {
-        clearTimeout(timer);
-        pool.end(target.key, 'connect-failure');
-        if (retriesLeft > 0) attempt(retriesLeft - 1, error);
-        else giveUp(error);
-      };
-      upstream.once('error', failed);
-      upstream.once('connect', () => {
-        clearTimeout(timer);
-        upstream.removeListener('error', failed);
-        series.connectSeconds.observe((performance.now() - started) / 1000);
-        if (socket.destroyed) {
-          upstream.destroy();
-          pool.end(target.key, 'success');
-          return;
-        }
-        series.active.inc();
-        splice(socket, upstream, ({ outcome, sent, received }) => {
-          series.active.dec();
-          series.sent.inc(sent);
-          series.received.inc(received);
-          pool.end(target.key, outcome);
-        });
-      });
-    };
-    attempt(retries);
+    }
+    else new BalancedConnection(accepted, route, pool, listener, metrics.for('outbound', route.service.id), log).attempt();
   }
 
-  function passThrough(socket: Socket, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {
+  function passThrough(id: number, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {
     if (policy === 'deny') {
       metrics.for('outbound', 'denied').connections.inc();
       log.debug({ destination }, 'unknown destination refused (outbound.unknownDestination: deny)');
-      socket.resetAndDestroy();
+      listener.reset(id);
       return;
     }
-    const series = metrics.for('outbound', 'unknown');
-    series.connections.inc();
     // The sidecar's own connections are never redirected (its UID is excluded), so this goes out as is.
-    const upstream = netConnect({ host: destination.address, port: destination.port, noDelay: true, allowHalfOpen: true });
-    let connected = false;
-    upstream.once('connect', () => {
-      connected = true;
-      series.active.inc();
-      splice(socket, upstream, ({ sent, received }) => {
-        series.active.dec();
-        series.sent.inc(sent);
-        series.received.inc(received);
-      });
-    });
-    upstream.once('error', () => {
-      if (connected) return;
-      series.connectErrors.inc();
-      socket.resetAndDestroy();
-    });
+    const connection = new PassThroughConnection(id, listener, metrics.for('outbound', 'unknown'));
+    const errno = listener.connect(id, connection, destination.address, destination.port, PASSTHROUGH_CONNECT_TIMEOUT_MS);
+    if (errno !== 0) connection.connected(errno);
   }
 
-  let listeningPort = options.port;
-  listeningPort = await listen(server, options.host, options.port);
-  return { server, port: listeningPort };
+  try {
+    listener.listen(options.host, options.port, options.destination === undefined);
+  } catch (error) {
+    listener.close();
+    throw error;
+  }
+  return listener;
+}
+
+/**
+ * A `tcp` connection balanced over a service's endpoints: a failed connect (refused, timed out)
+ * moves to another endpoint up to the policy's retries; the outcome feeds outlier detection.
+ * A class, not closures: one of these per new connection is on the hot path.
+ */
+class BalancedConnection implements ForwardedConnection {
+  private readonly tried = new Set<string>();
+  private target: PickedEndpoint | undefined;
+  private retriesLeft: number;
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly accepted: AcceptedConnection,
+    private readonly route: Route,
+    private readonly pool: EndpointPool,
+    private readonly listener: ForwardingListener,
+    private readonly series: ServiceSeries,
+    private readonly log: Logger,
+  ) {
+    series.connections.inc();
+    this.retriesLeft = pool.connect.retries;
+  }
+
+  attempt(lastError?: string): void {
+    const { pool, route } = this;
+    // Hashing on the client address is the only use of the peer address.
+    const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? this.accepted.peerAddress : undefined;
+    for (;;) {
+      const target = pool.pick({ servicePort: route.port.port, sourceIp, exclude: this.tried });
+      if (!target) {
+        this.giveUp(lastError);
+        return;
+      }
+      this.target = target;
+      this.tried.add(target.key);
+      pool.begin(target.key);
+      const errno = this.listener.connect(this.accepted.id, this, target.address, target.port, pool.connect.timeoutMs);
+      if (errno === 0) return;
+      pool.end(target.key, 'connect-failure');
+      lastError = errnoName(errno);
+      if (this.retriesLeft-- <= 0) {
+        this.giveUp(lastError);
+        return;
+      }
+    }
+  }
+
+  connected(errno: number): void {
+    if (errno === 0) {
+      this.series.connectSeconds.observe((performance.now() - this.started) / 1000);
+      this.series.active.inc();
+      return;
+    }
+    this.pool.end(this.target!.key, 'connect-failure');
+    if (this.retriesLeft-- > 0) this.attempt(errnoName(errno));
+    else this.giveUp(errnoName(errno));
+  }
+
+  bytes(fromClient: number, fromUpstream: number): void {
+    this.series.sent.inc(fromClient);
+    this.series.received.inc(fromUpstream);
+  }
+
+  closed(fromClient: number, fromUpstream: number, outcome: ForwardOutcome): void {
+    this.bytes(fromClient, fromUpstream);
+    this.series.active.dec();
+    this.pool.end(this.target!.key, outcome === ForwardOutcome.UpstreamFailed ? 'reset' : 'success');
+  }
+
+  private giveUp(lastError: string | undefined): void {
+    this.series.connectErrors.inc();
+    this.log.warn({ service: this.route.service.id, tried: [...this.tried], err: lastError }, 'no endpoint could be reached; connection reset');
+    this.listener.reset(this.accepted.id);
+  }
+}
+
+/** To the original destination, as is (`outbound.unknownDestination: passthrough`). */
+class PassThroughConnection implements ForwardedConnection {
+  constructor(
+    private readonly id: number,
+    private readonly listener: ForwardingListener,
+    private readonly series: ServiceSeries,
+  ) {
+    series.connections.inc();
+  }
+
+  connected(errno: number): void {
+    if (errno === 0) {
+      this.series.active.inc();
+      return;
+    }
+    this.series.connectErrors.inc();
+    this.listener.reset(this.id);
+  }
+
+  bytes(fromClient: number, fromUpstream: number): void {
+    this.series.sent.inc(fromClient);
+    this.series.received.inc(fromUpstream);
+  }
+
+  closed(fromClient: number, fromUpstream: number): void {
+    this.bytes(fromClient, fromUpstream);
+    this.series.active.dec();
+  }
 }

@@ -7,8 +7,9 @@ import { createLogger } from '../../common/log.js';
 import { EndpointPool } from '../balancer/index.js';
 import { SidecarMetrics } from '../metrics.js';
 import { HttpProxy } from './http.js';
+import { Lazy } from '../lazy.js';
 import { Http2Proxy } from './http2.js';
-import { startOutbound, type OutboundView } from './outbound.js';
+import { startOutbound, type OutboundView, type ProxyListener } from './outbound.js';
 import { RouteTable } from './routes.js';
 
 /**
@@ -38,11 +39,11 @@ const portOf = (server: Server | HttpServer) => (server.address() as { port: num
 
 describe('the outbound proxy', () => {
   const servers: (Server | HttpServer)[] = [];
-  let proxy: { server: Server; port: number };
+  let proxy: ProxyListener;
   let view: OutboundView;
   let metrics: SidecarMetrics;
   let http: HttpProxy;
-  let http2: Http2Proxy;
+  let http2: Lazy<Http2Proxy>;
   let pool: EndpointPool;
   /** The VIP port the next connection "was sent to" (connections are made one at a time). */
   let nextPort = 0;
@@ -73,8 +74,8 @@ describe('the outbound proxy', () => {
   beforeAll(async () => {
     metrics = new SidecarMetrics();
     http = new HttpProxy('outbound', metrics, log);
-    http2 = new Http2Proxy('outbound', metrics, log);
-    proxy = await startOutbound({
+    http2 = new Lazy(() => Http2Proxy.load('outbound', metrics, log));
+    proxy = startOutbound({
       host: '127.0.0.1',
       port: 0,
       view: () => view,
@@ -91,8 +92,8 @@ describe('the outbound proxy', () => {
   afterAll(() => {
     pool?.close();
     http.close();
-    http2.close();
-    proxy.server.close();
+    http2.current()?.close();
+    proxy.close();
   });
 
   it('retries an idempotent request on another endpoint after a 503, and never a POST', async () => {

@@ -1,0 +1,245 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createLogger } from '../../common/log.js';
+import { ForwardOutcome } from '../native/index.js';
+import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
+
+/**
+ * The native forwarder (native/forwarder.c) through its JavaScript listener, over loopback with
+ * real sockets: what a client and an endpoint see, and what the forwarder reports.
+ */
+const log = createLogger('forwarding-test', 'silent');
+
+/** What the forwarder reports about one connection. */
+class Recorder implements ForwardedConnection {
+  readonly connects: number[] = [];
+  /** Bytes reported so far (takeBytes and close). */
+  readonly counted: [fromClient: number, fromUpstream: number] = [0, 0];
+  closedWith?: { fromClient: number; fromUpstream: number; outcome: ForwardOutcome };
+  private resolveClosed!: () => void;
+  readonly whenClosed = new Promise<void>((resolve) => (this.resolveClosed = resolve));
+  /** What to do after a connect outcome (the test's retry policy). */
+  onConnect: (errno: number) => void = () => {};
+
+  connected(errno: number): void {
+    this.connects.push(errno);
+    this.onConnect(errno);
+  }
+
+  bytes(fromClient: number, fromUpstream: number): void {
+    this.counted[0] += fromClient;
+    this.counted[1] += fromUpstream;
+  }
+
+  closed(fromClient: number, fromUpstream: number, outcome: ForwardOutcome): void {
+    this.bytes(fromClient, fromUpstream);
+    this.closedWith = { fromClient: this.counted[0], fromUpstream: this.counted[1], outcome };
+    this.resolveClosed();
+  }
+}
+
+const servers: Server[] = [];
+const listeners: ForwardingListener[] = [];
+afterEach(() => {
+  for (const s of servers.splice(0)) s.close();
+  for (const l of listeners.splice(0)) l.close();
+});
+
+function endpoint(onConnection: (socket: Socket) => void): Promise<number> {
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on('error', () => {});
+    onConnection(socket);
+  });
+  servers.push(server);
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+}
+
+/** A listener that hands each accepted connection to `route`. */
+function forwarder(route: (accepted: AcceptedConnection, listener: ForwardingListener) => void): ForwardingListener {
+  const listener: ForwardingListener = new ForwardingListener((accepted) => route(accepted, listener), log);
+  listeners.push(listener);
+  listener.listen('127.0.0.1', 0, false);
+  return listener;
+}
+
+/** Forwards every connection to `port`, recording what the forwarder reports. */
+function forwardTo(port: number): { listener: ForwardingListener; reports: Recorder[] } {
+  const reports: Recorder[] = [];
+  const listener = forwarder((accepted, l) => {
+    const report = new Recorder();
+    reports.push(report);
+    const errno = l.connect(accepted.id, report, '127.0.0.1', port, 2000);
+    if (errno !== 0) report.connected(errno);
+  });
+  return { listener, reports };
+}
+
+function dial(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+function readAll(socket: Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  return new Promise((resolve, reject) => {
+    socket.once('end', () => resolve(Buffer.concat(chunks)));
+    socket.once('error', reject);
+  });
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe('the native forwarder', () => {
+  it('forwards both ways, passes a half-close on, and counts the bytes', async () => {
+    // The endpoint answers only after the client's end: the answer must cross a half-closed connection.
+    const port = await endpoint((socket) => {
+      const got: Buffer[] = [];
+      socket.on('data', (c: Buffer) => got.push(c));
+      socket.on('end', () => socket.end(`got ${Buffer.concat(got).length} bytes: ${Buffer.concat(got).toString()}`));
+    });
+    const { listener, reports } = forwardTo(port);
+    const client = await dial(listener.port);
+    const answer = readAll(client);
+    client.end('hello');
+    expect((await answer).toString()).toBe('got 5 bytes: hello');
+    await reports[0]!.whenClosed;
+    expect(reports[0]!.connects).toEqual([0]);
+    expect(reports[0]!.closedWith).toEqual({ fromClient: 5, fromUpstream: 'got 5 bytes: hello'.length, outcome: ForwardOutcome.Clean });
+    expect(listener.openConnections()).toBe(0);
+  });
+
+  it('moves 32 MiB each way at once to a slow reader intact (backpressure, no loss)', async () => {
+    const size = 32 * 1024 * 1024;
+    const down = randomBytes(size);
+    const up = randomBytes(size);
+    let upstreamGot: Promise<Buffer> | undefined;
+    const port = await endpoint((socket) => {
+      upstreamGot = readAll(socket);
+      socket.end(down);
+    });
+    const { listener, reports } = forwardTo(port);
+    const client = await dial(listener.port);
+    client.pause();
+    const clientGot = readAll(client);
+    client.end(up);
+    // Nobody reads the client side for a while: the forwarder must hold, not drop or buffer it all.
+    await new Promise((r) => setTimeout(r, 300));
+    client.resume();
+    expect(sha(await clientGot)).toBe(sha(down));
+    await reports[0]!.whenClosed;
+    expect(sha(await upstreamGot!)).toBe(sha(up));
+    expect(reports[0]!.closedWith).toMatchObject({ fromClient: size, fromUpstream: size, outcome: ForwardOutcome.Clean });
+  });
+
+  it("reports an endpoint's reset as its failure and resets the client", async () => {
+    const port = await endpoint((socket) => socket.once('data', () => socket.resetAndDestroy()));
+    const { listener, reports } = forwardTo(port);
+    const client = await dial(listener.port);
+    const failed = once(client, 'error');
+    client.write('x');
+    const [error] = (await failed) as [NodeJS.ErrnoException];
+    expect(error.code).toBe('ECONNRESET');
+    await reports[0]!.whenClosed;
+    expect(reports[0]!.closedWith?.outcome).toBe(ForwardOutcome.UpstreamFailed);
+  });
+
+  it("passes a client's reset on to the endpoint, without blaming the endpoint", async () => {
+    let endpointError: Promise<string> | undefined;
+    let arrived!: () => void;
+    const dataArrived = new Promise<void>((resolve) => (arrived = resolve));
+    const port = await endpoint((socket) => {
+      endpointError = new Promise((resolve) => {
+        socket.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        socket.on('end', () => resolve('a clean end'));
+      });
+      socket.once('data', () => arrived());
+    });
+    const { listener, reports } = forwardTo(port);
+    const client = await dial(listener.port);
+    client.write('x');
+    await dataArrived;
+    client.resetAndDestroy();
+    expect(await endpointError).toBe('ECONNRESET');
+    await reports[0]!.whenClosed;
+    expect(reports[0]!.closedWith?.outcome).toBe(ForwardOutcome.ClientFailed);
+  });
+
+  it('reports a refused connect with its errno; the same connection then connects elsewhere', async () => {
+    const closedPort = await endpoint(() => {});
+    servers.pop()!.close();
+    const port = await endpoint((socket) => socket.end('from the second endpoint'));
+    const report = new Recorder();
+    const listener = forwarder((accepted, l) => {
+      report.onConnect = (errno) => {
+        if (errno !== 0) l.connect(accepted.id, report, '127.0.0.1', port, 2000);
+      };
+      const errno = l.connect(accepted.id, report, '127.0.0.1', closedPort, 2000);
+      if (errno !== 0) report.connected(errno);
+    });
+    const client = await dial(listener.port);
+    expect((await readAll(client)).toString()).toBe('from the second endpoint');
+    expect(report.connects[0] === undefined ? undefined : errnoName(report.connects[0])).toBe('ECONNREFUSED');
+    expect(report.connects.slice(1)).toEqual([0]);
+  });
+
+  it('hands a connection over as a net.Socket, or resets it', async () => {
+    let accepted = 0;
+    const listener = forwarder((connection, l) => {
+      if (accepted++ % 2 === 0) l.reset(connection.id);
+      else {
+        const socket = l.socket(connection.id);
+        socket.end(`from javascript, peer ${socket.remoteAddress}`);
+      }
+    });
+    const results: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const client = connect({ host: '127.0.0.1', port: listener.port });
+      results.push(
+        await new Promise<string>((resolve) => {
+          let text = '';
+          client.on('data', (c: Buffer) => (text += c.toString()));
+          client.on('end', () => resolve(text));
+          client.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        }),
+      );
+    }
+    expect(results).toEqual(['ECONNRESET', 'from javascript, peer 127.0.0.1', 'ECONNRESET', 'from javascript, peer 127.0.0.1']);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(listener.openConnections()).toBe(0);
+  });
+
+  it('reports the bytes of an open connection when asked, and the rest at close', async () => {
+    const port = await endpoint((socket) => {
+      socket.on('data', (c: Buffer) => socket.write(c));
+      socket.on('end', () => socket.end());
+    });
+    const { listener, reports } = forwardTo(port);
+    const client = await dial(listener.port);
+    client.write('12345');
+    await once(client, 'data');
+    listener.reportBytes();
+    expect(reports[0]!.counted).toEqual([5, 5]);
+    expect(reports[0]!.closedWith).toBeUndefined();
+    client.end('678');
+    await reports[0]!.whenClosed;
+    expect(reports[0]!.closedWith).toMatchObject({ fromClient: 8, fromUpstream: 8 });
+  });
+
+  it('refuses misuse with a clear error and keeps working', async () => {
+    const port = await endpoint((socket) => socket.end('still here'));
+    const { listener } = forwardTo(port);
+    expect(() => listener.reset(123456)).toThrow(/no such connection/);
+    const other = new ForwardingListener(() => {}, log);
+    listeners.push(other);
+    expect(() => other.listen('127.0.0.1', listener.port)).toThrow(/listen on 127\.0\.0\.1 port \d+: Address already in use/);
+    expect(() => other.listen('not-an-ip', 0)).toThrow(/listen: 'not-an-ip' is not an IP address/);
+    const client = await dial(listener.port);
+    expect((await readAll(client)).toString()).toBe('still here');
+  });
+});
+
