@@ -37,7 +37,8 @@ const portOf = (value: string, flag: string) => {
   return port;
 };
 
-export function sidecarCommands(): Command[] {
+/** `load`: where the run-time code comes from (the bundle passes itself). */
+export function sidecarCommands(load: () => Promise<SidecarMain> = loadSidecar): Command[] {
   const sidecar = new Command('sidecar')
     .summary('run the sidecar: outbound/inbound proxy, client-side load balancing, DNS')
     .description(
@@ -59,7 +60,7 @@ export function sidecarCommands(): Command[] {
     .option('--dns-upstream <address...>', "resolvers for names outside the catalog (default: /etc/resolv.conf's)")
     .option('--drain <duration>', 'how long SIGTERM lets open connections finish', '5s')
     .action(async (o: SidecarFlags) => {
-      const [{ createLogger, sidecarIdFromEnv, sidecarCodebase, parseDuration, runSidecar }, { readFileSync }, { join }] = await Promise.all([loadSidecar(), import('node:fs'), import('node:path')]);
+      const [{ createLogger, sidecarIdFromEnv, sidecarCodebase, parseDuration, runSidecar }, { readFileSync }, { join }] = await Promise.all([load(), import('node:fs'), import('node:path')]);
       const log = createLogger('sidecar');
       const id = o.id ?? sidecarIdFromEnv();
       const repo = o.repo ?? process.env.FLB_REPO_URL;

@@ -1,6 +1,5 @@
 import { request as httpRequest, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect as http2Connect } from 'node:http2';
-import { request as httpsRequest } from 'node:https';
+import type * as Http2 from 'node:http2';
 import { isIPv4, connect as netConnect } from 'node:net';
 import type { z } from 'zod';
 import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
@@ -81,7 +80,7 @@ function probeSource(host: string): string | undefined {
   return isIPv4(host) && !host.startsWith('127.') ? INBOUND_FORWARD_SOURCE[4] : undefined;
 }
 
-export function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult> {
+export async function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult> {
   const timeoutMs = probe.timeoutSeconds * 1000;
   const original = probe.original;
   const host = ('host' in original && original.host) || appHost;
@@ -100,9 +99,10 @@ export function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult>
         });
         socket.once('error', (error) => resolve({ ok: false, status: 503, detail: `tcp ${host}:${original.port}: ${error.message}` }));
       });
-    case 'http':
+    case 'http': {
+      // node:https and node:http2 load on first use: most pods never probe over them (memory).
+      const send = original.scheme === 'HTTPS' ? (await import('node:https')).request : httpRequest;
       return new Promise((resolve) => {
-        const send = original.scheme === 'HTTPS' ? httpsRequest : httpRequest;
         const headers = Object.fromEntries(original.headers.map((h) => [h.name, h.value]));
         const req = send({ host, port: original.port, path: original.path, method: 'GET', headers: { 'user-agent': 'kube-probe/flb', ...headers }, timeout: timeoutMs, agent: false, rejectUnauthorized: false, ...(localAddress ? { localAddress } : {}) }, (res) => {
           res.resume();
@@ -114,8 +114,9 @@ export function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult>
         req.once('error', (error) => resolve({ ok: false, status: 503, detail: `http ${host}:${original.port}${original.path}: ${error.message}` }));
         req.end();
       });
+    }
     case 'grpc':
-      return grpcHealthCheck(host, original.port, original.service ?? '', timeoutMs, localAddress);
+      return grpcHealthCheck(await import('node:http2'), host, original.port, original.service ?? '', timeoutMs, localAddress);
   }
 }
 
@@ -124,10 +125,10 @@ export function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult>
  * service name) and the answer one enum, so a gRPC library would be a large dependency for two
  * bytes of protobuf.
  */
-function grpcHealthCheck(host: string, port: number, service: string, timeoutMs: number, localAddress: string | undefined): Promise<ProbeResult> {
+function grpcHealthCheck(http2: typeof Http2, host: string, port: number, service: string, timeoutMs: number, localAddress: string | undefined): Promise<ProbeResult> {
   return new Promise((resolve) => {
     const where = `grpc ${host}:${port}${service ? ` (${service})` : ''}`;
-    const session = http2Connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, localAddress ? { createConnection: () => netConnect({ host, port, localAddress }) } : {});
+    const session = http2.connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, localAddress ? { createConnection: () => netConnect({ host, port, localAddress }) } : {});
     const timer = setTimeout(() => finish(false, `${where}: no answer within ${timeoutMs} ms`), timeoutMs);
     const finish = (ok: boolean, detail: string) => {
       clearTimeout(timer);
