@@ -96,7 +96,13 @@ export const OutlierDetectionSchema = z.object({
 export const RetrySchema = z.object({
   attempts: z.number().int().min(0).max(10).default(2),
   perTryTimeoutMs: durationMs.optional(),
-  on: z.array(z.enum(['connect-failure', 'reset', '5xx', 'gateway-error'])).default(['connect-failure', 'gateway-error']),
+  /**
+   * When to retry: `5xx`, `gateway-error` (502/503/504, and a per-try timeout), `reset` (the
+   * endpoint reset before answering), `unavailable` (a gRPC call answered Trailers-Only with
+   * UNAVAILABLE, retried whatever the method: list it only for calls safe to repeat).
+   * Connect failures are always retried (`connect.retries`).
+   */
+  on: z.array(z.enum(['connect-failure', 'reset', '5xx', 'gateway-error', 'unavailable'])).default(['connect-failure', 'gateway-error']),
   backoffBaseMs: durationMs.default(25),
   backoffMaxMs: durationMs.default(250),
 });

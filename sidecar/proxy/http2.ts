@@ -1,10 +1,16 @@
 import type * as Http2 from 'node:http2';
-import type { ClientHttp2Session, Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { ClientHttp2Session, ClientHttp2Stream, Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
 import type { Direction, SidecarMetrics } from '../metrics.js';
 import type { Route } from './routes.js';
+
+/** Replayable on another endpoint: RFC 9110's idempotent methods. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/** Bodies up to this size are kept so a request can be sent again; larger ones stream once. */
+const MAX_REPLAY_BODY = 64 * 1024;
+const GATEWAY_ERRORS = new Set([502, 503, 504]);
 
 /** Headers HTTP/2 forbids or that belong to one hop (RFC 9113 8.2.2), and pseudo-headers we set ourselves. */
 const NOT_FORWARDED = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', ':status']);
@@ -118,18 +124,23 @@ export class Http2Proxy {
     const { route, pool } = bound;
     const series = this.metrics.for(this.direction, route.service.id);
     const started = performance.now();
+    const policy = route.service.policy.retries;
+    const retryOn = new Set<string>(policy?.on ?? []);
+    const method = String(headers[':method'] ?? 'GET');
+    const request = new RequestBody(stream, policy ? MAX_REPLAY_BODY : 0);
     const tried = new Set<string>();
     const headerOf = (name: string) => {
       const value = headers[name.toLowerCase()];
       return Array.isArray(value) ? value[0] : value;
     };
     let connectRetries = pool.connect.retries;
-    for (;;) {
-      const target = pool.pick({ servicePort: route.port.port, sourceIp: stream.session?.socket?.remoteAddress, header: headerOf, exclude: tried });
+    let requestRetries = policy?.attempts ?? 0;
+    for (let attempt = 1; ; attempt++) {
+      const target = pool.pick({ servicePort: route.port.port, sourceIp: stream.session?.socket?.remoteAddress, header: headerOf, exclude: tried }) ?? (tried.size ? pool.pick({ servicePort: route.port.port, header: headerOf }) : undefined);
       if (!target) {
         series.connectErrors.inc();
         series.requests('5xx').inc();
-        if (!stream.headersSent) stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-flb-error': 'upstream' }, { endStream: false });
+        if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-flb-error': 'upstream' }, { endStream: false });
         stream.end(`no healthy endpoint for ${route.service.id}\n`);
         return;
       }
@@ -139,6 +150,7 @@ export class Http2Proxy {
       try {
         session = await this.session(target, pool.connect.timeoutMs);
       } catch (error) {
+        // Nothing of the stream was sent: safe to move on whatever the method.
         pool.end(target.key, 'connect-failure');
         if (connectRetries-- > 0) {
           series.retries.inc();
@@ -149,38 +161,82 @@ export class Http2Proxy {
         this.log.debug({ service: route.service.id, endpoint: target.key, err: error }, 'http2 connect failed');
         return;
       }
-      this.pass(stream, headers, session, target, pool, series, started);
+      if (stream.destroyed) {
+        pool.end(target.key);
+        return;
+      }
+      const answer = await this.attempt(stream, headers, request, session, policy?.perTryTimeoutMs);
+      const failure = answer.kind === 'response' ? retryableStatus(answer.status, answer.grpcStatus, retryOn) : answer.kind === 'timeout' ? (retryOn.has('gateway-error') ? 'timeout' : undefined) : retryOn.has('reset') ? 'reset' : undefined;
+      // Sent again only when all of it was kept (a small body, ended before the answer) and the
+      // method may be repeated: an idempotent one, or a gRPC call refused with UNAVAILABLE when
+      // the policy says `unavailable`.
+      const repeatable = IDEMPOTENT.has(method) || (failure === 'unavailable' && answer.kind === 'response');
+      if (failure && requestRetries > 0 && repeatable && request.replayable()) {
+        requestRetries--;
+        answer.upstream.close(this.http2.constants.NGHTTP2_CANCEL);
+        pool.end(target.key, answer.kind === 'response' ? '5xx' : 'reset');
+        series.retries.inc();
+        await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
+        if (stream.destroyed) return;
+        continue;
+      }
+      if (answer.kind === 'response') this.pass(stream, answer, target, pool, series, started);
+      else {
+        pool.end(target.key, 'reset');
+        series.requests('5xx').inc();
+        answer.upstream.close(this.http2.constants.NGHTTP2_CANCEL);
+        if (stream.destroyed) return;
+        if (!stream.headersSent) stream.respond({ ':status': answer.kind === 'timeout' ? 504 : 502, 'x-flb-error': 'upstream' }, { endStream: true });
+        else stream.close(this.http2.constants.NGHTTP2_INTERNAL_ERROR);
+      }
       return;
     }
   }
 
-  private pass(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, session: ClientHttp2Session, target: PickedEndpoint, pool: EndpointPool, series: ReturnType<SidecarMetrics['for']>, started: number): void {
+  /** Sends the request on `session` (what was kept of its body, then the rest as it comes) and waits for the answer's headers. */
+  private attempt(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, request: RequestBody, session: ClientHttp2Session, perTryTimeoutMs: number | undefined): Promise<Attempt> {
     const upstream = session.request(forward(headers));
-    let outcome: 'success' | '5xx' | 'reset' = 'success';
-    let trailers: OutgoingHttpHeaders | undefined;
-    stream.pipe(upstream);
-    upstream.on('response', (response, flags) => {
-      const status = Number(response[':status'] ?? 502);
-      series.requestSeconds.observe((performance.now() - started) / 1000);
-      series.requests(`${Math.floor(status / 100)}xx`).inc();
-      if (status >= 500) outcome = '5xx';
-      // A gRPC failure is an HTTP 200 with grpc-status in the trailers; only UNAVAILABLE (14) says the endpoint is unwell.
-      if (response['grpc-status'] === '14') outcome = '5xx';
-      const endStream = (flags & this.http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
-      if (stream.destroyed) return;
-      stream.respond({ ...forward(response), ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true });
-      if (endStream) return;
-      stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? {}));
-      upstream.pipe(stream);
+    // Trailers may come in the same read as the headers, before whoever takes the answer listens.
+    const received: { trailers?: IncomingHttpHeaders } = {};
+    upstream.on('error', () => {});
+    upstream.once('trailers', (trailers) => (received.trailers = trailers));
+    request.sendTo(upstream);
+    return new Promise((resolve) => {
+      let settled = false;
+      const settle = (answer: Attempt) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(answer);
+      };
+      const timer = perTryTimeoutMs ? setTimeout(() => settle({ kind: 'timeout', upstream }), perTryTimeoutMs) : undefined;
+      upstream.once('response', (response, flags) => {
+        const endStream = (flags & this.http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+        const grpcStatus = response['grpc-status'];
+        settle({ kind: 'response', upstream, response, status: Number(response[':status'] ?? 502), grpcStatus: typeof grpcStatus === 'string' ? grpcStatus : undefined, endStream, received });
+      });
+      upstream.once('close', () => settle({ kind: 'reset', upstream }));
+      stream.once('close', () => settle({ kind: 'reset', upstream }));
     });
-    upstream.on('trailers', (received) => {
-      trailers = forward(received);
-      if (received['grpc-status'] === '14') outcome = '5xx';
-    });
-    upstream.on('close', () => {
+  }
+
+  private pass(stream: ServerHttp2Stream, answer: Extract<Attempt, { kind: 'response' }>, target: PickedEndpoint, pool: EndpointPool, series: ReturnType<SidecarMetrics['for']>, started: number): void {
+    const { upstream, response, status, endStream, received } = answer;
+    // A gRPC failure is an HTTP 200 with grpc-status in the trailers; only UNAVAILABLE (14) says the endpoint is unwell.
+    let outcome: 'success' | '5xx' | 'reset' = status >= 500 || answer.grpcStatus === '14' ? '5xx' : 'success';
+    series.requestSeconds.observe((performance.now() - started) / 1000);
+    series.requests(`${Math.floor(status / 100)}xx`).inc();
+    const trailers = () => {
+      if (received.trailers?.['grpc-status'] === '14') outcome = '5xx';
+      return received.trailers ? forward(received.trailers) : {};
+    };
+    const closed = () => {
+      trailers();
       pool.end(target.key, outcome);
       if (upstream.rstCode && upstream.rstCode !== this.http2.constants.NGHTTP2_NO_ERROR && !stream.destroyed) stream.close(upstream.rstCode);
-    });
+    };
+    if (upstream.closed) closed();
+    else upstream.once('close', closed);
     upstream.on('error', () => {
       outcome = 'reset';
       if (!stream.destroyed) stream.close(this.http2.constants.NGHTTP2_INTERNAL_ERROR);
@@ -188,5 +244,80 @@ export class Http2Proxy {
     stream.on('close', () => {
       if (!upstream.closed) upstream.close(this.http2.constants.NGHTTP2_CANCEL);
     });
+    if (stream.destroyed) return;
+    stream.respond({ ...forward(response), ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true });
+    if (endStream) return;
+    // Asked once the body is through, by which time the endpoint's trailers (if any) are in.
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers()));
+    upstream.pipe(stream);
   }
+}
+
+type Attempt =
+  | { kind: 'response'; upstream: ClientHttp2Stream; response: IncomingHttpHeaders; status: number; grpcStatus: string | undefined; endStream: boolean; received: { trailers?: IncomingHttpHeaders } }
+  | { kind: 'timeout' | 'reset'; upstream: ClientHttp2Stream };
+
+/** Which retry condition an answer meets, if any (the policy's `on`). */
+function retryableStatus(status: number, grpcStatus: string | undefined, on: ReadonlySet<string>): 'unavailable' | '5xx' | undefined {
+  if (on.has('5xx') && status >= 500) return '5xx';
+  if (on.has('gateway-error') && GATEWAY_ERRORS.has(status)) return '5xx';
+  // Trailers-Only: the call was refused before any of its answer, the case gRPC retries.
+  if (on.has('unavailable') && grpcStatus === '14') return 'unavailable';
+  return undefined;
+}
+
+/**
+ * The client's request body, read once and sent to each attempt in turn: as Envoy does, it goes
+ * to the endpoint as it arrives (a streaming call is never held back) while up to `keep` bytes
+ * are kept, so a request that ended within that can be sent again to another endpoint.
+ */
+class RequestBody {
+  private readonly kept: Buffer[] = [];
+  private keptBytes = 0;
+  private overflowed: boolean;
+  private ended = false;
+  private current: ClientHttp2Stream | undefined;
+
+  constructor(
+    private readonly stream: ServerHttp2Stream,
+    private readonly keep: number,
+  ) {
+    this.overflowed = keep === 0;
+    stream.on('data', (chunk: Buffer) => {
+      if (!this.overflowed) {
+        this.keptBytes += chunk.length;
+        if (this.keptBytes > this.keep) {
+          this.overflowed = true;
+          this.kept.length = 0;
+        } else this.kept.push(chunk);
+      }
+      const to = this.current;
+      if (to && !to.destroyed && !to.write(chunk)) {
+        stream.pause();
+        to.once('drain', () => stream.resume());
+      }
+    });
+    stream.on('end', () => {
+      this.ended = true;
+      if (this.current && !this.current.destroyed) this.current.end();
+    });
+    stream.pause();
+  }
+
+  /** All of the body is kept: it can be sent again. */
+  replayable(): boolean {
+    return this.ended && !this.overflowed;
+  }
+
+  sendTo(upstream: ClientHttp2Stream): void {
+    this.current = upstream;
+    for (const chunk of this.kept) upstream.write(chunk);
+    if (this.ended) upstream.end();
+    else this.stream.resume();
+  }
+}
+
+function backoff(attempt: number, baseMs: number, maxMs: number): Promise<void> {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
+  return new Promise((resolve) => setTimeout(resolve, ceiling / 2 + Math.random() * (ceiling / 2)));
 }

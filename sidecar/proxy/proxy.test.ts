@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createServer as createHttpServer, request, type Server as HttpServer } from 'node:http';
-import { connect as http2Connect, createServer as createHttp2Server, type Http2Server } from 'node:http2';
+import { connect as http2Connect, createServer as createHttp2Server, type ClientHttp2Session, type Http2Server, type ServerHttp2Stream } from 'node:http2';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { API_VERSION, ServiceSchema, type Service } from '../../common/contract/index.js';
 import { createLogger } from '../../common/log.js';
@@ -198,6 +198,97 @@ describe('the outbound proxy', () => {
     // The dead endpoint is skipped (connect failure, retried elsewhere); a and b alternate on one client connection.
     expect(answers.map((x) => x.body).sort()).toEqual(['a', 'a', 'a', 'b', 'b', 'b']);
     expect(answers.every((x) => x.trailer === x.body)).toBe(true);
+  });
+
+  it('retries HTTP/2: an idempotent request after a 503, never a POST or a large body; a gRPC UNAVAILABLE when asked; a streaming call is not held back', async () => {
+    const h2 = (handler: (stream: ServerHttp2Stream) => void) =>
+      new Promise<Http2Server>((resolve) => {
+        const server = createHttp2Server();
+        server.on('stream', (stream) => {
+          stream.on('error', () => {});
+          handler(stream);
+        });
+        server.listen(0, '127.0.0.1', () => resolve(server));
+      });
+    // Both drain the request first: the answer goes out once the whole request is in.
+    const bad = await h2((stream) => stream.on('data', () => {}).on('end', () => stream.respond({ ':status': 503, 'x-endpoint': 'bad' }, { endStream: true })));
+    const good = await h2((stream) => {
+      let got = 0;
+      stream.respond({ ':status': 200, 'x-endpoint': 'good' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'x-got': String(got) }));
+      // Echoes as it reads: a client that waits for its echo before ending must get it.
+      stream.on('data', (d: Buffer) => {
+        got += d.length;
+        stream.write(d);
+      });
+      stream.on('end', () => stream.end());
+    });
+    const unavailable = await h2((stream) => stream.on('data', () => {}).on('end', () => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'x-endpoint': 'unavailable' }, { endStream: true })));
+    servers.push(bad as unknown as Server, good as unknown as Server, unavailable as unknown as Server);
+    const h2Service = (endpoints: Http2Server[], on: string[]) =>
+      ServiceSchema.parse({
+        ...service([{ port: 1, protocol: 'tcp' }], []),
+        ports: [{ port: 8443, protocol: 'http2' }],
+        endpoints: endpoints.map((s) => ({ address: '127.0.0.1', port: portOf(s as unknown as Server) })),
+        policy: { retries: { attempts: 2, on } },
+      });
+    const call = (client: ClientHttp2Session, method: string, body?: Buffer) =>
+      new Promise<{ status: number; endpoint: string; trailers: Record<string, unknown>; body: string }>((resolve, reject) => {
+        const stream = client.request({ ':method': method, ':path': '/x' });
+        let status = 0;
+        let endpoint = '';
+        let text = '';
+        let trailers: Record<string, unknown> = {};
+        stream.on('response', (h) => {
+          status = Number(h[':status']);
+          endpoint = String(h['x-endpoint']);
+        });
+        stream.on('data', (d: Buffer) => (text += d.toString()));
+        stream.on('trailers', (t) => (trailers = t));
+        stream.on('end', () => resolve({ status, endpoint, trailers, body: text }));
+        stream.on('error', reject);
+        // Node's client ends a GET's stream at once.
+        if (method !== 'GET') stream.end(body ?? Buffer.from('hello'));
+      });
+    const connectClient = () => http2Connect(`http://127.0.0.1:${proxy.port}`).on('error', () => {});
+    nextPort = 8443;
+
+    use(h2Service([bad, good], ['gateway-error']));
+    let client = connectClient();
+    for (let i = 0; i < 4; i++) expect(await call(client, 'GET')).toMatchObject({ status: 200, endpoint: 'good', trailers: { 'x-got': '0' } });
+    const posts = new Set<number>();
+    for (let i = 0; i < 4; i++) posts.add((await call(client, 'POST')).status);
+    expect(posts).toEqual(new Set([200, 503]));
+    // Over 64 KiB is not kept, so not sent twice: the 503 comes through.
+    const large = new Set<number>();
+    for (let i = 0; i < 4; i++) large.add((await call(client, 'PUT', Buffer.alloc(100 * 1024, 1))).status);
+    expect(large).toEqual(new Set([200, 503]));
+    const retries = await metrics.registry.getSingleMetricAsString('flb_sidecar_request_retries_total');
+    expect(retries).toMatch(/service="echo.static"} [1-9]/);
+
+    // A streaming call (retries on: its body is kept as it goes): the client waits for its first
+    // message's echo before it ends the stream, so the proxy must not wait for the end to send it.
+    client.close();
+    use(h2Service([good], ['gateway-error']));
+    client = connectClient();
+    const streaming = await new Promise<string>((resolve, reject) => {
+      const stream = client.request({ ':method': 'PUT', ':path': '/stream' });
+      let text = '';
+      stream.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (text === 'ping') stream.end('pong');
+      });
+      stream.on('end', () => resolve(text));
+      stream.on('error', reject);
+      stream.write('ping');
+    });
+    expect(streaming).toBe('pingpong');
+    client.close();
+
+    use(h2Service([unavailable, good], ['unavailable']));
+    client = connectClient();
+    for (let i = 0; i < 4; i++) expect(await call(client, 'POST')).toMatchObject({ status: 200, endpoint: 'good', trailers: { 'grpc-status': '0', 'x-got': '5' } });
+    client.close();
   });
 
   it('moves a TCP connection to another endpoint when one refuses, and resets it when none answers', async () => {
