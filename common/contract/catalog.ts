@@ -120,6 +120,17 @@ export const ServicePolicySchema = z.object({
     .default({ timeoutMs: 1000, retries: 2 }),
   /** Request retries for idempotent HTTP requests on http/http2/grpc ports. */
   retries: RetrySchema.optional(),
+  http: z
+    .object({
+      /**
+       * `append`: the calling sidecar adds the app's address to X-Forwarded-For (and
+       * X-Forwarded-Proto: http when absent), so that the endpoint, which sees connections from
+       * its own sidecar (127.0.0.6), learns who called. `untouched` (default): headers pass as the
+       * app sent them.
+       */
+      xForwardedFor: z.enum(['untouched', 'append']).default('untouched'),
+    })
+    .optional(),
   locality: z
     .object({
       /** Prefer endpoints in the sidecar's own zone, then cluster, spilling over when too few are healthy. */

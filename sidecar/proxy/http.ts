@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import { dialWithRetries, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
 import type { Direction, SidecarMetrics } from '../metrics.js';
+import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
 import { splice } from './splice.js';
 
@@ -46,8 +47,8 @@ function forwardHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
  * HTTP/1.1-aware proxying for service ports whose protocol is `http`: each request is balanced on
  * its own (so one keep-alive client spreads over every endpoint), idempotent requests are retried
  * on another endpoint after a connect failure or a 5xx the policy names, with bounded jittered
- * backoff, and 5xx responses feed outlier detection. Headers pass as they are: `x-forwarded-*` is
- * not added or changed, and Host stays what the app sent.
+ * backoff, and 5xx responses feed outlier detection. Headers pass as they are (Host stays what the
+ * app sent); `x-forwarded-*` is not added or changed unless the policy asks (forwarded.ts).
  *
  * node:http's parser (llhttp) takes the connections: a client that sends something that is not
  * HTTP gets a 400 and its connection closed, as Node's server does.
@@ -104,7 +105,7 @@ export class HttpProxy {
     const started = performance.now();
     const policy = route.service.policy.retries;
     const method = req.method ?? 'GET';
-    const headers = forwardHeaders(req.headers);
+    const headers = forwardedHeaders(forwardHeaders(req.headers), route, req.socket.remoteAddress);
     const length = Number(req.headers['content-length'] ?? 0);
     const chunked = req.headers['transfer-encoding'] !== undefined;
     // A small body is read first, so that the request can be sent again: to another endpoint

@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
 import type { Direction, SidecarMetrics } from '../metrics.js';
+import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
 
 /** Replayable on another endpoint: RFC 9110's idempotent methods. */
@@ -128,6 +129,7 @@ export class Http2Proxy {
     const retryOn = new Set<string>(policy?.on ?? []);
     const method = String(headers[':method'] ?? 'GET');
     const request = new RequestBody(stream, policy ? MAX_REPLAY_BODY : 0);
+    const sent = forwardedHeaders(forward(headers), route, stream.session?.socket?.remoteAddress);
     const tried = new Set<string>();
     const headerOf = (name: string) => {
       const value = headers[name.toLowerCase()];
@@ -165,7 +167,7 @@ export class Http2Proxy {
         pool.end(target.key);
         return;
       }
-      const answer = await this.attempt(stream, headers, request, session, policy?.perTryTimeoutMs);
+      const answer = await this.attempt(stream, sent, request, session, policy?.perTryTimeoutMs);
       const failure = answer.kind === 'response' ? retryableStatus(answer.status, answer.grpcStatus, retryOn) : answer.kind === 'timeout' ? (retryOn.has('gateway-error') ? 'timeout' : undefined) : retryOn.has('reset') ? 'reset' : undefined;
       // Sent again only when all of it was kept (a small body, ended before the answer) and the
       // method may be repeated: an idempotent one, or a gRPC call refused with UNAVAILABLE when
@@ -194,8 +196,8 @@ export class Http2Proxy {
   }
 
   /** Sends the request on `session` (what was kept of its body, then the rest as it comes) and waits for the answer's headers. */
-  private attempt(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, request: RequestBody, session: ClientHttp2Session, perTryTimeoutMs: number | undefined): Promise<Attempt> {
-    const upstream = session.request(forward(headers));
+  private attempt(stream: ServerHttp2Stream, headers: OutgoingHttpHeaders, request: RequestBody, session: ClientHttp2Session, perTryTimeoutMs: number | undefined): Promise<Attempt> {
+    const upstream = session.request(headers);
     // Trailers may come in the same read as the headers, before whoever takes the answer listens.
     const received: { trailers?: IncomingHttpHeaders } = {};
     upstream.on('error', () => {});

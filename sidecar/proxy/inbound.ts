@@ -30,7 +30,7 @@ export interface InboundOptions {
  * REDIRECT rewrites the destination, not the source, but the app sees the sidecar's connection,
  * so its peer address is 127.0.0.6 rather than the client's: the client's address is lost to the
  * app (a TPROXY mode that keeps it is left for later); HTTP apps can read it from headers the
- * calling side adds (we add none: x-forwarded-for is untouched).
+ * calling side adds (its sidecar appends X-Forwarded-For when the policy says `http.xForwardedFor: append`).
  */
 export function startInbound(options: InboundOptions): ProxyListener {
   const { metrics, log } = options;

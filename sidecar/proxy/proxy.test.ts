@@ -291,6 +291,39 @@ describe('the outbound proxy', () => {
     client.close();
   });
 
+  it('leaves X-Forwarded-For alone, or appends the app address when the policy says so (HTTP/1.1 and HTTP/2)', async () => {
+    const echoHeaders = await listen(createHttpServer((req, res) => res.writeHead(200, { 'x-endpoint': `${req.headers['x-forwarded-for'] ?? '-'} ${req.headers['x-forwarded-proto'] ?? '-'}` }).end()));
+    const h2Echo = createHttp2Server();
+    h2Echo.on('stream', (stream, headers) => stream.respond({ ':status': 200, 'x-endpoint': `${String(headers['x-forwarded-for'] ?? '-')} ${String(headers['x-forwarded-proto'] ?? '-')}` }, { endStream: true }));
+    await new Promise<void>((resolve) => h2Echo.listen(0, '127.0.0.1', resolve));
+    servers.push(echoHeaders, h2Echo as unknown as Server);
+    const withPolicy = (http?: unknown) =>
+      ServiceSchema.parse({
+        ...service([{ port: 1, protocol: 'tcp' }], []),
+        ports: [
+          { name: 'web', port: 80, protocol: 'http' },
+          { name: 'h2', port: 8443, protocol: 'http2' },
+        ],
+        endpoints: [{ address: '127.0.0.1', port: portOf(echoHeaders), ports: { h2: portOf(h2Echo as unknown as Server) } }],
+        ...(http ? { policy: { http } } : {}),
+      });
+    const h2Get = () =>
+      new Promise<string>((resolve, reject) => {
+        nextPort = 8443;
+        const client = http2Connect(`http://127.0.0.1:${proxy.port}`).on('error', reject);
+        const stream = client.request({ ':path': '/', 'x-forwarded-for': '10.9.9.9' });
+        stream.on('response', (h) => resolve(String(h['x-endpoint'])));
+        stream.on('end', () => client.close());
+        stream.resume();
+      });
+    use(withPolicy());
+    expect((await get(80)).endpoint).toBe('- -');
+    expect(await h2Get()).toBe('10.9.9.9 -');
+    use(withPolicy({ xForwardedFor: 'append' }));
+    expect((await get(80)).endpoint).toBe('127.0.0.1 http');
+    expect(await h2Get()).toBe('10.9.9.9, 127.0.0.1 http');
+  });
+
   it('moves a TCP connection to another endpoint when one refuses, and resets it when none answers', async () => {
     const echo = await listen(createServer((socket) => socket.pipe(socket)));
     const closed = await listen(createServer());

@@ -1,0 +1,16 @@
+import type { OutgoingHttpHeaders } from 'node:http';
+import type { Route } from './routes.js';
+import { plainAddress } from './routes.js';
+
+/**
+ * X-Forwarded-For / X-Forwarded-Proto as the service's policy says (`policy.http.xForwardedFor`):
+ * untouched by default; with `append`, the app's address is appended to X-Forwarded-For.
+ */
+export function forwardedHeaders(headers: OutgoingHttpHeaders, route: Route, client: string | undefined): OutgoingHttpHeaders {
+  if (route.service.policy.http?.xForwardedFor !== 'append' || client === undefined) return headers;
+  const previous = headers['x-forwarded-for'];
+  const chain = Array.isArray(previous) ? previous.join(', ') : previous === undefined ? '' : String(previous);
+  headers['x-forwarded-for'] = chain ? `${chain}, ${plainAddress(client)}` : plainAddress(client);
+  headers['x-forwarded-proto'] ??= 'http';
+  return headers;
+}
