@@ -1,3 +1,4 @@
+import { KeepAliveClient, type SmallRequest, type SmallResponse } from './http-client.js';
 import type { Logger } from './log.js';
 
 /**
@@ -11,6 +12,9 @@ export interface Snapshot {
   main: string;
   files: Map<string, Buffer>;
 }
+
+/** Beyond a long poll's hold time: how long an answer may take before the repo counts as away. */
+const REQUEST_TIMEOUT_SECONDS = 15;
 
 /** Media type of a pushed delta (flb's repo): a worker asks for it with Accept; Pipy workers never do. */
 export const DELTA_MEDIA_TYPE = 'application/vnd.flb.repo-delta+json';
@@ -48,6 +52,7 @@ export class RepoWorker {
   private fileEtags = new Map<string, string>();
   private stopped = false;
   private readonly abort = new AbortController();
+  private readonly client = new KeepAliveClient();
   private pushSupported = true;
   private loop?: Promise<void>;
   private statusTimer?: NodeJS.Timeout;
@@ -76,13 +81,16 @@ export class RepoWorker {
     this.abort.abort();
     clearInterval(this.statusTimer);
     await this.loop?.catch(() => {});
+    this.client.close();
   }
 
-  private request(path: string, init: RequestInit = {}): Promise<Response> {
-    return fetch(new URL(path, this.options.url), {
+  private request(path: string, init: Omit<SmallRequest, 'timeoutMs' | 'signal'> = {}, holdSeconds = 0): Promise<SmallResponse> {
+    return this.client.request(new URL(path, this.options.url), {
       ...init,
       signal: this.abort.signal,
-      headers: { ...this.options.headers?.(), ...(init.headers as Record<string, string> | undefined) },
+      headers: { ...this.options.headers?.(), ...init.headers },
+      // A repo that stops answering (gone without closing the connection) is noticed.
+      timeoutMs: (holdSeconds + REQUEST_TIMEOUT_SECONDS) * 1000,
     });
   }
 
@@ -117,15 +125,16 @@ export class RepoWorker {
       if (!head.ok) throw new Error(`HEAD ${this.options.url}: ${head.status}`);
       if (head.headers.get('etag') === etag) return;
     }
-    const response = await this.request('', etag !== undefined && this.pushSupported && wait > 0 ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {});
+    const longPoll = etag !== undefined && this.pushSupported && wait > 0;
+    const response = await this.request('', longPoll ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {}, longPoll ? wait : 0);
     if (response.status === 304) return;
     if (response.status === 404) throw new NotPublished(this.options.url);
     if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
     if (response.headers.get('content-type') === DELTA_MEDIA_TYPE && this.snapshot) {
-      await this.applyDelta((await response.json()) as PushedDelta, response.headers.get('etag') ?? '');
+      await this.applyDelta(response.json() as PushedDelta, response.headers.get('etag') ?? '');
       return;
     }
-    const manifest = await response.text();
+    const manifest = response.text();
     const newEtag = response.headers.get('etag') ?? '';
     if (newEtag === etag) {
       // The repo ignored If-None-Match (a Pipy repo): fall back to polling.
@@ -161,7 +170,7 @@ export class RepoWorker {
     const etagsResponse = await this.request('_etags');
     const latest = new Map<string, string>();
     if (etagsResponse.ok) {
-      for (const line of (await etagsResponse.text()).split('\n').filter(Boolean)) {
+      for (const line of etagsResponse.text().split('\n').filter(Boolean)) {
         const hash = line.lastIndexOf('#');
         latest.set(hash < 0 ? line : line.slice(0, hash), hash < 0 ? '' : line.slice(hash + 1));
       }
@@ -179,7 +188,7 @@ export class RepoWorker {
       // As Pipy workers do: a listed file that is gone is skipped.
       if (file.status === 404) continue;
       if (!file.ok) throw new Error(`GET ${path}: ${file.status}`);
-      files.set(path, Buffer.from(await file.arrayBuffer()));
+      files.set(path, file.body);
       this.fetchedFiles++;
       changed.push(path);
     }
