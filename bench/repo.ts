@@ -108,7 +108,7 @@ try {
   repo.child.kill('SIGKILL');
 
   // 2. CPU and RSS with 1,000 workers polling every 5 s over TLS: minimal clients that keep their
-  // connection (as a Pipy worker would), and the sidecar's own fetch-based worker.
+  // connection (as a Pipy worker would), and the sidecar's own worker (node:https, keep-alive).
   const ca = createCertificateAuthority('bench-ca');
   const serving = issueCertificate(ca, { commonName: 'localhost', usage: 'server', ipAddresses: ['127.0.0.1'] });
   writeFileSync(join(work, 'tls.crt'), serving.certPem);
@@ -128,7 +128,7 @@ try {
   // The latency repo's data, served over TLS (loopback, anonymous: the cost measured is TLS).
   const pollerKinds = [
     { kind: 'minimal keep-alive clients', script: 'lib/repo-workers.js', args: { mode: 'poll' } },
-    { kind: "flb's repo worker (fetch)", script: 'lib/repo-pollers.js', args: {} },
+    { kind: "flb's repo worker", script: 'lib/repo-pollers.js', args: {} },
   ];
   for (const { kind, script, args } of pollerKinds) {
     const tlsRepo = await startRepo('latency', ['--tls-cert', join(work, 'tls.crt'), '--tls-key', join(work, 'tls.key')]);

@@ -1,4 +1,4 @@
-// 1,000 of the sidecar's own repo workers (common/repo-worker.ts, fetch-based) polling with HEAD
+// 1,000 of the sidecar's own repo workers (common/repo-worker.ts, node:https keep-alive) polling with HEAD
 // every 5 s, in one process, for bench/repo.ts: what the repo pays for real sidecars that poll,
 // including whether their connections survive the poll interval.
 import { createLogger } from '../../common/log.js';
