@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createLogger } from '../../common/log.js';
 import { ForwardOutcome } from '../native/index.js';
@@ -228,6 +229,48 @@ describe('the native forwarder', () => {
     client.end('678');
     await reports[0]!.whenClosed;
     expect(reports[0]!.closedWith).toMatchObject({ fromClient: 8, fromUpstream: 8 });
+  });
+
+  it('leaks no connection and no file descriptor over 300 concurrent connections ending every way', async () => {
+    const openFds = () => readdirSync('/proc/self/fd').length;
+    // The endpoint answers each connection by how it starts: echo until the end, reset, or end at once.
+    const port = await endpoint((socket) => {
+      socket.once('data', (first: Buffer) => {
+        const mode = first[0];
+        if (mode === 0x72 /* r */) return socket.resetAndDestroy();
+        if (mode === 0x65 /* e */) return socket.end();
+        socket.write(first);
+        socket.on('data', (c: Buffer) => socket.write(c));
+        socket.on('end', () => socket.end());
+      });
+    });
+    const { listener, reports } = forwardTo(port);
+    const before = openFds();
+    const one = (i: number) =>
+      new Promise<string>((resolve) => {
+        const client = connect({ host: '127.0.0.1', port: listener.port, allowHalfOpen: true });
+        let got = 0;
+        client.on('data', (c: Buffer) => (got += c.length));
+        // Half-open: the client ends its side once the other side has ended (as any client would).
+        client.on('end', () => client.end());
+        client.on('error', () => resolve('error'));
+        client.on('close', () => resolve(`closed ${got}`));
+        client.on('connect', () => {
+          if (i % 5 === 0) client.write('r'); // the endpoint resets
+          else if (i % 5 === 1) client.write('e'); // the endpoint ends first
+          else if (i % 5 === 2) client.resetAndDestroy(); // the client resets before anything
+          else if (i % 5 === 3) client.end(Buffer.alloc(100_000, 0x61)); // echo a body, half-close
+          else client.write(Buffer.alloc(10, 0x61), () => setTimeout(() => client.destroy(), 5)); // the client closes mid-echo
+        });
+      });
+    const outcomes = await Promise.all(Array.from({ length: 300 }, (_, i) => one(i)));
+    expect(outcomes.filter((o, i) => i % 5 === 3 && o === 'closed 100000')).toHaveLength(60);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(listener.openConnections()).toBe(0);
+    expect(reports).toHaveLength(300);
+    expect(reports.every((r) => r.closedWith !== undefined || r.connects.length === 0)).toBe(true);
+    // The endpoint's and the client's sockets are gone too: nothing left open in this process.
+    expect(openFds()).toBeLessThanOrEqual(before);
   });
 
   it('refuses misuse with a clear error and keeps working', async () => {
