@@ -273,6 +273,27 @@ describe('the native forwarder', () => {
     expect(openFds()).toBeLessThanOrEqual(before);
   });
 
+  it("listens on both families for '::' (two sockets), and connects to IPv6 endpoints", async () => {
+    const server = createServer((socket) => socket.on('error', () => {}).end(`hello ${socket.remoteAddress}`));
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '::1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    const peers: string[] = [];
+    const listener = new ForwardingListener((accepted) => {
+      peers.push(accepted.peerAddress);
+      const report = new Recorder();
+      const errno = listener.connect(accepted.id, report, '::1', port, 2000);
+      if (errno !== 0) report.connected(errno);
+    }, log);
+    listeners.push(listener);
+    listener.listen('::', 0, false);
+    for (const host of ['127.0.0.1', '::1']) {
+      const client = connect({ host, port: listener.port });
+      expect((await readAll(client)).toString()).toBe('hello ::1');
+    }
+    expect(peers).toEqual(['127.0.0.1', '::1']);
+  });
+
   it('refuses misuse with a clear error and keeps working', async () => {
     const port = await endpoint((socket) => socket.end('still here'));
     const { listener } = forwardTo(port);
