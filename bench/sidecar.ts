@@ -20,6 +20,8 @@
 // kernel and user space for both proxies.
 // Goals (issue): request rate >= 0.8 of HAProxy's, CPU per request <= 1.25 x HAProxy's, new
 // connections/s >= 0.5 of HAProxy's, added p99 at 1,000 requests/s < 1 ms, RSS idle < 60 MiB.
+// A fourth target, HAProxy behind its own REDIRECT rule, is measured for request/response and new
+// connections only: flb's ratios without the NAT its client leg pays (no goal; printed apart).
 // Needs root, haproxy and gcc. Usage: npm run bench:sidecar [-- --seconds 5 --rounds 3]
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -53,6 +55,8 @@ const APP_IP = '10.215.1.1';
 const ENDPOINTS = ['10.215.1.2', '10.215.1.3', '10.215.1.4'];
 const DIRECT_IP = '10.215.1.5';
 const VIP = '240.240.0.10';
+/** Sent to HAProxy by a REDIRECT rule of its own, as a sidecar HAProxy would be: the NAT flb's client leg pays. */
+const HAPROXY_VIP = '240.240.0.11';
 const ECHO_PORT = 9090;
 const SOURCE_PORT = 9091;
 const ONCE_PORT = 9092;
@@ -185,7 +189,7 @@ interface LoadResult {
 }
 
 interface Target {
-  name: 'direct' | 'haproxy' | 'flb';
+  name: 'direct' | 'haproxy' | 'flb' | 'haproxy-nat';
   host: string;
   echo: number;
   source: number;
@@ -216,6 +220,7 @@ undo.push(() => rmSync(work, { recursive: true, force: true }));
 chmodSync(work, 0o755);
 
 const rows: Record<string, string | number>[] = [];
+const natRows: Record<string, string | number>[] = [];
 const extra: Record<string, unknown> = {};
 const profiles: Record<string, ProfileSummary & { rate: number; file: string }> = {};
 const perfSplits: Record<string, { kernel: number; user: number; idle: number; other: number }> = {};
@@ -250,6 +255,11 @@ try {
   await app.exec('ip', ['route', 'add', 'default', 'via', ENDPOINTS[0]!]);
   const settings = { version: 1, mode: 'iptables', ipv6: 'disabled', excludeOutboundIpRanges: [`${DIRECT_IP}/32`] };
   await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'iptables', 'apply', '--settings', JSON.stringify(settings)], { env: { ...process.env, FLB_LOG_LEVEL: 'warn' } });
+  // HAProxy behind the same kind of REDIRECT, ahead of flb's rules: the comparison without the
+  // NAT difference (HAProxy balances over fixed endpoints, so it needs no original destination).
+  for (const [from, to] of [[ECHO_PORT, HAPROXY_ECHO], [SOURCE_PORT, HAPROXY_SOURCE], [ONCE_PORT, HAPROXY_ONCE]] as const) {
+    await run('ip', ['netns', 'exec', app.name, 'iptables-nft', '-t', 'nat', '-I', 'OUTPUT', '1', '-d', `${HAPROXY_VIP}/32`, '-p', 'tcp', '--dport', String(from), '-j', 'REDIRECT', '--to-ports', String(to)]);
+  }
   // New connections/s opens a hundred thousand connections from one address to one destination:
   // more source ports (above every port something listens on here), reused 1 s after TIME_WAIT,
   // in conntrack too.
@@ -359,6 +369,7 @@ ${backends(ONCE_PORT)}
     { name: 'direct', host: DIRECT_IP, echo: ECHO_PORT, source: SOURCE_PORT, once: ONCE_PORT },
     { name: 'haproxy', host: '127.0.0.1', echo: HAPROXY_ECHO, source: HAPROXY_SOURCE, once: HAPROXY_ONCE, proxy: haproxy },
     { name: 'flb', host: VIP, echo: ECHO_PORT, source: SOURCE_PORT, once: ONCE_PORT, proxy: flb },
+    { name: 'haproxy-nat', host: HAPROXY_VIP, echo: ECHO_PORT, source: SOURCE_PORT, once: ONCE_PORT, proxy: haproxy },
   ];
 
   // Idle: started, answered one ping (above), then left alone. Read twice: 3 s after start-up, and
@@ -375,7 +386,7 @@ ${backends(ONCE_PORT)}
   await stopProc(bare, 'SIGKILL');
   progress(`RSS idle: haproxy ${memIdle.haproxy.rss.toFixed(1)} MiB, flb ${memIdle.flb.rss.toFixed(1)} MiB, a bare node ${memIdle.bareNode.rss.toFixed(1)} MiB`);
 
-  const raw: Record<string, Record<string, LoadResult[]>> = { direct: {}, haproxy: {}, flb: {} };
+  const raw: Record<string, Record<string, LoadResult[]>> = { direct: {}, haproxy: {}, flb: {}, 'haproxy-nat': {} };
   // This machine may be shared: a run during which other work took the proxy's core is run again
   // (twice at most) rather than averaged in.
   const keep = async (t: Target, measure: string, once: () => Promise<LoadResult>) => {
@@ -400,6 +411,14 @@ ${backends(ONCE_PORT)}
 
   for (let round = 0; round < rounds; round++) {
     for (const t of inOrder(round)) {
+      // The NAT comparison needs only the two CPU measures.
+      const full = t.name !== 'haproxy-nat';
+      if (!full) {
+        progress(`round ${round + 1}/${rounds}, ${t.name}: 64-byte request/response and new connections`);
+        await keep(t, 'rr', () => load('rr', t.host, t.echo, { conns, seconds, size: 64, pids: pidsOf(t) }));
+        await keep(t, 'conn', () => load('conn', t.host, t.once, { conns, seconds, size: 64, pids: pidsOf(t) }));
+        continue;
+      }
       progress(`round ${round + 1}/${rounds}, ${t.name}: bulk, 1 connection, ${seconds} s`);
       await keep(t, 'bulk', () => load('bulk', t.host, t.source, { seconds, pids: pidsOf(t) }));
       progress(`round ${round + 1}/${rounds}, ${t.name}: 64-byte request/response, ${conns} connections, ${seconds} s`);
@@ -414,7 +433,7 @@ ${backends(ONCE_PORT)}
 
   // RSS with `held` idle connections open through the proxy (each pinged once, so upstream too).
   const memHeld: Record<string, { rss: number; private: number }> = {};
-  for (const t of targets.filter((x) => x.proxy)) {
+  for (const t of targets.filter((x) => x.proxy && x.name !== 'haproxy-nat')) {
     progress(`${t.name}: RSS with ${held} open connections`);
     const holder = spawn('ip', ['netns', 'exec', app.name, 'setpriv', '--pdeathsig', 'KILL', '--', 'taskset', '-c', String(LOAD_CORE), tcpLoad, 'hold', t.host, String(t.echo), `conns=${held}`], {
       stdio: ['pipe', 'pipe', 'inherit'],
@@ -438,7 +457,7 @@ ${backends(ONCE_PORT)}
   // they run), its user-space time, and the rest. The V8 profile below cannot make this split: a
   // syscall shows there as the JavaScript binding that made it. Optional: needs perf.
   if (perf) {
-    for (const t of targets.filter((x) => x.proxy)) {
+    for (const t of targets.filter((x) => x.proxy && x.name !== 'haproxy-nat')) {
       for (const mode of ['rr', 'conn'] as const) {
         progress(`${t.name}: perf samples of core ${PROXY_CORE} under ${mode === 'rr' ? 'request/response' : 'new connections'}`);
         const data = join(work, `perf-${t.name}-${mode}.data`);
@@ -558,6 +577,15 @@ ${backends(ONCE_PORT)}
   row('  of which private (MiB)', { haproxy: r1(memHeld.haproxy!.private), flb: r1(memHeld.flb!.private) });
   row(`RSS idle again, ${IDLE_SETTLE_MS / 1000} s after the run (MiB)`, { haproxy: r1(memAfter.haproxy.rss), flb: r1(memAfter.flb.rss) });
 
+  // flb against HAProxy behind the same REDIRECT: what is left once both pay the NAT.
+  const cpuPer = (name: Target['name'], measure: 'rr' | 'conn') =>
+    m(name, measure, (r, t) => (1e6 * cpuOf(r, t)) / ((measure === 'rr' ? r.requests : r.connections) ?? 1));
+  for (const [measure, label, unit] of [['rr', `64 B request/response, ${conns} connections`, 'request'], ['conn', `new connections, ${conns} in parallel`, 'connection']] as const) {
+    const rate = (n: Target['name']) => Math.round(m(n, measure, (r) => r.rate ?? 0));
+    natRows.push({ measure: `${label} (/s)`, 'haproxy behind REDIRECT': rate('haproxy-nat'), flb: rate('flb'), 'flb/haproxy': r3(rate('flb') / rate('haproxy-nat')) });
+    natRows.push({ measure: `  proxy CPU per ${unit} (us)`, 'haproxy behind REDIRECT': r1(cpuPer('haproxy-nat', measure)), flb: r1(cpuPer('flb', measure)), 'flb/haproxy': r3(cpuPer('flb', measure) / cpuPer('haproxy-nat', measure)) });
+  }
+
   const haproxyVersion = (await run(haproxyPath, ['-v'])).stdout.split('\n')[0];
   // The sidecar measured is the working tree's build, which may be ahead of the commit.
   const revision = await run('git', ['-C', root, 'describe', '--always', '--dirty']).then((r) => r.stdout.trim(), () => 'unknown');
@@ -576,9 +604,11 @@ ${backends(ONCE_PORT)}
         direct: `${APP_IP} -> veth -> ${DIRECT_IP}:${ECHO_PORT}`,
         haproxy: `127.0.0.1:${HAPROXY_ECHO} -> haproxy -> veth -> endpoints`,
         flb: `${VIP}:${ECHO_PORT} -> iptables REDIRECT -> 15001 -> flb (SO_ORIGINAL_DST, tcp port) -> veth -> endpoints`,
+        'haproxy-nat': `${HAPROXY_VIP}:${ECHO_PORT} -> iptables REDIRECT -> 127.0.0.1:${HAPROXY_ECHO} -> haproxy -> veth -> endpoints`,
       },
     },
     medianMeasures: 'each number is the median of the rounds; CPU from /proc/PID/stat (utime+stime, all threads) over the counted window only',
+    natComparison: natRows,
     memory: { startup: memStartup, idle: memIdle, held: memHeld, afterRun: memAfter, idleSettleMs: IDLE_SETTLE_MS },
     perfSplits,
     contended,
@@ -595,6 +625,7 @@ if (retried) progress(`${retried} run(s) were repeated because other work shared
 if (kept.length) progress(`warning: ${kept.length} run(s) in the results shared the proxy core with other work (${kept.map((c) => c.run).join(', ')}); rerun on a quiet machine`);
 const goals = Object.fromEntries(rows.filter((r) => r.result).map((r) => [`${String(r.measure).trim()} ${r.goal}`, r.result]));
 const file = report('sidecar', `flb sidecar vs HAProxy (L4, one thread) vs direct; proxy on core ${PROXY_CORE}, load generator and endpoint server (C, epoll) on core ${LOAD_CORE}`, rows, { goals, ...extra });
+printTable('flb vs HAProxy behind the same iptables REDIRECT (both pay the NAT on the client leg; no goal, for reading the ratios above)', natRows);
 // The profiles are in the JSON above; here they are printed for people.
 function printTable(title: string, rows: Record<string, string | number>[]): void {
   const columns = Object.keys(rows[0] ?? {});
