@@ -1,41 +1,36 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { counterFamily, gaugeFamily, histogramFamily, type CounterCell, type GaugeCell, type HistogramCell } from './series.js';
 
 export type Direction = 'outbound' | 'inbound';
 
-/** The series of one service (or destination class), bound once: label lookups stay off the hot path. */
+/** The series of one service (or destination class), bound once: updates are field writes (series.ts). */
 export interface ServiceSeries {
-  connections: Counter.Internal;
-  active: Gauge.Internal<string>;
-  sent: Counter.Internal;
-  received: Counter.Internal;
-  connectErrors: Counter.Internal;
-  connectSeconds: Histogram.Internal<string>;
-  requests: (codeClass: string) => Counter.Internal;
-  retries: Counter.Internal;
-  requestSeconds: Histogram.Internal<string>;
+  connections: CounterCell;
+  active: GaugeCell;
+  sent: CounterCell;
+  received: CounterCell;
+  connectErrors: CounterCell;
+  connectSeconds: HistogramCell;
+  requests: (codeClass: string) => CounterCell;
+  retries: CounterCell;
+  requestSeconds: HistogramCell;
 }
 
 /** Prometheus metrics of the sidecar, served on the metrics port (15010). */
 export class SidecarMetrics {
   readonly registry = new Registry();
-  private readonly connections = new Counter({ name: 'flb_sidecar_connections_total', help: 'Connections accepted, by direction and service (unknown: passed through; denied: refused)', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
-  private readonly active = new Gauge({ name: 'flb_sidecar_active_connections', help: 'Connections open now', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
+  private readonly connections = counterFamily(this.registry, 'flb_sidecar_connections_total', 'Connections accepted, by direction and service (unknown: passed through; denied: refused)');
+  private readonly active = gaugeFamily(this.registry, 'flb_sidecar_active_connections', 'Connections open now');
   private readonly collectHooks: (() => void)[] = [];
-  private readonly bytes = new Counter({
-    name: 'flb_sidecar_bytes_total',
-    help: 'Bytes proxied; sent is from the connecting side',
-    labelNames: ['direction', 'service', 'way'] as const,
-    registers: [this.registry],
-    // The native forwarder counts bytes itself; open connections' counts are fetched when scraped.
-    collect: () => {
-      for (const hook of this.collectHooks) hook();
-    },
+  // The native forwarder counts bytes itself; open connections' counts are fetched when scraped.
+  private readonly bytes = counterFamily(this.registry, 'flb_sidecar_bytes_total', 'Bytes proxied; sent is from the connecting side', () => {
+    for (const hook of this.collectHooks) hook();
   });
-  private readonly connectErrors = new Counter({ name: 'flb_sidecar_connect_errors_total', help: 'Connections that found no endpoint to connect to after retries', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
-  private readonly connectSeconds = new Histogram({ name: 'flb_sidecar_upstream_connect_seconds', help: 'Time to connect to an endpoint, retries included', labelNames: ['direction', 'service'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5], registers: [this.registry] });
-  private readonly requests = new Counter({ name: 'flb_sidecar_requests_total', help: 'HTTP requests by response class', labelNames: ['direction', 'service', 'code'] as const, registers: [this.registry] });
-  private readonly retries = new Counter({ name: 'flb_sidecar_request_retries_total', help: 'HTTP requests retried on another endpoint', labelNames: ['direction', 'service'] as const, registers: [this.registry] });
-  private readonly requestSeconds = new Histogram({ name: 'flb_sidecar_request_duration_seconds', help: 'HTTP request latency through the sidecar, to the response headers', labelNames: ['direction', 'service'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] });
+  private readonly connectErrors = counterFamily(this.registry, 'flb_sidecar_connect_errors_total', 'Connections that found no endpoint to connect to after retries');
+  private readonly connectSeconds = histogramFamily(this.registry, 'flb_sidecar_upstream_connect_seconds', 'Time to connect to an endpoint, retries included', [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5]);
+  private readonly requests = counterFamily(this.registry, 'flb_sidecar_requests_total', 'HTTP requests by response class');
+  private readonly retries = counterFamily(this.registry, 'flb_sidecar_request_retries_total', 'HTTP requests retried on another endpoint');
+  private readonly requestSeconds = histogramFamily(this.registry, 'flb_sidecar_request_duration_seconds', 'HTTP request latency through the sidecar, to the response headers', [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
   readonly ejections = new Counter({ name: 'flb_sidecar_ejections_total', help: 'Endpoints ejected by outlier detection', labelNames: ['service'] as const, registers: [this.registry] });
   /** Read when scraped, so it follows health checks and ejections between configuration changes. */
   private usableSource: () => Iterable<[service: string, usable: number]> = () => [];
@@ -71,21 +66,21 @@ export class SidecarMetrics {
     let series = this.series.get(key);
     if (!series) {
       const labels = { direction, service };
-      const codes = new Map<string, Counter.Internal>();
+      const codes = new Map<string, CounterCell>();
       series = {
-        connections: this.connections.labels(labels),
-        active: this.active.labels(labels),
-        sent: this.bytes.labels({ ...labels, way: 'sent' }),
-        received: this.bytes.labels({ ...labels, way: 'received' }),
-        connectErrors: this.connectErrors.labels(labels),
-        connectSeconds: this.connectSeconds.labels(labels),
+        connections: this.connections.cell(labels),
+        active: this.active.cell(labels),
+        sent: this.bytes.cell({ ...labels, way: 'sent' }),
+        received: this.bytes.cell({ ...labels, way: 'received' }),
+        connectErrors: this.connectErrors.cell(labels),
+        connectSeconds: this.connectSeconds.cell(labels),
         requests: (code) => {
           let counter = codes.get(code);
-          if (!counter) codes.set(code, (counter = this.requests.labels({ ...labels, code })));
+          if (!counter) codes.set(code, (counter = this.requests.cell({ ...labels, code })));
           return counter;
         },
-        retries: this.retries.labels(labels),
-        requestSeconds: this.requestSeconds.labels(labels),
+        retries: this.retries.cell(labels),
+        requestSeconds: this.requestSeconds.cell(labels),
       };
       this.series.set(key, series);
     }
