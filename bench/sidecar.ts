@@ -31,6 +31,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from '../test-e2e/harness/netns.js';
+import { SidecarTemplateSchema } from '../common/contract/index.js';
 import { summariseProfile, type ProfileSummary } from './lib/cpu-profile.js';
 import { report } from './lib/report.js';
 
@@ -350,7 +351,8 @@ ${backends(ONCE_PORT)}
     const proc = startIn(app, 'flb sidecar', [process.execPath, ...nodeArgs, flbBin, 'sidecar', '--id', 'vm.bench', '--config-dir', cfg, '--state-dir', state, '--drain', '0s'], {
       core: PROXY_CORE,
       uid: PROXY_UID,
-      env: { FLB_LOG_LEVEL: 'warn', ...env },
+      // As the injector runs it: the mesh's default NODE_OPTIONS for the sidecar container.
+      env: { FLB_LOG_LEVEL: 'warn', NODE_OPTIONS: SidecarTemplateSchema.parse({}).nodeOptions, ...env },
     });
     // Readiness as a pod's postStart hook checks it, then a ping through the VIP.
     await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'sidecar', 'wait-ready', '--timeout', '30s'], { env: { ...process.env, FLB_LOG_LEVEL: 'warn' } }).catch(() => {

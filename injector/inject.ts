@@ -323,6 +323,7 @@ function sidecarContainer(
       { name: 'FLB_STATE_DIR', value: STATE_DIR },
       { name: 'FLB_LOG_LEVEL', value: mesh.sidecar.logLevel },
       { name: APP_PROBES_ENV, value: JSON.stringify(probeMap(rewrites)) },
+      ...(mesh.sidecar.nodeOptions ? [{ name: 'NODE_OPTIONS', value: mesh.sidecar.nodeOptions }] : []),
     ],
     ports: [{ name: 'flb-metrics', containerPort: mesh.ports.metrics, protocol: 'TCP' }],
     readinessProbe: { ...ready(), periodSeconds: 2, failureThreshold: 3 },
