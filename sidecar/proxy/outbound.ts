@@ -81,10 +81,21 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
       else {
         // The connection waits in the forwarder, unread, while node:http2 loads.
         options.http2.get().then(
-          (proxy) => proxy.handle(listener.socket(accepted.id), route, pool),
+          (proxy) => {
+            try {
+              proxy.handle(listener.socket(accepted.id), route, pool);
+            } catch (error) {
+              // The listener closed while node:http2 loaded: the connection went with it.
+              log.debug({ err: error }, 'connection gone before the HTTP/2 proxy was loaded');
+            }
+          },
           (error: unknown) => {
             log.error({ err: error }, 'the HTTP/2 proxy could not be loaded; connection reset');
-            listener.reset(accepted.id);
+            try {
+              listener.reset(accepted.id);
+            } catch {
+              // Closed meanwhile.
+            }
           },
         );
       }
