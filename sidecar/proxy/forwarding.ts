@@ -59,6 +59,8 @@ export class ForwardingListener {
       },
       connected: (id, errno) => {
         const connection = this.open.get(id);
+        // Nobody follows it (a bug): a failed connect would leave it waiting forever.
+        if (!connection && errno !== 0) this.resetQuietly(id);
         try {
           connection?.connected(errno);
         } catch (error) {
