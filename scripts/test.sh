@@ -20,6 +20,8 @@ npx --no-install eslint --max-warnings 0 . || exit 1
 export NODE_OPTIONS="--experimental-vm-modules --no-warnings=ExperimentalWarning ${NODE_OPTIONS:-}"
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
+# Fuzz targets (common/testing/fuzz.ts) append their input counts and times here.
+export FLB_FUZZ_REPORT="$results/fuzz.jsonl"
 status=0
 run_jest() {
   local project=$1; shift
@@ -32,12 +34,20 @@ run_jest() {
 
 node -e '
   const fs = require("fs"); let passed = 0, failed = 0, suitesFailed = 0;
-  for (const f of fs.readdirSync(process.argv[1])) {
+  for (const f of fs.readdirSync(process.argv[1]).filter((name) => name.endsWith(".json"))) {
     const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
     passed += r.numPassedTests; failed += r.numFailedTests; suitesFailed += r.numRuntimeErrorTestSuites;
   }
   if (suitesFailed) console.log(`${suitesFailed} test files could not run`);
   console.log(`tests: ${passed} passed, ${failed + suitesFailed} failed`);
+  const fuzzed = process.argv[1] + "/fuzz.jsonl";
+  if (fs.existsSync(fuzzed)) {
+    console.log("fuzz targets (generated inputs + corpus replayed, time):");
+    for (const line of fs.readFileSync(fuzzed, "utf8").trim().split("\n")) {
+      const r = JSON.parse(line);
+      console.log(`  ${r.target.padEnd(32)} ${String(r.runs).padStart(8)} + ${String(r.replayed).padStart(4)}  ${(r.ms / 1000).toFixed(1)} s`);
+    }
+  }
 ' "$results"
 echo "(test run took $((SECONDS - started)) s after setup)" >&2
 exit $status
