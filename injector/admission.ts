@@ -39,6 +39,17 @@ export function badRequest(message: string): AdmissionOutcome {
   return { status: 400, body: { error: message } };
 }
 
+/** The server's path from a request body's bytes to an outcome: bytes that are not JSON get a 400 too. */
+export function reviewBody(body: Buffer, namespaces: NamespaceLookup, settings: InjectorSettings): Promise<AdmissionOutcome> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch (error) {
+    return Promise.resolve(badRequest(`malformed request body: ${(error as Error).message}`));
+  }
+  return review(parsed, namespaces, settings);
+}
+
 export async function review(body: unknown, namespaces: NamespaceLookup, settings: InjectorSettings): Promise<AdmissionOutcome> {
   const parsed = AdmissionReviewSchema.safeParse(body);
   if (!parsed.success) {
@@ -89,7 +100,11 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
     result = injectPod(pod, ns ?? { metadata: { name: namespace } }, settings);
   } catch (error) {
     // A bug of ours must not crash the server; the pod is refused with what went wrong.
-    result = { action: 'deny', message: `could not process the pod (${error instanceof Error ? error.message : String(error)}); please report this` };
+    result = {
+      action: 'deny',
+      message: `could not process the pod (${error instanceof Error ? error.message : String(error)}); please report this`,
+      problem: 'the injector failed on it (please report this)',
+    };
   }
   const outcome = { uid: request.uid, namespace, dryRun, pod: podWithNamespace, result };
   switch (result.action) {

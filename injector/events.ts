@@ -1,85 +1,67 @@
-import { hostname } from 'node:os';
-import { CoreV1Api, type CoreV1Event, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
-import type { Logger } from '../common/log.js';
+// The Kubernetes Events an admission review raises, built so that a forged review cannot put its
+// own text anywhere: they go on the pod's controller (a ReplicaSet, StatefulSet, ...), which the
+// recorder (common/kube-events.ts) looks up and checks by uid before raising anything, and their
+// messages are made of our own words plus names that passed Kubernetes' name rules.
+//
+// A pod without a controller gets no Event. At admission it does not exist yet, so nothing in the
+// review can be checked against the cluster, and whoever created a bare pod already sees every
+// outcome: a refusal and its warnings come back in the API response (kubectl prints them), an
+// injection shows on the pod (flomesh.io/sidecar-status). Controller-made pods are the ones whose
+// outcome nobody sees, and those always have a controller to verify.
+import type { V1Pod } from '@kubernetes/client-node';
+import { isDnsSubdomain, type EventSubject, type KubeEvent } from '../common/kube-events.js';
+import type { InjectionResult } from './inject.js';
+import { SKIP_REASONS } from './policy.js';
 
-export interface PodEvent {
+export interface ReviewedPod {
+  /** The namespace of the request (the apiserver's word, not the object's). */
+  namespace: string;
   pod: V1Pod;
-  type: 'Normal' | 'Warning';
-  reason: string;
-  message: string;
+  result: InjectionResult;
 }
 
-/**
- * Kubernetes Events about injection, on the pod's owner (a pod made from generateName has no
- * name yet, and the ReplicaSet is where `kubectl describe` users look), or on the pod when it has
- * no owner. Sent in the background with a bounded queue, so admission never waits for them.
- */
-export class EventRecorder {
-  private readonly core: CoreV1Api;
-  private readonly queue: PodEvent[] = [];
-  private inFlight = 0;
-  private readonly instance = hostname();
-
-  constructor(
-    kubeConfig: KubeConfig,
-    private readonly log: Logger,
-    private readonly onDropped: () => void,
-    private readonly maxQueued = 500,
-    private readonly concurrency = 4,
-  ) {
-    this.core = kubeConfig.makeApiClient(CoreV1Api);
-  }
-
-  record(event: PodEvent): void {
-    if (this.queue.length >= this.maxQueued) {
-      this.onDropped();
-      return;
+/** The Events for one admission outcome; their `subject` is undefined when the pod has no controller. */
+export function admissionEvents({ namespace, pod, result }: ReviewedPod): KubeEvent[] {
+  const subject = controllerOf(pod, namespace);
+  const name = podName(pod);
+  switch (result.action) {
+    case 'inject': {
+      const events: KubeEvent[] = [{ subject, type: 'Normal', reason: 'SidecarInjected', message: `flb-mesh sidecar injected into ${name} (${result.because})` }];
+      // Built by the injector from the namespace object the cluster holds, never from the review.
+      if (result.podSecurityConflict) events.push({ subject, type: 'Warning', reason: 'PodSecurityConflict', message: result.podSecurityConflict });
+      return events;
     }
-    this.queue.push(event);
-    this.pump();
+    case 'skip':
+      return [{ subject, type: 'Normal', reason: 'SidecarInjectionSkipped', message: `${name} not injected: ${result.reason} (${SKIP_REASONS[result.reason]})` }];
+    case 'deny':
+      // The denial's text quotes the pod's own values; the Event says what is wrong in our words.
+      // The controller's FailedCreate Event carries the apiserver's full answer.
+      return [
+        {
+          subject,
+          type: 'Warning',
+          reason: 'SidecarInjectionRefused',
+          message: `${name} refused by the flb-mesh injector: ${result.problem} (the FailedCreate Event of ${subject?.kind} ${subject?.name} has the details)`,
+        },
+      ];
   }
+}
 
-  /** Resolves once everything queued has been sent (for tests and shutdown). */
-  async flush(): Promise<void> {
-    while (this.queue.length > 0 || this.inFlight > 0) await new Promise((r) => setTimeout(r, 20));
-  }
+/** The pod's controller as an Event subject: in the request's namespace, its names well formed. */
+function controllerOf(pod: V1Pod, namespace: string): EventSubject | undefined {
+  // A pod that says it is in another namespace than the request is not what the apiserver sent.
+  if (pod.metadata?.namespace !== undefined && pod.metadata.namespace !== namespace) return undefined;
+  const owner = pod.metadata?.ownerReferences?.find((o) => o?.controller === true);
+  if (!owner) return undefined;
+  const { apiVersion, kind, name, uid } = owner;
+  if (typeof apiVersion !== 'string' || typeof kind !== 'string' || typeof name !== 'string' || typeof uid !== 'string') return undefined;
+  return { apiVersion, kind, namespace, name, uid };
+}
 
-  private pump(): void {
-    while (this.inFlight < this.concurrency && this.queue.length > 0) {
-      const event = this.queue.shift()!;
-      this.inFlight++;
-      this.send(event)
-        .catch((error: unknown) => {
-          this.onDropped();
-          this.log.warn({ err: error, reason: event.reason }, 'could not record a Kubernetes Event');
-        })
-        .finally(() => {
-          this.inFlight--;
-          this.pump();
-        });
-    }
-  }
-
-  private async send({ pod, type, reason, message }: PodEvent): Promise<void> {
-    const namespace = pod.metadata?.namespace ?? 'default';
-    const owner = pod.metadata?.ownerReferences?.find((o) => o.controller) ?? pod.metadata?.ownerReferences?.[0];
-    const involvedObject = owner
-      ? { apiVersion: owner.apiVersion, kind: owner.kind, name: owner.name, uid: owner.uid, namespace }
-      : { apiVersion: 'v1', kind: 'Pod', name: pod.metadata?.name ?? pod.metadata?.generateName ?? '', namespace };
-    const now = new Date();
-    const body: CoreV1Event = {
-      metadata: { generateName: 'flb-injector-', namespace },
-      involvedObject,
-      type,
-      reason,
-      message: message.slice(0, 1024),
-      source: { component: 'flb-injector' },
-      reportingComponent: 'flomesh.io/flb-injector',
-      reportingInstance: this.instance,
-      firstTimestamp: now,
-      lastTimestamp: now,
-      count: 1,
-    };
-    await this.core.createNamespacedEvent({ namespace, body });
-  }
+/** The pod's name, or its generateName and `*` (controllers' pods have no name yet), when well formed. */
+function podName(pod: V1Pod): string {
+  const { name, generateName } = pod.metadata ?? {};
+  if (isDnsSubdomain(name)) return `pod ${name}`;
+  if (typeof generateName === 'string' && generateName.length <= 253 && isDnsSubdomain(generateName.replace(/-+$/, ''))) return `pod ${generateName}*`;
+  return 'a pod';
 }

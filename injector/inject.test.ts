@@ -167,6 +167,7 @@ describe('injected pods', () => {
     expect(injectFixture('exclusions-invalid').result).toEqual({
       action: 'deny',
       message: 'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")',
+      problem: 'annotation flomesh.io/outbound-port-exclusion-list is invalid',
     });
   });
 

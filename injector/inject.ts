@@ -41,7 +41,8 @@ export type InjectionResult =
       podSecurityConflict?: string;
     }
   | { action: 'skip'; reason: SkipReason; message: string; warnings: string[] }
-  | { action: 'deny'; message: string };
+  /** `problem`: what is wrong in our own words only, for Events (`message` quotes the pod's values). */
+  | { action: 'deny'; message: string; problem: string };
 
 export const APP_PROBES_ENV = 'FLB_APP_PROBES';
 export const REPO_TOKEN_VOLUME = 'flb-repo-token';
@@ -72,7 +73,7 @@ export function injectPod(
 ): InjectionResult {
   const { mesh } = settings;
   const decision = decide(pod, namespace, mesh);
-  if ('error' in decision) return { action: 'deny', message: decision.error };
+  if ('error' in decision) return { action: 'deny', message: decision.error, problem: decision.problem };
   if (!decision.inject) return { action: 'skip', reason: decision.reason, message: SKIP_REASONS[decision.reason], warnings: [] };
 
   const warnings: string[] = [];
@@ -84,7 +85,7 @@ export function injectPod(
     parts = interceptionParts(pod, mesh);
     resources = sidecarResources(pod, mesh);
   } catch (error) {
-    if (error instanceof AnnotationError) return { action: 'deny', message: error.message };
+    if (error instanceof AnnotationError) return { action: 'deny', message: error.message, problem: `annotation ${error.annotation} is invalid` };
     throw error;
   }
 

@@ -30,7 +30,10 @@ export class InjectorMetrics {
   });
   readonly eventsDropped = new Counter({
     name: 'flb_injector_events_dropped_total',
-    help: 'Kubernetes Events not sent because the queue was full or the API refused them',
+    help:
+      'Kubernetes Events not raised, by reason: unverifiable (the pod has no controller of a known kind), unverified (its controller does not exist with that uid), ' +
+      'protected-namespace, rate-limited (per namespace), invalid, queue-full, api-error',
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
   readonly certificateExpiry = new Gauge({

@@ -1,5 +1,8 @@
 import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import { INJECT_LABEL, NAMESPACE_INJECT_DISABLED, NAMESPACE_INJECT_ENABLED, SIDECAR_STATUS_ANNOTATION, type Mesh } from '../common/contract/index.js';
+import { SYSTEM_NAMESPACES } from '../common/kube-events.js';
+
+export { SYSTEM_NAMESPACES };
 
 /** Every reason a pod is not injected; users see it in Events, metrics and `flb inject --explain`. */
 export const SKIP_REASONS = {
@@ -14,12 +17,11 @@ export const SKIP_REASONS = {
 } as const;
 export type SkipReason = keyof typeof SKIP_REASONS;
 
-export const SYSTEM_NAMESPACES = ['kube-system', 'kube-public', 'kube-node-lease'];
-
 export type PolicyDecision =
   | { inject: true; because: string }
   | { inject: false; reason: SkipReason }
-  | { inject: false; error: string };
+  /** `problem` says what is wrong in our own words only (`error` quotes the value). */
+  | { inject: false; error: string; problem: string };
 
 /**
  * Whether a pod gets a sidecar. The pod's label wins over its namespace's; the same key as an
@@ -39,7 +41,7 @@ export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mes
   if (podChoice !== undefined) {
     if (podChoice === 'true') return { inject: true, because: `pod ${source} ${INJECT_LABEL}=true` };
     if (podChoice === 'false') return { inject: false, reason: source === 'label' ? 'pod-label-disabled' : 'pod-annotation-disabled' };
-    return { inject: false, error: `pod ${source} ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(podChoice)}` };
+    return { inject: false, error: `pod ${source} ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(podChoice)}`, problem: `pod ${source} ${INJECT_LABEL} is neither "true" nor "false"` };
   }
 
   const nsChoice = namespace?.metadata?.labels?.[INJECT_LABEL];
@@ -49,6 +51,7 @@ export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mes
     return {
       inject: false,
       error: `namespace ${nsName} label ${INJECT_LABEL} must be "${NAMESPACE_INJECT_ENABLED}" or "${NAMESPACE_INJECT_DISABLED}", not ${JSON.stringify(nsChoice)}`,
+      problem: `namespace label ${INJECT_LABEL} is neither "${NAMESPACE_INJECT_ENABLED}" nor "${NAMESPACE_INJECT_DISABLED}"`,
     };
   }
   return { inject: false, reason: 'namespace-not-enabled' };

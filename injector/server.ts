@@ -3,8 +3,9 @@ import { createServer as createHttpServer, type IncomingMessage, type Server as 
 import type { AddressInfo } from 'node:net';
 import express, { type Request, type Response } from 'express';
 import type { Logger } from '../common/log.js';
-import { badRequest, review, type AdmissionOutcome, type NamespaceLookup } from './admission.js';
-import type { EventRecorder } from './events.js';
+import type { KubeEventRecorder } from '../common/kube-events.js';
+import { badRequest, reviewBody, type AdmissionOutcome, type NamespaceLookup } from './admission.js';
+import { admissionEvents } from './events.js';
 import type { InjectorSettings } from './inject.js';
 import type { InjectorMetrics } from './metrics.js';
 
@@ -16,7 +17,8 @@ export interface WebhookServerOptions {
   tls: { cert: string; key: string };
   metrics: InjectorMetrics;
   log: Logger;
-  events?: EventRecorder;
+  /** Where Events about injections go; none when omitted. */
+  events?: KubeEventRecorder;
   /** AdmissionReviews are large for real pods (many containers, big env); the apiserver caps requests at 3 MiB. */
   bodyLimit?: number;
 }
@@ -77,15 +79,7 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
         send(res, 413, badRequest('request body is over the size limit').body);
         return;
       }
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8'));
-      } catch (error) {
-        metrics.reviews.inc({ outcome: 'bad-request' });
-        send(res, 400, badRequest(`malformed request body: ${(error as Error).message}`).body);
-        return;
-      }
-      review(parsed, namespaces, settings).then(
+      reviewBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), namespaces, settings).then(
         (outcome) => {
           stop();
           send(res, outcome.status, outcome.body);
@@ -100,7 +94,7 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
   };
 }
 
-function account(outcome: AdmissionOutcome, metrics: InjectorMetrics, log: Logger, events: EventRecorder | undefined): void {
+function account(outcome: AdmissionOutcome, metrics: InjectorMetrics, log: Logger, events: KubeEventRecorder | undefined): void {
   const r = outcome.review;
   if (!r?.result) {
     metrics.reviews.inc({ outcome: outcome.status === 200 ? 'other' : 'bad-request' });
@@ -109,25 +103,21 @@ function account(outcome: AdmissionOutcome, metrics: InjectorMetrics, log: Logge
   const { result, pod, dryRun, namespace } = r;
   metrics.reviews.inc({ outcome: result.action });
   const podName = pod?.metadata?.name ?? `${pod?.metadata?.generateName ?? ''}*`;
-  // Dry runs must have no side effects (sideEffects: NoneOnDryRun): no Events.
-  const emit = !dryRun && events && pod ? events : undefined;
   switch (result.action) {
     case 'inject':
       metrics.injections.inc({ reinvocation: String(result.reinvocation), dry_run: String(dryRun) });
       log.debug({ namespace, pod: podName, because: result.because, reinvocation: result.reinvocation }, 'injected');
-      emit?.record({ pod: pod!, type: 'Normal', reason: 'SidecarInjected', message: `flb-mesh sidecar injected into ${podName} (${result.because})` });
-      if (result.podSecurityConflict) emit?.record({ pod: pod!, type: 'Warning', reason: 'PodSecurityConflict', message: result.podSecurityConflict });
       break;
     case 'skip':
       metrics.skips.inc({ reason: result.reason });
       log.debug({ namespace, pod: podName, reason: result.reason }, 'not injected');
-      emit?.record({ pod: pod!, type: 'Normal', reason: 'SidecarInjectionSkipped', message: `${podName} not injected: ${result.reason} (${result.message})` });
       break;
     case 'deny':
       log.info({ namespace, pod: podName, message: result.message }, 'pod refused');
-      emit?.record({ pod: pod!, type: 'Warning', reason: 'SidecarInjectionRefused', message: result.message });
       break;
   }
+  // Dry runs must have no side effects (sideEffects: NoneOnDryRun): no Events.
+  if (events && pod && !dryRun) for (const event of admissionEvents({ namespace, pod, result })) events.record(event);
 }
 
 export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {

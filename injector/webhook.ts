@@ -1,8 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeEventRecorder, kubeEventsApi } from '../common/kube-events.js';
 import type { Logger } from '../common/log.js';
 import { caBundle, ensureCertificates, SecretCertStore, syncCaBundle, type CertOptions, type TlsMaterial } from './certs.js';
-import { EventRecorder } from './events.js';
 import type { InjectorSettings } from './inject.js';
 import { InjectorMetrics } from './metrics.js';
 import { NamespaceCache } from './namespaces.js';
@@ -24,6 +24,8 @@ export interface InjectorOptions {
   checkIntervalMs?: number;
   /** After a new CA is put in the caBundle, wait this long before serving a certificate it signed. */
   caPropagationMs?: number;
+  /** Events per namespace: this many at once, then this many a second (default 25, then 1 a second). */
+  eventRate?: { burst: number; perSecond: number };
   log: Logger;
 }
 
@@ -31,7 +33,7 @@ export interface RunningInjector {
   readonly port: number;
   readonly metricsPort?: number;
   readonly metrics: InjectorMetrics;
-  readonly events: EventRecorder;
+  readonly events: KubeEventRecorder;
   /** The certificate being served now. */
   current(): TlsMaterial;
   stop(): Promise<void>;
@@ -64,7 +66,14 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
 
   const namespaces = new NamespaceCache(kubeConfig, log);
   await namespaces.start();
-  const events = new EventRecorder(kubeConfig, log, () => metrics.eventsDropped.inc());
+  const events = new KubeEventRecorder({
+    api: kubeEventsApi(kubeConfig),
+    log,
+    component: 'flb-injector',
+    protectedNamespaces: [options.settings.mesh.controlPlaneNamespace, options.secret.namespace],
+    ...(options.eventRate ? { perNamespace: options.eventRate } : {}),
+    onDropped: (reason) => metrics.eventsDropped.inc({ reason }),
+  });
   const server = await startWebhookServer({
     host: options.host,
     port: options.port,

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { randomUUID } from 'node:crypto';
+import { request } from 'node:https';
 import { execa } from 'execa';
-import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, type CoreV1Event, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { defaultMesh } from '../common/contract/index.js';
 import { caBundle } from '../injector/certs.js';
@@ -19,6 +21,9 @@ const simplePod = (name: string, labels: Record<string, string> = {}): V1Pod => 
   metadata: { name, labels },
   spec: { containers: [{ name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } }] },
 });
+const ours = (events: CoreV1Event[]) => events.filter((e) => e.source?.component === 'flb-injector');
+/** Events per namespace in this suite: 10 at once, then 1 a second. */
+const EVENT_RATE = { burst: 10, perSecond: 1 };
 
 describe('the sidecar injector against a real kube-apiserver', () => {
   let plane: ControlPlane;
@@ -37,6 +42,43 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     await core.createNamespace({ body: { metadata: { name, labels } } });
     await eventually(`ServiceAccount default in ${name}`, () => core.readNamespacedServiceAccount({ name: 'default', namespace: name }));
   };
+  /** A Deployment of one pod; resolves with its ReplicaSet as an owner reference, once that exists. */
+  const deploy = async (namespace: string, name: string): Promise<V1OwnerReference> => {
+    const apps = plane.kubeConfig.makeApiClient(AppsV1Api);
+    await apps.createNamespacedDeployment({
+      namespace,
+      body: { metadata: { name }, spec: { replicas: 1, selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: simplePod('x').spec! } } },
+    });
+    const rs = await eventually(`the ReplicaSet of ${namespace}/${name}`, async () => (await apps.listNamespacedReplicaSet({ namespace, labelSelector: `app=${name}` })).items[0]);
+    return { apiVersion: 'apps/v1', kind: 'ReplicaSet', name: rs.metadata!.name!, uid: rs.metadata!.uid!, controller: true, blockOwnerDeletion: true };
+  };
+  /** What anyone who reaches the injector's port can send: an AdmissionReview it makes up. */
+  const forgeReview = (namespace: string, owner: V1OwnerReference | undefined, generateName: string) =>
+    new Promise<number>((resolve, reject) => {
+      const body = JSON.stringify({
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        request: {
+          uid: randomUUID(),
+          kind: { group: '', version: 'v1', kind: 'Pod' },
+          resource: { group: '', version: 'v1', resource: 'pods' },
+          operation: 'CREATE',
+          namespace,
+          object: { ...simplePod(''), metadata: { generateName, namespace, labels: { 'flomesh.io/inject': 'true' }, ...(owner ? { ownerReferences: [owner] } : {}) } },
+        },
+      });
+      // The attacker does not check the injector's certificate; nothing else is needed.
+      const req = request({ host: '127.0.0.1', port: injector.port, path: '/mutate', method: 'POST', rejectUnauthorized: false, headers: { 'content-type': 'application/json' } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  const droppedEvents = async (reason: string) => {
+    const metrics = await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text();
+    return Number(new RegExp(`flb_injector_events_dropped_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
+  };
 
   beforeAll(async () => {
     plane = await startControlPlane();
@@ -54,6 +96,7 @@ describe('the sidecar injector against a real kube-apiserver', () => {
       certs: { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], certValidityMs: 9_000, caValidityMs: 30_000 },
       checkIntervalMs: 300,
       caPropagationMs: 1500,
+      eventRate: EVENT_RATE,
       log,
     });
     await install(injectorUrl(), 'Fail');
@@ -93,13 +136,63 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     expect(env.find((e) => e.name === 'FLB_WORKLOAD_NAME')?.value).toBe('orders');
 
     // The apiserver's own view: an Event on the ReplicaSet that owns the pods.
-    const rsName = pods[0]!.metadata!.ownerReferences![0]!.name;
+    const replicaSet = pods[0]!.metadata!.ownerReferences![0]!;
     const events = await eventually('an injection Event on the ReplicaSet', async () => {
-      const list = await core.listNamespacedEvent({ namespace: 'shop', fieldSelector: `involvedObject.name=${rsName}` });
-      const ours = list.items.filter((e) => e.reason === 'SidecarInjected');
-      return ours.length >= 2 ? ours : undefined;
+      const list = await core.listNamespacedEvent({ namespace: 'shop', fieldSelector: `involvedObject.name=${replicaSet.name}` });
+      const injected = list.items.filter((e) => e.reason === 'SidecarInjected');
+      return injected.length >= 2 ? injected : undefined;
     });
     expect(events[0]!.message).toContain('namespace label flomesh.io/inject=enabled');
+    expect(events[0]!.involvedObject).toMatchObject({ kind: 'ReplicaSet', name: replicaSet.name, uid: replicaSet.uid });
+  });
+
+  it("raises no Event in Kubernetes' own namespaces or the mesh's from forged reviews, even naming real ReplicaSets there", async () => {
+    // Not injected (the webhook configuration leaves these namespaces out), but their ReplicaSets are real.
+    const targets = [
+      { namespace: 'kube-system', owner: await deploy('kube-system', 'forged-target') },
+      { namespace: 'flomesh', owner: await deploy('flomesh', 'forged-target') },
+      { namespace: 'kube-system', owner: undefined },
+      { namespace: 'kube-public', owner: undefined },
+    ];
+    for (const { namespace, owner } of targets) expect(await forgeReview(namespace, owner, 'forged-')).toBe(200);
+    await injector.events.flush();
+    for (const namespace of ['kube-system', 'kube-public', 'flomesh']) {
+      expect(ours((await core.listNamespacedEvent({ namespace })).items)).toEqual([]);
+    }
+  });
+
+  it('raises no Event from a forged review whose owner does not exist with that uid; the genuine uid gets one', async () => {
+    const replicaSet = await deploy('shop', 'payments');
+    expect(await forgeReview('shop', { ...replicaSet, uid: randomUUID() }, 'forged-uid-')).toBe(200);
+    expect(await forgeReview('shop', { ...replicaSet, name: 'no-such-replicaset' }, 'forged-name-')).toBe(200);
+    expect(await forgeReview('shop', undefined, 'forged-ownerless-')).toBe(200);
+    expect(await forgeReview('shop', replicaSet, 'genuine-uid-')).toBe(200);
+    await injector.events.flush();
+    const messages = ours((await core.listNamespacedEvent({ namespace: 'shop' })).items).map((e) => e.message ?? '');
+    expect(messages.filter((m) => m.includes('forged-'))).toEqual([]);
+    expect(messages.filter((m) => m.includes('genuine-uid-'))).toHaveLength(1);
+    expect(await droppedEvents('unverified')).toBeGreaterThanOrEqual(2);
+  });
+
+  it('rate-limits Events per namespace: a flood from one namespace raises a burst, and the others still get theirs', async () => {
+    await createNamespace('flooded', { 'flomesh.io/inject': 'enabled' });
+    const replicaSet = await deploy('flooded', 'orders');
+    const droppedBefore = await droppedEvents('rate-limited');
+    const started = Date.now();
+    const flood = 300;
+    for (let sent = 0; sent < flood; sent += 20) await Promise.all(Array.from({ length: 20 }, () => forgeReview('flooded', replicaSet, 'flood-')));
+    const seconds = (Date.now() - started) / 1000;
+    expect(await forgeReview('shop', await deploy('shop', 'after-flood'), 'after-flood-')).toBe(200);
+    await injector.events.flush();
+
+    const raised = (namespace: string, marker: string) => core.listNamespacedEvent({ namespace }).then((list) => ours(list.items).filter((e) => e.message?.includes(marker)).length);
+    const flooded = await raised('flooded', 'flood-');
+    console.log(`${flood} forged reviews in ${seconds.toFixed(1)} s raised ${flooded} Events`);
+    // The bucket held at most a burst (less what the Deployment's own pod used) plus what refilled meanwhile.
+    expect(flooded).toBeGreaterThan(0);
+    expect(flooded).toBeLessThanOrEqual(EVENT_RATE.burst + Math.ceil(seconds * EVENT_RATE.perSecond));
+    expect((await droppedEvents('rate-limited')) - droppedBefore).toBeGreaterThanOrEqual(flood - flooded);
+    expect(await raised('shop', 'after-flood-')).toBe(1);
   });
 
   it('leaves opted-out pods and unlabelled namespaces alone, and injects pods labelled "true" anywhere', async () => {
@@ -136,10 +229,14 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     expect(kubectl.stderr).toContain('Warning: namespace secure enforces Pod Security "restricted", which rejects the flb-init init container');
     expect(kubectl.stderr).toContain('use the CNI interception mode');
     expect(kubectl.stderr).toMatch(/violates PodSecurity "restricted/);
-    await eventually('a PodSecurityConflict Event', async () => {
+    // Pods a controller makes: nobody sees the warning, so it is an Event on the ReplicaSet.
+    const replicaSet = await deploy('secure', 'api');
+    const conflict = await eventually('a PodSecurityConflict Event', async () => {
       const list = await core.listNamespacedEvent({ namespace: 'secure' });
       return list.items.find((e) => e.reason === 'PodSecurityConflict');
     });
+    expect(conflict.involvedObject).toMatchObject({ kind: 'ReplicaSet', name: replicaSet.name, uid: replicaSet.uid });
+    expect(conflict.message).toContain('use the CNI interception mode');
   });
 
   it('has no side effects on a server-side dry run', async () => {
