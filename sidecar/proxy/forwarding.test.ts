@@ -1,10 +1,11 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readdirSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createLogger } from '../../common/log.js';
-import { ForwardOutcome } from '../native/index.js';
+import { createForwarder, ForwardOutcome, type NativeForwarder } from '../native/index.js';
 import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
 
 /**
@@ -307,3 +308,231 @@ describe('the native forwarder', () => {
   });
 });
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** How a socket ended, as its owner sees it. */
+function ending(socket: Socket): Promise<string> {
+  return new Promise((resolve) => {
+    socket.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    socket.on('close', () => resolve('closed'));
+  });
+}
+
+describe('the native forwarder, hardened', () => {
+  const noCallbacks = { accept: () => {}, connected: () => {}, closed: () => {} };
+  const codeOf = (call: () => unknown): string | undefined => {
+    try {
+      call();
+      return 'no error';
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code;
+    }
+  };
+
+  it('throws ERR_FORWARDER_DESTROYED from every method called after destroy(), once its memory would have been freed', async () => {
+    const destroyed = createForwarder(noCallbacks);
+    destroyed.listen(0, '127.0.0.1', 0, false);
+    destroyed.destroy();
+    // libuv closes the forwarder's handles on the next turn: that is when the old code freed it.
+    await sleep(20);
+    // New forwarders of the same size take the freed memory, so a call through a stale pointer
+    // would act on one of them (and AddressSanitizer, in the sanitizer run, reports the read).
+    const others: NativeForwarder[] = Array.from({ length: 8 }, () => createForwarder(noCallbacks));
+    try {
+      const calls: [string, () => unknown][] = [
+        ['listen', () => destroyed.listen(0, '127.0.0.1', 0, false)],
+        ['connect', () => destroyed.connect(1, '127.0.0.1', 9, 100)],
+        ['release', () => destroyed.release(1)],
+        ['reset', () => destroyed.reset(1)],
+        ['setIdleTimeout', () => destroyed.setIdleTimeout(1000)],
+        ['takeBytes', () => destroyed.takeBytes()],
+        ['openConnections', () => destroyed.openConnections()],
+        ['stopListening', () => destroyed.stopListening()],
+      ];
+      expect(calls.map(([name, call]) => [name, codeOf(call)])).toEqual(calls.map(([name]) => [name, 'ERR_FORWARDER_DESTROYED']));
+      expect(() => destroyed.destroy()).not.toThrow();
+      expect(others.map((o) => o.openConnections())).toEqual(others.map(() => 0));
+    } finally {
+      for (const o of others) o.destroy();
+    }
+  });
+
+  it('hands over nothing once the listener closed (an HTTP/2 connection whose listener closed while node:http2 loaded)', async () => {
+    let acceptedId: number | undefined;
+    const listener = forwarder((accepted) => (acceptedId = accepted.id));
+    const client = connect({ host: '127.0.0.1', port: listener.port });
+    const clientEnded = ending(client);
+    await new Promise<void>((resolve) => {
+      const wait = () => (acceptedId === undefined ? setTimeout(wait, 2) : resolve());
+      wait();
+    });
+    listener.close();
+    await sleep(20);
+    const took = createForwarder(noCallbacks);
+    try {
+      expect(codeOf(() => listener.socket(acceptedId!))).toBe('ERR_FORWARDER_DESTROYED');
+      expect(codeOf(() => listener.connect(acceptedId!, new Recorder(), '127.0.0.1', 9, 100))).toBe('ERR_FORWARDER_DESTROYED');
+      expect(codeOf(() => listener.reset(acceptedId!))).toBe('ERR_FORWARDER_DESTROYED');
+    } finally {
+      took.destroy();
+    }
+    expect(await clientEnded).toMatch(/ECONNRESET|closed/);
+  });
+
+  it('survives a connect timeout whose handler resets another connection timing out in the same scan', async () => {
+    const port = await endpoint((socket) => socket.end('hello'));
+    const waiting: AcceptedConnection[] = [];
+    const outcomes: string[] = [];
+    const listener = forwarder((accepted, l) => {
+      waiting.push(accepted);
+      if (waiting.length < 2) return;
+      // Both connect with a 0 ms deadline from the check phase: the forwarder's timer then finds
+      // both expired in one scan, before either connect's own completion is read.
+      const [first, second] = waiting as [AcceptedConnection, AcceptedConnection];
+      setImmediate(() => {
+        for (const [mine, other] of [
+          [first, second],
+          [second, first],
+        ] as const) {
+          const report = new Recorder();
+          report.onConnect = (errno) => {
+            outcomes.push(errno === 0 ? 'connected' : errnoName(errno));
+            // Reset both: the other one is still on the scan's list of expired connections.
+            for (const id of [other.id, mine.id]) {
+              try {
+                l.reset(id);
+              } catch (error) {
+                outcomes.push((error as NodeJS.ErrnoException).code ?? 'error');
+              }
+            }
+          };
+          expect(l.connect(mine.id, report, '127.0.0.1', port, 0)).toBe(0);
+        }
+      });
+    });
+    const clients = [connect({ host: '127.0.0.1', port: listener.port }), connect({ host: '127.0.0.1', port: listener.port })];
+    const ends = clients.map(ending);
+    expect(await Promise.all(ends)).toEqual(['ECONNRESET', 'ECONNRESET']);
+    // One timeout was reported; the connection its handler reset was not reported (nor revived) after it.
+    expect(outcomes).toEqual(['ETIMEDOUT']);
+    expect(listener.openConnections()).toBe(0);
+    // Each slot is on the free list once: two new connections get two slots and both work.
+    const next = forwardTo(port);
+    const answers = await Promise.all([0, 1].map(async () => (await readAll(await dial(next.listener.port))).toString()));
+    expect(answers).toEqual(['hello', 'hello']);
+  });
+
+  it('resets both sides of a connection idle for the idle timeout, and only once it is idle', async () => {
+    let endpointEnded: Promise<string> | undefined;
+    const port = await endpoint((socket) => {
+      endpointEnded = ending(socket);
+      socket.on('data', (c: Buffer) => socket.write(c));
+    });
+    const reports: Recorder[] = [];
+    const listener = new ForwardingListener(
+      (accepted) => {
+        const report = new Recorder();
+        reports.push(report);
+        expect(listener.connect(accepted.id, report, '127.0.0.1', port, 2000)).toBe(0);
+      },
+      log,
+      300,
+    );
+    listeners.push(listener);
+    listener.listen('127.0.0.1', 0, false);
+    const client = await dial(listener.port);
+    const clientEnded = ending(client);
+    let echoed = 0;
+    client.on('data', (c: Buffer) => (echoed += c.length));
+    // A byte every 100 ms for 800 ms: busy, so still open well past the timeout.
+    for (let i = 0; i < 8; i++) {
+      client.write('x');
+      await sleep(100);
+    }
+    expect(echoed).toBe(8);
+    expect(reports[0]!.closedWith).toBeUndefined();
+    const quietSince = performance.now();
+    expect(await clientEnded).toBe('ECONNRESET');
+    const idleFor = performance.now() - quietSince;
+    expect(idleFor).toBeGreaterThanOrEqual(150); // the last byte was echoed about 100 ms before quietSince
+    expect(idleFor).toBeLessThan(1000);
+    expect(await endpointEnded).toBe('ECONNRESET');
+    await reports[0]!.whenClosed;
+    expect(reports[0]!.closedWith).toEqual({ fromClient: 8, fromUpstream: 8, outcome: ForwardOutcome.IdleTimeout });
+    expect(listener.openConnections()).toBe(0);
+  });
+
+  it('turns TCP keepalive on for both sockets of a forwarded connection', async () => {
+    const port = await endpoint((socket) => socket.on('data', (c: Buffer) => socket.write(c)));
+    const { listener } = forwardTo(port);
+    const client = await dial(listener.port);
+    client.write('x');
+    await once(client, 'data');
+    // ss -o shows a socket's keepalive timer; the forwarder's sockets are the accepted one (local
+    // port: the listener's) and the one it dialled (remote port: the endpoint's), in this process.
+    const timers = (filter: string) =>
+      execFileSync('ss', ['-tnoH', 'state', 'established', filter], { encoding: 'utf8' })
+        .trim()
+        .split('\n')
+        .map((line) => /timer:\((\w+),/.exec(line)?.[1] ?? 'no timer');
+    expect(timers(`( sport = :${listener.port} )`)).toEqual(['keepalive']);
+    expect(timers(`( dport = :${port} )`)).toEqual(['keepalive']);
+    client.destroy();
+  });
+
+  it('refuses numbers that are not what they must be with a TypeError, and keeps working', async () => {
+    const port = await endpoint((socket) => socket.end('still here'));
+    const refusals: string[] = [];
+    const listener = forwarder((accepted, l) => {
+      const id = accepted.id;
+      const report = new Recorder();
+      for (const call of [
+        () => l.connect(id, report, '127.0.0.1', 70000, 1000),
+        () => l.connect(id, report, '127.0.0.1', 0, 1000),
+        () => l.connect(id, report, '127.0.0.1', 80.5, 1000),
+        () => l.connect(id, report, '127.0.0.1', Number.NaN, 1000),
+        () => l.connect(id, report, '127.0.0.1', port, Number.NaN),
+        () => l.connect(id, report, '127.0.0.1', port, Number.POSITIVE_INFINITY),
+        () => l.connect(id, report, '127.0.0.1', port, -1),
+        () => l.connect(-1, report, '127.0.0.1', port, 1000),
+        () => l.connect(id + 0.5, report, '127.0.0.1', port, 1000),
+        () => l.connect(2 ** 60, report, '127.0.0.1', port, 1000),
+        () => l.connect(id, report, '127.0.0.1', port, 1000, 42 as unknown as string),
+        () => l.reset(Number.NaN),
+        () => l.socket(Number.POSITIVE_INFINITY),
+        () => l.setIdleTimeout(-5),
+        () => l.setIdleTimeout(Number.NaN),
+      ]) {
+        try {
+          call();
+          refusals.push('accepted');
+        } catch (error) {
+          refusals.push((error as Error).constructor.name);
+        }
+      }
+      expect(l.connect(id, report, '127.0.0.1', port, 1000)).toBe(0);
+    });
+    const client = await dial(listener.port);
+    expect((await readAll(client)).toString()).toBe('still here');
+    expect(refusals).toEqual(Array.from({ length: 15 }, () => 'TypeError'));
+    const native = createForwarder(noCallbacks);
+    try {
+      // The addon's errors come from Node's realm, not the test's: compared by name.
+      const nameOf = (call: () => unknown) => {
+        try {
+          call();
+          return 'accepted';
+        } catch (error) {
+          return (error as Error).name;
+        }
+      };
+      expect(nameOf(() => native.listen(1.5, '127.0.0.1', 0))).toBe('TypeError');
+      expect(nameOf(() => native.listen(0, '127.0.0.1', 65536))).toBe('TypeError');
+      expect(nameOf(() => native.listen(0, '127.0.0.1', -1))).toBe('TypeError');
+      expect(nameOf(() => native.listen(0, '127.0.0.1', 0, 'yes' as unknown as boolean))).toBe('TypeError');
+      expect(native.openConnections()).toBe(0);
+    } finally {
+      native.destroy();
+    }
+  });
+});

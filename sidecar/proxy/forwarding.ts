@@ -1,5 +1,6 @@
 import { Socket } from 'node:net';
 import { getSystemErrorName } from 'node:util';
+import { DEFAULT_TCP_IDLE_TIMEOUT_SECONDS } from '../../common/contract/index.js';
 import type { Logger } from '../../common/log.js';
 import { createForwarder, type ForwardOutcome, type NativeForwarder, type OriginalDestination } from '../native/index.js';
 
@@ -45,6 +46,8 @@ export class ForwardingListener {
   constructor(
     private readonly onAccept: (connection: AcceptedConnection) => void,
     private readonly log: Logger,
+    /** Until the mesh's `tcp.idleTimeoutSeconds` arrives (setIdleTimeout). */
+    idleTimeoutMs = DEFAULT_TCP_IDLE_TIMEOUT_SECONDS * 1000,
   ) {
     this.native = createForwarder({
       accept: (id, _tag, destinationAddress, destinationPort, peerAddress, peerPort) => {
@@ -78,6 +81,12 @@ export class ForwardingListener {
         }
       },
     });
+    this.native.setIdleTimeout(idleTimeoutMs);
+  }
+
+  /** Forwarded connections idle (no byte either way) this long are reset; 0: never. Open ones too. */
+  setIdleTimeout(ms: number): void {
+    if (!this.destroyed) this.native.setIdleTimeout(ms);
   }
 
   /** Listens (`::`: IPv4 and IPv6); `redirected: false` skips reading original destinations (tests). */

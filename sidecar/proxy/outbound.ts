@@ -36,6 +36,8 @@ export interface ProxyListener {
   readonly port: number;
   /** Stops accepting; open connections go on. */
   stopAccepting(): void;
+  /** Natively forwarded connections idle (no byte either way) this long are reset; 0: never. */
+  setIdleTimeout(ms: number): void;
   openConnections(): number;
   /** Closes the listener and every connection it forwards. */
   close(): void;
