@@ -1,9 +1,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { inParallel, syncDir } from '../../common/durable-fs.js';
+import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
 import type { CodebaseRecord, RepoStore } from './store.js';
 
 /**
@@ -20,7 +18,9 @@ import type { CodebaseRecord, RepoStore } from './store.js';
  * many entries) the next write is a new snapshot, written with the usual protocol, that names a
  * new journal generation; journals of any other generation are stale and removed.
  *
- * `faults` lets a test crash the write path after a chosen step to prove each step matters.
+ * Every file-system call goes through `fs` (common/durable-fs.ts): node:fs, or in a power-loss test
+ * a recording layer that knows what a power cut after each call would leave. `faults` lets a test
+ * crash the write path after a chosen step (kill -9) to prove each step matters.
  */
 export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced' | 'journal-appended' | 'journal-synced' | 'journal-removed';
 
@@ -70,6 +70,7 @@ export class DiskStore implements RepoStore {
     readonly dataDir: string,
     private readonly faults?: { crashAfter?: WriteStep; occurrence?: number },
     limits: JournalLimits = {},
+    private readonly fs: DurableFs = nodeFs,
   ) {
     this.records = join(dataDir, 'codebases');
     this.blobs = join(dataDir, 'blobs');
@@ -80,25 +81,25 @@ export class DiskStore implements RepoStore {
   }
 
   async init(): Promise<this> {
-    await mkdir(this.records, { recursive: true });
-    await mkdir(this.blobs, { recursive: true });
-    await mkdir(this.drafts, { recursive: true });
-    await syncDir(this.dataDir);
+    await this.fs.mkdir(this.records);
+    await this.fs.mkdir(this.blobs);
+    await this.fs.mkdir(this.drafts);
+    await this.fs.syncDir(this.dataDir);
     // Temp files are what a crash mid-write leaves; they were never acknowledged.
-    for (const dir of [this.records, this.blobs, ...(await readdir(this.drafts)).map((d) => join(this.drafts, d))]) {
-      for (const f of await readdir(dir)) if (f.endsWith('.tmp')) await rm(join(dir, f), { force: true });
+    for (const dir of [this.records, this.blobs, ...(await this.fs.readdir(this.drafts)).map((d) => join(this.drafts, d))]) {
+      for (const f of await this.fs.readdir(dir)) if (f.endsWith('.tmp')) await this.fs.unlink(join(dir, f));
     }
     return this;
   }
 
   async loadAll(): Promise<CodebaseRecord[]> {
-    const names = await readdir(this.records);
+    const names = await this.fs.readdir(this.records);
     const present = new Set(names);
     const current = new Set<string>();
     const out: CodebaseRecord[] = [];
     this.journals.clear();
     for (const f of names.filter((f) => f.endsWith('.json')).sort()) {
-      const snapshot = await readFile(join(this.records, f));
+      const snapshot = await this.fs.readFile(join(this.records, f));
       const { journal: generation, ...record } = JSON.parse(snapshot.toString('utf8')) as CodebaseRecord & { journal?: string };
       const journal: Journal = { record, generation, snapshotBytes: snapshot.length, bytes: 0, entries: 0, needsSnapshot: true };
       if (generation !== undefined && present.has(journalFile(record.name, generation))) {
@@ -112,7 +113,7 @@ export class DiskStore implements RepoStore {
       out.push(await this.withDrafts({ ...published, edits: {} }));
     }
     // Left by a crash between a snapshot and the removal of the journal it replaced, or in a delete.
-    for (const f of names) if (f.endsWith('.journal') && !current.has(f)) await rm(join(this.records, f), { force: true });
+    for (const f of names) if (f.endsWith('.journal') && !current.has(f)) await this.fs.unlink(join(this.records, f));
     return out;
   }
 
@@ -125,7 +126,7 @@ export class DiskStore implements RepoStore {
   /** Applies the journal's valid entries to the snapshot's record; cuts off a line a crash left torn. */
   private async replay(journal: Journal): Promise<void> {
     const path = join(this.records, journalFile(journal.record.name, journal.generation!));
-    const content = await readFile(path);
+    const content = await this.fs.readFile(path);
     const { entries, valid } = decodeJournal(content);
     for (const entry of entries) {
       const files = journal.record.files;
@@ -138,7 +139,7 @@ export class DiskStore implements RepoStore {
     journal.entries = entries.length;
     if (valid < content.length) {
       // Never acknowledged (its sync had not returned); appends must follow the last whole line.
-      const handle = await open(path, 'r+');
+      const handle = await this.fs.open(path, 'update');
       try {
         await handle.truncate(valid);
         await handle.datasync();
@@ -150,8 +151,8 @@ export class DiskStore implements RepoStore {
 
   private async withDrafts(record: CodebaseRecord): Promise<CodebaseRecord> {
     const dir = this.draftDir(record.name);
-    for (const d of (await readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
-      const { path, sha } = JSON.parse(await readFile(join(dir, d), 'utf8')) as { path: string; sha: string | null };
+    for (const d of (await this.fs.readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
+      const { path, sha } = JSON.parse((await this.fs.readFile(join(dir, d))).toString('utf8')) as { path: string; sha: string | null };
       // A crash between a publish and the removal of its drafts leaves drafts that are published already.
       if (sha === null ? !(path in record.files) : record.files[path] === sha) continue;
       record.edits[path] = sha;
@@ -179,15 +180,15 @@ export class DiskStore implements RepoStore {
   async deleteRecord(name: string): Promise<void> {
     await this.serially(name, async () => {
       // Drafts first: a codebase recreated under the same name must not find old drafts.
-      await rm(this.draftDir(name), { recursive: true, force: true });
-      await syncDir(this.drafts);
+      await this.fs.removeTree(this.draftDir(name));
+      await this.fs.syncDir(this.drafts);
       // The snapshot before its journal: a snapshot without the journal it names would go back in time.
-      await rm(join(this.records, snapshotFile(name)), { force: true });
-      await syncDir(this.records);
+      await this.fs.unlink(join(this.records, snapshotFile(name)));
+      await this.fs.syncDir(this.records);
       const journal = this.journals.get(name);
-      const files = journal ? (journal.generation === undefined ? [] : [journalFile(name, journal.generation)]) : (await readdir(this.records)).filter((f) => journalOf(f) === name);
+      const files = journal ? (journal.generation === undefined ? [] : [journalFile(name, journal.generation)]) : (await this.fs.readdir(this.records)).filter((f) => journalOf(f) === name);
       // Unsynced: a journal without its snapshot is removed at load anyway, and generations are never reused.
-      for (const f of files) await rm(join(this.records, f), { force: true });
+      for (const f of files) await this.fs.unlink(join(this.records, f));
       this.journals.delete(name);
     });
   }
@@ -206,7 +207,7 @@ export class DiskStore implements RepoStore {
     const generation = randomBytes(8).toString('hex');
     // Created before the snapshot that names it, so that the snapshot's directory sync makes its
     // entry durable too and an append needs nothing but its own fdatasync.
-    await (await open(join(this.records, journalFile(record.name, generation)), 'wx')).close();
+    await (await this.fs.open(join(this.records, journalFile(record.name, generation)), 'create')).close();
     const content = Buffer.from(JSON.stringify({ ...record, edits: {}, journal: generation }));
     try {
       await this.durableWrite(this.records, snapshotFile(record.name), content);
@@ -218,7 +219,7 @@ export class DiskStore implements RepoStore {
     this.journals.set(record.name, { record, generation, snapshotBytes: content.length, bytes: 0, entries: 0, needsSnapshot: false });
     if (previous?.generation !== undefined) {
       // Unsynced: if a crash brings it back, its generation is not the snapshot's and it is removed at load.
-      await rm(join(this.records, journalFile(record.name, previous.generation)), { force: true });
+      await this.fs.unlink(join(this.records, journalFile(record.name, previous.generation)));
       this.step('journal-removed');
     }
   }
@@ -226,9 +227,9 @@ export class DiskStore implements RepoStore {
   private async append(journal: Journal, line: Buffer): Promise<void> {
     try {
       // No O_CREAT: the file was created (and its directory entry synced) with the snapshot naming it.
-      const handle = await open(join(this.records, journalFile(journal.record.name, journal.generation!)), constants.O_WRONLY | constants.O_APPEND);
+      const handle = await this.fs.open(join(this.records, journalFile(journal.record.name, journal.generation!)), 'append');
       try {
-        await handle.writeFile(line);
+        await handle.write(line);
         this.step('journal-appended');
         await handle.datasync();
         this.step('journal-synced');
@@ -252,15 +253,15 @@ export class DiskStore implements RepoStore {
   async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
     if (drafts.length === 0) return;
     const dir = this.draftDir(codebase);
-    if ((await mkdir(dir, { recursive: true })) !== undefined) await syncDir(this.drafts);
+    if ((await this.fs.mkdir(dir)) !== undefined) await this.fs.syncDir(this.drafts);
     await this.durableWriteMany(dir, drafts.map(([path, sha]) => [`${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha }))]));
   }
 
   async clearDrafts(codebase: string, paths: string[]): Promise<void> {
     if (paths.length === 0) return;
     const dir = this.draftDir(codebase);
-    await Promise.all(paths.map((p) => rm(join(dir, `${encodeURIComponent(p)}.json`), { force: true })));
-    await syncDir(dir).catch(() => {});
+    await Promise.all(paths.map((p) => this.fs.unlink(join(dir, `${encodeURIComponent(p)}.json`))));
+    await this.fs.syncDir(dir).catch(() => {});
   }
 
   async putBlob(content: Buffer): Promise<string> {
@@ -271,17 +272,12 @@ export class DiskStore implements RepoStore {
     const shas = contents.map((content) => createHash('sha256').update(content).digest('hex'));
     const missing = new Map<string, Buffer>();
     await inParallel(shas.map((sha, i) => [sha, contents[i]!] as const), async ([sha, content]) => {
-      if (missing.has(sha)) return;
-      try {
-        await (await open(join(this.blobs, sha), 'r')).close();
-      } catch {
-        missing.set(sha, content);
-      }
+      if (!missing.has(sha) && !(await this.fs.exists(join(this.blobs, sha)))) missing.set(sha, content);
     });
     // Blobs that exist are the same bytes (content-addressed), but their directory entries may not
     // be synced yet (another writer between rename and fsync, or a crash right after rename): the
     // one directory sync below covers them.
-    if (missing.size === 0) await syncDir(this.blobs);
+    if (missing.size === 0) await this.fs.syncDir(this.blobs);
     else await this.durableWriteMany(this.blobs, [...missing]);
     return shas;
   }
@@ -289,7 +285,7 @@ export class DiskStore implements RepoStore {
   async getBlob(sha: string): Promise<Buffer | undefined> {
     if (!/^[0-9a-f]{64}$/.test(sha)) return undefined;
     try {
-      return await readFile(join(this.blobs, sha));
+      return await this.fs.readFile(join(this.blobs, sha));
     } catch {
       return undefined;
     }
@@ -316,9 +312,9 @@ export class DiskStore implements RepoStore {
         // Unique, and created exclusively: two writers of the same content must never share a temp file.
         const temp = join(dir, `${name}.${randomUUID()}.tmp`);
         temps.set(name, temp);
-        const handle = await open(temp, 'wx');
+        const handle = await this.fs.open(temp, 'create');
         try {
-          await handle.writeFile(content);
+          await handle.write(content);
           this.step('temp-written');
           await handle.sync();
           this.step('temp-synced');
@@ -327,14 +323,14 @@ export class DiskStore implements RepoStore {
         }
       });
     } catch (error) {
-      await Promise.all([...temps.values()].map((temp) => rm(temp, { force: true })));
+      await Promise.all([...temps.values()].map((temp) => this.fs.unlink(temp)));
       throw error;
     }
     await inParallel([...temps], async ([name, temp]) => {
-      await rename(temp, join(dir, name));
+      await this.fs.rename(temp, join(dir, name));
       this.step('renamed');
     });
-    await syncDir(dir);
+    await this.fs.syncDir(dir);
     this.step('dir-synced');
   }
 

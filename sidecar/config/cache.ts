@@ -1,7 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { inParallel, syncDir } from '../../common/durable-fs.js';
+import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
 
 /**
  * The last good configuration on disk, so a sidecar restarted while the repo is away still routes.
@@ -12,6 +11,9 @@ import { inParallel, syncDir } from '../../common/durable-fs.js';
  * removed only after that. The manifest is the single point of switch, so a crash at any moment
  * leaves either the old version or the new one, never a mix. A save writes only files whose bytes
  * are new, so a change to one service of thousands costs one blob and the manifest.
+ *
+ * Every file-system call goes through `fs` (common/durable-fs.ts), so a power-loss test can replay
+ * only what was fsynced at every point of a save.
  */
 export interface CachedConfig {
   version: string;
@@ -40,6 +42,7 @@ export class ConfigCache {
   constructor(
     readonly dir: string,
     private readonly faults: { crashAfter?: CacheWriteStep } = {},
+    private readonly fs: DurableFs = nodeFs,
   ) {
     this.blobs = join(dir, 'blobs');
   }
@@ -47,10 +50,10 @@ export class ConfigCache {
   /** Creates the directories and removes what an interrupted save left; once per instance. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      await mkdir(this.blobs, { recursive: true });
-      await syncDir(this.dir);
+      await this.fs.mkdir(this.blobs);
+      await this.fs.syncDir(this.dir);
       for (const dir of [this.dir, this.blobs]) {
-        for (const name of await readdir(dir)) if (name.endsWith(TEMP_SUFFIX)) await rm(join(dir, name), { force: true });
+        for (const name of await this.fs.readdir(dir)) if (name.endsWith(TEMP_SUFFIX)) await this.fs.unlink(join(dir, name));
       }
     })();
     return this.ready;
@@ -61,7 +64,7 @@ export class ConfigCache {
     await this.init();
     let manifest: Manifest;
     try {
-      manifest = JSON.parse(await readFile(join(this.dir, MANIFEST), 'utf8')) as Manifest;
+      manifest = JSON.parse((await this.fs.readFile(join(this.dir, MANIFEST))).toString('utf8')) as Manifest;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw new Error(`the configuration cache ${this.dir} is unreadable: ${(error as Error).message}`, { cause: error });
@@ -71,7 +74,7 @@ export class ConfigCache {
     }
     const files = new Map<string, Buffer>();
     for (const [path, sha] of Object.entries(manifest.files)) {
-      const content = /^[0-9a-f]{64}$/.test(sha) ? await readFile(join(this.blobs, sha)).catch(() => undefined) : undefined;
+      const content = /^[0-9a-f]{64}$/.test(sha) ? await this.fs.readFile(join(this.blobs, sha)).catch(() => undefined) : undefined;
       // fsync makes this impossible short of a failing disk; refuse rather than run a torn config.
       if (!content || sha256(content) !== sha) throw new Error(`the configuration cache ${this.dir} is damaged: ${path} (blob ${sha}) is missing or corrupt`);
       files.set(path, content);
@@ -82,26 +85,43 @@ export class ConfigCache {
   async save(version: string, files: ReadonlyMap<string, Buffer>): Promise<void> {
     await this.init();
     const manifest: Manifest = { format: 1, version, savedAt: new Date().toISOString(), files: {} };
-    const existing = new Set(await readdir(this.blobs));
+    const existing = new Set(await this.fs.readdir(this.blobs));
     const missing = new Map<string, Buffer>();
     for (const [path, content] of files) {
       const sha = sha256(content);
       manifest.files[path.replace(/^\/+/, '')] = sha;
       if (!existing.has(sha)) missing.set(sha, content);
     }
-    await inParallel([...missing], ([sha, content]) => writeSynced(this.blobs, sha, content), 16);
+    await inParallel([...missing], ([sha, content]) => this.writeSynced(this.blobs, sha, content), 16);
     // Also covers blobs an earlier save renamed into place but died before syncing.
-    await syncDir(this.blobs);
+    await this.fs.syncDir(this.blobs);
     this.crashPoint('blobs-written');
 
-    const temp = await writeTemp(this.dir, MANIFEST, Buffer.from(JSON.stringify(manifest)));
+    const temp = await this.writeTemp(this.dir, MANIFEST, Buffer.from(JSON.stringify(manifest)));
     this.crashPoint('manifest-temp-written');
-    await rename(temp, join(this.dir, MANIFEST));
-    await syncDir(this.dir);
+    await this.fs.rename(temp, join(this.dir, MANIFEST));
+    await this.fs.syncDir(this.dir);
 
     const referenced = new Set(Object.values(manifest.files));
     const orphans = [...existing, ...missing.keys()].filter((name) => !referenced.has(name) && !name.endsWith(TEMP_SUFFIX));
-    await inParallel(orphans, (name) => rm(join(this.blobs, name), { force: true }), 16);
+    await inParallel(orphans, (name) => this.fs.unlink(join(this.blobs, name)), 16);
+  }
+
+  private async writeTemp(dir: string, name: string, content: Buffer): Promise<string> {
+    const temp = join(dir, `${name}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
+    const handle = await this.fs.open(temp, 'create');
+    try {
+      await handle.write(content);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    return temp;
+  }
+
+  /** Written and synced under a temp name, then renamed; the caller syncs the directory. */
+  private async writeSynced(dir: string, name: string, content: Buffer): Promise<void> {
+    await this.fs.rename(await this.writeTemp(dir, name, content), join(dir, name));
   }
 
   private crashPoint(step: CacheWriteStep): void {
@@ -112,21 +132,3 @@ export class ConfigCache {
 function sha256(content: Buffer): string {
   return createHash('sha256').update(content).digest('hex');
 }
-
-async function writeTemp(dir: string, name: string, content: Buffer): Promise<string> {
-  const temp = join(dir, `${name}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
-  const handle = await open(temp, 'wx');
-  try {
-    await handle.writeFile(content);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  return temp;
-}
-
-/** Written and synced under a temp name, then renamed; the caller syncs the directory. */
-async function writeSynced(dir: string, name: string, content: Buffer): Promise<void> {
-  await rename(await writeTemp(dir, name, content), join(dir, name));
-}
-
