@@ -148,4 +148,48 @@ describe('the disk store journal', () => {
     await store.putRecord(record({ '/a.json': sha(3) }, '3'), ['/a.json']);
     expect(published((await open()).loaded[0])).toEqual({ version: '3', main: '/main.json', files: { '/a.json': sha(3) } });
   });
+
+  it('refuses a snapshot damaged in place or cut short, naming it, rather than serving part of a codebase', async () => {
+    const { store } = await open();
+    await store.putRecord(record({ '/a.json': sha(1), '/b.json': sha(2) }, '1'));
+    const file = join(recordsDir(), `${encodeURIComponent(NAME)}.json`);
+    const whole = readFileSync(file);
+    expect(JSON.parse(whole.toString())).toMatchObject({ version: '1', crc32: expect.stringMatching(/^[0-9a-f]{8}$/) });
+    // Still JSON, so a flipped digit in a sha would otherwise be served as another blob.
+    const flipped = Buffer.from(whole.toString().replace(sha(2), sha(3)));
+    for (const damaged of [flipped, whole.subarray(0, whole.length - 5), Buffer.alloc(whole.length)]) {
+      writeFileSync(file, damaged);
+      await expect(open()).rejects.toThrow(`the snapshot ${file} is damaged`);
+    }
+    writeFileSync(file, whole);
+    expect((await open()).loaded.map(published)).toEqual([{ version: '1', main: '/main.json', files: { '/a.json': sha(1), '/b.json': sha(2) } }]);
+  });
+
+  it('removes at start drafts a crash left behind already published, so a later change of the path does not bring them back', async () => {
+    const { store } = await open();
+    await store.putRecord(record({}, '0'));
+    // A publish of /a.json whose drafts a crash kept from being removed.
+    await store.putDraft(NAME, '/a.json', sha(1));
+    await store.putRecord(record({ '/a.json': sha(1) }, '1'), ['/a.json']);
+    const restarted = await open();
+    expect(restarted.loaded[0]!.edits).toEqual({});
+    // A batch publish writes no draft files: nothing else would remove the old one.
+    await restarted.store.putRecord(record({ '/a.json': sha(2) }, '2'), ['/a.json']);
+    const again = await open();
+    expect(again.loaded[0]!.edits).toEqual({});
+    expect(again.loaded[0]!.files).toEqual({ '/a.json': sha(2) });
+  });
+
+  it('drops the drafts of a codebase whose delete a crash interrupted after its snapshot was gone', async () => {
+    const { store } = await open();
+    await store.putRecord(record({}, '0'));
+    await store.putDraft(NAME, '/a.json', sha(1));
+    rmSync(join(recordsDir(), `${encodeURIComponent(NAME)}.json`));
+    await open();
+    expect(readdirSync(join(dir, 'drafts'))).toEqual([]);
+    // Created again under the name: no old drafts.
+    const { store: fresh } = await open();
+    await fresh.putRecord(record({}, '0'));
+    expect((await open()).loaded[0]!.edits).toEqual({});
+  });
 });

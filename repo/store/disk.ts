@@ -16,7 +16,9 @@ import type { CodebaseRecord, RepoStore } from './store.js';
  * snapshot and fdatasyncs it. Each line carries its length and CRC-32, so a line a crash cut short
  * is recognised at load, ignored and cut off. When the journal outgrows the snapshot (or holds
  * many entries) the next write is a new snapshot, written with the usual protocol, that names a
- * new journal generation; journals of any other generation are stale and removed.
+ * new journal generation; journals of any other generation are stale and removed. A snapshot ends
+ * with its own CRC-32, so one the disk damaged is refused at load with a message naming it rather
+ * than served in part.
  *
  * Every file-system call goes through `fs` (common/durable-fs.ts): node:fs, or in a power-loss test
  * a recording layer that knows what a power cut after each call would leave. `faults` lets a test
@@ -100,7 +102,7 @@ export class DiskStore implements RepoStore {
     this.journals.clear();
     for (const f of names.filter((f) => f.endsWith('.json')).sort()) {
       const snapshot = await this.fs.readFile(join(this.records, f));
-      const { journal: generation, ...record } = JSON.parse(snapshot.toString('utf8')) as CodebaseRecord & { journal?: string };
+      const { journal: generation, ...record } = decodeSnapshot(snapshot, join(this.records, f));
       const journal: Journal = { record, generation, snapshotBytes: snapshot.length, bytes: 0, entries: 0, needsSnapshot: true };
       if (generation !== undefined && present.has(journalFile(record.name, generation))) {
         current.add(journalFile(record.name, generation));
@@ -110,10 +112,15 @@ export class DiskStore implements RepoStore {
       const { edits: _edits, ...published } = record;
       journal.record = published;
       this.journals.set(record.name, journal);
-      out.push(await this.withDrafts({ ...published, edits: {} }));
+      out.push(await this.withDrafts({ ...published, edits: {} }, true));
     }
     // Left by a crash between a snapshot and the removal of the journal it replaced, or in a delete.
     for (const f of names) if (f.endsWith('.journal') && !current.has(f)) await this.fs.unlink(join(this.records, f));
+    // The drafts of a codebase whose delete a crash interrupted.
+    const loaded = new Set(out.map((r) => r.name));
+    const orphans = (await this.fs.readdir(this.drafts)).filter((d) => !loaded.has(decodeURIComponent(d)));
+    for (const d of orphans) await this.fs.removeTree(join(this.drafts, d));
+    if (orphans.length > 0) await this.fs.syncDir(this.drafts);
     return out;
   }
 
@@ -149,13 +156,23 @@ export class DiskStore implements RepoStore {
     }
   }
 
-  private async withDrafts(record: CodebaseRecord): Promise<CodebaseRecord> {
+  /**
+   * The record with its drafts. A crash between a publish and the removal of its drafts leaves
+   * drafts that are published already: they are not drafts, and at start-up (`dropPublished`) their
+   * files are removed too. Kept, such a file would come back as a draft once a later publish (of a
+   * batch, which writes no draft files) changed the path, and the publish after that would revert it.
+   */
+  private async withDrafts(record: CodebaseRecord, dropPublished = false): Promise<CodebaseRecord> {
     const dir = this.draftDir(record.name);
+    const published: string[] = [];
     for (const d of (await this.fs.readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
       const { path, sha } = JSON.parse((await this.fs.readFile(join(dir, d))).toString('utf8')) as { path: string; sha: string | null };
-      // A crash between a publish and the removal of its drafts leaves drafts that are published already.
-      if (sha === null ? !(path in record.files) : record.files[path] === sha) continue;
-      record.edits[path] = sha;
+      if (sha === null ? !(path in record.files) : record.files[path] === sha) published.push(d);
+      else record.edits[path] = sha;
+    }
+    if (dropPublished && published.length > 0) {
+      for (const d of published) await this.fs.unlink(join(dir, d));
+      await this.fs.syncDir(dir);
     }
     return record;
   }
@@ -179,10 +196,9 @@ export class DiskStore implements RepoStore {
 
   async deleteRecord(name: string): Promise<void> {
     await this.serially(name, async () => {
-      // Drafts first: a codebase recreated under the same name must not find old drafts.
-      await this.fs.removeTree(this.draftDir(name));
-      await this.fs.syncDir(this.drafts);
-      // The snapshot before its journal: a snapshot without the journal it names would go back in time.
+      // The snapshot first, the one point of switch: a crash before its removal is durable leaves the
+      // codebase whole, drafts included; after it, the codebase is gone and what it left is removed
+      // at load. (Drafts first would let a crash leave the codebase without its drafts.)
       await this.fs.unlink(join(this.records, snapshotFile(name)));
       await this.fs.syncDir(this.records);
       const journal = this.journals.get(name);
@@ -190,6 +206,9 @@ export class DiskStore implements RepoStore {
       // Unsynced: a journal without its snapshot is removed at load anyway, and generations are never reused.
       for (const f of files) await this.fs.unlink(join(this.records, f));
       this.journals.delete(name);
+      // Synced before the delete is acknowledged: a codebase created again under the name must not find old drafts.
+      await this.fs.removeTree(this.draftDir(name));
+      await this.fs.syncDir(this.drafts);
     });
   }
 
@@ -208,7 +227,7 @@ export class DiskStore implements RepoStore {
     // Created before the snapshot that names it, so that the snapshot's directory sync makes its
     // entry durable too and an append needs nothing but its own fdatasync.
     await (await this.fs.open(join(this.records, journalFile(record.name, generation)), 'create')).close();
-    const content = Buffer.from(JSON.stringify({ ...record, edits: {}, journal: generation }));
+    const content = encodeSnapshot({ ...record, edits: {}, journal: generation });
     try {
       await this.durableWrite(this.records, snapshotFile(record.name), content);
     } catch (error) {
@@ -261,7 +280,11 @@ export class DiskStore implements RepoStore {
     if (paths.length === 0) return;
     const dir = this.draftDir(codebase);
     await Promise.all(paths.map((p) => this.fs.unlink(join(dir, `${encodeURIComponent(p)}.json`))));
-    await this.fs.syncDir(dir).catch(() => {});
+    // No draft was ever written for this codebase: nothing to make durable. Any other failure means
+    // a discard that a restart could undo, so the caller must hear of it.
+    await this.fs.syncDir(dir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOENT') throw error;
+    });
   }
 
   async putBlob(content: Buffer): Promise<string> {
@@ -347,6 +370,35 @@ const journalOf = (file: string) => {
   const match = /^(.+)\.[0-9a-f]{16}\.journal$/.exec(file);
   return match ? decodeURIComponent(match[1]!) : undefined;
 };
+
+type Snapshot = CodebaseRecord & { journal?: string };
+const SNAPSHOT_CHECKSUM = /,"crc32":"([0-9a-f]{8})"\}$/;
+
+/**
+ * The record as JSON whose last member is the CRC-32 of every byte before it: still JSON to read,
+ * and a snapshot cut short or damaged in place no longer matches.
+ */
+function encodeSnapshot(snapshot: Snapshot): Buffer {
+  const head = Buffer.from(JSON.stringify(snapshot).slice(0, -1));
+  return Buffer.concat([head, Buffer.from(`,"crc32":"${crc32(head).toString(16).padStart(8, '0')}"}`)]);
+}
+
+/** Throws, naming the file, when the snapshot is damaged. One written before checksums has none and is taken as it parses. */
+function decodeSnapshot(content: Buffer, file: string): Snapshot {
+  const damaged = (why: string) =>
+    new Error(`the snapshot ${file} is damaged (${why}): the repo will not start from part of a codebase; restore the data directory from a backup, or remove the codebase's files to start it empty`);
+  const trailer = SNAPSHOT_CHECKSUM.exec(content.toString('latin1', Math.max(0, content.length - 24)));
+  if (trailer && crc32(content.subarray(0, content.length - trailer[0].length)) !== Number.parseInt(trailer[1]!, 16)) throw damaged('checksum mismatch');
+  let value: unknown;
+  try {
+    value = JSON.parse(content.toString('utf8'));
+  } catch {
+    throw damaged(content.length === 0 ? 'empty' : 'not JSON: cut short?');
+  }
+  if (typeof value !== 'object' || value === null || typeof (value as Snapshot).name !== 'string' || typeof (value as Snapshot).files !== 'object') throw damaged('not a codebase record');
+  const { crc32: _checksum, ...snapshot } = value as Snapshot & { crc32?: string };
+  return snapshot;
+}
 
 /**
  * What a journal entry must say to turn `before` into `after`; undefined when they differ in more
