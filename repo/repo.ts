@@ -258,7 +258,7 @@ export class Repo {
     checkPath(name, 'codebase name');
     if (body.main !== undefined && (typeof body.main !== 'string' || !body.main.startsWith('/'))) throw new RepoError(400, 'Invalid main filename');
     const version = checkVersion(body.version);
-    return this.exclusive(name, () => this.publishLocked(name, body.main as string | undefined, version));
+    return this.exclusive(name, () => this.publishLocked(this.require(name), body.main as string | undefined, version));
   }
 
   /**
@@ -283,20 +283,24 @@ export class Repo {
         if (record.files[file]) edits[file] = null;
         else delete edits[file];
       }
-      this.codebases.set(name, { ...record, edits });
+      // Memory changes only once the store has the batch: a write refused (a full disk) must leave
+      // nothing that a later publish would take or a restart would lose.
+      const drafted: CodebaseRecord = { ...record, edits };
       if (version !== undefined) {
         // This batch's drafts were never written: only earlier ones have records to remove.
-        await this.publishLocked(name, options.main as string | undefined, version, Object.keys(record.edits));
+        await this.publishLocked(drafted, options.main as string | undefined, version, Object.keys(record.edits));
         return;
       }
       await this.store.putDrafts(name, Object.entries(edits).filter(([file]) => files.has(file)));
       const erasedBeforehand = [...files].filter(([file, content]) => content === null && !record.files[file] && file in record.edits).map(([file]) => file);
       await this.store.clearDrafts(name, erasedBeforehand);
+      this.codebases.set(name, drafted);
     });
   }
 
-  private async publishLocked(name: string, main: string | undefined, version: string | undefined, draftsOnDisk?: string[]): Promise<void> {
-    const current = this.require(name);
+  /** Publishes `current` (the codebase as it is, or with a batch's drafts that are not in memory yet). */
+  private async publishLocked(current: CodebaseRecord, main: string | undefined, version: string | undefined, draftsOnDisk?: string[]): Promise<void> {
+    const name = current.name;
     const files = { ...current.files };
     for (const [path, sha] of Object.entries(current.edits)) {
       if (sha === null) delete files[path];
@@ -307,8 +311,10 @@ export class Repo {
     await this.storeRecord(next, Object.keys(current.edits));
     this.codebases.set(name, next);
     this.remember(next, version === undefined || version === current.version);
-    await this.store.clearDrafts(name, draftsOnDisk ?? Object.keys(current.edits));
+    // Durable now: waiting workers hear of it even if removing the drafts fails (they are dropped
+    // at the next start anyway, being published).
     this.published(name);
+    await this.store.clearDrafts(name, draftsOnDisk ?? Object.keys(current.edits));
   }
 
   delete(name: string): Promise<void> {
