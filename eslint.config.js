@@ -17,7 +17,7 @@ export default tseslint.config(
   },
   {
     // Tests, scripts and the CLI entry print for people on purpose.
-    files: ['**/*.test.ts', 'scripts/**', 'bench/**', 'bin/**', 'test-e2e/**'],
+    files: ['**/*.test.ts', 'scripts/**', 'bench/**', 'bin/**', 'test-e2e/**', 'devenv/apps/**'],
     rules: { 'no-console': 'off' },
   },
 );

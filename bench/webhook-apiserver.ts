@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, type V1Pod } from '@kubernetes/client-node';
-import { startControlPlane, freePorts } from '../test-e2e/harness/controlplane.js';
+import { startControlPlane, freePorts } from '../devenv/controlplane.js';
 import { report } from './lib/report.js';
 import { stop } from './lib/processes.js';
 

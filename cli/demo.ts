@@ -12,7 +12,7 @@ export function demoCommand(): Command {
     .option('--kubeconfig-out <file>', 'also copy the admin kubeconfig here')
     .action(async (options: { kubeconfigOut?: string }) => {
       // Imported here so that other subcommands do not pay for loading the Kubernetes client.
-      const { startControlPlane } = await import('../test-e2e/harness/controlplane.js');
+      const { startControlPlane } = await import('../devenv/controlplane.js');
       const { createLogger } = await import('../common/log.js');
       const log = createLogger('demo');
       const started = Date.now();

@@ -1,13 +1,13 @@
-import { request as httpRequest, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type * as Http2 from 'node:http2';
-import { isIPv4, connect as netConnect } from 'node:net';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { isIPv4 } from 'node:net';
 import type { z } from 'zod';
 import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
+import { runNetworkProbe, type NetworkProbe, type ProbeResult } from '../common/probes.js';
 import { listen } from './listen.js';
 
 export type AppProbe = z.output<typeof ProbeSchema>;
-export type ProbeResult = { ok: boolean; status: number; detail: string };
+export type { ProbeResult };
 
 /**
  * The rewritten probe ports (15901-15903 by default, never captured): the kubelet asks
@@ -81,74 +81,14 @@ function probeSource(host: string): string | undefined {
 }
 
 export async function runProbe(probe: AppProbe, appHost: string): Promise<ProbeResult> {
-  const timeoutMs = probe.timeoutSeconds * 1000;
   const original = probe.original;
   const host = ('host' in original && original.host) || appHost;
-  const localAddress = probeSource(host);
-  switch (original.type) {
-    case 'tcp':
-      return new Promise((resolve) => {
-        const socket = netConnect({ host, port: original.port, timeout: timeoutMs, ...(localAddress ? { localAddress } : {}) });
-        socket.once('connect', () => {
-          socket.destroy();
-          resolve({ ok: true, status: 200, detail: `tcp ${host}:${original.port} connected` });
-        });
-        socket.once('timeout', () => {
-          socket.destroy();
-          resolve({ ok: false, status: 503, detail: `tcp ${host}:${original.port}: no connection within ${timeoutMs} ms` });
-        });
-        socket.once('error', (error) => resolve({ ok: false, status: 503, detail: `tcp ${host}:${original.port}: ${error.message}` }));
-      });
-    case 'http': {
-      // node:https and node:http2 load on first use: most pods never probe over them (memory).
-      const send = original.scheme === 'HTTPS' ? (await import('node:https')).request : httpRequest;
-      return new Promise((resolve) => {
-        const headers = Object.fromEntries(original.headers.map((h) => [h.name, h.value]));
-        const req = send({ host, port: original.port, path: original.path, method: 'GET', headers: { 'user-agent': 'kube-probe/flb', ...headers }, timeout: timeoutMs, agent: false, rejectUnauthorized: false, ...(localAddress ? { localAddress } : {}) }, (res) => {
-          res.resume();
-          const status = res.statusCode ?? 0;
-          // The kubelet's rule: 200-399 is success.
-          resolve({ ok: status >= 200 && status < 400, status, detail: `http ${host}:${original.port}${original.path}: ${status}` });
-        });
-        req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-        req.once('error', (error) => resolve({ ok: false, status: 503, detail: `http ${host}:${original.port}${original.path}: ${error.message}` }));
-        req.end();
-      });
-    }
-    case 'grpc':
-      return grpcHealthCheck(await import('node:http2'), host, original.port, original.service ?? '', timeoutMs, localAddress);
-  }
-}
-
-/**
- * grpc.health.v1.Health/Check by hand over node:http2: the request is one protobuf field (the
- * service name) and the answer one enum, so a gRPC library would be a large dependency for two
- * bytes of protobuf.
- */
-function grpcHealthCheck(http2: typeof Http2, host: string, port: number, service: string, timeoutMs: number, localAddress: string | undefined): Promise<ProbeResult> {
-  return new Promise((resolve) => {
-    const where = `grpc ${host}:${port}${service ? ` (${service})` : ''}`;
-    const session = http2.connect(`http://${host.includes(':') ? `[${host}]` : host}:${port}`, localAddress ? { createConnection: () => netConnect({ host, port, localAddress }) } : {});
-    const timer = setTimeout(() => finish(false, `${where}: no answer within ${timeoutMs} ms`), timeoutMs);
-    const finish = (ok: boolean, detail: string) => {
-      clearTimeout(timer);
-      session.destroy();
-      resolve({ ok, status: ok ? 200 : 503, detail });
-    };
-    session.on('error', (error) => finish(false, `${where}: ${error.message}`));
-    const name = Buffer.from(service);
-    const message = service ? Buffer.concat([Buffer.from([0x0a, name.length]), name]) : Buffer.alloc(0);
-    const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
-    const stream = session.request({ ':method': 'POST', ':path': '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers' });
-    const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('error', (error) => finish(false, `${where}: ${error.message}`));
-    stream.on('end', () => {
-      const body = Buffer.concat(chunks);
-      // HealthCheckResponse { status = 1 (SERVING) }: field 1, varint.
-      const serving = body.length >= 7 && body[5] === 0x08 && body[6] === 1;
-      finish(serving, `${where}: ${serving ? 'SERVING' : 'not serving'}`);
-    });
-    stream.end(frame);
-  });
+  const timeoutMs = probe.timeoutSeconds * 1000;
+  const target: NetworkProbe =
+    original.type === 'http'
+      ? { type: 'http', host, port: original.port, path: original.path, scheme: original.scheme, headers: original.headers }
+      : original.type === 'grpc'
+        ? { type: 'grpc', host, port: original.port, service: original.service ?? '' }
+        : { type: 'tcp', host, port: original.port };
+  return runNetworkProbe(target, timeoutMs, probeSource(host));
 }

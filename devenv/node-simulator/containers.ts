@@ -1,0 +1,131 @@
+// Containers as processes: each runs in its pod's network namespace and a mount and UTS namespace
+// of its own (its volumes bind-mounted where the spec says, the pod's resolv.conf and hostname),
+// as the spec's user and group with the spec's capabilities, under `setpriv --pdeathsig KILL` so
+// it dies with the simulator however that ends. There is no image filesystem: a container sees
+// the host's files (see devenv/README.md).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { V1SecurityContext } from '@kubernetes/client-node';
+
+export interface Mount {
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+export interface ContainerProcessSpec {
+  argv: string[];
+  env: Record<string, string>;
+  uid: number;
+  gid: number;
+  supplementaryGroups: number[];
+  /** Effective capabilities, lowercase without `cap_`; 'all' for a privileged container. */
+  capabilities: string[] | 'all';
+  noNewPrivileges: boolean;
+  netnsPath: string;
+  hostname: string;
+  mounts: Mount[];
+  workingDir?: string;
+  logFile: string;
+}
+
+/** containerd's default set for a container that neither adds nor drops. */
+const DEFAULT_CAPABILITIES = ['chown', 'dac_override', 'fsetid', 'fowner', 'mknod', 'net_raw', 'setgid', 'setuid', 'setfcap', 'setpcap', 'net_bind_service', 'sys_chroot', 'kill', 'audit_write'];
+
+export function effectiveCapabilities(security: V1SecurityContext | undefined): string[] | 'all' {
+  if (security?.privileged) return 'all';
+  const norm = (c: string) => c.toLowerCase().replace(/^cap_/, '');
+  const drop = (security?.capabilities?.drop ?? []).map(norm);
+  const base = drop.includes('all') ? [] : DEFAULT_CAPABILITIES.filter((c) => !drop.includes(c));
+  return [...new Set([...base, ...(security?.capabilities?.add ?? []).map(norm)])];
+}
+
+/** The setpriv arguments that make the process the container's user with its capabilities. */
+export function setprivArgs(spec: Pick<ContainerProcessSpec, 'uid' | 'gid' | 'supplementaryGroups' | 'capabilities' | 'noNewPrivileges'>): string[] {
+  const args = [`--reuid=${spec.uid}`, `--regid=${spec.gid}`, spec.supplementaryGroups.length ? `--groups=${spec.supplementaryGroups.join(',')}` : '--clear-groups'];
+  if (spec.capabilities !== 'all') {
+    const list = ['-all', ...spec.capabilities.map((c) => `+${c}`)].join(',');
+    // Root gets what the bounding set allows at exec; anyone else keeps capabilities only as ambient ones.
+    args.push('--inh-caps', spec.uid === 0 ? '-all' : list, '--bounding-set', list);
+    if (spec.uid !== 0) args.push('--ambient-caps', list);
+  }
+  if (spec.noNewPrivileges) args.push('--no-new-privs');
+  return args;
+}
+
+// Runs as root in the new mount and UTS namespaces, then becomes the container's process.
+// Arguments: hostname, working dir, mount count, (source target ro|rw)..., then the command.
+const ENTER = `set -e
+hostname "$1"; workdir=$2; n=$3; shift 3
+while [ "$n" -gt 0 ]; do
+  mount --bind "$1" "$2"
+  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi
+  shift 3; n=$((n - 1))
+done
+if [ -n "$workdir" ]; then cd "$workdir"; fi
+exec "$@"`;
+
+/**
+ * Mount targets that do not exist on the host are made (empty folders; the bind mounts themselves
+ * are private to the container); the caller removes what `created` lists once the pod is gone.
+ */
+export function prepareMountTargets(mounts: readonly Mount[], created: Set<string>): void {
+  for (const mount of mounts) {
+    if (existsSync(mount.target)) continue;
+    let top = mount.target;
+    while (!existsSync(dirname(top))) top = dirname(top);
+    mkdirSync(mount.target, { recursive: true });
+    created.add(top);
+  }
+}
+
+export function startContainerProcess(spec: ContainerProcessSpec): ChildProcess {
+  const mountArgs = spec.mounts.flatMap((m) => [m.source, m.target, m.readOnly ? 'ro' : 'rw']);
+  const argv = [
+    `--net=${spec.netnsPath}`,
+    '--',
+    'unshare',
+    '--mount',
+    '--uts',
+    '--propagation',
+    'private',
+    '--',
+    'sh',
+    '-c',
+    ENTER,
+    'flb-container',
+    spec.hostname,
+    spec.workingDir ?? '',
+    String(spec.mounts.length),
+    ...mountArgs,
+    'setpriv',
+    ...setprivArgs(spec),
+    '--pdeathsig',
+    'KILL',
+    '--',
+    ...spec.argv,
+  ];
+  const log = openSync(spec.logFile, 'a');
+  try {
+    // Its own process group: Ctrl-C in the simulator's terminal must not reach containers, which
+    // stop in the order Kubernetes uses.
+    return spawn('nsenter', argv, { env: spec.env, stdio: ['ignore', log, log], detached: true });
+  } finally {
+    closeSync(log);
+  }
+}
+
+/** A command inside a running container's namespaces, as its user: exec probes and hooks. */
+export function execInContainer(pid: number, spec: ContainerProcessSpec, command: string[], logFile: string): ChildProcess {
+  const log = openSync(logFile, 'a');
+  try {
+    const workdir = spec.workingDir ? [`--wd=${spec.workingDir}`] : [];
+    return spawn('nsenter', [`--target=${pid}`, '--mount', '--uts', '--net', ...workdir, '--', 'setpriv', ...setprivArgs(spec), '--pdeathsig', 'KILL', '--', ...command], {
+      env: spec.env,
+      stdio: ['ignore', log, log],
+    });
+  } finally {
+    closeSync(log);
+  }
+}
