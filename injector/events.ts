@@ -51,9 +51,12 @@ export function admissionEvents({ namespace, pod, result }: ReviewedPod): KubeEv
 function controllerOf(pod: V1Pod, namespace: string): EventSubject | undefined {
   // A pod that says it is in another namespace than the request is not what the apiserver sent.
   if (pod.metadata?.namespace !== undefined && pod.metadata.namespace !== namespace) return undefined;
-  const owner = pod.metadata?.ownerReferences?.find((o) => o?.controller === true);
+  // The admission shape check does not cover ownerReferences: anything may be here.
+  const references: unknown = pod.metadata?.ownerReferences;
+  if (!Array.isArray(references)) return undefined;
+  const owner: unknown = references.find((o: unknown) => typeof o === 'object' && o !== null && (o as { controller?: unknown }).controller === true);
   if (!owner) return undefined;
-  const { apiVersion, kind, name, uid } = owner;
+  const { apiVersion, kind, name, uid } = owner as Record<string, unknown>;
   if (typeof apiVersion !== 'string' || typeof kind !== 'string' || typeof name !== 'string' || typeof uid !== 'string') return undefined;
   return { apiVersion, kind, namespace, name, uid };
 }

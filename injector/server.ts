@@ -83,7 +83,12 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
         (outcome) => {
           stop();
           send(res, outcome.status, outcome.body);
-          account(outcome, metrics, log, events);
+          try {
+            account(outcome, metrics, log, events);
+          } catch (error) {
+            // The answer is sent; a bug in the bookkeeping must not become an unhandled rejection.
+            log.error({ err: error }, 'accounting for an admission review failed');
+          }
         },
         (error: unknown) => {
           log.error({ err: error }, 'admission review failed');
