@@ -161,7 +161,8 @@ function reinvoke(pod: V1Pod, mesh: Mesh, because: string, warnings: string[]): 
   const known = index >= 0 ? parseProbeMap(env[index]!.value) : {};
   const value = JSON.stringify({ ...known, ...probeMap(rewrites) });
   const envPath = `/spec/${located.list}/${located.index}/env`;
-  if (index >= 0) patch.push({ op: 'replace', path: `${envPath}/${index}/value`, value });
+  // The whole entry: one that someone mangled (valueFrom, no value) would not take a value's replace.
+  if (index >= 0) patch.push({ op: 'replace', path: `${envPath}/${index}`, value: { name: APP_PROBES_ENV, value } });
   else patch.push(...appendToArray(envPath, Array.isArray(located.container.env) ? located.container.env : undefined, [{ name: APP_PROBES_ENV, value }]));
   return { action: 'inject', patch, because, reinvocation: true, warnings };
 }
