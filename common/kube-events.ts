@@ -91,6 +91,9 @@ const WORKLOAD_READERS: Record<string, (kubeConfig: KubeConfig) => Reader> = {
   },
 };
 
+/** `<apiVersion> <kind>` of the controllers kubeEventsApi can verify. */
+export const OWNER_KINDS: ReadonlySet<string> = new Set(Object.keys(WORKLOAD_READERS));
+
 /**
  * Events API of a cluster, able to verify the kinds that own pods (ReplicaSet, StatefulSet,
  * DaemonSet, Job, ReplicationController). Needs `create` on events and `get` on those kinds.
