@@ -1,3 +1,4 @@
+import { keptStatus, truncated } from './status.js';
 import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/store.js';
 
 /**
@@ -25,7 +26,21 @@ export interface Instance {
   ip: string;
   timestamp: number;
   status: Record<string, unknown>;
+  codebase: string;
+  uuid: string;
+  /** What keeping it costs, roughly (its status as JSON, and the bookkeeping). */
+  bytes: number;
 }
+
+/**
+ * Instances kept, at most: per codebase (a sidecar's codebase has one, a Pipy fleet's a few
+ * hundred), overall, and by the size of their statuses overall. Past a limit the instance that
+ * reported least recently goes first; it comes back with its next report.
+ */
+export const MAX_INSTANCES_PER_CODEBASE = 256;
+export const MAX_INSTANCES = 10_000;
+export const MAX_INSTANCE_BYTES = 16 * 1024 * 1024;
+const INSTANCE_OVERHEAD_BYTES = 256;
 
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 export const MAX_NAME_LENGTH = 512;
@@ -64,7 +79,11 @@ export type Delta = Map<string, string | null>;
 
 export class Repo {
   private readonly codebases = new Map<string, CodebaseRecord>();
+  /** Per codebase, by uuid; each map in report order, least recent first. */
   private readonly instances = new Map<string, Map<string, Instance>>();
+  /** Every instance, in report order (least recent first), for the overall limits. */
+  private readonly instancesByReport = new Set<Instance>();
+  private instanceBytes = 0;
   private instanceCounter = 0;
   /** Writes to one codebase are serialised: concurrent writers see each other's results, in order. */
   private readonly queues = new Map<string, Promise<unknown>>();
@@ -328,7 +347,7 @@ export class Repo {
       });
       this.codebases.delete(name);
       this.history.delete(name);
-      this.instances.delete(name);
+      for (const instance of [...(this.instances.get(name)?.values() ?? [])]) this.dropInstance(instance);
       this.published(name);
     });
   }
@@ -431,28 +450,49 @@ export class Repo {
       baseFiles: inherited,
       derived: this.derivedOf(record.name),
       ...(record.base ? { base: record.base } : {}),
-      instances: Object.fromEntries([...(this.instances.get(record.name)?.values() ?? [])].map((i) => [String(i.index), { ip: i.ip, timestamp: i.timestamp, status: i.status }])),
+      instances: Object.fromEntries(
+        [...(this.instances.get(record.name)?.values() ?? [])].sort((a, b) => a.index - b.index).map((i) => [String(i.index), { ip: i.ip, timestamp: i.timestamp, status: i.status }]),
+      ),
     };
   }
 
-  reportStatus(name: string, status: Record<string, unknown>, ip: string, now = Date.now()): void {
+  /** Records a worker's status report; only what status.ts keeps of it, within the instance limits. */
+  reportStatus(name: string, report: Record<string, unknown>, ip: string, now = Date.now()): void {
+    const { status, bytes } = keptStatus(report);
     const uuid = typeof status.uuid === 'string' ? status.uuid : '';
     // Looked up in this codebase only: a sidecar cannot take over another codebase's instance.
-    const existing = this.instances.get(name)?.get(uuid);
-    const { metrics: _metrics, ...kept } = status;
-    const instance: Instance = { index: existing?.index ?? ++this.instanceCounter, ip, timestamp: now, status: kept };
-    if (!this.instances.has(name)) this.instances.set(name, new Map());
-    this.instances.get(name)!.set(uuid, instance);
+    let set = this.instances.get(name);
+    const existing = set?.get(uuid);
+    if (existing) this.dropInstance(existing);
+    if (!set) this.instances.set(name, (set = new Map()));
+    const instance: Instance = { index: existing?.index ?? ++this.instanceCounter, ip: truncated(ip, 64) ?? '', timestamp: now, status, codebase: name, uuid, bytes: bytes + INSTANCE_OVERHEAD_BYTES };
+    set.set(uuid, instance);
+    this.instancesByReport.add(instance);
+    this.instanceBytes += instance.bytes;
+    while (set.size > MAX_INSTANCES_PER_CODEBASE) this.dropInstance(set.values().next().value!);
+    while (this.instancesByReport.size > MAX_INSTANCES || this.instanceBytes > MAX_INSTANCE_BYTES) this.dropInstance(this.instancesByReport.values().next().value!);
+  }
+
+  private dropInstance(instance: Instance): void {
+    const set = this.instances.get(instance.codebase);
+    if (set?.get(instance.uuid) === instance) {
+      set.delete(instance.uuid);
+      if (set.size === 0) this.instances.delete(instance.codebase);
+    }
+    if (this.instancesByReport.delete(instance)) this.instanceBytes -= instance.bytes;
+  }
+
+  /** Instances kept now, and what they cost; for tests and metrics. */
+  instanceUsage(): { instances: number; bytes: number } {
+    return { instances: this.instancesByReport.size, bytes: this.instanceBytes };
   }
 
   expireInstances(now = Date.now()): number {
     let expired = 0;
-    for (const set of this.instances.values()) {
-      for (const [uuid, instance] of set) {
-        if (now - instance.timestamp >= INSTANCE_TIMEOUT_MS) {
-          set.delete(uuid);
-          expired++;
-        }
+    for (const instance of [...this.instancesByReport]) {
+      if (now - instance.timestamp >= INSTANCE_TIMEOUT_MS) {
+        this.dropInstance(instance);
+        expired++;
       }
     }
     return expired;
