@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import dnsPacket, { type Answer } from 'dns-packet';
-import { DROP, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOTIMP, forwardedResponse, parseQuery, parseResponse, wireKey, type Query } from './wire.js';
+import { DROP, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOTIMP, forwardedResponse, parseQuery, parseResponse, skipName, wireKey, type Query } from './wire.js';
 
 const opt = (udpPayloadSize: number, extra: Record<string, unknown> = {}) => ({ type: 'OPT', name: '.', udpPayloadSize, flags: 0, options: [], ...extra }) as unknown as Answer;
 const question = (name: string, additionals: Answer[] = []) =>
@@ -54,5 +54,41 @@ describe('DNS wire format', () => {
     const replayed = dnsPacket.decode(forwardedResponse(q, parsed, f, 1232, 5));
     expect(replayed.answers).toEqual([expect.objectContaining({ ttl: 25, data: '192.0.2.1' })]);
     expect(replayed.additionals).toEqual([expect.objectContaining({ name: 'ns.example', ttl: 25 }), expect.objectContaining({ type: 'OPT', udpPayloadSize: 1232 })]);
+  });
+
+  it('refuses a malformed upstream answer rather than walking off it or replaying what a client would misread', () => {
+    const q = question('x.example');
+    const questionEnd = (parseQuery(q) as Query).questionEnd;
+    const head = (counts: [number, number, number], rcode = 0) => {
+      const h = Buffer.from(q.subarray(0, questionEnd));
+      h[2] = 0x81;
+      h[3] = 0x80 | rcode;
+      h.writeUInt16BE(counts[0], 6);
+      h.writeUInt16BE(counts[1], 8);
+      h.writeUInt16BE(counts[2], 10);
+      return h;
+    };
+    const rr = (owner: number[], type: number, rdata: number[], rdlength = rdata.length) => Buffer.from([...owner, type >> 8, type & 0xff, 0, 1, 0, 0, 0, 30, rdlength >> 8, rdlength & 0xff, ...rdata]);
+    const a = rr([0xc0, 12], 1, [192, 0, 2, 1]);
+    expect(parseResponse(Buffer.concat([head([1, 0, 0]), a]), questionEnd)).toMatchObject({ an: 1, cacheSeconds: 30 });
+    const refused = {
+      'counts larger than the records': Buffer.concat([head([3, 0, 0]), a]),
+      'a count of 65,535 and no records': head([0xffff, 0xffff, 0xffff]),
+      'an A of RDLENGTH 0': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 1, [])]),
+      'an AAAA of 4 bytes': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 28, [1, 2, 3, 4])]),
+      'a CNAME of RDLENGTH 0 followed by a record': Buffer.concat([head([2, 0, 0]), rr([0xc0, 12], 5, []), a]),
+      'an MX whose name runs past its RDATA': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 15, [0, 10, 3, 0x6d, 0x78], 4), Buffer.from([0x78, 0])]),
+      'a TXT whose string runs past its RDATA': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 16, [9, 0x61])]),
+      'an SOA whose names end past its RDATA': Buffer.concat([head([0, 1, 0], 3), rr([0], 6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20), Buffer.from([0])]),
+      'a pointer at itself': Buffer.concat([head([1, 0, 0]), rr([0xc0, questionEnd], 1, [192, 0, 2, 1])]),
+      'a pointer forward': Buffer.concat([head([1, 0, 0]), rr([0xc0, questionEnd + 2], 1, [192, 0, 2, 1])]),
+      'a pointer into the header': Buffer.concat([head([1, 0, 0]), rr([0xc0, 0], 1, [192, 0, 2, 1])]),
+      'an OPT in the authority section': Buffer.concat([head([0, 1, 0]), rr([0], 41, [])]),
+      'an OPT not owned by the root': Buffer.concat([head([0, 0, 1]), rr([0xc0, 12], 41, [])]),
+      'a message cut inside a record': Buffer.concat([head([1, 0, 0]), a]).subarray(0, questionEnd + 12),
+    };
+    for (const [what, response] of Object.entries(refused)) expect([what, parseResponse(response, questionEnd)]).toEqual([what, undefined]);
+    // A walk that starts from a failed one (-1, or NaN from arithmetic on it) fails at once.
+    expect([skipName(q, -1), skipName(q, Number.NaN), skipName(q, q.length), skipName(q, 12, q.length + 1)]).toEqual([-1, -1, -1, -1]);
   });
 });

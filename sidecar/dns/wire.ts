@@ -13,10 +13,15 @@ import ipaddr from 'ipaddr.js';
 import type { DnsAnswer, DnsTable } from './table.js';
 
 export const TYPE_A = 1;
+export const TYPE_NS = 2;
+export const TYPE_CNAME = 5;
 export const TYPE_SOA = 6;
 export const TYPE_PTR = 12;
+export const TYPE_MX = 15;
+export const TYPE_TXT = 16;
 export const TYPE_AAAA = 28;
 export const TYPE_SRV = 33;
+export const TYPE_DNAME = 39;
 export const TYPE_OPT = 41;
 export const TYPE_IXFR = 251;
 export const TYPE_AXFR = 252;
@@ -100,26 +105,73 @@ export function parseQuery(msg: Buffer): Query | number {
 /** The question name: plain labels only (nothing precedes it to point at), at most 255 bytes. */
 function skipQuestionName(msg: Buffer): number {
   let p = 12;
-  for (;;) {
-    if (p >= msg.length) return -1;
+  while (p < msg.length) {
     const label = msg[p]!;
     if (label === 0) return p + 1;
     if (label > 63) return -1;
     p += label + 1;
     if (p - 12 > 254) return -1;
   }
+  return -1;
 }
 
-/** Skips a possibly compressed name; pointers are not followed, only stepped over. */
-export function skipName(msg: Buffer, start: number): number {
+/**
+ * Steps over a name that must end by `limit`: labels, then a zero byte or a pointer. -1 when it does
+ * not, and for a start that is no position in the message (negative, NaN, past the end), so that a
+ * caller's -1 fed back in cannot start a walk off the message. Pointers are not followed; each must
+ * point back into an earlier part of the message past the header (RFC 1035 4.1.4: a prior
+ * occurrence), so that a name we replay can send no decoder round a loop. Every step moves forward:
+ * the walk ends within `limit - start` steps.
+ */
+export function skipName(msg: Buffer, start: number, limit = msg.length): number {
+  if (!(start >= 0 && limit <= msg.length)) return -1;
   let p = start;
-  for (;;) {
-    if (p >= msg.length) return -1;
+  while (p < limit) {
     const label = msg[p]!;
     if (label === 0) return p + 1;
-    if ((label & 0xc0) === 0xc0) return p + 2 <= msg.length ? p + 2 : -1;
+    if (label >= 0xc0) {
+      if (p + 2 > limit) return -1;
+      const target = ((label & 0x3f) << 8) | msg[p + 1]!;
+      return target >= 12 && target < start ? p + 2 : -1;
+    }
+    // 0x40 and 0x80 are label types nobody uses (RFC 6891 6.1.3).
     if (label > 63) return -1;
     p += label + 1;
+    if (p - start > 254) return -1;
+  }
+  return -1;
+}
+
+/**
+ * Whether a record's RDATA (rdata..end) is what its type says, for the types whose RDATA a client
+ * reads by its structure rather than by RDLENGTH: a decoder reads an A of RDLENGTH 0 or a CNAME whose
+ * name runs past its RDATA from the bytes that follow, and those are not the same bytes once we
+ * have dropped the upstream's OPT or added ours. Other types pass as opaque bytes.
+ */
+function rdataFits(msg: Buffer, type: number, rdata: number, end: number): boolean {
+  switch (type) {
+    case TYPE_A:
+      return end - rdata === 4;
+    case TYPE_AAAA:
+      return end - rdata === 16;
+    case TYPE_NS:
+    case TYPE_CNAME:
+    case TYPE_PTR:
+    case TYPE_DNAME:
+      return skipName(msg, rdata, end) === end;
+    case TYPE_MX:
+      return skipName(msg, rdata + 2, end) === end;
+    case TYPE_SRV:
+      return skipName(msg, rdata + 6, end) === end;
+    case TYPE_SOA:
+      return skipName(msg, skipName(msg, rdata, end), end) === end - 20;
+    case TYPE_TXT: {
+      let p = rdata;
+      while (p < end) p += 1 + msg[p]!;
+      return p === end;
+    }
+    default:
+      return true;
   }
 }
 
@@ -397,11 +449,20 @@ export interface Forwarded {
   cacheSeconds: number;
 }
 
-/** Reads an upstream response whose id and question were already checked; undefined if malformed. */
+/**
+ * Reads an upstream response whose id and question were already checked; undefined if malformed.
+ * Every record must lie within the message and the counts: a count larger than the records there
+ * are, a name or RDATA that runs past its end, an OPT outside the additional section, and RDATA
+ * that is not what its type says (rdataFits) make the answer malformed, never a longer walk.
+ */
 export function parseResponse(msg: Buffer, questionEnd: number, reencoded = false): Forwarded | undefined {
   const len = msg.length;
-  const counts = [(msg[6]! << 8) | msg[7]!, (msg[8]! << 8) | msg[9]!, (msg[10]! << 8) | msg[11]!] as const;
-  const total = counts[0] + counts[1] + counts[2];
+  // The header, a name of one byte at least, QTYPE and QCLASS.
+  if (!(questionEnd >= 17 && questionEnd <= len)) return undefined;
+  const an = msg.readUInt16BE(6);
+  const ns = msg.readUInt16BE(8);
+  const ar = msg.readUInt16BE(10);
+  const total = an + ns + ar;
   const ttlOffsets: number[] = [];
   const ttls: number[] = [];
   let minTtl = Number.POSITIVE_INFINITY;
@@ -409,30 +470,30 @@ export function parseResponse(msg: Buffer, questionEnd: number, reencoded = fals
   let optStart = -1;
   let optEnd = -1;
   let p = questionEnd;
+  // Each record takes 11 bytes at least, so this loop ends within (len - questionEnd) / 11 rounds.
   for (let i = 0; i < total; i++) {
     const start = p;
     p = skipName(msg, p);
     if (p < 0 || p + 10 > len) return undefined;
-    const type = (msg[p]! << 8) | msg[p + 1]!;
+    const type = msg.readUInt16BE(p);
     const ttl = msg.readUInt32BE(p + 4);
     const rdata = p + 10;
-    const end = rdata + ((msg[p + 8]! << 8) | msg[p + 9]!);
+    const end = rdata + msg.readUInt16BE(p + 8);
     if (end > len) return undefined;
     if (type === TYPE_OPT) {
-      if (optStart >= 0) return undefined;
+      // RFC 6891: at most one, in the additional section, owned by the root.
+      if (optStart >= 0 || i < an + ns || msg[start] !== 0) return undefined;
       optStart = start;
       optEnd = end;
     } else {
+      if (!rdataFits(msg, type, rdata, end)) return undefined;
       // RFC 2181: a TTL with the top bit set means zero.
       const seconds = ttl > 0x7fffffff ? 0 : ttl;
       ttlOffsets.push(p + 4 - questionEnd);
       ttls.push(seconds);
       minTtl = Math.min(minTtl, seconds);
-      if (type === TYPE_SOA && i >= counts[0] && i < counts[0] + counts[1]) {
-        const names = skipName(msg, skipName(msg, rdata));
-        if (names < 0 || names + 20 > end) return undefined;
-        negativeTtl = Math.min(seconds, msg.readUInt32BE(names + 16));
-      }
+      // RFC 2308: a negative answer is cached for the least of the SOA's TTL and its MINIMUM.
+      if (type === TYPE_SOA && i >= an && i < an + ns) negativeTtl = Math.min(seconds, msg.readUInt32BE(end - 4));
     }
     p = end;
   }
@@ -440,16 +501,19 @@ export function parseResponse(msg: Buffer, questionEnd: number, reencoded = fals
     // Cutting an OPT out of the middle would move the names later records point at: let
     // dns-packet decode it and encode it again, uncompressed, with the OPT left out.
     if (reencoded) return undefined;
+    let again: Buffer;
     try {
       const packet = dnsPacket.decode(msg);
       packet.additionals = (packet.additionals ?? []).filter((r) => r.type !== 'OPT');
-      return parseResponse(dnsPacket.encode(packet), questionEnd, true);
+      again = dnsPacket.encode(packet);
     } catch {
       return undefined;
     }
+    // dns-packet reads labels as UTF-8 text: a question of other bytes would not come back as sent.
+    if (again.length < questionEnd || !again.subarray(12, questionEnd).equals(msg.subarray(12, questionEnd))) return undefined;
+    return parseResponse(again, questionEnd, true);
   }
   const rcode = msg[3]! & 0x0f;
-  const an = counts[0];
   let cacheSeconds = 0;
   if (rcode === RCODE_NXDOMAIN || (rcode === RCODE_NOERROR && an === 0)) cacheSeconds = Math.max(0, negativeTtl);
   else if (rcode === RCODE_NOERROR) cacheSeconds = Number.isFinite(minTtl) ? minTtl : 0;
@@ -458,8 +522,8 @@ export function parseResponse(msg: Buffer, questionEnd: number, reencoded = fals
     authenticData: (msg[3]! & 0x20) !== 0,
     body: Buffer.from(msg.subarray(questionEnd, optStart >= 0 ? optStart : p)),
     an,
-    ns: counts[1],
-    ar: counts[2] - (optStart >= 0 ? 1 : 0),
+    ns,
+    ar: ar - (optStart >= 0 ? 1 : 0),
     ttlOffsets,
     ttls,
     cacheSeconds,
