@@ -89,15 +89,18 @@ interface Waiter {
 const MAX_WAITERS = 1024;
 const MAX_TCP_PENDING = 64;
 
-/** Answers one query from the table, the cache or upstream, whatever transport it came on. */
-class Resolver {
+/**
+ * Answers one query from the table, the cache or upstream, whatever transport it came on. Exported
+ * for the fuzz targets (testing/fuzz-targets.ts), which drive it without sockets.
+ */
+export class Resolver {
   private compiled: CompiledTable;
   private readonly compiler: AnswerCompiler;
   private generation = 0;
   private readonly inflight = new Map<string, Waiter[]>();
   private readonly failed: ReturnType<typeof throttled>;
   /** Set once the listeners are bound (an upstream that is ourselves is known only then). */
-  forwarder?: Forwarder;
+  forwarder?: Pick<Forwarder, 'forward'>;
 
   constructor(
     table: DnsTable,
