@@ -424,4 +424,54 @@ describe('DNS over TCP', () => {
       silent.close();
     }
   });
+
+  it('closes a connection that trickles a query a byte at a time', async () => {
+    const s = await startDnsServer({ table, listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [], tcpIdleTimeoutMs: 200, log });
+    const socket = connect({ host: '127.0.0.1', port: s.ports[0]!.port });
+    const msg = query('orders.shop.svc.cluster.local');
+    const framed = Buffer.concat([Buffer.from([msg.length >> 8, msg.length & 0xff]), msg]);
+    let sent = 0;
+    const trickle = setInterval(() => {
+      if (!socket.destroyed && sent < framed.length) socket.write(framed.subarray(sent, ++sent));
+    }, 40);
+    try {
+      const started = performance.now();
+      await new Promise((resolve) => socket.once('close', resolve));
+      // 47 bytes at one per 40 ms would take 1.9 s; idle counts whole queries, not bytes.
+      expect(performance.now() - started).toBeLessThan(1000);
+      expect(sent).toBeLessThan(framed.length);
+    } finally {
+      clearInterval(trickle);
+      socket.destroy();
+      await s.close();
+    }
+  });
+
+  it('stops reading a client that sends queries and does not read the answers, and serves others meanwhile', async () => {
+    const s = await startDnsServer({ table, listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [], log });
+    const port = s.ports[0]!.port;
+    const socket = connect({ host: '127.0.0.1', port });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.pause();
+    try {
+      // 100,000 answers of 1.6 KB: 160 MB, of which the kernel's buffers (4 MB to send, up to 32 MB
+      // to receive here) take some 23,000 answers; the rest the server must not make and hold.
+      const msg = query('big.example');
+      const framed = Buffer.concat([Buffer.from([msg.length >> 8, msg.length & 0xff]), msg]);
+      socket.write(Buffer.concat(Array.from({ length: 100_000 }, () => framed)));
+      const answered = () => s.metrics.snapshot()['A/local'] ?? 0;
+      let last = -1;
+      for (let waited = 0; waited < 10_000 && answered() !== last; waited += 300) {
+        last = answered();
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+      expect(answered()).toBeGreaterThan(0);
+      expect(answered()).toBeLessThan(40_000);
+      const [answer] = await tcp(port, [query('orders.shop.svc.cluster.local')]);
+      expect(addresses(decode(answer!))).toEqual(['10.96.14.20']);
+    } finally {
+      socket.destroy();
+      await s.close();
+    }
+  });
 });

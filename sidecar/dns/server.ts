@@ -88,6 +88,8 @@ interface Waiter {
 /** Waiters on one upstream question beyond this get SERVFAIL at once. */
 const MAX_WAITERS = 1024;
 const MAX_TCP_PENDING = 64;
+/** Answers written to a TCP client and not yet taken by it, past which it is not read. */
+const MAX_TCP_UNSENT = 128 * 1024;
 
 /**
  * Answers one query from the table, the cache or upstream, whatever transport it came on. Exported
@@ -216,50 +218,96 @@ export class Resolver {
   }
 }
 
-/** One TCP client: 2-byte length framing, several queries (answered as they complete), idle timeout. */
+/**
+ * One TCP client: 2-byte length framing, several queries (answered as they complete). What one
+ * client can hold is bounded: while MAX_TCP_PENDING of its queries are owed, or MAX_TCP_UNSENT bytes
+ * of answers wait for it to read them, nothing more is read from it, so at most one partial frame
+ * and one chunk sit here. Idle means no whole query for `idleMs` and no answer owed; a byte now and
+ * then does not count, or a client could hold a connection open forever a byte at a time.
+ */
 function serveTcp(socket: Socket, resolver: Resolver, idleMs: number, log: Logger): void {
-  let buffered: Buffer | undefined;
+  const chunks: Buffer[] = [];
+  let buffered = 0;
   let pending = 0;
-  let paused = false;
-  const reply: Reply = (response) => {
-    pending -= 1;
-    if (socket.destroyed || !socket.writable) return;
-    const framed = Buffer.allocUnsafe(response.length + 2);
-    framed.writeUInt16BE(response.length, 0);
-    response.copy(framed, 2);
-    socket.write(framed);
-    if (paused && pending < MAX_TCP_PENDING / 2) {
-      paused = false;
-      socket.resume();
+  let closed = false;
+  const idle = setTimeout(function expire() {
+    if (pending > 0) idle.refresh();
+    else socket.destroy();
+  }, idleMs);
+
+  /** The next `n` bytes of what was received, as one buffer; the caller checked that there are as many. */
+  const take = (n: number): Buffer => {
+    const first = chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) out = first.subarray(0, n);
+    else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const chunk = chunks[0]!;
+        const used = Math.min(chunk.length, n - at);
+        chunk.copy(out, at, 0, used);
+        at += used;
+        if (used < chunk.length) {
+          chunks[0] = chunk.subarray(used);
+          break;
+        }
+        chunks.shift();
+      }
+      buffered -= n;
+      return out;
     }
+    if (first.length === n) chunks.shift();
+    else chunks[0] = first.subarray(n);
+    buffered -= n;
+    return out;
   };
-  socket.setNoDelay(true);
-  socket.setTimeout(idleMs);
-  socket.on('timeout', () => {
-    // Idle means nothing to read and nothing owed: an answer still upstream keeps it open.
-    if (pending === 0) socket.destroy();
-    else socket.setTimeout(idleMs);
-  });
-  socket.on('error', (error) => log.debug({ err: error }, 'DNS TCP client error'));
-  socket.on('data', (chunk: Buffer) => {
-    let data = buffered ? Buffer.concat([buffered, chunk]) : chunk;
-    while (data.length >= 2) {
-      const length = (data[0]! << 8) | data[1]!;
+  const frameLength = () => (chunks[0]!.length >= 2 ? chunks[0]!.readUInt16BE(0) : (chunks[0]![0]! << 8) | chunks[1]![0]!);
+  const busy = () => pending >= MAX_TCP_PENDING || socket.writableLength >= MAX_TCP_UNSENT;
+
+  /** Handles every whole query received, while the client may have more; then reads on, or not. */
+  const serve = () => {
+    while (!closed && !socket.destroyed && buffered >= 2 && !busy()) {
+      const length = frameLength();
       if (length === 0) {
         socket.destroy();
         return;
       }
-      if (data.length < 2 + length) break;
-      const msg = data.subarray(2, 2 + length);
-      data = data.subarray(2 + length);
+      if (buffered < 2 + length) break;
+      take(2);
+      const msg = take(length);
+      idle.refresh();
       pending += 1;
       if (!resolver.handle(msg, false, reply)) pending -= 1;
     }
-    buffered = data.length > 0 ? data : undefined;
-    if (pending >= MAX_TCP_PENDING && !paused) {
-      paused = true;
-      socket.pause();
-    }
+    if (closed || socket.destroyed) return;
+    if (busy()) socket.pause();
+    else socket.resume();
+  };
+
+  const reply: Reply = (response) => {
+    pending -= 1;
+    if (closed || !socket.writable) return;
+    const framed = Buffer.allocUnsafe(response.length + 2);
+    framed.writeUInt16BE(response.length, 0);
+    response.copy(framed, 2);
+    socket.write(framed);
+    idle.refresh();
+    // Answered from the table, a reply comes within serve(); from upstream, later: read on then.
+    if (socket.isPaused() && !busy()) setImmediate(serve);
+  };
+
+  socket.setNoDelay(true);
+  socket.on('error', (error) => log.debug({ err: error }, 'DNS TCP client error'));
+  socket.on('close', () => {
+    closed = true;
+    clearTimeout(idle);
+  });
+  socket.on('drain', serve);
+  socket.on('data', (chunk: Buffer) => {
+    chunks.push(chunk);
+    buffered += chunk.length;
+    serve();
   });
 }
 

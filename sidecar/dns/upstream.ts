@@ -221,7 +221,10 @@ export class Forwarder {
     const socket = connect({ host: upstream.host, port: upstream.port });
     this.tcp.add(socket);
     let settled = false;
-    let received = Buffer.alloc(0);
+    // Kept as chunks and joined once the frame is whole: an upstream sending a byte at a time must
+    // not cost a copy of all it sent so far per byte.
+    const chunks: Buffer[] = [];
+    let received = 0;
     const finish = (response?: Buffer, error?: unknown) => {
       if (settled) return;
       settled = true;
@@ -237,9 +240,13 @@ export class Forwarder {
     socket.setNoDelay(true);
     socket.on('connect', () => socket.write(framed));
     socket.on('data', (chunk: Buffer) => {
-      received = Buffer.concat([received, chunk]);
-      if (received.length < 2 || received.length < 2 + received.readUInt16BE(0)) return;
-      const response = received.subarray(2, 2 + received.readUInt16BE(0));
+      chunks.push(chunk);
+      received += chunk.length;
+      if (received < 2) return;
+      const head = chunks[0]!.length >= 2 ? chunks[0]! : Buffer.concat(chunks);
+      const length = head.readUInt16BE(0);
+      if (received < 2 + length) return;
+      const response = Buffer.concat(chunks).subarray(2, 2 + length);
       if (response.length >= 12 && response.readUInt16BE(0) === id && response[2]! & 0x80 && sameQuestion(response, attempt.msg, attempt.q.questionEnd)) finish(response);
       else finish(undefined, new Error('upstream TCP answer does not match the question'));
     });
