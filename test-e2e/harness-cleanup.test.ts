@@ -4,8 +4,11 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startControlPlane } from './harness/controlplane.js';
+import { execa } from 'execa';
+import { startControlPlane } from '../devenv/controlplane.js';
+import { removeStaleNetworks } from '../devenv/pod-network.js';
 import { isAlive, processesMentioning, waitForNoLeftovers } from './harness/leftovers.js';
+import { requireRoot } from './harness/netns.js';
 
 const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const repoRoot = fileURLToPath(new URL('../', import.meta.url));
@@ -33,6 +36,32 @@ describe('the control-plane helper leaves nothing behind', () => {
     holder.kill('SIGKILL');
     expect(await waitForNoLeftovers(started.dir)).toEqual({ processes: [], dirExists: false });
     expect(started.pids.filter(isAlive)).toEqual([]);
+  });
+
+  it('with pods running on the node simulator, killed with SIGKILL: containers die with it, the next run removes its network', async () => {
+    requireRoot('the node simulator');
+    const marker = `${600 + Math.random()}`.slice(0, 12);
+    const holder = spawn(process.execPath, [join(fixtures, 'hold-dev-environment.mjs'), marker], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const started = await new Promise<Started & { planeDir: string; bridge: string }>((resolve, reject) => {
+      let out = '';
+      holder.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        if (out.includes('\n')) resolve(JSON.parse(out) as Started & { planeDir: string; bridge: string });
+      });
+      holder.once('exit', (code) => reject(new Error(`holder exited early (${code})`)));
+    });
+    const netnsOf = async () => (await execa('ip', ['netns', 'list'])).stdout.split('\n').filter((l) => l.startsWith(`flbp-${holder.pid}-`));
+    expect(processesMentioning(`sleep ${marker}`)).toHaveLength(1);
+    expect(await netnsOf()).toHaveLength(1);
+
+    holder.kill('SIGKILL');
+    expect(await waitForNoLeftovers(started.planeDir)).toEqual({ processes: [], dirExists: false });
+    expect(await waitForNoLeftovers(started.dir)).toEqual({ processes: [], dirExists: false });
+    expect(processesMentioning(`sleep ${marker}`)).toEqual([]);
+    // What the next run does first.
+    await removeStaleNetworks();
+    expect(await netnsOf()).toEqual([]);
+    expect((await execa('ip', ['link', 'show', started.bridge], { reject: false })).exitCode).not.toBe(0);
   });
 
   it('when a test fails', () => {

@@ -14,7 +14,7 @@ import type { Logger } from '../../common/log.js';
 import type { PodNetwork, PodSandbox } from '../pod-network.js';
 import { effectiveCapabilities, execInContainer, prepareMountTargets, startContainerProcess, type ContainerProcessSpec, type Mount } from './containers.js';
 import { containerEnv, EnvError, type EnvSources } from './env.js';
-import { containerArgv, ImagePullError } from './images.js';
+import { CHECKOUT, containerArgv, ImagePullError } from './images.js';
 import { ProbeRunner, resolvePort } from './probes.js';
 import { podStatus, type ContainerRole, type ContainerView } from './status.js';
 import { PodVolumes, VolumeError } from './volumes.js';
@@ -83,6 +83,7 @@ export class PodWorker {
   private statusWrite: Promise<void> = Promise.resolve();
   private terminating?: Promise<void>;
   private closed = false;
+  private silenced = false;
   private readonly log: Logger;
 
   constructor(
@@ -143,6 +144,8 @@ export class PodWorker {
   /** The pod is gone from the API (force-deleted) or the node stops: containers end at once. */
   async kill(): Promise<void> {
     this.closed = true;
+    // Nobody is left to read it: the pod is gone, or the node is going.
+    this.silenced = true;
     await this.stopAll(0);
     await this.tearDown();
   }
@@ -305,6 +308,12 @@ export class PodWorker {
     const mounts: Mount[] = [...this.volumes!.mountsFor(spec)];
     if (this.pod.spec?.dnsPolicy !== 'Default' && !mounts.some((m) => m.target === '/etc/resolv.conf')) mounts.push({ source: join(this.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true });
     if (!mounts.some((m) => m.target === '/etc/hosts')) mounts.push({ source: join(this.dir, 'hosts'), target: '/etc/hosts', readOnly: true });
+    for (const m of mounts) {
+      // Containers see the host's files: a mount over the checkout or Node would hide the programs themselves.
+      if ([CHECKOUT, process.execPath].some((p) => p === m.target || p.startsWith(`${m.target.replace(/\/$/, '')}/`))) {
+        throw new VolumeError(`volumeMount at ${m.target} would hide ${CHECKOUT} or Node.js from the container (the node simulator has no image filesystem): mount somewhere else`);
+      }
+    }
     prepareMountTargets(mounts, this.createdDirs);
     return {
       argv,
@@ -669,7 +678,7 @@ export class PodWorker {
 
   /** Coalesced: many changes in a few milliseconds become one write. */
   private publishStatus(): void {
-    if (this.statusTimer) return;
+    if (this.statusTimer || this.silenced) return;
     this.statusTimer = setTimeout(() => {
       this.statusTimer = undefined;
       this.statusWrite = this.statusWrite.then(() => this.writeStatus());
