@@ -123,7 +123,7 @@ const pipyBin = process.env.PIPY_BIN;
       await new Promise((r) => setTimeout(r, 100));
     }
   });
-  afterAll(() => pipy?.kill('SIGKILL'));
+  afterAll(() => void pipy?.kill('SIGKILL'));
   repoContract(() => `http://127.0.0.1:${port}`, `p${Date.now()}`);
 });
 if (!pipyBin) console.warn('repo contract against a real Pipy repo skipped: set PIPY_BIN to a Pipy binary to run it');

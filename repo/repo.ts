@@ -16,6 +16,8 @@ export class RepoError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** Sent with the error answer, e.g. Retry-After. */
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }

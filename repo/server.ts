@@ -1,12 +1,12 @@
 import { isUtf8 } from 'node:buffer';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../common/log.js';
 import { DELTA_MEDIA_TYPE } from '../common/repo-worker.js';
-import { Authenticator, authorize } from './auth.js';
+import { Authenticator, TooManyTokenReviews, authorize } from './auth.js';
 import { RepoError, checkPath, type Delta, type Repo } from './repo.js';
 import type { CodebaseRecord } from './store/store.js';
 
@@ -18,6 +18,12 @@ import type { CodebaseRecord } from './store/store.js';
 export const MAX_BODY_BYTES = 8 * 1024 * 1024;
 /** Longest a worker's long poll is held; below common proxy idle timeouts. */
 export const MAX_WAIT_SECONDS = 55;
+/**
+ * Requests one connection may have unanswered at once. HTTP/1.1 pipelining lets a client send
+ * thousands without waiting (each a held long poll, a timer, a listener); no worker pipelines, so a
+ * connection past this is closed.
+ */
+export const MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION = 16;
 
 export interface RepoServer {
   readonly port: number;
@@ -79,24 +85,74 @@ function parseBatchFiles(value: unknown): Map<string, Buffer | null> {
 }
 
 const MAX_DELTA_BYTES = 1024 * 1024;
+/** Encoded deltas kept for the workers that ask for the same change: at most this many, of this many bytes. */
+const MAX_DELTA_BODIES = 256;
+export const MAX_DELTA_CACHE_BYTES = 32 * 1024 * 1024;
 
-export interface RepoServerOptions {
+export interface RepoHandlerOptions {
   repo: Repo;
-  host: string;
-  port: number;
   log: Logger;
-  /** HTTPS with these; `ca` verifies client certificates (which stay optional: tokens work too). */
-  tls?: { cert: string; key: string; ca?: string };
   /** Default: everyone may do everything (only for a repo bound to loopback). */
   auth?: Authenticator;
+  /** Where the metrics go; default: a new registry with the process metrics. */
+  registry?: Registry;
+  /** Longest a long poll is held, in ms (MAX_WAIT_SECONDS unless told; a fuzz test shortens it). */
+  maxWaitMs?: number;
 }
 
-export async function startRepoServer(options: RepoServerOptions): Promise<RepoServer> {
+export interface RepoServerOptions extends Omit<RepoHandlerOptions, 'registry'> {
+  host: string;
+  port: number;
+  /** HTTPS with these; `ca` verifies client certificates (which stay optional: tokens work too). */
+  tls?: { cert: string; key: string; ca?: string };
+}
+
+/** Where a reply goes: a ServerResponse, or in a test anything that takes the status, headers and body. */
+export interface ReplySink {
+  readonly headersSent: boolean;
+  writeHead(status: number, headers: OutgoingHttpHeaders): unknown;
+  end(body?: string | Buffer): unknown;
+}
+
+export interface RepoHandler {
+  readonly registry: Registry;
+  /** Answers one request; resolves once the answer is written. Never rejects. */
+  handle(req: IncomingMessage, res: ReplySink): Promise<void>;
+  /** Answers every held long poll and stops listening to the repo. */
+  close(): void;
+}
+
+/** The request handler of `flb repo`, without a server: startRepoServer puts it behind one, a fuzz test calls it directly. */
+export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
   const { repo, log } = options;
   const auth = options.auth ?? new Authenticator({ trustAnonymous: true });
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  const maxWaitMs = options.maxWaitMs ?? MAX_WAIT_SECONDS * 1000;
+  const registry = options.registry ?? new Registry();
+  if (!options.registry) collectDefaultMetrics({ register: registry });
   const requests = new Counter({ name: 'flb_repo_requests_total', help: 'Requests by route and status', labelNames: ['route', 'status'] as const, registers: [registry] });
+  new Counter({
+    name: 'flb_repo_bearer_tokens_total',
+    help: 'Bearer tokens by outcome: cached, refused-locally (not a token for the repo, expired), reviewed (a TokenReview was made), rate-limited, review-failed',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [outcome, count] of Object.entries(auth.counts)) this.inc({ outcome }, count);
+    },
+  });
+  const closedConnections = new Counter({ name: 'flb_repo_connections_closed_total', help: `Connections closed for having more than ${MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION} requests unanswered`, registers: [registry] });
+  /** Unanswered requests per connection. */
+  const inFlight = new WeakMap<object, number>();
+  /** Connections with a long poll held. */
+  const holding = new WeakSet<object>();
+  new Gauge({
+    name: 'flb_repo_long_polls',
+    help: 'Long polls held now (workers waiting for a publish)',
+    registers: [registry],
+    collect() {
+      this.set(waiters.size);
+    },
+  });
 
   async function route(req: IncomingMessage): Promise<{ route: string; reply: Reply }> {
     const method = req.method ?? 'GET';
@@ -115,6 +171,7 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
     try {
       principal = await auth.authenticate(req);
     } catch (error) {
+      if (error instanceof TooManyTokenReviews) throw new RepoError(429, error.message, { 'retry-after': String(error.retryAfterSeconds) });
       log.warn({ err: error }, 'could not check credentials');
       throw new RepoError(503, 'cannot check credentials right now (TokenReview failed); retry');
     }
@@ -202,8 +259,16 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
           // Push by long poll: `Prefer: wait=N` (RFC 7240) holds the request until the etag
           // changes, so a publish reaches waiting workers at once; Pipy workers, which never send
           // If-None-Match, keep polling as before.
-          const wait = Math.min(MAX_WAIT_SECONDS, Number(/wait=(\d+)/.exec(String(req.headers.prefer ?? ''))?.[1] ?? 0));
-          if (wait > 0) await waitForChange(record.name, known, wait * 1000, req);
+          const wait = Math.min(maxWaitMs, Number(/wait=(\d+)/.exec(String(req.headers.prefer ?? ''))?.[1] ?? 0) * 1000);
+          // One held poll per connection: others on it (pipelined) are answered at once.
+          if (wait > 0 && !holding.has(req.socket)) {
+            holding.add(req.socket);
+            try {
+              await waitForChange(record.name, known, wait, req);
+            } finally {
+              holding.delete(req.socket);
+            }
+          }
           const now = repo.get(record.name);
           if (!now || !repo.isServed(now)) return new Reply(404);
           if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
@@ -241,15 +306,24 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
    * publish answers 1,000 derived codebases with one encoding.
    */
   const deltaBodies = new Map<string, Promise<Buffer | undefined>>();
+  /** Bytes of the encoded bodies in deltaBodies: each may be over a MiB, and a client can ask for many. */
+  let deltaBytes = 0;
   async function deltaReply(record: CodebaseRecord, from: string): Promise<Reply | undefined> {
     const delta = repo.delta(record, from);
     if (!delta) return undefined;
     const key = `${record.main}\0${[...delta].join('\0')}`;
     let body = deltaBodies.get(key);
     if (!body) {
-      if (deltaBodies.size >= 256) deltaBodies.clear();
+      if (deltaBodies.size >= MAX_DELTA_BODIES || deltaBytes > MAX_DELTA_CACHE_BYTES) {
+        deltaBodies.clear();
+        deltaBytes = 0;
+      }
       // Cached as a promise: the workers a publish wakes all ask at once.
-      deltaBodies.set(key, (body = encodeDelta(record.main, delta)));
+      const encoding = encodeDelta(record.main, delta);
+      deltaBodies.set(key, (body = encoding));
+      void encoding.then((encoded) => {
+        if (deltaBodies.get(key) === encoding) deltaBytes += encoded?.length ?? 0;
+      });
     }
     const encoded = await body;
     return encoded ? new Reply(200, encoded, { 'content-type': DELTA_MEDIA_TYPE, etag: repo.etag(record) }) : undefined;
@@ -299,23 +373,50 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
     });
   }
 
-  const handler = (req: IncomingMessage, res: ServerResponse) => {
-    route(req).then(
-      ({ route: name, reply }) => {
-        requests.inc({ route: name, status: String(reply.status) });
-        const body = req.method === 'HEAD' ? '' : reply.body;
-        res.writeHead(reply.status, { server: 'flb-repo', 'content-length': String(Buffer.byteLength(reply.body)), ...reply.headers });
-        res.end(body);
-      },
-      (error: unknown) => {
-        const status = error instanceof RepoError ? error.status : 500;
-        const message = error instanceof Error ? error.message : String(error);
-        if (status >= 500) log.error({ err: error, url: req.url }, 'repo request failed');
-        requests.inc({ route: 'error', status: String(status) });
-        if (!res.headersSent) res.writeHead(status, { server: 'flb-repo', 'content-type': 'text/plain', connection: status === 413 ? 'close' : 'keep-alive' }).end(message);
-      },
-    );
+  async function handle(req: IncomingMessage, res: ReplySink): Promise<void> {
+    const pending = (inFlight.get(req.socket) ?? 0) + 1;
+    if (pending > MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION) {
+      closedConnections.inc();
+      req.socket.destroy();
+      return;
+    }
+    inFlight.set(req.socket, pending);
+    try {
+      const { route: name, reply } = await route(req);
+      requests.inc({ route: name, status: String(reply.status) });
+      const body = req.method === 'HEAD' ? '' : reply.body;
+      res.writeHead(reply.status, { server: 'flb-repo', 'content-length': String(Buffer.byteLength(reply.body)), ...reply.headers });
+      res.end(body);
+    } catch (error) {
+      const status = error instanceof RepoError ? error.status : 500;
+      const message = error instanceof Error ? error.message : String(error);
+      if (status >= 500) log.error({ err: error, url: req.url }, 'repo request failed');
+      requests.inc({ route: 'error', status: String(status) });
+      const headers = { server: 'flb-repo', 'content-type': 'text/plain', connection: status === 413 ? 'close' : 'keep-alive', ...(error instanceof RepoError ? error.headers : {}) };
+      if (!res.headersSent) {
+        res.writeHead(status, headers);
+        res.end(message);
+      }
+    } finally {
+      inFlight.set(req.socket, (inFlight.get(req.socket) ?? 1) - 1);
+    }
+  }
+
+  return {
+    registry,
+    handle,
+    close: () => {
+      unsubscribe();
+      for (const waiter of [...waiters]) waiter.cancel();
+    },
   };
+}
+
+export async function startRepoServer(options: RepoServerOptions): Promise<RepoServer> {
+  const { repo } = options;
+  const repoHandler = createRepoHandler(options);
+  const { registry } = repoHandler;
+  const handler = (req: IncomingMessage, res: ServerResponse) => void repoHandler.handle(req, res);
   const server: Server = options.tls
     ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2', ...(options.tls.ca ? { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
     : createServer(handler);
@@ -337,8 +438,7 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
     close: () =>
       new Promise<void>((resolve) => {
         clearInterval(expiry);
-        unsubscribe();
-        for (const waiter of [...waiters]) waiter.cancel();
+        repoHandler.close();
         server.close(() => resolve());
         server.closeAllConnections();
       }),
