@@ -41,6 +41,19 @@ export interface CniReply {
   stdout: string;
 }
 
+/**
+ * What one request from the plugin may be. The plugin sends at most 4 MiB of stdin (flb-cni.c's
+ * MAX_STDIN); environment values are short. A client that has not sent a whole request within
+ * timeoutMs is answered with an error and dropped: a stuck or hostile client must cost one socket
+ * for a while, not memory without bound or the agent's attention.
+ */
+export const REQUEST_LIMITS = {
+  environmentFieldBytes: 64 * 1024,
+  stdinBytes: 4 * 1024 * 1024,
+  totalBytes: 5 * 1024 * 1024,
+  timeoutMs: 10_000,
+} as const;
+
 export interface AgentOptions {
   socketPath: string;
   /** Records which container's namespace was programmed, for DEL and GC. */
@@ -48,6 +61,8 @@ export interface AgentOptions {
   /** The pod behind a sandbox; undefined when it does not exist (yet). */
   getPod(namespace: string, name: string): Promise<V1Pod | undefined>;
   log: Logger;
+  /** REQUEST_LIMITS.timeoutMs unless told (tests). */
+  requestTimeoutMs?: number;
 }
 
 class CniFailure extends Error {
@@ -109,18 +124,38 @@ export class CniAgent {
   }
 
   private serve(socket: Socket): void {
-    let buffer = Buffer.alloc(0);
-    socket.on('data', (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      const request = decodeRequest(buffer);
-      if (!request) return;
+    const reader = new RequestReader();
+    const answer = (reply: CniReply) => {
+      socket.end(encodeReply(reply));
+      // A client that never closes its side would keep the socket half-open for ever.
+      setTimeout(() => socket.destroy(), 1000).unref();
+    };
+    const refuse = (code: number, message: string) => {
       socket.removeAllListeners('data');
-      this.handle(request).then(
-        (reply) => socket.end(encodeReply(reply)),
-        (error: unknown) => socket.end(encodeReply({ exitCode: 1, stdout: errorResult('1.0.0', CniError.io, `agent error: ${String(error)}`) })),
+      clearTimeout(deadline);
+      this.options.log.warn({ code }, `CNI request refused: ${message}`);
+      answer({ exitCode: 1, stdout: errorResult('1.0.0', code, message) });
+    };
+    const timeoutMs = this.options.requestTimeoutMs ?? REQUEST_LIMITS.timeoutMs;
+    const deadline = setTimeout(() => refuse(CniError.io, `the request did not arrive whole within ${timeoutMs} ms`), timeoutMs);
+    socket.on('data', (chunk: Buffer) => {
+      const outcome = reader.push(chunk);
+      if (!outcome) return;
+      if ('refused' in outcome) {
+        refuse(outcome.code, outcome.refused);
+        return;
+      }
+      socket.removeAllListeners('data');
+      clearTimeout(deadline);
+      this.handle(outcome.request).then(answer, (error: unknown) =>
+        answer({ exitCode: 1, stdout: errorResult('1.0.0', CniError.io, `agent error: ${String(error)}`) }),
       );
     });
-    socket.on('error', () => socket.destroy());
+    socket.on('error', () => {
+      clearTimeout(deadline);
+      socket.destroy();
+    });
+    socket.on('close', () => clearTimeout(deadline));
   }
 
   /** One CNI call; never throws: failures become CNI error results. */
@@ -262,19 +297,65 @@ export function errorResult(cniVersion: string, code: number, msg: string, detai
 }
 
 const FIELDS = ['command', 'containerId', 'netns', 'ifName', 'args', 'path', 'stdin'] as const;
+const ENVIRONMENT_NAMES = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'];
 
-/** The plugin's request (see flb-cni.c): 7 length-prefixed fields; undefined until all have arrived. */
-export function decodeRequest(buffer: Buffer): CniRequest | undefined {
-  const out: Partial<Record<(typeof FIELDS)[number], string>> = {};
-  let offset = 0;
-  for (const field of FIELDS) {
-    if (buffer.length < offset + 4) return undefined;
-    const length = buffer.readUInt32BE(offset);
-    if (buffer.length < offset + 4 + length) return undefined;
-    out[field] = buffer.toString('utf8', offset + 4, offset + 4 + length);
-    offset += 4 + length;
+export type ReadOutcome = { request: CniRequest } | { refused: string; code: number } | undefined;
+
+/**
+ * The plugin's request (see flb-cni.c), 7 length-prefixed fields, read as it arrives: each
+ * field's length is checked as soon as its 4 bytes are in (a field over its limit is refused
+ * before its bytes come), and its bytes are copied once into a buffer of that length, so time
+ * and memory stay linear in the request however it is split.
+ */
+export class RequestReader {
+  private readonly fields: string[] = [];
+  private readonly header = Buffer.alloc(4);
+  private headerFilled = 0;
+  private field: Buffer | undefined;
+  private fieldFilled = 0;
+  private received = 0;
+
+  /** The request once whole; a refusal (then stop reading); undefined while incomplete. */
+  push(chunk: Buffer): ReadOutcome {
+    this.received += chunk.length;
+    if (this.received > REQUEST_LIMITS.totalBytes) return { refused: `the request is larger than ${REQUEST_LIMITS.totalBytes} bytes`, code: CniError.invalidConfig };
+    let offset = 0;
+    for (;;) {
+      if (!this.field) {
+        const headerBytes = Math.min(4 - this.headerFilled, chunk.length - offset);
+        chunk.copy(this.header, this.headerFilled, offset, offset + headerBytes);
+        this.headerFilled += headerBytes;
+        offset += headerBytes;
+        if (this.headerFilled < 4) return undefined;
+        this.headerFilled = 0;
+        const length = this.header.readUInt32BE(0);
+        const index = this.fields.length;
+        const stdin = index === FIELDS.length - 1;
+        const limit = stdin ? REQUEST_LIMITS.stdinBytes : REQUEST_LIMITS.environmentFieldBytes;
+        if (length > limit) {
+          return stdin
+            ? { refused: `the network configuration on stdin is ${length} bytes, more than ${limit}`, code: CniError.invalidConfig }
+            : { refused: `${ENVIRONMENT_NAMES[index]} is ${length} bytes, more than ${limit}`, code: CniError.invalidEnvironment };
+        }
+        this.field = Buffer.allocUnsafe(length);
+        this.fieldFilled = 0;
+      }
+      const fieldBytes = Math.min(this.field.length - this.fieldFilled, chunk.length - offset);
+      chunk.copy(this.field, this.fieldFilled, offset, offset + fieldBytes);
+      this.fieldFilled += fieldBytes;
+      offset += fieldBytes;
+      if (this.fieldFilled < this.field.length) return undefined;
+      this.fields.push(this.field.toString('utf8'));
+      this.field = undefined;
+      if (this.fields.length === FIELDS.length) return { request: Object.fromEntries(FIELDS.map((name, i) => [name, this.fields[i]!])) as unknown as CniRequest };
+    }
   }
-  return out as CniRequest;
+}
+
+/** A whole request in one buffer (tests, tools); undefined when incomplete or refused. */
+export function decodeRequest(buffer: Buffer): CniRequest | undefined {
+  const outcome = new RequestReader().push(buffer);
+  return outcome && 'request' in outcome ? outcome.request : undefined;
 }
 
 export function encodeReply(reply: CniReply): Buffer {

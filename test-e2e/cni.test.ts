@@ -1,5 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
+import { execa } from 'execa';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,7 +9,7 @@ import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import { API_VERSION, MeshSchema, parseDocument, InterceptionSchema } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
-import { CniAgent } from '../cni/agent.js';
+import { CniAgent, encodeReply, RequestReader, type CniRequest } from '../cni/agent.js';
 import { verifyRules } from '../cni/iptables.js';
 import { repairPass } from '../cni/repair.js';
 import { injectPod } from '../injector/inject.js';
@@ -21,7 +23,8 @@ import { createNetns, deleteNetns, removeStaleNamespaces, requireRoot, requireTo
  * `host-local` reference plugins, for pods served by the real kube-apiserver, with the node agent
  * programming the pod's namespace.
  */
-const pluginBuild = fileURLToPath(new URL('../cni/plugin/build/', import.meta.url));
+// FLB_NATIVE_BUILD=asan: the AddressSanitizer build scripts/test.sh runs these tests against too.
+const pluginBuild = fileURLToPath(new URL(`../cni/plugin/build/${process.env.FLB_NATIVE_BUILD ? `${process.env.FLB_NATIVE_BUILD}/` : ''}`, import.meta.url));
 const conflist: Conflist = {
   cniVersion: '1.0.0',
   name: 'flb-test-net',
@@ -198,5 +201,139 @@ describe('the CNI plugin and node agent', () => {
     } finally {
       await startAgent();
     }
+  });
+});
+
+/**
+ * The plugin against a stand-in agent that misbehaves on purpose (or, for the escaping, none at
+ * all), run as a runtime runs it: CNI_* environment, the config on stdin, the result on stdout.
+ */
+describe('the CNI plugin when the agent misbehaves', () => {
+  let host: Netns;
+  let work: string;
+  let socketPath: string;
+  let server: Server;
+  const sockets = new Set<Socket>();
+  /** What the stand-in agent does with each connection. */
+  let behave: (socket: Socket) => void = () => {};
+  /** Requests it read whole. */
+  const received: CniRequest[] = [];
+  const sandbox: Sandbox = { containerId: 'c-hardening', netns: '/var/run/netns/flbt-none', ifName: 'eth0', args: '' };
+  const runtime = (env: Record<string, string> = {}) => new CniRuntime([pluginBuild], host.name, { FLB_CNI_AGENT_SOCKET: socketPath, FLB_CNI_LOG: join(work, 'cni.log'), ...env });
+  /** Reads a whole request, then `then` (the agent's answer, or nothing). */
+  const readRequest = (then: (socket: Socket, request: CniRequest) => void) => (socket: Socket) => {
+    const reader = new RequestReader();
+    socket.on('data', (chunk: Buffer) => {
+      const outcome = reader.push(chunk);
+      if (outcome && 'request' in outcome) {
+        received.push(outcome.request);
+        then(socket, outcome.request);
+      }
+    });
+  };
+  const config = { cniVersion: '1.0.0', name: 'flb-test-net', type: 'flb-cni', prevResult: { cniVersion: '1.0.0' } };
+  /** A valid config of `size` bytes. */
+  const configOfSize = (size: number) => {
+    const text = JSON.stringify({ ...config, pad: '' });
+    return `${text.slice(0, -2)}${'x'.repeat(size - text.length)}"}`;
+  };
+
+  beforeAll(async () => {
+    requireRoot('the CNI plugin tests');
+    await requireTools(['ip', 'strace', `${pluginBuild}flb-cni`]);
+    host = await createNetns('plugin');
+    work = mkdtempSync(join(tmpdir(), 'flb-cni-plugin-'));
+    socketPath = join(work, 'agent.sock');
+    server = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => {});
+      behave(socket);
+    });
+    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  });
+  afterEach(() => {
+    for (const socket of sockets) socket.destroy();
+    received.length = 0;
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => server?.close(resolve));
+    await deleteNetns(host);
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it('exits 1, not 0, when the agent answers an exit code above 255', async () => {
+    const failure = JSON.stringify({ cniVersion: '1.0.0', code: 100, msg: 'from the agent' });
+    behave = readRequest((socket) => socket.end(encodeReply({ exitCode: 256, stdout: failure })));
+    const run = await runtime().exec('ADD', 'flb-cni', config, sandbox);
+    expect(run.exitCode).toBe(1);
+    expect(run.result).toEqual(JSON.parse(failure));
+  });
+
+  it('gives up within its deadline with "try again later" when the agent stops reading', async () => {
+    behave = (socket) => socket.pause();
+    const started = performance.now();
+    // 3 MiB: far more than a Unix socket's buffer, so the plugin's sends block.
+    const run = await runtime({ FLB_CNI_TIMEOUT_MS: '1000' }).exec('ADD', 'flb-cni', configOfSize(3 * 1024 * 1024), sandbox);
+    expect(run.result).toEqual({ cniVersion: '1.0.0', code: 11, msg: 'the flb-mesh CNI agent did not take the request within 1000 ms; is it overloaded or stuck?' });
+    expect(run.exitCode).toBe(1);
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it('gives up within its deadline when the agent reads the request but never answers', async () => {
+    behave = readRequest(() => {});
+    const started = performance.now();
+    const run = await runtime({ FLB_CNI_TIMEOUT_MS: '1000' }).exec('ADD', 'flb-cni', config, sandbox);
+    expect(run.result).toEqual({ cniVersion: '1.0.0', code: 11, msg: 'the flb-mesh CNI agent did not answer within 1000 ms; is it overloaded or stuck?' });
+    expect(received).toHaveLength(1);
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it('refuses a config above 4 MiB with a CNI error instead of passing on the first 4 MiB', async () => {
+    behave = readRequest((socket, request) => socket.end(encodeReply({ exitCode: 0, stdout: JSON.stringify({ cniVersion: '1.0.0', stdinBytes: request.stdin.length }) })));
+    const exactly = await runtime().exec('ADD', 'flb-cni', configOfSize(4 * 1024 * 1024), sandbox);
+    expect(exactly.result).toEqual({ cniVersion: '1.0.0', stdinBytes: 4 * 1024 * 1024 });
+    const larger = await runtime().exec('ADD', 'flb-cni', configOfSize(4 * 1024 * 1024 + 1), sandbox);
+    expect(larger.result).toEqual({ cniVersion: '1.0.0', code: 7, msg: 'the network configuration on stdin is larger than 4 MiB' });
+    expect(larger.exitCode).toBe(1);
+    expect(received).toHaveLength(1);
+  });
+
+  it('reads stdin whole when a read is interrupted (EINTR)', async () => {
+    behave = readRequest((socket, request) => socket.end(encodeReply({ exitCode: 0, stdout: request.stdin })));
+    const plugin = `${pluginBuild}flb-cni`;
+    const input = JSON.stringify(config);
+    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c-eintr', CNI_NETNS: '', CNI_IFNAME: 'eth0', CNI_ARGS: '', CNI_PATH: pluginBuild, FLB_CNI_AGENT_SOCKET: socketPath, FLB_CNI_LOG: join(work, 'cni.log') };
+    // Which read() is the first of stdin (the sanitizer build's loader reads libraries first), then
+    // the same run with that read failing with EINTR once, as a signal would make it.
+    const trace = join(work, 'reads.trace');
+    await execa('strace', ['-o', trace, '-e', 'trace=read', plugin], { input, env });
+    const reads = readFileSync(trace, 'utf8').split('\n').filter((line) => line.startsWith('read('));
+    const firstOfStdin = reads.findIndex((line) => line.startsWith('read(0,')) + 1;
+    expect(firstOfStdin).toBeGreaterThan(0);
+    const run = await execa('strace', ['-o', trace, '-e', 'trace=read', '-e', `inject=read:error=EINTR:when=${firstOfStdin}`, plugin], { input, env, reject: false });
+    expect(readFileSync(trace, 'utf8')).toContain('read(0, 0x');
+    expect(readFileSync(trace, 'utf8')).toContain('= -1 EINTR (Interrupted system call) (INJECTED)');
+    expect({ exitCode: run.exitCode, result: JSON.parse(run.stdout) as unknown }).toEqual({ exitCode: 0, result: config });
+  });
+
+  it('escapes the container id, socket path and version in its error result and its log line', async () => {
+    const missingSocket = join(work, 'no "agent" \\ here\n.sock');
+    const containerId = 'c-"quoted"\\\u0001';
+    const log = join(work, 'escaping.log');
+    const run = await new CniRuntime([pluginBuild], host.name, { FLB_CNI_AGENT_SOCKET: missingSocket, FLB_CNI_LOG: log }).exec(
+      'ADD',
+      'flb-cni',
+      '{"cniVersion":"1.0.0\\",\\"code\\":0,\\"x\\":\\"","name":"x"}',
+      { ...sandbox, containerId },
+    );
+    expect(run.exitCode).toBe(1);
+    expect(run.result).toEqual({
+      cniVersion: '1.0.0',
+      code: 11,
+      msg: `the flb-mesh CNI agent is not reachable at ${missingSocket} (No such file or directory); is the flb-mesh-cni DaemonSet running on this node?`,
+    });
+    const logged = readFileSync(log, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, string>);
+    expect(logged).toEqual([expect.objectContaining({ level: 'error', command: 'ADD', container: containerId, msg: (run.result as { msg: string }).msg })]);
   });
 });
