@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: setup (packages, build, test servers), the
 # TypeScript compiler, the linter, unit tests in parallel, then end-to-end tests in band
-# (each starts real servers). Usage: scripts/test.sh [--unit|--e2e] [jest args...]
+# (each starts real servers), then the native code's tests against its sanitizer builds.
+# Usage: scripts/test.sh [--unit|--e2e] [jest args...]
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,6 +32,33 @@ run_jest() {
 # Unit tests are CPU-light and parallel; e2e tests each start servers that want a core, so one at a time.
 [[ $SCOPE == e2e ]] || run_jest unit --maxWorkers=2 "$@"
 [[ $SCOPE == unit ]] || run_jest e2e --runInBand "$@"
+
+# The forwarder's and the CNI plugin's tests again, against their AddressSanitizer/UBSan builds
+# (setup.sh, build/asan/). Node is not built with ASan, so the addon loads only with libasan
+# preloaded, and only into that jest run; the plugin is its own (dynamic) executable. Reports go
+# to files: any report fails the suite, even one a test did not notice. Skipped when jest was
+# given arguments (a partial run).
+sanitizer_logs="$results/sanitizers"
+run_sanitized() {
+  local name=$1; shift
+  step "$name, sanitizer build (AddressSanitizer, UBSan)"
+  mkdir -p "$sanitizer_logs"
+  env FLB_NATIVE_BUILD=asan \
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$sanitizer_logs/asan" \
+    UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$sanitizer_logs/ubsan" \
+    "$@" --json --outputFile="$results/sanitized-$name.json" || status=1
+}
+if (($# == 0)); then
+  sanitized_started=$SECONDS
+  [[ $SCOPE == e2e ]] || run_sanitized forwarder LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+    npx --no-install jest --selectProjects unit --testPathPatterns sidecar/proxy/forwarding.test.ts
+  [[ $SCOPE == unit ]] || run_sanitized cni npx --no-install jest --selectProjects e2e --runInBand --testPathPatterns test-e2e/cni.test.ts
+  if compgen -G "$sanitizer_logs/*" >/dev/null; then
+    status=1
+    for report in "$sanitizer_logs"/*; do printf '\nsanitizer report %s:\n' "$report" >&2; head -60 "$report" >&2; done
+  fi
+  echo "(sanitizer runs took $((SECONDS - sanitized_started)) s)" >&2
+fi
 
 node -e '
   const fs = require("fs"); let passed = 0, failed = 0, suitesFailed = 0;
