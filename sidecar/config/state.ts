@@ -91,14 +91,27 @@ export function buildState(
   const accepted = new Map<string, Buffer>();
   const refuse = (path: string, issues: ContractIssue[]) => rejected.push({ path, error: new ContractError(path, issues).message });
 
-  const mesh = readSingleton(MESH_FILE, MeshSchema, byPath, previous?.mesh, previousSources, accepted, refuse);
+  let mesh = readSingleton(MESH_FILE, MeshSchema, byPath, previous?.mesh, previousSources, accepted, refuse);
   if (!mesh) return { state: undefined, change: emptyChange(), rejected };
-  const sidecar = readSingleton(SIDECAR_FILE, SidecarConfigSchema, byPath, previous?.sidecar, previousSources, accepted, refuse, (doc) => {
-    const issues: ContractIssue[] = [];
-    if (options.sidecarId !== undefined && doc.id !== options.sidecarId) issues.push({ field: 'id', message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)}` });
-    if (doc.mesh !== mesh.name) issues.push({ field: 'mesh', message: `is ${JSON.stringify(doc.mesh)}, but mesh.json names ${JSON.stringify(mesh.name)}` });
-    return issues;
-  });
+  const readSidecar = (meshName: string) =>
+    readSingleton(SIDECAR_FILE, SidecarConfigSchema, byPath, previous?.sidecar, previousSources, accepted, refuse, (doc) => {
+      const issues: ContractIssue[] = [];
+      if (options.sidecarId !== undefined && doc.id !== options.sidecarId) issues.push({ field: 'id', message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)}` });
+      if (doc.mesh !== meshName) issues.push({ field: 'mesh', message: `is ${JSON.stringify(doc.mesh)}, but mesh.json names ${JSON.stringify(meshName)}` });
+      return issues;
+    });
+  let sidecar = readSidecar(mesh.name);
+  if (previous && sidecar && sidecar.mesh !== mesh.name) {
+    // The new sidecar.json was refused and the one kept names the previous mesh: a mesh.json that
+    // renames the mesh cannot go in without a sidecar.json that follows it, or the state would pair
+    // a sidecar with another mesh and the cache keep files that build nothing after a restart.
+    // (Found by the configuration-file fuzz target.)
+    rejected.splice(0, rejected.length, ...rejected.filter((r) => r.path !== SIDECAR_FILE));
+    refuse(MESH_FILE, [{ field: 'name', message: `is ${JSON.stringify(mesh.name)}, but sidecar.json names ${JSON.stringify(sidecar.mesh)} (a sidecar belongs to one mesh)` }]);
+    mesh = previous.mesh;
+    accepted.set(MESH_FILE, previousSources?.get(MESH_FILE) ?? Buffer.from(JSON.stringify(previous.mesh)));
+    sidecar = readSidecar(mesh.name);
+  }
   if (!sidecar) return { state: undefined, change: emptyChange(), rejected };
 
   const services = readServices(byPath, previous, previousSources, mesh, sidecar, accepted, refuse);
