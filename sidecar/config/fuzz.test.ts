@@ -21,4 +21,21 @@ describe('what fuzzing the configuration files found', () => {
     expect(both.rejected).toEqual([]);
     expect([both.state!.mesh.name, both.state!.sidecar.mesh]).toEqual(['grpc', 'grpc']);
   });
+
+  it('refuses a file with thousands of problems in an error of a few lines, not one line per problem', () => {
+    const before = buildState(codebase([serviceDoc('a')]), undefined, '1').state!;
+    // 25 KB of mesh.json made a 237 KB error, logged and sent to the repo in every status report.
+    const files = codebase([serviceDoc('a')], meshDoc({ vipRanges: Array.from({ length: 3000 }, (_, i) => `not-a-cidr-${i}`) }));
+    const { state, rejected } = buildState(files, before, '2');
+    expect(state!.mesh).toBe(before.mesh);
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]!.error).toBe(
+      'invalid mesh.json: ' +
+        Array.from({ length: 10 }, (_, i) => `vipRanges[${i}]: must be a CIDR such as 10.0.0.0/8 or fd00::/8`).join('; ') +
+        '; and 2990 more problems',
+    );
+    const huge = codebase([serviceDoc('a', { extra: { labels: { ['k'.repeat(100_000)]: 7 } } })]);
+    const labelled = buildState(huge, before, '3').rejected;
+    expect(labelled[0]!.error.length).toBeLessThan(1000);
+  });
 });

@@ -89,7 +89,7 @@ export function buildState(
   const previousSources = previous ? sources.get(previous) : undefined;
   const rejected: RejectedFile[] = [];
   const accepted = new Map<string, Buffer>();
-  const refuse = (path: string, issues: ContractIssue[]) => rejected.push({ path, error: new ContractError(path, issues).message });
+  const refuse = (path: string, issues: ContractIssue[]) => rejected.push({ path, error: refusal(path, issues) });
 
   let mesh = readSingleton(MESH_FILE, MeshSchema, byPath, previous?.mesh, previousSources, accepted, refuse);
   if (!mesh) return { state: undefined, change: emptyChange(), rejected };
@@ -121,6 +121,22 @@ export function buildState(
 }
 
 type Refuse = (path: string, issues: ContractIssue[]) => void;
+
+/** Problems named in one refusal, and characters of each: an error is read by people and sent in every status report. */
+const MAX_ISSUES = 10;
+const MAX_ISSUE_TEXT = 200;
+
+/**
+ * The error of a refused file: its first problems, each cut short, and how many more there are.
+ * A file with thousands of bad values otherwise made an error ten times its own size (found by the
+ * configuration-file fuzz target).
+ */
+function refusal(path: string, issues: ContractIssue[]): string {
+  const cut = (text: string) => (text.length > MAX_ISSUE_TEXT ? `${text.slice(0, MAX_ISSUE_TEXT)}…` : text);
+  const shown = issues.slice(0, MAX_ISSUES).map((i) => ({ field: cut(i.field), message: cut(i.message) }));
+  const more = issues.length - shown.length;
+  return new ContractError(path, shown).message + (more > 0 ? `; and ${more} more problems` : '');
+}
 
 function parse<S extends z.ZodType>(schema: S, content: Buffer): { ok: true; value: z.output<S> } | { ok: false; issues: ContractIssue[] } {
   let data: unknown;
