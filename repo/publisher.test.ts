@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../common/log.js';
@@ -141,6 +143,50 @@ describe('the control plane publisher', () => {
     await publisher.settled();
     expect(Number(repo.get('/flb/mesh')!.version)).toBe(version + 1);
     publisher.stop();
+  });
+
+  it('never publishes different content under a version workers already hold, when the answer to a publish was lost', async () => {
+    // Between the publisher and the repo: forwards everything, but loses the answer to the first
+    // publish of the mesh after `loseNext` is set (the repo has published it).
+    let loseNext = false;
+    const proxy: Server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        const lose = loseNext && req.method === 'PATCH' && req.url === '/api/v1/repo/flb/mesh' && body.includes('"version"');
+        if (lose) loseNext = false;
+        const upstream = request({ host: '127.0.0.1', port: server.port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+          const parts: Buffer[] = [];
+          answer.on('data', (d: Buffer) => parts.push(d));
+          answer.on('end', () => {
+            if (lose) res.destroy();
+            else res.writeHead(answer.statusCode ?? 502, answer.headers).end(Buffer.concat(parts));
+          });
+        });
+        upstream.end(body);
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const publisher = new Publisher({ url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, log, maxBackoffMs: 200 });
+      publisher.setMesh(catalog(10, 1));
+      await publisher.settled();
+      loseNext = true;
+      publisher.setMesh(catalog(10, 2));
+      while (publisher.stats.failures === 0) await new Promise((r) => setTimeout(r, 5));
+      // Workers got this version, with svc-2 at v 2.
+      const held = repo.etag(repo.get('/flb/mesh')!);
+      // The desired state moves on while the publisher backs off.
+      publisher.setMesh(catalog(10, 3));
+      await publisher.settled();
+      expect((await repo.readFile('/flb/mesh', '/services/svc-3.json'))!.toString()).toBe('{"id":"svc-3","v":2}');
+      // A worker holding that version must see a new one: same etag, other content, and it never would.
+      expect(repo.etag(repo.get('/flb/mesh')!)).not.toBe(held);
+      publisher.stop();
+    } finally {
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    }
   });
 
   async function patchCount(): Promise<number> {

@@ -216,6 +216,10 @@ export class Publisher {
     } catch (error) {
       const now = this.dirty.get(codebase);
       this.dirty.set(codebase, now === 'all' || dirty === 'all' ? 'all' : new Set([...dirty, ...(now ?? [])]));
+      // A publish whose answer was lost may have landed, and workers may hold its version: the next
+      // attempt reads the codebase's version and files from the repo again rather than publishing
+      // other content under that same version, which no worker holding it would ever fetch.
+      this.versions.delete(codebase);
       throw error;
     }
   }
