@@ -67,6 +67,8 @@ export class DiskStore implements RepoStore {
   /** Record writes of one codebase, one at a time: each journal entry is a difference from the one before. */
   private readonly recordQueues = new Map<string, Promise<void>>();
   private readonly limits: Required<JournalLimits>;
+  /** Draft directories whose entry in drafts/ is known to be durable. */
+  private readonly durableDraftDirs = new Set<string>();
 
   constructor(
     readonly dataDir: string,
@@ -88,9 +90,14 @@ export class DiskStore implements RepoStore {
     await this.fs.mkdir(this.drafts);
     await this.fs.syncDir(this.dataDir);
     // Temp files are what a crash mid-write leaves; they were never acknowledged.
-    for (const dir of [this.records, this.blobs, ...(await this.fs.readdir(this.drafts)).map((d) => join(this.drafts, d))]) {
+    const draftDirs = (await this.fs.readdir(this.drafts)).map((d) => join(this.drafts, d));
+    for (const dir of [this.records, this.blobs, ...draftDirs]) {
       for (const f of await this.fs.readdir(dir)) if (f.endsWith('.tmp')) await this.fs.unlink(join(dir, f));
     }
+    // A draft directory created just before a crash may not have had its entry synced: sync them
+    // all now, since a draft written into it later would otherwise be acknowledged and not durable.
+    await this.fs.syncDir(this.drafts);
+    for (const dir of draftDirs) this.durableDraftDirs.add(dir);
     return this;
   }
 
@@ -119,7 +126,10 @@ export class DiskStore implements RepoStore {
     // The drafts of a codebase whose delete a crash interrupted.
     const loaded = new Set(out.map((r) => r.name));
     const orphans = (await this.fs.readdir(this.drafts)).filter((d) => !loaded.has(decodeURIComponent(d)));
-    for (const d of orphans) await this.fs.removeTree(join(this.drafts, d));
+    for (const d of orphans) {
+      this.durableDraftDirs.delete(join(this.drafts, d));
+      await this.fs.removeTree(join(this.drafts, d));
+    }
     if (orphans.length > 0) await this.fs.syncDir(this.drafts);
     return out;
   }
@@ -207,6 +217,7 @@ export class DiskStore implements RepoStore {
       for (const f of files) await this.fs.unlink(join(this.records, f));
       this.journals.delete(name);
       // Synced before the delete is acknowledged: a codebase created again under the name must not find old drafts.
+      this.durableDraftDirs.delete(this.draftDir(name));
       await this.fs.removeTree(this.draftDir(name));
       await this.fs.syncDir(this.drafts);
     });
@@ -272,7 +283,11 @@ export class DiskStore implements RepoStore {
   async putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void> {
     if (drafts.length === 0) return;
     const dir = this.draftDir(codebase);
-    if ((await this.fs.mkdir(dir)) !== undefined) await this.fs.syncDir(this.drafts);
+    if (!this.durableDraftDirs.has(dir)) {
+      await this.fs.mkdir(dir);
+      await this.fs.syncDir(this.drafts);
+      this.durableDraftDirs.add(dir);
+    }
     await this.durableWriteMany(dir, drafts.map(([path, sha]) => [`${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha }))]));
   }
 

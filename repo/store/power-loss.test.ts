@@ -235,6 +235,28 @@ describe('the disk store under power loss', () => {
     expect(problems.join('\n')).toMatch(/metadata-without-data: the store does not open or write: the snapshot .*%2Fflb%2Fmesh\.json is damaged/);
   });
 
+  it('makes a draft directory a crash left unsynced durable before acknowledging a draft in it', async () => {
+    const root = mkdtempSync(join(SCRATCH, 'flb-power-loss-'));
+    try {
+      const fs = new PowerLossRecorder<Tag>(root, { step: 'first run', before: {}, after: {} });
+      const first = await new Repo(await new DiskStore(root, undefined, LIMITS, fs).init()).load();
+      await first.create(MESH, { main: '/v.json' });
+      // The first run died between creating the codebase's draft directory and syncing its parent.
+      await fs.mkdir(join(root, 'drafts', encodeURIComponent(MESH)));
+      const restarted = await new Repo(await new DiskStore(root, undefined, LIMITS, fs).init()).load();
+      const before: RepoState = { [MESH]: { version: '0', main: '/v.json', files: {}, drafts: {} } };
+      const after = clone(before);
+      after[MESH]!.drafts['/v.json'] = 'v1';
+      fs.tag = { step: 'draft after restart', before, after };
+      await restarted.writeDraft(MESH, '/v.json', Buffer.from('v1'));
+      fs.tag = { step: 'acknowledged', before: after, after };
+      await fs.syncDir(root);
+      expect(await check(fs.crashPoints.filter((p) => p.tag.step !== 'first run'), scratch)).toEqual([]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('notices any one fsync taken out, whichever it is', async () => {
     const sites = [...new Set(clean.syncs.map((s) => siteOf(s.kind, s.path)))].sort();
     // Every kind of durable write has its syncs: the journal, snapshots, blobs, drafts and their directories.
