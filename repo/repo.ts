@@ -73,6 +73,8 @@ function checkVersion(value: unknown): string | undefined {
 export const INSTANCE_TIMEOUT_MS = 60_000;
 /** Versions of each codebase remembered for computing the delta a pushed worker receives. */
 const HISTORY_VERSIONS = 16;
+/** Paths the changed-path lists may hold together (8 bytes each) before they are dropped. */
+const MAX_CHANGED_PATHS_CACHED = 1_000_000;
 /** Blobs are immutable (content-addressed), so a cache needs no invalidation; bounded by bytes. */
 const BLOB_CACHE_BYTES = 64 * 1024 * 1024;
 
@@ -100,6 +102,8 @@ export class Repo {
   private readonly history = new Map<string, Map<string, Record<string, string> | null>>();
   /** Paths that may differ between a codebase's older etag and its current one, cached per pair. */
   private readonly changedPathsCache = new Map<string, readonly string[]>();
+  /** Paths in the lists changedPathsCache made (not counting lists shared with a base). */
+  private changedPathsCached = 0;
   private readonly blobCache = new Map<string, Buffer>();
   private readonly blobReads = new Map<string, Promise<Buffer | undefined>>();
   private blobCacheBytes = 0;
@@ -114,7 +118,7 @@ export class Repo {
     versions.delete(record.version);
     versions.set(record.version, (inPlace && previous !== undefined && !same) || previous === null ? null : record.files);
     while (versions.size > HISTORY_VERSIONS) versions.delete(versions.keys().next().value!);
-    if (this.changedPathsCache.size > 4096) this.changedPathsCache.clear();
+    if (this.changedPathsCache.size > 4096) this.forgetChangedPaths();
   }
 
   /** Called with a codebase's name whenever what it serves may have changed (publish, delete). */
@@ -583,16 +587,30 @@ export class Repo {
       for (const path of Object.keys(record.files)) if (own[path] !== record.files[path]) paths.add(path);
     }
     const base = record.base ? this.codebases.get(record.base) : undefined;
+    let basePaths: readonly string[] | undefined;
     if (base) {
       const fromBase = fromEtag.slice(cut + 1);
       if (fromBase !== this.etag(base)) {
-        const basePaths = this.changedPaths(base, fromBase);
+        basePaths = this.changedPaths(base, fromBase);
         if (!basePaths) return undefined;
-        for (const path of basePaths) paths.add(path);
       }
     }
-    const result = [...paths];
+    // A sidecar codebase that did not change itself shares its base's list: after a catalog rebuild
+    // a thousand derived codebases would otherwise each keep a copy of every changed path.
+    let result: readonly string[];
+    if (paths.size === 0) result = basePaths ?? [];
+    else {
+      for (const path of basePaths ?? []) paths.add(path);
+      result = [...paths];
+      if (this.changedPathsCached + result.length > MAX_CHANGED_PATHS_CACHED) this.forgetChangedPaths();
+      this.changedPathsCached += result.length;
+    }
     this.changedPathsCache.set(key, result);
     return result;
+  }
+
+  private forgetChangedPaths(): void {
+    this.changedPathsCache.clear();
+    this.changedPathsCached = 0;
   }
 }
