@@ -1,6 +1,40 @@
 import { describe, expect, it } from '@jest/globals';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
+import { fuzz } from '../../common/testing/fuzz.js';
 import { buildState, sourceFiles } from './state.js';
 import { codebase, meshDoc, serviceDoc, sidecarDoc } from './testing/fixtures.js';
+import { fuzzTargets, outcomeOf } from './testing/fuzz-targets.js';
+
+describe('fuzzing the sidecar configuration files', () => {
+  it('accepts any bytes as mesh.json, sidecar.json or a service file, or refuses them naming the file; never throws or hangs; a refusal keeps the previous state', async () => {
+    // 100,000 generated files (mostly JSON documents with mutated values, some byte mutations and
+    // noise) after the seed corpus. Each is built into a state over a realistic one and checked
+    // (some 200 µs: validation alone is over 100), so 20-25 s on this 2-core machine shared with
+    // other suites; the budget leaves room for a busier one.
+    const report = await fuzz({ module: 'sidecar/config/testing/fuzz-targets.ts', target: 'config-file', runs: 100_000, budgetMs: 90_000 });
+    console.log(`fuzz config-file: ${report.runs} generated + ${report.replayed} corpus inputs in ${report.ms} ms (seed ${report.seed})`);
+    expect(report.runs).toBe(100_000);
+    expect(report.replayed).toBeGreaterThanOrEqual(9);
+  }, 120_000);
+
+  it('generates inputs that each file accepts and refuses', () => {
+    const corpus = join(dirname(fileURLToPath(import.meta.url)), 'testing/fuzz/corpus/config-file');
+    const seeds = readdirSync(corpus).map((name) => new Uint8Array(readFileSync(join(corpus, name))));
+    const seen: Record<string, number> = {};
+    for (const input of fc.sample(fuzzTargets['config-file']!.inputs(fc, seeds), { numRuns: 3000, seed: 1 })) {
+      const { file, accepted } = outcomeOf(input);
+      const key = `${file} ${accepted ? 'accepted' : 'refused'}`;
+      seen[key] = (seen[key] ?? 0) + 1;
+    }
+    console.log('3,000 generated config-file inputs:', seen);
+    // Each file accepted and refused, each in at least 3 % of the inputs.
+    const rare = ['mesh.json', 'sidecar.json', 'service'].flatMap((file) => ['accepted', 'refused'].map((outcome) => `${file} ${outcome}`)).filter((key) => (seen[key] ?? 0) < 90);
+    expect(rare).toEqual([]);
+  });
+});
 
 describe('what fuzzing the configuration files found', () => {
   it('refuses a mesh.json that renames the mesh without a sidecar.json that follows, so the state in force is one a restart rebuilds', () => {
