@@ -29,6 +29,7 @@ describe('repo authentication and authorization', () => {
   const stranger = issueCertificate(createCertificateAuthority('someone-else'), { commonName: CONTROL_PLANE_CN, usage: 'client' });
   let webToken: string;
   let wrongAudienceToken: string;
+  let tokenFor: (audience: string) => Promise<string>;
 
   const call = (method: string, path: string, credentials: { cert?: KeyPair; token?: string } = {}, body?: string) =>
     new Promise<{ status: number; text: string }>((resolve, reject) => {
@@ -58,14 +59,14 @@ describe('repo authentication and authorization', () => {
     await core.createNamespace({ body: { metadata: { name: 'shop' } } });
     await eventually('ServiceAccount default', () => core.readNamespacedServiceAccount({ name: 'default', namespace: 'shop' }));
     const pod = await core.createNamespacedPod({ namespace: 'shop', body: { metadata: { name: 'web' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } } });
-    const token = async (audience: string) =>
+    const token = (tokenFor = async (audience: string) =>
       (
         await core.createNamespacedServiceAccountToken({
           name: 'default',
           namespace: 'shop',
           body: { spec: { audiences: [audience], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: 'web', uid: pod.metadata!.uid! } } },
         })
-      ).status!.token;
+      ).status!.token);
     webToken = await token('flb-repo');
     wrongAudienceToken = await token('someone-else');
 
@@ -113,6 +114,27 @@ describe('repo authentication and authorization', () => {
     const none = await call('GET', '/repo/flb/mesh/');
     expect(none).toEqual({ status: 401, text: 'authentication required: a client certificate, or a ServiceAccount token for the repo audience' });
     expect((await call('POST', '/api/v1/repo/flb/evil', { cert: stranger }, '{}')).status).toBe(401);
+  });
+
+  it('asks the apiserver only about tokens that can be for the repo, and about each once while it is cached', async () => {
+    // The repo counts its TokenReviews (flb_repo_bearer_tokens_total{outcome="reviewed"}).
+    const reviews = async () => Number(/flb_repo_bearer_tokens_total\{outcome="reviewed"\} (\d+)/.exec((await call('GET', '/metrics', { cert: controlPlane })).text)?.[1]);
+    const before = await reviews();
+    expect(before).toBeGreaterThanOrEqual(0);
+    // A real token of the pod with its expiry moved an hour back: the signature no longer matches,
+    // but it is refused before that could matter.
+    const [header, payload, signature] = webToken.split('.') as [string, string, string];
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString()) as { exp: number; nbf?: number };
+    const expired = [header, Buffer.from(JSON.stringify({ ...claims, exp: Math.floor(Date.now() / 1000) - 3600, nbf: claims.nbf ?? 0 })).toString('base64url'), signature].join('.');
+    for (const token of ['not-a-token', 'a.b.c', `${header}.${payload}`, wrongAudienceToken, expired]) {
+      expect((await call('GET', '/repo/flb/mesh/', { token })).status).toBe(401);
+    }
+    expect(await reviews()).toBe(before);
+    // A new token for the repo is reviewed once; the same token again is answered from the cache.
+    const fresh = await tokenFor('flb-repo');
+    expect((await call('GET', '/repo/flb/sidecars/pod.shop.web/', { token: fresh })).status).toBe(200);
+    expect((await call('GET', '/repo/flb/mesh/mesh.json', { token: fresh })).status).toBe(200);
+    expect(await reviews()).toBe(before + 1);
   });
 
   it('lets a VM read its own codebase with a client certificate named by its sidecar id', async () => {
