@@ -192,4 +192,15 @@ describe('the disk store journal', () => {
     await fresh.putRecord(record({}, '0'));
     expect((await open()).loaded[0]!.edits).toEqual({});
   });
+
+  it('refuses a damaged draft record, naming it', async () => {
+    const { store } = await open();
+    await store.putRecord(record({}, '0'));
+    await store.putDraft(NAME, '/a.json', sha(1));
+    const file = join(dir, 'drafts', encodeURIComponent(NAME), `${encodeURIComponent('/a.json')}.json`);
+    for (const damaged of ['', '{"path":"/a.json","sha":"12', '{"path":"/a.json","sha":7}']) {
+      writeFileSync(file, damaged);
+      await expect(open()).rejects.toThrow(`the draft record ${file} is damaged`);
+    }
+  });
 });

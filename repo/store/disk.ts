@@ -176,7 +176,7 @@ export class DiskStore implements RepoStore {
     const dir = this.draftDir(record.name);
     const published: string[] = [];
     for (const d of (await this.fs.readdir(dir).catch(() => [] as string[])).filter((d) => d.endsWith('.json'))) {
-      const { path, sha } = JSON.parse((await this.fs.readFile(join(dir, d))).toString('utf8')) as { path: string; sha: string | null };
+      const { path, sha } = decodeDraft(await this.fs.readFile(join(dir, d)), join(dir, d));
       if (sha === null ? !(path in record.files) : record.files[path] === sha) published.push(d);
       else record.edits[path] = sha;
     }
@@ -396,6 +396,20 @@ const SNAPSHOT_CHECKSUM = /,"crc32":"([0-9a-f]{8})"\}$/;
 function encodeSnapshot(snapshot: Snapshot): Buffer {
   const head = Buffer.from(JSON.stringify(snapshot).slice(0, -1));
   return Buffer.concat([head, Buffer.from(`,"crc32":"${crc32(head).toString(16).padStart(8, '0')}"}`)]);
+}
+
+/** A draft record, `{path, sha}`; throws, naming the file, when it is damaged (written and synced before its rename, it cannot be torn). */
+function decodeDraft(content: Buffer, file: string): { path: string; sha: string | null } {
+  let value: { path?: unknown; sha?: unknown } | undefined;
+  try {
+    value = JSON.parse(content.toString('utf8')) as typeof value;
+  } catch {
+    // Not JSON: reported below.
+  }
+  if (typeof value?.path !== 'string' || (value.sha !== null && (typeof value.sha !== 'string' || !/^[0-9a-f]{64}$/.test(value.sha)))) {
+    throw new Error(`the draft record ${file} is damaged (${content.length === 0 ? 'empty' : 'not a draft record'}): restore the data directory from a backup, or remove the file to drop that draft`);
+  }
+  return { path: value.path, sha: value.sha };
 }
 
 /** Throws, naming the file, when the snapshot is damaged. One written before checksums has none and is taken as it parses. */
