@@ -63,4 +63,9 @@ describe('the Events of an admission review', () => {
     const [event] = await eventsFor(withMetadata({ labels: { 'flomesh.io/inject': 'false' } }));
     expect(event!.message).toBe('pod orders-7d9f8c6b5-* not injected: pod-label-disabled (the pod is labelled flomesh.io/inject=false)');
   });
+
+  it('are none for the reinvocation after our own patch', async () => {
+    const injected = withMetadata({ annotations: { 'flomesh.io/sidecar-status': '{"version":"test"}' } });
+    expect(await eventsFor(injected)).toEqual([]);
+  });
 });

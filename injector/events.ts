@@ -32,6 +32,9 @@ export function admissionEvents({ namespace, pod, result }: ReviewedPod): KubeEv
       return events;
     }
     case 'skip':
+      // The apiserver's second call after our own patch (reinvocation) is no news to anyone, and
+      // would spend half of the namespace's Events.
+      if (result.reason === 'already-injected') return [];
       return [{ subject, type: 'Normal', reason: 'SidecarInjectionSkipped', message: `${name} not injected: ${result.reason} (${SKIP_REASONS[result.reason]})` }];
     case 'deny':
       // The denial's text quotes the pod's own values; the Event says what is wrong in our words.

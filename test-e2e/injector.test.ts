@@ -182,7 +182,7 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     const flood = 300;
     for (let sent = 0; sent < flood; sent += 20) await Promise.all(Array.from({ length: 20 }, () => forgeReview('flooded', replicaSet, 'flood-')));
     const seconds = (Date.now() - started) / 1000;
-    expect(await forgeReview('shop', await deploy('shop', 'after-flood'), 'after-flood-')).toBe(200);
+    expect(await forgeReview('shop', await deploy('shop', 'after-flood'), 'forged-after-flood-')).toBe(200);
     await injector.events.flush();
 
     const raised = (namespace: string, marker: string) => core.listNamespacedEvent({ namespace }).then((list) => ours(list.items).filter((e) => e.message?.includes(marker)).length);
@@ -192,7 +192,7 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     expect(flooded).toBeGreaterThan(0);
     expect(flooded).toBeLessThanOrEqual(EVENT_RATE.burst + Math.ceil(seconds * EVENT_RATE.perSecond));
     expect((await droppedEvents('rate-limited')) - droppedBefore).toBeGreaterThanOrEqual(flood - flooded);
-    expect(await raised('shop', 'after-flood-')).toBe(1);
+    expect(await raised('shop', 'pod forged-after-flood-')).toBe(1);
   });
 
   it('leaves opted-out pods and unlabelled namespaces alone, and injects pods labelled "true" anywhere', async () => {
