@@ -12,13 +12,13 @@ describe('fuzzing the sidecar configuration files', () => {
   it('accepts any bytes as mesh.json, sidecar.json or a service file, or refuses them naming the file; never throws or hangs; a refusal keeps the previous state', async () => {
     // 100,000 generated files (mostly JSON documents with mutated values, some byte mutations and
     // noise) after the seed corpus. Each is built into a state over a realistic one and checked
-    // (some 200 µs: validation alone is over 100), so 20-25 s on this 2-core machine shared with
-    // other suites; the budget leaves room for a busier one.
-    const report = await fuzz({ module: 'sidecar/config/testing/fuzz-targets.ts', target: 'config-file', runs: 100_000, budgetMs: 90_000 });
+    // (some 200 µs: validation alone is over 100), so 22-27 s on this 2-core machine when it is
+    // quiet, and up to 80 s measured while a benchmark held both cores: hence the budget.
+    const report = await fuzz({ module: 'sidecar/config/testing/fuzz-targets.ts', target: 'config-file', runs: 100_000, budgetMs: 120_000 });
     console.log(`fuzz config-file: ${report.runs} generated + ${report.replayed} corpus inputs in ${report.ms} ms (seed ${report.seed})`);
     expect(report.runs).toBe(100_000);
     expect(report.replayed).toBeGreaterThanOrEqual(9);
-  }, 120_000);
+  }, 150_000);
 
   it('generates inputs that each file accepts and refuses', () => {
     const corpus = join(dirname(fileURLToPath(import.meta.url)), 'testing/fuzz/corpus/config-file');

@@ -165,8 +165,9 @@ function checkFile(path: string, input: Uint8Array): void {
     assert.deepEqual(again.rejected, []);
     assert.ok(isDeepStrictEqual(stateParts(again.state!), stateParts(state)), 'the cached bytes rebuild the same state');
   }
-  // A first start with the same mesh.json and sidecar.json: a state, or none when either is refused.
-  if (path === MESH_FILE || path === SIDECAR_FILE) {
+  // A first start with the same mesh.json and sidecar.json: a state, or none when either is
+  // refused (every third input: it parses both again).
+  if ((path === MESH_FILE || path === SIDECAR_FILE) && runs % 3 === 1) {
     const first = buildState(new Map([[MESH_FILE, files.get(MESH_FILE)!], [SIDECAR_FILE, files.get(SIDECAR_FILE)!]]), undefined, 'first', { sidecarId: SIDECAR_ID });
     assert.equal(first.state === undefined, first.rejected.some((r) => r.path === MESH_FILE || r.path === SIDECAR_FILE));
   }
