@@ -87,8 +87,10 @@ async function fakeUpstream(answer: (q: Packet, transport: 'udp' | 'tcp') => Pac
   const seen: string[] = [];
   const respond = (msg: Buffer, transport: 'udp' | 'tcp') => {
     const q = dnsPacket.decode(msg);
-    seen.push(`${transport} ${q.questions?.[0]?.type} ${q.questions?.[0]?.name}`);
-    const packet = answer(q, transport);
+    // Names arrive in mixed case (0x20): matched as a DNS server does, in any case, and echoed as sent.
+    seen.push(`${transport} ${q.questions?.[0]?.type} ${q.questions?.[0]?.name.toLowerCase()}`);
+    const asked = { ...q, questions: q.questions?.map((question) => ({ ...question, name: question.name.toLowerCase() })) };
+    const packet = answer(asked, transport);
     return packet && dnsPacket.encode({ id: q.id, questions: q.questions, ...packet, type: 'response' });
   };
   // UDP and TCP on one port; another process may hold the TCP side of the port UDP got, so retry.

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { createServer } from 'node:net';
 import dnsPacket from 'dns-packet';
 import { createLogger } from '../../common/log.js';
 import { startDnsServer, type DnsServer } from './server.js';
@@ -60,17 +61,43 @@ const aRecord = (address: string, ttl = 60) => {
 /** NXDOMAIN whose authority SOA (owned by the root) has RDLENGTH 0 and ends the message. */
 const emptySoaAnswer = (asked: Buffer) => Buffer.concat([responseHead(asked, 3, { ns: 1 }), Buffer.from([0, 0, 6, 0, 1, 0, 0, 0, 30, 0, 0])]);
 
-/** A UDP upstream written byte by byte: `answer` sees each query as sent and replies (or not) itself. */
+/** An upstream written byte by byte, UDP and TCP on one port: `answer` sees each query as sent and replies (or not) itself. */
 interface RawUpstream {
   port: number;
   socket: UdpSocket;
-  close(): void;
+  close(): Promise<void>;
 }
-async function rawUpstream(answer: (asked: Buffer, from: RemoteInfo, reply: (bytes: Buffer) => void) => void): Promise<RawUpstream> {
-  const socket = createSocket('udp4');
-  socket.on('message', (asked, from) => answer(asked, from, (bytes) => socket.send(bytes, from.port, from.address)));
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-  return { port: socket.address().port, socket, close: () => socket.close() };
+type Answer = (asked: Buffer, from: RemoteInfo | 'tcp', reply: (bytes: Buffer) => void) => void;
+async function rawUpstream(answer: Answer): Promise<RawUpstream> {
+  // Another process may hold the TCP side of the port UDP got: try another.
+  for (let attempt = 0; ; attempt++) {
+    const socket = createSocket('udp4');
+    const send = (bytes: Buffer, to: RemoteInfo) => {
+      try {
+        socket.send(bytes, to.port, to.address);
+      } catch {
+        // A late answer after the test closed the upstream.
+      }
+    };
+    socket.on('message', (asked, from) => answer(asked, from, (bytes) => send(bytes, from)));
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const port = socket.address().port;
+    const server = createServer((conn) => {
+      conn.on('error', () => {});
+      conn.once('data', (chunk: Buffer) => answer(chunk.subarray(2, 2 + chunk.readUInt16BE(0)), 'tcp', (bytes) => conn.write(Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]))));
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, '127.0.0.1', resolve);
+      });
+    } catch (error) {
+      socket.close();
+      if (attempt < 20) continue;
+      throw error;
+    }
+    return { port, socket, close: async () => void (socket.close(), await new Promise((r) => server.close(r))) };
+  }
 }
 
 const closers: (() => unknown)[] = [];
@@ -101,5 +128,86 @@ describe('a hostile upstream answer', () => {
     expect(decode(await udp(port, query('gone.example.com')))).toMatchObject({ rcode: 'SERVFAIL' });
     expect(addresses(await udp(port, query('orders.shop.svc.cluster.local')))).toEqual(['10.96.14.20']);
     expect(addresses(await udp(port, query('fine.example.com')))).toEqual(['192.0.2.7']);
+  });
+});
+
+/** The question's name as asked, letter case and all. */
+const askedName = (msg: Buffer) => dnsPacket.decode(msg).questions![0]!.name;
+/** `msg` with every letter of its question name (ending at `end`, as in the query) in the other case. */
+function otherCase(msg: Buffer, end: number): Buffer {
+  const out = Buffer.from(msg);
+  for (let i = 12; i < end - 4; i++) if (/[a-z]/i.test(String.fromCharCode(out[i]!))) out[i]! ^= 0x20;
+  return out;
+}
+const answerWith = (asked: Buffer, address: string) => Buffer.concat([responseHead(asked, 0, { an: 1 }), aRecord(address)]);
+
+describe('spoofed upstream answers (RFC 5452)', () => {
+  it('ignores an answer from another port or with another id, and takes the real one that follows', async () => {
+    const spoofer = createSocket('udp4');
+    await new Promise<void>((resolve) => spoofer.bind(0, '127.0.0.1', resolve));
+    closers.push(() => spoofer.close());
+    const upstream = await rawUpstream((asked, from, reply) => {
+      if (from === 'tcp') return reply(answerWith(asked, '192.0.2.99'));
+      // Exact question and id, but from another port; from the right port, the id one off.
+      spoofer.send(answerWith(asked, '192.0.2.66'), from.port, from.address);
+      const wrongId = answerWith(asked, '192.0.2.67');
+      wrongId.writeUInt16BE((wrongId.readUInt16BE(0) + 1) & 0xffff, 0);
+      reply(wrongId);
+      setTimeout(() => reply(answerWith(asked, '192.0.2.1')), 30);
+    });
+    closers.push(upstream.close);
+    const server = await serverWith(upstream);
+    expect(addresses(await udp(server.ports[0]!.port, query('spoofed.example.com')))).toEqual(['192.0.2.1']);
+  });
+
+  it('does not believe an answer naming the question in another letter case than sent: it asks again over TCP', async () => {
+    const seen: string[] = [];
+    const upstream = await rawUpstream((asked, from, reply) => {
+      seen.push(`${from === 'tcp' ? 'tcp' : 'udp'} ${askedName(asked)}`);
+      if (from === 'tcp') return reply(answerWith(asked, '192.0.2.1'));
+      reply(otherCase(answerWith(asked, '192.0.2.68'), questionEnd(asked)));
+      setTimeout(() => reply(answerWith(asked, '192.0.2.2')), 30);
+    });
+    closers.push(upstream.close);
+    const server = await serverWith(upstream);
+    const answer = await udp(server.ports[0]!.port, query('case-spoofed.example.com'));
+    expect(addresses(answer)).toEqual(['192.0.2.1']);
+    expect(askedName(answer)).toBe('case-spoofed.example.com');
+    expect(seen.map((s) => s.split(' ')[0])).toEqual(['udp', 'tcp']);
+  });
+
+  it('still answers through an upstream that does not keep the letter case, over TCP', async () => {
+    const upstream = await rawUpstream((asked, from, reply) => {
+      const lowered = answerWith(asked, '192.0.2.3');
+      lowered.write(askedName(asked).toLowerCase().split('.').map((l) => String.fromCharCode(l.length) + l).join(''), 12, 'latin1');
+      reply(from === 'tcp' ? answerWith(asked, '192.0.2.3') : lowered);
+    });
+    closers.push(upstream.close);
+    const server = await serverWith(upstream);
+    expect(addresses(await udp(server.ports[0]!.port, query('lowercasing.example.com')))).toEqual(['192.0.2.3']);
+  });
+
+  it('sends queries from ports that change and with the name in random case, and answers each client in its own case', async () => {
+    const sent: { port: number; name: string }[] = [];
+    const upstream = await rawUpstream((asked, from, reply) => {
+      if (from !== 'tcp') sent.push({ port: from.port, name: askedName(asked) });
+      reply(answerWith(asked, '192.0.2.4'));
+    });
+    closers.push(upstream.close);
+    const server = await serverWith(upstream);
+    const names = Array.from({ length: 200 }, (_, i) => `Client-Case-${i}.Example.COM`);
+    for (let i = 0; i < names.length; i += 20) {
+      const answers = await Promise.all(names.slice(i, i + 20).map((name) => udp(server.ports[0]!.port, query(name))));
+      answers.forEach((answer, j) => expect([askedName(answer), addresses(answer)]).toEqual([names[i + j], ['192.0.2.4']]));
+    }
+    expect(sent).toHaveLength(200);
+    const uses = new Map<number, number>();
+    for (const { port } of sent) uses.set(port, (uses.get(port) ?? 0) + 1);
+    // A pool of 8 sockets, each retired after 16 queries for one on a new port.
+    expect(uses.size).toBeGreaterThanOrEqual(200 / 16);
+    expect(Math.max(...uses.values())).toBeLessThanOrEqual(16);
+    // One bit per letter: a name of 20 letters or more goes out in the client's own case once in a million.
+    expect(sent.every(({ name }, i) => name.toLowerCase() === names[i]!.toLowerCase())).toBe(true);
+    expect(sent.filter(({ name }, i) => name === names[i]).length).toBeLessThan(3);
   });
 });

@@ -561,9 +561,41 @@ export function forwardedResponse(msg: Buffer, q: Query, f: Forwarded, limit: nu
   return out;
 }
 
-/** Whether an upstream response answers the question we asked: same name (any case), type, class. */
-export function sameQuestion(response: Buffer, query: Buffer, questionEnd: number): boolean {
+/**
+ * 0x20 (draft-vixie-dnsext-dns0x20): each letter of the question name of a query we send upstream in
+ * upper or lower case by a random bit, to be found again byte for byte in the answer, so that an
+ * off-path spoofer must guess a bit per letter besides the id and the port. The name was checked by
+ * parseQuery: plain labels, ending at the root byte before QTYPE and QCLASS.
+ */
+export function mixCase(query: Buffer, questionEnd: number, randomByte: () => number): void {
+  const nameEnd = questionEnd - 4;
+  let bits = 0;
+  let left = 0;
+  let p = 12;
+  while (p < nameEnd) {
+    const end = p + 1 + query[p]!;
+    for (let i = p + 1; i < end; i++) {
+      const lower = query[i]! | 0x20;
+      if (lower < 0x61 || lower > 0x7a) continue;
+      if (left === 0) {
+        bits = randomByte();
+        left = 8;
+      }
+      query[i] = bits & 1 ? lower & ~0x20 : lower;
+      bits >>= 1;
+      left -= 1;
+    }
+    p = end;
+  }
+}
+
+/**
+ * Whether an upstream response answers the question we asked: same name, type and class; the name
+ * byte for byte with `exactCase` (what we sent with mixCase), else in any letter case.
+ */
+export function sameQuestion(response: Buffer, query: Buffer, questionEnd: number, exactCase = false): boolean {
   if (response.length < questionEnd || response[4] !== 0 || response[5] !== 1) return false;
+  if (exactCase) return response.compare(query, 12, questionEnd, 12, questionEnd) === 0;
   for (let i = 12; i < questionEnd; i++) {
     let x = response[i]!;
     let y = query[i]!;

@@ -18,7 +18,7 @@ import { DnsCache } from '../cache.js';
 import { DnsMetrics } from '../metrics.js';
 import { Resolver } from '../server.js';
 import { buildDnsTable } from '../table.js';
-import { DROP, MAX_UDP_PAYLOAD, forwardedResponse, parseQuery, parseResponse, sameQuestion, upstreamQuery, wireName, type Forwarded, type Query } from '../wire.js';
+import { DROP, MAX_UDP_PAYLOAD, forwardedResponse, mixCase, parseQuery, parseResponse, sameQuestion, upstreamQuery, wireName, type Forwarded, type Query } from '../wire.js';
 import { orders, service } from './fixtures.js';
 
 const TYPES = [1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 43, 46, 47, 48, 64, 65, 251, 252, 255, 0, 0xffff];
@@ -180,12 +180,15 @@ const table = buildDnsTable(
 );
 
 /**
- * The upstream the query target forwards to, answering at once from the question it was sent: an
+ * The upstream the query target forwards to, answering at once from the question it was sent (in
+ * the letter case the forwarder gave it; checkResponse wants the client's back): an
  * address, NXDOMAIN with an SOA, SERVFAIL, a referral with its OPT in the middle, or nothing (every
  * attempt failed), by the question's length; TTL 0 for some so that the cache both fills and misses.
  */
 function inProcessUpstream(msg: Buffer, q: Query, done: (response: Buffer | undefined) => void): void {
   const sent = upstreamQuery(0x5a5a, msg, q);
+  // As the forwarder sends it: the name in random case, which the client must never see.
+  mixCase(sent, q.questionEnd, () => (Math.random() * 256) | 0);
   const head = Buffer.from(sent.subarray(0, q.questionEnd));
   head[2] = 0x81;
   const kind = q.questionEnd % 5;
@@ -208,7 +211,7 @@ function inProcessUpstream(msg: Buffer, q: Query, done: (response: Buffer | unde
   head.writeUInt16BE(ns.length, 8);
   head.writeUInt16BE(ar.length, 10);
   const response = Buffer.from(concat([head, ...an, ...ns, ...ar]));
-  done(sameQuestion(response, sent, q.questionEnd) ? response : undefined);
+  done(sameQuestion(response, sent, q.questionEnd, true) ? response : undefined);
 }
 
 /**
