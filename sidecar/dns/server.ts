@@ -55,6 +55,8 @@ export interface DnsServerOptions {
   upstreamTimeoutMs?: number;
   upstreamAttempts?: number;
   cacheEntries?: number;
+  /** Bytes the cache may hold (8 MiB unless told); one answer at most a sixteenth of them. */
+  cacheBytes?: number;
   cacheMaxTtlSeconds?: number;
   tcpIdleTimeoutMs?: number;
   /** Distinct questions upstream at once; more get SERVFAIL rather than memory. */
@@ -370,7 +372,7 @@ export function defaultUpstreams(resolvConf: string, log: Logger): string[] {
 export async function startDnsServer(options: DnsServerOptions): Promise<DnsServer> {
   const { log } = options;
   const listen = options.listen ?? DEFAULT_DNS_LISTEN;
-  const cache = new DnsCache(options.cacheEntries ?? 10_000, options.cacheMaxTtlSeconds ?? 300);
+  const cache = new DnsCache(options.cacheEntries ?? 10_000, options.cacheMaxTtlSeconds ?? 300, options.cacheBytes);
   const metrics = new DnsMetrics(options.registry, () => cache.size);
   const idleMs = options.tcpIdleTimeoutMs ?? 10_000;
   const table = options.table ?? emptyDnsTable();
