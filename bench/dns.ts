@@ -114,7 +114,24 @@ async function maxRate(server: Server) {
 function startDnsmasq(dnsmasq: string, core: number, port: number, options: string[]): ChildProcess {
   const child = spawn(
     'setpriv',
-    ['--pdeathsig', 'KILL', '--', 'taskset', '-c', String(core), dnsmasq, '--no-daemon', '--no-resolv', '--no-hosts', `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--user=root', '--pid-file=', ...options],
+    [
+      '--pdeathsig',
+      'KILL',
+      '--',
+      'taskset',
+      '-c',
+      String(core),
+      dnsmasq,
+      '--no-daemon',
+      '--no-resolv',
+      '--no-hosts',
+      `--port=${port}`,
+      '--listen-address=127.0.0.1',
+      '--bind-interfaces',
+      '--user=root',
+      '--pid-file=',
+      ...options,
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
@@ -129,7 +146,12 @@ const forwardingServer = process.argv.indexOf('--forwarding-server');
 if (forwardingServer >= 0) {
   const { createLogger } = await import('../common/log.js');
   const { startDnsServer } = await import('../sidecar/dns/server.js');
-  const server = await startDnsServer({ listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [`127.0.0.1:${process.argv[forwardingServer + 1]}`], cacheEntries: 0, log: createLogger('bench-dns-forwarding', 'error') });
+  const server = await startDnsServer({
+    listen: [{ host: '127.0.0.1', port: 0 }],
+    upstreams: [`127.0.0.1:${process.argv[forwardingServer + 1]}`],
+    cacheEntries: 0,
+    log: createLogger('bench-dns-forwarding', 'error'),
+  });
   process.stdout.write(`${server.ports[0]!.port}\n`);
   process.on('SIGTERM', () => void server.close().then(() => process.exit(0)));
   await new Promise(() => {});
@@ -157,7 +179,7 @@ try {
     for (const server of servers) await answering(server.port, names[0]!);
     // Maximum rate, alternating servers, three rounds, the median kept: the machine's other work
     // lands on one round or another, not on one server.
-    const maxRounds: (Awaited<ReturnType<typeof maxRate>>)[][] = servers.map(() => []);
+    const maxRounds: Awaited<ReturnType<typeof maxRate>>[][] = servers.map(() => []);
     for (let round = 1; round <= 3; round++) for (const [i, server] of servers.entries()) maxRounds[i]!.push(await maxRate(server));
     const maxes = maxRounds.map((r) => [...r].sort((a, b) => a.qps - b.qps)[1]!);
     // Latency at 5,000 qps, alternating servers, several rounds: stalls of a few ms that come from
@@ -229,11 +251,20 @@ try {
 } finally {
   rmSync(work, { recursive: true, force: true });
 }
-const [peerRow, oursRow, peerForwardingRow, oursForwardingRow] = rows as Record<string, number>[] as [Record<string, number>, Record<string, number>, Record<string, number>, Record<string, number>];
+const [peerRow, oursRow, peerForwardingRow, oursForwardingRow] = rows as Record<string, number>[] as [
+  Record<string, number>,
+  Record<string, number>,
+  Record<string, number>,
+  Record<string, number>,
+];
 const ratio = oursRow['max qps']! / peerRow['max qps']!;
 const perCoreRatio = oursRow['qps per server core']! / peerRow['qps per server core']!;
 rows.splice(2, 0, { server: 'ours / dnsmasq', 'max qps': ratio, 'qps per server core': perCoreRatio });
-rows.push({ server: 'ours / dnsmasq, forwarding', 'max qps': oursForwardingRow['max qps']! / peerForwardingRow['max qps']!, 'qps per server core': oursForwardingRow['qps per server core']! / peerForwardingRow['qps per server core']! });
+rows.push({
+  server: 'ours / dnsmasq, forwarding',
+  'max qps': oursForwardingRow['max qps']! / peerForwardingRow['max qps']!,
+  'qps per server core': oursForwardingRow['qps per server core']! / peerForwardingRow['qps per server core']!,
+});
 const goals = {
   'over 20,000 qps': oursRow['max qps']! > 20_000,
   'at least 0.5 of dnsmasq': ratio >= 0.5,
@@ -241,8 +272,22 @@ const goals = {
 };
 const loadAverage = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
 if (peerRow['p99 ms @5k']! >= 1) {
-  progress(`dnsmasq's p99 at 5,000 qps is over 1 ms too: the machine is busy (load average ${loadAverage} on ${availableParallelism()} CPUs); the latency figures say more on a quiet one`);
+  progress(
+    `dnsmasq's p99 at 5,000 qps is over 1 ms too: the machine is busy (load average ${loadAverage} on ${availableParallelism()} CPUs); the latency figures say more on a quiet one`,
+  );
 }
-const file = report('dns', `Sidecar DNS vs dnsmasq: ${count} catalog names, type A over UDP, server on one core`, rows, { seconds, inflight, names: count, rounds, loadAverage, goals, details });
-progress(`goals: ${Object.entries(goals).map(([g, ok]) => `${g}: ${ok ? 'met' : 'NOT met'}`).join('; ')}`);
+const file = report('dns', `Sidecar DNS vs dnsmasq: ${count} catalog names, type A over UDP, server on one core`, rows, {
+  seconds,
+  inflight,
+  names: count,
+  rounds,
+  loadAverage,
+  goals,
+  details,
+});
+progress(
+  `goals: ${Object.entries(goals)
+    .map(([g, ok]) => `${g}: ${ok ? 'met' : 'NOT met'}`)
+    .join('; ')}`,
+);
 progress(`results in ${file}`);

@@ -33,9 +33,20 @@ async function timeApply(backend: 'legacy' | 'nft', runs = 15) {
       let t = performance.now();
       await execa('ip', ['netns', 'exec', ns.name, `iptables-${backend}-restore`, '--noflush'], { input: doc });
       restore.push(performance.now() - t);
-      await ns.exec(`iptables-${backend}-restore`, ['--noflush'], { input: `*nat\n${buildRules(settings, 4).chains.map((c) => `:${c} - [0:0]`).join('\n')}\n-D PREROUTING -p tcp -j FLB_INBOUND\n-D OUTPUT -p tcp -j FLB_OUTPUT\n-D OUTPUT -p udp -m udp --dport 53 -j FLB_DNS\n${buildRules(settings, 4).chains.map((c) => `-X ${c}`).join('\n')}\nCOMMIT\n` });
+      await ns.exec(`iptables-${backend}-restore`, ['--noflush'], {
+        input: `*nat\n${buildRules(settings, 4)
+          .chains.map((c) => `:${c} - [0:0]`)
+          .join('\n')}\n-D PREROUTING -p tcp -j FLB_INBOUND\n-D OUTPUT -p tcp -j FLB_OUTPUT\n-D OUTPUT -p udp -m udp --dport 53 -j FLB_DNS\n${buildRules(
+          settings,
+          4,
+        )
+          .chains.map((c) => `-X ${c}`)
+          .join('\n')}\nCOMMIT\n`,
+      });
       t = performance.now();
-      await execa('ip', ['netns', 'exec', ns.name, process.execPath, flb, 'iptables', 'apply', `--backend=${backend}`, '--ipv6=disabled'], { env: { FLB_LOG_LEVEL: 'warn' } });
+      await execa('ip', ['netns', 'exec', ns.name, process.execPath, flb, 'iptables', 'apply', `--backend=${backend}`, '--ipv6=disabled'], {
+        env: { FLB_LOG_LEVEL: 'warn' },
+      });
       whole.push(performance.now() - t);
     } finally {
       await deleteNetns(ns);
@@ -45,10 +56,32 @@ async function timeApply(backend: 'legacy' | 'nft', runs = 15) {
 }
 
 async function measurePaths(ns: Netns) {
-  const server = execa('ip', ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', '--', 'taskset', '-c', '0', process.execPath, `${here}lib/echo-server.js`, '0.0.0.0', '15001'], { reject: false });
+  const server = execa(
+    'ip',
+    ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', '--', 'taskset', '-c', '0', process.execPath, `${here}lib/echo-server.js`, '0.0.0.0', '15001'],
+    { reject: false },
+  );
   await new Promise<void>((resolve) => server.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve()));
   const client = async (mode: string, host: string, port: number) =>
-    JSON.parse((await ns.exec('taskset', ['-c', '1', 'setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', '--', process.execPath, `${here}lib/conn-client.js`, mode, host, String(port), String(seconds)])).stdout) as {
+    JSON.parse(
+      (
+        await ns.exec('taskset', [
+          '-c',
+          '1',
+          'setpriv',
+          '--reuid=1000',
+          '--regid=1000',
+          '--clear-groups',
+          '--',
+          process.execPath,
+          `${here}lib/conn-client.js`,
+          mode,
+          host,
+          String(port),
+          String(seconds),
+        ])
+      ).stdout,
+    ) as {
       rate: number;
       p50Us: number;
       p99Us: number;

@@ -23,10 +23,14 @@ const work = mkdtempSync(join(tmpdir(), 'flb-bench-repo-'));
 const q = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? Number.NaN;
 
 async function startRepo(name: string, extra: string[] = []): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'taskset', '-c', '0', process.execPath, flb, 'repo', '--listen', '127.0.0.1:0', '--data-dir', join(work, name), ...extra], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, FLB_LOG_LEVEL: 'warn' },
-  });
+  const child = spawn(
+    'setpriv',
+    ['--pdeathsig', 'KILL', '--', 'taskset', '-c', '0', process.execPath, flb, 'repo', '--listen', '127.0.0.1:0', '--data-dir', join(work, name), ...extra],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, FLB_LOG_LEVEL: 'warn' },
+    },
+  );
   const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
   return { child, port };
 }
@@ -40,11 +44,22 @@ const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc
 const catalog = (n: number, changed = -1) =>
   new Map<string, string>([
     ['/mesh.json', '{"name":"flb"}'],
-    ...Array.from({ length: n }, (_, i) => [`/services/svc-${i}.json`, JSON.stringify({ id: `svc-${i}`, endpoints: [{ address: `10.0.${i % 250}.${i % 200}`, port: 8080 }], v: i === changed ? 2 : 1 })] as [string, string]),
+    ...Array.from(
+      { length: n },
+      (_, i) =>
+        [
+          `/services/svc-${i}.json`,
+          JSON.stringify({ id: `svc-${i}`, endpoints: [{ address: `10.0.${i % 250}.${i % 200}`, port: 8080 }], v: i === changed ? 2 : 1 }),
+        ] as [string, string],
+    ),
   ]);
 
 async function runWorkers(base: string, codebases: string[], mode: 'push' | 'poll', publish: () => Promise<void>, ca?: string) {
-  const child = spawn('taskset', ['-c', '1', process.execPath, join(here, 'lib/repo-workers.js'), JSON.stringify({ base, codebases, mode, pollMs: 5000, ...(ca ? { ca } : {}) })], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(
+    'taskset',
+    ['-c', '1', process.execPath, join(here, 'lib/repo-workers.js'), JSON.stringify({ base, codebases, mode, pollMs: 5000, ...(ca ? { ca } : {}) })],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
   const received: number[] = [];
   const lines = createInterface({ input: child.stdout! });
   let armed!: () => void;
@@ -101,7 +116,16 @@ try {
         );
       }
       const median = [...results].sort((a, b) => a.p99 - b.p99)[Math.floor(results.length / 2)]!;
-      rows.push({ measure: `publish -> all workers have it (${mode})`, workers: n, rounds, received: median.received, 'p50 ms': median.p50, 'p99 ms': median.p99, 'max ms': median.max, 'worst round p99 ms': Math.max(...results.map((r) => r.p99)) });
+      rows.push({
+        measure: `publish -> all workers have it (${mode})`,
+        workers: n,
+        rounds,
+        received: median.received,
+        'p50 ms': median.p50,
+        'p99 ms': median.p99,
+        'max ms': median.max,
+        'worst round p99 ms': Math.max(...results.map((r) => r.p99)),
+      });
     }
   }
   publisher.stop();
@@ -134,10 +158,14 @@ try {
     const tlsRepo = await startRepo('latency', ['--tls-cert', join(work, 'tls.crt'), '--tls-key', join(work, 'tls.key')]);
     progress(`1,000 ${kind} polling every 5 s over TLS, 20 s`);
     const base = `https://127.0.0.1:${tlsRepo.port}`;
-    const pollers = spawn('taskset', ['-c', '1', process.execPath, join(here, script), JSON.stringify({ base, codebases, pollMs: 5000, ca: ca.certPem, ...args })], {
-      stdio: ['pipe', 'ignore', 'inherit'],
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: join(work, 'ca.crt') },
-    });
+    const pollers = spawn(
+      'taskset',
+      ['-c', '1', process.execPath, join(here, script), JSON.stringify({ base, codebases, pollMs: 5000, ca: ca.certPem, ...args })],
+      {
+        stdio: ['pipe', 'ignore', 'inherit'],
+        env: { ...process.env, NODE_EXTRA_CA_CERTS: join(work, 'ca.crt') },
+      },
+    );
     pollers.stdin!.write('arm\n');
     await new Promise((r) => setTimeout(r, 7000));
     const cpu0 = cpuSeconds(tlsRepo.child.pid!);
@@ -181,7 +209,12 @@ try {
     const changes: number[] = [];
     for (let v = 3; v < 13; v++) changes.push(await oneChange(v));
     const oneChanged = q(changes, 0.5);
-    rows.push({ measure: `catalog of ${n} services`, 'from scratch ms': fromScratch, 'first change after ms': firstChange, 'one changed service ms (median of 10)': oneChanged });
+    rows.push({
+      measure: `catalog of ${n} services`,
+      'from scratch ms': fromScratch,
+      'first change after ms': firstChange,
+      'one changed service ms (median of 10)': oneChanged,
+    });
     p.stop();
     r.child.kill('SIGKILL');
   }

@@ -244,27 +244,65 @@ try {
 
   const background = await coreBusy(1000);
   extra.backgroundCoreBusy = background;
-  if (background.some((b) => b > 0.1)) progress(`warning: the machine is busy before the run (core busy ${background.map((b) => `${Math.round(100 * b)}%`).join(', ')}); numbers will be noisy`);
+  if (background.some((b) => b > 0.1))
+    progress(`warning: the machine is busy before the run (core busy ${background.map((b) => `${Math.round(100 * b)}%`).join(', ')}); numbers will be noisy`);
 
   progress('namespaces: app 10.215.1.1, ep 10.215.1.2-.5');
   const app = await createNetns('sc-app');
   undo.push(() => deleteNetns(app));
   const ep = await createNetns('sc-ep');
   undo.push(() => deleteNetns(ep));
-  await link(app, [`${APP_IP}/24`], ep, [...ENDPOINTS, DIRECT_IP].map((a) => `${a}/24`));
+  await link(
+    app,
+    [`${APP_IP}/24`],
+    ep,
+    [...ENDPOINTS, DIRECT_IP].map((a) => `${a}/24`),
+  );
   // The mesh VIP range needs a route, or connect() fails before the nat rules see the packet.
   await app.exec('ip', ['route', 'add', 'default', 'via', ENDPOINTS[0]!]);
   const settings = { version: 1, mode: 'iptables', ipv6: 'disabled', excludeOutboundIpRanges: [`${DIRECT_IP}/32`] };
-  await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'iptables', 'apply', '--settings', JSON.stringify(settings)], { env: { ...process.env, FLB_LOG_LEVEL: 'warn' } });
+  await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'iptables', 'apply', '--settings', JSON.stringify(settings)], {
+    env: { ...process.env, FLB_LOG_LEVEL: 'warn' },
+  });
   // HAProxy behind the same kind of REDIRECT, ahead of flb's rules: the comparison without the
   // NAT difference (HAProxy balances over fixed endpoints, so it needs no original destination).
-  for (const [from, to] of [[ECHO_PORT, HAPROXY_ECHO], [SOURCE_PORT, HAPROXY_SOURCE], [ONCE_PORT, HAPROXY_ONCE]] as const) {
-    await run('ip', ['netns', 'exec', app.name, 'iptables-nft', '-t', 'nat', '-I', 'OUTPUT', '1', '-d', `${HAPROXY_VIP}/32`, '-p', 'tcp', '--dport', String(from), '-j', 'REDIRECT', '--to-ports', String(to)]);
+  for (const [from, to] of [
+    [ECHO_PORT, HAPROXY_ECHO],
+    [SOURCE_PORT, HAPROXY_SOURCE],
+    [ONCE_PORT, HAPROXY_ONCE],
+  ] as const) {
+    await run('ip', [
+      'netns',
+      'exec',
+      app.name,
+      'iptables-nft',
+      '-t',
+      'nat',
+      '-I',
+      'OUTPUT',
+      '1',
+      '-d',
+      `${HAPROXY_VIP}/32`,
+      '-p',
+      'tcp',
+      '--dport',
+      String(from),
+      '-j',
+      'REDIRECT',
+      '--to-ports',
+      String(to),
+    ]);
   }
   // New connections/s opens a hundred thousand connections from one address to one destination:
   // more source ports (above every port something listens on here), reused 1 s after TIME_WAIT,
   // in conntrack too.
-  await app.exec('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=20000 65535', 'net.ipv4.tcp_tw_reuse=1', 'net.netfilter.nf_conntrack_tcp_timeout_time_wait=1']);
+  await app.exec('sysctl', [
+    '-q',
+    '-w',
+    'net.ipv4.ip_local_port_range=20000 65535',
+    'net.ipv4.tcp_tw_reuse=1',
+    'net.netfilter.nf_conntrack_tcp_timeout_time_wait=1',
+  ]);
 
   const endpoint = startIn(ep, 'the endpoint server', [tcpEndpoint, String(ECHO_PORT), String(SOURCE_PORT), String(ONCE_PORT)], { core: LOAD_CORE });
   await new Promise<void>((resolve, reject) => {
@@ -272,12 +310,38 @@ try {
     void endpoint.exited.then(() => reject(failed(endpoint, 'exited before it was ready')));
   });
 
-  const load = async (mode: string, host: string, port: number, params: Record<string, string | number>, timeoutMs = (seconds + 30) * 1000): Promise<LoadResult> => {
-    const args = ['netns', 'exec', app.name, 'setpriv', '--pdeathsig', 'KILL', '--', 'taskset', '-c', String(LOAD_CORE), tcpLoad, mode, host, String(port), ...Object.entries(params).map(([k, v]) => `${k}=${v}`)];
+  const load = async (
+    mode: string,
+    host: string,
+    port: number,
+    params: Record<string, string | number>,
+    timeoutMs = (seconds + 30) * 1000,
+  ): Promise<LoadResult> => {
+    const args = [
+      'netns',
+      'exec',
+      app.name,
+      'setpriv',
+      '--pdeathsig',
+      'KILL',
+      '--',
+      'taskset',
+      '-c',
+      String(LOAD_CORE),
+      tcpLoad,
+      mode,
+      host,
+      String(port),
+      ...Object.entries(params).map(([k, v]) => `${k}=${v}`),
+    ];
     const { stdout } = await run('ip', args, { timeout: timeoutMs, maxBuffer: 1 << 20 });
     return JSON.parse(stdout) as LoadResult;
   };
-  const answers = async (host: string, port: number) => (await run('ip', ['netns', 'exec', app.name, tcpLoad, 'probe', host, String(port)]).then(() => true, () => false));
+  const answers = async (host: string, port: number) =>
+    await run('ip', ['netns', 'exec', app.name, tcpLoad, 'probe', host, String(port)]).then(
+      () => true,
+      () => false,
+    );
   const untilAnswering = async (proc: Proc, host: string, port: number) => {
     const deadline = Date.now() + 30_000;
     while (!(await answers(host, port))) {
@@ -322,7 +386,17 @@ ${backends(ONCE_PORT)}
   const cfg = join(work, 'cfg');
   mkdirSync(join(cfg, 'services'), { recursive: true });
   writeFileSync(join(cfg, 'mesh.json'), JSON.stringify({ apiVersion: 'flb.flomesh.io/v1alpha1', kind: 'Mesh', name: 'flb' }));
-  writeFileSync(join(cfg, 'sidecar.json'), JSON.stringify({ apiVersion: 'flb.flomesh.io/v1alpha1', kind: 'Sidecar', id: 'vm.bench', mesh: 'flb', identity: { kind: 'vm', name: 'bench' }, dns: { searchDomains: [] } }));
+  writeFileSync(
+    join(cfg, 'sidecar.json'),
+    JSON.stringify({
+      apiVersion: 'flb.flomesh.io/v1alpha1',
+      kind: 'Sidecar',
+      id: 'vm.bench',
+      mesh: 'flb',
+      identity: { kind: 'vm', name: 'bench' },
+      dns: { searchDomains: [] },
+    }),
+  );
   writeFileSync(
     join(cfg, 'services/echo.static.json'),
     JSON.stringify({
@@ -348,14 +422,21 @@ ${backends(ONCE_PORT)}
     chownSync(dir, PROXY_UID, PROXY_UID);
   }
   const startFlb = async (nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}) => {
-    const proc = startIn(app, 'flb sidecar', [process.execPath, ...nodeArgs, flbBin, 'sidecar', '--id', 'vm.bench', '--config-dir', cfg, '--state-dir', state, '--drain', '0s'], {
-      core: PROXY_CORE,
-      uid: PROXY_UID,
-      // As the injector runs it: the mesh's default NODE_OPTIONS for the sidecar container.
-      env: { FLB_LOG_LEVEL: 'warn', NODE_OPTIONS: SidecarTemplateSchema.parse({}).nodeOptions, ...env },
-    });
+    const proc = startIn(
+      app,
+      'flb sidecar',
+      [process.execPath, ...nodeArgs, flbBin, 'sidecar', '--id', 'vm.bench', '--config-dir', cfg, '--state-dir', state, '--drain', '0s'],
+      {
+        core: PROXY_CORE,
+        uid: PROXY_UID,
+        // As the injector runs it: the mesh's default NODE_OPTIONS for the sidecar container.
+        env: { FLB_LOG_LEVEL: 'warn', NODE_OPTIONS: SidecarTemplateSchema.parse({}).nodeOptions, ...env },
+      },
+    );
     // Readiness as a pod's postStart hook checks it, then a ping through the VIP.
-    await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'sidecar', 'wait-ready', '--timeout', '30s'], { env: { ...process.env, FLB_LOG_LEVEL: 'warn' } }).catch(() => {
+    await run('ip', ['netns', 'exec', app.name, process.execPath, flbBin, 'sidecar', 'wait-ready', '--timeout', '30s'], {
+      env: { ...process.env, FLB_LOG_LEVEL: 'warn' },
+    }).catch(() => {
       throw failed(proc, 'did not become ready in 30 s');
     });
     await untilAnswering(proc, VIP, ECHO_PORT);
@@ -364,7 +445,8 @@ ${backends(ONCE_PORT)}
   let flb = await startFlb();
   for (const p of [haproxy, flb, endpoint]) {
     const comm = readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim();
-    if (!['haproxy', 'node', 'tcp-endpoint'].includes(comm)) throw new Error(`pid ${p.pid} of ${p.name} is ${comm}, not the process itself: CPU and RSS would be read from the wrong one`);
+    if (!['haproxy', 'node', 'tcp-endpoint'].includes(comm))
+      throw new Error(`pid ${p.pid} of ${p.name} is ${comm}, not the process itself: CPU and RSS would be read from the wrong one`);
   }
 
   const targets: Target[] = [
@@ -386,7 +468,9 @@ ${backends(ONCE_PORT)}
   await sleep(IDLE_SETTLE_MS - (Date.now() - idleFrom));
   const memIdle = { haproxy: memoryMiB(haproxy.pid), flb: memoryMiB(flb.pid), bareNode: memoryMiB(bare.pid) };
   await stopProc(bare, 'SIGKILL');
-  progress(`RSS idle: haproxy ${memIdle.haproxy.rss.toFixed(1)} MiB, flb ${memIdle.flb.rss.toFixed(1)} MiB, a bare node ${memIdle.bareNode.rss.toFixed(1)} MiB`);
+  progress(
+    `RSS idle: haproxy ${memIdle.haproxy.rss.toFixed(1)} MiB, flb ${memIdle.flb.rss.toFixed(1)} MiB, a bare node ${memIdle.bareNode.rss.toFixed(1)} MiB`,
+  );
 
   const raw: Record<string, Record<string, LoadResult[]>> = { direct: {}, haproxy: {}, flb: {}, 'haproxy-nat': {} };
   // This machine may be shared: a run during which other work took the proxy's core is run again
@@ -437,9 +521,29 @@ ${backends(ONCE_PORT)}
   const memHeld: Record<string, { rss: number; private: number }> = {};
   for (const t of targets.filter((x) => x.proxy && x.name !== 'haproxy-nat')) {
     progress(`${t.name}: RSS with ${held} open connections`);
-    const holder = spawn('ip', ['netns', 'exec', app.name, 'setpriv', '--pdeathsig', 'KILL', '--', 'taskset', '-c', String(LOAD_CORE), tcpLoad, 'hold', t.host, String(t.echo), `conns=${held}`], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
+    const holder = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        app.name,
+        'setpriv',
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'taskset',
+        '-c',
+        String(LOAD_CORE),
+        tcpLoad,
+        'hold',
+        t.host,
+        String(t.echo),
+        `conns=${held}`,
+      ],
+      {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      },
+    );
     undo.push(() => void holder.kill('SIGKILL'));
     const line = await new Promise<string>((resolve, reject) => {
       createInterface({ input: holder.stdout! }).once('line', resolve);
@@ -465,9 +569,25 @@ ${backends(ONCE_PORT)}
         const data = join(work, `perf-${t.name}-${mode}.data`);
         const loaded = load(mode, t.host, mode === 'rr' ? t.echo : t.once, { conns, seconds, size: 64, pids: pidsOf(t) });
         await sleep(1500);
-        await run(perf, ['record', '-q', '-e', 'cpu-clock', '-F', '999', '-C', String(PROXY_CORE), '-o', data, '--', 'sleep', String(Math.max(1, seconds - 1))]);
+        await run(perf, [
+          'record',
+          '-q',
+          '-e',
+          'cpu-clock',
+          '-F',
+          '999',
+          '-C',
+          String(PROXY_CORE),
+          '-o',
+          data,
+          '--',
+          'sleep',
+          String(Math.max(1, seconds - 1)),
+        ]);
         await loaded;
-        const { stdout } = await run(perf, ['report', '-i', data, '--stdio', '--no-children', '--sort', 'pid,dso', '-g', 'none', '-t', '|'], { maxBuffer: 16 << 20 });
+        const { stdout } = await run(perf, ['report', '-i', data, '--stdio', '--no-children', '--sort', 'pid,dso', '-g', 'none', '-t', '|'], {
+          maxBuffer: 16 << 20,
+        });
         // Every thread of the proxy (V8's GC helpers are threads of their own).
         const threads = new Set(readdirSync(`/proc/${t.proxy!.pid}/task`));
         const split = { kernel: 0, user: 0, idle: 0, other: 0 };
@@ -502,7 +622,13 @@ ${backends(ONCE_PORT)}
     // V8 stamps samples with CLOCK_MONOTONIC microseconds, as hrtime counts: the summary keeps the
     // load's counted window and leaves out start-up and the warm-up second.
     const started = Number(process.hrtime.bigint() / 1000n);
-    const r = await load(mode, VIP, mode === 'rr' ? ECHO_PORT : ONCE_PORT, { conns, seconds: profileSeconds, size: 64, pids: String(flb.pid) }, (profileSeconds + 30) * 1000);
+    const r = await load(
+      mode,
+      VIP,
+      mode === 'rr' ? ECHO_PORT : ONCE_PORT,
+      { conns, seconds: profileSeconds, size: 64, pids: String(flb.pid) },
+      (profileSeconds + 30) * 1000,
+    );
     const window = { fromUs: started + 1_500_000, toUs: Number(process.hrtime.bigint() / 1000n) - 200_000 };
     noteContention(`profile ${mode}`, r, flb.pid);
     // The profile is written when the process exits; SIGTERM drains (0 s) and exits.
@@ -528,7 +654,11 @@ ${backends(ONCE_PORT)}
   };
   const r1 = (x: number) => Math.round(10 * x) / 10;
   const r3 = (x: number) => Math.round(1000 * x) / 1000;
-  const row = (measure: string, values: Partial<Record<Target['name'], number | string>>, goal?: { text: string; ok: (ratio: number, flb: number) => boolean; on?: 'ratio' | 'flb' }) => {
+  const row = (
+    measure: string,
+    values: Partial<Record<Target['name'], number | string>>,
+    goal?: { text: string; ok: (ratio: number, flb: number) => boolean; on?: 'ratio' | 'flb' },
+  ) => {
     const h = values.haproxy;
     const f = values.flb;
     const ratio = typeof h === 'number' && typeof f === 'number' && h !== 0 ? r3(f / h) : '';
@@ -542,36 +672,98 @@ ${backends(ONCE_PORT)}
   const perfRow = (mode: 'rr' | 'conn') => {
     const split = (n: Target['name']) => perfSplits[`${n} ${mode}`];
     if (!split('haproxy') || !split('flb')) return;
-    row('  proxy core % kernel/user/idle/other (perf)', each((n) => (['kernel', 'user', 'idle', 'other'] as const).map((k) => Math.round(split(n)![k])).join('/'), proxies));
+    row(
+      '  proxy core % kernel/user/idle/other (perf)',
+      each((n) => (['kernel', 'user', 'idle', 'other'] as const).map((k) => Math.round(split(n)![k])).join('/'), proxies),
+    );
   };
   const all = ['direct', 'haproxy', 'flb'] as const;
   const proxies = ['haproxy', 'flb'] as const;
   const each = (f: (n: Target['name']) => number | string, names: readonly Target['name'][] = all) => Object.fromEntries(names.map((n) => [n, f(n)]));
 
-  row('bulk throughput, 1 connection (Gbit/s)', each((n) => r3(m(n, 'bulk', (r) => r.gbitPerSecond ?? 0))));
-  row('  proxy CPU per GB moved (ms)', each((n) => r1(m(n, 'bulk', (r, t) => (1000 * cpuOf(r, t)) / ((r.bytes ?? 0) / 1e9))), proxies));
-  row(`64 B request/response, ${conns} connections (req/s)`, each((n) => Math.round(m(n, 'rr', (r) => r.rate ?? 0))), { text: '>= 0.8 x haproxy', ok: (q) => q >= 0.8 });
-  row('  proxy CPU per request (us)', each((n) => r1(m(n, 'rr', (r, t) => (1e6 * cpuOf(r, t)) / (r.requests ?? 1))), proxies), { text: '<= 1.25 x haproxy', ok: (q) => q <= 1.25 });
+  row(
+    'bulk throughput, 1 connection (Gbit/s)',
+    each((n) => r3(m(n, 'bulk', (r) => r.gbitPerSecond ?? 0))),
+  );
+  row(
+    '  proxy CPU per GB moved (ms)',
+    each((n) => r1(m(n, 'bulk', (r, t) => (1000 * cpuOf(r, t)) / ((r.bytes ?? 0) / 1e9))), proxies),
+  );
+  row(
+    `64 B request/response, ${conns} connections (req/s)`,
+    each((n) => Math.round(m(n, 'rr', (r) => r.rate ?? 0))),
+    { text: '>= 0.8 x haproxy', ok: (q) => q >= 0.8 },
+  );
+  row(
+    '  proxy CPU per request (us)',
+    each((n) => r1(m(n, 'rr', (r, t) => (1e6 * cpuOf(r, t)) / (r.requests ?? 1))), proxies),
+    { text: '<= 1.25 x haproxy', ok: (q) => q <= 1.25 },
+  );
   // The proxy's own CPU leaves out kernel work done for it outside its context (softirqs run
   // while it sleeps); the whole proxy core's busy time per request counts that too.
   const coreTime = (r: LoadResult, count: number) => (1e6 * (r.coreBusy[PROXY_CORE] ?? 0) * r.seconds) / Math.max(1, count);
-  row('  proxy core busy per request (us)', each((n) => r1(m(n, 'rr', (r) => coreTime(r, r.requests ?? 0))), proxies));
-  row('  core busy % proxy/load (median run)', each((n) => busy(medianRun(n, 'rr', (r) => r.rate ?? 0))));
+  row(
+    '  proxy core busy per request (us)',
+    each((n) => r1(m(n, 'rr', (r) => coreTime(r, r.requests ?? 0))), proxies),
+  );
+  row(
+    '  core busy % proxy/load (median run)',
+    each((n) => busy(medianRun(n, 'rr', (r) => r.rate ?? 0))),
+  );
   perfRow('rr');
-  row('  client-side p99 (us)', each((n) => Math.round(m(n, 'rr', (r) => r.p99Us))));
-  row(`new connections/s, ${conns} in parallel`, each((n) => Math.round(m(n, 'conn', (r) => r.rate ?? 0))), { text: '>= 0.5 x haproxy', ok: (q) => q >= 0.5 });
-  row('  proxy CPU per new connection (us)', each((n) => r1(m(n, 'conn', (r, t) => (1e6 * cpuOf(r, t)) / (r.connections ?? 1))), proxies));
-  row('  proxy core busy per new connection (us)', each((n) => r1(m(n, 'conn', (r) => coreTime(r, r.connections ?? 0))), proxies));
-  row('  core busy % proxy/load (median run)', each((n) => busy(medianRun(n, 'conn', (r) => r.rate ?? 0))));
+  row(
+    '  client-side p99 (us)',
+    each((n) => Math.round(m(n, 'rr', (r) => r.p99Us))),
+  );
+  row(
+    `new connections/s, ${conns} in parallel`,
+    each((n) => Math.round(m(n, 'conn', (r) => r.rate ?? 0))),
+    { text: '>= 0.5 x haproxy', ok: (q) => q >= 0.5 },
+  );
+  row(
+    '  proxy CPU per new connection (us)',
+    each((n) => r1(m(n, 'conn', (r, t) => (1e6 * cpuOf(r, t)) / (r.connections ?? 1))), proxies),
+  );
+  row(
+    '  proxy core busy per new connection (us)',
+    each((n) => r1(m(n, 'conn', (r) => coreTime(r, r.connections ?? 0))), proxies),
+  );
+  row(
+    '  core busy % proxy/load (median run)',
+    each((n) => busy(medianRun(n, 'conn', (r) => r.rate ?? 0))),
+  );
   perfRow('conn');
-  row('  failed connections (all rounds)', each((n) => raw[n]!.conn!.reduce((s, r) => s + (r.errors ?? 0), 0)));
+  row(
+    '  failed connections (all rounds)',
+    each((n) => raw[n]!.conn!.reduce((s, r) => s + (r.errors ?? 0), 0)),
+  );
   const p = (n: Target['name'], q: 'p50Us' | 'p99Us') => m(n, 'rate', (r) => r[q]);
-  row(`p50 at ${fixedRate} req/s (us)`, each((n) => r1(p(n, 'p50Us'))));
-  row(`p99 at ${fixedRate} req/s (us)`, each((n) => r1(p(n, 'p99Us'))));
-  row('  added p50 vs direct (us)', each((n) => r1(p(n, 'p50Us') - p('direct', 'p50Us')), proxies));
-  row('  added p99 vs direct (us)', each((n) => r1(p(n, 'p99Us') - p('direct', 'p99Us')), proxies), { text: 'flb < 1000 us', ok: (_, f) => f < 1000 });
-  row('  lost requests (all rounds)', each((n) => raw[n]!.rate!.reduce((s, r) => s + (r.lost ?? 0), 0)));
-  row(`RSS idle, settled (${IDLE_SETTLE_MS / 1000} s after start) (MiB)`, { haproxy: r1(memIdle.haproxy.rss), flb: r1(memIdle.flb.rss) }, { text: 'flb < 60 MiB', ok: (_, f) => f < 60 });
+  row(
+    `p50 at ${fixedRate} req/s (us)`,
+    each((n) => r1(p(n, 'p50Us'))),
+  );
+  row(
+    `p99 at ${fixedRate} req/s (us)`,
+    each((n) => r1(p(n, 'p99Us'))),
+  );
+  row(
+    '  added p50 vs direct (us)',
+    each((n) => r1(p(n, 'p50Us') - p('direct', 'p50Us')), proxies),
+  );
+  row(
+    '  added p99 vs direct (us)',
+    each((n) => r1(p(n, 'p99Us') - p('direct', 'p99Us')), proxies),
+    { text: 'flb < 1000 us', ok: (_, f) => f < 1000 },
+  );
+  row(
+    '  lost requests (all rounds)',
+    each((n) => raw[n]!.rate!.reduce((s, r) => s + (r.lost ?? 0), 0)),
+  );
+  row(
+    `RSS idle, settled (${IDLE_SETTLE_MS / 1000} s after start) (MiB)`,
+    { haproxy: r1(memIdle.haproxy.rss), flb: r1(memIdle.flb.rss) },
+    { text: 'flb < 60 MiB', ok: (_, f) => f < 60 },
+  );
   row('  RSS 3 s after start (MiB)', { haproxy: r1(memStartup.haproxy.rss), flb: r1(memStartup.flb.rss) });
   row('  of which private, not shared (MiB)', { haproxy: r1(memIdle.haproxy.private), flb: r1(memIdle.flb.private) });
   row('  a bare node process: RSS / private (MiB)', { flb: `${r1(memIdle.bareNode.rss)} / ${r1(memIdle.bareNode.private)}` });
@@ -582,15 +774,31 @@ ${backends(ONCE_PORT)}
   // flb against HAProxy behind the same REDIRECT: what is left once both pay the NAT.
   const cpuPer = (name: Target['name'], measure: 'rr' | 'conn') =>
     m(name, measure, (r, t) => (1e6 * cpuOf(r, t)) / ((measure === 'rr' ? r.requests : r.connections) ?? 1));
-  for (const [measure, label, unit] of [['rr', `64 B request/response, ${conns} connections`, 'request'], ['conn', `new connections, ${conns} in parallel`, 'connection']] as const) {
+  for (const [measure, label, unit] of [
+    ['rr', `64 B request/response, ${conns} connections`, 'request'],
+    ['conn', `new connections, ${conns} in parallel`, 'connection'],
+  ] as const) {
     const rate = (n: Target['name']) => Math.round(m(n, measure, (r) => r.rate ?? 0));
-    natRows.push({ measure: `${label} (/s)`, 'haproxy behind REDIRECT': rate('haproxy-nat'), flb: rate('flb'), 'flb/haproxy': r3(rate('flb') / rate('haproxy-nat')) });
-    natRows.push({ measure: `  proxy CPU per ${unit} (us)`, 'haproxy behind REDIRECT': r1(cpuPer('haproxy-nat', measure)), flb: r1(cpuPer('flb', measure)), 'flb/haproxy': r3(cpuPer('flb', measure) / cpuPer('haproxy-nat', measure)) });
+    natRows.push({
+      measure: `${label} (/s)`,
+      'haproxy behind REDIRECT': rate('haproxy-nat'),
+      flb: rate('flb'),
+      'flb/haproxy': r3(rate('flb') / rate('haproxy-nat')),
+    });
+    natRows.push({
+      measure: `  proxy CPU per ${unit} (us)`,
+      'haproxy behind REDIRECT': r1(cpuPer('haproxy-nat', measure)),
+      flb: r1(cpuPer('flb', measure)),
+      'flb/haproxy': r3(cpuPer('flb', measure) / cpuPer('haproxy-nat', measure)),
+    });
   }
 
   const haproxyVersion = (await run(haproxyPath, ['-v'])).stdout.split('\n')[0];
   // The sidecar measured is the working tree's build, which may be ahead of the commit.
-  const revision = await run('git', ['-C', root, 'describe', '--always', '--dirty']).then((r) => r.stdout.trim(), () => 'unknown');
+  const revision = await run('git', ['-C', root, 'describe', '--always', '--dirty']).then(
+    (r) => r.stdout.trim(),
+    () => 'unknown',
+  );
   Object.assign(extra, {
     seconds,
     rounds,
@@ -624,9 +832,17 @@ ${backends(ONCE_PORT)}
 const retried = contended.filter((c) => !c.kept).length;
 const kept = contended.filter((c) => c.kept);
 if (retried) progress(`${retried} run(s) were repeated because other work shared the proxy core`);
-if (kept.length) progress(`warning: ${kept.length} run(s) in the results shared the proxy core with other work (${kept.map((c) => c.run).join(', ')}); rerun on a quiet machine`);
+if (kept.length)
+  progress(
+    `warning: ${kept.length} run(s) in the results shared the proxy core with other work (${kept.map((c) => c.run).join(', ')}); rerun on a quiet machine`,
+  );
 const goals = Object.fromEntries(rows.filter((r) => r.result).map((r) => [`${String(r.measure).trim()} ${r.goal}`, r.result]));
-const file = report('sidecar', `flb sidecar vs HAProxy (L4, one thread) vs direct; proxy on core ${PROXY_CORE}, load generator and endpoint server (C, epoll) on core ${LOAD_CORE}`, rows, { goals, ...extra });
+const file = report(
+  'sidecar',
+  `flb sidecar vs HAProxy (L4, one thread) vs direct; proxy on core ${PROXY_CORE}, load generator and endpoint server (C, epoll) on core ${LOAD_CORE}`,
+  rows,
+  { goals, ...extra },
+);
 printTable('flb vs HAProxy behind the same iptables REDIRECT (both pay the NAT on the client leg; no goal, for reading the ratios above)', natRows);
 // The profiles are in the JSON above; here they are printed for people.
 function printTable(title: string, rows: Record<string, string | number>[]): void {
@@ -634,17 +850,30 @@ function printTable(title: string, rows: Record<string, string | number>[]): voi
   const cell = (v: string | number | undefined) => String(v ?? '');
   const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (values: string[]) => values.map((v, i) => v.padEnd(widths[i]!)).join('  ');
-  process.stdout.write(`\n${title}\n${line(columns)}\n${line(widths.map((w) => '-'.repeat(w)))}\n${rows.map((r) => line(columns.map((c) => cell(r[c])))).join('\n')}\n`);
+  process.stdout.write(
+    `\n${title}\n${line(columns)}\n${line(widths.map((w) => '-'.repeat(w)))}\n${rows.map((r) => line(columns.map((c) => cell(r[c])))).join('\n')}\n`,
+  );
 }
 const pct = (x: number) => (Math.round(10 * x) / 10).toFixed(1);
 for (const [mode, s] of Object.entries(profiles)) {
-  const label = mode === 'rr' ? `64-byte request/response (${Math.round(s.rate)} req/s while profiled)` : `new connections (${Math.round(s.rate)} conn/s while profiled)`;
+  const label =
+    mode === 'rr' ? `64-byte request/response (${Math.round(s.rate)} req/s while profiled)` : `new connections (${Math.round(s.rate)} conn/s while profiled)`;
   printTable(
     `Profile of the sidecar (unbundled) under ${label}: ${Math.round(s.busyMs)} ms busy in ${Math.round(s.wallMs)} ms sampled; self time by area`,
     s.byArea.map((a) => ({ area: a.area, 'self %': pct(a.selfPercent) })),
   );
-  printTable(`Top functions by self time (${mode})`, s.topSelf.map((f) => ({ 'self %': pct(f.selfPercent), function: f.function, where: f.where })));
-  printTable(`flb's own functions by inclusive time (${mode})`, s.oursInclusive.map((f) => ({ 'total %': pct(f.totalPercent), function: f.function, where: f.where })));
+  printTable(
+    `Top functions by self time (${mode})`,
+    s.topSelf.map((f) => ({ 'self %': pct(f.selfPercent), function: f.function, where: f.where })),
+  );
+  printTable(
+    `flb's own functions by inclusive time (${mode})`,
+    s.oursInclusive.map((f) => ({ 'total %': pct(f.totalPercent), function: f.function, where: f.where })),
+  );
 }
-progress(`goals: ${Object.entries(goals).map(([g, r]) => `${g}: ${r}`).join('; ')}`);
+progress(
+  `goals: ${Object.entries(goals)
+    .map(([g, r]) => `${g}: ${r}`)
+    .join('; ')}`,
+);
 progress(`results in ${file}; profiles (open in Chrome DevTools) in ${join(results, 'sidecar-profiles')}`);

@@ -20,7 +20,20 @@ const core = plane.kubeConfig.makeApiClient(CoreV1Api);
 const [port, metricsPort] = await freePorts(2);
 const injector = spawn(
   'setpriv',
-  ['--pdeathsig', 'KILL', '--', process.execPath, flb, 'webhook', 'serve', `--listen=127.0.0.1:${port}`, `--metrics-listen=127.0.0.1:${metricsPort}`, `--kubeconfig=${plane.kubeconfigPath}`, '--dns-name=localhost', '--ip=127.0.0.1'],
+  [
+    '--pdeathsig',
+    'KILL',
+    '--',
+    process.execPath,
+    flb,
+    'webhook',
+    'serve',
+    `--listen=127.0.0.1:${port}`,
+    `--metrics-listen=127.0.0.1:${metricsPort}`,
+    `--kubeconfig=${plane.kubeconfigPath}`,
+    '--dns-name=localhost',
+    '--ip=127.0.0.1',
+  ],
   { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, FLB_LOG_LEVEL: 'warn' } },
 );
 
@@ -36,7 +49,11 @@ async function createPods(namespace: string): Promise<{ seconds: number; injecte
   }
   const body = (i: number): V1Pod => ({
     metadata: { name: `pod-${i}`, labels: { app: 'bench' } },
-    spec: { containers: [{ name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } }] },
+    spec: {
+      containers: [
+        { name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } },
+      ],
+    },
   });
   let next = 0;
   let injected = 0;
@@ -62,12 +79,20 @@ function histogramQuantile(text: string, name: string, q: number): number {
 try {
   await core.createNamespace({ body: { metadata: { name: 'flomesh' } } });
   for (let i = 0; i < 200; i++) {
-    if (await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.ok, () => false)) break;
+    if (
+      await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      break;
     await new Promise((r) => setTimeout(r, 100));
   }
   progress('installing the webhook configuration with `flb webhook install`');
   await new Promise<void>((resolve, reject) => {
-    const install = spawn(process.execPath, [flb, 'webhook', 'install', `--url=https://127.0.0.1:${port}/mutate`, `--kubeconfig=${plane.kubeconfigPath}`], { stdio: 'inherit' });
+    const install = spawn(process.execPath, [flb, 'webhook', 'install', `--url=https://127.0.0.1:${port}/mutate`, `--kubeconfig=${plane.kubeconfigPath}`], {
+      stdio: 'inherit',
+    });
     install.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`flb webhook install exited ${code}`))));
   });
 
@@ -85,7 +110,19 @@ try {
           const i = next++;
           await core.createNamespacedPod({
             namespace: ns,
-            body: { metadata: { name: `pod-${i}` }, spec: { containers: [{ name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } }] } },
+            body: {
+              metadata: { name: `pod-${i}` },
+              spec: {
+                containers: [
+                  {
+                    name: 'app',
+                    image: 'example/app:1',
+                    ports: [{ name: 'http', containerPort: 8080 }],
+                    readinessProbe: { httpGet: { path: '/ready', port: 'http' } },
+                  },
+                ],
+              },
+            },
           });
         }
       }),
@@ -99,16 +136,30 @@ try {
   const name = 'flb_injector_review_duration_seconds';
   const sum = Number(/^flb_injector_review_duration_seconds_sum (\S+)/m.exec(metrics)?.[1]);
   const count = Number(/^flb_injector_review_duration_seconds_count (\S+)/m.exec(metrics)?.[1]);
-  const buckets = [...metrics.matchAll(/^flb_injector_review_duration_seconds_bucket\{le="([^"]+)"\} (\d+)/gm)].map((m) => ({ le: m[1] ?? '', count: Number(m[2]) }));
+  const buckets = [...metrics.matchAll(/^flb_injector_review_duration_seconds_bucket\{le="([^"]+)"\} (\d+)/gm)].map((m) => ({
+    le: m[1] ?? '',
+    count: Number(m[2]),
+  }));
   const outcomes = [...metrics.matchAll(/^flb_injector_(admission_reviews|skips)_total\{(\w+)="([^"]+)"\} (\d+)/gm)].map((m) => `${m[1]} ${m[3]}: ${m[4]}`);
   const rows = [
     { run: 'no webhook', pods, 'pods/s': pods / plainSeconds, injected: 0 },
     { run: 'flb webhook', pods, 'pods/s': pods / meshed.seconds, injected: meshed.injected },
   ];
-  const file = report('webhook-apiserver', `${pods} pods through a real kube-apiserver, ${concurrency} at a time; ratio with/without webhook = ${(plainSeconds / meshed.seconds).toFixed(2)}`, rows, {
-    outcomes,
-    webhookLatency: { meanMs: (1000 * sum) / count, p50UpperBoundMs: 1000 * histogramQuantile(metrics, name, 0.5), p99UpperBoundMs: 1000 * histogramQuantile(metrics, name, 0.99), reviews: count, buckets },
-  });
+  const file = report(
+    'webhook-apiserver',
+    `${pods} pods through a real kube-apiserver, ${concurrency} at a time; ratio with/without webhook = ${(plainSeconds / meshed.seconds).toFixed(2)}`,
+    rows,
+    {
+      outcomes,
+      webhookLatency: {
+        meanMs: (1000 * sum) / count,
+        p50UpperBoundMs: 1000 * histogramQuantile(metrics, name, 0.5),
+        p99UpperBoundMs: 1000 * histogramQuantile(metrics, name, 0.99),
+        reviews: count,
+        buckets,
+      },
+    },
+  );
   process.stdout.write(
     `\nWebhook's own latency over ${count} reviews: mean ${((1000 * sum) / count).toFixed(3)} ms, p50 <= ${1000 * histogramQuantile(metrics, name, 0.5)} ms, p99 <= ${1000 * histogramQuantile(metrics, name, 0.99)} ms\n` +
       buckets.map((b) => `  le ${b.le.padEnd(7)} ${b.count}`).join('\n') +

@@ -12,7 +12,15 @@ import { admissionReview, namespaces, realisticPod, settings } from '../injector
 const [kind, certPem, keyPem] = [process.argv[2], Buffer.from(process.argv[3]!, 'base64').toString(), Buffer.from(process.argv[4]!, 'base64').toString()];
 
 if (kind === 'flb') {
-  const server = await startWebhookServer({ host: '127.0.0.1', port: 0, settings, namespaces, tls: { cert: certPem, key: keyPem }, metrics: new InjectorMetrics(), log: createLogger('bench', 'warn') });
+  const server = await startWebhookServer({
+    host: '127.0.0.1',
+    port: 0,
+    settings,
+    namespaces,
+    tls: { cert: certPem, key: keyPem },
+    metrics: new InjectorMetrics(),
+    log: createLogger('bench', 'warn'),
+  });
   process.stdout.write(`${server.port}\n`);
   process.once('SIGTERM', () => void server.close().then(() => process.exit(0)));
 } else {
@@ -23,7 +31,11 @@ if (kind === 'flb') {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = JSON.parse(Buffer.concat(chunks).toString()) as { request: { uid: string } };
-      const answer = JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid: body.request.uid, allowed: true, patchType: 'JSONPatch', patch: fixed.response.patch } });
+      const answer = JSON.stringify({
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        response: { uid: body.request.uid, allowed: true, patchType: 'JSONPatch', patch: fixed.response.patch },
+      });
       res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
     });
   });

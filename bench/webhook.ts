@@ -39,7 +39,12 @@ async function load(port: number, connections: number, durationSeconds: number, 
 }
 
 async function measure(kind: 'bare' | 'flb', profileDir?: string) {
-  const { child, firstLine } = await startPinned(0, join(here, 'webhook-servers.js'), [kind, ...certArgs], profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []);
+  const { child, firstLine } = await startPinned(
+    0,
+    join(here, 'webhook-servers.js'),
+    [kind, ...certArgs],
+    profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+  );
   const port = Number(firstLine);
   try {
     progress(`${kind}: warm-up`);
@@ -74,7 +79,8 @@ function summariseProfile(dir: string) {
     if (fn === '(garbage collector)') return 'garbage collection';
     if (fn === '(idle)' || fn === '(program)') return fn === '(idle)' ? 'idle' : 'native (TLS, sockets, libuv)';
     if (url.includes('/zod/')) return 'zod (AdmissionReview validation)';
-    if (/\/(express|body-parser|raw-body|router|iconv-lite|type-is|content-type|qs|finalhandler|send|on-finished)\//.test(url)) return 'express and body parsing';
+    if (/\/(express|body-parser|raw-body|router|iconv-lite|type-is|content-type|qs|finalhandler|send|on-finished)\//.test(url))
+      return 'express and body parsing';
     if (url.includes('/injector/') || url.includes('/common/')) return 'injection (flb-mesh code)';
     if (url.includes('prom-client')) return 'metrics';
     if (url.startsWith('node:') || url === '') return 'Node.js core (http, tls, streams, JSON)';
@@ -119,12 +125,17 @@ const row = (name: string, r: { max: Load; fixed: Load }) => ({
 });
 const rows = [row('bare node:https', bare!), row('flb webhook', flb!)];
 const ratio = flb!.max.rps / bare!.max.rps;
-const file = report('webhook', `Webhook, one core (${body.length}-byte AdmissionReview, TLS, keep-alive, 16 connections); throughput ratio flb/bare = ${ratio.toFixed(2)}`, rows, {
-  ratio,
-  goals: { p99AtFixedRateMs: 2, minRatio: 0.5 },
-  met: { p99: flb!.fixed.p99 < 2, ratio: ratio >= 0.5 },
-  profile,
-});
+const file = report(
+  'webhook',
+  `Webhook, one core (${body.length}-byte AdmissionReview, TLS, keep-alive, 16 connections); throughput ratio flb/bare = ${ratio.toFixed(2)}`,
+  rows,
+  {
+    ratio,
+    goals: { p99AtFixedRateMs: 2, minRatio: 0.5 },
+    met: { p99: flb!.fixed.p99 < 2, ratio: ratio >= 0.5 },
+    profile,
+  },
+);
 if (profile) {
   process.stdout.write('\nWhere the flb webhook spends its busy time (CPU profile under full load):\n');
   for (const a of profile.areas) process.stdout.write(`  ${String(a.percentOfBusy).padStart(5)}%  ${a.area}\n`);

@@ -32,9 +32,10 @@ export function buildProgram(): Command {
       '\nConventions: data goes to stdout, logs (JSON, pino) to stderr; FLB_LOG_LEVEL sets the level.\nExit codes: 0 ok, 1 failure, 2 usage error (including a subcommand that is not built yet).',
     );
   const byName = new Map(
-    [...injectorCommands(), ...repoCommands(), ...bridgeCommands(), ...sidecarCommands(), ...cniCommands(), ...bpfCommands(), demoCommand()].map(
-      (c) => [c.name(), c],
-    ),
+    [...injectorCommands(), ...repoCommands(), ...bridgeCommands(), ...sidecarCommands(), ...cniCommands(), ...bpfCommands(), demoCommand()].map((c) => [
+      c.name(),
+      c,
+    ]),
   );
   for (const name of SUBCOMMANDS) {
     const command = byName.get(name);

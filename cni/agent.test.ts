@@ -19,7 +19,13 @@ let socketPath: string;
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'flb-cni-agent-'));
   socketPath = join(work, 'agent.sock');
-  agent = new CniAgent({ socketPath, stateDir: join(work, 'state'), getPod: async () => undefined, log: createLogger('cni-agent-test', 'silent'), requestTimeoutMs: TIMEOUT_MS });
+  agent = new CniAgent({
+    socketPath,
+    stateDir: join(work, 'state'),
+    getPod: async () => undefined,
+    log: createLogger('cni-agent-test', 'silent'),
+    requestTimeoutMs: TIMEOUT_MS,
+  });
   await agent.start();
 });
 afterAll(async () => {
@@ -83,7 +89,10 @@ describe('the CNI agent socket', () => {
       header.writeUInt32BE(REQUEST_LIMITS.stdinBytes + 1);
       socket.write(Buffer.concat([request({ command: 'ADD' }).subarray(0, -6), header]));
     });
-    expect(answer).toMatchObject({ exitCode: 1, result: { code: 7, msg: `the network configuration on stdin is ${REQUEST_LIMITS.stdinBytes + 1} bytes, more than ${REQUEST_LIMITS.stdinBytes}` } });
+    expect(answer).toMatchObject({
+      exitCode: 1,
+      result: { code: 7, msg: `the network configuration on stdin is ${REQUEST_LIMITS.stdinBytes + 1} bytes, more than ${REQUEST_LIMITS.stdinBytes}` },
+    });
     expect((answer as Answer).afterMs).toBeLessThan(TIMEOUT_MS);
   });
 
@@ -122,7 +131,9 @@ describe('RequestReader', () => {
     // 64 KiB pieces as a socket delivers them, each header split across two.
     for (let i = 0; i < bytes.length; i += 65_535) outcome = reader.push(bytes.subarray(i, i + 65_535));
     expect(performance.now() - started).toBeLessThan(1000);
-    expect(outcome).toEqual({ request: { command: 'ADD', containerId: 'c1', netns: '/var/run/netns/x', ifName: 'eth0', args: 'A=1', path: '/opt/cni/bin', stdin } });
+    expect(outcome).toEqual({
+      request: { command: 'ADD', containerId: 'c1', netns: '/var/run/netns/x', ifName: 'eth0', args: 'A=1', path: '/opt/cni/bin', stdin },
+    });
   });
 
   it('refuses more than the whole-request limit', () => {

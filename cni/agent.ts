@@ -98,7 +98,11 @@ export function cniSettingsOf(pod: V1Pod): Interception | undefined {
     throw new CniFailure(CniError.invalidConfig, `pod annotation ${INTERCEPTION_ANNOTATION} is not JSON`);
   }
   const checked = checkDocument(InterceptionSchema, data);
-  if (!checked.ok) throw new CniFailure(CniError.invalidConfig, `pod annotation ${INTERCEPTION_ANNOTATION} is invalid: ${checked.issues.map((i) => `${i.field}: ${i.message}`).join('; ')}`);
+  if (!checked.ok)
+    throw new CniFailure(
+      CniError.invalidConfig,
+      `pod annotation ${INTERCEPTION_ANNOTATION} is invalid: ${checked.issues.map((i) => `${i.field}: ${i.message}`).join('; ')}`,
+    );
   return checked.value.mode === 'cni' ? checked.value : undefined;
 }
 
@@ -199,7 +203,8 @@ export class CniAgent {
           const settings = await this.podSettings(request);
           if (settings) {
             const { problems } = await verifyRules(settings, { netns: request.netns });
-            if (problems.length) throw new CniFailure(CniError.programming, `the pod's interception rules are not in place: ${problems.slice(0, 5).join('; ')}`);
+            if (problems.length)
+              throw new CniFailure(CniError.programming, `the pod's interception rules are not in place: ${problems.slice(0, 5).join('; ')}`);
           }
           return { exitCode: 0, stdout: '' };
         }
@@ -318,7 +323,8 @@ export class RequestReader {
   /** The request once whole; a refusal (then stop reading); undefined while incomplete. */
   push(chunk: Buffer): ReadOutcome {
     this.received += chunk.length;
-    if (this.received > REQUEST_LIMITS.totalBytes) return { refused: `the request is larger than ${REQUEST_LIMITS.totalBytes} bytes`, code: CniError.invalidConfig };
+    if (this.received > REQUEST_LIMITS.totalBytes)
+      return { refused: `the request is larger than ${REQUEST_LIMITS.totalBytes} bytes`, code: CniError.invalidConfig };
     let offset = 0;
     for (;;) {
       if (!this.field) {
@@ -347,7 +353,8 @@ export class RequestReader {
       if (this.fieldFilled < this.field.length) return undefined;
       this.fields.push(this.field.toString('utf8'));
       this.field = undefined;
-      if (this.fields.length === FIELDS.length) return { request: Object.fromEntries(FIELDS.map((name, i) => [name, this.fields[i]!])) as unknown as CniRequest };
+      if (this.fields.length === FIELDS.length)
+        return { request: Object.fromEntries(FIELDS.map((name, i) => [name, this.fields[i]!])) as unknown as CniRequest };
     }
   }
 }

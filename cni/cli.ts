@@ -15,7 +15,13 @@ function withCommonOptions(command: Command): Command {
   return command
     .option('--settings <json|@file>', 'interception settings (the flomesh.io/interception JSON); default: $FLB_INTERCEPTION, else the mesh defaults')
     .addOption(new Option('--backend <backend>', 'iptables backend').choices(['auto', 'legacy', 'nft']).default('auto'))
-    .addOption(new Option('--ipv6 <mode>', 'override the settings: IPv6 rules too (auto: when the namespace has an IPv6 address)').choices(['auto', 'enabled', 'disabled']))
+    .addOption(
+      new Option('--ipv6 <mode>', 'override the settings: IPv6 rules too (auto: when the namespace has an IPv6 address)').choices([
+        'auto',
+        'enabled',
+        'disabled',
+      ]),
+    )
     .option('--netns <path>', 'work inside this network namespace (e.g. /var/run/netns/NAME)');
 }
 
@@ -31,12 +37,14 @@ function iptablesCommand(): Command {
     .summary('apply, clean, print or verify the traffic interception rules')
     .description('The one iptables rule builder, for the init container, the CNI node agent and VMs. Rules live in FLB_* chains of the nat table.');
 
-  withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.')).action(async (flags: IptablesFlags) => {
-    const [{ applyRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
-    const { settings, options } = await prepare(flags);
-    const result = await applyRules(settings, options);
-    createLogger('iptables').info(result, result.unchanged.length === result.families.length ? 'rules already in place' : 'rules applied');
-  });
+  withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.')).action(
+    async (flags: IptablesFlags) => {
+      const [{ applyRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
+      const { settings, options } = await prepare(flags);
+      const result = await applyRules(settings, options);
+      createLogger('iptables').info(result, result.unchanged.length === result.families.length ? 'rules already in place' : 'rules applied');
+    },
+  );
 
   withCommonOptions(iptables.command('clean').description('Remove every FLB_* chain and the jumps to them.')).action(async (flags: IptablesFlags) => {
     const [{ cleanRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
@@ -44,26 +52,33 @@ function iptablesCommand(): Command {
     createLogger('iptables').info(await cleanRules(options), 'rules removed');
   });
 
-  withCommonOptions(iptables.command('print').description('Print the iptables-restore documents without touching anything.')).action(async (flags: IptablesFlags) => {
-    const { buildRules, printDocument } = await import('./rules.js');
-    const { settings } = await prepare(flags);
-    // print never looks at the host: 'auto' shows both families.
-    const families = settings.ipv6 === 'disabled' ? [4 as const] : [4 as const, 6 as const];
-    for (const family of families) {
-      process.stdout.write(`# IPv${family}: ${family === 4 ? 'iptables' : 'ip6tables'}-restore --noflush\n${printDocument(buildRules(settings, family))}`);
-    }
-  });
+  withCommonOptions(iptables.command('print').description('Print the iptables-restore documents without touching anything.')).action(
+    async (flags: IptablesFlags) => {
+      const { buildRules, printDocument } = await import('./rules.js');
+      const { settings } = await prepare(flags);
+      // print never looks at the host: 'auto' shows both families.
+      const families = settings.ipv6 === 'disabled' ? [4 as const] : [4 as const, 6 as const];
+      for (const family of families) {
+        process.stdout.write(`# IPv${family}: ${family === 4 ? 'iptables' : 'ip6tables'}-restore --noflush\n${printDocument(buildRules(settings, family))}`);
+      }
+    },
+  );
 
-  withCommonOptions(iptables.command('verify').description('Check that the live rules match the settings; exit 1 and list the differences when not.')).action(async (flags: IptablesFlags) => {
-    const { verifyRules } = await import('./iptables.js');
-    const { settings, options } = await prepare(flags);
-    const { backend, problems } = await verifyRules(settings, options);
-    if (problems.length) {
-      process.stdout.write(`${problems.join('\n')}\n`);
-      throw new ActionableError(`the interception rules (${backend}) do not match: ${problems.length} difference(s)`, "run 'flb iptables apply' with the same settings");
-    }
-    process.stdout.write(`rules match (${backend})\n`);
-  });
+  withCommonOptions(iptables.command('verify').description('Check that the live rules match the settings; exit 1 and list the differences when not.')).action(
+    async (flags: IptablesFlags) => {
+      const { verifyRules } = await import('./iptables.js');
+      const { settings, options } = await prepare(flags);
+      const { backend, problems } = await verifyRules(settings, options);
+      if (problems.length) {
+        process.stdout.write(`${problems.join('\n')}\n`);
+        throw new ActionableError(
+          `the interception rules (${backend}) do not match: ${problems.length} difference(s)`,
+          "run 'flb iptables apply' with the same settings",
+        );
+      }
+      process.stdout.write(`rules match (${backend})\n`);
+    },
+  );
   return iptables;
 }
 
@@ -73,51 +88,62 @@ function cniCommand(): Command {
     .description('Programs pod network namespaces on behalf of the chained CNI plugin (cni/plugin/flb-cni.c), which forwards every CNI call to this agent.');
   cni
     .command('agent')
-    .description('Serve the CNI plugin over a Unix socket: read the pod\'s flomesh.io/interception annotation and program its network namespace.')
+    .description("Serve the CNI plugin over a Unix socket: read the pod's flomesh.io/interception annotation and program its network namespace.")
     .option('--socket <path>', 'Unix socket the plugin connects to', '/var/run/flb-mesh/cni-agent.sock')
     .option('--state-dir <dir>', 'where programmed containers are recorded (for DEL and GC)', '/var/run/flb-mesh/cni-state')
     .option('--kubeconfig <file>', 'kubeconfig (default: in-cluster)')
     .option('--node-name <name>', 'this node (for the repair loop); default $NODE_NAME')
-    .addOption(new Option('--repair <mode>', 'pods whose in-pod validation failed: delete those a controller recreates (label the rest), only label, or leave them').choices(['delete', 'label', 'off']).default('delete'))
+    .addOption(
+      new Option('--repair <mode>', 'pods whose in-pod validation failed: delete those a controller recreates (label the rest), only label, or leave them')
+        .choices(['delete', 'label', 'off'])
+        .default('delete'),
+    )
     .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
-    .action(async (o: { socket: string; stateDir: string; kubeconfig?: string; nodeName?: string; repair: 'delete' | 'label' | 'off'; repairInterval: string }) => {
-      const [{ CniAgent }, { loadKubeConfig }, { createLogger }, { CoreV1Api }] = await Promise.all([
-        import('./agent.js'),
-        import('../common/kube.js'),
-        import('../common/log.js'),
-        import('@kubernetes/client-node'),
-      ]);
-      const core = loadKubeConfig(o.kubeconfig).makeApiClient(CoreV1Api);
-      const agent = new CniAgent({
-        socketPath: o.socket,
-        stateDir: o.stateDir,
-        log: createLogger('cni-agent'),
-        getPod: async (namespace, name) => {
-          try {
-            return await core.readNamespacedPod({ name, namespace });
-          } catch (error) {
-            if ((error as { code?: number }).code === 404) return undefined;
-            throw error;
-          }
-        },
-      });
-      await agent.start();
-      const nodeName = o.nodeName ?? process.env.NODE_NAME;
-      let repairTimer: NodeJS.Timeout | undefined;
-      if (o.repair !== 'off' && nodeName) {
-        const [{ repairPass }, { parseDuration }] = await Promise.all([import('./repair.js'), import('../common/duration.js')]);
-        const log = createLogger('cni-repair');
-        const pass = () => void repairPass({ core, nodeName, mode: o.repair as 'delete' | 'label', log }).catch((error: unknown) => log.warn({ err: error }, 'repair pass failed'));
-        repairTimer = setInterval(pass, parseDuration(o.repairInterval));
-        pass();
-      }
-      await untilStopped();
-      clearInterval(repairTimer);
-      await agent.stop();
-    });
+    .action(
+      async (o: { socket: string; stateDir: string; kubeconfig?: string; nodeName?: string; repair: 'delete' | 'label' | 'off'; repairInterval: string }) => {
+        const [{ CniAgent }, { loadKubeConfig }, { createLogger }, { CoreV1Api }] = await Promise.all([
+          import('./agent.js'),
+          import('../common/kube.js'),
+          import('../common/log.js'),
+          import('@kubernetes/client-node'),
+        ]);
+        const core = loadKubeConfig(o.kubeconfig).makeApiClient(CoreV1Api);
+        const agent = new CniAgent({
+          socketPath: o.socket,
+          stateDir: o.stateDir,
+          log: createLogger('cni-agent'),
+          getPod: async (namespace, name) => {
+            try {
+              return await core.readNamespacedPod({ name, namespace });
+            } catch (error) {
+              if ((error as { code?: number }).code === 404) return undefined;
+              throw error;
+            }
+          },
+        });
+        await agent.start();
+        const nodeName = o.nodeName ?? process.env.NODE_NAME;
+        let repairTimer: NodeJS.Timeout | undefined;
+        if (o.repair !== 'off' && nodeName) {
+          const [{ repairPass }, { parseDuration }] = await Promise.all([import('./repair.js'), import('../common/duration.js')]);
+          const log = createLogger('cni-repair');
+          const pass = () =>
+            void repairPass({ core, nodeName, mode: o.repair as 'delete' | 'label', log }).catch((error: unknown) =>
+              log.warn({ err: error }, 'repair pass failed'),
+            );
+          repairTimer = setInterval(pass, parseDuration(o.repairInterval));
+          pass();
+        }
+        await untilStopped();
+        clearInterval(repairTimer);
+        await agent.stop();
+      },
+    );
   cni
     .command('validate')
-    .description('In-pod check for CNI mode (the injector adds it as the first init container): exit 1, saying what to do, when outbound traffic is not redirected.')
+    .description(
+      'In-pod check for CNI mode (the injector adds it as the first init container): exit 1, saying what to do, when outbound traffic is not redirected.',
+    )
     .option('--settings <json|@file>', 'interception settings; default: $FLB_INTERCEPTION')
     .option('--timeout <ms>', 'how long to wait for the redirected connection', '2000')
     .action(async (o: { settings?: string; timeout: string }) => {

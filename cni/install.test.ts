@@ -6,7 +6,14 @@ import { createLogger } from '../common/log.js';
 import { InstallError, installAndWatch, installOnce, uninstall } from './install.js';
 
 const log = createLogger('install-test', 'silent');
-const calico = { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'calico', ipam: { type: 'calico-ipam' } }, { type: 'portmap', capabilities: { portMappings: true } }] };
+const calico = {
+  cniVersion: '1.0.0',
+  name: 'k8s-pod-network',
+  plugins: [
+    { type: 'calico', ipam: { type: 'calico-ipam' } },
+    { type: 'portmap', capabilities: { portMappings: true } },
+  ],
+};
 
 describe('the CNI installer', () => {
   let dir: string;

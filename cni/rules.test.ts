@@ -12,8 +12,13 @@ const update = process.env.UPDATE_GOLDEN === '1';
 const cases: Record<string, Partial<InterceptionInput>> = {
   defaults: {},
   'no-dns-capture': { captureDns: false },
-  'exclusions': { excludeOutboundPorts: [5432, 6379], excludeInboundPorts: [9100], excludeOutboundIpRanges: ['169.254.169.254/32', '10.1.2.3/16', 'fd00::/8'], excludeInterfaces: ['eth1'] },
-  'inclusions': { includeInboundPorts: [8080, 8443], includeOutboundIpRanges: ['10.96.0.0/12', '240.240.0.0/16'] },
+  exclusions: {
+    excludeOutboundPorts: [5432, 6379],
+    excludeInboundPorts: [9100],
+    excludeOutboundIpRanges: ['169.254.169.254/32', '10.1.2.3/16', 'fd00::/8'],
+    excludeInterfaces: ['eth1'],
+  },
+  inclusions: { includeInboundPorts: [8080, 8443], includeOutboundIpRanges: ['10.96.0.0/12', '240.240.0.0/16'] },
   'vm-with-gid': { proxyUid: 995, proxyGid: 995, outboundPort: 16001, inboundPort: 16003, dnsPort: 16053, sidecarPorts: [16000, 16001, 16003, 16053] },
 };
 const settings = (input: Partial<InterceptionInput>) => InterceptionSchema.parse({ version: 1, mode: 'iptables', ...input });
@@ -91,12 +96,15 @@ describe('applying over what is live', () => {
 
 describe('flb iptables', () => {
   const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
-  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [flb, 'iptables', ...args], { encoding: 'utf8', env: { ...process.env, FLB_LOG_LEVEL: 'silent', ...env } });
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(process.execPath, [flb, 'iptables', ...args], { encoding: 'utf8', env: { ...process.env, FLB_LOG_LEVEL: 'silent', ...env } });
 
   it('prints the documents for both families without touching anything', () => {
     const r = run(['print']);
     expect(r.status).toBe(0);
-    expect(r.stdout).toBe(`# IPv4: iptables-restore --noflush\n${readFileSync(join(dir, 'defaults.v4.golden'), 'utf8')}# IPv6: ip6tables-restore --noflush\n${readFileSync(join(dir, 'defaults.v6.golden'), 'utf8')}`);
+    expect(r.stdout).toBe(
+      `# IPv4: iptables-restore --noflush\n${readFileSync(join(dir, 'defaults.v4.golden'), 'utf8')}# IPv6: ip6tables-restore --noflush\n${readFileSync(join(dir, 'defaults.v6.golden'), 'utf8')}`,
+    );
   });
 
   it('takes its settings from FLB_INTERCEPTION, as the init container does', () => {

@@ -123,7 +123,8 @@ export function parseSave(save: string): LiveState {
     const rule = /^-A (\S+) (.*)$/.exec(line);
     if (!rule) continue;
     if (rule[1]!.startsWith(CHAIN_PREFIX)) rules.push(line);
-    else if ((rule[1] === 'PREROUTING' || rule[1] === 'OUTPUT') && new RegExp(`-j ${CHAIN_PREFIX}`).test(rule[2]!)) jumps.push({ from: rule[1], rule: rule[2]! });
+    else if ((rule[1] === 'PREROUTING' || rule[1] === 'OUTPUT') && new RegExp(`-j ${CHAIN_PREFIX}`).test(rule[2]!))
+      jumps.push({ from: rule[1], rule: rule[2]! });
   }
   return { chains, rules, jumps };
 }
@@ -155,7 +156,14 @@ export function applyDocument(plan: RulePlan, live: LiveState): string {
 /** Removes every jump and chain of ours, leaving nothing behind; undefined when there is nothing. */
 export function cleanDocument(live: LiveState): string | undefined {
   if (live.chains.length === 0 && live.jumps.length === 0) return undefined;
-  return ['*nat', ...live.chains.map((c) => `:${c} - [0:0]`), ...live.jumps.map((j) => `-D ${j.from} ${j.rule}`), ...live.chains.map((c) => `-X ${c}`), 'COMMIT', ''].join('\n');
+  return [
+    '*nat',
+    ...live.chains.map((c) => `:${c} - [0:0]`),
+    ...live.jumps.map((j) => `-D ${j.from} ${j.rule}`),
+    ...live.chains.map((c) => `-X ${c}`),
+    'COMMIT',
+    '',
+  ].join('\n');
 }
 
 /** The full document as `flb iptables print` shows it (what apply writes on a clean table). */

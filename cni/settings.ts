@@ -25,7 +25,10 @@ export function loadInterception(settings: string | undefined, env: NodeJS.Proce
   try {
     data = JSON.parse(text);
   } catch (error) {
-    throw new ActionableError(`${source} is not JSON: ${(error as Error).message}`, 'it holds the flomesh.io/interception settings, e.g. {"version":1,"mode":"iptables"}');
+    throw new ActionableError(
+      `${source} is not JSON: ${(error as Error).message}`,
+      'it holds the flomesh.io/interception settings, e.g. {"version":1,"mode":"iptables"}',
+    );
   }
   return parseDocument(InterceptionSchema, data, source);
 }

@@ -45,7 +45,14 @@ export async function validateInterception(settings: Interception, timeoutMs = 2
     socket.on('error', () => socket.destroy());
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (error) => reject(new ActionableError(`cannot listen on the outbound port ${settings.outboundPort}: ${error.message}`, 'the validation must run before the sidecar starts, as the first init container')));
+    server.once('error', (error) =>
+      reject(
+        new ActionableError(
+          `cannot listen on the outbound port ${settings.outboundPort}: ${error.message}`,
+          'the validation must run before the sidecar starts, as the first init container',
+        ),
+      ),
+    );
     server.listen(settings.outboundPort, '0.0.0.0', resolve);
   });
   try {

@@ -8,9 +8,12 @@ import type { Logger } from './log.js';
  * where the work is tracked and exits with the usage code, so scripts can tell it from a failure.
  */
 export function notBuiltYet(command: Command, tracking: string): Command {
-  return command.allowUnknownOption().allowExcessArguments().action(() => {
-    throw new UsageError(`'flb ${command.name()}' is not built yet (${tracking})`);
-  });
+  return command
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .action(() => {
+      throw new UsageError(`'flb ${command.name()}' is not built yet (${tracking})`);
+    });
 }
 
 /**

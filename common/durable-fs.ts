@@ -69,10 +69,11 @@ export const nodeFs: DurableFs = {
   open: async (path, mode) => new NodeFile(await open(path, OPEN_FLAGS[mode])),
   readFile: (path) => readFile(path),
   readdir: (path) => readdir(path),
-  exists: (path) => access(path).then(
-    () => true,
-    () => false,
-  ),
+  exists: (path) =>
+    access(path).then(
+      () => true,
+      () => false,
+    ),
   mkdir: (path) => mkdir(path, { recursive: true }),
   rename: (from, to) => rename(from, to),
   unlink: (path) => rm(path, { force: true }),

@@ -52,12 +52,16 @@ export class KeepAliveClient {
 
 function exchange(http: HttpModule, agent: Agent, url: URL, init: SmallRequest): Promise<SmallResponse> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: init.method ?? 'GET', headers: init.headers, agent, ...(init.signal ? { signal: init.signal } : {}) }, (res: IncomingMessage) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve(answer(res.statusCode ?? 0, res.headers, Buffer.concat(chunks))));
-      res.on('error', reject);
-    });
+    const req = http.request(
+      url,
+      { method: init.method ?? 'GET', headers: init.headers, agent, ...(init.signal ? { signal: init.signal } : {}) },
+      (res: IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve(answer(res.statusCode ?? 0, res.headers, Buffer.concat(chunks))));
+        res.on('error', reject);
+      },
+    );
     req.setTimeout(init.timeoutMs, () => req.destroy(new Error(`no answer from ${url.origin} within ${init.timeoutMs} ms`)));
     req.on('error', (error) => reject(Object.assign(error, { reusedSocket: req.reusedSocket })));
     req.end(init.body);

@@ -1,11 +1,31 @@
 import { describe, expect, it } from '@jest/globals';
 import type { CoreV1Event } from '@kubernetes/client-node';
 import { createLogger } from './log.js';
-import { KubeEventRecorder, TokenBuckets, boundedText, type EventDropReason, type EventRecorderOptions, type EventSubject, type EventsApi, type KubeEvent } from './kube-events.js';
+import {
+  KubeEventRecorder,
+  TokenBuckets,
+  boundedText,
+  type EventDropReason,
+  type EventRecorderOptions,
+  type EventSubject,
+  type EventsApi,
+  type KubeEvent,
+} from './kube-events.js';
 
 const RS_UID = '3f1c2a9e-8b7d-4c6e-9f00-1a2b3c4d5e6f';
-const replicaSet = (namespace = 'shop', name = 'orders-7d9f8c6b5', uid = RS_UID): EventSubject => ({ apiVersion: 'apps/v1', kind: 'ReplicaSet', namespace, name, uid });
-const injected = (subject: EventSubject | undefined, message = 'flb-mesh sidecar injected into pod orders-7d9f8c6b5-*'): KubeEvent => ({ subject, type: 'Normal', reason: 'SidecarInjected', message });
+const replicaSet = (namespace = 'shop', name = 'orders-7d9f8c6b5', uid = RS_UID): EventSubject => ({
+  apiVersion: 'apps/v1',
+  kind: 'ReplicaSet',
+  namespace,
+  name,
+  uid,
+});
+const injected = (subject: EventSubject | undefined, message = 'flb-mesh sidecar injected into pod orders-7d9f8c6b5-*'): KubeEvent => ({
+  subject,
+  type: 'Normal',
+  reason: 'SidecarInjected',
+  message,
+});
 
 /** A cluster with some objects in it; counts lookups and keeps the Events created. */
 class FakeCluster implements EventsApi {

@@ -147,12 +147,18 @@ export function boundedText(text: string, maxBytes = MAX_EVENT_MESSAGE_BYTES): s
 }
 
 /** The event as it will be sent, or why it may not be. Pure: no API call, no rate limit. */
-export function checkEvent(event: KubeEvent, verifiableKinds: ReadonlySet<string>): { ok: true; event: KubeEvent & { subject: EventSubject } } | { ok: false; reason: 'invalid' | 'unverifiable' } {
+export function checkEvent(
+  event: KubeEvent,
+  verifiableKinds: ReadonlySet<string>,
+): { ok: true; event: KubeEvent & { subject: EventSubject } } | { ok: false; reason: 'invalid' | 'unverifiable' } {
   const { subject, type, reason } = event;
   if (subject === undefined) return { ok: false, reason: 'unverifiable' };
-  if (typeof subject.apiVersion !== 'string' || typeof subject.kind !== 'string' || !verifiableKinds.has(`${subject.apiVersion} ${subject.kind}`)) return { ok: false, reason: 'unverifiable' };
-  if (!isDnsLabel(subject.namespace) || !isDnsSubdomain(subject.name) || typeof subject.uid !== 'string' || !UUID.test(subject.uid)) return { ok: false, reason: 'invalid' };
-  if ((type !== 'Normal' && type !== 'Warning') || typeof reason !== 'string' || !REASON.test(reason) || typeof event.message !== 'string') return { ok: false, reason: 'invalid' };
+  if (typeof subject.apiVersion !== 'string' || typeof subject.kind !== 'string' || !verifiableKinds.has(`${subject.apiVersion} ${subject.kind}`))
+    return { ok: false, reason: 'unverifiable' };
+  if (!isDnsLabel(subject.namespace) || !isDnsSubdomain(subject.name) || typeof subject.uid !== 'string' || !UUID.test(subject.uid))
+    return { ok: false, reason: 'invalid' };
+  if ((type !== 'Normal' && type !== 'Warning') || typeof reason !== 'string' || !REASON.test(reason) || typeof event.message !== 'string')
+    return { ok: false, reason: 'invalid' };
   const message = boundedText(event.message);
   if (message === '') return { ok: false, reason: 'invalid' };
   const { apiVersion, kind, namespace, name, uid } = subject;
@@ -277,7 +283,10 @@ export class KubeEventRecorder {
   private drop(reason: EventDropReason, event: KubeEvent): false {
     this.options.onDropped?.(reason);
     // Debug only: a flood must not become a flood of log lines; the metric shows it.
-    this.log.debug({ reason, eventReason: event.reason, namespace: event.subject?.namespace, kind: event.subject?.kind, name: event.subject?.name }, 'Kubernetes Event not raised');
+    this.log.debug(
+      { reason, eventReason: event.reason, namespace: event.subject?.namespace, kind: event.subject?.kind, name: event.subject?.name },
+      'Kubernetes Event not raised',
+    );
     return false;
   }
 
@@ -343,7 +352,10 @@ export class KubeEventRecorder {
       const { uid, ...named } = subject;
       const found = await Promise.race([this.api.uidOf(named), timeout]);
       if (found === 'timeout') {
-        this.log.warn({ kind: subject.kind, namespace: subject.namespace, name: subject.name, timeoutMs }, 'looking up the object of a Kubernetes Event timed out');
+        this.log.warn(
+          { kind: subject.kind, namespace: subject.namespace, name: subject.name, timeoutMs },
+          'looking up the object of a Kubernetes Event timed out',
+        );
         return 'error';
       }
       // The uid found is as good as verified itself: the next Event on this object needs no lookup.

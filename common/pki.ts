@@ -74,15 +74,9 @@ export function issueCertificate(ca: KeyPair, request: CertificateRequest): KeyP
   cert.publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
   cert.serialNumber = serialNumber();
   validity(cert, request.validDays ?? 365, request.notBefore);
-  cert.setSubject([
-    { name: 'commonName', value: request.commonName },
-    ...(request.organizations ?? []).map((value) => ({ name: 'organizationName', value })),
-  ]);
+  cert.setSubject([{ name: 'commonName', value: request.commonName }, ...(request.organizations ?? []).map((value) => ({ name: 'organizationName', value }))]);
   cert.setIssuer(caCert.subject.attributes);
-  const altNames = [
-    ...(request.dnsNames ?? []).map((value) => ({ type: 2, value })),
-    ...(request.ipAddresses ?? []).map((ip) => ({ type: 7, ip })),
-  ];
+  const altNames = [...(request.dnsNames ?? []).map((value) => ({ type: 2, value })), ...(request.ipAddresses ?? []).map((ip) => ({ type: 7, ip }))];
   cert.setExtensions([
     { name: 'basicConstraints', cA: false },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },

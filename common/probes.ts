@@ -45,7 +45,17 @@ export async function runNetworkProbe(probe: NetworkProbe, timeoutMs: number, lo
         for (const h of probe.headers ?? []) headers[h.name] = h.value;
         if (probe.hostHeader) headers.host = probe.hostHeader;
         const req = send(
-          { host: probe.host, port: probe.port, path: probe.path, method: 'GET', headers, timeout: timeoutMs, agent: false, rejectUnauthorized: false, ...(localAddress ? { localAddress } : {}) },
+          {
+            host: probe.host,
+            port: probe.port,
+            path: probe.path,
+            method: 'GET',
+            headers,
+            timeout: timeoutMs,
+            agent: false,
+            rejectUnauthorized: false,
+            ...(localAddress ? { localAddress } : {}),
+          },
           (res) => {
             res.resume();
             const status = res.statusCode ?? 0;
@@ -67,10 +77,20 @@ export async function runNetworkProbe(probe: NetworkProbe, timeoutMs: number, lo
  * service name) and the answer one enum, so a gRPC library would be a large dependency for a few
  * bytes of protobuf.
  */
-function grpcHealthCheck(http2: typeof Http2, host: string, port: number, service: string, timeoutMs: number, localAddress: string | undefined): Promise<ProbeResult> {
+function grpcHealthCheck(
+  http2: typeof Http2,
+  host: string,
+  port: number,
+  service: string,
+  timeoutMs: number,
+  localAddress: string | undefined,
+): Promise<ProbeResult> {
   return new Promise((resolve) => {
     const where = `grpc ${formatHost(host)}:${port}${service ? ` (${service})` : ''}`;
-    const session = http2.connect(`http://${formatHost(host)}:${port}`, localAddress ? { createConnection: () => netConnect({ host, port, localAddress }) } : {});
+    const session = http2.connect(
+      `http://${formatHost(host)}:${port}`,
+      localAddress ? { createConnection: () => netConnect({ host, port, localAddress }) } : {},
+    );
     const timer = setTimeout(() => finish(false, `${where}: no answer within ${timeoutMs} ms`), timeoutMs);
     const finish = (ok: boolean, detail: string) => {
       clearTimeout(timer);

@@ -108,7 +108,8 @@ export class RepoWorker {
         backoff = Math.min(notYet ? 2000 : (this.options.maxBackoffMs ?? 30_000), backoff ? backoff * 2 : 500);
         const delay = backoff / 2 + Math.random() * (backoff / 2);
         if (notYet) this.options.log.info({ url: this.options.url, retryInMs: Math.round(delay) }, 'codebase not published yet; waiting for the control plane');
-        else this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
+        else
+          this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
         await this.sleep(delay);
       }
     }
@@ -126,7 +127,11 @@ export class RepoWorker {
       if (head.headers.get('etag') === etag) return;
     }
     const longPoll = etag !== undefined && this.pushSupported && wait > 0;
-    const response = await this.request('', longPoll ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {}, longPoll ? wait : 0);
+    const response = await this.request(
+      '',
+      longPoll ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {},
+      longPoll ? wait : 0,
+    );
     if (response.status === 304) return;
     if (response.status === 404) throw new NotPublished(this.options.url);
     if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
@@ -165,7 +170,10 @@ export class RepoWorker {
   }
 
   private async sync(manifest: string, etag: string): Promise<void> {
-    const lines = manifest.split('\n').map((l) => l.trim()).filter(Boolean);
+    const lines = manifest
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
     const main = lines[0] ?? '';
     const etagsResponse = await this.request('_etags');
     const latest = new Map<string, string>();
@@ -200,7 +208,11 @@ export class RepoWorker {
 
   private async reportStatus(): Promise<void> {
     try {
-      await this.request('', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...this.options.status!(), version: this.snapshot?.etag ?? '' }) });
+      await this.request('', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...this.options.status!(), version: this.snapshot?.etag ?? '' }),
+      });
     } catch {
       // The next report retries; the repo keeps the instance for a minute.
     }

@@ -58,7 +58,9 @@ export class PodNetwork {
     if (process.getuid?.() !== 0) throw new Error('the pod network needs root (network namespaces, a bridge): run as root, e.g. sudo npm start');
     for (const tool of ['bridge', 'host-local']) {
       if (!CNI_PLUGIN_DIRS.some((d) => existsSync(join(d, tool)))) {
-        throw new Error(`the CNI plugin '${tool}' is missing from ${CNI_PLUGIN_DIRS.join(' and ')}: apt-get install containernetworking-plugins (or run 'npm run setup')`);
+        throw new Error(
+          `the CNI plugin '${tool}' is missing from ${CNI_PLUGIN_DIRS.join(' and ')}: apt-get install containernetworking-plugins (or run 'npm run setup')`,
+        );
       }
     }
     await removeStaleNetworks();

@@ -3,7 +3,10 @@ import jsonpatch from 'fast-json-patch';
 import { review } from './admission.js';
 import { admissionReview, namespaces, realisticPod, settings } from './testdata/reviews.js';
 
-type Body = { response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; warnings?: string[]; status?: { message: string } }; error?: string };
+type Body = {
+  response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; warnings?: string[]; status?: { message: string } };
+  error?: string;
+};
 
 describe('AdmissionReview handling', () => {
   it('answers an injectable pod with a JSON patch that applies', async () => {
@@ -12,7 +15,9 @@ describe('AdmissionReview handling', () => {
     const body = outcome.body as Body;
     expect(body.response).toMatchObject({ uid: 'c0ffee-1', allowed: true, patchType: 'JSONPatch' });
     const patch = JSON.parse(Buffer.from(body.response!.patch!, 'base64').toString()) as jsonpatch.Operation[];
-    const injected = jsonpatch.applyPatch(structuredClone(realisticPod), patch, true, false).newDocument as typeof realisticPod & { spec: { initContainers: { name: string }[] } };
+    const injected = jsonpatch.applyPatch(structuredClone(realisticPod), patch, true, false).newDocument as typeof realisticPod & {
+      spec: { initContainers: { name: string }[] };
+    };
     expect(injected.spec.initContainers.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
   });
 
@@ -26,7 +31,11 @@ describe('AdmissionReview handling', () => {
     ['a string', 'hello', /not an admission.k8s.io\/v1 AdmissionReview: \(document\): Invalid input/],
     ['null', null, /not an admission.k8s.io\/v1 AdmissionReview/],
     ['an array', [1, 2], /not an admission.k8s.io\/v1 AdmissionReview/],
-    ['a v1beta1 review', { ...admissionReview(realisticPod), apiVersion: 'admission.k8s.io/v1beta1' }, /apiVersion: only admission.k8s.io\/v1 AdmissionReviews are supported/],
+    [
+      'a v1beta1 review',
+      { ...admissionReview(realisticPod), apiVersion: 'admission.k8s.io/v1beta1' },
+      /apiVersion: only admission.k8s.io\/v1 AdmissionReviews are supported/,
+    ],
     ['a review without a request', { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' }, /request: required/],
     ['a request without uid', admissionReview(realisticPod, { uid: undefined }), /request.uid: required/],
   ])('answers %s with 400 and a JSON error', async (_what, body, message) => {
@@ -46,7 +55,10 @@ describe('AdmissionReview handling', () => {
 
   it('denies a pod that is malformed, naming the field', async () => {
     const outcome = await review(admissionReview({ metadata: { name: 'x' }, spec: { containers: [{ name: 'a', ports: 'eighty' }] } }), namespaces, settings);
-    expect((outcome.body as Body).response).toMatchObject({ allowed: false, status: { message: expect.stringContaining('spec.containers[0].ports: Invalid input: expected array, received string') } });
+    expect((outcome.body as Body).response).toMatchObject({
+      allowed: false,
+      status: { message: expect.stringContaining('spec.containers[0].ports: Invalid input: expected array, received string') },
+    });
   });
 
   it('handles a 1 MB pod spec', async () => {

@@ -53,7 +53,11 @@ export function reviewBody(body: Buffer, namespaces: NamespaceLookup, settings: 
 export async function review(body: unknown, namespaces: NamespaceLookup, settings: InjectorSettings): Promise<AdmissionOutcome> {
   const parsed = AdmissionReviewSchema.safeParse(body);
   if (!parsed.success) {
-    return badRequest(`not an admission.k8s.io/v1 AdmissionReview: ${issuesOf(parsed.error).map((i) => `${i.field}: ${i.message}`).join('; ')}`);
+    return badRequest(
+      `not an admission.k8s.io/v1 AdmissionReview: ${issuesOf(parsed.error)
+        .map((i) => `${i.field}: ${i.message}`)
+        .join('; ')}`,
+    );
   }
   const request = parsed.data.request;
   const reply = (response: Record<string, unknown>) => ({
@@ -78,7 +82,9 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
   }
   const podCheck = PodShape.safeParse(request.object);
   if (!podCheck.success) {
-    const problems = issuesOf(podCheck.error).map((i) => `${i.field}: ${i.message}`).join('; ');
+    const problems = issuesOf(podCheck.error)
+      .map((i) => `${i.field}: ${i.message}`)
+      .join('; ');
     return {
       status: 200,
       body: reply({ allowed: false, status: { code: 400, reason: 'BadRequest', message: `flb-mesh injector: the pod is malformed: ${problems}` } }),

@@ -114,7 +114,12 @@ export class SecretCertStore {
   async write(material: TlsMaterial, resourceVersion: string | undefined): Promise<boolean> {
     const b64 = (s: string) => Buffer.from(s).toString('base64');
     const body: V1Secret = {
-      metadata: { name: this.name, namespace: this.namespace, labels: { 'app.kubernetes.io/part-of': 'flb-mesh' }, ...(resourceVersion ? { resourceVersion } : {}) },
+      metadata: {
+        name: this.name,
+        namespace: this.namespace,
+        labels: { 'app.kubernetes.io/part-of': 'flb-mesh' },
+        ...(resourceVersion ? { resourceVersion } : {}),
+      },
       type: 'kubernetes.io/tls',
       data: {
         'tls.crt': b64(material.certPem),
@@ -144,7 +149,10 @@ export async function ensureCertificates(store: SecretCertStore, options: CertOp
     if (!need && material) return material;
     const renewed = renew(material, need ?? 'ca', options);
     if (await store.write(renewed, resourceVersion)) {
-      log.info({ secret: `${store.namespace}/${store.name}`, renewed: need }, need === 'ca' ? 'made a new CA and serving certificate' : 'renewed the serving certificate');
+      log.info(
+        { secret: `${store.namespace}/${store.name}`, renewed: need },
+        need === 'ca' ? 'made a new CA and serving certificate' : 'renewed the serving certificate',
+      );
       return renewed;
     }
     log.info('another replica renewed the certificates first; using theirs');

@@ -25,7 +25,12 @@ function injectCommand(): Command {
     .option('-f, --filename <file>', 'manifest file, or - for standard input', '-')
     .option('--explain', 'print why each workload would or would not be injected, instead of the manifests')
     .option('--mesh-config <file>', 'mesh config (JSON or YAML); defaults apply without one')
-    .option('--namespace-label <key=value>', `labels of the namespaces the workloads go to (default ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}); repeatable`, collect, [])
+    .option(
+      '--namespace-label <key=value>',
+      `labels of the namespaces the workloads go to (default ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}); repeatable`,
+      collect,
+      [],
+    )
     .addOption(new Option('--native-sidecars <bool>', 'inject the sidecar as a native sidecar (Kubernetes 1.29+)').choices(['true', 'false']).default('true'))
     .action(async (options: { filename: string; explain?: boolean; meshConfig?: string; namespaceLabel: string[]; nativeSidecars: string }) => {
       const { loadMeshConfig } = await import('../common/config.js');
@@ -112,48 +117,64 @@ function webhookCommand(): Command {
     .description('Create or update the MutatingWebhookConfiguration (two entries: labelled namespaces, and pods labelled "true").')
     .option('--url <url>', 'reach the injector at this URL (outside a cluster, tests)')
     .option('--service <ns/name[:port]>', 'reach the injector through this Service')
-    .addOption(new Option('--failure-policy <policy>', 'Fail refuses pods while the injector is down; Ignore lets them start without a sidecar').choices(['Fail', 'Ignore']).default('Fail'))
+    .addOption(
+      new Option('--failure-policy <policy>', 'Fail refuses pods while the injector is down; Ignore lets them start without a sidecar')
+        .choices(['Fail', 'Ignore'])
+        .default('Fail'),
+    )
     .option('--timeout-seconds <n>', 'how long the apiserver waits for the injector (1-30)', '10')
     .option('--namespace <ns>', "the mesh's namespace (never injected; holds the certificate Secret)", 'flomesh')
     .option('--secret <name>', 'Secret whose CA goes into the caBundle, when it exists already', 'flb-injector-tls')
     .option('--config-name <name>', 'name of the MutatingWebhookConfiguration', 'flb-sidecar-injector')
     .option('--kubeconfig <file>', 'kubeconfig')
     .option('--print', 'print the configuration as YAML instead of applying it')
-    .action(async (o: { url?: string; service?: string; failurePolicy: 'Fail' | 'Ignore'; timeoutSeconds: string; namespace: string; secret: string; configName: string; kubeconfig?: string; print?: boolean }) => {
-      if (!o.url === !o.service) throw new UsageError('give exactly one of --url or --service');
-      const timeout = Number(o.timeoutSeconds);
-      if (!Number.isInteger(timeout) || timeout < 1 || timeout > 30) throw new UsageError('--timeout-seconds must be an integer from 1 to 30');
-      let service: { namespace: string; name: string; port?: number } | undefined;
-      if (o.service) {
-        const m = /^([a-z0-9-]+)\/([a-z0-9-]+)(?::(\d+))?$/.exec(o.service);
-        if (!m) throw new UsageError(`--service "${o.service}" is not NAMESPACE/NAME[:PORT]`);
-        service = { namespace: m[1]!, name: m[2]!, ...(m[3] ? { port: Number(m[3]) } : {}) };
-      }
-      const [{ loadKubeConfig }, { webhookConfiguration, installWebhookConfiguration }, { SecretCertStore, caBundle }, { createLogger }] = await Promise.all([
-        import('../common/kube.js'),
-        import('./webhook-config.js'),
-        import('./certs.js'),
-        import('../common/log.js'),
-      ]);
-      const kubeConfig = o.print ? undefined : loadKubeConfig(o.kubeconfig);
-      const existing = kubeConfig ? (await new SecretCertStore(kubeConfig, o.namespace, o.secret).read()).material : undefined;
-      const config = webhookConfiguration({
-        name: o.configName,
-        ...(o.url ? { url: o.url } : {}),
-        ...(service ? { service } : {}),
-        failurePolicy: o.failurePolicy,
-        timeoutSeconds: timeout,
-        meshNamespace: o.namespace,
-        ...(existing ? { caBundlePem: caBundle(existing) } : {}),
-      });
-      if (o.print) {
-        const { default: YAML } = await import('yaml');
-        process.stdout.write(YAML.stringify(config, { lineWidth: 0 }));
-        return;
-      }
-      const what = await installWebhookConfiguration(kubeConfig!, config);
-      createLogger('injector').info({ config: o.configName, failurePolicy: o.failurePolicy }, `MutatingWebhookConfiguration ${what}`);
-    });
+    .action(
+      async (o: {
+        url?: string;
+        service?: string;
+        failurePolicy: 'Fail' | 'Ignore';
+        timeoutSeconds: string;
+        namespace: string;
+        secret: string;
+        configName: string;
+        kubeconfig?: string;
+        print?: boolean;
+      }) => {
+        if (!o.url === !o.service) throw new UsageError('give exactly one of --url or --service');
+        const timeout = Number(o.timeoutSeconds);
+        if (!Number.isInteger(timeout) || timeout < 1 || timeout > 30) throw new UsageError('--timeout-seconds must be an integer from 1 to 30');
+        let service: { namespace: string; name: string; port?: number } | undefined;
+        if (o.service) {
+          const m = /^([a-z0-9-]+)\/([a-z0-9-]+)(?::(\d+))?$/.exec(o.service);
+          if (!m) throw new UsageError(`--service "${o.service}" is not NAMESPACE/NAME[:PORT]`);
+          service = { namespace: m[1]!, name: m[2]!, ...(m[3] ? { port: Number(m[3]) } : {}) };
+        }
+        const [{ loadKubeConfig }, { webhookConfiguration, installWebhookConfiguration }, { SecretCertStore, caBundle }, { createLogger }] = await Promise.all([
+          import('../common/kube.js'),
+          import('./webhook-config.js'),
+          import('./certs.js'),
+          import('../common/log.js'),
+        ]);
+        const kubeConfig = o.print ? undefined : loadKubeConfig(o.kubeconfig);
+        const existing = kubeConfig ? (await new SecretCertStore(kubeConfig, o.namespace, o.secret).read()).material : undefined;
+        const config = webhookConfiguration({
+          name: o.configName,
+          ...(o.url ? { url: o.url } : {}),
+          ...(service ? { service } : {}),
+          failurePolicy: o.failurePolicy,
+          timeoutSeconds: timeout,
+          meshNamespace: o.namespace,
+          ...(existing ? { caBundlePem: caBundle(existing) } : {}),
+        });
+        if (o.print) {
+          const { default: YAML } = await import('yaml');
+          process.stdout.write(YAML.stringify(config, { lineWidth: 0 }));
+          return;
+        }
+        const what = await installWebhookConfiguration(kubeConfig!, config);
+        createLogger('injector').info({ config: o.configName, failurePolicy: o.failurePolicy }, `MutatingWebhookConfiguration ${what}`);
+      },
+    );
 
   webhook
     .command('uninstall')

@@ -12,7 +12,10 @@ async function eventsFor(pod: unknown, overrides: Record<string, unknown> = {}) 
   return admissionEvents({ namespace: r.namespace, pod: r.pod!, result: r.result! });
 }
 
-const withMetadata = (metadata: Record<string, unknown>): V1Pod => ({ ...realisticPod, metadata: { ...realisticPod.metadata, ownerReferences: [RS], ...metadata } });
+const withMetadata = (metadata: Record<string, unknown>): V1Pod => ({
+  ...realisticPod,
+  metadata: { ...realisticPod.metadata, ownerReferences: [RS], ...metadata },
+});
 
 describe('the Events of an admission review', () => {
   it("go on the pod's controller, in the request's namespace", async () => {
@@ -49,7 +52,9 @@ describe('the Events of an admission review', () => {
       'pod orders-7d9f8c6b5-* refused by the flb-mesh injector: annotation flomesh.io/outbound-port-exclusion-list is invalid (the FailedCreate Event of ReplicaSet orders-7d9f8c6b5 has the details)',
     );
     const [label] = await eventsFor(withMetadata({ labels: { 'flomesh.io/inject': text } }));
-    expect(label!.message).toBe('pod orders-7d9f8c6b5-* refused by the flb-mesh injector: pod label flomesh.io/inject is neither "true" nor "false" (the FailedCreate Event of ReplicaSet orders-7d9f8c6b5 has the details)');
+    expect(label!.message).toBe(
+      'pod orders-7d9f8c6b5-* refused by the flb-mesh injector: pod label flomesh.io/inject is neither "true" nor "false" (the FailedCreate Event of ReplicaSet orders-7d9f8c6b5 has the details)',
+    );
   });
 
   it('name the pod only when its name is a Kubernetes name', async () => {

@@ -26,7 +26,9 @@ export function admissionEvents({ namespace, pod, result }: ReviewedPod): KubeEv
   const name = podName(pod);
   switch (result.action) {
     case 'inject': {
-      const events: KubeEvent[] = [{ subject, type: 'Normal', reason: 'SidecarInjected', message: `flb-mesh sidecar injected into ${name} (${result.because})` }];
+      const events: KubeEvent[] = [
+        { subject, type: 'Normal', reason: 'SidecarInjected', message: `flb-mesh sidecar injected into ${name} (${result.because})` },
+      ];
       // Built by the injector from the namespace object the cluster holds, never from the review.
       if (result.podSecurityConflict) events.push({ subject, type: 'Warning', reason: 'PodSecurityConflict', message: result.podSecurityConflict });
       return events;
@@ -35,7 +37,9 @@ export function admissionEvents({ namespace, pod, result }: ReviewedPod): KubeEv
       // The apiserver's second call after our own patch (reinvocation) is no news to anyone, and
       // would spend half of the namespace's Events.
       if (result.reason === 'already-injected') return [];
-      return [{ subject, type: 'Normal', reason: 'SidecarInjectionSkipped', message: `${name} not injected: ${result.reason} (${SKIP_REASONS[result.reason]})` }];
+      return [
+        { subject, type: 'Normal', reason: 'SidecarInjectionSkipped', message: `${name} not injected: ${result.reason} (${SKIP_REASONS[result.reason]})` },
+      ];
     case 'deny':
       // The denial's text quotes the pod's own values; the Event says what is wrong in our words.
       // The controller's FailedCreate Event carries the apiserver's full answer.

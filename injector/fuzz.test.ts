@@ -39,7 +39,8 @@ describe('fuzzing the admission handler', () => {
       else if (body.response?.allowed === false) seen.denied++;
       else seen.skipped++;
       const r = outcome.review;
-      if (r?.pod && r.result) seen.verifiableEvents += admissionEvents({ namespace: r.namespace, pod: r.pod, result: r.result }).filter((e) => checkEvent(e, OWNER_KINDS).ok).length;
+      if (r?.pod && r.result)
+        seen.verifiableEvents += admissionEvents({ namespace: r.namespace, pod: r.pod, result: r.result }).filter((e) => checkEvent(e, OWNER_KINDS).ok).length;
     }
     console.log('5,000 generated admission-review inputs:', seen);
     // Each kind of answer, and Events that would be raised, in at least 2 % of the inputs.
@@ -54,7 +55,15 @@ describe('fuzzing over HTTPS', () => {
     const authority = createCertificateAuthority('fuzz-ca');
     const serving = issueCertificate(authority, { commonName: 'localhost', usage: 'server', ipAddresses: ['127.0.0.1'] });
     ca = authority.certPem;
-    server = await startWebhookServer({ host: '127.0.0.1', port: 0, settings, namespaces, tls: { cert: serving.certPem, key: serving.keyPem }, metrics: new InjectorMetrics(false), log: createLogger('fuzz', 'silent') });
+    server = await startWebhookServer({
+      host: '127.0.0.1',
+      port: 0,
+      settings,
+      namespaces,
+      tls: { cert: serving.certPem, key: serving.keyPem },
+      metrics: new InjectorMetrics(false),
+      log: createLogger('fuzz', 'silent'),
+    });
   });
   afterAll(() => server.close());
 

@@ -105,7 +105,12 @@ describe('injected pods', () => {
     const init = pod.spec!.initContainers![0]!;
     expect(init.name).toBe('flb-init');
     expect(init.command).toEqual(['flb', 'iptables', 'apply']);
-    expect(init.securityContext).toMatchObject({ runAsUser: 0, privileged: false, allowPrivilegeEscalation: false, capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] } });
+    expect(init.securityContext).toMatchObject({
+      runAsUser: 0,
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] },
+    });
   });
 
   it('run the sidecar as UID 1500 without privilege escalation, as a native sidecar after the init container', () => {
@@ -166,7 +171,8 @@ describe('injected pods', () => {
   it('deny invalid annotations with a message naming the annotation', () => {
     expect(injectFixture('exclusions-invalid').result).toEqual({
       action: 'deny',
-      message: 'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")',
+      message:
+        'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")',
       problem: 'annotation flomesh.io/outbound-port-exclusion-list is invalid',
     });
   });
@@ -197,7 +203,12 @@ describe('injected pods', () => {
 
   it('take the sidecar image and command from the mesh config (so a Pipy image can be injected)', () => {
     const fixture = load('minimal-pod');
-    const mesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', sidecar: { image: 'flomesh/pipy:1.5', command: ['pipy', 'http://repo/flb/sidecars/'] } });
+    const mesh = MeshSchema.parse({
+      apiVersion: API_VERSION,
+      kind: 'Mesh',
+      name: 'flb',
+      sidecar: { image: 'flomesh/pipy:1.5', command: ['pipy', 'http://repo/flb/sidecars/'] },
+    });
     const result = injectPod(fixture.pod, fixture.namespace, { mesh, nativeSidecars: true, version: 'x' });
     const sidecar = apply(fixture.pod, result).spec!.initContainers!.find((c) => c.name === 'flb-sidecar')!;
     expect(sidecar.image).toBe('flomesh/pipy:1.5');

@@ -270,7 +270,10 @@ function sidecarResources(pod: V1Pod, mesh: Mesh): NonNullable<V1Container['reso
   const { requests, limits } = mesh.sidecar.resources;
   const compact = (o: Record<string, string | undefined>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Record<string, string>;
   return {
-    requests: compact({ cpu: pick(PROXY_RESOURCE_ANNOTATIONS.cpuRequest, requests.cpu), memory: pick(PROXY_RESOURCE_ANNOTATIONS.memoryRequest, requests.memory) }),
+    requests: compact({
+      cpu: pick(PROXY_RESOURCE_ANNOTATIONS.cpuRequest, requests.cpu),
+      memory: pick(PROXY_RESOURCE_ANNOTATIONS.memoryRequest, requests.memory),
+    }),
     limits: compact({ cpu: pick(PROXY_RESOURCE_ANNOTATIONS.cpuLimit, limits.cpu), memory: pick(PROXY_RESOURCE_ANNOTATIONS.memoryLimit, limits.memory) }),
   };
 }
@@ -411,4 +414,3 @@ function podSecurityProblem(namespace: V1Namespace | undefined): string | undefi
     `or enforce "privileged" in this namespace`
   );
 }
-

@@ -6,11 +6,18 @@ import YAML from 'yaml';
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 const workloads = fileURLToPath(new URL('./testdata/manifests/workloads.yaml', import.meta.url));
 const run = (args: string[], input?: string) => {
-  const r = spawnSync(process.execPath, [flb, 'inject', ...args], { encoding: 'utf8', ...(input !== undefined ? { input } : {}), env: { ...process.env, FLB_LOG_LEVEL: 'silent' } });
+  const r = spawnSync(process.execPath, [flb, 'inject', ...args], {
+    encoding: 'utf8',
+    ...(input !== undefined ? { input } : {}),
+    env: { ...process.env, FLB_LOG_LEVEL: 'silent' },
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 };
 type Doc = { kind: string; metadata: { name: string }; items?: Doc[]; spec: Record<string, unknown> };
-const template = (doc: Doc) => (doc.kind === 'CronJob' ? (doc.spec as { jobTemplate: { spec: { template: { spec: { initContainers?: { name: string }[] } } } } }).jobTemplate.spec.template : (doc.spec as { template: { spec: { initContainers?: { name: string }[] }; metadata?: { namespace?: string } } }).template);
+const template = (doc: Doc) =>
+  doc.kind === 'CronJob'
+    ? (doc.spec as { jobTemplate: { spec: { template: { spec: { initContainers?: { name: string }[] } } } } }).jobTemplate.spec.template
+    : (doc.spec as { template: { spec: { initContainers?: { name: string }[] }; metadata?: { namespace?: string } } }).template;
 const sidecars = (doc: Doc) => (template(doc).spec.initContainers ?? []).map((c) => c.name);
 
 describe('flb inject', () => {
@@ -27,7 +34,12 @@ describe('flb inject', () => {
     expect(sidecars(cronJob)).toEqual(['flb-init', 'flb-sidecar']);
     expect(sidecars(list.items![0]!)).toEqual([]);
     expect(sidecars(list.items![1]!)).toEqual(['flb-init', 'flb-sidecar']);
-    expect(service).toEqual({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'orders', namespace: 'shop' }, spec: { ports: [{ port: 80, targetPort: 8080 }] } });
+    expect(service).toEqual({
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'orders', namespace: 'shop' },
+      spec: { ports: [{ port: 80, targetPort: 8080 }] },
+    });
   });
 
   it('is idempotent: injecting its own output changes nothing', () => {
@@ -54,7 +66,8 @@ describe('flb inject', () => {
   });
 
   it('exits 1 naming the workload when the injector would refuse it', () => {
-    const pod = 'apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, annotations: {flomesh.io/inbound-port-exclusion-list: "http"}}\nspec: {containers: [{name: web, image: nginx}]}\n';
+    const pod =
+      'apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, annotations: {flomesh.io/inbound-port-exclusion-list: "http"}}\nspec: {containers: [{name: web, image: nginx}]}\n';
     const { code, stderr } = run(['-f', '-'], pod);
     expect(code).toBe(1);
     expect(stderr).toContain('Pod shop/web: refused: annotation flomesh.io/inbound-port-exclusion-list: "http" is not a port number');

@@ -6,7 +6,7 @@ export { SYSTEM_NAMESPACES };
 
 /** Every reason a pod is not injected; users see it in Events, metrics and `flb inject --explain`. */
 export const SKIP_REASONS = {
-  'host-network': 'the pod uses the host network; a sidecar would capture the node\'s traffic',
+  'host-network': "the pod uses the host network; a sidecar would capture the node's traffic",
   'system-namespace': 'pods in kube-system, kube-public and kube-node-lease are never injected',
   'mesh-namespace': "pods in the mesh's own namespace are never injected",
   'pod-label-disabled': `the pod is labelled ${INJECT_LABEL}=false`,
@@ -41,7 +41,11 @@ export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mes
   if (podChoice !== undefined) {
     if (podChoice === 'true') return { inject: true, because: `pod ${source} ${INJECT_LABEL}=true` };
     if (podChoice === 'false') return { inject: false, reason: source === 'label' ? 'pod-label-disabled' : 'pod-annotation-disabled' };
-    return { inject: false, error: `pod ${source} ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(podChoice)}`, problem: `pod ${source} ${INJECT_LABEL} is neither "true" nor "false"` };
+    return {
+      inject: false,
+      error: `pod ${source} ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(podChoice)}`,
+      problem: `pod ${source} ${INJECT_LABEL} is neither "true" nor "false"`,
+    };
   }
 
   const nsChoice = namespace?.metadata?.labels?.[INJECT_LABEL];

@@ -29,7 +29,14 @@ export function webhookConfiguration(options: WebhookConfigOptions): V1MutatingW
   const clientConfig = {
     ...(options.url ? { url: options.url } : {}),
     ...(options.service
-      ? { service: { namespace: options.service.namespace, name: options.service.name, port: options.service.port ?? 443, path: options.service.path ?? '/mutate' } }
+      ? {
+          service: {
+            namespace: options.service.namespace,
+            name: options.service.name,
+            port: options.service.port ?? 443,
+            path: options.service.path ?? '/mutate',
+          },
+        }
       : {}),
     ...(options.caBundlePem ? { caBundle: Buffer.from(options.caBundlePem).toString('base64') } : {}),
   };

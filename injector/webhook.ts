@@ -55,7 +55,10 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     } catch (error) {
       const code = (error as { code?: number }).code;
       if (code === 404) {
-        log.warn({ config: options.webhookConfigName }, "the MutatingWebhookConfiguration does not exist yet: run 'flb webhook install' (or install the chart)");
+        log.warn(
+          { config: options.webhookConfigName },
+          "the MutatingWebhookConfiguration does not exist yet: run 'flb webhook install' (or install the chart)",
+        );
         return true;
       }
       log.warn({ err: error }, 'could not update the caBundle; will retry');
@@ -84,7 +87,8 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     log,
     events,
   });
-  const metricsServer = options.metricsPort === undefined ? undefined : await startMetricsServer(options.metricsHost ?? '127.0.0.1', options.metricsPort, metrics);
+  const metricsServer =
+    options.metricsPort === undefined ? undefined : await startMetricsServer(options.metricsHost ?? '127.0.0.1', options.metricsPort, metrics);
   log.info({ port: server.port, metricsPort: metricsServer?.port, nativeSidecars: options.settings.nativeSidecars }, 'injector serving');
 
   let checking = false;

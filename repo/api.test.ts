@@ -42,10 +42,14 @@ describe('the repo REST API (flb repo)', () => {
     });
 
   it('serves what was published after a restart, exactly', async () => {
-    const before = await Promise.all(['/repo/cmesh/', '/repo/csidecar/', '/repo/csidecar/_etags', '/repo/csidecar/mesh.json', '/api/v1/repo/csidecar'].map((p) => call('GET', p)));
+    const before = await Promise.all(
+      ['/repo/cmesh/', '/repo/csidecar/', '/repo/csidecar/_etags', '/repo/csidecar/mesh.json', '/api/v1/repo/csidecar'].map((p) => call('GET', p)),
+    );
     await server.close();
     server = await startOurs(dir);
-    const after = await Promise.all(['/repo/cmesh/', '/repo/csidecar/', '/repo/csidecar/_etags', '/repo/csidecar/mesh.json', '/api/v1/repo/csidecar'].map((p) => call('GET', p)));
+    const after = await Promise.all(
+      ['/repo/cmesh/', '/repo/csidecar/', '/repo/csidecar/_etags', '/repo/csidecar/mesh.json', '/api/v1/repo/csidecar'].map((p) => call('GET', p)),
+    );
     // Instances live in memory only (workers report every few seconds).
     after[4]!.text = after[4]!.text.replace(/"instances":\{.*\}\}$/, '');
     before[4]!.text = before[4]!.text.replace(/"instances":\{.*\}\}$/, '');
@@ -102,7 +106,9 @@ describe('the repo REST API (flb repo)', () => {
     expect(answer.headers.get('etag')).not.toBe(etag);
     expect(performance.now() - started).toBeGreaterThan(250);
     expect(latency).toBeLessThan(1000);
-    const timedOut = await fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, { headers: { 'if-none-match': answer.headers.get('etag')!, prefer: 'wait=1' } });
+    const timedOut = await fetch(`http://127.0.0.1:${server.port}/repo/csidecar/`, {
+      headers: { 'if-none-match': answer.headers.get('etag')!, prefer: 'wait=1' },
+    });
     expect(timedOut.status).toBe(304);
   });
 
@@ -113,17 +119,26 @@ describe('the repo REST API (flb repo)', () => {
 
 // The one suite allowed to skip: no registry ships Pipy. PIPY_BIN=/path/to/pipy runs it against a real Pipy repo.
 const pipyBin = process.env.PIPY_BIN;
-(pipyBin ? describe : describe.skip)(`the same contract against a real Pipy repo${pipyBin ? '' : ' (skipped: set PIPY_BIN to a Pipy binary to run it)'}`, () => {
-  let pipy: ChildProcess;
-  const port = 16060 + (process.pid % 1000);
-  beforeAll(async () => {
-    pipy = spawn(pipyBin!, [`--admin-port=127.0.0.1:${port}`], { stdio: 'ignore' });
-    for (let i = 0; i < 100; i++) {
-      if (await fetch(`http://127.0.0.1:${port}/api/v1/repo`).then((r) => r.ok, () => false)) return;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  });
-  afterAll(() => void pipy?.kill('SIGKILL'));
-  repoContract(() => `http://127.0.0.1:${port}`, `p${Date.now()}`);
-});
+(pipyBin ? describe : describe.skip)(
+  `the same contract against a real Pipy repo${pipyBin ? '' : ' (skipped: set PIPY_BIN to a Pipy binary to run it)'}`,
+  () => {
+    let pipy: ChildProcess;
+    const port = 16060 + (process.pid % 1000);
+    beforeAll(async () => {
+      pipy = spawn(pipyBin!, [`--admin-port=127.0.0.1:${port}`], { stdio: 'ignore' });
+      for (let i = 0; i < 100; i++) {
+        if (
+          await fetch(`http://127.0.0.1:${port}/api/v1/repo`).then(
+            (r) => r.ok,
+            () => false,
+          )
+        )
+          return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    });
+    afterAll(() => void pipy?.kill('SIGKILL'));
+    repoContract(() => `http://127.0.0.1:${port}`, `p${Date.now()}`);
+  },
+);
 if (!pipyBin) console.warn('repo contract against a real Pipy repo skipped: set PIPY_BIN to a Pipy binary to run it');

@@ -14,7 +14,8 @@ import { Authenticator, type AuthOptions } from './auth.js';
  */
 const AUDIENCE = 'flb-repo';
 const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
-const jwt = (payload: Record<string, unknown>, header: Record<string, unknown> = { alg: 'RS256', kid: 'k1' }) => `${b64(header)}.${b64(payload)}.${randomBytes(32).toString('base64url')}`;
+const jwt = (payload: Record<string, unknown>, header: Record<string, unknown> = { alg: 'RS256', kid: 'k1' }) =>
+  `${b64(header)}.${b64(payload)}.${randomBytes(32).toString('base64url')}`;
 const seconds = () => Math.floor(Date.now() / 1000);
 /** A projected ServiceAccount token's claims, for pod `pod` in namespace shop. */
 const claims = (pod: string, extra: Record<string, unknown> = {}) => ({
@@ -50,7 +51,11 @@ describe('bearer tokens', () => {
             apiVersion: 'authentication.k8s.io/v1',
             kind: 'TokenReview',
             status: authentic
-              ? { authenticated: true, audiences: review.spec.audiences, user: { username: payload.sub, extra: { 'authentication.kubernetes.io/pod-name': [payload['kubernetes.io']?.pod?.name] } } }
+              ? {
+                  authenticated: true,
+                  audiences: review.spec.audiences,
+                  user: { username: payload.sub, extra: { 'authentication.kubernetes.io/pod-name': [payload['kubernetes.io']?.pod?.name] } },
+                }
               : { authenticated: false, error: 'invalid bearer token' },
           }),
         );
@@ -67,8 +72,10 @@ describe('bearer tokens', () => {
   });
   afterAll(() => new Promise<void>((resolve) => apiserver.close(() => resolve())));
 
-  const authenticator = (extra: Partial<AuthOptions> = {}) => new Authenticator({ trustAnonymous: false, tokenReview: { kubeConfig, audience: AUDIENCE }, ...extra });
-  const request = (token: string, address = '10.0.0.1') => ({ headers: { authorization: `Bearer ${token}` }, socket: { remoteAddress: address } }) as unknown as IncomingMessage;
+  const authenticator = (extra: Partial<AuthOptions> = {}) =>
+    new Authenticator({ trustAnonymous: false, tokenReview: { kubeConfig, audience: AUDIENCE }, ...extra });
+  const request = (token: string, address = '10.0.0.1') =>
+    ({ headers: { authorization: `Bearer ${token}` }, socket: { remoteAddress: address } }) as unknown as IncomingMessage;
 
   it('refuses what cannot be a ServiceAccount token for the repo without asking the apiserver', async () => {
     const auth = authenticator();
@@ -133,7 +140,11 @@ describe('bearer tokens', () => {
         review: async (token) => {
           reviews.push(token);
           const pod = (JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as ReturnType<typeof claims>)['kubernetes.io'].pod.name;
-          return { authenticated: true, audiences: [AUDIENCE], user: { username: 'system:serviceaccount:shop:default', extra: { 'authentication.kubernetes.io/pod-name': [pod] } } };
+          return {
+            authenticated: true,
+            audiences: [AUDIENCE],
+            user: { username: 'system:serviceaccount:shop:default', extra: { 'authentication.kubernetes.io/pod-name': [pod] } },
+          };
         },
       },
       limits: { reviewsPerSecond: 1e6, burst: 1e6 },

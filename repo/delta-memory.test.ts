@@ -20,7 +20,8 @@ const MiB = 1024 * 1024;
 describe('the memory deltas cost', () => {
   it('does not keep a copy of every changed path per derived codebase', async () => {
     const repo = await new Repo(new MemoryStore()).load();
-    const publish = (codebase: string, files: Record<string, string>, version: string) => repo.writeFiles(codebase, new Map(Object.entries(files).map(([p, c]) => [p, Buffer.from(c)])), { version });
+    const publish = (codebase: string, files: Record<string, string>, version: string) =>
+      repo.writeFiles(codebase, new Map(Object.entries(files).map(([p, c]) => [p, Buffer.from(c)])), { version });
     const services = (v: number) => Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`/services/svc-${i}.json`, `{"i":${i},"v":${v}}`]));
     await repo.create('/flb/mesh', { main: '/mesh.json' });
     await publish('/flb/mesh', services(1), '1');

@@ -101,7 +101,10 @@ describe('pushed deltas', () => {
   });
 
   it('keeps a batch without a version as drafts, across a restart', async () => {
-    const r = await fetch(`http://127.0.0.1:${server.port}/api/v1/repo${MESH}`, { method: 'PATCH', body: JSON.stringify({ files: { '/services/e.json': 'e1', '/services/a.json': null } }) });
+    const r = await fetch(`http://127.0.0.1:${server.port}/api/v1/repo${MESH}`, {
+      method: 'PATCH',
+      body: JSON.stringify({ files: { '/services/e.json': 'e1', '/services/a.json': null } }),
+    });
     expect(r.status).toBe(201);
     const reloaded = await new Repo(await new DiskStore(dir).init()).load();
     const info = reloaded.info(reloaded.get(MESH)!);

@@ -12,14 +12,18 @@ import { answered, fuzzTargets } from './testing/fuzz-targets.js';
  * on a hang; a failing input is kept under repo/testing/fuzz/crashers/ and replayed every run.
  */
 describe('fuzzing the repo', () => {
-  it.each(['paths', 'headers', 'bodies'])('answers 100,000 generated %s well', async (target) => {
-    // A few seconds each on this 2-core machine (see the report the test prints); the budget leaves
-    // room for a machine busy with other suites.
-    const report = await fuzz({ module: 'repo/testing/fuzz-targets.ts', target, runs: 100_000, budgetMs: 60_000 });
-    console.log(`fuzz repo ${target}: ${report.runs} generated + ${report.replayed} corpus inputs in ${report.ms} ms (seed ${report.seed})`);
-    expect(report.runs).toBe(100_000);
-    expect(report.replayed).toBeGreaterThanOrEqual(8);
-  }, 90_000);
+  it.each(['paths', 'headers', 'bodies'])(
+    'answers 100,000 generated %s well',
+    async (target) => {
+      // A few seconds each on this 2-core machine (see the report the test prints); the budget leaves
+      // room for a machine busy with other suites.
+      const report = await fuzz({ module: 'repo/testing/fuzz-targets.ts', target, runs: 100_000, budgetMs: 60_000 });
+      console.log(`fuzz repo ${target}: ${report.runs} generated + ${report.replayed} corpus inputs in ${report.ms} ms (seed ${report.seed})`);
+      expect(report.runs).toBe(100_000);
+      expect(report.replayed).toBeGreaterThanOrEqual(8);
+    },
+    90_000,
+  );
 
   // Which answers each target's inputs reach: a fuzzer whose inputs were all refused at the door
   // would test nothing behind it.

@@ -165,7 +165,11 @@ export class Publisher {
   }
 
   private async call(method: string, path: string, body?: string): Promise<Response> {
-    const response = await fetch(new URL(path, this.options.url), { method, ...(body !== undefined ? { body } : {}), headers: { ...this.options.headers?.() } });
+    const response = await fetch(new URL(path, this.options.url), {
+      method,
+      ...(body !== undefined ? { body } : {}),
+      headers: { ...this.options.headers?.() },
+    });
     this.batchSupported = response.headers.get('server') === 'flb-repo';
     return response;
   }
@@ -224,7 +228,12 @@ export class Publisher {
     }
   }
 
-  private async reconcileChanges(codebase: string, want: Files, have: Map<string, { content?: string; hash?: string }>, dirty: Set<string> | 'all'): Promise<void> {
+  private async reconcileChanges(
+    codebase: string,
+    want: Files,
+    have: Map<string, { content?: string; hash?: string }>,
+    dirty: Set<string> | 'all',
+  ): Promise<void> {
     // A just-adopted codebase (after a restart) is compared whole: its files' origin is unknown.
     const whole = dirty === 'all' || this.adopted.has(codebase);
     const candidates = whole ? [...want] : [...dirty].filter((p) => want.has(p)).map((p) => [p, want.get(p)!] as [string, string]);

@@ -7,7 +7,8 @@ import { MemoryStore } from './testing/memory-store.js';
  * later publish could pick up or a restart could lose, and a retry of the same write succeeds.
  */
 const NAME = '/flb/mesh';
-const files = (entries: Record<string, string | null>) => new Map(Object.entries(entries).map(([path, content]) => [path, content === null ? null : Buffer.from(content)]));
+const files = (entries: Record<string, string | null>) =>
+  new Map(Object.entries(entries).map(([path, content]) => [path, content === null ? null : Buffer.from(content)]));
 
 async function setUp(): Promise<{ store: MemoryStore; repo: Repo }> {
   const store = new MemoryStore();

@@ -155,7 +155,9 @@ export class Repo {
     this.writtenDuringRefresh.add(written);
     try {
       const fresh = new Map((await this.store.loadAll()).map((r) => [r.name, r]));
-      const names = [...new Set([...this.codebases.keys(), ...fresh.keys()])].filter((name) => JSON.stringify(this.codebases.get(name)) !== JSON.stringify(fresh.get(name)));
+      const names = [...new Set([...this.codebases.keys(), ...fresh.keys()])].filter(
+        (name) => JSON.stringify(this.codebases.get(name)) !== JSON.stringify(fresh.get(name)),
+      );
       // In each codebase's queue: a write in flight lands first, and is never overwritten by a load made before it.
       const results = await Promise.allSettled(
         names.map((name) =>
@@ -250,7 +252,10 @@ export class Repo {
   }
 
   derivedOf(name: string): string[] {
-    return [...this.codebases.values()].filter((c) => c.base === name).map((c) => c.name).sort();
+    return [...this.codebases.values()]
+      .filter((c) => c.base === name)
+      .map((c) => c.name)
+      .sort();
   }
 
   create(name: string, body: { base?: unknown; main?: unknown; version?: unknown }): Promise<void> {
@@ -258,7 +263,8 @@ export class Repo {
     return this.exclusive(name, async () => {
       if (this.codebases.has(name)) throw new RepoError(400, 'Codebase already exists');
       for (const other of this.codebases.keys()) {
-        if (other.startsWith(`${name}/`) || name.startsWith(`${other}/`)) throw new RepoError(400, `Codebase ${name} would nest with ${other}; nested codebases are not supported`);
+        if (other.startsWith(`${name}/`) || name.startsWith(`${other}/`))
+          throw new RepoError(400, `Codebase ${name} would nest with ${other}; nested codebases are not supported`);
       }
       if (body.base !== undefined && typeof body.base !== 'string') throw new RepoError(400, 'Invalid base codebase');
       const base = body.base === undefined ? undefined : this.codebases.get(body.base as string);
@@ -316,7 +322,10 @@ export class Repo {
         await this.publishLocked(drafted, options.main as string | undefined, version, Object.keys(record.edits));
         return;
       }
-      await this.store.putDrafts(name, Object.entries(edits).filter(([file]) => files.has(file)));
+      await this.store.putDrafts(
+        name,
+        Object.entries(edits).filter(([file]) => files.has(file)),
+      );
       const erasedBeforehand = [...files].filter(([file, content]) => content === null && !record.files[file] && file in record.edits).map(([file]) => file);
       await this.store.clearDrafts(name, erasedBeforehand);
       this.codebases.set(name, drafted);
@@ -347,7 +356,11 @@ export class Repo {
     return this.exclusive(name, async () => {
       const record = this.require(name);
       const derived = this.derivedOf(name);
-      if (derived.length) throw new RepoError(409, `Codebase ${name} has derived codebases (${derived.slice(0, 5).join(', ')}${derived.length > 5 ? ', ...' : ''}); delete them first`);
+      if (derived.length)
+        throw new RepoError(
+          409,
+          `Codebase ${name} has derived codebases (${derived.slice(0, 5).join(', ')}${derived.length > 5 ? ', ...' : ''}); delete them first`,
+        );
       await this.store.deleteRecord(name, record.revision).catch((error: unknown) => {
         throw this.conflict(name, error);
       });
@@ -433,7 +446,9 @@ export class Repo {
   }
 
   manifest(record: CodebaseRecord): string {
-    const files = Object.keys(this.servedFiles(record)).filter((f) => f !== record.main).sort();
+    const files = Object.keys(this.servedFiles(record))
+      .filter((f) => f !== record.main)
+      .sort();
     return [record.main, ...files].join('\n');
   }
 
@@ -451,13 +466,21 @@ export class Repo {
       path: record.name,
       main: record.main,
       files: Object.keys(record.files).sort(),
-      editFiles: Object.entries(record.edits).filter(([, v]) => v !== null).map(([k]) => k).sort(),
-      erasedFiles: Object.entries(record.edits).filter(([, v]) => v === null).map(([k]) => k).sort(),
+      editFiles: Object.entries(record.edits)
+        .filter(([, v]) => v !== null)
+        .map(([k]) => k)
+        .sort(),
+      erasedFiles: Object.entries(record.edits)
+        .filter(([, v]) => v === null)
+        .map(([k]) => k)
+        .sort(),
       baseFiles: inherited,
       derived: this.derivedOf(record.name),
       ...(record.base ? { base: record.base } : {}),
       instances: Object.fromEntries(
-        [...(this.instances.get(record.name)?.values() ?? [])].sort((a, b) => a.index - b.index).map((i) => [String(i.index), { ip: i.ip, timestamp: i.timestamp, status: i.status }]),
+        [...(this.instances.get(record.name)?.values() ?? [])]
+          .sort((a, b) => a.index - b.index)
+          .map((i) => [String(i.index), { ip: i.ip, timestamp: i.timestamp, status: i.status }]),
       ),
     };
   }
@@ -471,12 +494,21 @@ export class Repo {
     const existing = set?.get(uuid);
     if (existing) this.dropInstance(existing);
     if (!set) this.instances.set(name, (set = new Map()));
-    const instance: Instance = { index: existing?.index ?? ++this.instanceCounter, ip: truncated(ip, 64) ?? '', timestamp: now, status, codebase: name, uuid, bytes: bytes + INSTANCE_OVERHEAD_BYTES };
+    const instance: Instance = {
+      index: existing?.index ?? ++this.instanceCounter,
+      ip: truncated(ip, 64) ?? '',
+      timestamp: now,
+      status,
+      codebase: name,
+      uuid,
+      bytes: bytes + INSTANCE_OVERHEAD_BYTES,
+    };
     set.set(uuid, instance);
     this.instancesByReport.add(instance);
     this.instanceBytes += instance.bytes;
     while (set.size > MAX_INSTANCES_PER_CODEBASE) this.dropInstance(set.values().next().value!);
-    while (this.instancesByReport.size > MAX_INSTANCES || this.instanceBytes > MAX_INSTANCE_BYTES) this.dropInstance(this.instancesByReport.values().next().value!);
+    while (this.instancesByReport.size > MAX_INSTANCES || this.instanceBytes > MAX_INSTANCE_BYTES)
+      this.dropInstance(this.instancesByReport.values().next().value!);
   }
 
   private dropInstance(instance: Instance): void {
@@ -542,7 +574,10 @@ export class Repo {
     const delta: Delta = new Map();
     for (const path of paths) {
       const before = this.shaIn(from, path);
-      const now = this.shaIn(this.chainOf(record).map((c) => c.files), path);
+      const now = this.shaIn(
+        this.chainOf(record).map((c) => c.files),
+        path,
+      );
       if (before !== now) delta.set(path, now ?? null);
     }
     return delta;

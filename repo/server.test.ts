@@ -82,7 +82,9 @@ describe('the repo server bounds what one client costs', () => {
     let deltas = 0;
     for (let own = 2; own <= 17; own++) {
       for (let mesh = 2; mesh <= 17; mesh++) {
-        const answer = await fetch(`http://127.0.0.1:${server.port}/repo/flb/sidecars/pod.shop.web/`, { headers: { 'if-none-match': `${own}+${mesh}`, accept: DELTA_MEDIA_TYPE } });
+        const answer = await fetch(`http://127.0.0.1:${server.port}/repo/flb/sidecars/pod.shop.web/`, {
+          headers: { 'if-none-match': `${own}+${mesh}`, accept: DELTA_MEDIA_TYPE },
+        });
         if (answer.headers.get('content-type') === DELTA_MEDIA_TYPE) deltas++;
         await answer.arrayBuffer();
       }

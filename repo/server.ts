@@ -75,7 +75,8 @@ function parseJsonObject(body: Buffer): Record<string, unknown> {
 
 /** flb's batch extension of PATCH /api/v1/repo/<codebase>: `files` maps paths to UTF-8 content, or null to erase. */
 function parseBatchFiles(value: unknown): Map<string, Buffer | null> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RepoError(400, 'Invalid files: expected an object of path -> content (string) or null');
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new RepoError(400, 'Invalid files: expected an object of path -> content (string) or null');
   const files = new Map<string, Buffer | null>();
   for (const [path, content] of Object.entries(value as Record<string, unknown>)) {
     if (content !== null && typeof content !== 'string') throw new RepoError(400, `Invalid files: ${JSON.stringify(path)} must be a string or null`);
@@ -129,7 +130,12 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
   const maxWaitMs = options.maxWaitMs ?? MAX_WAIT_SECONDS * 1000;
   const registry = options.registry ?? new Registry();
   if (!options.registry) collectDefaultMetrics({ register: registry });
-  const requests = new Counter({ name: 'flb_repo_requests_total', help: 'Requests by route and status', labelNames: ['route', 'status'] as const, registers: [registry] });
+  const requests = new Counter({
+    name: 'flb_repo_requests_total',
+    help: 'Requests by route and status',
+    labelNames: ['route', 'status'] as const,
+    registers: [registry],
+  });
   new Counter({
     name: 'flb_repo_bearer_tokens_total',
     help: 'Bearer tokens by outcome: cached, refused-locally (not a token for the repo, expired), reviewed (a TokenReview was made), rate-limited, review-failed',
@@ -140,7 +146,11 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       for (const [outcome, count] of Object.entries(auth.counts)) this.inc({ outcome }, count);
     },
   });
-  const closedConnections = new Counter({ name: 'flb_repo_connections_closed_total', help: `Connections closed for having more than ${MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION} requests unanswered`, registers: [registry] });
+  const closedConnections = new Counter({
+    name: 'flb_repo_connections_closed_total',
+    help: `Connections closed for having more than ${MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION} requests unanswered`,
+    registers: [registry],
+  });
   /** Unanswered requests per connection. */
   const inFlight = new WeakMap<object, number>();
   /** Connections with a long poll held. */
@@ -177,10 +187,14 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
     }
     if (!principal) throw new RepoError(401, 'authentication required: a client certificate, or a ServiceAccount token for the repo audience');
     if (!authorize(principal, method, path)) {
-      throw new RepoError(403, `${principal.kind === 'sidecar' ? `sidecar ${principal.id}` : principal.kind} may not ${method} ${path}; sidecars read only the mesh codebase and their own`);
+      throw new RepoError(
+        403,
+        `${principal.kind === 'sidecar' ? `sidecar ${principal.id}` : principal.kind} may not ${method} ${path}; sidecars read only the mesh codebase and their own`,
+      );
     }
 
-    if (path === '/metrics' && method === 'GET') return { route: 'metrics', reply: new Reply(200, await registry.metrics(), { 'content-type': registry.contentType }) };
+    if (path === '/metrics' && method === 'GET')
+      return { route: 'metrics', reply: new Reply(200, await registry.metrics(), { 'content-type': registry.contentType }) };
 
     if (path === '/api/v1/repo' || path === '/api/v1/repo/') {
       if (method !== 'GET') return { route: 'list', reply: new Reply(405) };
@@ -341,7 +355,9 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       if (!content) return undefined;
       size += content.length;
       if (size > MAX_DELTA_BYTES) return undefined;
-      files[path] = isUtf8(content) ? { etag: sha.slice(0, 16), content: content.toString('utf8'), encoding: 'utf8' } : { etag: sha.slice(0, 16), content: content.toString('base64'), encoding: 'base64' };
+      files[path] = isUtf8(content)
+        ? { etag: sha.slice(0, 16), content: content.toString('utf8'), encoding: 'utf8' }
+        : { etag: sha.slice(0, 16), content: content.toString('base64'), encoding: 'base64' };
     }
     return Buffer.from(JSON.stringify({ main, files, removed }));
   }
@@ -392,7 +408,12 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       const message = error instanceof Error ? error.message : String(error);
       if (status >= 500) log.error({ err: error, url: req.url }, 'repo request failed');
       requests.inc({ route: 'error', status: String(status) });
-      const headers = { server: 'flb-repo', 'content-type': 'text/plain', connection: status === 413 ? 'close' : 'keep-alive', ...(error instanceof RepoError ? error.headers : {}) };
+      const headers = {
+        server: 'flb-repo',
+        'content-type': 'text/plain',
+        connection: status === 413 ? 'close' : 'keep-alive',
+        ...(error instanceof RepoError ? error.headers : {}),
+      };
       if (!res.headersSent) {
         res.writeHead(status, headers);
         res.end(message);
@@ -418,12 +439,25 @@ export async function startRepoServer(options: RepoServerOptions): Promise<RepoS
   const { registry } = repoHandler;
   const handler = (req: IncomingMessage, res: ServerResponse) => void repoHandler.handle(req, res);
   const server: Server = options.tls
-    ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2', ...(options.tls.ca ? { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
+    ? createHttpsServer(
+        {
+          cert: options.tls.cert,
+          key: options.tls.key,
+          minVersion: 'TLSv1.2',
+          ...(options.tls.ca ? { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false } : {}),
+        },
+        handler,
+      )
     : createServer(handler);
   // Workers polling every 5 s keep their connection (Node announces `Keep-Alive: timeout=65`,
   // which fetch honours), so a poll costs no TLS handshake.
   server.keepAliveTimeout = 65_000;
-  const connections = new Counter({ name: 'flb_repo_connections_total', help: 'Connections accepted; with TLS, whether the session was resumed', labelNames: ['tls'] as const, registers: [registry] });
+  const connections = new Counter({
+    name: 'flb_repo_connections_total',
+    help: 'Connections accepted; with TLS, whether the session was resumed',
+    labelNames: ['tls'] as const,
+    registers: [registry],
+  });
   if (options.tls) server.on('secureConnection', (socket: TLSSocket) => connections.inc({ tls: socket.isSessionReused() ? 'resumed' : 'full-handshake' }));
   else server.on('connection', () => connections.inc({ tls: 'none' }));
   const expiry = setInterval(() => repo.expireInstances(), 5000);

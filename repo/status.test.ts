@@ -51,15 +51,24 @@ describe('status reports', () => {
   let server: RepoServer;
   const post = (path: string, body: string) =>
     new Promise<number>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port: server.port, method: 'POST', path, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
+      const req = request(
+        { host: '127.0.0.1', port: server.port, method: 'POST', path, agent: false, headers: { 'content-type': 'application/json' } },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
       req.on('error', reject);
       req.end(body);
     });
   const instances = async (codebase: string) =>
-    Object.values(((await (await fetch(`http://127.0.0.1:${server.port}/api/v1/repo${codebase}`)).json()) as { instances: Record<string, { status: Record<string, unknown> }> }).instances).map((i) => i.status);
+    Object.values(
+      (
+        (await (await fetch(`http://127.0.0.1:${server.port}/api/v1/repo${codebase}`)).json()) as {
+          instances: Record<string, { status: Record<string, unknown> }>;
+        }
+      ).instances,
+    ).map((i) => i.status);
 
   beforeAll(async () => {
     repo = await new Repo(new MemoryStore()).load();
@@ -95,7 +104,8 @@ describe('status reports', () => {
       unknown: { deeply: { nested: 'u'.repeat(MiB) } },
     };
     expect(await post('/repo/flb/mesh/', JSON.stringify(huge))).toBe(201);
-    for (const odd of ['{"uuid":7,"rejected":"no","cache":[],"modules":[1],"logs":{},"ready":"yes"}', '{}', JSON.stringify({ uuid: 'x'.repeat(10_000) })]) expect(await post('/repo/flb/mesh/', odd)).toBe(201);
+    for (const odd of ['{"uuid":7,"rejected":"no","cache":[],"modules":[1],"logs":{},"ready":"yes"}', '{}', JSON.stringify({ uuid: 'x'.repeat(10_000) })])
+      expect(await post('/repo/flb/mesh/', odd)).toBe(201);
     const kept = (await instances('/flb/mesh')).find((s) => s.sidecarId === 'pod.shop.web' && s.uuid === 'huge-1')!;
     expect(JSON.stringify(kept).length).toBeLessThanOrEqual(MAX_STATUS_BYTES);
     expect(kept).toMatchObject({ uuid: 'huge-1', sidecarId: 'pod.shop.web', ready: true, appliedVersion: '7+12', cache: sidecarStatus('').cache });
@@ -106,7 +116,13 @@ describe('status reports', () => {
   });
 
   it('retains a bounded amount of memory for many large reports (12 of 7 MiB)', async () => {
-    const report = (uuid: string) => ({ ...pipyStatus(uuid), name: 'n'.repeat(MiB), modules: { '/main.js': { graph: { nodes: 'g'.repeat(3 * MiB) } } }, logs: ['l'.repeat(MiB)], metrics: { blob: 'm'.repeat(2 * MiB) } });
+    const report = (uuid: string) => ({
+      ...pipyStatus(uuid),
+      name: 'n'.repeat(MiB),
+      modules: { '/main.js': { graph: { nodes: 'g'.repeat(3 * MiB) } } },
+      logs: ['l'.repeat(MiB)],
+      metrics: { blob: 'm'.repeat(2 * MiB) },
+    });
     // The first large request costs the server a constant (buffers it keeps for the next): not per report.
     expect(await post('/repo/flb/mesh/', JSON.stringify(report('warm-up')))).toBe(201);
     const before = retainedHeap();
@@ -121,9 +137,15 @@ describe('status reports', () => {
   it('keeps at most so many instances per codebase and overall, the ones that reported last', async () => {
     const local = new Repo(new MemoryStore());
     const before = retainedHeap();
-    const report = (uuid: string) => ({ ...sidecarStatus(uuid), rejected: Array.from({ length: 20 }, (_, i) => ({ path: `services/s-${i}.json`, error: 'y'.repeat(200) })) });
+    const report = (uuid: string) => ({
+      ...sidecarStatus(uuid),
+      rejected: Array.from({ length: 20 }, (_, i) => ({ path: `services/s-${i}.json`, error: 'y'.repeat(200) })),
+    });
     for (let i = 0; i < 300; i++) local.reportStatus('/flb/sidecars/one', report(`one-${i}`), '10.0.0.1', 1000 + i);
-    const one = local.info({ name: '/flb/sidecars/one', version: '1', main: '/m', files: {}, edits: {} }).instances as Record<string, { status: { uuid: string } }>;
+    const one = local.info({ name: '/flb/sidecars/one', version: '1', main: '/m', files: {}, edits: {} }).instances as Record<
+      string,
+      { status: { uuid: string } }
+    >;
     const uuids = Object.values(one).map((i) => i.status.uuid);
     expect(uuids).toHaveLength(MAX_INSTANCES_PER_CODEBASE);
     expect(uuids).toContain('one-299');
@@ -134,10 +156,15 @@ describe('status reports', () => {
     expect(usage.instances).toBeLessThanOrEqual(MAX_INSTANCES);
     expect(usage.bytes).toBeLessThanOrEqual(MAX_INSTANCE_BYTES);
     // The most recent report of all is there; the first of the 30,000 is not.
-    const last = local.info({ name: '/flb/sidecars/s-199', version: '1', main: '/m', files: {}, edits: {} }).instances as Record<string, { status: { uuid: string } }>;
+    const last = local.info({ name: '/flb/sidecars/s-199', version: '1', main: '/m', files: {}, edits: {} }).instances as Record<
+      string,
+      { status: { uuid: string } }
+    >;
     expect(Object.values(last).map((i) => i.status.uuid)).toContain('u-29999');
     const grown = retainedHeap() - before;
-    console.info(`30,300 reports of ~5 KiB to 201 codebases: ${usage.instances} instances kept (${(usage.bytes / MiB).toFixed(1)} MiB accounted), the heap retains ${(grown / MiB).toFixed(1)} MiB more`);
+    console.info(
+      `30,300 reports of ~5 KiB to 201 codebases: ${usage.instances} instances kept (${(usage.bytes / MiB).toFixed(1)} MiB accounted), the heap retains ${(grown / MiB).toFixed(1)} MiB more`,
+    );
     expect(grown).toBeLessThan(48 * MiB);
     expect(local.expireInstances(1e12)).toBe(usage.instances);
     expect(local.instanceUsage()).toEqual({ instances: 0, bytes: 0 });

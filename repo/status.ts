@@ -14,7 +14,25 @@
 /** JSON bytes of one instance's kept status, at most. */
 export const MAX_STATUS_BYTES = 8 * 1024;
 
-const FIELD_ORDER = ['timestamp', 'since', 'uuid', 'name', 'ip', 'version', 'modules', 'logs', 'sidecarId', 'source', 'ready', 'appliedVersion', 'receivedVersion', 'rejected', 'rejectedOmitted', 'applyError', 'cache'] as const;
+const FIELD_ORDER = [
+  'timestamp',
+  'since',
+  'uuid',
+  'name',
+  'ip',
+  'version',
+  'modules',
+  'logs',
+  'sidecarId',
+  'source',
+  'ready',
+  'appliedVersion',
+  'receivedVersion',
+  'rejected',
+  'rejectedOmitted',
+  'applyError',
+  'cache',
+] as const;
 
 /** Cut to `max` characters, marked with an ellipsis; undefined when not a string. */
 export function truncated(value: unknown, max: number): string | undefined {
@@ -71,7 +89,11 @@ export function keptStatus(report: Record<string, unknown>): KeptStatus {
   offer('receivedVersion', truncated(report.receivedVersion, 512));
   if (isObject(report.cache)) {
     const cache = Object.fromEntries(
-      Object.entries({ dir: truncated(report.cache.dir, 256), version: truncated(report.cache.version, 512), error: truncated(report.cache.error, 1024) }).filter(([, v]) => v !== undefined),
+      Object.entries({
+        dir: truncated(report.cache.dir, 256),
+        version: truncated(report.cache.version, 512),
+        error: truncated(report.cache.error, 1024),
+      }).filter(([, v]) => v !== undefined),
     );
     offer('cache', cache);
   }
@@ -80,7 +102,14 @@ export function keptStatus(report: Record<string, unknown>): KeptStatus {
     const rejected = report.rejected.filter(isObject).map((r) => ({ path: truncated(r.path, 512) ?? '', error: truncated(r.error, 1024) ?? '' }));
     offerList('rejected', rejected, 'rejectedOmitted');
   }
-  if (Array.isArray(report.logs)) offerList('logs', report.logs.filter((l): l is string => typeof l === 'string').slice(0, 64).map((l) => truncated(l, 128)!));
+  if (Array.isArray(report.logs))
+    offerList(
+      'logs',
+      report.logs
+        .filter((l): l is string => typeof l === 'string')
+        .slice(0, 64)
+        .map((l) => truncated(l, 128)!),
+    );
   if (isObject(report.modules)) {
     // Pipy's GUI draws a module's pipeline graph; a graph is kept whole or not at all.
     const modules: Record<string, unknown> = {};

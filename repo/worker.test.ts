@@ -77,7 +77,7 @@ describe('the repo worker client', () => {
       // The push carried the file: the long poll is the only request (plus the next one waiting).
       expect((await servedRequests()) - servedBefore).toBe(1);
       expect(updates[1]!.snapshot.files.get('/services/a.json')!.toString()).toBe('{"a":2}');
-      await until('a status report', () => Object.keys((repo.info(repo.get('/flb/sidecars/pod.shop.w')!).instances as object)).length > 0);
+      await until('a status report', () => Object.keys(repo.info(repo.get('/flb/sidecars/pod.shop.w')!).instances as object).length > 0);
       const instances = repo.info(repo.get('/flb/sidecars/pod.shop.w')!).instances as Record<string, { status: { uuid: string; version: string } }>;
       expect(Object.values(instances)[0]!.status).toMatchObject({ uuid: 'worker-uuid-1' });
     } finally {
@@ -87,7 +87,14 @@ describe('the repo worker client', () => {
 
   it('polls with HEAD when push is off, and keeps its snapshot while the repo is away', async () => {
     const updates: Snapshot[] = [];
-    const worker = new RepoWorker({ url: `http://127.0.0.1:${port}/repo/flb/sidecars/pod.shop.w/`, onUpdate: (s) => void updates.push(s), waitSeconds: 0, pollIntervalMs: 100, maxBackoffMs: 400, log });
+    const worker = new RepoWorker({
+      url: `http://127.0.0.1:${port}/repo/flb/sidecars/pod.shop.w/`,
+      onUpdate: (s) => void updates.push(s),
+      waitSeconds: 0,
+      pollIntervalMs: 100,
+      maxBackoffMs: 400,
+      log,
+    });
     worker.start();
     try {
       await until('the first snapshot', () => updates.length === 1);

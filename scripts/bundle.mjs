@@ -18,10 +18,15 @@ const zodLocales = join(dirname(createRequire(import.meta.url).resolve('zod/pack
 const unusedParts = {
   name: 'flb-unused-parts',
   setup(b) {
-    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) => (args.importer.includes(`${'/'}zod${'/'}`) ? { path: 'zod-locales', namespace: 'flb-stub' } : undefined));
-    b.onResolve({ filter: /^\.\/lib\/(pushgateway|cluster)$/ }, (args) => (args.importer.includes('/prom-client/') ? { path: `prom-client-${args.path.slice(6)}`, namespace: 'flb-stub' } : undefined));
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      args.importer.includes(`${'/'}zod${'/'}`) ? { path: 'zod-locales', namespace: 'flb-stub' } : undefined,
+    );
+    b.onResolve({ filter: /^\.\/lib\/(pushgateway|cluster)$/ }, (args) =>
+      args.importer.includes('/prom-client/') ? { path: `prom-client-${args.path.slice(6)}`, namespace: 'flb-stub' } : undefined,
+    );
     b.onLoad({ filter: /.*/, namespace: 'flb-stub' }, (args) => {
-      if (args.path === 'zod-locales') return { contents: `export { default as en } from ${JSON.stringify(join(zodLocales, 'en.js'))};`, resolveDir: zodLocales };
+      if (args.path === 'zod-locales')
+        return { contents: `export { default as en } from ${JSON.stringify(join(zodLocales, 'en.js'))};`, resolveDir: zodLocales };
       const name = args.path.slice('prom-client-'.length);
       return { contents: `module.exports = class { constructor() { throw new Error('prom-client ${name} is not in the sidecar bundle'); } };`, loader: 'js' };
     });

@@ -11,7 +11,8 @@ export interface AdminOptions {
   registry: Registry;
 }
 
-const json = (res: ServerResponse, status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
+const json = (res: ServerResponse, status: number, body: unknown) =>
+  res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
 
 async function metrics(res: ServerResponse, registry: Registry): Promise<void> {
   res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());

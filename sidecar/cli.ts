@@ -42,14 +42,18 @@ export function sidecarCommands(load: () => Promise<SidecarMain> = loadSidecar):
   const sidecar = new Command('sidecar')
     .summary('run the sidecar: outbound/inbound proxy, client-side load balancing, DNS')
     .description(
-      "The data plane process. Configured from the repo (its own codebase /flb/sidecars/<id>, pushed changes, HEAD polling as the fallback; kept on disk so a restart without the repo still routes) or from local files (--config-dir: mesh.json, services/*.json, sidecar.json). Listens on 15001 (outbound, transparent), 15003 (inbound), 15053 (DNS, 127.0.0.1 and ::1), 15000 (admin, loopback), 15010 (metrics) and 15901-15903 (rewritten app probes). SIGTERM drains: no new connections, open ones may finish for --drain.",
+      'The data plane process. Configured from the repo (its own codebase /flb/sidecars/<id>, pushed changes, HEAD polling as the fallback; kept on disk so a restart without the repo still routes) or from local files (--config-dir: mesh.json, services/*.json, sidecar.json). Listens on 15001 (outbound, transparent), 15003 (inbound), 15053 (DNS, 127.0.0.1 and ::1), 15000 (admin, loopback), 15010 (metrics) and 15901-15903 (rewritten app probes). SIGTERM drains: no new connections, open ones may finish for --drain.',
     )
     .option('--id <id>', 'sidecar id, e.g. pod.shop.orders-7d9f-x2x4 or vm.billing-1 (default: FLB_SIDECAR_ID, or POD_NAMESPACE and POD_NAME)')
     .option('--repo <url>', 'the repo, e.g. https://flb-repo.flomesh.svc:6060 (default: FLB_REPO_URL); trust its CA with NODE_EXTRA_CA_CERTS')
     .option('--token-file <file>', 'ServiceAccount token shown to the repo, re-read on every request (default: FLB_REPO_TOKEN_FILE)')
     .option('--config-dir <dir>', 'local file mode instead of the repo (tests, VMs)')
     .option('--watch', 'with --config-dir: reload when the files change')
-    .option('--state-dir <dir>', 'where the last good configuration is kept (default: FLB_STATE_DIR or /var/lib/flb)', process.env.FLB_STATE_DIR ?? '/var/lib/flb')
+    .option(
+      '--state-dir <dir>',
+      'where the last good configuration is kept (default: FLB_STATE_DIR or /var/lib/flb)',
+      process.env.FLB_STATE_DIR ?? '/var/lib/flb',
+    )
     .option('--app-host <address>', "the app's address for inbound probes (default: POD_IP, else 127.0.0.1)")
     .option('--outbound-port <port>', 'transparent outbound listener', '15001')
     .option('--inbound-port <port>', 'inbound listener', '15003')
@@ -60,7 +64,11 @@ export function sidecarCommands(load: () => Promise<SidecarMain> = loadSidecar):
     .option('--dns-upstream <address...>', "resolvers for names outside the catalog (default: /etc/resolv.conf's)")
     .option('--drain <duration>', 'how long SIGTERM lets open connections finish', '5s')
     .action(async (o: SidecarFlags) => {
-      const [{ createLogger, sidecarIdFromEnv, sidecarCodebase, parseDuration, runSidecar }, { readFileSync }, { join }] = await Promise.all([load(), import('node:fs'), import('node:path')]);
+      const [{ createLogger, sidecarIdFromEnv, sidecarCodebase, parseDuration, runSidecar }, { readFileSync }, { join }] = await Promise.all([
+        load(),
+        import('node:fs'),
+        import('node:path'),
+      ]);
       const log = createLogger('sidecar');
       const id = o.id ?? sidecarIdFromEnv();
       const repo = o.repo ?? process.env.FLB_REPO_URL;
@@ -101,7 +109,9 @@ export function sidecarCommands(load: () => Promise<SidecarMain> = loadSidecar):
 
   sidecar
     .command('wait-ready')
-    .description("Waits until the sidecar on this host is ready (its admin port's /ready answers 200): the postStart hook that holds the app until the proxy runs.")
+    .description(
+      "Waits until the sidecar on this host is ready (its admin port's /ready answers 200): the postStart hook that holds the app until the proxy runs.",
+    )
     .option('--timeout <duration>', 'give up after', '120s')
     .option('--admin-port <port>', 'admin port', '15000')
     .action(async (o: { timeout: string; adminPort: string }) => {

@@ -19,19 +19,42 @@ export interface ServiceSeries {
 /** Prometheus metrics of the sidecar, served on the metrics port (15010). */
 export class SidecarMetrics {
   readonly registry = new Registry();
-  private readonly connections = counterFamily(this.registry, 'flb_sidecar_connections_total', 'Connections accepted, by direction and service (unknown: passed through; denied: refused)');
+  private readonly connections = counterFamily(
+    this.registry,
+    'flb_sidecar_connections_total',
+    'Connections accepted, by direction and service (unknown: passed through; denied: refused)',
+  );
   private readonly active = gaugeFamily(this.registry, 'flb_sidecar_active_connections', 'Connections open now');
   private readonly collectHooks: (() => void)[] = [];
   // The native forwarder counts bytes itself; open connections' counts are fetched when scraped.
   private readonly bytes = counterFamily(this.registry, 'flb_sidecar_bytes_total', 'Bytes proxied; sent is from the connecting side', () => {
     for (const hook of this.collectHooks) hook();
   });
-  private readonly connectErrors = counterFamily(this.registry, 'flb_sidecar_connect_errors_total', 'Connections that found no endpoint to connect to after retries');
-  private readonly connectSeconds = histogramFamily(this.registry, 'flb_sidecar_upstream_connect_seconds', 'Time to connect to an endpoint, retries included', [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5]);
+  private readonly connectErrors = counterFamily(
+    this.registry,
+    'flb_sidecar_connect_errors_total',
+    'Connections that found no endpoint to connect to after retries',
+  );
+  private readonly connectSeconds = histogramFamily(
+    this.registry,
+    'flb_sidecar_upstream_connect_seconds',
+    'Time to connect to an endpoint, retries included',
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5],
+  );
   private readonly requests = counterFamily(this.registry, 'flb_sidecar_requests_total', 'HTTP requests by response class');
   private readonly retries = counterFamily(this.registry, 'flb_sidecar_request_retries_total', 'HTTP requests retried on another endpoint');
-  private readonly requestSeconds = histogramFamily(this.registry, 'flb_sidecar_request_duration_seconds', 'HTTP request latency through the sidecar, to the response headers', [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
-  readonly ejections = new Counter({ name: 'flb_sidecar_ejections_total', help: 'Endpoints ejected by outlier detection', labelNames: ['service'] as const, registers: [this.registry] });
+  private readonly requestSeconds = histogramFamily(
+    this.registry,
+    'flb_sidecar_request_duration_seconds',
+    'HTTP request latency through the sidecar, to the response headers',
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  );
+  readonly ejections = new Counter({
+    name: 'flb_sidecar_ejections_total',
+    help: 'Endpoints ejected by outlier detection',
+    labelNames: ['service'] as const,
+    registers: [this.registry],
+  });
   /** Read when scraped, so it follows health checks and ejections between configuration changes. */
   private usableSource: () => Iterable<[service: string, usable: number]> = () => [];
   readonly endpointsUsable = new Gauge({
@@ -45,7 +68,11 @@ export class SidecarMetrics {
     },
   });
   readonly configApplied = new Counter({ name: 'flb_sidecar_config_updates_total', help: 'Configuration versions applied', registers: [this.registry] });
-  readonly configRejected = new Gauge({ name: 'flb_sidecar_config_rejected_files', help: 'Files of the current configuration refused by validation', registers: [this.registry] });
+  readonly configRejected = new Gauge({
+    name: 'flb_sidecar_config_rejected_files',
+    help: 'Files of the current configuration refused by validation',
+    registers: [this.registry],
+  });
   private readonly series = new Map<string, ServiceSeries>();
 
   constructor() {

@@ -87,28 +87,53 @@ class Family<Cell> {
 }
 
 export function counterFamily(registry: Registry, name: string, help: string, beforeRead?: () => void): Family<CounterCell> {
-  return register(registry, new Family(name, help, 'counter', () => new CounterCell(), (_, labels, cell) => [{ labels, value: cell.value }], beforeRead));
+  return register(
+    registry,
+    new Family(
+      name,
+      help,
+      'counter',
+      () => new CounterCell(),
+      (_, labels, cell) => [{ labels, value: cell.value }],
+      beforeRead,
+    ),
+  );
 }
 
 export function gaugeFamily(registry: Registry, name: string, help: string): Family<GaugeCell> {
-  return register(registry, new Family(name, help, 'gauge', () => new GaugeCell(), (_, labels, cell) => [{ labels, value: cell.value }]));
+  return register(
+    registry,
+    new Family(
+      name,
+      help,
+      'gauge',
+      () => new GaugeCell(),
+      (_, labels, cell) => [{ labels, value: cell.value }],
+    ),
+  );
 }
 
 export function histogramFamily(registry: Registry, name: string, help: string, bounds: readonly number[]): Family<HistogramCell> {
   return register(
     registry,
-    new Family(name, help, 'histogram', () => new HistogramCell(bounds), (family, labels, cell) => {
-      const values: Value[] = [];
-      let cumulative = 0;
-      bounds.forEach((bound, i) => {
-        cumulative += cell.counts[i]!;
-        values.push({ metricName: `${family}_bucket`, labels: { ...labels, le: String(bound) }, value: cumulative });
-      });
-      values.push({ metricName: `${family}_bucket`, labels: { ...labels, le: '+Inf' }, value: cell.count });
-      values.push({ metricName: `${family}_sum`, labels, value: cell.sum });
-      values.push({ metricName: `${family}_count`, labels, value: cell.count });
-      return values;
-    }),
+    new Family(
+      name,
+      help,
+      'histogram',
+      () => new HistogramCell(bounds),
+      (family, labels, cell) => {
+        const values: Value[] = [];
+        let cumulative = 0;
+        bounds.forEach((bound, i) => {
+          cumulative += cell.counts[i]!;
+          values.push({ metricName: `${family}_bucket`, labels: { ...labels, le: String(bound) }, value: cumulative });
+        });
+        values.push({ metricName: `${family}_bucket`, labels: { ...labels, le: '+Inf' }, value: cell.count });
+        values.push({ metricName: `${family}_sum`, labels, value: cell.sum });
+        values.push({ metricName: `${family}_count`, labels, value: cell.count });
+        return values;
+      },
+    ),
   );
 }
 

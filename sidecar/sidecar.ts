@@ -17,8 +17,7 @@ import { startOutbound, type OutboundView, type ProxyListener } from './proxy/ou
 import { RouteTable } from './proxy/routes.js';
 
 export type ConfigOrigin =
-  | { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string> }
-  | { kind: 'local'; dir: string; watch: boolean };
+  { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string> } | { kind: 'local'; dir: string; watch: boolean };
 
 export interface SidecarOptions {
   id: string;
@@ -67,7 +66,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       metrics.ejections.labels({ service: event.service }).inc();
       log.info({ service: event.service, endpoint: event.key, ejections: event.ejections, untilMs: event.untilMs }, 'endpoint ejected (outlier detection)');
     } else if (event.type === 'health') log.info({ service: event.service, endpoint: event.key, state: event.state }, 'endpoint health changed (active check)');
-    else if (event.type === 'panic') log.warn({ service: event.service, panic: event.panic }, event.panic ? 'no usable endpoint: balancing over every registry-healthy one' : 'usable endpoints are back');
+    else if (event.type === 'panic')
+      log.warn(
+        { service: event.service, panic: event.panic },
+        event.panic ? 'no usable endpoint: balancing over every registry-healthy one' : 'usable endpoints are back',
+      );
   };
 
   let dns: DnsServer | undefined;
@@ -87,7 +90,9 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`)));
     http.retainAgents(endpointKeys);
     http2.current()?.retainSessions(endpointKeys);
-    const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, { clusterDomain: state.mesh.clusterDomain });
+    const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, {
+      clusterDomain: state.mesh.clusterDomain,
+    });
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
     // The DNS server is up before the configuration source starts, so every configuration reaches it.
     dns?.setTable(table).catch((error: unknown) => log.error({ err: error }, 'the DNS table could not be swapped; the previous one stays'));
@@ -97,19 +102,48 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
 
   const source: ConfigSource =
     options.config.kind === 'repo'
-      ? repoConfigSource({ url: options.config.url, cacheDir: options.config.cacheDir, log, onUpdate: apply, ...(options.config.headers ? { headers: options.config.headers } : {}) })
+      ? repoConfigSource({
+          url: options.config.url,
+          cacheDir: options.config.cacheDir,
+          log,
+          onUpdate: apply,
+          ...(options.config.headers ? { headers: options.config.headers } : {}),
+        })
       : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch });
 
   const servers: Server[] = [];
   const proxies: ProxyListener[] = [];
   const ready = () => listening && !draining && source.current() !== undefined;
   try {
-    dns = await startDnsServer({ listen: dnsListen(ports.dns), log, registry: metrics.registry, ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}) });
+    dns = await startDnsServer({
+      listen: dnsListen(ports.dns),
+      log,
+      registry: metrics.registry,
+      ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
+    });
     proxies.push(startOutbound({ host: '::', port: ports.outbound, view: () => view, http, http2, metrics, log }));
     proxies.push(startInbound({ host: '::', port: ports.inbound, metrics, log }));
-    servers.push(await startAdmin({ host: '127.0.0.1', port: ports.admin, ready, registry: metrics.registry, configDump: () => configDump(options.id, source), endpoints: () => [...pools.values()].map((p) => p.snapshot()) }));
+    servers.push(
+      await startAdmin({
+        host: '127.0.0.1',
+        port: ports.admin,
+        ready,
+        registry: metrics.registry,
+        configDump: () => configDump(options.id, source),
+        endpoints: () => [...pools.values()].map((p) => p.snapshot()),
+      }),
+    );
     servers.push(await startMetricsServer('::', ports.metrics, metrics.registry));
-    servers.push(...(await startProbeServers({ ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe], host: '::', probes: () => appProbes, appHost: options.appHost, ready, log })));
+    servers.push(
+      ...(await startProbeServers({
+        ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe],
+        host: '::',
+        probes: () => appProbes,
+        appHost: options.appHost,
+        ready,
+        log,
+      })),
+    );
     await source.start();
     listening = true;
   } catch (error) {

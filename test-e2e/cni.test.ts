@@ -47,7 +47,12 @@ describe('the CNI plugin and node agent', () => {
   const sandbox = async (pod: string): Promise<Sandbox> => {
     const ns = await createNetns(pod.slice(0, 8));
     sandboxes.push(ns);
-    return { containerId: `c-${pod}-${sandboxes.length}`, netns: ns.path, ifName: 'eth0', args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=${pod};K8S_POD_INFRA_CONTAINER_ID=x` };
+    return {
+      containerId: `c-${pod}-${sandboxes.length}`,
+      netns: ns.path,
+      ifName: 'eth0',
+      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=${pod};K8S_POD_INFRA_CONTAINER_ID=x`,
+    };
   };
   const flbChains = async (s: Sandbox) => {
     const ns = sandboxes.find((n) => n.path === s.netns)!;
@@ -58,7 +63,8 @@ describe('the CNI plugin and node agent', () => {
       socketPath: join(work, 'agent.sock'),
       stateDir: join(work, 'state'),
       log,
-      getPod: async (namespace, name) => core.readNamespacedPod({ namespace, name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))),
+      getPod: async (namespace, name) =>
+        core.readNamespacedPod({ namespace, name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))),
     });
     await agent.start();
   };
@@ -75,9 +81,17 @@ describe('the CNI plugin and node agent', () => {
     await eventually('ServiceAccount default', () => core.readNamespacedServiceAccount({ name: 'default', namespace: 'shop' }));
     // Pods as the injector makes them in CNI mode (and one without a sidecar).
     const cniMesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode: 'cni' } });
-    for (const [name, meshed] of [['meshed', true], ['meshed-gc', true], ['plain', false]] as const) {
+    for (const [name, meshed] of [
+      ['meshed', true],
+      ['meshed-gc', true],
+      ['plain', false],
+    ] as const) {
       const pod: V1Pod = { metadata: { name, namespace: 'shop' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } };
-      const result = injectPod(pod, { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } }, { mesh: cniMesh, nativeSidecars: true, version: 'test' });
+      const result = injectPod(
+        pod,
+        { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } },
+        { mesh: cniMesh, nativeSidecars: true, version: 'test' },
+      );
       const body = meshed && result.action === 'inject' ? (jsonpatch.applyPatch(structuredClone(pod), result.patch, true, false).newDocument as V1Pod) : pod;
       await core.createNamespacedPod({ namespace: 'shop', body });
     }
@@ -128,7 +142,12 @@ describe('the CNI plugin and node agent', () => {
     const leftover = await sandbox('meshed-gc');
     await runtime.add(conflist, leftover);
     expect((await flbChains(leftover)).length).toBeGreaterThan(0);
-    const gc = await runtime.exec('GC', 'flb-cni', { cniVersion: '1.1.0', name: 'flb-test-net', 'cni.dev/valid-attachments': [] }, { containerId: '', netns: '', ifName: '', args: '' });
+    const gc = await runtime.exec(
+      'GC',
+      'flb-cni',
+      { cniVersion: '1.1.0', name: 'flb-test-net', 'cni.dev/valid-attachments': [] },
+      { containerId: '', netns: '', ifName: '', args: '' },
+    );
     expect(gc.exitCode).toBe(0);
     expect(await flbChains(leftover)).toEqual([]);
     const status = await runtime.exec('STATUS', 'flb-cni', { cniVersion: '1.1.0', name: 'flb-test-net' }, { containerId: '', netns: '', ifName: '', args: '' });
@@ -148,7 +167,12 @@ describe('the CNI plugin and node agent', () => {
   });
 
   it('refuses a missing network namespace', async () => {
-    const run = await runtime.exec('ADD', 'flb-cni', { cniVersion: '1.0.0', name: 'x', prevResult: { cniVersion: '1.0.0' } }, { containerId: 'c-x', netns: '/var/run/netns/flbt-missing', ifName: 'eth0', args: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=meshed' });
+    const run = await runtime.exec(
+      'ADD',
+      'flb-cni',
+      { cniVersion: '1.0.0', name: 'x', prevResult: { cniVersion: '1.0.0' } },
+      { containerId: 'c-x', netns: '/var/run/netns/flbt-missing', ifName: 'eth0', args: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=meshed' },
+    );
     expect(run.result).toMatchObject({ code: 4, msg: 'the network namespace /var/run/netns/flbt-missing does not exist' });
   });
 
@@ -156,18 +180,38 @@ describe('the CNI plugin and node agent', () => {
     const apps = plane.kubeConfig.makeApiClient(AppsV1Api);
     const cniMesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode: 'cni' } });
     const template: V1Pod = { metadata: { labels: { app: 'early' } }, spec: { nodeName: 'node-a', containers: [{ name: 'app', image: 'example/app' }] } };
-    const injected = injectPod(template, { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } }, { mesh: cniMesh, nativeSidecars: true, version: 'test' });
+    const injected = injectPod(
+      template,
+      { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } },
+      { mesh: cniMesh, nativeSidecars: true, version: 'test' },
+    );
     const podTemplate = jsonpatch.applyPatch(structuredClone(template), (injected as { patch: jsonpatch.Operation[] }).patch, true, false).newDocument;
-    await apps.createNamespacedReplicaSet({ namespace: 'shop', body: { metadata: { name: 'early' }, spec: { replicas: 1, selector: { matchLabels: { app: 'early' } }, template: podTemplate } } });
-    await core.createNamespacedPod({ namespace: 'shop', body: { ...structuredClone(podTemplate), metadata: { name: 'early-bare', labels: { role: 'bare' }, annotations: podTemplate.metadata!.annotations! } } });
-    const first = await eventually('the ReplicaSet pod', async () => (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items[0]);
+    await apps.createNamespacedReplicaSet({
+      namespace: 'shop',
+      body: { metadata: { name: 'early' }, spec: { replicas: 1, selector: { matchLabels: { app: 'early' } }, template: podTemplate } },
+    });
+    await core.createNamespacedPod({
+      namespace: 'shop',
+      body: { ...structuredClone(podTemplate), metadata: { name: 'early-bare', labels: { role: 'bare' }, annotations: podTemplate.metadata!.annotations! } },
+    });
+    const first = await eventually(
+      'the ReplicaSet pod',
+      async () => (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items[0],
+    );
     // No kubelet here: report, as a kubelet would, that flb-validation failed in both pods.
     const failValidation = async (name: string) => {
       const pod = await core.readNamespacedPod({ name, namespace: 'shop' });
       pod.status = {
         phase: 'Pending',
         initContainerStatuses: [
-          { name: 'flb-validation', image: 'flomesh/flb-mesh:latest', imageID: '', ready: false, restartCount: 1, state: { terminated: { exitCode: 1, reason: 'Error' } } },
+          {
+            name: 'flb-validation',
+            image: 'flomesh/flb-mesh:latest',
+            imageID: '',
+            ready: false,
+            restartCount: 1,
+            state: { terminated: { exitCode: 1, reason: 'Error' } },
+          },
         ],
       };
       await core.replaceNamespacedPodStatus({ name, namespace: 'shop', body: pod });
@@ -177,7 +221,9 @@ describe('the CNI plugin and node agent', () => {
     const result = await repairPass({ core, nodeName: 'node-a', mode: 'delete', log });
     expect(result).toEqual({ deleted: [`shop/${first.metadata!.name}`], labelled: ['shop/early-bare'] });
     const replacement = await eventually('a replacement pod', async () => {
-      const pods = (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items.filter((p) => p.metadata!.name !== first.metadata!.name && !p.metadata!.deletionTimestamp);
+      const pods = (await core.listNamespacedPod({ namespace: 'shop', labelSelector: 'app=early' })).items.filter(
+        (p) => p.metadata!.name !== first.metadata!.name && !p.metadata!.deletionTimestamp,
+      );
       return pods[0];
     });
     expect(replacement.spec!.nodeName).toBe('node-a');
@@ -192,7 +238,10 @@ describe('the CNI plugin and node agent', () => {
     await agent.stop();
     try {
       const s = await sandbox('meshed');
-      const error = await runtime.add(conflist, s).then(() => undefined, (e: unknown) => e);
+      const error = await runtime.add(conflist, s).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(error).toBeInstanceOf(CniError);
       expect((error as CniError).result).toMatchObject({ code: 11, msg: expect.stringContaining('the flb-mesh CNI agent is not reachable') });
       expect(await flbChains(s)).toEqual([]);
@@ -219,7 +268,8 @@ describe('the CNI plugin when the agent misbehaves', () => {
   /** Requests it read whole. */
   const received: CniRequest[] = [];
   const sandbox: Sandbox = { containerId: 'c-hardening', netns: '/var/run/netns/flbt-none', ifName: 'eth0', args: '' };
-  const runtime = (env: Record<string, string> = {}) => new CniRuntime([pluginBuild], host.name, { FLB_CNI_AGENT_SOCKET: socketPath, FLB_CNI_LOG: join(work, 'cni.log'), ...env });
+  const runtime = (env: Record<string, string> = {}) =>
+    new CniRuntime([pluginBuild], host.name, { FLB_CNI_AGENT_SOCKET: socketPath, FLB_CNI_LOG: join(work, 'cni.log'), ...env });
   /** Reads a whole request, then `then` (the agent's answer, or nothing). */
   const readRequest = (then: (socket: Socket, request: CniRequest) => void) => (socket: Socket) => {
     const reader = new RequestReader();
@@ -275,7 +325,11 @@ describe('the CNI plugin when the agent misbehaves', () => {
     const started = performance.now();
     // 3 MiB: far more than a Unix socket's buffer, so the plugin's sends block.
     const run = await runtime({ FLB_CNI_TIMEOUT_MS: '1000' }).exec('ADD', 'flb-cni', configOfSize(3 * 1024 * 1024), sandbox);
-    expect(run.result).toEqual({ cniVersion: '1.0.0', code: 11, msg: 'the flb-mesh CNI agent did not take the request within 1000 ms; is it overloaded or stuck?' });
+    expect(run.result).toEqual({
+      cniVersion: '1.0.0',
+      code: 11,
+      msg: 'the flb-mesh CNI agent did not take the request within 1000 ms; is it overloaded or stuck?',
+    });
     expect(run.exitCode).toBe(1);
     expect(performance.now() - started).toBeLessThan(5000);
   });
@@ -290,7 +344,9 @@ describe('the CNI plugin when the agent misbehaves', () => {
   });
 
   it('refuses a config above 4 MiB with a CNI error instead of passing on the first 4 MiB', async () => {
-    behave = readRequest((socket, request) => socket.end(encodeReply({ exitCode: 0, stdout: JSON.stringify({ cniVersion: '1.0.0', stdinBytes: request.stdin.length }) })));
+    behave = readRequest((socket, request) =>
+      socket.end(encodeReply({ exitCode: 0, stdout: JSON.stringify({ cniVersion: '1.0.0', stdinBytes: request.stdin.length }) })),
+    );
     const exactly = await runtime().exec('ADD', 'flb-cni', configOfSize(4 * 1024 * 1024), sandbox);
     expect(exactly.result).toEqual({ cniVersion: '1.0.0', stdinBytes: 4 * 1024 * 1024 });
     const larger = await runtime().exec('ADD', 'flb-cni', configOfSize(4 * 1024 * 1024 + 1), sandbox);
@@ -303,15 +359,30 @@ describe('the CNI plugin when the agent misbehaves', () => {
     behave = readRequest((socket, request) => socket.end(encodeReply({ exitCode: 0, stdout: request.stdin })));
     const plugin = `${pluginBuild}flb-cni`;
     const input = JSON.stringify(config);
-    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c-eintr', CNI_NETNS: '', CNI_IFNAME: 'eth0', CNI_ARGS: '', CNI_PATH: pluginBuild, FLB_CNI_AGENT_SOCKET: socketPath, FLB_CNI_LOG: join(work, 'cni.log') };
+    const env = {
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: 'c-eintr',
+      CNI_NETNS: '',
+      CNI_IFNAME: 'eth0',
+      CNI_ARGS: '',
+      CNI_PATH: pluginBuild,
+      FLB_CNI_AGENT_SOCKET: socketPath,
+      FLB_CNI_LOG: join(work, 'cni.log'),
+    };
     // Which read() is the first of stdin (the sanitizer build's loader reads libraries first), then
     // the same run with that read failing with EINTR once, as a signal would make it.
     const trace = join(work, 'reads.trace');
     await execa('strace', ['-o', trace, '-e', 'trace=read', plugin], { input, env });
-    const reads = readFileSync(trace, 'utf8').split('\n').filter((line) => line.startsWith('read('));
+    const reads = readFileSync(trace, 'utf8')
+      .split('\n')
+      .filter((line) => line.startsWith('read('));
     const firstOfStdin = reads.findIndex((line) => line.startsWith('read(0,')) + 1;
     expect(firstOfStdin).toBeGreaterThan(0);
-    const run = await execa('strace', ['-o', trace, '-e', 'trace=read', '-e', `inject=read:error=EINTR:when=${firstOfStdin}`, plugin], { input, env, reject: false });
+    const run = await execa('strace', ['-o', trace, '-e', 'trace=read', '-e', `inject=read:error=EINTR:when=${firstOfStdin}`, plugin], {
+      input,
+      env,
+      reject: false,
+    });
     expect(readFileSync(trace, 'utf8')).toContain('read(0, 0x');
     expect(readFileSync(trace, 'utf8')).toContain('= -1 EINTR (Interrupted system call) (INJECTED)');
     expect({ exitCode: run.exitCode, result: JSON.parse(run.stdout) as unknown }).toEqual({ exitCode: 0, result: config });
@@ -333,7 +404,10 @@ describe('the CNI plugin when the agent misbehaves', () => {
       code: 11,
       msg: `the flb-mesh CNI agent is not reachable at ${missingSocket} (No such file or directory); is the flb-mesh-cni DaemonSet running on this node?`,
     });
-    const logged = readFileSync(log, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, string>);
+    const logged = readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, string>);
     expect(logged).toEqual([expect.objectContaining({ level: 'error', command: 'ADD', container: containerId, msg: (run.result as { msg: string }).msg })]);
   });
 });

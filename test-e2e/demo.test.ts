@@ -28,7 +28,10 @@ describe('npm start (flb demo)', () => {
       // Progress goes to stderr as JSON log lines.
       expect(stderr).toMatch(/"msg":"starting kube-apiserver"/);
 
-      const kubectl = spawnSync(testBinary('kubectl'), ['get', 'namespaces', '-o', 'name'], { encoding: 'utf8', env: { ...process.env, KUBECONFIG: kubeconfig } });
+      const kubectl = spawnSync(testBinary('kubectl'), ['get', 'namespaces', '-o', 'name'], {
+        encoding: 'utf8',
+        env: { ...process.env, KUBECONFIG: kubeconfig },
+      });
       expect(kubectl.stderr).toBe('');
       expect(kubectl.stdout.split('\n')).toEqual(expect.arrayContaining(['namespace/default', 'namespace/kube-system']));
 

@@ -19,7 +19,11 @@ const names = (pod: V1Pod) => ({
 const isInjected = (pod: V1Pod) => pod.metadata?.annotations?.['flomesh.io/sidecar-status'] !== undefined && names(pod).init.includes('flb-sidecar');
 const simplePod = (name: string, labels: Record<string, string> = {}): V1Pod => ({
   metadata: { name, labels },
-  spec: { containers: [{ name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } }] },
+  spec: {
+    containers: [
+      { name: 'app', image: 'example/app:1', ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 'http' } } },
+    ],
+  },
 });
 const ours = (events: CoreV1Event[]) => events.filter((e) => e.source?.component === 'flb-injector');
 /** Events per namespace in this suite: 10 at once, then 1 a second. */
@@ -47,9 +51,15 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     const apps = plane.kubeConfig.makeApiClient(AppsV1Api);
     await apps.createNamespacedDeployment({
       namespace,
-      body: { metadata: { name }, spec: { replicas: 1, selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: simplePod('x').spec! } } },
+      body: {
+        metadata: { name },
+        spec: { replicas: 1, selector: { matchLabels: { app: name } }, template: { metadata: { labels: { app: name } }, spec: simplePod('x').spec! } },
+      },
     });
-    const rs = await eventually(`the ReplicaSet of ${namespace}/${name}`, async () => (await apps.listNamespacedReplicaSet({ namespace, labelSelector: `app=${name}` })).items[0]);
+    const rs = await eventually(
+      `the ReplicaSet of ${namespace}/${name}`,
+      async () => (await apps.listNamespacedReplicaSet({ namespace, labelSelector: `app=${name}` })).items[0],
+    );
     return { apiVersion: 'apps/v1', kind: 'ReplicaSet', name: rs.metadata!.name!, uid: rs.metadata!.uid!, controller: true, blockOwnerDeletion: true };
   };
   /** What anyone who reaches the injector's port can send: an AdmissionReview it makes up. */
@@ -64,14 +74,20 @@ describe('the sidecar injector against a real kube-apiserver', () => {
           resource: { group: '', version: 'v1', resource: 'pods' },
           operation: 'CREATE',
           namespace,
-          object: { ...simplePod(''), metadata: { generateName, namespace, labels: { 'flomesh.io/inject': 'true' }, ...(owner ? { ownerReferences: [owner] } : {}) } },
+          object: {
+            ...simplePod(''),
+            metadata: { generateName, namespace, labels: { 'flomesh.io/inject': 'true' }, ...(owner ? { ownerReferences: [owner] } : {}) },
+          },
         },
       });
       // The attacker does not check the injector's certificate; nothing else is needed.
-      const req = request({ host: '127.0.0.1', port: injector.port, path: '/mutate', method: 'POST', rejectUnauthorized: false, headers: { 'content-type': 'application/json' } }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
+      const req = request(
+        { host: '127.0.0.1', port: injector.port, path: '/mutate', method: 'POST', rejectUnauthorized: false, headers: { 'content-type': 'application/json' } },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
       req.on('error', reject);
       req.end(body);
     });
@@ -185,7 +201,8 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     expect(await forgeReview('shop', await deploy('shop', 'after-flood'), 'forged-after-flood-')).toBe(200);
     await injector.events.flush();
 
-    const raised = (namespace: string, marker: string) => core.listNamespacedEvent({ namespace }).then((list) => ours(list.items).filter((e) => e.message?.includes(marker)).length);
+    const raised = (namespace: string, marker: string) =>
+      core.listNamespacedEvent({ namespace }).then((list) => ours(list.items).filter((e) => e.message?.includes(marker)).length);
     const flooded = await raised('flooded', 'flood-');
     console.log(`${flood} forged reviews in ${seconds.toFixed(1)} s raised ${flooded} Events`);
     // The bucket held at most a burst (less what the Deployment's own pod used) plus what refilled meanwhile.

@@ -48,7 +48,8 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
   let peer: Netns;
   const helpers: { process: ResultPromise }[] = [];
   const before: Record<4 | 6, string> = { 4: '', 6: '' };
-  const client = async (ns: Netns, uid: number, ...args: string[]) => (await ns.exec(process.execPath, [`${fixtures}intercept-client.mjs`, ...args], { uid })).stdout.trim();
+  const client = async (ns: Netns, uid: number, ...args: string[]) =>
+    (await ns.exec(process.execPath, [`${fixtures}intercept-client.mjs`, ...args], { uid })).stdout.trim();
 
   beforeAll(async () => {
     requireRoot('the interception tests');

@@ -77,7 +77,12 @@ describe('the node simulator runs pods for real', () => {
         spec: {
           volumes: [{ name: 'work', emptyDir: {} }],
           initContainers: [
-            { name: 'prepare', image: DEMO_IMAGE, command: ['sh', '-c', 'sleep 0.3; echo prepared > /var/lib/flb-sim-work/prepared'], volumeMounts: [{ name: 'work', mountPath: '/var/lib/flb-sim-work' }] },
+            {
+              name: 'prepare',
+              image: DEMO_IMAGE,
+              command: ['sh', '-c', 'sleep 0.3; echo prepared > /var/lib/flb-sim-work/prepared'],
+              volumeMounts: [{ name: 'work', mountPath: '/var/lib/flb-sim-work' }],
+            },
             {
               name: 'helper',
               image: DEMO_IMAGE,
@@ -161,12 +166,25 @@ describe('the node simulator runs pods for real', () => {
           selector: { matchLabels: { app: 'echo' } },
           template: {
             metadata: { labels: { app: 'echo' } },
-            spec: { containers: [{ name: 'echo', image: DEMO_IMAGE, args: ['echo'], ports: [{ name: 'http', containerPort: 8080 }], readinessProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 1 } }] },
+            spec: {
+              containers: [
+                {
+                  name: 'echo',
+                  image: DEMO_IMAGE,
+                  args: ['echo'],
+                  ports: [{ name: 'http', containerPort: 8080 }],
+                  readinessProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 1 },
+                },
+              ],
+            },
           },
         },
       },
     });
-    await core.createNamespacedService({ namespace: NS, body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }] } } });
+    await core.createNamespacedService({
+      namespace: NS,
+      body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }] } },
+    });
     const discovery = env.plane.kubeConfig.makeApiClient(DiscoveryV1Api);
     const endpoints = await eventually('two ready endpoints for echo', async () => {
       const slices = await discovery.listNamespacedEndpointSlice({ namespace: NS, labelSelector: 'kubernetes.io/service-name=echo' });
@@ -177,7 +195,10 @@ describe('the node simulator runs pods for real', () => {
   });
 
   it('fails a pod whose image it does not have, with the reason, as a kubelet would', async () => {
-    await core.createNamespacedPod({ namespace: NS, body: { metadata: { name: 'no-image' }, spec: { containers: [{ name: 'app', image: 'example/missing:1.0' }] } } });
+    await core.createNamespacedPod({
+      namespace: NS,
+      body: { metadata: { name: 'no-image' }, spec: { containers: [{ name: 'app', image: 'example/missing:1.0' }] } },
+    });
     const waiting = await eventually('ErrImagePull', async () => {
       const state = (await read('no-image')).status?.containerStatuses?.[0]?.state?.waiting;
       return state && /ErrImagePull|ImagePullBackOff/.test(state.reason ?? '') ? state : undefined;
@@ -195,23 +216,46 @@ describe('the node simulator runs pods for real', () => {
         spec: {
           terminationGracePeriodSeconds: 10,
           initContainers: [
-            { name: 'first-sidecar', image: DEMO_IMAGE, restartPolicy: 'Always', command: ['sh', '-c', `trap 'echo first-sidecar-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`], lifecycle: { preStop: record('first-sidecar-prestop') } },
-            { name: 'second-sidecar', image: DEMO_IMAGE, restartPolicy: 'Always', command: ['sh', '-c', `trap 'echo second-sidecar-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`], lifecycle: { preStop: record('second-sidecar-prestop') } },
+            {
+              name: 'first-sidecar',
+              image: DEMO_IMAGE,
+              restartPolicy: 'Always',
+              command: ['sh', '-c', `trap 'echo first-sidecar-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`],
+              lifecycle: { preStop: record('first-sidecar-prestop') },
+            },
+            {
+              name: 'second-sidecar',
+              image: DEMO_IMAGE,
+              restartPolicy: 'Always',
+              command: ['sh', '-c', `trap 'echo second-sidecar-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`],
+              lifecycle: { preStop: record('second-sidecar-prestop') },
+            },
           ],
-          containers: [{ name: 'app', image: DEMO_IMAGE, command: ['sh', '-c', `trap 'echo app-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`], lifecycle: { preStop: record('app-prestop') } }],
+          containers: [
+            {
+              name: 'app',
+              image: DEMO_IMAGE,
+              command: ['sh', '-c', `trap 'echo app-term >> ${shared}/order; exit 0' TERM; while true; do sleep 0.1; done`],
+              lifecycle: { preStop: record('app-prestop') },
+            },
+          ],
         },
       },
     });
     await eventually('pod stopping Ready', async () => (condition(await read('stopping'), 'Ready') === 'True' ? true : undefined));
     await core.deleteNamespacedPod({ name: 'stopping', namespace: NS });
-    await eventually('the pod gone from the API', async () => {
-      try {
-        await read('stopping');
-        return undefined;
-      } catch (error) {
-        return (error as { code?: number }).code === 404 ? true : undefined;
-      }
-    }, 30_000);
+    await eventually(
+      'the pod gone from the API',
+      async () => {
+        try {
+          await read('stopping');
+          return undefined;
+        } catch (error) {
+          return (error as { code?: number }).code === 404 ? true : undefined;
+        }
+      },
+      30_000,
+    );
     const order = readFileSync(join(shared, 'order'), 'utf8').trim().split('\n');
     expect(order).toEqual(['app-prestop', 'app-term', 'second-sidecar-prestop', 'second-sidecar-term', 'first-sidecar-prestop', 'first-sidecar-term']);
   });

@@ -58,13 +58,18 @@ describe('repo authentication and authorization', () => {
     const core = plane.kubeConfig.makeApiClient(CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: 'shop' } } });
     await eventually('ServiceAccount default', () => core.readNamespacedServiceAccount({ name: 'default', namespace: 'shop' }));
-    const pod = await core.createNamespacedPod({ namespace: 'shop', body: { metadata: { name: 'web' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } } });
+    const pod = await core.createNamespacedPod({
+      namespace: 'shop',
+      body: { metadata: { name: 'web' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } },
+    });
     const token = (tokenFor = async (audience: string) =>
       (
         await core.createNamespacedServiceAccountToken({
           name: 'default',
           namespace: 'shop',
-          body: { spec: { audiences: [audience], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: 'web', uid: pod.metadata!.uid! } } },
+          body: {
+            spec: { audiences: [audience], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: 'web', uid: pod.metadata!.uid! } },
+          },
         })
       ).status!.token);
     webToken = await token('flb-repo');
@@ -100,7 +105,10 @@ describe('repo authentication and authorization', () => {
     expect((await call('GET', '/repo/flb/mesh/mesh.json', { token: webToken })).text).toBe('{"mesh":"flb"}');
     expect((await call('POST', '/repo/flb/sidecars/pod.shop.web/', { token: webToken }, '{"uuid":"u1"}')).status).toBe(201);
     const other = await call('GET', '/repo/flb/sidecars/pod.shop.other/', { token: webToken });
-    expect(other).toEqual({ status: 403, text: 'sidecar pod.shop.web may not GET /repo/flb/sidecars/pod.shop.other/; sidecars read only the mesh codebase and their own' });
+    expect(other).toEqual({
+      status: 403,
+      text: 'sidecar pod.shop.web may not GET /repo/flb/sidecars/pod.shop.other/; sidecars read only the mesh codebase and their own',
+    });
     expect((await call('POST', '/api/v1/repo-files/flb/mesh/evil.json', { token: webToken }, '{}')).status).toBe(403);
     expect((await call('GET', '/api/v1/repo', { token: webToken })).status).toBe(403);
     // No way out of its own codebase by path tricks.
@@ -118,14 +126,19 @@ describe('repo authentication and authorization', () => {
 
   it('asks the apiserver only about tokens that can be for the repo, and about each once while it is cached', async () => {
     // The repo counts its TokenReviews (flb_repo_bearer_tokens_total{outcome="reviewed"}).
-    const reviews = async () => Number(/flb_repo_bearer_tokens_total\{outcome="reviewed"\} (\d+)/.exec((await call('GET', '/metrics', { cert: controlPlane })).text)?.[1]);
+    const reviews = async () =>
+      Number(/flb_repo_bearer_tokens_total\{outcome="reviewed"\} (\d+)/.exec((await call('GET', '/metrics', { cert: controlPlane })).text)?.[1]);
     const before = await reviews();
     expect(before).toBeGreaterThanOrEqual(0);
     // A real token of the pod with its expiry moved an hour back: the signature no longer matches,
     // but it is refused before that could matter.
     const [header, payload, signature] = webToken.split('.') as [string, string, string];
     const claims = JSON.parse(Buffer.from(payload, 'base64url').toString()) as { exp: number; nbf?: number };
-    const expired = [header, Buffer.from(JSON.stringify({ ...claims, exp: Math.floor(Date.now() / 1000) - 3600, nbf: claims.nbf ?? 0 })).toString('base64url'), signature].join('.');
+    const expired = [
+      header,
+      Buffer.from(JSON.stringify({ ...claims, exp: Math.floor(Date.now() / 1000) - 3600, nbf: claims.nbf ?? 0 })).toString('base64url'),
+      signature,
+    ].join('.');
     for (const token of ['not-a-token', 'a.b.c', `${header}.${payload}`, wrongAudienceToken, expired]) {
       expect((await call('GET', '/repo/flb/mesh/', { token })).status).toBe(401);
     }

@@ -14,7 +14,10 @@ import { fileURLToPath } from 'node:url';
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 
 async function startRepo(dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, FLB_LOG_LEVEL: 'warn', ...env } });
+  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env: { ...process.env, FLB_LOG_LEVEL: 'warn', ...env },
+  });
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
     child.once('exit', (code) => reject(new Error(`flb repo exited (${code})`)));
@@ -22,7 +25,8 @@ async function startRepo(dataDir: string, env: Record<string, string> = {}): Pro
   return { child, port };
 }
 
-const exited = (child: ChildProcess) => new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+const exited = (child: ChildProcess) =>
+  new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
 
 async function call(port: number, method: string, path: string, body?: string): Promise<{ status: number; text: string; etag: string | null }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`, { method, ...(body !== undefined ? { body } : {}) });
@@ -41,7 +45,11 @@ async function publish(port: number, version: number): Promise<boolean> {
 const served = async (port: number) => {
   const manifest = await call(port, 'GET', '/repo/flb/mesh/');
   const content = await call(port, 'GET', '/repo/flb/mesh/v.json');
-  return { etag: manifest.etag, files: manifest.text.split('\n').length, v: content.status === 200 ? (JSON.parse(content.text) as { v: number }).v : undefined };
+  return {
+    etag: manifest.etag,
+    files: manifest.text.split('\n').length,
+    v: content.status === 200 ? (JSON.parse(content.text) as { v: number }).v : undefined,
+  };
 };
 
 async function withRepo<T>(dir: string, work: (port: number) => Promise<T>): Promise<T> {
@@ -62,7 +70,8 @@ describe('flb repo durability', () => {
     try {
       let { child, port } = await startRepo(dir);
       expect((await call(port, 'POST', '/api/v1/repo/flb/mesh', '{"main":"/v.json"}')).status).toBe(201);
-      const generation = () => (JSON.parse(readFileSync(join(dir, 'codebases', `${encodeURIComponent('/flb/mesh')}.json`), 'utf8')) as { journal: string }).journal;
+      const generation = () =>
+        (JSON.parse(readFileSync(join(dir, 'codebases', `${encodeURIComponent('/flb/mesh')}.json`), 'utf8')) as { journal: string }).journal;
       const created = generation();
       let acknowledged = 0;
       // Each round crosses several journal compactions (the journal outgrows this small snapshot

@@ -11,7 +11,10 @@ import { startControlPlane, type ControlPlane } from './harness/controlplane.js'
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 
 async function replica(etcd: string, syncInterval = '200ms'): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--etcd-endpoint', etcd, '--sync-interval', syncInterval], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, FLB_LOG_LEVEL: 'warn' } });
+  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', '--etcd-endpoint', etcd, '--sync-interval', syncInterval], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env: { ...process.env, FLB_LOG_LEVEL: 'warn' },
+  });
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
     child.once('exit', (code) => reject(new Error(`flb repo exited (${code})`)));
@@ -83,7 +86,7 @@ describe('repo replicas on etcd', () => {
   };
   const servedFiles = async (port: number, codebase: string) => (await call(port, 'GET', `/repo${codebase}/`)).text.split('\n').sort();
 
-  it('refuses a publish from a replica that had not seen the other one\'s (409), and takes the retry', async () => {
+  it("refuses a publish from a replica that had not seen the other one's (409), and takes the retry", async () => {
     // Replicas that never sync on their own: only the compare in etcd can tell them apart.
     const c = await replica(plane.etcdUrl, '1h');
     expect((await call(c.port, 'POST', '/api/v1/repo/flb/race', '{"main":"/c1.json"}')).status).toBe(201);

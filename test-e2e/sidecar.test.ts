@@ -66,23 +66,38 @@ describe('flb sidecar in network namespaces', () => {
   const others: ResultPromise[] = [];
   let sidecar: ResultPromise | undefined;
 
-  const client = async (...args: string[]) => JSON.parse((await app.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, ...args], { uid: APP_UID })).stdout) as Record<string, unknown>;
-  const counts = async (mode: 'tcp' | 'http', n: number, ...extra: string[]) => (await client(mode, CLUSTER_IP, mode === 'tcp' ? '9090' : '8080', String(n), ...extra)).counts as Record<string, number>;
+  const client = async (...args: string[]) =>
+    JSON.parse((await app.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, ...args], { uid: APP_UID })).stdout) as Record<string, unknown>;
+  const counts = async (mode: 'tcp' | 'http', n: number, ...extra: string[]) =>
+    (await client(mode, CLUSTER_IP, mode === 'tcp' ? '9090' : '8080', String(n), ...extra)).counts as Record<string, number>;
   const admin = async (path: string) => JSON.parse((await client('get', `http://127.0.0.1:15000${path}`)).body as string) as Record<string, unknown>;
   const writeService = (doc: unknown, name = 'orders.shop') => writeFileSync(join(configDir, 'services', `${name}.json`), JSON.stringify(doc));
   /** Waits until the sidecar runs a configuration whose orders service satisfies `check`. */
   const applied = (what: string, check: (svc: Record<string, unknown>) => boolean) =>
-    eventually(what, async () => {
-      const dump = await admin('/config_dump');
-      const svc = (dump.services as Record<string, unknown>[]).find((s) => s.id === 'orders.shop');
-      return svc && check(svc) ? dump : undefined;
-    }, 10_000, 100);
+    eventually(
+      what,
+      async () => {
+        const dump = await admin('/config_dump');
+        const svc = (dump.services as Record<string, unknown>[]).find((s) => s.id === 'orders.shop');
+        return svc && check(svc) ? dump : undefined;
+      },
+      10_000,
+      100,
+    );
 
   /** Started processes are wrapped: an execa process is a thenable that would be awaited to its exit. */
-  async function start(ns: Netns, args: string[], options: { uid?: number; env?: Record<string, string>; readyText?: string } = {}): Promise<{ process: ResultPromise }> {
+  async function start(
+    ns: Netns,
+    args: string[],
+    options: { uid?: number; env?: Record<string, string>; readyText?: string } = {},
+  ): Promise<{ process: ResultPromise }> {
     // One setpriv: a parent-death signal set before a change of user is cleared by it.
     const asUser = options.uid !== undefined ? [`--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'] : [];
-    const child = execa('ip', ['netns', 'exec', ns.name, 'setpriv', ...asUser, '--pdeathsig', 'KILL', '--', ...args], { reject: false, env: options.env ?? {}, extendEnv: true });
+    const child = execa('ip', ['netns', 'exec', ns.name, 'setpriv', ...asUser, '--pdeathsig', 'KILL', '--', ...args], {
+      reject: false,
+      env: options.env ?? {},
+      extendEnv: true,
+    });
     if (options.readyText) {
       await new Promise<void>((resolve, reject) => {
         child.stdout!.on('data', (d: Buffer) => d.toString().includes(options.readyText!) && resolve());
@@ -91,7 +106,8 @@ describe('flb sidecar in network namespaces', () => {
     }
     return { process: child };
   }
-  const startEndpoint = async (i: number) => endpoints.set(i, (await start(eps[i]!, [process.execPath, `${fixtures}sidecar-endpoint.mjs`, `ep${i + 1}`, EP[i]!], { readyText: 'ready' })).process);
+  const startEndpoint = async (i: number) =>
+    endpoints.set(i, (await start(eps[i]!, [process.execPath, `${fixtures}sidecar-endpoint.mjs`, `ep${i + 1}`, EP[i]!], { readyText: 'ready' })).process);
   const stopEndpoint = async (i: number) => {
     const child = endpoints.get(i)!;
     child.kill('SIGKILL');
@@ -155,11 +171,20 @@ describe('flb sidecar in network namespaces', () => {
     await app.exec('ip', ['route', 'add', 'default', 'via', EP[0]]);
     await applyRules(InterceptionSchema.parse({ version: 1, mode: 'iptables', ipv6: 'disabled', proxyUid: PROXY_UID }), { netns: app.path });
     for (let i = 0; i < 3; i++) await startEndpoint(i);
-    others.push((await start(app, [process.execPath, `${fixtures}sidecar-app.mjs`, `${POD_IP}:7070`, '127.0.0.1:7071'], { uid: APP_UID, readyText: 'ready' })).process);
+    others.push(
+      (await start(app, [process.execPath, `${fixtures}sidecar-app.mjs`, `${POD_IP}:7070`, '127.0.0.1:7071'], { uid: APP_UID, readyText: 'ready' })).process,
+    );
     writeFileSync(join(configDir, 'mesh.json'), JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb' }));
     writeFileSync(
       join(configDir, 'sidecar.json'),
-      JSON.stringify({ apiVersion: API_VERSION, kind: 'Sidecar', id: ID, mesh: 'flb', identity: { kind: 'pod', namespace: 'shop', name: 'app-1', serviceAccount: 'default' }, dns: { searchDomains: SEARCH } }),
+      JSON.stringify({
+        apiVersion: API_VERSION,
+        kind: 'Sidecar',
+        id: ID,
+        mesh: 'flb',
+        identity: { kind: 'pod', namespace: 'shop', name: 'app-1', serviceAccount: 'default' },
+        dns: { searchDomains: SEARCH },
+      }),
     );
     writeService(orders());
     writeService(payments, 'payments.dc1.consul');
@@ -212,7 +237,12 @@ describe('flb sidecar in network namespaces', () => {
   });
 
   it('moves traffic off a killed endpoint: no new connection and no idempotent request fails, and it returns when healthy', async () => {
-    writeService(orders({ healthCheck: { protocol: 'tcp', intervalMs: 200, timeoutMs: 100, unhealthyThreshold: 1 }, retries: { attempts: 2, on: ['connect-failure', 'gateway-error'] } }));
+    writeService(
+      orders({
+        healthCheck: { protocol: 'tcp', intervalMs: 200, timeoutMs: 100, unhealthyThreshold: 1 },
+        retries: { attempts: 2, on: ['connect-failure', 'gateway-error'] },
+      }),
+    );
     await applied('health checks', (s) => (s.policy as { healthCheck?: unknown }).healthCheck !== undefined);
     await stopEndpoint(1);
     // At once, before any health check noticed: connect failures are retried on another endpoint.
@@ -222,11 +252,18 @@ describe('flb sidecar in network namespaces', () => {
     expect(Object.keys(http).sort()).toEqual(['ep1', 'ep3']);
     expect(tcp.ep1! + tcp.ep3!).toBe(30);
     expect(http.ep1! + http.ep3!).toBe(30);
-    await eventually('the active check to mark ep2 unhealthy', async () => {
-      const pools = (await client('get', 'http://127.0.0.1:15000/endpoints')).body as string;
-      const orders = (JSON.parse(pools) as { service: string; endpoints: { address: string; activeHealth: string }[] }[]).find((p) => p.service === 'orders.shop')!;
-      return orders.endpoints.find((e) => e.address === EP[1])!.activeHealth === 'unhealthy' ? true : undefined;
-    }, 5000, 100);
+    await eventually(
+      'the active check to mark ep2 unhealthy',
+      async () => {
+        const pools = (await client('get', 'http://127.0.0.1:15000/endpoints')).body as string;
+        const orders = (JSON.parse(pools) as { service: string; endpoints: { address: string; activeHealth: string }[] }[]).find(
+          (p) => p.service === 'orders.shop',
+        )!;
+        return orders.endpoints.find((e) => e.address === EP[1])!.activeHealth === 'unhealthy' ? true : undefined;
+      },
+      5000,
+      100,
+    );
     const metrics = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
     expect(metrics).toContain('flb_sidecar_endpoints_usable{service="orders.shop"} 2');
     await startEndpoint(1);
@@ -276,10 +313,15 @@ describe('flb sidecar in network namespaces', () => {
     expect(garbage.text).toMatch(/^HTTP\/1\.1 400/);
     expect(garbage.closed).toBe(true);
     writeService({ ...orders(), ports: [] });
-    const dump = await eventually('the refusal', async () => {
-      const d = await admin('/config_dump');
-      return (d.rejected as { path: string }[]).length ? d : undefined;
-    }, 10_000, 100);
+    const dump = await eventually(
+      'the refusal',
+      async () => {
+        const d = await admin('/config_dump');
+        return (d.rejected as { path: string }[]).length ? d : undefined;
+      },
+      10_000,
+      100,
+    );
     expect(dump.rejected).toEqual([{ path: 'services/orders.shop.json', error: expect.stringContaining('ports') }]);
     expect(Object.keys(await counts('tcp', 3)).length).toBe(3);
     writeService(orders());
@@ -288,10 +330,15 @@ describe('flb sidecar in network namespaces', () => {
 
   it('hands inbound connections to the app on the pod IP, from 127.0.0.6; an app bound to loopback stays unexposed; probes run the app probe', async () => {
     const peer = eps[0]!;
-    const inbound = async (port: number) => (await peer.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, 'raw', POD_IP, String(port), JSON.stringify('')])).stdout;
+    const inbound = async (port: number) =>
+      (await peer.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, 'raw', POD_IP, String(port), JSON.stringify('')])).stdout;
     expect(JSON.parse(await inbound(7070))).toMatchObject({ text: `app ${POD_IP}:7070 from 127.0.0.6\n` });
     expect(JSON.parse(await inbound(7071))).toMatchObject({ text: '' });
-    const probe = async (port: number, path: string) => JSON.parse((await peer.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, 'get', `http://${POD_IP}:${port}${path}`])).stdout) as { status: number; body: string };
+    const probe = async (port: number, path: string) =>
+      JSON.parse((await peer.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, 'get', `http://${POD_IP}:${port}${path}`])).stdout) as {
+        status: number;
+        body: string;
+      };
     expect(await probe(15902, '/app-health/app/readiness')).toMatchObject({ status: 200, body: expect.stringContaining('connected') });
     expect((await probe(15901, '/app-health/app/liveness')).status).toBe(503);
     expect((await probe(15902, '/ready')).status).toBe(200);
@@ -310,7 +357,12 @@ describe('flb sidecar in network namespaces', () => {
 
   it('takes its configuration from the repo, sees a publish at once, and restarts with the repo down still routing', async () => {
     await stopSidecar();
-    const repo = (await start(app, [process.execPath, flb, 'repo', '--listen', '127.0.0.1:6061', '--data-dir', join(work, 'repo')], { env: { FLB_LOG_LEVEL: 'warn' }, readyText: '6061' })).process;
+    const repo = (
+      await start(app, [process.execPath, flb, 'repo', '--listen', '127.0.0.1:6061', '--data-dir', join(work, 'repo')], {
+        env: { FLB_LOG_LEVEL: 'warn' },
+        readyText: '6061',
+      })
+    ).process;
     try {
       const publish = () => app.exec(process.execPath, [`${fixtures}sidecar-publish.mjs`, 'http://127.0.0.1:6061', ID, configDir]);
       await publish();

@@ -44,7 +44,13 @@ function areaOf(frame: ProfileNode['callFrame']): string {
     if (functionName === '(idle)') return 'idle';
     return 'native functions called from JavaScript (syscalls, bindings)';
   }
-  if (url.startsWith('node:')) return `Node core: ${url.slice(5).replace(/^internal\//, '').split('/')[0]}`;
+  if (url.startsWith('node:'))
+    return `Node core: ${
+      url
+        .slice(5)
+        .replace(/^internal\//, '')
+        .split('/')[0]
+    }`;
   const modules = url.lastIndexOf('/node_modules/');
   if (modules >= 0) {
     const rest = url.slice(modules + 14).split('/');

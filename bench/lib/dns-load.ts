@@ -19,7 +19,9 @@ interface LoadOptions {
 }
 
 const o = JSON.parse(process.argv[2]!) as LoadOptions;
-const queries = o.names.map((name) => dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name, class: 'IN' }] }));
+const queries = o.names.map((name) =>
+  dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name, class: 'IN' }] }),
+);
 const socket = createSocket(o.host.includes(':') ? 'udp6' : 'udp4');
 await new Promise<void>((resolve) => socket.bind(0, resolve));
 // Bursts at 100k+ qps overflow the default receive buffer.
@@ -113,6 +115,8 @@ if (o.mode === 'max') {
   const lost = measured.filter((v) => Number.isNaN(v)).length;
   const sorted = measured.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
   const q = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN;
-  process.stdout.write(`${JSON.stringify({ rate, queries: total - warmup, p50: q(0.5), p99: q(0.99), p999: q(0.999), max: sorted[sorted.length - 1], errors, lost })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ rate, queries: total - warmup, p50: q(0.5), p99: q(0.99), p999: q(0.999), max: sorted[sorted.length - 1], errors, lost })}\n`,
+  );
 }
 socket.close();

@@ -3,7 +3,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 /** Starts `node script args` pinned to `core` with taskset; resolves with the first stdout line. */
 export function startPinned(core: number, script: string, args: string[], nodeArgs: string[] = []): Promise<{ child: ChildProcess; firstLine: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'taskset', '-c', String(core), process.execPath, ...nodeArgs, script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'taskset', '-c', String(core), process.execPath, ...nodeArgs, script, ...args], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();

@@ -30,14 +30,24 @@ const intervalMs = 1000 / o.rate;
 
 function fire(i: number): void {
   const scheduled = start + i * intervalMs;
-  const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(o.body) } }, (res) => {
-    if (res.statusCode !== 200) non2xx++;
-    res.on('data', () => {});
-    res.on('end', () => {
-      latencies[i] = performance.now() - scheduled;
-      if (++done === total) finish();
-    });
-  });
+  const req = request(
+    {
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      method: 'POST',
+      agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(o.body) },
+    },
+    (res) => {
+      if (res.statusCode !== 200) non2xx++;
+      res.on('data', () => {});
+      res.on('end', () => {
+        latencies[i] = performance.now() - scheduled;
+        if (++done === total) finish();
+      });
+    },
+  );
   req.on('error', () => {
     errors++;
     latencies[i] = Number.NaN;
@@ -57,8 +67,12 @@ const pump = () => {
 pump();
 
 function finish(): void {
-  const sorted = Array.from(latencies.subarray(warmup)).filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  const sorted = Array.from(latencies.subarray(warmup))
+    .filter((v) => !Number.isNaN(v))
+    .sort((a, b) => a - b);
   const q = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN;
-  process.stdout.write(`${JSON.stringify({ rps: o.rate, requests: total - warmup, p50: q(0.5), p99: q(0.99), p999: q(0.999), max: sorted[sorted.length - 1], errors, non2xx, timeouts: 0 })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ rps: o.rate, requests: total - warmup, p50: q(0.5), p99: q(0.99), p999: q(0.999), max: sorted[sorted.length - 1], errors, non2xx, timeouts: 0 })}\n`,
+  );
   agent.destroy();
 }

@@ -6,6 +6,8 @@ import { RepoWorker } from '../../common/repo-worker.js';
 
 const o = JSON.parse(process.argv[2]!) as { base: string; codebases: string[]; pollMs: number };
 const log = createLogger('bench-pollers', 'error');
-const workers = o.codebases.map((codebase) => new RepoWorker({ url: `${o.base}/repo${codebase}/`, onUpdate: () => {}, waitSeconds: 0, pollIntervalMs: o.pollMs, log }));
+const workers = o.codebases.map(
+  (codebase) => new RepoWorker({ url: `${o.base}/repo${codebase}/`, onUpdate: () => {}, waitSeconds: 0, pollIntervalMs: o.pollMs, log }),
+);
 // Started across one interval, as independent sidecars would be.
 for (const worker of workers) setTimeout(() => worker.start(), Math.random() * o.pollMs);

@@ -63,7 +63,9 @@ class Connection {
   send(method: string, path: string, headers: Record<string, string> = {}): Promise<Answer> {
     return new Promise((resolve, reject) => {
       this.pending = { head: method === 'HEAD', resolve, reject };
-      const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      const lines = Object.entries(headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('');
       this.socket.write(`${method} ${path} HTTP/1.1\r\nhost: ${url.host}\r\n${lines}\r\n`);
     });
   }
@@ -71,7 +73,13 @@ class Connection {
 
 const etags = new Map<number, string>();
 const fileEtags = new Map<number, Map<string, string>>();
-const parseEtags = (body: string) => new Map(body.split('\n').filter(Boolean).map((line) => [line.slice(0, line.lastIndexOf('#')), line.slice(line.lastIndexOf('#') + 1)] as [string, string]));
+const parseEtags = (body: string) =>
+  new Map(
+    body
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => [line.slice(0, line.lastIndexOf('#')), line.slice(line.lastIndexOf('#') + 1)] as [string, string]),
+  );
 
 /** What a Pipy worker does on a new etag: `_etags`, then every file whose etag changed. */
 async function fetchChanged(i: number, agent: Connection, path: string): Promise<void> {

@@ -29,7 +29,12 @@ function run(args: string[], timeoutMs: number): Promise<{ code: number | null; 
   });
 }
 
-const inputs = (dir: string) => (existsSync(dir) ? readdirSync(dir).filter((name) => !name.startsWith('.')).map((name) => join(dir, name)) : []);
+const inputs = (dir: string) =>
+  existsSync(dir)
+    ? readdirSync(dir)
+        .filter((name) => !name.startsWith('.'))
+        .map((name) => join(dir, name))
+    : [];
 
 describe('the CNI plugin under libFuzzer', () => {
   it('is built (clang with libFuzzer)', () => {
@@ -45,38 +50,47 @@ describe('the CNI plugin under libFuzzer', () => {
     expect({ code: replay.code, output: replay.code === 0 ? '' : replay.output.slice(-4000) }).toEqual({ code: 0, output: '' });
   });
 
-  it(`runs ${RUNS} inputs from the seed corpus without a crash, a sanitizer report or a hang`, async () => {
-    const scratch = mkdtempSync(join(tmpdir(), 'flb-cni-fuzz-'));
-    mkdirSync(crashers, { recursive: true });
-    const started = performance.now();
-    try {
-      const fuzzing = await run(
-        [
-          `-runs=${RUNS}`,
-          `-max_total_time=${MAX_SECONDS}`,
-          '-timeout=5',
-          '-max_len=4096',
-          '-rss_limit_mb=1024',
-          '-print_final_stats=1',
-          `-artifact_prefix=${crashers}/`,
-          scratch,
-          corpus,
-        ],
-        (MAX_SECONDS + 30) * 1000,
-      );
-      const units = Number(/stat::number_of_executed_units:\s*(\d+)/.exec(fuzzing.output)?.[1] ?? 0);
-      const seed = Number(/Seed: (\d+)/.exec(fuzzing.output)?.[1] ?? 0);
-      const ms = Math.round(performance.now() - started);
-      if (fuzzing.code !== 0) {
-        throw new Error(`libFuzzer failed (exit ${fuzzing.code}, seed ${seed}); the input is saved under ${crashers}/ and replayed from now on:\n${fuzzing.output.slice(-6000)}`);
+  it(
+    `runs ${RUNS} inputs from the seed corpus without a crash, a sanitizer report or a hang`,
+    async () => {
+      const scratch = mkdtempSync(join(tmpdir(), 'flb-cni-fuzz-'));
+      mkdirSync(crashers, { recursive: true });
+      const started = performance.now();
+      try {
+        const fuzzing = await run(
+          [
+            `-runs=${RUNS}`,
+            `-max_total_time=${MAX_SECONDS}`,
+            '-timeout=5',
+            '-max_len=4096',
+            '-rss_limit_mb=1024',
+            '-print_final_stats=1',
+            `-artifact_prefix=${crashers}/`,
+            scratch,
+            corpus,
+          ],
+          (MAX_SECONDS + 30) * 1000,
+        );
+        const units = Number(/stat::number_of_executed_units:\s*(\d+)/.exec(fuzzing.output)?.[1] ?? 0);
+        const seed = Number(/Seed: (\d+)/.exec(fuzzing.output)?.[1] ?? 0);
+        const ms = Math.round(performance.now() - started);
+        if (fuzzing.code !== 0) {
+          throw new Error(
+            `libFuzzer failed (exit ${fuzzing.code}, seed ${seed}); the input is saved under ${crashers}/ and replayed from now on:\n${fuzzing.output.slice(-6000)}`,
+          );
+        }
+        // scripts/test.sh prints these after the suite, with the JavaScript targets'.
+        if (process.env.FLB_FUZZ_REPORT) {
+          appendFileSync(
+            process.env.FLB_FUZZ_REPORT,
+            `${JSON.stringify({ target: 'cni plugin (libFuzzer, C)', replayed: inputs(corpus).length, runs: units, ms, seed })}\n`,
+          );
+        }
+        expect(units).toBeGreaterThanOrEqual(100_000);
+      } finally {
+        rmSync(scratch, { recursive: true, force: true });
       }
-      // scripts/test.sh prints these after the suite, with the JavaScript targets'.
-      if (process.env.FLB_FUZZ_REPORT) {
-        appendFileSync(process.env.FLB_FUZZ_REPORT, `${JSON.stringify({ target: 'cni plugin (libFuzzer, C)', replayed: inputs(corpus).length, runs: units, ms, seed })}\n`);
-      }
-      expect(units).toBeGreaterThanOrEqual(100_000);
-    } finally {
-      rmSync(scratch, { recursive: true, force: true });
-    }
-  }, (MAX_SECONDS + 60) * 1000);
+    },
+    (MAX_SECONDS + 60) * 1000,
+  );
 });

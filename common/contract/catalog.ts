@@ -5,10 +5,7 @@ import { API_VERSION, cidrContains, dnsLabel, dnsName, durationMs, ipAddress, po
 /** Where a service came from. `cluster:NAME` is a service imported from another cluster of the mesh. */
 export const ServiceSourceSchema = z
   .string()
-  .regex(
-    /^(kubernetes|consul|eureka|static|cluster:[a-z0-9]([-a-z0-9]*[a-z0-9])?)$/,
-    'must be kubernetes, consul, eureka, static or cluster:NAME',
-  );
+  .regex(/^(kubernetes|consul|eureka|static|cluster:[a-z0-9]([-a-z0-9]*[a-z0-9])?)$/, 'must be kubernetes, consul, eureka, static or cluster:NAME');
 
 export const PortProtocolSchema = z.enum(['tcp', 'http', 'http2', 'grpc']);
 
@@ -63,7 +60,12 @@ export const LoadBalancerSchema = z
   .object({
     algorithm: z.enum(['round-robin', 'weighted', 'least-request', 'ring-hash', 'random']).default('round-robin'),
     hash: HashKeySchema.optional(),
-    ringSize: z.number().int().min(16).max(1 << 20).default(1024),
+    ringSize: z
+      .number()
+      .int()
+      .min(16)
+      .max(1 << 20)
+      .default(1024),
   })
   .superRefine((lb, ctx) => {
     if (lb.algorithm === 'ring-hash' && !lb.hash) {
@@ -76,9 +78,7 @@ export const HealthCheckSchema = z.object({
   path: z.string().startsWith('/', 'must start with /').optional(),
   /** Checked port when it differs from the endpoint's. */
   port: port.optional(),
-  expectedStatuses: z
-    .array(z.tuple([z.number().int().min(100).max(599), z.number().int().min(100).max(599)]))
-    .default([[200, 399]]),
+  expectedStatuses: z.array(z.tuple([z.number().int().min(100).max(599), z.number().int().min(100).max(599)])).default([[200, 399]]),
   intervalMs: durationMs.min(100, 'must be at least 100 ms').default(5000),
   timeoutMs: durationMs.min(10, 'must be at least 10 ms').default(1000),
   healthyThreshold: z.number().int().min(1).default(1),
@@ -180,9 +180,27 @@ export const ServiceSchema = z
         });
       }
     });
-    reportDuplicates(ctx, svc.hostnames, (h) => h, ['hostnames'], (h) => `duplicate hostname ${h}`);
-    reportDuplicates(ctx, svc.vips, (v) => v.address, ['vips'], (v) => `duplicate virtual IP ${v.address}`);
-    reportDuplicates(ctx, svc.ports, (p) => String(p.port), ['ports'], (p) => `duplicate port ${p.port}`);
+    reportDuplicates(
+      ctx,
+      svc.hostnames,
+      (h) => h,
+      ['hostnames'],
+      (h) => `duplicate hostname ${h}`,
+    );
+    reportDuplicates(
+      ctx,
+      svc.vips,
+      (v) => v.address,
+      ['vips'],
+      (v) => `duplicate virtual IP ${v.address}`,
+    );
+    reportDuplicates(
+      ctx,
+      svc.ports,
+      (p) => String(p.port),
+      ['ports'],
+      (p) => `duplicate port ${p.port}`,
+    );
     reportDuplicates(
       ctx,
       svc.ports.filter((p) => p.name !== undefined),

@@ -20,7 +20,13 @@ import { generateJsonSchemas } from './json-schema.js';
 const here = new URL('.', import.meta.url).pathname;
 const example = (name: string) => JSON.parse(readFileSync(join(here, 'examples', name), 'utf8')) as Record<string, unknown>;
 const schemaFor = (file: string) =>
-  file.startsWith('mesh') ? MeshSchema : file.startsWith('service') ? serviceSchemaFor(defaultMesh()) : file.startsWith('sidecar') ? SidecarConfigSchema : InterceptionSchema;
+  file.startsWith('mesh')
+    ? MeshSchema
+    : file.startsWith('service')
+      ? serviceSchemaFor(defaultMesh())
+      : file.startsWith('sidecar')
+        ? SidecarConfigSchema
+        : InterceptionSchema;
 
 /** The ContractError's issues as `field: message` lines. */
 function issues(fn: () => unknown): string[] {
@@ -104,7 +110,16 @@ describe('catalog service', () => {
     ]);
   });
   it('accepts the same address on two ports (two endpoints)', () => {
-    expect(() => parseDocument(schema, withEndpoints(kube, [{ address: '10.244.1.5', port: 8080 }, { address: '10.244.1.5', port: 8081 }]), 'svc')).not.toThrow();
+    expect(() =>
+      parseDocument(
+        schema,
+        withEndpoints(kube, [
+          { address: '10.244.1.5', port: 8080 },
+          { address: '10.244.1.5', port: 8081 },
+        ]),
+        'svc',
+      ),
+    ).not.toThrow();
   });
   it('rejects a mesh-allocated VIP outside the mesh range', () => {
     expect(issues(() => parseDocument(schema, { ...eureka, vips: [{ address: '10.1.0.17', allocation: 'mesh' }] }, 'svc'))).toEqual([
@@ -154,7 +169,9 @@ describe('catalog service', () => {
     expect(serviceId({ source: 'cluster:west', name: 'orders', namespace: 'shop' })).toBe('orders.shop.west');
     expect(serviceId({ source: 'eureka', name: 'ORDER_SERVICE', registry: 'prod' })).toBe('order-service.prod.eureka');
     expect(serviceId({ source: 'consul', name: 'orders', registry: 'dc1' })).toBe('orders.dc1.consul');
-    expect(() => parseDocument(ServiceSchema, { ...eureka, id: serviceId({ source: 'eureka', name: 'ORDER_SERVICE', registry: 'prod' }) }, 'svc')).not.toThrow();
+    expect(() =>
+      parseDocument(ServiceSchema, { ...eureka, id: serviceId({ source: 'eureka', name: 'ORDER_SERVICE', registry: 'prod' }) }, 'svc'),
+    ).not.toThrow();
   });
 });
 

@@ -108,9 +108,7 @@ export const MeshSchema = z
         ttlSeconds: z.number().int().min(0).max(86400).default(30),
       })
       .default({ domains: [], ttlSeconds: 30 }),
-    outbound: z
-      .object({ unknownDestination: z.enum(['passthrough', 'deny']).default('passthrough') })
-      .default({ unknownDestination: 'passthrough' }),
+    outbound: z.object({ unknownDestination: z.enum(['passthrough', 'deny']).default('passthrough') }).default({ unknownDestination: 'passthrough' }),
     /** Connections the sidecar forwards as plain TCP: outbound `tcp` ports, passthrough and inbound. */
     tcp: z
       .object({

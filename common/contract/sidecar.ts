@@ -63,7 +63,11 @@ export const HealthGateSchema = z.object({
 export const BgpSchema = z.object({
   localAs: z.number().int().min(1).max(4294967295),
   routerId: z.ipv4({ message: 'must be an IPv4 address (BGP router ids are 32-bit)' }),
-  holdTimeSeconds: z.number().int().refine((v) => v === 0 || v >= 3, 'must be 0 or at least 3 (RFC 4271)').default(90),
+  holdTimeSeconds: z
+    .number()
+    .int()
+    .refine((v) => v === 0 || v >= 3, 'must be 0 or at least 3 (RFC 4271)')
+    .default(90),
   peers: z
     .array(
       z.object({

@@ -50,10 +50,7 @@ export function parseDocument<S extends z.ZodType>(schema: S, data: unknown, doc
 }
 
 /** Like parseDocument, but returns the issues instead of throwing. */
-export function checkDocument<S extends z.ZodType>(
-  schema: S,
-  data: unknown,
-): { ok: true; value: z.output<S> } | { ok: false; issues: ContractIssue[] } {
+export function checkDocument<S extends z.ZodType>(schema: S, data: unknown): { ok: true; value: z.output<S> } | { ok: false; issues: ContractIssue[] } {
   const result = schema.safeParse(data);
   return result.success ? { ok: true, value: result.data } : { ok: false, issues: issuesOf(result.error) };
 }

@@ -35,7 +35,8 @@ export async function runFuzzWorker(targets: Record<string, FuzzTarget>): Promis
     Atomics.store(header, 1, length);
     Atomics.add(header, 0, 1);
   };
-  const report = (error: unknown, input: Uint8Array) => parentPort!.postMessage({ kind: 'failure', error: error instanceof Error ? (error.stack ?? error.message) : String(error), input });
+  const report = (error: unknown, input: Uint8Array) =>
+    parentPort!.postMessage({ kind: 'failure', error: error instanceof Error ? (error.stack ?? error.message) : String(error), input });
   if (!target) {
     report(new Error(`no fuzz target named ${data.target} (have: ${Object.keys(targets).join(', ')})`), new Uint8Array());
     return;

@@ -145,7 +145,13 @@ export async function fuzz(options: FuzzOptions): Promise<FuzzReport> {
     };
     const failWith = (what: string, input: Uint8Array) => {
       const savedAs = save(crashersDir, input);
-      finish(new FuzzFailure(`fuzz target ${options.target} (seed ${seed}): ${what}\ninput (saved as ${savedAs}, replayed by every run from now on): ${hex(input)}`, input, savedAs));
+      finish(
+        new FuzzFailure(
+          `fuzz target ${options.target} (seed ${seed}): ${what}\ninput (saved as ${savedAs}, replayed by every run from now on): ${hex(input)}`,
+          input,
+          savedAs,
+        ),
+      );
     };
     const watchdog = setInterval(() => {
       const count = Atomics.load(header, 0);
@@ -157,7 +163,12 @@ export async function fuzz(options: FuzzOptions): Promise<FuzzReport> {
         failWith(`hang: one input ran for more than ${hangMs} ms`, current());
         return;
       }
-      if (now - started > budgetMs) finish(new Error(`fuzz target ${options.target}: ${count} inputs in ${budgetMs} ms, fewer than the ${runs + seeds.length + crashers.length} wanted; the target is too slow or the machine too busy (raise budgetMs only with a reason)`));
+      if (now - started > budgetMs)
+        finish(
+          new Error(
+            `fuzz target ${options.target}: ${count} inputs in ${budgetMs} ms, fewer than the ${runs + seeds.length + crashers.length} wanted; the target is too slow or the machine too busy (raise budgetMs only with a reason)`,
+          ),
+        );
     }, 100);
     worker.on('message', (message: { kind: 'done'; runs: number; replayed: number } | { kind: 'failure'; error: string; input: Uint8Array }) => {
       if (message.kind === 'failure') failWith(message.error, message.input);

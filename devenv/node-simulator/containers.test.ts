@@ -21,7 +21,12 @@ describe('container security', () => {
 describe('images', () => {
   it("runs this checkout's flb for the mesh image and the demo program for the demo image", () => {
     expect(containerArgv(MESH_IMAGE, ['flb', 'sidecar'], undefined).slice(1)).toEqual([expect.stringMatching(/bin\/flb\.js$/), 'sidecar']);
-    expect(containerArgv(DEMO_IMAGE, undefined, ['client', '--url', 'http://echo/']).slice(1)).toEqual([expect.stringMatching(/demo\.js$/), 'client', '--url', 'http://echo/']);
+    expect(containerArgv(DEMO_IMAGE, undefined, ['client', '--url', 'http://echo/']).slice(1)).toEqual([
+      expect.stringMatching(/demo\.js$/),
+      'client',
+      '--url',
+      'http://echo/',
+    ]);
     expect(containerArgv(DEMO_IMAGE, undefined, undefined).at(-1)).toBe('echo');
     expect(containerArgv(MESH_IMAGE, ['sh', '-c', 'true'], undefined)).toEqual(['sh', '-c', 'true']);
   });

@@ -31,7 +31,22 @@ export interface ContainerProcessSpec {
 }
 
 /** containerd's default set for a container that neither adds nor drops. */
-const DEFAULT_CAPABILITIES = ['chown', 'dac_override', 'fsetid', 'fowner', 'mknod', 'net_raw', 'setgid', 'setuid', 'setfcap', 'setpcap', 'net_bind_service', 'sys_chroot', 'kill', 'audit_write'];
+const DEFAULT_CAPABILITIES = [
+  'chown',
+  'dac_override',
+  'fsetid',
+  'fowner',
+  'mknod',
+  'net_raw',
+  'setgid',
+  'setuid',
+  'setfcap',
+  'setpcap',
+  'net_bind_service',
+  'sys_chroot',
+  'kill',
+  'audit_write',
+];
 
 export function effectiveCapabilities(security: V1SecurityContext | undefined): string[] | 'all' {
   if (security?.privileged) return 'all';
@@ -43,7 +58,11 @@ export function effectiveCapabilities(security: V1SecurityContext | undefined): 
 
 /** The setpriv arguments that make the process the container's user with its capabilities. */
 export function setprivArgs(spec: Pick<ContainerProcessSpec, 'uid' | 'gid' | 'supplementaryGroups' | 'capabilities' | 'noNewPrivileges'>): string[] {
-  const args = [`--reuid=${spec.uid}`, `--regid=${spec.gid}`, spec.supplementaryGroups.length ? `--groups=${spec.supplementaryGroups.join(',')}` : '--clear-groups'];
+  const args = [
+    `--reuid=${spec.uid}`,
+    `--regid=${spec.gid}`,
+    spec.supplementaryGroups.length ? `--groups=${spec.supplementaryGroups.join(',')}` : '--clear-groups',
+  ];
   if (spec.capabilities !== 'all') {
     const list = ['-all', ...spec.capabilities.map((c) => `+${c}`)].join(',');
     // Root gets what the bounding set allows at exec; anyone else keeps capabilities only as ambient ones.
@@ -121,10 +140,14 @@ export function execInContainer(pid: number, spec: ContainerProcessSpec, command
   const log = openSync(logFile, 'a');
   try {
     const workdir = spec.workingDir ? [`--wd=${spec.workingDir}`] : [];
-    return spawn('nsenter', [`--target=${pid}`, '--mount', '--uts', '--net', ...workdir, '--', 'setpriv', ...setprivArgs(spec), '--pdeathsig', 'KILL', '--', ...command], {
-      env: spec.env,
-      stdio: ['ignore', log, log],
-    });
+    return spawn(
+      'nsenter',
+      [`--target=${pid}`, '--mount', '--uts', '--net', ...workdir, '--', 'setpriv', ...setprivArgs(spec), '--pdeathsig', 'KILL', '--', ...command],
+      {
+        env: spec.env,
+        stdio: ['ignore', log, log],
+      },
+    );
   } finally {
     closeSync(log);
   }

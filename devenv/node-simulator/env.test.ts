@@ -59,8 +59,28 @@ describe('container environment', () => {
   });
 
   it('expands $(VAR) from variables defined before, and keeps $$ and unknown references literal', () => {
-    expect(expandReferences('$(A)-$(B)-$$(A)-$(NOPE)', new Map([['A', 'x'], ['B', 'y']]))).toBe('x-y-$(A)-$(NOPE)');
-    const env = containerEnv(pod, { name: 'app', env: [{ name: 'A', value: 'one' }, { name: 'B', value: '$(A)-two' }, { name: 'C', value: '$(D)' }, { name: 'D', value: 'late' }] }, sources());
+    expect(
+      expandReferences(
+        '$(A)-$(B)-$$(A)-$(NOPE)',
+        new Map([
+          ['A', 'x'],
+          ['B', 'y'],
+        ]),
+      ),
+    ).toBe('x-y-$(A)-$(NOPE)');
+    const env = containerEnv(
+      pod,
+      {
+        name: 'app',
+        env: [
+          { name: 'A', value: 'one' },
+          { name: 'B', value: '$(A)-two' },
+          { name: 'C', value: '$(D)' },
+          { name: 'D', value: 'late' },
+        ],
+      },
+      sources(),
+    );
     expect(env).toMatchObject({ B: 'one-two', C: '$(D)' });
   });
 
@@ -83,8 +103,12 @@ describe('container environment', () => {
   });
 
   it('refuses a missing ConfigMap, key or Secret the kubelet would refuse, naming it', () => {
-    expect(() => containerEnv(pod, { name: 'app', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'nope', key: 'x' } } }] }, sources())).toThrow(new EnvError('configmap "nope" not found'));
-    expect(() => containerEnv(pod, { name: 'app', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'cm', key: 'x' } } }] }, sources({ cm: {} }))).toThrow(/couldn't find key x in ConfigMap cm/);
+    expect(() => containerEnv(pod, { name: 'app', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'nope', key: 'x' } } }] }, sources())).toThrow(
+      new EnvError('configmap "nope" not found'),
+    );
+    expect(() =>
+      containerEnv(pod, { name: 'app', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'cm', key: 'x' } } }] }, sources({ cm: {} })),
+    ).toThrow(/couldn't find key x in ConfigMap cm/);
     expect(() => containerEnv(pod, { name: 'app', envFrom: [{ secretRef: { name: 'gone' } }] }, sources())).toThrow(/secret "gone" not found/);
   });
 });

@@ -72,7 +72,13 @@ export function quantityBytes(quantity: string): number {
   return Number(match[1]) * (match[2] ? scale[match[2]]! : 1);
 }
 
-function fromSource(kind: 'ConfigMap' | 'Secret', name: string, key: string | undefined, optional: boolean | undefined, sources: EnvSources): string | undefined {
+function fromSource(
+  kind: 'ConfigMap' | 'Secret',
+  name: string,
+  key: string | undefined,
+  optional: boolean | undefined,
+  sources: EnvSources,
+): string | undefined {
   const data = kind === 'ConfigMap' ? sources.configMap(name) : sources.secret(name);
   if (!data) {
     if (optional) return undefined;
@@ -127,7 +133,9 @@ function envValue(pod: V1Pod, container: V1Container, variable: V1EnvVar, define
   const from = variable.valueFrom;
   if (from.fieldRef) return fieldValue(pod, from.fieldRef.fieldPath, sources.nodeIp);
   if (from.resourceFieldRef) {
-    const target = from.resourceFieldRef.containerName ? (pod.spec?.containers.find((c) => c.name === from.resourceFieldRef!.containerName) ?? container) : container;
+    const target = from.resourceFieldRef.containerName
+      ? (pod.spec?.containers.find((c) => c.name === from.resourceFieldRef!.containerName) ?? container)
+      : container;
     return resourceValue(target, from.resourceFieldRef.resource, from.resourceFieldRef.divisor as string | undefined, sources);
   }
   if (from.configMapKeyRef) return fromSource('ConfigMap', from.configMapKeyRef.name!, from.configMapKeyRef.key, from.configMapKeyRef.optional, sources);

@@ -21,12 +21,26 @@ export interface SimulatedNodeOptions {
 const LEASE_SECONDS = 40;
 
 function readyConditions(now: Date, since: Date): V1NodeCondition[] {
-  const healthy = (type: string, reason: string, message: string): V1NodeCondition => ({ type, status: 'False', reason, message, lastHeartbeatTime: now, lastTransitionTime: since });
+  const healthy = (type: string, reason: string, message: string): V1NodeCondition => ({
+    type,
+    status: 'False',
+    reason,
+    message,
+    lastHeartbeatTime: now,
+    lastTransitionTime: since,
+  });
   return [
     healthy('MemoryPressure', 'KubeletHasSufficientMemory', 'kubelet has sufficient memory available'),
     healthy('DiskPressure', 'KubeletHasNoDiskPressure', 'kubelet has no disk pressure'),
     healthy('PIDPressure', 'KubeletHasSufficientPID', 'kubelet has sufficient PID available'),
-    { type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'flb-mesh node simulator is posting ready status', lastHeartbeatTime: now, lastTransitionTime: since },
+    {
+      type: 'Ready',
+      status: 'True',
+      reason: 'KubeletReady',
+      message: 'flb-mesh node simulator is posting ready status',
+      lastHeartbeatTime: now,
+      lastTransitionTime: since,
+    },
   ];
 }
 
@@ -74,7 +88,10 @@ export class SimulatedNode {
     } catch (error) {
       if ((error as { code?: number }).code !== 409) throw error;
       const existing = await this.core.readNode({ name });
-      await this.core.replaceNode({ name, body: { ...existing, metadata: { ...existing.metadata, labels: { ...existing.metadata?.labels, ...this.labels } } } });
+      await this.core.replaceNode({
+        name,
+        body: { ...existing, metadata: { ...existing.metadata, labels: { ...existing.metadata?.labels, ...this.labels } } },
+      });
     }
     const now = new Date();
     await this.core.replaceNodeStatus({

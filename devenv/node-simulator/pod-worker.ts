@@ -306,12 +306,15 @@ export class PodWorker {
     const argv = containerArgv(spec.image ?? '', spec.command, spec.args);
     const env = containerEnv(this.pod, spec, this.envSources());
     const mounts: Mount[] = [...this.volumes!.mountsFor(spec)];
-    if (this.pod.spec?.dnsPolicy !== 'Default' && !mounts.some((m) => m.target === '/etc/resolv.conf')) mounts.push({ source: join(this.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true });
+    if (this.pod.spec?.dnsPolicy !== 'Default' && !mounts.some((m) => m.target === '/etc/resolv.conf'))
+      mounts.push({ source: join(this.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true });
     if (!mounts.some((m) => m.target === '/etc/hosts')) mounts.push({ source: join(this.dir, 'hosts'), target: '/etc/hosts', readOnly: true });
     for (const m of mounts) {
       // Containers see the host's files: a mount over the checkout or Node would hide the programs themselves.
       if ([CHECKOUT, process.execPath].some((p) => p === m.target || p.startsWith(`${m.target.replace(/\/$/, '')}/`))) {
-        throw new VolumeError(`volumeMount at ${m.target} would hide ${CHECKOUT} or Node.js from the container (the node simulator has no image filesystem): mount somewhere else`);
+        throw new VolumeError(
+          `volumeMount at ${m.target} would hide ${CHECKOUT} or Node.js from the container (the node simulator has no image filesystem): mount somewhere else`,
+        );
       }
     }
     prepareMountTargets(mounts, this.createdDirs);
@@ -379,7 +382,8 @@ export class PodWorker {
       spec = this.processSpec(c);
     } catch (error) {
       if (error instanceof ImagePullError) this.waitFailed(c, 'ErrImagePull', error.message, 'ImagePullBackOff');
-      else if (error instanceof EnvError || error instanceof VolumeError) this.waitFailed(c, 'CreateContainerConfigError', error.message, 'CreateContainerConfigError');
+      else if (error instanceof EnvError || error instanceof VolumeError)
+        this.waitFailed(c, 'CreateContainerConfigError', error.message, 'CreateContainerConfigError');
       else this.waitFailed(c, 'CreateContainerError', (error as Error).message, 'CrashLoopBackOff');
       return;
     }
@@ -460,7 +464,13 @@ export class PodWorker {
       c.lastState = terminated;
       const delay = this.backoff(c);
       c.nextStartAt = now() + delay;
-      if (delay > 0) c.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${c.spec.name} pod=${this.pod.metadata?.name}` } };
+      if (delay > 0)
+        c.state = {
+          waiting: {
+            reason: 'CrashLoopBackOff',
+            message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${c.spec.name} pod=${this.pod.metadata?.name}`,
+          },
+        };
     }
     this.publishStatus();
     this.kick();
@@ -618,9 +628,15 @@ export class PodWorker {
     if (!deleteAfter) return;
     const metadata = this.pod.metadata!;
     try {
-      await this.context.core.deleteNamespacedPod({ name: metadata.name!, namespace: metadata.namespace!, gracePeriodSeconds: 0, body: { gracePeriodSeconds: 0, preconditions: { uid: this.uid } } });
+      await this.context.core.deleteNamespacedPod({
+        name: metadata.name!,
+        namespace: metadata.namespace!,
+        gracePeriodSeconds: 0,
+        body: { gracePeriodSeconds: 0, preconditions: { uid: this.uid } },
+      });
     } catch (error) {
-      if ((error as { code?: number }).code !== 404 && (error as { code?: number }).code !== 409) this.log.warn({ err: error }, 'the final delete of the pod failed');
+      if ((error as { code?: number }).code !== 404 && (error as { code?: number }).code !== 409)
+        this.log.warn({ err: error }, 'the final delete of the pod failed');
     }
   }
 
@@ -633,7 +649,9 @@ export class PodWorker {
     if (this.sandbox) {
       const sandbox = this.sandbox;
       this.sandbox = undefined;
-      await this.context.network.removePod(sandbox, { uid: this.uid, namespace: this.pod.metadata!.namespace!, name: this.pod.metadata!.name! }).catch((error: unknown) => this.log.warn({ err: error }, 'CNI DEL failed'));
+      await this.context.network
+        .removePod(sandbox, { uid: this.uid, namespace: this.pod.metadata!.namespace!, name: this.pod.metadata!.name! })
+        .catch((error: unknown) => this.log.warn({ err: error }, 'CNI DEL failed'));
     }
     this.volumes?.tearDown();
     for (const dir of this.createdDirs) {
@@ -653,11 +671,20 @@ export class PodWorker {
     const { nameserver, domain } = this.context.clusterDns;
     const config = spec.dnsConfig;
     const nameservers = spec.dnsPolicy === 'None' ? (config?.nameservers ?? []) : [nameserver, ...(config?.nameservers ?? [])];
-    const searches = spec.dnsPolicy === 'None' ? (config?.searches ?? []) : [`${namespace}.svc.${domain}`, `svc.${domain}`, domain, ...(config?.searches ?? [])];
+    const searches =
+      spec.dnsPolicy === 'None' ? (config?.searches ?? []) : [`${namespace}.svc.${domain}`, `svc.${domain}`, domain, ...(config?.searches ?? [])];
     const options = [{ name: 'ndots', value: '5' }, ...(config?.options ?? [])].map((o) => (o.value ? `${o.name}:${o.value}` : o.name));
-    writeFileSync(join(this.dir, 'resolv.conf'), `${nameservers.map((n) => `nameserver ${n}`).join('\n')}\nsearch ${searches.join(' ')}\noptions ${options.join(' ')}\n`, { mode: 0o644 });
+    writeFileSync(
+      join(this.dir, 'resolv.conf'),
+      `${nameservers.map((n) => `nameserver ${n}`).join('\n')}\nsearch ${searches.join(' ')}\noptions ${options.join(' ')}\n`,
+      { mode: 0o644 },
+    );
     const name = this.pod.metadata!.name!;
-    writeFileSync(join(this.dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${this.sandbox?.ip ?? this.context.nodeIp}\t${name}\n`, { mode: 0o644 });
+    writeFileSync(
+      join(this.dir, 'hosts'),
+      `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${this.sandbox?.ip ?? this.context.nodeIp}\t${name}\n`,
+      { mode: 0o644 },
+    );
   }
 
   // ---- status
@@ -707,7 +734,11 @@ export class PodWorker {
         { name: metadata.name!, namespace: metadata.namespace!, body: { status } },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
-      if (updated.metadata?.uid === this.uid) this.pod = { ...updated, metadata: { ...updated.metadata, ...(this.pod.metadata?.deletionTimestamp ? { deletionTimestamp: this.pod.metadata.deletionTimestamp } : {}) } };
+      if (updated.metadata?.uid === this.uid)
+        this.pod = {
+          ...updated,
+          metadata: { ...updated.metadata, ...(this.pod.metadata?.deletionTimestamp ? { deletionTimestamp: this.pod.metadata.deletionTimestamp } : {}) },
+        };
     } catch (error) {
       const code = (error as { code?: number }).code;
       if (code === 404) return;

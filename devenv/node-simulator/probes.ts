@@ -20,7 +20,14 @@ export function networkProbe(probe: V1Probe, container: V1Container, podIp: stri
   if (probe.httpGet) {
     const headers = (probe.httpGet.httpHeaders ?? []).map((h) => ({ name: h.name, value: h.value }));
     const host = probe.httpGet.host ?? podIp;
-    return { type: 'http', host, port: resolvePort(container, probe.httpGet.port as number | string), path: probe.httpGet.path ?? '/', scheme: probe.httpGet.scheme === 'HTTPS' ? 'HTTPS' : 'HTTP', headers };
+    return {
+      type: 'http',
+      host,
+      port: resolvePort(container, probe.httpGet.port as number | string),
+      path: probe.httpGet.path ?? '/',
+      scheme: probe.httpGet.scheme === 'HTTPS' ? 'HTTPS' : 'HTTP',
+      headers,
+    };
   }
   if (probe.tcpSocket) return { type: 'tcp', host: probe.tcpSocket.host ?? podIp, port: resolvePort(container, probe.tcpSocket.port as number | string) };
   if (probe.grpc) return { type: 'grpc', host: podIp, port: probe.grpc.port, service: probe.grpc.service ?? '' };
@@ -75,7 +82,9 @@ export class ProbeRunner {
     const target = networkProbe(probe, container, podIp);
     if (target) return runNetworkProbe(target, timeoutMs);
     if (probe.exec?.command) {
-      return this.options.exec(probe.exec.command, timeoutMs).then((code) => ({ ok: code === 0, status: code, detail: `exec ${probe.exec!.command!.join(' ')}: exit code ${code}` }));
+      return this.options
+        .exec(probe.exec.command, timeoutMs)
+        .then((code) => ({ ok: code === 0, status: code, detail: `exec ${probe.exec!.command!.join(' ')}: exit code ${code}` }));
     }
     return Promise.resolve({ ok: false, status: 0, detail: 'probe has no handler' });
   }

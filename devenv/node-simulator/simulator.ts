@@ -164,7 +164,9 @@ export class NodeSimulator {
     if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') return;
     if (pod.metadata?.deletionTimestamp) {
       // Deleted before it ever ran here: nothing to stop, only the final delete.
-      void this.core.deleteNamespacedPod({ name: pod.metadata.name!, namespace: pod.metadata.namespace!, gracePeriodSeconds: 0, body: { preconditions: { uid } } }).catch(() => undefined);
+      void this.core
+        .deleteNamespacedPod({ name: pod.metadata.name!, namespace: pod.metadata.namespace!, gracePeriodSeconds: 0, body: { preconditions: { uid } } })
+        .catch(() => undefined);
       return;
     }
     const worker = new PodWorker(pod, this.context(node));
@@ -190,7 +192,10 @@ export class NodeSimulator {
     const selector = pod.spec?.nodeSelector ?? {};
     const fits = this.nodes.filter((n) => Object.entries(selector).every(([k, v]) => n.labels[k] === v));
     if (fits.length === 0) {
-      this.options.log.warn({ pod: `${pod.metadata?.namespace}/${pod.metadata?.name}`, nodeSelector: selector }, 'no simulated node matches the pod; it stays pending');
+      this.options.log.warn(
+        { pod: `${pod.metadata?.namespace}/${pod.metadata?.name}`, nodeSelector: selector },
+        'no simulated node matches the pod; it stays pending',
+      );
       return;
     }
     const node = fits[this.nextNode++ % fits.length]!;

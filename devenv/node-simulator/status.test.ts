@@ -12,7 +12,14 @@ const running = (name: string, role: ContainerView['role'], ready: boolean, star
   ready,
   restartCount: 0,
 });
-const view = (containers: ContainerView[], initialized = true): PodView => ({ hostIP: '10.200.0.1', podIP: '10.200.1.5', startTime: new Date(0), sandboxReady: true, initialized, containers });
+const view = (containers: ContainerView[], initialized = true): PodView => ({
+  hostIP: '10.200.0.1',
+  podIP: '10.200.1.5',
+  startTime: new Date(0),
+  sandboxReady: true,
+  initialized,
+  containers,
+});
 const condition = (status: ReturnType<typeof podStatus>, type: string) => status.conditions?.find((c) => c.type === type)?.status;
 
 describe('pod status', () => {
@@ -28,14 +35,24 @@ describe('pod status', () => {
   });
 
   it('lists init containers and native sidecars as init container statuses, in order', () => {
-    const status = podStatus(pod, view([{ ...running('flb-init', 'init', false), state: { terminated: { exitCode: 0, reason: 'Completed' } } }, running('flb-sidecar', 'sidecar', true), running('app', 'app', true)]));
+    const status = podStatus(
+      pod,
+      view([
+        { ...running('flb-init', 'init', false), state: { terminated: { exitCode: 0, reason: 'Completed' } } },
+        running('flb-sidecar', 'sidecar', true),
+        running('app', 'app', true),
+      ]),
+    );
     expect(status.initContainerStatuses?.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
     expect(status.containerStatuses?.map((c) => c.name)).toEqual(['app']);
     expect(status.initContainerStatuses?.[1]).toMatchObject({ started: true, ready: true });
   });
 
   it('stays Pending and not Initialized while init containers run', () => {
-    const status = podStatus(pod, view([running('flb-init', 'init', false), { ...running('app', 'app', false, false), state: { waiting: { reason: 'PodInitializing' } } }], false));
+    const status = podStatus(
+      pod,
+      view([running('flb-init', 'init', false), { ...running('app', 'app', false, false), state: { waiting: { reason: 'PodInitializing' } } }], false),
+    );
     expect(status.phase).toBe('Pending');
     expect(condition(status, 'Initialized')).toBe('False');
     expect(status.conditions?.find((c) => c.type === 'Ready')?.reason).toBe('ContainersNotInitialized');
@@ -50,7 +67,10 @@ describe('pod status', () => {
   });
 
   it('reports a terminal phase, never Ready', () => {
-    const status = podStatus(pod, { ...view([{ ...running('job', 'app', false), state: { terminated: { exitCode: 0, reason: 'Completed' } } }]), terminalPhase: 'Succeeded' });
+    const status = podStatus(pod, {
+      ...view([{ ...running('job', 'app', false), state: { terminated: { exitCode: 0, reason: 'Completed' } } }]),
+      terminalPhase: 'Succeeded',
+    });
     expect(status.phase).toBe('Succeeded');
     expect(condition(status, 'Ready')).toBe('False');
   });

@@ -84,7 +84,11 @@ export class PodVolumes {
       const volume = byName.get(mount.name);
       if (!volume) throw new VolumeError(`container ${container.name}: volumeMount ${mount.name} names no volume of the pod`);
       const source = mount.subPath ? join(this.pathOf(volume), mount.subPath) : this.pathOf(volume);
-      return { source, target: mount.mountPath, readOnly: mount.readOnly ?? Boolean(volume.configMap || volume.secret || volume.projected || volume.downwardAPI) };
+      return {
+        source,
+        target: mount.mountPath,
+        readOnly: mount.readOnly ?? Boolean(volume.configMap || volume.secret || volume.projected || volume.downwardAPI),
+      };
     });
   }
 
@@ -95,8 +99,10 @@ export class PodVolumes {
   private async write(volume: V1Volume, path: string): Promise<void> {
     const files: Files = new Map();
     const mode = (m: number | undefined, fallback: number | undefined) => m ?? fallback ?? 0o644;
-    if (volume.configMap) await this.addConfigMap(files, volume.configMap.name!, volume.configMap.items, volume.configMap.optional, mode(undefined, volume.configMap.defaultMode));
-    if (volume.secret) await this.addSecret(files, volume.secret.secretName!, volume.secret.items, volume.secret.optional, mode(undefined, volume.secret.defaultMode));
+    if (volume.configMap)
+      await this.addConfigMap(files, volume.configMap.name!, volume.configMap.items, volume.configMap.optional, mode(undefined, volume.configMap.defaultMode));
+    if (volume.secret)
+      await this.addSecret(files, volume.secret.secretName!, volume.secret.items, volume.secret.optional, mode(undefined, volume.secret.defaultMode));
     if (volume.downwardAPI) this.addDownward(files, volume.downwardAPI.items ?? [], mode(undefined, volume.downwardAPI.defaultMode));
     for (const source of volume.projected?.sources ?? []) {
       const fileMode = mode(undefined, volume.projected!.defaultMode);
@@ -107,10 +113,12 @@ export class PodVolumes {
         const token = await this.token(source.serviceAccountToken.audience, source.serviceAccountToken.expirationSeconds ?? 3600);
         files.set(source.serviceAccountToken.path, { content: Buffer.from(token), mode: fileMode });
       }
-      if (source.clusterTrustBundle || source.podCertificate) throw new VolumeError(`volume ${volume.name}: clusterTrustBundle and podCertificate sources are not simulated`);
+      if (source.clusterTrustBundle || source.podCertificate)
+        throw new VolumeError(`volume ${volume.name}: clusterTrustBundle and podCertificate sources are not simulated`);
     }
     const digest = createHash('sha256');
-    for (const [relative, { content, mode }] of [...files].sort(([a], [b]) => a.localeCompare(b))) digest.update(`${relative}\0${mode}\0`).update(content).update('\0');
+    for (const [relative, { content, mode }] of [...files].sort(([a], [b]) => a.localeCompare(b)))
+      digest.update(`${relative}\0${mode}\0`).update(content).update('\0');
     const hash = digest.digest('hex');
     if (this.written.get(volume.name) === hash) return;
     writeAtomically(path, files);
@@ -213,7 +221,8 @@ export function writeAtomically(path: string, files: Files): void {
   const version = `..${new Date().toISOString().replace(/[:.]/g, '_')}.${Math.random().toString(36).slice(2, 8)}`;
   const versionDir = join(path, version);
   for (const [relative, { content, mode }] of files) {
-    if (relative.split('/').some((part) => part === '..' || part === '' || part.startsWith('..'))) throw new VolumeError(`invalid file path in a volume: ${relative}`);
+    if (relative.split('/').some((part) => part === '..' || part === '' || part.startsWith('..')))
+      throw new VolumeError(`invalid file path in a volume: ${relative}`);
     const file = join(versionDir, relative);
     mkdirSync(dirname(file), { recursive: true, mode: 0o755 });
     writeFileSync(file, content, { mode });

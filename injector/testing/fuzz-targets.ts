@@ -50,22 +50,63 @@ const ANNOTATIONS = [
   'flomesh.io/proxy-memory-limit',
   'flomesh.io/sidecar-status',
 ];
-const TOKENS = ['', 'true', 'false', '8080', '0', '65536', '-1', '10.0.0.0/8', '10.0.0.0/33', '::1', 'fd00::/8', ',', ' , ', 'abc', '1e3', '100m', '64Mi', '{}', 'null', '\u0000', '\u202e', '🙂', 'x'.repeat(300)];
-const OWNER = { apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'orders-7d9f8c6b5', uid: '3f1c2a9e-8b7d-4c6e-9f00-1a2b3c4d5e6f', controller: true, blockOwnerDeletion: true };
+const TOKENS = [
+  '',
+  'true',
+  'false',
+  '8080',
+  '0',
+  '65536',
+  '-1',
+  '10.0.0.0/8',
+  '10.0.0.0/33',
+  '::1',
+  'fd00::/8',
+  ',',
+  ' , ',
+  'abc',
+  '1e3',
+  '100m',
+  '64Mi',
+  '{}',
+  'null',
+  '\u0000',
+  '\u202e',
+  '🙂',
+  'x'.repeat(300),
+];
+const OWNER = {
+  apiVersion: 'apps/v1',
+  kind: 'ReplicaSet',
+  name: 'orders-7d9f8c6b5',
+  uid: '3f1c2a9e-8b7d-4c6e-9f00-1a2b3c4d5e6f',
+  controller: true,
+  blockOwnerDeletion: true,
+};
 
 /** One mutation of the realistic review, a Deployment's pod half of the time. */
 export function mutatedReview(random: () => number): Record<string, unknown> {
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const randomValue = (depth = 0): unknown => {
     switch (Math.floor(random() * (depth > 2 ? 6 : 8))) {
-      case 0: return null;
-      case 1: return random() < 0.5;
-      case 2: return pick([0, -1, 1.5, 65536, Number.MAX_SAFE_INTEGER, 8080]);
-      case 3: return pick(TOKENS);
-      case 4: return Array.from({ length: Math.floor(random() * 4) }, () => pick(TOKENS));
-      case 5: return {};
-      case 6: return Array.from({ length: Math.floor(random() * 3) }, () => randomValue(depth + 1));
-      default: return Object.fromEntries(Array.from({ length: Math.floor(random() * 3) }, () => [pick(['name', 'port', 'path', 'httpGet', 'uid', 'controller', 'x']), randomValue(depth + 1)]));
+      case 0:
+        return null;
+      case 1:
+        return random() < 0.5;
+      case 2:
+        return pick([0, -1, 1.5, 65536, Number.MAX_SAFE_INTEGER, 8080]);
+      case 3:
+        return pick(TOKENS);
+      case 4:
+        return Array.from({ length: Math.floor(random() * 4) }, () => pick(TOKENS));
+      case 5:
+        return {};
+      case 6:
+        return Array.from({ length: Math.floor(random() * 3) }, () => randomValue(depth + 1));
+      default:
+        return Object.fromEntries(
+          Array.from({ length: Math.floor(random() * 3) }, () => [pick(['name', 'port', 'path', 'httpGet', 'uid', 'controller', 'x']), randomValue(depth + 1)]),
+        );
     }
   };
   const pod = structuredClone(realisticPod) as unknown as { metadata: Record<string, unknown>; spec: { containers: Record<string, unknown>[] } };

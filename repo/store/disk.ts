@@ -193,7 +193,12 @@ export class DiskStore implements RepoStore {
       const journal = this.journals.get(record.name);
       const entry = journal && !journal.needsSnapshot ? difference(journal.record, published, changed) : undefined;
       const line = entry && encodeLine(entry);
-      if (!journal || !line || journal.entries >= this.limits.maxEntries || journal.bytes + line.length > Math.max(journal.snapshotBytes, this.limits.minBytes)) {
+      if (
+        !journal ||
+        !line ||
+        journal.entries >= this.limits.maxEntries ||
+        journal.bytes + line.length > Math.max(journal.snapshotBytes, this.limits.minBytes)
+      ) {
         await this.writeSnapshot(published, journal);
         return;
       }
@@ -212,7 +217,11 @@ export class DiskStore implements RepoStore {
       await this.fs.unlink(join(this.records, snapshotFile(name)));
       await this.fs.syncDir(this.records);
       const journal = this.journals.get(name);
-      const files = journal ? (journal.generation === undefined ? [] : [journalFile(name, journal.generation)]) : (await this.fs.readdir(this.records)).filter((f) => journalOf(f) === name);
+      const files = journal
+        ? journal.generation === undefined
+          ? []
+          : [journalFile(name, journal.generation)]
+        : (await this.fs.readdir(this.records)).filter((f) => journalOf(f) === name);
       // Unsynced: a journal without its snapshot is removed at load anyway, and generations are never reused.
       for (const f of files) await this.fs.unlink(join(this.records, f));
       this.journals.delete(name);
@@ -288,7 +297,10 @@ export class DiskStore implements RepoStore {
       await this.fs.syncDir(this.drafts);
       this.durableDraftDirs.add(dir);
     }
-    await this.durableWriteMany(dir, drafts.map(([path, sha]) => [`${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha }))]));
+    await this.durableWriteMany(
+      dir,
+      drafts.map(([path, sha]) => [`${encodeURIComponent(path)}.json`, Buffer.from(JSON.stringify({ path, sha }))]),
+    );
   }
 
   async clearDrafts(codebase: string, paths: string[]): Promise<void> {
@@ -309,9 +321,12 @@ export class DiskStore implements RepoStore {
   async putBlobs(contents: Buffer[]): Promise<string[]> {
     const shas = contents.map((content) => createHash('sha256').update(content).digest('hex'));
     const missing = new Map<string, Buffer>();
-    await inParallel(shas.map((sha, i) => [sha, contents[i]!] as const), async ([sha, content]) => {
-      if (!missing.has(sha) && !(await this.fs.exists(join(this.blobs, sha)))) missing.set(sha, content);
-    });
+    await inParallel(
+      shas.map((sha, i) => [sha, contents[i]!] as const),
+      async ([sha, content]) => {
+        if (!missing.has(sha) && !(await this.fs.exists(join(this.blobs, sha)))) missing.set(sha, content);
+      },
+    );
     // Blobs that exist are the same bytes (content-addressed), but their directory entries may not
     // be synced yet (another writer between rename and fsync, or a crash right after rename): the
     // one directory sync below covers them.
@@ -375,7 +390,6 @@ export class DiskStore implements RepoStore {
   private durableWrite(dir: string, name: string, content: Buffer): Promise<void> {
     return this.durableWriteMany(dir, [[name, content]]);
   }
-
 }
 
 const snapshotFile = (name: string) => `${encodeURIComponent(name)}.json`;
@@ -407,7 +421,9 @@ function decodeDraft(content: Buffer, file: string): { path: string; sha: string
     // Not JSON: reported below.
   }
   if (typeof value?.path !== 'string' || (value.sha !== null && (typeof value.sha !== 'string' || !/^[0-9a-f]{64}$/.test(value.sha)))) {
-    throw new Error(`the draft record ${file} is damaged (${content.length === 0 ? 'empty' : 'not a draft record'}): restore the data directory from a backup, or remove the file to drop that draft`);
+    throw new Error(
+      `the draft record ${file} is damaged (${content.length === 0 ? 'empty' : 'not a draft record'}): restore the data directory from a backup, or remove the file to drop that draft`,
+    );
   }
   return { path: value.path, sha: value.sha };
 }
@@ -415,7 +431,9 @@ function decodeDraft(content: Buffer, file: string): { path: string; sha: string
 /** Throws, naming the file, when the snapshot is damaged. One written before checksums has none and is taken as it parses. */
 function decodeSnapshot(content: Buffer, file: string): Snapshot {
   const damaged = (why: string) =>
-    new Error(`the snapshot ${file} is damaged (${why}): the repo will not start from part of a codebase; restore the data directory from a backup, or remove the codebase's files to start it empty`);
+    new Error(
+      `the snapshot ${file} is damaged (${why}): the repo will not start from part of a codebase; restore the data directory from a backup, or remove the codebase's files to start it empty`,
+    );
   const trailer = SNAPSHOT_CHECKSUM.exec(content.toString('latin1', Math.max(0, content.length - 24)));
   if (trailer && crc32(content.subarray(0, content.length - trailer[0].length)) !== Number.parseInt(trailer[1]!, 16)) throw damaged('checksum mismatch');
   let value: unknown;
@@ -424,7 +442,8 @@ function decodeSnapshot(content: Buffer, file: string): Snapshot {
   } catch {
     throw damaged(content.length === 0 ? 'empty' : 'not JSON: cut short?');
   }
-  if (typeof value !== 'object' || value === null || typeof (value as Snapshot).name !== 'string' || typeof (value as Snapshot).files !== 'object') throw damaged('not a codebase record');
+  if (typeof value !== 'object' || value === null || typeof (value as Snapshot).name !== 'string' || typeof (value as Snapshot).files !== 'object')
+    throw damaged('not a codebase record');
   const { crc32: _checksum, ...snapshot } = value as Snapshot & { crc32?: string };
   return snapshot;
 }

@@ -49,7 +49,11 @@ export class EtcdStore implements RepoStore {
 
   /** The store's revision: it changes with every write by any replica. */
   async revision(): Promise<string> {
-    const out = await this.call<{ header: { revision: string } }>('kv/range', { key: b64(`${this.prefix}records/`), range_end: b64(rangeEnd(`${this.prefix}records/`)), count_only: true });
+    const out = await this.call<{ header: { revision: string } }>('kv/range', {
+      key: b64(`${this.prefix}records/`),
+      range_end: b64(rangeEnd(`${this.prefix}records/`)),
+      count_only: true,
+    });
     return out.header.revision;
   }
 
@@ -89,7 +93,10 @@ export class EtcdStore implements RepoStore {
     const drafts = `${this.prefix}drafts/`;
     // One transaction: a publish between two separate reads would pair a record with drafts of another moment.
     const out = await this.call<TxnResponse>('kv/txn', {
-      success: [{ request_range: { key: b64(records), range_end: b64(rangeEnd(records)) } }, { request_range: { key: b64(drafts), range_end: b64(rangeEnd(drafts)) } }],
+      success: [
+        { request_range: { key: b64(records), range_end: b64(rangeEnd(records)) } },
+        { request_range: { key: b64(drafts), range_end: b64(rangeEnd(drafts)) } },
+      ],
     });
     const byCodebase = new Map<string, KeyValue[]>();
     for (const kv of out.responses?.[1]?.response_range?.kvs ?? []) {
@@ -106,7 +113,9 @@ export class EtcdStore implements RepoStore {
   /** Absent when the writer never saw the record; otherwise still at the revision the writer's copy is from. */
   private unchanged(name: string, revision: string | undefined): unknown {
     const key = b64(this.recordKey(name));
-    return revision === undefined ? { key, target: 'CREATE', result: 'EQUAL', create_revision: '0' } : { key, target: 'MOD', result: 'EQUAL', mod_revision: revision };
+    return revision === undefined
+      ? { key, target: 'CREATE', result: 'EQUAL', create_revision: '0' }
+      : { key, target: 'MOD', result: 'EQUAL', mod_revision: revision };
   }
 
   async putRecord(record: CodebaseRecord): Promise<string> {
@@ -148,7 +157,10 @@ export class EtcdStore implements RepoStore {
     const sha = createHash('sha256').update(content).digest('hex');
     const key = b64(`${this.prefix}blobs/${sha}`);
     // Only when absent: content-addressed, so an existing blob is the same bytes.
-    await this.call('kv/txn', { compare: [{ key, target: 'CREATE', result: 'EQUAL', create_revision: '0' }], success: [{ request_put: { key, value: b64(content) } }] });
+    await this.call('kv/txn', {
+      compare: [{ key, target: 'CREATE', result: 'EQUAL', create_revision: '0' }],
+      success: [{ request_put: { key, value: b64(content) } }],
+    });
     return sha;
   }
 

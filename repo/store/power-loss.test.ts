@@ -133,7 +133,9 @@ async function stateOf(repo: Repo): Promise<RepoState> {
 }
 
 const canonical = (value: unknown): string =>
-  JSON.stringify(value, (_key, v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+  JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v,
+  );
 const clone = (state: RepoState): RepoState => JSON.parse(JSON.stringify(state)) as RepoState;
 
 /** Runs the sequence on a recording file system and returns its crash points. */
@@ -184,7 +186,8 @@ async function check(points: CrashPoint<Tag>[], scratch: string, firstOnly = fal
           publishModel(next[name]!, 'r');
         }
         const reopened = await stateOf(await open());
-        if (canonical(reopened) !== canonical(next)) problems.push(`${where}: a publish after recovery gives ${canonical(reopened)} instead of ${canonical(next)}`);
+        if (canonical(reopened) !== canonical(next))
+          problems.push(`${where}: a publish after recovery gives ${canonical(reopened)} instead of ${canonical(next)}`);
       } catch (error) {
         problems.push(`${where}: the store does not open or write: ${(error as Error).message}`);
       } finally {
@@ -196,7 +199,8 @@ async function check(points: CrashPoint<Tag>[], scratch: string, firstOnly = fal
 }
 
 /** A sync site: the kind of call and what it syncs, with file names reduced to their kind. */
-const siteOf = (kind: SyncKind, path: string) => `${kind} ${kind === 'syncDir' ? path || '.' : path.replace(/[^/]*(\.tmp|\.journal)$/, '*$1')}`.replace(/drafts\/[^/ ]+/, 'drafts/<codebase>');
+const siteOf = (kind: SyncKind, path: string) =>
+  `${kind} ${kind === 'syncDir' ? path || '.' : path.replace(/[^/]*(\.tmp|\.journal)$/, '*$1')}`.replace(/drafts\/[^/ ]+/, 'drafts/<codebase>');
 
 describe('the disk store under power loss', () => {
   let scratch: string;
@@ -251,7 +255,12 @@ describe('the disk store under power loss', () => {
       await restarted.writeDraft(MESH, '/v.json', Buffer.from('v1'));
       fs.tag = { step: 'acknowledged', before: after, after };
       await fs.syncDir(root);
-      expect(await check(fs.crashPoints.filter((p) => p.tag.step !== 'first run'), scratch)).toEqual([]);
+      expect(
+        await check(
+          fs.crashPoints.filter((p) => p.tag.step !== 'first run'),
+          scratch,
+        ),
+      ).toEqual([]);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -261,7 +270,17 @@ describe('the disk store under power loss', () => {
     const sites = [...new Set(clean.syncs.map((s) => siteOf(s.kind, s.path)))].sort();
     // Every kind of durable write has its syncs: the journal, snapshots, blobs, drafts and their directories.
     expect(sites).toEqual(
-      expect.arrayContaining(['datasync codebases/*.journal', 'sync codebases/*.tmp', 'syncDir codebases', 'sync blobs/*.tmp', 'syncDir blobs', 'sync drafts/<codebase>/*.tmp', 'syncDir drafts/<codebase>', 'syncDir drafts', 'syncDir .']),
+      expect.arrayContaining([
+        'datasync codebases/*.journal',
+        'sync codebases/*.tmp',
+        'syncDir codebases',
+        'sync blobs/*.tmp',
+        'syncDir blobs',
+        'sync drafts/<codebase>/*.tmp',
+        'syncDir drafts/<codebase>',
+        'syncDir drafts',
+        'syncDir .',
+      ]),
     );
     const missed: string[] = [];
     for (const site of sites) {

@@ -61,7 +61,12 @@ export function repoContract(baseUrl: () => string, prefix: string): void {
   it('lists per-file versions in _etags', async () => {
     const etags = await call('GET', `/repo${derived}/_etags`);
     expect(etags.status).toBe(200);
-    expect(etags.text.split('\n').filter(Boolean).map((l) => l.split('#')[0])).toEqual(['/mesh.json', '/sidecar.json']);
+    expect(
+      etags.text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split('#')[0]),
+    ).toEqual(['/mesh.json', '/sidecar.json']);
   });
 
   it('erases a file with the next publish', async () => {

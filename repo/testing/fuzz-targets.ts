@@ -60,7 +60,8 @@ const socket = new Socket();
 async function freshWorld(): Promise<World> {
   const store = new MemoryStore();
   const repo = await new Repo(store).load();
-  const publish = (name: string, files: Record<string, string>, version: string) => repo.writeFiles(name, new Map(Object.entries(files).map(([p, c]) => [p, Buffer.from(c)])), { version });
+  const publish = (name: string, files: Record<string, string>, version: string) =>
+    repo.writeFiles(name, new Map(Object.entries(files).map(([p, c]) => [p, Buffer.from(c)])), { version });
   await repo.create('/flb/mesh', { main: '/mesh.json' });
   await publish('/flb/mesh', { '/mesh.json': '{"v":1}', '/services/a.json': '{"a":1}' }, '1');
   await publish('/flb/mesh', { '/mesh.json': '{"v":2}', '/services/b.json': '{"b":2}' }, '2');
@@ -77,7 +78,11 @@ async function freshWorld(): Promise<World> {
       review: async (token) => {
         const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8')) as { 'kubernetes.io'?: { pod?: { name?: unknown } } };
         const pod = claims['kubernetes.io']?.pod?.name;
-        return { authenticated: true, audiences: [AUDIENCE], user: { username: 'system:serviceaccount:shop:default', extra: { 'authentication.kubernetes.io/pod-name': [String(pod)] } } };
+        return {
+          authenticated: true,
+          audiences: [AUDIENCE],
+          user: { username: 'system:serviceaccount:shop:default', extra: { 'authentication.kubernetes.io/pod-name': [String(pod)] } },
+        };
       },
     },
   });
@@ -135,7 +140,10 @@ async function send(request: Request, holdLongPolls = false): Promise<Capture> {
   const counts = (answered[target] ??= {});
   counts[res.status] = (counts[res.status] ?? 0) + 1;
   assert.ok(res.headersSent, `no answer to ${request.method} ${request.url}`);
-  assert.ok(res.status >= 200 && res.status < 500, `${request.method} ${JSON.stringify(request.url)} answered ${res.status}: ${res.body.toString().slice(0, 300)}`);
+  assert.ok(
+    res.status >= 200 && res.status < 500,
+    `${request.method} ${JSON.stringify(request.url)} answered ${res.status}: ${res.body.toString().slice(0, 300)}`,
+  );
   if (res.headers['content-length'] !== undefined) {
     const expected = Number(res.headers['content-length']);
     assert.equal(request.method === 'HEAD' ? 0 : expected, res.body.length, `content-length ${expected} for a body of ${res.body.length}`);
@@ -173,8 +181,53 @@ function checkPathProperty(path: string): void {
 }
 
 // paths: [method, principal, ...path bytes (latin1, as node:http hands them over)]
-const PATH_PREFIXES = ['/repo/flb/mesh/', '/repo/flb/sidecars/pod.shop.web/', '/repo/flb/sidecars/pod.shop.other/', '/repo/', '/api/v1/repo/', '/api/v1/repo/flb/mesh', '/api/v1/repo-files/flb/mesh/', '/api/v1/repo-files/flb/sidecars/pod.shop.other/', '/metrics', '/', ''];
-const PATH_PIECES = ['..', '.', '%2e%2e', '%2E', '%2f', '%2F', '%00', '%', '%zz', '%c0%ae', '/', '//', '_etags', 'mesh.json', 'sidecar.json', 'draft.json', 'pod.shop.other', 'flb', 'sidecars', 'services', 'a.json', '?x=1', '#', '\\', '\u0000', '\u00ff', '\u2028', '😀', 'x'.repeat(600), ' ', '+', '~'];
+const PATH_PREFIXES = [
+  '/repo/flb/mesh/',
+  '/repo/flb/sidecars/pod.shop.web/',
+  '/repo/flb/sidecars/pod.shop.other/',
+  '/repo/',
+  '/api/v1/repo/',
+  '/api/v1/repo/flb/mesh',
+  '/api/v1/repo-files/flb/mesh/',
+  '/api/v1/repo-files/flb/sidecars/pod.shop.other/',
+  '/metrics',
+  '/',
+  '',
+];
+const PATH_PIECES = [
+  '..',
+  '.',
+  '%2e%2e',
+  '%2E',
+  '%2f',
+  '%2F',
+  '%00',
+  '%',
+  '%zz',
+  '%c0%ae',
+  '/',
+  '//',
+  '_etags',
+  'mesh.json',
+  'sidecar.json',
+  'draft.json',
+  'pod.shop.other',
+  'flb',
+  'sidecars',
+  'services',
+  'a.json',
+  '?x=1',
+  '#',
+  '\\',
+  '\u0000',
+  '\u00ff',
+  '\u2028',
+  '😀',
+  'x'.repeat(600),
+  ' ',
+  '+',
+  '~',
+];
 
 /** Paths that name something, so that inputs near them reach the routes behind the checks. */
 const KNOWN_PATHS = [
@@ -197,7 +250,11 @@ const KNOWN_PATHS = [
 
 function pathsInput(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   const built = check
-    .tuple(check.constantFrom(...PATH_PREFIXES), check.array(check.oneof(check.constantFrom(...PATH_PIECES), check.string({ maxLength: 8 })), { maxLength: 8 }), check.constantFrom('', '/', '?q', '/..'))
+    .tuple(
+      check.constantFrom(...PATH_PREFIXES),
+      check.array(check.oneof(check.constantFrom(...PATH_PIECES), check.string({ maxLength: 8 })), { maxLength: 8 }),
+      check.constantFrom('', '/', '?q', '/..'),
+    )
     .map(([prefix, pieces, end]) => prefix + pieces.join('/') + end);
   return check
     .tuple(check.nat(METHODS.length - 1), check.boolean(), check.oneof(built, check.constantFrom(...KNOWN_PATHS)))
@@ -208,8 +265,14 @@ async function runPath(input: Uint8Array): Promise<void> {
   const method = METHODS[(input[0] ?? 0) % METHODS.length]!;
   const asWeb = ((input[1] ?? 0) & 1) === 1;
   const path = Buffer.from(input.subarray(2)).toString('latin1');
-  const res = await send({ method, url: path, headers: asWeb ? { authorization: `Bearer ${WEB_TOKEN}` } : {}, body: method === 'POST' || method === 'PATCH' ? utf8('{}') : undefined });
-  if (asWeb && res.status < 300) assert.ok(!res.body.includes(OTHERS_SECRET), `pod.shop.web was served another sidecar's content by ${method} ${JSON.stringify(path)}`);
+  const res = await send({
+    method,
+    url: path,
+    headers: asWeb ? { authorization: `Bearer ${WEB_TOKEN}` } : {},
+    body: method === 'POST' || method === 'PATCH' ? utf8('{}') : undefined,
+  });
+  if (asWeb && res.status < 300)
+    assert.ok(!res.body.includes(OTHERS_SECRET), `pod.shop.web was served another sidecar's content by ${method} ${JSON.stringify(path)}`);
   checkPathProperty(path.split('?')[0]!);
   if (world!.inputs % 64 === 0) await checkState();
 }
@@ -228,7 +291,20 @@ const ROUTES: [string, string, string?][] = [
   ['GET', '/api/v1/repo/flb/mesh'],
 ];
 const ETAGS = ['1', '2', '1+1', '1+2', '2+1', '', '*', 'W/"1"', '"1"', '1, 2', '0', '99999999999999999999', '+', '1+', '+1', '1++1'];
-const PREFERS = ['wait=1', 'wait=0', 'wait=55', 'wait=99999999999999999999999', 'wait=-1', 'wait=1.5', 'wait=', 'respond-async, wait=2', 'wait=1e3', 'WAIT=1', 'wait=0x10', 'handling=lenient'];
+const PREFERS = [
+  'wait=1',
+  'wait=0',
+  'wait=55',
+  'wait=99999999999999999999999',
+  'wait=-1',
+  'wait=1.5',
+  'wait=',
+  'respond-async, wait=2',
+  'wait=1e3',
+  'WAIT=1',
+  'wait=0x10',
+  'handling=lenient',
+];
 const ACCEPTS = [DELTA_MEDIA_TYPE, `${DELTA_MEDIA_TYPE}, text/plain;q=0.5`, 'text/plain', '*/*', '', DELTA_MEDIA_TYPE.toUpperCase()];
 const AUTHORIZATIONS = [
   '',
@@ -250,7 +326,17 @@ const LENGTHS = ['0', '5', '-1', 'abc', '99999999999999999999', '8388609', '1e3'
 function headersInput(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   const field = (known: string[]) => check.oneof(check.constantFrom(...known), check.string({ maxLength: 16 }));
   return check
-    .tuple(check.nat(ROUTES.length - 1), field(ETAGS), field(PREFERS), field(ACCEPTS), check.oneof(check.constantFrom(...AUTHORIZATIONS), check.string({ maxLength: 40 }).map((s) => `Bearer ${s}`)), field(LENGTHS))
+    .tuple(
+      check.nat(ROUTES.length - 1),
+      field(ETAGS),
+      field(PREFERS),
+      field(ACCEPTS),
+      check.oneof(
+        check.constantFrom(...AUTHORIZATIONS),
+        check.string({ maxLength: 40 }).map((s) => `Bearer ${s}`),
+      ),
+      field(LENGTHS),
+    )
     .map(([route, ...values]) => utf8([String(route), ...values].join('\0')));
 }
 
@@ -289,12 +375,29 @@ const BODY_ROUTES: [string, string][] = [
 ];
 
 function jsonValue(check: FuzzCheck): fc.Arbitrary<unknown> {
-  const path = check.oneof(check.constantFrom('/a.json', '/mesh.json', '/services/x.json', '/../x', '/a/./b', 'no-slash', '/', '//x', '/x/', `/${'p'.repeat(600)}`, '/\u0000'), check.string({ maxLength: 12 }));
+  const path = check.oneof(
+    check.constantFrom('/a.json', '/mesh.json', '/services/x.json', '/../x', '/a/./b', 'no-slash', '/', '//x', '/x/', `/${'p'.repeat(600)}`, '/\u0000'),
+    check.string({ maxLength: 12 }),
+  );
   const scalar = check.oneof(check.string({ maxLength: 12 }), check.integer(), check.double(), check.boolean(), check.constant(null));
   const version = check.oneof(scalar, check.constantFrom('3', '4', 'v+1', 'a b', '#', '', 'x'.repeat(200), -1, 2 ** 31, 1.5, Number.NaN));
   return check.oneof(
-    check.record({ files: check.dictionary(path, check.oneof(check.string({ maxLength: 20 }), check.constant(null), scalar), { maxKeys: 6 }), version: version, main: check.oneof(path, scalar) }, { requiredKeys: [] }),
-    check.record({ base: check.oneof(check.constantFrom('/flb/mesh', '/flb/fresh', '/nope', '/flb/sidecars/pod.shop.web'), scalar), main: check.oneof(path, scalar), version }, { requiredKeys: [] }),
+    check.record(
+      {
+        files: check.dictionary(path, check.oneof(check.string({ maxLength: 20 }), check.constant(null), scalar), { maxKeys: 6 }),
+        version: version,
+        main: check.oneof(path, scalar),
+      },
+      { requiredKeys: [] },
+    ),
+    check.record(
+      {
+        base: check.oneof(check.constantFrom('/flb/mesh', '/flb/fresh', '/nope', '/flb/sidecars/pod.shop.web'), scalar),
+        main: check.oneof(path, scalar),
+        version,
+      },
+      { requiredKeys: [] },
+    ),
     check.record(
       {
         uuid: check.oneof(check.string({ maxLength: 40 }), scalar),
@@ -313,7 +416,9 @@ function jsonValue(check: FuzzCheck): fc.Arbitrary<unknown> {
 }
 
 function bodiesInput(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
-  return check.tuple(check.nat(BODY_ROUTES.length - 1), jsonValue(check)).map(([route, value]) => Uint8Array.from([route, ...utf8(JSON.stringify(value) ?? '')]));
+  return check
+    .tuple(check.nat(BODY_ROUTES.length - 1), jsonValue(check))
+    .map(([route, value]) => Uint8Array.from([route, ...utf8(JSON.stringify(value) ?? '')]));
 }
 
 async function runBody(input: Uint8Array): Promise<void> {

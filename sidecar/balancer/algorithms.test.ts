@@ -13,8 +13,7 @@ import {
 } from './algorithms.js';
 import { candidates, tally } from './testing/fixtures.js';
 
-const keysOf = (list: readonly Candidate[], balancer: Balancer, n: number, hash = 0) =>
-  Array.from({ length: n }, () => list[balancer.pick(hash)]!.key);
+const keysOf = (list: readonly Candidate[], balancer: Balancer, n: number, hash = 0) => Array.from({ length: n }, () => list[balancer.pick(hash)]!.key);
 
 describe('round robin', () => {
   it('cycles through every candidate in order, weights ignored', () => {
@@ -49,10 +48,13 @@ describe('smooth weighted round robin', () => {
 
   it('keeps exact proportions over a cycle for uneven weights', () => {
     const list = candidates({ a: 3, b: 2, c: 7 });
-    const counts = tally(12 * 50, (() => {
-      const swrr = new SmoothWeightedRoundRobin(list);
-      return () => list[swrr.pick()]!.key;
-    })());
+    const counts = tally(
+      12 * 50,
+      (() => {
+        const swrr = new SmoothWeightedRoundRobin(list);
+        return () => list[swrr.pick()]!.key;
+      })(),
+    );
     expect(Object.fromEntries(counts)).toEqual({ a: 150, b: 100, c: 350 });
   });
 
@@ -80,10 +82,13 @@ describe('least request (power of two choices)', () => {
 
   it('never picks the busiest of several, and spreads over the idle ones', () => {
     const list = candidates({ a: 1, b: 1, c: 1, d: 1 }, { a: 0, b: 0, c: 0, d: 9 });
-    const counts = tally(4000, (() => {
-      const lr = new LeastRequest(list, seededRandom(7));
-      return () => list[lr.pick()]!.key;
-    })());
+    const counts = tally(
+      4000,
+      (() => {
+        const lr = new LeastRequest(list, seededRandom(7));
+        return () => list[lr.pick()]!.key;
+      })(),
+    );
     expect(counts.get('d')).toBeUndefined();
     for (const key of ['a', 'b', 'c']) expect(counts.get(key)).toBeGreaterThan(1000);
   });
@@ -120,10 +125,13 @@ describe('ring hash', () => {
     const ring = new RingHash(ten, 1024);
     expect(ring.size).toBeGreaterThanOrEqual(1024);
     expect(ring.size).toBeLessThan(2048 + 10);
-    const counts = tally(keys.length, (() => {
-      let i = 0;
-      return () => ten[ring.pick(hashString(keys[i++]!))]!.key;
-    })());
+    const counts = tally(
+      keys.length,
+      (() => {
+        let i = 0;
+        return () => ten[ring.pick(hashString(keys[i++]!))]!.key;
+      })(),
+    );
     for (const count of counts.values()) {
       expect(count / keys.length).toBeGreaterThan(0.07);
       expect(count / keys.length).toBeLessThan(0.13);
@@ -149,10 +157,13 @@ describe('ring hash', () => {
   it('gives weight its share of points', () => {
     const list = candidates({ a: 3, b: 1 });
     const ring = new RingHash(list, 1024);
-    const counts = tally(keys.length, (() => {
-      let i = 0;
-      return () => list[ring.pick(hashString(keys[i++]!))]!.key;
-    })());
+    const counts = tally(
+      keys.length,
+      (() => {
+        let i = 0;
+        return () => list[ring.pick(hashString(keys[i++]!))]!.key;
+      })(),
+    );
     expect(counts.get('a')! / keys.length).toBeGreaterThan(0.7);
     expect(counts.get('a')! / keys.length).toBeLessThan(0.8);
   });

@@ -233,9 +233,7 @@ export class RingHash implements Balancer {
     });
     // Ties (rare with 32-bit hashes) are broken by key, not by list order, so all sidecars agree.
     const order = Array.from({ length: size }, (_, i) => i).sort(
-      (a, b) =>
-        pointHashes[a]! - pointHashes[b]! ||
-        compareStrings(candidates[pointOwners[a]!]!.key, candidates[pointOwners[b]!]!.key),
+      (a, b) => pointHashes[a]! - pointHashes[b]! || compareStrings(candidates[pointOwners[a]!]!.key, candidates[pointOwners[b]!]!.key),
     );
     this.hashes = Uint32Array.from(order, (i) => pointHashes[i]!);
     this.owners = Uint32Array.from(order, (i) => pointOwners[i]!);

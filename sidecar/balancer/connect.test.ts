@@ -24,7 +24,12 @@ afterEach(async () => {
 function poolOf(ports: number[], policy: Record<string, unknown> = {}) {
   // random() = 0: round robin starts at the first endpoint, so the order of attempts is known.
   const pool = new EndpointPool({ activeHealthChecks: false, random: () => 0 });
-  pool.update(makeService(ports.map((port) => ({ address: '127.0.0.1', port })), policy));
+  pool.update(
+    makeService(
+      ports.map((port) => ({ address: '127.0.0.1', port })),
+      policy,
+    ),
+  );
   cleanups.push(() => pool.close());
   return pool;
 }

@@ -17,11 +17,7 @@ const addressOf = (key: string | undefined) => key?.split('|')[0];
 
 describe('the endpoint pool', () => {
   it('never chooses an endpoint the registry marks unhealthy, nor a drained one, not even in panic', () => {
-    const { pool, pickKey } = setup([
-      { address: '10.0.0.1' },
-      { address: '10.0.0.2', healthy: false },
-      { address: '10.0.0.3', weight: 0 },
-    ]);
+    const { pool, pickKey } = setup([{ address: '10.0.0.1' }, { address: '10.0.0.2', healthy: false }, { address: '10.0.0.3', weight: 0 }]);
     expect([...tally(100, pickKey).keys()]).toEqual(['10.0.0.1|8080']);
     pool.setActiveHealth('10.0.0.1|8080', 'unhealthy');
     expect([...tally(100, pickKey).keys()]).toEqual(['10.0.0.1|8080']);
@@ -33,13 +29,26 @@ describe('the endpoint pool', () => {
 
   it('dials the endpoint port that belongs to the service port', () => {
     const { pool } = setup(
-      [{ address: '10.0.0.1', port: 8080, ports: { metrics: 19090 } }, { address: '10.0.0.2', port: 8081 }],
+      [
+        { address: '10.0.0.1', port: 8080, ports: { metrics: 19090 } },
+        { address: '10.0.0.2', port: 8081 },
+      ],
       {},
       {},
-      { ports: [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'metrics', port: 9090, targetPort: 9091 }] },
+      {
+        ports: [
+          { name: 'http', port: 80, targetPort: 8080 },
+          { name: 'metrics', port: 9090, targetPort: 9091 },
+        ],
+      },
     );
     const targets = (servicePort: number) =>
-      [...tally(10, () => { const p = pool.pick({ servicePort }); return p && `${p.address}:${p.port}`; }).keys()].sort();
+      [
+        ...tally(10, () => {
+          const p = pool.pick({ servicePort });
+          return p && `${p.address}:${p.port}`;
+        }).keys(),
+      ].sort();
     expect(targets(80)).toEqual(['10.0.0.1:8080', '10.0.0.2:8081']);
     expect(targets(9090)).toEqual(['10.0.0.1:19090', '10.0.0.2:9091']);
     expect(pool.pick({ servicePort: 1234 })).toBeUndefined();
@@ -214,10 +223,10 @@ describe('the endpoint pool', () => {
     pool.begin('10.0.0.3|8080');
     pool.begin('10.0.0.4|8080');
     pool.update(
-      makeService(
-        [{ address: '10.0.0.1', weight: 3 }, { address: '10.0.0.2' }, { address: '10.0.0.3', zone: 'moved' }, { address: '10.0.0.5' }],
-        { ...policy, loadBalancer: { algorithm: 'least-request' } },
-      ),
+      makeService([{ address: '10.0.0.1', weight: 3 }, { address: '10.0.0.2' }, { address: '10.0.0.3', zone: 'moved' }, { address: '10.0.0.5' }], {
+        ...policy,
+        loadBalancer: { algorithm: 'least-request' },
+      }),
       {},
     );
     const byKey = new Map(pool.snapshot().endpoints.map((e) => [e.key, e]));
@@ -260,7 +269,12 @@ describe('the endpoint pool', () => {
       const route = () => users.map((u) => pickKey({ header: (name) => (name === 'x-user' ? u : undefined) }));
       const before = route();
       expect(route()).toEqual(before);
-      pool.update(makeService(endpoints(10).filter((e) => e.address !== '10.0.0.7'), ringPolicy('header', 'x-user')));
+      pool.update(
+        makeService(
+          endpoints(10).filter((e) => e.address !== '10.0.0.7'),
+          ringPolicy('header', 'x-user'),
+        ),
+      );
       const after = route();
       const moved = users.map((_, i) => i).filter((i) => before[i] !== after[i]);
       expect(moved.every((i) => before[i] === '10.0.0.7|8080')).toBe(true);
@@ -268,7 +282,12 @@ describe('the endpoint pool', () => {
       // Ejection or a failed check moves only that endpoint's keys too.
       pool.setActiveHealth('10.0.0.3|8080', 'unhealthy');
       const third = route();
-      expect(users.map((_, i) => i).filter((i) => after[i] !== third[i]).every((i) => after[i] === '10.0.0.3|8080')).toBe(true);
+      expect(
+        users
+          .map((_, i) => i)
+          .filter((i) => after[i] !== third[i])
+          .every((i) => after[i] === '10.0.0.3|8080'),
+      ).toBe(true);
     });
 
     it('hashes on the source IP or a cookie, and picks anyone when the key is missing', () => {
@@ -295,15 +314,47 @@ describe('the endpoint pool', () => {
   });
 
   it('describes itself for the admin endpoint', () => {
-    const { pool } = setup([{ address: '10.0.0.1', zone: 'z1', priority: 2 }, { address: '10.0.0.2', healthy: false }], {}, { zone: 'z1' });
+    const { pool } = setup(
+      [
+        { address: '10.0.0.1', zone: 'z1', priority: 2 },
+        { address: '10.0.0.2', healthy: false },
+      ],
+      {},
+      { zone: 'z1' },
+    );
     expect(pool.snapshot()).toEqual({
       service: 'orders.shop',
       algorithm: 'round-robin',
       panic: false,
       levels: [{ priority: 2, locality: 'zone', loadPercent: 100, endpoints: ['10.0.0.1|8080'] }],
       endpoints: [
-        { key: '10.0.0.1|8080', address: '10.0.0.1', port: 8080, weight: 1, zone: 'z1', priority: 2, registryHealthy: true, activeHealth: 'unknown', ejected: false, ejections: 0, inFlight: 0, usable: true },
-        { key: '10.0.0.2|8080', address: '10.0.0.2', port: 8080, weight: 1, priority: 0, registryHealthy: false, activeHealth: 'unknown', ejected: false, ejections: 0, inFlight: 0, usable: false },
+        {
+          key: '10.0.0.1|8080',
+          address: '10.0.0.1',
+          port: 8080,
+          weight: 1,
+          zone: 'z1',
+          priority: 2,
+          registryHealthy: true,
+          activeHealth: 'unknown',
+          ejected: false,
+          ejections: 0,
+          inFlight: 0,
+          usable: true,
+        },
+        {
+          key: '10.0.0.2|8080',
+          address: '10.0.0.2',
+          port: 8080,
+          weight: 1,
+          priority: 0,
+          registryHealthy: false,
+          activeHealth: 'unknown',
+          ejected: false,
+          ejections: 0,
+          inFlight: 0,
+          usable: false,
+        },
       ],
     });
     pool.close();
@@ -316,7 +367,13 @@ describe('the endpoint pool', () => {
     for (const algorithm of ['round-robin', 'weighted', 'least-request', 'ring-hash', 'random'] as Algorithm[]) {
       const lb = algorithm === 'ring-hash' ? { algorithm, hash: { on: 'header', name: 'x-user' } } : { algorithm };
       const pool = new EndpointPool({ activeHealthChecks: false });
-      pool.update(makeService(endpoints(10, {}, 0).map((e, i) => ({ ...e, weight: 1 + (i % 3), zone: i < 5 ? 'z1' : 'z2' })), { loadBalancer: lb }), { zone: 'z1' });
+      pool.update(
+        makeService(
+          endpoints(10, {}, 0).map((e, i) => ({ ...e, weight: 1 + (i % 3), zone: i < 5 ? 'z1' : 'z2' })),
+          { loadBalancer: lb },
+        ),
+        { zone: 'z1' },
+      );
       const ctx: PickContext = { header, sourceIp: '10.1.2.3' };
       const n = 1_000_000;
       let sink = 0;
@@ -327,6 +384,10 @@ describe('the endpoint pool', () => {
       expect(sink).toBeGreaterThan(0);
       pool.close();
     }
-    console.log(`balancer pick, ns per pick over 10 endpoints: ${Object.entries(results).map(([a, ns]) => `${a} ${ns.toFixed(0)}`).join(', ')}`);
+    console.log(
+      `balancer pick, ns per pick over 10 endpoints: ${Object.entries(results)
+        .map(([a, ns]) => `${a} ${ns.toFixed(0)}`)
+        .join(', ')}`,
+    );
   });
 });

@@ -32,7 +32,8 @@ const SAVES: { version: string; files: Files }[] = [
 
 const toMap = (files: Files) => new Map(Object.entries(files).map(([k, v]) => [k, Buffer.from(v)]));
 const fromMap = (files: Map<string, Buffer>) => Object.fromEntries([...files].map(([k, v]) => [k, v.toString('utf8')]).sort(([a], [b]) => (a! < b! ? -1 : 1)));
-const same = (a: Tag['before'], b: Tag['before']) => JSON.stringify(a && { v: a.version, f: fromMap(toMap(a.files)) }) === JSON.stringify(b && { v: b.version, f: fromMap(toMap(b.files)) });
+const same = (a: Tag['before'], b: Tag['before']) =>
+  JSON.stringify(a && { v: a.version, f: fromMap(toMap(a.files)) }) === JSON.stringify(b && { v: b.version, f: fromMap(toMap(b.files)) });
 
 async function record(skipSync?: RecorderOptions['skipSync']): Promise<{ points: CrashPoint<Tag>[]; syncs: { kind: SyncKind; path: string }[] }> {
   const root = mkdtempSync(join(SCRATCH, 'flb-cache-power-loss-'));
@@ -69,7 +70,8 @@ async function check(points: CrashPoint<Tag>[], scratch: string, firstOnly = fal
         const cache = new ConfigCache(dir);
         await cache.save('next', toMap({ 'mesh.json': 'after recovery' }));
         const next = await new ConfigCache(dir).load();
-        if (next?.version !== 'next' || next.files.get('mesh.json')?.toString() !== 'after recovery') problems.push(`${where}: a save after recovery loads as ${JSON.stringify(next && fromMap(next.files))}`);
+        if (next?.version !== 'next' || next.files.get('mesh.json')?.toString() !== 'after recovery')
+          problems.push(`${where}: a save after recovery loads as ${JSON.stringify(next && fromMap(next.files))}`);
       } catch (error) {
         problems.push(`${where}: ${(error as Error).message}`);
       } finally {
@@ -95,7 +97,9 @@ describe('the configuration cache under power loss', () => {
     clean = await record();
     const problems = await check(clean.points, scratch);
     const images = clean.points.reduce((n, p) => n + p.images.length, 0);
-    console.info(`config cache power loss: ${clean.points.length} crash points, ${images} disk images checked in ${Math.round(performance.now() - started)} ms`);
+    console.info(
+      `config cache power loss: ${clean.points.length} crash points, ${images} disk images checked in ${Math.round(performance.now() - started)} ms`,
+    );
     expect(problems).toEqual([]);
     expect(clean.points.filter((p) => p.operation.startsWith('unlink blobs/')).length).toBeGreaterThanOrEqual(2);
     expect(clean.points.length).toBeGreaterThan(60);

@@ -29,7 +29,9 @@ describe('the configuration cache', () => {
 
   it.each<CacheWriteStep>(['blobs-written', 'manifest-temp-written'])('a save that dies after %s leaves the previous version whole', async (step) => {
     await new ConfigCache(dir).save('1', files({ 'mesh.json': 'm1', 'services/a.json': 'a1' }));
-    await expect(new ConfigCache(dir, { crashAfter: step }).save('2', files({ 'mesh.json': 'm2', 'services/a.json': 'a2' }))).rejects.toThrow('simulated crash');
+    await expect(new ConfigCache(dir, { crashAfter: step }).save('2', files({ 'mesh.json': 'm2', 'services/a.json': 'a2' }))).rejects.toThrow(
+      'simulated crash',
+    );
     const restarted = new ConfigCache(dir);
     const loaded = await restarted.load();
     expect(loaded!.version).toBe('1');

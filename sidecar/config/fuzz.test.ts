@@ -31,7 +31,9 @@ describe('fuzzing the sidecar configuration files', () => {
     }
     console.log('3,000 generated config-file inputs:', seen);
     // Each file accepted and refused, each in at least 3 % of the inputs.
-    const rare = ['mesh.json', 'sidecar.json', 'service'].flatMap((file) => ['accepted', 'refused'].map((outcome) => `${file} ${outcome}`)).filter((key) => (seen[key] ?? 0) < 90);
+    const rare = ['mesh.json', 'sidecar.json', 'service']
+      .flatMap((file) => ['accepted', 'refused'].map((outcome) => `${file} ${outcome}`))
+      .filter((key) => (seen[key] ?? 0) < 90);
     expect(rare).toEqual([]);
   });
 });
@@ -44,14 +46,18 @@ describe('what fuzzing the configuration files found', () => {
     // The sidecar.json in force names mesh "flb": so must the mesh.json in force.
     expect(state!.mesh.name).toBe(state!.sidecar.mesh);
     expect(state!.mesh).toBe(before.mesh);
-    expect(rejected).toEqual([{ path: 'mesh.json', error: 'invalid mesh.json: name: is "grpc", but sidecar.json names "flb" (a sidecar belongs to one mesh)' }]);
+    expect(rejected).toEqual([
+      { path: 'mesh.json', error: 'invalid mesh.json: name: is "grpc", but sidecar.json names "flb" (a sidecar belongs to one mesh)' },
+    ]);
     // What the cache would keep builds a state after a restart (before: none, the sidecar was not ready).
     const restarted = buildState(sourceFiles(state!)!, undefined, 'restart', { sidecarId: 'pod.shop.w' });
     expect(restarted.rejected).toEqual([]);
     expect(restarted.state?.mesh.name).toBe('flb');
 
     // Renamed together: both go in.
-    const both = buildState(codebase([serviceDoc('a')], meshDoc({ name: 'grpc' }), sidecarDoc('pod.shop.w', { mesh: 'grpc' })), before, '3', { sidecarId: 'pod.shop.w' });
+    const both = buildState(codebase([serviceDoc('a')], meshDoc({ name: 'grpc' }), sidecarDoc('pod.shop.w', { mesh: 'grpc' })), before, '3', {
+      sidecarId: 'pod.shop.w',
+    });
     expect(both.rejected).toEqual([]);
     expect([both.state!.mesh.name, both.state!.sidecar.mesh]).toEqual(['grpc', 'grpc']);
   });

@@ -32,7 +32,9 @@ describe('codebase URLs', () => {
     expect(url).toBe('http://127.0.0.1:6060/repo/flb/sidecars/pod.shop.orders-7d9f-x2x4/');
     expect(sidecarIdFromUrl(url)).toBe('pod.shop.orders-7d9f-x2x4');
     expect(sidecarIdFromUrl('http://127.0.0.1:6060/repo/flb/mesh/')).toBeUndefined();
-    expect(() => repoConfigSource({ url: 'http://127.0.0.1:6060/repo/flb/mesh/', cacheDir: '/nonexistent', log, onUpdate: () => {} })).toThrow(/cannot tell the sidecar id/);
+    expect(() => repoConfigSource({ url: 'http://127.0.0.1:6060/repo/flb/mesh/', cacheDir: '/nonexistent', log, onUpdate: () => {} })).toThrow(
+      /cannot tell the sidecar id/,
+    );
   });
 });
 
@@ -74,7 +76,14 @@ describe('repoConfigSource', () => {
 
   it('applies its codebase and each publish with a change summary, refuses bad services and reports them to the repo', async () => {
     const { updates, onUpdate } = recorder();
-    const source = repoConfigSource({ url: sidecarCodebaseUrl(`http://127.0.0.1:${port}`, 'pod.shop.w'), cacheDir, log, onUpdate, statusIntervalMs: 100, instanceId: 'first' });
+    const source = repoConfigSource({
+      url: sidecarCodebaseUrl(`http://127.0.0.1:${port}`, 'pod.shop.w'),
+      cacheDir,
+      log,
+      onUpdate,
+      statusIntervalMs: 100,
+      instanceId: 'first',
+    });
     await source.start();
     try {
       await until('the first configuration', () => updates.length === 1);
@@ -82,16 +91,27 @@ describe('repoConfigSource', () => {
       expect(updates[0]!.change).toEqual({ mesh: true, sidecar: true, services: { added: ['a.static', 'b.static'], changed: [], removed: [] } });
       expect(source.status()).toMatchObject({ source: 'repo', ready: true, appliedVersion: '1+1', sidecarId: 'pod.shop.w', rejected: [] });
 
-      await publish(MESH, { '/services/a.static.json': serviceDoc('a', { vip: '240.240.0.1', endpoints: 2 }), '/services/b.static.json': null, '/services/c.static.json': c }, '2');
+      await publish(
+        MESH,
+        { '/services/a.static.json': serviceDoc('a', { vip: '240.240.0.1', endpoints: 2 }), '/services/b.static.json': null, '/services/c.static.json': c },
+        '2',
+      );
       await until('the pushed publish', () => updates.length === 2);
       expect(updates[1]!.change).toEqual({ mesh: false, sidecar: false, services: { added: ['c.static'], changed: ['a.static'], removed: ['b.static'] } });
       expect(updates[1]!.state.version).toBe('1+2');
 
       // A bad new version of a, and a new service on c's VIP:port.
-      await publish(MESH, { '/services/a.static.json': serviceDoc('a', { vip: '10.0.0.9' }), '/services/d.static.json': serviceDoc('d', { vip: '240.240.0.3' }) }, '3');
+      await publish(
+        MESH,
+        { '/services/a.static.json': serviceDoc('a', { vip: '10.0.0.9' }), '/services/d.static.json': serviceDoc('d', { vip: '240.240.0.3' }) },
+        '3',
+      );
       await until('the refusals', () => source.rejected().length === 2);
       expect(source.rejected()).toEqual([
-        { path: 'services/a.static.json', error: expect.stringContaining('invalid services/a.static.json: vips[0].address: mesh-allocated VIP 10.0.0.9 is outside') },
+        {
+          path: 'services/a.static.json',
+          error: expect.stringContaining('invalid services/a.static.json: vips[0].address: mesh-allocated VIP 10.0.0.9 is outside'),
+        },
         { path: 'services/d.static.json', error: expect.stringContaining('vips[0].address: 240.240.0.3:80 is already served by c.static') },
       ]);
       expect(source.current()!.version).toBe('1+3');
@@ -119,7 +139,15 @@ describe('repoConfigSource', () => {
     const listenPort = port;
     await server.close();
     const { updates, onUpdate } = recorder();
-    const source = repoConfigSource({ url: sidecarCodebaseUrl(`http://127.0.0.1:${listenPort}`, 'pod.shop.w'), cacheDir, log, onUpdate, maxBackoffMs: 400, statusIntervalMs: 100, instanceId: 'second' });
+    const source = repoConfigSource({
+      url: sidecarCodebaseUrl(`http://127.0.0.1:${listenPort}`, 'pod.shop.w'),
+      cacheDir,
+      log,
+      onUpdate,
+      maxBackoffMs: 400,
+      statusIntervalMs: 100,
+      instanceId: 'second',
+    });
     await source.start();
     try {
       // Before the repo answered: the last good configuration, with the kept version of a.
@@ -138,7 +166,9 @@ describe('repoConfigSource', () => {
       await until('the fixed service', () => updates.length === 2);
       expect(updates[1]!.change.services).toEqual({ added: [], changed: ['a.static'], removed: [] });
       expect(source.rejected()).toEqual([]);
-      await until('a clean status report', () => instances().some((s) => s.uuid === 'second' && s.appliedVersion === '1+4' && (s.rejected as unknown[]).length === 0));
+      await until('a clean status report', () =>
+        instances().some((s) => s.uuid === 'second' && s.appliedVersion === '1+4' && (s.rejected as unknown[]).length === 0),
+      );
     } finally {
       await source.stop();
     }

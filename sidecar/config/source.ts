@@ -100,7 +100,10 @@ class Applier {
     const result = buildState(files, this.state, version, this.sidecarId !== undefined ? { sidecarId: this.sidecarId } : {});
     this.reportRejections(result.rejected, version);
     if (!result.state) {
-      this.log.warn({ version, origin, rejected: result.rejected.length }, this.state ? 'configuration refused; keeping the previous one' : 'no usable configuration yet: not ready');
+      this.log.warn(
+        { version, origin, rejected: result.rejected.length },
+        this.state ? 'configuration refused; keeping the previous one' : 'no usable configuration yet: not ready',
+      );
       return undefined;
     }
     this.state = result.state;
@@ -110,7 +113,16 @@ class Applier {
     }
     const { services } = result.change;
     this.log.info(
-      { version, origin, mesh: result.change.mesh, sidecar: result.change.sidecar, added: services.added, changed: services.changed, removed: services.removed, services: result.state.services.size },
+      {
+        version,
+        origin,
+        mesh: result.change.mesh,
+        sidecar: result.change.sidecar,
+        added: services.added,
+        changed: services.changed,
+        removed: services.removed,
+        services: result.state.services.size,
+      },
       'configuration applied',
     );
     try {
@@ -157,7 +169,8 @@ class RepoConfigSource implements ConfigSource {
 
   constructor(private readonly options: RepoConfigSourceOptions) {
     const id = options.sidecarId ?? sidecarIdFromUrl(options.url);
-    if (!id) throw new Error(`cannot tell the sidecar id from ${options.url}: expected a codebase URL ending in ${SIDECARS_CODEBASE_PREFIX}<id>/, or pass sidecarId`);
+    if (!id)
+      throw new Error(`cannot tell the sidecar id from ${options.url}: expected a codebase URL ending in ${SIDECARS_CODEBASE_PREFIX}<id>/, or pass sidecarId`);
     this.id = id;
     this.uuid = options.instanceId ?? randomUUID();
     this.applier = new Applier(options.log, options.onUpdate, id);
@@ -259,7 +272,10 @@ class RepoConfigSource implements ConfigSource {
         this.cacheError = undefined;
       } catch (error) {
         this.cacheError = (error as Error).message;
-        this.options.log.error({ err: error, cacheDir: this.options.cacheDir, version: next.version }, 'cannot save the configuration cache; a restart without the repo would use an older one');
+        this.options.log.error(
+          { err: error, cacheDir: this.options.cacheDir, version: next.version },
+          'cannot save the configuration cache; a restart without the repo would use an older one',
+        );
       }
     }
   }
@@ -281,7 +297,8 @@ class LocalConfigSource implements ConfigSource {
 
   async start(): Promise<void> {
     const info = await stat(this.options.dir).catch(() => undefined);
-    if (!info?.isDirectory()) throw new Error(`the configuration directory ${this.options.dir} does not exist (it holds mesh.json, sidecar.json and services/<id>.json)`);
+    if (!info?.isDirectory())
+      throw new Error(`the configuration directory ${this.options.dir} does not exist (it holds mesh.json, sidecar.json and services/<id>.json)`);
     // Watching before reading: a change made while the files are read is not missed.
     if (this.options.watch) this.arm();
     await this.reload();
@@ -304,7 +321,13 @@ class LocalConfigSource implements ConfigSource {
   }
 
   status(): Record<string, unknown> {
-    return { source: 'local', dir: this.options.dir, watch: this.options.watch ?? false, ...this.applier.status(), ...(this.readError !== undefined ? { readError: this.readError } : {}) };
+    return {
+      source: 'local',
+      dir: this.options.dir,
+      watch: this.options.watch ?? false,
+      ...this.applier.status(),
+      ...(this.readError !== undefined ? { readError: this.readError } : {}),
+    };
   }
 
   private async readFiles(): Promise<Map<string, Buffer>> {

@@ -23,7 +23,13 @@ describe('buildState', () => {
     expect([...state!.services.keys()]).toEqual(['a.static', 'b.static', 'c.static']);
     expect(state!.services.get('a.static')!.endpoints[0]).toMatchObject({ address: '10.0.0.1', port: 8080, weight: 1, healthy: true });
     expect(change).toEqual({ mesh: true, sidecar: true, services: { added: ['a.static', 'b.static', 'c.static'], changed: [], removed: [] } });
-    expect([...sourceFiles(state!)!.keys()].sort()).toEqual(['mesh.json', 'services/a.static.json', 'services/b.static.json', 'services/c.static.json', 'sidecar.json']);
+    expect([...sourceFiles(state!)!.keys()].sort()).toEqual([
+      'mesh.json',
+      'services/a.static.json',
+      'services/b.static.json',
+      'services/c.static.json',
+      'sidecar.json',
+    ]);
   });
 
   it('summarises a change: added, changed, removed; unchanged files are not parsed again', () => {
@@ -55,7 +61,10 @@ describe('buildState', () => {
       },
       { path: 'services/d.static.json', error: 'invalid services/d.static.json: ports: a service needs at least one port' },
       { path: 'services/e.static.json', error: expect.stringMatching(/^invalid services\/e\.static\.json: \(document\): not valid JSON: /) },
-      { path: 'services/f.static.json', error: 'invalid services/f.static.json: id: is "g.static", but the file is services/f.static.json (a service\'s file is services/<its id>.json)' },
+      {
+        path: 'services/f.static.json',
+        error: 'invalid services/f.static.json: id: is "g.static", but the file is services/f.static.json (a service\'s file is services/<its id>.json)',
+      },
     ]);
     expect(state!.services.get('a.static')).toBe(before.services.get('a.static'));
     expect([...state!.services.keys()]).toEqual(['a.static', 'b.static']);
@@ -80,19 +89,27 @@ describe('buildState', () => {
 
     const badSidecar = codebase([a], meshDoc(), sidecarDoc('pod.shop.w', { identity: { kind: 'pod', namespace: 'shop' } }));
     const kept = buildState(badSidecar, result.state, '3');
-    expect(kept.rejected).toEqual([{ path: 'sidecar.json', error: 'invalid sidecar.json: identity.name: required, expected string; identity.serviceAccount: required, expected string' }]);
+    expect(kept.rejected).toEqual([
+      { path: 'sidecar.json', error: 'invalid sidecar.json: identity.name: required, expected string; identity.serviceAccount: required, expected string' },
+    ]);
     expect(kept.state!.sidecar).toBe(result.state!.sidecar);
 
     expect(buildState(badMesh, undefined, '1')).toMatchObject({ state: undefined, rejected: [{ path: 'mesh.json' }] });
     expect(buildState(badSidecar, undefined, '1')).toMatchObject({ state: undefined, rejected: [{ path: 'sidecar.json' }] });
     const noMesh = codebase([a]);
     noMesh.delete('/mesh.json');
-    expect(buildState(noMesh, undefined, '1')).toMatchObject({ state: undefined, rejected: [{ path: 'mesh.json', error: 'invalid mesh.json: (document): missing from the codebase' }] });
+    expect(buildState(noMesh, undefined, '1')).toMatchObject({
+      state: undefined,
+      rejected: [{ path: 'mesh.json', error: 'invalid mesh.json: (document): missing from the codebase' }],
+    });
   });
 
   it("refuses a sidecar.json that is another sidecar's or another mesh's", () => {
     const other = buildState(codebase([a], meshDoc(), sidecarDoc('pod.shop.other')), undefined, '1', { sidecarId: 'pod.shop.w' });
-    expect(other).toMatchObject({ state: undefined, rejected: [{ path: 'sidecar.json', error: 'invalid sidecar.json: id: is "pod.shop.other", but this sidecar is "pod.shop.w"' }] });
+    expect(other).toMatchObject({
+      state: undefined,
+      rejected: [{ path: 'sidecar.json', error: 'invalid sidecar.json: id: is "pod.shop.other", but this sidecar is "pod.shop.w"' }],
+    });
     const mesh = buildState(codebase([a], meshDoc(), sidecarDoc('pod.shop.w', { mesh: 'other' })), undefined, '1');
     expect(mesh.rejected).toEqual([{ path: 'sidecar.json', error: 'invalid sidecar.json: mesh: is "other", but mesh.json names "flb"' }]);
   });
@@ -104,7 +121,8 @@ describe('buildState', () => {
     expect(rejected).toEqual([
       {
         path: 'services/b.static.json',
-        error: 'invalid services/b.static.json: vips[0].address: 240.240.0.1:80 is already served by a.static (services/a.static.json); the proxy maps a VIP and port to one service',
+        error:
+          'invalid services/b.static.json: vips[0].address: 240.240.0.1:80 is already served by a.static (services/a.static.json); the proxy maps a VIP and port to one service',
       },
     ]);
     expect([...state!.services.keys()]).toEqual(['a.static', 'c.static']);
@@ -128,7 +146,7 @@ describe('buildState', () => {
     expect(moved.change.services).toEqual({ added: [], changed: [], removed: [] });
   });
 
-  it("keeps only the services the sidecar may reach, and follows changes to that list", () => {
+  it('keeps only the services the sidecar may reach, and follows changes to that list', () => {
     const list = (services: string[]) => sidecarDoc('pod.shop.w', { services });
     const bad = serviceDoc('bad', { vip: '1.2.3.4' });
     const { state, rejected } = buildState(codebase([a, b, c, bad], meshDoc(), list(['a.static', 'c.static', 'missing.static'])), undefined, '1');

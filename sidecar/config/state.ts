@@ -78,12 +78,7 @@ export function isEmptyChange(change: ConfigChange): boolean {
  * there first stays; between two new ones, the id that sorts first wins, so every sidecar decides
  * alike.
  */
-export function buildState(
-  files: ReadonlyMap<string, Buffer>,
-  previous: SidecarState | undefined,
-  version: string,
-  options: BuildOptions = {},
-): BuildResult {
+export function buildState(files: ReadonlyMap<string, Buffer>, previous: SidecarState | undefined, version: string, options: BuildOptions = {}): BuildResult {
   const byPath = new Map<string, Buffer>();
   for (const [path, content] of files) byPath.set(path.replace(/^\/+/, ''), content);
   const previousSources = previous ? sources.get(previous) : undefined;
@@ -96,7 +91,8 @@ export function buildState(
   const readSidecar = (meshName: string) =>
     readSingleton(SIDECAR_FILE, SidecarConfigSchema, byPath, previous?.sidecar, previousSources, accepted, refuse, (doc) => {
       const issues: ContractIssue[] = [];
-      if (options.sidecarId !== undefined && doc.id !== options.sidecarId) issues.push({ field: 'id', message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)}` });
+      if (options.sidecarId !== undefined && doc.id !== options.sidecarId)
+        issues.push({ field: 'id', message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)}` });
       if (doc.mesh !== meshName) issues.push({ field: 'mesh', message: `is ${JSON.stringify(doc.mesh)}, but mesh.json names ${JSON.stringify(meshName)}` });
       return issues;
     });
@@ -107,7 +103,9 @@ export function buildState(
     // a sidecar with another mesh and the cache keep files that build nothing after a restart.
     // (Found by the configuration-file fuzz target.)
     rejected.splice(0, rejected.length, ...rejected.filter((r) => r.path !== SIDECAR_FILE));
-    refuse(MESH_FILE, [{ field: 'name', message: `is ${JSON.stringify(mesh.name)}, but sidecar.json names ${JSON.stringify(sidecar.mesh)} (a sidecar belongs to one mesh)` }]);
+    refuse(MESH_FILE, [
+      { field: 'name', message: `is ${JSON.stringify(mesh.name)}, but sidecar.json names ${JSON.stringify(sidecar.mesh)} (a sidecar belongs to one mesh)` },
+    ]);
     mesh = previous.mesh;
     accepted.set(MESH_FILE, previousSources?.get(MESH_FILE) ?? Buffer.from(JSON.stringify(previous.mesh)));
     sidecar = readSidecar(mesh.name);
@@ -261,7 +259,9 @@ function readServices(
 }
 
 function idIssues(id: string, path: string, service: Service): ContractIssue[] {
-  return service.id === id ? [] : [{ field: 'id', message: `is ${JSON.stringify(service.id)}, but the file is ${path} (a service's file is services/<its id>.json)` }];
+  return service.id === id
+    ? []
+    : [{ field: 'id', message: `is ${JSON.stringify(service.id)}, but the file is ${path} (a service's file is services/<its id>.json)` }];
 }
 
 /** The proxy's key for a destination: VIPs in canonical form, so ::ffff:a.b.c.d and a.b.c.d are one. */
@@ -312,4 +312,3 @@ function diff(previous: SidecarState | undefined, next: SidecarState): ConfigCha
   for (const id of previous?.services.keys() ?? []) if (!next.services.has(id)) change.services.removed.push(id);
   return change;
 }
-

@@ -3,7 +3,17 @@ import { DnsCache } from './cache.js';
 import type { Forwarded } from './wire.js';
 
 /** An upstream answer of `bytes` bytes of records, to be kept for a minute. */
-const answer = (bytes: number): Forwarded => ({ rcode: 0, authenticData: false, body: Buffer.alloc(bytes), an: 1, ns: 0, ar: 0, ttlOffsets: [6], ttls: [60], cacheSeconds: 60 });
+const answer = (bytes: number): Forwarded => ({
+  rcode: 0,
+  authenticData: false,
+  body: Buffer.alloc(bytes),
+  an: 1,
+  ns: 0,
+  ar: 0,
+  ttlOffsets: [6],
+  ttls: [60],
+  cacheSeconds: 60,
+});
 
 describe('the DNS cache', () => {
   it('keeps 10,000 ordinary answers', () => {

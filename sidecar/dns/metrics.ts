@@ -65,7 +65,7 @@ export class DnsMetrics {
     });
     const truncated: Counter = new Counter({
       name: 'flb_dns_truncated_total',
-      help: 'UDP answers sent empty with TC set because they did not fit the client\'s payload size',
+      help: "UDP answers sent empty with TC set because they did not fit the client's payload size",
       registers,
       collect: () => {
         truncated.reset();

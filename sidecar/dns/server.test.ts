@@ -12,11 +12,39 @@ const log = createLogger('dns-test', 'silent');
 const search = ['shop.svc.cluster.local', 'svc.cluster.local', 'cluster.local'];
 const catalog = [
   orders,
-  service({ id: 'payments.eureka-prod.eureka', name: 'PAYMENTS', registry: 'eureka-prod', source: 'eureka', hostnames: ['payments', 'payments.eureka'], vips: [{ address: '240.240.0.17', allocation: 'mesh' }] }),
-  service({ id: 'dual.static', name: 'dual', source: 'static', hostnames: ['dual.example'], vips: [{ address: '240.240.0.18', allocation: 'mesh' }, { address: 'fd00::18', allocation: 'mesh' }] }),
+  service({
+    id: 'payments.eureka-prod.eureka',
+    name: 'PAYMENTS',
+    registry: 'eureka-prod',
+    source: 'eureka',
+    hostnames: ['payments', 'payments.eureka'],
+    vips: [{ address: '240.240.0.17', allocation: 'mesh' }],
+  }),
+  service({
+    id: 'dual.static',
+    name: 'dual',
+    source: 'static',
+    hostnames: ['dual.example'],
+    vips: [
+      { address: '240.240.0.18', allocation: 'mesh' },
+      { address: 'fd00::18', allocation: 'mesh' },
+    ],
+  }),
   // 40 VIPs: 640 bytes of answers, more than 512 and less than 1,232; 100 VIPs: 1,600, more than both.
-  service({ id: 'mid.static', name: 'mid', source: 'static', hostnames: ['mid.example'], vips: Array.from({ length: 40 }, (_, i) => ({ address: `240.240.8.${i + 1}`, allocation: 'mesh' as const })) }),
-  service({ id: 'big.static', name: 'big', source: 'static', hostnames: ['big.example'], vips: Array.from({ length: 100 }, (_, i) => ({ address: `240.240.9.${i + 1}`, allocation: 'mesh' as const })) }),
+  service({
+    id: 'mid.static',
+    name: 'mid',
+    source: 'static',
+    hostnames: ['mid.example'],
+    vips: Array.from({ length: 40 }, (_, i) => ({ address: `240.240.8.${i + 1}`, allocation: 'mesh' as const })),
+  }),
+  service({
+    id: 'big.static',
+    name: 'big',
+    source: 'static',
+    hostnames: ['big.example'],
+    vips: Array.from({ length: 100 }, (_, i) => ({ address: `240.240.9.${i + 1}`, allocation: 'mesh' as const })),
+  }),
 ];
 const table = buildDnsTable(catalog, [], search);
 
@@ -136,7 +164,12 @@ async function fakeUpstream(answer: (q: Packet, transport: 'udp' | 'tcp') => Pac
   }
 }
 
-const soa = (zone: string, minimum: number): Answer => ({ type: 'SOA', name: zone, ttl: 30, data: { mname: `ns.${zone}`, rname: `hostmaster.${zone}`, serial: 1, refresh: 60, retry: 60, expire: 60, minimum } });
+const soa = (zone: string, minimum: number): Answer => ({
+  type: 'SOA',
+  name: zone,
+  ttl: 30,
+  data: { mname: `ns.${zone}`, rname: `hostmaster.${zone}`, serial: 1, refresh: 60, retry: 60, expire: 60, minimum },
+});
 
 describe('the sidecar DNS server', () => {
   let upstream: FakeUpstream;
@@ -149,7 +182,10 @@ describe('the sidecar DNS server', () => {
       const question = q.questions![0]!;
       if (question.name === 'example.com' && question.type === 'A') return { answers: [{ type: 'A', name: 'example.com', ttl: 1, data: '93.184.216.34' }] };
       if (question.name === 'long.example.com') return { answers: [{ type: 'A', name: 'long.example.com', ttl: 60, data: '192.0.2.60' }] };
-      if (question.name === 'many.example.com') return { answers: Array.from({ length: 120 }, (_, i) => ({ type: 'A' as const, name: 'many.example.com', ttl: 60, data: `10.1.${i >> 8}.${i & 255}` })) };
+      if (question.name === 'many.example.com')
+        return {
+          answers: Array.from({ length: 120 }, (_, i) => ({ type: 'A' as const, name: 'many.example.com', ttl: 60, data: `10.1.${i >> 8}.${i & 255}` })),
+        };
       return { rcode: 'NXDOMAIN', flags: 3, authorities: [soa('cluster.local', 1)] } as Packet;
     });
     server = await startDnsServer({
@@ -202,7 +238,9 @@ describe('the sidecar DNS server', () => {
 
   it('answers SRV for named ports with the service name and port, and its address alongside', async () => {
     const answer = decode(await udp(port, query('_grpc._tcp.orders.shop.svc.cluster.local', 'SRV')));
-    expect(answer.answers).toEqual([expect.objectContaining({ type: 'SRV', data: { priority: 0, weight: 100, port: 9090, target: 'orders.shop.svc.cluster.local' } })]);
+    expect(answer.answers).toEqual([
+      expect.objectContaining({ type: 'SRV', data: { priority: 0, weight: 100, port: 9090, target: 'orders.shop.svc.cluster.local' } }),
+    ]);
     expect(answer.additionals).toEqual([expect.objectContaining({ type: 'A', name: 'orders.shop.svc.cluster.local', data: '10.96.14.20' })]);
   });
 
@@ -283,7 +321,12 @@ describe('the sidecar DNS server', () => {
     expect(decode(await udp(port, twoQuestions))).toMatchObject({ id: 78, rcode: 'FORMERR' });
     const update = query('orders.shop.svc.cluster.local', 'A', { id: 79 });
     update[2] = 5 << 3;
-    expect(decode(await udp(port, update))).toMatchObject({ id: 79, rcode: 'NOTIMP', opcode: 'UPDATE', questions: [{ name: 'orders.shop.svc.cluster.local' }] });
+    expect(decode(await udp(port, update))).toMatchObject({
+      id: 79,
+      rcode: 'NOTIMP',
+      opcode: 'UPDATE',
+      questions: [{ name: 'orders.shop.svc.cluster.local' }],
+    });
     const [overTcp] = await tcp(port, [Buffer.from([0xab, 0xcd, 0x01])]);
     expect(decode(overTcp!)).toMatchObject({ id: 0xabcd, rcode: 'FORMERR' });
     const noise = createSocket('udp4');
@@ -296,7 +339,13 @@ describe('the sidecar DNS server', () => {
   });
 
   it('swaps its table whole', async () => {
-    const moved = service({ id: 'orders.shop', name: 'orders', namespace: 'shop', source: 'kubernetes', vips: [{ address: '10.96.14.99', allocation: 'cluster-ip' }] });
+    const moved = service({
+      id: 'orders.shop',
+      name: 'orders',
+      namespace: 'shop',
+      source: 'kubernetes',
+      vips: [{ address: '10.96.14.99', allocation: 'cluster-ip' }],
+    });
     await server.setTable(buildDnsTable([moved], [], search));
     try {
       expect(addresses(decode(await udp(port, query('orders.shop.svc.cluster.local'))))).toEqual(['10.96.14.99']);
@@ -311,7 +360,13 @@ describe('the sidecar DNS server', () => {
   it('encodes a big table without holding up the event loop, and the last table set wins', async () => {
     // 1,000 services of 10 hostnames each, and each hostname under 3 search domains: 40,000 names.
     const many = Array.from({ length: 1000 }, (_, i) =>
-      service({ id: `svc-${i}.static`, name: `svc-${i}`, source: 'static', hostnames: Array.from({ length: 10 }, (_, h) => `h${h}.svc-${i}.example`), vips: [{ address: `240.241.${i >> 8}.${i & 255}`, allocation: 'mesh' }] }),
+      service({
+        id: `svc-${i}.static`,
+        name: `svc-${i}`,
+        source: 'static',
+        hostnames: Array.from({ length: 10 }, (_, h) => `h${h}.svc-${i}.example`),
+        vips: [{ address: `240.241.${i >> 8}.${i & 255}`, allocation: 'mesh' }],
+      }),
     );
     const bigTable = buildDnsTable([...catalog, ...many], [], search);
     expect(bigTable.size).toBeGreaterThan(40_000);
@@ -349,8 +404,18 @@ describe('upstream failures', () => {
     const silent = createSocket('udp4');
     await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve));
     const good = await fakeUpstream(() => ({ answers: [{ type: 'A', name: 'example.net', ttl: 60, data: '192.0.2.1' }] }));
-    const lonely = await startDnsServer({ listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [`127.0.0.1:${silent.address().port}`], upstreamTimeoutMs: 100, log });
-    const paired = await startDnsServer({ listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [`127.0.0.1:${silent.address().port}`, `127.0.0.1:${good.port}`], upstreamTimeoutMs: 100, log });
+    const lonely = await startDnsServer({
+      listen: [{ host: '127.0.0.1', port: 0 }],
+      upstreams: [`127.0.0.1:${silent.address().port}`],
+      upstreamTimeoutMs: 100,
+      log,
+    });
+    const paired = await startDnsServer({
+      listen: [{ host: '127.0.0.1', port: 0 }],
+      upstreams: [`127.0.0.1:${silent.address().port}`, `127.0.0.1:${good.port}`],
+      upstreamTimeoutMs: 100,
+      log,
+    });
     try {
       let started = performance.now();
       expect(decode(await udp(lonely.ports[0]!.port, query('example.net')))).toMatchObject({ rcode: 'SERVFAIL' });
@@ -388,7 +453,10 @@ describe('upstream failures', () => {
     const { join } = await import('node:path');
     const { tmpdir } = await import('node:os');
     const dir = mkdtempSync(join(tmpdir(), 'flb-dns-'));
-    writeFileSync(join(dir, 'resolv.conf'), '# kubelet\nsearch shop.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00:0::10 # v6\noptions ndots:5\n');
+    writeFileSync(
+      join(dir, 'resolv.conf'),
+      '# kubelet\nsearch shop.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00:0::10 # v6\noptions ndots:5\n',
+    );
     const s = await startDnsServer({ listen: [{ host: '127.0.0.1', port: 0 }], resolvConf: join(dir, 'resolv.conf'), log });
     try {
       expect(s.upstreams).toEqual(['10.96.0.10:53', '[fd00::10]:53']);
@@ -403,7 +471,14 @@ describe('DNS over TCP', () => {
   it('closes a connection left idle, and not one with an answer still owed', async () => {
     const silent = createSocket('udp4');
     await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve));
-    const s = await startDnsServer({ table, listen: [{ host: '127.0.0.1', port: 0 }], upstreams: [`127.0.0.1:${silent.address().port}`], upstreamTimeoutMs: 150, tcpIdleTimeoutMs: 100, log });
+    const s = await startDnsServer({
+      table,
+      listen: [{ host: '127.0.0.1', port: 0 }],
+      upstreams: [`127.0.0.1:${silent.address().port}`],
+      upstreamTimeoutMs: 150,
+      tcpIdleTimeoutMs: 100,
+      log,
+    });
     try {
       const closedAfter = async (msg?: Buffer) => {
         const socket = connect({ host: '127.0.0.1', port: s.ports[0]!.port });

@@ -26,7 +26,13 @@ describe('the DNS table', () => {
   });
 
   it('answers registry hostnames as they are and with each search domain, but an exact name wins', () => {
-    const clash = service({ id: 'payments.shop', name: 'payments', namespace: 'shop', source: 'kubernetes', vips: [{ address: '10.96.0.99', allocation: 'cluster-ip' }] });
+    const clash = service({
+      id: 'payments.shop',
+      name: 'payments',
+      namespace: 'shop',
+      source: 'kubernetes',
+      vips: [{ address: '10.96.0.99', allocation: 'cluster-ip' }],
+    });
     const table = buildDnsTable([payments, clash], [], search);
     expect(table.lookup('payments')?.a).toEqual(['240.240.0.17']);
     expect(table.lookup('payments.eureka')?.a).toEqual(['240.240.0.17']);
@@ -60,11 +66,22 @@ describe('the DNS table', () => {
     expect(table.lookup('payments')?.a).toEqual(['192.168.1.60']);
     expect(table.lookup('payments.eureka')?.a).toEqual(['240.240.0.17']);
     expect(table.lookup('bad.internal')).toBeUndefined();
-    expect(table.problems).toEqual(expect.arrayContaining([expect.stringContaining('bad.internal'), expect.stringContaining('payments: claimed by record payments')]));
+    expect(table.problems).toEqual(
+      expect.arrayContaining([expect.stringContaining('bad.internal'), expect.stringContaining('payments: claimed by record payments')]),
+    );
   });
 
   it('splits VIPs by family, answers reverse names, and leaves services without a VIP to upstream', () => {
-    const dual = service({ id: 'dual.static', name: 'dual', source: 'static', hostnames: ['dual.example'], vips: [{ address: '240.240.0.18', allocation: 'mesh' }, { address: 'fd00::18', allocation: 'mesh' }] });
+    const dual = service({
+      id: 'dual.static',
+      name: 'dual',
+      source: 'static',
+      hostnames: ['dual.example'],
+      vips: [
+        { address: '240.240.0.18', allocation: 'mesh' },
+        { address: 'fd00::18', allocation: 'mesh' },
+      ],
+    });
     const headless = service({ id: 'db.shop', name: 'db', namespace: 'shop', source: 'kubernetes' });
     const table = buildDnsTable([dual, headless, orders], [], []);
     expect(table.lookup('dual.example')).toMatchObject({ a: ['240.240.0.18'], aaaa: ['fd00::18'] });
@@ -76,7 +93,13 @@ describe('the DNS table', () => {
   });
 
   it('uses the cluster domain it is given, and a local Kubernetes service beats one imported from another cluster', () => {
-    const remote = service({ id: 'orders.shop.west', name: 'orders', namespace: 'shop', source: 'cluster:west', vips: [{ address: '240.240.1.1', allocation: 'mesh' }] });
+    const remote = service({
+      id: 'orders.shop.west',
+      name: 'orders',
+      namespace: 'shop',
+      source: 'cluster:west',
+      vips: [{ address: '240.240.1.1', allocation: 'mesh' }],
+    });
     const table = buildDnsTable([remote, orders], [], [], { clusterDomain: 'corp.example' });
     expect(table.lookup('orders.shop.svc.corp.example')?.a).toEqual(['10.96.14.20']);
     expect(table.lookup('orders.shop.svc.cluster.local')).toBeUndefined();

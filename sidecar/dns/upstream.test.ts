@@ -84,7 +84,11 @@ async function rawUpstream(answer: Answer): Promise<RawUpstream> {
     const port = socket.address().port;
     const server = createServer((conn) => {
       conn.on('error', () => {});
-      conn.once('data', (chunk: Buffer) => answer(chunk.subarray(2, 2 + chunk.readUInt16BE(0)), 'tcp', (bytes) => conn.write(Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]))));
+      conn.once('data', (chunk: Buffer) =>
+        answer(chunk.subarray(2, 2 + chunk.readUInt16BE(0)), 'tcp', (bytes) =>
+          conn.write(Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes])),
+        ),
+      );
     });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -179,7 +183,15 @@ describe('spoofed upstream answers (RFC 5452)', () => {
   it('still answers through an upstream that does not keep the letter case, over TCP', async () => {
     const upstream = await rawUpstream((asked, from, reply) => {
       const lowered = answerWith(asked, '192.0.2.3');
-      lowered.write(askedName(asked).toLowerCase().split('.').map((l) => String.fromCharCode(l.length) + l).join(''), 12, 'latin1');
+      lowered.write(
+        askedName(asked)
+          .toLowerCase()
+          .split('.')
+          .map((l) => String.fromCharCode(l.length) + l)
+          .join(''),
+        12,
+        'latin1',
+      );
       reply(from === 'tcp' ? answerWith(asked, '192.0.2.3') : lowered);
     });
     closers.push(upstream.close);

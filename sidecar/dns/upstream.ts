@@ -51,7 +51,12 @@ export function parseUpstream(spec: string): Upstream {
 export function nameserversFromResolvConf(text: string): string[] {
   return text
     .split('\n')
-    .map((line) => line.replace(/[#;].*$/, '').trim().split(/\s+/))
+    .map((line) =>
+      line
+        .replace(/[#;].*$/, '')
+        .trim()
+        .split(/\s+/),
+    )
     .filter((words) => words[0] === 'nameserver' && words[1])
     .map((words) => words[1]!);
 }
@@ -322,7 +327,10 @@ export class Forwarder {
     const questionEnd = attempt.q.questionEnd;
     if (!sameQuestion(response, attempt.sent!, questionEnd, true)) {
       if (!sameQuestion(response, attempt.sent!, questionEnd)) return;
-      this.caseMismatch({ upstream: formatUpstream(upstream) }, 'upstream DNS answer names the question in another letter case than asked: a spoofing attempt, or an upstream that does not keep case; asking over TCP');
+      this.caseMismatch(
+        { upstream: formatUpstream(upstream) },
+        'upstream DNS answer names the question in another letter case than asked: a spoofing attempt, or an upstream that does not keep case; asking over TCP',
+      );
       this.pending.delete(attempt.id);
       clearTimeout(attempt.timer);
       this.release(attempt);
@@ -383,7 +391,8 @@ export class Forwarder {
       const length = head.readUInt16BE(0);
       if (received < 2 + length) return;
       const response = Buffer.concat(chunks).subarray(2, 2 + length);
-      if (response.length >= 12 && response.readUInt16BE(0) === id && response[2]! & 0x80 && sameQuestion(response, attempt.msg, attempt.q.questionEnd)) finish(response);
+      if (response.length >= 12 && response.readUInt16BE(0) === id && response[2]! & 0x80 && sameQuestion(response, attempt.msg, attempt.q.questionEnd))
+        finish(response);
       else finish(undefined, new Error('upstream TCP answer does not match the question'));
     });
     socket.on('error', (error) => finish(undefined, error));

@@ -2,7 +2,8 @@ import { describe, expect, it } from '@jest/globals';
 import dnsPacket, { type Answer } from 'dns-packet';
 import { DROP, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOTIMP, forwardedResponse, parseQuery, parseResponse, skipName, wireKey, type Query } from './wire.js';
 
-const opt = (udpPayloadSize: number, extra: Record<string, unknown> = {}) => ({ type: 'OPT', name: '.', udpPayloadSize, flags: 0, options: [], ...extra }) as unknown as Answer;
+const opt = (udpPayloadSize: number, extra: Record<string, unknown> = {}) =>
+  ({ type: 'OPT', name: '.', udpPayloadSize, flags: 0, options: [], ...extra }) as unknown as Answer;
 const question = (name: string, additionals: Answer[] = []) =>
   dnsPacket.encode({ type: 'query', id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }], additionals });
 
@@ -30,9 +31,25 @@ describe('DNS wire format', () => {
   it('finds the TTL to cache for: the least of the records, or for NXDOMAIN the SOA negative TTL', () => {
     const q = question('x.example');
     const questionEnd = (parseQuery(q) as Query).questionEnd;
-    const answer = (packet: Partial<dnsPacket.Packet>) => dnsPacket.encode({ type: 'response', id: 9, questions: [{ name: 'x.example', type: 'A' }], ...packet });
-    expect(parseResponse(answer({ answers: [{ type: 'A', name: 'x.example', ttl: 30, data: '192.0.2.1' }, { type: 'A', name: 'x.example', ttl: 20, data: '192.0.2.2' }] }), questionEnd)).toMatchObject({ cacheSeconds: 20, an: 2, ttls: [30, 20] });
-    const soa: Answer = { type: 'SOA', name: 'example', ttl: 300, data: { mname: 'ns.example', rname: 'h.example', serial: 1, refresh: 1, retry: 1, expire: 1, minimum: 45 } };
+    const answer = (packet: Partial<dnsPacket.Packet>) =>
+      dnsPacket.encode({ type: 'response', id: 9, questions: [{ name: 'x.example', type: 'A' }], ...packet });
+    expect(
+      parseResponse(
+        answer({
+          answers: [
+            { type: 'A', name: 'x.example', ttl: 30, data: '192.0.2.1' },
+            { type: 'A', name: 'x.example', ttl: 20, data: '192.0.2.2' },
+          ],
+        }),
+        questionEnd,
+      ),
+    ).toMatchObject({ cacheSeconds: 20, an: 2, ttls: [30, 20] });
+    const soa: Answer = {
+      type: 'SOA',
+      name: 'example',
+      ttl: 300,
+      data: { mname: 'ns.example', rname: 'h.example', serial: 1, refresh: 1, retry: 1, expire: 1, minimum: 45 },
+    };
     expect(parseResponse(answer({ flags: 3, authorities: [soa] }), questionEnd)).toMatchObject({ rcode: 3, cacheSeconds: 45 });
     expect(parseResponse(answer({ flags: 3 }), questionEnd)).toMatchObject({ rcode: 3, cacheSeconds: 0 });
     expect(parseResponse(answer({ flags: 2, answers: [] }), questionEnd)).toMatchObject({ rcode: 2, cacheSeconds: 0 });
@@ -53,7 +70,10 @@ describe('DNS wire format', () => {
     expect(f).toMatchObject({ an: 1, ar: 1 });
     const replayed = dnsPacket.decode(forwardedResponse(q, parsed, f, 1232, 5));
     expect(replayed.answers).toEqual([expect.objectContaining({ ttl: 25, data: '192.0.2.1' })]);
-    expect(replayed.additionals).toEqual([expect.objectContaining({ name: 'ns.example', ttl: 25 }), expect.objectContaining({ type: 'OPT', udpPayloadSize: 1232 })]);
+    expect(replayed.additionals).toEqual([
+      expect.objectContaining({ name: 'ns.example', ttl: 25 }),
+      expect.objectContaining({ type: 'OPT', udpPayloadSize: 1232 }),
+    ]);
   });
 
   it('refuses a malformed upstream answer rather than walking off it or replaying what a client would misread', () => {
@@ -68,7 +88,8 @@ describe('DNS wire format', () => {
       h.writeUInt16BE(counts[2], 10);
       return h;
     };
-    const rr = (owner: number[], type: number, rdata: number[], rdlength = rdata.length) => Buffer.from([...owner, type >> 8, type & 0xff, 0, 1, 0, 0, 0, 30, rdlength >> 8, rdlength & 0xff, ...rdata]);
+    const rr = (owner: number[], type: number, rdata: number[], rdlength = rdata.length) =>
+      Buffer.from([...owner, type >> 8, type & 0xff, 0, 1, 0, 0, 0, 30, rdlength >> 8, rdlength & 0xff, ...rdata]);
     const a = rr([0xc0, 12], 1, [192, 0, 2, 1]);
     expect(parseResponse(Buffer.concat([head([1, 0, 0]), a]), questionEnd)).toMatchObject({ an: 1, cacheSeconds: 30 });
     const refused = {
@@ -79,7 +100,11 @@ describe('DNS wire format', () => {
       'a CNAME of RDLENGTH 0 followed by a record': Buffer.concat([head([2, 0, 0]), rr([0xc0, 12], 5, []), a]),
       'an MX whose name runs past its RDATA': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 15, [0, 10, 3, 0x6d, 0x78], 4), Buffer.from([0x78, 0])]),
       'a TXT whose string runs past its RDATA': Buffer.concat([head([1, 0, 0]), rr([0xc0, 12], 16, [9, 0x61])]),
-      'an SOA whose names end past its RDATA': Buffer.concat([head([0, 1, 0], 3), rr([0], 6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20), Buffer.from([0])]),
+      'an SOA whose names end past its RDATA': Buffer.concat([
+        head([0, 1, 0], 3),
+        rr([0], 6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 20),
+        Buffer.from([0]),
+      ]),
       'a pointer at itself': Buffer.concat([head([1, 0, 0]), rr([0xc0, questionEnd], 1, [192, 0, 2, 1])]),
       'a pointer forward': Buffer.concat([head([1, 0, 0]), rr([0xc0, questionEnd + 2], 1, [192, 0, 2, 1])]),
       'a pointer into the header': Buffer.concat([head([1, 0, 0]), rr([0xc0, 0], 1, [192, 0, 2, 1])]),

@@ -183,7 +183,10 @@ export function wireKey(name: string): string {
 }
 
 export function wireName(name: string): Buffer {
-  const labels = name.replace(/\.$/, '').split('.').filter((l) => l !== '');
+  const labels = name
+    .replace(/\.$/, '')
+    .split('.')
+    .filter((l) => l !== '');
   const out = Buffer.alloc(labels.reduce((n, l) => n + l.length + 1, 1));
   let p = 0;
   for (const label of labels) {
@@ -250,7 +253,8 @@ const addressRecords = (owner: number, answer: Pick<DnsAnswer, 'a' | 'aaaa'>, tt
   ...answer.aaaa.map((a) => record(owner, TYPE_AAAA, ttl, addressBytes(a))),
 ];
 
-const body = (an: Buffer[], ar: Buffer[] = []): Body => (an.length === 0 ? EMPTY : { bytes: Buffer.concat([...an, ...ar]), an: an.length, ns: 0, ar: ar.length });
+const body = (an: Buffer[], ar: Buffer[] = []): Body =>
+  an.length === 0 ? EMPTY : { bytes: Buffer.concat([...an, ...ar]), an: an.length, ns: 0, ar: ar.length };
 
 /** Where an SRV target sits in the question: the owner less its `_port._proto.` labels, or -1. */
 const targetOffset = (owner: string, target: string) => (owner.endsWith(`.${target}`) ? 12 + owner.length - target.length : -1);

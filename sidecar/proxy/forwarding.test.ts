@@ -257,10 +257,14 @@ describe('the native forwarder', () => {
         client.on('error', () => resolve('error'));
         client.on('close', () => resolve(`closed ${got}`));
         client.on('connect', () => {
-          if (i % 5 === 0) client.write('r'); // the endpoint resets
-          else if (i % 5 === 1) client.write('e'); // the endpoint ends first
-          else if (i % 5 === 2) client.resetAndDestroy(); // the client resets before anything
-          else if (i % 5 === 3) client.end(Buffer.alloc(100_000, 0x61)); // echo a body, half-close
+          if (i % 5 === 0)
+            client.write('r'); // the endpoint resets
+          else if (i % 5 === 1)
+            client.write('e'); // the endpoint ends first
+          else if (i % 5 === 2)
+            client.resetAndDestroy(); // the client resets before anything
+          else if (i % 5 === 3)
+            client.end(Buffer.alloc(100_000, 0x61)); // echo a body, half-close
           else client.write(Buffer.alloc(10, 0x61), () => setTimeout(() => client.destroy(), 5)); // the client closes mid-echo
         });
       });

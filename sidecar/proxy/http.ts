@@ -1,4 +1,12 @@
-import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import {
+  Agent,
+  createServer,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import { dialWithRetries, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
@@ -174,7 +182,13 @@ export class HttpProxy {
         if (body !== undefined && !failure.reached && connectRetries > 0) {
           connectRetries--;
           retry = true;
-        } else if (body !== undefined && failure.reached && IDEMPOTENT.has(method) && retryOn.has(failure.kind === 'timeout' ? 'gateway-error' : 'reset') && requestRetries > 0) {
+        } else if (
+          body !== undefined &&
+          failure.reached &&
+          IDEMPOTENT.has(method) &&
+          retryOn.has(failure.kind === 'timeout' ? 'gateway-error' : 'reset') &&
+          requestRetries > 0
+        ) {
           requestRetries--;
           retry = true;
         }
@@ -191,7 +205,15 @@ export class HttpProxy {
     }
   }
 
-  private send(req: IncomingMessage, target: PickedEndpoint, connectTimeoutMs: number, perTryTimeoutMs: number | undefined, method: string, headers: OutgoingHttpHeaders, body: Buffer | undefined): Promise<IncomingMessage> {
+  private send(
+    req: IncomingMessage,
+    target: PickedEndpoint,
+    connectTimeoutMs: number,
+    perTryTimeoutMs: number | undefined,
+    method: string,
+    headers: OutgoingHttpHeaders,
+    body: Buffer | undefined,
+  ): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       let reached = false;
       const upstream = httpRequest({ host: target.address, port: target.port, method, path: req.url, headers, agent: this.agent(target), setHost: false });
@@ -201,13 +223,18 @@ export class HttpProxy {
           reached = true;
           return;
         }
-        connectTimer = setTimeout(() => upstream.destroy(new AttemptError(`no connection within ${connectTimeoutMs} ms`, 'connect-failure', false)), connectTimeoutMs);
+        connectTimer = setTimeout(
+          () => upstream.destroy(new AttemptError(`no connection within ${connectTimeoutMs} ms`, 'connect-failure', false)),
+          connectTimeoutMs,
+        );
         socket.once('connect', () => {
           clearTimeout(connectTimer);
           reached = true;
         });
       });
-      const tryTimer = perTryTimeoutMs ? setTimeout(() => upstream.destroy(new AttemptError(`no response within ${perTryTimeoutMs} ms`, 'timeout', true)), perTryTimeoutMs) : undefined;
+      const tryTimer = perTryTimeoutMs
+        ? setTimeout(() => upstream.destroy(new AttemptError(`no response within ${perTryTimeoutMs} ms`, 'timeout', true)), perTryTimeoutMs)
+        : undefined;
       upstream.on('response', (response) => {
         clearTimeout(tryTimer);
         resolve(response);

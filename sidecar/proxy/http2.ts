@@ -76,12 +76,19 @@ export class Http2Proxy {
     for (const [key, session] of this.sessions) {
       if (keys.has(key)) continue;
       this.sessions.delete(key);
-      void session.then((s) => s.close(), () => {});
+      void session.then(
+        (s) => s.close(),
+        () => {},
+      );
     }
   }
 
   close(): void {
-    for (const session of this.sessions.values()) void session.then((s) => s.destroy(), () => {});
+    for (const session of this.sessions.values())
+      void session.then(
+        (s) => s.destroy(),
+        () => {},
+      );
     this.sessions.clear();
   }
 
@@ -138,11 +145,14 @@ export class Http2Proxy {
     let connectRetries = pool.connect.retries;
     let requestRetries = policy?.attempts ?? 0;
     for (let attempt = 1; ; attempt++) {
-      const target = pool.pick({ servicePort: route.port.port, sourceIp: stream.session?.socket?.remoteAddress, header: headerOf, exclude: tried }) ?? (tried.size ? pool.pick({ servicePort: route.port.port, header: headerOf }) : undefined);
+      const target =
+        pool.pick({ servicePort: route.port.port, sourceIp: stream.session?.socket?.remoteAddress, header: headerOf, exclude: tried }) ??
+        (tried.size ? pool.pick({ servicePort: route.port.port, header: headerOf }) : undefined);
       if (!target) {
         series.connectErrors.inc();
         series.requests('5xx').inc();
-        if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-flb-error': 'upstream' }, { endStream: false });
+        if (!stream.headersSent && !stream.destroyed)
+          stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-flb-error': 'upstream' }, { endStream: false });
         stream.end(`no healthy endpoint for ${route.service.id}\n`);
         return;
       }
@@ -168,7 +178,16 @@ export class Http2Proxy {
         return;
       }
       const answer = await this.attempt(stream, sent, request, session, policy?.perTryTimeoutMs);
-      const failure = answer.kind === 'response' ? retryableStatus(answer.status, answer.grpcStatus, retryOn) : answer.kind === 'timeout' ? (retryOn.has('gateway-error') ? 'timeout' : undefined) : retryOn.has('reset') ? 'reset' : undefined;
+      const failure =
+        answer.kind === 'response'
+          ? retryableStatus(answer.status, answer.grpcStatus, retryOn)
+          : answer.kind === 'timeout'
+            ? retryOn.has('gateway-error')
+              ? 'timeout'
+              : undefined
+            : retryOn.has('reset')
+              ? 'reset'
+              : undefined;
       // Sent again only when all of it was kept (a small body, ended before the answer) and the
       // method may be repeated: an idempotent one, or a gRPC call refused with UNAVAILABLE when
       // the policy says `unavailable`.
@@ -196,7 +215,13 @@ export class Http2Proxy {
   }
 
   /** Sends the request on `session` (what was kept of its body, then the rest as it comes) and waits for the answer's headers. */
-  private attempt(stream: ServerHttp2Stream, headers: OutgoingHttpHeaders, request: RequestBody, session: ClientHttp2Session, perTryTimeoutMs: number | undefined): Promise<Attempt> {
+  private attempt(
+    stream: ServerHttp2Stream,
+    headers: OutgoingHttpHeaders,
+    request: RequestBody,
+    session: ClientHttp2Session,
+    perTryTimeoutMs: number | undefined,
+  ): Promise<Attempt> {
     const upstream = session.request(headers);
     // Trailers may come in the same read as the headers, before whoever takes the answer listens.
     const received: { trailers?: IncomingHttpHeaders } = {};
@@ -215,14 +240,29 @@ export class Http2Proxy {
       upstream.once('response', (response, flags) => {
         const endStream = (flags & this.http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
         const grpcStatus = response['grpc-status'];
-        settle({ kind: 'response', upstream, response, status: Number(response[':status'] ?? 502), grpcStatus: typeof grpcStatus === 'string' ? grpcStatus : undefined, endStream, received });
+        settle({
+          kind: 'response',
+          upstream,
+          response,
+          status: Number(response[':status'] ?? 502),
+          grpcStatus: typeof grpcStatus === 'string' ? grpcStatus : undefined,
+          endStream,
+          received,
+        });
       });
       upstream.once('close', () => settle({ kind: 'reset', upstream }));
       stream.once('close', () => settle({ kind: 'reset', upstream }));
     });
   }
 
-  private pass(stream: ServerHttp2Stream, answer: Extract<Attempt, { kind: 'response' }>, target: PickedEndpoint, pool: EndpointPool, series: ReturnType<SidecarMetrics['for']>, started: number): void {
+  private pass(
+    stream: ServerHttp2Stream,
+    answer: Extract<Attempt, { kind: 'response' }>,
+    target: PickedEndpoint,
+    pool: EndpointPool,
+    series: ReturnType<SidecarMetrics['for']>,
+    started: number,
+  ): void {
     const { upstream, response, status, endStream, received } = answer;
     // A gRPC failure is an HTTP 200 with grpc-status in the trailers; only UNAVAILABLE (14) says the endpoint is unwell.
     let outcome: 'success' | '5xx' | 'reset' = status >= 500 || answer.grpcStatus === '14' ? '5xx' : 'success';
@@ -256,7 +296,15 @@ export class Http2Proxy {
 }
 
 type Attempt =
-  | { kind: 'response'; upstream: ClientHttp2Stream; response: IncomingHttpHeaders; status: number; grpcStatus: string | undefined; endStream: boolean; received: { trailers?: IncomingHttpHeaders } }
+  | {
+      kind: 'response';
+      upstream: ClientHttp2Stream;
+      response: IncomingHttpHeaders;
+      status: number;
+      grpcStatus: string | undefined;
+      endStream: boolean;
+      received: { trailers?: IncomingHttpHeaders };
+    }
   | { kind: 'timeout' | 'reset'; upstream: ClientHttp2Stream };
 
 /** Which retry condition an answer meets, if any (the policy's `on`). */

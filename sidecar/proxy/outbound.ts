@@ -101,8 +101,7 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
           },
         );
       }
-    }
-    else new BalancedConnection(accepted, route, pool, listener, metrics.for('outbound', route.service.id), log).attempt();
+    } else new BalancedConnection(accepted, route, pool, listener, metrics.for('outbound', route.service.id), log).attempt();
   }
 
   function passThrough(id: number, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {

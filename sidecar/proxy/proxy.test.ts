@@ -20,7 +20,11 @@ import { RouteTable } from './routes.js';
 const log = createLogger('proxy-test', 'silent');
 const VIP = '240.240.0.9';
 
-function service(ports: { port: number; protocol: 'tcp' | 'http' }[], endpoints: { port: number; http?: number }[], policy: Record<string, unknown> = {}): Service {
+function service(
+  ports: { port: number; protocol: 'tcp' | 'http' }[],
+  endpoints: { port: number; http?: number }[],
+  policy: Record<string, unknown> = {},
+): Service {
   return ServiceSchema.parse({
     apiVersion: API_VERSION,
     kind: 'Service',
@@ -102,7 +106,19 @@ describe('the outbound proxy', () => {
     const bad = await answering('bad', 503);
     const good = await answering('good', 200);
     servers.push(bad, good);
-    use(service([{ port: 1, protocol: 'tcp' }, { port: 80, protocol: 'http' }], [{ port: 9000, http: portOf(bad) }, { port: 9001, http: portOf(good) }], { retries: { attempts: 2, on: ['gateway-error'] } }));
+    use(
+      service(
+        [
+          { port: 1, protocol: 'tcp' },
+          { port: 80, protocol: 'http' },
+        ],
+        [
+          { port: 9000, http: portOf(bad) },
+          { port: 9001, http: portOf(good) },
+        ],
+        { retries: { attempts: 2, on: ['gateway-error'] } },
+      ),
+    );
     for (let i = 0; i < 4; i++) expect(await get(80)).toMatchObject({ status: 200, endpoint: 'good' });
     const posts = new Set<number>();
     for (let i = 0; i < 4; i++) posts.add((await get(80, '/', 'POST')).status);
@@ -117,14 +133,33 @@ describe('the outbound proxy', () => {
     const deadPort = portOf(closed);
     closed.close();
     servers.push(good);
-    use(service([{ port: 1, protocol: 'tcp' }, { port: 80, protocol: 'http' }], [{ port: 9000, http: deadPort }, { port: 9001, http: portOf(good) }]));
+    use(
+      service(
+        [
+          { port: 1, protocol: 'tcp' },
+          { port: 80, protocol: 'http' },
+        ],
+        [
+          { port: 9000, http: deadPort },
+          { port: 9001, http: portOf(good) },
+        ],
+      ),
+    );
     for (let i = 0; i < 4; i++) expect(await get(80, '/', 'POST')).toMatchObject({ status: 200, endpoint: 'good' });
   });
 
   it('answers 400 to garbage on an HTTP port and closes the connection', async () => {
     const good = await listen(createHttpServer((_req, res) => res.end('ok\n')));
     servers.push(good);
-    use(service([{ port: 1, protocol: 'tcp' }, { port: 80, protocol: 'http' }], [{ port: 9000, http: portOf(good) }]));
+    use(
+      service(
+        [
+          { port: 1, protocol: 'tcp' },
+          { port: 80, protocol: 'http' },
+        ],
+        [{ port: 9000, http: portOf(good) }],
+      ),
+    );
     const socket = await dial(80);
     socket.write('\x16\x03\x01 not http at all\r\n\r\n');
     const answer = await new Promise<string>((resolve) => {
@@ -139,7 +174,11 @@ describe('the outbound proxy', () => {
     const resetting = await listen(createServer((socket) => setTimeout(() => socket.resetAndDestroy(), 5)));
     const echo = await listen(createServer((socket) => socket.pipe(socket)));
     servers.push(resetting, echo);
-    use(service([{ port: 7, protocol: 'tcp' }], [{ port: portOf(resetting) }, { port: portOf(echo) }], { outlierDetection: { consecutiveConnectFailures: 2, maxEjectionPercent: 50 } }));
+    use(
+      service([{ port: 7, protocol: 'tcp' }], [{ port: portOf(resetting) }, { port: portOf(echo) }], {
+        outlierDetection: { consecutiveConnectFailures: 2, maxEjectionPercent: 50 },
+      }),
+    );
     const outcomes: string[] = [];
     for (let i = 0; i < 6; i++) {
       const socket = await dial(7);
@@ -178,7 +217,17 @@ describe('the outbound proxy', () => {
     const deadPort = portOf(closed);
     closed.close();
     servers.push(a as unknown as Server, b as unknown as Server);
-    use(ServiceSchema.parse({ ...service([{ port: 50051, protocol: 'tcp' }], []), ports: [{ port: 50051, protocol: 'grpc' }], endpoints: [{ address: '127.0.0.1', port: portOf(a as unknown as Server) }, { address: '127.0.0.1', port: deadPort }, { address: '127.0.0.1', port: portOf(b as unknown as Server) }] }));
+    use(
+      ServiceSchema.parse({
+        ...service([{ port: 50051, protocol: 'tcp' }], []),
+        ports: [{ port: 50051, protocol: 'grpc' }],
+        endpoints: [
+          { address: '127.0.0.1', port: portOf(a as unknown as Server) },
+          { address: '127.0.0.1', port: deadPort },
+          { address: '127.0.0.1', port: portOf(b as unknown as Server) },
+        ],
+      }),
+    );
     nextPort = 50051;
     const client = http2Connect(`http://127.0.0.1:${proxy.port}`);
     const call = () =>
@@ -223,7 +272,13 @@ describe('the outbound proxy', () => {
       });
       stream.on('end', () => stream.end());
     });
-    const unavailable = await h2((stream) => stream.on('data', () => {}).on('end', () => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'x-endpoint': 'unavailable' }, { endStream: true })));
+    const unavailable = await h2((stream) =>
+      stream
+        .on('data', () => {})
+        .on('end', () =>
+          stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'x-endpoint': 'unavailable' }, { endStream: true }),
+        ),
+    );
     servers.push(bad as unknown as Server, good as unknown as Server, unavailable as unknown as Server);
     const h2Service = (endpoints: Http2Server[], on: string[]) =>
       ServiceSchema.parse({
@@ -287,14 +342,24 @@ describe('the outbound proxy', () => {
 
     use(h2Service([unavailable, good], ['unavailable']));
     client = connectClient();
-    for (let i = 0; i < 4; i++) expect(await call(client, 'POST')).toMatchObject({ status: 200, endpoint: 'good', trailers: { 'grpc-status': '0', 'x-got': '5' } });
+    for (let i = 0; i < 4; i++)
+      expect(await call(client, 'POST')).toMatchObject({ status: 200, endpoint: 'good', trailers: { 'grpc-status': '0', 'x-got': '5' } });
     client.close();
   });
 
   it('leaves X-Forwarded-For alone, or appends the app address when the policy says so (HTTP/1.1 and HTTP/2)', async () => {
-    const echoHeaders = await listen(createHttpServer((req, res) => res.writeHead(200, { 'x-endpoint': `${req.headers['x-forwarded-for'] ?? '-'} ${req.headers['x-forwarded-proto'] ?? '-'}` }).end()));
+    const echoHeaders = await listen(
+      createHttpServer((req, res) =>
+        res.writeHead(200, { 'x-endpoint': `${req.headers['x-forwarded-for'] ?? '-'} ${req.headers['x-forwarded-proto'] ?? '-'}` }).end(),
+      ),
+    );
     const h2Echo = createHttp2Server();
-    h2Echo.on('stream', (stream, headers) => stream.respond({ ':status': 200, 'x-endpoint': `${String(headers['x-forwarded-for'] ?? '-')} ${String(headers['x-forwarded-proto'] ?? '-')}` }, { endStream: true }));
+    h2Echo.on('stream', (stream, headers) =>
+      stream.respond(
+        { ':status': 200, 'x-endpoint': `${String(headers['x-forwarded-for'] ?? '-')} ${String(headers['x-forwarded-proto'] ?? '-')}` },
+        { endStream: true },
+      ),
+    );
     await new Promise<void>((resolve) => h2Echo.listen(0, '127.0.0.1', resolve));
     servers.push(echoHeaders, h2Echo as unknown as Server);
     const withPolicy = (http?: unknown) =>

@@ -51,7 +51,11 @@ export interface Netns {
   name: string;
   path: string;
   /** Runs a command inside the namespace. */
-  exec(command: string, args: string[], options?: { input?: string; reject?: boolean; uid?: number }): Promise<{ stdout: string; stderr: string; exitCode: number }>;
+  exec(
+    command: string,
+    args: string[],
+    options?: { input?: string; reject?: boolean; uid?: number },
+  ): Promise<{ stdout: string; stderr: string; exitCode: number }>;
 }
 
 export async function createNetns(role: string): Promise<Netns> {
@@ -81,7 +85,10 @@ export async function link(a: Netns, aAddresses: string[], b: Netns, bAddresses:
   const aIf = `va${counter}`;
   const bIf = `vb${counter++}`;
   await execa('ip', ['link', 'add', aIf, 'netns', a.name, 'type', 'veth', 'peer', 'name', bIf, 'netns', b.name]);
-  for (const [ns, iface, addresses] of [[a, aIf, aAddresses], [b, bIf, bAddresses]] as const) {
+  for (const [ns, iface, addresses] of [
+    [a, aIf, aAddresses],
+    [b, bIf, bAddresses],
+  ] as const) {
     for (const address of addresses) {
       await execa('ip', ['-n', ns.name, 'addr', 'add', address, 'dev', iface, ...(address.includes(':') ? ['nodad'] : [])]);
     }

@@ -5,11 +5,7 @@ import type { Candidate } from '../algorithms.js';
 export type EndpointInput = Partial<Service['endpoints'][number]> & { address: string; port?: number };
 
 /** A parsed service (defaults filled in as the sidecar gets them from the catalog). */
-export function makeService(
-  endpoints: EndpointInput[],
-  policy: Record<string, unknown> = {},
-  extra: Record<string, unknown> = {},
-): Service {
+export function makeService(endpoints: EndpointInput[], policy: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): Service {
   return ServiceSchema.parse({
     apiVersion: API_VERSION,
     kind: 'Service',

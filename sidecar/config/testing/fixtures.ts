@@ -19,7 +19,10 @@ export function sidecarDoc(id = 'pod.shop.w', extra: Record<string, unknown> = {
 }
 
 /** A static service `<name>.static` on a mesh VIP, port 80, with endpoints 10.0.0.1.. on 8080. */
-export function serviceDoc(name: string, options: { vip?: string; port?: number; endpoints?: number; extra?: Record<string, unknown> } = {}): Record<string, unknown> {
+export function serviceDoc(
+  name: string,
+  options: { vip?: string; port?: number; endpoints?: number; extra?: Record<string, unknown> } = {},
+): Record<string, unknown> {
   return {
     apiVersion: API_VERSION,
     kind: 'Service',

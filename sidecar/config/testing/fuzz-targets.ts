@@ -71,7 +71,11 @@ const KUBERNETES = {
     { address: '10.244.1.5', port: 8080, ports: { grpc: 9090 }, zone: 'east-1a' },
     { address: '10.244.3.9', port: 8080, ports: { grpc: 9090 }, zone: 'east-1b', healthy: false },
   ],
-  policy: { loadBalancer: { algorithm: 'least-request' }, healthCheck: { protocol: 'http', path: '/actuator/health', intervalMs: 2000 }, retries: { attempts: 2, on: ['connect-failure', '5xx'] } },
+  policy: {
+    loadBalancer: { algorithm: 'least-request' },
+    healthCheck: { protocol: 'http', path: '/actuator/health', intervalMs: 2000 },
+    retries: { attempts: 2, on: ['connect-failure', '5xx'] },
+  },
 };
 
 /** The codebase in force before each input: the contract's examples and a realistic catalog. */
@@ -168,24 +172,91 @@ function checkFile(path: string, input: Uint8Array): void {
   // A first start with the same mesh.json and sidecar.json: a state, or none when either is
   // refused (every third input: it parses both again).
   if ((path === MESH_FILE || path === SIDECAR_FILE) && runs % 3 === 1) {
-    const first = buildState(new Map([[MESH_FILE, files.get(MESH_FILE)!], [SIDECAR_FILE, files.get(SIDECAR_FILE)!]]), undefined, 'first', { sidecarId: SIDECAR_ID });
-    assert.equal(first.state === undefined, first.rejected.some((r) => r.path === MESH_FILE || r.path === SIDECAR_FILE));
+    const first = buildState(
+      new Map([
+        [MESH_FILE, files.get(MESH_FILE)!],
+        [SIDECAR_FILE, files.get(SIDECAR_FILE)!],
+      ]),
+      undefined,
+      'first',
+      { sidecarId: SIDECAR_ID },
+    );
+    assert.equal(
+      first.state === undefined,
+      first.rejected.some((r) => r.path === MESH_FILE || r.path === SIDECAR_FILE),
+    );
   }
   if (runs % 5000 === 0) assert.ok(isDeepStrictEqual(stateParts(PREVIOUS), PREVIOUS_COPY), 'the state in force was changed');
 }
 
 /** Values of every type the contract uses, and some it does not expect. */
 const VALUES: unknown[] = [
-  null, true, false, 0, -1, 1, 80, 8080, 65535, 65536, 1e308, -0, 0.5, Number.MAX_SAFE_INTEGER, 2 ** 53 + 1,
-  '', ' ', 'x', 'flb', 'flb.flomesh.io/v1alpha1', 'Mesh', 'Service', 'Sidecar', '*', 'tcp', 'http', 'http2', 'grpc', 'mesh', 'cluster-ip',
-  '10.0.0.1', '240.240.0.17', '240.240.1.7', '::1', '::ffff:240.240.0.17', 'fd00::1', '999.1.1.1', '10.0.0.0/8', '240.240.0.0/16', '0.0.0.0/0', '::/0', '10.0.0.0/33',
-  '1s', '250ms', '-1s', '1e9h', 'pod.shop.orders-7d9f8c6b5-x2x4q', 'svc-7.static', 'orders.shop', '__proto__', 'constructor', '\u0000', '\u202e', '🙂', 'x'.repeat(5000),
-  {}, [], [{}], [null], JSON.parse('{"__proto__": {"polluted": true}}'),
+  null,
+  true,
+  false,
+  0,
+  -1,
+  1,
+  80,
+  8080,
+  65535,
+  65536,
+  1e308,
+  -0,
+  0.5,
+  Number.MAX_SAFE_INTEGER,
+  2 ** 53 + 1,
+  '',
+  ' ',
+  'x',
+  'flb',
+  'flb.flomesh.io/v1alpha1',
+  'Mesh',
+  'Service',
+  'Sidecar',
+  '*',
+  'tcp',
+  'http',
+  'http2',
+  'grpc',
+  'mesh',
+  'cluster-ip',
+  '10.0.0.1',
+  '240.240.0.17',
+  '240.240.1.7',
+  '::1',
+  '::ffff:240.240.0.17',
+  'fd00::1',
+  '999.1.1.1',
+  '10.0.0.0/8',
+  '240.240.0.0/16',
+  '0.0.0.0/0',
+  '::/0',
+  '10.0.0.0/33',
+  '1s',
+  '250ms',
+  '-1s',
+  '1e9h',
+  'pod.shop.orders-7d9f8c6b5-x2x4q',
+  'svc-7.static',
+  'orders.shop',
+  '__proto__',
+  'constructor',
+  '\u0000',
+  '\u202e',
+  '🙂',
+  'x'.repeat(5000),
+  {},
+  [],
+  [{}],
+  [null],
+  JSON.parse('{"__proto__": {"polluted": true}}'),
 ];
 
 /** A marker replaced, in the JSON text, by arrays or objects nested this deep (too deep to build as values and serialise). */
 const DEEP = 'FUZZ-DEEP-';
-const nestedText = (depth: number, objects: boolean) => (objects ? '{"a":'.repeat(depth) + '1' + '}'.repeat(depth) : '['.repeat(depth) + '1' + ']'.repeat(depth));
+const nestedText = (depth: number, objects: boolean) =>
+  objects ? '{"a":'.repeat(depth) + '1' + '}'.repeat(depth) : '['.repeat(depth) + '1' + ']'.repeat(depth);
 
 /** Every leaf value of the seeds by its key ("address" -> the addresses they hold): replacements that usually stay valid. */
 type Pools = Map<string, unknown[]>;

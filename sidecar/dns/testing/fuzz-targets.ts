@@ -18,11 +18,34 @@ import { DnsCache } from '../cache.js';
 import { DnsMetrics } from '../metrics.js';
 import { Resolver } from '../server.js';
 import { buildDnsTable } from '../table.js';
-import { DROP, MAX_UDP_PAYLOAD, forwardedResponse, mixCase, parseQuery, parseResponse, sameQuestion, upstreamQuery, wireName, type Forwarded, type Query } from '../wire.js';
+import {
+  DROP,
+  MAX_UDP_PAYLOAD,
+  forwardedResponse,
+  mixCase,
+  parseQuery,
+  parseResponse,
+  sameQuestion,
+  upstreamQuery,
+  wireName,
+  type Forwarded,
+  type Query,
+} from '../wire.js';
 import { orders, service } from './fixtures.js';
 
 const TYPES = [1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 43, 46, 47, 48, 64, 65, 251, 252, 255, 0, 0xffff];
-const NAMES = ['orders.shop.svc.cluster.local', 'orders.shop', '_grpc._tcp.orders.shop.svc.cluster.local', 'big.example', 'dual.example', '20.14.96.10.in-addr.arpa', 'example.com', 'gone.example.com', 'a.b.c.d.e.f.example.org', ''];
+const NAMES = [
+  'orders.shop.svc.cluster.local',
+  'orders.shop',
+  '_grpc._tcp.orders.shop.svc.cluster.local',
+  'big.example',
+  'dual.example',
+  '20.14.96.10.in-addr.arpa',
+  'example.com',
+  'gone.example.com',
+  'a.b.c.d.e.f.example.org',
+  '',
+];
 
 function concat(parts: readonly (Uint8Array | readonly number[])[]): Uint8Array {
   const arrays = parts.map((p) => (p instanceof Uint8Array ? p : Uint8Array.from(p)));
@@ -41,7 +64,7 @@ const u32 = (n: number) => [(n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >>> 8) & 0x
 function casedName(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   return check.tuple(check.constantFrom(...NAMES), check.integer()).map(([name, bits]) => {
     const bytes = new Uint8Array(wireName(name));
-    for (let i = 0; i < bytes.length; i++) if (bytes[i]! >= 97 && bytes[i]! <= 122 && (bits >> i % 31) & 1) bytes[i]! -= 32;
+    for (let i = 0; i < bytes.length; i++) if (bytes[i]! >= 97 && bytes[i]! <= 122 && (bits >> (i % 31)) & 1) bytes[i]! -= 32;
     return bytes;
   });
 }
@@ -49,11 +72,27 @@ function casedName(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
 function nameBytes(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   const cased = casedName(check);
   const target = check.oneof(check.integer({ min: 0, max: 320 }), check.integer({ min: 0, max: 0x3fff }));
-  const labels = check.array(check.uint8Array({ minLength: 0, maxLength: 70 }).map((l) => concat([[l.length], l])), { maxLength: 5 }).map(concat);
+  const labels = check
+    .array(
+      check.uint8Array({ minLength: 0, maxLength: 70 }).map((l) => concat([[l.length], l])),
+      { maxLength: 5 },
+    )
+    .map(concat);
   return check.oneof(
     { arbitrary: cased, weight: 4 },
     { arbitrary: check.constant(Uint8Array.of(0xc0, 0x0c)), weight: 2 },
-    { arbitrary: check.tuple(check.oneof(cased.map((n) => n.subarray(0, n.length - 1)), labels), target).map(([prefix, to]) => concat([prefix, [0xc0 | (to >> 8), to & 0xff]])), weight: 2 },
+    {
+      arbitrary: check
+        .tuple(
+          check.oneof(
+            cased.map((n) => n.subarray(0, n.length - 1)),
+            labels,
+          ),
+          target,
+        )
+        .map(([prefix, to]) => concat([prefix, [0xc0 | (to >> 8), to & 0xff]])),
+      weight: 2,
+    },
     { arbitrary: labels.map((l) => concat([l, [0]])), weight: 1 },
     { arbitrary: check.uint8Array({ maxLength: 12 }), weight: 1 },
   );
@@ -61,7 +100,12 @@ function nameBytes(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
 
 /** A question's name: mostly one a resolver would ask, in any case; sometimes anything. */
 function questionName(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
-  const labels = check.array(check.uint8Array({ minLength: 1, maxLength: 63 }).map((l) => concat([[l.length], l])), { maxLength: 6 }).map((l) => concat([...l, [0]]));
+  const labels = check
+    .array(
+      check.uint8Array({ minLength: 1, maxLength: 63 }).map((l) => concat([[l.length], l])),
+      { maxLength: 6 },
+    )
+    .map((l) => concat([...l, [0]]));
   return check.oneof({ arbitrary: nameBytes(check), weight: 1 }, { arbitrary: labels, weight: 2 }, { arbitrary: casedName(check), weight: 7 });
 }
 
@@ -92,10 +136,22 @@ function rdataBytes(check: FuzzCheck, type: number): fc.Arbitrary<Uint8Array> {
       valid = check.tuple(name, name, fixed(20)).map(concat);
       break;
     case 16:
-      valid = check.array(check.uint8Array({ maxLength: 40 }).map((s) => concat([[s.length], s])), { maxLength: 3 }).map(concat);
+      valid = check
+        .array(
+          check.uint8Array({ maxLength: 40 }).map((s) => concat([[s.length], s])),
+          { maxLength: 3 },
+        )
+        .map(concat);
       break;
     case 41:
-      valid = check.array(check.tuple(check.integer({ min: 0, max: 0xffff }), check.uint8Array({ maxLength: 12 })).map(([code, data]) => concat([u16(code), u16(data.length), data])), { maxLength: 2 }).map(concat);
+      valid = check
+        .array(
+          check
+            .tuple(check.integer({ min: 0, max: 0xffff }), check.uint8Array({ maxLength: 12 }))
+            .map(([code, data]) => concat([u16(code), u16(data.length), data])),
+          { maxLength: 2 },
+        )
+        .map(concat);
       break;
     default:
       valid = check.uint8Array({ maxLength: 40 });
@@ -118,7 +174,11 @@ function recordBytes(check: FuzzCheck, types: readonly number[] = TYPES): fc.Arb
         check.constantFrom(1, 1, 1, 255, 3, 512, 1232, 4096),
         check.constantFrom(0, 1, 30, 300, 0x7fffffff, 0x80000000, 0xffffffff),
         rdataBytes(check, type),
-        check.oneof({ arbitrary: check.constant(-1), weight: 16 }, { arbitrary: check.constantFrom(0, 1, 2, 0xffff), weight: 1 }, { arbitrary: check.integer({ min: 0, max: 300 }), weight: 1 }),
+        check.oneof(
+          { arbitrary: check.constant(-1), weight: 16 },
+          { arbitrary: check.constantFrom(0, 1, 2, 0xffff), weight: 1 },
+          { arbitrary: check.integer({ min: 0, max: 300 }), weight: 1 },
+        ),
       )
       .map(([owner, klass, ttl, rdata, lie]) => concat([owner, u16(type), u16(klass), u32(ttl), u16(lie < 0 ? rdata.length : lie), rdata])),
   );
@@ -126,8 +186,12 @@ function recordBytes(check: FuzzCheck, types: readonly number[] = TYPES): fc.Arb
 
 /** A DNS message: header, question, records placed in sections by counts that may lie, maybe cut short. */
 export function messageBytes(check: FuzzCheck, response: boolean): fc.Arbitrary<Uint8Array> {
-  const question = check.tuple(questionName(check), check.constantFrom(...TYPES, 1, 1, 28, 33, 12), check.constantFrom(1, 1, 1, 255, 3, 0)).map(([name, type, klass]) => concat([name, u16(type), u16(klass)]));
-  const records = response ? check.array(recordBytes(check), { maxLength: 8 }) : check.oneof(
+  const question = check
+    .tuple(questionName(check), check.constantFrom(...TYPES, 1, 1, 28, 33, 12), check.constantFrom(1, 1, 1, 255, 3, 0))
+    .map(([name, type, klass]) => concat([name, u16(type), u16(klass)]));
+  const records = response
+    ? check.array(recordBytes(check), { maxLength: 8 })
+    : check.oneof(
         { arbitrary: check.constant([]), weight: 3 },
         { arbitrary: recordBytes(check, [41]).map((r) => [r]), weight: 3 },
         { arbitrary: check.array(recordBytes(check, [41, ...TYPES]), { maxLength: 3 }), weight: 1 },
@@ -135,7 +199,9 @@ export function messageBytes(check: FuzzCheck, response: boolean): fc.Arbitrary<
   return check
     .tuple(
       check.integer({ min: 0, max: 0xffff }),
-      response ? check.constantFrom(0x81, 0x81, 0x83, 0x80, 0x85) : check.oneof({ arbitrary: check.constantFrom(0x01, 0x00), weight: 8 }, { arbitrary: check.constantFrom(0x81, 0x11, 0x29, 0x31, 0x03), weight: 1 }),
+      response
+        ? check.constantFrom(0x81, 0x81, 0x83, 0x80, 0x85)
+        : check.oneof({ arbitrary: check.constantFrom(0x01, 0x00), weight: 8 }, { arbitrary: check.constantFrom(0x81, 0x11, 0x29, 0x31, 0x03), weight: 1 }),
       check.constantFrom(0x00, 0x10, 0x20, 0x80, 0x83, 0x82, 0x85, 0xb0),
       check.oneof({ arbitrary: check.constant(1), weight: 16 }, { arbitrary: check.constantFrom(0, 2, 0xffff), weight: 1 }),
       question,
@@ -172,8 +238,23 @@ function fail(what: string, details: Record<string, unknown> = {}): never {
 const table = buildDnsTable(
   [
     orders,
-    service({ id: 'dual.static', name: 'dual', source: 'static', hostnames: ['dual.example'], vips: [{ address: '240.240.0.18', allocation: 'mesh' }, { address: 'fd00::18', allocation: 'mesh' }] }),
-    service({ id: 'big.static', name: 'big', source: 'static', hostnames: ['big.example'], vips: Array.from({ length: 100 }, (_, i) => ({ address: `240.240.9.${i + 1}`, allocation: 'mesh' as const })) }),
+    service({
+      id: 'dual.static',
+      name: 'dual',
+      source: 'static',
+      hostnames: ['dual.example'],
+      vips: [
+        { address: '240.240.0.18', allocation: 'mesh' },
+        { address: 'fd00::18', allocation: 'mesh' },
+      ],
+    }),
+    service({
+      id: 'big.static',
+      name: 'big',
+      source: 'static',
+      hostnames: ['big.example'],
+      vips: Array.from({ length: 100 }, (_, i) => ({ address: `240.240.9.${i + 1}`, allocation: 'mesh' as const })),
+    }),
   ],
   [],
   ['shop.svc.cluster.local', 'svc.cluster.local', 'cluster.local'],
@@ -226,7 +307,8 @@ function checkResponse(query: Buffer, response: Buffer, udp: boolean, parsed: Qu
   if (!(response[2]! & 0x80)) fail('response without QR');
   const qd = response.readUInt16BE(4);
   if (qd > 1) fail('response with more than one question');
-  if (qd === 1 && typeof parsed !== 'number' && !response.subarray(12, parsed.questionEnd).equals(query.subarray(12, parsed.questionEnd))) fail('response question differs from the one asked');
+  if (qd === 1 && typeof parsed !== 'number' && !response.subarray(12, parsed.questionEnd).equals(query.subarray(12, parsed.questionEnd)))
+    fail('response question differs from the one asked');
   if (!readable) return;
   let decoded: dnsPacket.DecodedPacket;
   try {
@@ -286,10 +368,16 @@ function reference(msg: Buffer): dnsPacket.DecodedPacket | undefined {
 
 function checkForwarded(f: Forwarded, response: Buffer, questionEnd: number): void {
   if (!Number.isInteger(f.cacheSeconds) || f.cacheSeconds < 0) fail('cacheSeconds is not a non-negative integer', { cacheSeconds: f.cacheSeconds });
-  for (const count of [f.an, f.ns, f.ar]) if (!Number.isInteger(count) || count < 0 || count > 0xffff) fail('a section count out of range', { an: f.an, ns: f.ns, ar: f.ar });
-  if (f.an + f.ns + f.ar > (response.readUInt16BE(6) + response.readUInt16BE(8) + response.readUInt16BE(10)) || f.body.length > response.length - questionEnd + 0xffff) fail('more records kept than the upstream sent');
+  for (const count of [f.an, f.ns, f.ar])
+    if (!Number.isInteger(count) || count < 0 || count > 0xffff) fail('a section count out of range', { an: f.an, ns: f.ns, ar: f.ar });
+  if (
+    f.an + f.ns + f.ar > response.readUInt16BE(6) + response.readUInt16BE(8) + response.readUInt16BE(10) ||
+    f.body.length > response.length - questionEnd + 0xffff
+  )
+    fail('more records kept than the upstream sent');
   if (f.ttls.length !== f.ttlOffsets.length) fail('TTLs and their offsets disagree');
-  for (const offset of f.ttlOffsets) if (!Number.isInteger(offset) || offset < 0 || offset + 4 > f.body.length) fail('a TTL offset outside the body', { offset, body: f.body.length });
+  for (const offset of f.ttlOffsets)
+    if (!Number.isInteger(offset) || offset < 0 || offset + 4 > f.body.length) fail('a TTL offset outside the body', { offset, body: f.body.length });
 }
 
 /** A client query for the question an upstream answer carries, with EDNS or without. */
@@ -330,7 +418,10 @@ function upstreamTarget(): FuzzTarget {
         cache.set(q.name, f, 0);
         const cached = cache.get(q.name, 1500);
         const upstreamRead = reference(response);
-        for (const [answer, age] of [[f, -1], [cached?.answer ?? f, 1]] as const) {
+        for (const [answer, age] of [
+          [f, -1],
+          [cached?.answer ?? f, 1],
+        ] as const) {
           // As the server picks the limit: the client's UDP size (512 without EDNS), or TCP's.
           for (const limit of [q.edns ? Math.min(q.udpSize, MAX_UDP_PAYLOAD) : 512, 65535]) {
             const replay = forwardedResponse(msg, q, answer, limit, age);
@@ -338,8 +429,13 @@ function upstreamTarget(): FuzzTarget {
             if (!upstreamRead || replay[2]! & 0x02) continue;
             // dns-packet read the upstream's message: it must read our replay of it alike.
             const replayRead = reference(replay)!;
-            const records = (p: dnsPacket.DecodedPacket) => [(p.answers ?? []).length, (p.authorities ?? []).length, (p.additionals ?? []).filter((r) => r.type !== 'OPT').length];
-            if (records(replayRead).join() !== records(upstreamRead).join()) fail('the replay has other records than the upstream answer', { upstream: records(upstreamRead), replay: records(replayRead) });
+            const records = (p: dnsPacket.DecodedPacket) => [
+              (p.answers ?? []).length,
+              (p.authorities ?? []).length,
+              (p.additionals ?? []).filter((r) => r.type !== 'OPT').length,
+            ];
+            if (records(replayRead).join() !== records(upstreamRead).join())
+              fail('the replay has other records than the upstream answer', { upstream: records(upstreamRead), replay: records(replayRead) });
           }
         }
       }
