@@ -15,7 +15,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 started=$SECONDS
 step "typecheck (tsc, sources and tests)"
 npx --no-install tsc -p tsconfig.json --noEmit || exit 1
-step "lint (eslint)"
+step "lint (prettier, eslint)"
+npx --no-install prettier --check --log-level warn . || { echo "files above are not formatted: run 'npm run format'" >&2; exit 1; }
 npx --no-install eslint --max-warnings 0 . || exit 1
 
 export NODE_OPTIONS="--experimental-vm-modules --no-warnings=ExperimentalWarning ${NODE_OPTIONS:-}"

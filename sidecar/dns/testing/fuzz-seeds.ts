@@ -2,7 +2,8 @@
 // queries as resolvers send them and answers as upstreams send them, built with dns-packet, and
 // the same questions answered by a real dnsmasq (its own compression, SOA and OPT placement).
 // Run again (from the repository root) only to change the seeds, and commit the files it writes:
-//   npx esbuild sidecar/dns/testing/fuzz-seeds.ts --bundle --platform=node --format=esm --packages=external --outfile=/tmp/fuzz-seeds.mjs && node /tmp/fuzz-seeds.mjs
+//   npx esbuild sidecar/dns/testing/fuzz-seeds.ts --bundle --platform=node --format=esm \
+//     --packages=external --outfile=/tmp/fuzz-seeds.mjs && node /tmp/fuzz-seeds.mjs
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
