@@ -2,7 +2,7 @@ import type { Server } from 'node:net';
 import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
 import { startAdmin, startMetricsServer } from './admin.js';
-import { EndpointPool, type PoolEvent } from './balancer/index.js';
+import { EndpointPool, endpointKey, type PoolEvent } from './balancer/index.js';
 import { localConfigSource, repoConfigSource, type ConfigSource } from './config/source.js';
 import type { ConfigChange, SidecarState } from './config/state.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
@@ -87,7 +87,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     }
     view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
     for (const proxy of proxies) proxy.setIdleTimeout(state.mesh.tcp.idleTimeoutSeconds * 1000);
-    const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => `${e.address}|${e.port}`)));
+    const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => endpointKey(e.address, e.port))));
     http.retainAgents(endpointKeys);
     http2.current()?.retainSessions(endpointKeys);
     const table = buildDnsTable([...state.services.values()], state.sidecar.dns.records, state.sidecar.dns.searchDomains, {

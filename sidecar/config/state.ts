@@ -1,8 +1,8 @@
 import { isDeepStrictEqual } from 'node:util';
-import ipaddr from 'ipaddr.js';
 import type { z } from 'zod';
 import { serviceSchemaFor, type Service } from '../../common/contract/catalog.js';
 import { MeshSchema, type Mesh } from '../../common/contract/mesh.js';
+import { routingAddress } from '../../common/contract/primitives.js';
 import { SidecarConfigSchema, type SidecarConfig } from '../../common/contract/sidecar.js';
 import { ContractError, checkDocument, type ContractIssue } from '../../common/contract/validate.js';
 
@@ -264,15 +264,9 @@ function idIssues(id: string, path: string, service: Service): ContractIssue[] {
     : [{ field: 'id', message: `is ${JSON.stringify(service.id)}, but the file is ${path} (a service's file is services/<its id>.json)` }];
 }
 
-/** The proxy's key for a destination: VIPs in canonical form, so ::ffff:a.b.c.d and a.b.c.d are one. */
+/** The proxy's key for a destination (RouteTable's): ::ffff:a.b.c.d and a.b.c.d are one. */
 function vipKey(address: string, port: number): string {
-  let canonical: string;
-  try {
-    canonical = ipaddr.process(address).toString();
-  } catch {
-    canonical = address.toLowerCase();
-  }
-  return `${canonical}|${port}`;
+  return `${routingAddress(address)}|${port}`;
 }
 
 function* vipPorts(service: Service): Generator<{ key: string; field: string; shown: string }> {

@@ -1,6 +1,6 @@
 import type { OutgoingHttpHeaders } from 'node:http';
+import { routingAddress } from '../../common/contract/index.js';
 import type { Route } from './routes.js';
-import { plainAddress } from './routes.js';
 
 /**
  * X-Forwarded-For / X-Forwarded-Proto as the service's policy says (`policy.http.xForwardedFor`):
@@ -10,7 +10,7 @@ export function forwardedHeaders(headers: OutgoingHttpHeaders, route: Route, cli
   if (route.service.policy.http?.xForwardedFor !== 'append' || client === undefined) return headers;
   const previous = headers['x-forwarded-for'];
   const chain = Array.isArray(previous) ? previous.join(', ') : previous === undefined ? '' : String(previous);
-  headers['x-forwarded-for'] = chain ? `${chain}, ${plainAddress(client)}` : plainAddress(client);
+  headers['x-forwarded-for'] = chain ? `${chain}, ${routingAddress(client)}` : routingAddress(client);
   headers['x-forwarded-proto'] ??= 'http';
   return headers;
 }

@@ -1,10 +1,9 @@
-import { INBOUND_FORWARD_SOURCE } from '../../common/contract/index.js';
+import { INBOUND_FORWARD_SOURCE, routingAddress } from '../../common/contract/index.js';
 import type { Logger } from '../../common/log.js';
 import type { ServiceSeries, SidecarMetrics } from '../metrics.js';
 import type { OriginalDestination } from '../native/index.js';
 import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
 import type { ProxyListener } from './outbound.js';
-import { plainAddress } from './routes.js';
 
 const EADDRNOTAVAIL = 99;
 /** The app is on the same host: a connect that takes this long will not succeed. */
@@ -42,7 +41,7 @@ export function startInbound(options: InboundOptions): ProxyListener {
       return;
     }
     const series = metrics.for('inbound', options.portName?.(destination.port) ?? String(destination.port));
-    new InboundConnection(accepted, plainAddress(destination.address), destination.port, listener, series, state, log).connect();
+    new InboundConnection(accepted, routingAddress(destination.address), destination.port, listener, series, state, log).connect();
   }, log);
   metrics.beforeCollect(() => listener.reportBytes());
   try {

@@ -49,8 +49,9 @@ describe('the outbound proxy', () => {
   let http: HttpProxy;
   let http2: Lazy<Http2Proxy>;
   let pool: EndpointPool;
-  /** The VIP port the next connection "was sent to" (connections are made one at a time). */
+  /** The VIP and port the next connection "was sent to" (connections are made one at a time). */
   let nextPort = 0;
+  let nextAddress = VIP;
 
   const use = (svc: Service) => {
     pool?.close();
@@ -59,9 +60,10 @@ describe('the outbound proxy', () => {
     view = { routes: RouteTable.build([svc]), pools: new Map([[svc.id, pool]]), unknownDestination: 'deny' };
   };
   const dial = (vipPort: number) =>
-    new Promise<Socket>((resolve) => {
+    new Promise<Socket>((resolve, reject) => {
       nextPort = vipPort;
       const socket = connect({ host: '127.0.0.1', port: proxy.port }, () => resolve(socket));
+      socket.once('error', reject);
     });
   const get = (vipPort: number, path = '/', method = 'GET') =>
     new Promise<{ status: number; body: string; endpoint: string }>((resolve, reject) => {
@@ -87,10 +89,11 @@ describe('the outbound proxy', () => {
       http2,
       metrics,
       log,
-      destination: () => ({ address: VIP, port: nextPort, family: 4 }),
+      destination: () => ({ address: nextAddress, port: nextPort, family: nextAddress.includes(':') ? 6 : 4 }),
     });
   });
   afterEach(() => {
+    nextAddress = VIP;
     for (const s of servers.splice(0)) s.close();
   });
   afterAll(() => {
@@ -412,6 +415,29 @@ describe('the outbound proxy', () => {
     nextPort = 7;
     const refused = connect({ host: '127.0.0.1', port: proxy.port });
     expect(await new Promise<string>((resolve) => refused.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error')))).toBe('ECONNRESET');
+  });
+
+  it('routes an IPv6 VIP written uncompressed: the contract reads it in the form the forwarder reports destinations in', async () => {
+    const echo = await listen(createServer((socket) => socket.pipe(socket)));
+    servers.push(echo);
+    use(
+      ServiceSchema.parse({
+        ...service([{ port: 7, protocol: 'tcp' }], [{ port: portOf(echo) }]),
+        vips: [{ address: 'FD00:0:0:0:0:0:0:10', allocation: 'mesh' }],
+      }),
+    );
+    // inet_ntop's form, as the native forwarder prints SO_ORIGINAL_DST.
+    nextAddress = 'fd00::10';
+    const socket = await dial(7);
+    socket.write('ping');
+    const answer = await new Promise<string>((resolve) => {
+      socket.once('data', (d: Buffer) => {
+        socket.destroy();
+        resolve(d.toString());
+      });
+      socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    });
+    expect(answer).toBe('ping');
   });
 
   it('refuses an unknown destination when the mesh says deny', async () => {

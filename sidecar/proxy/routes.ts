@@ -1,4 +1,4 @@
-import type { Service } from '../../common/contract/index.js';
+import { routingAddress, type Service } from '../../common/contract/index.js';
 
 /** What a redirected connection's original destination means: a service and the port dialled. */
 export interface Route {
@@ -6,15 +6,11 @@ export interface Route {
   readonly port: Service['ports'][number];
 }
 
-/** `::ffff:10.0.0.1` (a v4 client on a dual-stack socket) is 10.0.0.1. */
-export function plainAddress(address: string): string {
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address.toLowerCase();
-}
-
 /**
  * Destination VIP:port -> service. Every VIP (a ClusterIP, or a mesh VIP the DNS hands out for a
  * registry service) with every port of its service; built once per configuration change, so the
- * per-connection lookup is one map access. A VIP:port claimed by two services keeps the first in
+ * per-connection lookup is one map access. The contract gives VIPs in inet_ntop's form, the form
+ * the forwarder reports destinations in, so the two compare as strings. A VIP:port claimed by two services keeps the first in
  * catalog order (the config source already refuses the second and reports it).
  */
 export class RouteTable {
@@ -25,7 +21,7 @@ export class RouteTable {
     for (const service of services) {
       for (const vip of service.vips) {
         for (const port of service.ports) {
-          const key = `${plainAddress(vip.address)}|${port.port}`;
+          const key = `${routingAddress(vip.address)}|${port.port}`;
           if (!routes.has(key)) routes.set(key, { service, port });
         }
       }
@@ -38,6 +34,6 @@ export class RouteTable {
   }
 
   lookup(address: string, port: number): Route | undefined {
-    return this.routes.get(`${plainAddress(address)}|${port}`);
+    return this.routes.get(`${routingAddress(address)}|${port}`);
   }
 }
