@@ -12,7 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createLogger } from '../common/log.js';
 import { createCertificateAuthority, issueCertificate } from '../common/pki.js';
-import { Publisher } from '../repo/publisher.js';
+import { Publisher } from '../registry-bridge/sinks/repo-publisher.js';
 import { report } from './lib/report.js';
 
 const flb = fileURLToPath(new URL('../../bin/flb.js', import.meta.url));

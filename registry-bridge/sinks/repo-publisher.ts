@@ -1,17 +1,20 @@
+// The control plane's publisher, the repo sink's engine: keeps `/flb/mesh` (mesh.json,
+// services/*.json) and one derived codebase per sidecar current in the repo. It is told the desired
+// state and reconciles: only files whose content changed are written, one publish per codebase per
+// round, sidecar codebases in parallel up to a bound, rounds coalesced, and when the repo is away
+// it retries with backoff and publishes the latest desired state (never a stale one) once it is
+// back.
 import { createHash } from 'node:crypto';
-import type { Logger } from '../common/log.js';
-import { MESH_CODEBASE, sidecarCodebase } from '../common/contract/identity.js';
+import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Logger } from '../../common/log.js';
+import { MESH_CODEBASE, sidecarCodebase } from '../../common/contract/identity.js';
 
-/**
- * The control plane's publisher: keeps `/flb/mesh` (mesh.json, services/*.json) and one derived
- * codebase per sidecar current in the repo. It is told the desired state and reconciles: only
- * files whose content hash changed are written, one publish per codebase per round, sidecar
- * codebases in parallel up to a bound, rounds coalesced, and when the repo is away it retries with
- * backoff and publishes the latest desired state (never a stale one) once it is back.
- */
 export interface PublisherOptions {
   /** The repo's base URL, e.g. http://127.0.0.1:6060 */
   url: string;
+  /** PEM: the repo's CA, and the client certificate and key it requires for writes (CN flb-control-plane). */
+  tls?: { ca?: string | Buffer; cert: string | Buffer; key: string | Buffer };
   log: Logger;
   concurrency?: number;
   /** Changes within this window go out in one round. */
@@ -99,6 +102,7 @@ export class Publisher {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.agent?.destroy();
   }
 
   private schedule(delay = this.options.batchMs ?? 50): void {
@@ -154,7 +158,8 @@ export class Publisher {
   private async adoptOrphans(): Promise<void> {
     const list = await this.call('GET', '/api/v1/repo');
     if (!list.ok) throw new Error(`listing codebases: ${list.status}`);
-    const prefix = sidecarCodebase('');
+    // Pods' codebases only: a VM's lives as long as its install, not as long as anything listed here.
+    const prefix = sidecarCodebase('pod.');
     for (const name of (await list.text()).split('\n')) {
       if (name.startsWith(prefix) && !this.desired.has(name) && !this.published.has(name)) {
         this.published.set(name, new Map());
@@ -164,13 +169,34 @@ export class Publisher {
     this.collectGarbage = false;
   }
 
-  private async call(method: string, path: string, body?: string): Promise<Response> {
-    const response = await fetch(new URL(path, this.options.url), {
-      method,
-      ...(body !== undefined ? { body } : {}),
-      headers: { ...this.options.headers?.() },
+  private agent?: HttpAgent;
+
+  private async call(method: string, path: string, body?: string): Promise<RepoResponse> {
+    const url = new URL(path, this.options.url);
+    const tls = url.protocol === 'https:';
+    this.agent ??= tls ? new HttpsAgent({ keepAlive: true, ...(this.options.tls ?? {}) }) : new HttpAgent({ keepAlive: true });
+    const payload = body === undefined ? undefined : Buffer.from(body);
+    const response = await new Promise<RepoResponse>((resolve, reject) => {
+      const req = (tls ? httpsRequest : httpRequest)(
+        url,
+        {
+          method,
+          agent: this.agent,
+          timeout: 60_000,
+          headers: { ...this.options.headers?.(), ...(payload ? { 'content-length': String(payload.length), 'content-type': 'application/json' } : {}) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => resolve(new RepoResponse(res.statusCode ?? 0, res.headers, Buffer.concat(chunks).toString('utf8'))));
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`${method} ${url.pathname}: no answer from the repo within 60 s`)));
+      req.on('error', reject);
+      req.end(payload);
     });
-    this.batchSupported = response.headers.get('server') === 'flb-repo';
+    this.batchSupported = response.headers.server === 'flb-repo';
     return response;
   }
 
@@ -301,5 +327,26 @@ export class Publisher {
     this.published.delete(codebase);
     this.versions.delete(codebase);
     this.dirty.delete(codebase);
+  }
+}
+
+/** What a repo call answered (the fetch Response's shape, which this code was written against). */
+class RepoResponse {
+  constructor(
+    readonly status: number,
+    readonly headers: IncomingHttpHeaders,
+    private readonly body: string,
+  ) {}
+
+  get ok(): boolean {
+    return this.status >= 200 && this.status < 300;
+  }
+
+  async text(): Promise<string> {
+    return this.body;
+  }
+
+  async json(): Promise<unknown> {
+    return JSON.parse(this.body) as unknown;
   }
 }

@@ -5,10 +5,10 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../common/log.js';
-import { Publisher } from './publisher.js';
-import { Repo } from './repo.js';
-import { startRepoServer, type RepoServer } from './server.js';
-import { DiskStore } from './store/disk.js';
+import { Publisher } from '../registry-bridge/sinks/repo-publisher.js';
+import { Repo } from '../repo/repo.js';
+import { startRepoServer, type RepoServer } from '../repo/server.js';
+import { DiskStore } from '../repo/store/disk.js';
 
 const log = createLogger('publisher-test', 'silent');
 const catalog = (n: number, changed?: number) =>
