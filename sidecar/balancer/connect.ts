@@ -1,13 +1,13 @@
-import { connect as netConnect, type Socket } from 'node:net';
-import { systemClock, type Clock } from './clock.js';
-import type { EndpointPool, PickContext, PickedEndpoint } from './pool.js';
-
-/**
- * The dial loop of the policy's `connect`: each attempt gets `timeoutMs`, a failed attempt is
- * reported as a connect failure (it feeds outlier detection) and the next one goes to an endpoint
- * not tried yet, up to `retries` more times. Generic over what is dialled, so the proxy can use it
- * for plain TCP (tcpDial) and for whatever it layers on top later (TLS).
+/*
+ * The dial loop of a connection the sidecar makes itself (an HTTP upgrade, later TLS): each
+ * attempt gets the policy's `connect.timeoutMs`, and the attempt planner (attempts.ts) decides
+ * where the next one goes and after how long. Generic over what is dialled, so the proxy can use it
+ * for plain TCP (tcpDial) and for whatever it layers on top later.
  */
+import { connect as netConnect, type Socket } from 'node:net';
+import { AttemptPlanner, GIVE_UP } from './attempts.js';
+import type { EndpointPool, PickedEndpoint } from './pool.js';
+
 export interface Dialed<T> {
   value: T;
   target: PickedEndpoint;
@@ -31,46 +31,50 @@ export class ConnectTimeoutError extends Error {
   override readonly name = 'ConnectTimeoutError';
 }
 
+/** Where the connection is going: the service port dialled and, for ring hash, the client's address. */
+export interface DialContext {
+  servicePort?: number;
+  sourceIp?: string;
+}
+
 /**
  * On success the attempt stays begun: the caller owns it and must call `pool.end(target.key,
- * outcome)` when the connection or request is over.
+ * outcome)` when the connection or request is over. Timers run on the pool's clock.
  */
 export async function dialWithRetries<T>(
   pool: EndpointPool,
-  ctx: PickContext,
+  ctx: DialContext,
   dial: (target: PickedEndpoint, signal: AbortSignal) => Promise<T>,
-  clock: Clock = systemClock,
 ): Promise<Dialed<T>> {
-  const { timeoutMs, retries } = pool.connect;
-  const tried = new Set<string>(ctx.exclude ?? []);
-  const order: string[] = [];
+  const { timeoutMs } = pool.connect;
+  const planner = new AttemptPlanner(pool, ctx.servicePort, ctx.sourceIp);
   let lastError: unknown;
-  for (let attempt = 1; attempt <= retries + 1; attempt++) {
-    const target = pool.pick({ ...ctx, exclude: tried });
+  for (;;) {
+    const target = planner.next();
     if (!target) break;
-    tried.add(target.key);
-    order.push(target.key);
-    pool.begin(target.key);
     const controller = new AbortController();
-    const timer = clock.setTimer(
+    const timer = pool.clock.setTimer(
       () => controller.abort(new ConnectTimeoutError(`no connection to ${target.address}:${target.port} within ${timeoutMs} ms`)),
       timeoutMs,
     );
     try {
       const value = await dial(target, controller.signal);
       timer.cancel();
-      return { value, target, attempts: attempt };
+      return { value, target, attempts: planner.attempts };
     } catch (error) {
       timer.cancel();
-      pool.end(target.key, 'connect-failure');
       lastError = controller.signal.aborted ? controller.signal.reason : error;
     }
+    const delay = planner.retryAfterConnectFailure();
+    if (delay === GIVE_UP) break;
+    await planner.wait(delay);
   }
   const service = pool.service || 'the service';
+  const tried = planner.tried();
   throw new ConnectError(
-    order.length === 0 ? `no endpoint of ${service} may be chosen` : `could not connect to ${service} after ${order.length} attempt(s): ${order.join(', ')}`,
-    order.length,
-    order,
+    tried.length === 0 ? `no endpoint of ${service} may be chosen` : `could not connect to ${service} after ${tried.length} attempt(s): ${tried.join(', ')}`,
+    tried.length,
+    tried,
     lastError,
   );
 }

@@ -1,4 +1,5 @@
 export * from './algorithms.js';
+export * from './attempts.js';
 export * from './clock.js';
 export * from './connect.js';
 export * from './health.js';

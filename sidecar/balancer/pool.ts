@@ -202,8 +202,8 @@ const EMPTY_PLAN: Plan = { levels: [], only: undefined, panic: false };
  */
 export class EndpointPool {
   private readonly states = new Map<string, EndpointState>();
-  private readonly clock: Clock;
-  private readonly random: Random;
+  private readonly clockSource: Clock;
+  private readonly randomSource: Random;
   private readonly outlier: OutlierDetector;
   private readonly checker: ActiveHealthChecker | undefined;
   private serviceId = '';
@@ -220,10 +220,10 @@ export class EndpointPool {
   private totals = { panicPicksTotal: 0, noEndpointTotal: 0 };
 
   constructor(private readonly options: PoolOptions = {}) {
-    this.clock = options.clock ?? systemClock;
-    this.random = options.random ?? Math.random;
+    this.clockSource = options.clock ?? systemClock;
+    this.randomSource = options.random ?? Math.random;
     this.outlier = new OutlierDetector({
-      clock: this.clock,
+      clock: this.clockSource,
       onEject: (key, untilMs, ejections) => {
         const state = this.states.get(key);
         if (state) state.ejected = true;
@@ -241,8 +241,8 @@ export class EndpointPool {
       options.activeHealthChecks === false
         ? undefined
         : new ActiveHealthChecker({
-            clock: this.clock,
-            random: this.random,
+            clock: this.clockSource,
+            random: this.randomSource,
             onChange: (key, state) => this.setActiveHealth(key, state),
           });
   }
@@ -250,6 +250,15 @@ export class EndpointPool {
   /** The service's id, once updated. */
   get service(): string {
     return this.serviceId;
+  }
+
+  /** The clock and random source the pool runs on (the attempt planner's backoff uses them too). */
+  get clock(): Clock {
+    return this.clockSource;
+  }
+
+  get random(): Random {
+    return this.randomSource;
   }
 
   /** Connect timeout and retries on other endpoints, for the proxy's dial loop. */
@@ -322,6 +331,18 @@ export class EndpointPool {
     const level = plan.only ?? this.chooseLevel(plan, hash);
     if (plan.panic) this.totals.panicPicksTotal++;
     return level.candidates[level.balancer.pick(hash)]!.targets[portIndex];
+  }
+
+  /**
+   * What a retry would find: an endpoint not in `tried`, only tried ones, or none that may be
+   * chosen (for the attempt planner; the same candidates pick() chooses from).
+   */
+  remaining(tried: ReadonlySet<string>, servicePort?: number): 'untried' | 'tried' | 'none' {
+    if (this.dirty) this.rebuild();
+    const levels = this.plan.levels;
+    if (levels.length === 0 || (servicePort !== undefined && !this.servicePorts.includes(servicePort))) return 'none';
+    for (const level of levels) for (const candidate of level.candidates) if (!tried.has(candidate.key)) return 'untried';
+    return 'tried';
   }
 
   /** A connection or request to `key` starts (least-request counts these). */
@@ -433,7 +454,7 @@ export class EndpointPool {
     else if (hashOn.on === 'header') key = ctx.header?.(hashOn.name!);
     else key = ctx.cookie?.(hashOn.name!);
     // Nothing to hash on (no such header): any endpoint will do, as in Envoy.
-    return key === undefined ? (this.random() * 4294967296) >>> 0 : hashString(key);
+    return key === undefined ? (this.randomSource() * 4294967296) >>> 0 : hashString(key);
   }
 
   /**
@@ -441,7 +462,7 @@ export class EndpointPool {
    * hash (remixed, so it is independent of the ring position) to keep a key on one level.
    */
   private chooseLevel(plan: Plan, hash: number): Level {
-    const draw = this.hashOn === undefined ? this.random() : mix32(hash ^ 0x9e3779b9) / 4294967296;
+    const draw = this.hashOn === undefined ? this.randomSource() : mix32(hash ^ 0x9e3779b9) / 4294967296;
     let last = plan.levels[0]!;
     for (const level of plan.levels) {
       if (level.load <= 0) continue;
@@ -510,7 +531,7 @@ export class EndpointPool {
         priority: group.priority,
         locality: this.tierName(group.tier),
         candidates: group.candidates,
-        balancer: createBalancer(this.algorithm, group.candidates, { random: this.random, ringSize: this.ringSize, ringWeightBasis }),
+        balancer: createBalancer(this.algorithm, group.candidates, { random: this.randomSource, ringSize: this.ringSize, ringWeightBasis }),
         load,
         upTo,
       });

@@ -9,7 +9,7 @@ import {
 } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
-import { dialWithRetries, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
+import { AttemptPlanner, dialWithRetries, GIVE_UP, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
 import type { Direction, SidecarMetrics } from '../metrics.js';
 import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
@@ -20,7 +20,6 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
 /** Bodies up to this size are kept so an idempotent request can be retried; larger ones stream. */
 const MAX_REPLAY_BODY = 64 * 1024;
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
-const GATEWAY_ERRORS = new Set([502, 503, 504]);
 
 interface Bound {
   route: Route;
@@ -53,9 +52,9 @@ function forwardHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
 
 /**
  * HTTP/1.1-aware proxying for service ports whose protocol is `http`: each request is balanced on
- * its own (so one keep-alive client spreads over every endpoint), idempotent requests are retried
- * on another endpoint after a connect failure or a 5xx the policy names, with bounded jittered
- * backoff, and 5xx responses feed outlier detection. Headers pass as they are (Host stays what the
+ * its own (so one keep-alive client spreads over every endpoint), a failed attempt is retried as
+ * the attempt planner says (balancer/attempts.ts: a connect failure for any method, a 5xx, reset or
+ * per-try timeout the policy names for idempotent ones), and 5xx responses feed outlier detection. Headers pass as they are (Host stays what the
  * app sent); `x-forwarded-*` is not added or changed unless the policy asks (forwarded.ts).
  *
  * node:http's parser (llhttp) takes the connections: a client that sends something that is not
@@ -121,41 +120,31 @@ export class HttpProxy {
     // when the method is idempotent. A large or chunked body streams once.
     const replayable = !chunked && length <= MAX_REPLAY_BODY;
     const body = replayable ? await readAll(req) : undefined;
-    const retryOn = new Set(policy?.on ?? []);
-    let requestRetries = policy?.attempts ?? 0;
-    let connectRetries = pool.connect.retries;
-    const tried = new Set<string>();
-    const ctx = {
-      servicePort: route.port.port,
-      sourceIp: req.socket.remoteAddress,
-      header: (name: string) => {
-        const value = req.headers[name.toLowerCase()];
-        return Array.isArray(value) ? value[0] : value;
-      },
-      cookie: (name: string) => cookieValue(req.headers.cookie, name),
-      exclude: tried,
+    const resendable = body !== undefined;
+    const planner = new AttemptPlanner(pool, route.port.port, req.socket.remoteAddress, policy, IDEMPOTENT.has(method));
+    planner.header = (name: string) => {
+      const value = req.headers[name.toLowerCase()];
+      return Array.isArray(value) ? value[0] : value;
     };
-    for (let attempt = 1; ; attempt++) {
-      // Retries go to endpoints not tried yet, as long as there are some.
-      const target = pool.pick(ctx) ?? (tried.size ? pool.pick({ ...ctx, exclude: new Set() }) : undefined);
+    planner.cookie = (name: string) => cookieValue(req.headers.cookie, name);
+    for (;;) {
+      const target = planner.next();
       if (!target) {
         series.connectErrors.inc();
         series.requests('5xx').inc();
         this.reply(res, 503, `no healthy endpoint for ${route.service.id}\n`);
         return;
       }
-      tried.add(target.key);
-      pool.begin(target.key);
+      let delay: number;
+      let failure: AttemptError;
       try {
         const upstream = await this.send(req, target, pool.connect.timeoutMs, policy?.perTryTimeoutMs, method, headers, body);
         const status = upstream.statusCode ?? 502;
-        const retryable = (retryOn.has('5xx') && status >= 500) || (retryOn.has('gateway-error') && GATEWAY_ERRORS.has(status));
-        if (retryable && requestRetries > 0 && body !== undefined && IDEMPOTENT.has(method)) {
-          requestRetries--;
+        delay = planner.retryAfterResponse(status, undefined, resendable);
+        if (delay !== GIVE_UP) {
           upstream.resume();
-          pool.end(target.key, '5xx');
           series.retries.inc();
-          await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
+          await planner.wait(delay);
           continue;
         }
         series.requestSeconds.observe((performance.now() - started) / 1000);
@@ -168,40 +157,31 @@ export class HttpProxy {
         res.on('drain', () => upstream.resume());
         upstream.on('end', () => {
           res.end();
-          pool.end(target.key, status >= 500 ? '5xx' : 'success');
+          planner.end(status >= 500 ? '5xx' : 'success');
         });
         upstream.on('error', () => {
-          pool.end(target.key, 'reset');
+          planner.end('reset');
           res.destroy();
         });
         return;
       } catch (error) {
-        const failure = error instanceof AttemptError ? error : new AttemptError(String(error), 'reset', true);
-        pool.end(target.key, failure.kind === 'connect-failure' ? 'connect-failure' : 'reset');
-        let retry = false;
-        if (body !== undefined && !failure.reached && connectRetries > 0) {
-          connectRetries--;
-          retry = true;
-        } else if (
-          body !== undefined &&
-          failure.reached &&
-          IDEMPOTENT.has(method) &&
-          retryOn.has(failure.kind === 'timeout' ? 'gateway-error' : 'reset') &&
-          requestRetries > 0
-        ) {
-          requestRetries--;
-          retry = true;
-        }
-        if (retry) {
-          series.retries.inc();
-          await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
-          continue;
-        }
-        this.log.debug({ service: route.service.id, endpoint: target.key, err: failure.message }, 'request failed');
-        series.requests('5xx').inc();
-        this.reply(res, failure.kind === 'timeout' ? 504 : 502, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
-        return;
+        failure = error instanceof AttemptError ? error : new AttemptError(String(error), 'reset', true);
+        delay =
+          failure.kind === 'connect-failure'
+            ? planner.retryAfterConnectFailure(resendable)
+            : failure.kind === 'timeout'
+              ? planner.retryAfterTimeout(resendable)
+              : planner.retryAfterReset(resendable);
       }
+      if (delay !== GIVE_UP) {
+        series.retries.inc();
+        await planner.wait(delay);
+        continue;
+      }
+      this.log.debug({ service: route.service.id, endpoint: target.key, err: failure.message }, 'request failed');
+      series.requests('5xx').inc();
+      this.reply(res, failure.kind === 'timeout' ? 504 : 502, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
+      return;
     }
   }
 
@@ -296,9 +276,4 @@ function cookieValue(header: string | undefined, name: string): string | undefin
     if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
   }
   return undefined;
-}
-
-function backoff(attempt: number, baseMs: number, maxMs: number): Promise<void> {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
-  return new Promise((resolve) => setTimeout(resolve, ceiling / 2 + Math.random() * (ceiling / 2)));
 }

@@ -2,7 +2,7 @@ import type * as Http2 from 'node:http2';
 import type { ClientHttp2Session, ClientHttp2Stream, Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
-import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
+import { AttemptPlanner, GIVE_UP, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
 import type { Direction, SidecarMetrics } from '../metrics.js';
 import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
@@ -11,7 +11,6 @@ import type { Route } from './routes.js';
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 /** Bodies up to this size are kept so a request can be sent again; larger ones stream once. */
 const MAX_REPLAY_BODY = 64 * 1024;
-const GATEWAY_ERRORS = new Set([502, 503, 504]);
 
 /** Headers HTTP/2 forbids or that belong to one hop (RFC 9113 8.2.2), and pseudo-headers we set ourselves. */
 const NOT_FORWARDED = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', ':status']);
@@ -40,7 +39,7 @@ function forward(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
  * long-lived gRPC channel spreads its calls over every endpoint instead of pinning one (the reason
  * gRPC needs an L7 balancer at all). A stream is sent only once its endpoint's connection is up: a
  * connect failure moves the stream to another endpoint before any of it has been read, whatever
- * the method. Responses, including gRPC trailers and Trailers-Only answers, pass through as they
+ * the method (retries as the attempt planner says, balancer/attempts.ts). Responses, including gRPC trailers and Trailers-Only answers, pass through as they
  * are; a stream reset by the endpoint is reset to the client, and counts as a failure.
  */
 export class Http2Proxy {
@@ -133,21 +132,16 @@ export class Http2Proxy {
     const series = this.metrics.for(this.direction, route.service.id);
     const started = performance.now();
     const policy = route.service.policy.retries;
-    const retryOn = new Set<string>(policy?.on ?? []);
     const method = String(headers[':method'] ?? 'GET');
     const request = new RequestBody(stream, policy ? MAX_REPLAY_BODY : 0);
     const sent = forwardedHeaders(forward(headers), route, stream.session?.socket?.remoteAddress);
-    const tried = new Set<string>();
-    const headerOf = (name: string) => {
+    const planner = new AttemptPlanner(pool, route.port.port, stream.session?.socket?.remoteAddress, policy, IDEMPOTENT.has(method));
+    planner.header = (name: string) => {
       const value = headers[name.toLowerCase()];
       return Array.isArray(value) ? value[0] : value;
     };
-    let connectRetries = pool.connect.retries;
-    let requestRetries = policy?.attempts ?? 0;
-    for (let attempt = 1; ; attempt++) {
-      const target =
-        pool.pick({ servicePort: route.port.port, sourceIp: stream.session?.socket?.remoteAddress, header: headerOf, exclude: tried }) ??
-        (tried.size ? pool.pick({ servicePort: route.port.port, header: headerOf }) : undefined);
+    for (;;) {
+      const target = planner.next();
       if (!target) {
         series.connectErrors.inc();
         series.requests('5xx').inc();
@@ -156,16 +150,16 @@ export class Http2Proxy {
         stream.end(`no healthy endpoint for ${route.service.id}\n`);
         return;
       }
-      tried.add(target.key);
-      pool.begin(target.key);
       let session: ClientHttp2Session;
       try {
         session = await this.session(target, pool.connect.timeoutMs);
       } catch (error) {
         // Nothing of the stream was sent: safe to move on whatever the method.
-        pool.end(target.key, 'connect-failure');
-        if (connectRetries-- > 0) {
+        const delay = planner.retryAfterConnectFailure();
+        if (delay !== GIVE_UP) {
           series.retries.inc();
+          await planner.wait(delay);
+          if (stream.destroyed) return;
           continue;
         }
         series.requests('5xx').inc();
@@ -174,36 +168,27 @@ export class Http2Proxy {
         return;
       }
       if (stream.destroyed) {
-        pool.end(target.key);
+        planner.end();
         return;
       }
       const answer = await this.attempt(stream, sent, request, session, policy?.perTryTimeoutMs);
-      const failure =
-        answer.kind === 'response'
-          ? retryableStatus(answer.status, answer.grpcStatus, retryOn)
-          : answer.kind === 'timeout'
-            ? retryOn.has('gateway-error')
-              ? 'timeout'
-              : undefined
-            : retryOn.has('reset')
-              ? 'reset'
-              : undefined;
       // Sent again only when all of it was kept (a small body, ended before the answer) and the
-      // method may be repeated: an idempotent one, or a gRPC call refused with UNAVAILABLE when
-      // the policy says `unavailable`.
-      const repeatable = IDEMPOTENT.has(method) || (failure === 'unavailable' && answer.kind === 'response');
-      if (failure && requestRetries > 0 && repeatable && request.replayable()) {
-        requestRetries--;
+      // method may be repeated (the planner's rules).
+      const delay =
+        answer.kind === 'response'
+          ? planner.retryAfterResponse(answer.status, answer.grpcStatus, request.replayable())
+          : answer.kind === 'timeout'
+            ? planner.retryAfterTimeout(request.replayable())
+            : planner.retryAfterReset(request.replayable());
+      if (delay !== GIVE_UP) {
         answer.upstream.close(this.http2.constants.NGHTTP2_CANCEL);
-        pool.end(target.key, answer.kind === 'response' ? '5xx' : 'reset');
         series.retries.inc();
-        await backoff(attempt, policy?.backoffBaseMs ?? 25, policy?.backoffMaxMs ?? 250);
+        await planner.wait(delay);
         if (stream.destroyed) return;
         continue;
       }
-      if (answer.kind === 'response') this.pass(stream, answer, target, pool, series, started);
+      if (answer.kind === 'response') this.pass(stream, answer, planner, series, started);
       else {
-        pool.end(target.key, 'reset');
         series.requests('5xx').inc();
         answer.upstream.close(this.http2.constants.NGHTTP2_CANCEL);
         if (stream.destroyed) return;
@@ -258,8 +243,7 @@ export class Http2Proxy {
   private pass(
     stream: ServerHttp2Stream,
     answer: Extract<Attempt, { kind: 'response' }>,
-    target: PickedEndpoint,
-    pool: EndpointPool,
+    planner: AttemptPlanner,
     series: ReturnType<SidecarMetrics['for']>,
     started: number,
   ): void {
@@ -274,7 +258,7 @@ export class Http2Proxy {
     };
     const closed = () => {
       trailers();
-      pool.end(target.key, outcome);
+      planner.end(outcome);
       if (upstream.rstCode && upstream.rstCode !== this.http2.constants.NGHTTP2_NO_ERROR && !stream.destroyed) stream.close(upstream.rstCode);
     };
     if (upstream.closed) closed();
@@ -306,15 +290,6 @@ type Attempt =
       received: { trailers?: IncomingHttpHeaders };
     }
   | { kind: 'timeout' | 'reset'; upstream: ClientHttp2Stream };
-
-/** Which retry condition an answer meets, if any (the policy's `on`). */
-function retryableStatus(status: number, grpcStatus: string | undefined, on: ReadonlySet<string>): 'unavailable' | '5xx' | undefined {
-  if (on.has('5xx') && status >= 500) return '5xx';
-  if (on.has('gateway-error') && GATEWAY_ERRORS.has(status)) return '5xx';
-  // Trailers-Only: the call was refused before any of its answer, the case gRPC retries.
-  if (on.has('unavailable') && grpcStatus === '14') return 'unavailable';
-  return undefined;
-}
 
 /**
  * The client's request body, read once and sent to each attempt in turn: as Envoy does, it goes
@@ -365,9 +340,4 @@ class RequestBody {
     if (this.ended) upstream.end();
     else this.stream.resume();
   }
-}
-
-function backoff(attempt: number, baseMs: number, maxMs: number): Promise<void> {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** (attempt - 1));
-  return new Promise((resolve) => setTimeout(resolve, ceiling / 2 + Math.random() * (ceiling / 2)));
 }

@@ -1,5 +1,5 @@
 import type { Logger } from '../../common/log.js';
-import type { EndpointPool, PickedEndpoint } from '../balancer/index.js';
+import { AttemptPlanner, GIVE_UP, type EndpointPool } from '../balancer/index.js';
 import type { ServiceSeries, SidecarMetrics } from '../metrics.js';
 import { ForwardOutcome, type OriginalDestination } from '../native/index.js';
 import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
@@ -128,14 +128,14 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
 
 /**
  * A `tcp` connection balanced over a service's endpoints: a failed connect (refused, timed out)
- * moves to another endpoint up to the policy's retries; the outcome feeds outlier detection.
+ * is tried again as the attempt planner says (another endpoint at once while there is one, then
+ * after a backoff, up to the policy's connect retries); the outcome feeds outlier detection.
  * A class, not closures: one of these per new connection is on the hot path.
  */
 class BalancedConnection implements ForwardedConnection {
-  private readonly tried = new Set<string>();
-  private target: PickedEndpoint | undefined;
-  private retriesLeft: number;
+  private readonly planner: AttemptPlanner;
   private readonly started = performance.now();
+  private lastErrno = 0;
 
   constructor(
     private readonly accepted: AcceptedConnection,
@@ -146,30 +146,20 @@ class BalancedConnection implements ForwardedConnection {
     private readonly log: Logger,
   ) {
     series.connections.inc();
-    this.retriesLeft = pool.connect.retries;
+    // Hashing on the client address is the only use of the peer address.
+    const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? accepted.peerAddress : undefined;
+    this.planner = new AttemptPlanner(pool, route.port.port, sourceIp);
   }
 
-  attempt(lastError?: string): void {
-    const { pool, route } = this;
-    // Hashing on the client address is the only use of the peer address.
-    const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? this.accepted.peerAddress : undefined;
+  attempt(): void {
     for (;;) {
-      const target = pool.pick({ servicePort: route.port.port, sourceIp, exclude: this.tried });
+      const target = this.planner.next();
       if (!target) {
-        this.giveUp(lastError);
+        this.giveUp();
         return;
       }
-      this.target = target;
-      this.tried.add(target.key);
-      pool.begin(target.key);
-      const errno = this.listener.connect(this.accepted.id, this, target.address, target.port, pool.connect.timeoutMs);
-      if (errno === 0) return;
-      pool.end(target.key, 'connect-failure');
-      lastError = errnoName(errno);
-      if (this.retriesLeft-- <= 0) {
-        this.giveUp(lastError);
-        return;
-      }
+      const errno = this.listener.connect(this.accepted.id, this, target.address, target.port, this.pool.connect.timeoutMs);
+      if (errno === 0 || !this.retryNow(errno)) return;
     }
   }
 
@@ -179,9 +169,7 @@ class BalancedConnection implements ForwardedConnection {
       this.series.active.inc();
       return;
     }
-    this.pool.end(this.target!.key, 'connect-failure');
-    if (this.retriesLeft-- > 0) this.attempt(errnoName(errno));
-    else this.giveUp(errnoName(errno));
+    if (this.retryNow(errno)) this.attempt();
   }
 
   bytes(fromClient: number, fromUpstream: number): void {
@@ -192,12 +180,37 @@ class BalancedConnection implements ForwardedConnection {
   closed(fromClient: number, fromUpstream: number, outcome: ForwardOutcome): void {
     this.bytes(fromClient, fromUpstream);
     this.series.active.dec();
-    this.pool.end(this.target!.key, outcome === ForwardOutcome.UpstreamFailed ? 'reset' : 'success');
+    this.planner.end(outcome === ForwardOutcome.UpstreamFailed ? 'reset' : 'success');
   }
 
-  private giveUp(lastError: string | undefined): void {
+  /** After a failed connect: true to attempt again at once; a later attempt is scheduled, or the connection reset. */
+  private retryNow(errno: number): boolean {
+    this.lastErrno = errno;
+    const delay = this.planner.retryAfterConnectFailure();
+    if (delay === GIVE_UP) {
+      this.giveUp();
+      return false;
+    }
+    if (delay === 0) return true;
+    this.pool.clock.setTimer(() => this.attemptLater(), delay);
+    return false;
+  }
+
+  private attemptLater(): void {
+    try {
+      this.attempt();
+    } catch (error) {
+      // The listener closed during the backoff: the connection went with it.
+      this.log.debug({ err: error, service: this.route.service.id }, 'connection gone during a connect backoff');
+    }
+  }
+
+  private giveUp(): void {
     this.series.connectErrors.inc();
-    this.log.warn({ service: this.route.service.id, tried: [...this.tried], err: lastError }, 'no endpoint could be reached; connection reset');
+    this.log.warn(
+      { service: this.route.service.id, tried: this.planner.tried(), err: this.lastErrno ? errnoName(this.lastErrno) : undefined },
+      'no endpoint could be reached; connection reset',
+    );
     this.listener.reset(this.accepted.id);
   }
 }

@@ -440,6 +440,77 @@ describe('the outbound proxy', () => {
     expect(answer).toBe('ping');
   });
 
+  it('waits out a restart of the only endpoint: once every endpoint was tried, a TCP connection tries again after a backoff', async () => {
+    const closed = await listen(createServer());
+    const port = portOf(closed);
+    closed.close();
+    const echo = createServer((socket) => socket.pipe(socket));
+    servers.push(echo);
+    const svc = service([{ port: 7, protocol: 'tcp' }], [{ port }], { outlierDetection: { consecutiveConnectFailures: 1, maxEjectionPercent: 100 } });
+    pool?.close();
+    // The endpoint comes back the moment its first refusal is reported (it is ejected for it, so the pool says so).
+    pool = new EndpointPool({ activeHealthChecks: false, onEvent: (event) => event.type === 'ejected' && echo.listen(port) });
+    pool.update(svc);
+    view = { routes: RouteTable.build([svc]), pools: new Map([[svc.id, pool]]), unknownDestination: 'deny' };
+    const socket = await dial(7);
+    socket.write('ping');
+    const answer = await new Promise<string>((resolve) => {
+      socket.once('data', (d: Buffer) => {
+        socket.destroy();
+        resolve(d.toString());
+      });
+      socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    });
+    expect(answer).toBe('ping');
+    expect(pool.counters().ejectionsTotal).toBe(1);
+  });
+
+  it('keeps the client address for ring hash when HTTP/2 retries go back to endpoints already tried', async () => {
+    const hits: string[] = [];
+    const failing = (name: string) =>
+      new Promise<Http2Server>((resolve) => {
+        const server = createHttp2Server();
+        server.on('stream', (stream) => {
+          hits.push(name);
+          stream.respond({ ':status': 503 }, { endStream: true });
+        });
+        server.listen(0, '127.0.0.1', () => resolve(server));
+      });
+    const a = await failing('a');
+    const b = await failing('b');
+    servers.push(a as unknown as Server, b as unknown as Server);
+    use(
+      ServiceSchema.parse({
+        ...service([{ port: 1, protocol: 'tcp' }], []),
+        ports: [{ port: 8443, protocol: 'http2' }],
+        endpoints: [a, b].map((s) => ({ address: '127.0.0.1', port: portOf(s as unknown as Server) })),
+        policy: {
+          loadBalancer: { algorithm: 'ring-hash', hash: { on: 'source-ip' } },
+          retries: { attempts: 3, on: ['gateway-error'], backoffBaseMs: 1, backoffMaxMs: 2 },
+        },
+      }),
+    );
+    nextPort = 8443;
+    const client = http2Connect(`http://127.0.0.1:${proxy.port}`).on('error', () => {});
+    const sequences: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      hits.length = 0;
+      const status = await new Promise<number>((resolve, reject) => {
+        const stream = client.request({ ':path': '/' });
+        stream.on('response', (h) => resolve(Number(h[':status'])));
+        stream.on('error', reject);
+        stream.resume();
+      });
+      expect(status).toBe(503);
+      sequences.push(hits.join(''));
+    }
+    client.close();
+    // The owner of 127.0.0.1's point, the other one, then the owner again each time (not a random endpoint).
+    const owner = sequences[0]![0]!;
+    const other = owner === 'a' ? 'b' : 'a';
+    expect(new Set(sequences)).toEqual(new Set([`${owner}${other}${owner}${owner}`]));
+  });
+
   it('refuses an unknown destination when the mesh says deny', async () => {
     use(service([{ port: 7, protocol: 'tcp' }], [{ port: 1 }]));
     nextPort = 4444;
