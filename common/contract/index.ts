@@ -6,3 +6,4 @@ export * from './interception.js';
 export * from './sidecar.js';
 export * from './identity.js';
 export * from './annotations.js';
+export * from './bridge.js';

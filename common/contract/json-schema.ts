@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { BridgeConfigSchema } from './bridge.js';
 import { ServiceSchema } from './catalog.js';
 import { InterceptionSchema } from './interception.js';
 import { MeshSchema } from './mesh.js';
@@ -14,6 +15,7 @@ export const JSON_SCHEMA_FILES = {
   'service.schema.json': ServiceSchema,
   'sidecar.schema.json': SidecarConfigSchema,
   'interception.schema.json': InterceptionSchema,
+  'bridge.schema.json': BridgeConfigSchema,
 } as const;
 
 export function generateJsonSchemas(): Record<string, string> {

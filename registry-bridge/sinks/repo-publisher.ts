@@ -48,7 +48,7 @@ export class Publisher {
   private collectGarbage = false;
   private readonly adopted = new Set<string>();
   /** Counts for tests and metrics. */
-  readonly stats = { filesWritten: 0, publishes: 0, failures: 0 };
+  readonly stats: { filesWritten: number; publishes: number; failures: number; lastError?: string } = { filesWritten: 0, publishes: 0, failures: 0 };
 
   constructor(private readonly options: PublisherOptions) {}
 
@@ -142,8 +142,10 @@ export class Publisher {
       });
       await Promise.all(workers);
       this.backoff = 0;
+      delete this.stats.lastError;
     } catch (error) {
       this.stats.failures++;
+      this.stats.lastError = (error as Error).message;
       this.backoff = Math.min(this.options.maxBackoffMs ?? 30_000, this.backoff ? this.backoff * 2 : 200);
       this.options.log.warn({ err: error, retryInMs: this.backoff }, 'publishing to the repo failed; will retry with the latest state');
       this.again = false;

@@ -1,0 +1,121 @@
+import { z } from 'zod';
+import { API_VERSION, dnsLabel, dnsName } from './primitives.js';
+
+// The registry bridge's configuration (`flb bridge run --config`): where services come from
+// (sources), where the catalog goes (sinks), and how the bridge runs. One document, so that each
+// registry added later is one more source or sink kind here.
+
+const namespacePattern = z.string().regex(/^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$/, 'must be a namespace name, or * for all');
+
+export const NamespaceSelectionSchema = z.object({
+  /** Namespaces whose Services join the catalog; `*` means every namespace. */
+  include: z.array(namespacePattern).min(1, 'name at least one namespace, or *').default(['*']),
+  /** Namespaces left out even when `include` names them (or has `*`). */
+  exclude: z.array(dnsLabel).default([]),
+});
+
+const sourceCommon = {
+  /** Unique among the sources; shown in status and metrics. */
+  name: dnsLabel,
+  /**
+   * A source the bridge has not heard from for this long is reported stale (status, metrics). Its
+   * services stay published: a registry being away never removes what it registered.
+   */
+  staleAfterSeconds: z.number().int().min(1).default(60),
+};
+
+export const KubernetesSourceSchema = z.object({
+  kind: z.literal('kubernetes'),
+  ...sourceCommon,
+  name: dnsLabel.default('kubernetes'),
+  namespaces: NamespaceSelectionSchema.default({ include: ['*'], exclude: [] }),
+  /**
+   * Services without the `flomesh.io/export` annotation: exported when true (the default), left out
+   * when false (then only Services annotated `flomesh.io/export: "true"` join).
+   */
+  exportByDefault: z.boolean().default(true),
+});
+
+export const RepoSinkSchema = z.object({
+  kind: z.literal('repo'),
+  name: dnsLabel.default('repo'),
+  /** The config center's base URL, e.g. https://flb-repo.flomesh.svc:6060 */
+  url: z.url(),
+  /** PEM files: the repo's CA, and the client certificate (CN flb-control-plane) and key it requires for writes. */
+  tls: z
+    .object({
+      caFile: z.string().min(1).optional(),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+    })
+    .optional(),
+});
+
+export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema]);
+export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema]);
+
+export const LeaderElectionSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    /** Where the Lease lives: the control plane's namespace. */
+    namespace: dnsLabel.default('flomesh'),
+    name: dnsName.default('flb-bridge'),
+    /** A standby takes over this long after the leader stops renewing. */
+    leaseDurationSeconds: z.number().int().min(2).default(15),
+    /** The leader gives up leading when it could not renew for this long (less than the lease). */
+    renewDeadlineSeconds: z.number().int().min(1).default(10),
+    retryPeriodSeconds: z.number().int().min(1).default(2),
+  })
+  .superRefine((l, ctx) => {
+    if (l.renewDeadlineSeconds >= l.leaseDurationSeconds) {
+      ctx.addIssue({ code: 'custom', path: ['renewDeadlineSeconds'], message: 'must be less than leaseDurationSeconds, or two replicas could lead at once' });
+    }
+    if (l.retryPeriodSeconds >= l.renewDeadlineSeconds) {
+      ctx.addIssue({ code: 'custom', path: ['retryPeriodSeconds'], message: 'must be less than renewDeadlineSeconds' });
+    }
+  });
+
+export const BridgeConfigSchema = z
+  .object({
+    apiVersion: z.literal(API_VERSION),
+    kind: z.literal('BridgeConfig'),
+    /** Where the mesh settings (mesh.json) come from: a ConfigMap on Kubernetes, a file on VMs. */
+    mesh: z
+      .object({
+        configMap: z.object({ namespace: dnsLabel, name: dnsName, key: z.string().min(1).default('mesh.yaml') }).optional(),
+        file: z.string().min(1).optional(),
+      })
+      .refine((m) => (m.configMap ? 1 : 0) + (m.file ? 1 : 0) === 1, 'name exactly one of configMap or file'),
+    sources: z.array(SourceConfigSchema).min(1, 'at least one source is needed'),
+    sinks: z.array(SinkConfigSchema).min(1, 'at least one sink is needed'),
+    /** The repo's CA (PEM file), kept as a ConfigMap in every namespace with injected pods, so sidecars can verify the repo. */
+    repoCaFile: z.string().min(1).optional(),
+    leaderElection: LeaderElectionSchema.default(LeaderElectionSchema.parse({})),
+    sidecars: z
+      .object({
+        /** Sidecar codebases of pods that went away unseen are collected after the first full list, and this often after it. */
+        resyncSeconds: z.number().int().min(10).default(300),
+      })
+      .default({ resyncSeconds: 300 }),
+  })
+  .superRefine((config, ctx) => {
+    for (const [field, items] of [
+      ['sources', config.sources],
+      ['sinks', config.sinks],
+    ] as const) {
+      const seen = new Map<string, number>();
+      items.forEach((item, i) => {
+        const first = seen.get(item.name);
+        if (first !== undefined)
+          ctx.addIssue({ code: 'custom', path: [field, i, 'name'], message: `duplicate name ${item.name} (same as ${field}[${first}])` });
+        else seen.set(item.name, i);
+      });
+    }
+  })
+  .meta({ title: 'flb-mesh BridgeConfig', description: 'The registry bridge: sources, sinks, leader election (flb bridge run --config)' });
+
+export type BridgeConfig = z.output<typeof BridgeConfigSchema>;
+export type KubernetesSourceConfig = z.output<typeof KubernetesSourceSchema>;
+export type RepoSinkConfig = z.output<typeof RepoSinkSchema>;
+export type SourceConfig = z.output<typeof SourceConfigSchema>;
+export type SinkConfig = z.output<typeof SinkConfigSchema>;

@@ -1,0 +1,279 @@
+// `flb bridge run`: the control plane. Sources (Kubernetes now) feed one catalog; while this replica
+// leads (a Lease), the catalog feeds the sinks (the repo now) and the repo's CA is kept in every
+// namespace with injected pods. A standby keeps its sources running, so taking over costs a
+// replay of what it already holds, not a new list; the publisher reads what the repo has, so it
+// republishes nothing unchanged, and it deletes nothing before the sources' first full list.
+import { createServer, type Server } from 'node:http';
+import { hostname } from 'node:os';
+import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { Registry, collectDefaultMetrics, Gauge, Counter } from 'prom-client';
+import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type SinkConfig } from '../common/contract/index.js';
+import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from '../common/kube-events.js';
+import type { Logger } from '../common/log.js';
+import { Catalog } from './core/catalog.js';
+import type { Sink, SinkStatus, Source, SourceStatus } from './core/types.js';
+import { LeaderElector } from './kube/leader.js';
+import { MeshSettings } from './kube/mesh-settings.js';
+import { RepoCaConfigMaps } from './kube/repo-ca.js';
+import { RepoSink } from './sinks/repo.js';
+import { KubernetesSource } from './sources/kubernetes/source.js';
+
+export interface BridgeOptions {
+  config: BridgeConfig;
+  kubeConfig: KubeConfig;
+  log: Logger;
+  /** This replica's name in the Lease; the pod name in a cluster. */
+  identity?: string;
+  /** host:port of the status, health and metrics endpoint; undefined: none. */
+  admin?: { host: string; port: number };
+}
+
+export interface BridgeStatus {
+  identity: string;
+  leader: boolean;
+  leaseHolder: string;
+  mesh: { name: string; where: string; problem?: string };
+  catalog: { services: number; sidecars: number; rejected: number; conflicts: number };
+  sources: SourceStatus[];
+  sinks: SinkStatus[];
+}
+
+export interface Bridge {
+  readonly catalog: Catalog;
+  readonly registry: Registry;
+  readonly adminPort: number | undefined;
+  status(): BridgeStatus;
+  /** Resolves once the sinks have written everything told so far (when leading). */
+  settled(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function makeSink(config: SinkConfig, log: Logger): Sink {
+  switch (config.kind) {
+    case 'repo':
+      return new RepoSink(config, log);
+  }
+}
+
+export async function startBridge(options: BridgeOptions): Promise<Bridge> {
+  const { config, kubeConfig, log } = options;
+  const identity = options.identity ?? process.env.POD_NAME ?? hostname();
+  const controlPlaneNamespace = config.leaderElection.namespace;
+
+  const sources: KubernetesSource[] = [];
+  // Events only on objects the sources hold with that uid (or a ConfigMap the apiserver has).
+  const cluster = kubeEventsApi(kubeConfig);
+  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const eventsApi: EventsApi = {
+    verifiableKinds: new Set(['v1 Service', 'v1 Pod', 'v1 ConfigMap']),
+    async uidOf(subject) {
+      if (subject.kind === 'ConfigMap') {
+        try {
+          return (await core.readNamespacedConfigMap({ name: subject.name, namespace: subject.namespace })).metadata?.uid;
+        } catch (error) {
+          if ((error as { code?: number }).code === 404) return undefined;
+          throw error;
+        }
+      }
+      for (const source of sources) {
+        const uid = source.uidOf(subject.kind as 'Service' | 'Pod', subject.namespace, subject.name);
+        if (uid) return uid;
+      }
+      return undefined;
+    },
+    createEvent: (namespace, body) => cluster.createEvent(namespace, body),
+  };
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const eventsDropped = new Counter({
+    name: 'flb_bridge_events_dropped_total',
+    help: 'Kubernetes Events not raised, by reason',
+    labelNames: ['reason'],
+    registers: [registry],
+  });
+  const recorder = new KubeEventRecorder({ api: eventsApi, log, component: 'flb-bridge', onDropped: (reason) => eventsDropped.inc({ reason }) });
+  const raiseEvent = (event: KubeEvent) => void recorder.record(event);
+
+  let catalog: Catalog | undefined;
+  const meshSettings = new MeshSettings({
+    ...(config.mesh.configMap ? { configMap: config.mesh.configMap, kubeConfig } : {}),
+    ...(config.mesh.file ? { file: config.mesh.file } : {}),
+    log,
+    raiseEvent,
+    onChange: (mesh: Mesh) => {
+      catalog?.setMesh(mesh);
+      for (const source of sources) source.setMesh(mesh);
+    },
+  });
+  const mesh = await meshSettings.start();
+  catalog = new Catalog(
+    config.sources.map((s) => s.name),
+    mesh,
+    log,
+  );
+  for (const sourceConfig of config.sources) {
+    sources.push(
+      new KubernetesSource({
+        config: sourceConfig,
+        kubeConfig,
+        mesh,
+        injectedPodSelector: `${SIDECAR_INJECTED_LABEL}=${SIDECAR_INJECTED_VALUE}`,
+        log,
+        raiseEvent,
+      }),
+    );
+  }
+  const repoCa = config.repoCaFile
+    ? new RepoCaConfigMaps({
+        kubeConfig,
+        caFile: config.repoCaFile,
+        log,
+        podNamespaces: function* () {
+          for (const source of sources) yield* source.podNamespaces();
+        },
+      })
+    : undefined;
+
+  let sinks: Sink[] = [];
+  const leading = () => {
+    sinks = config.sinks.map((s) => makeSink(s, log));
+    catalog!.attach(sinks);
+    repoCa?.setActive(true);
+  };
+  const following = () => {
+    repoCa?.setActive(false);
+    const stopped = catalog!.detach();
+    sinks = [];
+    void Promise.all(stopped.map((s) => s.stop()));
+  };
+  const elector = config.leaderElection.enabled
+    ? new LeaderElector({
+        kubeConfig,
+        namespace: controlPlaneNamespace,
+        name: config.leaderElection.name,
+        identity,
+        leaseDurationSeconds: config.leaderElection.leaseDurationSeconds,
+        renewDeadlineSeconds: config.leaderElection.renewDeadlineSeconds,
+        retryPeriodSeconds: config.leaderElection.retryPeriodSeconds,
+        log,
+        onStartedLeading: leading,
+        onStoppedLeading: following,
+      })
+    : undefined;
+
+  for (const source of sources) source.start(catalog);
+  repoCa?.start();
+  if (elector) elector.start();
+  else leading();
+  // Sidecar codebases of pods that went away unseen (a missed delete) are collected now and then.
+  const resync = setInterval(() => {
+    if (catalog!.allSynced) for (const sink of sinks) sink.complete();
+  }, config.sidecars.resyncSeconds * 1000);
+
+  const status = (): BridgeStatus => ({
+    identity,
+    leader: elector ? elector.isLeader : true,
+    leaseHolder: elector ? elector.holder : identity,
+    mesh: { name: meshSettings.current().name, where: meshSettings.where, ...(meshSettings.problem ? { problem: meshSettings.problem } : {}) },
+    catalog: { ...catalog!.stats },
+    sources: sources.map((s) => s.status()),
+    sinks: sinks.map((s) => s.status()),
+  });
+  registerMetrics(registry, status);
+
+  let server: Server | undefined;
+  let adminPort: number | undefined;
+  if (options.admin) {
+    server = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (path === '/healthz') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      } else if (path === '/readyz') {
+        const s = status();
+        const notSynced = s.sources.filter((x) => x.state === 'starting').map((x) => x.name);
+        const ready = notSynced.length === 0;
+        res
+          .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' })
+          .end(ready ? 'ready\n' : `not ready: waiting for the first full list of ${notSynced.join(', ')}\n`);
+      } else if (path === '/status') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(status(), null, 2)}\n`);
+      } else if (path === '/metrics') {
+        registry.metrics().then(
+          (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+          (error: unknown) => res.writeHead(500).end(String(error)),
+        );
+      } else res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /status, /healthz, /readyz or /metrics\n');
+    });
+    await new Promise<void>((resolve, reject) => {
+      server!.once('error', reject);
+      server!.listen(options.admin!.port, options.admin!.host, () => resolve());
+    });
+    adminPort = (server.address() as { port: number }).port;
+  }
+
+  return {
+    catalog,
+    registry,
+    adminPort,
+    status,
+    async settled() {
+      await Promise.all(sinks.map((s) => s.settled()));
+    },
+    async stop() {
+      clearInterval(resync);
+      await elector?.stop();
+      if (!elector) following();
+      await repoCa?.stop();
+      await Promise.all(sources.map((s) => s.stop()));
+      await meshSettings.stop();
+      await recorder.flush();
+      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    },
+  };
+}
+
+function registerMetrics(registry: Registry, status: () => BridgeStatus): void {
+  const gauge = (name: string, help: string, labelNames: string[], read: (s: BridgeStatus, g: Gauge) => void) =>
+    new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset();
+        read(status(), this);
+      },
+    });
+  gauge('flb_bridge_leader', '1 while this replica leads (writes to the sinks)', [], (s, g) => g.set(s.leader ? 1 : 0));
+  gauge('flb_bridge_source_synced', '1 once the source has listed everything (and is not stale)', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.state === 'synced' ? 1 : 0);
+  });
+  gauge('flb_bridge_source_stale', '1 while the source has not been heard from for its staleAfterSeconds', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.state === 'stale' ? 1 : 0);
+  });
+  gauge('flb_bridge_source_services', 'Services the source puts in the catalog', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.services);
+  });
+  gauge('flb_bridge_source_endpoints', 'Endpoints of those services', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.endpoints);
+  });
+  gauge('flb_bridge_source_sidecars', 'Sidecars (injected pods) the source reports', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.sidecars);
+  });
+  gauge('flb_bridge_source_last_contact_age_seconds', 'Seconds since the source last heard from its registry', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) if (x.lastContactAt) g.set({ source: x.name, kind: x.kind }, (Date.now() - x.lastContactAt) / 1000);
+  });
+  gauge('flb_bridge_source_errors', 'List/watch errors of the source since start', ['source', 'kind'], (s, g) => {
+    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.errors);
+  });
+  gauge('flb_bridge_sink_pending', 'Changes told to the sink and not written yet', ['sink', 'kind'], (s, g) => {
+    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.pending);
+  });
+  gauge('flb_bridge_sink_writes', 'Writes (publishes) the sink made since it started', ['sink', 'kind'], (s, g) => {
+    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.writes);
+  });
+  gauge('flb_bridge_sink_failures', 'Failed write rounds of the sink since it started', ['sink', 'kind'], (s, g) => {
+    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.failures);
+  });
+  gauge('flb_bridge_catalog_rejected', 'Services and sidecar.json documents refused by the contract since start', [], (s, g) => g.set(s.catalog.rejected));
+}

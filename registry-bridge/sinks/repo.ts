@@ -1,0 +1,91 @@
+// The repo sink: the catalog as the contract lays it out in the config center (`/flb/mesh`:
+// mesh.json and one file per service; `/flb/sidecars/<id>`: sidecar.json, derived from the mesh),
+// written by the publisher. Publishes start as soon as something changed (no batching window:
+// changes that arrive while one is in flight go out together in the next), since the time from a
+// Kubernetes change to the sidecars holding it is what users wait for.
+import { readFileSync } from 'node:fs';
+import { serviceFilePath, type Mesh, type RepoSinkConfig, type Service, type SidecarConfig } from '../../common/contract/index.js';
+import type { Logger } from '../../common/log.js';
+import type { Sink, SinkStatus } from '../core/types.js';
+import { Publisher } from './repo-publisher.js';
+
+export class RepoSink implements Sink {
+  readonly kind = 'repo';
+  readonly name: string;
+  private readonly publisher: Publisher;
+  private pending = 0;
+  private lastWriteAt = 0;
+
+  constructor(
+    private readonly config: RepoSinkConfig,
+    log: Logger,
+  ) {
+    this.name = config.name;
+    const read = (file: string, what: string) => {
+      try {
+        return readFileSync(file);
+      } catch (error) {
+        throw new Error(`repo sink ${config.name}: cannot read the ${what} ${file} (${(error as Error).message}); check sinks[].tls in the BridgeConfig`);
+      }
+    };
+    const tls = config.tls
+      ? {
+          ...(config.tls.caFile ? { ca: read(config.tls.caFile, 'CA') } : {}),
+          cert: read(config.tls.certFile, 'client certificate'),
+          key: read(config.tls.keyFile, 'client key'),
+        }
+      : undefined;
+    this.publisher = new Publisher({ url: config.url, ...(tls ? { tls } : {}), log: log.child({ sink: config.name }), batchMs: 0 });
+  }
+
+  setMesh(mesh: Mesh): void {
+    this.touch();
+    this.publisher.setMeshFile('/mesh.json', `${JSON.stringify(mesh)}\n`);
+  }
+
+  setService(id: string, service: Service | undefined, json: string | undefined): void {
+    this.touch();
+    this.publisher.setMeshFile(`/${serviceFilePath(id)}`, service ? (json ?? `${JSON.stringify(service)}\n`) : undefined);
+  }
+
+  setSidecar(id: string, config: SidecarConfig | undefined): void {
+    this.touch();
+    if (config) this.publisher.setSidecar(id, new Map([['/sidecar.json', `${JSON.stringify(config)}\n`]]));
+    else this.publisher.removeSidecar(id);
+  }
+
+  complete(): void {
+    this.publisher.markComplete();
+  }
+
+  private touch(): void {
+    this.pending++;
+    if (this.pending > 1) return;
+    void this.publisher.settled().then(() => {
+      this.pending = 0;
+      this.lastWriteAt = Date.now();
+    });
+  }
+
+  async settled(): Promise<void> {
+    await this.publisher.settled();
+  }
+
+  async stop(): Promise<void> {
+    this.publisher.stop();
+  }
+
+  status(): SinkStatus {
+    const stats = this.publisher.stats;
+    return {
+      name: this.name,
+      kind: this.kind,
+      address: this.config.url,
+      pending: this.pending,
+      writes: stats.publishes,
+      failures: stats.failures,
+      lastWriteAt: this.lastWriteAt,
+      ...(stats.lastError ? { lastError: stats.lastError } : {}),
+    };
+  }
+}
