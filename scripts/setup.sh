@@ -49,7 +49,7 @@ lock_hash=$(hash_of package-lock.json package.json)
 if [[ -d node_modules && "$(cat node_modules/.flb-lock-hash 2>/dev/null)" == "$lock_hash" ]]; then
   info "node_modules matches package-lock.json"
 else
-  info "npm ci (also builds the TypeScript)"
+  info "npm ci (also builds the native code and the TypeScript)"
   npm ci --no-audit --no-fund >&2 || die "npm ci failed"
   echo "$lock_hash" > node_modules/.flb-lock-hash
 fi
@@ -94,60 +94,10 @@ if [[ $BUILT_SOMETHING == 1 && -z "${FLB_KEEP_GO_CACHE:-}" ]]; then
   rm -rf "$CACHE/go"
 fi
 
-# stale OUTPUT SOURCES...: OUTPUT is missing or older than one of SOURCES.
-stale() {
-  local output=$1; shift
-  [[ ! -f $output ]] || [[ -n $(find "$@" -newer "$output" 2>/dev/null) ]]
-}
-# The addon and the CNI plugin are built twice: for use, and with AddressSanitizer and UBSan into
-# build/asan/ for scripts/test.sh (a sanitizer report fails the suite).
-SANITIZE=(-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-[[ "$(gcc -print-file-name=libasan.so)" == /* ]] || die "gcc's AddressSanitizer runtime is missing (libasan.so): apt-get install gcc (it brings libasan8)"
-
-step "native addon (sidecar/native: original destination, L4 forwarder)"
-# Plain gcc against the headers Node ships: node-gyp would try to download them.
-NODE_INCLUDE=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
-[[ -f "$NODE_INCLUDE/node_api.h" && -f "$NODE_INCLUDE/uv.h" ]] || die "Node's headers are missing ($NODE_INCLUDE/node_api.h, uv.h); install a Node.js package that ships them (nodesource's nodejs does)"
-native_sources=(sidecar/native/*.c sidecar/native/*.h)
-addon=sidecar/native/build/flb-sidecar.node
-if stale "$addon" "${native_sources[@]}"; then
-  mkdir -p sidecar/native/build
-  gcc -O2 -Wall -Wextra -Werror -DNAPI_VERSION=8 -shared -fPIC -I"$NODE_INCLUDE" -o "$addon" sidecar/native/*.c || die "building the addon failed"
-  info "built $addon"
-else
-  info "up to date"
-fi
-addon_asan=sidecar/native/build/asan/flb-sidecar.node
-if stale "$addon_asan" "${native_sources[@]}"; then
-  mkdir -p sidecar/native/build/asan
-  gcc "${SANITIZE[@]}" -Wall -Wextra -Werror -DNAPI_VERSION=8 -shared -fPIC -I"$NODE_INCLUDE" -o "$addon_asan" sidecar/native/*.c || die "building the sanitizer build of the addon failed"
-  info "built $addon_asan (AddressSanitizer, UBSan)"
-fi
-
-step "CNI plugin (cni/plugin: a static C forwarder, so hosts need no Node.js)"
-plugin=cni/plugin/build/flb-cni
-if stale "$plugin" cni/plugin/flb-cni.c; then
-  mkdir -p cni/plugin/build
-  gcc -O2 -Wall -Wextra -Werror -static -o "$plugin" cni/plugin/flb-cni.c || die "building the CNI plugin failed (static linking needs libc6-dev)"
-  info "built $plugin"
-else
-  info "up to date"
-fi
-# Dynamic: gcc refuses -static with AddressSanitizer.
-plugin_asan=cni/plugin/build/asan/flb-cni
-if stale "$plugin_asan" cni/plugin/flb-cni.c; then
-  mkdir -p cni/plugin/build/asan
-  gcc "${SANITIZE[@]}" -Wall -Wextra -Werror -o "$plugin_asan" cni/plugin/flb-cni.c || die "building the sanitizer build of the CNI plugin failed"
-  info "built $plugin_asan (AddressSanitizer, UBSan)"
-fi
-plugin_fuzz=cni/plugin/build/fuzz/flb-cni-fuzz
-if stale "$plugin_fuzz" cni/plugin/flb-cni.c cni/plugin/fuzz/target.c; then
-  command -v clang >/dev/null || die "clang is needed for the CNI plugin's fuzz target: apt-get install clang libclang-rt-14-dev"
-  mkdir -p cni/plugin/build/fuzz
-  clang "${SANITIZE[@]}" -fsanitize=fuzzer -Wall -Wextra -Werror -o "$plugin_fuzz" cni/plugin/fuzz/target.c \
-    || die "building the CNI plugin's fuzz target failed (clang -fsanitize=fuzzer needs libFuzzer: apt-get install libclang-rt-14-dev)"
-  info "built $plugin_fuzz (libFuzzer, AddressSanitizer, UBSan)"
-fi
+step "native code (sidecar/native addon, cni/plugin), with their sanitizer builds for the tests"
+# npm ci has built the addon and the plugin (package.json's install script); the same script adds
+# the AddressSanitizer/UBSan builds (build/asan/) and the plugin's libFuzzer target.
+bash scripts/build-native.sh --sanitizers || exit 1
 
 step "build"
 npm run --silent build >&2 || die "the TypeScript build failed"
