@@ -55,11 +55,11 @@ else
 fi
 
 step "test servers (built from their Go modules, cached in $CACHE/bin)"
-# build_server NAME FOLDER "BINARIES" GO-PACKAGES...
+# build_server NAME FOLDER "BINARIES" "LDFLAGS" GO-PACKAGES...
 build_server() {
-  local name=$1 dir=$2 binaries=$3; shift 3
+  local name=$1 dir=$2 binaries=$3 ldflags="-s -w $4"; shift 4
   local stamp="$CACHE/bin/.$name.stamp" want
-  want=$(cd "$dir" && hash_of go.mod go.sum $(ls *.go 2>/dev/null) <(echo "$go_version $*"))
+  want=$(cd "$dir" && hash_of go.mod go.sum $(ls *.go 2>/dev/null) <(echo "$go_version $ldflags $*"))
   local all_there=1
   for bin in $binaries; do [[ -x "$CACHE/bin/$bin" ]] || all_there=0; done
   if [[ $all_there == 1 && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
@@ -68,7 +68,7 @@ build_server() {
   fi
   info "$name: building $binaries (a cold build takes several minutes on 2 cores; progress every 30 s)"
   local started=$SECONDS log="$CACHE/build-$name.log"
-  ( cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$CACHE/bin/" "$@" ) >"$log" 2>&1 &
+  ( cd "$dir" && go build -trimpath -ldflags="$ldflags" -o "$CACHE/bin/" "$@" ) >"$log" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 5
@@ -82,8 +82,22 @@ build_server() {
   BUILT_SOMETHING=1
 }
 BUILT_SOMETHING=0
-build_server etcd test-e2e/servers/etcd "etcd" .
-build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" \
+build_server etcd test-e2e/servers/etcd "etcd" "" .
+# Built from the module, Kubernetes would report v0.0.0-master+$Format:%H$ (its release scripts
+# stamp the version from git), which kubectl cannot parse and the injector's native-sidecar
+# detection reads as too old: stamp the pinned module's version, as a release build has it.
+kube_version=$(cd test-e2e/servers/kube && go mod edit -json | node -e '
+  const { Require = [] } = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const kube = Require.find((r) => r.Path === "k8s.io/kubernetes");
+  if (!kube || !/^v\d+\.\d+\.\d+$/.test(kube.Version)) process.exit(1);
+  console.log(kube.Version);
+') || die "test-e2e/servers/kube/go.mod does not require k8s.io/kubernetes at a release version (vX.Y.Z)"
+[[ $kube_version =~ ^v([0-9]+)\.([0-9]+)\. ]]
+kube_ldflags=""
+for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $package.gitVersion=$kube_version -X $package.gitMajor=${BASH_REMATCH[1]} -X $package.gitMinor=${BASH_REMATCH[2]}"
+done
+build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 
 if [[ $BUILT_SOMETHING == 1 && -z "${FLB_KEEP_GO_CACHE:-}" ]]; then
