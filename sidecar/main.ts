@@ -1,26 +1,23 @@
-/**
- * What `flb sidecar` needs at run time, in one module: the build bundles it (with its
- * dependencies) into dist/sidecar.bundle.mjs, because a sidecar runs next to every app and a
- * bundle costs about 14 MiB less memory than loading the same code as ~250 separate ES modules
- * (each keeps its own module record and source). See scripts/bundle.mjs.
+/*
+ * The sidecar bundle's entry (scripts/bundle.mjs bundles this file and everything it imports into
+ * dist/sidecar.bundle.mjs): a sidecar runs next to every app, and one bundled module costs about
+ * 14 MiB less memory than the same code as ~250 separate ES modules (each keeps its module record
+ * and source). bin/flb.js runs `flb sidecar ...` straight from it through runSidecarCommand,
+ * without loading the rest of the CLI (commander as a CommonJS module and every other
+ * subcommand's modules cost ~8 MiB more per sidecar); the full CLI's cli.ts loads the runner from
+ * it too. Either way there is one parser (cli.ts), one runner (runner.ts), one sidecar (sidecar.ts).
  */
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
-import { sidecarCodebase, sidecarIdFromEnv } from '../common/contract/identity.js';
-import { parseDuration } from '../common/duration.js';
-import { createLogger } from '../common/log.js';
 import { sidecarCommands } from './cli.js';
-import { runSidecar } from './sidecar.js';
+import { runSidecarProcess, waitForReady } from './runner.js';
 
-export { createLogger, parseDuration, runSidecar, sidecarCodebase, sidecarIdFromEnv };
+export { runSidecarProcess, waitForReady };
 
-/**
- * `flb sidecar ...` straight from bin/flb.js, without loading the rest of the CLI: the whole
- * program (commander as a CommonJS module, every subcommand's module) costs ~8 MiB more per sidecar.
- */
+/** `flb sidecar ...` with the runner in this bundle. */
 export function runSidecarCommand(argv: string[]): Promise<number> {
   const program = new Command('flb').showHelpAfterError('(run with --help for usage)');
-  const self = { createLogger, parseDuration, runSidecar, sidecarCodebase, sidecarIdFromEnv, runSidecarCommand };
-  for (const command of sidecarCommands(() => Promise.resolve(self))) program.addCommand(command);
+  const runner = { runSidecarProcess, waitForReady };
+  for (const command of sidecarCommands(() => Promise.resolve(runner))) program.addCommand(command);
   return runCli(program, argv);
 }

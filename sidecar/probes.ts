@@ -1,3 +1,9 @@
+/*
+ * The rewritten probe ports (15901-15903 by default, never captured): the kubelet asks
+ * `/app-health/<container>/<kind>` and the sidecar runs the app's original probe (HTTP, TCP or
+ * gRPC) against the app, on the pod's own address, answering 200 or 503 with what it saw. `/ready`
+ * is the sidecar's own readiness. The probe map comes from FLB_APP_PROBES (set by the injector).
+ */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIPv4 } from 'node:net';
 import type { z } from 'zod';
@@ -9,12 +15,6 @@ import { listen } from './listen.js';
 export type AppProbe = z.output<typeof ProbeSchema>;
 export type { ProbeResult };
 
-/**
- * The rewritten probe ports (15901-15903 by default, never captured): the kubelet asks
- * `/app-health/<container>/<kind>` and the sidecar runs the app's original probe (HTTP, TCP or
- * gRPC) against the app, on the pod's own address, answering 200 or 503 with what it saw. `/ready`
- * is the sidecar's own readiness. The probe map comes from FLB_APP_PROBES (set by the injector).
- */
 export interface ProbeServerOptions {
   ports: number[];
   host: string;

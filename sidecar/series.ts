@@ -1,6 +1,4 @@
-import type { Metric, Registry } from 'prom-client';
-
-/**
+/*
  * Counters, gauges and histograms for the per-connection hot path, exposed through prom-client's
  * registry. Written here because prom-client's labelled children hash their label set into a new
  * string on every inc() and observe(): six such calls per connection at 10,000 new connections a
@@ -8,6 +6,8 @@ import type { Metric, Registry } from 'prom-client';
  * 53 before). Here a series is a plain object bound once, and an update is a field write; labels
  * are only formatted when scraped.
  */
+import type { Metric, Registry } from 'prom-client';
+
 export class CounterCell {
   value = 0;
   inc(by = 1): void {

@@ -1,4 +1,4 @@
-/**
+/*
  * The load-balancing algorithms, each over a fixed candidate list. The pool builds a new instance
  * whenever the candidate set changes (an update, a health change, an ejection), so every pick
  * works on precomputed arrays and allocates nothing.

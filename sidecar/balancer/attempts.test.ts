@@ -1,13 +1,13 @@
+/*
+ * The attempt planner on a manual clock: where each attempt of a connection or request goes, which
+ * failures are tried again, within which budget, and how long it waits first.
+ */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { AttemptPlanner, GIVE_UP, type RetryPolicy } from './attempts.js';
 import { ManualClock } from './clock.js';
 import { EndpointPool } from './pool.js';
 import { endpoints, makeService } from './testing/fixtures.js';
 
-/**
- * The attempt planner on a manual clock: where each attempt of a connection or request goes, which
- * failures are tried again, within which budget, and how long it waits first.
- */
 const pools: EndpointPool[] = [];
 afterEach(() => {
   for (const pool of pools.splice(0)) pool.close();

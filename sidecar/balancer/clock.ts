@@ -1,4 +1,4 @@
-/**
+/*
  * Time as the balancer sees it. Ejections end and health checks fire on timers; tests swap in a
  * ManualClock so that a 30 s ejection takes no real time and no test waits on wall clocks.
  */

@@ -1,12 +1,12 @@
+/*
+ * Active health checks: each endpoint of a service is probed on its own timer (TCP connect, or an
+ * HTTP GET whose status must fall in the expected ranges), with thresholds against flapping.
+ */
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import type { ServicePolicy } from '../../common/contract/catalog.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 
-/**
- * Active health checks: each endpoint of a service is probed on its own timer (TCP connect, or an
- * HTTP GET whose status must fall in the expected ranges), with thresholds against flapping.
- */
 export type HealthCheckConfig = NonNullable<ServicePolicy['healthCheck']>;
 
 /**

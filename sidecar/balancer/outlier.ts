@@ -1,10 +1,10 @@
-import type { ServicePolicy } from '../../common/contract/catalog.js';
-import { systemClock, type Clock, type Timer } from './clock.js';
-
-/**
+/*
  * Passive health: endpoints that keep failing real traffic are ejected for a while, as Envoy's
  * outlier detection does with consecutive_5xx and consecutive_local_origin_failure.
  */
+import type { ServicePolicy } from '../../common/contract/catalog.js';
+import { systemClock, type Clock, type Timer } from './clock.js';
+
 export type OutlierConfig = NonNullable<ServicePolicy['outlierDetection']>;
 
 /**

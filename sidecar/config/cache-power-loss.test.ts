@@ -1,3 +1,9 @@
+/*
+ * The configuration cache under power loss: saves run on a recording file system, and at every
+ * crash point each disk a power cut could leave (common/testing/power-loss.ts) is loaded. The last
+ * configuration saved must load whole (or the one being saved, whole); never an error, a mix or
+ * nothing, and the cache must take the next save.
+ */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -5,12 +11,6 @@ import { join } from 'node:path';
 import { materialise, PowerLossRecorder, type CrashPoint, type RecorderOptions, type SyncKind } from '../../common/testing/power-loss.js';
 import { ConfigCache } from './cache.js';
 
-/**
- * The configuration cache under power loss: saves run on a recording file system, and at every
- * crash point each disk a power cut could leave (common/testing/power-loss.ts) is loaded. The last
- * configuration saved must load whole (or the one being saved, whole); never an error, a mix or
- * nothing, and the cache must take the next save.
- */
 type Files = Record<string, string>;
 interface Tag {
   step: string;

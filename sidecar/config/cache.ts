@@ -1,8 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
-
-/**
+/*
  * The last good configuration on disk, so a sidecar restarted while the repo is away still routes.
  *
  * Layout: `blobs/<sha256>` holds each file's bytes, `manifest.json` maps paths to blobs for one
@@ -15,6 +11,10 @@ import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
  * Every file-system call goes through `fs` (common/durable-fs.ts), so a power-loss test can replay
  * only what was fsynced at every point of a save.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
+
 export interface CachedConfig {
   version: string;
   /** Paths without a leading `/`: `mesh.json`, `services/<id>.json`, `sidecar.json`. */

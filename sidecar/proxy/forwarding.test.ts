@@ -1,3 +1,7 @@
+/*
+ * The native forwarder (native/forwarder.c) through its JavaScript listener, over loopback with
+ * real sockets: what a client and an endpoint see, and what the forwarder reports.
+ */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -8,10 +12,6 @@ import { createLogger } from '../../common/log.js';
 import { createForwarder, ForwardOutcome, type NativeForwarder } from '../native/index.js';
 import { errnoName, ForwardingListener, type AcceptedConnection, type ForwardedConnection } from './forwarding.js';
 
-/**
- * The native forwarder (native/forwarder.c) through its JavaScript listener, over loopback with
- * real sockets: what a client and an endpoint see, and what the forwarder reports.
- */
 const log = createLogger('forwarding-test', 'silent');
 
 /** What the forwarder reports about one connection. */

@@ -1,3 +1,8 @@
+/*
+ * The outbound proxy over loopback, with the original destination given by the test instead of
+ * SO_ORIGINAL_DST (the e2e suite covers the real redirect): what a client sees when endpoints
+ * answer 5xx, refuse, or accept and reset, and what the proxy reports to outlier detection.
+ */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import { createServer as createHttpServer, request, type Server as HttpServer } from 'node:http';
 import { connect as http2Connect, createServer as createHttp2Server, type ClientHttp2Session, type Http2Server, type ServerHttp2Stream } from 'node:http2';
@@ -12,11 +17,6 @@ import { Http2Proxy } from './http2.js';
 import { startOutbound, type OutboundView, type ProxyListener } from './outbound.js';
 import { RouteTable } from './routes.js';
 
-/**
- * The outbound proxy over loopback, with the original destination given by the test instead of
- * SO_ORIGINAL_DST (the e2e suite covers the real redirect): what a client sees when endpoints
- * answer 5xx, refuse, or accept and reset, and what the proxy reports to outlier detection.
- */
 const log = createLogger('proxy-test', 'silent');
 const VIP = '240.240.0.9';
 

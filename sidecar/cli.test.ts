@@ -1,0 +1,128 @@
+/*
+ * `flb sidecar`'s flags as the injector writes them, and the way it starts: bin/flb.js runs it from
+ * the sidecar bundle alone (the memory it is bundled for), parser and runner included.
+ */
+import { describe, expect, it } from '@jest/globals';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Command } from 'commander';
+import { runCli } from '../common/cli.js';
+import { PORT_FLAGS, sidecarCommands, type SidecarRunner } from './cli.js';
+import type { SidecarArgs } from './runner.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+async function parse(...argv: string[]): Promise<{ code: number; args?: SidecarArgs; waited?: unknown }> {
+  const seen: { args?: SidecarArgs; waited?: unknown } = {};
+  const runner: SidecarRunner = {
+    runSidecarProcess: (args) => {
+      seen.args = args;
+      return Promise.resolve();
+    },
+    waitForReady: (args) => {
+      seen.waited = args;
+      return Promise.resolve();
+    },
+  };
+  const program = new Command('flb');
+  for (const command of sidecarCommands(() => Promise.resolve(runner))) program.addCommand(command.configureOutput({ writeErr: () => {} }));
+  const code = await runCli(program, ['node', 'flb', ...argv]);
+  return { code, ...seen };
+}
+
+describe('flb sidecar flags', () => {
+  it('takes one flag per port of mesh.ports, defaulting to the mesh defaults', async () => {
+    expect(PORT_FLAGS).toEqual({
+      admin: '--admin-port',
+      outbound: '--outbound-port',
+      inbound: '--inbound-port',
+      metrics: '--metrics-port',
+      dns: '--dns-port',
+      livenessProbe: '--liveness-probe-port',
+      readinessProbe: '--readiness-probe-port',
+      startupProbe: '--startup-probe-port',
+    });
+    expect((await parse('sidecar')).args?.ports).toEqual({
+      admin: 15000,
+      outbound: 15001,
+      inbound: 15003,
+      metrics: 15010,
+      dns: 15053,
+      livenessProbe: 15901,
+      readinessProbe: 15902,
+      startupProbe: 15903,
+    });
+    const { args } = await parse(
+      'sidecar',
+      '--admin-port=16000',
+      '--outbound-port=16001',
+      '--inbound-port=16003',
+      '--metrics-port=16010',
+      '--dns-port=16053',
+      '--liveness-probe-port=16901',
+      '--readiness-probe-port=16902',
+      '--startup-probe-port=16903',
+      '--drain=250ms',
+    );
+    expect(args).toMatchObject({
+      ports: { admin: 16000, outbound: 16001, inbound: 16003, metrics: 16010, dns: 16053, livenessProbe: 16901, readinessProbe: 16902, startupProbe: 16903 },
+      drainMs: 250,
+      watch: false,
+    });
+    // As injectors before the per-port flags wrote the probe ports.
+    expect((await parse('sidecar', '--probe-ports=17901,17902,17903')).args?.ports).toMatchObject({
+      livenessProbe: 17901,
+      readinessProbe: 17902,
+      startupProbe: 17903,
+    });
+  });
+
+  it('refuses a port that is not one, or a bad duration, as a usage error (exit 2), before anything runs', async () => {
+    expect(await parse('sidecar', '--outbound-port', 'http')).toEqual({ code: 2 });
+    expect(await parse('sidecar', '--dns-port', '70000')).toEqual({ code: 2 });
+    expect(await parse('sidecar', '--drain', 'soon')).toEqual({ code: 2 });
+    expect(await parse('sidecar', 'wait-ready', '--timeout', '2s', '--admin-port', '16000')).toEqual({
+      code: 0,
+      waited: { adminPort: 16000, timeoutMs: 2000 },
+    });
+  });
+
+  it('runs from the sidecar bundle alone when bin/flb.js starts it: parser, runner and sidecar in one module', () => {
+    const bundle = join(root, 'dist', 'sidecar.bundle.mjs');
+    if (!existsSync(bundle)) throw new Error(`${bundle} is missing: run npm run build`);
+    const work = mkdtempSync(join(tmpdir(), 'flb-sidecar-cli-'));
+    try {
+      // Every module Node resolves, written down by a loader hook (hooks run on their own thread).
+      const loaded = join(work, 'loaded.txt');
+      const hooks = join(work, 'hooks.mjs');
+      writeFileSync(
+        hooks,
+        `import { appendFileSync } from 'node:fs';\nexport async function resolve(specifier, context, next) {\n  const result = await next(specifier, context);\n  appendFileSync(${JSON.stringify(loaded)}, result.url + '\\n');\n  return result;\n}\n`,
+      );
+      const register = join(work, 'register.mjs');
+      writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+      const run = (...args: string[]) =>
+        spawnSync(process.execPath, ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), 'sidecar', ...args], {
+          encoding: 'utf8',
+          env: { ...process.env, FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '' },
+        });
+      // Through the parser into the runner, which refuses: no configuration source.
+      const result = run('--id', 'vm.test');
+      expect(result.stderr).toContain('--repo URL');
+      expect(result.status).toBe(2);
+      expect(run('wait-ready', '--timeout', '1ms', '--admin-port', '1').stderr).toContain('the sidecar was not ready within');
+      const files = new Set(
+        readFileSync(loaded, 'utf8')
+          .split('\n')
+          .filter((url) => url.startsWith('file:'))
+          .map((url) => fileURLToPath(url)),
+      );
+      expect([...files].sort()).toEqual([join(root, 'bin', 'flb.js'), bundle].sort());
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,97 @@
+/*
+ * The thin runner between `flb sidecar`'s flags (cli.ts) and the sidecar itself (sidecar.ts): it
+ * fills in what the flags leave to the environment (the downward API's id, FLB_REPO_URL, the token
+ * and CA files, POD_IP, FLB_APP_PROBES), makes the logger, runs the sidecar until SIGTERM or
+ * SIGINT, and drains it. `flb sidecar wait-ready` is here too: it runs in the same image, as the
+ * postStart hook.
+ */
+import { readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { untilStopped } from '../common/cli.js';
+import { sidecarIdFromEnv } from '../common/contract/identity.js';
+import type { SidecarPorts } from '../common/contract/mesh.js';
+import { UsageError } from '../common/errors.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { sidecarCodebaseUrl } from './config/source.js';
+import { runSidecar, type SidecarOptions } from './sidecar.js';
+
+/** What `flb sidecar`'s flags say; unset ones come from the environment. */
+export interface SidecarArgs {
+  id?: string | undefined;
+  repo?: string | undefined;
+  repoCaFile?: string | undefined;
+  tokenFile?: string | undefined;
+  configDir?: string | undefined;
+  watch: boolean;
+  stateDir?: string | undefined;
+  appHost?: string | undefined;
+  ports: SidecarPorts;
+  dnsUpstreams?: string[] | undefined;
+  drainMs: number;
+}
+
+/** The sidecar's options from its flags and environment; throws a UsageError when the configuration has no source. */
+export function sidecarOptions(args: SidecarArgs, env: NodeJS.ProcessEnv, log: Logger): SidecarOptions {
+  const id = args.id ?? sidecarIdFromEnv(env);
+  const repo = args.repo ?? env.FLB_REPO_URL;
+  if (!args.configDir && !repo) throw new UsageError('say where the configuration comes from: --repo URL (or FLB_REPO_URL), or --config-dir DIR');
+  const tokenFile = args.tokenFile ?? env.FLB_REPO_TOKEN_FILE;
+  const stateDir = args.stateDir ?? env.FLB_STATE_DIR ?? '/var/lib/flb';
+  return {
+    id,
+    log,
+    config: args.configDir
+      ? { kind: 'local', dir: args.configDir, watch: args.watch }
+      : {
+          kind: 'repo',
+          url: sidecarCodebaseUrl(repo!, id),
+          cacheDir: join(stateDir, 'config'),
+          ...(tokenFile ? { headers: () => ({ authorization: `Bearer ${readFileSync(tokenFile, 'utf8').trim()}` }) } : {}),
+        },
+    ports: args.ports,
+    appHost: args.appHost ?? env.POD_IP ?? '127.0.0.1',
+    ...(env.FLB_APP_PROBES ? { appProbes: env.FLB_APP_PROBES } : {}),
+    ...(args.dnsUpstreams ? { dnsUpstreams: args.dnsUpstreams } : {}),
+    drainMs: args.drainMs,
+  };
+}
+
+/** `flb sidecar`: runs until SIGTERM or SIGINT, then drains. */
+export async function runSidecarProcess(args: SidecarArgs): Promise<void> {
+  const log = createLogger('sidecar');
+  const running = await runSidecar(sidecarOptions(args, process.env, log));
+  await untilStopped();
+  log.info('draining');
+  await running.drain();
+}
+
+/** `flb sidecar wait-ready`: polls the admin port's /ready until 200; on timeout, fails with the sidecar's last reason. */
+export async function waitForReady(args: { adminPort: number; timeoutMs: number }): Promise<void> {
+  const deadline = Date.now() + args.timeoutMs;
+  const url = `http://127.0.0.1:${args.adminPort}/ready`;
+  for (;;) {
+    const answer = await getText(url, 1000).catch((error: unknown) => ({ status: 0, body: `no answer: ${(error as Error).message}` }));
+    if (answer.status === 200) return;
+    if (Date.now() > deadline)
+      throw new Error(
+        `the sidecar was not ready within ${args.timeoutMs / 1000} s (${url}: ${answer.body.trim() || answer.status}); see its logs: kubectl logs <pod> -c flb-sidecar`,
+      );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+function getText(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
