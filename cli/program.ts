@@ -29,7 +29,12 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText(
       'after',
-      '\nConventions: data goes to stdout, logs (JSON, pino) to stderr; FLB_LOG_LEVEL sets the level.\nExit codes: 0 ok, 1 failure, 2 usage error (including a subcommand that is not built yet).',
+      [
+        '',
+        'Conventions: data goes to stdout, logs to stderr: readable lines on a terminal, JSON lines (pino) anywhere else.',
+        'FLB_LOG_FORMAT=json|pretty chooses the format; FLB_LOG_LEVEL=fatal|error|warn|info|debug|trace|silent sets the level (info).',
+        'Exit codes: 0 ok, 1 failure, 2 usage error (including a subcommand that is not built yet).',
+      ].join('\n'),
     );
   const byName = new Map(
     [...injectorCommands(), ...repoCommands(), ...bridgeCommands(), ...sidecarCommands(), ...cniCommands(), ...bpfCommands(), demoCommand()].map((c) => [

@@ -1,14 +1,25 @@
+/*
+ * The conventions every `flb` command shares: exit codes, how errors reach the user, subcommands
+ * that are not built yet, and waiting for Ctrl-C / SIGTERM.
+ */
 import { CommanderError, type Command } from 'commander';
 import { ActionableError, ExitCode, UsageError } from './errors.js';
 import { ContractError } from './contract/validate.js';
-import type { Logger } from './log.js';
+import { checkLogEnvironment, type Logger } from './log.js';
 
 /**
- * A subcommand whose capability has not landed yet: it still has --help, and running it says
- * where the work is tracked and exits with the usage code, so scripts can tell it from a failure.
+ * A subcommand whose capability has not landed yet: its --help and the `flb --help` list say so,
+ * and running it says where the work is tracked and exits with the usage code, so scripts can
+ * tell it from a failure.
  */
 export function notBuiltYet(command: Command, tracking: string): Command {
   return command
+    .summary(`(not built yet) ${command.summary()}`)
+    .description(
+      `Not built yet: ${tracking}. Running it only says so and exits 2.
+
+${command.description()}`,
+    )
     .allowUnknownOption()
     .allowExcessArguments()
     .action(() => {
@@ -28,6 +39,7 @@ export async function runCli(program: Command, argv: string[], logger?: Logger):
     command.configureOutput({ outputError: (text, write) => write(text) });
   }
   try {
+    checkLogEnvironment();
     await program.parseAsync(argv);
     return ExitCode.ok;
   } catch (error) {
