@@ -11,9 +11,14 @@ export function parseDuration(text: string): number {
   return parts.reduce((sum, p) => sum + Number(p[1]) * UNITS[p[2]!]!, 0);
 }
 
-export function parseHostPort(text: string, what = 'address'): { host: string; port: number } {
+/**
+ * "HOST:PORT", "[IPv6]:PORT" or ":PORT" (every IPv4 address). `example` is a good value for this
+ * flag (its default), shown when the text is not one; a neutral one otherwise.
+ */
+export function parseHostPort(text: string, what = 'address', example = '0.0.0.0:8080'): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text);
   const port = Number(match?.[3]);
-  if (!match || port > 65535) throw new UsageError(`${what} "${text}" is not HOST:PORT (e.g. 0.0.0.0:9443 or [::]:9443)`);
+  if (!match || port > 65535)
+    throw new UsageError(`${what} "${text}" is not HOST:PORT (e.g. ${example}; IPv6 in brackets, e.g. [::1]:${example.replace(/^.*:/, '')})`);
   return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
 }
