@@ -25,3 +25,25 @@ export const PROXY_RESOURCE_ANNOTATIONS = {
 export const SIDECAR_CONTAINER_NAME = 'flb-sidecar';
 export const INIT_CONTAINER_NAME = 'flb-init';
 export const VALIDATION_CONTAINER_NAME = 'flb-validation';
+
+/**
+ * Label the injector puts on every pod it injects (besides the status annotation), so the control
+ * plane can list and watch only meshed pods with a label selector (`flomesh.io/sidecar-injected=true`):
+ * an annotation cannot be selected on. Flomesh's fsm labels injected pods `fsm-proxy-uuid` with a
+ * per-pod UUID because its proxies are named by it; a sidecar's id here is its namespace and pod
+ * name, so a fixed value is enough, and it keeps `flb inject` output the same on every run.
+ */
+export const SIDECAR_INJECTED_LABEL = 'flomesh.io/sidecar-injected';
+export const SIDECAR_INJECTED_VALUE = 'true';
+
+/**
+ * The repo's CA reaches each injected pod the way Kubernetes hands out its own (`kube-root-ca.crt`):
+ * a ConfigMap of this fixed name in the pod's namespace, with the PEM bundle under key `ca.crt`.
+ * The control plane keeps a copy in every namespace with injected pods; the injector mounts it into
+ * the sidecar and names the file in FLB_REPO_CA_FILE, which the sidecar's repo client trusts (and
+ * re-reads when the kubelet updates it).
+ */
+export const REPO_CA_CONFIGMAP = 'flb-repo-ca';
+export const REPO_CA_CONFIGMAP_KEY = 'ca.crt';
+/** Env var of the sidecar container: the path of the repo CA bundle (PEM) to trust. */
+export const REPO_CA_FILE_ENV = 'FLB_REPO_CA_FILE';

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { API_VERSION, cidr, dnsLabel, dnsName, interfaceName, port } from './primitives.js';
+import { MESH_IMAGE } from './version.js';
 
 /** The ports users see (ARCHITECTURE.md, 'Defaults'). */
 export const DEFAULT_PORTS = {
@@ -39,7 +40,28 @@ export const SidecarPortsSchema = z
     }
   });
 
-export const InterceptionModeSchema = z.enum(['iptables', 'cni', 'ebpf']);
+/**
+ * Values that name a feature not built yet stay in the enum, so that a user who writes one is told
+ * exactly that (and the JSON Schema shows what is coming), but they are refused: accepted, they
+ * would silently do nothing.
+ */
+function refuseUnbuilt<const T extends string>(values: readonly [T, ...T[]], unbuilt: Partial<Record<T, string>>, description: string) {
+  return z
+    .enum(values)
+    .superRefine((value, ctx) => {
+      const why = unbuilt[value];
+      if (why) ctx.addIssue({ code: 'custom', message: why });
+    })
+    .meta({ description });
+}
+
+export const InterceptionModeSchema = refuseUnbuilt(
+  ['iptables', 'cni', 'ebpf'],
+  {
+    ebpf: '"ebpf" is not available yet: eBPF interception is not built (it comes with the \'eBPF interception\' issue); use "iptables" or "cni"',
+  },
+  'How pod traffic reaches the sidecar: iptables (an init container), cni (the CNI plugin); ebpf is reserved and refused until eBPF interception is built',
+);
 
 /** Mesh-wide interception defaults; a pod's annotations narrow them (see interception.ts). */
 export const MeshInterceptionSchema = z.object({
@@ -62,7 +84,8 @@ export const ResourcesSchema = z.object({
 
 /** What the injector puts into pods; image and command are settings so a Pipy image can be injected instead. */
 export const SidecarTemplateSchema = z.object({
-  image: z.string().min(1).default('flomesh/flb-mesh:latest'),
+  /** Defaults to this release's image (never `latest`); an image the user sets is kept. */
+  image: z.string().min(1).default(MESH_IMAGE),
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).default('IfNotPresent'),
   command: z.array(z.string()).default(['flb', 'sidecar']),
   args: z.array(z.string()).default([]),
@@ -80,11 +103,16 @@ export const SidecarTemplateSchema = z.object({
 });
 
 export const InitTemplateSchema = z.object({
-  image: z.string().min(1).default('flomesh/flb-mesh:latest'),
+  image: z.string().min(1).default(MESH_IMAGE),
   command: z.array(z.string()).default(['flb', 'iptables', 'apply']),
 });
 
-export const TlsModeSchema = z.enum(['disabled', 'permissive', 'strict']);
+const MTLS_NOT_BUILT = 'is not available yet: sidecar-to-sidecar mTLS is not built; "disabled" is the only mode for now';
+export const TlsModeSchema = refuseUnbuilt(
+  ['disabled', 'permissive', 'strict'],
+  { permissive: `"permissive" ${MTLS_NOT_BUILT}`, strict: `"strict" ${MTLS_NOT_BUILT}` },
+  'Sidecar-to-sidecar mTLS: disabled; permissive and strict are reserved and refused until mTLS is built',
+);
 
 export const MeshSchema = z
   .object({
