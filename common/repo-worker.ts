@@ -1,12 +1,13 @@
-import { KeepAliveClient, type SmallRequest, type SmallResponse } from './http-client.js';
-import type { Logger } from './log.js';
-
-/**
+/*
  * The sidecar's side of the repo: a worker of its own codebase. It waits for a change by long poll
  * when the repo offers push (flb's repo), polls with HEAD otherwise (a Pipy repo), fetches only the
  * files whose `_etags` entry changed, reports status, and backs off while the repo is away, keeping
- * the last good snapshot.
+ * the last good snapshot. Where it stands (synced, waiting for the codebase, repo unreachable) is
+ * kept for the sidecar's readiness, and logged when it changes, not on every retry.
  */
+import { KeepAliveClient, type SmallRequest, type SmallResponse } from './http-client.js';
+import { ConditionLog, describeError, type Logger } from './log.js';
+
 export interface Snapshot {
   etag: string;
   main: string;
@@ -31,6 +32,18 @@ export class NotPublished extends Error {
   }
 }
 
+/** Where the worker stands with the repo, for the sidecar's readiness. */
+export interface WorkerCondition {
+  /**
+   * `connecting`: no answer yet; `synced`: the last exchange succeeded; `not-published`: the repo
+   * has no such codebase (yet); `unreachable`: the last exchange failed (`error` says how).
+   */
+  state: 'connecting' | 'synced' | 'not-published' | 'unreachable';
+  error?: string;
+  /** Since when (ms since the epoch). */
+  since: number;
+}
+
 export interface WorkerOptions {
   /** The codebase URL, ending in `/`: http(s)://repo:6060/repo/flb/sidecars/<id>/ */
   url: string;
@@ -45,6 +58,8 @@ export interface WorkerOptions {
   maxBackoffMs?: number;
   /** Extra request headers (an Authorization bearer token, later). */
   headers?: () => Record<string, string>;
+  /** Called when condition() changes. */
+  onCondition?(condition: WorkerCondition): void;
 }
 
 export class RepoWorker {
@@ -56,15 +71,22 @@ export class RepoWorker {
   private pushSupported = true;
   private loop?: Promise<void>;
   private statusTimer?: NodeJS.Timeout;
+  private state: WorkerCondition = { state: 'connecting', since: Date.now() };
+  private readonly conditions: ConditionLog;
   /** Files fetched since start, for tests and metrics. */
   fetchedFiles = 0;
 
   constructor(private readonly options: WorkerOptions) {
     if (!options.url.endsWith('/')) throw new Error(`the worker URL must end with '/': ${options.url}`);
+    this.conditions = new ConditionLog(options.log);
   }
 
   current(): Snapshot | undefined {
     return this.snapshot;
+  }
+
+  condition(): WorkerCondition {
+    return this.state;
   }
 
   start(): void {
@@ -100,6 +122,8 @@ export class RepoWorker {
       try {
         await this.step();
         backoff = 0;
+        this.conditions.clear('the repo answers again', { url: this.options.url, version: this.snapshot?.etag });
+        this.setCondition('synced');
       } catch (error) {
         if (this.stopped) return;
         // Not published yet (the control plane creates a sidecar's codebase when its pod appears,
@@ -107,12 +131,26 @@ export class RepoWorker {
         const notYet = error instanceof NotPublished;
         backoff = Math.min(notYet ? 2000 : (this.options.maxBackoffMs ?? 30_000), backoff ? backoff * 2 : 500);
         const delay = backoff / 2 + Math.random() * (backoff / 2);
-        if (notYet) this.options.log.info({ url: this.options.url, retryInMs: Math.round(delay) }, 'codebase not published yet; waiting for the control plane');
-        else
-          this.options.log.warn({ err: error, retryInMs: Math.round(delay), keeping: this.snapshot?.etag }, 'repo unreachable; keeping the last configuration');
+        if (notYet) {
+          this.conditions.report('not-published', 'codebase not published yet; waiting for the control plane', { level: 'info', url: this.options.url });
+          this.setCondition('not-published');
+        } else {
+          this.conditions.report('unreachable', 'repo unreachable; keeping the last configuration', {
+            error,
+            url: this.options.url,
+            keeping: this.snapshot?.etag,
+          });
+          this.setCondition('unreachable', describeError(error));
+        }
         await this.sleep(delay);
       }
     }
+  }
+
+  private setCondition(state: WorkerCondition['state'], error?: string): void {
+    if (this.state.state === state && this.state.error === error) return;
+    this.state = { state, ...(error !== undefined ? { error } : {}), since: Date.now() };
+    this.options.onCondition?.(this.state);
   }
 
   private async step(): Promise<void> {

@@ -2,10 +2,21 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Registry } from 'prom-client';
 import { listen } from './listen.js';
 
+/** The sidecar's readiness: `reason` says why not (or `ready`). */
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+}
+
+/** /ready's answer, on the admin port and the probe ports alike: 200 `ready`, or 503 with the reason. */
+export function answerReady(res: ServerResponse, readiness: Readiness): void {
+  res.writeHead(readiness.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(readiness.ready ? 'ready\n' : `not ready: ${readiness.reason}\n`);
+}
+
 export interface AdminOptions {
   host: string;
   port: number;
-  ready: () => boolean;
+  readiness: () => Readiness;
   configDump: () => unknown;
   endpoints: () => unknown;
   registry: Registry;
@@ -28,10 +39,8 @@ export function startAdmin(options: AdminOptions): Promise<Server> {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405, { allow: 'GET' }).end();
     switch (path) {
-      case '/ready': {
-        const ok = options.ready();
-        return void res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready\n');
-      }
+      case '/ready':
+        return answerReady(res, options.readiness());
       case '/live':
       case '/healthz':
         return void res.writeHead(200, { 'content-type': 'text/plain' }).end('live\n');

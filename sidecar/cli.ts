@@ -8,7 +8,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { notBuiltYet } from '../common/cli.js';
 import { DEFAULT_PORTS, type SidecarPorts } from '../common/contract/mesh.js';
 import { parseDuration } from '../common/duration.js';
+import { PORT_FLAGS } from './port-flags.js';
 import type * as Runner from './runner.js';
+
+export { PORT_FLAGS };
 
 export type SidecarRunner = Pick<typeof Runner, 'runSidecarProcess' | 'waitForReady'>;
 
@@ -33,18 +36,6 @@ function duration(value: string): number {
     throw new InvalidArgumentError((error as Error).message);
   }
 }
-
-/** The flag of each listener, as the injector passes the mesh's ports (`mesh.ports`). */
-export const PORT_FLAGS: Record<keyof SidecarPorts, string> = {
-  admin: '--admin-port',
-  outbound: '--outbound-port',
-  inbound: '--inbound-port',
-  metrics: '--metrics-port',
-  dns: '--dns-port',
-  livenessProbe: '--liveness-probe-port',
-  readinessProbe: '--readiness-probe-port',
-  startupProbe: '--startup-probe-port',
-};
 
 const PORT_HELP: Record<keyof SidecarPorts, string> = {
   admin: 'admin (/ready, /config_dump, ...) on 127.0.0.1',

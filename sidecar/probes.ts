@@ -10,6 +10,7 @@ import type { z } from 'zod';
 import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
 import { runNetworkProbe, type NetworkProbe, type ProbeResult } from '../common/probes.js';
+import { answerReady, type Readiness } from './admin.js';
 import { listen } from './listen.js';
 
 export type AppProbe = z.output<typeof ProbeSchema>;
@@ -21,7 +22,7 @@ export interface ProbeServerOptions {
   probes: () => ReadonlyMap<string, AppProbe>;
   /** The app's address: the pod IP (POD_IP), else loopback. */
   appHost: string;
-  ready: () => boolean;
+  readiness: () => Readiness;
   log: Logger;
 }
 
@@ -29,8 +30,7 @@ export async function startProbeServers(options: ProbeServerOptions): Promise<Se
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/ready') {
-      const ok = options.ready();
-      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready: no configuration yet, or listeners not up\n');
+      answerReady(res, options.readiness());
       return;
     }
     const probe = options.probes().get(path);

@@ -1,13 +1,23 @@
+/*
+ * The sidecar itself, given its options: wires the configuration (repo worker or local files) to
+ * the data plane. Every configuration change builds new pools, routes and a DNS table and swaps them
+ * in at once, so a connection sees one configuration, old or new; pools of services that stay keep
+ * their endpoints' health and ejection state, and open connections are never touched. Readiness
+ * says why when it is not: starting, draining, no configuration yet (and why: waiting for the
+ * codebase, repo unreachable, a file refused), or ports that differ from the mesh's.
+ */
 import type { Server } from 'node:net';
 import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
-import { startAdmin, startMetricsServer } from './admin.js';
+import { startAdmin, startMetricsServer, type Readiness } from './admin.js';
 import { EndpointPool, endpointKey, type PoolEvent } from './balancer/index.js';
 import { localConfigSource, repoConfigSource, type ConfigSource } from './config/source.js';
 import type { ConfigChange, SidecarState } from './config/state.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
 import { buildDnsTable } from './dns/table.js';
 import { SidecarMetrics } from './metrics.js';
+import type { OriginalDestination } from './native/index.js';
+import { PORT_FLAGS } from './port-flags.js';
 import { parseAppProbes, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
 import { Http2Proxy } from './proxy/http2.js';
@@ -15,6 +25,8 @@ import { Lazy } from './lazy.js';
 import { startInbound } from './proxy/inbound.js';
 import { startOutbound, type OutboundView, type ProxyListener } from './proxy/outbound.js';
 import { RouteTable } from './proxy/routes.js';
+
+export type { Readiness };
 
 export type ConfigOrigin =
   { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string> } | { kind: 'local'; dir: string; watch: boolean };
@@ -32,23 +44,26 @@ export interface SidecarOptions {
   dnsUpstreams?: string[];
   /** How long SIGTERM waits for open connections before closing them. */
   drainMs?: number;
+  /**
+   * Tests without interception: where an outbound connection was meant to go (SO_ORIGINAL_DST is
+   * then not read). Ports given as 0 (any free port) are not compared with the mesh's.
+   */
+  outboundDestination?: (peer: { address: string; port: number }) => OriginalDestination;
 }
 
 export interface RunningSidecar {
   readonly metrics: SidecarMetrics;
+  /** The ports listened on (those asked for, or the ones the kernel chose for 0). */
+  readonly ports: SidecarPorts;
   ready(): boolean;
+  /** Ready, or why not. */
+  readiness(): Readiness;
   current(): SidecarState | undefined;
   /** Stops accepting, lets open connections finish for up to drainMs, then closes everything. */
   drain(): Promise<void>;
   close(): Promise<void>;
 }
 
-/**
- * `flb sidecar`: wires the configuration (repo worker or local files) to the data plane. Every
- * configuration change builds new pools, routes and a DNS table and swaps them in at once, so a
- * connection sees one configuration, old or new; pools of services that stay keep their endpoints'
- * health and ejection state, and open connections are never touched.
- */
 export async function runSidecar(options: SidecarOptions): Promise<RunningSidecar> {
   const { log, ports } = options;
   const metrics = new SidecarMetrics();
@@ -100,6 +115,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
   };
 
+  // Not a closure over `source` before it exists: the sources report changes while they start.
+  const statusChanged = () => void readiness();
   const source: ConfigSource =
     options.config.kind === 'repo'
       ? repoConfigSource({
@@ -107,13 +124,35 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
           cacheDir: options.config.cacheDir,
           log,
           onUpdate: apply,
+          onStatusChange: statusChanged,
           ...(options.config.headers ? { headers: options.config.headers } : {}),
         })
-      : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch });
+      : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch, sidecarId: options.id, onStatusChange: statusChanged });
 
   const servers: Server[] = [];
   const proxies: ProxyListener[] = [];
-  const ready = () => listening && !draining && source.current() !== undefined;
+  const bound: SidecarPorts = { ...ports };
+  let lastReadiness: Readiness | undefined;
+  /** Ready, or why not; logged when the answer changes. */
+  function readiness(): Readiness {
+    const now = currentReadiness();
+    if (now.reason !== lastReadiness?.reason) {
+      if (now.ready) log.info({ version: source.current()?.version }, 'ready');
+      else if (lastReadiness !== undefined || listening) log.warn({ reason: now.reason }, 'not ready');
+      lastReadiness = now;
+    }
+    return now;
+  }
+  function currentReadiness(): Readiness {
+    if (draining) return { ready: false, reason: 'draining: SIGTERM received, open connections are finishing' };
+    if (!listening) return { ready: false, reason: 'starting: listeners not up yet' };
+    const state = source.current();
+    if (!state) return { ready: false, reason: source.waitingFor() };
+    const mismatch = portMismatch(ports, state.mesh.ports);
+    if (mismatch) return { ready: false, reason: mismatch };
+    return { ready: true, reason: 'ready' };
+  }
+  const ready = () => readiness().ready;
   try {
     dns = await startDnsServer({
       listen: dnsListen(ports.dns),
@@ -121,38 +160,67 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       registry: metrics.registry,
       ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
     });
-    proxies.push(startOutbound({ host: '::', port: ports.outbound, view: () => view, http, http2, metrics, log }));
-    proxies.push(startInbound({ host: '::', port: ports.inbound, metrics, log }));
-    servers.push(
-      await startAdmin({
-        host: '127.0.0.1',
-        port: ports.admin,
-        ready,
-        registry: metrics.registry,
-        configDump: () => configDump(options.id, source),
-        endpoints: () => [...pools.values()].map((p) => p.snapshot()),
-      }),
-    );
-    servers.push(await startMetricsServer('::', ports.metrics, metrics.registry));
-    servers.push(
-      ...(await startProbeServers({
-        ports: [ports.livenessProbe, ports.readinessProbe, ports.startupProbe],
-        host: '::',
-        probes: () => appProbes,
-        appHost: options.appHost,
-        ready,
-        log,
-      })),
-    );
+    bound.dns = dns.ports[0]?.port ?? ports.dns;
+    const outbound = startOutbound({
+      host: '::',
+      port: ports.outbound,
+      view: () => view,
+      http,
+      http2,
+      metrics,
+      log,
+      ...(options.outboundDestination ? { destination: options.outboundDestination } : {}),
+    });
+    proxies.push(outbound);
+    bound.outbound = outbound.port;
+    const inbound = startInbound({ host: '::', port: ports.inbound, metrics, log });
+    proxies.push(inbound);
+    bound.inbound = inbound.port;
+    const admin = await startAdmin({
+      host: '127.0.0.1',
+      port: ports.admin,
+      readiness,
+      registry: metrics.registry,
+      configDump: () => configDump(options.id, source),
+      endpoints: () => [...pools.values()].map((p) => p.snapshot()),
+    });
+    servers.push(admin);
+    bound.admin = portOf(admin);
+    const metricsServer = await startMetricsServer('::', ports.metrics, metrics.registry);
+    servers.push(metricsServer);
+    bound.metrics = portOf(metricsServer);
+    const probePorts = [ports.livenessProbe, ports.readinessProbe, ports.startupProbe];
+    const probeServers = await startProbeServers({
+      ports: probePorts,
+      host: '::',
+      probes: () => appProbes,
+      appHost: options.appHost,
+      readiness,
+      log,
+    });
+    servers.push(...probeServers);
+    // One server per distinct port, in order.
+    const distinct = [...new Set(probePorts)];
+    const probeServerPort = (port: number) => portOf(probeServers[distinct.indexOf(port)]!);
+    bound.livenessProbe = probeServerPort(ports.livenessProbe);
+    bound.readinessProbe = probeServerPort(ports.readinessProbe);
+    bound.startupProbe = probeServerPort(ports.startupProbe);
     await source.start();
     listening = true;
   } catch (error) {
     await closeAll();
     throw error;
   }
-  log.info({ id: options.id, ports, config: options.config.kind }, 'sidecar started');
+  log.info({ id: options.id, ports: bound, config: options.config.kind }, 'sidecar started');
+  readiness();
 
-  async function closeAll(): Promise<void> {
+  let closing: Promise<void> | undefined;
+  /** Once: drain() ends with it, and close() after drain() finds it done. */
+  function closeAll(): Promise<void> {
+    return (closing ??= closeEverything());
+  }
+
+  async function closeEverything(): Promise<void> {
     await source.stop().catch(() => {});
     for (const proxy of proxies) proxy.close();
     for (const server of servers) server.close();
@@ -165,10 +233,13 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
 
   return {
     metrics,
+    ports: bound,
     ready,
+    readiness,
     current: () => source.current(),
     async drain() {
       draining = true;
+      readiness();
       for (const proxy of proxies) proxy.stopAccepting();
       const deadline = Date.now() + (options.drainMs ?? 5000);
       while (Date.now() < deadline && proxies.some((proxy) => proxy.openConnections() > 0)) await new Promise((r) => setTimeout(r, 100));
@@ -176,6 +247,25 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     },
     close: closeAll,
   };
+}
+
+function portOf(server: Server): number {
+  const address = server.address();
+  return typeof address === 'object' && address ? address.port : 0;
+}
+
+/**
+ * The sidecar's ports against the mesh's: the injector rewrote probes and the interception rules
+ * redirect to the mesh's ports, so a sidecar listening elsewhere would drop that traffic. A port
+ * given as 0 (tests: any free one) is not compared.
+ */
+export function portMismatch(ours: SidecarPorts, mesh: SidecarPorts): string | undefined {
+  const differences: string[] = [];
+  for (const [name, flag] of Object.entries(PORT_FLAGS) as [keyof SidecarPorts, string][]) {
+    if (ours[name] !== 0 && ours[name] !== mesh[name]) differences.push(`${name} ${ours[name]} (${flag}) where mesh.json says ${mesh[name]}`);
+  }
+  if (differences.length === 0) return undefined;
+  return `ports differ from mesh.json's: ${differences.join(', ')}; the probes and interception rules follow mesh.json, so run the sidecar with its ports (re-inject the pod, or pass ${differences.length === 1 ? 'that flag' : 'those flags'})`;
 }
 
 /** DNS on 127.0.0.1 and ::1 (a REDIRECTed UDP query must reach a loopback-bound socket). */

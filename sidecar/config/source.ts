@@ -19,6 +19,11 @@ export interface ConfigSource {
   rejected(): readonly RejectedFile[];
   /** For the admin endpoint; the repo source also reports it to the repo. */
   status(): Record<string, unknown>;
+  /**
+   * Why there is no configuration in force, for /ready: what was refused (which file, why) and,
+   * for the repo, where the worker stands (waiting for the codebase, repo unreachable).
+   */
+  waitingFor(): string;
 }
 
 /**
@@ -37,6 +42,8 @@ export interface RepoConfigSourceOptions {
   onUpdate: UpdateHandler;
   /** Request headers (a bearer token that rotates, so asked for on every request). */
   headers?: () => Record<string, string>;
+  /** Called when what waitingFor() or rejected() say may have changed. */
+  onStatusChange?: () => void;
   /** How long the repo may hold a long poll (0: HEAD polling only). */
   waitSeconds?: number;
   pollIntervalMs?: number;
@@ -59,6 +66,8 @@ export interface LocalConfigSourceOptions {
   debounceMs?: number;
   /** When set, a sidecar.json for another sidecar is refused. */
   sidecarId?: string;
+  /** Called when what waitingFor() or rejected() say may have changed. */
+  onStatusChange?: () => void;
 }
 
 /** `http://repo:6060` + `pod.shop.orders-x` -> `http://repo:6060/repo/flb/sidecars/pod.shop.orders-x/`. */
@@ -93,10 +102,26 @@ class Applier {
     private readonly log: Logger,
     private readonly onUpdate: UpdateHandler,
     private readonly sidecarId: string | undefined,
+    private readonly onStatusChange: (() => void) | undefined,
   ) {}
 
   /** Returns the new state when one was built (changed or not). */
   async apply(files: ReadonlyMap<string, Buffer>, version: string, origin: string): Promise<SidecarState | undefined> {
+    try {
+      return await this.build(files, version, origin);
+    } finally {
+      this.onStatusChange?.();
+    }
+  }
+
+  /** Why there is no state: the refused mesh.json or sidecar.json, if that is why. */
+  refusal(): string | undefined {
+    if (this.state) return undefined;
+    const blocking = this.rejectedFiles.filter((r) => r.path === MESH_FILE || r.path === SIDECAR_FILE);
+    return blocking.length ? `configuration rejected: ${blocking.map((r) => r.error).join('; ')}` : undefined;
+  }
+
+  private async build(files: ReadonlyMap<string, Buffer>, version: string, origin: string): Promise<SidecarState | undefined> {
     const result = buildState(files, this.state, version, this.sidecarId !== undefined ? { sidecarId: this.sidecarId } : {});
     this.reportRejections(result.rejected, version);
     if (!result.state) {
@@ -173,7 +198,7 @@ class RepoConfigSource implements ConfigSource {
       throw new Error(`cannot tell the sidecar id from ${options.url}: expected a codebase URL ending in ${SIDECARS_CODEBASE_PREFIX}<id>/, or pass sidecarId`);
     this.id = id;
     this.uuid = options.instanceId ?? randomUUID();
-    this.applier = new Applier(options.log, options.onUpdate, id);
+    this.applier = new Applier(options.log, options.onUpdate, id, options.onStatusChange);
     this.cache = new ConfigCache(options.cacheDir);
   }
 
@@ -185,6 +210,7 @@ class RepoConfigSource implements ConfigSource {
       log: this.options.log,
       onUpdate: (snapshot) => this.onSnapshot(snapshot),
       status: () => this.status(),
+      onCondition: () => this.options.onStatusChange?.(),
       ...(this.options.headers ? { headers: this.options.headers } : {}),
       ...(this.options.waitSeconds !== undefined ? { waitSeconds: this.options.waitSeconds } : {}),
       ...(this.options.pollIntervalMs !== undefined ? { pollIntervalMs: this.options.pollIntervalMs } : {}),
@@ -220,6 +246,20 @@ class RepoConfigSource implements ConfigSource {
       receivedVersion: this.worker?.current()?.etag ?? '',
       cache: { dir: this.options.cacheDir, version: this.savedVersion ?? '', ...(this.cacheError !== undefined ? { error: this.cacheError } : {}) },
     };
+  }
+
+  waitingFor(): string {
+    const reasons: string[] = [];
+    const refusal = this.applier.refusal();
+    if (refusal) reasons.push(refusal);
+    const condition = this.worker?.condition();
+    const url = this.options.url;
+    if (!condition || condition.state === 'connecting') reasons.push(`waiting for the codebase from the repo (${url})`);
+    else if (condition.state === 'not-published')
+      reasons.push(`waiting for the codebase: ${url} is not published yet (the control plane creates it once it knows the pod)`);
+    else if (condition.state === 'unreachable') reasons.push(`repo unreachable (${url}): ${condition.error ?? 'no answer'}`);
+    else if (!refusal) reasons.push(`the codebase ${url} gave no usable configuration yet`);
+    return reasons.join('; ');
   }
 
   private async loadCache(): Promise<void> {
@@ -292,7 +332,7 @@ class LocalConfigSource implements ConfigSource {
   private readError?: string;
 
   constructor(private readonly options: LocalConfigSourceOptions) {
-    this.applier = new Applier(options.log, options.onUpdate, options.sidecarId);
+    this.applier = new Applier(options.log, options.onUpdate, options.sidecarId, options.onStatusChange);
   }
 
   async start(): Promise<void> {
@@ -330,6 +370,13 @@ class LocalConfigSource implements ConfigSource {
     };
   }
 
+  waitingFor(): string {
+    const refusal = this.applier.refusal();
+    if (refusal) return refusal;
+    if (this.readError !== undefined) return `cannot read the configuration directory ${this.options.dir}: ${this.readError}`;
+    return `no configuration in ${this.options.dir} yet (mesh.json and sidecar.json)`;
+  }
+
   private async readFiles(): Promise<Map<string, Buffer>> {
     const { dir } = this.options;
     const files = new Map<string, Buffer>();
@@ -361,6 +408,7 @@ class LocalConfigSource implements ConfigSource {
     } catch (error) {
       // An unreadable file (permissions, say) must not read as a deleted one: keep everything.
       this.readError = (error as Error).message;
+      this.options.onStatusChange?.();
       this.options.log.warn({ err: error, dir: this.options.dir }, 'cannot read the configuration directory; keeping the current configuration');
       return;
     }

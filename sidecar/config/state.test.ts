@@ -108,7 +108,12 @@ describe('buildState', () => {
     const other = buildState(codebase([a], meshDoc(), sidecarDoc('pod.shop.other')), undefined, '1', { sidecarId: 'pod.shop.w' });
     expect(other).toMatchObject({
       state: undefined,
-      rejected: [{ path: 'sidecar.json', error: 'invalid sidecar.json: id: is "pod.shop.other", but this sidecar is "pod.shop.w"' }],
+      rejected: [
+        {
+          path: 'sidecar.json',
+          error: 'invalid sidecar.json: id: is "pod.shop.other", but this sidecar is "pod.shop.w" (its --id, FLB_SIDECAR_ID, or POD_NAMESPACE and POD_NAME)',
+        },
+      ],
     });
     const mesh = buildState(codebase([a], meshDoc(), sidecarDoc('pod.shop.w', { mesh: 'other' })), undefined, '1');
     expect(mesh.rejected).toEqual([{ path: 'sidecar.json', error: 'invalid sidecar.json: mesh: is "other", but mesh.json names "flb"' }]);

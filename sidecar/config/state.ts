@@ -92,7 +92,10 @@ export function buildState(files: ReadonlyMap<string, Buffer>, previous: Sidecar
     readSingleton(SIDECAR_FILE, SidecarConfigSchema, byPath, previous?.sidecar, previousSources, accepted, refuse, (doc) => {
       const issues: ContractIssue[] = [];
       if (options.sidecarId !== undefined && doc.id !== options.sidecarId)
-        issues.push({ field: 'id', message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)}` });
+        issues.push({
+          field: 'id',
+          message: `is ${JSON.stringify(doc.id)}, but this sidecar is ${JSON.stringify(options.sidecarId)} (its --id, FLB_SIDECAR_ID, or POD_NAMESPACE and POD_NAME)`,
+        });
       if (doc.mesh !== meshName) issues.push({ field: 'mesh', message: `is ${JSON.stringify(doc.mesh)}, but mesh.json names ${JSON.stringify(meshName)}` });
       return issues;
     });
