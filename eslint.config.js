@@ -24,7 +24,7 @@ const topLevelFolders = readdirSync(root, { withFileTypes: true })
   .map((entry) => entry.name);
 const partsWithACli = topLevelFolders.filter((folder) => folder !== 'cli' && existsSync(join(root, folder, 'cli.ts')));
 
-const houseRules = {
+export const houseRules = {
   cli: { may: ['common', 'devenv'], files: Object.fromEntries(partsWithACli.map((part) => [part, ['cli.ts']])) },
   common: { may: [] },
   injector: { may: ['common'], files: { cni: ['rules.ts'] } },

@@ -16,20 +16,29 @@ interface Snippet {
  * The import rules' messages for each snippet, from one ESLint run in a child process (ESLint
  * loads eslint.config.js itself, as `npm run lint` does).
  */
-function importProblems(snippets: Snippet[]): string[][] {
+function lintAsEslintDoes(snippets: Snippet[]): { problems: string[][]; houseRules: Record<string, HouseRule> } {
   const program = `
     import { ESLint } from 'eslint';
     import { readFileSync } from 'node:fs';
+    import { pathToFileURL } from 'node:url';
     const eslint = new ESLint({ cwd: process.cwd() });
-    const out = [];
+    const problems = [];
     for (const { file, code } of JSON.parse(readFileSync(0, 'utf8'))) {
       const [result] = await eslint.lintText(code, { filePath: file });
-      out.push(result.messages.filter((m) => m.ruleId?.startsWith('import-x/') || m.fatal).map((m) => m.message));
+      problems.push(result.messages.filter((m) => m.ruleId?.startsWith('import-x/') || m.fatal).map((m) => m.message));
     }
-    console.log(JSON.stringify(out));`;
+    const { houseRules } = await import(pathToFileURL('eslint.config.js').href);
+    console.log(JSON.stringify({ problems, houseRules }));`;
   const run = spawnSync(process.execPath, ['--input-type=module', '-e', program], { cwd: repoRoot, input: JSON.stringify(snippets), encoding: 'utf8' });
   if (run.status !== 0) throw new Error(`eslint failed: ${run.stderr}`);
-  return JSON.parse(run.stdout) as string[][];
+  return JSON.parse(run.stdout) as ReturnType<typeof lintAsEslintDoes>;
+}
+
+interface HouseRule {
+  may?: string[];
+  files?: Record<string, string[]>;
+  testsAlso?: string[];
+  unrestricted?: boolean;
 }
 
 /** The README's "May import" paragraph on one line, as the lint message quotes it. */
@@ -80,6 +89,7 @@ describe('house rules: what each folder may import (eslint.config.js, from the R
   let formAnswers: string[][];
   let testingAnswers: string[][];
   let unresolvedAnswers: string[][];
+  let houseRules: Record<string, HouseRule>;
   beforeAll(() => {
     const forms = [
       "import type { InjectorSettings } from '../injector/inject.js';\nexport type S = InjectorSettings;\n",
@@ -92,13 +102,15 @@ describe('house rules: what each folder may import (eslint.config.js, from the R
       { file: 'sidecar/example.ts', code: importOf('./dns/testing/fixtures.js') },
       { file: 'sidecar/config/example.test.ts', code: importOf('../../repo/testing/memory-store.js') },
     ];
-    const answers = importProblems([
+    const linted = lintAsEslintDoes([
       ...allowed.map(([file, specifier]) => ({ file, code: importOf(specifier) })),
       ...sideways.map(([file, specifier]) => ({ file, code: importOf(specifier) })),
       ...forms.map((code) => ({ file: 'sidecar/example.ts', code })),
       ...testing,
       { file: 'sidecar/example.ts', code: importOf('./no-such-file.js') },
     ]);
+    houseRules = linted.houseRules;
+    const answers = linted.problems;
     allowedAnswers = answers.splice(0, allowed.length);
     sidewaysAnswers = answers.splice(0, sideways.length);
     formAnswers = answers.splice(0, forms.length);
@@ -126,6 +138,21 @@ describe('house rules: what each folder may import (eslint.config.js, from the R
       [expect.stringContaining('testing/ folders are for tests only')],
       [expect.stringContaining("a test may import its own part's testing/ helpers and common/testing/ only")],
     ]);
+  });
+
+  it('allows only what the README lines name: each allowed folder, file and test exception is in its line', () => {
+    const unnamed = Object.entries(houseRules)
+      .filter(([, rule]) => !rule.unrestricted)
+      .flatMap(([folder, rule]) => {
+        const line = mayImport(folder);
+        const named = (text: string) => line.includes(`\`${text}\``);
+        const folders = [...(rule.may ?? []), ...(rule.testsAlso ?? [])].filter((other) => !named(`${other}/`));
+        const files = Object.entries(rule.files ?? {}).flatMap(([other, names]) =>
+          names.filter((name) => !named(`${other}/${name}`) && !line.includes(`each part's \`${name}\``)).map((name) => `${other}/${name}`),
+        );
+        return [...folders, ...files].map((allowance) => `${folder}: ${allowance}`);
+      });
+    expect(unnamed).toEqual([]);
   });
 
   it('fails a relative import it cannot resolve (the rules would not see where it goes)', () => {
