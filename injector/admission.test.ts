@@ -1,6 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import jsonpatch from 'fast-json-patch';
 import { review } from './admission.js';
+import { jsonText } from './json-text.js';
 import { admissionReview, namespaces, realisticPod, settings } from './testdata/reviews.js';
 
 type Body = {
@@ -19,6 +20,20 @@ describe('AdmissionReview handling', () => {
       spec: { initContainers: { name: string }[] };
     };
     expect(injected.spec.initContainers.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+  });
+
+  it('answers with the text JSON.stringify would write, built around the base64 patch, warnings included', async () => {
+    const secure = {
+      get: () => ({ metadata: { name: 'secure', labels: { 'flomesh.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' } } }),
+    };
+    for (const [lookup, uid] of [
+      [namespaces, 'c0ffee-1'],
+      [secure, 'a "quoted" \\ uid, "patch":"" inside'],
+    ] as const) {
+      const outcome = await review(admissionReview(realisticPod, { uid }), lookup, settings);
+      expect(jsonText(outcome.body)).toBe(JSON.stringify(outcome.body));
+      expect((outcome.body as Body).response).toMatchObject({ uid, patchType: 'JSONPatch' });
+    }
   });
 
   it('takes the namespace from the request when the object has none', async () => {

@@ -1,13 +1,13 @@
+// The AdmissionReview shell around injectPod: parse, look up the namespace, inject, answer. It
+// never throws for bad input: garbage gets a 400 with a JSON error, a bad pod an admission answer
+// that says what is wrong.
 import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { issuesOf } from '../common/contract/validate.js';
 import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
+import { JsonTemplate, rememberJson } from './json-text.js';
+import { patchJson } from './patch.js';
 
-/**
- * The AdmissionReview shell around injectPod: parse, look up the namespace, inject, answer.
- * It never throws for bad input: garbage gets a 400 with a JSON error, a bad pod an admission
- * answer that says what is wrong.
- */
 const AdmissionReviewSchema = z.object({
   apiVersion: z.literal('admission.k8s.io/v1', { message: 'only admission.k8s.io/v1 AdmissionReviews are supported' }),
   kind: z.literal('AdmissionReview'),
@@ -110,21 +110,20 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
       action: 'deny',
       message: `could not process the pod (${error instanceof Error ? error.message : String(error)}); please report this`,
       problem: 'the injector failed on it (please report this)',
+      invalid: [],
     };
   }
   const outcome = { uid: request.uid, namespace, dryRun, pod: podWithNamespace, result };
   switch (result.action) {
-    case 'inject':
-      return {
-        status: 200,
-        body: reply({
-          allowed: true,
-          patchType: 'JSONPatch',
-          patch: Buffer.from(JSON.stringify(result.patch)).toString('base64'),
-          ...(result.warnings.length ? { warnings: result.warnings } : {}),
-        }),
-        review: outcome,
-      };
+    case 'inject': {
+      const patch = Buffer.from(patchJson(result.patch)).toString('base64');
+      const answer = (value: string) =>
+        reply({ allowed: true, patchType: 'JSONPatch', patch: value, ...(result.warnings.length ? { warnings: result.warnings } : {}) });
+      // The base64 patch is most of the answer and never needs escaping: the text is written around
+      // it, not scanned through by JSON.stringify once more.
+      const text = new JsonTemplate(answer(JsonTemplate.hole('patch')), ['patch']).render({ patch: `"${patch}"` });
+      return { status: 200, body: rememberJson(answer(patch), text), review: outcome };
+    }
     case 'skip':
       return { status: 200, body: reply({ allowed: true, ...(result.warnings.length ? { warnings: result.warnings } : {}) }), review: outcome };
     case 'deny':

@@ -1,14 +1,12 @@
+// The webhook's own CA and serving certificate: made with node-forge, kept in a Secret so that
+// replicas agree, renewed before expiry, with the caBundle of the MutatingWebhookConfiguration kept
+// current. When the CA itself is renewed the bundle carries old and new CA until the old one
+// expires, so no admission fails whichever certificate a replica serves meanwhile.
 import { X509Certificate } from 'node:crypto';
 import { AdmissionregistrationV1Api, CoreV1Api, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import { createCertificateAuthority, issueCertificate } from '../common/pki.js';
 import type { Logger } from '../common/log.js';
 
-/**
- * The webhook's own CA and serving certificate: made with node-forge, kept in a Secret so that
- * replicas agree, renewed before expiry, with the caBundle of the MutatingWebhookConfiguration
- * kept current. When the CA itself is renewed the bundle carries old and new CA until the old
- * one expires, so no admission fails whichever certificate a replica serves meanwhile.
- */
 export interface TlsMaterial {
   caPem: string;
   caKeyPem: string;

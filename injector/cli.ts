@@ -1,28 +1,21 @@
-import { readFileSync } from 'node:fs';
+// `flb inject` and `flb webhook`: options parsed and checked here, the work done by runner.ts.
 import { Command, Option } from 'commander';
 
-import { notBuiltYet, untilStopped } from '../common/cli.js';
+import { notBuiltYet } from '../common/cli.js';
 import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/annotations.js';
-import { UsageError, ActionableError } from '../common/errors.js';
+import { UsageError } from '../common/errors.js';
 import { parseDuration, parseHostPort } from '../common/duration.js';
 
 const collect = (value: string, previous: string[]) => [...previous, value];
-
-function version(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return 'dev';
-  }
-}
 
 function injectCommand(): Command {
   return new Command('inject')
     .summary('add sidecars to Kubernetes manifests offline (for GitOps)')
     .description(
-      'Injects sidecars into Pods and workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, Lists, multi-document files) and prints the result to stdout. The same decisions as the webhook: a workload labelled flomesh.io/inject=false is left alone.',
+      `Injects sidecars into Pods and workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers, PodTemplates, Jobs, CronJobs, Argo Rollouts; Lists; multi-document files) and prints the result to stdout; warnings (such as a Pod Security level that rejects the init container) go to stderr. The same decisions as the webhook: the pod template's label ${INJECT_LABEL}=true opts a workload in anywhere, "false" opts it out; in a namespace labelled ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED} every workload is injected. The annotation of the same name can opt out but never in (the webhook selects pods by label).`,
     )
-    .option('-f, --filename <file>', 'manifest file, or - for standard input', '-')
+    .option('-f, --filename <path>', 'manifest file, folder (its .yaml, .yml and .json files, in name order) or - (standard input); repeatable', collect, [])
+    .option('-R, --recursive', 'read the subfolders of folders given with -f too')
     .option('--explain', 'print why each workload would or would not be injected, instead of the manifests')
     .option('--mesh-config <file>', 'mesh config (JSON or YAML); defaults apply without one')
     .option(
@@ -32,30 +25,32 @@ function injectCommand(): Command {
       [],
     )
     .addOption(new Option('--native-sidecars <bool>', 'inject the sidecar as a native sidecar (Kubernetes 1.29+)').choices(['true', 'false']).default('true'))
-    .action(async (options: { filename: string; explain?: boolean; meshConfig?: string; namespaceLabel: string[]; nativeSidecars: string }) => {
-      const { loadMeshConfig } = await import('../common/config.js');
-      const { injectManifests, explain } = await import('./manifests.js');
-      const labels: Record<string, string> = options.namespaceLabel.length ? {} : { [INJECT_LABEL]: NAMESPACE_INJECT_ENABLED };
-      for (const pair of options.namespaceLabel) {
-        const eq = pair.indexOf('=');
-        if (eq <= 0) throw new UsageError(`--namespace-label "${pair}" is not key=value`);
-        labels[pair.slice(0, eq)] = pair.slice(eq + 1);
-      }
-      let text: string;
-      try {
-        text = readFileSync(options.filename === '-' ? 0 : options.filename, 'utf8');
-      } catch (error) {
-        throw new ActionableError(`cannot read ${options.filename}: ${(error as Error).message}`);
-      }
-      const settings = { mesh: loadMeshConfig(options.meshConfig), nativeSidecars: options.nativeSidecars === 'true', version: version() };
-      const { yaml, verdicts } = injectManifests(text, settings, (name) => ({ metadata: { name, labels } }));
-      process.stdout.write(options.explain ? `${explain(verdicts)}\n` : yaml);
-      const refused = verdicts.filter((v) => v.result.action === 'deny');
-      if (refused.length) {
-        if (!options.explain) process.stderr.write(`${explain(refused)}\n`);
-        throw new ActionableError(`${refused.length} workload(s) would be refused by the injector`, 'fix the annotations named above');
-      }
-    });
+    .action(
+      async (options: {
+        filename: string[];
+        recursive?: boolean;
+        explain?: boolean;
+        meshConfig?: string;
+        namespaceLabel: string[];
+        nativeSidecars: string;
+      }) => {
+        const namespaceLabels: Record<string, string> = options.namespaceLabel.length ? {} : { [INJECT_LABEL]: NAMESPACE_INJECT_ENABLED };
+        for (const pair of options.namespaceLabel) {
+          const eq = pair.indexOf('=');
+          if (eq <= 0) throw new UsageError(`--namespace-label "${pair}" is not key=value`);
+          namespaceLabels[pair.slice(0, eq)] = pair.slice(eq + 1);
+        }
+        const { injectManifestFiles } = await import('./manifests-runner.js');
+        injectManifestFiles({
+          inputs: options.filename.length ? options.filename : ['-'],
+          recursive: Boolean(options.recursive),
+          explain: Boolean(options.explain),
+          ...(options.meshConfig ? { meshConfig: options.meshConfig } : {}),
+          namespaceLabels,
+          nativeSidecars: options.nativeSidecars === 'true',
+        });
+      },
+    );
 }
 
 function webhookCommand(): Command {
@@ -80,36 +75,28 @@ function webhookCommand(): Command {
     .option('--ca-validity <duration>', 'CA lifetime', '87600h')
     .addOption(new Option('--native-sidecars <mode>', 'inject native sidecars').choices(['auto', 'true', 'false']).default('auto'))
     .action(async (o: Record<string, string> & { dnsName: string[]; ip: string[] }) => {
-      const [{ loadMeshConfig }, { loadKubeConfig, supportsNativeSidecars }, { createLogger }, { runInjector }] = await Promise.all([
-        import('../common/config.js'),
-        import('../common/kube.js'),
-        import('../common/log.js'),
-        import('./webhook.js'),
-      ]);
-      const log = createLogger('injector');
       const listen = parseHostPort(o.listen!, '--listen');
       const metricsListen = parseHostPort(o.metricsListen!, '--metrics-listen');
-      const kubeConfig = loadKubeConfig(o.kubeconfig);
-      const mesh = loadMeshConfig(o.meshConfig);
-      const nativeSidecars = o.nativeSidecars === 'auto' ? await supportsNativeSidecars(kubeConfig) : o.nativeSidecars === 'true';
       const svc = o.serviceName!;
       const ns = o.namespace!;
-      const dnsNames = o.dnsName.length ? o.dnsName : [`${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`, `${svc}.${ns}`, svc];
-      const injector = await runInjector({
-        kubeConfig,
-        settings: { mesh, nativeSidecars, version: version() },
+      const { serveWebhook } = await import('./runner.js');
+      await serveWebhook({
+        ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
+        ...(o.meshConfig ? { meshConfig: o.meshConfig } : {}),
+        nativeSidecars: o.nativeSidecars as 'auto' | 'true' | 'false',
         host: listen.host,
         port: listen.port,
         metricsHost: metricsListen.host,
         metricsPort: metricsListen.port,
         secret: { namespace: ns, name: o.secret! },
         webhookConfigName: o.configName!,
-        certs: { dnsNames, ipAddresses: o.ip, certValidityMs: parseDuration(o.certValidity!), caValidityMs: parseDuration(o.caValidity!) },
-        log,
+        certs: {
+          dnsNames: o.dnsName.length ? o.dnsName : [`${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`, `${svc}.${ns}`, svc],
+          ipAddresses: o.ip,
+          certValidityMs: parseDuration(o.certValidity!),
+          caValidityMs: parseDuration(o.caValidity!),
+        },
       });
-      await untilStopped();
-      log.info('shutting down');
-      await injector.stop();
     });
 
   webhook
@@ -149,30 +136,24 @@ function webhookCommand(): Command {
           if (!m) throw new UsageError(`--service "${o.service}" is not NAMESPACE/NAME[:PORT]`);
           service = { namespace: m[1]!, name: m[2]!, ...(m[3] ? { port: Number(m[3]) } : {}) };
         }
-        const [{ loadKubeConfig }, { webhookConfiguration, installWebhookConfiguration }, { SecretCertStore, caBundle }, { createLogger }] = await Promise.all([
+        const [{ loadKubeConfig }, { createLogger }, { installWebhook }] = await Promise.all([
           import('../common/kube.js'),
-          import('./webhook-config.js'),
-          import('./certs.js'),
           import('../common/log.js'),
+          import('./runner.js'),
         ]);
-        const kubeConfig = o.print ? undefined : loadKubeConfig(o.kubeconfig);
-        const existing = kubeConfig ? (await new SecretCertStore(kubeConfig, o.namespace, o.secret).read()).material : undefined;
-        const config = webhookConfiguration({
-          name: o.configName,
-          ...(o.url ? { url: o.url } : {}),
-          ...(service ? { service } : {}),
-          failurePolicy: o.failurePolicy,
-          timeoutSeconds: timeout,
-          meshNamespace: o.namespace,
-          ...(existing ? { caBundlePem: caBundle(existing) } : {}),
-        });
-        if (o.print) {
-          const { default: YAML } = await import('yaml');
-          process.stdout.write(YAML.stringify(config, { lineWidth: 0 }));
-          return;
-        }
-        const what = await installWebhookConfiguration(kubeConfig!, config);
-        createLogger('injector').info({ config: o.configName, failurePolicy: o.failurePolicy }, `MutatingWebhookConfiguration ${what}`);
+        await installWebhook(
+          {
+            name: o.configName,
+            ...(o.url ? { url: o.url } : {}),
+            ...(service ? { service } : {}),
+            failurePolicy: o.failurePolicy,
+            timeoutSeconds: timeout,
+            meshNamespace: o.namespace,
+            secret: o.secret,
+            ...(o.print ? { print: true } : { kubeConfig: loadKubeConfig(o.kubeconfig) }),
+          },
+          createLogger('injector'),
+        );
       },
     );
 
@@ -182,9 +163,8 @@ function webhookCommand(): Command {
     .option('--config-name <name>', 'name of the MutatingWebhookConfiguration', 'flb-sidecar-injector')
     .option('--kubeconfig <file>', 'kubeconfig')
     .action(async (o: { configName: string; kubeconfig?: string }) => {
-      const [{ loadKubeConfig }, { uninstallWebhookConfiguration }] = await Promise.all([import('../common/kube.js'), import('./webhook-config.js')]);
-      const deleted = await uninstallWebhookConfiguration(loadKubeConfig(o.kubeconfig), o.configName);
-      process.stderr.write(deleted ? `deleted ${o.configName}\n` : `${o.configName} was not installed\n`);
+      const [{ loadKubeConfig }, { uninstallWebhook }] = await Promise.all([import('../common/kube.js'), import('./runner.js')]);
+      await uninstallWebhook(loadKubeConfig(o.kubeconfig), o.configName);
     });
   return webhook;
 }

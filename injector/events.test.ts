@@ -49,7 +49,7 @@ describe('the Events of an admission review', () => {
     const [event] = await eventsFor(withMetadata({ annotations: { 'flomesh.io/outbound-port-exclusion-list': text } }));
     expect(event).toMatchObject({ type: 'Warning', reason: 'SidecarInjectionRefused' });
     expect(event!.message).toBe(
-      'pod orders-7d9f8c6b5-* refused by the flb-mesh injector: annotation flomesh.io/outbound-port-exclusion-list is invalid (the FailedCreate Event of ReplicaSet orders-7d9f8c6b5 has the details)',
+      'pod orders-7d9f8c6b5-* refused by the flb-mesh injector: pod annotation flomesh.io/outbound-port-exclusion-list is invalid (the FailedCreate Event of ReplicaSet orders-7d9f8c6b5 has the details)',
     );
     const [label] = await eventsFor(withMetadata({ labels: { 'flomesh.io/inject': text } }));
     expect(label!.message).toBe(

@@ -1,7 +1,8 @@
 import { isIP } from 'node:net';
 import { parseCidr } from '../common/contract/primitives.js';
+import type { InvalidSetting } from './policy.js';
 
-/** A per-pod annotation whose value could not be understood; the pod is denied with this message. */
+/** A per-pod annotation whose value could not be understood; the pod is refused naming it and every bad item. */
 export class AnnotationError extends Error {
   override readonly name = 'AnnotationError';
   constructor(
@@ -9,6 +10,10 @@ export class AnnotationError extends Error {
     problem: string,
   ) {
     super(`annotation ${annotation}: ${problem}`);
+  }
+
+  get setting(): InvalidSetting {
+    return { kind: 'annotation', key: this.annotation, message: this.message, problem: `pod annotation ${this.annotation} is invalid` };
   }
 }
 
@@ -19,26 +24,26 @@ function items(value: string): string[] {
     .filter((s) => s.length > 0);
 }
 
+/** `"a" is not ...` or `"a", "b" are not ...`: every bad item of a list at once. */
+function refuse(annotation: string, bad: string[], what: string, example: string): AnnotationError {
+  const quoted = bad.map((item) => JSON.stringify(item)).join(', ');
+  return new AnnotationError(annotation, `${quoted} ${bad.length === 1 ? 'is not' : 'are not'} ${what} (expected a comma-separated list such as "${example}")`);
+}
+
 /** "5432, 6379" -> [5432, 6379]. Every item must be a port number 1-65535. */
 export function parsePortList(annotation: string, value: string): number[] {
-  return items(value).map((item) => {
-    if (!/^\d+$/.test(item) || Number(item) < 1 || Number(item) > 65535) {
-      throw new AnnotationError(annotation, `"${item}" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")`);
-    }
-    return Number(item);
-  });
+  const list = items(value);
+  const bad = list.filter((item) => !/^\d+$/.test(item) || Number(item) < 1 || Number(item) > 65535);
+  if (bad.length) throw refuse(annotation, bad, bad.length === 1 ? 'a port number 1-65535' : 'port numbers 1-65535', '5432,6379');
+  return list.map(Number);
 }
 
 /** "10.0.0.0/8, 169.254.169.254" -> CIDRs; a bare address means just that host (/32 or /128). */
 export function parseCidrList(annotation: string, value: string): string[] {
-  return items(value).map((item) => {
-    if (isIP(item) === 4) return `${item}/32`;
-    if (isIP(item) === 6) return `${item}/128`;
-    if (!item.includes('/') || parseCidr(item) === undefined) {
-      throw new AnnotationError(annotation, `"${item}" is not an IP address or CIDR (expected a comma-separated list such as "10.0.0.0/8,169.254.169.254/32")`);
-    }
-    return item;
-  });
+  const list = items(value);
+  const bad = list.filter((item) => isIP(item) === 0 && (!item.includes('/') || parseCidr(item) === undefined));
+  if (bad.length) throw refuse(annotation, bad, bad.length === 1 ? 'an IP address or CIDR' : 'IP addresses or CIDRs', '10.0.0.0/8,169.254.169.254/32');
+  return list.map((item) => (isIP(item) === 4 ? `${item}/32` : isIP(item) === 6 ? `${item}/128` : item));
 }
 
 export function union<T>(...lists: T[][]): T[] {

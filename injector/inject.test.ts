@@ -1,17 +1,28 @@
+// Golden tests in the style of Istio's: every `testdata/inject/<name>.yaml` is a fixture (pod,
+// namespace, mesh and settings overrides); `<name>.golden.yaml` is the decision and the injected
+// pod. UPDATE_GOLDEN=1 rewrites goldens; a golden without a fixture fails the suite.
 import { describe, expect, it } from '@jest/globals';
 import { readFileSync, readdirSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import YAML from 'yaml';
-import { API_VERSION, MeshSchema, SIDECAR_STATUS_ANNOTATION, INTERCEPTION_ANNOTATION, InterceptionSchema } from '../common/contract/index.js';
-import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
+import {
+  API_VERSION,
+  INTERCEPTION_ANNOTATION,
+  InterceptionSchema,
+  MeshSchema,
+  REPO_CA_CONFIGMAP,
+  REPO_CA_CONFIGMAP_KEY,
+  REPO_CA_FILE_ENV,
+  SIDECAR_CONTAINER_NAME,
+  SIDECAR_INJECTED_LABEL,
+  SIDECAR_STATUS_ANNOTATION,
+} from '../common/contract/index.js';
+import { MESH_IMAGE } from '../common/contract/version.js';
+import { injectPod, REPO_VOLUME, type InjectionResult, type InjectorSettings } from './inject.js';
+import { patchJson } from './patch.js';
 
-/**
- * Golden tests in the style of Istio's: every `testdata/inject/<name>.yaml` is a fixture (pod,
- * namespace, mesh and settings overrides); `<name>.golden.yaml` is the decision and the injected
- * pod. UPDATE_GOLDEN=1 rewrites goldens; a golden without a fixture fails the suite.
- */
 const dir = new URL('./testdata/inject/', import.meta.url).pathname;
 const update = process.env.UPDATE_GOLDEN === '1';
 const fixtures = readdirSync(dir)
@@ -46,7 +57,7 @@ function goldenOf(result: InjectionResult, injected: V1Pod): unknown {
     case 'inject':
       return { action: 'inject', because: result.because, reinvocation: result.reinvocation, warnings: result.warnings, pod: injected };
     case 'skip':
-      return { action: 'skip', reason: result.reason, message: result.message };
+      return { action: 'skip', reason: result.reason, message: result.message, warnings: result.warnings };
     case 'deny':
       return { action: 'deny', message: result.message };
   }
@@ -83,6 +94,14 @@ describe('injection fixtures', () => {
       const again = injectPod(injected, fixture.namespace, settings);
       expect(apply(injected, again)).toEqual(injected);
       if (result.action === 'inject') expect(again).toMatchObject({ action: 'skip', reason: 'already-injected' });
+    });
+
+    it("writes the webhook's patch text exactly as JSON.stringify would, from the parts built once per mesh", () => {
+      if (result.action !== 'inject') return;
+      expect(patchJson(result.patch)).toBe(JSON.stringify(result.patch));
+      // A second pod of the same mesh gets the same parts, and still the same text.
+      const again = injectPod(structuredClone(fixture.pod), fixture.namespace, settings);
+      expect(again.action === 'inject' && patchJson(again.patch)).toBe(JSON.stringify(result.patch));
     });
 
     it('does not touch the input', () => {
@@ -133,8 +152,57 @@ describe('injected pods', () => {
       FLB_WORKLOAD_NAME: 'orders',
       FLB_REPO_URL: 'https://flb-repo.flomesh.svc:6060',
     });
-    const token = pod.spec!.volumes!.find((v) => v.name === 'flb-repo-token')!;
-    expect(token.projected!.sources![0]!.serviceAccountToken).toMatchObject({ audience: 'flb-repo', path: 'token' });
+    const repo = pod.spec!.volumes!.find((v) => v.name === 'flb-repo-access')!;
+    expect(repo.projected!.sources![0]!.serviceAccountToken).toMatchObject({ audience: 'flb-repo', path: 'token' });
+  });
+
+  it("mount the repo's CA from the flb-repo-ca ConfigMap of the pod's namespace, not optional, and name the file for the sidecar", () => {
+    const { pod } = injectFixture('deployment-pod');
+    const sidecar = pod.spec!.initContainers!.find((c) => c.name === SIDECAR_CONTAINER_NAME)!;
+    const mount = sidecar.volumeMounts!.find((m) => m.name === REPO_VOLUME)!;
+    const ca = pod.spec!.volumes!.find((v) => v.name === REPO_VOLUME)!.projected!.sources!.find((s) => s.configMap)!.configMap!;
+    // Not optional: without its CA the sidecar cannot trust the repo; the kubelet holds the pod and says why.
+    expect(ca).toEqual({ name: REPO_CA_CONFIGMAP, items: [{ key: REPO_CA_CONFIGMAP_KEY, path: 'ca.crt' }] });
+    expect(sidecar.env!.find((e) => e.name === REPO_CA_FILE_ENV)?.value).toBe(`${mount.mountPath}/ca.crt`);
+    expect(mount.readOnly).toBe(true);
+    // A plain-HTTP repo needs no CA: none is asked for.
+    const http = injectFixture('http-repo').pod;
+    expect(JSON.stringify(http.spec!.volumes)).not.toContain(REPO_CA_CONFIGMAP);
+    expect(http.spec!.initContainers!.find((c) => c.name === SIDECAR_CONTAINER_NAME)!.env!.map((e) => e.name)).not.toContain(REPO_CA_FILE_ENV);
+  });
+
+  it("inject this release's image, never latest, and keep an image the user sets", () => {
+    const { pod } = injectFixture('deployment-pod');
+    const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    for (const c of pod.spec!.initContainers!) expect(c.image).toBe(`flomesh/flb-mesh:${version}`);
+    expect(MESH_IMAGE).toBe(`flomesh/flb-mesh:${version}`);
+    const own = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', sidecar: { image: 'registry.example/flb:canary' } });
+    expect(own.sidecar.image).toBe('registry.example/flb:canary');
+    expect(own.init.image).toBe(`flomesh/flb-mesh:${version}`);
+  });
+
+  it('label injected pods so the control plane can select them, whether the pod had labels or not', () => {
+    expect(injectFixture('deployment-pod').pod.metadata!.labels).toEqual({ app: 'orders', 'pod-template-hash': '7d9f8c6b5', [SIDECAR_INJECTED_LABEL]: 'true' });
+    expect(injectFixture('minimal-pod').pod.metadata!.labels).toEqual({ [SIDECAR_INJECTED_LABEL]: 'true' });
+    expect(injectFixture('pod-label-false').pod.metadata!.labels?.[SIDECAR_INJECTED_LABEL]).toBeUndefined();
+  });
+
+  it("tell the sidecar to listen on the mesh's ports, and the postStart hook which admin port to ask", () => {
+    const { pod } = injectFixture('mesh-ports');
+    const sidecar = pod.spec!.containers.find((c) => c.name === SIDECAR_CONTAINER_NAME)!;
+    expect(sidecar.args).toEqual([
+      '--admin-port=16000',
+      '--outbound-port=16001',
+      '--inbound-port=16003',
+      '--metrics-port=16010',
+      '--dns-port=16053',
+      '--liveness-probe-port=16901',
+      '--readiness-probe-port=16902',
+      '--startup-probe-port=16903',
+    ]);
+    expect(sidecar.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=16000']);
+    expect(sidecar.readinessProbe!.httpGet!.port).toBe(16902);
+    expect(pod.spec!.containers.find((c) => c.name === 'web')!.readinessProbe!.httpGet).toMatchObject({ port: 16902 });
   });
 
   it('rewrite HTTP, TCP and gRPC probes to the sidecar probe ports and keep the originals for the sidecar', () => {
@@ -169,12 +237,36 @@ describe('injected pods', () => {
   });
 
   it('deny invalid annotations with a message naming the annotation', () => {
+    const message =
+      'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")';
     expect(injectFixture('exclusions-invalid').result).toEqual({
       action: 'deny',
-      message:
-        'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379")',
-      problem: 'annotation flomesh.io/outbound-port-exclusion-list is invalid',
+      message,
+      problem: 'pod annotation flomesh.io/outbound-port-exclusion-list is invalid',
+      invalid: [
+        {
+          kind: 'annotation',
+          key: 'flomesh.io/outbound-port-exclusion-list',
+          message,
+          problem: 'pod annotation flomesh.io/outbound-port-exclusion-list is invalid',
+        },
+      ],
     });
+  });
+
+  it('deny naming every bad label and annotation at once, and each bad item of a list', () => {
+    const { result } = injectFixture('every-problem-at-once');
+    expect(result.action === 'deny' && result.invalid.map((i) => `${i.kind} ${i.key}`)).toEqual([
+      'label flomesh.io/inject',
+      'annotation flomesh.io/outbound-port-exclusion-list',
+      'annotation flomesh.io/outbound-ip-range-exclusion-list',
+      'annotation flomesh.io/proxy-memory-limit',
+    ]);
+    expect(result.action === 'deny' && result.message).toContain('"postgres", "redis" are not port numbers');
+    expect(result.action === 'deny' && result.problem).toBe(
+      'pod label flomesh.io/inject is neither "true" nor "false"; pod annotation flomesh.io/outbound-port-exclusion-list is invalid; ' +
+        'pod annotation flomesh.io/outbound-ip-range-exclusion-list is invalid; pod annotation flomesh.io/proxy-memory-limit is invalid',
+    );
   });
 
   it('record what was injected in flomesh.io/sidecar-status', () => {
@@ -185,9 +277,9 @@ describe('injected pods', () => {
       native: false,
       initContainers: ['flb-init'],
       containers: ['flb-sidecar'],
-      volumes: ['flb-repo-token', 'flb-state'],
+      volumes: ['flb-repo-access', 'flb-state'],
     });
-    expect(pod.spec!.containers[0]!.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s']);
+    expect(pod.spec!.containers[0]!.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=15000']);
     expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'migrate']);
   });
 
@@ -213,5 +305,7 @@ describe('injected pods', () => {
     const sidecar = apply(fixture.pod, result).spec!.initContainers!.find((c) => c.name === 'flb-sidecar')!;
     expect(sidecar.image).toBe('flomesh/pipy:1.5');
     expect(sidecar.command).toEqual(['pipy', 'http://repo/flb/sidecars/']);
+    // flb's port flags would mean nothing to another program.
+    expect(sidecar.args).toBeUndefined();
   });
 });

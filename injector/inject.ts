@@ -1,4 +1,8 @@
-import type { V1Container, V1EnvVar, V1Namespace, V1Pod, V1Volume } from '@kubernetes/client-node';
+// The injection: a pure function of the pod, its namespace and the mesh settings, returning a JSON
+// patch (RFC 6902) against the pod as given, a named skip reason, or a refusal for input the user
+// must fix. The webhook and `flb inject` are thin shells around it; what it adds to a pod is built
+// once per mesh (mesh-parts.ts).
+import type { V1Container, V1Namespace, V1Pod } from '@kubernetes/client-node';
 import type { Operation } from 'fast-json-patch';
 import {
   INBOUND_PORT_EXCLUSION_ANNOTATION,
@@ -10,27 +14,34 @@ import {
   OUTBOUND_PORT_EXCLUSION_ANNOTATION,
   PROXY_RESOURCE_ANNOTATIONS,
   SIDECAR_CONTAINER_NAME,
+  SIDECAR_INJECTED_LABEL,
+  SIDECAR_INJECTED_VALUE,
   SIDECAR_STATUS_ANNOTATION,
-  VALIDATION_CONTAINER_NAME,
   type Interception,
   type Mesh,
 } from '../common/contract/index.js';
 import { AnnotationError, parseCidrList, parsePortList, union } from './exclusions.js';
-import { appendToArray, insertIntoArray, setMapEntries } from './patch.js';
-import { decide, SKIP_REASONS, type SkipReason } from './policy.js';
+import {
+  APP_PROBES_ENV,
+  interceptionPartsFor,
+  meshParts,
+  newAnnotations,
+  podSidecar,
+  sidecarResources,
+  type InjectorSettings,
+  type InterceptionParts,
+  type MeshParts,
+} from './mesh-parts.js';
+import { appendToArray, insertIntoArray, pointerKey, setMapEntries } from './patch.js';
+import { decide, SKIP_REASONS, type InvalidSetting, type SkipReason } from './policy.js';
 import { rewriteProbes, type AppProbe, type ProbeRewrite } from './probes.js';
 
-export interface InjectorSettings {
-  mesh: Mesh;
-  /** Inject the sidecar as an init container with restartPolicy Always (Kubernetes 1.29+). */
-  nativeSidecars: boolean;
-  /** flb-mesh version, recorded in the sidecar-status annotation. */
-  version: string;
-}
+export { APP_PROBES_ENV, REPO_DIR, REPO_VOLUME, STATE_DIR, STATE_VOLUME, type InjectorSettings, type SidecarStatus } from './mesh-parts.js';
 
 export type InjectionResult =
   | {
       action: 'inject';
+      /** Values may be shared with other results and are frozen: copy before changing anything. */
       patch: Operation[];
       /** Why the pod was selected, e.g. "namespace label flomesh.io/inject=enabled". */
       because: string;
@@ -41,29 +52,26 @@ export type InjectionResult =
       podSecurityConflict?: string;
     }
   | { action: 'skip'; reason: SkipReason; message: string; warnings: string[] }
-  /** `problem`: what is wrong in our own words only, for Events (`message` quotes the pod's values). */
-  | { action: 'deny'; message: string; problem: string };
+  | {
+      action: 'deny';
+      /** Every problem, quoting the pod's values. */
+      message: string;
+      /** The same in our own words only (which labels and annotations are wrong), for Events. */
+      problem: string;
+      /** The labels and annotations to fix; empty when the injector itself failed. */
+      invalid: InvalidSetting[];
+    };
 
-export const APP_PROBES_ENV = 'FLB_APP_PROBES';
-export const REPO_TOKEN_VOLUME = 'flb-repo-token';
-export const STATE_VOLUME = 'flb-state';
-export const REPO_TOKEN_DIR = '/var/run/secrets/flomesh.io/repo';
-export const STATE_DIR = '/var/lib/flb';
-
-export interface SidecarStatus {
-  version: string;
-  mode: Interception['mode'];
-  native: boolean;
-  initContainers: string[];
-  containers: string[];
-  volumes: string[];
+/** A refusal naming every label and annotation that is wrong. */
+function refusal(invalid: InvalidSetting[]): InjectionResult {
+  return {
+    action: 'deny',
+    message: invalid.map((i) => i.message).join('; '),
+    problem: invalid.map((i) => i.problem).join('; '),
+    invalid,
+  };
 }
 
-/**
- * The injection: a pure function of the pod, its namespace and the mesh settings, returning a
- * JSON patch (RFC 6902) against the pod as given, a named skip reason, or a denial for input
- * the user must fix. The webhook and `flb inject` are thin shells around it.
- */
 export function injectPod(
   pod: V1Pod,
   namespace: V1Namespace | undefined,
@@ -73,63 +81,71 @@ export function injectPod(
 ): InjectionResult {
   const { mesh } = settings;
   const decision = decide(pod, namespace, mesh);
-  if ('error' in decision) return { action: 'deny', message: decision.error, problem: decision.problem };
-  if (!decision.inject) return { action: 'skip', reason: decision.reason, message: SKIP_REASONS[decision.reason], warnings: [] };
-
-  const warnings: string[] = [];
-  if (isInjected(pod)) return reinvoke(pod, mesh, decision.because, warnings);
-
-  let parts: InterceptionParts;
-  let resources: NonNullable<V1Container['resources']>;
-  try {
-    parts = interceptionParts(pod, mesh);
-    resources = sidecarResources(pod, mesh);
-  } catch (error) {
-    if (error instanceof AnnotationError) return { action: 'deny', message: error.message, problem: `annotation ${error.annotation} is invalid` };
-    throw error;
+  if (!decision.inject && 'reason' in decision) {
+    return { action: 'skip', reason: decision.reason, message: SKIP_REASONS[decision.reason], warnings: decision.warnings };
   }
+  const warnings: string[] = [];
+  if (decision.inject && isInjected(pod)) return reinvoke(pod, mesh, decision.because, warnings);
+
+  // Every problem of the pod's labels and annotations at once, so one edit fixes them all.
+  const parts = meshParts(settings);
+  const annotations = new AnnotationReader(pod.metadata?.annotations ?? {});
+  const interception = interceptionParts(pod, parts, annotations);
+  const resources = podResources(parts, annotations);
+  const invalid = [...(decision.inject ? [] : decision.invalid), ...annotations.invalid];
+  if (!decision.inject || !interception || invalid.length) return refusal(invalid);
 
   const containers = pod.spec?.containers ?? [];
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
-  const sidecar = sidecarContainer(settings, resources, rewrites, workload ?? ownerWorkload(pod));
-  const { interception } = parts;
-  const initContainers: V1Container[] = [];
-  if (interception.mode === 'iptables') initContainers.push(parts.init);
-  // In CNI mode the node agent wrote the rules; a pod that started before the plugin was on its node
-  // has none, and this check says so instead of letting the app run unmeshed.
-  if (interception.mode === 'cni') initContainers.push(validationContainer(mesh, parts.json));
-  if (settings.nativeSidecars) initContainers.push(sidecar);
-  const volumes = sidecarVolumes(mesh);
-  const status: SidecarStatus = {
-    version: settings.version,
-    mode: interception.mode,
-    native: settings.nativeSidecars,
-    initContainers: initContainers.map((c) => c.name),
-    containers: settings.nativeSidecars ? [] : [sidecar.name],
-    volumes: volumes.map((v) => v.name ?? ''),
-  };
+  const sidecar = podSidecar(parts, workload ?? ownerWorkload(pod), JSON.stringify(probeMap(rewrites)), resources);
+  const initContainers = settings.nativeSidecars ? [interception.init, sidecar] : [interception.init];
 
-  const annotations: Record<string, string> = {
-    [SIDECAR_STATUS_ANNOTATION]: JSON.stringify(status),
-    [INTERCEPTION_ANNOTATION]: parts.json,
-  };
-  // An app that exposes its own metrics keeps its scrape settings.
-  if (pod.metadata?.annotations?.['prometheus.io/scrape'] === undefined) {
-    Object.assign(annotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(mesh.ports.metrics), 'prometheus.io/path': '/metrics' });
-  }
-
+  const existing = pod.metadata?.annotations;
   const patch: Operation[] = [];
   if (pod.metadata === undefined) patch.push({ op: 'add', path: '/metadata', value: {} });
-  patch.push(...setMapEntries('/metadata/annotations', pod.metadata?.annotations, annotations));
+  if (existing === undefined) {
+    patch.push({
+      op: 'add',
+      path: '/metadata/annotations',
+      value: newAnnotations(parts, interception, () => addedAnnotations(parts, interception, undefined)),
+    });
+  } else {
+    patch.push(...setMapEntries('/metadata/annotations', existing, addedAnnotations(parts, interception, existing)));
+  }
+  const labels = pod.metadata?.labels;
+  patch.push(
+    labels === undefined
+      ? { op: 'add', path: '/metadata/labels', value: parts.injectedLabels }
+      : { op: 'add', path: `/metadata/labels/${pointerKey(SIDECAR_INJECTED_LABEL)}`, value: SIDECAR_INJECTED_VALUE },
+  );
   // Probe replacements use the container indexes as given, so they come before any insertion.
   for (const rewrite of rewrites) patch.push({ op: 'replace', path: `/spec/containers/${rewrite.containerIndex}/${rewrite.field}`, value: rewrite.probe });
   patch.push(...insertIntoArray('/spec/initContainers', pod.spec?.initContainers, 0, initContainers));
   if (!settings.nativeSidecars) patch.push(...insertIntoArray('/spec/containers', containers, 0, [sidecar]));
-  patch.push(...appendToArray('/spec/volumes', pod.spec?.volumes, volumes));
+  patch.push(...appendToArray('/spec/volumes', pod.spec?.volumes, parts.volumes as unknown[]));
 
-  const podSecurityConflict = interception.mode === 'iptables' ? podSecurityProblem(namespace) : undefined;
+  const podSecurityConflict = interception.interception.mode === 'iptables' ? podSecurityProblem(namespace) : undefined;
   if (podSecurityConflict) warnings.push(podSecurityConflict);
   return { action: 'inject', patch, because: decision.because, reinvocation: false, warnings, ...(podSecurityConflict ? { podSecurityConflict } : {}) };
+}
+
+/** Reads a pod's annotations, collecting every one it cannot accept instead of stopping at the first. */
+class AnnotationReader {
+  readonly invalid: InvalidSetting[] = [];
+  constructor(private readonly annotations: Record<string, string>) {}
+
+  /** The parsed value, or `absent` when the annotation is missing or invalid (then it is in `invalid`). */
+  read<T>(name: string, parse: (annotation: string, value: string) => T, absent: T): T {
+    const value = this.annotations[name];
+    if (value === undefined) return absent;
+    try {
+      return parse(name, value);
+    } catch (error) {
+      if (!(error instanceof AnnotationError)) throw error;
+      this.invalid.push(error.setting);
+      return absent;
+    }
+  }
 }
 
 export function isInjected(pod: V1Pod): boolean {
@@ -196,48 +212,24 @@ const EXCLUSION_ANNOTATIONS = [
   OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION,
 ];
 
-interface InterceptionParts {
-  interception: Interception;
-  json: string;
-  /** Frozen: shared by every pod with the same settings, so nothing may change it. */
-  init: V1Container;
-}
-
 /**
  * Most pods carry no exclusion annotations, so their interception settings, its JSON and the init
- * container are the same for every pod of a mesh: built once (zod parsing and serialising them
- * was a fifth of the webhook's CPU per review, bench/webhook.ts).
+ * container are the same for every pod of a mesh: built once per distinct set of those annotations
+ * (zod parsing and serialising them was a fifth of the webhook's CPU per review, bench/webhook.ts).
+ * Undefined when an annotation is invalid (the reader has it).
  */
-const interceptionMemo = new WeakMap<Mesh, Map<string, InterceptionParts>>();
-
-function interceptionParts(pod: V1Pod, mesh: Mesh): InterceptionParts {
-  const annotations = pod.metadata?.annotations ?? {};
-  const key = EXCLUSION_ANNOTATIONS.map((a) => annotations[a] ?? '\u0000').join('\u0001');
-  let perMesh = interceptionMemo.get(mesh);
-  if (!perMesh) interceptionMemo.set(mesh, (perMesh = new Map()));
-  let parts = perMesh.get(key);
-  if (!parts) {
-    const interception = interceptionFor(pod, mesh);
-    parts = { interception, json: JSON.stringify(interception), init: deepFreeze(initContainer(mesh, interception)) };
-    if (perMesh.size >= 1000) perMesh.clear();
-    perMesh.set(key, parts);
-  }
-  return parts;
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object') {
-    for (const child of Object.values(value)) deepFreeze(child);
-    Object.freeze(value);
-  }
-  return value;
+function interceptionParts(pod: V1Pod, parts: MeshParts, annotations: AnnotationReader): InterceptionParts | undefined {
+  const values = pod.metadata?.annotations ?? {};
+  const key = EXCLUSION_ANNOTATIONS.map((a) => values[a] ?? '\u0000').join('\u0001');
+  const found = parts.interception.get(key);
+  if (found) return found;
+  const before = annotations.invalid.length;
+  const interception = interceptionFor(parts.settings.mesh, annotations);
+  return annotations.invalid.length > before ? undefined : interceptionPartsFor(parts, key, () => interception);
 }
 
 /** The mesh's interception defaults narrowed by the pod's exclusion annotations. */
-export function interceptionFor(pod: V1Pod, mesh: Mesh): Interception {
-  const annotations = pod.metadata?.annotations ?? {};
-  const list = <T>(name: string, parse: (annotation: string, value: string) => T[]): T[] =>
-    annotations[name] === undefined ? [] : parse(name, annotations[name]);
+function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interception {
   const m = mesh.interception;
   return InterceptionSchema.parse({
     version: 1,
@@ -249,159 +241,70 @@ export function interceptionFor(pod: V1Pod, mesh: Mesh): Interception {
     sidecarPorts: Object.values(mesh.ports),
     captureDns: m.captureDns,
     ipv6: m.ipv6,
-    excludeInboundPorts: union(m.excludeInboundPorts, list(INBOUND_PORT_EXCLUSION_ANNOTATION, parsePortList)),
-    excludeOutboundPorts: union(m.excludeOutboundPorts, list(OUTBOUND_PORT_EXCLUSION_ANNOTATION, parsePortList)),
-    excludeOutboundIpRanges: union(m.excludeOutboundIpRanges, list(OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION, parseCidrList)),
-    includeOutboundIpRanges: union(m.includeOutboundIpRanges, list(OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION, parseCidrList)),
+    excludeInboundPorts: union(m.excludeInboundPorts, annotations.read(INBOUND_PORT_EXCLUSION_ANNOTATION, parsePortList, [])),
+    excludeOutboundPorts: union(m.excludeOutboundPorts, annotations.read(OUTBOUND_PORT_EXCLUSION_ANNOTATION, parsePortList, [])),
+    excludeOutboundIpRanges: union(m.excludeOutboundIpRanges, annotations.read(OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION, parseCidrList, [])),
+    includeOutboundIpRanges: union(m.includeOutboundIpRanges, annotations.read(OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION, parseCidrList, [])),
     excludeInterfaces: m.excludeInterfaces,
   });
 }
 
 const QUANTITY = /^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/;
 
-function sidecarResources(pod: V1Pod, mesh: Mesh): NonNullable<V1Container['resources']> {
-  const annotations = pod.metadata?.annotations ?? {};
-  const pick = (name: string, fallback: string | undefined): string | undefined => {
-    const value = annotations[name];
-    if (value === undefined) return fallback;
-    if (!QUANTITY.test(value)) throw new AnnotationError(name, `${JSON.stringify(value)} is not a Kubernetes quantity such as 100m or 128Mi`);
-    return value;
-  };
-  const { requests, limits } = mesh.sidecar.resources;
-  const compact = (o: Record<string, string | undefined>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Record<string, string>;
-  return {
-    requests: compact({
-      cpu: pick(PROXY_RESOURCE_ANNOTATIONS.cpuRequest, requests.cpu),
-      memory: pick(PROXY_RESOURCE_ANNOTATIONS.memoryRequest, requests.memory),
-    }),
-    limits: compact({ cpu: pick(PROXY_RESOURCE_ANNOTATIONS.cpuLimit, limits.cpu), memory: pick(PROXY_RESOURCE_ANNOTATIONS.memoryLimit, limits.memory) }),
-  };
+function parseQuantity(annotation: string, value: string): string {
+  if (!QUANTITY.test(value)) throw new AnnotationError(annotation, `${JSON.stringify(value)} is not a Kubernetes quantity such as 100m or 128Mi`);
+  return value;
 }
 
-/** The workload a pod belongs to, for the sidecar's identity and metrics: a Deployment, not its ReplicaSet. */
+/** The sidecar's resources: the mesh's (shared) unless the pod's annotations change them. */
+function podResources(parts: MeshParts, annotations: AnnotationReader): NonNullable<V1Container['resources']> {
+  const overrides = {
+    cpuRequest: annotations.read(PROXY_RESOURCE_ANNOTATIONS.cpuRequest, parseQuantity, undefined),
+    memoryRequest: annotations.read(PROXY_RESOURCE_ANNOTATIONS.memoryRequest, parseQuantity, undefined),
+    cpuLimit: annotations.read(PROXY_RESOURCE_ANNOTATIONS.cpuLimit, parseQuantity, undefined),
+    memoryLimit: annotations.read(PROXY_RESOURCE_ANNOTATIONS.memoryLimit, parseQuantity, undefined),
+  };
+  if (Object.values(overrides).every((v) => v === undefined)) return parts.defaultResources;
+  return sidecarResources(parts.settings.mesh, overrides);
+}
+
+/** Status, interception settings, and Prometheus scrape settings unless the app has its own. */
+function addedAnnotations(parts: MeshParts, interception: InterceptionParts, existing: Record<string, string> | undefined): Record<string, string> {
+  const annotations: Record<string, string> = { [SIDECAR_STATUS_ANNOTATION]: parts.status, [INTERCEPTION_ANNOTATION]: interception.json };
+  if (existing?.['prometheus.io/scrape'] === undefined) {
+    Object.assign(annotations, {
+      'prometheus.io/scrape': 'true',
+      'prometheus.io/port': String(parts.settings.mesh.ports.metrics),
+      'prometheus.io/path': '/metrics',
+    });
+  }
+  return annotations;
+}
+
+/**
+ * The workload a pod belongs to, for the sidecar's identity and metrics: the Deployment (or Argo
+ * Rollout) whose ReplicaSet made it, not the ReplicaSet.
+ */
 export function ownerWorkload(pod: V1Pod): { kind: string; name: string } {
-  const owner = pod.metadata?.ownerReferences?.find((o) => o.controller) ?? pod.metadata?.ownerReferences?.[0];
-  const hash = pod.metadata?.labels?.['pod-template-hash'];
-  if (owner?.kind === 'ReplicaSet' && hash && owner.name.endsWith(`-${hash}`)) {
-    return { kind: 'Deployment', name: owner.name.slice(0, -hash.length - 1) };
+  // The admission shape check does not cover ownerReferences or generateName: anything may be here,
+  // and only strings may go into the sidecar's env.
+  const references: unknown[] = Array.isArray(pod.metadata?.ownerReferences) ? pod.metadata.ownerReferences : [];
+  const owners = references.filter(
+    (o): o is { kind: string; name: string; controller?: unknown } =>
+      typeof o === 'object' && o !== null && typeof (o as { kind?: unknown }).kind === 'string' && typeof (o as { name?: unknown }).name === 'string',
+  );
+  const owner = owners.find((o) => o.controller === true) ?? owners[0];
+  const labels = pod.metadata?.labels ?? {};
+  for (const [kind, hashLabel] of [
+    ['Deployment', 'pod-template-hash'],
+    ['Rollout', 'rollouts-pod-template-hash'],
+  ] as const) {
+    const hash = labels[hashLabel];
+    if (owner?.kind === 'ReplicaSet' && hash && owner.name.endsWith(`-${hash}`)) return { kind, name: owner.name.slice(0, -hash.length - 1) };
   }
   if (owner) return { kind: owner.kind, name: owner.name };
-  return { kind: 'Pod', name: pod.metadata?.name ?? pod.metadata?.generateName ?? '' };
-}
-
-function fieldEnv(name: string, fieldPath: string): V1EnvVar {
-  return { name, valueFrom: { fieldRef: { fieldPath } } };
-}
-
-function sidecarContainer(
-  settings: InjectorSettings,
-  resources: NonNullable<V1Container['resources']>,
-  rewrites: ProbeRewrite[],
-  owner: { kind: string; name: string },
-): V1Container {
-  const { mesh } = settings;
-  // A fresh object each time: shared references would come out as YAML anchors in `flb inject`.
-  const ready = () => ({ httpGet: { path: '/ready', port: mesh.ports.readinessProbe, scheme: 'HTTP' } });
-  return {
-    name: SIDECAR_CONTAINER_NAME,
-    image: mesh.sidecar.image,
-    imagePullPolicy: mesh.sidecar.imagePullPolicy,
-    command: mesh.sidecar.command,
-    ...(mesh.sidecar.args.length ? { args: mesh.sidecar.args } : {}),
-    // A native sidecar starts before the app's containers and stops after them (Jobs complete).
-    ...(settings.nativeSidecars ? { restartPolicy: 'Always' } : {}),
-    env: [
-      // The sidecar derives its id (pod.<namespace>.<name>) from these at run time: a pod made from
-      // generateName has no name yet at admission.
-      fieldEnv('POD_NAME', 'metadata.name'),
-      fieldEnv('POD_NAMESPACE', 'metadata.namespace'),
-      fieldEnv('POD_UID', 'metadata.uid'),
-      fieldEnv('POD_IP', 'status.podIP'),
-      fieldEnv('POD_IPS', 'status.podIPs'),
-      fieldEnv('SERVICE_ACCOUNT', 'spec.serviceAccountName'),
-      fieldEnv('NODE_NAME', 'spec.nodeName'),
-      { name: 'FLB_WORKLOAD_KIND', value: owner.kind },
-      { name: 'FLB_WORKLOAD_NAME', value: owner.name },
-      { name: 'FLB_MESH', value: mesh.name },
-      { name: 'FLB_REPO_URL', value: mesh.repo.url },
-      { name: 'FLB_REPO_TOKEN_FILE', value: `${REPO_TOKEN_DIR}/token` },
-      { name: 'FLB_STATE_DIR', value: STATE_DIR },
-      { name: 'FLB_LOG_LEVEL', value: mesh.sidecar.logLevel },
-      { name: APP_PROBES_ENV, value: JSON.stringify(probeMap(rewrites)) },
-      ...(mesh.sidecar.nodeOptions ? [{ name: 'NODE_OPTIONS', value: mesh.sidecar.nodeOptions }] : []),
-    ],
-    ports: [{ name: 'flb-metrics', containerPort: mesh.ports.metrics, protocol: 'TCP' }],
-    readinessProbe: { ...ready(), periodSeconds: 2, failureThreshold: 3 },
-    ...(settings.nativeSidecars
-      ? { startupProbe: { ...ready(), periodSeconds: 1, failureThreshold: 120 } }
-      : { lifecycle: { postStart: { exec: { command: mesh.sidecar.waitReadyCommand } } } }),
-    resources,
-    securityContext: {
-      runAsUser: mesh.proxyUid,
-      runAsGroup: mesh.proxyUid,
-      runAsNonRoot: true,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      capabilities: { drop: ['ALL'] },
-      seccompProfile: { type: 'RuntimeDefault' },
-    },
-    volumeMounts: [
-      { name: REPO_TOKEN_VOLUME, mountPath: REPO_TOKEN_DIR, readOnly: true },
-      { name: STATE_VOLUME, mountPath: STATE_DIR },
-    ],
-  };
-}
-
-function initContainer(mesh: Mesh, interception: Interception): V1Container {
-  return {
-    name: INIT_CONTAINER_NAME,
-    image: mesh.init.image,
-    imagePullPolicy: mesh.sidecar.imagePullPolicy,
-    command: mesh.init.command,
-    env: [{ name: 'FLB_INTERCEPTION', value: JSON.stringify(interception) }],
-    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
-    // Root with NET_ADMIN and NET_RAW to write the pod's nat table, and nothing more.
-    securityContext: {
-      runAsUser: 0,
-      runAsGroup: 0,
-      runAsNonRoot: false,
-      privileged: false,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] },
-    },
-  };
-}
-
-function validationContainer(mesh: Mesh, interceptionJson: string): V1Container {
-  return {
-    name: VALIDATION_CONTAINER_NAME,
-    image: mesh.init.image,
-    imagePullPolicy: mesh.sidecar.imagePullPolicy,
-    command: ['flb', 'cni', 'validate'],
-    env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
-    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
-    // Any UID but the proxy's, or its test connection would not be redirected; no privilege at all.
-    securityContext: {
-      runAsUser: mesh.proxyUid + 1,
-      runAsGroup: mesh.proxyUid + 1,
-      runAsNonRoot: true,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      capabilities: { drop: ['ALL'] },
-      seccompProfile: { type: 'RuntimeDefault' },
-    },
-  };
-}
-
-function sidecarVolumes(mesh: Mesh): V1Volume[] {
-  return [
-    {
-      name: REPO_TOKEN_VOLUME,
-      projected: { sources: [{ serviceAccountToken: { audience: mesh.repo.tokenAudience, expirationSeconds: 3600, path: 'token' } }] },
-    },
-    { name: STATE_VOLUME, emptyDir: {} },
-  ];
+  const { name, generateName } = pod.metadata ?? {};
+  return { kind: 'Pod', name: typeof name === 'string' ? name : typeof generateName === 'string' ? generateName : '' };
 }
 
 /** Pod Security baseline and restricted both forbid NET_ADMIN: say so, and what to do. */

@@ -1,10 +1,13 @@
 import { describe, expect, it } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 const workloads = fileURLToPath(new URL('./testdata/manifests/workloads.yaml', import.meta.url));
+const kinds = fileURLToPath(new URL('./testdata/manifests/kinds.yaml', import.meta.url));
+const folder = fileURLToPath(new URL('./testdata/manifests/folder', import.meta.url));
 const run = (args: string[], input?: string) => {
   const r = spawnSync(process.execPath, [flb, 'inject', ...args], {
     encoding: 'utf8',
@@ -71,12 +74,99 @@ describe('flb inject', () => {
     const { code, stderr } = run(['-f', '-'], pod);
     expect(code).toBe(1);
     expect(stderr).toContain('Pod shop/web: refused: annotation flomesh.io/inbound-port-exclusion-list: "http" is not a port number');
+    expect(stderr).toContain('hint: fix the pod annotation named above');
+  });
+
+  it('names every problem of a refused pod at once, and calls a bad label a label', () => {
+    const pod = (labels: string, annotations: string) =>
+      `apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {${labels}}, annotations: {${annotations}}}\nspec: {containers: [{name: web, image: nginx}]}\n`;
+    const label = run(['-f', '-'], pod('flomesh.io/inject: "yes"', ''));
+    expect(label.code).toBe(1);
+    expect(label.stderr).toContain('Pod shop/web: refused: pod label flomesh.io/inject must be "true" or "false", not "yes"');
+    expect(label.stderr).toContain('hint: fix the pod label named above');
+    const both = run(['-f', '-'], pod('flomesh.io/inject: "yes"', 'flomesh.io/inbound-port-exclusion-list: "http,9090,ssh", flomesh.io/proxy-cpu-limit: lots'));
+    expect(both.stderr).toContain(
+      'Pod shop/web: refused: pod label flomesh.io/inject must be "true" or "false", not "yes"; ' +
+        'annotation flomesh.io/inbound-port-exclusion-list: "http", "ssh" are not port numbers 1-65535 (expected a comma-separated list such as "5432,6379"); ' +
+        'annotation flomesh.io/proxy-cpu-limit: "lots" is not a Kubernetes quantity such as 100m or 128Mi\n',
+    );
+    expect(both.stderr).toContain('hint: fix the pod label and pod annotations named above');
+  });
+
+  it('prints a Pod Security conflict on stderr, with or without --explain, and still writes the manifests', () => {
+    const args = ['-f', workloads, '--namespace-label', 'flomesh.io/inject=enabled', '--namespace-label', 'pod-security.kubernetes.io/enforce=restricted'];
+    const conflict = 'Deployment shop/orders: warning: namespace shop enforces Pod Security "restricted", which rejects the flb-init init container';
+    const plain = run(args);
+    expect(plain.code).toBe(0);
+    expect(plain.stderr).toContain(conflict);
+    expect(YAML.parseAllDocuments(plain.stdout)).toHaveLength(5);
+    expect(run([...args, '--explain']).stderr).toContain(conflict);
+  });
+
+  it('says that the annotation alone does not opt a pod in, as the webhook (which selects by label) would not', () => {
+    const pod =
+      'apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: legacy, annotations: {flomesh.io/inject: "true"}}\nspec: {containers: [{name: web, image: nginx}]}\n';
+    const { code, stdout } = run(['-f', '-', '--explain', '--namespace-label', 'team=legacy'], pod);
+    expect(code).toBe(0);
+    expect(stdout).toBe(
+      'Pod legacy/web: skip, pod-annotation-opt-in (the pod asks for a sidecar with the annotation flomesh.io/inject: "true", which the webhook cannot see (it selects pods by label); label the pod flomesh.io/inject=true instead)\n',
+    );
+  });
+
+  it("reads a folder's .yaml, .yml and .json files in name order, its subfolders only with -R", () => {
+    const { code, stdout, stderr } = run(['-f', folder, '--explain']);
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    // Byte order, as kubectl: "10-deployment.yaml" before "2-pod.json"; notes.txt is not read.
+    expect(stdout.trim().split('\n')).toEqual([
+      'Deployment shop/orders: inject (namespace label flomesh.io/inject=enabled)',
+      'Pod shop/debug: inject (namespace label flomesh.io/inject=enabled)',
+    ]);
+    const recursive = run(['-f', folder, '-R']);
+    expect(recursive.code).toBe(0);
+    const docs = YAML.parseAllDocuments(recursive.stdout).map((d) => d.toJS() as Doc);
+    expect(docs.map((d) => `${d.kind} ${d.metadata.name}`)).toEqual(['Deployment orders', 'Pod debug', 'Job migrate']);
+    expect(sidecars(docs[2]!)).toEqual(['flb-init', 'flb-sidecar']);
+  });
+
+  it('says what to do with a folder that holds no manifests, or a path that does not exist', () => {
+    const none = run(['-f', join(folder, '..', '..')]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/holds no \.yaml, \.yml or \.json file \(its subfolders are not read\)\nhint: add -R to read its subfolders too\n$/);
+    const missing = run(['-f', join(folder, 'missing.yaml')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^flb: cannot read .*missing.yaml: ENOENT/);
+  });
+
+  it('injects an Argo Rollout and a PodTemplate; says why a Rollout without a template and a look-alike kind are left alone', () => {
+    const { code, stdout } = run(['-f', kinds]);
+    expect(code).toBe(0);
+    const docs = YAML.parseAllDocuments(stdout).map((d) => d.toJS() as Doc & { template?: { spec: { initContainers?: { name: string }[] } } });
+    expect(sidecars(docs[0]!)).toEqual(['flb-init', 'flb-sidecar']);
+    const env = (docs[0]!.spec as { template: { spec: { initContainers: { name: string; env: { name: string; value?: string }[] }[] } } }).template.spec
+      .initContainers[1]!.env;
+    expect(env.find((e) => e.name === 'FLB_WORKLOAD_KIND')?.value).toBe('Rollout');
+    expect(docs[3]!.template!.spec.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(run(['-f', kinds, '--explain']).stdout.trim().split('\n')).toEqual([
+      'Rollout shop/checkout: inject (namespace label flomesh.io/inject=enabled)',
+      'Rollout shop/payments: ignored (Rollout has no spec.template: it uses the pod template of "payments" (spec.workloadRef); inject that workload)',
+      'Deployment shop/not-a-workload: ignored (example.com/v1 Deployment is not the Deployment of apps or extensions)',
+      'PodTemplate shop/worker: inject (namespace label flomesh.io/inject=enabled)',
+    ]);
+  });
+
+  it('passes the sidecar only flags that `flb sidecar` has', () => {
+    const injected = YAML.parseAllDocuments(run(['-f', workloads]).stdout)[0]!.toJS() as Doc;
+    const args = (template(injected).spec as { initContainers: { name: string; args?: string[] }[] }).initContainers[1]!.args!;
+    const help = spawnSync(process.execPath, [flb, 'sidecar', '--help'], { encoding: 'utf8' }).stdout;
+    expect(args.length).toBe(8);
+    for (const arg of args) expect(help).toContain(`${arg.slice(0, arg.indexOf('='))} <`);
   });
 
   it('exits 1 with a clear message on input that is not YAML', () => {
     const { code, stdout, stderr } = run(['-f', '-'], 'kind: [unclosed');
     expect(code).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr).toMatch(/^flb: the input is not valid YAML: /);
+    expect(stderr).toMatch(/^flb: standard input is not valid YAML or JSON: /);
   });
 });

@@ -1,4 +1,5 @@
 import type { Operation } from 'fast-json-patch';
+import { jsonText } from './json-text.js';
 
 /** RFC 6901: `~` and `/` inside a key must be escaped in a JSON pointer. */
 export function pointerKey(key: string): string {
@@ -28,4 +29,20 @@ export function appendToArray(pathToArray: string, existing: readonly unknown[] 
   if (items.length === 0) return [];
   if (existing === undefined) return [{ op: 'add', path: pathToArray, value: items }];
   return items.map((value) => ({ op: 'add', path: `${pathToArray}/-`, value }));
+}
+
+/**
+ * The patch as JSON text, exactly as JSON.stringify(patch) writes it, taking remembered text for
+ * operations' values (json-text.ts): the shape of the webhook's answer.
+ */
+export function patchJson(patch: readonly Operation[]): string {
+  const ops = patch.map((operation) => {
+    const fields: string[] = [];
+    for (const [key, value] of Object.entries(operation)) {
+      if (value === undefined) continue;
+      fields.push(`${JSON.stringify(key)}:${key === 'value' ? jsonText(value) : JSON.stringify(value)}`);
+    }
+    return `{${fields.join(',')}}`;
+  });
+  return `[${ops.join(',')}]`;
 }

@@ -1,3 +1,13 @@
+// Whether a pod gets a sidecar, decided exactly as the webhook configuration (webhook-config.ts)
+// lets the apiserver decide which pods it sends us at all, so that `flb inject --explain` never
+// promises what the cluster will not do. The configuration can select on labels only (an
+// objectSelector cannot see annotations), so:
+// - a namespace labelled flomesh.io/inject=enabled sends every pod not labelled "false";
+// - any other namespace (unlabelled, "disabled", or a value we do not know) sends only pods
+//   labelled flomesh.io/inject=true.
+// The same key as an annotation is read only for pods the apiserver sends: "false" opts out, as a
+// label would (manifests written for annotation-based meshes keep working); it can never opt a pod
+// in, and saying so is a skip reason of its own.
 import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import { INJECT_LABEL, NAMESPACE_INJECT_DISABLED, NAMESPACE_INJECT_ENABLED, SIDECAR_STATUS_ANNOTATION, type Mesh } from '../common/contract/index.js';
 import { SYSTEM_NAMESPACES } from '../common/kube-events.js';
@@ -11,52 +21,83 @@ export const SKIP_REASONS = {
   'mesh-namespace': "pods in the mesh's own namespace are never injected",
   'pod-label-disabled': `the pod is labelled ${INJECT_LABEL}=false`,
   'pod-annotation-disabled': `the pod is annotated ${INJECT_LABEL}: "false"`,
-  'namespace-disabled': `the namespace is labelled ${INJECT_LABEL}=${NAMESPACE_INJECT_DISABLED} and the pod does not opt in`,
-  'namespace-not-enabled': `neither the namespace (${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}) nor the pod (${INJECT_LABEL}=true) asks for injection`,
+  'pod-annotation-opt-in': `the pod asks for a sidecar with the annotation ${INJECT_LABEL}: "true", which the webhook cannot see (it selects pods by label); label the pod ${INJECT_LABEL}=true instead`,
+  'namespace-disabled': `the namespace is labelled ${INJECT_LABEL}=${NAMESPACE_INJECT_DISABLED} and the pod is not labelled ${INJECT_LABEL}=true`,
+  'namespace-not-enabled': `neither the namespace (${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}) nor the pod (label ${INJECT_LABEL}=true) asks for injection`,
   'already-injected': `the pod already has a sidecar (${SIDECAR_STATUS_ANNOTATION}) and nothing new to rewrite`,
 } as const;
 export type SkipReason = keyof typeof SKIP_REASONS;
 
+/** A pod label or annotation the injector cannot accept; the pod is refused naming every one. */
+export interface InvalidSetting {
+  kind: 'label' | 'annotation';
+  /** The label or annotation key: one of ours, so it is safe to repeat in Events. */
+  key: string;
+  /** What is wrong, quoting the value: for whoever wrote it (the admission answer, `flb inject`). */
+  message: string;
+  /** What is wrong in our own words only, without the value: for Events, which anyone could otherwise fill. */
+  problem: string;
+}
+
 export type PolicyDecision =
   | { inject: true; because: string }
-  | { inject: false; reason: SkipReason }
-  /** `problem` says what is wrong in our own words only (`error` quotes the value). */
-  | { inject: false; error: string; problem: string };
+  | { inject: false; reason: SkipReason; warnings: string[] }
+  /** The pod would be injected, but its own labels or annotations say something we cannot accept. */
+  | { inject: false; invalid: InvalidSetting[] };
 
-/**
- * Whether a pod gets a sidecar. The pod's label wins over its namespace's; the same key as an
- * annotation is honoured when there is no label (webhook objectSelectors see labels only, so the
- * label is what users should set). Values other than true/false are errors, never a silent default.
- */
+const skip = (reason: SkipReason, warnings: string[] = []): PolicyDecision => ({ inject: false, reason, warnings });
+
 export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mesh): PolicyDecision {
   const nsName = pod.metadata?.namespace ?? namespace?.metadata?.name ?? 'default';
-  if (SYSTEM_NAMESPACES.includes(nsName)) return { inject: false, reason: 'system-namespace' };
-  if (nsName === mesh.controlPlaneNamespace) return { inject: false, reason: 'mesh-namespace' };
-  if (pod.spec?.hostNetwork) return { inject: false, reason: 'host-network' };
+  if (SYSTEM_NAMESPACES.includes(nsName)) return skip('system-namespace');
+  if (nsName === mesh.controlPlaneNamespace) return skip('mesh-namespace');
 
   const label = pod.metadata?.labels?.[INJECT_LABEL];
   const annotation = pod.metadata?.annotations?.[INJECT_LABEL];
-  const podChoice = label ?? annotation;
-  const source = label !== undefined ? 'label' : 'annotation';
-  if (podChoice !== undefined) {
-    if (podChoice === 'true') return { inject: true, because: `pod ${source} ${INJECT_LABEL}=true` };
-    if (podChoice === 'false') return { inject: false, reason: source === 'label' ? 'pod-label-disabled' : 'pod-annotation-disabled' };
-    return {
-      inject: false,
-      error: `pod ${source} ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(podChoice)}`,
-      problem: `pod ${source} ${INJECT_LABEL} is neither "true" nor "false"`,
-    };
+  const nsLabel = namespace?.metadata?.labels?.[INJECT_LABEL];
+  if (label === 'false') return skip('pod-label-disabled');
+
+  if (nsLabel !== NAMESPACE_INJECT_ENABLED && label !== 'true') {
+    // The apiserver never sends us this pod: it is created as it is, whatever else it says.
+    const warnings: string[] = [];
+    if (label !== undefined) warnings.push(`pod label ${INJECT_LABEL}=${JSON.stringify(label)} is neither "true" nor "false", so it does not opt the pod in`);
+    if (nsLabel !== undefined && nsLabel !== NAMESPACE_INJECT_DISABLED) {
+      warnings.push(
+        `namespace label ${INJECT_LABEL}=${JSON.stringify(nsLabel)} is neither "${NAMESPACE_INJECT_ENABLED}" nor "${NAMESPACE_INJECT_DISABLED}": the webhook treats the namespace as not enabled`,
+      );
+    }
+    if (label === undefined && annotation === 'true') return skip('pod-annotation-opt-in', warnings);
+    return skip(nsLabel === NAMESPACE_INJECT_DISABLED ? 'namespace-disabled' : 'namespace-not-enabled', warnings);
   }
 
-  const nsChoice = namespace?.metadata?.labels?.[INJECT_LABEL];
-  if (nsChoice === NAMESPACE_INJECT_ENABLED) return { inject: true, because: `namespace label ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}` };
-  if (nsChoice === NAMESPACE_INJECT_DISABLED) return { inject: false, reason: 'namespace-disabled' };
-  if (nsChoice !== undefined) {
+  if (pod.spec?.hostNetwork) return skip('host-network');
+  if (label === 'true') return { inject: true, because: `pod label ${INJECT_LABEL}=true` };
+  if (label !== undefined) {
     return {
       inject: false,
-      error: `namespace ${nsName} label ${INJECT_LABEL} must be "${NAMESPACE_INJECT_ENABLED}" or "${NAMESPACE_INJECT_DISABLED}", not ${JSON.stringify(nsChoice)}`,
-      problem: `namespace label ${INJECT_LABEL} is neither "${NAMESPACE_INJECT_ENABLED}" nor "${NAMESPACE_INJECT_DISABLED}"`,
+      invalid: [
+        {
+          kind: 'label',
+          key: INJECT_LABEL,
+          message: `pod label ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(label)}`,
+          problem: `pod label ${INJECT_LABEL} is neither "true" nor "false"`,
+        },
+      ],
     };
   }
-  return { inject: false, reason: 'namespace-not-enabled' };
+  if (annotation === 'false') return skip('pod-annotation-disabled');
+  if (annotation !== undefined && annotation !== 'true') {
+    return {
+      inject: false,
+      invalid: [
+        {
+          kind: 'annotation',
+          key: INJECT_LABEL,
+          message: `pod annotation ${INJECT_LABEL} must be "true" or "false", not ${JSON.stringify(annotation)}`,
+          problem: `pod annotation ${INJECT_LABEL} is neither "true" nor "false"`,
+        },
+      ],
+    };
+  }
+  return { inject: true, because: `namespace label ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}` };
 }

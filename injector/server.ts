@@ -7,6 +7,7 @@ import type { KubeEventRecorder } from '../common/kube-events.js';
 import { badRequest, reviewBody, type AdmissionOutcome, type NamespaceLookup } from './admission.js';
 import { admissionEvents } from './events.js';
 import type { InjectorSettings } from './inject.js';
+import { jsonText } from './json-text.js';
 import type { InjectorMetrics } from './metrics.js';
 
 export interface WebhookServerOptions {
@@ -52,7 +53,7 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
   const { settings, namespaces, metrics, log, events } = options;
   const limit = options.bodyLimit ?? DEFAULT_BODY_LIMIT;
   const send = (res: ServerResponse, status: number, body: unknown) => {
-    const text = JSON.stringify(body);
+    const text = jsonText(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
   };
   return (req, res) => {

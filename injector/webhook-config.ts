@@ -21,8 +21,9 @@ export interface WebhookConfigOptions {
 /**
  * The MutatingWebhookConfiguration, owned by `flb webhook install` (or the chart): the running
  * injector only keeps its caBundle current. Two entries, as the best meshes do, so that the
- * apiserver itself filters: pods in labelled namespaces (except pods labelled "false"), and pods
- * labelled "true" in namespaces that are not labelled.
+ * apiserver itself filters and the injector is not on the path of every pod in the cluster: pods in
+ * namespaces labelled enabled (except pods labelled "false"), and pods labelled "true" in any other
+ * namespace. Selectors see labels only, never annotations: policy.ts decides the same way.
  */
 export function webhookConfiguration(options: WebhookConfigOptions): V1MutatingWebhookConfiguration {
   if (!options.url === !options.service) throw new Error('give exactly one of url or service');
@@ -65,7 +66,8 @@ export function webhookConfiguration(options: WebhookConfigOptions): V1MutatingW
       {
         name: 'pod.sidecar-injector.flomesh.io',
         ...common,
-        namespaceSelector: { matchExpressions: [{ key: INJECT_LABEL, operator: 'DoesNotExist' }, excluded] },
+        // NotIn also matches namespaces without the label: unlabelled and "disabled" namespaces alike.
+        namespaceSelector: { matchExpressions: [{ key: INJECT_LABEL, operator: 'NotIn', values: [NAMESPACE_INJECT_ENABLED] }, excluded] },
         objectSelector: { matchExpressions: [{ key: INJECT_LABEL, operator: 'In', values: ['true'] }] },
       },
     ],

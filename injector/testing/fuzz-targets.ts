@@ -3,7 +3,8 @@
 // admission-review: the bytes of a request body, through the server's own path (reviewBody: JSON,
 // AdmissionReview shape, pod shape, injection), then the Events the outcome would raise. Every input
 // must get a well-formed answer: 400 with a JSON error, or an AdmissionReview response for the same
-// uid whose patch, if any, applies to the pod; and any Event it raises is about the request's
+// uid whose patch, if any, applies to the pod, written exactly as JSON.stringify would write it
+// (json-text.ts builds it from parts serialised once); and any Event it raises is about the request's
 // namespace, one visible line of at most 1 KiB. Inputs: mutations of a realistic review (values
 // replaced by random ones of every JSON type, keys deleted, known annotations and labels given
 // random values, probes and owners scrambled), the seed reviews in fuzz/corpus/admission-review/
@@ -16,6 +17,7 @@ import { fuzzInputs, utf8 } from '../../common/testing/fuzz-inputs.js';
 import type { FuzzTarget } from '../../common/testing/fuzz-runner.js';
 import { reviewBody, type AdmissionOutcome, type NamespaceLookup } from '../admission.js';
 import { admissionEvents } from '../events.js';
+import { jsonText } from '../json-text.js';
 import { admissionReview, realisticPod, settings } from '../testdata/reviews.js';
 
 /** mulberry32: small, fast and reproducible from a seed. */
@@ -205,8 +207,10 @@ export function checkEvents(outcome: AdmissionOutcome): void {
 async function reviewBytes(input: Uint8Array): Promise<void> {
   const bytes = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
   const outcome = await reviewBody(bytes, fuzzNamespaces, settings);
-  // As the server sends it: the body must serialise.
-  const body = JSON.parse(JSON.stringify(outcome.body)) as unknown;
+  // As the server sends it: text built from parts serialised once must be what JSON.stringify writes.
+  const text = jsonText(outcome.body);
+  assert.equal(text, JSON.stringify(outcome.body), 'the answer text is the JSON of the answer');
+  const body = JSON.parse(text) as unknown;
   checkAnswer(outcome.status === 200 ? JSON.parse(bytes.toString('utf8')) : undefined, outcome.status, body);
   checkEvents(outcome);
 }

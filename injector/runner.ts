@@ -1,12 +1,22 @@
+// The webhook's runner, between cli.ts (which only parses) and the pure parts: `flb webhook serve`
+// (certificates, caBundle, namespace cache, HTTPS and metrics servers, rotation) and `flb webhook
+// install|uninstall`. `flb inject` has its own (manifests-runner.ts), which loads no Kubernetes
+// client: half a second of start-up for a command run once per manifest in a pipeline.
 import { X509Certificate } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
+import YAML from 'yaml';
+import { untilStopped } from '../common/cli.js';
+import { loadMeshConfig } from '../common/config.js';
+import { FLB_MESH_VERSION } from '../common/contract/version.js';
+import { loadKubeConfig, supportsNativeSidecars } from '../common/kube.js';
 import { KubeEventRecorder, kubeEventsApi } from '../common/kube-events.js';
-import type { Logger } from '../common/log.js';
+import { createLogger, type Logger } from '../common/log.js';
 import { caBundle, ensureCertificates, SecretCertStore, syncCaBundle, type CertOptions, type TlsMaterial } from './certs.js';
 import type { InjectorSettings } from './inject.js';
 import { InjectorMetrics } from './metrics.js';
 import { NamespaceCache } from './namespaces.js';
 import { startMetricsServer, startWebhookServer } from './server.js';
+import { installWebhookConfiguration, uninstallWebhookConfiguration, webhookConfiguration, type WebhookConfigOptions } from './webhook-config.js';
 
 export interface InjectorOptions {
   kubeConfig: KubeConfig;
@@ -137,4 +147,52 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
 
 function certificateExpiry(certPem: string): number {
   return new Date(new X509Certificate(certPem).validTo).getTime();
+}
+
+export interface ServeOptions extends Omit<InjectorOptions, 'kubeConfig' | 'settings' | 'log'> {
+  kubeconfig?: string;
+  meshConfig?: string;
+  /** auto: native sidecars when the apiserver is Kubernetes 1.29 or later. */
+  nativeSidecars: 'auto' | 'true' | 'false';
+}
+
+/** `flb webhook serve`: runs the injector until SIGINT or SIGTERM, then stops it. */
+export async function serveWebhook(options: ServeOptions): Promise<void> {
+  const { kubeconfig, meshConfig, nativeSidecars: native, ...rest } = options;
+  const log = createLogger('injector');
+  const kubeConfig = loadKubeConfig(kubeconfig);
+  const mesh = loadMeshConfig(meshConfig);
+  const nativeSidecars = native === 'auto' ? await supportsNativeSidecars(kubeConfig) : native === 'true';
+  const injector = await runInjector({ ...rest, kubeConfig, settings: { mesh, nativeSidecars, version: FLB_MESH_VERSION }, log });
+  await untilStopped();
+  log.info('shutting down');
+  await injector.stop();
+}
+
+export interface InstallOptions extends Omit<WebhookConfigOptions, 'caBundlePem'> {
+  /** Secret whose CA goes into the caBundle when it exists already. */
+  secret: string;
+  /** Omitted with `print`: nothing is read from or written to a cluster. */
+  kubeConfig?: KubeConfig;
+  /** Print the configuration as YAML instead of applying it. */
+  print?: boolean;
+}
+
+/** `flb webhook install`: applies the configuration (or prints it); says whether it was created or updated. */
+export async function installWebhook(options: InstallOptions, log: Logger, stdout: NodeJS.WritableStream = process.stdout): Promise<void> {
+  const { kubeConfig, secret, print, ...config } = options;
+  const existing = kubeConfig ? (await new SecretCertStore(kubeConfig, config.meshNamespace, secret).read()).material : undefined;
+  const configuration = webhookConfiguration({ ...config, ...(existing ? { caBundlePem: caBundle(existing) } : {}) });
+  if (print || !kubeConfig) {
+    stdout.write(YAML.stringify(configuration, { lineWidth: 0 }));
+    return;
+  }
+  const what = await installWebhookConfiguration(kubeConfig, configuration);
+  log.info({ config: configuration.metadata?.name, failurePolicy: configuration.webhooks?.[0]?.failurePolicy }, `MutatingWebhookConfiguration ${what}`);
+}
+
+/** `flb webhook uninstall`. */
+export async function uninstallWebhook(kubeConfig: KubeConfig, name: string, stderr: NodeJS.WritableStream = process.stderr): Promise<void> {
+  const deleted = await uninstallWebhookConfiguration(kubeConfig, name);
+  stderr.write(deleted ? `deleted ${name}\n` : `${name} was not installed\n`);
 }

@@ -1,0 +1,341 @@
+// What the injector adds to a pod, built once per mesh (and injector settings) instead of once per
+// pod: the sidecar container as a template with a few per-pod holes, the init and validation
+// containers, the volumes, the status annotation, and their JSON text (json-text.ts). A new mesh
+// object (a changed mesh.json) gets parts of its own; the old ones go with it (WeakMap).
+import type { V1Container, V1EnvVar, V1Volume } from '@kubernetes/client-node';
+import {
+  INIT_CONTAINER_NAME,
+  REPO_CA_CONFIGMAP,
+  REPO_CA_CONFIGMAP_KEY,
+  REPO_CA_FILE_ENV,
+  SIDECAR_CONTAINER_NAME,
+  SIDECAR_INJECTED_LABEL,
+  SIDECAR_INJECTED_VALUE,
+  VALIDATION_CONTAINER_NAME,
+  type Interception,
+  type Mesh,
+} from '../common/contract/index.js';
+import { deepFreeze, jsonText, JsonTemplate, rememberJson } from './json-text.js';
+
+export interface InjectorSettings {
+  mesh: Mesh;
+  /** Inject the sidecar as an init container with restartPolicy Always (Kubernetes 1.29+). */
+  nativeSidecars: boolean;
+  /** flb-mesh version, recorded in the sidecar-status annotation. */
+  version: string;
+}
+
+export const APP_PROBES_ENV = 'FLB_APP_PROBES';
+/** One projected volume with what the sidecar shows and trusts at the repo: its token and the repo's CA. */
+export const REPO_VOLUME = 'flb-repo-access';
+export const STATE_VOLUME = 'flb-state';
+export const REPO_DIR = '/var/run/secrets/flomesh.io/repo';
+export const STATE_DIR = '/var/lib/flb';
+
+export interface SidecarStatus {
+  version: string;
+  mode: Interception['mode'];
+  native: boolean;
+  initContainers: string[];
+  containers: string[];
+  volumes: string[];
+}
+
+type Resources = NonNullable<V1Container['resources']>;
+type SidecarHole = 'workloadKind' | 'workloadName' | 'appProbes' | 'resources';
+
+export interface MeshParts {
+  settings: InjectorSettings;
+  /** Frozen; their JSON is remembered. */
+  volumes: readonly V1Volume[];
+  /** The flomesh.io/sidecar-status annotation's value. */
+  status: string;
+  /** The sidecar's resources when the pod's annotations do not change them (frozen). */
+  defaultResources: Resources;
+  /** The labels map of a pod that had none (frozen). */
+  injectedLabels: Readonly<Record<string, string>>;
+  /** The sidecar container, with placeholders in the holes; never handed out. */
+  sidecarBase: V1Container;
+  sidecarTemplate: JsonTemplate<SidecarHole>;
+  /** Where the per-pod variables sit in sidecarBase.env. */
+  envIndex: Record<Exclude<SidecarHole, 'resources'>, number>;
+  /** Interception settings, their JSON and the init (or validation) container, per distinct set of exclusion annotations. */
+  interception: Map<string, InterceptionParts>;
+}
+
+export interface InterceptionParts {
+  interception: Interception;
+  json: string;
+  /** flb-init (iptables) or flb-validation (cni), frozen. */
+  init: V1Container;
+  /** The annotations map of a pod that had none (frozen); made on first use. */
+  newAnnotations?: Readonly<Record<string, string>>;
+}
+
+const partsByMesh = new WeakMap<Mesh, Map<string, MeshParts>>();
+
+export function meshParts(settings: InjectorSettings): MeshParts {
+  let perMesh = partsByMesh.get(settings.mesh);
+  if (!perMesh) partsByMesh.set(settings.mesh, (perMesh = new Map()));
+  const key = `${settings.nativeSidecars}\u0000${settings.version}`;
+  let parts = perMesh.get(key);
+  if (!parts) perMesh.set(key, (parts = buildParts(settings)));
+  return parts;
+}
+
+function buildParts(settings: InjectorSettings): MeshParts {
+  const { mesh } = settings;
+  const volumes = frozenWithJson(sidecarVolumes(mesh));
+  const sidecarBase = sidecarContainer(settings);
+  const envNames = (sidecarBase.env ?? []).map((e) => e.name);
+  const initContainers = [
+    ...(mesh.interception.mode === 'iptables' ? [INIT_CONTAINER_NAME] : mesh.interception.mode === 'cni' ? [VALIDATION_CONTAINER_NAME] : []),
+    ...(settings.nativeSidecars ? [SIDECAR_CONTAINER_NAME] : []),
+  ];
+  const status: SidecarStatus = {
+    version: settings.version,
+    mode: mesh.interception.mode,
+    native: settings.nativeSidecars,
+    initContainers,
+    containers: settings.nativeSidecars ? [] : [SIDECAR_CONTAINER_NAME],
+    volumes: volumes.map((v) => v.name),
+  };
+  return {
+    settings,
+    volumes,
+    status: JSON.stringify(status),
+    defaultResources: frozenWithJson(sidecarResources(mesh, {})),
+    injectedLabels: frozenWithJson({ [SIDECAR_INJECTED_LABEL]: SIDECAR_INJECTED_VALUE }),
+    sidecarBase: deepFreeze(sidecarBase),
+    sidecarTemplate: new JsonTemplate(sidecarBase, ['workloadKind', 'workloadName', 'appProbes', 'resources'] as const),
+    envIndex: {
+      workloadKind: envNames.indexOf('FLB_WORKLOAD_KIND'),
+      workloadName: envNames.indexOf('FLB_WORKLOAD_NAME'),
+      appProbes: envNames.indexOf(APP_PROBES_ENV),
+    },
+    interception: new Map(),
+  };
+}
+
+function frozenWithJson<T extends object>(value: T): T {
+  return rememberJson(deepFreeze(value));
+}
+
+/** The pod's sidecar: the mesh's template with the pod's workload, probes and resources in its holes. */
+export function podSidecar(parts: MeshParts, workload: { kind: string; name: string }, appProbesJson: string, resources: Resources): V1Container {
+  const { sidecarBase, envIndex } = parts;
+  const env = [...sidecarBase.env!];
+  env[envIndex.workloadKind] = Object.freeze({ name: 'FLB_WORKLOAD_KIND', value: workload.kind });
+  env[envIndex.workloadName] = Object.freeze({ name: 'FLB_WORKLOAD_NAME', value: workload.name });
+  env[envIndex.appProbes] = Object.freeze({ name: APP_PROBES_ENV, value: appProbesJson });
+  Object.freeze(env);
+  const container = Object.freeze({ ...sidecarBase, env, resources });
+  return rememberJson(
+    container,
+    parts.sidecarTemplate.render({
+      workloadKind: JSON.stringify(workload.kind),
+      workloadName: JSON.stringify(workload.name),
+      appProbes: JSON.stringify(appProbesJson),
+      resources: jsonText(resources),
+    }),
+  );
+}
+
+/** The mesh's interception settings for a pod, and what applies them, built once per distinct exclusion annotations. */
+export function interceptionPartsFor(parts: MeshParts, key: string, build: () => Interception): InterceptionParts {
+  let found = parts.interception.get(key);
+  if (!found) {
+    const interception = build();
+    const json = JSON.stringify(interception);
+    const init = interception.mode === 'cni' ? validationContainer(parts.settings.mesh, json) : initContainer(parts.settings.mesh, json);
+    found = { interception, json, init: frozenWithJson(init) };
+    // Bounded: a flood of pods with made-up exclusion lists must not grow the injector's memory.
+    if (parts.interception.size >= 1000) parts.interception.clear();
+    parts.interception.set(key, found);
+  }
+  return found;
+}
+
+/** The annotations map of a pod that had none: the same for every such pod with these interception settings. */
+export function newAnnotations(parts: MeshParts, interception: InterceptionParts, annotations: () => Record<string, string>): Readonly<Record<string, string>> {
+  return (interception.newAnnotations ??= frozenWithJson(annotations()));
+}
+
+/** The sidecar's resources from the mesh, with the pod's annotation overrides (already validated). */
+export function sidecarResources(mesh: Mesh, overrides: { cpuRequest?: string; memoryRequest?: string; cpuLimit?: string; memoryLimit?: string }): Resources {
+  const { requests, limits } = mesh.sidecar.resources;
+  const compact = (o: Record<string, string | undefined>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Record<string, string>;
+  return {
+    requests: compact({ cpu: overrides.cpuRequest ?? requests.cpu, memory: overrides.memoryRequest ?? requests.memory }),
+    limits: compact({ cpu: overrides.cpuLimit ?? limits.cpu, memory: overrides.memoryLimit ?? limits.memory }),
+  };
+}
+
+function fieldEnv(name: string, fieldPath: string): V1EnvVar {
+  return { name, valueFrom: { fieldRef: { fieldPath } } };
+}
+
+/** `flb sidecar` (any path to flb) understands our flags; another program (a Pipy image) gets none. */
+function runsFlb(command: readonly string[], ...subcommand: string[]): boolean {
+  return command[0]?.split('/').pop() === 'flb' && subcommand.every((word, i) => command[i + 1] === word);
+}
+
+/**
+ * The flags that make the sidecar listen where the mesh's ports say, which is where the probes,
+ * the interception rules and Prometheus look. Without them it would listen on its own defaults.
+ */
+export function sidecarPortArgs(mesh: Mesh): string[] {
+  const p = mesh.ports;
+  return [
+    `--admin-port=${p.admin}`,
+    `--outbound-port=${p.outbound}`,
+    `--inbound-port=${p.inbound}`,
+    `--metrics-port=${p.metrics}`,
+    `--dns-port=${p.dns}`,
+    `--liveness-probe-port=${p.livenessProbe}`,
+    `--readiness-probe-port=${p.readinessProbe}`,
+    `--startup-probe-port=${p.startupProbe}`,
+  ];
+}
+
+function sidecarContainer(settings: InjectorSettings): V1Container {
+  const { mesh } = settings;
+  const hole = (name: SidecarHole) => JsonTemplate.hole(name);
+  // Fresh objects each time: shared references would come out as YAML anchors in `flb inject`.
+  const ready = () => ({ httpGet: { path: '/ready', port: mesh.ports.readinessProbe, scheme: 'HTTP' } });
+  const args = [...(runsFlb(mesh.sidecar.command, 'sidecar') ? sidecarPortArgs(mesh) : []), ...mesh.sidecar.args];
+  const waitReady = mesh.sidecar.waitReadyCommand;
+  const https = mesh.repo.url.startsWith('https:');
+  return {
+    name: SIDECAR_CONTAINER_NAME,
+    image: mesh.sidecar.image,
+    imagePullPolicy: mesh.sidecar.imagePullPolicy,
+    command: [...mesh.sidecar.command],
+    ...(args.length ? { args } : {}),
+    // A native sidecar starts before the app's containers and stops after them (Jobs complete).
+    ...(settings.nativeSidecars ? { restartPolicy: 'Always' } : {}),
+    env: [
+      // The sidecar derives its id (pod.<namespace>.<name>) from these at run time: a pod made from
+      // generateName has no name yet at admission.
+      fieldEnv('POD_NAME', 'metadata.name'),
+      fieldEnv('POD_NAMESPACE', 'metadata.namespace'),
+      fieldEnv('POD_UID', 'metadata.uid'),
+      fieldEnv('POD_IP', 'status.podIP'),
+      fieldEnv('POD_IPS', 'status.podIPs'),
+      fieldEnv('SERVICE_ACCOUNT', 'spec.serviceAccountName'),
+      fieldEnv('NODE_NAME', 'spec.nodeName'),
+      { name: 'FLB_WORKLOAD_KIND', value: hole('workloadKind') },
+      { name: 'FLB_WORKLOAD_NAME', value: hole('workloadName') },
+      { name: 'FLB_MESH', value: mesh.name },
+      { name: 'FLB_REPO_URL', value: mesh.repo.url },
+      { name: 'FLB_REPO_TOKEN_FILE', value: `${REPO_DIR}/token` },
+      ...(https ? [{ name: REPO_CA_FILE_ENV, value: `${REPO_DIR}/${REPO_CA_CONFIGMAP_KEY}` }] : []),
+      { name: 'FLB_STATE_DIR', value: STATE_DIR },
+      { name: 'FLB_LOG_LEVEL', value: mesh.sidecar.logLevel },
+      { name: APP_PROBES_ENV, value: hole('appProbes') },
+      ...(mesh.sidecar.nodeOptions ? [{ name: 'NODE_OPTIONS', value: mesh.sidecar.nodeOptions }] : []),
+    ],
+    ports: [{ name: 'flb-metrics', containerPort: mesh.ports.metrics, protocol: 'TCP' }],
+    readinessProbe: { ...ready(), periodSeconds: 2, failureThreshold: 3 },
+    ...(settings.nativeSidecars
+      ? { startupProbe: { ...ready(), periodSeconds: 1, failureThreshold: 120 } }
+      : {
+          lifecycle: {
+            postStart: {
+              exec: {
+                // The hook asks the sidecar's admin port, so it must know the mesh's.
+                command:
+                  runsFlb(waitReady, 'sidecar', 'wait-ready') && !waitReady.some((a) => a.startsWith('--admin-port'))
+                    ? [...waitReady, `--admin-port=${mesh.ports.admin}`]
+                    : [...waitReady],
+              },
+            },
+          },
+        }),
+    resources: hole('resources') as unknown as Resources,
+    securityContext: {
+      runAsUser: mesh.proxyUid,
+      runAsGroup: mesh.proxyUid,
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    volumeMounts: [
+      { name: REPO_VOLUME, mountPath: REPO_DIR, readOnly: true },
+      { name: STATE_VOLUME, mountPath: STATE_DIR },
+    ],
+  };
+}
+
+function initContainer(mesh: Mesh, interceptionJson: string): V1Container {
+  return {
+    name: INIT_CONTAINER_NAME,
+    image: mesh.init.image,
+    imagePullPolicy: mesh.sidecar.imagePullPolicy,
+    command: [...mesh.init.command],
+    env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
+    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
+    // Root with NET_ADMIN and NET_RAW to write the pod's nat table, and nothing more.
+    securityContext: {
+      runAsUser: 0,
+      runAsGroup: 0,
+      runAsNonRoot: false,
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] },
+    },
+  };
+}
+
+/**
+ * In CNI mode the node agent wrote the rules; a pod that started before the plugin was on its node
+ * has none, and this check says so instead of letting the app run unmeshed.
+ */
+function validationContainer(mesh: Mesh, interceptionJson: string): V1Container {
+  return {
+    name: VALIDATION_CONTAINER_NAME,
+    image: mesh.init.image,
+    imagePullPolicy: mesh.sidecar.imagePullPolicy,
+    command: ['flb', 'cni', 'validate'],
+    env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
+    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
+    // Any UID but the proxy's, or its test connection would not be redirected; no privilege at all.
+    securityContext: {
+      runAsUser: mesh.proxyUid + 1,
+      runAsGroup: mesh.proxyUid + 1,
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+  };
+}
+
+/**
+ * The repo token (a projected ServiceAccount token for the repo's audience) and, for an HTTPS repo,
+ * its CA from the ConfigMap the control plane keeps in every injected namespace, in one projected
+ * volume, as Kubernetes hands out its own token and CA (kube-api-access-*). The ConfigMap is not
+ * optional: without the CA the sidecar cannot trust the repo and would never get its
+ * configuration, so the kubelet's own refusal (the pod stays in ContainerCreating with a
+ * FailedMount Event naming the ConfigMap, and starts once it exists) is the honest failure, where
+ * an optional one would start a sidecar that can only fail later, further from the cause.
+ */
+function sidecarVolumes(mesh: Mesh): V1Volume[] {
+  const https = mesh.repo.url.startsWith('https:');
+  return [
+    {
+      name: REPO_VOLUME,
+      projected: {
+        sources: [
+          { serviceAccountToken: { audience: mesh.repo.tokenAudience, expirationSeconds: 3600, path: 'token' } },
+          ...(https ? [{ configMap: { name: REPO_CA_CONFIGMAP, items: [{ key: REPO_CA_CONFIGMAP_KEY, path: REPO_CA_CONFIGMAP_KEY }] } }] : []),
+        ],
+      },
+    },
+    { name: STATE_VOLUME, emptyDir: {} },
+  ];
+}
