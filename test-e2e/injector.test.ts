@@ -2,11 +2,13 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:https';
 import { execa } from 'execa';
-import { AppsV1Api, CoreV1Api, type CoreV1Event, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, type CoreV1Event, type V1Namespace, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
-import { defaultMesh } from '../common/contract/index.js';
+import { defaultMesh, REPO_CA_CONFIGMAP, SIDECAR_INJECTED_LABEL } from '../common/contract/index.js';
+import { MESH_IMAGE } from '../common/contract/version.js';
 import { caBundle } from '../injector/certs.js';
-import { runInjector, type RunningInjector } from '../injector/webhook.js';
+import { injectPod, type InjectorSettings } from '../injector/inject.js';
+import { runInjector, type RunningInjector } from '../injector/runner.js';
 import { installWebhookConfiguration, webhookConfiguration } from '../injector/webhook-config.js';
 import { startControlPlane, freePorts, type ControlPlane } from './harness/controlplane.js';
 import { testBinary } from './harness/cache.js';
@@ -33,6 +35,8 @@ describe('the sidecar injector against a real kube-apiserver', () => {
   let plane: ControlPlane;
   let core: CoreV1Api;
   let injector: RunningInjector;
+  // Forced, not detected: the suite must test this path whatever version the test apiserver reports.
+  const settings: InjectorSettings = { mesh: defaultMesh(), nativeSidecars: true, version: '0.1.0-e2e' };
   const log = createLogger('injector-test', (process.env.FLB_TEST_LOG_LEVEL as 'warn' | undefined) ?? 'warn');
   const configName = 'flb-sidecar-injector';
 
@@ -102,7 +106,7 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     await core.createNamespace({ body: { metadata: { name: 'flomesh' } } });
     injector = await runInjector({
       kubeConfig: plane.kubeConfig,
-      settings: { mesh: defaultMesh(), nativeSidecars: true, version: '0.1.0-e2e' },
+      settings,
       host: '127.0.0.1',
       port: 0,
       metricsPort: 0,
@@ -160,6 +164,96 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     });
     expect(events[0]!.message).toContain('namespace label flomesh.io/inject=enabled');
     expect(events[0]!.involvedObject).toMatchObject({ kind: 'ReplicaSet', name: replicaSet.name, uid: replicaSet.uid });
+  });
+
+  it("labels injected pods so a label selector finds them, mounts the repo's CA, and tells the sidecar the mesh's ports", async () => {
+    await core.createNamespacedPod({ namespace: 'shop', body: simplePod('not-meshed', { 'flomesh.io/inject': 'false' }) });
+    const pods = (await core.listNamespacedPod({ namespace: 'shop', labelSelector: `${SIDECAR_INJECTED_LABEL}=true` })).items;
+    const podNames = pods.map((p) => p.metadata!.name!).sort();
+    expect(podNames).toHaveLength(3);
+    expect(podNames[0]).toBe('bare');
+    expect(podNames.slice(1).every((n) => n.startsWith('orders-'))).toBe(true);
+    expect(pods.every(isInjected)).toBe(true);
+    const sidecar = pods[0]!.spec!.initContainers!.find((c) => c.name === 'flb-sidecar')!;
+    expect(sidecar.image).toBe(MESH_IMAGE);
+    expect(sidecar.args).toEqual(expect.arrayContaining(['--admin-port=15000', '--outbound-port=15001', '--readiness-probe-port=15902']));
+    const ca = pods[0]!.spec!.volumes!.find((v) => v.name === 'flb-repo-access')!.projected!.sources!.find((source) => source.configMap)!.configMap!;
+    expect(ca).toMatchObject({ name: REPO_CA_CONFIGMAP, items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+    expect(ca.optional).toBeFalsy();
+  });
+
+  it('injects exactly the pods `flb inject --explain` says it will, for every combination of namespace label, pod label and annotation', async () => {
+    // What the apiserver sends the webhook depends on the configuration's selectors, which see
+    // labels only; the injector's decision must agree, or --explain promises what the cluster does not do.
+    const namespaceLabels = { enabled: 'enabled', disabled: 'disabled', unlabelled: undefined, odd: 'on' } as const;
+    const podValues = [undefined, 'true', 'false', 'yes'] as const;
+    for (const [name, value] of Object.entries(namespaceLabels)) await createNamespace(`agree-${name}`, value ? { 'flomesh.io/inject': value } : {});
+    const disagreements: string[] = [];
+    let cases = 0;
+    for (const [nsName, nsValue] of Object.entries(namespaceLabels)) {
+      const namespace = `agree-${nsName}`;
+      const nsObject: V1Namespace = { metadata: { name: namespace, labels: nsValue ? { 'flomesh.io/inject': nsValue } : {} } };
+      for (const label of podValues) {
+        for (const annotation of podValues) {
+          const pod = simplePod(`p-${label ?? 'none'}-${annotation ?? 'none'}`, label ? { 'flomesh.io/inject': label } : {});
+          if (annotation) pod.metadata!.annotations = { 'flomesh.io/inject': annotation };
+          const predicted = injectPod({ ...pod, metadata: { ...pod.metadata, namespace } }, nsObject, settings);
+          const actual = await core.createNamespacedPod({ namespace, body: pod, dryRun: 'All' }).then(
+            (created) => (isInjected(created) ? 'inject' : 'not injected'),
+            (error: { body?: string }) => `refused: ${(JSON.parse(error.body ?? '{}') as { message?: string }).message ?? ''}`,
+          );
+          const expected = predicted.action === 'inject' ? 'inject' : predicted.action === 'deny' ? `refused: ${predicted.message}` : 'not injected';
+          cases++;
+          if (!(actual === expected || (predicted.action === 'deny' && actual.endsWith(`flb-mesh injector: ${predicted.message}`)))) {
+            disagreements.push(`namespace ${nsName}, label ${label}, annotation ${annotation}: flb inject says ${expected}, the cluster did ${actual}`);
+          }
+        }
+      }
+    }
+    expect(disagreements).toEqual([]);
+    expect(cases).toBe(64);
+  });
+
+  it('injects with a postStart hook instead of a native sidecar when told to, whatever the apiserver version', async () => {
+    const postStart = await runInjector({
+      kubeConfig: plane.kubeConfig,
+      settings: { ...settings, nativeSidecars: false },
+      host: '127.0.0.1',
+      port: 0,
+      secret: { namespace: 'flomesh', name: 'flb-injector-tls-poststart' },
+      webhookConfigName: 'flb-sidecar-injector-unused',
+      certs: { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], certValidityMs: 3_600_000, caValidityMs: 7_200_000 },
+      log,
+    });
+    try {
+      await installWebhookConfiguration(
+        plane.kubeConfig,
+        webhookConfiguration({
+          name: configName,
+          url: `https://127.0.0.1:${postStart.port}/mutate`,
+          failurePolicy: 'Fail',
+          timeoutSeconds: 5,
+          meshNamespace: 'flomesh',
+          caBundlePem: caBundle(postStart.current()),
+        }),
+      );
+      const pod = await eventually('the apiserver to call the postStart injector', async () => {
+        const created = await core.createNamespacedPod({ namespace: 'shop', body: simplePod('post-start'), dryRun: 'All' }).catch(() => undefined);
+        return created && names(created).containers?.[0] === 'flb-sidecar' ? created : undefined;
+      });
+      expect(names(pod)).toEqual({ init: ['flb-init'], containers: ['flb-sidecar', 'app'] });
+      const sidecar = pod.spec!.containers[0]!;
+      expect(sidecar.restartPolicy).toBeUndefined();
+      expect(sidecar.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=15000']);
+      expect(JSON.parse(pod.metadata!.annotations!['flomesh.io/sidecar-status']!)).toMatchObject({ native: false, containers: ['flb-sidecar'] });
+    } finally {
+      await install(injectorUrl(), 'Fail');
+      await postStart.stop();
+    }
+    await eventually('the native-sidecar injector to answer again', async () => {
+      const created = await core.createNamespacedPod({ namespace: 'shop', body: simplePod('native-again'), dryRun: 'All' }).catch(() => undefined);
+      return created && names(created).init.includes('flb-sidecar') ? true : undefined;
+    });
   });
 
   it("raises no Event in Kubernetes' own namespaces or the mesh's from forged reviews, even naming real ReplicaSets there", async () => {
@@ -225,6 +319,20 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     expect(isInjected(await read('legacy', 'opted-in'))).toBe(true);
   });
 
+  it('refuses a pod naming every bad label and annotation at once', async () => {
+    const pod = simplePod('bad-everything', { 'flomesh.io/inject': 'yes' });
+    pod.metadata!.annotations = { 'flomesh.io/outbound-port-exclusion-list': 'postgres', 'flomesh.io/proxy-memory-limit': 'lots' };
+    const refusal = await core.createNamespacedPod({ namespace: 'shop', body: pod }).then(
+      () => 'admitted',
+      (error: { body?: string }) => (JSON.parse(error.body ?? '{}') as { message?: string }).message,
+    );
+    expect(refusal).toBe(
+      'admission webhook "namespace.sidecar-injector.flomesh.io" denied the request: flb-mesh injector: pod label flomesh.io/inject must be "true" or "false", not "yes"; ' +
+        'annotation flomesh.io/outbound-port-exclusion-list: "postgres" is not a port number 1-65535 (expected a comma-separated list such as "5432,6379"); ' +
+        'annotation flomesh.io/proxy-memory-limit: "lots" is not a Kubernetes quantity such as 100m or 128Mi',
+    );
+  });
+
   it('refuses a pod whose exclusion annotation is invalid, saying which', async () => {
     const pod = simplePod('bad-annotation');
     pod.metadata!.annotations = { 'flomesh.io/outbound-ip-range-exclusion-list': '10.0.0.0/8,not-a-cidr' };
@@ -257,20 +365,26 @@ describe('the sidecar injector against a real kube-apiserver', () => {
   });
 
   it('has no side effects on a server-side dry run', async () => {
+    const dryRuns = async () =>
+      Number(
+        /flb_injector_injections_total\{reinvocation="false",dry_run="true"\} (\d+)/.exec(
+          await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text(),
+        )?.[1] ?? 0,
+      );
+    const before = await dryRuns();
     const dry = await core.createNamespacedPod({ namespace: 'legacy', body: simplePod('dry-run-pod', { 'flomesh.io/inject': 'true' }), dryRun: 'All' });
     expect(isInjected(dry)).toBe(true);
     await expect(core.readNamespacedPod({ name: 'dry-run-pod', namespace: 'legacy' })).rejects.toMatchObject({ code: 404 });
     await injector.events.flush();
     const events = await core.listNamespacedEvent({ namespace: 'legacy' });
     expect(events.items.filter((e) => e.message?.includes('dry-run-pod'))).toEqual([]);
-    const metrics = await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text();
-    expect(metrics).toMatch(/flb_injector_injections_total\{reinvocation="false",dry_run="true"\} 1/);
+    expect((await dryRuns()) - before).toBe(1);
   });
 
   it('exports Prometheus metrics: reviews, injections, skips by reason, latency', async () => {
     const metrics = await (await fetch(`http://127.0.0.1:${injector.metricsPort}/metrics`)).text();
     expect(metrics).toMatch(/flb_injector_admission_reviews_total\{outcome="inject"\} \d+/);
-    expect(metrics).toMatch(/flb_injector_admission_reviews_total\{outcome="deny"\} 1/);
+    expect(Number(/flb_injector_admission_reviews_total\{outcome="deny"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThanOrEqual(2);
     expect(metrics).toMatch(/flb_injector_review_duration_seconds_bucket\{le="0.001"\} \d+/);
   });
 
