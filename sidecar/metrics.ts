@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { counterFamily, gaugeFamily, histogramFamily, type CounterCell, type GaugeCell, type HistogramCell } from './series.js';
 
@@ -33,12 +34,12 @@ export class SidecarMetrics {
   private readonly connectErrors = counterFamily(
     this.registry,
     'flb_sidecar_connect_errors_total',
-    'Connections that found no endpoint to connect to after retries',
+    'Connections and HTTP requests that could not connect to any endpoint, retries spent',
   );
   private readonly connectSeconds = histogramFamily(
     this.registry,
     'flb_sidecar_upstream_connect_seconds',
-    'Time to connect to an endpoint, retries included',
+    'Time from a connection or request arriving to a new connection to its endpoint, failed attempts included (HTTP: only requests that opened one)',
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5],
   );
   private readonly requests = counterFamily(this.registry, 'flb_sidecar_requests_total', 'HTTP requests by response class');
@@ -68,15 +69,50 @@ export class SidecarMetrics {
     },
   });
   readonly configApplied = new Counter({ name: 'flb_sidecar_config_updates_total', help: 'Configuration versions applied', registers: [this.registry] });
-  readonly configRejected = new Gauge({
+  /** Read when scraped: a file is refused or accepted again with or without any change to apply. */
+  private rejectedSource: () => number = () => 0;
+  readonly configRejected: Gauge = new Gauge({
     name: 'flb_sidecar_config_rejected_files',
     help: 'Files of the current configuration refused by validation',
     registers: [this.registry],
+    collect: (): void => this.configRejected.set(this.rejectedSource()),
   });
   private readonly series = new Map<string, ServiceSeries>();
+  /** Sockets of the HTTP proxies, by what they counted last. */
+  private readonly sockets = new Map<Socket, { series: ServiceSeries; read: number; written: number }>();
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'flb_sidecar_' });
+    this.beforeCollect(() => {
+      for (const [socket, counted] of this.sockets) this.countBytes(socket, counted);
+    });
+  }
+
+  countRejectedFiles(source: () => number): void {
+    this.rejectedSource = source;
+  }
+
+  /**
+   * Bytes of a connection the HTTP proxies take over from the forwarder, counted on the app's
+   * socket as the forwarder counts a `tcp` connection's: what the app sent (headers and framing
+   * included) and what it was sent back, on every scrape and when the socket closes.
+   */
+  countSocketBytes(socket: Socket, series: ServiceSeries): void {
+    const counted = { series, read: 0, written: 0 };
+    this.sockets.set(socket, counted);
+    socket.once('close', () => {
+      this.countBytes(socket, counted);
+      this.sockets.delete(socket);
+    });
+  }
+
+  private countBytes(socket: Socket, counted: { series: ServiceSeries; read: number; written: number }): void {
+    const read = socket.bytesRead;
+    const written = socket.bytesWritten;
+    counted.series.sent.inc(read - counted.read);
+    counted.series.received.inc(written - counted.written);
+    counted.read = read;
+    counted.written = written;
   }
 
   /** `hook` runs before the byte counters are read (a scrape). */

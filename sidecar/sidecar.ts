@@ -69,6 +69,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   const metrics = new SidecarMetrics();
   const pools = new Map<string, EndpointPool>();
   metrics.countUsableEndpoints(() => [...pools].map(([id, pool]) => [id, pool.counters().usable]));
+  metrics.countRejectedFiles(() => source.rejected().length);
   let view: OutboundView = { routes: RouteTable.build([]), pools, unknownDestination: 'passthrough' };
   let listening = false;
   let draining = false;

@@ -76,7 +76,9 @@ export class HttpProxy {
 
   handle(socket: Socket, route: Route, pool: EndpointPool): void {
     this.bound.set(socket, { route, pool });
-    this.metrics.for(this.direction, route.service.id).connections.inc();
+    const series = this.metrics.for(this.direction, route.service.id);
+    series.connections.inc();
+    this.metrics.countSocketBytes(socket, series);
     this.server.emit('connection', socket);
   }
 
@@ -138,7 +140,9 @@ export class HttpProxy {
       let delay: number;
       let failure: AttemptError;
       try {
-        const upstream = await this.send(req, target, pool.connect.timeoutMs, policy?.perTryTimeoutMs, method, headers, body);
+        const upstream = await this.send(req, target, pool.connect.timeoutMs, policy?.perTryTimeoutMs, method, headers, body, () =>
+          series.connectSeconds.observe((performance.now() - started) / 1000),
+        );
         const status = upstream.statusCode ?? 502;
         delay = planner.retryAfterResponse(status, undefined, resendable);
         if (delay !== GIVE_UP) {
@@ -151,7 +155,6 @@ export class HttpProxy {
         series.requests(`${Math.floor(status / 100)}xx`).inc();
         res.writeHead(status, upstream.statusMessage, forwardHeaders(upstream.headers));
         upstream.on('data', (chunk: Buffer) => {
-          series.received.inc(chunk.length);
           if (!res.write(chunk)) upstream.pause();
         });
         res.on('drain', () => upstream.resume());
@@ -179,6 +182,7 @@ export class HttpProxy {
         continue;
       }
       this.log.debug({ service: route.service.id, endpoint: target.key, err: failure.message }, 'request failed');
+      if (failure.kind === 'connect-failure') series.connectErrors.inc();
       series.requests('5xx').inc();
       this.reply(res, failure.kind === 'timeout' ? 504 : 502, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
       return;
@@ -193,6 +197,8 @@ export class HttpProxy {
     method: string,
     headers: OutgoingHttpHeaders,
     body: Buffer | undefined,
+    /** A new connection to the endpoint is up (not called for a kept-alive one). */
+    onConnected: () => void,
   ): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       let reached = false;
@@ -210,6 +216,7 @@ export class HttpProxy {
         socket.once('connect', () => {
           clearTimeout(connectTimer);
           reached = true;
+          onConnected();
         });
       });
       const tryTimer = perTryTimeoutMs

@@ -67,7 +67,9 @@ export class Http2Proxy {
 
   handle(socket: Socket, route: Route, pool: EndpointPool): void {
     (socket as BoundSocket)[BOUND] = { route, pool };
-    this.metrics.for(this.direction, route.service.id).connections.inc();
+    const series = this.metrics.for(this.direction, route.service.id);
+    series.connections.inc();
+    this.metrics.countSocketBytes(socket, series);
     this.server.emit('connection', socket);
   }
 
@@ -92,7 +94,7 @@ export class Http2Proxy {
   }
 
   /** One connection per endpoint, shared by every stream; a broken one is replaced on next use. */
-  private session(target: PickedEndpoint, connectTimeoutMs: number): Promise<ClientHttp2Session> {
+  private session(target: PickedEndpoint, connectTimeoutMs: number, onConnected: () => void): Promise<ClientHttp2Session> {
     const existing = this.sessions.get(target.key);
     if (existing) return existing;
     const host = target.address.includes(':') ? `[${target.address}]` : target.address;
@@ -101,6 +103,7 @@ export class Http2Proxy {
       const timer = setTimeout(() => session.destroy(new Error(`no connection within ${connectTimeoutMs} ms`)), connectTimeoutMs);
       session.once('connect', () => {
         clearTimeout(timer);
+        onConnected();
         resolve(session);
       });
       session.on('error', (error) => {
@@ -152,7 +155,7 @@ export class Http2Proxy {
       }
       let session: ClientHttp2Session;
       try {
-        session = await this.session(target, pool.connect.timeoutMs);
+        session = await this.session(target, pool.connect.timeoutMs, () => series.connectSeconds.observe((performance.now() - started) / 1000));
       } catch (error) {
         // Nothing of the stream was sent: safe to move on whatever the method.
         const delay = planner.retryAfterConnectFailure();
@@ -162,6 +165,7 @@ export class Http2Proxy {
           if (stream.destroyed) return;
           continue;
         }
+        series.connectErrors.inc();
         series.requests('5xx').inc();
         if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 502, 'x-flb-error': 'upstream' }, { endStream: true });
         this.log.debug({ service: route.service.id, endpoint: target.key, err: error }, 'http2 connect failed');
