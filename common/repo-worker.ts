@@ -58,6 +58,8 @@ export interface WorkerOptions {
   maxBackoffMs?: number;
   /** Extra request headers (an Authorization bearer token, later). */
   headers?: () => Record<string, string>;
+  /** PEM bundle an https repo's certificate must chain to, re-read when it changes (else Node's trust). */
+  caFile?: string;
   /** Called when condition() changes. */
   onCondition?(condition: WorkerCondition): void;
 }
@@ -67,7 +69,7 @@ export class RepoWorker {
   private fileEtags = new Map<string, string>();
   private stopped = false;
   private readonly abort = new AbortController();
-  private readonly client = new KeepAliveClient();
+  private readonly client: KeepAliveClient;
   private pushSupported = true;
   private loop?: Promise<void>;
   private statusTimer?: NodeJS.Timeout;
@@ -79,6 +81,10 @@ export class RepoWorker {
   constructor(private readonly options: WorkerOptions) {
     if (!options.url.endsWith('/')) throw new Error(`the worker URL must end with '/': ${options.url}`);
     this.conditions = new ConditionLog(options.log);
+    this.client = new KeepAliveClient({
+      ...(options.caFile !== undefined ? { caFile: options.caFile } : {}),
+      onCaProblem: (message) => options.log.warn({ caFile: options.caFile }, message),
+    });
   }
 
   current(): Snapshot | undefined {

@@ -11,7 +11,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { PORT_FLAGS, sidecarCommands, type SidecarRunner } from './cli.js';
-import type { SidecarArgs } from './runner.js';
+import { createLogger } from '../common/log.js';
+import { sidecarOptions, type SidecarArgs } from './runner.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -88,6 +89,33 @@ describe('flb sidecar flags', () => {
       code: 0,
       waited: { adminPort: 16000, timeoutMs: 2000 },
     });
+  });
+
+  it('fills in from the environment what the flags leave out: id, repo, token and CA files, state dir, app address', async () => {
+    const { args } = await parse('sidecar');
+    const log = createLogger('cli-test', 'silent');
+    const env = {
+      POD_NAMESPACE: 'shop',
+      POD_NAME: 'orders-1',
+      FLB_REPO_URL: 'https://flb-repo.flomesh.svc:6060',
+      FLB_REPO_CA_FILE: '/etc/flb/repo-ca/ca.crt',
+      FLB_STATE_DIR: '/var/lib/flb-test',
+      POD_IP: '10.1.2.3',
+    };
+    const options = sidecarOptions(args!, env, log);
+    expect(options).toMatchObject({
+      id: 'pod.shop.orders-1',
+      appHost: '10.1.2.3',
+      config: {
+        kind: 'repo',
+        url: 'https://flb-repo.flomesh.svc:6060/repo/flb/sidecars/pod.shop.orders-1/',
+        cacheDir: '/var/lib/flb-test/config',
+        caFile: '/etc/flb/repo-ca/ca.crt',
+      },
+    });
+    const flagged = (await parse('sidecar', '--id', 'vm.a', '--repo-ca-file', '/ca.pem', '--state-dir', '/s')).args!;
+    expect(sidecarOptions(flagged, env, log).config).toMatchObject({ url: expect.stringContaining('/vm.a/'), caFile: '/ca.pem', cacheDir: '/s/config' });
+    expect(() => sidecarOptions(args!, { POD_NAMESPACE: 'shop', POD_NAME: 'x' }, log)).toThrow('--repo URL (or FLB_REPO_URL), or --config-dir DIR');
   });
 
   it('runs from the sidecar bundle alone when bin/flb.js starts it: parser, runner and sidecar in one module', () => {

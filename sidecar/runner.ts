@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { untilStopped } from '../common/cli.js';
+import { REPO_CA_FILE_ENV } from '../common/contract/annotations.js';
 import { sidecarIdFromEnv } from '../common/contract/identity.js';
 import type { SidecarPorts } from '../common/contract/mesh.js';
 import { UsageError } from '../common/errors.js';
@@ -37,6 +38,7 @@ export function sidecarOptions(args: SidecarArgs, env: NodeJS.ProcessEnv, log: L
   const repo = args.repo ?? env.FLB_REPO_URL;
   if (!args.configDir && !repo) throw new UsageError('say where the configuration comes from: --repo URL (or FLB_REPO_URL), or --config-dir DIR');
   const tokenFile = args.tokenFile ?? env.FLB_REPO_TOKEN_FILE;
+  const caFile = args.repoCaFile ?? (env[REPO_CA_FILE_ENV] || undefined);
   const stateDir = args.stateDir ?? env.FLB_STATE_DIR ?? '/var/lib/flb';
   return {
     id,
@@ -48,6 +50,7 @@ export function sidecarOptions(args: SidecarArgs, env: NodeJS.ProcessEnv, log: L
           url: sidecarCodebaseUrl(repo!, id),
           cacheDir: join(stateDir, 'config'),
           ...(tokenFile ? { headers: () => ({ authorization: `Bearer ${readFileSync(tokenFile, 'utf8').trim()}` }) } : {}),
+          ...(caFile ? { caFile } : {}),
         },
     ports: args.ports,
     appHost: args.appHost ?? env.POD_IP ?? '127.0.0.1',

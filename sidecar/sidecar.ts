@@ -29,7 +29,7 @@ import { RouteTable } from './proxy/routes.js';
 export type { Readiness };
 
 export type ConfigOrigin =
-  { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string> } | { kind: 'local'; dir: string; watch: boolean };
+  { kind: 'repo'; url: string; cacheDir: string; headers?: () => Record<string, string>; caFile?: string } | { kind: 'local'; dir: string; watch: boolean };
 
 export interface SidecarOptions {
   id: string;
@@ -127,6 +127,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
           onUpdate: apply,
           onStatusChange: statusChanged,
           ...(options.config.headers ? { headers: options.config.headers } : {}),
+          ...(options.config.caFile !== undefined ? { caFile: options.config.caFile } : {}),
         })
       : localConfigSource({ dir: options.config.dir, log, onUpdate: apply, watch: options.config.watch, sidecarId: options.id, onStatusChange: statusChanged });
 

@@ -42,6 +42,8 @@ export interface RepoConfigSourceOptions {
   onUpdate: UpdateHandler;
   /** Request headers (a bearer token that rotates, so asked for on every request). */
   headers?: () => Record<string, string>;
+  /** PEM bundle the repo's certificate must chain to, re-read when it changes. */
+  caFile?: string;
   /** Called when what waitingFor() or rejected() say may have changed. */
   onStatusChange?: () => void;
   /** How long the repo may hold a long poll (0: HEAD polling only). */
@@ -212,6 +214,7 @@ class RepoConfigSource implements ConfigSource {
       status: () => this.status(),
       onCondition: () => this.options.onStatusChange?.(),
       ...(this.options.headers ? { headers: this.options.headers } : {}),
+      ...(this.options.caFile !== undefined ? { caFile: this.options.caFile } : {}),
       ...(this.options.waitSeconds !== undefined ? { waitSeconds: this.options.waitSeconds } : {}),
       ...(this.options.pollIntervalMs !== undefined ? { pollIntervalMs: this.options.pollIntervalMs } : {}),
       ...(this.options.statusIntervalMs !== undefined ? { statusIntervalMs: this.options.statusIntervalMs } : {}),
