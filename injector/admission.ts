@@ -5,7 +5,7 @@ import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { issuesOf } from '../common/contract/validate.js';
 import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
-import { JsonTemplate, rememberJson } from './json-text.js';
+import { rememberJson } from './json-text.js';
 import { patchJson } from './patch.js';
 
 const AdmissionReviewSchema = z.object({
@@ -117,12 +117,12 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
   switch (result.action) {
     case 'inject': {
       const patch = Buffer.from(patchJson(result.patch)).toString('base64');
-      const answer = (value: string) =>
-        reply({ allowed: true, patchType: 'JSONPatch', patch: value, ...(result.warnings.length ? { warnings: result.warnings } : {}) });
+      const warnings = result.warnings.length ? { warnings: result.warnings } : {};
       // The base64 patch is most of the answer and never needs escaping: the text is written around
-      // it, not scanned through by JSON.stringify once more.
-      const text = new JsonTemplate(answer(JsonTemplate.hole('patch')), ['patch']).render({ patch: `"${patch}"` });
-      return { status: 200, body: rememberJson(answer(patch), text), review: outcome };
+      // it, as JSON.stringify would write it (response is the last key, patch and warnings its last).
+      const head = JSON.stringify(reply({ allowed: true, patchType: 'JSONPatch' })).slice(0, -2);
+      const text = `${head},"patch":"${patch}"${result.warnings.length ? `,"warnings":${JSON.stringify(result.warnings)}` : ''}}}`;
+      return { status: 200, body: rememberJson(reply({ allowed: true, patchType: 'JSONPatch', patch, ...warnings }), text), review: outcome };
     }
     case 'skip':
       return { status: 200, body: reply({ allowed: true, ...(result.warnings.length ? { warnings: result.warnings } : {}) }), review: outcome };

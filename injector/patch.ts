@@ -36,13 +36,30 @@ export function appendToArray(pathToArray: string, existing: readonly unknown[] 
  * operations' values (json-text.ts): the shape of the webhook's answer.
  */
 export function patchJson(patch: readonly Operation[]): string {
-  const ops = patch.map((operation) => {
-    const fields: string[] = [];
-    for (const [key, value] of Object.entries(operation)) {
-      if (value === undefined) continue;
-      fields.push(`${JSON.stringify(key)}:${key === 'value' ? jsonText(value) : JSON.stringify(value)}`);
-    }
-    return `{${fields.join(',')}}`;
-  });
-  return `[${ops.join(',')}]`;
+  let out = '[';
+  for (let i = 0; i < patch.length; i++) out += (i ? ',' : '') + operationJson(patch[i]!);
+  return `${out}]`;
+}
+
+const OUR_SHAPE = ['op', 'path', 'value'];
+
+function operationJson(operation: Operation): string {
+  // The operations injectPod makes are {op, path, value} in that order: written directly. Any other
+  // shape goes field by field, as JSON.stringify would (Object.entries cost a third of the time).
+  let n = 0;
+  for (const key in operation) {
+    if (key !== OUR_SHAPE[n++]) return fieldByField(operation);
+  }
+  if (n !== 3 || (operation as { value?: unknown }).value === undefined) return fieldByField(operation);
+  const { op, path, value } = operation as { op: string; path: string; value: unknown };
+  return `{"op":${JSON.stringify(op)},"path":${JSON.stringify(path)},"value":${jsonText(value)}}`;
+}
+
+function fieldByField(operation: Operation): string {
+  const fields: string[] = [];
+  for (const [key, value] of Object.entries(operation)) {
+    if (value === undefined) continue;
+    fields.push(`${JSON.stringify(key)}:${key === 'value' ? jsonText(value) : JSON.stringify(value)}`);
+  }
+  return `{${fields.join(',')}}`;
 }
