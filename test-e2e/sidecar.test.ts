@@ -1,3 +1,9 @@
+/*
+ * The sidecar in real network namespaces with real iptables redirection: an app namespace with
+ * the interception rules and `flb sidecar` (UID 1500), and three endpoint namespaces on their own
+ * veth pairs. The app (UID 1000) dials a service's ClusterIP or mesh VIP, or resolves its name
+ * through the sidecar's DNS, and sees the balancing, failover, DNS and inbound behaviour users get.
+ */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,12 +15,6 @@ import { applyRules } from '../cni/iptables.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
 
-/**
- * The sidecar in real network namespaces with real iptables redirection: an app namespace with
- * the interception rules and `flb sidecar` (UID 1500), and three endpoint namespaces on their own
- * veth pairs. The app (UID 1000) dials a service's ClusterIP or mesh VIP, or resolves its name
- * through the sidecar's DNS, and sees the balancing, failover, DNS and inbound behaviour users get.
- */
 const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 const APP_UID = 1000;
@@ -342,6 +342,31 @@ describe('flb sidecar in network namespaces', () => {
     expect(await probe(15902, '/app-health/app/readiness')).toMatchObject({ status: 200, body: expect.stringContaining('connected') });
     expect((await probe(15901, '/app-health/app/liveness')).status).toBe(503);
     expect((await probe(15902, '/ready')).status).toBe(200);
+  });
+
+  it('counts what it carries in its metrics: the bytes of HTTP requests on the app connection, inbound connections and their bytes', async () => {
+    const metric = async (name: string, labels: Record<string, string>) => {
+      const text = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
+      const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && wanted.every((w) => l.includes(w)));
+      return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+    };
+    const orders = { direction: 'outbound', service: 'orders.shop' };
+    const sentBefore = await metric('flb_sidecar_bytes_total', { ...orders, way: 'sent' });
+    const receivedBefore = await metric('flb_sidecar_bytes_total', { ...orders, way: 'received' });
+    expect(Object.values(await counts('http', 10)).reduce((a, b) => a + b, 0)).toBe(10);
+    // Ten requests and their answers, headers included: a few hundred bytes each way at least.
+    expect((await metric('flb_sidecar_bytes_total', { ...orders, way: 'sent' })) - sentBefore).toBeGreaterThan(10 * 30);
+    expect((await metric('flb_sidecar_bytes_total', { ...orders, way: 'received' })) - receivedBefore).toBeGreaterThan(10 * 30);
+
+    const app = { direction: 'inbound', service: '7070' };
+    const connectionsBefore = await metric('flb_sidecar_connections_total', app);
+    const inboundBefore = await metric('flb_sidecar_bytes_total', { ...app, way: 'received' });
+    const answer = JSON.parse((await eps[0]!.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, 'raw', POD_IP, '7070', JSON.stringify('')])).stdout) as {
+      text: string;
+    };
+    expect(await metric('flb_sidecar_connections_total', app)).toBe(connectionsBefore + 1);
+    expect(await metric('flb_sidecar_bytes_total', { ...app, way: 'received' })).toBe(inboundBefore + Buffer.byteLength(answer.text));
   });
 
   it('drains on SIGTERM: not ready, no new connections, an open transfer finishes', async () => {
