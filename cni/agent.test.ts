@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -139,5 +139,33 @@ describe('RequestReader', () => {
   it('refuses more than the whole-request limit', () => {
     const reader = new RequestReader();
     expect(reader.push(Buffer.alloc(REQUEST_LIMITS.totalBytes + 1))).toMatchObject({ code: 7, refused: expect.stringMatching(/the request is larger than/) });
+  });
+});
+
+describe('the agent socket', () => {
+  it('replaces a socket file no agent serves (one killed before removing it), and answers on it', async () => {
+    const path = join(work, 'stale.sock');
+    writeFileSync(path, '');
+    const restarted = new CniAgent({ socketPath: path, stateDir: join(work, 'stale-state'), getPod: async () => undefined, log: createLogger('t', 'silent') });
+    await restarted.start();
+    try {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = connect(path);
+        let text = '';
+        socket.on('data', (d: Buffer) => (text += d.toString()));
+        socket.on('end', () => resolve(text));
+        socket.on('error', reject);
+        socket.end(request({ command: 'VERSION' }));
+      });
+      expect(answer).toContain('"supportedVersions"');
+    } finally {
+      await restarted.stop();
+    }
+  });
+
+  it('leaves the socket of an agent that serves it alone, and says so', async () => {
+    const second = new CniAgent({ socketPath, stateDir: join(work, 'second-state'), getPod: async () => undefined, log: createLogger('t', 'silent') });
+    await expect(second.start()).rejects.toThrow(`the CNI agent cannot listen on ${socketPath}: another process is listening there`);
+    expect(await exchange((socket) => socket.end(request({ command: 'VERSION' })))).toMatchObject({ exitCode: 0, result: { cniVersion: '1.1.0' } });
   });
 });

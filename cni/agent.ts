@@ -1,8 +1,9 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync, renameSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
 import { INTERCEPTION_ANNOTATION, InterceptionSchema, SIDECAR_STATUS_ANNOTATION, checkDocument, type Interception } from '../common/contract/index.js';
+import { listenError, portInUse } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { applyRules, cleanRules, verifyRules } from './iptables.js';
 
@@ -111,12 +112,17 @@ export class CniAgent {
   constructor(private readonly options: AgentOptions) {}
 
   async start(): Promise<void> {
+    const listener = { what: 'the CNI agent', address: this.options.socketPath, flag: '--socket PATH (the plugin finds it through FLB_CNI_AGENT_SOCKET)' };
     mkdirSync(dirname(this.options.socketPath), { recursive: true });
     mkdirSync(this.options.stateDir, { recursive: true });
-    if (existsSync(this.options.socketPath)) unlinkSync(this.options.socketPath);
+    if (existsSync(this.options.socketPath)) {
+      // Removing the socket of an agent still serving would take the node's pods away from it.
+      if (await answers(this.options.socketPath)) throw portInUse(listener);
+      unlinkSync(this.options.socketPath); // left by an agent that stopped without removing it
+    }
     this.server = createServer((socket) => this.serve(socket));
     await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
+      this.server!.once('error', (error) => reject(listenError(error, listener)));
       this.server!.listen(this.options.socketPath, resolve);
     });
     this.options.log.info({ socket: this.options.socketPath }, 'CNI agent listening');
@@ -295,6 +301,18 @@ export class CniAgent {
   private forget(containerId: string): void {
     rmSync(this.statePath(containerId), { force: true });
   }
+}
+
+/** Whether something accepts connections on the Unix socket at `path`. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 export function errorResult(cniVersion: string, code: number, msg: string, details?: string): string {

@@ -1,6 +1,11 @@
+/*
+ * `flb iptables` and `flb cni`: flags parsed here, the work done in rules.ts / iptables.ts (the
+ * rules), runner.ts (the node agent and its repair loop), install.ts and validate.ts.
+ */
 import { fileURLToPath } from 'node:url';
 import { untilStopped } from '../common/cli.js';
 import { Command, Option } from 'commander';
+import { parseDuration } from '../common/duration.js';
 import { ActionableError } from '../common/errors.js';
 import type { Interception } from '../common/contract/index.js';
 
@@ -91,7 +96,7 @@ function cniCommand(): Command {
     .description("Serve the CNI plugin over a Unix socket: read the pod's flomesh.io/interception annotation and program its network namespace.")
     .option('--socket <path>', 'Unix socket the plugin connects to', '/var/run/flb-mesh/cni-agent.sock')
     .option('--state-dir <dir>', 'where programmed containers are recorded (for DEL and GC)', '/var/run/flb-mesh/cni-state')
-    .option('--kubeconfig <file>', 'kubeconfig (default: in-cluster)')
+    .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)')
     .option('--node-name <name>', 'this node (for the repair loop); default $NODE_NAME')
     .addOption(
       new Option('--repair <mode>', 'pods whose in-pod validation failed: delete those a controller recreates (label the rest), only label, or leave them')
@@ -101,41 +106,20 @@ function cniCommand(): Command {
     .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
     .action(
       async (o: { socket: string; stateDir: string; kubeconfig?: string; nodeName?: string; repair: 'delete' | 'label' | 'off'; repairInterval: string }) => {
-        const [{ CniAgent }, { loadKubeConfig }, { createLogger }, { CoreV1Api }] = await Promise.all([
-          import('./agent.js'),
-          import('../common/kube.js'),
-          import('../common/log.js'),
-          import('@kubernetes/client-node'),
-        ]);
-        const core = loadKubeConfig(o.kubeconfig).makeApiClient(CoreV1Api);
-        const agent = new CniAgent({
+        const repairIntervalMs = parseDuration(o.repairInterval);
+        const nodeName = o.nodeName ?? process.env.NODE_NAME;
+        const [{ runCniAgent }, { createLogger }] = await Promise.all([import('./runner.js'), import('../common/log.js')]);
+        const agent = await runCniAgent({
           socketPath: o.socket,
           stateDir: o.stateDir,
+          ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
+          ...(nodeName ? { nodeName } : {}),
+          repair: o.repair,
+          repairIntervalMs,
           log: createLogger('cni-agent'),
-          getPod: async (namespace, name) => {
-            try {
-              return await core.readNamespacedPod({ name, namespace });
-            } catch (error) {
-              if ((error as { code?: number }).code === 404) return undefined;
-              throw error;
-            }
-          },
+          repairLog: createLogger('cni-repair'),
         });
-        await agent.start();
-        const nodeName = o.nodeName ?? process.env.NODE_NAME;
-        let repairTimer: NodeJS.Timeout | undefined;
-        if (o.repair !== 'off' && nodeName) {
-          const [{ repairPass }, { parseDuration }] = await Promise.all([import('./repair.js'), import('../common/duration.js')]);
-          const log = createLogger('cni-repair');
-          const pass = () =>
-            void repairPass({ core, nodeName, mode: o.repair as 'delete' | 'label', log }).catch((error: unknown) =>
-              log.warn({ err: error }, 'repair pass failed'),
-            );
-          repairTimer = setInterval(pass, parseDuration(o.repairInterval));
-          pass();
-        }
         await untilStopped();
-        clearInterval(repairTimer);
         await agent.stop();
       },
     );

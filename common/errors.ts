@@ -46,7 +46,7 @@ export function formatAddress(host: string, port: number): string {
 /** The address is taken: names the listener, how to find who holds it, and the flag that moves it. */
 export function portInUse(listener: Listener, cause?: unknown): ActionableError {
   const port = /:(\d+)$/.exec(listener.address)?.[1];
-  const finder = port ? ` (see who: ss -ltnp 'sport = :${port}')` : '';
+  const finder = port ? ` (see who: ss -ltunp 'sport = :${port}')` : listener.address.startsWith('/') ? ` (see who: ss -lxp | grep ${listener.address})` : '';
   return new ActionableError(
     `${listener.what} cannot listen on ${listener.address}: another process is listening there`,
     `stop that process${finder}, or move ${listener.what} with ${listener.flag}`,

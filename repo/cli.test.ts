@@ -46,7 +46,7 @@ describe('flb repo', () => {
     expect(result.status).toBe(1);
     expect(result.stderr).toBe(
       `flb: the repo cannot listen on 127.0.0.1:${port}: another process is listening there\n` +
-        `hint: stop that process (see who: ss -ltnp 'sport = :${port}'), or move the repo with --listen HOST:PORT\n`,
+        `hint: stop that process (see who: ss -ltunp 'sport = :${port}'), or move the repo with --listen HOST:PORT\n`,
     );
   });
 

@@ -1,0 +1,71 @@
+/*
+ * `flb cni agent` running: the Kubernetes API client, the node agent on its socket, and the repair
+ * loop. cni/cli.ts only parses flags into AgentRunOptions.
+ */
+import { CoreV1Api } from '@kubernetes/client-node';
+import { loadKubeConfig } from '../common/kube.js';
+import { ConditionLog, type Logger } from '../common/log.js';
+import { CniAgent } from './agent.js';
+import { repairPass, type RepairMode } from './repair.js';
+
+export interface AgentRunOptions {
+  socketPath: string;
+  stateDir: string;
+  kubeconfig?: string;
+  /** The repair loop runs only with a node name and a mode other than off. */
+  nodeName?: string;
+  repair: RepairMode | 'off';
+  repairIntervalMs: number;
+  log: Logger;
+  repairLog: Logger;
+}
+
+export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): Promise<void> }> {
+  // First: without an API the agent could only fail every pod's ADD, so it does not start.
+  const core = loadKubeConfig(options.kubeconfig).makeApiClient(CoreV1Api);
+  const agent = new CniAgent({
+    socketPath: options.socketPath,
+    stateDir: options.stateDir,
+    log: options.log,
+    getPod: async (namespace, name) => {
+      try {
+        return await core.readNamespacedPod({ name, namespace });
+      } catch (error) {
+        if ((error as { code?: number }).code === 404) return undefined;
+        throw error;
+      }
+    },
+  });
+  await agent.start();
+  const repair =
+    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName }) : undefined;
+  if (options.repair !== 'off' && !options.nodeName) options.log.warn('no --node-name and no NODE_NAME: the repair loop is off');
+  return {
+    stop: async () => {
+      repair?.stop();
+      await agent.stop();
+    },
+  };
+}
+
+/**
+ * A repair pass every interval. A pass that fails (the API away) is logged when that starts, as a
+ * reminder once a minute, and when passes succeed again, not every interval with a stack.
+ */
+function startRepairLoop(options: { core: CoreV1Api; nodeName: string; mode: RepairMode; repairIntervalMs: number; repairLog: Logger }): { stop(): void } {
+  const conditions = new ConditionLog(options.repairLog);
+  let running = false;
+  const pass = () => {
+    if (running) return;
+    running = true;
+    repairPass({ core: options.core, nodeName: options.nodeName, mode: options.mode, log: options.repairLog })
+      .then(
+        () => conditions.clear('repair passes succeed again'),
+        (error: unknown) => conditions.report('repair-failing', 'repair pass failed; trying again every interval', { error }),
+      )
+      .finally(() => (running = false));
+  };
+  const timer = setInterval(pass, options.repairIntervalMs);
+  pass();
+  return { stop: () => clearInterval(timer) };
+}
