@@ -1,3 +1,8 @@
+/*
+ * The node agent's socket reader, as the plugin (plugin/flb-cni.c) and anything else that can
+ * reach the socket talk to it: a request is 7 length-prefixed fields; the answer is
+ * <exit code><length><stdout>.
+ */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -6,11 +11,6 @@ import { join } from 'node:path';
 import { createLogger } from '../common/log.js';
 import { CniAgent, REQUEST_LIMITS, RequestReader, type CniRequest } from './agent.js';
 
-/**
- * The node agent's socket reader, as the plugin (plugin/flb-cni.c) and anything else that can
- * reach the socket talk to it: a request is 7 length-prefixed fields; the answer is
- * <exit code><length><stdout>.
- */
 const TIMEOUT_MS = 400;
 let work: string;
 let agent: CniAgent;

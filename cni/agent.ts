@@ -1,3 +1,8 @@
+/*
+ * The CNI node agent: the plugin on the host (cni/plugin/flb-cni.c) forwards each CNI call here
+ * over a Unix socket; the agent decides and programs the pod's network namespace with the one
+ * rule builder. CNI spec 1.0.0 (ADD, DEL, CHECK, VERSION) and 1.1.0 (STATUS, GC).
+ */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync, renameSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -7,11 +12,6 @@ import { listenError, portInUse } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { applyRules, cleanRules, verifyRules } from './iptables.js';
 
-/**
- * The CNI node agent: the plugin on the host (cni/plugin/flb-cni.c) forwards each CNI call here
- * over a Unix socket; the agent decides and programs the pod's network namespace with the one
- * rule builder. CNI spec 1.0.0 (ADD, DEL, CHECK, VERSION) and 1.1.0 (STATUS, GC).
- */
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 
 /** CNI error codes (spec, "Error"); 100+ are this plugin's own. */

@@ -1,14 +1,14 @@
-import { copyFileSync, chmodSync, existsSync, readFileSync, readdirSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
-import { basename, join } from 'node:path';
-import { ActionableError } from '../common/errors.js';
-import type { Logger } from '../common/log.js';
-
-/**
+/*
  * The CNI installer of the node agent: copies the plugin binary, chains the plugin into the
  * network configuration the runtime uses (the first file of the config directory by name, as
  * kubelet/containerd/CRI-O pick it), turning a lone .conf into a .conflist, keeps it there when
  * another CNI rewrites the file, and removes itself cleanly.
  */
+import { copyFileSync, chmodSync, existsSync, readFileSync, readdirSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { basename, join } from 'node:path';
+import { ActionableError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+
 export const PLUGIN_TYPE = 'flb-cni';
 
 type Json = Record<string, unknown>;

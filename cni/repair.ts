@@ -1,14 +1,14 @@
-import type { CoreV1Api } from '@kubernetes/client-node';
-import { PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
-import type { Logger } from '../common/log.js';
-import { VALIDATION_CONTAINER_NAME } from '../common/contract/index.js';
-
-/**
+/*
  * The node-local repair loop: pods on this node whose in-pod validation (flb-validation) failed
  * started without their interception rules, usually because they were scheduled before the CNI
  * plugin was installed. A pod that a controller will recreate is deleted (its replacement gets the
  * rules); any other pod is labelled and gets an Event, so users can find it.
  */
+import type { CoreV1Api } from '@kubernetes/client-node';
+import { PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
+import type { Logger } from '../common/log.js';
+import { VALIDATION_CONTAINER_NAME } from '../common/contract/index.js';
+
 export const REPAIR_LABEL = 'flomesh.io/cni-repair';
 
 export type RepairMode = 'delete' | 'label';

@@ -1,11 +1,11 @@
-import ipaddr from 'ipaddr.js';
-import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/index.js';
-
-/**
+/*
  * The one rule builder for the init container, the CNI node agent and the VM installer: from the
  * interception settings to the nat-table rules, in the exact form `iptables-save` prints them,
  * so that `verify` is a textual comparison and goldens read like what users see.
  */
+import ipaddr from 'ipaddr.js';
+import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/index.js';
+
 export type Family = 4 | 6;
 
 export const CHAIN = {

@@ -1,15 +1,15 @@
+/*
+ * The in-pod check for CNI mode, run as the pod's first init container: is outbound traffic
+ * really redirected? (A pod that started before the CNI plugin was on its node has no rules, the
+ * most common failure of mesh CNI plugins.) It needs no privilege: it listens on the outbound port
+ * and dials an address that only the redirect can answer, with a token it expects back.
+ */
 import { randomBytes } from 'node:crypto';
 import { connect, createServer } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Interception } from '../common/contract/index.js';
 import { ActionableError } from '../common/errors.js';
 
-/**
- * The in-pod check for CNI mode, run as the pod's first init container: is outbound traffic
- * really redirected? (A pod that started before the CNI plugin was on its node has no rules, the
- * most common failure of mesh CNI plugins.) It needs no privilege: it listens on the outbound port
- * and dials an address that only the redirect can answer, with a token it expects back.
- */
 const PROBE_PORT = 15999;
 
 export function probeDestination(settings: Interception): { host: string; port: number } {

@@ -1,3 +1,10 @@
+/*
+ * Bearer tokens cost the apiserver as little as possible: what cannot be a ServiceAccount token
+ * for the repo (not a JWT, another audience, expired) is refused without a TokenReview; results
+ * are cached (LRU, so tokens in use stay); concurrent requests share a review; and reviews are
+ * rate-limited per client and overall. TokenReviews go to a fake apiserver that counts them; the
+ * end-to-end test (test-e2e/repo-auth.test.ts) does the same against a real one.
+ */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
@@ -5,13 +12,6 @@ import type { AddressInfo } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Authenticator, type AuthOptions } from './auth.js';
 
-/**
- * Bearer tokens cost the apiserver as little as possible: what cannot be a ServiceAccount token
- * for the repo (not a JWT, another audience, expired) is refused without a TokenReview; results
- * are cached (LRU, so tokens in use stay); concurrent requests share a review; and reviews are
- * rate-limited per client and overall. TokenReviews go to a fake apiserver that counts them; the
- * end-to-end test (test-e2e/repo-auth.test.ts) does the same against a real one.
- */
 const AUDIENCE = 'flb-repo';
 const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
 const jwt = (payload: Record<string, unknown>, header: Record<string, unknown> = { alg: 'RS256', kid: 'k1' }) =>

@@ -1,10 +1,4 @@
-import { createHash } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
-import type { TLSSocket } from 'node:tls';
-import { AuthenticationV1Api, type KubeConfig, type V1TokenReviewStatus } from '@kubernetes/client-node';
-import { MESH_CODEBASE, SIDECARS_CODEBASE_PREFIX, SIDECAR_ID_PATTERN, sidecarId } from '../common/contract/identity.js';
-
-/**
+/*
  * Who is calling the repo, and what they may do. The control plane (a client certificate with
  * CN flb-control-plane) may do everything. A sidecar proves who it is with a projected
  * ServiceAccount token whose audience is the repo (checked by a TokenReview against the
@@ -19,6 +13,12 @@ import { MESH_CODEBASE, SIDECARS_CODEBASE_PREFIX, SIDECAR_ID_PATTERN, sidecarId 
  * rate-limited per client address and overall, past which the caller is told to come back
  * (429 with Retry-After) instead of queueing.
  */
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { AuthenticationV1Api, type KubeConfig, type V1TokenReviewStatus } from '@kubernetes/client-node';
+import { MESH_CODEBASE, SIDECARS_CODEBASE_PREFIX, SIDECAR_ID_PATTERN, sidecarId } from '../common/contract/identity.js';
+
 export type Principal = { kind: 'control-plane' } | { kind: 'sidecar'; id: string } | { kind: 'anonymous' };
 
 export const CONTROL_PLANE_CN = 'flb-control-plane';

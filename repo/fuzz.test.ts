@@ -1,3 +1,8 @@
+/*
+ * The repo's request handler under 100,000 generated inputs per target (repo/testing/fuzz-targets.ts):
+ * request paths, the headers it reads, and request bodies. Each runs in a worker the harness stops
+ * on a hang; a failing input is kept under repo/testing/fuzz/crashers/ and replayed every run.
+ */
 import { describe, expect, it } from '@jest/globals';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -6,11 +11,6 @@ import fc from 'fast-check';
 import { fuzz } from '../common/testing/fuzz.js';
 import { answered, fuzzTargets } from './testing/fuzz-targets.js';
 
-/**
- * The repo's request handler under 100,000 generated inputs per target (repo/testing/fuzz-targets.ts):
- * request paths, the headers it reads, and request bodies. Each runs in a worker the harness stops
- * on a hang; a failing input is kept under repo/testing/fuzz/crashers/ and replayed every run.
- */
 describe('fuzzing the repo', () => {
   it.each(['paths', 'headers', 'bodies'])(
     'answers 100,000 generated %s well',

@@ -1,11 +1,11 @@
+/*
+ * The repo's memory follows its store: a write the store refused (a full disk) changes nothing a
+ * later publish could pick up or a restart could lose, and a retry of the same write succeeds.
+ */
 import { describe, expect, it } from '@jest/globals';
 import { Repo } from './repo.js';
 import { MemoryStore } from './testing/memory-store.js';
 
-/**
- * The repo's memory follows its store: a write the store refused (a full disk) changes nothing a
- * later publish could pick up or a restart could lose, and a retry of the same write succeeds.
- */
 const NAME = '/flb/mesh';
 const files = (entries: Record<string, string | null>) =>
   new Map(Object.entries(entries).map(([path, content]) => [path, content === null ? null : Buffer.from(content)]));

@@ -1,7 +1,4 @@
-import { keptStatus, truncated } from './status.js';
-import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/store.js';
-
-/**
+/*
  * The repo's model: codebases with drafts and published versions, derived codebases that inherit
  * their base's files, the served tree workers poll, and the instances that report status. State
  * lives in memory and every accepted write is in the store before the caller is answered.
@@ -12,6 +9,9 @@ import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/stor
  * - File etags are content hashes, so `_etags` tells a worker exactly which files changed.
  * - Names are checked (segments of [A-Za-z0-9._-], no `..`, no nesting of one codebase in another).
  */
+import { keptStatus, truncated } from './status.js';
+import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/store.js';
+
 export class RepoError extends Error {
   constructor(
     readonly status: number,

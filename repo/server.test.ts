@@ -1,3 +1,7 @@
+/*
+ * What one client can make the repo hold: pipelined long polls on one connection, encoded deltas
+ * asked for from every old version, and TokenReviews past the rate limit (answered 429).
+ */
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { connect } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
@@ -9,10 +13,6 @@ import { Repo } from './repo.js';
 import { MAX_DELTA_CACHE_BYTES, MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION, startRepoServer, type RepoServer } from './server.js';
 import { MemoryStore } from './testing/memory-store.js';
 
-/**
- * What one client can make the repo hold: pipelined long polls on one connection, encoded deltas
- * asked for from every old version, and TokenReviews past the rate limit (answered 429).
- */
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 /** Heap and Buffers that survive a full collection. */

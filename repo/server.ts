@@ -1,3 +1,8 @@
+/*
+ * `flb repo`: the Pipy 1.5 repo REST API (repo/PIPY-API.md) over a Repo. Errors are text/plain
+ * messages, as Pipy's are, so Pipy's own tools read them; every bad request gets a 4xx and changes
+ * nothing.
+ */
 import { isUtf8 } from 'node:buffer';
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -10,11 +15,6 @@ import { Authenticator, TooManyTokenReviews, authorize } from './auth.js';
 import { RepoError, checkPath, type Delta, type Repo } from './repo.js';
 import type { CodebaseRecord } from './store/store.js';
 
-/**
- * `flb repo`: the Pipy 1.5 repo REST API (repo/PIPY-API.md) over a Repo. Errors are text/plain
- * messages, as Pipy's are, so Pipy's own tools read them; every bad request gets a 4xx and changes
- * nothing.
- */
 export const MAX_BODY_BYTES = 8 * 1024 * 1024;
 /** Longest a worker's long poll is held; below common proxy idle timeouts. */
 export const MAX_WAIT_SECONDS = 55;

@@ -1,4 +1,4 @@
-/**
+/*
  * What the repo keeps of a worker's status report. A report may be megabytes (a Pipy worker's
  * metrics, module graphs, or anything a caller sends), and the repo keeps it for a minute per
  * instance: it keeps only the fields it shows, each cut to a sane size, within a budget per

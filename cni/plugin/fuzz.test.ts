@@ -1,11 +1,4 @@
-import { describe, expect, it } from '@jest/globals';
-import { execFile } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-/**
+/*
  * The CNI plugin's parsers under clang's libFuzzer with AddressSanitizer and UBSan
  * (fuzz/target.c: the cniVersion taken from stdin, JSON escaping of error results and log lines,
  * the agent's answer framing, stdin reading, request fields). Every crasher kept in
@@ -13,6 +6,13 @@ import { fileURLToPath } from 'node:url';
  * fuzz/corpus/parsers/ (new inputs it finds go to a temporary folder, not the repo). A crash,
  * a sanitizer report or an input running past -timeout is saved under crashers/ (commit it).
  */
+import { describe, expect, it } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 const here = fileURLToPath(new URL('.', import.meta.url));
 const binary = join(here, 'build/fuzz/flb-cni-fuzz');
 const corpus = join(here, 'fuzz/corpus/parsers');

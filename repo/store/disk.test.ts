@@ -1,3 +1,8 @@
+/*
+ * The disk store's record journal: a reload sees exactly what was acknowledged, whatever mix of
+ * appends and compactions wrote it, and a torn last line is ignored and cut off. Crashes inside
+ * the write path (kill -9 after each step) are in test-e2e/repo-crash.test.ts.
+ */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -5,11 +10,6 @@ import { join } from 'node:path';
 import { DiskStore, type JournalLimits } from './disk.js';
 import type { CodebaseRecord } from './store.js';
 
-/**
- * The disk store's record journal: a reload sees exactly what was acknowledged, whatever mix of
- * appends and compactions wrote it, and a torn last line is ignored and cut off. Crashes inside
- * the write path (kill -9 after each step) are in test-e2e/repo-crash.test.ts.
- */
 const NAME = '/flb/mesh';
 const record = (files: Record<string, string>, version: string, main = '/main.json'): CodebaseRecord => ({ name: NAME, version, main, files, edits: {} });
 const sha = (n: number) => n.toString(16).padStart(64, '0');

@@ -1,10 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
-import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
-import type { CodebaseRecord, RepoStore } from './store.js';
-
-/**
+/*
  * The local-disk store. Every write follows the same protocol, so that a crash at any point
  * leaves the last acknowledged state: write a temp file, fsync it, rename it over the target,
  * fsync the directory. Blobs are content-addressed and written before the record that refers
@@ -24,6 +18,12 @@ import type { CodebaseRecord, RepoStore } from './store.js';
  * a recording layer that knows what a power cut after each call would leave. `faults` lets a test
  * crash the write path after a chosen step (kill -9) to prove each step matters.
  */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { inParallel, nodeFs, type DurableFs } from '../../common/durable-fs.js';
+import type { CodebaseRecord, RepoStore } from './store.js';
+
 export type WriteStep = 'temp-written' | 'temp-synced' | 'renamed' | 'dir-synced' | 'journal-appended' | 'journal-synced' | 'journal-removed';
 
 /** A record as published, without drafts (kept apart) or revision (etcd's). */

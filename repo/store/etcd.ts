@@ -1,7 +1,4 @@
-import { createHash } from 'node:crypto';
-import { StoreConflict, type CodebaseRecord, type RepoStore } from './store.js';
-
-/**
+/*
  * The etcd store, for several repo replicas serving the same data. It speaks etcd's v3 JSON
  * gateway with fetch (no client library needed for put/range/txn). Every file is its own small key
  * (etcd limits a request to 1.5 MiB), so a change moves one file. Replicas pick up each other's
@@ -9,6 +6,9 @@ import { StoreConflict, type CodebaseRecord, type RepoStore } from './store.js';
  * mod_revision is still the one the writer's copy was read or written at (an etcd transaction), so
  * two replicas publishing the same codebase cannot silently overwrite each other.
  */
+import { createHash } from 'node:crypto';
+import { StoreConflict, type CodebaseRecord, type RepoStore } from './store.js';
+
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
 const unb64 = (s: string) => Buffer.from(s, 'base64');
 /** The key just after every key that starts with `prefix`, for a range over the prefix. */

@@ -1,3 +1,10 @@
+/*
+ * Power loss, not only kill -9: a sequence of writes (creates, drafts, publishes appended to the
+ * journal, a batch big enough to compact it, erases, a discard, a delete) runs on a recording file
+ * system, and at every crash point each disk a power cut could leave (common/testing/power-loss.ts)
+ * is opened as a store. Every acknowledged write must be there, whole, or the write in flight
+ * applied whole; the store must open; and it must take a publish afterwards and keep it.
+ */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -6,13 +13,6 @@ import { materialise, PowerLossRecorder, type CrashPoint, type RecorderOptions, 
 import { Repo } from '../repo.js';
 import { DiskStore, type JournalLimits } from './disk.js';
 
-/**
- * Power loss, not only kill -9: a sequence of writes (creates, drafts, publishes appended to the
- * journal, a batch big enough to compact it, erases, a discard, a delete) runs on a recording file
- * system, and at every crash point each disk a power cut could leave (common/testing/power-loss.ts)
- * is opened as a store. Every acknowledged write must be there, whole, or the write in flight
- * applied whole; the store must open; and it must take a publish afterwards and keep it.
- */
 interface CodebaseState {
   version: string;
   main: string;

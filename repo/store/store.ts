@@ -1,4 +1,4 @@
-/**
+/*
  * The repo's storage, behind one small interface so that the local disk (the embedded default)
  * and etcd (several replicas serving the same data) are interchangeable. A codebase is one small
  * record (its versions' manifests: path -> content hash) plus content-addressed blobs, so a change

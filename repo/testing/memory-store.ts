@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import type { CodebaseRecord, RepoStore } from '../store/store.js';
 
+type Method = 'putRecord' | 'putDraft' | 'putDrafts' | 'clearDrafts' | 'deleteRecord' | 'putBlob' | 'putBlobs';
+
 /**
  * A RepoStore in memory, for tests and fuzzing the request handler in-process: it behaves as the
  * disk store does (records without drafts, drafts apart, content-addressed blobs), and `failNext`
  * makes the next call of a method fail, as a full disk would.
  */
-type Method = 'putRecord' | 'putDraft' | 'putDrafts' | 'clearDrafts' | 'deleteRecord' | 'putBlob' | 'putBlobs';
-
 export class MemoryStore implements RepoStore {
   private readonly records = new Map<string, string>();
   private readonly drafts = new Map<string, Map<string, string | null>>();
