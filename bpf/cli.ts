@@ -7,7 +7,7 @@ export function bpfCommands(): Command[] {
       new Command('bpf')
         .summary('load, inspect or unload the eBPF interception programs')
         .description('connect4/6 redirect, sockops + getsockopt original destination, sendmsg4 for DNS.'),
-      'eBPF interception, a later issue',
+      'eBPF interception, issue #20',
     ),
   ];
 }

@@ -7,7 +7,7 @@ export function bridgeCommands(): Command[] {
       new Command('bridge')
         .summary('sync Eureka, Consul, Kubernetes and other clusters into the catalog')
         .description('Runs the registry bridge: sources to one normalised catalog to sinks (repo, Kubernetes, Consul, Eureka).'),
-      'the registry bridge, a later issue',
+      'the control plane and registry bridge, issues #14, #17 and #18',
     ),
   ];
 }
