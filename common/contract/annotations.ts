@@ -1,5 +1,5 @@
 /**
- * Labels and annotations users and parts of the mesh read and write (ARCHITECTURE.md, 'Defaults').
+ * Labels and annotations users and parts of the mesh read and write (README.md in this folder, 'What an injected pod carries').
  * Names follow Flomesh's own service mesh so its users feel at home.
  */
 export const INJECT_LABEL = 'flomesh.io/inject';

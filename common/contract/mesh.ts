@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { API_VERSION, cidr, dnsLabel, dnsName, interfaceName, port } from './primitives.js';
 import { MESH_IMAGE } from './version.js';
 
-/** The ports users see (ARCHITECTURE.md, 'Defaults'). */
+/** The ports users see (mesh.json's `ports`; injector/README.md says where the injector uses them). */
 export const DEFAULT_PORTS = {
   admin: 15000,
   outbound: 15001,

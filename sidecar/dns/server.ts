@@ -35,7 +35,7 @@ export interface ListenAddress {
 }
 
 export const DEFAULT_DNS_PORT = 15053;
-/** A UDP DNS server behind an iptables REDIRECT must be bound to loopback (ARCHITECTURE.md). */
+/** A UDP DNS server behind an iptables REDIRECT must be bound to loopback: REDIRECT lands on 127.0.0.1 / ::1 (cni/README.md). */
 export const DEFAULT_DNS_LISTEN: readonly ListenAddress[] = [
   { host: '127.0.0.1', port: DEFAULT_DNS_PORT },
   { host: '::1', port: DEFAULT_DNS_PORT },
