@@ -18,7 +18,10 @@ const AdmissionReviewSchema = z.object({
     namespace: z.string().optional(),
     name: z.string().optional(),
     dryRun: z.boolean().optional(),
-    object: z.record(z.string(), z.unknown()).nullable().optional(),
+    // PodShape checks the pod itself; a record schema here would copy every key of it first.
+    object: z
+      .custom<Record<string, unknown> | null>((v) => v === null || (typeof v === 'object' && !Array.isArray(v)), 'expected an object or null')
+      .optional(),
   }),
 });
 

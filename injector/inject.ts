@@ -134,6 +134,10 @@ class AnnotationReader {
   readonly invalid: InvalidSetting[] = [];
   constructor(private readonly annotations: Record<string, string>) {}
 
+  hasAny(names: readonly string[]): boolean {
+    return names.some((name) => this.annotations[name] !== undefined);
+  }
+
   /** The parsed value, or `absent` when the annotation is missing or invalid (then it is in `invalid`). */
   read<T>(name: string, parse: (annotation: string, value: string) => T, absent: T): T {
     const value = this.annotations[name];
@@ -219,8 +223,10 @@ const EXCLUSION_ANNOTATIONS = [
  * Undefined when an annotation is invalid (the reader has it).
  */
 function interceptionParts(pod: V1Pod, parts: MeshParts, annotations: AnnotationReader): InterceptionParts | undefined {
-  const values = pod.metadata?.annotations ?? {};
-  const key = EXCLUSION_ANNOTATIONS.map((a) => values[a] ?? '\u0000').join('\u0001');
+  const values = pod.metadata?.annotations;
+  // Most pods have none of the exclusion annotations: their key needs no string built.
+  const key =
+    values && EXCLUSION_ANNOTATIONS.some((a) => values[a] !== undefined) ? EXCLUSION_ANNOTATIONS.map((a) => values[a] ?? '\u0000').join('\u0001') : '';
   const found = parts.interception.get(key);
   if (found) return found;
   const before = annotations.invalid.length;
@@ -249,6 +255,7 @@ function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interceptio
   });
 }
 
+const RESOURCE_ANNOTATIONS = Object.values(PROXY_RESOURCE_ANNOTATIONS);
 const QUANTITY = /^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/;
 
 function parseQuantity(annotation: string, value: string): string {
@@ -258,6 +265,7 @@ function parseQuantity(annotation: string, value: string): string {
 
 /** The sidecar's resources: the mesh's (shared) unless the pod's annotations change them. */
 function podResources(parts: MeshParts, annotations: AnnotationReader): NonNullable<V1Container['resources']> {
+  if (!annotations.hasAny(RESOURCE_ANNOTATIONS)) return parts.defaultResources;
   const overrides = {
     cpuRequest: annotations.read(PROXY_RESOURCE_ANNOTATIONS.cpuRequest, parseQuantity, undefined),
     memoryRequest: annotations.read(PROXY_RESOURCE_ANNOTATIONS.memoryRequest, parseQuantity, undefined),

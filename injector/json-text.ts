@@ -25,9 +25,17 @@ export function jsonText(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value);
   const known = remembered.get(value);
   if (known !== undefined) return known;
-  // JSON.stringify writes null for array items it cannot represent (undefined, functions, symbols).
-  if (Array.isArray(value))
-    return `[${value.map((item: unknown) => (item === undefined || typeof item === 'function' || typeof item === 'symbol' ? 'null' : jsonText(item))).join(',')}]`;
+  if (Array.isArray(value)) {
+    // Concatenated, not joined: join would copy the remembered texts into one new string, which
+    // the answer's base64 copies once more.
+    let out = '[';
+    for (let i = 0; i < value.length; i++) {
+      const item: unknown = value[i];
+      // JSON.stringify writes null for array items it cannot represent.
+      out += (i ? ',' : '') + (item === undefined || typeof item === 'function' || typeof item === 'symbol' ? 'null' : jsonText(item));
+    }
+    return `${out}]`;
+  }
   return JSON.stringify(value);
 }
 

