@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import type { SidecarPorts } from '../common/contract/index.js';
+import { ActionableError } from '../common/errors.js';
 import { meshDoc, sidecarDoc } from './config/testing/fixtures.js';
 import { runSidecar, type RunningSidecar, type SidecarOptions } from './sidecar.js';
 
@@ -80,6 +81,27 @@ async function freePort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
+
+describe('the sidecar names a listener that cannot start', () => {
+  it.each([
+    ['outbound', "the sidecar's outbound listener", '--outbound-port'],
+    ['admin', "the sidecar's admin listener", '--admin-port'],
+    ['readinessProbe', "the sidecar's readiness probe listener", '--readiness-probe-port'],
+  ] as const)('a taken %s port: which listener, where, and the flag that moves it', async (name, what, flag) => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, name === 'admin' ? '127.0.0.1' : '::', resolve));
+    cleanups.push(() => new Promise((resolve) => taken.close(resolve)));
+    const port = (taken.address() as { port: number }).port;
+    const error = await start({
+      ports: { ...ANY_PORTS, [name]: port },
+      config: { kind: 'local', dir: configDir({ mesh: meshDoc(), sidecar: sidecarDoc(ID) }), watch: false },
+    }).catch((e: unknown) => e as ActionableError);
+    expect(error).toBeInstanceOf(ActionableError);
+    const host = name === 'admin' ? '127.0.0.1' : '[::]';
+    expect((error as ActionableError).message).toBe(`${what} cannot listen on ${host}:${port}: another process is listening there`);
+    expect((error as ActionableError).hint).toContain(`or move ${what} with ${flag} PORT`);
+  });
+});
 
 describe('the sidecar says why it is not ready', () => {
   it('refuses a sidecar.json for another sidecar in --config-dir mode, naming both ids, on /ready and the probe ports', async () => {

@@ -8,6 +8,7 @@
  */
 import type { Server } from 'node:net';
 import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
+import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { startAdmin, startMetricsServer, type Readiness } from './admin.js';
 import { EndpointPool, endpointKey, type PoolEvent } from './balancer/index.js';
@@ -155,40 +156,58 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     return { ready: true, reason: 'ready' };
   }
   const ready = () => readiness().ready;
+  let closing: Promise<void> | undefined;
+  /** A listener's start; a failure names the listener and the flag that moves it (a port taken, say). */
+  async function asListener<T>(name: keyof SidecarPorts, host: string, start: () => T | Promise<T>): Promise<T> {
+    try {
+      return await start();
+    } catch (error) {
+      throw describeListenError(error, name, host);
+    }
+  }
+  function describeListenError(error: unknown, name: keyof SidecarPorts, host: string): unknown {
+    return listenError(error, { what: `the sidecar's ${LISTENERS[name]}`, address: formatAddress(host, ports[name]), flag: `${PORT_FLAGS[name]} PORT` });
+  }
   try {
-    dns = await startDnsServer({
-      listen: dnsListen(ports.dns),
-      log,
-      registry: metrics.registry,
-      ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
-    });
+    dns = await asListener('dns', '127.0.0.1', () =>
+      startDnsServer({
+        listen: dnsListen(ports.dns),
+        log,
+        registry: metrics.registry,
+        ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
+      }),
+    );
     bound.dns = dns.ports[0]?.port ?? ports.dns;
-    const outbound = startOutbound({
-      host: '::',
-      port: ports.outbound,
-      view: () => view,
-      http,
-      http2,
-      metrics,
-      log,
-      ...(options.outboundDestination ? { destination: options.outboundDestination } : {}),
-    });
+    const outbound = await asListener('outbound', '::', () =>
+      startOutbound({
+        host: '::',
+        port: ports.outbound,
+        view: () => view,
+        http,
+        http2,
+        metrics,
+        log,
+        ...(options.outboundDestination ? { destination: options.outboundDestination } : {}),
+      }),
+    );
     proxies.push(outbound);
     bound.outbound = outbound.port;
-    const inbound = startInbound({ host: '::', port: ports.inbound, metrics, log });
+    const inbound = await asListener('inbound', '::', () => startInbound({ host: '::', port: ports.inbound, metrics, log }));
     proxies.push(inbound);
     bound.inbound = inbound.port;
-    const admin = await startAdmin({
-      host: '127.0.0.1',
-      port: ports.admin,
-      readiness,
-      registry: metrics.registry,
-      configDump: () => configDump(options.id, source),
-      endpoints: () => [...pools.values()].map((p) => p.snapshot()),
-    });
+    const admin = await asListener('admin', '127.0.0.1', () =>
+      startAdmin({
+        host: '127.0.0.1',
+        port: ports.admin,
+        readiness,
+        registry: metrics.registry,
+        configDump: () => configDump(options.id, source),
+        endpoints: () => [...pools.values()].map((p) => p.snapshot()),
+      }),
+    );
     servers.push(admin);
     bound.admin = portOf(admin);
-    const metricsServer = await startMetricsServer('::', ports.metrics, metrics.registry);
+    const metricsServer = await asListener('metrics', '::', () => startMetricsServer('::', ports.metrics, metrics.registry));
     servers.push(metricsServer);
     bound.metrics = portOf(metricsServer);
     const probePorts = [ports.livenessProbe, ports.readinessProbe, ports.startupProbe];
@@ -199,6 +218,10 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       appHost: options.appHost,
       readiness,
       log,
+    }).catch((error: unknown) => {
+      const failed = (error as { port?: unknown }).port;
+      const name = (['livenessProbe', 'readinessProbe', 'startupProbe'] as const).find((probe) => ports[probe] === failed) ?? 'livenessProbe';
+      throw describeListenError(error, name, '::');
     });
     servers.push(...probeServers);
     // One server per distinct port, in order.
@@ -216,7 +239,6 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   log.info({ id: options.id, ports: bound, config: options.config.kind }, 'sidecar started');
   readiness();
 
-  let closing: Promise<void> | undefined;
   /** Once: drain() ends with it, and close() after drain() finds it done. */
   function closeAll(): Promise<void> {
     return (closing ??= closeEverything());
@@ -250,6 +272,18 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     close: closeAll,
   };
 }
+
+/** Each port's listener, as a user reads it in an error. */
+const LISTENERS: Record<keyof SidecarPorts, string> = {
+  admin: 'admin listener',
+  outbound: 'outbound listener',
+  inbound: 'inbound listener',
+  metrics: 'metrics listener',
+  dns: 'DNS server',
+  livenessProbe: 'liveness probe listener',
+  readinessProbe: 'readiness probe listener',
+  startupProbe: 'startup probe listener',
+};
 
 function portOf(server: Server): number {
   const address = server.address();

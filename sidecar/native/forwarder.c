@@ -682,10 +682,12 @@ static forwarder *forwarder_of(napi_env env, napi_callback_info info, size_t *ar
   return f;
 }
 
+// The error's `code` is the errno's name (EADDRINUSE, ...), as Node's own socket errors have it,
+// so the sidecar can say which listener failed and which flag moves it.
 static napi_value throw_errno_text(napi_env env, const char *what, int error) {
   char message[256];
   snprintf(message, sizeof message, "%s: %s", what, strerror(error));
-  napi_throw_error(env, NULL, message);
+  napi_throw_error(env, strerrorname_np(error), message);
   return NULL;
 }
 
