@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { issuesOf } from '../common/contract/validate.js';
 import { injectPod, type InjectionResult, type InjectorSettings } from './inject.js';
 import { rememberJson } from './json-text.js';
-import { patchJson } from './patch.js';
+import { patchBase64 } from './patch.js';
 
 const AdmissionReviewSchema = z.object({
   apiVersion: z.literal('admission.k8s.io/v1', { message: 'only admission.k8s.io/v1 AdmissionReviews are supported' }),
@@ -119,7 +119,7 @@ export async function review(body: unknown, namespaces: NamespaceLookup, setting
   const outcome = { uid: request.uid, namespace, dryRun, pod: podWithNamespace, result };
   switch (result.action) {
     case 'inject': {
-      const patch = Buffer.from(patchJson(result.patch)).toString('base64');
+      const patch = patchBase64(result.patch);
       const warnings = result.warnings.length ? { warnings: result.warnings } : {};
       // The base64 patch is most of the answer and never needs escaping: the text is written around
       // it, as JSON.stringify would write it (response is the last key, patch and warnings its last).

@@ -21,7 +21,7 @@ import {
 } from '../common/contract/index.js';
 import { MESH_IMAGE } from '../common/contract/version.js';
 import { injectPod, REPO_VOLUME, type InjectionResult, type InjectorSettings } from './inject.js';
-import { patchJson } from './patch.js';
+import { patchBase64, patchJson } from './patch.js';
 
 const dir = new URL('./testdata/inject/', import.meta.url).pathname;
 const update = process.env.UPDATE_GOLDEN === '1';
@@ -99,6 +99,10 @@ describe('injection fixtures', () => {
     it("writes the webhook's patch text exactly as JSON.stringify would, from the parts built once per mesh", () => {
       if (result.action !== 'inject') return;
       expect(patchJson(result.patch)).toBe(JSON.stringify(result.patch));
+      // The base64 the webhook answers with: the same JSON, with spaces between tokens where the
+      // parts encoded once end.
+      const decoded = Buffer.from(patchBase64(result.patch), 'base64').toString();
+      expect(JSON.stringify(JSON.parse(decoded))).toBe(JSON.stringify(result.patch));
       // A second pod of the same mesh gets the same parts, and still the same text.
       const again = injectPod(structuredClone(fixture.pod), fixture.namespace, settings);
       expect(again.action === 'inject' && patchJson(again.patch)).toBe(JSON.stringify(result.patch));

@@ -130,15 +130,12 @@ export function podSidecar(parts: MeshParts, workload: { kind: string; name: str
   env[envIndex.appProbes] = Object.freeze({ name: APP_PROBES_ENV, value: appProbesJson });
   Object.freeze(env);
   const container = Object.freeze({ ...sidecarBase, env, resources });
-  return rememberJson(
-    container,
-    parts.sidecarTemplate.render({
-      workloadKind: JSON.stringify(workload.kind),
-      workloadName: JSON.stringify(workload.name),
-      appProbes: JSON.stringify(appProbesJson),
-      resources: jsonText(resources),
-    }),
-  );
+  return parts.sidecarTemplate.rememberAs(container, {
+    workloadKind: JSON.stringify(workload.kind),
+    workloadName: JSON.stringify(workload.name),
+    appProbes: JSON.stringify(appProbesJson),
+    resources: jsonText(resources),
+  });
 }
 
 /** The mesh's interception settings for a pod, and what applies them, built once per distinct exclusion annotations. */

@@ -3,8 +3,9 @@
 // admission-review: the bytes of a request body, through the server's own path (reviewBody: JSON,
 // AdmissionReview shape, pod shape, injection), then the Events the outcome would raise. Every input
 // must get a well-formed answer: 400 with a JSON error, or an AdmissionReview response for the same
-// uid whose patch, if any, applies to the pod, written exactly as JSON.stringify would write it
-// (json-text.ts builds it from parts serialised once); and any Event it raises is about the request's
+// uid whose patch, if any, applies to the pod and is the JSON of the injection's patch, the answer
+// written exactly as JSON.stringify would write it (json-text.ts builds both from parts serialised
+// and encoded once); and any Event it raises is about the request's
 // namespace, one visible line of at most 1 KiB. Inputs: mutations of a realistic review (values
 // replaced by random ones of every JSON type, keys deleted, known annotations and labels given
 // random values, probes and owners scrambled), the seed reviews in fuzz/corpus/admission-review/
@@ -211,6 +212,12 @@ async function reviewBytes(input: Uint8Array): Promise<void> {
   const text = jsonText(outcome.body);
   assert.equal(text, JSON.stringify(outcome.body), 'the answer text is the JSON of the answer');
   const body = JSON.parse(text) as unknown;
+  const result = outcome.review?.result;
+  if (result?.action === 'inject') {
+    // The base64 patch, built from parts encoded once, is the patch's JSON but for spaces between tokens.
+    const patch = Buffer.from((body as { response: { patch: string } }).response.patch, 'base64').toString();
+    assert.equal(JSON.stringify(JSON.parse(patch)), JSON.stringify(result.patch), 'the base64 patch is the JSON of the patch');
+  }
   checkAnswer(outcome.status === 200 ? JSON.parse(bytes.toString('utf8')) : undefined, outcome.status, body);
   checkEvents(outcome);
 }
