@@ -141,6 +141,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     const now = currentReadiness();
     if (now.reason !== lastReadiness?.reason) {
       if (now.ready) log.info({ version: source.current()?.version }, 'ready');
+      // Draining is the ordinary end of a sidecar, not a problem.
+      else if (draining) log.info({ reason: now.reason }, 'not ready');
       else if (lastReadiness !== undefined || listening) log.warn({ reason: now.reason }, 'not ready');
       lastReadiness = now;
     }
