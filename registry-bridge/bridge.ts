@@ -9,6 +9,7 @@ import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { Registry, collectDefaultMetrics, Gauge, Counter } from 'prom-client';
 import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type SinkConfig } from '../common/contract/index.js';
 import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from '../common/kube-events.js';
+import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { Catalog } from './core/catalog.js';
 import type { Sink, SinkStatus, Source, SourceStatus } from './core/types.js';
@@ -204,9 +205,12 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
         );
       } else res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /status, /healthz, /readyz or /metrics\n');
     });
+    const { host, port } = options.admin;
     await new Promise<void>((resolve, reject) => {
-      server!.once('error', reject);
-      server!.listen(options.admin!.port, options.admin!.host, () => resolve());
+      server!.once('error', (error) =>
+        reject(listenError(error, { what: "the bridge's admin endpoint", address: formatAddress(host, port), flag: '--admin HOST:PORT' })),
+      );
+      server!.listen(port, host, () => resolve());
     });
     adminPort = (server.address() as { port: number }).port;
   }
