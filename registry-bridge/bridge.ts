@@ -12,7 +12,7 @@ import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { Catalog } from './core/catalog.js';
-import type { Sink, SinkStatus, Source, SourceStatus } from './core/types.js';
+import type { Sink, SinkStatus, SourceStatus } from './core/types.js';
 import { LeaderElector } from './kube/leader.js';
 import { MeshSettings } from './kube/mesh-settings.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
@@ -95,23 +95,24 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const recorder = new KubeEventRecorder({ api: eventsApi, log, component: 'flb-bridge', onDropped: (reason) => eventsDropped.inc({ reason }) });
   const raiseEvent = (event: KubeEvent) => void recorder.record(event);
 
-  let catalog: Catalog | undefined;
+  // Set once the mesh settings are in: their first reading comes before the catalog exists.
+  const built: { catalog?: Catalog } = {};
   const meshSettings = new MeshSettings({
     ...(config.mesh.configMap ? { configMap: config.mesh.configMap, kubeConfig } : {}),
     ...(config.mesh.file ? { file: config.mesh.file } : {}),
     log,
     raiseEvent,
     onChange: (mesh: Mesh) => {
-      catalog?.setMesh(mesh);
+      built.catalog?.setMesh(mesh);
       for (const source of sources) source.setMesh(mesh);
     },
   });
   const mesh = await meshSettings.start();
-  catalog = new Catalog(
+  const catalog = (built.catalog = new Catalog(
     config.sources.map((s) => s.name),
     mesh,
     log,
-  );
+  ));
   for (const sourceConfig of config.sources) {
     sources.push(
       new KubernetesSource({
@@ -138,12 +139,12 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   let sinks: Sink[] = [];
   const leading = () => {
     sinks = config.sinks.map((s) => makeSink(s, log));
-    catalog!.attach(sinks);
+    catalog.attach(sinks);
     repoCa?.setActive(true);
   };
   const following = () => {
     repoCa?.setActive(false);
-    const stopped = catalog!.detach();
+    const stopped = catalog.detach();
     sinks = [];
     void Promise.all(stopped.map((s) => s.stop()));
   };
@@ -168,7 +169,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   else leading();
   // Sidecar codebases of pods that went away unseen (a missed delete) are collected now and then.
   const resync = setInterval(() => {
-    if (catalog!.allSynced) for (const sink of sinks) sink.complete();
+    if (catalog.allSynced) for (const sink of sinks) sink.complete();
   }, config.sidecars.resyncSeconds * 1000);
 
   const status = (): BridgeStatus => ({
@@ -176,7 +177,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     leader: elector ? elector.isLeader : true,
     leaseHolder: elector ? elector.holder : identity,
     mesh: { name: meshSettings.current().name, where: meshSettings.where, ...(meshSettings.problem ? { problem: meshSettings.problem } : {}) },
-    catalog: { ...catalog!.stats },
+    catalog: { ...catalog.stats },
     sources: sources.map((s) => s.status()),
     sinks: sinks.map((s) => s.status()),
   });

@@ -25,7 +25,7 @@ export function parseMeshSettings(text: string, where: string): Mesh {
   try {
     data = YAML.parse(text);
   } catch (error) {
-    throw new Error(`${where} is neither YAML nor JSON: ${(error as Error).message.split('\n')[0]}`);
+    throw new Error(`${where} is neither YAML nor JSON: ${(error as Error).message.split('\n')[0]}`, { cause: error });
   }
   return parseDocument(MeshSchema, data, where);
 }

@@ -25,7 +25,9 @@ export class RepoSink implements Sink {
       try {
         return readFileSync(file);
       } catch (error) {
-        throw new Error(`repo sink ${config.name}: cannot read the ${what} ${file} (${(error as Error).message}); check sinks[].tls in the BridgeConfig`);
+        throw new Error(`repo sink ${config.name}: cannot read the ${what} ${file} (${(error as Error).message}); check sinks[].tls in the BridgeConfig`, {
+          cause: error,
+        });
       }
     };
     const tls = config.tls
