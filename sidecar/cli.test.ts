@@ -73,17 +73,13 @@ describe('flb sidecar flags', () => {
       drainMs: 250,
       watch: false,
     });
-    // As injectors before the per-port flags wrote the probe ports.
-    expect((await parse('sidecar', '--probe-ports=17901,17902,17903')).args?.ports).toMatchObject({
-      livenessProbe: 17901,
-      readinessProbe: 17902,
-      startupProbe: 17903,
-    });
   });
 
   it('refuses a port that is not one, or a bad duration, as a usage error (exit 2), before anything runs', async () => {
     expect(await parse('sidecar', '--outbound-port', 'http')).toEqual({ code: 2 });
     expect(await parse('sidecar', '--dns-port', '70000')).toEqual({ code: 2 });
+    // One flag per port: the three-at-once flag of earlier injectors is gone.
+    expect(await parse('sidecar', '--probe-ports=17901,17902,17903')).toEqual({ code: 2 });
     expect(await parse('sidecar', '--drain', 'soon')).toEqual({ code: 2 });
     expect(await parse('sidecar', 'wait-ready', '--timeout', '2s', '--admin-port', '16000')).toEqual({
       code: 0,

@@ -57,7 +57,6 @@ interface SidecarFlags extends Record<`${keyof SidecarPorts}Port`, number> {
   watch?: boolean;
   stateDir?: string;
   appHost?: string;
-  probePorts?: [number, number, number];
   dnsUpstream?: string[];
   drain: number;
 }
@@ -81,14 +80,6 @@ export function sidecarCommands(load: () => Promise<SidecarRunner> = loadRunner)
     sidecar.addOption(new Option(`${flag} <port>`, PORT_HELP[name]).default(DEFAULT_PORTS[name]).argParser(port));
   }
   sidecar
-    .addOption(
-      // The three probe ports at once, as injectors before the per-port flags wrote them.
-      new Option('--probe-ports <ports>').hideHelp().argParser((value): [number, number, number] => {
-        const ports = value.split(',').map((p) => port(p.trim()));
-        if (ports.length !== 3) throw new InvalidArgumentError('three ports: liveness,readiness,startup');
-        return ports as [number, number, number];
-      }),
-    )
     .option('--dns-upstream <address...>', "resolvers for names outside the catalog (default: /etc/resolv.conf's)")
     .addOption(new Option('--drain <duration>', 'how long SIGTERM lets open connections finish').default(5000, '5s').argParser(duration))
     .action(async (o: SidecarFlags) => {
@@ -108,9 +99,9 @@ export function sidecarCommands(load: () => Promise<SidecarRunner> = loadRunner)
           inbound: o.inboundPort,
           metrics: o.metricsPort,
           dns: o.dnsPort,
-          livenessProbe: o.probePorts?.[0] ?? o.livenessProbePort,
-          readinessProbe: o.probePorts?.[1] ?? o.readinessProbePort,
-          startupProbe: o.probePorts?.[2] ?? o.startupProbePort,
+          livenessProbe: o.livenessProbePort,
+          readinessProbe: o.readinessProbePort,
+          startupProbe: o.startupProbePort,
         },
         dnsUpstreams: o.dnsUpstream,
         drainMs: o.drain,
