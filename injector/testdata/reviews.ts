@@ -1,9 +1,10 @@
+// AdmissionReviews and what reviewing them needs, shared by the admission tests, the fuzz test and
+// the benchmark (bench/webhook.ts).
 import type { V1Namespace } from '@kubernetes/client-node';
 import { defaultMesh } from '../../common/contract/index.js';
 import type { NamespaceLookup } from '../admission.js';
 import type { InjectorSettings } from '../inject.js';
 
-/** Shared by the admission tests, the fuzz test and the benchmark. */
 export const settings: InjectorSettings = { mesh: defaultMesh(), nativeSidecars: true, version: 'test' };
 export const namespaces: NamespaceLookup = {
   get: (name: string): V1Namespace => ({ metadata: { name, labels: name === 'shop' ? { 'flomesh.io/inject': 'enabled' } : {} } }),
