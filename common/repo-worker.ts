@@ -108,6 +108,7 @@ export class RepoWorker {
     this.stopped = true;
     this.abort.abort();
     clearInterval(this.statusTimer);
+    clearTimeout(this.reportTimer);
     await this.loop?.catch(() => {});
     this.client.close();
   }
@@ -211,6 +212,7 @@ export class RepoWorker {
     this.fileEtags = fileEtags;
     this.snapshot = { etag, main: delta.main, files };
     await this.options.onUpdate(this.snapshot, changed);
+    this.reportSoon();
   }
 
   private async sync(manifest: string, etag: string): Promise<void> {
@@ -248,6 +250,22 @@ export class RepoWorker {
     this.fileEtags = latest;
     this.snapshot = { etag, main, files };
     await this.options.onUpdate(this.snapshot, changed);
+    this.reportSoon();
+  }
+
+  private reportTimer?: NodeJS.Timeout;
+
+  /**
+   * A report shortly after a new version is applied, besides the periodic one: who holds which
+   * version (proxy status, the demo) is then seconds fresher. Coalesced, so a burst of versions
+   * costs one report.
+   */
+  private reportSoon(): void {
+    if (!this.options.status || this.reportTimer || this.stopped) return;
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = undefined;
+      void this.reportStatus();
+    }, 100);
   }
 
   private async reportStatus(): Promise<void> {

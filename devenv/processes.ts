@@ -25,6 +25,9 @@ export function startServer(name: string, binary: string, args: string[], logFil
     child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args], {
       stdio: ['ignore', fd, fd],
       env: env ?? process.env,
+      // A process group of its own: Ctrl-C in a terminal signals the whole foreground group, and
+      // the servers must stop in order (the mesh before the apiserver), each when told.
+      detached: true,
     });
   } finally {
     closeSync(fd);
