@@ -8,6 +8,7 @@ import YAML from 'yaml';
 import { untilStopped } from '../common/cli.js';
 import { loadMeshConfig } from '../common/config.js';
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
+import { formatAddress, listenError } from '../common/errors.js';
 import { loadKubeConfig, supportsNativeSidecars } from '../common/kube.js';
 import { KubeEventRecorder, kubeEventsApi } from '../common/kube-events.js';
 import { createLogger, type Logger } from '../common/log.js';
@@ -15,7 +16,7 @@ import { caBundle, ensureCertificates, SecretCertStore, syncCaBundle, type CertO
 import type { InjectorSettings } from './inject.js';
 import { InjectorMetrics } from './metrics.js';
 import { NamespaceCache } from './namespaces.js';
-import { startMetricsServer, startWebhookServer } from './server.js';
+import { startMetricsServer, startWebhookServer, type WebhookServerOptions } from './server.js';
 import { installWebhookConfiguration, uninstallWebhookConfiguration, webhookConfiguration, type WebhookConfigOptions } from './webhook-config.js';
 
 export interface InjectorOptions {
@@ -87,18 +88,27 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     ...(options.eventRate ? { perNamespace: options.eventRate } : {}),
     onDropped: (reason) => metrics.eventsDropped.inc({ reason }),
   });
-  const server = await startWebhookServer({
-    host: options.host,
-    port: options.port,
-    settings: options.settings,
-    namespaces,
-    tls: { cert: material.certPem, key: material.keyPem },
-    metrics,
-    log,
-    events,
-  });
-  const metricsServer =
-    options.metricsPort === undefined ? undefined : await startMetricsServer(options.metricsHost ?? '127.0.0.1', options.metricsPort, metrics);
+  let servers: Awaited<ReturnType<typeof startServers>>;
+  try {
+    servers = await startServers(
+      {
+        host: options.host,
+        port: options.port,
+        settings: options.settings,
+        namespaces,
+        tls: { cert: material.certPem, key: material.keyPem },
+        metrics,
+        log,
+        events,
+      },
+      options.metricsPort === undefined ? undefined : { host: options.metricsHost ?? '127.0.0.1', port: options.metricsPort },
+    );
+  } catch (error) {
+    // Nothing may keep the process up after a failed start: the namespace watch would.
+    await namespaces.stop();
+    throw error;
+  }
+  const { server, metricsServer } = servers;
   log.info({ port: server.port, metricsPort: metricsServer?.port, nativeSidecars: options.settings.nativeSidecars }, 'injector serving');
 
   let checking = false;
@@ -143,6 +153,27 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
       await namespaces.stop();
     },
   };
+}
+
+/**
+ * The webhook's HTTPS listener and the metrics listener. A failure to listen names the listener and
+ * the flag that moves it (a busy port: how to find who holds it), and closes what did start.
+ */
+export async function startServers(webhook: WebhookServerOptions, metricsAt: { host: string; port: number } | undefined) {
+  const server = await startWebhookServer(webhook).catch((error: unknown) => {
+    throw listenError(error, { what: "the injector's webhook", address: formatAddress(webhook.host, webhook.port), flag: '--listen HOST:PORT' });
+  });
+  if (!metricsAt) return { server, metricsServer: undefined };
+  try {
+    return { server, metricsServer: await startMetricsServer(metricsAt.host, metricsAt.port, webhook.metrics) };
+  } catch (error) {
+    await server.close();
+    throw listenError(error, {
+      what: "the injector's metrics endpoint",
+      address: formatAddress(metricsAt.host, metricsAt.port),
+      flag: '--metrics-listen HOST:PORT',
+    });
+  }
 }
 
 function certificateExpiry(certPem: string): number {
