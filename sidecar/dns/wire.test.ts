@@ -111,8 +111,22 @@ describe('DNS wire format', () => {
       'an OPT in the authority section': Buffer.concat([head([0, 1, 0]), rr([0], 41, [])]),
       'an OPT not owned by the root': Buffer.concat([head([0, 0, 1]), rr([0xc0, 12], 41, [])]),
       'a message cut inside a record': Buffer.concat([head([1, 0, 0]), a]).subarray(0, questionEnd + 12),
+      // Back and past the header, but at no name: the last byte of the first record's TTL (30, read
+      // as a label's length), which a replay rewrites as the answer ages.
+      'a pointer into a TTL': Buffer.concat([head([2, 0, 0]), a, rr([0xc0, questionEnd + 9], 1, [192, 0, 2, 2])]),
+      'a pointer into opaque RDATA': Buffer.concat([
+        head([2, 0, 0]),
+        rr([0xc0, 12], 0xff00, [3, 0x66, 0x6f, 0x6f, 0]),
+        rr([0xc0, questionEnd + 12], 1, [192, 0, 2, 2]),
+      ]),
     };
     for (const [what, response] of Object.entries(refused)) expect([what, parseResponse(response, questionEnd)]).toEqual([what, undefined]);
+    // A pointer may land on any label of a name before it: here 'example' of the question, the root of the first record's name.
+    const labelOfQuestion = Buffer.concat([head([2, 0, 0]), a, rr([0xc0, 14], 1, [192, 0, 2, 2])]);
+    expect(dnsPacket.decode(labelOfQuestion).answers![1]).toMatchObject({ name: 'example' });
+    expect(parseResponse(labelOfQuestion, questionEnd)).toMatchObject({ an: 2 });
+    const root = Buffer.concat([head([1, 0, 1]), rr([0xc0, 12], 5, [1, 0x79, 0]), rr([0xc0, questionEnd + 14], 1, [192, 0, 2, 3])]);
+    expect(parseResponse(root, questionEnd)).toMatchObject({ an: 1, ar: 1 });
     // A walk that starts from a failed one (-1, or NaN from arithmetic on it) fails at once.
     expect([skipName(q, -1), skipName(q, Number.NaN), skipName(q, q.length), skipName(q, 12, q.length + 1)]).toEqual([-1, -1, -1, -1]);
   });

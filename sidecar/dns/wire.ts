@@ -121,18 +121,23 @@ function skipQuestionName(msg: Buffer): number {
  * caller's -1 fed back in cannot start a walk off the message. Pointers are not followed; each must
  * point back into an earlier part of the message past the header (RFC 1035 4.1.4: a prior
  * occurrence), so that a name we replay can send no decoder round a loop. Every step moves forward:
- * the walk ends within `limit - start` steps.
+ * the walk ends within `limit - start` steps. With `labels`, where the names walked so far start a
+ * label (or end), the name's own labels are marked there and a pointer must land on a mark: one
+ * into a TTL, a type or opaque RDATA would read as a name bytes that are no name, and bytes we
+ * rewrite on replay (TTLs) would make it another name, or none.
  */
-export function skipName(msg: Buffer, start: number, limit = msg.length): number {
+export function skipName(msg: Buffer, start: number, limit = msg.length, labels?: Uint8Array): number {
   if (!(start >= 0 && limit <= msg.length)) return -1;
   let p = start;
   while (p < limit) {
     const label = msg[p]!;
+    if (labels) labels[p] = 1;
     if (label === 0) return p + 1;
     if (label >= 0xc0) {
       if (p + 2 > limit) return -1;
       const target = ((label & 0x3f) << 8) | msg[p + 1]!;
-      return target >= 12 && target < start ? p + 2 : -1;
+      if (!(target >= 12 && target < start)) return -1;
+      return labels && labels[target] !== 1 ? -1 : p + 2;
     }
     // 0x40 and 0x80 are label types nobody uses (RFC 6891 6.1.3).
     if (label > 63) return -1;
@@ -148,7 +153,7 @@ export function skipName(msg: Buffer, start: number, limit = msg.length): number
  * name runs past its RDATA from the bytes that follow, and those are not the same bytes once we
  * have dropped the upstream's OPT or added ours. Other types pass as opaque bytes.
  */
-function rdataFits(msg: Buffer, type: number, rdata: number, end: number): boolean {
+function rdataFits(msg: Buffer, type: number, rdata: number, end: number, labels: Uint8Array): boolean {
   switch (type) {
     case TYPE_A:
       return end - rdata === 4;
@@ -158,13 +163,13 @@ function rdataFits(msg: Buffer, type: number, rdata: number, end: number): boole
     case TYPE_CNAME:
     case TYPE_PTR:
     case TYPE_DNAME:
-      return skipName(msg, rdata, end) === end;
+      return skipName(msg, rdata, end, labels) === end;
     case TYPE_MX:
-      return skipName(msg, rdata + 2, end) === end;
+      return skipName(msg, rdata + 2, end, labels) === end;
     case TYPE_SRV:
-      return skipName(msg, rdata + 6, end) === end;
+      return skipName(msg, rdata + 6, end, labels) === end;
     case TYPE_SOA:
-      return skipName(msg, skipName(msg, rdata, end), end) === end - 20;
+      return skipName(msg, skipName(msg, rdata, end, labels), end, labels) === end - 20;
     case TYPE_TXT: {
       let p = rdata;
       while (p < end) p += 1 + msg[p]!;
@@ -453,6 +458,9 @@ export interface Forwarded {
   cacheSeconds: number;
 }
 
+/** parseResponse's label marks, reused: one answer is read at a time, and 64 KiB is the longest. */
+const labelMarks = new Uint8Array(65536);
+
 /**
  * Reads an upstream response whose id and question were already checked; undefined if malformed.
  * Every record must lie within the message and the counts: a count larger than the records there
@@ -473,11 +481,15 @@ export function parseResponse(msg: Buffer, questionEnd: number, reencoded = fals
   let negativeTtl = -1;
   let optStart = -1;
   let optEnd = -1;
+  // Where the names start a label: the only places a pointer may land (skipName). The question's
+  // name first: plain labels (the id and question were checked by the caller).
+  const labels = labelMarks.subarray(0, len).fill(0);
+  if (skipName(msg, 12, questionEnd - 4, labels) !== questionEnd - 4) return undefined;
   let p = questionEnd;
   // Each record takes 11 bytes at least, so this loop ends within (len - questionEnd) / 11 rounds.
   for (let i = 0; i < total; i++) {
     const start = p;
-    p = skipName(msg, p);
+    p = skipName(msg, p, len, labels);
     if (p < 0 || p + 10 > len) return undefined;
     const type = msg.readUInt16BE(p);
     const ttl = msg.readUInt32BE(p + 4);
@@ -490,7 +502,7 @@ export function parseResponse(msg: Buffer, questionEnd: number, reencoded = fals
       optStart = start;
       optEnd = end;
     } else {
-      if (!rdataFits(msg, type, rdata, end)) return undefined;
+      if (!rdataFits(msg, type, rdata, end, labels)) return undefined;
       // RFC 2181: a TTL with the top bit set means zero.
       const seconds = ttl > 0x7fffffff ? 0 : ttl;
       ttlOffsets.push(p + 4 - questionEnd);
