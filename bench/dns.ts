@@ -9,8 +9,12 @@
 // Forwarded queries are measured apart: a third dnsmasq (on the load's core) is the upstream that
 // knows the names, and ours (no table, no cache) and a forwarding dnsmasq (--cache-size=0) pass
 // every query on to it: the maximum rate of each, the same way. No goal is set here; a change to the
-// forwarder compares its figure before and after (and dnsmasq's, for the machine's noise).
+// forwarder compares its figure before and after, and dnsmasq's measured in the same rounds, for the
+// machine's noise: `--baseline <dir>` runs the forwarding server of another build (a worktree of the
+// old commit, built: its dist/) in the same rounds, so before and after share the machine's state.
+// `--forward-rate <qps>` adds each forwarder's CPU time per query and latency at that fixed rate.
 // Usage: npm run bench:dns [-- --seconds 5 --inflight 200 --names 1000 --rounds 5]
+//        [--forwarded-only] [--forward-rounds 3] [--forward-rate 10000] [--baseline <dist dir>]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,6 +33,11 @@ const seconds = arg('seconds', 5);
 const inflight = arg('inflight', 200);
 const count = arg('names', 1000);
 const rounds = arg('rounds', 5);
+const forwardedOnly = process.argv.includes('--forwarded-only');
+const forwardRounds = arg('forward-rounds', 3);
+const forwardRate = arg('forward-rate', 0);
+const baselineIndex = process.argv.indexOf('--baseline');
+const baseline = baselineIndex >= 0 ? process.argv[baselineIndex + 1] : undefined;
 const names = Array.from({ length: count }, (_, i) => `svc-${i}.bench.svc.cluster.local`);
 const here = fileURLToPath(new URL('.', import.meta.url));
 const progress = (m: string) => process.stderr.write(`bench: ${m}\n`);
@@ -142,6 +151,8 @@ function startDnsmasq(dnsmasq: string, core: number, port: number, options: stri
 
 // This script is also our forwarding server for the forwarded rate, started by itself with
 // `--forwarding-server <upstream port>`: an empty table and no cache, so every query goes upstream.
+// On SIGTERM it prints what became of its upstream attempts (answers, timeouts, errors) before it
+// exits: a lost answer costs a timeout and a retry, which the rate alone would hide.
 const forwardingServer = process.argv.indexOf('--forwarding-server');
 if (forwardingServer >= 0) {
   const { createLogger } = await import('../common/log.js');
@@ -153,7 +164,13 @@ if (forwardingServer >= 0) {
     log: createLogger('bench-dns-forwarding', 'error'),
   });
   process.stdout.write(`${server.ports[0]!.port}\n`);
-  process.on('SIGTERM', () => void server.close().then(() => process.exit(0)));
+  process.on(
+    'SIGTERM',
+    () =>
+      void server.close().then(() => {
+        process.stdout.write(`${JSON.stringify(server.metrics.upstreamOutcomes)}\n`, () => process.exit(0));
+      }),
+  );
   await new Promise(() => {});
 }
 
@@ -162,9 +179,19 @@ const work = mkdtempSync(join(tmpdir(), 'flb-bench-dns-'));
 const rows: Record<string, string | number>[] = [];
 const details: Record<string, unknown> = {};
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const spread = (xs: number[]) => `${Math.round(Math.min(...xs))}..${Math.round(Math.max(...xs))}`;
+const goals: Record<string, boolean> = {};
 try {
   const hosts = join(work, 'hosts');
   writeFileSync(hosts, names.map((n, i) => `10.96.${i >> 8}.${i & 255} ${n}\n`).join(''));
+  if (!forwardedOnly) await catalogNames(hosts);
+  await forwarded(hosts);
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+
+/** Catalog names from the table, against dnsmasq answering them from a hosts file. */
+async function catalogNames(hosts: string): Promise<void> {
   const port = await freePort();
   const peer = startDnsmasq(dnsmasq, 0, port, [`--addn-hosts=${hosts}`, '--local-ttl=5']);
   const ours = await startPinned(0, join(here, 'lib/dns-server.js'), [String(count)]).catch(async (error: unknown) => {
@@ -212,82 +239,120 @@ try {
     await stop(ours.child);
     await stop(peer);
   }
+  const [peerRow, oursRow] = rows as [Record<string, number>, Record<string, number>];
+  const ratio = oursRow['max qps']! / peerRow['max qps']!;
+  rows.push({ server: 'ours / dnsmasq', 'max qps': ratio, 'qps per server core': oursRow['qps per server core']! / peerRow['qps per server core']! });
+  goals['over 20,000 qps'] = oursRow['max qps']! > 20_000;
+  goals['at least 0.5 of dnsmasq'] = ratio >= 0.5;
+  goals[`p99 under 1 ms at 5,000 qps (median of ${rounds} rounds)`] = oursRow['p99 ms @5k']! < 1;
+  if (peerRow['p99 ms @5k']! >= 1) {
+    const loadAverage = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+    progress(
+      `dnsmasq's p99 at 5,000 qps is over 1 ms too: the machine is busy (load average ${loadAverage} on ${availableParallelism()} CPUs); the latency figures say more on a quiet one`,
+    );
+  }
+}
 
-  // Forwarded: both servers on core 0 pass every query to one upstream dnsmasq on core 1.
+/** Our forwarding server (this script, or another build's with --baseline) on core 0. */
+async function startForwarder(script: string, upstreamPort: number): Promise<{ child: ChildProcess; port: number; lastLine: () => string }> {
+  const { child, firstLine } = await startPinned(0, script, ['--forwarding-server', String(upstreamPort)]);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  return { child, port: Number(firstLine), lastLine: () => out.trim().split('\n').pop() ?? '' };
+}
+
+/** CPU time per query and latency at a fixed rate below saturation. */
+async function atRate(server: Server, rate: number) {
+  progress(`${server.label}: ${rate} qps, ${seconds} s`);
+  const cpu0 = cpuSeconds(server.child.pid!);
+  const result = JSON.parse(await load(server, { mode: 'rate', rate })) as RateResult & { queries: number };
+  // The load sends a second's worth of warm-up queries besides the measured ones.
+  return { ...result, cpuPerQueryUs: ((cpuSeconds(server.child.pid!) - cpu0) * 1e6) / (result.queries + rate) };
+}
+
+/**
+ * Forwarded: every server on core 0 passes every query to one upstream dnsmasq on core 1. Rounds
+ * alternate the servers, so a busy moment of the machine lands on one round of each rather than on
+ * one server; each round's rate is also taken as a share of dnsmasq's in that same round.
+ */
+async function forwarded(hosts: string): Promise<void> {
   const upstreamPort = await freePort();
   const upstream = startDnsmasq(dnsmasq, 1, upstreamPort, [`--addn-hosts=${hosts}`, '--local-ttl=5']);
   const forwarderPort = await freePort();
   const peerForwarder = startDnsmasq(dnsmasq, 0, forwarderPort, [`--server=127.0.0.1#${upstreamPort}`, '--cache-size=0']);
+  const ours: Awaited<ReturnType<typeof startForwarder>>[] = [];
   try {
-    const oursForwarding = await startPinned(0, fileURLToPath(import.meta.url), ['--forwarding-server', String(upstreamPort)]);
+    ours.push(await startForwarder(fileURLToPath(import.meta.url), upstreamPort));
+    if (baseline) ours.push(await startForwarder(join(baseline, 'bench/dns.js'), upstreamPort));
     const forwarders: Server[] = [
       { label: 'dnsmasq, forwarding', child: peerForwarder, port: forwarderPort },
-      { label: 'flb sidecar DNS, forwarding', child: oursForwarding.child, port: Number(oursForwarding.firstLine) },
+      { label: 'flb sidecar DNS, forwarding', child: ours[0]!.child, port: ours[0]!.port },
+      ...(baseline ? [{ label: `baseline (${baseline}), forwarding`, child: ours[1]!.child, port: ours[1]!.port }] : []),
     ];
-    try {
-      for (const server of forwarders) await answering(server.port, names[0]!);
-      const forwardRounds: Awaited<ReturnType<typeof maxRate>>[][] = forwarders.map(() => []);
-      for (let round = 1; round <= 3; round++) for (const [i, server] of forwarders.entries()) forwardRounds[i]!.push(await maxRate(server));
-      for (const [i, server] of forwarders.entries()) {
-        const sorted = [...forwardRounds[i]!].sort((a, b) => a.qps - b.qps);
-        const max = sorted[1]!;
-        details[server.label] = { max: forwardRounds[i] };
-        rows.push({
-          server: server.label,
-          'max qps': max.qps,
-          'max qps, rounds (low..high)': `${Math.round(sorted[0]!.qps)}..${Math.round(sorted[2]!.qps)}`,
-          'server CPU %': 100 * max.cpuShare,
-          'qps per server core': max.qps / Math.max(max.cpuShare, 0.01),
-          'errors+lost': max.errors + max.lost,
-        });
-      }
-    } finally {
-      await stop(oursForwarding.child);
+    for (const server of forwarders) await answering(server.port, names[0]!);
+    const maxRounds: Awaited<ReturnType<typeof maxRate>>[][] = forwarders.map(() => []);
+    const rateRounds: Awaited<ReturnType<typeof atRate>>[][] = forwarders.map(() => []);
+    for (let round = 1; round <= forwardRounds; round++) {
+      for (const [i, server] of forwarders.entries()) maxRounds[i]!.push(await maxRate(server));
+      if (forwardRate > 0) for (const [i, server] of forwarders.entries()) rateRounds[i]!.push(await atRate(server, forwardRate));
+    }
+    const outcomes = await Promise.all(
+      ours.map(async (o) => {
+        await stop(o.child);
+        // A build from before these counters prints nothing but its port.
+        const last = o.lastLine();
+        return last.startsWith('{') ? (JSON.parse(last) as Record<string, number>) : undefined;
+      }),
+    );
+    const peerQps = maxRounds[0]!.map((m) => m.qps);
+    for (const [i, server] of forwarders.entries()) {
+      const qps = maxRounds[i]!.map((m) => m.qps);
+      const max = [...maxRounds[i]!].sort((a, b) => a.qps - b.qps)[Math.floor(qps.length / 2)]!;
+      const r = rateRounds[i]!;
+      const attempts = i === 0 ? undefined : outcomes[i - 1];
+      details[server.label] = { max: maxRounds[i], rates: r, upstreamAttempts: attempts };
+      rows.push({
+        server: server.label,
+        'max qps': max.qps,
+        'max qps, rounds (low..high)': spread(qps),
+        'of dnsmasq, per round (median)': median(qps.map((q, round) => q / peerQps[round]!)),
+        'server CPU %': 100 * max.cpuShare,
+        'qps per server core': max.qps / Math.max(max.cpuShare, 0.01),
+        ...(forwardRate > 0
+          ? {
+              [`CPU us per query @${forwardRate}`]: median(r.map((x) => x.cpuPerQueryUs)),
+              [`p99 ms @${forwardRate}`]: median(r.map((x) => x.p99)),
+            }
+          : {}),
+        'errors+lost': maxRounds[i]!.reduce((n, m) => n + m.errors + m.lost, 0) + r.reduce((n, x) => n + x.errors + x.lost, 0),
+        'upstream timeouts+errors': attempts ? (attempts.timeout ?? 0) + (attempts.error ?? 0) : 'n/a',
+      });
     }
   } finally {
+    for (const o of ours) await stop(o.child);
     await stop(peerForwarder);
     await stop(upstream);
   }
-} finally {
-  rmSync(work, { recursive: true, force: true });
 }
-const [peerRow, oursRow, peerForwardingRow, oursForwardingRow] = rows as Record<string, number>[] as [
-  Record<string, number>,
-  Record<string, number>,
-  Record<string, number>,
-  Record<string, number>,
-];
-const ratio = oursRow['max qps']! / peerRow['max qps']!;
-const perCoreRatio = oursRow['qps per server core']! / peerRow['qps per server core']!;
-rows.splice(2, 0, { server: 'ours / dnsmasq', 'max qps': ratio, 'qps per server core': perCoreRatio });
-rows.push({
-  server: 'ours / dnsmasq, forwarding',
-  'max qps': oursForwardingRow['max qps']! / peerForwardingRow['max qps']!,
-  'qps per server core': oursForwardingRow['qps per server core']! / peerForwardingRow['qps per server core']!,
-});
-const goals = {
-  'over 20,000 qps': oursRow['max qps']! > 20_000,
-  'at least 0.5 of dnsmasq': ratio >= 0.5,
-  [`p99 under 1 ms at 5,000 qps (median of ${rounds} rounds)`]: oursRow['p99 ms @5k']! < 1,
-};
+
 const loadAverage = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
-if (peerRow['p99 ms @5k']! >= 1) {
-  progress(
-    `dnsmasq's p99 at 5,000 qps is over 1 ms too: the machine is busy (load average ${loadAverage} on ${availableParallelism()} CPUs); the latency figures say more on a quiet one`,
-  );
-}
 const file = report('dns', `Sidecar DNS vs dnsmasq: ${count} catalog names, type A over UDP, server on one core`, rows, {
   seconds,
   inflight,
   names: count,
   rounds,
+  forwardRounds,
+  forwardRate,
+  baseline,
   loadAverage,
   goals,
   details,
 });
-progress(
-  `goals: ${Object.entries(goals)
-    .map(([g, ok]) => `${g}: ${ok ? 'met' : 'NOT met'}`)
-    .join('; ')}`,
-);
+if (Object.keys(goals).length > 0) {
+  progress(
+    `goals: ${Object.entries(goals)
+      .map(([g, ok]) => `${g}: ${ok ? 'met' : 'NOT met'}`)
+      .join('; ')}`,
+  );
+}
 progress(`results in ${file}`);

@@ -46,6 +46,8 @@ export class DnsMetrics {
   truncated = 0;
   cacheHits = 0;
   cacheMisses = 0;
+  /** Upstream attempts by how they ended (also in the histogram, when there is a registry). */
+  readonly upstreamOutcomes = { answer: 0, timeout: 0, error: 0 };
   private readonly upstreamDuration?: Histogram<'upstream' | 'outcome'>;
 
   constructor(registry?: Registry, cacheSize: () => number = () => 0) {
@@ -110,6 +112,7 @@ export class DnsMetrics {
   }
 
   upstream(upstream: string, outcome: 'answer' | 'timeout' | 'error', seconds: number): void {
+    this.upstreamOutcomes[outcome] += 1;
     this.upstreamDuration?.observe({ upstream, outcome }, seconds);
   }
 

@@ -101,7 +101,12 @@ export class Resolver {
   private compiled: CompiledTable;
   private readonly compiler: AnswerCompiler;
   private generation = 0;
-  private readonly inflight = new Map<string, Waiter[]>();
+  /**
+   * Questions upstream now, with who waits for each. A dictionary object, not a Map: a Map with a set
+   * and a delete per query is rehashed every few dozen queries and links each old table to the next,
+   * a chain the young-generation GC cannot drop once one table is old (see Owed in upstream.ts).
+   */
+  private readonly inflight: Record<string, Waiter[] | undefined> = Object.create(null) as Record<string, Waiter[] | undefined>;
   private readonly failed: ReturnType<typeof throttled>;
   /** Set once the listeners are bound (an upstream that is ourselves is known only then). */
   forwarder?: Pick<Forwarder, 'forward'>;
@@ -184,16 +189,16 @@ export class Resolver {
     }
     this.metrics.cacheMisses += 1;
     const waiter: Waiter = { msg, q, limit, reply };
-    const waiting = this.inflight.get(key);
+    const waiting = this.inflight[key];
     if (waiting) {
       if (waiting.length < MAX_WAITERS) waiting.push(waiter);
       else this.answer(waiter, undefined);
       return;
     }
-    this.inflight.set(key, [waiter]);
+    this.inflight[key] = [waiter];
     const settle = (response: Buffer | undefined) => {
-      const waiters = this.inflight.get(key) ?? [];
-      this.inflight.delete(key);
+      const waiters = this.inflight[key] ?? [];
+      delete this.inflight[key];
       let answer;
       try {
         answer = response ? parseResponse(response, q.questionEnd) : undefined;

@@ -3,9 +3,11 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { createServer } from 'node:net';
 import dnsPacket from 'dns-packet';
 import { createLogger } from '../../common/log.js';
+import { DnsMetrics } from './metrics.js';
 import { startDnsServer, type DnsServer } from './server.js';
 import { buildDnsTable } from './table.js';
 import { orders } from './testing/fixtures.js';
+import { Forwarder, parseUpstream } from './upstream.js';
 import { parseQuery, parseResponse, type Query } from './wire.js';
 
 const log = createLogger('dns-upstream-test', 'silent');
@@ -207,19 +209,77 @@ describe('spoofed upstream answers (RFC 5452)', () => {
     });
     closers.push(upstream.close);
     const server = await serverWith(upstream);
-    const names = Array.from({ length: 200 }, (_, i) => `Client-Case-${i}.Example.COM`);
-    for (let i = 0; i < names.length; i += 20) {
-      const answers = await Promise.all(names.slice(i, i + 20).map((name) => udp(server.ports[0]!.port, query(name))));
+    // More queries than the pool's 16 sockets serve before each is retired (256 each).
+    const names = Array.from({ length: 4800 }, (_, i) => `Client-Case-${i}.Example.COM`);
+    for (let i = 0; i < names.length; i += 100) {
+      const answers = await Promise.all(names.slice(i, i + 100).map((name) => udp(server.ports[0]!.port, query(name))));
       answers.forEach((answer, j) => expect([askedName(answer), addresses(answer)]).toEqual([names[i + j], ['192.0.2.4']]));
     }
-    expect(sent).toHaveLength(200);
+    expect(sent).toHaveLength(names.length);
     const uses = new Map<number, number>();
     for (const { port } of sent) uses.set(port, (uses.get(port) ?? 0) + 1);
-    // A pool of 8 sockets, each retired after 16 queries for one on a new port.
-    expect(uses.size).toBeGreaterThanOrEqual(200 / 16);
-    expect(Math.max(...uses.values())).toBeLessThanOrEqual(16);
+    // A pool of 16 sockets, each retired after 256 queries for one on a new port.
+    expect(uses.size).toBeGreaterThanOrEqual(names.length / 256);
+    expect(Math.max(...uses.values())).toBeLessThanOrEqual(256);
     // One bit per letter: a name of 20 letters or more goes out in the client's own case once in a million.
     expect(sent.every(({ name }, i) => name.toLowerCase() === names[i]!.toLowerCase())).toBe(true);
     expect(sent.filter(({ name }, i) => name === names[i]).length).toBeLessThan(3);
+  });
+});
+
+describe('the sockets queries leave from', () => {
+  it('a closed port at an upstream (ICMP port unreachable) moves the query on to the next upstream at once, not after the timeout', async () => {
+    const closed = createSocket('udp4');
+    await new Promise<void>((resolve) => closed.bind(0, '127.0.0.1', resolve));
+    const closedPort = closed.address().port;
+    await new Promise<void>((resolve) => closed.close(resolve));
+    const upstream = await rawUpstream((asked, _from, reply) => reply(answerWith(asked, '192.0.2.5')));
+    closers.push(upstream.close);
+    const server = await startDnsServer({
+      table,
+      listen: [{ host: '127.0.0.1', port: 0 }],
+      upstreams: [`127.0.0.1:${closedPort}`, `127.0.0.1:${upstream.port}`],
+      upstreamTimeoutMs: 10_000,
+      log,
+    });
+    closers.push(() => server.close());
+    expect(addresses(await udp(server.ports[0]!.port, query('refused.example.com'), 5000))).toEqual(['192.0.2.5']);
+    expect(server.metrics.upstreamOutcomes).toEqual({ answer: 1, timeout: 0, error: 1 });
+  });
+
+  it('a socket retired while answers to it are still owed stays open until they came, then closes', async () => {
+    const ports: number[] = [];
+    const upstream = await rawUpstream((asked, from, reply) => {
+      if (from !== 'tcp') ports.push(from.port);
+      setTimeout(() => reply(answerWith(asked, '192.0.2.6')), 150);
+    });
+    closers.push(upstream.close);
+    const udpHandles = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap').length;
+    // Sockets closed by the tests before finish closing on the loop's next turns.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const before = udpHandles();
+    const metrics = new DnsMetrics();
+    const forwarder = new Forwarder([parseUpstream(`127.0.0.1:${upstream.port}`)], {
+      timeoutMs: 5000,
+      attempts: 1,
+      maxInflight: 100,
+      log,
+      metrics,
+      portPool: 2,
+      queriesPerPort: 1,
+    });
+    await forwarder.start();
+    closers.push(() => forwarder.close());
+    // Every query retires the socket it left from while its answer is 150 ms away.
+    const asked = Array.from({ length: 24 }, (_, i) => query(`retired-${i}.example.com`));
+    const answers = await Promise.all(
+      asked.map((msg) => new Promise<Buffer | undefined>((resolve) => forwarder.forward(msg, parseQuery(msg) as Query, resolve))),
+    );
+    expect(answers.map((a) => a && addresses(a))).toEqual(asked.map(() => ['192.0.2.6']));
+    expect(new Set(ports).size).toBe(24);
+    expect(metrics.upstreamOutcomes).toEqual({ answer: 24, timeout: 0, error: 0 });
+    // What is left open is the pool: two sockets (handles close on the loop's next turns).
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(udpHandles() - before).toBe(2);
   });
 });

@@ -1,5 +1,5 @@
 import { randomFillSync } from 'node:crypto';
-import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, isIP, type Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from '../../common/log.js';
@@ -15,14 +15,17 @@ export interface Upstream {
 }
 
 /**
- * Source ports (RFC 5452): a pool of 8 sockets, each retired after 16 queries or 10 s. Measured
- * forwarding 10,000 qps to a dnsmasq (CPU per query, median of 3 rounds): 38 us, as one socket
- * for the process's life (40 us before); a socket per query cost 47 us (+17 %) and doubled p99.
- * At saturation (bench:dns, forwarded) any rotation costs more: 62,000 qps against 79,000 with
- * one socket for life; a socket per query about 30,000.
+ * Source ports (RFC 5452): per upstream, a pool of 16 connected sockets on ports the kernel picks
+ * at random, one picked at random per query, each retired after 256 queries or 10 s. An off-path
+ * spoofer must guess the port (1 of 16 it cannot see, and they change), the id (16 bits) and the
+ * 0x20 case of the name. Rotation is what costs: opening a socket is a bind, a connect and an epoll
+ * registration, so retiring every 16 queries cost 17 % of the saturated forwarded rate and every 64
+ * queries 12 %; every 256 queries it is lost in the noise. Measured with `bench:dns --forwarded-only
+ * --forward-rounds 5 --baseline <build with one socket for life>`: 59,400 qps against 57,700 for one
+ * socket per family for the process's life (same rounds; dnsmasq 87,700).
  */
-export const DEFAULT_PORT_POOL = 8;
-export const DEFAULT_QUERIES_PER_PORT = 16;
+export const DEFAULT_PORT_POOL = 16;
+export const DEFAULT_QUERIES_PER_PORT = 256;
 export const DEFAULT_PORT_LIFETIME_MS = 10_000;
 
 export const formatUpstream = (u: { host: string; port: number }): string => (u.host.includes(':') ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`);
@@ -62,17 +65,19 @@ export function nameserversFromResolvConf(text: string): string[] {
 }
 
 /**
- * A UDP socket on a port the kernel picked at random from its ephemeral range. It is retired after
- * `queriesPerPort` queries or `portLifetimeMs` (a fresh one takes its place in the pool) and closed
- * once no attempt it sent is still owed an answer.
+ * A UDP socket connected to one upstream, on a port the kernel picked at random from its ephemeral
+ * range. Connected, the kernel hands it only datagrams from that upstream's address and port, and
+ * a send needs no address lookup. It is retired after `queriesPerPort` queries or `portLifetimeMs`
+ * (a fresh one takes its place in the pool) and closed once no attempt it sent is still owed an
+ * answer.
  */
 interface Port {
   socket: UdpSocket;
-  family: 4 | 6;
+  upstream: number;
   openedAt: number;
   uses: number;
   owed: number;
-  /** It reported an error (failed to bind, mostly): replaced the next time it is picked. */
+  /** It reported an error (failed to bind, or the upstream's port is closed): replaced the next time it is picked. */
   failed: boolean;
   retired: boolean;
 }
@@ -83,6 +88,19 @@ function closeQuietly(socket: UdpSocket): void {
   } catch {
     // Closed already, or never bound: nothing to release.
   }
+}
+
+/**
+ * dgram resolves every address it binds, connects or sends to through a lookup function; the default
+ * (dns.lookup) answers an IP address on the next tick, so a socket's bind and connect would finish
+ * only then, and sends made meanwhile would be queued. Upstreams are IP addresses (parseUpstream), so
+ * this one answers at once: a new socket is connected when connect() returns.
+ */
+function ipLookup(address: string, options: unknown, callback?: unknown): void {
+  const done = (typeof options === 'function' ? options : callback) as (error: Error | null, address: string, family: number) => void;
+  const family = isIP(address);
+  if (family === 0) done(Object.assign(new Error(`not an IP address: ${address}`), { code: 'EINVAL' }), address, 0);
+  else done(null, address, family);
 }
 
 interface Attempt {
@@ -98,6 +116,55 @@ interface Attempt {
   port?: Port;
   /** The query as sent (its id, and its name in the letter case mixCase gave it). */
   sent?: Buffer;
+  /** Where it is in Owed's list while owed. */
+  slot: number;
+}
+
+/**
+ * The attempts owed an answer: a list, and the position in it by query id. Not a Map: one set and
+ * one delete per query make V8 rehash a Map every few dozen queries, and it links each old table to
+ * its successor (for live iterators). Once one table has been promoted to the old generation and
+ * dropped, that chain holds every later table and every attempt in them through each young-generation
+ * GC until the next full one: measured at saturation, 2 MB promoted per scavenge, scavenges of 7 ms
+ * instead of 0.5 and 15 % of the core in GC (README, "Forwarding and spoofing"). The ids' index is a
+ * typed array, outside the heap the GC walks; an entry is believed only if the attempt there has the id.
+ */
+class Owed {
+  private readonly list: Attempt[] = [];
+  private readonly slotById = new Uint16Array(65536);
+
+  get size(): number {
+    return this.list.length;
+  }
+
+  get(id: number): Attempt | undefined {
+    const attempt = this.list[this.slotById[id]!];
+    return attempt !== undefined && attempt.id === id ? attempt : undefined;
+  }
+
+  add(attempt: Attempt): void {
+    attempt.slot = this.list.length;
+    this.slotById[attempt.id] = attempt.slot;
+    this.list.push(attempt);
+  }
+
+  /** Whether it was owed (and now no longer is). */
+  remove(attempt: Attempt): boolean {
+    if (this.list[attempt.slot] !== attempt) return false;
+    const last = this.list.pop()!;
+    if (last !== attempt) {
+      last.slot = attempt.slot;
+      this.list[last.slot] = last;
+      this.slotById[last.id] = last.slot;
+    }
+    attempt.slot = -1;
+    return true;
+  }
+
+  /** A copy: what is walked may change meanwhile. */
+  all(): Attempt[] {
+    return [...this.list];
+  }
 }
 
 export interface ForwarderOptions {
@@ -107,7 +174,7 @@ export interface ForwarderOptions {
   maxInflight: number;
   log: Logger;
   metrics: DnsMetrics;
-  /** Sockets open per address family, each query sent from one picked at random. */
+  /** Sockets open per upstream, each query sent from one picked at random. */
   portPool?: number;
   /** Queries one socket sends before another, on a new random port, replaces it. */
   queriesPerPort?: number;
@@ -122,30 +189,38 @@ export interface ForwarderOptions {
  * stops being the first one asked.
  *
  * Against off-path spoofing (RFC 5452) an answer is believed only if it comes from the upstream
- * asked, to the socket the query left from, with the id (crypto RNG) and the question we sent, the
- * name in the letter case we sent it in (0x20: mixCase). Queries leave from a pool of sockets on
- * random ports, each retired after a few queries, so a spoofer must guess the port as well: some 15
- * bits for the port, 16 for the id and one per letter of the name. An answer whose name matches in
- * another case only is a spoofing attempt or an upstream that does not keep case; either way the
- * question is asked again over TCP, which an off-path sender cannot answer.
+ * asked (the socket is connected to it: the kernel drops anything from another address or port), to
+ * the socket the query left from, with the id (crypto RNG) and the question we sent, the name in the
+ * letter case we sent it in (0x20: mixCase). Queries leave from a pool of sockets on random ports,
+ * each retired after a few queries, so a spoofer must guess the port as well: some 15 bits for the
+ * port, 16 for the id and one per letter of the name. An answer whose name matches in another case
+ * only is a spoofing attempt or an upstream that does not keep case; either way the question is
+ * asked again over TCP, which an off-path sender cannot answer.
  */
 export class Forwarder {
-  private readonly ports = new Map<4 | 6, Port[]>();
-  /** Retired sockets still owed an answer. */
-  private readonly retired = new Set<Port>();
-  private readonly pending = new Map<number, Attempt>();
+  /** Per upstream (same index), its sockets. */
+  private readonly pools: Port[][];
+  private readonly pending = new Owed();
   private readonly tcp = new Set<Socket>();
   private preferred = 0;
   private readonly ids = new Uint16Array(1024);
   private nextId = this.ids.length;
   private readonly randomBytes = Buffer.alloc(1024);
   private nextRandomByte = this.randomBytes.length;
+  private readonly randomByte = (): number => {
+    if (this.nextRandomByte === this.randomBytes.length) {
+      randomFillSync(this.randomBytes);
+      this.nextRandomByte = 0;
+    }
+    return this.randomBytes[this.nextRandomByte++]!;
+  };
   private closed = false;
   private readonly socketError: ReturnType<typeof throttled>;
   private readonly caseMismatch: ReturnType<typeof throttled>;
   private readonly portPool: number;
   private readonly queriesPerPort: number;
   private readonly portLifetimeMs: number;
+  private readonly maxInflight: number;
 
   constructor(
     readonly upstreams: readonly Upstream[],
@@ -156,28 +231,27 @@ export class Forwarder {
     this.portPool = Math.max(1, Math.min(256, options.portPool ?? DEFAULT_PORT_POOL));
     this.queriesPerPort = Math.max(1, options.queriesPerPort ?? DEFAULT_QUERIES_PER_PORT);
     this.portLifetimeMs = options.portLifetimeMs ?? DEFAULT_PORT_LIFETIME_MS;
+    this.pools = upstreams.map(() => []);
+    // Ids are 16 bits and each attempt owed an answer holds one: freshId must always find a free one.
+    this.maxInflight = Math.min(options.maxInflight, 49_152);
   }
 
+  /** Opens each upstream's sockets; an upstream of a family this host lacks fails every attempt at once. */
   async start(): Promise<void> {
-    for (const family of new Set(this.upstreams.map((u) => u.family))) {
-      const first = this.open(family);
-      try {
-        await new Promise<void>((resolve, reject) => {
-          first.socket.once('error', reject);
-          first.socket.once('listening', () => {
-            first.socket.off('error', reject);
-            resolve();
-          });
-        });
-      } catch (error) {
+    const unavailable = new Set<4 | 6>();
+    for (const [index, upstream] of this.upstreams.entries()) {
+      if (unavailable.has(upstream.family)) continue;
+      const first = this.open(index);
+      if (first.failed) {
         // No IPv6 here (or no IPv4): those upstreams fail at once and the others answer.
         closeQuietly(first.socket);
-        this.options.log.warn({ err: error, family }, 'cannot open a socket for upstream DNS servers of this family');
+        unavailable.add(upstream.family);
+        this.options.log.warn({ family: upstream.family }, 'cannot open a socket for upstream DNS servers of this family');
         continue;
       }
       const pool = [first];
-      while (pool.length < this.portPool) pool.push(this.open(family));
-      this.ports.set(family, pool);
+      while (pool.length < this.portPool) pool.push(this.open(index));
+      this.pools[index] = pool;
     }
   }
 
@@ -186,58 +260,68 @@ export class Forwarder {
   }
 
   forward(msg: Buffer, q: Query, done: (response: Buffer | undefined) => void): void {
-    if (this.closed || this.upstreams.length === 0 || this.pending.size >= this.options.maxInflight) {
+    if (this.closed || this.upstreams.length === 0 || this.pending.size >= this.maxInflight) {
       done(undefined);
       return;
     }
-    this.send({ msg, q, done, id: 0, tries: 0, index: this.preferred % this.upstreams.length, sentAt: 0 });
+    this.send({ msg, q, done, id: 0, tries: 0, index: this.preferred % this.upstreams.length, sentAt: 0, slot: -1 });
   }
 
   close(): void {
     this.closed = true;
-    for (const attempt of this.pending.values()) {
+    // Retired sockets still open are those owed an answer: the attempts know them.
+    const ports = new Set(this.pools.flat());
+    for (const attempt of this.pending.all()) {
+      this.pending.remove(attempt);
       clearTimeout(attempt.timer);
+      if (attempt.port) ports.add(attempt.port);
       attempt.done(undefined);
     }
-    this.pending.clear();
     for (const socket of this.tcp) socket.destroy();
-    for (const port of [...[...this.ports.values()].flat(), ...this.retired]) closeQuietly(port.socket);
-    this.ports.clear();
-    this.retired.clear();
+    for (const port of ports) closeQuietly(port.socket);
+    this.pools.fill([]);
   }
 
-  /** A socket bound to port 0: the kernel picks a free port at random in its ephemeral range. */
-  private open(family: 4 | 6): Port {
-    const socket = createSocket(family === 6 ? 'udp6' : 'udp4');
-    const port: Port = { socket, family, openedAt: performance.now(), uses: 0, owed: 0, failed: false, retired: false };
-    socket.on('message', (msg, rinfo) => this.onMessage(port, msg, rinfo));
-    socket.on('error', (error) => {
-      port.failed = true;
-      this.socketError({ err: error }, 'upstream DNS socket error');
-    });
-    // Sends made before the bind completes wait for it.
-    socket.bind(0);
+  /**
+   * A socket connected to upstream `index`, bound to port 0 first: the kernel picks a free port at
+   * random in its ephemeral range. With ipLookup both are done when this returns, and a failure to
+   * bind has been reported (port.failed). Bound apart rather than by connect(), which would queue
+   * itself, and then close() too, behind a bind that failed.
+   */
+  private open(index: number): Port {
+    const upstream = this.upstreams[index]!;
+    const socket = createSocket({ type: upstream.family === 6 ? 'udp6' : 'udp4', lookup: ipLookup as never });
+    const port: Port = { socket, upstream: index, openedAt: performance.now(), uses: 0, owed: 0, failed: false, retired: false };
+    socket.on('message', (msg: Buffer) => this.onMessage(port, msg));
+    socket.on('error', (error) => this.onSocketError(port, error));
+    try {
+      socket.bind({ port: 0, exclusive: true });
+      if (!port.failed) socket.connect(upstream.port, upstream.host);
+    } catch (error) {
+      this.onSocketError(port, error);
+    }
     return port;
   }
 
-  /** A socket from the pool at random, replaced first when it has served its share. */
-  private pick(family: 4 | 6, now: number): Port | undefined {
-    const pool = this.ports.get(family);
-    if (!pool) return undefined;
+  /** A socket of the upstream's pool at random, replaced first when it has served its share. */
+  private pick(index: number, now: number): Port | undefined {
+    const pool = this.pools[index]!;
+    if (pool.length === 0) return undefined;
     const slot = pool.length === 1 ? 0 : this.randomByte() % pool.length;
     let port = pool[slot]!;
     if (port.failed || port.uses >= this.queriesPerPort || now - port.openedAt > this.portLifetimeMs) {
       this.retire(port);
-      port = pool[slot] = this.open(family);
+      port = pool[slot] = this.open(index);
+      if (port.failed) return undefined;
     }
     port.uses += 1;
     return port;
   }
 
+  /** Closed now, or once the last answer owed to it came or timed out (release). */
   private retire(port: Port): void {
     port.retired = true;
     if (port.owed === 0) closeQuietly(port.socket);
-    else this.retired.add(port);
   }
 
   /** The attempt is no longer waiting on its socket. */
@@ -246,15 +330,19 @@ export class Forwarder {
     if (!port) return;
     attempt.port = undefined;
     port.owed -= 1;
-    if (port.retired && port.owed === 0 && this.retired.delete(port)) closeQuietly(port.socket);
+    if (port.retired && port.owed === 0) closeQuietly(port.socket);
   }
 
-  private randomByte(): number {
-    if (this.nextRandomByte === this.randomBytes.length) {
-      randomFillSync(this.randomBytes);
-      this.nextRandomByte = 0;
-    }
-    return this.randomBytes[this.nextRandomByte++]!;
+  /**
+   * A socket that failed to bind, or whose upstream answered with an ICMP error (its port closed:
+   * ECONNREFUSED; a connected socket hears of it, an unconnected one does not): it is replaced, and
+   * the attempts it sent go on to the next upstream now rather than after the timeout.
+   */
+  private onSocketError(port: Port, error: unknown): void {
+    port.failed = true;
+    this.socketError({ err: error, upstream: formatUpstream(this.upstreams[port.upstream]!) }, 'upstream DNS socket error');
+    if (port.owed === 0) return;
+    for (const attempt of this.pending.all()) if (attempt.port === port) this.fail(attempt, 'error', error);
   }
 
   private freshId(): number {
@@ -264,7 +352,7 @@ export class Forwarder {
         this.nextId = 0;
       }
       const id = this.ids[this.nextId++]!;
-      if (!this.pending.has(id)) return id;
+      if (!this.pending.get(id)) return id;
     }
   }
 
@@ -272,20 +360,20 @@ export class Forwarder {
     const upstream = this.upstreams[attempt.index]!;
     attempt.id = this.freshId();
     attempt.sentAt = performance.now();
-    this.pending.set(attempt.id, attempt);
+    this.pending.add(attempt);
     attempt.timer = setTimeout(() => this.fail(attempt, 'timeout'), this.options.timeoutMs);
-    const port = this.pick(upstream.family, attempt.sentAt);
+    const port = this.pick(attempt.index, attempt.sentAt);
     if (!port) {
-      this.fail(attempt, 'error', new Error(`no IPv${upstream.family} socket`));
+      this.fail(attempt, 'error', new Error(`no socket for upstream ${formatUpstream(upstream)}`));
       return;
     }
     port.owed += 1;
     attempt.port = port;
     const query = upstreamQuery(attempt.id, attempt.msg, attempt.q);
-    mixCase(query, attempt.q.questionEnd, () => this.randomByte());
+    mixCase(query, attempt.q.questionEnd, this.randomByte);
     attempt.sent = query;
     try {
-      port.socket.send(query, upstream.port, upstream.host, (error) => {
+      port.socket.send(query, (error) => {
         if (error) this.fail(attempt, 'error', error);
       });
     } catch (error) {
@@ -294,8 +382,7 @@ export class Forwarder {
   }
 
   private fail(attempt: Attempt, outcome: 'timeout' | 'error', error?: unknown): void {
-    if (this.pending.get(attempt.id) !== attempt) return;
-    this.pending.delete(attempt.id);
+    if (!this.pending.remove(attempt)) return;
     clearTimeout(attempt.timer);
     this.release(attempt);
     this.retry(attempt, outcome, error);
@@ -317,12 +404,13 @@ export class Forwarder {
     this.send(attempt);
   }
 
-  private onMessage(port: Port, response: Buffer, rinfo: RemoteInfo): void {
+  private onMessage(port: Port, response: Buffer): void {
     if (response.length < 12) return;
     const attempt = this.pending.get((response[0]! << 8) | response[1]!);
+    // The socket is connected to the upstream it was opened for: the kernel dropped whatever came
+    // from another address or port, so the socket the query left from decides the upstream too.
     if (!attempt || attempt.port !== port) return;
     const upstream = this.upstreams[attempt.index]!;
-    if (rinfo.port !== upstream.port || rinfo.address.split('%')[0] !== upstream.host.split('%')[0]) return;
     if (!(response[2]! & 0x80)) return;
     const questionEnd = attempt.q.questionEnd;
     if (!sameQuestion(response, attempt.sent!, questionEnd, true)) {
@@ -331,13 +419,13 @@ export class Forwarder {
         { upstream: formatUpstream(upstream) },
         'upstream DNS answer names the question in another letter case than asked: a spoofing attempt, or an upstream that does not keep case; asking over TCP',
       );
-      this.pending.delete(attempt.id);
+      this.pending.remove(attempt);
       clearTimeout(attempt.timer);
       this.release(attempt);
       this.overTcp(attempt);
       return;
     }
-    this.pending.delete(attempt.id);
+    this.pending.remove(attempt);
     clearTimeout(attempt.timer);
     this.release(attempt);
     if (response[2]! & 0x02) {
