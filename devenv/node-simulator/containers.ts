@@ -135,9 +135,12 @@ export function startContainerProcess(spec: ContainerProcessSpec): ChildProcess 
   }
 }
 
-/** A command inside a running container's namespaces, as its user: exec probes and hooks. */
-export function execInContainer(pid: number, spec: ContainerProcessSpec, command: string[], logFile: string): ChildProcess {
-  const log = openSync(logFile, 'a');
+/**
+ * A command inside a running container's namespaces, as its user: exec probes and hooks (output to
+ * the container's log), and `kubectl exec`'s part (output piped back: `logFile` undefined).
+ */
+export function execInContainer(pid: number, spec: ContainerProcessSpec, command: string[], logFile: string | undefined): ChildProcess {
+  const log = logFile ? openSync(logFile, 'a') : undefined;
   try {
     const workdir = spec.workingDir ? [`--wd=${spec.workingDir}`] : [];
     return spawn(
@@ -145,10 +148,10 @@ export function execInContainer(pid: number, spec: ContainerProcessSpec, command
       [`--target=${pid}`, '--mount', '--uts', '--net', ...workdir, '--', 'setpriv', ...setprivArgs(spec), '--pdeathsig', 'KILL', '--', ...command],
       {
         env: spec.env,
-        stdio: ['ignore', log, log],
+        stdio: log === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', log, log],
       },
     );
   } finally {
-    closeSync(log);
+    if (log !== undefined) closeSync(log);
   }
 }

@@ -118,6 +118,16 @@ export class PodWorker {
     return this.pod.metadata!.uid!;
   }
 
+  /** namespace/name */
+  get name(): string {
+    return podKey(this.pod);
+  }
+
+  /** The pod's network namespace (its name under /var/run/netns), once it has one. */
+  get netns(): string | undefined {
+    return this.sandbox?.netns;
+  }
+
   get podIp(): string | undefined {
     return this.sandbox?.ip;
   }
@@ -542,6 +552,29 @@ export class PodWorker {
         resolve(code ?? (signal ? 128 + (SIGNALS[signal] ?? 9) : 1));
       });
       child.once('error', () => resolve(127));
+    });
+  }
+
+  /** `kubectl exec` without a kubelet API: a command in a running container, its output collected. */
+  run(container: string, command: string[], timeoutMs = 30_000): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+    const c = this.containers.find((x) => x.spec.name === container);
+    if (!c?.process?.pid || !c.processSpec) return Promise.reject(new Error(`container ${container} of ${this.pod.metadata?.name} is not running`));
+    const argv = containerArgv(c.spec.image ?? '', command, []);
+    return new Promise((resolve) => {
+      const child = execInContainer(c.process!.pid!, c.processSpec!, argv, undefined);
+      let stdout = '';
+      let stderr = '';
+      child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      child.once('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ exitCode: code ?? 128 + (signal ? (SIGNALS[signal] ?? 9) : 9), stdout, stderr });
+      });
+      child.once('error', (error) => {
+        clearTimeout(timer);
+        resolve({ exitCode: 127, stdout, stderr: error.message });
+      });
     });
   }
 

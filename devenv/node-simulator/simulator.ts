@@ -6,6 +6,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { CoreV1Api, ListWatch, Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../../common/log.js';
 import type { PodNetwork } from '../pod-network.js';
+import { ClusterDns } from './cluster-dns.js';
 import { SimulatedNode } from './node.js';
 import { PodWorker, type PodWorkerContext } from './pod-worker.js';
 
@@ -41,6 +42,8 @@ export class NodeSimulator {
   private relay?: Server;
   private readonly relayed = new Set<Socket>();
   private relayPort = 0;
+  private dns?: ClusterDns;
+  private dnsServing = false;
   private nextNode = 0;
   private readonly binding = new Set<string>();
   private stopped = false;
@@ -69,6 +72,13 @@ export class NodeSimulator {
     const simulator = new NodeSimulator(options);
     try {
       await simulator.startRelay();
+      simulator.dns = new ClusterDns({
+        kubeConfig: options.kubeConfig,
+        host: options.network.gateway,
+        domain: options.clusterDns?.domain ?? 'cluster.local',
+        log: options.log,
+      });
+      simulator.dnsServing = await simulator.dns.start();
       for (const node of simulator.nodes) await node.register();
       simulator.watchPods();
     } catch (error) {
@@ -91,6 +101,24 @@ export class NodeSimulator {
   logFile(pod: V1Pod | { uid: string }, container: string): string | undefined {
     const uid = 'uid' in pod ? pod.uid : pod.metadata?.uid;
     return uid ? this.workers.get(uid)?.logFile(container) : undefined;
+  }
+
+  /** `kubectl exec POD -c CONTAINER -- COMMAND`: runs in the container's namespaces as its user. */
+  exec(
+    namespace: string,
+    pod: string,
+    container: string,
+    command: string[],
+    timeoutMs?: number,
+  ): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+    const worker = [...this.workers.values()].find((w) => w.name === `${namespace}/${pod}`);
+    if (!worker) return Promise.reject(new Error(`pod ${namespace}/${pod} does not run on this node simulator`));
+    return worker.run(container, command, timeoutMs);
+  }
+
+  /** The network namespace a pod runs in (for `ip netns exec`), undefined if it does not run here. */
+  netnsOf(namespace: string, pod: string): string | undefined {
+    return [...this.workers.values()].find((w) => w.name === `${namespace}/${pod}`)?.netns;
   }
 
   private async startRelay(): Promise<void> {
@@ -123,7 +151,8 @@ export class NodeSimulator {
       nodeIp: this.options.network.gateway,
       allocatable: ALLOCATABLE,
       apiserver: this.apiserverForPods,
-      clusterDns: this.options.clusterDns ?? { nameserver: '10.96.0.10', domain: 'cluster.local' },
+      // The stand-in on the gateway when it could bind port 53 there; else kube-dns's usual address, which nothing answers.
+      clusterDns: this.options.clusterDns ?? { nameserver: this.dnsServing ? this.options.network.gateway : '10.96.0.10', domain: 'cluster.local' },
       backoffBaseMs: this.options.backoffBaseMs ?? 10_000,
       backoffMaxMs: this.options.backoffMaxMs ?? 300_000,
       log: this.options.log,
@@ -221,6 +250,7 @@ export class NodeSimulator {
     await Promise.all([...this.workers.values()].map((w) => w.kill()));
     this.workers.clear();
     for (const node of this.nodes) await node.stop(true);
+    await this.dns?.stop();
     for (const socket of this.relayed) socket.destroy();
     await new Promise<void>((resolve) => (this.relay ? this.relay.close(() => resolve()) : resolve()));
   }
