@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Logger } from '../common/log.js';
 import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from './controlplane.js';
 import { NodeSimulator, type NodeSpec } from './node-simulator/simulator.js';
-import { PodNetwork } from './pod-network.js';
+import { PodNetwork, type PodNetworkOptions } from './pod-network.js';
 import { startReaper } from './processes.js';
 
 export interface DevEnvironment {
@@ -24,6 +24,11 @@ export interface DevEnvironmentOptions {
   log: Logger;
   nodes?: NodeSpec[];
   controlPlane?: Omit<ControlPlaneOptions, 'extraServingAddresses'>;
+  /**
+   * The pod network's CNI runtime: plugin folders and environment beyond Debian's reference
+   * plugins (the mesh's CNI plugin, installed with `flb cni install`, and its agent's socket).
+   */
+  podNetwork?: Pick<PodNetworkOptions, 'cniBinDirs' | 'cniEnv'>;
   /** Restart back-off of the simulated kubelet (10 s, as the kubelet's, unless told). */
   backoffBaseMs?: number;
   onProgress?: (message: string) => void;
@@ -47,7 +52,7 @@ export async function startDevEnvironment(options: DevEnvironmentOptions): Promi
   };
   try {
     progress('making the pod network (a bridge and the CNI config)');
-    network = await PodNetwork.create({ dir });
+    network = await PodNetwork.create({ ...options.podNetwork, dir });
     plane = await startControlPlane({ ...options.controlPlane, onProgress: progress, extraServingAddresses: [network.gateway] });
     progress('starting the node simulator');
     const server = new URL(plane.server);
