@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { API_VERSION, dnsLabel, dnsName } from './primitives.js';
+import { API_VERSION, dnsLabel, dnsName, port } from './primitives.js';
 
 // The registry bridge's configuration (`flb bridge run --config`): where services come from
 // (sources), where the catalog goes (sinks), and how the bridge runs. One document, so that each
@@ -36,6 +36,54 @@ export const KubernetesSourceSchema = z.object({
   exportByDefault: z.boolean().default(true),
 });
 
+/** Statuses an Eureka instance can have (com.netflix.appinfo.InstanceInfo.InstanceStatus). */
+export const EurekaStatusSchema = z.enum(['UP', 'DOWN', 'STARTING', 'OUT_OF_SERVICE', 'UNKNOWN']);
+
+const eurekaServerUrl = z
+  .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
+  .refine((u) => !new URL(u).username && !new URL(u).password, 'must not hold credentials (they would show in status and logs): use basicAuth')
+  .meta({
+    description:
+      "An Eureka server's service URL, as its clients' defaultZone names it: http://eureka:8761/eureka/ (Spring Cloud) or http://eureka:8080/eureka/v2/ (Netflix); with no path, /eureka/ then /eureka/v2/ are tried",
+  });
+
+export const EurekaSourceSchema = z.object({
+  kind: z.literal('eureka'),
+  ...sourceCommon,
+  name: dnsLabel.default('eureka'),
+  /** Peers of one Eureka cluster: read from the first that answers, the next on failure. */
+  servers: z.array(eurekaServerUrl).min(1, 'name at least one Eureka server'),
+  /** The registry's name in catalog ids (`orders.<registry>.eureka`); the source's name when unset. */
+  registry: dnsLabel.optional(),
+  /** Sent on every request; the password is read from a file (a mounted Secret), again at each (re)connection. */
+  basicAuth: z.object({ username: z.string().min(1), passwordFile: z.string().min(1) }).optional(),
+  /** PEM files: the CA that signed the servers' certificates (else Node's), and a client certificate when they ask for one. */
+  tls: z
+    .object({ caFile: z.string().min(1).optional(), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+    .refine((t) => !t.certFile === !t.keyFile, 'certFile and keyFile go together')
+    .optional(),
+  /** How often /apps/delta is asked (Eureka clients ask every 30 s; a delta is small). */
+  intervalSeconds: z.number().int().min(1).max(300).default(5),
+  /** One request's limit, connection and whole answer. */
+  timeoutSeconds: z.number().int().min(1).max(120).default(10),
+  /** Instances with these statuses are published; UP ones healthy, others as endpoints never chosen. */
+  statuses: z.array(EurekaStatusSchema).min(1).default(['UP']),
+  /** The port clients dial on the service's VIP (`http://orders/` is port 80), and what it speaks. */
+  servicePort: port.default(80),
+  protocol: z.enum(['http', 'tcp']).default('http'),
+  /**
+   * An instance with both ports enabled is reached on its `port`, unless this is true. An app
+   * reached on `securePort` is published on port 443 as `tcp`: the app speaks TLS itself.
+   */
+  preferSecurePort: z.boolean().default(false),
+  /** A larger answer (a garbage or runaway server) is refused and the last good state kept. */
+  maxResponseBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .default(64 * 1024 * 1024),
+});
+
 export const RepoSinkSchema = z.object({
   kind: z.literal('repo'),
   name: dnsLabel.default('repo'),
@@ -51,7 +99,7 @@ export const RepoSinkSchema = z.object({
     .optional(),
 });
 
-export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema]);
+export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema, EurekaSourceSchema]);
 export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema]);
 
 export const LeaderElectionSchema = z
@@ -116,6 +164,7 @@ export const BridgeConfigSchema = z
 
 export type BridgeConfig = z.output<typeof BridgeConfigSchema>;
 export type KubernetesSourceConfig = z.output<typeof KubernetesSourceSchema>;
+export type EurekaSourceConfig = z.output<typeof EurekaSourceSchema>;
 export type RepoSinkConfig = z.output<typeof RepoSinkSchema>;
 export type SourceConfig = z.output<typeof SourceConfigSchema>;
 export type SinkConfig = z.output<typeof SinkConfigSchema>;
