@@ -100,6 +100,27 @@ done
 build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 
+step "Eureka server (Spring Cloud Netflix, built with Maven into $CACHE/eureka)"
+# Its Maven repository stays in the cache (about 100 MB), so a rebuild after the first runs offline.
+command -v mvn >/dev/null && command -v java >/dev/null || die "Maven and a Java 17 JDK are needed to build the test Eureka server (Debian: apt-get install maven openjdk-17-jdk-headless)"
+eureka_dir=test-e2e/servers/eureka eureka_cache="$CACHE/eureka"
+eureka_want=$(cd "$eureka_dir" && hash_of pom.xml $(find src -type f | sort) <(java -version 2>&1 | head -1))
+if [[ -f "$eureka_cache/eureka-server.jar" && "$(cat "$eureka_cache/.stamp" 2>/dev/null)" == "$eureka_want" ]]; then
+  info "eureka: up to date"
+else
+  started=$SECONDS log="$CACHE/build-eureka.log"
+  mvn_eureka() { (cd "$eureka_dir" && mvn -B -ntp -Dmaven.repo.local="$eureka_cache/repository" -Dflb.build.directory="$eureka_cache/build" -DskipTests "$@" package) >"$log" 2>&1; }
+  if [[ -d "$eureka_cache/repository" ]] && mvn_eureka -o; then
+    info "eureka: built offline from the cached Maven repository"
+  else
+    info "eureka: resolving from Maven Central and building"
+    mvn_eureka || { tail -30 "$log" >&2; die "building the Eureka server failed (full log: $log)"; }
+  fi
+  mv "$eureka_cache/build/eureka-server.jar" "$eureka_cache/eureka-server.jar" && rm -rf "$eureka_cache/build"
+  echo "$eureka_want" > "$eureka_cache/.stamp"
+  info "eureka: built in $((SECONDS - started)) s"
+fi
+
 if [[ $BUILT_SOMETHING == 1 && -z "${FLB_KEEP_GO_CACHE:-}" ]]; then
   # Only the binaries are needed from here on; the Go caches (about 4 GB) would only speed up a
   # rebuild after a version bump. FLB_KEEP_GO_CACHE=1 keeps them.
