@@ -93,35 +93,44 @@ export class SimulatedNode {
         body: { ...existing, metadata: { ...existing.metadata, labels: { ...existing.metadata?.labels, ...this.labels } } },
       });
     }
-    const now = new Date();
-    await this.core.replaceNodeStatus({
-      name,
-      body: {
-        ...(await this.core.readNode({ name })),
-        status: {
-          addresses: [
-            { type: 'InternalIP', address },
-            { type: 'Hostname', address: name },
-          ],
-          capacity: allocatable,
-          allocatable,
-          conditions: readyConditions(now, this.since),
-          daemonEndpoints: { kubeletEndpoint: { Port: 10250 } },
-          nodeInfo: {
-            architecture: 'amd64',
-            bootID: '',
-            containerRuntimeVersion: `flb-devenv://${VERSION}`,
-            kernelVersion: '',
-            kubeProxyVersion: '',
-            kubeletVersion: this.options.kubeletVersion,
-            machineID: '',
-            operatingSystem: 'linux',
-            osImage: 'flb-mesh node simulator',
-            systemUUID: '',
+    // kube-controller-manager's node controllers write the new Node too (taints, CIDRs): a status
+    // replaced from a read that they overtook is a 409 Conflict, and is read and tried again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const now = new Date();
+        await this.core.replaceNodeStatus({
+          name,
+          body: {
+            ...(await this.core.readNode({ name })),
+            status: {
+              addresses: [
+                { type: 'InternalIP', address },
+                { type: 'Hostname', address: name },
+              ],
+              capacity: allocatable,
+              allocatable,
+              conditions: readyConditions(now, this.since),
+              daemonEndpoints: { kubeletEndpoint: { Port: 10250 } },
+              nodeInfo: {
+                architecture: 'amd64',
+                bootID: '',
+                containerRuntimeVersion: `flb-devenv://${VERSION}`,
+                kernelVersion: '',
+                kubeProxyVersion: '',
+                kubeletVersion: this.options.kubeletVersion,
+                machineID: '',
+                operatingSystem: 'linux',
+                osImage: 'flb-mesh node simulator',
+                systemUUID: '',
+              },
+            },
           },
-        },
-      },
-    });
+        });
+        break;
+      } catch (error) {
+        if ((error as { code?: number }).code !== 409 || attempt >= 10) throw error;
+      }
+    }
     await this.renewLease();
     this.leaseTimer = setInterval(() => void this.renewLease(), this.options.leaseRenewMs ?? 10_000);
     this.statusTimer = setInterval(() => void this.heartbeat(), this.options.statusUpdateMs ?? 30_000);
