@@ -84,6 +84,92 @@ export const EurekaSourceSchema = z.object({
     .default(64 * 1024 * 1024),
 });
 
+const consulAddress = z
+  .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
+  .refine((u) => !new URL(u).username && !new URL(u).password, 'must not hold credentials (they would show in status and logs): use tokenFile')
+  .refine((u) => ['', '/'].includes(new URL(u).pathname), 'must be the agent or server address only (the API paths are added), e.g. http://consul:8500')
+  .meta({ description: 'A Consul agent or server HTTP API address, e.g. http://127.0.0.1:8500 or https://consul.example:8501' });
+
+export const ConsulSourceSchema = z
+  .object({
+    kind: z.literal('consul'),
+    ...sourceCommon,
+    name: dnsLabel.default('consul'),
+    address: consulAddress.default('http://127.0.0.1:8500'),
+    /** The datacenter read (`?dc=`); the agent's own when unset (read from /v1/agent/self). */
+    datacenter: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be a Consul datacenter name (letters, digits, - and _)')
+      .optional(),
+    /** Consul's DNS domain: names are <service>.service.<domain> and <service>.service.<datacenter>.<domain>. */
+    domain: dnsName.default('consul'),
+    /** A file holding the ACL token (a mounted Secret); read at start and again after Consul refuses it. */
+    tokenFile: z.string().min(1).optional(),
+    /** PEM files: the CA of Consul's HTTPS certificate (else Node's), a client certificate when Consul verifies clients. */
+    tls: z
+      .object({
+        caFile: z.string().min(1).optional(),
+        certFile: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        /** The name Consul's certificate is checked against, when the address is not it (e.g. server.dc1.consul). */
+        serverName: dnsName.optional(),
+      })
+      .refine((t) => !t.certFile === !t.keyFile, 'certFile and keyFile go together')
+      .optional(),
+    /** Which instances take traffic: those whose checks all pass (Consul's `?passing`), or warning ones too. */
+    healthy: z.enum(['passing', 'passing-or-warning']).default('passing'),
+    /** Consul service names published (`*`: all) and left out; Consul's own `consul` service is left out by default. */
+    services: z
+      .object({
+        include: z.array(z.string().min(1)).min(1, 'name at least one service, or *').default(['*']),
+        exclude: z.array(z.string().min(1)).default(['consul']),
+      })
+      .default({ include: ['*'], exclude: ['consul'] }),
+    /** Instances published: those with every tag in `include` and none in `exclude`. */
+    tags: z.object({ include: z.array(z.string().min(1)).default([]), exclude: z.array(z.string().min(1)).default([]) }).default({ include: [], exclude: [] }),
+    /** Instances published: those whose service metadata has each of these values. */
+    meta: z.record(z.string().min(1), z.string()).default({}),
+    /**
+     * A tagged address preferred over Consul's own rule (the service's address, else its node's),
+     * e.g. lan_ipv4 or wan: the service's tagged address of that name, else the node's, else the rule.
+     */
+    addressTag: z.string().min(1).optional(),
+    /** What the service port speaks when the instances' metadata does not say (`protocol` in Service.Meta). */
+    protocol: z.enum(['tcp', 'http', 'http2', 'grpc']).default('tcp'),
+    /**
+     * A service gone from Consul (deregistered) keeps its name and VIP this long, with no endpoints,
+     * before it leaves the catalog: a service re-registered meanwhile (a restart) changes nothing else.
+     */
+    removeAfterSeconds: z.number().int().min(0).max(86400).default(30),
+    /** How long one blocking query waits for a change; Consul adds up to 1/16 of it. */
+    waitSeconds: z.number().int().min(1).max(600).default(30),
+    /** Changed services fetched at once; the bridge holds at most this plus 2 connections to Consul (its default limit per client is 200). */
+    fetchConcurrency: z.number().int().min(1).max(64).default(8),
+    /** At least this long between two blocking queries of one watch (Consul asks clients to rate-limit). */
+    minQueryIntervalMs: z.number().int().min(0).max(60_000).default(100),
+    /**
+     * A change Consul signals without saying which service (an instance with no check registered or
+     * edited) is found by fetching every service, at most this often.
+     */
+    sweepIntervalSeconds: z.number().int().min(1).default(30),
+    /** One request's limit, connecting and a non-blocking answer. */
+    timeoutSeconds: z.number().int().min(1).max(120).default(10),
+    /** A larger answer (garbage, or a runaway registry) is refused and the last good state kept. */
+    maxResponseBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .default(256 * 1024 * 1024),
+  })
+  .superRefine((c, ctx) => {
+    if (c.waitSeconds * 1.1 >= c.staleAfterSeconds)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['waitSeconds'],
+        message: `must be well under staleAfterSeconds (${c.staleAfterSeconds}): a quiet blocking query would read as a registry that went away`,
+      });
+  });
+
 export const RepoSinkSchema = z.object({
   kind: z.literal('repo'),
   name: dnsLabel.default('repo'),
@@ -99,7 +185,7 @@ export const RepoSinkSchema = z.object({
     .optional(),
 });
 
-export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema, EurekaSourceSchema]);
+export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema, EurekaSourceSchema, ConsulSourceSchema]);
 export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema]);
 
 export const LeaderElectionSchema = z
@@ -165,6 +251,7 @@ export const BridgeConfigSchema = z
 export type BridgeConfig = z.output<typeof BridgeConfigSchema>;
 export type KubernetesSourceConfig = z.output<typeof KubernetesSourceSchema>;
 export type EurekaSourceConfig = z.output<typeof EurekaSourceSchema>;
+export type ConsulSourceConfig = z.output<typeof ConsulSourceSchema>;
 export type RepoSinkConfig = z.output<typeof RepoSinkSchema>;
 export type SourceConfig = z.output<typeof SourceConfigSchema>;
 export type SinkConfig = z.output<typeof SinkConfigSchema>;
