@@ -111,4 +111,83 @@ describe('the catalog', () => {
     expect(first.calls).toEqual(['mesh flb', 'complete']);
     expect(next.calls).toEqual(['mesh flb', 'service orders.shop 1', 'complete']);
   });
+
+  const consul = (name: string, dc: string, extra: Partial<Service> = {}): Service =>
+    svc(`${name}.${dc}.consul`, 1, {
+      name,
+      namespace: undefined as never,
+      registry: dc,
+      source: 'consul',
+      hostnames: [`${name}.service.consul`, `${name}.service.${dc}.consul`],
+      ...extra,
+    });
+
+  it('gives a registry service a VIP from the mesh range, the same after it left and came back', () => {
+    const catalog = new Catalog(['consul'], defaultMesh(), log);
+    catalog.upsertService('consul', consul('web', 'dc1'));
+    const vip = catalog.service('web.dc1.consul')!.vips;
+    expect(vip).toEqual([{ address: expect.stringMatching(/^240\.240\./), allocation: 'mesh' }]);
+    catalog.removeService('consul', 'web.dc1.consul');
+    catalog.upsertService('consul', consul('web', 'dc1'));
+    expect(catalog.service('web.dc1.consul')!.vips).toEqual(vip);
+    // A Kubernetes service keeps its ClusterIP and gets no mesh VIP.
+    catalog.upsertService('consul', svc('orders.shop'));
+    expect(catalog.service('orders.shop')!.vips).toEqual([]);
+  });
+
+  it('publishes the VIPs read back from the published catalog, not new ones, after a restart', () => {
+    const before = new Catalog(['consul'], defaultMesh(), log);
+    before.upsertService('consul', consul('a', 'dc1'));
+    before.upsertService('consul', consul('b', 'dc1'));
+    const published = new Map([...before.serviceIds()].map((id) => [id, before.service(id)!.vips[0]!.address]));
+    // Swapped on purpose: what was published is what counts, whatever a fresh hash would say.
+    const stored = new Map([
+      ['a.dc1.consul', published.get('b.dc1.consul')!],
+      ['b.dc1.consul', published.get('a.dc1.consul')!],
+    ]);
+    const after = new Catalog(['consul'], defaultMesh(), log);
+    after.adoptStoredVips(stored);
+    const sink = new RecordingSink();
+    after.attach([sink]);
+    after.upsertService('consul', consul('b', 'dc1'));
+    after.upsertService('consul', consul('a', 'dc1'));
+    expect(after.service('a.dc1.consul')!.vips[0]!.address).toBe(stored.get('a.dc1.consul'));
+    expect(after.service('b.dc1.consul')!.vips[0]!.address).toBe(stored.get('b.dc1.consul'));
+    // A replica that allocated before it read the catalog (a standby turned leader) moves to the stored VIPs.
+    before.adoptStoredVips(stored);
+    expect(before.service('a.dc1.consul')!.vips[0]!.address).toBe(stored.get('a.dc1.consul'));
+    expect(before.service('b.dc1.consul')!.vips[0]!.address).toBe(stored.get('b.dc1.consul'));
+  });
+
+  it('gives a hostname two sources claim to the one listed first, whichever reported last, and back when it leaves', () => {
+    const catalog = new Catalog(['dc1', 'dc2'], defaultMesh(), log);
+    catalog.upsertService('dc2', consul('web', 'dc2'));
+    expect(catalog.service('web.dc2.consul')!.hostnames).toEqual(['web.service.consul', 'web.service.dc2.consul']);
+    catalog.upsertService('dc1', consul('web', 'dc1'));
+    expect(catalog.service('web.dc1.consul')!.hostnames).toEqual(['web.service.consul', 'web.service.dc1.consul']);
+    expect(catalog.service('web.dc2.consul')!.hostnames).toEqual(['web.service.dc2.consul']);
+    expect(catalog.nameConflicts()).toEqual([{ hostname: 'web.service.consul', holder: 'web.dc1.consul', losers: ['web.dc2.consul'] }]);
+    catalog.removeService('dc1', 'web.dc1.consul');
+    expect(catalog.service('web.dc2.consul')!.hostnames).toEqual(['web.service.consul', 'web.service.dc2.consul']);
+  });
+
+  it('never lets a bare registry name shadow a Kubernetes Service of that name', () => {
+    const catalog = new Catalog(['eureka', 'k8s'], defaultMesh(), log);
+    const sink = new RecordingSink();
+    catalog.attach([sink]);
+    const orders = svc('orders.prod.eureka', 1, {
+      name: 'ORDERS',
+      namespace: undefined as never,
+      registry: 'prod',
+      source: 'eureka',
+      hostnames: ['orders', 'orders.prod.eureka'],
+    });
+    catalog.upsertService('eureka', orders);
+    expect(catalog.service('orders.prod.eureka')!.hostnames).toEqual(['orders', 'orders.prod.eureka']);
+    catalog.upsertService('k8s', svc('orders.shop'));
+    expect(catalog.service('orders.prod.eureka')!.hostnames).toEqual(['orders.prod.eureka']);
+    expect(sink.calls.slice(-2)).toEqual(['service orders.shop 1', 'service orders.prod.eureka 1']);
+    catalog.removeService('k8s', 'orders.shop');
+    expect(catalog.service('orders.prod.eureka')!.hostnames).toEqual(['orders', 'orders.prod.eureka']);
+  });
 });

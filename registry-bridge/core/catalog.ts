@@ -2,17 +2,34 @@
 // them, checked against the contract (and the mesh: VIP ranges), each change passed on only when
 // the document really changed. It holds the state while no sink is attached (a standby replica),
 // so a replica that becomes leader hands its sinks the whole state at once, and it tells sinks
-// they may remove what nobody desires only once every source has synced.
+// they may remove what nobody desires only once every source has synced. It also settles what no
+// one source can: which service holds a hostname several claim (names.ts), and registry services'
+// VIPs (vips.ts), read back from the published catalog when this replica starts leading.
 import { serviceSchemaFor, type Mesh, type Service, type SidecarConfig, SidecarConfigSchema } from '../../common/contract/index.js';
 import { issuesOf } from '../../common/contract/validate.js';
 import type { Logger } from '../../common/log.js';
+import { HostnameBook, type HostnameConflict } from './names.js';
 import type { CatalogUpdates, Sink } from './types.js';
+import { VipAllocator } from './vips.js';
 
 interface Held<T> {
   source: string;
   value: T;
   json: string;
 }
+
+interface HeldService extends Held<Service> {
+  /** As the source reported it: hostnames it claims, no VIP yet for a registry service. */
+  reported: Service;
+}
+
+/** A Kubernetes Service here or imported from another cluster: it has its ClusterIP and namespace names. */
+const isKubernetes = (service: Pick<Service, 'source'>) => service.source === 'kubernetes' || String(service.source).startsWith('cluster:');
+
+// A report is checked only when rendered: until then its fields may be missing (defaults unapplied) or wrong.
+const reportedHostnames = (s: Service): string[] => (Array.isArray(s.hostnames) ? s.hostnames.filter((h) => typeof h === 'string') : []);
+const claimedHostnames = (s: Service): string[] =>
+  isKubernetes(s) && typeof s.name === 'string' ? [...reportedHostnames(s), s.name.toLowerCase()] : reportedHostnames(s);
 
 export interface CatalogStats {
   services: number;
@@ -24,7 +41,11 @@ export interface CatalogStats {
 export class Catalog implements CatalogUpdates {
   private mesh: Mesh;
   private schema: ReturnType<typeof serviceSchemaFor>;
-  private readonly services = new Map<string, Held<Service>>();
+  private readonly services = new Map<string, HeldService>();
+  private readonly hostnames = new HostnameBook();
+  private readonly vips: VipAllocator;
+  /** Hostnames each service was last told it lost, so a loss is logged once. */
+  private readonly lostNames = new Map<string, string>();
   private readonly sidecars = new Map<string, Held<SidecarConfig>>();
   private readonly syncedSources = new Set<string>();
   private sinks: readonly Sink[] = [];
@@ -41,6 +62,7 @@ export class Catalog implements CatalogUpdates {
   ) {
     this.mesh = mesh;
     this.schema = serviceSchemaFor(mesh);
+    this.vips = new VipAllocator(mesh.vipRanges);
   }
 
   get allSynced(): boolean {
@@ -55,6 +77,22 @@ export class Catalog implements CatalogUpdates {
     this.mesh = mesh;
     this.schema = serviceSchemaFor(mesh);
     for (const sink of this.sinks) sink.setMesh(mesh);
+    // VIPs outside new ranges move into them.
+    for (const id of this.vips.setRanges(mesh.vipRanges)) this.render(id);
+  }
+
+  /**
+   * VIPs read back from the published catalog (id to address): they are their services' from now
+   * on, so a restarted or newly leading replica publishes the VIPs sidecars already hold. Called
+   * before sinks are attached.
+   */
+  adoptStoredVips(stored: ReadonlyMap<string, string>): void {
+    for (const id of this.vips.adoptStored(stored)) this.render(id);
+  }
+
+  /** Hostnames claimed by more than one service, and who holds each. */
+  nameConflicts(): HostnameConflict[] {
+    return this.hostnames.conflicts();
   }
 
   /** Sinks start receiving: the whole state now, then every change; removals once all sources synced. */
@@ -91,30 +129,84 @@ export class Catalog implements CatalogUpdates {
       );
       return;
     }
-    const checked = this.schema.safeParse(service);
+    const affected = this.hostnames.claim({ id: service.id, rank: this.rank(source), kubernetes: isKubernetes(service) }, claimedHostnames(service));
+    if (!this.render(service.id, { source, reported: service })) {
+      // Refused: claims go back to what the published version claims.
+      if (held && held.source === source)
+        this.hostnames.claim({ id: service.id, rank: this.rank(source), kubernetes: isKubernetes(held.reported) }, claimedHostnames(held.reported));
+      else {
+        this.hostnames.release(service.id);
+        this.vips.release(service.id);
+      }
+    }
+    for (const id of affected) this.render(id);
+  }
+
+  /**
+   * Publishes a service as it is now: the hostnames it holds of those it claims, and for a
+   * registry service its VIP. `next` is a new report; without it the held report is rendered again
+   * (a hostname or VIP moved). False when the contract refused the service (it stays as it was).
+   */
+  private render(id: string, next?: { source: string; reported: Service }): boolean {
+    const held = this.services.get(id);
+    const source = next?.source ?? held?.source;
+    const reported = next?.reported ?? held?.reported;
+    if (source === undefined || reported === undefined) return false;
+    const wanted = reportedHostnames(reported);
+    const hostnames = this.hostnames.held(id, wanted);
+    const lost = wanted.filter((h) => !hostnames.includes(h)).join(', ');
+    if (lost !== (this.lostNames.get(id) ?? '')) {
+      if (lost) {
+        this.stats.conflicts++;
+        const holders = wanted.filter((h) => !hostnames.includes(h)).map((h) => `${h}: ${this.hostnames.holder(h)}`);
+        this.log.warn({ id, source, lost: holders }, 'hostnames another service holds are left out of this one (registry-bridge/README.md, Names)');
+        this.lostNames.set(id, lost);
+      } else this.lostNames.delete(id);
+    }
+    let vips = reported.vips;
+    if ((vips === undefined || vips.length === 0) && !isKubernetes(reported)) {
+      const address = this.vips.allocate(id);
+      if (address === undefined) {
+        this.reject(source, id, `no free VIP in the mesh ranges (${this.mesh.vipRanges.join(', ')})`);
+        return false;
+      }
+      vips = [{ address, allocation: 'mesh' }];
+    }
+    const checked = this.schema.safeParse({ ...reported, hostnames, ...(vips ? { vips } : {}) });
     if (!checked.success) {
-      this.stats.rejected++;
-      const why = issuesOf(checked.error)
-        .slice(0, 5)
-        .map((i) => `${i.field}: ${i.message}`)
-        .join('; ');
-      this.log.warn({ id: service.id, source, why }, 'a service breaks the contract and is left as it was');
-      this.onRejected(source, service.id, why);
-      return;
+      this.reject(
+        source,
+        id,
+        issuesOf(checked.error)
+          .slice(0, 5)
+          .map((i) => `${i.field}: ${i.message}`)
+          .join('; '),
+      );
+      return false;
     }
     const json = `${JSON.stringify(checked.data)}\n`;
-    if (held && held.json === json) return;
-    this.services.set(service.id, { source, value: checked.data, json });
+    this.services.set(id, { source, value: checked.data, json, reported });
     this.stats.services = this.services.size;
-    for (const sink of this.sinks) sink.setService(service.id, checked.data, json);
+    if (held && held.json === json) return true;
+    for (const sink of this.sinks) sink.setService(id, checked.data, json);
+    return true;
+  }
+
+  private reject(source: string, id: string, why: string): void {
+    this.stats.rejected++;
+    this.log.warn({ id, source, why }, 'a service breaks the contract and is left as it was');
+    this.onRejected(source, id, why);
   }
 
   removeService(source: string, id: string): void {
     const held = this.services.get(id);
     if (!held || held.source !== source) return;
     this.services.delete(id);
+    this.lostNames.delete(id);
+    this.vips.release(id);
     this.stats.services = this.services.size;
     for (const sink of this.sinks) sink.setService(id, undefined, undefined);
+    for (const other of this.hostnames.release(id)) this.render(other);
   }
 
   upsertSidecar(source: string, id: string, config: SidecarConfig): void {
@@ -149,6 +241,8 @@ export class Catalog implements CatalogUpdates {
     if (this.syncedSources.has(source)) return;
     this.syncedSources.add(source);
     this.log.info({ source, services: this.stats.services, sidecars: this.stats.sidecars }, 'source synced');
+    // Stored VIPs whose services did not come back in any source's full list are free again.
+    if (this.allSynced) this.vips.forgetUnclaimedStored();
     this.maybeComplete();
   }
 
