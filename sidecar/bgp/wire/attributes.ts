@@ -89,14 +89,12 @@ const KNOWN: Record<number, { flags: number; onError: UpdateErrorAction | 'sessi
 
 export const attributeName = (type: number) => KNOWN[type]?.name ?? `attribute ${type}`;
 
-/** A malformed attribute, answered as KNOWN says for its type. */
-class Malformed extends Error {
+/** A malformed attribute, answered as KNOWN says for its type (not an Error, as Overrun). */
+class Malformed {
   constructor(
     readonly subcode: number,
-    message: string,
-  ) {
-    super(message);
-  }
+    readonly message: string,
+  ) {}
 }
 
 function readAsPath(value: Uint8Array, asSize: 2 | 4): AsPathSegment[] {
@@ -239,7 +237,8 @@ function readKnown(type: number, flags: number, value: Uint8Array, context: Attr
 }
 
 function keep(into: PathAttributes, flags: number, type: number, value: Uint8Array): void {
-  (into.other ??= []).push({ flags: flags & 0xf0, type, value: value.slice() });
+  // Extended Length says how the length was written, not what the attribute is: the encoder chooses it again.
+  (into.other ??= []).push({ flags: flags & (AttributeFlag.OPTIONAL | AttributeFlag.TRANSITIVE | AttributeFlag.PARTIAL), type, value: new Uint8Array(value) });
 }
 
 /**
@@ -281,7 +280,7 @@ export function decodeAttributes(bytes: Uint8Array, context: AttributeContext, p
 
     if (!known) {
       if ((flags & AttributeFlag.OPTIONAL) === 0)
-        throw updateError(UpdateSubcode.UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE, `unrecognized well-known attribute ${type}`, whole.slice());
+        throw updateError(UpdateSubcode.UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE, `unrecognized well-known attribute ${type}`, new Uint8Array(whole));
       if (flags & AttributeFlag.TRANSITIVE) keep(attributes, flags | AttributeFlag.PARTIAL, type, value);
       continue;
     }
@@ -313,7 +312,7 @@ export function decodeAttributes(bytes: Uint8Array, context: AttributeContext, p
       readKnown(type, flags, value, context, attributes);
     } catch (error) {
       if (known.onError === 'session-reset' && (error instanceof Overrun || error instanceof PrefixError))
-        throw updateError(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, `malformed ${known.name}: ${error.message}`, whole.slice());
+        throw updateError(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, `malformed ${known.name}: ${error.message}`, new Uint8Array(whole));
       if (error instanceof Malformed || error instanceof Overrun || error instanceof PrefixError) {
         const subcode = error instanceof Malformed ? error.subcode : UpdateSubcode.ATTRIBUTE_LENGTH_ERROR;
         problems.push({ action: known.onError as UpdateErrorAction, attributeType: type, subcode, reason: `malformed ${known.name}: ${error.message}` });

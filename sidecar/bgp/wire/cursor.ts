@@ -2,8 +2,12 @@
 // parser turns into the error its RFC names for that field: the decoder never reads a byte it
 // was not given, however the lengths inside a message lie.
 
-export class Overrun extends Error {
-  override readonly name = 'Overrun';
+/**
+ * Not an Error: it never leaves the codec (each parser turns it into the RFC's error), and a peer
+ * can make us throw one per attribute, so it skips the stack trace an Error would capture.
+ */
+export class Overrun {
+  constructor(readonly message: string) {}
 }
 
 export class Cursor {

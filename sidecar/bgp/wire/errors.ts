@@ -7,14 +7,20 @@ import { ErrorCode, UpdateSubcode } from './constants.js';
 /** Send a NOTIFICATION with this code, subcode and data, and close the session ("session reset"). */
 export class BgpNotificationError extends Error {
   override readonly name = 'BgpNotificationError';
+  readonly code: number;
+  readonly subcode: number;
+  readonly data: Uint8Array;
 
-  constructor(
-    readonly code: number,
-    readonly subcode: number,
-    message: string,
-    readonly data: Uint8Array = new Uint8Array(0),
-  ) {
+  constructor(code: number, subcode: number, message: string, data: Uint8Array = new Uint8Array(0)) {
+    // No stack trace: the message says what the peer sent, the stack only that the decoder read it,
+    // and a peer decides how many of these we make.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
+    this.code = code;
+    this.subcode = subcode;
+    this.data = data;
   }
 }
 

@@ -64,7 +64,7 @@ export class Framer {
       offset += length;
     }
     // A copy, so a large chunk is not kept alive by the few bytes of its last message.
-    this.pending = offset === bytes.length ? new Uint8Array(0) : bytes.slice(offset);
+    this.pending = offset === bytes.length ? new Uint8Array(0) : new Uint8Array(bytes.subarray(offset));
     return frames;
   }
 

@@ -27,7 +27,7 @@ export function shutdownData(message: string): Uint8Array {
 
 export function decodeNotification(body: Uint8Array): NotificationMessage {
   const cursor = new Cursor(body);
-  return { type: 'notification', code: cursor.u8(), subcode: cursor.u8(), data: body.slice(2) };
+  return { type: 'notification', code: cursor.u8(), subcode: cursor.u8(), data: new Uint8Array(body.subarray(2)) };
 }
 
 const CODE_NAMES: Record<number, string> = {

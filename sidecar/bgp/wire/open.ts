@@ -123,7 +123,7 @@ function readCapability(code: number, value: Uint8Array): Capability {
       return { kind: 'graceful-restart', restarted: (word & 0x8000) !== 0, notification: (word & 0x4000) !== 0, restartTimeSeconds: word & 0xfff, families };
     }
     default:
-      return { kind: 'unknown', code, value: value.slice() };
+      return { kind: 'unknown', code, value: new Uint8Array(value) };
   }
 }
 

@@ -1,7 +1,7 @@
 // NLRI prefixes (RFC 4271 §4.3, RFC 4760 §5): a length in bits, then just enough bytes to hold it.
 // The same encoding carries IPv4 routes in the UPDATE's own fields and IPv6 routes in MP_REACH and
 // MP_UNREACH. Addresses are kept as canonical text (RFC 5952 for IPv6), so prefixes compare as strings.
-import { isIPv4, isIPv6, SocketAddress } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import { Afi } from './constants.js';
 import { Cursor, Overrun, type Writer } from './cursor.js';
@@ -20,16 +20,47 @@ export const maxLength = (afi: AddressFamily) => (afi === Afi.IPV4 ? 32 : 128);
 export const prefixText = (prefix: Prefix) => `${prefix.address}/${prefix.length}`;
 
 export function addressBytes(address: string): Uint8Array {
-  if (!isIPv4(address) && !isIPv6(address)) throw new TypeError(`not an IP address: ${address}`);
+  if (isIPv4(address)) return Uint8Array.from(address.split('.'), Number);
+  if (!isIPv6(address)) throw new TypeError(`not an IP address: ${address}`);
   return Uint8Array.from(ipaddr.parse(address).toByteArray());
 }
 
+/**
+ * An address as text. IPv6 in the form the contract keeps (common/contract/primitives.ts: what
+ * SocketAddress and inet_ntop print): the first longest run of two or more zero groups as `::`,
+ * and the last 32 bits in dotted decimal for IPv4-mapped and IPv4-compatible addresses. Written
+ * out rather than through SocketAddress, which costs 6 µs an address (a router's full table is
+ * hundreds of thousands); prefix.test.ts checks it against SocketAddress.
+ */
 export function addressText(bytes: Uint8Array): string {
   if (bytes.length === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-  // SocketAddress prints with inet_ntop's algorithm: the form the contract keeps (primitives.ts).
-  return new SocketAddress({ address: groups.join(':'), family: 'ipv6' }).address;
+  const words: number[] = [];
+  for (let i = 0; i < 16; i += 2) words.push((bytes[i]! << 8) | bytes[i + 1]!);
+  let bestBase = -1;
+  let bestLength = 0;
+  for (let i = 0; i < 8;) {
+    if (words[i] !== 0) {
+      i++;
+      continue;
+    }
+    let end = i;
+    while (end < 8 && words[end] === 0) end++;
+    if (end - i > bestLength) [bestBase, bestLength] = [i, end - i];
+    i = end;
+  }
+  if (bestLength < 2) bestBase = -1;
+  const ipv4Tail = bestBase === 0 && (bestLength === 6 || (bestLength === 7 && words[7] !== 1) || (bestLength === 5 && words[5] === 0xffff));
+  let text = '';
+  for (let i = 0; i < 8; i++) {
+    if (bestBase >= 0 && i >= bestBase && i < bestBase + bestLength) {
+      if (i === bestBase) text += ':';
+      continue;
+    }
+    if (i !== 0) text += ':';
+    if (i === 6 && ipv4Tail) return `${text}${bytes[12]}.${bytes[13]}.${bytes[14]}.${bytes[15]}`;
+    text += words[i]!.toString(16);
+  }
+  return bestBase >= 0 && bestBase + bestLength === 8 ? `${text}:` : text;
 }
 
 /** "192.0.2.10/32" or "2001:db8::10/128" (a bare address is a host route); host bits are cleared. */
@@ -84,6 +115,7 @@ export function readPrefixes(cursor: Cursor, end: number, afi: AddressFamily): P
   return out;
 }
 
-export class PrefixError extends Error {
-  override readonly name = 'PrefixError';
+/** Not an Error, as Overrun: the caller turns it into the error its field calls for. */
+export class PrefixError {
+  constructor(readonly message: string) {}
 }
