@@ -99,6 +99,21 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+# helm, for the chart's tests. Stamped as helm's Makefile does: its version, and the Kubernetes
+# version of its client-go as what `helm template` and `helm lint` assume without a cluster.
+helm_versions=$(cd test-e2e/servers/helm && go mod edit -json | node -e '
+  const { Require = [] } = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const version = (path) => Require.find((r) => r.Path === path)?.Version ?? "";
+  const helm = version("helm.sh/helm/v3"), clientGo = /^v0\.(\d+)\.\d+$/.exec(version("k8s.io/client-go"));
+  if (!/^v3\.\d+\.\d+$/.test(helm) || !clientGo) process.exit(1);
+  console.log(helm, clientGo[1]);
+') || die "test-e2e/servers/helm/go.mod does not require helm.sh/helm/v3 and k8s.io/client-go at release versions"
+read -r helm_version helm_kube_minor <<<"$helm_versions"
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$helm_version"
+for package in pkg/lint/rules pkg/chartutil; do
+  helm_ldflags+=" -X helm.sh/helm/v3/$package.k8sVersionMajor=1 -X helm.sh/helm/v3/$package.k8sVersionMinor=$helm_kube_minor"
+done
+build_server helm test-e2e/servers/helm "helm" "$helm_ldflags" helm.sh/helm/v3/cmd/helm
 
 step "Eureka server (Spring Cloud Netflix, built with Maven into $CACHE/eureka)"
 # Its Maven repository stays in the cache (about 100 MB), so a rebuild after the first runs offline.
