@@ -12,11 +12,12 @@ import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { Catalog } from './core/catalog.js';
-import type { Sink, SinkStatus, SourceStatus } from './core/types.js';
+import type { Sink, SinkStatus, Source, SourceStatus } from './core/types.js';
 import { LeaderElector } from './kube/leader.js';
 import { MeshSettings } from './kube/mesh-settings.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
 import { RepoSink } from './sinks/repo.js';
+import { EurekaSource } from './sources/eureka/source.js';
 import { KubernetesSource } from './sources/kubernetes/source.js';
 
 export interface BridgeOptions {
@@ -61,7 +62,8 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const identity = options.identity ?? process.env.POD_NAME ?? hostname();
   const controlPlaneNamespace = config.leaderElection.namespace;
 
-  const sources: KubernetesSource[] = [];
+  const sources: Source[] = [];
+  const kubernetesSources: KubernetesSource[] = [];
   // Events only on objects the sources hold with that uid (or a ConfigMap the apiserver has).
   const cluster = kubeEventsApi(kubeConfig);
   const core = kubeConfig.makeApiClient(CoreV1Api);
@@ -76,7 +78,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
           throw error;
         }
       }
-      for (const source of sources) {
+      for (const source of kubernetesSources) {
         const uid = source.uidOf(subject.kind as 'Service' | 'Pod', subject.namespace, subject.name);
         if (uid) return uid;
       }
@@ -114,17 +116,21 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     log,
   ));
   for (const sourceConfig of config.sources) {
+    if (sourceConfig.kind === 'eureka') {
+      sources.push(new EurekaSource({ config: sourceConfig, log }));
+      continue;
+    }
     if (sourceConfig.kind !== 'kubernetes') throw new Error(`source ${sourceConfig.name}: kind ${sourceConfig.kind} is not built into the bridge yet`);
-    sources.push(
-      new KubernetesSource({
-        config: sourceConfig,
-        kubeConfig,
-        mesh,
-        injectedPodSelector: `${SIDECAR_INJECTED_LABEL}=${SIDECAR_INJECTED_VALUE}`,
-        log,
-        raiseEvent,
-      }),
-    );
+    const source = new KubernetesSource({
+      config: sourceConfig,
+      kubeConfig,
+      mesh,
+      injectedPodSelector: `${SIDECAR_INJECTED_LABEL}=${SIDECAR_INJECTED_VALUE}`,
+      log,
+      raiseEvent,
+    });
+    kubernetesSources.push(source);
+    sources.push(source);
   }
   const repoCa = config.repoCaFile
     ? new RepoCaConfigMaps({
@@ -132,7 +138,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
         caFile: config.repoCaFile,
         log,
         podNamespaces: function* () {
-          for (const source of sources) yield* source.podNamespaces();
+          for (const source of kubernetesSources) yield* source.podNamespaces();
         },
       })
     : undefined;
