@@ -1,0 +1,118 @@
+// The announcer: one BgpSession per peer, and the set of routes every peer should have. Announcing
+// or withdrawing a VIP changes that set and each established session sends the difference at once
+// (an UPDATE; the sessions stay up). Sessions that are down get the whole set when they come up.
+import type { Logger } from 'pino';
+import { BgpSession, type SessionStatus } from './session.js';
+import type { Route } from './routes.js';
+import { Afi, parseCommunity, parsePrefix, prefixText, type AddressFamily } from './wire/index.js';
+
+export interface PeerOptions {
+  address: string;
+  remoteAs: number;
+  port?: number;
+  localAddress?: string;
+  nextHop?: { ipv4?: string; ipv6?: string };
+  families?: AddressFamily[];
+}
+
+export interface SpeakerOptions {
+  localAs: number;
+  routerId: string;
+  holdTimeSeconds: number;
+  connectRetryMs?: number;
+  peers: PeerOptions[];
+  log: Logger;
+}
+
+export interface RouteOptions {
+  /** ASN:VALUE. */
+  communities?: readonly string[];
+  localPreference?: number;
+  med?: number;
+}
+
+export interface SpeakerStatus {
+  localAs: number;
+  routerId: string;
+  peers: SessionStatus[];
+  /** The prefixes announced (to every peer that can take them). */
+  routes: string[];
+}
+
+export class BgpSpeaker {
+  private readonly sessions: BgpSession[];
+  private readonly routes = new Map<string, Route>();
+  private publishQueued = false;
+
+  constructor(private readonly options: SpeakerOptions) {
+    this.sessions = options.peers.map(
+      (peer) =>
+        new BgpSession({
+          localAs: options.localAs,
+          routerId: options.routerId,
+          holdTimeSeconds: options.holdTimeSeconds,
+          peerAddress: peer.address,
+          peerPort: peer.port ?? 179,
+          remoteAs: peer.remoteAs,
+          ...(peer.localAddress ? { localAddress: peer.localAddress } : {}),
+          nextHops: { ...(peer.nextHop?.ipv4 ? { [Afi.IPV4]: peer.nextHop.ipv4 } : {}), ...(peer.nextHop?.ipv6 ? { [Afi.IPV6]: peer.nextHop.ipv6 } : {}) },
+          ...(peer.families ? { families: peer.families } : {}),
+          ...(options.connectRetryMs !== undefined ? { connectRetryMs: options.connectRetryMs } : {}),
+          log: options.log,
+        }),
+    );
+  }
+
+  start(): void {
+    for (const session of this.sessions) session.start();
+  }
+
+  /** Announces `prefix` (a VIP: an address, or a prefix) to every peer, or changes its attributes. */
+  announce(prefix: string, options: RouteOptions = {}): void {
+    const parsed = parsePrefix(prefix);
+    const route: Route = {
+      prefix: parsed,
+      communities: (options.communities ?? []).map(parseCommunity),
+      ...(options.localPreference !== undefined ? { localPreference: options.localPreference } : {}),
+      ...(options.med !== undefined ? { med: options.med } : {}),
+    };
+    this.routes.set(prefixText(parsed), route);
+    this.publish();
+  }
+
+  withdraw(prefix: string): void {
+    if (this.routes.delete(prefixText(parsePrefix(prefix)))) this.publish();
+  }
+
+  announced(prefix: string): boolean {
+    return this.routes.has(prefixText(parsePrefix(prefix)));
+  }
+
+  /**
+   * Changes made in one turn of the event loop go out together: a thousand withdraw() calls make
+   * one diff and as few UPDATEs as fit, not a thousand of each.
+   */
+  private publish(): void {
+    if (this.publishQueued) return;
+    this.publishQueued = true;
+    queueMicrotask(() => {
+      this.publishQueued = false;
+      const snapshot = new Map(this.routes);
+      for (const session of this.sessions) session.setRoutes(snapshot);
+    });
+  }
+
+  status(): SpeakerStatus {
+    return { localAs: this.options.localAs, routerId: this.options.routerId, peers: this.sessions.map((s) => s.status()), routes: [...this.routes.keys()] };
+  }
+
+  /** The sessions, for tests and for waiting on them. */
+  get peers(): readonly BgpSession[] {
+    return this.sessions;
+  }
+
+  /** Ends every session with Cease / Administrative Shutdown (the routers drop our routes at once). */
+  stop(message = 'shutting down'): void {
+    for (const session of this.sessions) session.stop(message);
+  }
+}
