@@ -17,6 +17,7 @@ import { LeaderElector } from './kube/leader.js';
 import { MeshSettings } from './kube/mesh-settings.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
 import { RepoSink } from './sinks/repo.js';
+import { ConsulSource } from './sources/consul/source.js';
 import { EurekaSource } from './sources/eureka/source.js';
 import { KubernetesSource } from './sources/kubernetes/source.js';
 
@@ -120,7 +121,10 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       sources.push(new EurekaSource({ config: sourceConfig, log }));
       continue;
     }
-    if (sourceConfig.kind !== 'kubernetes') throw new Error(`source ${sourceConfig.name}: kind ${sourceConfig.kind} is not built into the bridge yet`);
+    if (sourceConfig.kind === 'consul') {
+      sources.push(new ConsulSource({ config: sourceConfig, log }));
+      continue;
+    }
     const source = new KubernetesSource({
       config: sourceConfig,
       kubeConfig,
@@ -144,12 +148,25 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     : undefined;
 
   let sinks: Sink[] = [];
+  // Each term of leadership; a term that ended while it read the stored VIPs attaches nothing.
+  let term = 0;
   const leading = () => {
-    sinks = config.sinks.map((s) => makeSink(s, log));
-    catalog.attach(sinks);
-    repoCa?.setActive(true);
+    const mine = ++term;
+    const next = config.sinks.map((s) => makeSink(s, log));
+    void readStoredVips(next, log, () => mine !== term).then((stored) => {
+      if (mine !== term) {
+        void Promise.all(next.map((s) => s.stop()));
+        return;
+      }
+      // Before the sinks hear anything: what sidecars hold is what gets published.
+      catalog.adoptStoredVips(stored);
+      sinks = next;
+      catalog.attach(sinks);
+      repoCa?.setActive(true);
+    });
   };
   const following = () => {
+    term++;
     repoCa?.setActive(false);
     const stopped = catalog.detach();
     sinks = [];
@@ -242,6 +259,32 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
     },
   };
+}
+
+/**
+ * Mesh VIPs the sinks stored with the catalog, retried with backoff until read (or `cancelled`):
+ * publishing before would give registry services new VIPs while sidecars hold the old ones.
+ */
+async function readStoredVips(sinks: readonly Sink[], log: Logger, cancelled: () => boolean): Promise<Map<string, string>> {
+  const stored = new Map<string, string>();
+  for (const sink of sinks) {
+    if (!sink.storedVips) continue;
+    for (let delay = 200; !cancelled(); delay = Math.min(delay * 2, 10_000)) {
+      try {
+        const started = Date.now();
+        for (const [id, address] of await sink.storedVips()) if (!stored.has(id)) stored.set(id, address);
+        log.info({ sink: sink.name, vips: stored.size, ms: Date.now() - started }, 'read the VIPs the published catalog holds');
+        break;
+      } catch (error) {
+        log.warn(
+          { sink: sink.name, err: (error as Error).message, retryInMs: delay },
+          'cannot read the VIPs the published catalog holds; publishing waits for them',
+        );
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+  return stored;
 }
 
 function registerMetrics(registry: Registry, status: () => BridgeStatus): void {

@@ -66,4 +66,10 @@ export interface Sink {
   settled(): Promise<void>;
   stop(): Promise<void>;
   status(): SinkStatus;
+  /**
+   * The mesh VIPs of registry services as this sink stored them with the catalog (id to address),
+   * read when this replica starts leading so it publishes the VIPs sidecars hold. Sinks that store
+   * no catalog have none. Rejects when the target cannot be read (the caller retries).
+   */
+  storedVips?(): Promise<Map<string, string>>;
 }

@@ -171,6 +171,32 @@ export class Publisher {
     this.collectGarbage = false;
   }
 
+  /**
+   * Published files of the mesh codebase whose path passes `wanted`, by path: what an earlier run
+   * or another replica published (VIPs are read back from it). Empty when the codebase does not
+   * exist yet.
+   */
+  async readMeshFiles(wanted: (path: string) => boolean, concurrency = 8): Promise<Map<string, string>> {
+    const info = await this.call('GET', `/api/v1/repo${MESH_CODEBASE}`);
+    if (info.status === 404) return new Map();
+    if (!info.ok) throw new Error(`GET ${MESH_CODEBASE}: ${info.status} ${await info.text()}`);
+    const record = (await info.json()) as { files?: unknown };
+    const paths = (Array.isArray(record.files) ? record.files : []).filter((p): p is string => typeof p === 'string' && wanted(p));
+    const out = new Map<string, string>();
+    const queue = [...paths];
+    const workers = Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
+      for (let path = queue.shift(); path !== undefined; path = queue.shift()) {
+        const r = await this.call('GET', `/repo${MESH_CODEBASE}${path}`);
+        // Erased since the listing: nothing to read back.
+        if (r.status === 404) continue;
+        if (!r.ok) throw new Error(`GET ${MESH_CODEBASE}${path}: ${r.status}`);
+        out.set(path, await r.text());
+      }
+    });
+    await Promise.all(workers);
+    return out;
+  }
+
   private agent?: HttpAgent;
 
   private async call(method: string, path: string, body?: string): Promise<RepoResponse> {

@@ -73,6 +73,23 @@ export class RepoSink implements Sink {
     await this.publisher.settled();
   }
 
+  /** Mesh VIPs in the published registry services' files (only registry ids can hold one: `<name>.<registry>.<source>`). */
+  async storedVips(): Promise<Map<string, string>> {
+    const files = await this.publisher.readMeshFiles((path) => /^\/services\/.+\.(consul|eureka|static)\.json$/.test(path));
+    const vips = new Map<string, string>();
+    for (const text of files.values()) {
+      let service: { id?: unknown; vips?: unknown };
+      try {
+        service = JSON.parse(text) as typeof service;
+      } catch {
+        continue;
+      }
+      const mesh = Array.isArray(service.vips) ? service.vips.find((v: { allocation?: unknown }) => v?.allocation === 'mesh') : undefined;
+      if (typeof service.id === 'string' && typeof mesh?.address === 'string') vips.set(service.id, mesh.address);
+    }
+    return vips;
+  }
+
   async stop(): Promise<void> {
     this.publisher.stop();
   }

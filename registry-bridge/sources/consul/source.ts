@@ -1,0 +1,477 @@
+// The Consul source: one datacenter's services into the catalog without one long poll per
+// service (Consul allows 200 connections per client by default). Two blocking queries run all the
+// time: /v1/catalog/services (names and tags: services that came, went or were retagged) and
+// /v1/health/state/any (every check: it wakes on any check change, and the diff names the services
+// whose checks moved, or the node whose node check did). The services they name are fetched from
+// /v1/health/service/<name> by a bounded pool. A change Consul signals without naming a service
+// (an instance with no check registered or edited: the catalog's index moved, its names and tags
+// did not, no check changed at that index) is found by a sweep that fetches every service, at
+// most every sweepIntervalSeconds. Nothing is removed because Consul is away: the last good state
+// stays, and the source reads stale once it has not heard from Consul for staleAfterSeconds.
+import type { ConsulSourceConfig, Mesh } from '../../../common/contract/index.js';
+import type { Logger } from '../../../common/log.js';
+import { LabelBook } from '../../core/names.js';
+import type { CatalogUpdates, Source, SourceStatus } from '../../core/types.js';
+import { ConsulClient, ConsulError } from './client.js';
+import { nextIndex, nextQueryDelay } from './index-rules.js';
+import { translateConsulService } from './translate.js';
+
+export interface ConsulSourceOptions {
+  config: ConsulSourceConfig;
+  log: Logger;
+}
+
+interface Known {
+  tags: string;
+  /** X-Consul-Index of its last fetch: a sweep that finds the same skips it. */
+  index?: bigint;
+  port?: number;
+  reportedId?: string;
+  endpoints: number;
+  nodes: string[];
+  /** Gone from Consul's list: removed from the catalog at this time unless it comes back. */
+  removeAt?: number;
+  removeTimer?: NodeJS.Timeout;
+  /** What was last logged about it, so a problem is logged when it changes. */
+  problems?: string;
+}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    if (signal.aborted || ms <= 0) return resolve();
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+  });
+
+export class ConsulSource implements Source {
+  readonly kind = 'consul';
+  readonly name: string;
+  private readonly config: ConsulSourceConfig;
+  private readonly log: Logger;
+  private readonly client: ConsulClient;
+  private readonly abort = new AbortController();
+  private updates?: CatalogUpdates;
+  private datacenter?: string;
+  private readonly known = new Map<string, Known>();
+  private readonly labels = new LabelBook();
+  /** node\0checkID to status|modifyIndex|serviceName, as /v1/health/state/any last said. */
+  private checks = new Map<string, string>();
+  private readonly servicesOnNode = new Map<string, Set<string>>();
+  /** Indexes at which checks changed (recent ones), to tell an explained catalog change from one that needs a sweep. */
+  private readonly checkChangeIndexes = new Set<bigint>();
+  private checksIndex = 0n;
+  private readonly queue = new Set<string>();
+  /** Queued by a sweep only: skipped when Consul's index for the service has not moved. */
+  private readonly swept = new Set<string>();
+  private readonly retry = new Set<string>();
+  private retryTimer?: NodeJS.Timeout;
+  private retryFailures = 0;
+  private inFlight = 0;
+  private catalogListed = false;
+  private checksListed = false;
+  private syncedOnce = false;
+  private lastContactAt = 0;
+  private lastSyncAt = 0;
+  private errors = 0;
+  private lastError?: string;
+  private endpointCount = 0;
+  private sweepTimer?: NodeJS.Timeout;
+  private lastSweepAt = 0;
+  private readonly loops: Promise<void>[] = [];
+
+  constructor(options: ConsulSourceOptions) {
+    this.config = options.config;
+    this.name = options.config.name;
+    this.log = options.log.child({ source: this.name });
+    this.client = new ConsulClient(options.config, 2);
+    this.datacenter = options.config.datacenter;
+  }
+
+  start(updates: CatalogUpdates): void {
+    this.updates = updates;
+    this.loops.push(this.run());
+  }
+
+  setMesh(_mesh: Mesh): void {
+    // Nothing this source publishes depends on mesh.json (VIPs are the catalog's).
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.sweepTimer);
+    for (const known of this.known.values()) clearTimeout(known.removeTimer);
+    await Promise.all(this.loops);
+    this.client.close();
+  }
+
+  status(): SourceStatus {
+    const stale = this.syncedOnce && Date.now() - this.lastContactAt > this.config.staleAfterSeconds * 1000;
+    let services = 0;
+    for (const known of this.known.values()) if (known.reportedId) services++;
+    return {
+      name: this.name,
+      kind: this.kind,
+      address: this.datacenter ? `${this.config.address} (${this.datacenter})` : this.config.address,
+      state: !this.syncedOnce ? 'starting' : stale ? 'stale' : 'synced',
+      services,
+      endpoints: this.endpointCount,
+      sidecars: 0,
+      lastContactAt: this.lastContactAt,
+      lastSyncAt: this.lastSyncAt,
+      errors: this.errors,
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+    };
+  }
+
+  // ---- the two watches
+
+  private async run(): Promise<void> {
+    const signal = this.abort.signal;
+    for (let failures = 0; !this.datacenter && !signal.aborted; failures++) {
+      await sleep(nextQueryDelay(0, 0, 0, failures), signal);
+      try {
+        const self = await this.client.get({ path: '/v1/agent/self', signal });
+        this.contact();
+        const dc = (self.body as { Config?: { Datacenter?: unknown } } | null)?.Config?.Datacenter;
+        if (typeof dc !== 'string' || dc === '') throw new ConsulError('/v1/agent/self names no datacenter; set datacenter in the source config');
+        this.datacenter = dc;
+        this.log.info({ datacenter: dc, address: this.config.address }, 'reading the datacenter of the Consul agent');
+      } catch (error) {
+        this.failed(error, 'reading the agent datacenter (set datacenter in the source config to skip it)');
+      }
+    }
+    if (signal.aborted) return;
+    await Promise.all([
+      this.watch('catalog', '/v1/catalog/services', (body, index) => this.onCatalog(body, index)),
+      this.watch('checks', '/v1/health/state/any', (body, index) => this.onChecks(body, index)),
+    ]);
+  }
+
+  private async watch(what: string, path: string, onAnswer: (body: unknown, index: bigint) => void): Promise<void> {
+    const signal = this.abort.signal;
+    let index = 0n;
+    let failures = 0;
+    let lastSentAt = 0;
+    while (!signal.aborted) {
+      await sleep(nextQueryDelay(lastSentAt, Date.now(), this.config.minQueryIntervalMs, failures), signal);
+      if (signal.aborted) return;
+      lastSentAt = Date.now();
+      try {
+        const answer = await this.client.get({
+          path,
+          query: { dc: this.datacenter! },
+          ...(index > 0n ? { block: { index, waitSeconds: this.config.waitSeconds } } : {}),
+          signal,
+        });
+        this.contact();
+        failures = 0;
+        const step = nextIndex(index, answer.index);
+        if (step.reset) this.log.info({ watch: what, from: String(index), to: String(step.next) }, 'the Consul index went backwards; taking the answer whole');
+        index = step.next;
+        if (step.changed) onAnswer(answer.body, index);
+      } catch (error) {
+        if (signal.aborted) return;
+        failures++;
+        this.failed(error, `watching ${path}`);
+      }
+    }
+  }
+
+  private contact(): void {
+    this.lastContactAt = Date.now();
+  }
+
+  private failed(error: unknown, doing: string): void {
+    this.errors++;
+    const message = (error as Error).message;
+    const repeated = this.lastError === `${doing}: ${message}`;
+    this.lastError = `${doing}: ${message}`;
+    if (error instanceof ConsulError && error.refused) {
+      try {
+        this.client.reloadToken();
+      } catch (tokenError) {
+        this.lastError = `${doing}: ${message}; ${(tokenError as Error).message}`;
+      }
+    }
+    // Once per new problem at warn: a Consul away for minutes is one line, then debug until it changes.
+    (repeated ? this.log.debug : this.log.warn).call(
+      this.log,
+      { err: message, doing },
+      'Consul did not answer as expected; the last good state stays published',
+    );
+  }
+
+  private onCatalog(body: unknown, index: bigint): void {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      this.failed(new ConsulError('not an object of service names'), 'reading /v1/catalog/services');
+      return;
+    }
+    const { include, exclude } = this.config.services;
+    const listed = new Map<string, string>();
+    for (const [name, tags] of Object.entries(body)) {
+      if (exclude.includes(name) || !(include.includes('*') || include.includes(name))) continue;
+      listed.set(name, Array.isArray(tags) ? tags.filter((t) => typeof t === 'string').join('\u0000') : '');
+    }
+    let news = false;
+    for (const [name, tags] of listed) {
+      const known = this.known.get(name);
+      if (!known) {
+        news = true;
+        this.known.set(name, { tags, endpoints: 0, nodes: [] });
+        const changed = this.labels.add(name);
+        if (changed === undefined) {
+          this.problem(name, [`Consul service name ${JSON.stringify(name)} has nothing a DNS label can hold; not published`]);
+          continue;
+        }
+        for (const other of changed) if (other !== name) this.relabel(other);
+        const rivals = this.labels.rivalsOf(name);
+        if (rivals.length > 0)
+          this.log.warn(
+            { labels: Object.fromEntries([name, ...rivals].map((n) => [n, this.labels.labelOf(n)])) },
+            'Consul service names that make the same DNS label: the name equal to it, else the smallest, keeps it (registry-bridge/README.md, Names)',
+          );
+        this.enqueue(name);
+      } else if (known.removeAt !== undefined) {
+        news = true;
+        clearTimeout(known.removeTimer);
+        delete known.removeAt;
+        delete known.removeTimer;
+        known.tags = tags;
+        this.enqueue(name);
+      } else if (known.tags !== tags) {
+        news = true;
+        known.tags = tags;
+        this.enqueue(name);
+      }
+    }
+    for (const [name, known] of this.known) {
+      if (listed.has(name) || known.removeAt !== undefined) continue;
+      news = true;
+      this.gone(name, known);
+    }
+    if (!this.catalogListed) this.catalogListed = true;
+    else if (!news) this.maybeSweep(index);
+    this.pump();
+  }
+
+  private onChecks(body: unknown, index: bigint): void {
+    if (!Array.isArray(body)) {
+      this.failed(new ConsulError('not a list of checks'), 'reading /v1/health/state/any');
+      return;
+    }
+    const next = new Map<string, string>();
+    const touched = new Set<string>();
+    const touchedNodes = new Set<string>();
+    for (const check of body) {
+      if (typeof check !== 'object' || check === null) continue;
+      const { Node, CheckID, Status, ServiceName, ModifyIndex } = check as Record<string, unknown>;
+      if (typeof Node !== 'string' || typeof CheckID !== 'string') continue;
+      const key = `${Node}\u0000${CheckID}`;
+      const value = `${String(Status)}|${String(ModifyIndex)}|${typeof ServiceName === 'string' ? ServiceName : ''}`;
+      next.set(key, value);
+      if (this.checks.get(key) === value) continue;
+      if (typeof ModifyIndex === 'number') this.checkChangeIndexes.add(BigInt(ModifyIndex));
+      if (typeof ServiceName === 'string' && ServiceName !== '') touched.add(ServiceName);
+      else touchedNodes.add(Node);
+    }
+    let removed = false;
+    for (const [key, value] of this.checks) {
+      if (next.has(key)) continue;
+      removed = true;
+      const service = value.slice(value.indexOf('|', value.indexOf('|') + 1) + 1);
+      if (service) touched.add(service);
+      else touchedNodes.add(key.slice(0, key.indexOf('\u0000')));
+    }
+    if (removed) this.checkChangeIndexes.add(index);
+    if (this.checkChangeIndexes.size > 4096) for (const old of [...this.checkChangeIndexes].slice(0, 2048)) this.checkChangeIndexes.delete(old);
+    this.checks = next;
+    this.checksIndex = index;
+    for (const node of touchedNodes) for (const name of this.servicesOnNode.get(node) ?? []) touched.add(name);
+    // The first answer only sets the baseline: the catalog's first list fetches every service.
+    if (this.checksListed) for (const name of touched) if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) this.enqueue(name);
+    this.checksListed = true;
+    this.pump();
+  }
+
+  /** The catalog moved with no new name or tag: unless a check changed at that index, sweep (rate-limited). */
+  private maybeSweep(index: bigint): void {
+    if (this.sweepTimer) return;
+    this.sweepTimer = setTimeout(
+      () => {
+        this.sweepTimer = undefined;
+        if (this.checkChangeIndexes.has(index)) return;
+        const wait = this.lastSweepAt + this.config.sweepIntervalSeconds * 1000 - Date.now();
+        if (wait > 0) {
+          this.sweepTimer = setTimeout(() => {
+            this.sweepTimer = undefined;
+            this.sweep();
+          }, wait);
+          return;
+        }
+        this.sweep();
+        // The check watch answers the same write within moments; give it that long.
+      },
+      Math.max(1000, this.config.minQueryIntervalMs * 2),
+    );
+  }
+
+  private sweep(): void {
+    this.lastSweepAt = Date.now();
+    this.log.debug({ services: this.known.size, checksIndex: String(this.checksIndex) }, 'a catalog change no check explains: fetching every service');
+    for (const [name, known] of this.known) {
+      if (known.removeAt !== undefined || this.queue.has(name)) continue;
+      this.queue.add(name);
+      this.swept.add(name);
+    }
+    this.pump();
+  }
+
+  // ---- fetching services
+
+  private enqueue(name: string): void {
+    this.queue.add(name);
+    this.swept.delete(name);
+  }
+
+  private pump(): void {
+    while (this.inFlight < this.config.fetchConcurrency && this.queue.size > 0 && !this.abort.signal.aborted) {
+      const name = this.queue.values().next().value!;
+      this.queue.delete(name);
+      const swept = this.swept.delete(name);
+      this.inFlight++;
+      void this.fetch(name, swept).finally(() => {
+        this.inFlight--;
+        this.pump();
+      });
+    }
+    this.maybeSynced();
+  }
+
+  private maybeSynced(): void {
+    if (!this.catalogListed || !this.checksListed || this.queue.size > 0 || this.inFlight > 0 || this.retry.size > 0) return;
+    this.lastSyncAt = Date.now();
+    if (this.syncedOnce) return;
+    this.syncedOnce = true;
+    this.log.info({ services: this.known.size, endpoints: this.endpointCount, datacenter: this.datacenter }, 'Consul listed');
+    this.updates?.synced(this.name);
+  }
+
+  private async fetch(name: string, swept: boolean): Promise<void> {
+    const known = this.known.get(name);
+    if (!known || known.removeAt !== undefined) return;
+    let answer;
+    try {
+      answer = await this.client.get({ path: `/v1/health/service/${encodeURIComponent(name)}`, query: { dc: this.datacenter! }, signal: this.abort.signal });
+    } catch (error) {
+      if (this.abort.signal.aborted) return;
+      this.failed(error, `fetching service ${name}`);
+      this.retryLater(name);
+      return;
+    }
+    this.contact();
+    this.retryFailures = 0;
+    // Gone or changed while in flight: the newer word wins.
+    if (this.known.get(name) !== known || known.removeAt !== undefined) return;
+    if (swept && answer.index !== undefined && answer.index === known.index) return;
+    if (answer.index !== undefined) known.index = answer.index;
+    this.render(name, known, answer.body);
+  }
+
+  private retryLater(name: string): void {
+    this.retry.add(name);
+    if (this.retryTimer) return;
+    this.retryFailures++;
+    this.retryTimer = setTimeout(
+      () => {
+        this.retryTimer = undefined;
+        for (const n of this.retry) this.enqueue(n);
+        this.retry.clear();
+        this.pump();
+      },
+      nextQueryDelay(0, 0, 0, this.retryFailures),
+    );
+  }
+
+  private render(name: string, known: Known, entries: unknown): void {
+    const label = this.labels.labelOf(name);
+    if (label === undefined) return;
+    const translated = translateConsulService({
+      name,
+      label,
+      datacenter: this.datacenter!,
+      entries,
+      filters: this.config,
+      ...(known.port !== undefined ? { previousPort: known.port } : {}),
+    });
+    this.problem(name, translated.problems);
+    this.indexNodes(name, known.nodes, translated.nodes);
+    known.nodes = translated.nodes;
+    if (!translated.service) {
+      this.log.debug({ service: name, why: translated.skipped }, 'Consul service not in the catalog');
+      this.withdraw(known);
+      return;
+    }
+    if (known.reportedId !== undefined && known.reportedId !== translated.service.id) this.withdraw(known);
+    known.port = translated.port;
+    this.endpointCount += translated.service.endpoints.length - known.endpoints;
+    known.endpoints = translated.service.endpoints.length;
+    known.reportedId = translated.service.id;
+    this.updates?.upsertService(this.name, translated.service);
+  }
+
+  private withdraw(known: Known): void {
+    this.endpointCount -= known.endpoints;
+    known.endpoints = 0;
+    if (known.reportedId === undefined) return;
+    this.updates?.removeService(this.name, known.reportedId);
+    delete known.reportedId;
+  }
+
+  /** Its label changed (another name took it, or gave it up): the old id goes now, the new one comes with its fetch. */
+  private relabel(name: string): void {
+    const known = this.known.get(name);
+    if (!known) return;
+    this.withdraw(known);
+    delete known.index;
+    if (known.removeAt === undefined) this.enqueue(name);
+  }
+
+  /** Deregistered: its instances are gone at once; its name and VIP stay for removeAfterSeconds. */
+  private gone(name: string, known: Known): void {
+    known.removeAt = Date.now() + this.config.removeAfterSeconds * 1000;
+    this.queue.delete(name);
+    this.retry.delete(name);
+    if (known.reportedId !== undefined) this.render(name, known, []);
+    known.removeTimer = setTimeout(() => {
+      if (this.known.get(name) !== known || known.removeAt === undefined) return;
+      this.withdraw(known);
+      this.indexNodes(name, known.nodes, []);
+      this.known.delete(name);
+      for (const other of this.labels.remove(name)) this.relabel(other);
+      this.log.info({ service: name, graceSeconds: this.config.removeAfterSeconds }, 'a Consul service deregistered: removed after its grace');
+      this.pump();
+    }, this.config.removeAfterSeconds * 1000);
+  }
+
+  private indexNodes(name: string, before: readonly string[], after: readonly string[]): void {
+    for (const node of before) {
+      const set = this.servicesOnNode.get(node);
+      set?.delete(name);
+      if (set?.size === 0) this.servicesOnNode.delete(node);
+    }
+    for (const node of after) {
+      let set = this.servicesOnNode.get(node);
+      if (!set) this.servicesOnNode.set(node, (set = new Set()));
+      set.add(name);
+    }
+  }
+
+  private problem(name: string, problems: string[]): void {
+    const known = this.known.get(name);
+    const text = problems.join('; ');
+    if (!known || (known.problems ?? '') === text) return;
+    known.problems = text;
+    if (text) this.log.warn({ service: name, problems: problems.slice(0, 10), count: problems.length }, 'a Consul service has instances the mesh cannot use');
+  }
+}
