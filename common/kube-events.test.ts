@@ -102,6 +102,18 @@ describe('KubeEventRecorder', () => {
     expect(count('protected-namespace')).toBe(4);
   });
 
+  it("raises nothing in the mesh's namespace when the mesh settings move it there while running", async () => {
+    let meshNamespace = 'flomesh';
+    const { cluster, recorder, count } = setUp({ protectedNamespaces: [], isProtectedNamespace: (namespace) => namespace === meshNamespace });
+    cluster.add(replicaSet('mesh-two'));
+    expect(recorder.record(injected(replicaSet('mesh-two')))).toBe(true);
+    meshNamespace = 'mesh-two';
+    expect(recorder.record(injected(replicaSet('mesh-two')))).toBe(false);
+    await recorder.flush();
+    expect(cluster.events).toHaveLength(1);
+    expect(count('protected-namespace')).toBe(1);
+  });
+
   it('raises nothing on an object that does not exist, or exists with another uid, and remembers that for a while', async () => {
     const { cluster, recorder, count, advance } = setUp({ absentForMs: 30_000 });
     const forgedUid = replicaSet('shop', 'orders-7d9f8c6b5', '00000000-0000-4000-8000-000000000000');

@@ -216,6 +216,8 @@ export interface EventRecorderOptions {
   component: string;
   /** Namespaces besides Kubernetes' own where no Event is raised (the mesh's namespace). */
   protectedNamespaces?: Iterable<string>;
+  /** More protected namespaces, asked per Event: those that can change while it runs (the mesh's, from its settings). */
+  isProtectedNamespace?: (namespace: string) => boolean;
   /** Per namespace: this many Events at once, then this many per second. Default 25, then 1 a second. */
   perNamespace?: { burst: number; perSecond: number };
   /** Events waiting for their lookup and creation. */
@@ -266,7 +268,7 @@ export class KubeEventRecorder {
     const checked = checkEvent(event, this.api.verifiableKinds);
     if (!checked.ok) return this.drop(checked.reason, event);
     const { namespace } = checked.event.subject;
-    if (this.protectedNamespaces.has(namespace)) return this.drop('protected-namespace', event);
+    if (this.protectedNamespaces.has(namespace) || this.options.isProtectedNamespace?.(namespace)) return this.drop('protected-namespace', event);
     if (!this.buckets.take(namespace)) return this.drop('rate-limited', event);
     if (this.queue.length >= (this.options.maxQueued ?? 500)) return this.drop('queue-full', event);
     this.queue.push(checked.event);

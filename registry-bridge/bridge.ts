@@ -5,7 +5,7 @@
 // republishes nothing unchanged, and it deletes nothing before the sources' first full list.
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
-import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { Registry, collectDefaultMetrics, Gauge, Counter } from 'prom-client';
 import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type SinkConfig } from '../common/contract/index.js';
 import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from '../common/kube-events.js';
@@ -65,20 +65,11 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
 
   const sources: Source[] = [];
   const kubernetesSources: KubernetesSource[] = [];
-  // Events only on objects the sources hold with that uid (or a ConfigMap the apiserver has).
+  // Events only on objects the sources hold with that uid (the mesh settings raise their own, on their ConfigMap).
   const cluster = kubeEventsApi(kubeConfig);
-  const core = kubeConfig.makeApiClient(CoreV1Api);
   const eventsApi: EventsApi = {
-    verifiableKinds: new Set(['v1 Service', 'v1 Pod', 'v1 ConfigMap']),
+    verifiableKinds: new Set(['v1 Service', 'v1 Pod']),
     async uidOf(subject) {
-      if (subject.kind === 'ConfigMap') {
-        try {
-          return (await core.readNamespacedConfigMap({ name: subject.name, namespace: subject.namespace })).metadata?.uid;
-        } catch (error) {
-          if ((error as { code?: number }).code === 404) return undefined;
-          throw error;
-        }
-      }
       for (const source of kubernetesSources) {
         const uid = source.uidOf(subject.kind as 'Service' | 'Pod', subject.namespace, subject.name);
         if (uid) return uid;
@@ -104,7 +95,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     ...(config.mesh.configMap ? { configMap: config.mesh.configMap, kubeConfig } : {}),
     ...(config.mesh.file ? { file: config.mesh.file } : {}),
     log,
-    raiseEvent,
+    onEventDropped: (reason) => eventsDropped.inc({ reason }),
     onChange: (mesh: Mesh) => {
       built.catalog?.setMesh(mesh);
       for (const source of sources) source.setMesh(mesh);

@@ -200,5 +200,10 @@ describe('the registry bridge against a real apiserver and repo', () => {
     expect(event.message).toMatch(/proxyUid: must not be root/);
     expect(bridge.status().mesh.problem).toMatch(/proxyUid/);
     expect(await readJson('/flb/mesh', '/mesh.json')).toMatchObject({ name: 'shopmesh', proxyUid: 1500 });
+    // Deleted: the last good settings stay published (the sidecars and the injector keep them too).
+    await core.deleteNamespacedConfigMap({ name: 'flb-mesh', namespace: CONTROL });
+    await eventually('the deletion seen', async () => (bridge.status().mesh.problem?.includes('was deleted') ? true : undefined));
+    await bridge.settled();
+    expect(await readJson('/flb/mesh', '/mesh.json')).toMatchObject({ name: 'shopmesh', proxyUid: 1500 });
   });
 });
