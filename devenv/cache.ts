@@ -11,7 +11,7 @@ export function cacheDir(): string {
 }
 
 /** A test server built by `npm run setup`; a missing one is an error that says how to get it. */
-export function testBinary(name: 'etcd' | 'kube-apiserver' | 'kube-controller-manager' | 'kubectl' | 'helm'): string {
+export function testBinary(name: 'etcd' | 'kube-apiserver' | 'kube-controller-manager' | 'kubectl' | 'helm' | 'consul'): string {
   const path = join(cacheDir(), 'bin', name);
   try {
     accessSync(path, constants.X_OK);
