@@ -1,8 +1,8 @@
 // Reads a Eureka cluster's registry over its REST API: GET <service URL>apps and apps/delta as
 // JSON, from one peer at a time, the next when one fails. node:http(s), not eureka-js-client: its
-// fetch takes a delta without checking apps__hashcode and keeps only what it filtered, it needs an
-// instance of its own to register, and it offers no per-request limit on answer size; all this
-// needs from it is two GETs.
+// fetch applies a delta without checking apps__hashcode, and with its UP-only filter on it skips a
+// delta's change of an instance to DOWN (the instance stays UP in its cache); it also needs an
+// instance of its own to register, and sets no limit on an answer's size. Two GETs are all this needs.
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
