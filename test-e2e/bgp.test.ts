@@ -1,0 +1,223 @@
+/*
+ * The BGP announcer (sidecar/bgp) against real routers from Debian: BIRD 2 as an external peer
+ * (AS 65000) and GoBGP as an internal one (AS 65001, the speaker's own), both in a "router" network
+ * namespace joined by a veth pair to a "host" namespace where the speaker runs. What an operator
+ * would check on the routers: the sessions are Established, the RIB holds the VIPs (IPv4 and IPv6,
+ * with our AS path and communities), a withdrawal removes one while the session stays up (same
+ * uptime), and a speaker killed with SIGKILL leaves no route behind, well before the hold time
+ * (graceful restart advertised without address families: the routers keep nothing for us).
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execa, type ResultPromise } from 'execa';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer, type ServerProcess } from '../devenv/processes.js';
+import { eventually } from './harness/eventually.js';
+import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const ROUTER = { v4: '10.219.0.1', v6: 'fd00:219::1' };
+const HOST = { v4: '10.219.0.2', v6: 'fd00:219::2' };
+const VIP4 = '198.51.100.10/32';
+const VIP6 = '2001:db8:100::10/128';
+const HOLD_SECONDS = 9;
+const GOBGP_PORT = 1790;
+const GOBGP_API = 50061;
+
+async function requireRouters(): Promise<void> {
+  const missing: string[] = [];
+  for (const tool of ['bird', 'birdc', 'gobgpd', 'gobgp'])
+    if ((await execa('sh', ['-c', `command -v ${tool}`], { reject: false })).exitCode !== 0) missing.push(tool);
+  if (missing.length) throw new Error(`missing ${missing.join(', ')}: run 'npm run setup' (apt-get install bird2 gobgpd)`);
+}
+
+const birdConf = (socketDir: string) => `
+router id ${ROUTER.v4};
+log "${socketDir}/bird.log" all;
+protocol device { scan time 1; }
+protocol bgp host {
+  local ${ROUTER.v4} as 65000;
+  neighbor ${HOST.v4} as 65001;
+  passive on;
+  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
+}
+`;
+
+const gobgpConf = `
+[global.config]
+  as = 65001
+  router-id = "${ROUTER.v4}"
+  port = ${GOBGP_PORT}
+  local-address-list = ["${ROUTER.v4}"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "${HOST.v4}"
+    peer-as = 65001
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = ${HOLD_SECONDS}
+    keepalive-interval = 3
+    idle-hold-time-after-reset = 1
+  [neighbors.transport.config]
+    passive-mode = true
+  # a graceful-restart helper: it would keep a restarting peer's routes, if the peer asked
+  [neighbors.graceful-restart.config]
+    enabled = true
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+`;
+
+describe('the BGP announcer against BIRD and GoBGP', () => {
+  let router: Netns;
+  let host: Netns;
+  let work: string;
+  let bird: ServerProcess | undefined;
+  let gobgpd: ServerProcess | undefined;
+  let speaker: ResultPromise | undefined;
+  let speakerBundle: string;
+
+  const birdc = async (...args: string[]) => (await router.exec('birdc', ['-s', join(work, 'bird.ctl'), ...args])).stdout;
+  const gobgp = async (...args: string[]) => (await router.exec('gobgp', ['-p', String(GOBGP_API), ...args])).stdout;
+  /** The prefixes BIRD learned from the speaker. */
+  const birdRoutes = async () => [...(await birdc('show', 'route', 'protocol', 'host')).matchAll(/^([0-9a-f.:]+\/\d+)/gm)].map((m) => m[1]!).sort();
+  const gobgpRoutes = async () => {
+    const prefixes: string[] = [];
+    for (const family of ['ipv4', 'ipv6']) {
+      const rib = JSON.parse((await gobgp('global', 'rib', '-a', family, '-j')) || '{}') as Record<string, unknown>;
+      prefixes.push(...Object.keys(rib));
+    }
+    return prefixes.sort();
+  };
+  /** "Established" with its since-time (BIRD prints the time the state began). */
+  const birdSession = async () => /^host\s+BGP\s+\S+\s+up\s+(\S+)\s+Established/m.exec(await birdc('show', 'protocols', 'host'))?.[1];
+  const gobgpSession = async () => {
+    const [neighbor] = JSON.parse(await gobgp('neighbor', '-j')) as { state: { session_state: number }; timers: { state: { uptime: { seconds: number } } } }[];
+    // session_state 6: ESTABLISHED in GoBGP's API
+    return neighbor?.state.session_state === 6 ? neighbor.timers.state.uptime.seconds : undefined;
+  };
+  const command = (line: string) => speaker!.stdin!.write(`${line}\n`);
+
+  function startSpeaker(): ResultPromise {
+    const options = {
+      localAs: 65001,
+      routerId: HOST.v4,
+      holdTimeSeconds: HOLD_SECONDS,
+      connectRetryMs: 500,
+      peers: [
+        { address: ROUTER.v4, remoteAs: 65000, nextHop: { ipv6: HOST.v6 } },
+        { address: ROUTER.v4, port: GOBGP_PORT, remoteAs: 65001, nextHop: { ipv6: HOST.v6 } },
+      ],
+    };
+    const child = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, speakerBundle, JSON.stringify(options)], {
+      stdin: 'pipe',
+      stdout: 'pipe',
+      stderr: ['pipe', 'inherit'].includes(process.env.FLB_E2E_SPEAKER_LOG ?? '') ? 'inherit' : 'ignore',
+      reject: false,
+    });
+    return child;
+  }
+
+  beforeAll(async () => {
+    requireRoot('the BGP end-to-end test');
+    await requireRouters();
+    await removeStaleNamespaces();
+    work = mkdtempSync(join(tmpdir(), 'flb-bgp-e2e-'));
+    const { build } = await import('esbuild');
+    speakerBundle = join(ROOT, 'node_modules/.cache/flb-bgp-e2e/speaker-process.mjs');
+    await build({
+      entryPoints: [join(ROOT, 'sidecar/bgp/testing/speaker-process.ts')],
+      outfile: speakerBundle,
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      packages: 'external',
+      logLevel: 'error',
+    });
+    router = await createNetns('bgp-router');
+    host = await createNetns('bgp-host');
+    await link(router, [`${ROUTER.v4}/24`, `${ROUTER.v6}/64`], host, [`${HOST.v4}/24`, `${HOST.v6}/64`]);
+    writeFileSync(join(work, 'bird.conf'), birdConf(work));
+    writeFileSync(join(work, 'gobgpd.toml'), gobgpConf);
+    bird = startServer(
+      'bird',
+      'ip',
+      ['netns', 'exec', router.name, 'bird', '-f', '-c', join(work, 'bird.conf'), '-s', join(work, 'bird.ctl'), '-P', join(work, 'bird.pid')],
+      join(work, 'bird.out'),
+    );
+    gobgpd = startServer(
+      'gobgpd',
+      'ip',
+      ['netns', 'exec', router.name, 'gobgpd', '-f', join(work, 'gobgpd.toml'), '--api-hosts', `127.0.0.1:${GOBGP_API}`, '-l', 'info'],
+      join(work, 'gobgpd.log'),
+    );
+    await eventually('BIRD and GoBGP to answer', async () => ((await birdc('show', 'status')) && (await gobgp('global')) ? true : undefined), 20_000);
+  });
+
+  afterAll(async () => {
+    speaker?.kill('SIGKILL');
+    await gobgpd?.stop();
+    await bird?.stop();
+    await deleteNetns(router);
+    await deleteNetns(host);
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it('comes up with both routers and puts the VIPs in their RIBs', async () => {
+    speaker = startSpeaker();
+    command(`announce ${VIP4} 65001:100`);
+    command(`announce ${VIP6}`);
+    await eventually('BIRD to hold both VIPs', async () => ((await birdRoutes()).join() === [VIP4, VIP6].sort().join() ? true : undefined), 30_000);
+    await eventually('GoBGP to hold both VIPs', async () => ((await gobgpRoutes()).join() === [VIP4, VIP6].sort().join() ? true : undefined), 30_000);
+    // eBGP to BIRD: our AS in the path, the connection's address as next hop, the community.
+    const detail = await birdc('show', 'route', VIP4, 'all');
+    expect(detail).toContain(`via ${HOST.v4}`);
+    expect(detail).toMatch(/BGP\.as_path: 65001\s*$/m);
+    expect(detail).toMatch(/BGP\.community: \(65001,100\)/);
+    expect(await birdc('show', 'route', VIP6, 'all')).toContain(`via ${HOST.v6}`);
+    // iBGP to GoBGP: LOCAL_PREF 100, an empty AS path.
+    const [path] = (
+      JSON.parse(await gobgp('global', 'rib', '-a', 'ipv4', '-j')) as Record<string, { attrs: { type: number; value?: unknown; as_paths?: unknown[] }[] }[]>
+    )[VIP4]!;
+    expect(path!.attrs).toEqual(expect.arrayContaining([expect.objectContaining({ type: 5, value: 100 })]));
+  });
+
+  it('withdraws a VIP with an UPDATE: it leaves both RIBs and the sessions stay up', async () => {
+    const birdSince = await birdSession();
+    const gobgpUp = await gobgpSession();
+    expect(birdSince).toBeDefined();
+    expect(gobgpUp).toBeDefined();
+    command(`withdraw ${VIP4}`);
+    await eventually('BIRD to drop the IPv4 VIP', async () => ((await birdRoutes()).join() === VIP6 ? true : undefined), 10_000);
+    await eventually('GoBGP to drop the IPv4 VIP', async () => ((await gobgpRoutes()).join() === VIP6 ? true : undefined), 10_000);
+    // Long enough for a session reset to show in the routers' since-times (BIRD's are in seconds).
+    await new Promise((r) => setTimeout(r, 2000));
+    command(`announce ${VIP4}`);
+    await eventually('BIRD to hold it again', async () => ((await birdRoutes()).includes(VIP4) ? true : undefined), 10_000);
+    await eventually('GoBGP to hold it again', async () => ((await gobgpRoutes()).includes(VIP4) ? true : undefined), 10_000);
+    expect(await birdSession()).toBe(birdSince);
+    expect(await gobgpSession()).toEqual(gobgpUp);
+  });
+
+  it('killed with SIGKILL, leaves no route in either router, well before the hold time', async () => {
+    speaker!.kill('SIGKILL');
+    const killed = Date.now();
+    await eventually('BIRD to drop every VIP', async () => ((await birdRoutes()).length === 0 ? true : undefined), 30_000, 100);
+    await eventually('GoBGP to drop every VIP', async () => ((await gobgpRoutes()).length === 0 ? true : undefined), 30_000, 100);
+    const elapsed = Date.now() - killed;
+    console.log(`routes gone from both routers ${elapsed} ms after SIGKILL (hold time ${HOLD_SECONDS} s)`);
+    expect(elapsed).toBeLessThan((HOLD_SECONDS * 1000) / 2);
+  });
+});
