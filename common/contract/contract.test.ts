@@ -189,6 +189,25 @@ describe('sidecar.json', () => {
       'bgp.routerId: must be an IPv4 address (BGP router ids are 32-bit)',
     ]);
   });
+  it('refuses a bad AS, community, next hop or peer address in the BGP section, naming the field', () => {
+    const vm = example('sidecar-vm-bgp.json');
+    const good = vm.bgp as { peers: object[]; vips: object[] };
+    const bgp = {
+      ...good,
+      localAs: 0,
+      peers: [{ ...good.peers[0], address: '192.168.10.300', nextHop: { ipv4: '2001:db8::1' } }],
+      vips: [{ ...good.vips[0], prefix: '198.51.100.10/33', communities: ['65536:1'] }],
+    };
+    expect(issues(() => parseDocument(SidecarConfigSchema, { ...vm, bgp }, 'sidecar.json')).sort()).toEqual([
+      'bgp.localAs: must be an AS number, 1-4294967295',
+      'bgp.peers[0].address: must be an IPv4 or IPv6 address',
+      'bgp.peers[0].nextHop.ipv4: must be an IPv4 address',
+      'bgp.vips[0].communities[0]: must be ASN:VALUE, each 0-65535 (RFC 1997)',
+      'bgp.vips[0].prefix: must be a CIDR such as 10.0.0.0/8 or fd00::/8',
+    ]);
+    const parsed = parseDocument(SidecarConfigSchema, vm, 'sidecar.json').bgp!;
+    expect(parsed).toMatchObject({ connectRetrySeconds: 5, drainSeconds: 5, peers: [{ port: 179, addressFamilies: ['ipv4-unicast', 'ipv6-unicast'] }] });
+  });
 });
 
 describe('interception annotation', () => {

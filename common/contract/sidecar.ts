@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { API_VERSION, cidr, dnsLabel, dnsName, durationMs, ipAddress, port } from './primitives.js';
 import { PortProtocolSchema } from './catalog.js';
@@ -54,26 +55,45 @@ export const HealthGateSchema = z.object({
   address: ipAddress.default('127.0.0.1'),
   port,
   path: z.string().startsWith('/').optional(),
+  /** http: the one status that means healthy; unset, any 2xx or 3xx (as a Kubernetes httpGet probe). */
+  expectedStatus: z.number().int().min(100).max(599).optional(),
   intervalMs: durationMs.min(100).default(2000),
   timeoutMs: durationMs.min(10).default(1000),
   healthyThreshold: z.number().int().min(1).default(2),
   unhealthyThreshold: z.number().int().min(1).default(3),
 });
 
+const asNumber = z.number().int().min(1, 'must be an AS number, 1-4294967295').max(4294967295, 'must be an AS number, 1-4294967295');
+const uint32 = z.number().int().min(0).max(4294967295);
+const ofFamily = (family: 4 | 6) => ipAddress.refine((v) => isIP(v) === family, { message: `must be an IPv${family} address` });
+
 export const BgpSchema = z.object({
-  localAs: z.number().int().min(1).max(4294967295),
+  localAs: asNumber,
   routerId: z.ipv4({ message: 'must be an IPv4 address (BGP router ids are 32-bit)' }),
   holdTimeSeconds: z
     .number()
     .int()
+    .max(65535)
     .refine((v) => v === 0 || v >= 3, 'must be 0 or at least 3 (RFC 4271)')
     .default(90),
+  /** Wait between a failed or lost connection to a peer and the next attempt (jittered 75-100 %). */
+  connectRetrySeconds: z.number().int().min(1).max(3600).default(5),
+  /** On SIGTERM: VIPs are announced with GRACEFUL_SHUTDOWN (65535:0, RFC 8326) this long, then withdrawn. */
+  drainSeconds: z.number().int().min(0).max(3600).default(5),
   peers: z
     .array(
       z.object({
         address: ipAddress,
-        remoteAs: z.number().int().min(1).max(4294967295),
+        remoteAs: asNumber,
         port: port.default(179),
+        /** Source address of the connection (the kernel chooses when unset). */
+        localAddress: ipAddress.optional(),
+        /** Next hop per family; unset, the connection's own address for its family (a family without one is not announced to this peer). */
+        nextHop: z.object({ ipv4: ofFamily(4).optional(), ipv6: ofFamily(6).optional() }).optional(),
+        addressFamilies: z
+          .array(z.enum(['ipv4-unicast', 'ipv6-unicast']))
+          .min(1)
+          .default(['ipv4-unicast', 'ipv6-unicast']),
         /** Name of a file or secret key holding the TCP MD5 password; never the password itself. */
         passwordRef: z.string().optional(),
       }),
@@ -82,8 +102,18 @@ export const BgpSchema = z.object({
   vips: z.array(
     z.object({
       prefix: cidr,
-      communities: z.array(z.string().regex(/^\d+:\d+$/, 'must be ASN:VALUE')).default([]),
-      localPreference: z.number().int().min(0).optional(),
+      communities: z
+        .array(
+          z
+            .string()
+            .regex(/^\d+:\d+$/, 'must be ASN:VALUE')
+            .refine((v) => v.split(':').every((part) => Number(part) <= 65535), 'must be ASN:VALUE, each 0-65535 (RFC 1997)'),
+        )
+        .default([]),
+      /** Sent to internal peers only; 100 when unset. */
+      localPreference: uint32.optional(),
+      /** MULTI_EXIT_DISC. */
+      med: uint32.optional(),
       /** The VIP is announced only while this local check passes. */
       healthCheck: HealthGateSchema,
     }),
