@@ -8,6 +8,13 @@ import { parseDuration, parseHostPort } from '../common/duration.js';
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+/** `NAMESPACE/NAME[:KEY]` of a ConfigMap, as Kubernetes names them; no key: the runner's default. */
+export function parseConfigMapRef(text: string, flag: string): { namespace: string; name: string; key?: string } {
+  const match = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)(?::([-._a-zA-Z0-9]{1,253}))?$/.exec(text);
+  if (!match) throw new UsageError(`${flag} "${text}" is not NAMESPACE/NAME[:KEY] of a ConfigMap (e.g. flomesh/flb-mesh, or flomesh/flb-mesh:mesh.yaml)`);
+  return { namespace: match[1]!, name: match[3]!, ...(match[5] ? { key: match[5] } : {}) };
+}
+
 function injectCommand(): Command {
   return new Command('inject')
     .summary('add sidecars to Kubernetes manifests offline (for GitOps)')
@@ -64,7 +71,11 @@ function webhookCommand(): Command {
     .option('--listen <host:port>', 'HTTPS address', '0.0.0.0:9443')
     .option('--metrics-listen <host:port>', 'Prometheus /metrics address (plain HTTP)', '0.0.0.0:15010')
     .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)')
-    .option('--mesh-config <file>', 'mesh config (JSON or YAML)')
+    .option('--mesh-config <file>', 'mesh settings file (JSON or YAML), read at start: for offline and VM use')
+    .option(
+      '--mesh-configmap <ns/name[:key]>',
+      'mesh settings from this ConfigMap (key mesh.yaml unless given), the one the registry bridge reads: edits apply to the next pod; a bad edit keeps the last good settings, with an Event on the ConfigMap; until good settings are read, reviews get 503 and the failurePolicy decides',
+    )
     .option('--namespace <ns>', "the mesh's namespace (holds the certificate Secret; never injected)", 'flomesh')
     .option('--secret <name>', 'Secret that holds the CA and serving certificate', 'flb-injector-tls')
     .option('--config-name <name>', 'MutatingWebhookConfiguration whose caBundle is kept current', 'flb-sidecar-injector')
@@ -79,10 +90,14 @@ function webhookCommand(): Command {
       const metricsListen = parseHostPort(o.metricsListen!, '--metrics-listen');
       const svc = o.serviceName!;
       const ns = o.namespace!;
+      if (o.meshConfig && o.meshConfigmap)
+        throw new UsageError('give --mesh-config (a file, for offline and VM use) or --mesh-configmap (the ConfigMap the registry bridge reads), not both');
+      const meshConfigMap = o.meshConfigmap === undefined ? undefined : parseConfigMapRef(o.meshConfigmap, '--mesh-configmap');
       const { serveWebhook } = await import('./runner.js');
       await serveWebhook({
         ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
         ...(o.meshConfig ? { meshConfig: o.meshConfig } : {}),
+        ...(meshConfigMap ? { meshConfigMap } : {}),
         nativeSidecars: o.nativeSidecars as 'auto' | 'true' | 'false',
         host: listen.host,
         port: listen.port,

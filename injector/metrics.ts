@@ -5,7 +5,7 @@ export class InjectorMetrics {
   readonly registry = new Registry();
   readonly reviews = new Counter({
     name: 'flb_injector_admission_reviews_total',
-    help: 'AdmissionReviews answered, by outcome (inject, skip, deny, bad-request, other)',
+    help: 'AdmissionReviews answered, by outcome (inject, skip, deny, bad-request, other; not-ready: answered 503 for want of mesh settings)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });
@@ -36,6 +36,20 @@ export class InjectorMetrics {
       'protected-namespace, rate-limited (per namespace), invalid, queue-full, api-error',
     labelNames: ['reason'] as const,
     registers: [this.registry],
+  });
+  /** Read at each scrape; fixed settings (a file) are loaded and never refused. */
+  meshSettingsState: () => { loaded: boolean; refused: boolean } = () => ({ loaded: true, refused: false });
+  readonly meshSettingsLoaded: Gauge = new Gauge({
+    name: 'flb_injector_mesh_settings_loaded',
+    help: '1 once good mesh settings are in use; 0 before: reviews are answered 503 and the failurePolicy decides',
+    registers: [this.registry],
+    collect: (): void => this.meshSettingsLoaded.set(this.meshSettingsState().loaded ? 1 : 0),
+  });
+  readonly meshSettingsRefused: Gauge = new Gauge({
+    name: 'flb_injector_mesh_settings_refused',
+    help: '1 while the mesh settings ConfigMap is refused (bad edit, key or object missing); the last good settings, if any, stay in use',
+    registers: [this.registry],
+    collect: (): void => this.meshSettingsRefused.set(this.meshSettingsState().refused ? 1 : 0),
   });
   readonly certificateExpiry = new Gauge({
     name: 'flb_injector_certificate_expiry_timestamp_seconds',

@@ -7,21 +7,31 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { untilStopped } from '../common/cli.js';
 import { loadMeshConfig } from '../common/config.js';
+import type { Mesh } from '../common/contract/index.js';
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import { loadKubeConfig, supportsNativeSidecars } from '../common/kube.js';
 import { KubeEventRecorder, kubeEventsApi } from '../common/kube-events.js';
+import { DEFAULT_MESH_CONFIGMAP_KEY, KubeMeshSettings, type MeshConfigMap } from '../common/kube-mesh-settings.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { caBundle, ensureCertificates, SecretCertStore, syncCaBundle, type CertOptions, type TlsMaterial } from './certs.js';
 import type { InjectorSettings } from './inject.js';
 import { InjectorMetrics } from './metrics.js';
 import { NamespaceCache } from './namespaces.js';
-import { startMetricsServer, startWebhookServer, type WebhookServerOptions } from './server.js';
+import { startMetricsServer, startWebhookServer, type CurrentSettings, type WebhookServerOptions } from './server.js';
 import { installWebhookConfiguration, uninstallWebhookConfiguration, webhookConfiguration, type WebhookConfigOptions } from './webhook-config.js';
+
+/**
+ * Where the mesh settings come from: given (a file read at start, for offline and VM use), or the
+ * ConfigMap the registry bridge reads too, watched for edits.
+ */
+export type MeshSource = { fixed: Mesh } | { configMap: MeshConfigMap };
 
 export interface InjectorOptions {
   kubeConfig: KubeConfig;
-  settings: InjectorSettings;
+  /** How pods are injected, but for the mesh settings: those come from `mesh`. */
+  settings: Omit<InjectorSettings, 'mesh'>;
+  mesh: MeshSource;
   host: string;
   port: number;
   metricsHost?: string;
@@ -45,6 +55,8 @@ export interface RunningInjector {
   readonly metricsPort?: number;
   readonly metrics: InjectorMetrics;
   readonly events: KubeEventRecorder;
+  /** The mesh settings pods are injected with (undefined until good ones were read), and what is wrong with the ConfigMap now, if anything. */
+  meshSettings(): { mesh: Mesh | undefined; problem: string | undefined };
   /** The certificate being served now. */
   current(): TlsMaterial;
   stop(): Promise<void>;
@@ -78,13 +90,36 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
   };
   await syncBundle(material);
 
+  // Never inject with settings not read: until the ConfigMap gives good ones, reviews get a 503.
+  let injecting: InjectorSettings | undefined = 'fixed' in options.mesh ? { ...options.settings, mesh: options.mesh.fixed } : undefined;
+  const meshWatch =
+    'configMap' in options.mesh
+      ? new KubeMeshSettings({
+          kubeConfig,
+          configMap: options.mesh.configMap,
+          log,
+          component: 'flb-injector',
+          withoutSettings: 'no pod is injected until it is fixed (the webhook answers 503, so its failurePolicy decides)',
+          onChange: (mesh) => (injecting = { ...options.settings, mesh }),
+          onEventDropped: (reason) => metrics.eventsDropped.inc({ reason }),
+        })
+      : undefined;
+  let settings: InjectorSettings | CurrentSettings = injecting!;
+  if (meshWatch) {
+    settings = () => injecting ?? { notReady: `no mesh settings yet: ${meshWatch.problem ?? `reading ${meshWatch.where}`}` };
+    metrics.meshSettingsState = () => ({ loaded: injecting !== undefined, refused: meshWatch.refused });
+    void meshWatch.start();
+  }
+
   const namespaces = new NamespaceCache(kubeConfig, log);
   await namespaces.start();
   const events = new KubeEventRecorder({
     api: kubeEventsApi(kubeConfig),
     log,
     component: 'flb-injector',
-    protectedNamespaces: [options.settings.mesh.controlPlaneNamespace, options.secret.namespace],
+    protectedNamespaces: [options.secret.namespace, ...('configMap' in options.mesh ? [options.mesh.configMap.namespace] : [])],
+    // The mesh's namespace comes with its settings, which may change.
+    isProtectedNamespace: (namespace) => namespace === injecting?.mesh.controlPlaneNamespace,
     ...(options.eventRate ? { perNamespace: options.eventRate } : {}),
     onDropped: (reason) => metrics.eventsDropped.inc({ reason }),
   });
@@ -94,7 +129,7 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
       {
         host: options.host,
         port: options.port,
-        settings: options.settings,
+        settings,
         namespaces,
         tls: { cert: material.certPem, key: material.keyPem },
         metrics,
@@ -104,12 +139,21 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
       options.metricsPort === undefined ? undefined : { host: options.metricsHost ?? '127.0.0.1', port: options.metricsPort },
     );
   } catch (error) {
-    // Nothing may keep the process up after a failed start: the namespace watch would.
+    // Nothing may keep the process up after a failed start: the namespace and ConfigMap watches would.
     await namespaces.stop();
+    await meshWatch?.stop();
     throw error;
   }
   const { server, metricsServer } = servers;
-  log.info({ port: server.port, metricsPort: metricsServer?.port, nativeSidecars: options.settings.nativeSidecars }, 'injector serving');
+  log.info(
+    {
+      port: server.port,
+      metricsPort: metricsServer?.port,
+      nativeSidecars: options.settings.nativeSidecars,
+      meshSettings: meshWatch ? meshWatch.where : 'given at start',
+    },
+    'injector serving',
+  );
 
   let checking = false;
   const check = async () => {
@@ -144,6 +188,7 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     ...(metricsServer ? { metricsPort: metricsServer.port } : {}),
     metrics,
     events,
+    meshSettings: () => ({ mesh: injecting?.mesh, problem: meshWatch?.problem }),
     current: () => material,
     async stop() {
       clearInterval(timer);
@@ -151,6 +196,7 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
       await metricsServer?.close();
       await events.flush();
       await namespaces.stop();
+      await meshWatch?.stop();
     },
   };
 }
@@ -180,21 +226,24 @@ function certificateExpiry(certPem: string): number {
   return new Date(new X509Certificate(certPem).validTo).getTime();
 }
 
-export interface ServeOptions extends Omit<InjectorOptions, 'kubeConfig' | 'settings' | 'log'> {
+export interface ServeOptions extends Omit<InjectorOptions, 'kubeConfig' | 'settings' | 'mesh' | 'log'> {
   kubeconfig?: string;
+  /** A mesh settings file, read at start; neither this nor meshConfigMap: the defaults. */
   meshConfig?: string;
+  /** The mesh settings ConfigMap the registry bridge reads too (key mesh.yaml unless given). */
+  meshConfigMap?: Omit<MeshConfigMap, 'key'> & { key?: string };
   /** auto: native sidecars when the apiserver is Kubernetes 1.29 or later. */
   nativeSidecars: 'auto' | 'true' | 'false';
 }
 
 /** `flb webhook serve`: runs the injector until SIGINT or SIGTERM, then stops it. */
 export async function serveWebhook(options: ServeOptions): Promise<void> {
-  const { kubeconfig, meshConfig, nativeSidecars: native, ...rest } = options;
+  const { kubeconfig, meshConfig, meshConfigMap, nativeSidecars: native, ...rest } = options;
   const log = createLogger('injector');
   const kubeConfig = loadKubeConfig(kubeconfig);
-  const mesh = loadMeshConfig(meshConfig);
+  const mesh: MeshSource = meshConfigMap ? { configMap: { key: DEFAULT_MESH_CONFIGMAP_KEY, ...meshConfigMap } } : { fixed: loadMeshConfig(meshConfig) };
   const nativeSidecars = native === 'auto' ? await supportsNativeSidecars(kubeConfig) : native === 'true';
-  const injector = await runInjector({ ...rest, kubeConfig, settings: { mesh, nativeSidecars, version: FLB_MESH_VERSION }, log });
+  const injector = await runInjector({ ...rest, kubeConfig, settings: { nativeSidecars, version: FLB_MESH_VERSION }, mesh, log });
   await untilStopped();
   log.info('shutting down');
   await injector.stop();

@@ -10,10 +10,18 @@ import type { InjectorSettings } from './inject.js';
 import { jsonText } from './json-text.js';
 import type { InjectorMetrics } from './metrics.js';
 
+/**
+ * The settings to inject with now, or why there are none yet (mesh settings not loaded): the
+ * webhook then answers 503, which the apiserver takes as a failed call, so the webhook's
+ * failurePolicy decides, as when the injector cannot be reached.
+ */
+export type CurrentSettings = () => InjectorSettings | { notReady: string };
+
 export interface WebhookServerOptions {
   host: string;
   port: number;
-  settings: InjectorSettings;
+  /** Fixed settings, or the settings of the moment. */
+  settings: InjectorSettings | CurrentSettings;
   namespaces: NamespaceLookup;
   tls: { cert: string; key: string };
   metrics: InjectorMetrics;
@@ -37,16 +45,44 @@ export interface WebhookServer {
  * and body parser cost a quarter of the webhook's CPU, and its res.json writes headers and body
  * separately (writev), which halved throughput against a bare node:https server.
  */
-export function webhookApp(): express.Express {
+export function webhookApp(notReady: () => string | undefined = () => undefined): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok'));
+  // For a readinessProbe: a replica without mesh settings takes no reviews from the Service.
+  app.get('/readyz', (_req, res) => {
+    const why = notReady();
+    void (why === undefined ? res.type('text/plain').send('ready\n') : res.status(503).type('text/plain').send(`not ready: ${why}\n`));
+  });
   app.use((req: Request, res: Response) => void res.status(404).json({ error: `no route for ${req.method} ${req.path}; the injector serves POST /mutate` }));
   return app;
 }
 
 const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
+
+/** Why the webhook cannot inject now, or undefined when it can. */
+export function notReadyReason(settings: WebhookServerOptions['settings']): string | undefined {
+  if (typeof settings !== 'function') return undefined;
+  const current = settings();
+  return 'notReady' in current ? current.notReady : undefined;
+}
+
+/**
+ * A Kubernetes Status, so the apiserver's client reads our message and puts it in the error it
+ * returns ("failed calling webhook ...: <message>"); no Retry-After, or it would retry the call.
+ */
+export function notReadyStatus(why: string) {
+  return {
+    kind: 'Status',
+    apiVersion: 'v1',
+    metadata: {},
+    status: 'Failure',
+    reason: 'ServiceUnavailable',
+    code: 503,
+    message: `flb-mesh injector is not ready: ${why}`,
+  };
+}
 
 /** The thin shell around review(): read the body (bounded), parse, review, answer in one write, account. */
 export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port' | 'tls'>): (req: IncomingMessage, res: ServerResponse) => void {
@@ -80,7 +116,13 @@ export function mutateHandler(options: Omit<WebhookServerOptions, 'host' | 'port
         send(res, 413, badRequest('request body is over the size limit').body);
         return;
       }
-      reviewBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), namespaces, settings).then(
+      const current = typeof settings === 'function' ? settings() : settings;
+      if ('notReady' in current) {
+        metrics.reviews.inc({ outcome: 'not-ready' });
+        send(res, 503, notReadyStatus(current.notReady));
+        return;
+      }
+      reviewBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), namespaces, current).then(
         (outcome) => {
           metrics.observeReview(started);
           send(res, outcome.status, outcome.body);
@@ -129,7 +171,7 @@ function account(outcome: AdmissionOutcome, metrics: InjectorMetrics, log: Logge
 }
 
 export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
-  const app = webhookApp();
+  const app = webhookApp(() => notReadyReason(options.settings));
   const mutate = mutateHandler(options);
   const server: HttpsServer = createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, (req, res) => {
     if (req.method === 'POST' && (req.url === '/mutate' || req.url?.startsWith('/mutate?'))) mutate(req, res);

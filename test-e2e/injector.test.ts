@@ -4,7 +4,7 @@ import { request } from 'node:https';
 import { execa } from 'execa';
 import { AppsV1Api, CoreV1Api, type CoreV1Event, type V1Namespace, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
-import { defaultMesh, REPO_CA_CONFIGMAP, SIDECAR_INJECTED_LABEL } from '../common/contract/index.js';
+import { API_VERSION, defaultMesh, REPO_CA_CONFIGMAP, SIDECAR_INJECTED_LABEL } from '../common/contract/index.js';
 import { MESH_IMAGE } from '../common/contract/version.js';
 import { caBundle } from '../injector/certs.js';
 import { injectPod, type InjectorSettings } from '../injector/inject.js';
@@ -28,6 +28,8 @@ const simplePod = (name: string, labels: Record<string, string> = {}): V1Pod => 
   },
 });
 const ours = (events: CoreV1Event[]) => events.filter((e) => e.source?.component === 'flb-injector');
+/** Short-lived certificates so the suite sees several renewals, and one of the CA. */
+const SHORT_LIVED_CERTS = { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], certValidityMs: 9_000, caValidityMs: 30_000 };
 /** Events per namespace in this suite: 10 at once, then 1 a second. */
 const EVENT_RATE = { burst: 10, perSecond: 1 };
 
@@ -107,13 +109,13 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     injector = await runInjector({
       kubeConfig: plane.kubeConfig,
       settings,
+      mesh: { fixed: settings.mesh },
       host: '127.0.0.1',
       port: 0,
       metricsPort: 0,
       secret: { namespace: 'flomesh', name: 'flb-injector-tls' },
       webhookConfigName: configName,
-      // Short-lived certificates so the suite sees several renewals, and one of the CA.
-      certs: { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], certValidityMs: 9_000, caValidityMs: 30_000 },
+      certs: SHORT_LIVED_CERTS,
       checkIntervalMs: 300,
       caPropagationMs: 1500,
       eventRate: EVENT_RATE,
@@ -218,6 +220,7 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     const postStart = await runInjector({
       kubeConfig: plane.kubeConfig,
       settings: { ...settings, nativeSidecars: false },
+      mesh: { fixed: settings.mesh },
       host: '127.0.0.1',
       port: 0,
       secret: { namespace: 'flomesh', name: 'flb-injector-tls-poststart' },
@@ -253,6 +256,145 @@ describe('the sidecar injector against a real kube-apiserver', () => {
     await eventually('the native-sidecar injector to answer again', async () => {
       const created = await core.createNamespacedPod({ namespace: 'shop', body: simplePod('native-again'), dryRun: 'All' }).catch(() => undefined);
       return created && names(created).init.includes('flb-sidecar') ? true : undefined;
+    });
+  });
+
+  it('injects with the mesh settings ConfigMap as it is edited; injects nothing before good settings; keeps the last good through a bad edit, with an Event', async () => {
+    const configMap = { namespace: 'flomesh', name: 'flb-mesh-e2e', key: 'mesh.yaml' };
+    const meshYaml = (extra: string) => `apiVersion: ${API_VERSION}\nkind: Mesh\nname: shop\n${extra}`;
+    const body = (text: string) => ({ metadata: { name: configMap.name }, data: { [configMap.key]: text } });
+    const edit = (text: string) => core.replaceNamespacedConfigMap({ name: configMap.name, namespace: configMap.namespace, body: body(text) });
+    const watched = await runInjector({
+      kubeConfig: plane.kubeConfig,
+      settings,
+      mesh: { configMap },
+      host: '127.0.0.1',
+      port: 0,
+      metricsPort: 0,
+      // A replica of the suite's injector (its Secret, its configuration): the two keep one CA and
+      // one caBundle, as replicas do, while the suite's renews its certificates every few seconds.
+      secret: { namespace: 'flomesh', name: 'flb-injector-tls' },
+      webhookConfigName: configName,
+      certs: SHORT_LIVED_CERTS,
+      checkIntervalMs: 300,
+      caPropagationMs: 1500,
+      log,
+    });
+    const useWatched = (failurePolicy: 'Fail' | 'Ignore') =>
+      installWebhookConfiguration(
+        plane.kubeConfig,
+        webhookConfiguration({
+          name: configName,
+          url: `https://127.0.0.1:${watched.port}/mutate`,
+          failurePolicy,
+          timeoutSeconds: 5,
+          meshNamespace: 'flomesh',
+          caBundlePem: caBundle(watched.current()),
+        }),
+      );
+    /** A pod through the apiserver (dry run: the webhook is called the same way): what it got, or the apiserver's refusal. */
+    const tryPod = (name: string) =>
+      core.createNamespacedPod({ namespace: 'shop', body: simplePod(name), dryRun: 'All' }).then(
+        (pod) => ({ pod, refusal: undefined }),
+        (error: { body?: string }) => ({ pod: undefined, refusal: (JSON.parse(error.body ?? '{}') as { message?: string }).message ?? String(error) }),
+      );
+    const sidecarOf = (pod: V1Pod) => pod.spec!.initContainers!.find((c) => c.name === 'flb-sidecar')!;
+    const envOf = (pod: V1Pod, name: string) => sidecarOf(pod).env!.find((e) => e.name === name)?.value;
+    const logLevelOf = (pod: V1Pod) => envOf(pod, 'FLB_LOG_LEVEL');
+    // Pods this injector made: those of the mesh "shop" (the suite's injector may still be answering
+    // right after the configuration changed).
+    const injectedHere = (name: string) =>
+      eventually(`${name} injected by the ConfigMap injector`, async () => {
+        const { pod } = await tryPod(name);
+        return pod && isInjected(pod) && envOf(pod, 'FLB_MESH') === 'shop' ? pod : undefined;
+      });
+    const injectedWith = (what: string, check: (pod: V1Pod) => boolean) =>
+      eventually(what, async () => {
+        const pod = await injectedHere('edited');
+        return check(pod) ? pod : undefined;
+      });
+    const refusedNotReady = (name: string) =>
+      eventually(`${name} refused by the ConfigMap injector`, async () => {
+        const { refusal } = await tryPod(name);
+        return refusal?.includes('flb-mesh injector is not ready') ? refusal : undefined;
+      });
+    const metric = async (name: string) =>
+      Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${watched.metricsPort}/metrics`)).text())?.[1] ?? 0);
+    const notReadyAnswers = () => metric('flb_injector_admission_reviews_total\\{outcome="not-ready"\\}');
+    const invalidSettingsEvents = async () =>
+      (await core.listNamespacedEvent({ namespace: configMap.namespace })).items.filter(
+        (e) => e.involvedObject.name === configMap.name && e.reason === 'InvalidMeshSettings' && e.source?.component === 'flb-injector',
+      );
+    try {
+      // No ConfigMap yet: a 503 that the apiserver treats as a failed call, with our reason in its message.
+      await useWatched('Fail');
+      expect(await refusedNotReady('too-early')).toMatch(
+        /^Internal error occurred: failed calling webhook "namespace.sidecar-injector.flomesh.io": failed to call webhook: flb-mesh injector is not ready: no mesh settings yet: ConfigMap flomesh\/flb-mesh-e2e does not exist$/,
+      );
+      expect(await metric('flb_injector_mesh_settings_loaded')).toBe(0);
+      // failurePolicy Ignore: the pod runs, without a sidecar, as when the injector is down.
+      await useWatched('Ignore');
+      const admitted = await eventually('a pod admitted under Ignore after a 503 from the ConfigMap injector', async () => {
+        const notReadyBefore = await notReadyAnswers();
+        const { pod } = await tryPod('ignored');
+        return pod && (await notReadyAnswers()) > notReadyBefore ? pod : undefined;
+      });
+      expect(names(admitted)).toEqual({ init: [], containers: ['app'] });
+      await useWatched('Fail');
+
+      // Bad from the start: still nothing injected, and the Event says why.
+      const created = await core.createNamespacedConfigMap({ namespace: configMap.namespace, body: body(meshYaml('proxyUid: 0\n')) });
+      const firstEvent = await eventually('an InvalidMeshSettings Event from the injector', async () => (await invalidSettingsEvents())[0]);
+      expect(firstEvent.involvedObject).toMatchObject({ kind: 'ConfigMap', uid: created.metadata!.uid });
+      expect(firstEvent.message).toBe(
+        'invalid ConfigMap flomesh/flb-mesh-e2e key mesh.yaml: proxyUid: must not be root (0); no pod is injected until it is fixed (the webhook answers 503, so its failurePolicy decides)',
+      );
+      expect(await refusedNotReady('still-early')).toMatch(
+        /flb-mesh injector is not ready: no mesh settings yet: invalid ConfigMap flomesh\/flb-mesh-e2e key mesh.yaml: proxyUid: must not be root \(0\)$/,
+      );
+
+      // Good settings: the next pod has them. Then each edit shows in the next pod.
+      await edit(meshYaml('sidecar:\n  logLevel: warn\n'));
+      const first = await injectedWith('a pod injected with logLevel warn', (pod) => logLevelOf(pod) === 'warn');
+      expect(sidecarOf(first).args).toContain('--admin-port=15000');
+      expect(await metric('flb_injector_mesh_settings_loaded')).toBe(1);
+      const editedAt = Date.now();
+      await edit(meshYaml('sidecar:\n  logLevel: debug\nports:\n  admin: 15100\n'));
+      const second = await injectedWith('a pod injected with logLevel debug and admin port 15100', (pod) => logLevelOf(pod) === 'debug');
+      console.log(`a ConfigMap edit reached the next injected pod in ${Date.now() - editedAt} ms`);
+      expect(sidecarOf(second).args).toContain('--admin-port=15100');
+      expect(watched.meshSettings()).toMatchObject({ mesh: { sidecar: { logLevel: 'debug' } }, problem: undefined });
+
+      // A bad edit: the last good settings stay, an Event on the ConfigMap says what is wrong.
+      await edit(meshYaml('sidecar:\n  logLevel: loud\nports:\n  admin: 15100\n'));
+      const badEdit = await eventually('an Event for the bad edit', async () =>
+        (await invalidSettingsEvents()).find((e) => e.message?.includes('sidecar.logLevel')),
+      );
+      expect(badEdit.message).toMatch(/^invalid ConfigMap flomesh\/flb-mesh-e2e key mesh.yaml: sidecar.logLevel: .*; the last good settings stay in use$/);
+      expect(badEdit.type).toBe('Warning');
+      expect(watched.meshSettings().problem).toMatch(/sidecar.logLevel/);
+      expect(await metric('flb_injector_mesh_settings_refused')).toBe(1);
+      const afterBadEdit = await injectedHere('after-bad-edit');
+      expect(logLevelOf(afterBadEdit)).toBe('debug');
+      expect(sidecarOf(afterBadEdit).args).toContain('--admin-port=15100');
+
+      // Fixed: the next pod has the new settings; deleting the ConfigMap keeps them.
+      await edit(meshYaml('sidecar:\n  logLevel: error\n'));
+      await injectedWith('a pod injected with logLevel error', (pod) => logLevelOf(pod) === 'error');
+      expect(watched.meshSettings().problem).toBeUndefined();
+      await core.deleteNamespacedConfigMap({ name: configMap.name, namespace: configMap.namespace });
+      await eventually('the deletion seen', async () => (watched.meshSettings().problem?.includes('was deleted') ? true : undefined));
+      expect(logLevelOf(await injectedHere('after-delete'))).toBe('error');
+      expect((await invalidSettingsEvents()).length).toBe(2);
+    } finally {
+      await install(injectorUrl(), 'Fail');
+      await watched.stop();
+      // The forged-review tests below count every flb-injector Event in the mesh's namespace.
+      await core.deleteCollectionNamespacedEvent({ namespace: configMap.namespace, fieldSelector: `involvedObject.name=${configMap.name}` });
+    }
+    await eventually('the main injector to answer again', async () => {
+      const { pod } = await tryPod('main-again');
+      return pod && isInjected(pod) && envOf(pod, 'FLB_MESH') === settings.mesh.name ? true : undefined;
     });
   });
 
