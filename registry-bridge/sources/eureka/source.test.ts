@@ -155,6 +155,26 @@ describe('the Eureka source against recorded answers under /eureka/v2', () => {
     expect(server.requests).toEqual(['/eureka/v2/apps', '/eureka/v2/apps/delta', '/eureka/v2/apps']);
   });
 
+  it('publishes what a mismatched delta changed even when the full fetch after it fails once', async () => {
+    const server = await serve();
+    v2(server, recorded('apps-1.json'));
+    const { source: s, told } = source({ servers: [`http://127.0.0.1:${server.port}/eureka/v2/`] });
+    await eventually('the first sync', () => told.syncedTimes === 1);
+    // The delta holds every change but its hashcode disagrees (a change is missing from it), and
+    // the full fetch it calls for fails.
+    const delta = JSON.parse(recorded('delta-1.json'));
+    delta.applications.apps__hashcode = 'UP_99_';
+    server.json('/eureka/v2/apps/delta', JSON.stringify(delta));
+    server.routes['/eureka/v2/apps'] = (_q, res) => res.writeHead(503).end();
+    await s.sync();
+    expect(s.status().lastError).toMatch(/answered 503/);
+    // The full answer, when it comes, is what the delta had already made of the local copy.
+    v2(server, recorded('apps-2.json'));
+    await s.sync();
+    expect(told.services.has('payments.eureka.eureka')).toBe(false);
+    expect(told.endpoints('orders.eureka.eureka')).toHaveLength(4);
+  });
+
   it('finds the base path of a server URL that has none (/eureka/, then /eureka/v2/)', async () => {
     const server = await serve();
     v2(server, recorded('apps-1.json'));

@@ -45,6 +45,13 @@ export class EurekaSource implements Source {
   private endpointCount = 0;
   /** The peer the local copy came from: a delta from another peer is not applied (their delta queues differ). */
   private copyFrom?: string;
+  /**
+   * Set by a delta whose hashcode did not match: the local copy is wrong until a full fetch, and
+   * the apps that delta changed are published with that fetch (the full answer may equal the
+   * changed copy, and then shows no change of its own).
+   */
+  private needsFullFetch = false;
+  private readonly unpublished = new Set<string>();
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
   private stopped = false;
@@ -115,6 +122,7 @@ export class EurekaSource implements Source {
   private async round(): Promise<void> {
     try {
       if (!this.registry.loaded) await this.fetchAll('first fetch');
+      else if (this.needsFullFetch) await this.fetchAll('the last delta left another registry than the server has');
       else await this.fetchDelta();
       if (this.lastError !== undefined) this.log.info({ server: this.client.address }, 'the Eureka registry answers again');
       this.lastError = undefined;
@@ -141,6 +149,9 @@ export class EurekaSource implements Source {
     this.logProblems(answer.value);
     const changed = this.registry.replace(answer.value);
     this.log.debug({ why, server: answer.server, apps: answer.value.apps.length, bytes: answer.bytes, changed: changed.size }, 'full fetch');
+    for (const app of this.unpublished) changed.add(app);
+    this.unpublished.clear();
+    this.needsFullFetch = false;
     this.publish(changed);
     this.lastSyncAt = this.now();
     if (!this.syncedOnce) {
@@ -167,9 +178,9 @@ export class EurekaSource implements Source {
         { local, server: answer.value.hashcode, changedByDelta: changed.size },
         'the delta leaves another registry than the server has: fetching everything',
       );
-      // What the delta changed is published with what the full fetch changes, from the full answer.
+      for (const app of changed) this.unpublished.add(app);
+      this.needsFullFetch = true;
       await this.fetchAll('hashcode mismatch');
-      this.publish(changed);
       return;
     }
     this.publish(changed);
