@@ -124,7 +124,6 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
       repo: { url: repoUrl, tokenAudience: 'flb-repo', ...options.mesh?.repo },
     };
     const meshYaml = YAML.stringify(mesh);
-    const meshFile = file('mesh.yaml', meshYaml);
     await core.createNamespacedConfigMap({ namespace: CONTROL_PLANE_NAMESPACE, body: { metadata: { name: MESH_CONFIGMAP }, data: { 'mesh.yaml': meshYaml } } });
 
     progress(`starting the repo on ${repoUrl}`);
@@ -210,8 +209,8 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
         env.plane.kubeconfigPath,
         '--namespace',
         CONTROL_PLANE_NAMESPACE,
-        '--mesh-config',
-        meshFile,
+        '--mesh-configmap',
+        `${CONTROL_PLANE_NAMESPACE}/${MESH_CONFIGMAP}`,
         '--ip',
         '127.0.0.1',
       ],
@@ -238,6 +237,8 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
       const config = await admission.readMutatingWebhookConfiguration({ name: 'flb-sidecar-injector' });
       return (config.webhooks ?? []).every((w) => Boolean(w.clientConfig.caBundle));
     });
+    // Until it has read the mesh settings ConfigMap it answers reviews 503 (and the pod is refused).
+    await until('the injector reading the mesh settings', injector, () => readyz(`https://127.0.0.1:${injectorPort}/readyz`));
     await until('the repo answering', repo, () => repoAnswers(repoUrl, { ca: ca.certPem, cert: controlPlane.certPem, key: controlPlane.keyPem }));
     await until('a bridge leading', undefined, async () => {
       for (const port of bridgeAdminPorts) {
@@ -263,6 +264,19 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
     await stop();
     throw error;
   }
+}
+
+/** The injector's readiness, as a kubelet probe asks it (no certificate check). */
+function readyz(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = httpsRequest(url, { rejectUnauthorized: false, timeout: 1000, agent: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
 }
 
 /** A GET to the repo as the control plane: 200 once it serves. */
