@@ -155,7 +155,7 @@ describe('a Consul service in the catalog', () => {
       'instance no-address on node n3 has no address; skipped',
       'instance port-zero on node n4 has port 0, not 1-65535; skipped',
       'instance port-big on node n5 has port 70000, not 1-65535; skipped',
-      'instance twin on node n1 has the address and port of instance good; the healthier is kept',
+      'instances good and twin on 10.0.0.1 port 8080: good is kept',
       'an instance without Node or Service; skipped',
       'an instance without Node or Service; skipped',
     ]);

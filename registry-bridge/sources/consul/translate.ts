@@ -88,6 +88,8 @@ const weightOf = (weights: unknown, key: 'Passing' | 'Warning'): number => {
   return typeof value === 'number' && Number.isInteger(value) ? Math.min(1_000_000, Math.max(0, value)) : 1;
 };
 
+const twinKey = (e: Endpoint) => `${e.metadata.instance}\u0000${e.metadata.node}\u0000${JSON.stringify(e)}`;
+
 /** The names a Consul service answers to: Consul's own DNS names, then the catalog id. */
 export function consulHostnames(label: string, datacenterLabel: string, domain: string, id: string): string[] {
   return [`${label}.service.${domain}`, `${label}.service.${datacenterLabel}.${domain}`, id];
@@ -102,8 +104,8 @@ export function translateConsulService(input: ConsulServiceInput): ConsulService
   if (!Array.isArray(input.entries)) return { skipped: 'the answer is not a list of instances', problems, nodes: [] };
 
   const byAddress = new Map<string, Endpoint>();
-  const ports = new Map<number, number>();
-  const protocols = new Set<string>();
+  /** What each kept endpoint's instance says it speaks (Service.Meta.protocol). */
+  const statedProtocol = new Map<Endpoint, string | undefined>();
   let proxies = 0;
   let written = 0;
   for (const entry of input.entries) {
@@ -158,13 +160,25 @@ export function translateConsulService(input: ConsulServiceInput): ConsulService
     const key = `${address}|${port}`;
     const seen = byAddress.get(key);
     if (seen) {
-      problems.push(`instance ${instance} has the address and port of instance ${seen.metadata.instance}; the healthier is kept`);
-      if (!seen.healthy && healthy) byAddress.set(key, endpoint);
+      // The healthier, then the smaller instance ID, node and the rest: the same whatever order Consul lists them in.
+      const replaces = healthy !== seen.healthy ? healthy : twinKey(endpoint) < twinKey(seen);
+      const [kept, dropped] = replaces ? [endpoint, seen] : [seen, endpoint];
+      problems.push(`instances ${kept.metadata.instance} and ${dropped.metadata.instance} on ${address} port ${port}: ${kept.metadata.instance} is kept`);
+      if (replaces) {
+        byAddress.set(key, endpoint);
+        statedProtocol.set(endpoint, meta.protocol);
+      }
       continue;
     }
     byAddress.set(key, endpoint);
-    ports.set(port, (ports.get(port) ?? 0) + 1);
-    if (meta.protocol !== undefined) protocols.add(meta.protocol.toLowerCase());
+    statedProtocol.set(endpoint, meta.protocol);
+  }
+  const ports = new Map<number, number>();
+  const protocols = new Set<string>();
+  for (const endpoint of byAddress.values()) {
+    ports.set(endpoint.port, (ports.get(endpoint.port) ?? 0) + 1);
+    const stated = statedProtocol.get(endpoint);
+    if (stated !== undefined) protocols.add(stated.toLowerCase());
   }
 
   const endpoints = [...byAddress.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : a.port - b.port));
