@@ -14,6 +14,8 @@ export class RepoSink implements Sink {
   readonly name: string;
   private readonly publisher: Publisher;
   private pending = 0;
+  private toldCount = 0;
+  private watching = false;
   private lastWriteAt = 0;
 
   constructor(
@@ -41,29 +43,43 @@ export class RepoSink implements Sink {
   }
 
   setMesh(mesh: Mesh): void {
-    this.touch();
     this.publisher.setMeshFile('/mesh.json', `${JSON.stringify(mesh)}\n`);
+    this.told();
   }
 
   setService(id: string, service: Service | undefined, json: string | undefined): void {
-    this.touch();
     this.publisher.setMeshFile(`/${serviceFilePath(id)}`, service ? (json ?? `${JSON.stringify(service)}\n`) : undefined);
+    this.told();
   }
 
   setSidecar(id: string, config: SidecarConfig | undefined): void {
-    this.touch();
     if (config) this.publisher.setSidecar(id, new Map([['/sidecar.json', `${JSON.stringify(config)}\n`]]));
     else this.publisher.removeSidecar(id);
+    this.told();
   }
 
   complete(): void {
     this.publisher.markComplete();
   }
 
-  private touch(): void {
+  /**
+   * Counts a change the publisher was just given as pending until a publish has it. Called after
+   * the publisher has it: asked before, settled() answered at once and a whole catalog still in
+   * flight read as 0 pending.
+   */
+  private told(): void {
+    this.toldCount++;
     this.pending++;
-    if (this.pending > 1) return;
+    if (!this.watching) this.watchPending();
+  }
+
+  private watchPending(): void {
+    this.watching = true;
+    const upTo = this.toldCount;
     void this.publisher.settled().then(() => {
+      // A change told after the publisher went idle, before this ran, is not written yet.
+      if (this.toldCount !== upTo) return this.watchPending();
+      this.watching = false;
       this.pending = 0;
       this.lastWriteAt = Date.now();
     });
