@@ -1,0 +1,434 @@
+// The Helm chart charts/flb-mesh: helm lint and template, its values schema, the webhook
+// configuration `flb webhook install` builds, least-privilege RBAC, network policies; then every
+// rendered object against a real kube-apiserver (server-side dry run, strict field validation),
+// and an install followed by upgrades that must keep the repo's data and the injector's caBundle.
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { X509Certificate } from 'node:crypto';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1StatefulSet } from '@kubernetes/client-node';
+import { execa } from 'execa';
+import YAML from 'yaml';
+import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { FLB_MESH_VERSION } from '../common/contract/version.js';
+import { CHECKOUT } from '../devenv/node-simulator/images.js';
+import { CHART_DIR, find, Helm, VALUES_SCHEMA_FILE, valuesSchemaWithContract, type KubeObject } from './harness/chart.js';
+import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { testBinary } from './harness/cache.js';
+import { eventually } from './harness/eventually.js';
+
+type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };
+type Container = { name: string; image: string; args?: string[]; lifecycle?: { preStop?: { exec?: { command?: string[] } } } };
+type PodSpec = { containers: Container[]; imagePullSecrets?: { name: string }[]; priorityClassName?: string };
+const podSpec = (o: KubeObject) => (o.spec as { template: { spec: PodSpec } }).template.spec;
+const workloads = (objects: KubeObject[]) => objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet'].includes(o.kind));
+/** A file of a rendered ConfigMap. */
+const configMapFile = (objects: KubeObject[], name: string, key: string): string => {
+  const text = (find(objects, 'ConfigMap', name).data as Record<string, string | undefined>)[key];
+  if (text === undefined) throw new Error(`ConfigMap ${name} has no ${key}`);
+  return text;
+};
+interface RenderedMesh {
+  controlPlaneNamespace: string;
+  repo: { url: string; tokenAudience: string };
+  interception: { mode: string };
+  sidecar: { image: string };
+  init: { image: string };
+}
+const meshSettings = (objects: KubeObject[]) => YAML.parse(configMapFile(objects, 'flb-mesh', 'mesh.yaml')) as RenderedMesh;
+type NetworkPolicySpec = { podSelector: { matchLabels: Record<string, string> }; ingress: { ports: unknown[]; from: unknown[] }[] };
+const selectorOf = (o: KubeObject) => (o.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels;
+
+describe('the flb-mesh chart', () => {
+  const helm = new Helm();
+  let defaults: KubeObject[];
+  let cniMode: KubeObject[];
+  beforeAll(async () => {
+    defaults = await helm.render();
+    cniMode = await helm.render({ mesh: { interception: { mode: 'cni' } } });
+  });
+  afterAll(() => helm.dispose());
+
+  it('passes helm lint in iptables and in CNI mode', async () => {
+    for (const values of [{}, { mesh: { interception: { mode: 'cni' } }, metrics: { serviceMonitor: { enabled: true } } }]) {
+      const lint = await helm.run(['lint', '--strict', CHART_DIR, '-f', helm.valuesFile('lint', values)]);
+      expect({ exitCode: lint.exitCode, stderr: lint.stderr }).toEqual({ exitCode: 0, stderr: '' });
+      expect(lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+    }
+  });
+
+  it("ships with this release: the chart's appVersion is flb-mesh's version, the tag of every image it deploys and injects", () => {
+    const chart = YAML.parse(readFileSync(join(CHART_DIR, 'Chart.yaml'), 'utf8')) as { version: string; appVersion: string };
+    expect(chart.appVersion).toBe(FLB_MESH_VERSION);
+    for (const workload of workloads(cniMode)) {
+      for (const container of podSpec(workload).containers) expect(container.image).toBe(`flomesh/flb-mesh-control-plane:${FLB_MESH_VERSION}`);
+    }
+    const mesh = meshSettings(defaults);
+    expect(mesh.sidecar.image).toBe(`flomesh/flb-mesh:${FLB_MESH_VERSION}`);
+    expect(mesh.init.image).toBe(`flomesh/flb-mesh:${FLB_MESH_VERSION}`);
+  });
+
+  it("keeps values.schema.json's mesh and bridge.sources the contract's (UPDATE_GOLDEN=1 rewrites them)", () => {
+    const wanted = valuesSchemaWithContract();
+    if (process.env.UPDATE_GOLDEN === '1') writeFileSync(VALUES_SCHEMA_FILE, wanted);
+    expect(readFileSync(VALUES_SCHEMA_FILE, 'utf8')).toBe(wanted);
+  });
+
+  it('renders the webhook configuration `flb webhook install --service` prints, with no caBundle', async () => {
+    const cases = [
+      { namespace: 'flomesh', values: {}, flags: [] },
+      {
+        namespace: 'mesh-system',
+        values: { webhook: { failurePolicy: 'Ignore', timeoutSeconds: 3 } },
+        flags: ['--failure-policy', 'Ignore', '--timeout-seconds', '3'],
+      },
+    ];
+    for (const { namespace, values, flags } of cases) {
+      const rendered = find(await helm.render(values, { namespace }), 'MutatingWebhookConfiguration', 'flb-sidecar-injector');
+      const printed = await execa(process.execPath, [
+        join(CHECKOUT, 'bin/flb.js'),
+        'webhook',
+        'install',
+        '--service',
+        `${namespace}/flb-injector:443`,
+        '--namespace',
+        namespace,
+        '--print',
+        ...flags,
+      ]);
+      const built = YAML.parse(printed.stdout) as KubeObject;
+      const { labels: renderedLabels, ...renderedMetadata } = rendered.metadata;
+      const { labels: builtLabels, ...builtMetadata } = built.metadata;
+      expect({ ...rendered, metadata: renderedMetadata }).toEqual({ ...built, metadata: builtMetadata });
+      // The chart's labels are helm's usual ones on top of what flb webhook install sets.
+      expect(renderedLabels).toMatchObject(builtLabels!);
+      expect(JSON.stringify(rendered)).not.toContain('caBundle');
+    }
+  });
+
+  it('refuses bad values naming the field, and the reserved but unbuilt choices', async () => {
+    const cases: [unknown, RegExp][] = [
+      [{ webhook: { failurePolicy: 'Sometimes' } }, /\/webhook\/failurePolicy/],
+      [{ webhook: { timeoutSeconds: 60 } }, /\/webhook\/timeoutSeconds/],
+      [{ mesh: { interception: { mode: 'ebpf' } } }, /\/mesh\/interception\/mode/],
+      [{ mesh: { interception: { mdoe: 'cni' } } }, /\/mesh\/interception.*mdoe/],
+      [{ mesh: { tls: { mode: 'strict' } } }, /\/mesh\/tls\/mode/],
+      [{ mesh: { ports: { outbound: 70000 } } }, /\/mesh\/ports\/outbound/],
+      [{ mesh: { controlPlaneNamespace: 'elsewhere' } }, /\/mesh.*controlPlaneNamespace/],
+      [{ repo: { persistence: { size: 'lots' } } }, /\/repo\/persistence\/size/],
+      [{ webhookIngressCIDRs: [] }, /\/webhookIngressCIDRs/],
+      [{ vmCIDRs: ['10.0.0.0/33'] }, /\/vmCIDRs\/0/],
+      [{ bridge: { sources: [{ kind: 'zookeeper' }] } }, /\/bridge\/sources\/0/],
+      [{ injector: { replicas: 'two' } }, /\/injector\/replicas/],
+      [{ priorityClasses: { node: { value: 2000000000 } } }, /\/priorityClasses\/node\/value/],
+      [{ imageTag: '1.0' }, /imageTag/],
+    ];
+    for (const [values, field] of cases) {
+      const result = await helm.run(['template', 'flb', CHART_DIR, '-n', 'flomesh', '-f', helm.valuesFile('bad', values)]);
+      expect({ values, exitCode: result.exitCode }).toEqual({ values, exitCode: 1 });
+      expect(result.stderr).toContain("values don't meet the specifications of the schema");
+      expect(result.stderr).toMatch(field);
+      expect(result.stdout).toBe('');
+    }
+    const certManager = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cm', { webhook: { certManager: { enabled: true } } })]);
+    expect(certManager.exitCode).toBe(1);
+    expect(certManager.stderr).toContain('webhook.certManager.enabled: not available yet');
+  });
+
+  it('grants least privilege: no wildcard, no Secret outside its namespace, no built-in role; every rule explained in the README', async () => {
+    const readme = readFileSync(join(CHART_DIR, 'README.md'), 'utf8');
+    const documented = new Set(
+      readme
+        .split('\n')
+        .filter((line) => line.startsWith('| `'))
+        .map((line) =>
+          line
+            .split('|')
+            .slice(1, 5)
+            .map((cell) => cell.trim())
+            .join(' | '),
+        ),
+    );
+    for (const objects of [defaults, cniMode]) {
+      const roles = objects.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role');
+      expect(roles.length).toBeGreaterThan(0);
+      for (const role of roles) {
+        for (const rule of role.rules as Rule[]) {
+          for (const field of [rule.apiGroups, rule.resources, rule.verbs]) expect(field).not.toContain('*');
+          if (role.kind === 'ClusterRole') expect(rule.resources).not.toContain('secrets');
+          // One README row per rule: role | api group | resources (names) | verbs.
+          const resources = rule.resources.join(', ') + (rule.resourceNames ? ` (${rule.resourceNames.join(', ')})` : '');
+          const row = [
+            `\`${role.kind} ${role.metadata.name}\``,
+            `\`${rule.apiGroups.join(', ') || 'core'}\``,
+            `\`${resources}\``,
+            `\`${rule.verbs.join(', ')}\``,
+          ].join(' | ');
+          expect({ row, documented: documented.has(row) }).toEqual({ row, documented: true });
+        }
+      }
+      for (const binding of objects.filter((o) => o.kind.endsWith('Binding'))) {
+        const { roleRef, subjects } = binding as unknown as { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string }[] };
+        expect(roles.some((r) => r.kind === roleRef.kind && r.metadata.name === roleRef.name)).toBe(true);
+        expect(subjects).toEqual([{ kind: 'ServiceAccount', name: roleRef.name, namespace: 'flomesh' }]);
+      }
+    }
+    // The CNI agent's pod rights follow its repair mode.
+    const agentRules = async (repair: string) =>
+      (find(await helm.render({ mesh: { interception: { mode: 'cni' } }, cni: { repair } }), 'ClusterRole', 'flb-cni-node').rules as Rule[]).flatMap((r) =>
+        r.verbs.map((v) => `${r.resources.join(',')}:${v}`),
+      );
+    expect(await agentRules('off')).toEqual(['pods:get']);
+    expect(await agentRules('label')).toEqual(['pods:get', 'pods:list', 'pods:patch', 'events:create']);
+    expect(await agentRules('delete')).toEqual(['pods:get', 'pods:list', 'pods:patch', 'pods:delete', 'events:create']);
+  });
+
+  it("reads YAML 1.1's unquoted off, true and false (booleans to helm) as the flags they name", async () => {
+    const valuesText = 'mesh:\n  interception:\n    mode: cni\ncni:\n  repair: off\ninjector:\n  nativeSidecars: false\n';
+    const file = helm.valuesFile('yaml11', {});
+    writeFileSync(file, valuesText);
+    const result = await helm.run(['template', 'flb', CHART_DIR, '-n', 'flomesh', '-f', file]);
+    expect(result.stderr).toBe('');
+    const objects = YAML.parseAllDocuments(result.stdout).map((d) => d.toJS() as KubeObject);
+    expect(podSpec(find(objects, 'DaemonSet', 'flb-cni-node')).containers[0]!.args).toContain('--repair=off');
+    expect(podSpec(find(objects, 'Deployment', 'flb-injector')).containers[0]!.args).toContain('--native-sidecars=false');
+  });
+
+  it('opens the webhook port to webhookIngressCIDRs and the repo to injected pods, the bridge and vmCIDRs only', async () => {
+    const objects = await helm.render({ webhookIngressCIDRs: ['172.16.0.0/12'], vmCIDRs: ['192.168.10.0/24', 'fd00:10::/64'] });
+    const injector = find(objects, 'NetworkPolicy', 'flb-injector').spec as NetworkPolicySpec;
+    expect(injector.podSelector.matchLabels).toEqual(selectorOf(find(objects, 'Deployment', 'flb-injector')));
+    expect(injector.ingress[0]).toEqual({ ports: [{ port: 'webhook', protocol: 'TCP' }], from: [{ ipBlock: { cidr: '172.16.0.0/12' } }] });
+    const repo = find(objects, 'NetworkPolicy', 'flb-repo').spec as NetworkPolicySpec;
+    expect(repo.podSelector.matchLabels).toEqual(selectorOf(find(objects, 'StatefulSet', 'flb-repo')));
+    expect(repo.ingress).toEqual([
+      {
+        ports: [{ port: 'https', protocol: 'TCP' }],
+        from: [
+          { namespaceSelector: {}, podSelector: { matchLabels: { [SIDECAR_INJECTED_LABEL]: SIDECAR_INJECTED_VALUE } } },
+          { podSelector: { matchLabels: selectorOf(find(objects, 'Deployment', 'flb-bridge')) } },
+          { ipBlock: { cidr: '192.168.10.0/24' } },
+          { ipBlock: { cidr: 'fd00:10::/64' } },
+        ],
+      },
+    ]);
+    // Named ports the policies open exist on the pods they select.
+    const ports = (o: KubeObject) => podSpec(o).containers.flatMap((c) => ((c as { ports?: { name: string }[] }).ports ?? []).map((p) => p.name));
+    expect(ports(find(objects, 'Deployment', 'flb-injector'))).toEqual(expect.arrayContaining(['webhook', 'metrics']));
+    expect(ports(find(objects, 'StatefulSet', 'flb-repo'))).toEqual(['https']);
+    expect(objects.filter((o) => o.kind === 'NetworkPolicy')).toHaveLength(3);
+    expect((await helm.render({ networkPolicies: { enabled: false } })).filter((o) => o.kind === 'NetworkPolicy')).toHaveLength(0);
+  });
+
+  it('takes the image registry, tag and pull secrets everywhere, the injected sidecar included', async () => {
+    const objects = await helm.render({
+      mesh: { interception: { mode: 'cni' } },
+      image: { registry: 'registry.example.com/mirror', tag: '9.9.9', pullSecrets: ['mirror-pull'] },
+    });
+    for (const workload of workloads(objects)) {
+      const spec = podSpec(workload);
+      expect(spec.imagePullSecrets).toEqual([{ name: 'mirror-pull' }]);
+      for (const container of spec.containers) expect(container.image).toBe('registry.example.com/mirror/flomesh/flb-mesh-control-plane:9.9.9');
+    }
+    const mesh = meshSettings(objects);
+    expect([mesh.sidecar.image, mesh.init.image]).toEqual([
+      'registry.example.com/mirror/flomesh/flb-mesh:9.9.9',
+      'registry.example.com/mirror/flomesh/flb-mesh:9.9.9',
+    ]);
+    // An image the mesh settings name stays theirs.
+    const own = meshSettings(await helm.render({ mesh: { sidecar: { image: 'example/pipy:1.5' } } }));
+    expect(own.sidecar.image).toBe('example/pipy:1.5');
+  });
+
+  it('runs the CNI node agent only in CNI mode, taking its plugin out of the chain when it stops, at the node priority', () => {
+    expect(defaults.filter((o) => o.kind === 'DaemonSet')).toEqual([]);
+    expect(defaults.filter((o) => o.kind === 'PriorityClass').map((o) => o.metadata.name)).toEqual(['flb-mesh-control-plane']);
+    const daemonSet = find(cniMode, 'DaemonSet', 'flb-cni-node');
+    const spec = podSpec(daemonSet) as PodSpec & { hostNetwork: boolean };
+    expect(spec.hostNetwork).toBe(true);
+    expect(spec.priorityClassName).toBe('flb-mesh-node');
+    expect(find(cniMode, 'PriorityClass', 'flb-mesh-node').value).toBe(1000000000);
+    const install = spec.containers.find((c) => c.name === 'install')!;
+    expect(install.args?.slice(0, 3)).toEqual(['cni', 'install', '--watch']);
+    expect(install.lifecycle?.preStop?.exec?.command).toEqual(['flb', 'cni', 'uninstall', '--conf-dir=/host/cni/net.d', '--bin-dir=/host/cni/bin']);
+    for (const workload of workloads(defaults)) expect(podSpec(workload).priorityClassName).toBe('flb-mesh-control-plane');
+    expect(meshSettings(cniMode).interception.mode).toBe('cni');
+  });
+
+  it('wires the parts together: the repo URL, its certificates, the Lease, the mesh ConfigMap', () => {
+    const mesh = meshSettings(defaults);
+    expect(mesh).toMatchObject({ controlPlaneNamespace: 'flomesh', repo: { url: 'https://flb-repo.flomesh.svc:6060', tokenAudience: 'flb-repo' } });
+    const bridgeConfig: unknown = YAML.parse(configMapFile(defaults, 'flb-bridge-config', 'bridge.yaml'));
+    expect(bridgeConfig).toMatchObject({
+      mesh: { configMap: { namespace: 'flomesh', name: 'flb-mesh' } },
+      sinks: [{ kind: 'repo', url: mesh.repo.url }],
+      leaderElection: { namespace: 'flomesh', name: 'flb-bridge' },
+    });
+    const secret = (name: string, key: string) => Buffer.from((find(defaults, 'Secret', name).data as Record<string, string>)[key]!, 'base64').toString();
+    const ca = new X509Certificate(secret('flb-repo-ca', 'ca.crt'));
+    const serving = new X509Certificate(secret('flb-repo-tls', 'tls.crt'));
+    const client = new X509Certificate(secret('flb-repo-client', 'tls.crt'));
+    expect(serving.checkIssued(ca) && client.checkIssued(ca)).toBe(true);
+    expect(serving.subjectAltName).toContain('DNS:flb-repo.flomesh.svc');
+    expect(client.subject).toContain('CN=flb-control-plane');
+    expect(secret('flb-repo-tls', 'ca.crt')).toBe(secret('flb-repo-ca', 'ca.crt'));
+    // The injected pods' CA ConfigMap is the bridge's to keep, not the chart's.
+    expect(defaults.some((o) => o.kind === 'ConfigMap' && o.metadata.name === REPO_CA_CONFIGMAP)).toBe(false);
+  });
+
+  it('renders ServiceMonitors that select the Services and ports they scrape', async () => {
+    const objects = await helm.render({ metrics: { serviceMonitor: { enabled: true, labels: { release: 'prometheus' } } } });
+    const monitors = objects.filter((o) => o.kind === 'ServiceMonitor');
+    expect(monitors.map((m) => m.metadata.name)).toEqual(['flb-bridge', 'flb-injector']);
+    for (const monitor of monitors) {
+      const spec = monitor.spec as { selector: { matchLabels: Record<string, string> }; endpoints: { port: string }[] };
+      const service = find(objects, 'Service', monitor.metadata.name);
+      expect(service.metadata.labels).toMatchObject(spec.selector.matchLabels);
+      expect((service.spec as { ports: { name: string }[] }).ports.map((p) => p.name)).toContain(spec.endpoints[0]!.port);
+      expect(monitor.metadata.labels).toMatchObject({ release: 'prometheus' });
+    }
+  });
+});
+
+describe('the flb-mesh chart on a real kube-apiserver', () => {
+  let plane: ControlPlane;
+  let helm: Helm;
+  let core: CoreV1Api;
+  let apps: AppsV1Api;
+  const scratch = mkdtempSync(join(tmpdir(), 'flb-chart-test-'));
+
+  beforeAll(async () => {
+    plane = await startControlPlane();
+    helm = new Helm(plane.kubeconfigPath);
+    core = plane.kubeConfig.makeApiClient(CoreV1Api);
+    apps = plane.kubeConfig.makeApiClient(AppsV1Api);
+  });
+  afterAll(async () => {
+    helm?.dispose();
+    await plane?.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  const kubectl = (args: string[], input?: string) =>
+    execa(testBinary('kubectl'), ['--kubeconfig', plane.kubeconfigPath, ...args], { reject: false, ...(input !== undefined ? { input } : {}) });
+
+  it('accepts every rendered object in a server-side dry run with strict field validation', async () => {
+    await core.createNamespace({ body: { metadata: { name: 'flomesh' } } });
+    const valueSets = [
+      {},
+      {
+        mesh: { interception: { mode: 'cni' }, dns: { domains: ['consul'] } },
+        image: { registry: 'registry.example.com', tag: '1.2.3', pullSecrets: ['pull'] },
+        vmCIDRs: ['10.20.0.0/16'],
+        repo: { persistence: { storageClassName: 'fast' }, tls: { extraDnsNames: ['repo.example.com'], extraIpAddresses: ['10.20.0.5'] } },
+        bridge: {
+          extraVolumes: [{ name: 'consul-token', secret: { secretName: 'consul-token' } }],
+          extraVolumeMounts: [{ name: 'consul-token', mountPath: '/etc/consul' }],
+        },
+        cni: { repair: 'label' },
+        webhook: { failurePolicy: 'Ignore' },
+      },
+    ];
+    for (const values of valueSets) {
+      const text = await helm.renderText(values);
+      const count = YAML.parseAllDocuments(text).filter((d) => d.toJS() !== null).length;
+      const applied = await kubectl(['apply', '--server-side', '--dry-run=server', '--validate=strict', '--field-manager=flb-chart-test', '-f', '-'], text);
+      expect({ values, exitCode: applied.exitCode, stderr: applied.stderr }).toEqual({ values, exitCode: 0, stderr: '' });
+      expect(applied.stdout.split('\n').filter((l) => l.endsWith('serverside-applied (server dry run)'))).toHaveLength(count);
+    }
+  });
+
+  it('installs, and upgrades with a bumped version and changed values keeping the repo claim, the selectors, the CA and the caBundle', async () => {
+    const install = await helm.run(['install', 'flb', CHART_DIR, '--namespace', 'flomesh', '--create-namespace']);
+    expect({ exitCode: install.exitCode, stderr: install.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    const before = await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' });
+    // The StatefulSet controller makes the claim with the pod, which waits for a node here.
+    const claim = await eventually('the repo volume claim', () => core.readNamespacedPersistentVolumeClaim({ name: 'data-flb-repo-0', namespace: 'flomesh' }));
+    const secretText = async (name: string, key: string) =>
+      Buffer.from((await core.readNamespacedSecret({ name, namespace: 'flomesh' })).data![key]!, 'base64').toString();
+    const caBefore = await secretText('flb-repo-ca', 'ca.crt');
+    const servingBefore = await secretText('flb-repo-tls', 'tls.crt');
+    // The running injector sets the caBundle; an upgrade must not take it away.
+    const admission = plane.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+    const bundle = Buffer.from(caBefore).toString('base64');
+    const config = await admission.readMutatingWebhookConfiguration({ name: 'flb-sidecar-injector' });
+    for (const webhook of config.webhooks ?? []) webhook.clientConfig.caBundle = bundle;
+    await admission.replaceMutatingWebhookConfiguration({ name: 'flb-sidecar-injector', body: config });
+
+    const bumped = join(scratch, 'flb-mesh');
+    cpSync(CHART_DIR, bumped, { recursive: true });
+    const chartFile = join(bumped, 'Chart.yaml');
+    writeFileSync(
+      chartFile,
+      readFileSync(chartFile, 'utf8')
+        .replace(/^version: .*$/m, 'version: 0.2.0')
+        .replace(/^appVersion: .*$/m, 'appVersion: "0.2.0"'),
+    );
+    const changed = {
+      bridge: { replicas: 3 },
+      injector: { replicas: 3 },
+      webhook: { timeoutSeconds: 5 },
+      repo: { resources: { requests: { cpu: '200m', memory: '256Mi' }, limits: { memory: '1Gi' } }, tls: { extraDnsNames: ['repo.example.com'] } },
+      mesh: { dns: { domains: ['consul'] } },
+    };
+    const upgrade = await helm.run(['upgrade', 'flb', bumped, '--namespace', 'flomesh', '-f', helm.valuesFile('changed', changed)]);
+    expect({ exitCode: upgrade.exitCode, stderr: upgrade.stderr }).toEqual({ exitCode: 0, stderr: '' });
+
+    const after = await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' });
+    const identity = (s: V1StatefulSet) => ({
+      uid: s.metadata?.uid,
+      selector: s.spec?.selector,
+      serviceName: s.spec?.serviceName,
+      claims: s.spec?.volumeClaimTemplates?.map((t) => ({ name: t.metadata?.name, labels: t.metadata?.labels, spec: t.spec })),
+    });
+    expect(identity(after)).toEqual(identity(before));
+    expect(after.spec?.template.spec?.containers[0]?.image).toBe('flomesh/flb-mesh-control-plane:0.2.0');
+    expect(after.spec?.template.spec?.containers[0]?.resources?.limits).toEqual({ memory: '1Gi' });
+    expect(after.metadata?.labels?.['helm.sh/chart']).toBe('flb-mesh-0.2.0');
+    const claimAfter = await core.readNamespacedPersistentVolumeClaim({ name: 'data-flb-repo-0', namespace: 'flomesh' });
+    expect(claimAfter.metadata?.uid).toBe(claim.metadata?.uid);
+    for (const name of ['flb-bridge', 'flb-injector']) {
+      expect((await apps.readNamespacedDeployment({ name, namespace: 'flomesh' })).spec?.replicas).toBe(3);
+    }
+
+    const upgraded = await admission.readMutatingWebhookConfiguration({ name: 'flb-sidecar-injector' });
+    expect(upgraded.webhooks?.map((w) => [w.timeoutSeconds, w.clientConfig.caBundle])).toEqual([
+      [5, bundle],
+      [5, bundle],
+    ]);
+    // The CA stays (sidecars trust it); the serving certificate is issued again for its new name.
+    expect(await secretText('flb-repo-ca', 'ca.crt')).toBe(caBefore);
+    const servingAfter = await secretText('flb-repo-tls', 'tls.crt');
+    expect(servingAfter).not.toBe(servingBefore);
+    expect(new X509Certificate(servingAfter).subjectAltName).toContain('DNS:repo.example.com');
+    expect(new X509Certificate(servingAfter).checkIssued(new X509Certificate(caBefore))).toBe(true);
+
+    // The same upgrade again issues nothing, so the repo is not restarted for nothing.
+    const again = await helm.run(['upgrade', 'flb', bumped, '--namespace', 'flomesh', '-f', helm.valuesFile('changed', changed)]);
+    expect(again.exitCode).toBe(0);
+    expect(await secretText('flb-repo-tls', 'tls.crt')).toBe(servingAfter);
+    const unchanged = await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' });
+    expect(unchanged.metadata?.generation).toBe(after.metadata?.generation);
+  });
+
+  it("refuses an upgrade that would change the repo's claim, naming the value, and changes nothing", async () => {
+    const before = await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' });
+    const history = await helm.run(['history', 'flb', '-n', 'flomesh', '-o', 'json']);
+    const upgrade = await helm.run(['upgrade', 'flb', CHART_DIR, '-n', 'flomesh', '--reuse-values', '--set', 'repo.persistence.size=5Gi']);
+    expect(upgrade.exitCode).toBe(1);
+    expect(upgrade.stderr).toContain("repo.persistence.size: the repo's volume claim template cannot change on an upgrade (it is 1Gi, the values say 5Gi)");
+    expect((await helm.run(['history', 'flb', '-n', 'flomesh', '-o', 'json'])).stdout).toBe(history.stdout);
+    expect((await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' })).metadata?.resourceVersion).toBe(before.metadata?.resourceVersion);
+  });
+
+  it('fails an install with a bad values file naming the field, creating nothing', async () => {
+    const bad = helm.valuesFile('bad-install', { webhook: { failurePolicy: 'Never' }, repo: { persistence: { accessModes: ['ReadOnlyMany'] } } });
+    const install = await helm.run(['install', 'flb2', CHART_DIR, '--namespace', 'flomesh-2', '--create-namespace', '-f', bad]);
+    expect(install.exitCode).toBe(1);
+    expect(install.stderr).toMatch(/\/webhook\/failurePolicy/);
+    expect(install.stderr).toMatch(/\/repo\/persistence\/accessModes\/0/);
+    const namespaces = await core.listNamespace();
+    expect(namespaces.items.map((n) => n.metadata?.name)).not.toContain('flomesh-2');
+  });
+});
