@@ -214,4 +214,28 @@ describe('the Consul source against a real Consul and the real control plane', (
     expect((await serviceFile('web.dc1.consul'))!.vips).toEqual(before.web!.vips);
     expect(repo.get('/flb/mesh')!.version).toBe(before.version);
   });
+
+  it('deletes nothing Consul registered when the bridge restarts while Consul is down', async () => {
+    await bridge!.settled();
+    const before = { version: repo.get('/flb/mesh')!.version, web: await serviceFile('web.dc1.consul') };
+    await bridge!.stop();
+    await consul.halt();
+    bridge = await startBridge({ config: config(), kubeConfig: plane.kubeConfig, log, identity: 'bridge-c' });
+    await eventually('the restarted bridge leading with its sinks', async () => {
+      const s = bridge!.status();
+      return s.leader && s.sinks.length > 0 && s.sources.find((x) => x.kind === 'kubernetes')!.state === 'synced' ? true : undefined;
+    });
+    // Rounds of the publisher go by; none may take away what the Consul source has not listed yet.
+    for (let i = 0; i < 5; i++) {
+      await bridge.settled();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(consulStatus()).toMatchObject({ state: 'starting', lastError: expect.stringMatching(/ECONNREFUSED/) });
+    expect(await serviceFile('web.dc1.consul')).toEqual(before.web);
+    expect(repo.get('/flb/mesh')!.version).toBe(before.version);
+    // Back, and empty (a dev agent keeps nothing): once it has listed, what it no longer has goes.
+    await consul.resume();
+    await eventually('the consul source synced', async () => (consulStatus().state === 'synced' ? true : undefined), 20_000);
+    await eventually('web.dc1.consul erased', async () => ((await serviceFile('web.dc1.consul')) === undefined ? true : undefined));
+  });
 });

@@ -46,6 +46,14 @@ export class Publisher {
   /** flb's repo takes a codebase's files and the publish in one request (the batch PATCH). */
   private batchSupported = false;
   private collectGarbage = false;
+  /**
+   * The mesh codebase's desired files are known whole: every source has listed (markComplete), or
+   * the caller gave the whole codebase (setMesh). Until then a file of the mesh codebase is erased
+   * only when the caller removed it by name, never because it is not desired: a restarted control
+   * plane whose registry source has not answered yet (Consul down) desires none of that registry's
+   * services, and erasing them would take them from every sidecar.
+   */
+  private meshWhole = false;
   private readonly adopted = new Set<string>();
   /** Counts for tests and metrics. */
   readonly stats: { filesWritten: number; publishes: number; failures: number; lastError?: string } = { filesWritten: 0, publishes: 0, failures: 0 };
@@ -53,6 +61,7 @@ export class Publisher {
   constructor(private readonly options: PublisherOptions) {}
 
   setMesh(files: Files): void {
+    this.meshWhole = true;
     this.desired.set(MESH_CODEBASE, new Map(files));
     this.dirty.set(MESH_CODEBASE, 'all');
     this.schedule();
@@ -90,6 +99,11 @@ export class Publisher {
    */
   markComplete(): void {
     this.collectGarbage = true;
+    if (!this.meshWhole) {
+      this.meshWhole = true;
+      // Mesh files held back until now (services of a source that had not listed) go in this round.
+      if (this.desired.has(MESH_CODEBASE)) this.dirty.set(MESH_CODEBASE, 'all');
+    }
     this.schedule();
   }
 
@@ -298,7 +312,8 @@ export class Publisher {
       if (known === undefined) return true;
       return known.content !== undefined ? known.content !== content : !hash(content).startsWith(known.hash!);
     });
-    const erases = (whole ? [...have.keys()] : [...dirty]).filter((path) => have.has(path) && !want.has(path));
+    const heldBack = codebase === MESH_CODEBASE && !this.meshWhole;
+    const erases = (heldBack ? (dirty === 'all' ? [] : [...dirty]) : whole ? [...have.keys()] : [...dirty]).filter((path) => have.has(path) && !want.has(path));
     if (writes.length === 0 && erases.length === 0) {
       this.adopted.delete(codebase);
       return;
