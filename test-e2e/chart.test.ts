@@ -265,6 +265,8 @@ describe('the flb-mesh chart', () => {
       sinks: [{ kind: 'repo', url: mesh.repo.url }],
       leaderElection: { namespace: 'flomesh', name: 'flb-bridge' },
     });
+    // The injector reads the same mesh settings the bridge publishes.
+    expect(podSpec(find(defaults, 'Deployment', 'flb-injector')).containers[0]!.args).toContain('--mesh-configmap=flomesh/flb-mesh');
     const secret = (name: string, key: string) => Buffer.from((find(defaults, 'Secret', name).data as Record<string, string>)[key]!, 'base64').toString();
     const ca = new X509Certificate(secret('flb-repo-ca', 'ca.crt'));
     const serving = new X509Certificate(secret('flb-repo-tls', 'tls.crt'));
