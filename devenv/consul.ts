@@ -2,8 +2,9 @@
 // setup.sh from test-e2e/servers/consul) on free loopback ports, with a small client for what the
 // tests do to it (register, flip a check, deregister). A dev agent is a server and keeps
 // everything in memory: stopped and started again, it is empty.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { testBinary } from './cache.js';
@@ -11,7 +12,7 @@ import { freePorts } from './controlplane.js';
 import { startReaper, startServer, type ServerProcess } from './processes.js';
 
 export interface ConsulAgent {
-  /** The HTTP API, e.g. http://127.0.0.1:41234 */
+  /** The HTTP API, e.g. http://127.0.0.1:41234 (https:// with `tls`) */
   readonly url: string;
   readonly datacenter: string;
   /** The node the agent registers itself as (services registered through it run there). */
@@ -32,6 +33,10 @@ export interface ConsulOptions {
   node?: string;
   /** Seconds to wait for the agent to elect itself and answer. */
   startTimeoutSeconds?: number;
+  /** HTTPS only, with this certificate (PEM); the API client trusts `caPem` and checks the certificate against `serverName`. */
+  tls?: { caPem: string; certPem: string; keyPem: string; serverName: string };
+  /** ACLs on, default deny, with this management token (the API client sends it). */
+  aclManagementToken?: string;
 }
 
 export async function startConsul(options: ConsulOptions = {}): Promise<ConsulAgent> {
@@ -41,7 +46,23 @@ export async function startConsul(options: ConsulOptions = {}): Promise<ConsulAg
   const dir = mkdtempSync(join(tmpdir(), 'flb-consul-'));
   const reaper = startReaper(dir);
   const [http, dns, serfLan, serfWan, server, grpc] = await freePorts(6);
-  const url = `http://127.0.0.1:${http}`;
+  const tls = options.tls;
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${http}`;
+  const file = (name: string, content: string) => {
+    const path = join(dir, name);
+    writeFileSync(path, content, { mode: 0o600 });
+    return path;
+  };
+  // A dev agent also opens gRPC over TLS on 8503 unless told not to: it must not take a fixed port.
+  const hcl = [tls ? `ports { grpc_tls = -1, http = -1, https = ${http} }` : 'ports { grpc_tls = -1 }'];
+  if (tls) {
+    const [ca, cert, key] = [file('ca.pem', tls.caPem), file('cert.pem', tls.certPem), file('key.pem', tls.keyPem)];
+    hcl.push(`tls { defaults { ca_file = "${ca}", cert_file = "${cert}", key_file = "${key}", verify_incoming = false } }`);
+  }
+  if (options.aclManagementToken) {
+    const token = options.aclManagementToken;
+    hcl.push(`acl { enabled = true, default_policy = "deny", tokens { initial_management = "${token}", agent = "${token}" } }`);
+  }
   const args = [
     'agent',
     '-dev',
@@ -49,40 +70,40 @@ export async function startConsul(options: ConsulOptions = {}): Promise<ConsulAg
     '-client=127.0.0.1',
     `-datacenter=${datacenter}`,
     `-node=${node}`,
-    `-http-port=${http}`,
+    ...(tls ? [] : [`-http-port=${http}`]),
     `-dns-port=${dns}`,
     `-serf-lan-port=${serfLan}`,
     `-serf-wan-port=${serfWan}`,
     `-server-port=${server}`,
     `-grpc-port=${grpc}`,
-    // A dev agent also opens gRPC over TLS on 8503 unless told not to: it must not take a fixed port.
-    '-hcl=ports { grpc_tls = -1 }',
+    ...hcl.map((h) => `-hcl=${h}`),
     '-log-level=warn',
   ];
+  const agent = tls ? new HttpsAgent({ ca: tls.caPem, servername: tls.serverName }) : undefined;
   let proc: ServerProcess | undefined;
   const api: ConsulAgent['api'] = (method, path, body) =>
     new Promise((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
-      const req = request(
-        new URL(path, url),
-        { method, timeout: 10_000, headers: payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {} },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let parsed: unknown = text;
-            try {
-              parsed = JSON.parse(text);
-            } catch {
-              // Plain text answers (errors, `true`) stay text.
-            }
-            const index = res.headers['x-consul-index'];
-            resolve({ status: res.statusCode ?? 0, body: parsed, ...(typeof index === 'string' ? { index } : {}) });
-          });
-          res.on('error', reject);
-        },
-      );
+      const headers: Record<string, string> = {
+        ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
+        ...(options.aclManagementToken ? { 'x-consul-token': options.aclManagementToken } : {}),
+      };
+      const req = (tls ? httpsRequest : httpRequest)(new URL(path, url), { method, timeout: 10_000, headers, ...(agent ? { agent } : {}) }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            // Plain text answers (errors, `true`) stay text.
+          }
+          const index = res.headers['x-consul-index'];
+          resolve({ status: res.statusCode ?? 0, body: parsed, ...(typeof index === 'string' ? { index } : {}) });
+        });
+        res.on('error', reject);
+      });
       req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer from Consul within 10 s`)));
       req.on('error', reject);
       req.end(payload);

@@ -3,12 +3,13 @@
 // through /v1/catalog/register, as external services are, so their checks change only when the
 // test says.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { API_VERSION, BridgeConfigSchema, type BridgeConfig, type Service } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
+import { createCertificateAuthority, issueCertificate } from '../common/pki.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
@@ -237,5 +238,63 @@ describe('the Consul source against a real Consul and the real control plane', (
     await consul.resume();
     await eventually('the consul source synced', async () => (consulStatus().state === 'synced' ? true : undefined), 20_000);
     await eventually('web.dc1.consul erased', async () => ((await serviceFile('web.dc1.consul')) === undefined ? true : undefined));
+  });
+
+  it('reads a Consul with ACLs over HTTPS: a refused token changes nothing, the right one in the token file is picked up', async () => {
+    const ca = createCertificateAuthority('flb-test-consul-ca');
+    // Only the name, not 127.0.0.1: the source must check the certificate against tls.serverName.
+    const cert = issueCertificate(ca, { commonName: 'server.dc2.consul', usage: 'server', dnsNames: ['server.dc2.consul'] });
+    const secure = await startConsul({
+      datacenter: 'dc2',
+      aclManagementToken: 'flb-test-management-token',
+      tls: { caPem: ca.certPem, certPem: cert.certPem, keyPem: cert.keyPem, serverName: 'server.dc2.consul' },
+    });
+    try {
+      const policy = await secure.api('PUT', '/v1/acl/policy', {
+        Name: 'flb-bridge',
+        Rules: 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\nagent_prefix "" { policy = "read" }',
+      });
+      expect(policy.status).toBe(200);
+      const token = await secure.api('PUT', '/v1/acl/token', { Description: 'flb bridge', Policies: [{ Name: 'flb-bridge' }] });
+      const secret = (token.body as { SecretID: string }).SecretID;
+      expect(
+        await secure.api('PUT', '/v1/catalog/register', { Node: 'vm-1', Address: '10.2.0.1', Service: { ID: 'pay-1', Service: 'pay', Port: 8443 } }),
+      ).toMatchObject({ status: 200 });
+      const tokenFile = join(dir, 'consul-token');
+      const caFile = join(dir, 'consul-ca.pem');
+      writeFileSync(tokenFile, 'not-the-token\n');
+      writeFileSync(caFile, ca.certPem);
+      await bridge?.stop();
+      const secureConfig = BridgeConfigSchema.parse({
+        ...config(),
+        sources: [
+          { kind: 'kubernetes' },
+          {
+            kind: 'consul',
+            address: secure.url,
+            tokenFile,
+            tls: { caFile, serverName: 'server.dc2.consul' },
+            waitSeconds: 2,
+            staleAfterSeconds: STALE_SECONDS,
+          },
+        ],
+      });
+      bridge = await startBridge({ config: secureConfig, kubeConfig: plane.kubeConfig, log, identity: 'bridge-d' });
+      const refused = await eventually('the token refused', async () =>
+        consulStatus().lastError?.includes('ACL token was refused') ? consulStatus() : undefined,
+      );
+      expect(refused.state).toBe('starting');
+      expect(await serviceFile('pay.dc2.consul')).toBeUndefined();
+      // The Secret is rotated: the file gets the right token; the source reads it again after a refusal.
+      writeFileSync(tokenFile, `${secret}\n`);
+      const pay = await eventually('pay.dc2.consul published', () => serviceFile('pay.dc2.consul'), 30_000);
+      expect(pay).toMatchObject({ registry: 'dc2', hostnames: ['pay.service.consul', 'pay.service.dc2.consul', 'pay.dc2.consul'] });
+      expect(pay.endpoints.map((e) => `${e.address}:${e.port}`)).toEqual(['10.2.0.1:8443']);
+      expect(consulStatus()).toMatchObject({ state: 'synced', address: `${secure.url} (dc2)` });
+    } finally {
+      await bridge?.stop();
+      bridge = undefined;
+      await secure.stop();
+    }
   });
 });
