@@ -28,6 +28,8 @@ export interface MeshComponentsOptions {
   mesh?: Partial<MeshInput>;
   /** FLB_LOG_LEVEL of the components. */
   logLevel?: string;
+  /** Bridge sources after the Kubernetes one (a Consul, a Eureka), as the BridgeConfig has them. */
+  registrySources?: Record<string, unknown>[];
   onProgress?: (message: string) => void;
 }
 
@@ -157,7 +159,7 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
         apiVersion: API_VERSION,
         kind: 'BridgeConfig',
         mesh: { configMap: { namespace: CONTROL_PLANE_NAMESPACE, name: MESH_CONFIGMAP } },
-        sources: [{ kind: 'kubernetes' }],
+        sources: [{ kind: 'kubernetes' }, ...(options.registrySources ?? [])],
         sinks: [{ kind: 'repo', url: repoUrl, tls: { caFile, ...controlPlaneCert } }],
         repoCaFile: caFile,
         leaderElection: { namespace: CONTROL_PLANE_NAMESPACE, leaseDurationSeconds: 6, renewDeadlineSeconds: 4, retryPeriodSeconds: 1 },

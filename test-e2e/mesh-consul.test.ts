@@ -1,0 +1,148 @@
+// A Consul service called by name from a pod, through its sidecar: the real Consul v1.16.1, the
+// real control plane, pods that run (node simulator), the repo, the bridge (with a Consul source)
+// and the injector as processes. The service's instances are two echo pods with no Kubernetes
+// Service: only Consul knows them, as it knows a VM's or another platform's instances.
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { createLogger } from '../common/log.js';
+import { startConsul, type ConsulAgent } from '../devenv/consul.js';
+import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
+import { startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
+import { DEMO_IMAGE } from '../devenv/node-simulator/images.js';
+import { eventually } from './harness/eventually.js';
+import { requireRoot } from './harness/netns.js';
+
+const NS = 'shop';
+const GRACE_SECONDS = 3;
+const log = createLogger('mesh-consul-test', 'silent');
+
+const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
+  metadata: { name },
+  spec: {
+    replicas,
+    selector: { matchLabels: { app: name } },
+    template: {
+      metadata: { labels: { app: name } },
+      spec: {
+        terminationGracePeriodSeconds: 5,
+        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
+      },
+    },
+  },
+});
+
+const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
+
+describe('a Consul service called by name from a pod through its sidecar', () => {
+  let env: DevEnvironment;
+  let consul: ConsulAgent;
+  let mesh: MeshComponents;
+  let core: CoreV1Api;
+
+  const pods = async (app: string) => (await core.listNamespacedPod({ namespace: NS, labelSelector: `app=${app}` })).items;
+  /** Calls each target 20 times from the client pod (its own fetch, through its sidecar): who answered, by target. */
+  const callFromClient = async (targets: string[]) => {
+    const client = (await pods('client')).find(isReady)!;
+    const script = `
+      const out = {};
+      for (const t of process.argv.slice(1)) {
+        out[t] = {};
+        for (let i = 0; i < 20; i++) {
+          const r = await fetch('http://' + t + '/', { signal: AbortSignal.timeout(3000) }).catch((e) => ({ ok: false, status: String(e.cause?.code ?? e.name) }));
+          const who = r.ok ? r.headers.get('x-served-by') : 'error ' + r.status;
+          out[t][who] = (out[t][who] ?? 0) + 1;
+        }
+      }
+      console.log(JSON.stringify(out));`;
+    const result = await env.simulator.exec(NS, client.metadata!.name!, 'client', ['node', '--input-type=module', '-e', script, ...targets], 90_000);
+    return JSON.parse(result.stdout) as Record<string, Record<string, number>>;
+  };
+  const registerPod = async (pod: V1Pod, status: string) => {
+    const name = pod.metadata!.name!;
+    const r = await consul.api('PUT', '/v1/catalog/register', {
+      Node: `node-${name}`,
+      Address: pod.status!.podIP!,
+      Service: { ID: `legacy-${name}`, Service: 'legacy', Port: 8080, Meta: { protocol: 'http' } },
+      Checks: [{ CheckID: `service:legacy-${name}`, Name: 'legacy health', Status: status, ServiceID: `legacy-${name}` }],
+    });
+    expect(r).toMatchObject({ status: 200, body: true });
+  };
+
+  beforeAll(async () => {
+    requireRoot('the mesh-with-Consul end-to-end test');
+    [env, consul] = await Promise.all([startDevEnvironment({ log, nodes: [{ name: 'mesh-a', zone: 'zone-a' }], backoffBaseMs: 1000 }), startConsul()]);
+    mesh = await startMeshComponents(env, {
+      registrySources: [{ kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: 20 }],
+    });
+    core = env.plane.kubeConfig.makeApiClient(CoreV1Api);
+    const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
+    await core.createNamespace({ body: { metadata: { name: NS, labels: { 'flomesh.io/inject': 'enabled' } } } });
+    await eventually('the default ServiceAccount', () => core.readNamespacedServiceAccount({ name: 'default', namespace: NS }));
+    await apps.createNamespacedDeployment({ namespace: NS, body: deployment('legacy', 2, ['echo'], { name: 'http', containerPort: 8080 }) });
+    // The client's own loop is not used here; it is a pod with a sidecar to call from.
+    await apps.createNamespacedDeployment({
+      namespace: NS,
+      body: deployment('client', 1, ['client', '--url', 'http://127.0.0.1:8081/healthz', '--interval-ms', '5000'], { name: 'stats', containerPort: 8081 }),
+    });
+    await eventually(
+      'three pods Ready',
+      async () => ((await pods('legacy')).filter(isReady).length === 2 && (await pods('client')).filter(isReady).length === 1 ? true : undefined),
+      120_000,
+    );
+  });
+  afterAll(async () => {
+    await mesh?.stop();
+    await env?.stop();
+    await consul?.stop();
+  });
+
+  it('reaches every instance by each of its names: <svc>.service.consul, <svc>.service.<dc>.consul, the catalog id', async () => {
+    for (const pod of await pods('legacy')) await registerPod(pod, 'passing');
+    const names = ['legacy.service.consul:8080', 'legacy.service.dc1.consul:8080', 'legacy.dc1.consul:8080'];
+    const instances = (await pods('legacy')).map((p) => p.metadata!.name!).sort();
+    // Until the sidecar holds the catalog file the name does not resolve; then every form spreads.
+    const spread = await eventually(
+      'calls by every name reaching both instances',
+      async () => {
+        const result = await callFromClient(names);
+        return names.every((n) => instances.every((i) => (result[n]![i] ?? 0) > 0)) ? result : undefined;
+      },
+      60_000,
+      1000,
+    );
+    for (const name of names) expect({ name, reached: Object.keys(spread[name]!).sort() }).toEqual({ name, reached: instances });
+  });
+
+  it('sends nothing to an instance whose Consul check turns critical', async () => {
+    const [down, up] = (await pods('legacy')).sort((a, b) => a.metadata!.name!.localeCompare(b.metadata!.name!));
+    await registerPod(down!, 'critical');
+    const result = await eventually(
+      `calls reaching only ${up!.metadata!.name}`,
+      async () => {
+        const r = await callFromClient(['legacy.service.consul:8080']);
+        return Object.keys(r['legacy.service.consul:8080']!).join() === up!.metadata!.name ? r : undefined;
+      },
+      30_000,
+      500,
+    );
+    expect(result['legacy.service.consul:8080']).toEqual({ [up!.metadata!.name!]: 20 });
+  });
+
+  it('stops resolving the name after the grace once the service is deregistered', async () => {
+    for (const pod of await pods('legacy')) {
+      expect(await consul.api('PUT', '/v1/catalog/deregister', { Node: `node-${pod.metadata!.name}` })).toMatchObject({ status: 200 });
+    }
+    const client = (await pods('client')).find(isReady)!;
+    await eventually(
+      'legacy.service.consul no longer resolving in the pod',
+      async () => {
+        const r = await env.simulator
+          .exec(NS, client.metadata!.name!, 'client', ['getent', 'hosts', 'legacy.service.consul'])
+          .catch((e: unknown) => e as { exitCode?: number });
+        return (r as { exitCode?: number }).exitCode === 2 ? true : undefined;
+      },
+      30_000,
+      500,
+    );
+  });
+});
