@@ -7,13 +7,14 @@ import { AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
-import { startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
+import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
 import { DEMO_IMAGE } from '../devenv/node-simulator/images.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
 
 const NS = 'shop';
 const GRACE_SECONDS = 3;
+const STALE_SECONDS = 10;
 const log = createLogger('mesh-consul-test', 'silent');
 
 const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
@@ -72,7 +73,7 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
     requireRoot('the mesh-with-Consul end-to-end test');
     [env, consul] = await Promise.all([startDevEnvironment({ log, nodes: [{ name: 'mesh-a', zone: 'zone-a' }], backoffBaseMs: 1000 }), startConsul()]);
     mesh = await startMeshComponents(env, {
-      registrySources: [{ kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: 20 }],
+      registrySources: [{ kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: STALE_SECONDS }],
     });
     core = env.plane.kubeConfig.makeApiClient(CoreV1Api);
     const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
@@ -126,6 +127,24 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
       500,
     );
     expect(result['legacy.service.consul:8080']).toEqual({ [up!.metadata!.name!]: 20 });
+  });
+
+  it('keeps routing to the last known instances while Consul is away', async () => {
+    const [, up] = (await pods('legacy')).sort((a, b) => a.metadata!.name!.localeCompare(b.metadata!.name!));
+    await consul.halt();
+    const consulSource = async () => {
+      const status = await getJson<{ sources: { kind: string; state: string }[] }>(`${mesh.bridgeAdminUrls[0]}/status`);
+      return status?.sources.find((x) => x.kind === 'consul');
+    };
+    await eventually('the bridge reporting Consul stale', async () => ((await consulSource())?.state === 'stale' ? true : undefined), 60_000, 1000);
+    expect((await callFromClient(['legacy.service.consul:8080']))['legacy.service.consul:8080']).toEqual({ [up!.metadata!.name!]: 20 });
+    // Back (empty: a dev agent keeps nothing) and registered again as it was.
+    await consul.resume();
+    const [down] = (await pods('legacy')).sort((a, b) => a.metadata!.name!.localeCompare(b.metadata!.name!));
+    await registerPod(down!, 'critical');
+    await registerPod(up!, 'passing');
+    await eventually('the bridge reporting Consul synced', async () => ((await consulSource())?.state === 'synced' ? true : undefined), 30_000, 500);
+    expect((await callFromClient(['legacy.service.consul:8080']))['legacy.service.consul:8080']).toEqual({ [up!.metadata!.name!]: 20 });
   });
 
   it('stops resolving the name after the grace once the service is deregistered', async () => {
