@@ -5,6 +5,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { CoreV1Api, ListWatch, Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../../common/log.js';
+import { KeepAliveKubeConfig } from '../keep-alive-kubeconfig.js';
 import type { PodNetwork } from '../pod-network.js';
 import { ClusterDns } from './cluster-dns.js';
 import { SimulatedNode } from './node.js';
@@ -35,6 +36,8 @@ export const DEFAULT_NODES: NodeSpec[] = [{ name: 'flb-node-a', zone: 'zone-a', 
 const ALLOCATABLE = { cpu: '2', memory: '8Gi', pods: '110' };
 
 export class NodeSimulator {
+  /** API calls over kept-alive connections: a pod start makes a few dozen. */
+  private readonly kubeConfig: KeepAliveKubeConfig;
   private readonly core: CoreV1Api;
   private readonly nodes: SimulatedNode[];
   private readonly workers = new Map<string, PodWorker>();
@@ -49,11 +52,12 @@ export class NodeSimulator {
   private stopped = false;
 
   private constructor(private readonly options: NodeSimulatorOptions) {
-    this.core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.kubeConfig = KeepAliveKubeConfig.from(options.kubeConfig);
+    this.core = this.kubeConfig.makeApiClient(CoreV1Api);
     this.nodes = (options.nodes ?? DEFAULT_NODES).map(
       (spec) =>
         new SimulatedNode(
-          options.kubeConfig,
+          this.kubeConfig,
           {
             name: spec.name,
             zone: spec.zone,
@@ -253,5 +257,6 @@ export class NodeSimulator {
     await this.dns?.stop();
     for (const socket of this.relayed) socket.destroy();
     await new Promise<void>((resolve) => (this.relay ? this.relay.close(() => resolve()) : resolve()));
+    this.kubeConfig.destroy();
   }
 }
