@@ -95,6 +95,13 @@ export class ConsulClient {
     const limit = this.config.maxResponseBytes;
     const where = `${url.pathname}${url.search}`;
     return new Promise((resolve, reject) => {
+      // Settled once: a refused answer is abandoned mid-stream, and whatever its sockets say after is moot.
+      let done = false;
+      const fail = (error: Error) => {
+        if (done) return;
+        done = true;
+        reject(error instanceof ConsulError ? error : new ConsulError(`GET ${where}: ${error.message}`));
+      };
       const req = (this.base.protocol === 'https:' ? httpsRequest : httpRequest)(
         url,
         {
@@ -106,38 +113,42 @@ export class ConsulClient {
           const chunks: Buffer[] = [];
           let size = 0;
           res.on('data', (chunk: Buffer) => {
+            if (done) return;
             size += chunk.length;
             if (size > limit) {
-              req.destroy(new ConsulError(`GET ${where}: the answer passed maxResponseBytes (${limit} bytes); refused`));
+              fail(new ConsulError(`GET ${where}: the answer passed maxResponseBytes (${limit} bytes); refused`));
+              res.destroy();
               return;
             }
             chunks.push(chunk);
           });
-          res.on('error', reject);
+          res.on('error', fail);
           res.on('end', () => {
+            if (done) return;
             const text = Buffer.concat(chunks).toString('utf8');
             const status = res.statusCode ?? 0;
             if (status !== 200) {
               const what = status === 403 ? 'the ACL token was refused' : `answered ${status}`;
-              reject(new ConsulError(`GET ${where}: ${what}: ${text.trim().slice(0, 200)}`, status));
+              fail(new ConsulError(`GET ${where}: ${what}: ${text.trim().slice(0, 200)}`, status));
               return;
             }
             let body: unknown;
             try {
               body = JSON.parse(text);
             } catch (error) {
-              reject(new ConsulError(`GET ${where}: not JSON (${(error as Error).message}, ${size} bytes)`));
+              fail(new ConsulError(`GET ${where}: not JSON (${(error as Error).message}, ${size} bytes)`));
               return;
             }
             const header = res.headers['x-consul-index'];
             let index: bigint | undefined;
             if (typeof header === 'string' && /^\d{1,20}$/.test(header)) index = BigInt(header);
+            done = true;
             resolve(index === undefined ? { body } : { index, body });
           });
         },
       );
       req.setTimeout(timeoutMs, () => req.destroy(new ConsulError(`GET ${where}: no answer within ${Math.round(timeoutMs / 1000)} s`)));
-      req.on('error', (error) => reject(error instanceof ConsulError ? error : new ConsulError(`GET ${where}: ${error.message}`)));
+      req.on('error', fail);
       req.end();
     });
   }

@@ -1,0 +1,221 @@
+// The Consul source against answers a real Consul would not give (the real one is in
+// test-e2e/bridge-consul.test.ts): a stand-in HTTP server that holds blocking queries as Consul
+// does and answers what each test sets, garbage and all.
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ConsulSourceSchema, type Service } from '../../../common/contract/index.js';
+import { createLogger } from '../../../common/log.js';
+import type { CatalogUpdates } from '../../core/types.js';
+import { ConsulSource } from './source.js';
+
+const log = createLogger('consul-source-test', process.env.FLB_TEST_LOG === '1' ? 'debug' : 'silent');
+
+interface Instance {
+  node: string;
+  address: string;
+  port: number;
+  status?: string;
+  /** The raft index its check last changed at (Consul keeps one per check). */
+  modifyIndex?: number;
+}
+
+/** A Consul stand-in: services, their instances and one check each; `index` moves on every change. */
+class FakeConsul {
+  index = 10;
+  readonly services = new Map<string, Instance[]>();
+  /** Raw bodies that replace the answer of a path (garbage, huge). */
+  readonly override = new Map<string, string>();
+  /** X-Consul-Index sent instead of the real one (an index that went backwards, or 0). */
+  forcedIndex?: number;
+  readonly queries: string[] = [];
+  private waiting: (() => void)[] = [];
+  private server?: Server;
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  change(apply: () => void): void {
+    apply();
+    this.index++;
+    for (const wake of this.waiting.splice(0)) wake();
+  }
+
+  setStatus(service: string, i: number, status: string): void {
+    this.change(() => Object.assign(this.services.get(service)![i]!, { status, modifyIndex: this.index + 1 }));
+  }
+
+  async stop(): Promise<void> {
+    for (const wake of this.waiting.splice(0)) wake();
+    this.server?.closeAllConnections();
+    await new Promise((resolve) => this.server?.close(resolve));
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url!, 'http://x');
+    this.queries.push(`${url.pathname}${url.search}`);
+    const asked = Number(url.searchParams.get('index') ?? 0);
+    if (asked > 0 && asked >= this.index) {
+      await new Promise<void>((resolve) => {
+        this.waiting.push(resolve);
+        setTimeout(resolve, Number.parseInt(url.searchParams.get('wait') ?? '1', 10) * 1000);
+      });
+    }
+    const send = (body: unknown) => {
+      const raw = this.override.get(url.pathname) ?? JSON.stringify(body);
+      res.writeHead(200, { 'content-type': 'application/json', 'x-consul-index': String(this.forcedIndex ?? this.index) }).end(raw);
+    };
+    if (url.pathname === '/v1/catalog/services') return send(Object.fromEntries([...this.services.keys()].map((s) => [s, []])));
+    if (url.pathname === '/v1/health/state/any') {
+      return send(
+        [...this.services].flatMap(([name, instances]) =>
+          instances.map((i) => ({
+            Node: i.node,
+            CheckID: `service:${name}-${i.node}`,
+            Status: i.status ?? 'passing',
+            ServiceName: name,
+            ModifyIndex: i.modifyIndex ?? 1,
+          })),
+        ),
+      );
+    }
+    const service = decodeURIComponent(url.pathname.slice('/v1/health/service/'.length));
+    return send(
+      (this.services.get(service) ?? []).map((i) => ({
+        Node: { Node: i.node, Address: i.address },
+        Service: { ID: `${service}-${i.node}`, Service: service, Address: '', Port: i.port },
+        Checks: [{ CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing' }],
+      })),
+    );
+  }
+}
+
+class Recorder implements CatalogUpdates {
+  readonly services = new Map<string, Service>();
+  syncs = 0;
+  upsertService(_source: string, service: Service) {
+    this.services.set(service.id, service);
+  }
+  removeService(_source: string, id: string) {
+    this.services.delete(id);
+  }
+  upsertSidecar() {}
+  removeSidecar() {}
+  synced() {
+    this.syncs++;
+  }
+}
+
+const until = async <T>(what: string, probe: () => T | undefined, timeoutMs = 5000): Promise<T> => {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+describe('the Consul source', () => {
+  let fake: FakeConsul;
+  let source: ConsulSource | undefined;
+  afterEach(async () => {
+    await source?.stop();
+    await fake.stop();
+  });
+
+  const start = async (extra: Record<string, unknown> = {}) => {
+    fake = new FakeConsul();
+    fake.services.set('web', [
+      { node: 'n1', address: '10.0.0.1', port: 8080 },
+      { node: 'n2', address: '10.0.0.2', port: 8080 },
+    ]);
+    fake.services.set('api', [{ node: 'n3', address: '10.0.0.3', port: 9000 }]);
+    const address = await fake.start();
+    const config = ConsulSourceSchema.parse({
+      kind: 'consul',
+      address,
+      datacenter: 'dc1',
+      waitSeconds: 1,
+      staleAfterSeconds: 5,
+      minQueryIntervalMs: 10,
+      ...extra,
+    });
+    source = new ConsulSource({ config, log });
+    const updates = new Recorder();
+    source.start(updates);
+    await until('the first sync', () => (updates.syncs === 1 ? true : undefined));
+    return updates;
+  };
+  const endpointsOf = (updates: Recorder, id: string) => updates.services.get(id)?.endpoints.map((e) => `${e.address}${e.healthy ? '' : ' unhealthy'}`);
+
+  it('lists every service once, then follows a check change in one service', async () => {
+    const updates = await start();
+    expect([...updates.services.keys()].sort()).toEqual(['api.dc1.consul', 'web.dc1.consul']);
+    const fetchesBefore = fake.queries.filter((q) => q.startsWith('/v1/health/service/')).length;
+    fake.setStatus('web', 1, 'critical');
+    await until('web-2 unhealthy', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.2 unhealthy') ? true : undefined));
+    // Only the service whose check moved was fetched again.
+    const fetched = fake.queries.filter((q) => q.startsWith('/v1/health/service/')).slice(fetchesBefore);
+    expect(fetched.map((q) => q.split('?')[0])).toEqual(['/v1/health/service/web']);
+    expect(source!.status()).toMatchObject({ state: 'synced', services: 2, endpoints: 3, errors: 0 });
+  });
+
+  it('keeps the last good state of a service whose answer is garbage, huge or cut, and of the rest', async () => {
+    const updates = await start({ maxResponseBytes: 4096 });
+    const before = updates.services.get('web.dc1.consul');
+    for (const body of ['<html>oops</html>', `[${'{"Node":{},"Service":{}},'.repeat(400)}{}]`, '[{"Node":{"Node":"n1","Addr']) {
+      fake.override.set('/v1/health/service/web', body);
+      const errors = source!.status().errors;
+      fake.setStatus('web', 0, fake.services.get('web')![0]!.status === 'warning' ? 'passing' : 'warning');
+      await until('the refused answer counted', () => (source!.status().errors > errors ? true : undefined));
+      expect(source!.status().lastError).toMatch(/fetching service web: GET \/v1\/health\/service\/web\?dc=dc1: (not JSON|the answer passed maxResponseBytes)/);
+      expect(updates.services.get('web.dc1.consul')).toEqual(before);
+    }
+    // Good again: the retry picks it up.
+    fake.override.delete('/v1/health/service/web');
+    await until('web updated', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.1 unhealthy') ? true : undefined));
+    expect(updates.services.has('api.dc1.consul')).toBe(true);
+  });
+
+  it('removes nothing when the service list is garbage', async () => {
+    const updates = await start();
+    fake.override.set('/v1/catalog/services', '"not a list"');
+    const errors = source!.status().errors;
+    fake.change(() => fake.services.delete('api'));
+    await until('the refused list counted', () => (source!.status().errors > errors ? true : undefined));
+    expect([...updates.services.keys()].sort()).toEqual(['api.dc1.consul', 'web.dc1.consul']);
+  });
+
+  it('takes an answer whose index went backwards whole, and never sends an index below 1', async () => {
+    const updates = await start();
+    // A restored snapshot: the index drops from 11 to 3; the next change must still be seen.
+    fake.forcedIndex = 3;
+    fake.change(() => fake.services.set('new', [{ node: 'n9', address: '10.0.0.9', port: 7000 }]));
+    await until('new.dc1.consul after the reset', () => updates.services.get('new.dc1.consul'));
+    fake.forcedIndex = 0;
+    fake.change(() => fake.services.get('new')!.push({ node: 'n8', address: '10.0.0.8', port: 7000 }));
+    await until('a query with index=1', () => (fake.queries.some((q) => q.includes('index=1&') || q.endsWith('index=1')) ? true : undefined));
+    expect(fake.queries.some((q) => /[?&]index=0(&|$)/.test(q))).toBe(false);
+  });
+
+  it('gives names that make one DNS label distinct ids by rule, and the plain one back when its holder goes', async () => {
+    const updates = await start({ removeAfterSeconds: 0 });
+    fake.change(() => {
+      fake.services.set('Web_API', [{ node: 'n4', address: '10.0.0.4', port: 80 }]);
+      fake.services.set('web-api', [{ node: 'n5', address: '10.0.0.5', port: 80 }]);
+    });
+    await until('both published', () => (updates.services.size === 4 ? true : undefined));
+    expect(updates.services.get('web-api.dc1.consul')!.name).toBe('web-api');
+    const other = [...updates.services.values()].find((s) => s.name === 'Web_API')!;
+    expect(other.id).toMatch(/^web-api-[0-9a-f]{6}\.dc1\.consul$/);
+    expect(other.hostnames[0]).toMatch(/^web-api-[0-9a-f]{6}\.service\.consul$/);
+    // The holder goes: the other takes the plain label, under the plain id.
+    fake.change(() => fake.services.delete('web-api'));
+    await until('Web_API moved to the plain label', () => (updates.services.get('web-api.dc1.consul')?.name === 'Web_API' ? true : undefined), 8000);
+    expect(updates.services.has(other.id)).toBe(false);
+  });
+});
