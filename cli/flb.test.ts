@@ -14,7 +14,7 @@ const runWith = (env: Record<string, string>, ...args: string[]) => {
 };
 const run = (...args: string[]) => runWith({}, ...args);
 
-const NOT_BUILT = ['bpf', 'bgp', 'vm'];
+const NOT_BUILT = ['bpf', 'vm'];
 
 describe('flb CLI', () => {
   it('lists every subcommand in --help, on stdout, exit 0', () => {
@@ -33,10 +33,16 @@ describe('flb CLI', () => {
   });
 
   it('says which issue builds a subcommand that is not built yet, exit 2', () => {
-    const { code, stdout, stderr } = run('bgp');
+    const { code, stdout, stderr } = run('vm');
     expect(code).toBe(2);
     expect(stdout).toBe('');
-    expect(stderr).toContain("'flb bgp' is not built yet (the BGP announcer");
+    expect(stderr).toContain("'flb vm' is not built yet (the VM installer");
+  });
+
+  it('flb bgp without --config says what it needs, exit 2', () => {
+    const { code, stderr } = run('bgp');
+    expect(code).toBe(2);
+    expect(stderr).toContain("flb bgp needs --config FILE (or 'flb bgp status')");
   });
 
   it.each(NOT_BUILT)('flb %s --help says it is not built yet, and so does the list in flb --help', (sub) => {

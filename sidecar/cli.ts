@@ -5,9 +5,9 @@
  * main.ts), else from runner.js.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { notBuiltYet } from '../common/cli.js';
 import { DEFAULT_PORTS, type SidecarPorts } from '../common/contract/mesh.js';
 import { parseDuration } from '../common/duration.js';
+import { bgpCommand } from './bgp/cli.js';
 import { PORT_FLAGS } from './port-flags.js';
 import type * as Runner from './runner.js';
 
@@ -121,11 +121,5 @@ export function sidecarCommands(load: () => Promise<SidecarRunner> = loadRunner)
       await (await load()).waitForReady({ adminPort, timeoutMs: o.timeout });
     });
 
-  return [
-    sidecar,
-    notBuiltYet(
-      new Command('bgp').summary('announce VIPs of healthy local processes over BGP').description('The sidecar-mode BGP announcer, usable on its own.'),
-      'the BGP announcer, a later issue',
-    ),
-  ];
+  return [sidecar, bgpCommand()];
 }

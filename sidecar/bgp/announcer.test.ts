@@ -1,0 +1,151 @@
+// The announcer as `flb bgp` runs it: the contract's BGP section, a real app behind a health check,
+// a fake router on loopback (testing/fake-peer.ts).
+import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { BgpSchema } from '../../common/contract/sidecar.js';
+import { Announcer } from './announcer.js';
+import { loadBgpConfig, startBgp } from './runner.js';
+import { fetchBgpStatus, renderBgpStatus } from './status.js';
+import { FakePeer } from './testing/fake-peer.js';
+import { communityText, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
+
+const log = pino({ level: 'silent' });
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const updates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update' && endOfRib(m) === undefined);
+function rib(received: ReceivedMessage[]): string[] {
+  const held = new Set<string>();
+  for (const update of updates(received)) {
+    const { announced, withdrawn } = routesOf(update);
+    for (const p of withdrawn) held.delete(prefixText(p));
+    for (const p of announced) held.add(prefixText(p));
+  }
+  return [...held].sort();
+}
+
+async function app(port = 0): Promise<Server> {
+  const server = createServer((s) => s.destroy());
+  server.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  return server;
+}
+
+async function setUp(drainSeconds = 0) {
+  const peer = await FakePeer.start({ as: 65000 });
+  cleanups.push(() => peer.close());
+  const appServer = await app();
+  const appPort = (appServer.address() as { port: number }).port;
+  cleanups.push(() => new Promise((r) => appServer.close(r)));
+  const config = BgpSchema.parse({
+    localAs: 65001,
+    routerId: '192.0.2.1',
+    connectRetrySeconds: 1,
+    drainSeconds,
+    peers: [{ address: '127.0.0.1', port: peer.port, remoteAs: 65000 }],
+    vips: [
+      {
+        prefix: '198.51.100.10/32',
+        communities: ['65001:100'],
+        healthCheck: { protocol: 'tcp', port: appPort, intervalMs: 200, timeoutMs: 100, healthyThreshold: 2, unhealthyThreshold: 3 },
+      },
+    ],
+  });
+  const announcer = new Announcer(config, log);
+  cleanups.push(() => announcer.stop());
+  return { peer, appServer, appPort, announcer };
+}
+
+describe('health-gated VIPs', () => {
+  it('announces a VIP once its app passes, withdraws it within the fall budget when the app dies, and announces it again on recovery', async () => {
+    const { peer, appServer, appPort, announcer } = await setUp();
+    announcer.start();
+    await peer.until('the VIP', (r) => (rib(r).join() === '198.51.100.10/32' ? true : undefined));
+    expect(announcer.status().vips).toEqual([expect.objectContaining({ prefix: '198.51.100.10/32', healthy: true, announced: true })]);
+    await new Promise((r) => appServer.close(r));
+    const died = Date.now();
+    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    const withdrawMs = Date.now() - died;
+    // 200 ms interval, 3 failures: at most 600 ms, plus the check that was under way
+    expect(withdrawMs).toBeLessThan(900);
+    const again = await app(appPort);
+    cleanups.push(() => new Promise((r) => again.close(r)));
+    await peer.until('the VIP again', (r) => (rib(r).length === 1 ? true : undefined));
+    expect(peer.connections).toBe(1);
+    expect(announcer.status().peers[0]!.state).toBe('Established');
+  });
+
+  it('drains on stop: GRACEFUL_SHUTDOWN first, the withdrawal after drainSeconds, then Cease', async () => {
+    const { peer, announcer } = await setUp(1);
+    announcer.start();
+    await peer.until('the VIP', (r) => (rib(r).length === 1 ? true : undefined));
+    const before = updates(peer.received).length;
+    const started = Date.now();
+    const drained = announcer.drain();
+    const graceful = await peer.until('GRACEFUL_SHUTDOWN', (r) =>
+      updates(r)
+        .slice(before)
+        .find((u) => u.attributes.communities?.length === 2),
+    );
+    expect(graceful.attributes.communities!.map(communityText)).toEqual(['65001:100', '65535:0']);
+    expect(rib(peer.received)).toEqual(['198.51.100.10/32']);
+    await drained;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(rib(peer.received)).toEqual([]);
+    expect(await peer.until('Cease', (r) => r.find((m) => m.type === 'notification'))).toMatchObject({ code: 6, subcode: 2 });
+  });
+});
+
+describe('flb bgp', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'flb-bgp-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+
+  it('refuses a configuration naming each bad field, and a TCP MD5 password it cannot honour', () => {
+    const bad = file(
+      'bad.yaml',
+      'localAs: 70000000000\nrouterId: 192.0.2.1\npeers:\n  - address: 10.0.0.300\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/33\n    healthCheck: { protocol: tcp, port: 8080 }\n',
+    );
+    expect(() => loadBgpConfig(bad)).toThrow(
+      `invalid ${bad}: localAs: must be an AS number, 1-4294967295; peers[0].address: must be an IPv4 or IPv6 address; vips[0].prefix: must be a CIDR such as 10.0.0.0/8 or fd00::/8`,
+    );
+    const md5 = file(
+      'md5.json',
+      JSON.stringify({ localAs: 65001, routerId: '192.0.2.1', peers: [{ address: '10.0.0.1', remoteAs: 65000, passwordRef: 'bgp-secret' }], vips: [] }),
+    );
+    expect(() => loadBgpConfig(md5)).toThrow(`invalid ${md5}: peers[0].passwordRef: TCP MD5 (RFC 2385) is not built yet`);
+    expect(() => loadBgpConfig(join(dir, 'missing.yaml'))).toThrow(/cannot read the BGP configuration/);
+    expect(() => loadBgpConfig(file('broken.yaml', 'peers: [\n'))).toThrow(/is not YAML or JSON/);
+  });
+
+  it('serves its status (peers and VIPs with their health) for flb bgp status', async () => {
+    const peer = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => peer.close());
+    const config = loadBgpConfig(
+      file(
+        'ok.yaml',
+        `localAs: 65001\nrouterId: 192.0.2.1\ndrainSeconds: 0\npeers:\n  - address: 127.0.0.1\n    port: ${peer.port}\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/32\n    healthCheck: { protocol: tcp, port: 1, intervalMs: 100 }\n`,
+      ),
+    );
+    const running = await startBgp(config, { host: '127.0.0.1', port: 0 }, log);
+    cleanups.push(() => running.stop());
+    const url = `http://127.0.0.1:${(running.admin.address() as { port: number }).port}`;
+    await peer.until('established', () => (running.announcer.status().peers[0]!.state === 'Established' ? true : undefined));
+    await peer.until('a failed check', () => (running.announcer.status().vips[0]!.lastResult ? true : undefined));
+    const status = await fetchBgpStatus(url);
+    const text = renderBgpStatus(status);
+    expect(text).toMatch(new RegExp(`^127\\.0\\.0\\.1:${peer.port}\\s+65000\\s+Established\\s+\\d+s\\s+ipv4-unicast,ipv6-unicast\\s+0\\s+0`, 'm'));
+    expect(text).toMatch(/^198\.51\.100\.10\/32\s+unhealthy \(\d+ in a row\)\s+no\s+ECONNREFUSED, \d+s ago/m);
+    await expect(fetchBgpStatus('http://127.0.0.1:1')).rejects.toThrow(/cannot reach the BGP announcer at http:\/\/127.0.0.1:1/);
+  });
+});

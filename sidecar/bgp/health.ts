@@ -1,0 +1,124 @@
+// The local check that gates a VIP: a TCP connect or an HTTP GET to the process that serves it,
+// every interval, with rise and fall thresholds (healthyThreshold successes in a row to become
+// healthy, unhealthyThreshold failures to become unhealthy). A VIP starts unhealthy: nothing is
+// announced for a process that has not answered yet.
+import { EventEmitter } from 'node:events';
+import { request } from 'node:http';
+import { connect } from 'node:net';
+
+export interface HealthCheck {
+  protocol: 'tcp' | 'http';
+  address: string;
+  port: number;
+  path?: string;
+  /** http: the one status that means healthy; unset, any 2xx or 3xx. */
+  expectedStatus?: number;
+  intervalMs: number;
+  timeoutMs: number;
+  healthyThreshold: number;
+  unhealthyThreshold: number;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  /** "connected", "HTTP 200", "ECONNREFUSED", "timed out after 1000 ms", ... */
+  detail: string;
+}
+
+export function probe(check: HealthCheck): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (result: ProbeResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(result);
+    };
+    const timer = setTimeout(() => {
+      done({ ok: false, detail: `timed out after ${check.timeoutMs} ms` });
+      socketOrRequest.destroy();
+    }, check.timeoutMs);
+    const failed = (error: NodeJS.ErrnoException) => done({ ok: false, detail: error.code ?? error.message });
+    let socketOrRequest: { destroy(): void };
+    if (check.protocol === 'tcp') {
+      const socket = connect({ host: check.address, port: check.port }, () => {
+        done({ ok: true, detail: 'connected' });
+        socket.destroy();
+      });
+      socket.on('error', failed);
+      socketOrRequest = socket;
+    } else {
+      const req = request(
+        { host: check.address, port: check.port, path: check.path ?? '/', method: 'GET', agent: false, headers: { 'user-agent': 'flb-bgp-health' } },
+        (res) => {
+          res.resume();
+          const status = res.statusCode ?? 0;
+          const ok = check.expectedStatus !== undefined ? status === check.expectedStatus : status >= 200 && status < 400;
+          done({ ok, detail: `HTTP ${status}` });
+          req.destroy();
+        },
+      );
+      req.on('error', failed);
+      req.end();
+      socketOrRequest = req;
+    }
+  });
+}
+
+export interface GateStatus {
+  healthy: boolean;
+  /** Successes (when last ok) or failures in a row. */
+  streak: number;
+  lastResult?: ProbeResult & { at: number };
+}
+
+/** Events: 'change' (healthy: boolean, result: ProbeResult). */
+export class HealthGate extends EventEmitter {
+  healthy = false;
+  private streak = 0;
+  private lastOk: boolean | undefined;
+  private last: (ProbeResult & { at: number }) | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+
+  constructor(readonly check: HealthCheck) {
+    super();
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    void this.tick();
+  }
+
+  stop(): void {
+    this.running = false;
+    clearTimeout(this.timer);
+  }
+
+  status(): GateStatus {
+    return { healthy: this.healthy, streak: this.streak, ...(this.last ? { lastResult: this.last } : {}) };
+  }
+
+  private async tick(): Promise<void> {
+    const started = Date.now();
+    const result = await probe(this.check);
+    if (!this.running) return;
+    this.record(result);
+    // The next check an interval after this one began, so a slow probe does not stretch the period.
+    this.timer = setTimeout(() => void this.tick(), Math.max(0, this.check.intervalMs - (Date.now() - started)));
+  }
+
+  private record(result: ProbeResult): void {
+    this.last = { ...result, at: Date.now() };
+    this.streak = result.ok === this.lastOk ? this.streak + 1 : 1;
+    this.lastOk = result.ok;
+    if (!this.healthy && result.ok && this.streak >= this.check.healthyThreshold) {
+      this.healthy = true;
+      this.emit('change', true, result);
+    } else if (this.healthy && !result.ok && this.streak >= this.check.unhealthyThreshold) {
+      this.healthy = false;
+      this.emit('change', false, result);
+    }
+  }
+}

@@ -1,0 +1,72 @@
+// `flb bgp --config FILE`: the announcer on its own, for hosts without a sidecar. Reads the BGP
+// section of the contract from a YAML or JSON file (refused at start, naming each bad field),
+// serves its status on the admin address (GET /status, JSON; `flb bgp status` reads it), and on
+// SIGTERM or Ctrl-C drains (announcer.ts) before it exits.
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { Logger } from 'pino';
+import { parse as parseYaml } from 'yaml';
+import { BgpSchema } from '../../common/contract/sidecar.js';
+import { ContractError, parseDocument } from '../../common/contract/validate.js';
+import { ActionableError, formatAddress, listenError } from '../../common/errors.js';
+import { Announcer, type BgpConfig } from './announcer.js';
+
+export function loadBgpConfig(file: string): BgpConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ActionableError(
+      `cannot read the BGP configuration ${file}: ${(error as Error).message}`,
+      'give --config the path of a YAML or JSON file holding the BGP section',
+    );
+  }
+  let data: unknown;
+  try {
+    data = parseYaml(text);
+  } catch (error) {
+    throw new ActionableError(`${file} is not YAML or JSON: ${(error as Error).message}`);
+  }
+  const config = parseDocument(BgpSchema, data, file);
+  // Refused, not ignored: a user who set a password must not get an unauthenticated session.
+  const md5 = config.peers.flatMap((peer, i) =>
+    peer.passwordRef !== undefined ? [{ field: `peers[${i}].passwordRef`, message: 'TCP MD5 (RFC 2385) is not built yet' }] : [],
+  );
+  if (md5.length) throw new ContractError(file, md5);
+  return config;
+}
+
+export interface RunningBgp {
+  announcer: Announcer;
+  admin: Server;
+  stop(): Promise<void>;
+}
+
+export async function startBgp(config: BgpConfig, admin: { host: string; port: number }, log: Logger): Promise<RunningBgp> {
+  const announcer = new Announcer(config, log);
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/status') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(announcer.status()));
+    } else if (req.method === 'GET' && req.url === '/healthz') {
+      res.writeHead(200).end('ok\n');
+    } else {
+      res.writeHead(404).end('not found: GET /status or /healthz\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error) =>
+      reject(listenError(error, { what: "the BGP announcer's admin endpoint", address: formatAddress(admin.host, admin.port), flag: '--admin HOST:PORT' })),
+    );
+    server.listen(admin.port, admin.host, () => resolve());
+  });
+  announcer.start();
+  log.info({ admin: `http://${formatAddress(admin.host, admin.port)}/status`, peers: config.peers.length, vips: config.vips.length }, 'BGP announcer running');
+  return {
+    announcer,
+    admin: server,
+    async stop() {
+      await announcer.drain();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
