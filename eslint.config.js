@@ -37,8 +37,9 @@ export const houseRules = {
   'test-e2e': { unrestricted: true },
   // No README: benchmarks measure the parts and the development environment together.
   bench: { unrestricted: true },
-  // No part's code: the Helm chart, the build scripts, the `flb` launcher (it runs dist/).
+  // No part's code: the Helm chart, the container images, the build scripts, the `flb` launcher (it runs dist/).
   charts: { unrestricted: true },
+  images: { unrestricted: true },
   scripts: { unrestricted: true },
   bin: { unrestricted: true },
 };
