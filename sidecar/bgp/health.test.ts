@@ -44,6 +44,21 @@ describe('a local health check', () => {
     expect(await probe(check({ port: await closedPort() }))).toEqual({ ok: false, detail: 'ECONNREFUSED' });
   });
 
+  it('tcp: closes without a reset, so an app that greets on connect sees no error', async () => {
+    const errors: string[] = [];
+    let closed = 0;
+    const port = await listen(
+      createServer((s) => {
+        s.on('error', (error: NodeJS.ErrnoException) => errors.push(error.code ?? error.message));
+        s.on('close', () => closed++);
+        s.end('hello\n');
+      }),
+    );
+    for (let i = 0; i < 5; i++) expect((await probe(check({ port }))).ok).toBe(true);
+    while (closed < 5) await new Promise((r) => setTimeout(r, 10));
+    expect(errors).toEqual([]);
+  });
+
   it('http: any 2xx or 3xx by default, exactly expectedStatus when set; a hung server times out', async () => {
     let status = 204;
     const port = await listen(createHttpServer((req, res) => (req.url === '/hang' ? undefined : res.writeHead(status).end())) as unknown as Server);

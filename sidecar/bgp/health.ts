@@ -43,9 +43,15 @@ export function probe(check: HealthCheck): Promise<ProbeResult> {
     if (check.protocol === 'tcp') {
       const socket = connect({ host: check.address, port: check.port }, () => {
         done({ ok: true, detail: 'connected' });
-        socket.destroy();
+        // Closed politely: a FIN, and whatever the app says read and dropped until it closes too.
+        // destroy() here would leave an app's greeting unread and the kernel would answer it with a
+        // reset: an app that does not expect ECONNRESET on a fresh connection dies of its check.
+        socket.end();
+        socket.resume();
+        socket.setTimeout(check.timeoutMs, () => socket.destroy());
       });
       socket.on('error', failed);
+      socket.on('close', () => socket.destroy());
       socketOrRequest = socket;
     } else {
       const req = request(
