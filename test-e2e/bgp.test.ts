@@ -6,6 +6,10 @@
  * with our AS path and communities), a withdrawal removes one while the session stays up (same
  * uptime), and a speaker killed with SIGKILL leaves no route behind, well before the hold time
  * (graceful restart advertised without address families: the routers keep nothing for us).
+ * Then `flb bgp --config` with an app listening on a VIP on the host's loopback: the VIP is announced
+ * while the app passes its TCP check (and connections from the router reach the app), withdrawn
+ * within a second of the app dying (sessions kept), announced again when it is back, and on SIGTERM
+ * marked GRACEFUL_SHUTDOWN, withdrawn after the drain time, the sessions closed with Cease.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -37,6 +41,9 @@ const birdConf = (socketDir: string) => `
 router id ${ROUTER.v4};
 log "${socketDir}/bird.log" all;
 protocol device { scan time 1; }
+# the learned VIPs go into the router's kernel table, so connections to them are forwarded
+protocol kernel { ipv4 { export all; }; }
+protocol kernel { ipv6 { export all; }; }
 protocol bgp host {
   local ${ROUTER.v4} as 65000;
   neighbor ${HOST.v4} as 65001;
@@ -87,6 +94,9 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   let gobgpd: ServerProcess | undefined;
   let speaker: ResultPromise | undefined;
   let speakerBundle: string;
+  let flbBundle: string;
+  let app: ResultPromise | undefined;
+  let flbBgp: ResultPromise | undefined;
 
   const birdc = async (...args: string[]) => (await router.exec('birdc', ['-s', join(work, 'bird.ctl'), ...args])).stdout;
   const gobgp = async (...args: string[]) => (await router.exec('gobgp', ['-p', String(GOBGP_API), ...args])).stdout;
@@ -136,16 +146,22 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     work = mkdtempSync(join(tmpdir(), 'flb-bgp-e2e-'));
     const { build } = await import('esbuild');
     speakerBundle = join(ROOT, 'node_modules/.cache/flb-bgp-e2e/speaker-process.mjs');
-    await build({
-      entryPoints: [join(ROOT, 'sidecar/bgp/testing/speaker-process.ts')],
-      outfile: speakerBundle,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      packages: 'external',
-      logLevel: 'error',
-    });
+    flbBundle = join(ROOT, 'node_modules/.cache/flb-bgp-e2e/flb-bgp.mjs');
+    for (const [entry, outfile] of [
+      ['sidecar/bgp/testing/speaker-process.ts', speakerBundle],
+      ['sidecar/bgp/testing/flb-bgp-process.ts', flbBundle],
+    ] as const) {
+      await build({
+        entryPoints: [join(ROOT, entry)],
+        outfile,
+        bundle: true,
+        platform: 'node',
+        format: 'esm',
+        target: 'node20',
+        packages: 'external',
+        logLevel: 'error',
+      });
+    }
     router = await createNetns('bgp-router');
     host = await createNetns('bgp-host');
     await link(router, [`${ROUTER.v4}/24`, `${ROUTER.v6}/64`], host, [`${HOST.v4}/24`, `${HOST.v6}/64`]);
@@ -168,6 +184,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   afterAll(async () => {
     speaker?.kill('SIGKILL');
+    flbBgp?.kill('SIGKILL');
+    app?.kill('SIGKILL');
     await gobgpd?.stop();
     await bird?.stop();
     await deleteNetns(router);
@@ -219,5 +237,117 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const elapsed = Date.now() - killed;
     console.log(`routes gone from both routers ${elapsed} ms after SIGKILL (hold time ${HOLD_SECONDS} s)`);
     expect(elapsed).toBeLessThan((HOLD_SECONDS * 1000) / 2);
+  });
+
+  // flb bgp --config: the VIP on the host's loopback, an app listening on it, a TCP check gating it.
+  const APP_VIP = '198.51.100.20';
+  const startApp = () =>
+    execa(
+      'setpriv',
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        host.name,
+        process.execPath,
+        '-e',
+        `require('net').createServer((s) => s.end('hello from the app\\n')).listen(8080, '${APP_VIP}')`,
+      ],
+      { reject: false },
+    );
+  /** A connection from the router to the VIP, through the route BIRD learned and put in its kernel table. */
+  const viaRouter = async () =>
+    (
+      await router.exec(
+        process.execPath,
+        [
+          '-e',
+          `const s = require('net').connect(8080, '${APP_VIP}', () => undefined); s.setTimeout(2000, () => process.exit(1)); s.on('data', (d) => process.stdout.write(d)); s.on('error', () => process.exit(1));`,
+        ],
+        {
+          reject: false,
+        },
+      )
+    ).stdout;
+  const flbStatus = async () => (await host.exec(process.execPath, [flbBundle, 'bgp', 'status', '--url', 'http://127.0.0.1:15179'], { reject: false })).stdout;
+
+  it('flb bgp --config announces the VIP while the app passes its check, and connections reach the app', async () => {
+    await host.exec('ip', ['addr', 'add', `${APP_VIP}/32`, 'dev', 'lo']);
+    app = startApp();
+    const config = {
+      localAs: 65001,
+      routerId: HOST.v4,
+      holdTimeSeconds: HOLD_SECONDS,
+      connectRetrySeconds: 1,
+      drainSeconds: 2,
+      peers: [
+        { address: ROUTER.v4, remoteAs: 65000 },
+        { address: ROUTER.v4, port: GOBGP_PORT, remoteAs: 65001 },
+      ],
+      vips: [
+        {
+          prefix: `${APP_VIP}/32`,
+          communities: ['65001:20'],
+          healthCheck: { protocol: 'tcp', address: APP_VIP, port: 8080, intervalMs: 200, timeoutMs: 150, healthyThreshold: 2, unhealthyThreshold: 3 },
+        },
+      ],
+    };
+    writeFileSync(join(work, 'bgp.yaml'), JSON.stringify(config));
+    flbBgp = execa(
+      'setpriv',
+      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, flbBundle, 'bgp', '--config', join(work, 'bgp.yaml')],
+      {
+        reject: false,
+        env: { FLB_LOG_FORMAT: 'json' },
+        stdout: 'ignore',
+        stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore',
+      },
+    );
+    await eventually('BIRD to hold the app VIP', async () => ((await birdRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 30_000);
+    await eventually('GoBGP to hold the app VIP', async () => ((await gobgpRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 30_000);
+    expect(await viaRouter()).toBe('hello from the app'); // execa drops the final newline
+    const status = await flbStatus();
+    expect(status).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));
+    expect(status).toMatch(new RegExp(`^${ROUTER.v4}:${GOBGP_PORT}\\s+65001\\s+Established`, 'm'));
+    expect(status).toMatch(/^198\.51\.100\.20\/32\s+healthy \(\d+ in a row\)\s+yes\s+connected/m);
+  });
+
+  it('withdraws the VIP within a second of the app dying, keeps the sessions, and announces it again when the app is back', async () => {
+    const birdSince = await birdSession();
+    app!.kill('SIGKILL');
+    const died = Date.now();
+    await eventually('BIRD to drop the app VIP', async () => ((await birdRoutes()).length === 0 ? true : undefined), 10_000, 20);
+    const withdrawMs = Date.now() - died;
+    console.log(`app VIP left BIRD's RIB ${withdrawMs} ms after the app died (checks every 200 ms, fall after 3)`);
+    expect(withdrawMs).toBeLessThan(1000);
+    expect(await flbStatus()).toMatch(/^198\.51\.100\.20\/32\s+unhealthy \(\d+ in a row\)\s+no\s+ECONNREFUSED/m);
+    app = startApp();
+    await eventually('BIRD to hold the app VIP again', async () => ((await birdRoutes()).length === 1 ? true : undefined), 10_000);
+    expect(await viaRouter()).toBe('hello from the app'); // execa drops the final newline
+    expect(await birdSession()).toBe(birdSince);
+  });
+
+  it('on SIGTERM, marks the VIP GRACEFUL_SHUTDOWN, withdraws it after the drain time and closes the sessions', async () => {
+    flbBgp!.kill('SIGTERM');
+    const stopped = Date.now();
+    await eventually(
+      'BIRD to see GRACEFUL_SHUTDOWN',
+      async () => ((await birdc('show', 'route', `${APP_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
+      5_000,
+      50,
+    );
+    await eventually('BIRD to drop the app VIP', async () => ((await birdRoutes()).length === 0 ? true : undefined), 10_000, 50);
+    const drainedMs = Date.now() - stopped;
+    expect(drainedMs).toBeGreaterThanOrEqual(2000);
+    expect(drainedMs).toBeLessThan(4000);
+    await eventually(
+      'BIRD to see the session closed',
+      async () => (/Received: Administrative shutdown/.test(await birdc('show', 'protocols', 'all', 'host')) ? true : undefined),
+      5_000,
+    );
+    expect((await flbBgp).exitCode).toBe(0);
   });
 });
