@@ -348,6 +348,6 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       async () => (/Received: Administrative shutdown/.test(await birdc('show', 'protocols', 'all', 'host')) ? true : undefined),
       5_000,
     );
-    expect((await flbBgp).exitCode).toBe(0);
+    expect((await flbBgp!).exitCode).toBe(0);
   });
 });
