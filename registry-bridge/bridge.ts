@@ -144,10 +144,16 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const leading = () => {
     const mine = ++term;
     const next = config.sinks.map((s) => makeSink(s, log));
-    void readStoredVips(next, log, () => mine !== term).then((stored) => {
+    void readStoredVips(next, log, () => mine !== term).then(async (stored) => {
+      const publishedMesh = meshSettings.loaded ? undefined : await readStoredMesh(next, log);
       if (mine !== term) {
         void Promise.all(next.map((s) => s.stop()));
         return;
+      }
+      const adopted = publishedMesh === undefined || meshSettings.loaded ? undefined : meshSettings.adoptPublished(publishedMesh);
+      if (adopted) {
+        catalog.setMesh(adopted);
+        for (const source of sources) source.setMesh(adopted);
       }
       // Before the sinks hear anything: what sidecars hold is what gets published.
       catalog.adoptStoredVips(stored);
@@ -276,6 +282,19 @@ async function readStoredVips(sinks: readonly Sink[], log: Logger, cancelled: ()
     }
   }
   return stored;
+}
+
+/** The mesh.json the first sink that stores one holds; undefined if none does or it cannot be read (the defaults then). */
+async function readStoredMesh(sinks: readonly Sink[], log: Logger): Promise<string | undefined> {
+  for (const sink of sinks) {
+    if (!sink.storedMesh) continue;
+    try {
+      return await sink.storedMesh();
+    } catch (error) {
+      log.warn({ sink: sink.name, err: (error as Error).message }, 'cannot read the published mesh.json back');
+    }
+  }
+  return undefined;
 }
 
 function registerMetrics(registry: Registry, status: () => BridgeStatus): void {

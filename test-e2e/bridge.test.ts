@@ -206,4 +206,23 @@ describe('the registry bridge against a real apiserver and repo', () => {
     await bridge.settled();
     expect(await readJson('/flb/mesh', '/mesh.json')).toMatchObject({ name: 'shopmesh', proxyUid: 1500 });
   });
+
+  it('started with the ConfigMap missing, publishes the mesh.json sidecars already hold, not the defaults', async () => {
+    for (const bridge of [...bridges]) await stop(bridge);
+    expect(await readJson('/flb/mesh', '/mesh.json')).toMatchObject({ name: 'shopmesh' });
+    const bridge = await start('bridge-without-settings');
+    await eventually('leading', async () => (bridge.status().leader ? true : undefined), 30_000);
+    await eventually('the sinks attached', async () => (bridge.status().sinks.length > 0 ? true : undefined));
+    await bridge.settled();
+    expect(bridge.status().mesh).toMatchObject({ name: 'shopmesh', problem: expect.stringMatching(/does not exist/) });
+    expect(await readJson('/flb/mesh', '/mesh.json')).toMatchObject({ name: 'shopmesh', proxyUid: 1500 });
+    // Good settings, once they come, win over what was published.
+    await core.createNamespacedConfigMap({
+      namespace: CONTROL,
+      body: { metadata: { name: 'flb-mesh' }, data: { 'mesh.yaml': `apiVersion: ${API_VERSION}\nkind: Mesh\nname: newmesh\n` } },
+    });
+    await eventually('mesh.json naming newmesh', async () =>
+      (await readJson<{ name: string }>('/flb/mesh', '/mesh.json'))?.name === 'newmesh' ? true : undefined,
+    );
+  });
 });

@@ -72,4 +72,9 @@ export interface Sink {
    * no catalog have none. Rejects when the target cannot be read (the caller retries).
    */
   storedVips?(): Promise<Map<string, string>>;
+  /**
+   * The mesh.json this sink published last (its text; undefined if none), read when this replica
+   * starts leading without good mesh settings of its own: what sidecars hold beats the defaults.
+   */
+  storedMesh?(): Promise<string | undefined>;
 }

@@ -1,12 +1,14 @@
 // The mesh settings (mesh.json) the bridge publishes: from the ConfigMap the chart renders, read
 // through common/kube-mesh-settings.ts as the injector reads it, so the two never disagree; or from
-// a file on VMs. A bad edit keeps the last good settings (an Event on the ConfigMap says why). The
-// bridge must publish something before any good settings were read: the defaults, with a warning.
+// a file on VMs. A bad edit keeps the last good settings (an Event on the ConfigMap says why). A
+// bridge that starts without good settings (the ConfigMap missing or bad) publishes what the repo
+// already holds (adoptPublished), so a restart never swaps the mesh sidecars run on for the
+// defaults; only with nothing published either does it publish the defaults, with a warning.
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { defaultMesh, type Mesh } from '../../common/contract/index.js';
 import type { EventDropReason } from '../../common/kube-events.js';
-import { describeMeshConfigMap, KubeMeshSettings, LastGoodMesh, type MeshConfigMap } from '../../common/kube-mesh-settings.js';
+import { describeMeshConfigMap, KubeMeshSettings, LastGoodMesh, parseMeshSettings, type MeshConfigMap } from '../../common/kube-mesh-settings.js';
 import type { Logger } from '../../common/log.js';
 
 export interface MeshSettingsOptions {
@@ -20,6 +22,8 @@ export interface MeshSettingsOptions {
 
 export class MeshSettings {
   private readonly defaults = defaultMesh();
+  /** The mesh.json the repo held when this replica started leading, while no good settings were read. */
+  private published: Mesh | undefined;
   private readonly kube?: KubeMeshSettings;
   private readonly fileSettings?: LastGoodMesh;
 
@@ -32,7 +36,7 @@ export class MeshSettings {
         configMap,
         log,
         component: 'flb-bridge',
-        withoutSettings: 'the bridge publishes the default settings until it is fixed',
+        withoutSettings: 'the bridge publishes the mesh.json sidecars already hold (the defaults if none) until it is fixed',
         onChange: options.onChange,
         ...(options.onEventDropped ? { onEventDropped: options.onEventDropped } : {}),
       });
@@ -41,7 +45,34 @@ export class MeshSettings {
 
   /** The last good settings; the defaults until good settings were read once. */
   current(): Mesh {
-    return (this.kube ?? this.fileSettings)?.mesh ?? this.defaults;
+    return (this.kube ?? this.fileSettings)?.mesh ?? this.published ?? this.defaults;
+  }
+
+  /** Good settings were read at least once (a refused edit since then keeps them). */
+  get loaded(): boolean {
+    return (this.kube ?? this.fileSettings)?.mesh !== undefined;
+  }
+
+  /**
+   * The published mesh.json, to use instead of the defaults until good settings are read. Returns
+   * the settings now in use when they changed, undefined when nothing changes (good settings are
+   * in, or the text is not valid settings).
+   */
+  adoptPublished(text: string): Mesh | undefined {
+    if (this.loaded) return undefined;
+    let mesh: Mesh;
+    try {
+      mesh = parseMeshSettings(text, 'the published mesh.json');
+    } catch (error) {
+      this.options.log.warn({ err: (error as Error).message }, 'the published mesh.json is not valid settings; publishing the defaults');
+      return undefined;
+    }
+    this.published = mesh;
+    this.options.log.warn(
+      { settings: this.where, mesh: mesh.name },
+      'no good mesh settings to read; publishing what sidecars already hold (the published mesh.json) until they are fixed',
+    );
+    return mesh;
   }
 
   get where(): string {
@@ -81,7 +112,9 @@ export class MeshSettings {
       this.options.log.info({ settings: this.where, mesh: verdict.mesh.name }, 'mesh settings in use');
       this.options.onChange(verdict.mesh);
     } else if (verdict.outcome === 'refused') {
-      const consequence = settings.mesh ? 'the last good settings stay in use' : 'the bridge publishes the default settings until it is fixed';
+      const consequence = settings.mesh
+        ? 'the last good settings stay in use'
+        : 'the bridge publishes the mesh.json sidecars already hold (the defaults if none) until it is fixed';
       this.options.log.error({ settings: this.where, problem: verdict.problem }, `the mesh settings were refused; ${consequence}`);
     }
   }

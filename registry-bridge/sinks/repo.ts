@@ -106,6 +106,10 @@ export class RepoSink implements Sink {
     return vips;
   }
 
+  async storedMesh(): Promise<string | undefined> {
+    return (await this.publisher.readMeshFiles((path) => path === '/mesh.json')).get('/mesh.json');
+  }
+
   async stop(): Promise<void> {
     this.publisher.stop();
   }
