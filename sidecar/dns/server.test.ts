@@ -47,6 +47,8 @@ const catalog = [
   }),
 ];
 const table = buildDnsTable(catalog, [], search);
+/** kube-dns's answer for Service payments in shop, which the catalog does not hold. */
+const UNEXPORTED_SERVICE_IP = '10.96.7.7';
 
 let nextId = 1;
 function query(name: string, type: dnsPacket.RecordType = 'A', options: { edns?: number; id?: number } = {}): Buffer {
@@ -180,6 +182,8 @@ describe('the sidecar DNS server', () => {
   beforeAll(async () => {
     upstream = await fakeUpstream((q) => {
       const question = q.questions![0]!;
+      if (question.name === 'payments.shop.svc.cluster.local' && question.type === 'A')
+        return { answers: [{ type: 'A', name: question.name, ttl: 5, data: UNEXPORTED_SERVICE_IP }] };
       if (question.name === 'example.com' && question.type === 'A') return { answers: [{ type: 'A', name: 'example.com', ttl: 1, data: '93.184.216.34' }] };
       if (question.name === 'long.example.com') return { answers: [{ type: 'A', name: 'long.example.com', ttl: 60, data: '192.0.2.60' }] };
       if (question.name === 'many.example.com')
@@ -223,10 +227,28 @@ describe('the sidecar DNS server', () => {
     const answer = decode(await udp(port, asked));
     expect(answer).toMatchObject({ id: 4242, rcode: 'NOERROR', flag_aa: true, questions: [{ name: 'Orders.SHOP.svc.cluster.local', type: 'A' }] });
     expect(answer.answers).toEqual([expect.objectContaining({ name: 'Orders.SHOP.svc.cluster.local', type: 'A', ttl: 5, data: '10.96.14.20' })]);
-    // A Eureka app's `payments`, asked first under the pod's namespace domain, and as is.
-    expect(addresses(decode(await udp(port, query('payments.shop.svc.cluster.local'))))).toEqual(['240.240.0.17']);
+    // A Eureka app's `payments`: under svc.cluster.local the resolver's tries are kube-dns's (next
+    // test); `payments.cluster.local` and `payments` as is are ours.
+    expect(addresses(decode(await udp(port, query('payments.cluster.local'))))).toEqual(['240.240.0.17']);
     expect(addresses(decode(await udp(port, query('payments'))))).toEqual(['240.240.0.17']);
-    expect(addresses(decode(await udp(port, query('payments.eureka.svc.cluster.local'))))).toEqual(['240.240.0.17']);
+    expect(addresses(decode(await udp(port, query('payments.eureka'))))).toEqual(['240.240.0.17']);
+  });
+
+  it("never answers a Kubernetes Service's name from a registry's bare name: kube-dns answers under svc.cluster.local", async () => {
+    // Service payments in shop is not in the catalog (its namespace not exported); the pod in shop
+    // that dials `payments` asks payments.shop.svc.cluster.local first and must get the Service.
+    const before = upstream.seen.length;
+    const service = decode(await udp(port, query('payments.shop.svc.cluster.local')));
+    expect(service).toMatchObject({ rcode: 'NOERROR', flag_aa: false });
+    expect(addresses(service)).toEqual([UNEXPORTED_SERVICE_IP]);
+    // `payments.eureka` with the svc.cluster.local search domain is Service payments in namespace eureka.
+    expect(decode(await udp(port, query('payments.eureka.svc.cluster.local')))).toMatchObject({ rcode: 'NXDOMAIN' });
+    expect(decode(await udp(port, query('payments.svc.cluster.local')))).toMatchObject({ rcode: 'NXDOMAIN' });
+    expect(upstream.seen.slice(before)).toEqual([
+      'udp A payments.shop.svc.cluster.local',
+      'udp A payments.eureka.svc.cluster.local',
+      'udp A payments.svc.cluster.local',
+    ]);
   });
 
   it('gives NODATA, not NXDOMAIN, for AAAA of an IPv4-only service; AAAA where there is one', async () => {
@@ -350,7 +372,7 @@ describe('the sidecar DNS server', () => {
     try {
       expect(addresses(decode(await udp(port, query('orders.shop.svc.cluster.local'))))).toEqual(['10.96.14.99']);
       // payments left the table: now upstream's to answer.
-      expect(decode(await udp(port, query('payments.shop.svc.cluster.local')))).toMatchObject({ rcode: 'NXDOMAIN' });
+      expect(decode(await udp(port, query('payments.cluster.local')))).toMatchObject({ rcode: 'NXDOMAIN' });
     } finally {
       await server.setTable(table);
     }
@@ -358,7 +380,8 @@ describe('the sidecar DNS server', () => {
   });
 
   it('encodes a big table without holding up the event loop, and the last table set wins', async () => {
-    // 1,000 services of 10 hostnames each, and each hostname under 3 search domains: 40,000 names.
+    // 1,000 services of 10 hostnames each, and each hostname under 3 search domains outside
+    // svc.cluster.local (those are kube-dns's): 40,000 names.
     const many = Array.from({ length: 1000 }, (_, i) =>
       service({
         id: `svc-${i}.static`,
@@ -368,7 +391,7 @@ describe('the sidecar DNS server', () => {
         vips: [{ address: `240.241.${i >> 8}.${i & 255}`, allocation: 'mesh' }],
       }),
     );
-    const bigTable = buildDnsTable([...catalog, ...many], [], search);
+    const bigTable = buildDnsTable([...catalog, ...many], [], [...search, 'corp.example', 'eu.corp.example']);
     expect(bigTable.size).toBeGreaterThan(40_000);
     let ticks = 0;
     const ticker = setInterval(() => (ticks += 1), 1);
@@ -384,7 +407,7 @@ describe('the sidecar DNS server', () => {
     } finally {
       clearInterval(ticker);
     }
-    expect(addresses(decode(await udp(port, query('h9.svc-999.example.shop.svc.cluster.local'))))).toEqual(['240.241.3.231']);
+    expect(addresses(decode(await udp(port, query('h9.svc-999.example.eu.corp.example'))))).toEqual(['240.241.3.231']);
     expect(addresses(decode(await udp(port, query('orders.shop.svc.cluster.local'))))).toEqual(['10.96.14.20']);
     await server.setTable(table);
   });

@@ -36,11 +36,33 @@ describe('the DNS table', () => {
     const table = buildDnsTable([payments, clash], [], search);
     expect(table.lookup('payments')?.a).toEqual(['240.240.0.17']);
     expect(table.lookup('payments.eureka')?.a).toEqual(['240.240.0.17']);
-    expect(table.lookup('payments.eureka.shop.svc.cluster.local')?.a).toEqual(['240.240.0.17']);
-    expect(table.lookup('payments.svc.cluster.local')?.a).toEqual(['240.240.0.17']);
-    // The Kubernetes service payments.shop is an exact name; the searched form of `payments` yields.
+    expect(table.lookup('payments.cluster.local')?.a).toEqual(['240.240.0.17']);
+    expect(table.lookup('payments.eureka.cluster.local')?.a).toEqual(['240.240.0.17']);
+    // The Kubernetes service payments.shop is an exact name.
     expect(table.lookup('payments.shop.svc.cluster.local')?.a).toEqual(['10.96.0.99']);
     expect(table.problems).toEqual([]);
+  });
+
+  it("leaves every searched name under svc.<cluster domain> to kube-dns: a registry's bare name never shadows a Service the catalog lacks", () => {
+    // No Kubernetes service in the catalog: Service payments in shop lives in a namespace the bridge
+    // does not export, and the pod in shop dialling `payments` must reach it.
+    const table = buildDnsTable([payments], [], search);
+    for (const name of [
+      'payments.shop.svc.cluster.local',
+      'payments.svc.cluster.local',
+      // `payments.eureka` + svc.cluster.local is Service payments in namespace eureka.
+      'payments.eureka.svc.cluster.local',
+      'payments.eureka.shop.svc.cluster.local',
+      'payments.eureka-prod.eureka.svc.cluster.local',
+    ])
+      expect([name, table.lookup(name)]).toEqual([name, undefined]);
+    expect(table.lookup('payments')?.a).toEqual(['240.240.0.17']);
+    expect(table.lookup('payments.cluster.local')?.a).toEqual(['240.240.0.17']);
+    // Under another cluster domain, the same rule there.
+    const corp = buildDnsTable([payments], [], ['shop.svc.corp.example', 'svc.corp.example', 'corp.example', 'example.com'], { clusterDomain: 'corp.example' });
+    expect(corp.lookup('payments.shop.svc.corp.example')).toBeUndefined();
+    expect(corp.lookup('payments.corp.example')?.a).toEqual(['240.240.0.17']);
+    expect(corp.lookup('payments.example.com')?.a).toEqual(['240.240.0.17']);
   });
 
   it('publishes SRV for named ports, pointing at the name it was asked under', () => {

@@ -65,10 +65,14 @@ interface Owner {
 /**
  * Names come in two strengths. Exact names are a service's hostnames, a Kubernetes service's
  * `<name>.<namespace>.svc.<clusterDomain>` and sidecar.json's records. Searched names are an exact
- * name with a search domain appended, as the pod's resolver builds them: with ndots:5 a Eureka app's
- * `payments` is first asked as `payments.shop.svc.cluster.local`; answering that at once saves a
- * round of NXDOMAINs from kube-dns per search domain. An exact name always beats a searched one, so a
- * Kubernetes service `payments` in `shop` keeps its own name. Names already under the cluster domain or
+ * name with a search domain appended, as the pod's resolver builds them: with ndots:5 a Consul
+ * service's `payments.service.consul` is first asked as `payments.service.consul.cluster.local`
+ * (after the svc domains); answering that at once saves a round trip to kube-dns. An exact name
+ * always beats a searched one. No searched name is made under `svc.<clusterDomain>`: there a name
+ * is a Kubernetes Service's (`payments.shop.svc.cluster.local`, what `payments` becomes in `shop`),
+ * and a Service the catalog does not hold (its namespace not exported) must not be shadowed by a
+ * registry's bare `payments`; kube-dns answers those, NXDOMAIN when there is no such Service, and
+ * the resolver goes on down the search list to our answer. Names already under the cluster domain or
  * a search domain are not searched further (`orders.shop.svc.cluster.local.shop.svc.cluster.local`
  * is left to upstream, which says NXDOMAIN, and the resolver moves on), and any other name under the
  * cluster domain that is not ours is left to upstream too: kube-dns owns cluster.local, and a Service
@@ -135,12 +139,17 @@ export function buildDnsTable(services: readonly Service[], records: DnsRecords,
   }
 
   const isUnder = (name: string, domain: string) => name === domain || name.endsWith(`.${domain}`);
+  const kubernetesServices = `svc.${clusterDomain}`;
   const searched = new Map<string, Owner>();
   for (const [name, owner] of exact) {
     if (isUnder(name, clusterDomain) || domains.some((d) => isUnder(name, d))) continue;
     for (const domain of domains) {
       const full = `${name}.${domain}`;
-      if (full.length > 253 || exact.has(full)) continue;
+      // Under svc.<cluster domain> a searched name is a Kubernetes Service's (`orders.shop.svc...`
+      // is Service orders in shop, `payments.eureka.svc...` Service payments in eureka), and the
+      // catalog does not know every Service (a namespace the bridge does not export): kube-dns
+      // answers these, and the resolver moves on to the next search domain when it says NXDOMAIN.
+      if (full.length > 253 || exact.has(full) || isUnder(full, kubernetesServices)) continue;
       claim(searched, full, owner);
     }
   }
