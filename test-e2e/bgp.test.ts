@@ -52,6 +52,15 @@ protocol bgp host {
   ipv4 { import all; export none; };
   ipv6 { import all; export none; };
 }
+# the same host over an IPv6 session: IPv4 routes then carry the configured IPv4 next hop
+protocol bgp host6 {
+  local ${ROUTER.v6} as 65000;
+  neighbor ${HOST.v6} as 65001;
+  passive on;
+  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
+}
 `;
 
 const gobgpConf = `
@@ -100,8 +109,9 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   const birdc = async (...args: string[]) => (await router.exec('birdc', ['-s', join(work, 'bird.ctl'), ...args])).stdout;
   const gobgp = async (...args: string[]) => (await router.exec('gobgp', ['-p', String(GOBGP_API), ...args])).stdout;
-  /** The prefixes BIRD learned from the speaker. */
-  const birdRoutes = async () => [...(await birdc('show', 'route', 'protocol', 'host')).matchAll(/^([0-9a-f.:]+\/\d+)/gm)].map((m) => m[1]!).sort();
+  /** The prefixes BIRD learned from the speaker (over its IPv4 session, or `host6`). */
+  const birdRoutes = async (protocol = 'host') =>
+    [...(await birdc('show', 'route', 'protocol', protocol)).matchAll(/^([0-9a-f.:]+\/\d+)/gm)].map((m) => m[1]!).sort();
   const gobgpRoutes = async () => {
     const prefixes: string[] = [];
     for (const family of ['ipv4', 'ipv6']) {
@@ -118,6 +128,13 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     return neighbor?.state.session_state === 6 ? neighbor.timers.state.uptime.seconds : undefined;
   };
   const command = (line: string) => speaker!.stdin!.write(`${line}\n`);
+  const startBird = () =>
+    startServer(
+      'bird',
+      'ip',
+      ['netns', 'exec', router.name, 'bird', '-f', '-c', join(work, 'bird.conf'), '-s', join(work, 'bird.ctl'), '-P', join(work, 'bird.pid')],
+      join(work, 'bird.out'),
+    );
 
   function startSpeaker(): ResultPromise {
     const options = {
@@ -128,6 +145,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       peers: [
         { address: ROUTER.v4, remoteAs: 65000, nextHop: { ipv6: HOST.v6 } },
         { address: ROUTER.v4, port: GOBGP_PORT, remoteAs: 65001, nextHop: { ipv6: HOST.v6 } },
+        { address: ROUTER.v6, remoteAs: 65000, nextHop: { ipv4: HOST.v4 } },
       ],
     };
     const child = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, speakerBundle, JSON.stringify(options)], {
@@ -167,12 +185,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     await link(router, [`${ROUTER.v4}/24`, `${ROUTER.v6}/64`], host, [`${HOST.v4}/24`, `${HOST.v6}/64`]);
     writeFileSync(join(work, 'bird.conf'), birdConf(work));
     writeFileSync(join(work, 'gobgpd.toml'), gobgpConf);
-    bird = startServer(
-      'bird',
-      'ip',
-      ['netns', 'exec', router.name, 'bird', '-f', '-c', join(work, 'bird.conf'), '-s', join(work, 'bird.ctl'), '-P', join(work, 'bird.pid')],
-      join(work, 'bird.out'),
-    );
+    bird = startBird();
     gobgpd = startServer(
       'gobgpd',
       'ip',
@@ -199,12 +212,20 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     command(`announce ${VIP6}`);
     await eventually('BIRD to hold both VIPs', async () => ((await birdRoutes()).join() === [VIP4, VIP6].sort().join() ? true : undefined), 30_000);
     await eventually('GoBGP to hold both VIPs', async () => ((await gobgpRoutes()).join() === [VIP4, VIP6].sort().join() ? true : undefined), 30_000);
+    await eventually(
+      'BIRD to hold both VIPs over the IPv6 session',
+      async () => ((await birdRoutes('host6')).join() === [VIP4, VIP6].sort().join() ? true : undefined),
+      30_000,
+    );
     // eBGP to BIRD: our AS in the path, the connection's address as next hop, the community.
     const detail = await birdc('show', 'route', VIP4, 'all');
     expect(detail).toContain(`via ${HOST.v4}`);
     expect(detail).toMatch(/BGP\.as_path: 65001\s*$/m);
     expect(detail).toMatch(/BGP\.community: \(65001,100\)/);
     expect(await birdc('show', 'route', VIP6, 'all')).toContain(`via ${HOST.v6}`);
+    // over the IPv6 session, the IPv4 VIP carries the configured IPv4 next hop
+    expect(await birdc('show', 'route', 'protocol', 'host6', VIP4, 'all')).toContain(`via ${HOST.v4}`);
+    expect(await birdc('show', 'protocols', 'all', 'host6')).toMatch(new RegExp(`Neighbor address:\\s+${HOST.v6}`));
     // iBGP to GoBGP: LOCAL_PREF 100, an empty AS path.
     const [path] = (
       JSON.parse(await gobgp('global', 'rib', '-a', 'ipv4', '-j')) as Record<string, { attrs: { type: number; value?: unknown; as_paths?: unknown[] }[] }[]>
@@ -220,6 +241,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     command(`withdraw ${VIP4}`);
     await eventually('BIRD to drop the IPv4 VIP', async () => ((await birdRoutes()).join() === VIP6 ? true : undefined), 10_000);
     await eventually('GoBGP to drop the IPv4 VIP', async () => ((await gobgpRoutes()).join() === VIP6 ? true : undefined), 10_000);
+    await eventually('BIRD to drop it from the IPv6 session', async () => ((await birdRoutes('host6')).join() === VIP6 ? true : undefined), 10_000);
     // Long enough for a session reset to show in the routers' since-times (BIRD's are in seconds).
     await new Promise((r) => setTimeout(r, 2000));
     command(`announce ${VIP4}`);
@@ -234,6 +256,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const killed = Date.now();
     await eventually('BIRD to drop every VIP', async () => ((await birdRoutes()).length === 0 ? true : undefined), 30_000, 100);
     await eventually('GoBGP to drop every VIP', async () => ((await gobgpRoutes()).length === 0 ? true : undefined), 30_000, 100);
+    await eventually('BIRD to drop every VIP of the IPv6 session', async () => ((await birdRoutes('host6')).length === 0 ? true : undefined), 30_000, 100);
     const elapsed = Date.now() - killed;
     console.log(`routes gone from both routers ${elapsed} ms after SIGKILL (hold time ${HOLD_SECONDS} s)`);
     expect(elapsed).toBeLessThan((HOLD_SECONDS * 1000) / 2);
@@ -317,6 +340,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   it('withdraws the VIP within a second of the app dying, keeps the sessions, and announces it again when the app is back', async () => {
     const birdSince = await birdSession();
+    expect(birdSince).toBeDefined();
     app!.kill('SIGKILL');
     const died = Date.now();
     await eventually('BIRD to drop the app VIP', async () => ((await birdRoutes()).length === 0 ? true : undefined), 10_000, 20);
@@ -328,6 +352,18 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     await eventually('BIRD to hold the app VIP again', async () => ((await birdRoutes()).length === 1 ? true : undefined), 10_000);
     expect(await viaRouter()).toBe('hello from the app'); // execa drops the final newline
     expect(await birdSession()).toBe(birdSince);
+  });
+
+  it('after BIRD restarts, the session and the VIP come back', async () => {
+    await bird!.stop();
+    await eventually(
+      'the announcer to see BIRD gone',
+      async () => (/^10\.219\.0\.1:179\s+65000\s+(Active|Connect)/m.test(await flbStatus()) ? true : undefined),
+      15_000,
+    );
+    bird = startBird();
+    await eventually('BIRD to hold the app VIP again', async () => ((await birdRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 20_000);
+    expect(await flbStatus()).toMatch(/^10\.219\.0\.1:179\s+65000\s+Established/m);
   });
 
   it('on SIGTERM, marks the VIP GRACEFUL_SHUTDOWN, withdraws it after the drain time and closes the sessions', async () => {
