@@ -10,6 +10,8 @@
  * while the app passes its TCP check (and connections from the router reach the app), withdrawn
  * within a second of the app dying (sessions kept), announced again when it is back, and on SIGTERM
  * marked GRACEFUL_SHUTDOWN, withdrawn after the drain time, the sessions closed with Cease.
+ * Last, two hosts announce one VIP, each gated by its own app: BIRD merges the paths (ECMP, hashed
+ * by ports) and connections reach both apps; one app dies, its path leaves and its session stays.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -24,6 +26,8 @@ import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, typ
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const ROUTER = { v4: '10.219.0.1', v6: 'fd00:219::1' };
 const HOST = { v4: '10.219.0.2', v6: 'fd00:219::2' };
+const ROUTER2 = { v4: '10.219.1.1' };
+const HOST2 = { v4: '10.219.1.2' };
 const VIP4 = '198.51.100.10/32';
 const VIP6 = '2001:db8:100::10/128';
 const HOLD_SECONDS = 9;
@@ -42,7 +46,7 @@ router id ${ROUTER.v4};
 log "${socketDir}/bird.log" all;
 protocol device { scan time 1; }
 # the learned VIPs go into the router's kernel table, so connections to them are forwarded
-protocol kernel { ipv4 { export all; }; }
+protocol kernel { ipv4 { export all; }; merge paths on; }
 protocol kernel { ipv6 { export all; }; }
 protocol bgp host {
   local ${ROUTER.v4} as 65000;
@@ -51,6 +55,14 @@ protocol bgp host {
   hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
   ipv4 { import all; export none; };
   ipv6 { import all; export none; };
+}
+# a second host, for ECMP
+protocol bgp host2 {
+  local ${ROUTER2.v4} as 65000;
+  neighbor ${HOST2.v4} as 65001;
+  passive on;
+  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export none; };
 }
 # the same host over an IPv6 session: IPv4 routes then carry the configured IPv4 next hop
 protocol bgp host6 {
@@ -98,6 +110,8 @@ const gobgpConf = `
 describe('the BGP announcer against BIRD and GoBGP', () => {
   let router: Netns;
   let host: Netns;
+  let host2: Netns;
+  const ecmp: ResultPromise[] = [];
   let work: string;
   let bird: ServerProcess | undefined;
   let gobgpd: ServerProcess | undefined;
@@ -183,6 +197,10 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     router = await createNetns('bgp-router');
     host = await createNetns('bgp-host');
     await link(router, [`${ROUTER.v4}/24`, `${ROUTER.v6}/64`], host, [`${HOST.v4}/24`, `${HOST.v6}/64`]);
+    host2 = await createNetns('bgp-host2');
+    await link(router, [`${ROUTER2.v4}/24`], host2, [`${HOST2.v4}/24`]);
+    // Spread connections over equal-cost paths by ports too, not by addresses alone (one client address here).
+    await router.exec('sysctl', ['-qw', 'net.ipv4.fib_multipath_hash_policy=1']);
     writeFileSync(join(work, 'bird.conf'), birdConf(work));
     writeFileSync(join(work, 'gobgpd.toml'), gobgpConf);
     bird = startBird();
@@ -199,10 +217,12 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     speaker?.kill('SIGKILL');
     flbBgp?.kill('SIGKILL');
     app?.kill('SIGKILL');
+    for (const child of ecmp) child.kill('SIGKILL');
     await gobgpd?.stop();
     await bird?.stop();
     await deleteNetns(router);
     await deleteNetns(host);
+    await deleteNetns(host2);
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
@@ -385,5 +405,93 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       5_000,
     );
     expect((await flbBgp!).exitCode).toBe(0);
+  });
+
+  // Two hosts announce one VIP, each gated by its own app: the router balances over both (ECMP).
+  const ECMP_VIP = '198.51.100.30';
+  const ecmpApp = (ns: Netns, greeting: string) => {
+    const child = execa(
+      'setpriv',
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        ns.name,
+        process.execPath,
+        '-e',
+        `require('net').createServer((s) => s.end('${greeting}')).listen(8080, '${ECMP_VIP}')`,
+      ],
+      { reject: false },
+    );
+    ecmp.push(child);
+    return child;
+  };
+  const ecmpAnnouncer = (ns: Netns, routerId: string, peer: string) => {
+    const file = join(work, `ecmp-${ns.name}.json`);
+    writeFileSync(
+      file,
+      JSON.stringify({
+        localAs: 65001,
+        routerId,
+        holdTimeSeconds: HOLD_SECONDS,
+        connectRetrySeconds: 1,
+        drainSeconds: 0,
+        peers: [{ address: peer, remoteAs: 65000 }],
+        vips: [
+          {
+            prefix: `${ECMP_VIP}/32`,
+            healthCheck: { protocol: 'tcp', address: ECMP_VIP, port: 8080, intervalMs: 200, timeoutMs: 150, healthyThreshold: 2, unhealthyThreshold: 3 },
+          },
+        ],
+      }),
+    );
+    const child = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', ns.name, process.execPath, flbBundle, 'bgp', '--config', file], {
+      reject: false,
+      stdout: 'ignore',
+      stderr: 'ignore',
+    });
+    ecmp.push(child);
+    return child;
+  };
+  /** The protocols BIRD has a path to the ECMP VIP from, and the next hops in the router's kernel route. */
+  const ecmpPaths = async () => ({
+    bird: [...(await birdc('show', 'route', `${ECMP_VIP}/32`)).matchAll(/unicast \[(host2?) /g)].map((m) => m[1]!).sort(),
+    kernel: [...(await router.exec('ip', ['route', 'show', ECMP_VIP])).stdout.matchAll(/via (\S+)/g)].map((m) => m[1]!).sort(),
+  });
+  /** Which app answers each of `n` connections from the router. */
+  const answers = async (n: number) => {
+    const script = `const net = require('net'); const seen = {}; let left = ${n};
+      const one = () => { const s = net.connect(8080, '${ECMP_VIP}'); let got = ''; s.setTimeout(2000, () => s.destroy());
+        s.on('data', (d) => (got += d)); s.on('close', () => { seen[got || 'none'] = (seen[got || 'none'] || 0) + 1; if (--left) one(); else console.log(JSON.stringify(seen)); }); s.on('error', () => undefined); };
+      one();`;
+    return JSON.parse((await router.exec(process.execPath, ['-e', script])).stdout) as Record<string, number>;
+  };
+
+  it('two hosts announce one VIP: the router holds a path through each and connections reach both apps', async () => {
+    for (const ns of [host, host2]) await ns.exec('ip', ['addr', 'add', `${ECMP_VIP}/32`, 'dev', 'lo']);
+    ecmpApp(host, 'host1');
+    ecmpApp(host2, 'host2');
+    ecmpAnnouncer(host, HOST.v4, ROUTER.v4);
+    ecmpAnnouncer(host2, HOST2.v4, ROUTER2.v4);
+    const both = { bird: ['host', 'host2'], kernel: [HOST.v4, HOST2.v4] };
+    await eventually('an ECMP route over both hosts', async () => (JSON.stringify(await ecmpPaths()) === JSON.stringify(both) ? true : undefined), 30_000);
+    const seen = await answers(40);
+    console.log(`40 connections to the ECMP VIP: ${JSON.stringify(seen)}`);
+    expect(Object.keys(seen).sort()).toEqual(['host1', 'host2']);
+  });
+
+  it("one host's app dies: its path leaves the router, every connection goes to the other, the sessions stay; it comes back with the app", async () => {
+    const since = await birdc('show', 'protocols', 'host2');
+    ecmp[1]!.kill('SIGKILL'); // host2's app
+    await eventually('the path through host2 to leave', async () => ((await ecmpPaths()).kernel.join() === HOST.v4 ? true : undefined), 10_000, 50);
+    expect((await ecmpPaths()).bird).toEqual(['host']);
+    expect(await answers(20)).toEqual({ host1: 20 });
+    ecmpApp(host2, 'host2');
+    await eventually('the path through host2 to return', async () => ((await ecmpPaths()).kernel.length === 2 ? true : undefined), 10_000);
+    expect(Object.keys(await answers(40)).sort()).toEqual(['host1', 'host2']);
+    expect(await birdc('show', 'protocols', 'host2')).toBe(since);
   });
 });
