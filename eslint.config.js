@@ -33,6 +33,7 @@ export const houseRules = {
   bpf: { may: ['common'] },
   'registry-bridge': { may: ['common'] },
   repo: { may: ['common'] },
+  diagnostics: { may: ['common'] },
   devenv: { may: ['common'] },
   'test-e2e': { unrestricted: true },
   // No README: benchmarks measure the parts and the development environment together.

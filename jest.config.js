@@ -23,7 +23,7 @@ export default {
     {
       ...common,
       displayName: 'unit',
-      testMatch: ['<rootDir>/{cli,common,devenv,injector,sidecar,cni,bpf,registry-bridge,repo,scripts}/**/*.test.ts'],
+      testMatch: ['<rootDir>/{cli,common,devenv,injector,sidecar,cni,bpf,registry-bridge,repo,diagnostics,scripts}/**/*.test.ts'],
     },
     {
       ...common,

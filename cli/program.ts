@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { bpfCommands } from '../bpf/cli.js';
 import { cniCommands } from '../cni/cli.js';
+import { diagnosticsCommands } from '../diagnostics/cli.js';
 import { injectorCommands } from '../injector/cli.js';
 import { bridgeCommands } from '../registry-bridge/cli.js';
 import { repoCommands } from '../repo/cli.js';
@@ -9,7 +10,24 @@ import { sidecarCommands } from '../sidecar/cli.js';
 import { demoCommand } from './demo.js';
 
 /** Every subcommand, in the order `flb --help` lists them. */
-export const SUBCOMMANDS = ['inject', 'webhook', 'repo', 'bridge', 'sidecar', 'iptables', 'cni', 'bpf', 'bgp', 'vm', 'demo'] as const;
+export const SUBCOMMANDS = [
+  'inject',
+  'webhook',
+  'repo',
+  'bridge',
+  'sidecar',
+  'iptables',
+  'cni',
+  'bpf',
+  'bgp',
+  'vm',
+  'check',
+  'proxy-status',
+  'proxy-config',
+  'validate',
+  'demo',
+  'completion',
+] as const;
 
 function packageVersion(): string {
   for (const candidate of ['../package.json', '../../package.json']) {
@@ -37,10 +55,16 @@ export function buildProgram(): Command {
       ].join('\n'),
     );
   const byName = new Map(
-    [...injectorCommands(), ...repoCommands(), ...bridgeCommands(), ...sidecarCommands(), ...cniCommands(), ...bpfCommands(), demoCommand()].map((c) => [
-      c.name(),
-      c,
-    ]),
+    [
+      ...injectorCommands(),
+      ...repoCommands(),
+      ...bridgeCommands(),
+      ...sidecarCommands(),
+      ...cniCommands(),
+      ...bpfCommands(),
+      ...diagnosticsCommands(),
+      demoCommand(),
+    ].map((c) => [c.name(), c]),
   );
   for (const name of SUBCOMMANDS) {
     const command = byName.get(name);
