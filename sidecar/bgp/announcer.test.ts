@@ -111,27 +111,28 @@ describe('flb bgp', () => {
     return join(dir, name);
   };
 
-  it('refuses a configuration naming each bad field, and a TCP MD5 password it cannot honour', () => {
+  it('refuses a configuration naming each bad field, and a TCP MD5 password it cannot honour', async () => {
     const bad = file(
       'bad.yaml',
       'localAs: 70000000000\nrouterId: 192.0.2.1\npeers:\n  - address: 10.0.0.300\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/33\n    healthCheck: { protocol: tcp, port: 8080 }\n',
     );
-    expect(() => loadBgpConfig(bad)).toThrow(
+    await expect(loadBgpConfig(bad)).rejects.toThrow(
       `invalid ${bad}: localAs: must be an AS number, 1-4294967295; peers[0].address: must be an IPv4 or IPv6 address; vips[0].prefix: must be a CIDR such as 10.0.0.0/8 or fd00::/8`,
     );
     const md5 = file(
       'md5.json',
       JSON.stringify({ localAs: 65001, routerId: '192.0.2.1', peers: [{ address: '10.0.0.1', remoteAs: 65000, passwordRef: 'bgp-secret' }], vips: [] }),
     );
-    expect(() => loadBgpConfig(md5)).toThrow(`invalid ${md5}: peers[0].passwordRef: TCP MD5 (RFC 2385) is not built yet`);
-    expect(() => loadBgpConfig(join(dir, 'missing.yaml'))).toThrow(/cannot read the BGP configuration/);
-    expect(() => loadBgpConfig(file('broken.yaml', 'peers: [\n'))).toThrow(/is not YAML or JSON/);
+    await expect(loadBgpConfig(md5)).rejects.toThrow(`invalid ${md5}: peers[0].passwordRef: TCP MD5 (RFC 2385) is not built yet`);
+    await expect(loadBgpConfig(join(dir, 'missing.yaml'))).rejects.toThrow(/cannot read the BGP configuration/);
+    await expect(loadBgpConfig(file('broken.yaml', 'peers: [\n'))).rejects.toThrow(/is not YAML or JSON/);
+    await expect(loadBgpConfig(file('broken.json', '{ "localAs": '))).rejects.toThrow(/is not YAML or JSON/);
   });
 
   it('serves its status (peers and VIPs with their health) for flb bgp status', async () => {
     const peer = await FakePeer.start({ as: 65000 });
     cleanups.push(() => peer.close());
-    const config = loadBgpConfig(
+    const config = await loadBgpConfig(
       file(
         'ok.yaml',
         `localAs: 65001\nrouterId: 192.0.2.1\ndrainSeconds: 0\npeers:\n  - address: 127.0.0.1\n    port: ${peer.port}\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/32\n    healthCheck: { protocol: tcp, port: 1, intervalMs: 100 }\n`,

@@ -24,7 +24,7 @@ export function bgpCommand(): Command {
         import('../../common/log.js'),
         import('../../common/cli.js'),
       ]);
-      const config = loadBgpConfig(o.config);
+      const config = await loadBgpConfig(o.config);
       const log = createLogger('bgp');
       const running = await startBgp(config, admin, log);
       await untilStopped();
