@@ -255,6 +255,17 @@ describe('container images, built here and run with runc', () => {
     expect(nat).toMatch(/-A FLB_OUTPUT -m owner --uid-owner 1500 -j RETURN/);
     expect(nat).toContain('--to-ports 15001');
 
+    // flb-validation from the same image, unprivileged and not the proxy's UID: its test connection is redirected.
+    const validation = await runtime.start({
+      name: 'flb-validation',
+      image: IMAGES.sidecar.reference,
+      command: ['flb', 'cni', 'validate'],
+      env: { FLB_INTERCEPTION: JSON.stringify(interception) },
+      user: { uid: PROXY_UID + 1, gid: PROXY_UID + 1 },
+      netnsPath: appPod.netnsPath,
+    });
+    expect([await validation.exited, validation.log().slice(-2000)]).toEqual([0, expect.stringContaining('traffic interception is in place')]);
+
     // flb-sidecar, as the injector writes it: the proxy UID, no capability, the repo's token and CA mounted.
     const access = join(work, 'repo-access');
     const state = join(work, 'sidecar-state');

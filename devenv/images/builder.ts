@@ -49,8 +49,9 @@ export interface BaseRecipe {
 
 const LEFT_OUT = ['/usr/share/doc/*', '/usr/share/man/*', '/usr/share/info/*', '/usr/share/locale/*'];
 const INPUTS_LABEL = 'io.flomesh.flb-mesh.inputs';
+const STORE_BUDGET_BYTES = 4e9;
 const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-/** Where RUN steps find the host's CA bundle when the host's Node is told of one (a TLS-intercepting proxy). */
+/** Where RUN steps find the host's CA bundle (hostCaBundle). */
 const BUILD_CA_PATH = '/run/flb-build-extra-ca.pem';
 
 export interface BuiltImage {
@@ -254,7 +255,7 @@ export async function buildImages(options: BuildOptions = {}): Promise<BuiltImag
   const references = [...new Set(parsed.bases.map(({ reference }) => reference))];
   const baseIds = await Promise.all(references.map((reference) => ensureBase(store, reference, BASES[reference]!, progress)));
   const buildahVersion = (await store.buildah(['--version'])).trim();
-  const extraCa = process.env.NODE_EXTRA_CA_CERTS && existsSync(process.env.NODE_EXTRA_CA_CERTS) ? process.env.NODE_EXTRA_CA_CERTS : undefined;
+  const extraCa = hostCaBundle();
 
   const built: BuiltImage[] = [];
   for (const name of options.images ?? (Object.keys(IMAGES) as ImageName[])) {
@@ -293,7 +294,29 @@ export async function buildImages(options: BuildOptions = {}): Promise<BuiltImag
     progress(`${reference}: built in ${Math.round(seconds)} s (${megabytes(image.sizeBytes)})`);
     built.push({ name, reference, id: image.id, inputs: key, sizeBytes: image.sizeBytes, built: true, seconds });
   }
+  if (built.some((image) => image.built)) await pruneWhenLarge(store, progress);
   return built;
+}
+
+/**
+ * Every rebuild leaves the layers it replaced, and a store that only grows fills a long-lived
+ * machine's disk. Past a budget the unused ones go: the next rebuild then redoes its npm ci (about a
+ * minute), so it is not done on every build.
+ */
+async function pruneWhenLarge(store: ImageStore, progress: (message: string) => void): Promise<void> {
+  const bytes = Number((await execa('du', ['-sb', store.root], { reject: false })).stdout.split('\t')[0]);
+  if (!(bytes > STORE_BUDGET_BYTES)) return;
+  progress(`the image store holds ${megabytes(bytes)}, over ${megabytes(STORE_BUDGET_BYTES)}: removing layers no image uses`);
+  await store.buildah(['rmi', '--prune']);
+}
+
+/**
+ * What the build's RUN steps trust besides Node's own roots: what the host trusts. Behind a
+ * TLS-intercepting proxy (these machines have one) that is where the proxy's CA is; elsewhere it
+ * only repeats the public roots.
+ */
+function hostCaBundle(): string | undefined {
+  return [process.env.NODE_EXTRA_CA_CERTS, '/etc/ssl/certs/ca-certificates.crt'].find((path): path is string => !!path && existsSync(path));
 }
 
 /** Reports each RUN step and commit as buildah writes it to its log (the slow parts of a build). */
