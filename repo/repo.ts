@@ -490,9 +490,11 @@ export class Repo {
     const { status, bytes } = keptStatus(report);
     const uuid = typeof status.uuid === 'string' ? status.uuid : '';
     // Looked up in this codebase only: a sidecar cannot take over another codebase's instance.
-    let set = this.instances.get(name);
-    const existing = set?.get(uuid);
+    const existing = this.instances.get(name)?.get(uuid);
+    // Dropping a codebase's only instance removes its map: look it up after, or the new report goes
+    // into a detached map and the sidecar vanishes from every other report (seen by flb proxy-status).
     if (existing) this.dropInstance(existing);
+    let set = this.instances.get(name);
     if (!set) this.instances.set(name, (set = new Map()));
     const instance: Instance = {
       index: existing?.index ?? ++this.instanceCounter,

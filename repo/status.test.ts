@@ -134,6 +134,20 @@ describe('status reports', () => {
     expect(grown).toBeLessThan(4 * MiB);
   });
 
+  it("keeps a codebase's only sidecar through every report it sends (each replaces the last)", () => {
+    const local = new Repo(new MemoryStore());
+    const shown = () =>
+      Object.values(
+        local.info({ name: '/flb/sidecars/solo', version: '1', main: '/m', files: {}, edits: {} }).instances as Record<string, { timestamp: number }>,
+      );
+    const seen: number[][] = [];
+    for (let i = 0; i < 4; i++) {
+      local.reportStatus('/flb/sidecars/solo', sidecarStatus('solo'), '10.0.0.3', 5000 + i);
+      seen.push(shown().map((instance) => instance.timestamp));
+    }
+    expect(seen).toEqual([[5000], [5001], [5002], [5003]]);
+  });
+
   it('keeps at most so many instances per codebase and overall, the ones that reported last', async () => {
     const local = new Repo(new MemoryStore());
     const before = retainedHeap();
