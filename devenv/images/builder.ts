@@ -230,7 +230,6 @@ export const megabytes = (bytes: number) => `${(bytes / 1_000_000).toFixed(0)} M
  */
 export async function buildImages(options: BuildOptions = {}): Promise<BuiltImage[]> {
   const progress = options.onProgress ?? (() => {});
-  if (process.getuid?.() !== 0) throw new Error('building the images needs root (mmdebstrap and buildah with chroot isolation): run as root, e.g. with sudo');
   // Another tree than this checkout: a clean export of a commit while the checkout holds unfinished work.
   const context = options.context ?? process.env.FLB_IMAGES_CONTEXT ?? CHECKOUT;
   const dockerfile = options.dockerfile ?? join(context, 'images', 'Dockerfile');
@@ -249,6 +248,7 @@ export async function buildImages(options: BuildOptions = {}): Promise<BuiltImag
         `(it makes ${Object.keys(BASES).join(', ')}; nothing is pulled)`,
     );
   }
+  if (process.getuid?.() !== 0) throw new Error('building the images needs root (mmdebstrap and buildah with chroot isolation): run as root, e.g. with sudo');
   const store = options.store ?? new ImageStore();
   mkdirSync(store.root, { recursive: true });
   progress(`inputs: ${Object.keys(inputs.files).length} files, hash ${inputs.hash.slice(0, 12)}; store ${store.root}`);

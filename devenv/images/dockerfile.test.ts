@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BASES } from './builder.js';
+import { BASES, buildImages, ImageStore } from './builder.js';
 import { changedFiles, hashInputs, MissingInputError, parseDockerfile, parseIgnoreFile, UnsupportedDockerfileError } from './dockerfile.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -116,5 +116,38 @@ describe('the input hash', () => {
         `images/Dockerfile copies what the build context ${context} does not have: package.json (line 2), package-lock.json (line 2), tsconfig.json (line 4)`,
       ),
     );
+  });
+});
+
+describe('buildImages refuses bad input before building anything', () => {
+  let context: string;
+  beforeEach(() => (context = mkdtempSync(join(tmpdir(), 'flb-build-input-'))));
+  afterEach(() => rmSync(context, { recursive: true, force: true }));
+  // The store is never reached: each check comes before the first buildah or mmdebstrap call.
+  const store = new ImageStore(join(tmpdir(), 'flb-never-made'));
+  const failure = (dockerfile?: string, ignore?: string) => {
+    if (dockerfile !== undefined) writeFileSync(join(context, 'Dockerfile'), dockerfile);
+    if (ignore !== undefined) writeFileSync(join(context, 'Dockerfile.dockerignore'), ignore);
+    return buildImages({ context, dockerfile: join(context, 'Dockerfile'), store }).then(
+      () => 'built',
+      (error: Error) => `${error.name}: ${error.message}`,
+    );
+  };
+
+  it('a missing Dockerfile or ignore file, by path', async () => {
+    expect(await failure()).toBe(`MissingInputError: the image build needs ${context}/Dockerfile, which does not exist`);
+    expect(await failure('FROM localhost/flb-mesh-base:trixie-nodejs20.19.2\n')).toBe(
+      `MissingInputError: the image build needs ${context}/Dockerfile.dockerignore, which does not exist`,
+    );
+  });
+
+  it('a missing source, and a base it cannot make (nothing is pulled)', async () => {
+    expect(await failure('FROM localhost/flb-mesh-base:trixie-nodejs20.19.2\nCOPY app/ /app/\n', '**/build\n')).toBe(
+      `MissingInputError: ${context}/Dockerfile copies what the build context ${context} does not have: app (line 2)`,
+    );
+    expect(await failure('FROM debian:trixie-slim\n', '')).toBe(
+      `Error: ${context}/Dockerfile builds FROM debian:trixie-slim (line 1), which this builder cannot make (it makes ${Object.keys(BASES).join(', ')}; nothing is pulled)`,
+    );
+    expect(existsSync(store.root)).toBe(false);
   });
 });
