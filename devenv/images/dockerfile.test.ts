@@ -121,7 +121,9 @@ describe('the input hash', () => {
 
 describe('buildImages refuses bad input before building anything', () => {
   let context: string;
-  beforeEach(() => (context = mkdtempSync(join(tmpdir(), 'flb-build-input-'))));
+  beforeEach(() => {
+    context = mkdtempSync(join(tmpdir(), 'flb-build-input-'));
+  });
   afterEach(() => rmSync(context, { recursive: true, force: true }));
   // The store is never reached: each check comes before the first buildah or mmdebstrap call.
   const store = new ImageStore(join(tmpdir(), 'flb-never-made'));
