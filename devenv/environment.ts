@@ -31,6 +31,8 @@ export interface DevEnvironmentOptions {
   podNetwork?: Pick<PodNetworkOptions, 'cniBinDirs' | 'cniEnv'>;
   /** Restart back-off of the simulated kubelet (10 s, as the kubelet's, unless told). */
   backoffBaseMs?: number;
+  /** ClusterIPs reachable from pods without a sidecar, as kube-proxy makes them (the chart's control plane needs it). */
+  serviceProxy?: boolean;
   onProgress?: (message: string) => void;
 }
 
@@ -64,6 +66,7 @@ export async function startDevEnvironment(options: DevEnvironmentOptions): Promi
       log: options.log,
       ...(options.nodes ? { nodes: options.nodes } : {}),
       ...(options.backoffBaseMs ? { backoffBaseMs: options.backoffBaseMs } : {}),
+      ...(options.serviceProxy ? { serviceProxy: true } : {}),
     });
     return { plane, network, simulator, dir, stop };
   } catch (error) {

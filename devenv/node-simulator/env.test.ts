@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
-import { containerEnv, EnvError, expandReferences, type EnvSources } from './env.js';
+import { containerEnv, EnvError, expandReferences, homeDirectory, type EnvSources } from './env.js';
 
 const pod: V1Pod = {
   metadata: { name: 'orders-1', namespace: 'shop', uid: 'u-1', labels: { app: 'orders' }, annotations: { 'team/owner': 'blue' } },
@@ -110,5 +110,18 @@ describe('container environment', () => {
       containerEnv(pod, { name: 'app', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'cm', key: 'x' } } }] }, sources({ cm: {} })),
     ).toThrow(/couldn't find key x in ConfigMap cm/);
     expect(() => containerEnv(pod, { name: 'app', envFrom: [{ secretRef: { name: 'gone' } }] }, sources())).toThrow(/secret "gone" not found/);
+  });
+});
+
+describe('HOME, as the runtime sets it when the spec does not', () => {
+  const passwd = 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nnohome:x:700:700::::\n';
+  it("is the user's home from the passwd file", () => {
+    expect(homeDirectory(0, passwd)).toBe('/root');
+    expect(homeDirectory(65534, passwd)).toBe('/nonexistent');
+  });
+  it('is / for a UID with no entry, or an entry without a home', () => {
+    expect(homeDirectory(65532, passwd)).toBe('/');
+    expect(homeDirectory(700, passwd)).toBe('/');
+    expect(homeDirectory(0, '')).toBe('/');
   });
 });

@@ -142,3 +142,16 @@ function envValue(pod: V1Pod, container: V1Container, variable: V1EnvVar, define
   if (from.secretKeyRef) return fromSource('Secret', from.secretKeyRef.name!, from.secretKeyRef.key, from.secretKeyRef.optional, sources);
   throw new EnvError(`env ${variable.name}: unsupported valueFrom ${Object.keys(from).join(', ')}`);
 }
+
+/**
+ * HOME as the container runtime sets it when the spec does not (runc): the user's home in the
+ * passwd file, else "/". Without it Node's os.homedir() throws for a UID with no passwd entry
+ * (the chart's control plane runs as 65532), which a real container never sees.
+ */
+export function homeDirectory(uid: number, passwd: string): string {
+  for (const line of passwd.split('\n')) {
+    const fields = line.split(':');
+    if (fields.length >= 6 && Number(fields[2]) === uid && fields[2] !== '') return fields[5] || '/';
+  }
+  return '/';
+}

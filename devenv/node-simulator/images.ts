@@ -1,7 +1,7 @@
 // The node simulator's "images": names that map to programs of this checkout instead of layers
-// pulled from a registry. The mesh image runs this checkout's `flb` (its iptables use is the host's
-// iptables, inside the pod's network namespace); the demo image runs the demo apps. Anything else
-// fails the way a kubelet fails an image it cannot pull.
+// pulled from a registry. The mesh and control plane images run this checkout's `flb` (its iptables
+// use is the host's iptables, inside the pod's network namespace); the demo image runs the demo
+// apps. Anything else fails the way a kubelet fails an image it cannot pull.
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +12,8 @@ export const CHECKOUT = ROOT.endsWith('/dist') ? dirname(ROOT) : ROOT;
 export const VERSION = (JSON.parse(readFileSync(join(CHECKOUT, 'package.json'), 'utf8')) as { version: string }).version;
 
 export const MESH_IMAGE = `flomesh/flb-mesh:${VERSION}`;
+/** The control plane's image (images/Dockerfile's control-plane target): the same `flb`. */
+export const CONTROL_PLANE_IMAGE = `flomesh/flb-mesh-control-plane:${VERSION}`;
 export const DEMO_IMAGE = `flomesh/flb-demo:${VERSION}`;
 
 interface Image {
@@ -23,6 +25,11 @@ interface Image {
 
 const IMAGES: Record<string, Image> = {
   [MESH_IMAGE]: {
+    entrypoint: ['flb'],
+    cmd: ['--help'],
+    programs: { flb: [process.execPath, join(CHECKOUT, 'bin/flb.js')] },
+  },
+  [CONTROL_PLANE_IMAGE]: {
     entrypoint: ['flb'],
     cmd: ['--help'],
     programs: { flb: [process.execPath, join(CHECKOUT, 'bin/flb.js')] },

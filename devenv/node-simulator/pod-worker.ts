@@ -5,7 +5,7 @@
 // back-off; and on deletion preStop hooks and termination in Kubernetes' order (app containers,
 // then native sidecars in reverse), before the final delete that frees the pod's name.
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request as httpRequest } from 'node:http';
 import type { CoreV1Api, V1Container, V1ContainerState, V1ContainerStateTerminated, V1LifecycleHandler, V1Pod, V1PodSpec } from '@kubernetes/client-node';
@@ -13,7 +13,7 @@ import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from '../../common/log.js';
 import type { PodNetwork, PodSandbox } from '../pod-network.js';
 import { effectiveCapabilities, execInContainer, prepareMountTargets, startContainerProcess, type ContainerProcessSpec, type Mount } from './containers.js';
-import { containerEnv, EnvError, type EnvSources } from './env.js';
+import { containerEnv, EnvError, homeDirectory, type EnvSources } from './env.js';
 import { CHECKOUT, containerArgv, ImagePullError } from './images.js';
 import { ProbeRunner, resolvePort } from './probes.js';
 import { podStatus, type ContainerRole, type ContainerView } from './status.js';
@@ -315,6 +315,7 @@ export class PodWorker {
     const groups = [...(podSecurity?.supplementalGroups ?? []), ...(podSecurity?.fsGroup !== undefined ? [podSecurity.fsGroup] : [])];
     const argv = containerArgv(spec.image ?? '', spec.command, spec.args);
     const env = containerEnv(this.pod, spec, this.envSources());
+    env.HOME ??= homeDirectory(uid, readPasswd());
     const mounts: Mount[] = [...this.volumes!.mountsFor(spec)];
     if (this.pod.spec?.dnsPolicy !== 'Default' && !mounts.some((m) => m.target === '/etc/resolv.conf'))
       mounts.push({ source: join(this.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true });
@@ -782,3 +783,12 @@ export class PodWorker {
 
 /** Signal numbers for the exit code a killed container reports (128 + n). */
 const SIGNALS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+
+/** Containers see the host's files, /etc/passwd among them. */
+function readPasswd(): string {
+  try {
+    return readFileSync('/etc/passwd', 'utf8');
+  } catch {
+    return '';
+  }
+}

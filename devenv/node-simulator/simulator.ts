@@ -8,6 +8,7 @@ import type { Logger } from '../../common/log.js';
 import { KeepAliveKubeConfig } from '../keep-alive-kubeconfig.js';
 import type { PodNetwork } from '../pod-network.js';
 import { ClusterDns } from './cluster-dns.js';
+import { ServiceProxy } from './service-proxy.js';
 import { SimulatedNode } from './node.js';
 import { PodWorker, type PodWorkerContext } from './pod-worker.js';
 
@@ -30,6 +31,8 @@ export interface NodeSimulatorOptions {
   backoffMaxMs?: number;
   clusterDns?: { nameserver: string; domain: string };
   leaseRenewMs?: number;
+  /** Translate ClusterIPs on the host as kube-proxy would (service-proxy.ts); off unless asked. */
+  serviceProxy?: boolean;
 }
 
 export const DEFAULT_NODES: NodeSpec[] = [{ name: 'flb-node-a', zone: 'zone-a', region: 'region-1' }];
@@ -46,6 +49,7 @@ export class NodeSimulator {
   private readonly relayed = new Set<Socket>();
   private relayPort = 0;
   private dns?: ClusterDns;
+  private serviceProxy?: ServiceProxy;
   private dnsServing = false;
   private nextNode = 0;
   private readonly binding = new Set<string>();
@@ -83,6 +87,10 @@ export class NodeSimulator {
         log: options.log,
       });
       simulator.dnsServing = await simulator.dns.start();
+      if (options.serviceProxy) {
+        simulator.serviceProxy = new ServiceProxy({ kubeConfig: options.kubeConfig, bridge: options.network.bridge, log: options.log });
+        await simulator.serviceProxy.start();
+      }
       for (const node of simulator.nodes) await node.register();
       simulator.watchPods();
     } catch (error) {
@@ -255,6 +263,7 @@ export class NodeSimulator {
     this.workers.clear();
     for (const node of this.nodes) await node.stop(true);
     await this.dns?.stop();
+    await this.serviceProxy?.stop();
     for (const socket of this.relayed) socket.destroy();
     await new Promise<void>((resolve) => (this.relay ? this.relay.close(() => resolve()) : resolve()));
     this.kubeConfig.destroy();

@@ -1,10 +1,12 @@
-// A pod's volumes on the node: emptyDir, hostPath, ConfigMap, Secret, downwardAPI and projected
+// A pod's volumes on the node: emptyDir, hostPath, ConfigMap, Secret, downwardAPI, projected
 // (ServiceAccount tokens from the TokenRequest API for the audience the spec asks, refreshed
-// before they expire; ConfigMaps, Secrets, downward API). Files are written the way the kubelet's
+// before they expire; ConfigMaps, Secrets, downward API) and persistentVolumeClaim (a folder per
+// claim that outlives its pods, with no binding or provisioner). With the pod's fsGroup, files and
+// folders belong to that group, as the kubelet makes them. Files are written the way the kubelet's
 // atomic writer does (a timestamped folder behind a `..data` symlink swapped in one rename), so a
 // reader never sees half an update, and they are refreshed while the pod runs.
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, lstatSync, chmodSync } from 'node:fs';
+import { mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, lstatSync, chmodSync, chownSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CoreV1Api, V1Container, V1Pod, V1Volume, V1KeyToPath, V1DownwardAPIVolumeFile } from '@kubernetes/client-node';
 import type { Logger } from '../../common/log.js';
@@ -45,7 +47,15 @@ export class PodVolumes {
   }
 
   pathOf(volume: V1Volume): string {
-    return volume.hostPath ? volume.hostPath.path : join(this.dir, 'volumes', volume.name);
+    if (volume.hostPath) return volume.hostPath.path;
+    // Claims live beside the pods' folders (<run>/claims/<namespace>/<claim>), so a StatefulSet's
+    // next pod finds the data its last one wrote.
+    if (volume.persistentVolumeClaim) return join(this.dir, '..', '..', 'claims', this.pod.metadata!.namespace!, volume.persistentVolumeClaim.claimName);
+    return join(this.dir, 'volumes', volume.name);
+  }
+
+  private get fsGroup(): number | undefined {
+    return this.pod.spec?.securityContext?.fsGroup;
   }
 
   /** Every volume ready to mount; a VolumeError says what is missing (the kubelet's FailedMount). */
@@ -59,8 +69,17 @@ export class PodVolumes {
         chmodSync(path, 0o777);
         continue;
       }
+      if (volume.persistentVolumeClaim) {
+        mkdirSync(path, { recursive: true });
+        // The fsGroup may write, and what it makes stays the group's (setgid), as on a volume the kubelet mounts.
+        if (this.fsGroup !== undefined) chownSync(path, 0, this.fsGroup);
+        chmodSync(path, this.fsGroup !== undefined ? 0o2775 : 0o755);
+        continue;
+      }
       if (!volume.configMap && !volume.secret && !volume.projected && !volume.downwardAPI) {
-        throw new VolumeError(`volume ${volume.name}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are simulated`);
+        throw new VolumeError(
+          `volume ${volume.name}: only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are simulated`,
+        );
       }
       await this.write(volume, path);
     }
@@ -121,7 +140,7 @@ export class PodVolumes {
       digest.update(`${relative}\0${mode}\0`).update(content).update('\0');
     const hash = digest.digest('hex');
     if (this.written.get(volume.name) === hash) return;
-    writeAtomically(path, files);
+    writeAtomically(path, files, this.fsGroup);
     this.written.set(volume.name, hash);
   }
 
@@ -213,9 +232,13 @@ function addKeys(files: Files, what: string, data: Map<string, Buffer>, items: V
 
 /**
  * The kubelet's atomic writer: the files go to a new timestamped folder, `..data` is pointed at it
- * by a rename (atomic), and each top-level name is a symlink through `..data`.
+ * by a rename (atomic), and each top-level name is a symlink through `..data`. With a group (the
+ * pod's fsGroup), files and folders are that group's and the group may read every file.
  */
-export function writeAtomically(path: string, files: Files): void {
+export function writeAtomically(path: string, files: Files, group?: number): void {
+  const own = (target: string) => {
+    if (group !== undefined) chownSync(target, 0, group);
+  };
   mkdirSync(path, { recursive: true });
   chmodSync(path, 0o755);
   const version = `..${new Date().toISOString().replace(/[:.]/g, '_')}.${Math.random().toString(36).slice(2, 8)}`;
@@ -226,10 +249,13 @@ export function writeAtomically(path: string, files: Files): void {
     const file = join(versionDir, relative);
     mkdirSync(dirname(file), { recursive: true, mode: 0o755 });
     writeFileSync(file, content, { mode });
-    chmodSync(file, mode);
+    own(file);
+    own(dirname(file));
+    chmodSync(file, group === undefined ? mode : mode | 0o040);
   }
   mkdirSync(versionDir, { recursive: true, mode: 0o755 });
   chmodSync(versionDir, 0o755);
+  own(versionDir);
   symlinkSync(version, join(path, '..data_tmp'));
   renameSync(join(path, '..data_tmp'), join(path, '..data'));
   const top = new Set([...files.keys()].map((f) => f.split('/')[0]!));
