@@ -1,0 +1,205 @@
+// The chart installed as a user installs it, onto the test control plane with pods that run (the
+// node simulator maps the chart's images to this checkout's flb): the repo StatefulSet on its
+// claim, two bridges on a Lease, two injectors behind the Service the webhook configuration names
+// (the apiserver reaches it by `service:` with --enable-aggregator-routing, as there is no
+// kube-proxy; pods reach ClusterIPs through the simulator's stand-in for it). Then a labelled
+// namespace's pods get sidecars and call each other by name.
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { existsSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { createLogger } from '../common/log.js';
+import { REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
+import { getJson } from '../devenv/mesh.js';
+import { CONTROL_PLANE_IMAGE, DEMO_IMAGE } from '../devenv/node-simulator/images.js';
+import { CHART_DIR, Helm } from './harness/chart.js';
+import { eventually } from './harness/eventually.js';
+import { requireRoot } from './harness/netns.js';
+
+const MESH_NS = 'flomesh';
+const APP_NS = 'shop';
+const log = createLogger('chart-mesh-test', 'silent');
+
+interface ClientStats {
+  sent: number;
+  ok: number;
+  failed: number;
+  byPod: Record<string, number>;
+  lastError?: string;
+}
+
+const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
+
+const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
+  metadata: { name },
+  spec: {
+    replicas,
+    selector: { matchLabels: { app: name } },
+    template: {
+      metadata: { labels: { app: name } },
+      spec: {
+        terminationGracePeriodSeconds: 5,
+        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
+      },
+    },
+  },
+});
+
+function post(url: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'POST', timeout: 3000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve());
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the chart installed on the test control plane with pods that run', () => {
+  let env: DevEnvironment;
+  let helm: Helm;
+  let core: CoreV1Api;
+
+  const pods = async (namespace: string, selector?: string) =>
+    (await core.listNamespacedPod({ namespace, ...(selector ? { labelSelector: selector } : {}) })).items;
+  /** What a failed wait shows: every pod of the namespace with its containers' states and last log lines. */
+  const describePods = async (namespace: string) => {
+    const lines: string[] = [];
+    for (const pod of await pods(namespace)) {
+      lines.push(`${pod.metadata?.name} on ${pod.spec?.nodeName ?? '(unbound)'}: ${pod.status?.phase} ready=${isReady(pod)}`);
+      for (const status of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
+        lines.push(`  ${status.name}: ${JSON.stringify(status.state)} restarts=${status.restartCount}`);
+        const file = env.simulator.logFile(pod, status.name);
+        if (file && existsSync(file))
+          lines.push(
+            ...readFileSync(file, 'utf8')
+              .trim()
+              .split('\n')
+              .slice(-8)
+              .map((l) => `    ${l.slice(0, 400)}`),
+          );
+      }
+    }
+    return lines.join('\n');
+  };
+  const waitOrExplain = async <T>(what: string, namespace: string, probe: () => Promise<T | undefined>, timeoutMs: number) => {
+    try {
+      return await eventually(what, probe, timeoutMs);
+    } catch (error) {
+      const shown = namespace === MESH_NS ? [MESH_NS] : [namespace, MESH_NS];
+      const described = await Promise.all(shown.map((ns) => describePods(ns).catch((e: unknown) => String(e))));
+      throw new Error(`${(error as Error).message}\n${described.join('\n')}`, { cause: error });
+    }
+  };
+  const clientStats = async () => {
+    const ip = (await pods(APP_NS, 'app=client')).find(isReady)!.status!.podIP!;
+    const stats = await getJson<ClientStats>(`http://${ip}:8081/stats`);
+    if (!stats) throw new Error('the client did not answer');
+    return stats;
+  };
+
+  beforeAll(async () => {
+    requireRoot('the chart end-to-end test');
+    env = await startDevEnvironment({
+      log,
+      nodes: [
+        { name: 'chart-a', zone: 'zone-a' },
+        { name: 'chart-b', zone: 'zone-b' },
+      ],
+      controlPlane: { apiserverArgs: ['--enable-aggregator-routing=true'] },
+      serviceProxy: true,
+      backoffBaseMs: 1000,
+    });
+    core = env.plane.kubeConfig.makeApiClient(CoreV1Api);
+    helm = new Helm(env.plane.kubeconfigPath);
+  });
+  afterAll(async () => {
+    helm?.dispose();
+    await env?.stop();
+  });
+
+  it('brings the control plane up: repo, two bridges with one leader, two injectors that keep the caBundle', async () => {
+    const install = await helm.run(['install', 'flb', CHART_DIR, '--namespace', MESH_NS, '--create-namespace']);
+    expect({ exitCode: install.exitCode, stderr: install.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    const running = await waitOrExplain(
+      'five control plane pods Ready',
+      MESH_NS,
+      async () => {
+        const ready = (await pods(MESH_NS)).filter(isReady);
+        return ready.length === 5 ? ready : undefined;
+      },
+      150_000,
+    );
+    expect(running.map((p) => p.metadata!.labels!['app.kubernetes.io/name']).sort()).toEqual([
+      'flb-bridge',
+      'flb-bridge',
+      'flb-injector',
+      'flb-injector',
+      'flb-repo',
+    ]);
+    for (const pod of running) expect(pod.spec!.containers[0]!.image).toBe(CONTROL_PLANE_IMAGE);
+
+    const admission = env.plane.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+    await eventually('the injector setting the caBundle', async () => {
+      const config = await admission.readMutatingWebhookConfiguration({ name: 'flb-sidecar-injector' });
+      return (config.webhooks ?? []).every((w) => Boolean(w.clientConfig.caBundle)) ? true : undefined;
+    });
+    // One bridge leads (the Lease), the other stands by; both have listed the cluster.
+    const statuses = await Promise.all(
+      running
+        .filter((p) => p.metadata!.labels!['app.kubernetes.io/name'] === 'flb-bridge')
+        .map((p) => getJson<{ leader: boolean; sources: { state: string }[] }>(`http://${p.status!.podIP!}:15020/status`)),
+    );
+    expect(statuses.map((s) => s?.leader).sort()).toEqual([false, true]);
+  });
+
+  it("injects a labelled namespace's pods, whose client calls the echo Service by name through its sidecar", async () => {
+    await core.createNamespace({ body: { metadata: { name: APP_NS, labels: { 'flomesh.io/inject': 'enabled' } } } });
+    await eventually('the default ServiceAccount', () => core.readNamespacedServiceAccount({ name: 'default', namespace: APP_NS }));
+    await core.createNamespacedService({
+      namespace: APP_NS,
+      body: {
+        // Calls may cross zones: the two nodes are in two.
+        metadata: { name: 'echo', annotations: { 'flomesh.io/locality': 'none' } },
+        spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] },
+      },
+    });
+    const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
+    await apps.createNamespacedDeployment({ namespace: APP_NS, body: deployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({
+      namespace: APP_NS,
+      body: deployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }),
+    });
+    const ready = await waitOrExplain(
+      'four app pods Ready',
+      APP_NS,
+      async () => {
+        const all = (await pods(APP_NS)).filter(isReady);
+        return all.length === 4 ? all : undefined;
+      },
+      150_000,
+    );
+    for (const pod of ready) {
+      expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+      expect(pod.metadata!.labels!['flomesh.io/sidecar-injected']).toBe('true');
+    }
+    // The bridge put the repo's CA where the sidecars mount it.
+    expect((await core.readNamespacedConfigMap({ name: REPO_CA_CONFIGMAP, namespace: APP_NS })).data?.['ca.crt']).toContain('BEGIN CERTIFICATE');
+
+    const echoPods = ready.filter((p) => p.metadata!.labels!.app === 'echo').map((p) => p.metadata!.name!);
+    await waitOrExplain(
+      'the client reaching all three echo pods without a failure',
+      APP_NS,
+      async () => {
+        await post(`http://${(await pods(APP_NS, 'app=client')).find(isReady)!.status!.podIP!}:8081/reset`);
+        await new Promise((r) => setTimeout(r, 2000));
+        const stats = await clientStats();
+        return stats.failed === 0 && stats.ok >= 20 && Object.keys(stats.byPod).length === 3 ? stats : undefined;
+      },
+      60_000,
+    );
+    expect(Object.keys((await clientStats()).byPod).sort()).toEqual(echoPods.sort());
+  });
+});
