@@ -405,10 +405,14 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       5_000,
     );
     expect((await flbBgp!).exitCode).toBe(0);
+    // the VIP this test put on lo is not flb bgp's to take away
+    expect((await host.exec('ip', ['addr', 'show', 'dev', 'lo'])).stdout).toContain(`${APP_VIP}/32`);
   });
 
   // Two hosts announce one VIP, each gated by its own app: the router balances over both (ECMP).
   const ECMP_VIP = '198.51.100.30';
+  // not 8080: the app of the tests above still listens there on its own VIP
+  const ECMP_PORT = 8081;
   const ecmpApp = (ns: Netns, greeting: string) => {
     const child = execa(
       'setpriv',
@@ -422,7 +426,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         ns.name,
         process.execPath,
         '-e',
-        `require('net').createServer((s) => s.end('${greeting}')).listen(8080, '${ECMP_VIP}')`,
+        // on every address: the check (to the VIP) passes only once flb bgp has put the VIP on lo
+        `require('net').createServer((s) => s.end('${greeting}')).listen(${ECMP_PORT})`,
       ],
       { reject: false },
     );
@@ -443,7 +448,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         vips: [
           {
             prefix: `${ECMP_VIP}/32`,
-            healthCheck: { protocol: 'tcp', address: ECMP_VIP, port: 8080, intervalMs: 200, timeoutMs: 150, healthyThreshold: 2, unhealthyThreshold: 3 },
+            healthCheck: { protocol: 'tcp', address: ECMP_VIP, port: ECMP_PORT, intervalMs: 200, timeoutMs: 150, healthyThreshold: 2, unhealthyThreshold: 3 },
           },
         ],
       }),
@@ -464,20 +469,20 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   /** Which app answers each of `n` connections from the router. */
   const answers = async (n: number) => {
     const script = `const net = require('net'); const seen = {}; let left = ${n};
-      const one = () => { const s = net.connect(8080, '${ECMP_VIP}'); let got = ''; s.setTimeout(2000, () => s.destroy());
+      const one = () => { const s = net.connect(${ECMP_PORT}, '${ECMP_VIP}'); let got = ''; s.setTimeout(2000, () => s.destroy());
         s.on('data', (d) => (got += d)); s.on('close', () => { seen[got || 'none'] = (seen[got || 'none'] || 0) + 1; if (--left) one(); else console.log(JSON.stringify(seen)); }); s.on('error', () => undefined); };
       one();`;
     return JSON.parse((await router.exec(process.execPath, ['-e', script])).stdout) as Record<string, number>;
   };
 
   it('two hosts announce one VIP: the router holds a path through each and connections reach both apps', async () => {
-    for (const ns of [host, host2]) await ns.exec('ip', ['addr', 'add', `${ECMP_VIP}/32`, 'dev', 'lo']);
     ecmpApp(host, 'host1');
     ecmpApp(host2, 'host2');
     ecmpAnnouncer(host, HOST.v4, ROUTER.v4);
     ecmpAnnouncer(host2, HOST2.v4, ROUTER2.v4);
     const both = { bird: ['host', 'host2'], kernel: [HOST.v4, HOST2.v4] };
     await eventually('an ECMP route over both hosts', async () => (JSON.stringify(await ecmpPaths()) === JSON.stringify(both) ? true : undefined), 30_000);
+    for (const ns of [host, host2]) expect((await ns.exec('ip', ['addr', 'show', 'dev', 'lo'])).stdout).toContain(`${ECMP_VIP}/32`);
     const seen = await answers(40);
     console.log(`40 connections to the ECMP VIP: ${JSON.stringify(seen)}`);
     expect(Object.keys(seen).sort()).toEqual(['host1', 'host2']);
@@ -493,5 +498,14 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     await eventually('the path through host2 to return', async () => ((await ecmpPaths()).kernel.length === 2 ? true : undefined), 10_000);
     expect(Object.keys(await answers(40)).sort()).toEqual(['host1', 'host2']);
     expect(await birdc('show', 'protocols', 'host2')).toBe(since);
+  });
+
+  it('flb bgp stopped on one host: its path leaves and the VIP it put on lo is gone', async () => {
+    const announcer = ecmp[2]!; // host1's
+    announcer.kill('SIGTERM');
+    expect((await announcer).exitCode).toBe(0);
+    expect((await host.exec('ip', ['addr', 'show', 'dev', 'lo'])).stdout).not.toContain(ECMP_VIP);
+    await eventually('the path through host1 to leave', async () => ((await ecmpPaths()).kernel.join() === HOST2.v4 ? true : undefined), 10_000);
+    expect(await answers(10)).toEqual({ host2: 10 });
   });
 });

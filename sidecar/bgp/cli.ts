@@ -26,7 +26,7 @@ export function bgpCommand(): Command {
       ]);
       const config = await loadBgpConfig(o.config);
       const log = createLogger('bgp');
-      const running = await startBgp(config, admin, log);
+      const running = await startBgp(config, admin, log, { vipsOnLoopback: true });
       await untilStopped();
       log.info('draining');
       await running.stop();

@@ -1,7 +1,8 @@
 // `flb bgp --config FILE`: the announcer on its own, for hosts without a sidecar. Reads the BGP
-// section of the contract from a YAML or JSON file (refused at start, naming each bad field),
-// serves its status on the admin address (GET /status, JSON; `flb bgp status` reads it), and on
-// SIGTERM or Ctrl-C drains (announcer.ts) before it exits.
+// section of the contract from a YAML or JSON file (refused at start, naming each bad field), puts
+// the VIPs on lo when root (loopback.ts), serves its status on the admin address (GET /status, JSON;
+// `flb bgp status` reads it), and on SIGTERM or Ctrl-C drains (announcer.ts), takes the VIPs it
+// added off lo, and exits.
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
@@ -10,6 +11,7 @@ import { BgpSchema } from '../../common/contract/sidecar.js';
 import { ContractError, parseDocument } from '../../common/contract/validate.js';
 import { ActionableError, formatAddress, listenError } from '../../common/errors.js';
 import { Announcer, type BgpConfig } from './announcer.js';
+import { addVipsToLoopback } from './loopback.js';
 
 /**
  * JSON as JSON; YAML through the yaml package, loaded by a specifier esbuild cannot follow: the
@@ -54,7 +56,12 @@ export interface RunningBgp {
   stop(): Promise<void>;
 }
 
-export async function startBgp(config: BgpConfig, admin: { host: string; port: number }, log: Logger): Promise<RunningBgp> {
+export interface StartOptions {
+  /** Put host-route VIPs on lo while running, when root (`flb bgp` does; tests in the machine's own namespace must not). */
+  vipsOnLoopback: boolean;
+}
+
+export async function startBgp(config: BgpConfig, admin: { host: string; port: number }, log: Logger, options: StartOptions): Promise<RunningBgp> {
   const announcer = new Announcer(config, log);
   const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
@@ -71,6 +78,7 @@ export async function startBgp(config: BgpConfig, admin: { host: string; port: n
     );
     server.listen(admin.port, admin.host, () => resolve());
   });
+  const vips = await addVipsToLoopback(options.vipsOnLoopback ? config.vips.map((v) => v.prefix) : [], log);
   announcer.start();
   log.info({ admin: `http://${formatAddress(admin.host, admin.port)}/status`, peers: config.peers.length, vips: config.vips.length }, 'BGP announcer running');
   return {
@@ -78,6 +86,7 @@ export async function startBgp(config: BgpConfig, admin: { host: string; port: n
     admin: server,
     async stop() {
       await announcer.drain();
+      await vips.remove();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
