@@ -131,6 +131,9 @@ describe('the flb-mesh chart', () => {
       expect(result.stderr).toMatch(field);
       expect(result.stdout).toBe('');
     }
+    const blocking = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('pdb', { injector: { replicas: 1 } })]);
+    expect(blocking.exitCode).toBe(1);
+    expect(blocking.stderr).toContain('injector.podDisruptionBudget.minAvailable (1) must be less than injector.replicas (1)');
     const certManager = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cm', { webhook: { certManager: { enabled: true } } })]);
     expect(certManager.exitCode).toBe(1);
     expect(certManager.stderr).toContain('webhook.certManager.enabled: not available yet');
