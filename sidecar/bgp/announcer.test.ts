@@ -12,7 +12,7 @@ import { Announcer } from './announcer.js';
 import { loadBgpConfig, startBgp } from './runner.js';
 import { fetchBgpStatus, renderBgpStatus } from './status.js';
 import { FakePeer } from './testing/fake-peer.js';
-import { communityText, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
+import { communityText, encodeNotification, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: (() => unknown)[] = [];
@@ -147,6 +147,17 @@ describe('flb bgp', () => {
     const text = renderBgpStatus(status);
     expect(text).toMatch(new RegExp(`^127\\.0\\.0\\.1:${peer.port}\\s+65000\\s+Established\\s+\\d+s\\s+ipv4-unicast,ipv6-unicast\\s+0\\s+0`, 'm'));
     expect(text).toMatch(/^198\.51\.100\.10\/32\s+unhealthy \(\d+ in a row\)\s+no\s+ECONNREFUSED, \d+s ago/m);
+    // Prometheus: states when scraped, events counted (the peer's Cease, then the session again)
+    peer.send(encodeNotification(6, 4));
+    await peer.until('the second session', () => (peer.connections === 2 && running.announcer.status().peers[0]!.state === 'Established' ? true : undefined));
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const peerLabel = `peer="127.0.0.1:${peer.port}"`;
+    expect(metrics).toContain(`flb_bgp_session_established{${peerLabel},remote_as="65000"} 1`);
+    expect(metrics).toContain(`flb_bgp_notifications_total{${peerLabel},direction="received",code="6",subcode="4"} 1`);
+    expect(metrics).toContain(`flb_bgp_session_down_total{${peerLabel}} 1`);
+    expect(metrics).toContain('flb_bgp_vip_healthy{vip="198.51.100.10/32"} 0');
+    expect(metrics).toContain('flb_bgp_vip_announced{vip="198.51.100.10/32"} 0');
+    expect(metrics).toMatch(/^flb_bgp_process_resident_memory_bytes \d+/m);
     await expect(fetchBgpStatus('http://127.0.0.1:1')).rejects.toThrow(/cannot reach the BGP announcer at http:\/\/127.0.0.1:1/);
   });
 });

@@ -1,10 +1,11 @@
 // `flb bgp --config FILE`: the announcer on its own, for hosts without a sidecar. Reads the BGP
 // section of the contract from a YAML or JSON file (refused at start, naming each bad field), puts
 // the VIPs on lo when root (loopback.ts), serves its status on the admin address (GET /status, JSON;
-// `flb bgp status` reads it), and on SIGTERM or Ctrl-C drains (announcer.ts), takes the VIPs it
+// `flb bgp status` reads it) and Prometheus metrics (GET /metrics), and on SIGTERM or Ctrl-C drains (announcer.ts), takes the VIPs it
 // added off lo, and exits.
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type * as Yaml from 'yaml';
 import { BgpSchema } from '../../common/contract/sidecar.js';
@@ -12,6 +13,7 @@ import { ContractError, parseDocument } from '../../common/contract/validate.js'
 import { ActionableError, formatAddress, listenError } from '../../common/errors.js';
 import { Announcer, type BgpConfig } from './announcer.js';
 import { addVipsToLoopback } from './loopback.js';
+import { registerBgpMetrics } from './metrics.js';
 
 /**
  * JSON as JSON; YAML through the yaml package, loaded by a specifier esbuild cannot follow: the
@@ -63,13 +65,21 @@ export interface StartOptions {
 
 export async function startBgp(config: BgpConfig, admin: { host: string; port: number }, log: Logger, options: StartOptions): Promise<RunningBgp> {
   const announcer = new Announcer(config, log);
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'flb_bgp_' });
+  registerBgpMetrics(registry, announcer);
   const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(announcer.status()));
+    } else if (req.method === 'GET' && req.url === '/metrics') {
+      registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+        (error: Error) => res.writeHead(500).end(`${error.message}\n`),
+      );
     } else if (req.method === 'GET' && req.url === '/healthz') {
       res.writeHead(200).end('ok\n');
     } else {
-      res.writeHead(404).end('not found: GET /status or /healthz\n');
+      res.writeHead(404).end('not found: GET /status, /metrics or /healthz\n');
     }
   });
   await new Promise<void>((resolve, reject) => {

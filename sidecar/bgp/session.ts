@@ -76,7 +76,8 @@ const OPEN_HOLD_MS = 240_000;
 const MAX_RECEIVED_TRACKED = 10_000;
 
 /**
- * Events: 'state' (state: SessionState), 'established', 'down' (reason: string).
+ * Events: 'state' (state: SessionState), 'established', 'down' (reason: string), 'notification'
+ * (direction: 'sent' | 'received', code: number, subcode: number), 'updates' (count: number, sent).
  */
 export class BgpSession extends EventEmitter {
   state: SessionState = 'Idle';
@@ -124,6 +125,7 @@ export class BgpSession extends EventEmitter {
     this.clearTimers();
     if (this.socket && (this.state === 'OpenSent' || this.state === 'OpenConfirm' || this.state === 'Established')) {
       this.socket.end(encodeNotification(ErrorCode.CEASE, CeaseSubcode.ADMINISTRATIVE_SHUTDOWN, shutdownData(message)));
+      this.emit('notification', 'sent', ErrorCode.CEASE, CeaseSubcode.ADMINISTRATIVE_SHUTDOWN);
       this.log.info({ message }, 'BGP session shut down');
     } else {
       this.socket?.destroy();
@@ -224,6 +226,7 @@ export class BgpSession extends EventEmitter {
 
   private handle(message: ReceivedMessage): void {
     if (message.type === 'notification') {
+      this.emit('notification', 'received', message.code, message.subcode);
       this.drop(`the peer sent NOTIFICATION ${describeNotification(message.code, message.subcode, message.data)}`, false);
       return;
     }
@@ -308,8 +311,9 @@ export class BgpSession extends EventEmitter {
     const wanted = new Map(routesToSend(this.desired.values(), view, this.log, this.unsendableSaid).map((r) => [prefixText(r.prefix), r]));
     const changed = [...wanted].filter(([key, route]) => !sameRoute(this.advertised.get(key), route)).map(([, route]) => route);
     const gone = [...this.advertised].filter(([key]) => !wanted.has(key)).map(([, route]) => route.prefix);
-    for (const message of withdrawals(gone, view)) this.write(message);
-    for (const message of announcements(changed, view)) this.write(message);
+    const messages = [...withdrawals(gone, view), ...announcements(changed, view)];
+    for (const message of messages) this.write(message);
+    if (messages.length) this.emit('updates', messages.length);
     if (gone.length || changed.length) this.log.info({ announced: changed.map((r) => prefixText(r.prefix)), withdrawn: gone.map(prefixText) }, 'routes sent');
     this.advertised = wanted;
   }
@@ -317,7 +321,9 @@ export class BgpSession extends EventEmitter {
   /** ROUTE-REFRESH: everything we advertise of one family, again. */
   private sendAll(afi: AddressFamily): void {
     const routes = [...this.advertised.values()].filter((r) => r.prefix.afi === afi);
-    for (const message of announcements(routes, this.view!)) this.write(message);
+    const messages = announcements(routes, this.view!);
+    for (const message of messages) this.write(message);
+    if (messages.length) this.emit('updates', messages.length);
   }
 
   private restartHold(ms = this.negotiatedHoldSeconds * 1000): void {
@@ -339,7 +345,10 @@ export class BgpSession extends EventEmitter {
   private fail(error: BgpNotificationError): void {
     const notification = describeNotification(error.code, error.subcode, error.data);
     this.log.warn({ code: error.code, subcode: error.subcode, error: error.message }, `sending NOTIFICATION ${notification}`);
-    if (this.socket && this.state !== 'Connect') this.socket.end(encodeNotification(error.code, error.subcode, error.data));
+    if (this.socket && this.state !== 'Connect') {
+      this.socket.end(encodeNotification(error.code, error.subcode, error.data));
+      this.emit('notification', 'sent', error.code, error.subcode);
+    }
     this.drop(`we sent NOTIFICATION ${notification}: ${error.message}`, false);
   }
 
