@@ -41,14 +41,16 @@ type NetworkPolicySpec = { podSelector: { matchLabels: Record<string, string> };
 const selectorOf = (o: KubeObject) => (o.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels;
 
 describe('the flb-mesh chart', () => {
-  const helm = new Helm();
+  // Made in beforeAll, not here: a describe whose tests are all filtered out runs no hook, and would leak its folders.
+  let helm: Helm;
   let defaults: KubeObject[];
   let cniMode: KubeObject[];
   beforeAll(async () => {
+    helm = new Helm();
     defaults = await helm.render();
     cniMode = await helm.render({ mesh: { interception: { mode: 'cni' } } });
   });
-  afterAll(() => helm.dispose());
+  afterAll(() => helm?.dispose());
 
   it('passes helm lint in iptables and in CNI mode', async () => {
     for (const values of [{}, { mesh: { interception: { mode: 'cni' } }, metrics: { serviceMonitor: { enabled: true } } }]) {
@@ -301,9 +303,10 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
   let helm: Helm;
   let core: CoreV1Api;
   let apps: AppsV1Api;
-  const scratch = mkdtempSync(join(tmpdir(), 'flb-chart-test-'));
+  let scratch: string;
 
   beforeAll(async () => {
+    scratch = mkdtempSync(join(tmpdir(), 'flb-chart-test-'));
     plane = await startControlPlane();
     helm = new Helm(plane.kubeconfigPath);
     core = plane.kubeConfig.makeApiClient(CoreV1Api);
@@ -312,7 +315,7 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
   afterAll(async () => {
     helm?.dispose();
     await plane?.stop();
-    rmSync(scratch, { recursive: true, force: true });
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 
   const kubectl = (args: string[], input?: string) =>
