@@ -10,6 +10,18 @@ import { delimiter, join } from 'node:path';
 import { KubeConfig, VersionApi } from '@kubernetes/client-node';
 import { ActionableError } from './errors.js';
 
+/**
+ * The user's home, or undefined: os.homedir() throws (uv_os_homedir ENOENT) for a user with no
+ * passwd entry and no HOME, as a control-plane container running as a bare UID can be.
+ */
+function homeDirectory(): string | undefined {
+  try {
+    return homedir();
+  } catch {
+    return undefined;
+  }
+}
+
 /** Where a pod's ServiceAccount credentials are mounted. */
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -42,8 +54,9 @@ export function loadKubeConfig(path?: string, lookup: KubeConfigLookup = {}): Ku
     }
     return fromFiles(present, '$KUBECONFIG');
   }
-  const homeConfig = join(lookup.home ?? homedir(), '.kube', 'config');
-  if (existsSync(homeConfig)) return fromFiles([homeConfig], '~/.kube/config');
+  const home = lookup.home ?? homeDirectory();
+  const homeConfig = home === undefined ? undefined : join(home, '.kube', 'config');
+  if (homeConfig && existsSync(homeConfig)) return fromFiles([homeConfig], '~/.kube/config');
   const serviceAccount = `${lookup.root ?? ''}${SERVICE_ACCOUNT_DIR}`;
   const token = join(serviceAccount, 'token');
   if (existsSync(token)) {
@@ -61,7 +74,7 @@ export function loadKubeConfig(path?: string, lookup: KubeConfigLookup = {}): Ku
     return kc;
   }
   throw new ActionableError(
-    `no Kubernetes API configured: no --kubeconfig, KUBECONFIG is not set, ${homeConfig} does not exist, and this is not a pod (no ${token})`,
+    `no Kubernetes API configured: no --kubeconfig, KUBECONFIG is not set, ${homeConfig ? `${homeConfig} does not exist` : 'no home directory (no HOME, no passwd entry)'}, and this is not a pod (no ${token})`,
     WHAT_TO_DO,
   );
 }
