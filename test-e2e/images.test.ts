@@ -178,6 +178,10 @@ describe('container images, built here and run with runc', () => {
     for (const tool of ['usr/bin/gcc', 'usr/bin/cc', 'usr/bin/npm', 'usr/include/node/node_api.h'])
       expect([tool, existsSync(join(repo.rootfs, tool))]).toEqual([tool, false]);
     expect(existsSync(join(repo.rootfs, 'usr/bin/node'))).toBe(true);
+    // Every UID the mesh runs as has a name (os.userInfo() and `id` work) and no writable home.
+    const passwd = readFileSync(join(repo.rootfs, 'etc/passwd'), 'utf8');
+    const named = (uid: number) => new RegExp(`^([^:]+):x:${uid}:${uid}:[^:]*:/nonexistent:`, 'm').exec(passwd)?.[1];
+    expect([PROXY_UID, PROXY_UID + 1, REPO_UID].map(named)).toEqual(['flb-proxy', 'flb-validation', 'flb']);
   });
 
   it('a warm build finds both images up to date and builds nothing', async () => {

@@ -275,7 +275,7 @@ export async function buildImages(options: BuildOptions = {}): Promise<BuiltImag
     const why = !existing
       ? 'not in the store'
       : changed.length
-        ? `${changed.length} files changed: ${changed.slice(0, 5).join(', ')}${changed.length > 5 ? ', ...' : ''}`
+        ? `${changed.length} ${changed.length === 1 ? 'file' : 'files'} changed: ${changed.slice(0, 5).join(', ')}${changed.length > 5 ? ', ...' : ''}`
         : 'the Dockerfile, its bases or buildah changed';
     progress(`${reference}: building target ${target} (${why}; buildah bud; log ${log})`);
     // --force-rm: a failed step leaves no working container behind in the store.
