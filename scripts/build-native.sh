@@ -26,8 +26,10 @@ die() {
 
 command -v gcc >/dev/null || die "gcc is not installed. The sidecar's addon and the CNI plugin are C compiled at install; install gcc and the C library's headers (Debian: apt-get install gcc libc6-dev)"
 NODE_INCLUDE=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
-[[ -f "$NODE_INCLUDE/node_api.h" && -f "$NODE_INCLUDE/uv.h" ]] \
-  || die "Node's C headers are missing: no $NODE_INCLUDE/node_api.h or uv.h beside $(node -p process.execPath). Install a Node.js that ships them (the nodejs.org builds and nodesource's nodejs do; Debian's nodejs needs libnode-dev)"
+# libuv's header ships beside Node's in the nodejs.org builds; Debian's libnode-dev leaves it to
+# libuv1-dev in /usr/include, which the compiler searches anyway.
+[[ -f "$NODE_INCLUDE/node_api.h" && (-f "$NODE_INCLUDE/uv.h" || -f /usr/include/uv.h) ]] \
+  || die "Node's C headers are missing: no $NODE_INCLUDE/node_api.h, or no uv.h beside it or in /usr/include ($(node -p process.execPath)). Install a Node.js that ships them (the nodejs.org builds and nodesource's nodejs do; Debian's nodejs needs libnode-dev and libuv1-dev)"
 
 # stale OUTPUT SOURCES...: OUTPUT is missing or older than one of SOURCES.
 stale() {
