@@ -12,6 +12,7 @@
  * marked GRACEFUL_SHUTDOWN, withdrawn after the drain time, the sessions closed with Cease.
  * Last, two hosts announce one VIP, each gated by its own app: BIRD merges the paths (ECMP, hashed
  * by ports) and connections reach both apps; one app dies, its path leaves and its session stays.
+ * And passive peering: BIRD connects to flb bgp's listener.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -27,7 +28,7 @@ const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const ROUTER = { v4: '10.219.0.1', v6: 'fd00:219::1' };
 const HOST = { v4: '10.219.0.2', v6: 'fd00:219::2' };
 const ROUTER2 = { v4: '10.219.1.1' };
-const HOST2 = { v4: '10.219.1.2' };
+const HOST2 = { v4: '10.219.1.2', passive: '10.219.1.3' };
 const VIP4 = '198.51.100.10/32';
 const VIP6 = '2001:db8:100::10/128';
 const HOLD_SECONDS = 9;
@@ -61,6 +62,13 @@ protocol bgp host2 {
   local ${ROUTER2.v4} as 65000;
   neighbor ${HOST2.v4} as 65001;
   passive on;
+  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export none; };
+}
+# the announcer is passive toward this one: BIRD connects
+protocol bgp hostp {
+  local ${ROUTER2.v4} as 65000;
+  neighbor ${HOST2.passive} as 65001;
   hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
   ipv4 { import all; export none; };
 }
@@ -198,7 +206,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     host = await createNetns('bgp-host');
     await link(router, [`${ROUTER.v4}/24`, `${ROUTER.v6}/64`], host, [`${HOST.v4}/24`, `${HOST.v6}/64`]);
     host2 = await createNetns('bgp-host2');
-    await link(router, [`${ROUTER2.v4}/24`], host2, [`${HOST2.v4}/24`]);
+    await link(router, [`${ROUTER2.v4}/24`], host2, [`${HOST2.v4}/24`, `${HOST2.passive}/24`]);
     // Spread connections over equal-cost paths by ports too, not by addresses alone (one client address here).
     await router.exec('sysctl', ['-qw', 'net.ipv4.fib_multipath_hash_policy=1']);
     writeFileSync(join(work, 'bird.conf'), birdConf(work));
@@ -507,5 +515,39 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     expect((await host.exec('ip', ['addr', 'show', 'dev', 'lo'])).stdout).not.toContain(ECMP_VIP);
     await eventually('the path through host1 to leave', async () => ((await ecmpPaths()).kernel.join() === HOST2.v4 ? true : undefined), 10_000);
     expect(await answers(10)).toEqual({ host2: 10 });
+  });
+
+  it('passive peering: BIRD connects to flb bgp, which announces the VIP on that session', async () => {
+    const file = join(work, 'passive.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        localAs: 65001,
+        routerId: HOST2.passive,
+        holdTimeSeconds: HOLD_SECONDS,
+        listenAddress: HOST2.passive,
+        peers: [{ address: ROUTER2.v4, remoteAs: 65000, passive: true }],
+        // host2's ECMP app listens on every address
+        vips: [{ prefix: '198.51.100.40/32', healthCheck: { protocol: 'tcp', address: HOST2.passive, port: ECMP_PORT, intervalMs: 200, healthyThreshold: 1 } }],
+      }),
+    );
+    ecmp.push(
+      execa(
+        'setpriv',
+        ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host2.name, process.execPath, flbBundle, 'bgp', '--config', file, '--admin', '127.0.0.1:15180'],
+        {
+          reject: false,
+          stdout: 'ignore',
+          stderr: 'ignore',
+        },
+      ),
+    );
+    await eventually(
+      'BIRD to hold the VIP from its own connection',
+      async () => ((await birdRoutes('hostp')).join() === '198.51.100.40/32' ? true : undefined),
+      30_000,
+    );
+    // BIRD opened the connection: its local port is 179's peer, ours is 179
+    expect((await host2.exec('ss', ['-tn', 'state', 'established', `( sport = :179 )`])).stdout).toContain(`${HOST2.passive}:179`);
   });
 });

@@ -80,6 +80,9 @@ export const BgpSchema = z.object({
   connectRetrySeconds: z.number().int().min(1).max(3600).default(5),
   /** On SIGTERM: VIPs are announced with GRACEFUL_SHUTDOWN (65535:0, RFC 8326) this long, then withdrawn. */
   drainSeconds: z.number().int().min(0).max(3600).default(5),
+  /** Where passive peers connect to (all addresses when unset); used only when a peer is passive. */
+  listenAddress: ipAddress.optional(),
+  listenPort: port.default(179),
   peers: z
     .array(
       z.object({
@@ -94,6 +97,8 @@ export const BgpSchema = z.object({
           .array(z.enum(['ipv4-unicast', 'ipv6-unicast']))
           .min(1)
           .default(['ipv4-unicast', 'ipv6-unicast']),
+        /** Wait for the peer to connect (to listenAddress:listenPort) instead of connecting to it. */
+        passive: z.boolean().default(false),
         /** Name of a file or secret key holding the TCP MD5 password; never the password itself. */
         passwordRef: z.string().optional(),
       }),

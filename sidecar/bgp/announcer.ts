@@ -38,6 +38,7 @@ export class Announcer {
       routerId: config.routerId,
       holdTimeSeconds: config.holdTimeSeconds,
       connectRetryMs: config.connectRetrySeconds * 1000,
+      listen: { ...(config.listenAddress ? { address: config.listenAddress } : {}), port: config.listenPort },
       peers: config.peers.map((peer) => ({
         address: peer.address,
         remoteAs: peer.remoteAs,
@@ -45,6 +46,7 @@ export class Announcer {
         ...(peer.localAddress ? { localAddress: peer.localAddress } : {}),
         ...(peer.nextHop ? { nextHop: peer.nextHop } : {}),
         families: peer.addressFamilies.map((f) => (f === 'ipv4-unicast' ? Afi.IPV4 : Afi.IPV6)),
+        passive: peer.passive,
       })),
       log,
     });
@@ -69,8 +71,8 @@ export class Announcer {
     });
   }
 
-  start(): void {
-    this.speaker.start();
+  async start(): Promise<void> {
+    await this.speaker.start();
     for (const { gate } of this.gates) gate.start();
   }
 

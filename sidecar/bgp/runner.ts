@@ -89,7 +89,13 @@ export async function startBgp(config: BgpConfig, admin: { host: string; port: n
     server.listen(admin.port, admin.host, () => resolve());
   });
   const vips = await addVipsToLoopback(options.vipsOnLoopback ? config.vips.map((v) => v.prefix) : [], log);
-  announcer.start();
+  try {
+    await announcer.start();
+  } catch (error) {
+    server.close();
+    await vips.remove();
+    throw error;
+  }
   log.info({ admin: `http://${formatAddress(admin.host, admin.port)}/status`, peers: config.peers.length, vips: config.vips.length }, 'BGP announcer running');
   return {
     announcer,

@@ -49,6 +49,8 @@ export interface SessionOptions {
   nextHops?: Partial<Record<AddressFamily, string>>;
   /** Families offered (multiprotocol capabilities). */
   families?: AddressFamily[];
+  /** Never connect: wait for the peer to (the speaker's listener hands its connections over with accept()). */
+  passive?: boolean;
   /** Wait between a failed or lost connection and the next attempt (RFC 4271 ConnectRetryTimer, jittered 75-100 %). */
   connectRetryMs?: number;
   /** A connection attempt that has not succeeded in this long is abandoned. */
@@ -107,10 +109,38 @@ export class BgpSession extends EventEmitter {
     return this.options.remoteAs === this.options.localAs;
   }
 
+  get passive(): boolean {
+    return this.options.passive === true;
+  }
+
+  get peerAddress(): string {
+    return this.options.peerAddress;
+  }
+
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    this.connect();
+    if (this.passive) this.setState('Active');
+    else this.connect();
+  }
+
+  /**
+   * A connection the peer opened to us (passive peering). Taken when the session has none; with one
+   * under way or Established it is refused with Cease / Connection Collision Resolution (RFC 4271
+   * §6.8 keeps an Established connection; a passive session never opens one of its own to collide).
+   */
+  accept(socket: Socket): void {
+    if (this.stopped || this.socket) {
+      this.log.warn({ state: this.state }, 'second connection from the peer refused');
+      socket.on('error', () => undefined);
+      socket.end(encodeNotification(ErrorCode.CEASE, CeaseSubcode.CONNECTION_COLLISION_RESOLUTION));
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
+    clearTimeout(this.timers.connectRetry);
+    this.framer = new Framer();
+    this.attach(socket);
+    this.sendOpen();
   }
 
   /** Replaces the routes this peer should have; sent at once when Established, else on establishment. */
@@ -173,8 +203,7 @@ export class BgpSession extends EventEmitter {
       port: this.options.peerPort,
       ...(this.options.localAddress ? { localAddress: this.options.localAddress } : {}),
     });
-    this.socket = socket;
-    socket.setNoDelay(true);
+    this.attach(socket);
     this.timers.connectTimeout = setTimeout(
       () => this.drop(`no TCP connection within ${this.options.connectTimeoutMs ?? 5000} ms`),
       this.options.connectTimeoutMs ?? 5000,
@@ -183,6 +212,11 @@ export class BgpSession extends EventEmitter {
       clearTimeout(this.timers.connectTimeout);
       this.sendOpen();
     });
+  }
+
+  private attach(socket: Socket): void {
+    this.socket = socket;
+    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(socket, chunk));
     socket.on('error', (error: NodeJS.ErrnoException) => {
       if (socket === this.socket) this.drop(error.code ? `${error.code}: ${error.message}` : error.message);
@@ -370,7 +404,8 @@ export class BgpSession extends EventEmitter {
     this.emit('down', reason);
     if (this.stopped) return;
     const retry = this.options.connectRetryMs ?? 5000;
-    this.timers.connectRetry = setTimeout(() => this.connect(), retry * (0.75 + Math.random() * 0.25));
+    // A passive session waits in Active for the peer's next connection.
+    if (!this.passive) this.timers.connectRetry = setTimeout(() => this.connect(), retry * (0.75 + Math.random() * 0.25));
   }
 }
 

@@ -1,6 +1,7 @@
 // The speaker and its sessions against fake peers on loopback (testing/fake-peer.ts): what a router
 // at the other end would see, message by message.
 import { afterEach, describe, expect, it } from '@jest/globals';
+import { once } from 'node:events';
 import { pino } from 'pino';
 import { BgpSpeaker, type PeerOptions } from './speaker.js';
 import { FakePeer } from './testing/fake-peer.js';
@@ -260,6 +261,72 @@ describe('many routes', () => {
     expect(updates(peer.received).filter((u) => endOfRib(u) === undefined)).toHaveLength(5);
     for (let i = 0; i < 1500; i++) speaker.withdraw(`10.${i >> 8}.${i & 255}.1`);
     await peer.until('the withdrawals', (r) => rib(r).length === 600 || undefined);
+  });
+});
+
+describe('passive peering', () => {
+  async function passiveSpeaker() {
+    const speaker = new BgpSpeaker({
+      localAs: LOCAL_AS,
+      routerId: '192.0.2.1',
+      holdTimeSeconds: 90,
+      connectRetryMs: 100,
+      listen: { address: '127.0.0.1', port: 0 },
+      peers: [{ address: '127.0.0.1', remoteAs: 65000, passive: true }],
+      log,
+    });
+    cleanups.push(() => speaker.stop());
+    speaker.announce('198.51.100.10');
+    await speaker.start();
+    return speaker;
+  }
+
+  it('waits for the peer to connect, then sends its routes; a second connection is refused and the first kept', async () => {
+    const speaker = await passiveSpeaker();
+    expect(speaker.peers[0]!.state).toBe('Active');
+    const router = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => router.close());
+    await router.dial(speaker.listenPort!);
+    await router.until('the route', (r) => (rib(r).join() === '198.51.100.10/32' ? true : undefined));
+    const second = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => second.close());
+    await second.dial(speaker.listenPort!);
+    expect(await second.until('NOTIFICATION', (r) => r.find((m) => m.type === 'notification'))).toMatchObject({ code: 6, subcode: 7 });
+    expect(speaker.peers[0]!.state).toBe('Established');
+    // the peer goes away: the session waits for it again, and takes its next connection
+    router.socket!.destroy();
+    await router.until('Active', () => (speaker.peers[0]!.state === 'Active' ? true : undefined));
+    const again = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => again.close());
+    await again.dial(speaker.listenPort!);
+    await again.until('the route again', (r) => (rib(r).length === 1 ? true : undefined));
+  });
+
+  it('closes a connection from an address that is no passive peer', async () => {
+    const speaker = await passiveSpeaker();
+    const stranger = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => stranger.close());
+    const socket = await stranger.dial(speaker.listenPort!, '127.0.0.2');
+    await once(socket, 'close');
+    expect(stranger.received).toEqual([]);
+    expect(speaker.peers[0]!.state).toBe('Active');
+  });
+
+  it('names the listener and what moves it when its port is taken', async () => {
+    const taken = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => taken.close());
+    const speaker = new BgpSpeaker({
+      localAs: LOCAL_AS,
+      routerId: '192.0.2.1',
+      holdTimeSeconds: 90,
+      listen: { address: '127.0.0.1', port: taken.port },
+      peers: [{ address: '127.0.0.1', remoteAs: 65000, passive: true }],
+      log,
+    });
+    cleanups.push(() => speaker.stop());
+    await expect(speaker.start()).rejects.toThrow(
+      `the BGP listener for passive peers cannot listen on 127.0.0.1:${taken.port}: another process is listening there`,
+    );
   });
 });
 

@@ -1,7 +1,10 @@
 // The announcer: one BgpSession per peer, and the set of routes every peer should have. Announcing
 // or withdrawing a VIP changes that set and each established session sends the difference at once
 // (an UPDATE; the sessions stay up). Sessions that are down get the whole set when they come up.
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { formatAddress, listenError } from '../../common/errors.js';
 import { BgpSession, type SessionStatus } from './session.js';
 import type { Route } from './routes.js';
 import { Afi, parseCommunity, parsePrefix, prefixText, type AddressFamily } from './wire/index.js';
@@ -13,6 +16,8 @@ export interface PeerOptions {
   localAddress?: string;
   nextHop?: { ipv4?: string; ipv6?: string };
   families?: AddressFamily[];
+  /** Wait for the peer to connect (to `listen`) instead of connecting. */
+  passive?: boolean;
 }
 
 export interface SpeakerOptions {
@@ -20,6 +25,8 @@ export interface SpeakerOptions {
   routerId: string;
   holdTimeSeconds: number;
   connectRetryMs?: number;
+  /** Where passive peers connect to; the listener runs only when some peer is passive. */
+  listen?: { address?: string; port: number };
   peers: PeerOptions[];
   log: Logger;
 }
@@ -58,13 +65,52 @@ export class BgpSpeaker {
           nextHops: { ...(peer.nextHop?.ipv4 ? { [Afi.IPV4]: peer.nextHop.ipv4 } : {}), ...(peer.nextHop?.ipv6 ? { [Afi.IPV6]: peer.nextHop.ipv6 } : {}) },
           ...(peer.families ? { families: peer.families } : {}),
           ...(options.connectRetryMs !== undefined ? { connectRetryMs: options.connectRetryMs } : {}),
+          ...(peer.passive ? { passive: true } : {}),
           log: options.log,
         }),
     );
   }
 
-  start(): void {
+  private listener: Server | undefined;
+
+  /** Starts every session, and the listener for passive peers (refused with the address and how to move it). */
+  async start(): Promise<void> {
     for (const session of this.sessions) session.start();
+    if (!this.sessions.some((s) => s.passive)) return;
+    const address = this.options.listen?.address ?? '::';
+    const port = this.options.listen?.port ?? 179;
+    const server = createServer((socket) => this.incoming(socket));
+    this.listener = server;
+    server.listen({ host: address, port });
+    try {
+      await once(server, 'listening');
+    } catch (error) {
+      throw listenError(error, {
+        what: 'the BGP listener for passive peers',
+        address: formatAddress(address, port),
+        flag: 'listenAddress/listenPort in the configuration',
+      });
+    }
+  }
+
+  /** The port passive peers connect to (the one asked for, or the one the kernel chose for 0). */
+  get listenPort(): number | undefined {
+    const address = this.listener?.address();
+    return typeof address === 'object' && address ? address.port : undefined;
+  }
+
+  private incoming(socket: Socket): void {
+    const remote = socket.remoteAddress ?? '';
+    // A dual-stack listener shows an IPv4 peer as ::ffff:a.b.c.d.
+    const address = remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
+    const session = this.sessions.find((s) => s.passive && s.peerAddress === address);
+    if (!session) {
+      this.options.log.warn({ from: remote }, 'BGP connection from an address that is no passive peer: closed');
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    session.accept(socket);
   }
 
   /** Announces `prefix` (a VIP: an address, or a prefix) to every peer, or changes its attributes. */
@@ -114,5 +160,7 @@ export class BgpSpeaker {
   /** Ends every session with Cease / Administrative Shutdown (the routers drop our routes at once). */
   stop(message = 'shutting down'): void {
     for (const session of this.sessions) session.stop(message);
+    this.listener?.close();
+    this.listener = undefined;
   }
 }

@@ -1,7 +1,7 @@
 // A BGP peer for the session tests, written with the codec: it listens on loopback, records every
 // message the speaker sends, and sends what a test tells it to.
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Afi, decodeMessage, encodeKeepalive, encodeOpen, Framer, type Capability, type ReceivedMessage } from '../wire/index.js';
 
 export interface FakePeerOptions {
@@ -39,6 +39,14 @@ export class FakePeer {
     peer.server.listen(port, '127.0.0.1');
     await once(peer.server, 'listening');
     return peer;
+  }
+
+  /** Connects to a speaker's listener (passive peering) as the router would, from `localAddress`. */
+  async dial(port: number, localAddress = '127.0.0.1'): Promise<Socket> {
+    const socket = connect({ host: '127.0.0.1', port, localAddress });
+    await once(socket, 'connect');
+    this.accept(socket);
+    return socket;
   }
 
   get port(): number {
