@@ -135,7 +135,7 @@ describe('flb bgp', () => {
     const config = await loadBgpConfig(
       file(
         'ok.yaml',
-        `localAs: 65001\nrouterId: 192.0.2.1\ndrainSeconds: 0\npeers:\n  - address: 127.0.0.1\n    port: ${peer.port}\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/32\n    healthCheck: { protocol: tcp, port: 1, intervalMs: 100 }\n`,
+        `localAs: 65001\nrouterId: 192.0.2.1\ndrainSeconds: 0\nconnectRetrySeconds: 1\npeers:\n  - address: 127.0.0.1\n    port: ${peer.port}\n    remoteAs: 65000\nvips:\n  - prefix: 198.51.100.10/32\n    healthCheck: { protocol: tcp, port: 1, intervalMs: 100 }\n`,
       ),
     );
     const running = await startBgp(config, { host: '127.0.0.1', port: 0 }, log, { vipsOnLoopback: false });

@@ -91,8 +91,8 @@ describe('a local health check', () => {
     while (changes.length < 2) await new Promise((r) => setTimeout(r, 10));
     gate.stop();
     expect(changes.map(([healthy]) => healthy)).toEqual([true, false]);
-    // three failures: at most three intervals after the app went
-    expect(Date.now() - down).toBeLessThan(250);
+    // three failures: three intervals (150 ms) after the app went, with room for a busy machine
+    expect(Date.now() - down).toBeLessThan(500);
     expect(gate.status()).toMatchObject({ healthy: false, streak: 3, lastResult: { ok: false, detail: 'ECONNREFUSED' } });
   });
 });
