@@ -103,6 +103,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       pools.delete(id);
     }
     view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
+    for (const problem of view.routes.problems) log.warn({ problem }, 'endpoint address dialled directly goes to one of its services');
     for (const proxy of proxies) proxy.setIdleTimeout(state.mesh.tcp.idleTimeoutSeconds * 1000);
     const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => endpointKey(e.address, e.port))));
     http.retainAgents(endpointKeys);

@@ -14,6 +14,15 @@ export const NamespaceSelectionSchema = z.object({
   exclude: z.array(dnsLabel).default([]),
 });
 
+/**
+ * Registry sources: a connection an app makes to an instance's address:port itself (Ribbon, Spring
+ * Cloud LoadBalancer) is routed as the instance's service: `keep` (default) sends it to that
+ * instance while it is healthy and balances it over the service's healthy instances when not;
+ * `rebalance` always balances; `off` leaves it where the app sent it. Set on each published service
+ * as its `directDial`.
+ */
+const directDial = z.enum(['keep', 'rebalance', 'off']).default('keep');
+
 const sourceCommon = {
   /** Unique among the sources; shown in status and metrics. */
   name: dnsLabel,
@@ -76,6 +85,7 @@ export const EurekaSourceSchema = z.object({
    * reached on `securePort` is published on port 443 as `tcp`: the app speaks TLS itself.
    */
   preferSecurePort: z.boolean().default(false),
+  directDial,
   /** A larger answer (a garbage or runaway server) is refused and the last good state kept. */
   maxResponseBytes: z
     .number()
@@ -136,6 +146,7 @@ export const ConsulSourceSchema = z
     addressTag: z.string().min(1).optional(),
     /** What the service port speaks when the instances' metadata does not say (`protocol` in Service.Meta). */
     protocol: z.enum(['tcp', 'http', 'http2', 'grpc']).default('tcp'),
+    directDial,
     /**
      * A service gone from Consul (deregistered) keeps its name and VIP this long, with no endpoints,
      * before it leaves the catalog: a service re-registered meanwhile (a restart) changes nothing else.

@@ -141,6 +141,8 @@ export const ServicePolicySchema = z.object({
   tls: z.object({ mode: TlsModeSchema }).optional(),
 });
 
+export const DirectDialSchema = z.enum(['keep', 'rebalance']);
+
 const serviceIdPattern = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 export const ServiceSchema = z
@@ -160,6 +162,15 @@ export const ServiceSchema = z
     ports: z.array(ServicePortSchema).min(1, 'a service needs at least one port'),
     endpoints: z.array(EndpointSchema).default([]),
     policy: ServicePolicySchema.default(ServicePolicySchema.parse({})),
+    /**
+     * Registry and static services: a connection an app makes to one of the endpoints' address:port
+     * itself (Ribbon and Spring Cloud LoadBalancer pick an instance and dial it) is this service's,
+     * counted under it and failed over like one to its VIP. `keep`: the app's endpoint while it may
+     * be chosen (registry-healthy, weight above 0, active check not failed, not ejected), else the
+     * service's balancing; `rebalance`: always the balancing. Unset: such a connection goes where the
+     * app sent it, as to any address outside the mesh. Set from the bridge source's `directDial`.
+     */
+    directDial: DirectDialSchema.optional(),
     /** Free-form labels; the bridge keeps origin tags here for loop prevention. */
     labels: stringMap.default({}),
   })
@@ -170,6 +181,16 @@ export const ServiceSchema = z
     }
     if (!isKubernetesService && !svc.registry && svc.source !== 'static') {
       ctx.addIssue({ code: 'custom', path: ['registry'], message: `required for a ${svc.source} service` });
+    }
+    if (isKubernetesService && svc.directDial !== undefined) {
+      // A pod IP:port is often behind several Services, is handed to another pod soon after its pod
+      // goes, and is dialled on purpose (a StatefulSet peer found by its headless Service): it does
+      // not name one service, and moving such a connection to another replica breaks its protocol.
+      ctx.addIssue({
+        code: 'custom',
+        path: ['directDial'],
+        message: `only registry and static services take direct dials; a ${svc.source} service's pod addresses are not routed as the service`,
+      });
     }
     svc.vips.forEach((vip, i) => {
       if (vip.allocation === 'cluster-ip' && !isKubernetesService) {

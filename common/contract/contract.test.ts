@@ -139,6 +139,15 @@ describe('catalog service', () => {
       'vips[0].allocation: only Kubernetes services have a ClusterIP; a eureka service gets a mesh VIP',
     ]);
   });
+  it('takes directDial on a registry service and refuses it on a Kubernetes one, naming why', () => {
+    expect(parseDocument(schema, eureka, 'svc').directDial).toBe('keep');
+    expect(parseDocument(schema, { ...eureka, directDial: 'rebalance' }, 'svc').directDial).toBe('rebalance');
+    expect(parseDocument(schema, { ...eureka, directDial: undefined }, 'svc').directDial).toBeUndefined();
+    expect(issues(() => parseDocument(schema, { ...eureka, directDial: 'sometimes' }, 'svc'))).toEqual([expect.stringMatching(/^directDial: /)]);
+    expect(issues(() => parseDocument(schema, { ...kube, directDial: 'keep' }, 'svc'))).toEqual([
+      "directDial: only registry and static services take direct dials; a kubernetes service's pod addresses are not routed as the service",
+    ]);
+  });
   it('rejects a missing field and an unknown source', () => {
     const { ports: _ports, ...noPorts } = kube;
     expect(issues(() => parseDocument(schema, { ...noPorts, source: 'zookeeper' }, 'svc')).sort()).toEqual([

@@ -52,6 +52,8 @@ export class AttemptPlanner implements PickContext {
     readonly sourceIp: string | undefined,
     private readonly policy: RetryPolicy | undefined = undefined,
     private readonly idempotent = false,
+    /** The endpoint the app dialled itself (`directDial: keep`): the first attempt goes there while it may be chosen. */
+    private readonly kept: string | undefined = undefined,
   ) {
     this.connectRetriesLeft = pool.connect.retries;
     this.requestRetriesLeft = policy?.attempts ?? 0;
@@ -74,7 +76,7 @@ export class AttemptPlanner implements PickContext {
    */
   next(): PickedEndpoint | undefined {
     let target: PickedEndpoint | undefined;
-    if (this.target === undefined) target = this.pool.pick(this);
+    if (this.target === undefined) target = (this.kept !== undefined ? this.pool.pickKept(this.kept, this.servicePort) : undefined) ?? this.pool.pick(this);
     else {
       this.rememberCurrent();
       target = this.pool.pick(this);

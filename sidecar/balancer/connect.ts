@@ -35,6 +35,8 @@ export class ConnectTimeoutError extends Error {
 export interface DialContext {
   servicePort?: number;
   sourceIp?: string;
+  /** The endpoint the app dialled itself (`directDial: keep`), tried first while it may be chosen. */
+  kept?: string | undefined;
 }
 
 /**
@@ -47,7 +49,7 @@ export async function dialWithRetries<T>(
   dial: (target: PickedEndpoint, signal: AbortSignal) => Promise<T>,
 ): Promise<Dialed<T>> {
   const { timeoutMs } = pool.connect;
-  const planner = new AttemptPlanner(pool, ctx.servicePort, ctx.sourceIp);
+  const planner = new AttemptPlanner(pool, ctx.servicePort, ctx.sourceIp, undefined, false, ctx.kept);
   let lastError: unknown;
   for (;;) {
     const target = planner.next();

@@ -334,6 +334,19 @@ export class EndpointPool {
   }
 
   /**
+   * The endpoint `key` for the service port, when it may be chosen now (usable: registry-healthy,
+   * weighted, not failing its active check, not ejected); else undefined, and the caller balances.
+   * For an app that dialled an endpoint itself (`directDial: keep`): its choice stands while the
+   * endpoint is healthy, whatever the levels and the algorithm would say.
+   */
+  pickKept(key: string, servicePort?: number): PickedEndpoint | undefined {
+    const state = this.states.get(key);
+    if (state === undefined || !state.usable()) return undefined;
+    const portIndex = servicePort === undefined ? 0 : this.servicePorts.indexOf(servicePort);
+    return portIndex < 0 ? undefined : state.targets[portIndex];
+  }
+
+  /**
    * What a retry would find: an endpoint not in `tried`, only tried ones, or none that may be
    * chosen (for the attempt planner; the same candidates pick() chooses from).
    */

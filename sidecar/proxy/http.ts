@@ -123,7 +123,7 @@ export class HttpProxy {
     const replayable = !chunked && length <= MAX_REPLAY_BODY;
     const body = replayable ? await readAll(req) : undefined;
     const resendable = body !== undefined;
-    const planner = new AttemptPlanner(pool, route.port.port, req.socket.remoteAddress, policy, IDEMPOTENT.has(method));
+    const planner = new AttemptPlanner(pool, route.port.port, req.socket.remoteAddress, policy, IDEMPOTENT.has(method), route.kept);
     planner.header = (name: string) => {
       const value = req.headers[name.toLowerCase()];
       return Array.isArray(value) ? value[0] : value;
@@ -246,7 +246,7 @@ export class HttpProxy {
       return;
     }
     const { route, pool } = bound;
-    dialWithRetries(pool, { servicePort: route.port.port, sourceIp: socket.remoteAddress }, tcpDial).then(
+    dialWithRetries(pool, { servicePort: route.port.port, sourceIp: socket.remoteAddress, kept: route.kept }, tcpDial).then(
       ({ value: upstream, target }) => {
         const lines = [`${req.method} ${req.url} HTTP/${req.httpVersion}`];
         for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);

@@ -138,7 +138,7 @@ export class Http2Proxy {
     const method = String(headers[':method'] ?? 'GET');
     const request = new RequestBody(stream, policy ? MAX_REPLAY_BODY : 0);
     const sent = forwardedHeaders(forward(headers), route, stream.session?.socket?.remoteAddress);
-    const planner = new AttemptPlanner(pool, route.port.port, stream.session?.socket?.remoteAddress, policy, IDEMPOTENT.has(method));
+    const planner = new AttemptPlanner(pool, route.port.port, stream.session?.socket?.remoteAddress, policy, IDEMPOTENT.has(method), route.kept);
     planner.header = (name: string) => {
       const value = headers[name.toLowerCase()];
       return Array.isArray(value) ? value[0] : value;

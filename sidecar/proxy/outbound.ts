@@ -148,7 +148,7 @@ class BalancedConnection implements ForwardedConnection {
     series.connections.inc();
     // Hashing on the client address is the only use of the peer address.
     const sourceIp = route.service.policy.loadBalancer.hash?.on === 'source-ip' ? accepted.peerAddress : undefined;
-    this.planner = new AttemptPlanner(pool, route.port.port, sourceIp);
+    this.planner = new AttemptPlanner(pool, route.port.port, sourceIp, undefined, false, route.kept);
   }
 
   attempt(): void {

@@ -1,39 +1,85 @@
 import { routingAddress, type Service } from '../../common/contract/index.js';
+import { endpointKey, resolvePort } from '../balancer/pool.js';
 
 /** What a redirected connection's original destination means: a service and the port dialled. */
 export interface Route {
   readonly service: Service;
   readonly port: Service['ports'][number];
+  /**
+   * The app dialled this endpoint itself (`directDial: keep`): its key in the service's pool, to be
+   * kept while it may be chosen. Unset for a VIP, and for `directDial: rebalance`.
+   */
+  readonly kept?: string;
 }
 
 /**
- * Destination VIP:port -> service. Every VIP (a ClusterIP, or a mesh VIP the DNS hands out for a
- * registry service) with every port of its service; built once per configuration change, so the
- * per-connection lookup is one map access. The contract gives VIPs in inet_ntop's form, the form
- * the forwarder reports destinations in, so the two compare as strings. A VIP:port claimed by two services keeps the first in
- * catalog order (the config source already refuses the second and reports it).
+ * Destination -> service, built once per configuration change so the per-connection lookup is one
+ * or two map accesses. The contract gives addresses in inet_ntop's form, the form the forwarder
+ * reports destinations in, so they compare as strings.
+ *
+ * First every VIP (a ClusterIP, or a mesh VIP the DNS hands out for a registry service) with every
+ * port of its service; a VIP:port claimed by two services keeps the first in catalog order (the
+ * config source already refuses the second and reports it).
+ *
+ * Then, only where no VIP matched, the endpoints of registry services that opted in with
+ * `directDial`: clients such as Ribbon and Spring Cloud LoadBalancer pick an instance from the
+ * registry and connect to its address:port, and that address:port names the service, so the call
+ * is counted under it and can fail over. Each endpoint is reached at one port per service port (as
+ * the pool resolves it). Kubernetes services never opt in (the contract refuses it): see
+ * `directDial` in common/contract/catalog.ts. One address:port in two opted-in services (one app
+ * registered in Consul and in Eureka) goes to the smaller service id, the same on every sidecar,
+ * and is reported.
  */
 export class RouteTable {
-  private constructor(private readonly routes: ReadonlyMap<string, Route>) {}
+  private constructor(
+    private readonly vips: ReadonlyMap<string, Route>,
+    private readonly endpoints: ReadonlyMap<string, Route>,
+    /** Ambiguous endpoint addresses, for the caller to log. */
+    readonly problems: readonly string[],
+  ) {}
 
   static build(services: Iterable<Service>): RouteTable {
-    const routes = new Map<string, Route>();
+    const vips = new Map<string, Route>();
+    const dialable: Service[] = [];
     for (const service of services) {
       for (const vip of service.vips) {
         for (const port of service.ports) {
           const key = `${routingAddress(vip.address)}|${port.port}`;
-          if (!routes.has(key)) routes.set(key, { service, port });
+          if (!vips.has(key)) vips.set(key, { service, port });
         }
       }
+      if (service.directDial !== undefined) dialable.push(service);
     }
-    return new RouteTable(routes);
+    dialable.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const endpoints = new Map<string, Route>();
+    const problems: string[] = [];
+    for (const service of dialable) {
+      // One route per service port when the service rebalances: they differ only in the endpoint they keep.
+      const shared = service.directDial === 'rebalance' ? service.ports.map((port) => ({ service, port })) : undefined;
+      for (const endpoint of service.endpoints) {
+        service.ports.forEach((port, i) => {
+          const key = `${routingAddress(endpoint.address)}|${resolvePort(endpoint, port, i)}`;
+          if (vips.has(key)) return;
+          const held = endpoints.get(key);
+          if (held) {
+            if (held.service !== service)
+              problems.push(`${key.replace('|', ' port ')}: an endpoint of ${held.service.id} and ${service.id}; ${held.service.id} takes its calls`);
+            return;
+          }
+          endpoints.set(key, shared ? shared[i]! : { service, port, kept: endpointKey(endpoint.address, endpoint.port) });
+        });
+      }
+    }
+    return new RouteTable(vips, endpoints, problems);
   }
 
+  /** VIP:port routes, then endpoint routes. */
   get size(): number {
-    return this.routes.size;
+    return this.vips.size + this.endpoints.size;
   }
 
   lookup(address: string, port: number): Route | undefined {
-    return this.routes.get(`${routingAddress(address)}|${port}`);
+    const key = `${routingAddress(address)}|${port}`;
+    return this.vips.get(key) ?? this.endpoints.get(key);
   }
 }

@@ -26,6 +26,7 @@ describe('a consul source in the BridgeConfig', () => {
       tags: { include: [], exclude: [] },
       meta: {},
       protocol: 'tcp',
+      directDial: 'keep',
       removeAfterSeconds: 30,
       waitSeconds: 30,
       fetchConcurrency: 8,
@@ -61,6 +62,7 @@ describe('a consul source in the BridgeConfig', () => {
     [{ kind: 'consul', healthy: 'warning' }, 'sources[1].healthy'],
     [{ kind: 'consul', waitSeconds: 60 }, 'sources[1].waitSeconds: must be well under staleAfterSeconds (60)'],
     [{ kind: 'consul', fetchConcurrency: 500 }, 'sources[1].fetchConcurrency'],
+    [{ kind: 'consul', directDial: 'always' }, 'sources[1].directDial'],
   ])('refuses %j, naming the field', (source, message) => {
     const parsed = withSource(source);
     expect(parsed.success).toBe(false);

@@ -50,6 +50,14 @@ describe('a Consul service in the catalog', () => {
     expect(service!.endpoints.map((e) => `${e.address}:${e.port}`)).toEqual(['10.0.0.1:8080', '10.0.0.3:8080', '10.0.1.2:9090']);
   });
 
+  it("carries the source's directDial (keep unless set) to the service, and none with off", () => {
+    const entries = [entry('web-1', { name: 'n1', address: '10.0.0.1' })];
+    expect(translate(entries).service!.directDial).toBe('keep');
+    expect(translate(entries, { directDial: 'rebalance' }).service!.directDial).toBe('rebalance');
+    const off = translate(entries, { directDial: 'off' }).service!;
+    expect('directDial' in off).toBe(false);
+  });
+
   it('marks instances with a critical or maintenance check unhealthy; warning ones too unless asked', () => {
     const entries = [
       entry('ok', { name: 'n1', address: '10.0.0.1' }, {}, [

@@ -12,7 +12,8 @@ export const ORIGIN_LABEL = 'flomesh.io/origin';
 
 export type CheckStatus = 'passing' | 'warning' | 'critical';
 
-export type ConsulFilters = Pick<ConsulSourceConfig, 'healthy' | 'tags' | 'meta' | 'addressTag' | 'protocol' | 'domain'>;
+export type ConsulFilters = Pick<ConsulSourceConfig, 'healthy' | 'tags' | 'meta' | 'addressTag' | 'protocol' | 'domain'> &
+  Partial<Pick<ConsulSourceConfig, 'directDial'>>;
 
 export interface ConsulServiceInput {
   /** The name as Consul has it. */
@@ -211,6 +212,7 @@ export function translateConsulService(input: ConsulServiceInput): ConsulService
     ports: [{ port, protocol }],
     endpoints,
     policy: DEFAULT_POLICY,
+    ...(filters.directDial !== undefined && filters.directDial !== 'off' ? { directDial: filters.directDial } : {}),
     labels: { [ORIGIN_LABEL]: 'consul' },
   };
   return { service, problems, nodes: [...nodes], port };

@@ -26,6 +26,7 @@ describe('an eureka source in the BridgeConfig', () => {
       servicePort: 80,
       protocol: 'http',
       preferSecurePort: false,
+      directDial: 'keep',
       maxResponseBytes: 64 * 1024 * 1024,
     });
   });
@@ -37,6 +38,7 @@ describe('an eureka source in the BridgeConfig', () => {
     [{ kind: 'eureka', servers: ['https://eureka/'], tls: { certFile: '/c.pem' } }, 'sources[1].tls: certFile and keyFile go together'],
     [{ kind: 'eureka', servers: ['https://eureka/'], statuses: ['UP', 'GONE'] }, 'sources[1].statuses[1]'],
     [{ kind: 'eureka', name: 'Eureka_Prod', servers: ['https://eureka/'] }, 'sources[1].name'],
+    [{ kind: 'eureka', servers: ['https://eureka/'], directDial: true }, 'sources[1].directDial'],
   ])('refuses %j, naming the field', (source, message) => {
     const parsed = withSource(source);
     expect(parsed.success).toBe(false);

@@ -42,6 +42,15 @@ describe('a Eureka application as a catalog service', () => {
     expect(schema.safeParse(service).success).toBe(true);
   });
 
+  it("carries the source's directDial to the service, and none with off", () => {
+    const instances = () => registryOf('apps-1.json').instancesOf('ORDERS');
+    const keep = translateApp('ORDERS', 'orders', instances(), { ...options, directDial: 'keep' }).service!;
+    expect(keep.directDial).toBe('keep');
+    expect(schema.safeParse(keep).success).toBe(true);
+    expect(translateApp('ORDERS', 'orders', instances(), { ...options, directDial: 'rebalance' }).service!.directDial).toBe('rebalance');
+    expect('directDial' in translateApp('ORDERS', 'orders', instances(), { ...options, directDial: 'off' }).service!).toBe(false);
+  });
+
   it('publishes other statuses when asked, as endpoints never chosen', () => {
     const { service } = translateApp('ORDERS', 'orders', registryOf('apps-1.json').instancesOf('ORDERS'), { ...options, statuses: ['UP', 'DOWN'] });
     expect(service!.endpoints.map((e) => `${e.address} ${e.healthy} ${e.metadata.status}`)).toEqual([

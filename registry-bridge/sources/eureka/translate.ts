@@ -19,10 +19,11 @@ export interface AppTranslation {
   problems: string[];
 }
 
-export type TranslateOptions = Pick<EurekaSourceConfig, 'statuses' | 'servicePort' | 'protocol' | 'preferSecurePort'> & {
-  /** The registry's name in ids. */
-  registry: string;
-};
+export type TranslateOptions = Pick<EurekaSourceConfig, 'statuses' | 'servicePort' | 'protocol' | 'preferSecurePort'> &
+  Partial<Pick<EurekaSourceConfig, 'directDial'>> & {
+    /** The registry's name in ids. */
+    registry: string;
+  };
 
 const validPort = (p: EurekaInstance['port']): p is NonNullable<EurekaInstance['port']> =>
   p !== undefined && p.enabled && Number.isInteger(p.number) && p.number >= 1 && p.number <= 65535;
@@ -113,6 +114,7 @@ export function translateApp(app: string, label: string, instances: Iterable<Eur
     ports: [useSecure ? { name: 'https', port: 443, protocol: 'tcp' } : { name: options.protocol, port: options.servicePort, protocol: options.protocol }],
     endpoints,
     policy: DEFAULT_POLICY,
+    ...(options.directDial !== undefined && options.directDial !== 'off' ? { directDial: options.directDial } : {}),
     labels: { [ORIGIN_LABEL]: 'eureka', [EUREKA_APP_LABEL]: app },
   };
   return { service, problems };
