@@ -13,24 +13,6 @@ export interface Route {
 }
 
 /**
- * Destination -> service, built once per configuration change so the per-connection lookup is one
- * or two map accesses. The contract gives addresses in inet_ntop's form, the form the forwarder
- * reports destinations in, so they compare as strings.
- *
- * First every VIP (a ClusterIP, or a mesh VIP the DNS hands out for a registry service) with every
- * port of its service; a VIP:port claimed by two services keeps the first in catalog order (the
- * config source already refuses the second and reports it).
- *
- * Then, only where no VIP matched, the endpoints of registry services that opted in with
- * `directDial`: clients such as Ribbon and Spring Cloud LoadBalancer pick an instance from the
- * registry and connect to its address:port, and that address:port names the service, so the call
- * is counted under it and can fail over. Each endpoint is reached at one port per service port (as
- * the pool resolves it). Kubernetes services never opt in (the contract refuses it): see
- * `directDial` in common/contract/catalog.ts. One address:port in two opted-in services (one app
- * registered in Consul and in Eureka) goes to the smaller service id, the same on every sidecar,
- * and is reported.
- */
-/**
  * A service's endpoint routes, made once per parsed service: the config source keeps the object of
  * a service whose file did not change, so a catalog change makes only the changed services' again.
  * 10,000 opted-in services of 10 endpoints each, on 2 busy cores: 140-230 ms to make them all,
@@ -55,6 +37,24 @@ function endpointRoutes(service: Service): readonly (readonly [string, Route])[]
   return routes;
 }
 
+/**
+ * Destination -> service, built once per configuration change so the per-connection lookup is one
+ * or two map accesses. The contract gives addresses in inet_ntop's form, the form the forwarder
+ * reports destinations in, so they compare as strings.
+ *
+ * First every VIP (a ClusterIP, or a mesh VIP the DNS hands out for a registry service) with every
+ * port of its service; a VIP:port claimed by two services keeps the first in catalog order (the
+ * config source already refuses the second and reports it).
+ *
+ * Then, only where no VIP matched, the endpoints of registry services that opted in with
+ * `directDial`: clients such as Ribbon and Spring Cloud LoadBalancer pick an instance from the
+ * registry and connect to its address:port, and that address:port names the service, so the call
+ * is counted under it and can fail over. Each endpoint is reached at one port per service port (as
+ * the pool resolves it). Kubernetes services never opt in (the contract refuses it): see
+ * `directDial` in common/contract/catalog.ts. One address:port in two opted-in services (one app
+ * registered in Consul and in Eureka) goes to the smaller service id, the same on every sidecar,
+ * and is reported.
+ */
 export class RouteTable {
   private constructor(
     private readonly vips: ReadonlyMap<string, Route>,
