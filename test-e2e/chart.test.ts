@@ -14,8 +14,8 @@ import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } fro
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
 import { CHECKOUT } from '../devenv/node-simulator/images.js';
 import { CHART_DIR, find, Helm, VALUES_SCHEMA_FILE, valuesSchemaWithContract, type KubeObject } from './harness/chart.js';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
-import { testBinary } from './harness/cache.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
+import { testBinary } from '../devenv/cache.js';
 import { eventually } from './harness/eventually.js';
 
 type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };

@@ -13,8 +13,8 @@ import { CniAgent, encodeReply, RequestReader, type CniRequest } from '../cni/ag
 import { verifyRules } from '../cni/iptables.js';
 import { repairPass } from '../cni/repair.js';
 import { injectPod } from '../injector/inject.js';
-import { CniError, CniRuntime, type Conflist, type Sandbox } from './harness/cni-runtime.js';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { CniError, CniRuntime, type Conflist, type Sandbox } from '../devenv/cni.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
 

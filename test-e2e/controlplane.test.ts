@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync } from 'node:fs';
 import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { waitForNoLeftovers } from './harness/leftovers.js';
 import { eventually } from './harness/eventually.js';
 

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { testBinary } from './harness/cache.js';
+import { testBinary } from '../devenv/cache.js';
 import { processesMentioning } from './harness/leftovers.js';
 import { requireRoot } from './harness/netns.js';
 

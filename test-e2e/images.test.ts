@@ -15,7 +15,7 @@ import { buildImages, IMAGES, ImageStore, megabytes, type BuiltImage } from '../
 import { PodNetwork, type PodSandbox } from '../devenv/pod-network.js';
 import { CONTROL_PLANE_CN } from '../repo/auth.js';
 import { Publisher } from '../registry-bridge/sinks/repo-publisher.js';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot, requireTools } from './harness/netns.js';
 import { ContainerRuntime, type Container } from './harness/runc.js';

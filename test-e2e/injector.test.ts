@@ -10,8 +10,8 @@ import { caBundle } from '../injector/certs.js';
 import { injectPod, type InjectorSettings } from '../injector/inject.js';
 import { runInjector, type RunningInjector } from '../injector/runner.js';
 import { installWebhookConfiguration, webhookConfiguration } from '../injector/webhook-config.js';
-import { startControlPlane, freePorts, type ControlPlane } from './harness/controlplane.js';
-import { testBinary } from './harness/cache.js';
+import { startControlPlane, freePorts, type ControlPlane } from '../devenv/controlplane.js';
+import { testBinary } from '../devenv/cache.js';
 import { eventually } from './harness/eventually.js';
 
 const names = (pod: V1Pod) => ({

@@ -10,7 +10,7 @@ import { Authenticator, CONTROL_PLANE_CN } from '../repo/auth.js';
 import { Repo } from '../repo/repo.js';
 import { startRepoServer, type RepoServer } from '../repo/server.js';
 import { DiskStore } from '../repo/store/disk.js';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { eventually } from './harness/eventually.js';
 
 /**

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { repoContract } from '../repo/testing/contract.js';
-import { startControlPlane, type ControlPlane } from './harness/controlplane.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 
 /**
  * Two `flb repo` replicas on one etcd (the test control plane's): they serve the same data, and

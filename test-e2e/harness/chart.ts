@@ -9,7 +9,7 @@ import YAML from 'yaml';
 import { z } from 'zod';
 import { BridgeConfigSchema, MeshSchema } from '../../common/contract/index.js';
 import { CHECKOUT } from '../../devenv/node-simulator/images.js';
-import { testBinary } from './cache.js';
+import { testBinary } from '../../devenv/cache.js';
 
 export const CHART_DIR = join(CHECKOUT, 'charts/flb-mesh');
 export const VALUES_SCHEMA_FILE = join(CHART_DIR, 'values.schema.json');
