@@ -38,6 +38,8 @@ export class Helm {
       reject: false,
       ...(input !== undefined ? { input } : {}),
       env: {
+        // Without HOME, client-go puts its discovery cache in ./.kube/cache: the checkout.
+        HOME: this.home,
         HELM_CACHE_HOME: join(this.home, 'cache'),
         HELM_CONFIG_HOME: join(this.home, 'config'),
         HELM_DATA_HOME: join(this.home, 'data'),
