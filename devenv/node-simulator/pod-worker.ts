@@ -679,6 +679,9 @@ export class PodWorker {
     clearTimeout(this.retryTimer);
     clearInterval(this.refreshTimer);
     clearTimeout(this.statusTimer);
+    // statusSettled() waits for this to go: a termination waiting there when a kill overtakes it
+    // (a pod deleted with grace 0 arrives as an update and a delete at once) would poll forever.
+    this.statusTimer = undefined;
     for (const c of this.containers) for (const p of c.probes) p.stop();
     if (this.sandbox) {
       const sandbox = this.sandbox;
