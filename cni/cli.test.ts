@@ -53,7 +53,10 @@ describe('flb cni agent', () => {
     );
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    // Started (a loaded machine takes seconds to load the CLI), then ~50 more repair intervals.
+    for (const deadline = Date.now() + 15_000; !stderr.includes('cni-repair') && Date.now() < deadline;)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    await new Promise((resolve) => setTimeout(resolve, 1000));
     child.kill('SIGTERM');
     await new Promise((resolve) => child.once('exit', resolve));
     const lines = stderr
