@@ -175,6 +175,8 @@ describe('the control plane publisher', () => {
       loseNext = true;
       publisher.setMesh(catalog(10, 2));
       while (publisher.stats.failures === 0) await new Promise((r) => setTimeout(r, 5));
+      // The failure names the request it happened to.
+      expect(publisher.stats.lastError).toMatch(/^PATCH \/api\/v1\/repo\/flb\/mesh: socket hang up/);
       // Workers got this version, with svc-2 at v 2.
       const held = repo.etag(repo.get('/flb/mesh')!);
       // The desired state moves on while the publisher backs off.

@@ -158,6 +158,8 @@ export class Publisher {
       this.backoff = 0;
       delete this.stats.lastError;
     } catch (error) {
+      // stop() cut the round short: nothing failed.
+      if (this.stopped) return;
       this.stats.failures++;
       this.stats.lastError = (error as Error).message;
       this.backoff = Math.min(this.options.maxBackoffMs ?? 30_000, this.backoff ? this.backoff * 2 : 200);
@@ -234,8 +236,9 @@ export class Publisher {
           res.on('error', reject);
         },
       );
-      req.on('timeout', () => req.destroy(new Error(`${method} ${url.pathname}: no answer from the repo within 60 s`)));
-      req.on('error', reject);
+      req.on('timeout', () => req.destroy(new Error(`no answer from the repo within 60 s`)));
+      // Named by its request: 'socket hang up' alone does not say which of a round's calls failed.
+      req.on('error', (error) => reject(Object.assign(error, { message: `${method} ${url.pathname}: ${error.message}` })));
       req.end(payload);
     });
     this.batchSupported = response.headers.server === 'flb-repo';

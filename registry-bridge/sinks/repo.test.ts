@@ -73,6 +73,17 @@ describe('the repo sink', () => {
     await repo.stop();
   });
 
+  it('counts a publish its own stop cut short as no failure', async () => {
+    repo = await new HoldingRepo().start();
+    sink = new RepoSink({ kind: 'repo', name: 'repo', url: repo.url }, log);
+    sink.setService('a.shop', service('a.shop'), '{"id":"a.shop"}\n');
+    await repo.publishArrived();
+    await sink.stop();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(sink.status()).toMatchObject({ failures: 0 });
+    expect(sink.status().lastError).toBeUndefined();
+  });
+
   it('reports changes as pending while their publish is in flight, and none once it landed', async () => {
     repo = await new HoldingRepo().start();
     sink = new RepoSink({ kind: 'repo', name: 'repo', url: repo.url }, log);
