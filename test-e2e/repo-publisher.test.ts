@@ -127,6 +127,31 @@ describe('the control plane publisher', () => {
     publisher.stop();
   });
 
+  it('publishes files nobody holds yet request by request, a version each; a change to files spanning requests still goes out whole', async () => {
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    publisher.setMesh(catalog(10));
+    await publisher.settled();
+    const versionBefore = Number(repo.get('/flb/mesh')!.version);
+    const requestsBefore = await patchCount();
+    // 100 new files of 30 kB, 2 MiB a request: two requests, each its own version, no draft left.
+    const added = (v: number) => Array.from({ length: 100 }, (_, i) => [`/services/new-${i}.json`, `{"id":"new-${i}","v":${v}}`.padEnd(30_000, ' ')] as const);
+    for (const [path, content] of added(1)) publisher.setMeshFile(path, content);
+    await publisher.settled();
+    expect((await patchCount()) - requestsBefore).toBe(2);
+    expect(Number(repo.get('/flb/mesh')!.version)).toBe(versionBefore + 2);
+    expect(repo.info(repo.get('/flb/mesh')!)).toMatchObject({ editFiles: [], erasedFiles: [] });
+    expect((await repo.readFile('/flb/mesh', '/services/new-99.json'))!.toString()).toContain('"v":1');
+
+    // The same files changed: workers hold them, so drafts first and one version.
+    for (const [path, content] of added(2)) publisher.setMeshFile(path, content);
+    await publisher.settled();
+    expect((await patchCount()) - requestsBefore).toBe(4);
+    expect(Number(repo.get('/flb/mesh')!.version)).toBe(versionBefore + 3);
+    expect((await repo.readFile('/flb/mesh', '/services/new-0.json'))!.toString()).toContain('"v":2');
+    expect((await repo.readFile('/flb/mesh', '/services/new-99.json'))!.toString()).toContain('"v":2');
+    publisher.stop();
+  });
+
   it('publishes one changed file of a large catalog without comparing the rest, and removes files', async () => {
     const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
     publisher.setMesh(catalog(100, 10));
