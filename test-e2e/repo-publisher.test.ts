@@ -152,6 +152,19 @@ describe('the control plane publisher', () => {
     publisher.stop();
   });
 
+  it('sends a file whose characters outside the BMP straddle a 64 KiB piece of the request intact', async () => {
+    const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
+    // The body is {"files":{"<path>":"<content>" ...: with this 21-character path the content starts at
+    // an odd offset, so a surrogate pair spans the 65,536th character.
+    const content = '\u{1F600}'.repeat(40_000);
+    publisher.setMeshFile('/services/emojis.json', content);
+    await publisher.settled();
+    expect((await repo.readFile('/flb/mesh', '/services/emojis.json'))!.toString('utf8')).toBe(content);
+    publisher.setMeshFile('/services/emojis.json', undefined);
+    await publisher.settled();
+    publisher.stop();
+  });
+
   it('publishes one changed file of a large catalog without comparing the rest, and removes files', async () => {
     const publisher = new Publisher({ url: `http://127.0.0.1:${server.port}`, log });
     publisher.setMesh(catalog(100, 10));

@@ -219,7 +219,6 @@ export class Publisher {
     const url = new URL(path, this.options.url);
     const tls = url.protocol === 'https:';
     this.agent ??= tls ? new HttpsAgent({ keepAlive: true, ...(this.options.tls ?? {}) }) : new HttpAgent({ keepAlive: true });
-    const payload = body === undefined ? undefined : Buffer.from(body);
     const response = await new Promise<RepoResponse>((resolve, reject) => {
       const req = (tls ? httpsRequest : httpRequest)(
         url,
@@ -227,7 +226,10 @@ export class Publisher {
           method,
           agent: this.agent,
           timeout: 60_000,
-          headers: { ...this.options.headers?.(), ...(payload ? { 'content-length': String(payload.length), 'content-type': 'application/json' } : {}) },
+          headers: {
+            ...this.options.headers?.(),
+            ...(body !== undefined ? { 'content-length': String(Buffer.byteLength(body)), 'content-type': 'application/json' } : {}),
+          },
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -239,7 +241,8 @@ export class Publisher {
       req.on('timeout', () => req.destroy(new Error(`no answer from the repo within 60 s`)));
       // Named by its request: 'socket hang up' alone does not say which of a round's calls failed.
       req.on('error', (error) => reject(Object.assign(error, { message: `${method} ${url.pathname}: ${error.message}` })));
-      req.end(payload);
+      if (body !== undefined) writeInPieces(req, body);
+      req.end();
     });
     this.batchSupported = response.headers.server === 'flb-repo';
     return response;
@@ -390,6 +393,25 @@ export class Publisher {
     this.published.delete(codebase);
     this.versions.delete(codebase);
     this.dirty.delete(codebase);
+  }
+}
+
+const WRITE_PIECE = 64 * 1024;
+
+/**
+ * A request body of megabytes (a 2 MiB batch) written in pieces of 64 KiB: Node encodes each write
+ * into a buffer of its size from malloc, and the arena that megabyte buffers grow is not given back
+ * while fragments of it are in use (10,000 services from scratch peaked 35 MiB higher in RSS). A
+ * piece never ends between the two halves of a surrogate pair, which would become two replacement
+ * characters.
+ */
+function writeInPieces(req: { write(chunk: string): boolean }, body: string): void {
+  for (let at = 0; at < body.length;) {
+    let end = Math.min(body.length, at + WRITE_PIECE);
+    const lastUnit = body.charCodeAt(end - 1);
+    if (end < body.length && lastUnit >= 0xd800 && lastUnit <= 0xdbff) end--;
+    req.write(body.slice(at, end));
+    at = end;
   }
 }
 
