@@ -13,6 +13,8 @@ import { nodeRecord, podRecord, serviceRecord, sliceRecord, type NodeRecord, typ
 import { selects, translatePod, translateService } from './translate.js';
 
 export const EXPORT_ANNOTATION = 'flomesh.io/export';
+/** Objects of the first full list reported between two turns of the event loop (tens of milliseconds of work). */
+const FIRST_LIST_SLICE = 200;
 
 export interface KubernetesSourceOptions {
   config: KubernetesSourceConfig;
@@ -49,6 +51,8 @@ export class KubernetesSource implements Source {
   private endpointCount = 0;
   private lastSyncAt = 0;
   private syncedOnce = false;
+  private firstListReported = false;
+  private stopped = false;
 
   constructor(private readonly options: KubernetesSourceOptions) {
     this.name = options.config.name;
@@ -92,6 +96,7 @@ export class KubernetesSource implements Source {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     await Promise.all(this.informers.map((i) => i.stop()));
   }
 
@@ -112,7 +117,7 @@ export class KubernetesSource implements Source {
       name: this.name,
       kind: this.kind,
       address: this.options.kubeConfig.getCurrentCluster()?.server ?? '',
-      state: !this.syncedOnce ? 'starting' : stale ? 'stale' : 'synced',
+      state: !this.firstListReported ? 'starting' : stale ? 'stale' : 'synced',
       services: this.reportedServices.size,
       endpoints: this.endpointCount,
       sidecars: this.reportedSidecars.size,
@@ -128,10 +133,31 @@ export class KubernetesSource implements Source {
     this.lastSyncAt = Date.now();
     if (this.syncedOnce) return;
     this.syncedOnce = true;
-    for (const key of this.pendingServices) this.refreshService(key);
-    for (const key of this.pendingPods) this.refreshPod(key);
+    void this.reportFirstList();
+  }
+
+  /**
+   * What the first full list held, FIRST_LIST_SLICE objects at a time with the event loop free in
+   * between: the sinks start writing the first services while the rest are translated (10,000
+   * Services are seconds of translation and seconds of repo writes, now overlapped), and watch
+   * events are not held up behind the whole pass. Synced only once everything was reported.
+   */
+  private async reportFirstList(): Promise<void> {
+    const services = [...this.pendingServices];
+    const pods = [...this.pendingPods];
     this.pendingServices.clear();
     this.pendingPods.clear();
+    for (const [keys, refresh] of [
+      [services, (key: string) => this.refreshService(key)],
+      [pods, (key: string) => this.refreshPod(key)],
+    ] as const) {
+      for (let i = 0; i < keys.length; i += FIRST_LIST_SLICE) {
+        if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+        if (this.stopped) return;
+        for (const key of keys.slice(i, i + FIRST_LIST_SLICE)) refresh(key);
+      }
+    }
+    this.firstListReported = true;
     this.updates?.synced(this.name);
   }
 
