@@ -8,11 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { startDevEnvironment, type DevEnvironment } from './environment.js';
 import { startMeshComponents, type MeshComponents } from './mesh.js';
-import { DEMO_IMAGE } from './node-simulator/images.js';
+import { demoDeployment, isPodReady, type ClientStats } from './apps/workloads.js';
 
 export const DEMO_NAMESPACE = 'demo';
 
@@ -30,37 +30,6 @@ export interface DemoOptions {
   /** The components' and demo's logs go here (default: inside the demo's folder, removed at the end). */
   logFile?: string;
 }
-
-interface ClientStats {
-  sent: number;
-  ok: number;
-  failed: number;
-  byPod: Record<string, number>;
-  lastError?: string;
-}
-
-const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
-  metadata: { name },
-  spec: {
-    replicas,
-    selector: { matchLabels: { app: name } },
-    template: {
-      metadata: { labels: { app: name } },
-      spec: {
-        terminationGracePeriodSeconds: 10,
-        containers: [
-          {
-            name,
-            image: DEMO_IMAGE,
-            args,
-            ports: [port],
-            readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 },
-          },
-        ],
-      },
-    },
-  },
-});
 
 function httpJson<T>(url: string, method = 'GET'): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -141,16 +110,16 @@ export class Demo {
       namespace: DEMO_NAMESPACE,
       body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] } },
     });
-    await apps.createNamespacedDeployment({ namespace: DEMO_NAMESPACE, body: deployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: DEMO_NAMESPACE, body: demoDeployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
     await apps.createNamespacedDeployment({
       namespace: DEMO_NAMESPACE,
-      body: deployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '100'], { name: 'stats', containerPort: 8081 }),
+      body: demoDeployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '100'], { name: 'stats', containerPort: 8081 }),
     });
     await this.waitFor(
       '4 pods injected, running and Ready',
       async () => {
         const pods = (await this.core!.listNamespacedPod({ namespace: DEMO_NAMESPACE })).items;
-        const ready = pods.filter((p) => isReady(p));
+        const ready = pods.filter((p) => isPodReady(p));
         this.step(`pods ready: ${ready.length}/4 (${pods.map((p) => `${p.metadata?.name}: ${phaseOf(p)}`).join(', ')})`);
         return ready.length === 4 && pods.length === 4;
       },
@@ -183,14 +152,14 @@ export class Demo {
 
   private async clientIp(): Promise<string> {
     const pods = await this.core!.listNamespacedPod({ namespace: DEMO_NAMESPACE, labelSelector: 'app=client' });
-    const ip = pods.items.find(isReady)?.status?.podIP;
+    const ip = pods.items.find(isPodReady)?.status?.podIP;
     if (!ip) throw new Error('the client pod has no address');
     return ip;
   }
 
   private async deleteOnePod(): Promise<void> {
     const stats = await httpJson<ClientStats>(`http://${await this.clientIp()}:8081/stats`).catch(() => undefined);
-    const pods = (await this.core!.listNamespacedPod({ namespace: DEMO_NAMESPACE, labelSelector: 'app=echo' })).items.filter(isReady);
+    const pods = (await this.core!.listNamespacedPod({ namespace: DEMO_NAMESPACE, labelSelector: 'app=echo' })).items.filter(isPodReady);
     const busiest = pods.sort((a, b) => (stats?.byPod[b.metadata!.name!] ?? 0) - (stats?.byPod[a.metadata!.name!] ?? 0))[0];
     if (!busiest) return;
     this.note(`deleted pod ${busiest.metadata!.name} (calls so far: ${stats?.ok ?? 0} ok, ${stats?.failed ?? 0} failed); its ReplicaSet makes another`);
@@ -317,11 +286,9 @@ export class Demo {
   }
 }
 
-const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
-
 function phaseOf(pod: V1Pod): string {
   if (pod.metadata?.deletionTimestamp) return 'Terminating';
-  if (isReady(pod)) return 'Ready';
+  if (isPodReady(pod)) return 'Ready';
   const waiting = [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])].find(
     (c) => c.state?.waiting?.reason && c.state.waiting.reason !== 'PodInitializing',
   );

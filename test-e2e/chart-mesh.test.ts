@@ -7,44 +7,20 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { REPO_CA_CONFIGMAP } from '../common/contract/index.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { getJson } from '../devenv/mesh.js';
-import { CONTROL_PLANE_IMAGE, DEMO_IMAGE } from '../devenv/node-simulator/images.js';
+import { CONTROL_PLANE_IMAGE } from '../devenv/node-simulator/images.js';
 import { CHART_DIR, Helm } from './harness/chart.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
+import { demoDeployment, isPodReady, type ClientStats } from '../devenv/apps/workloads.js';
 
 const MESH_NS = 'flomesh';
 const APP_NS = 'shop';
 const log = createLogger('chart-mesh-test', 'silent');
-
-interface ClientStats {
-  sent: number;
-  ok: number;
-  failed: number;
-  byPod: Record<string, number>;
-  lastError?: string;
-}
-
-const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
-
-const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
-  metadata: { name },
-  spec: {
-    replicas,
-    selector: { matchLabels: { app: name } },
-    template: {
-      metadata: { labels: { app: name } },
-      spec: {
-        terminationGracePeriodSeconds: 5,
-        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
-      },
-    },
-  },
-});
 
 function post(url: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -68,7 +44,7 @@ describe('the chart installed on the test control plane with pods that run', () 
   const describePods = async (namespace: string) => {
     const lines: string[] = [];
     for (const pod of await pods(namespace)) {
-      lines.push(`${pod.metadata?.name} on ${pod.spec?.nodeName ?? '(unbound)'}: ${pod.status?.phase} ready=${isReady(pod)}`);
+      lines.push(`${pod.metadata?.name} on ${pod.spec?.nodeName ?? '(unbound)'}: ${pod.status?.phase} ready=${isPodReady(pod)}`);
       for (const status of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
         lines.push(`  ${status.name}: ${JSON.stringify(status.state)} restarts=${status.restartCount}`);
         const file = env.simulator.logFile(pod, status.name);
@@ -94,7 +70,7 @@ describe('the chart installed on the test control plane with pods that run', () 
     }
   };
   const clientStats = async () => {
-    const ip = (await pods(APP_NS, 'app=client')).find(isReady)!.status!.podIP!;
+    const ip = (await pods(APP_NS, 'app=client')).find(isPodReady)!.status!.podIP!;
     const stats = await getJson<ClientStats>(`http://${ip}:8081/stats`);
     if (!stats) throw new Error('the client did not answer');
     return stats;
@@ -127,7 +103,7 @@ describe('the chart installed on the test control plane with pods that run', () 
       'five control plane pods Ready',
       MESH_NS,
       async () => {
-        const ready = (await pods(MESH_NS)).filter(isReady);
+        const ready = (await pods(MESH_NS)).filter(isPodReady);
         return ready.length === 5 ? ready : undefined;
       },
       150_000,
@@ -167,16 +143,16 @@ describe('the chart installed on the test control plane with pods that run', () 
       },
     });
     const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
-    await apps.createNamespacedDeployment({ namespace: APP_NS, body: deployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: APP_NS, body: demoDeployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }, 5) });
     await apps.createNamespacedDeployment({
       namespace: APP_NS,
-      body: deployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }),
+      body: demoDeployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }, 5),
     });
     const ready = await waitOrExplain(
       'four app pods Ready',
       APP_NS,
       async () => {
-        const all = (await pods(APP_NS)).filter(isReady);
+        const all = (await pods(APP_NS)).filter(isPodReady);
         return all.length === 4 ? all : undefined;
       },
       150_000,
@@ -193,7 +169,7 @@ describe('the chart installed on the test control plane with pods that run', () 
       'the client reaching all three echo pods without a failure',
       APP_NS,
       async () => {
-        await post(`http://${(await pods(APP_NS, 'app=client')).find(isReady)!.status!.podIP!}:8081/reset`);
+        await post(`http://${(await pods(APP_NS, 'app=client')).find(isPodReady)!.status!.podIP!}:8081/reset`);
         await new Promise((r) => setTimeout(r, 2000));
         const stats = await clientStats();
         return stats.failed === 0 && stats.ok >= 20 && Object.keys(stats.byPod).length === 3 ? stats : undefined;

@@ -3,14 +3,15 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
-import { CHECKOUT, DEMO_IMAGE } from '../devenv/node-simulator/images.js';
+import { CHECKOUT } from '../devenv/node-simulator/images.js';
 import { startReaper, startServer, type ServerProcess } from '../devenv/processes.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
+import { demoDeployment, isPodReady, type ClientStats } from '../devenv/apps/workloads.js';
 
 // The mesh in CNI mode, as a cluster that cannot admit privileged init containers runs it: the
 // node agent (`flb cni agent`) serves the mesh's CNI plugin, which `flb cni install` chained into
@@ -21,31 +22,6 @@ const PLAIN_NS = 'plain';
 const NODE = 'cni-node';
 const FLB = join(CHECKOUT, 'bin/flb.js');
 const log = createLogger('mesh-cni-test', 'silent');
-
-interface ClientStats {
-  sent: number;
-  ok: number;
-  failed: number;
-  byPod: Record<string, number>;
-  lastError?: string;
-}
-
-const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
-  metadata: { name },
-  spec: {
-    replicas,
-    selector: { matchLabels: { app: name } },
-    template: {
-      metadata: { labels: { app: name } },
-      spec: {
-        terminationGracePeriodSeconds: 5,
-        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
-      },
-    },
-  },
-});
-
-const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
 
 describe('the mesh in CNI mode: interception by the CNI plugin and node agent', () => {
   let env: DevEnvironment;
@@ -101,19 +77,19 @@ describe('the mesh in CNI mode: interception by the CNI plugin and node agent', 
       namespace: NS,
       body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] } },
     });
-    await apps.createNamespacedDeployment({ namespace: NS, body: deployment('echo', 2, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: NS, body: demoDeployment('echo', 2, ['echo'], { name: 'http', containerPort: 8080 }, 5) });
     await apps.createNamespacedDeployment({
       namespace: NS,
-      body: deployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }),
+      body: demoDeployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }, 5),
     });
     // The same CNI chain, a namespace without injection: the agent must leave this pod alone.
-    await apps.createNamespacedDeployment({ namespace: PLAIN_NS, body: deployment('echo', 1, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: PLAIN_NS, body: demoDeployment('echo', 1, ['echo'], { name: 'http', containerPort: 8080 }, 5) });
     await eventually(
       'the injected and the plain pods Ready',
       async () =>
-        (await pods(NS, 'echo')).filter(isReady).length === 2 &&
-        (await pods(NS, 'client')).filter(isReady).length === 1 &&
-        (await pods(PLAIN_NS, 'echo')).filter(isReady).length === 1
+        (await pods(NS, 'echo')).filter(isPodReady).length === 2 &&
+        (await pods(NS, 'client')).filter(isPodReady).length === 1 &&
+        (await pods(PLAIN_NS, 'echo')).filter(isPodReady).length === 1
           ? true
           : undefined,
       120_000,
@@ -137,7 +113,7 @@ describe('the mesh in CNI mode: interception by the CNI plugin and node agent', 
   });
 
   it('injects no privileged init container: only the unprivileged check, which finds the redirect in place', async () => {
-    const client = (await pods(NS, 'client')).find(isReady)!;
+    const client = (await pods(NS, 'client')).find(isPodReady)!;
     const spec = client.spec!;
     expect(spec.initContainers!.map((c) => c.name)).toEqual(['flb-validation', 'flb-sidecar']);
     for (const c of [...spec.initContainers!, ...spec.containers]) {
@@ -178,8 +154,8 @@ describe('the mesh in CNI mode: interception by the CNI plugin and node agent', 
   });
 
   it("calls by name go through the client's sidecar and reach every echo pod", async () => {
-    const client = (await pods(NS, 'client')).find(isReady)!;
-    const echoes = (await pods(NS, 'echo')).filter(isReady).map((p) => p.metadata!.name!);
+    const client = (await pods(NS, 'client')).find(isPodReady)!;
+    const echoes = (await pods(NS, 'echo')).filter(isPodReady).map((p) => p.metadata!.name!);
     let last: ClientStats | undefined;
     await eventually(
       'calls reaching both echo pods',

@@ -3,36 +3,19 @@
 // and the injector as processes. The service's instances are two echo pods with no Kubernetes
 // Service: only Consul knows them, as it knows a VM's or another platform's instances.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { AppsV1Api, CoreV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
-import { DEMO_IMAGE } from '../devenv/node-simulator/images.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
+import { demoDeployment, isPodReady } from '../devenv/apps/workloads.js';
 
 const NS = 'shop';
 const GRACE_SECONDS = 3;
 const STALE_SECONDS = 10;
 const log = createLogger('mesh-consul-test', 'silent');
-
-const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
-  metadata: { name },
-  spec: {
-    replicas,
-    selector: { matchLabels: { app: name } },
-    template: {
-      metadata: { labels: { app: name } },
-      spec: {
-        terminationGracePeriodSeconds: 5,
-        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
-      },
-    },
-  },
-});
-
-const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
 
 describe('a Consul service called by name from a pod through its sidecar', () => {
   let env: DevEnvironment;
@@ -43,7 +26,7 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
   const pods = async (app: string) => (await core.listNamespacedPod({ namespace: NS, labelSelector: `app=${app}` })).items;
   /** Calls each target 20 times from the client pod (its own fetch, through its sidecar): who answered, by target. */
   const callFromClient = async (targets: string[]) => {
-    const client = (await pods('client')).find(isReady)!;
+    const client = (await pods('client')).find(isPodReady)!;
     const script = `
       const out = {};
       for (const t of process.argv.slice(1)) {
@@ -79,15 +62,21 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
     const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
     await core.createNamespace({ body: { metadata: { name: NS, labels: { 'flomesh.io/inject': 'enabled' } } } });
     await eventually('the default ServiceAccount', () => core.readNamespacedServiceAccount({ name: 'default', namespace: NS }));
-    await apps.createNamespacedDeployment({ namespace: NS, body: deployment('legacy', 2, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: NS, body: demoDeployment('legacy', 2, ['echo'], { name: 'http', containerPort: 8080 }, 5) });
     // The client's own loop is not used here; it is a pod with a sidecar to call from.
     await apps.createNamespacedDeployment({
       namespace: NS,
-      body: deployment('client', 1, ['client', '--url', 'http://127.0.0.1:8081/healthz', '--interval-ms', '5000'], { name: 'stats', containerPort: 8081 }),
+      body: demoDeployment(
+        'client',
+        1,
+        ['client', '--url', 'http://127.0.0.1:8081/healthz', '--interval-ms', '5000'],
+        { name: 'stats', containerPort: 8081 },
+        5,
+      ),
     });
     await eventually(
       'three pods Ready',
-      async () => ((await pods('legacy')).filter(isReady).length === 2 && (await pods('client')).filter(isReady).length === 1 ? true : undefined),
+      async () => ((await pods('legacy')).filter(isPodReady).length === 2 && (await pods('client')).filter(isPodReady).length === 1 ? true : undefined),
       120_000,
     );
   });
@@ -148,7 +137,7 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
   });
 
   it('stops resolving the name after the grace once the service is deregistered, not before', async () => {
-    const client = (await pods('client')).find(isReady)!;
+    const client = (await pods('client')).find(isPodReady)!;
     const resolves = async () => (await env.simulator.exec(NS, client.metadata!.name!, 'client', ['getent', 'hosts', 'legacy.service.consul'])).exitCode === 0;
     expect(await resolves()).toBe(true);
     const deregisteredAt = Date.now();

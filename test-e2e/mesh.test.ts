@@ -3,44 +3,19 @@ import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { execa } from 'execa';
-import { AppsV1Api, CoreV1Api, DiscoveryV1Api, type V1Deployment, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, DiscoveryV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { startMeshComponents, type MeshComponents, getJson } from '../devenv/mesh.js';
-import { DEMO_IMAGE } from '../devenv/node-simulator/images.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
+import { demoDeployment, isPodReady, type ClientStats } from '../devenv/apps/workloads.js';
 
 // The product as a user meets it: label a namespace, deploy, and services are called by name. Real
 // control plane, pods that run (node simulator), the injector, the repo and the registry bridge
 // as processes, sidecars in every pod. No catalog is published by hand.
 const NS = 'shop';
 const log = createLogger('mesh-test', 'silent');
-
-interface ClientStats {
-  sent: number;
-  ok: number;
-  failed: number;
-  byPod: Record<string, number>;
-  lastError?: string;
-}
-
-const deployment = (name: string, replicas: number, args: string[], port: { name: string; containerPort: number }): V1Deployment => ({
-  metadata: { name },
-  spec: {
-    replicas,
-    selector: { matchLabels: { app: name } },
-    template: {
-      metadata: { labels: { app: name } },
-      spec: {
-        terminationGracePeriodSeconds: 10,
-        containers: [{ name, image: DEMO_IMAGE, args, ports: [port], readinessProbe: { httpGet: { path: '/healthz', port: port.name }, periodSeconds: 1 } }],
-      },
-    },
-  },
-});
-
-const isReady = (pod: V1Pod) => pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
 
 function post(url: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -61,12 +36,12 @@ describe('the mesh with pods that run', () => {
 
   const pods = async (app: string) => (await core.listNamespacedPod({ namespace: NS, labelSelector: `app=${app}` })).items;
   const clientStats = async () => {
-    const ip = (await pods('client')).find(isReady)!.status!.podIP!;
+    const ip = (await pods('client')).find(isPodReady)!.status!.podIP!;
     const stats = await getJson<ClientStats>(`http://${ip}:8081/stats`);
     if (!stats) throw new Error('the client did not answer');
     return stats;
   };
-  const resetClient = async () => post(`http://${(await pods('client')).find(isReady)!.status!.podIP!}:8081/reset`);
+  const resetClient = async () => post(`http://${(await pods('client')).find(isPodReady)!.status!.podIP!}:8081/reset`);
   /** As the control plane: the repo's codebases and their versions. */
   const repoGet = (path: string) =>
     new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -106,14 +81,14 @@ describe('the mesh with pods that run', () => {
       namespace: NS,
       body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] } },
     });
-    await apps.createNamespacedDeployment({ namespace: NS, body: deployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
+    await apps.createNamespacedDeployment({ namespace: NS, body: demoDeployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
     await apps.createNamespacedDeployment({
       namespace: NS,
-      body: deployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }),
+      body: demoDeployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }),
     });
     await eventually(
       'four pods Ready',
-      async () => ((await pods('echo')).filter(isReady).length === 3 && (await pods('client')).filter(isReady).length === 1 ? true : undefined),
+      async () => ((await pods('echo')).filter(isPodReady).length === 3 && (await pods('client')).filter(isPodReady).length === 1 ? true : undefined),
       120_000,
     );
   });
@@ -145,8 +120,8 @@ describe('the mesh with pods that run', () => {
 
   it("keeps calls in the client's zone while it has endpoints there, and spreads them over every zone when the Service says locality none", async () => {
     const zoneOf = (pod: V1Pod) => (pod.spec!.nodeName === 'mesh-a' ? 'zone-a' : 'zone-b');
-    const servers = (await pods('echo')).filter(isReady);
-    const clientZone = zoneOf((await pods('client')).find(isReady)!);
+    const servers = (await pods('echo')).filter(isPodReady);
+    const clientZone = zoneOf((await pods('client')).find(isPodReady)!);
     const local = servers.filter((p) => zoneOf(p) === clientZone).map((p) => p.metadata!.name!);
     expect(local.length).toBeGreaterThan(0);
     await resetClient();
@@ -162,7 +137,7 @@ describe('the mesh with pods that run', () => {
   });
 
   it('reaches every server pod by name in every search-list form and by ClusterIP, through the sidecar', async () => {
-    const client = (await pods('client')).find(isReady)!;
+    const client = (await pods('client')).find(isPodReady)!;
     const svc = await core.readNamespacedService({ name: 'echo', namespace: NS });
     const clusterIp = svc.spec!.clusterIP!;
     const script = `
@@ -198,7 +173,7 @@ describe('the mesh with pods that run', () => {
         scale.spec = { replicas: 5 };
         await apps.replaceNamespacedDeploymentScale({ name: 'echo', namespace: NS, body: scale });
       });
-    await eventually('five echo pods Ready', async () => ((await pods('echo')).filter(isReady).length === 5 ? true : undefined), 60_000);
+    await eventually('five echo pods Ready', async () => ((await pods('echo')).filter(isPodReady).length === 5 ? true : undefined), 60_000);
     const readyAt = Date.now();
     await resetClient();
     let last: ClientStats | undefined;
@@ -218,10 +193,10 @@ describe('the mesh with pods that run', () => {
 
   it('deletes a pod during a stream of requests and none fails', async () => {
     await resetClient();
-    const victim = (await pods('echo')).find(isReady)!.metadata!.name!;
+    const victim = (await pods('echo')).find(isPodReady)!.metadata!.name!;
     await core.deleteNamespacedPod({ name: victim, namespace: NS });
     await eventually('the pod gone', async () => ((await pods('echo')).some((p) => p.metadata!.name === victim) ? undefined : true), 60_000);
-    await eventually('five Ready again', async () => ((await pods('echo')).filter(isReady).length === 5 ? true : undefined), 60_000);
+    await eventually('five Ready again', async () => ((await pods('echo')).filter(isPodReady).length === 5 ? true : undefined), 60_000);
     const stats = await clientStats();
     expect(stats.ok).toBeGreaterThan(50);
     expect({ failed: stats.failed, lastError: stats.lastError }).toEqual({ failed: 0, lastError: undefined });
@@ -255,17 +230,17 @@ describe('the mesh with pods that run', () => {
     );
     const meshVersion = Number(await versionOf('/flb/mesh'));
     await resetClient();
-    const victim = (await pods('echo')).find(isReady)!.metadata!.name!;
+    const victim = (await pods('echo')).find(isPodReady)!.metadata!.name!;
     await core.deleteNamespacedPod({ name: victim, namespace: NS });
     await eventually('the new leader publishing the change', async () => (Number(await versionOf('/flb/mesh')) > meshVersion ? true : undefined), 20_000);
-    await eventually('five Ready again', async () => ((await pods('echo')).filter(isReady).length === 5 ? true : undefined), 60_000);
+    await eventually('five Ready again', async () => ((await pods('echo')).filter(isPodReady).length === 5 ? true : undefined), 60_000);
     expect((await clientStats()).failed).toBe(0);
     await mesh.startBridge(was);
   });
 
   it('collects the codebases of pods deleted while every bridge was down', async () => {
     for (let i = 0; i < mesh.bridgeAdminUrls.length; i++) await mesh.bridge(i)!.stop();
-    const victim = (await pods('echo')).find(isReady)!.metadata!.name!;
+    const victim = (await pods('echo')).find(isPodReady)!.metadata!.name!;
     await core.deleteNamespacedPod({ name: victim, namespace: NS });
     await eventually('the pod gone', async () => ((await pods('echo')).some((p) => p.metadata!.name === victim) ? undefined : true), 60_000);
     expect(await codebases()).toContain(`/flb/sidecars/pod.${NS}.${victim}`);
