@@ -43,17 +43,13 @@ export class SidecarMetrics {
     'Time from a connection or request arriving to a new connection to its endpoint, failed attempts included (HTTP: only requests that opened one)',
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5],
   );
-  private readonly requests = counterFamily(
-    this.registry,
-    'flb_sidecar_requests_total',
-    'HTTP requests, HTTP/2 streams and gRPC calls finished, by protocol, exact response code and gRPC status',
-  );
+  private readonly requests = counterFamily(this.registry, 'flb_sidecar_requests_total', 'HTTP requests by response class');
   private readonly retries = counterFamily(this.registry, 'flb_sidecar_request_retries_total', 'HTTP requests retried on another endpoint');
   private readonly requestSeconds = histogramFamily(
     this.registry,
     'flb_sidecar_request_duration_seconds',
-    'Request duration through the sidecar, from the request arriving to the last byte (or trailers) of the response',
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    'HTTP request latency through the sidecar, to the response headers',
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   );
   readonly ejections = new Counter({
     name: 'flb_sidecar_ejections_total',
@@ -83,12 +79,10 @@ export class SidecarMetrics {
     collect: (): void => this.configRejected.set(this.rejectedSource()),
   });
   private readonly series = new Map<string, ServiceSeries>();
-  /** By the catalog's Service object itself: a lookup per connection builds no string. */
-  private readonly byService = { outbound: new WeakMap<object, ServiceSeries>(), inbound: new WeakMap<object, ServiceSeries>() };
   /** Sockets of the HTTP proxies, by what they counted last. */
   private readonly sockets = new Map<Socket, { series: ServiceSeries; read: number; written: number }>();
 
-  constructor(readonly identity: WorkloadIdentity = workloadFromEnvironment()) {
+  constructor() {
     collectProcessMetrics(this.registry);
     this.beforeCollect(() => {
       for (const [socket, counted] of this.sockets) this.countBytes(socket, counted);
@@ -131,69 +125,29 @@ export class SidecarMetrics {
     this.usableSource = source;
   }
 
-  /** The series of a catalog service; the same object for the same Service, found without building a key. */
-  forService(direction: Direction, service: Destination & object): ServiceSeries {
-    const cache = this.byService[direction];
-    let series = cache.get(service);
-    if (!series) cache.set(service, (series = this.for(direction, service)));
-    return series;
-  }
-
-  /** The series of a service or class; a string is a class (`unknown`, `denied`, an inbound port). Made once per key. */
-  for(direction: Direction, destination: string | Destination): ServiceSeries {
-    const { id, name, namespace } = typeof destination === 'string' ? { id: destination, name: undefined, namespace: undefined } : destination;
-    const key = `${direction}\0${id}`;
+  for(direction: Direction, service: string): ServiceSeries {
+    const key = `${direction}\0${service}`;
     let series = this.series.get(key);
-    if (series) return series;
-    const own = this.identity;
-    // Istio's names: the source reports outbound requests, the destination inbound ones. The peer
-    // on the other side is not known here (no peer metadata exchange yet): `unknown`.
-    const labels = {
-      direction,
-      service: id,
-      reporter: direction === 'outbound' ? 'source' : 'destination',
-      source_workload: direction === 'outbound' ? own.workload : UNKNOWN,
-      source_workload_namespace: direction === 'outbound' ? own.namespace : UNKNOWN,
-      destination_service: id,
-      destination_service_name: name ?? id,
-      destination_service_namespace: namespace ?? (direction === 'inbound' ? own.namespace : UNKNOWN),
-      destination_workload: direction === 'inbound' ? own.workload : UNKNOWN,
-      destination_workload_namespace: direction === 'inbound' ? own.namespace : UNKNOWN,
-    };
-    const responses = new Map<number, ResponseSeries>();
-    let other: ResponseSeries | undefined;
-    const response = (protocol: RequestProtocol, status: number, grpcStatus: string | undefined): ResponseSeries => {
-      const grpc = grpcIndex(grpcStatus);
-      const code = Number.isInteger(status) && status >= 100 && status <= 599 ? status : 0;
-      const protocolIndex = protocol === 'http' ? 0 : protocol === 'http2' ? 1 : 2;
-      const key = (protocolIndex * 1000 + code) * 32 + grpc;
-      let found = responses.get(key);
-      if (found) return found;
-      if (responses.size >= MAX_RESPONSE_SERIES || code === 0) {
-        other ??= this.responseSeries(labels, 'other', 'other', 'other');
-        return other;
-      }
-      const grpcLabel = grpc === NO_GRPC_STATUS ? '' : grpc === OTHER_GRPC_STATUS ? 'other' : String(grpc);
-      found = this.responseSeries(labels, PROTOCOLS[protocolIndex]!, String(code), grpcLabel);
-      responses.set(key, found);
-      return found;
-    };
-    series = {
-      connections: this.connections.cell(labels),
-      active: this.active.cell(labels),
-      sent: this.bytes.cell({ ...labels, way: 'sent' }),
-      received: this.bytes.cell({ ...labels, way: 'received' }),
-      connectErrors: this.connectErrors.cell(labels),
-      connectSeconds: this.connectSeconds.cell(labels),
-      retries: this.retries.cell(labels),
-      response,
-    };
-    this.series.set(key, series);
+    if (!series) {
+      const labels = { direction, service };
+      const codes = new Map<string, CounterCell>();
+      series = {
+        connections: this.connections.cell(labels),
+        active: this.active.cell(labels),
+        sent: this.bytes.cell({ ...labels, way: 'sent' }),
+        received: this.bytes.cell({ ...labels, way: 'received' }),
+        connectErrors: this.connectErrors.cell(labels),
+        connectSeconds: this.connectSeconds.cell(labels),
+        requests: (code) => {
+          let counter = codes.get(code);
+          if (!counter) codes.set(code, (counter = this.requests.cell({ ...labels, code })));
+          return counter;
+        },
+        retries: this.retries.cell(labels),
+        requestSeconds: this.requestSeconds.cell(labels),
+      };
+      this.series.set(key, series);
+    }
     return series;
-  }
-
-  private responseSeries(labels: Record<string, string>, protocol: string, code: string, grpcStatus: string): ResponseSeries {
-    const responseLabels = { ...labels, request_protocol: protocol, response_code: code, grpc_response_status: grpcStatus };
-    return { requests: this.requests.cell(responseLabels), seconds: this.requestSeconds.cell(responseLabels) };
   }
 }
