@@ -8,8 +8,9 @@ import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Serv
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '../common/log.js';
+import { createMetricsRegistry } from '../common/metrics.js';
 import { DELTA_MEDIA_TYPE } from '../common/repo-worker.js';
 import { Authenticator, TooManyTokenReviews, authorize } from './auth.js';
 import { RepoError, checkPath, type Delta, type Repo } from './repo.js';
@@ -32,6 +33,8 @@ export interface RepoServer {
 }
 
 class Reply {
+  /** For the answer to a long poll a publish woke: when that publish happened (performance.now()). */
+  pushedAt: number | undefined;
   constructor(
     readonly status: number,
     readonly body: string | Buffer = '',
@@ -128,8 +131,7 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
   const { repo, log } = options;
   const auth = options.auth ?? new Authenticator({ trustAnonymous: true });
   const maxWaitMs = options.maxWaitMs ?? MAX_WAIT_SECONDS * 1000;
-  const registry = options.registry ?? new Registry();
-  if (!options.registry) collectDefaultMetrics({ register: registry });
+  const registry = options.registry ?? createMetricsRegistry();
   const requests = new Counter({
     name: 'flb_repo_requests_total',
     help: 'Requests by route and status',
@@ -162,6 +164,25 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
     collect() {
       this.set(waiters.size);
     },
+  });
+  new Gauge({
+    name: 'flb_repo_connected_sidecars',
+    help: 'Workers (flb sidecars, Pipy workers) whose last status report is under 60 s old, over all codebases',
+    registers: [registry],
+    collect() {
+      this.set(repo.instanceUsage().instances);
+    },
+  });
+  const publishes = new Counter({
+    name: 'flb_repo_publishes_total',
+    help: 'Changes to what a codebase serves: publishes (here or through another replica) and deletes',
+    registers: [registry],
+  });
+  const pushLatency = new Histogram({
+    name: 'flb_repo_push_latency_seconds',
+    help: 'From a publish to the answer of each long poll it woke being written (delta encoding included)',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
   });
 
   async function route(req: IncomingMessage): Promise<{ route: string; reply: Reply }> {
@@ -269,6 +290,7 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       if (record && (method === 'GET' || method === 'HEAD') && repo.isServed(record)) {
         const known = req.headers['if-none-match'];
         let current = record;
+        let pushedAt: number | undefined;
         if (known !== undefined && known === repo.etag(record)) {
           // Push by long poll: `Prefer: wait=N` (RFC 7240) holds the request until the etag
           // changes, so a publish reaches waiting workers at once; Pipy workers, which never send
@@ -278,22 +300,22 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
           if (wait > 0 && !holding.has(req.socket)) {
             holding.add(req.socket);
             try {
-              await waitForChange(record.name, known, wait, req);
+              pushedAt = await waitForChange(record.name, known, wait, req);
             } finally {
               holding.delete(req.socket);
             }
           }
           const now = repo.get(record.name);
-          if (!now || !repo.isServed(now)) return new Reply(404);
+          if (!now || !repo.isServed(now)) return pushed(new Reply(404), pushedAt);
           if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
           current = now;
         }
         // A pushed worker, or one back with an older etag the repo still remembers: the change itself.
         if (known !== undefined && method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
           const delta = await deltaReply(current, known);
-          if (delta) return delta;
+          if (delta) return pushed(delta, pushedAt);
         }
-        return text(200, repo.manifest(current), { etag: repo.etag(current) });
+        return pushed(text(200, repo.manifest(current), { etag: repo.etag(current) }), pushedAt);
       }
       if (!record && method === 'POST') return text(404, `Codebase not found: ${path.slice(0, -1)}`);
     } else if (method === 'GET' || method === 'HEAD') {
@@ -362,30 +384,39 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
     return Buffer.from(JSON.stringify({ main, files, removed }));
   }
 
-  const waiters = new Set<{ name: string; wake: () => void; cancel: () => void }>();
+  function pushed(reply: Reply, publishedAt: number | undefined): Reply {
+    reply.pushedAt = publishedAt;
+    return reply;
+  }
+
+  const waiters = new Set<{ name: string; wake: (publishedAt: number) => void; cancel: () => void }>();
   const unsubscribe = repo.onPublish((changed) => {
-    for (const waiter of waiters) if (repo.chain(waiter.name).includes(changed) || waiter.name === changed) waiter.wake();
+    publishes.inc();
+    const publishedAt = performance.now();
+    for (const waiter of waiters) if (repo.chain(waiter.name).includes(changed) || waiter.name === changed) waiter.wake(publishedAt);
   });
-  function waitForChange(name: string, etag: string, timeoutMs: number, req: IncomingMessage): Promise<void> {
+  /** Resolves when the codebase's etag moves (with the time of the publish that moved it) or the wait is over (undefined). */
+  function waitForChange(name: string, etag: string, timeoutMs: number, req: IncomingMessage): Promise<number | undefined> {
     return new Promise((resolve) => {
-      const done = () => {
+      const done = (publishedAt?: number) => {
         clearTimeout(timer);
         waiters.delete(waiter);
-        req.socket.off('close', done);
-        resolve();
+        req.socket.off('close', hungUp);
+        resolve(publishedAt);
       };
+      const hungUp = () => done();
       const waiter = {
         name,
-        wake: () => {
+        wake: (publishedAt: number) => {
           const record = repo.get(name);
-          if (!record || repo.etag(record) !== etag) done();
+          if (!record || repo.etag(record) !== etag) done(publishedAt);
         },
-        cancel: done,
+        cancel: () => done(),
       };
-      const timer = setTimeout(done, timeoutMs);
+      const timer = setTimeout(() => done(), timeoutMs);
       waiters.add(waiter);
       // A worker that hangs up stops waiting.
-      req.socket.once('close', done);
+      req.socket.once('close', hungUp);
     });
   }
 
@@ -403,6 +434,7 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       const body = req.method === 'HEAD' ? '' : reply.body;
       res.writeHead(reply.status, { server: 'flb-repo', 'content-length': String(Buffer.byteLength(reply.body)), ...reply.headers });
       res.end(body);
+      if (reply.pushedAt !== undefined) pushLatency.observe((performance.now() - reply.pushedAt) / 1000);
     } catch (error) {
       const status = error instanceof RepoError ? error.status : 500;
       const message = error instanceof Error ? error.message : String(error);
