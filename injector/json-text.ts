@@ -36,26 +36,42 @@ function padToGroups(text: string): string {
 /** A value's JSON as pieces made in advance and per-value text between them. */
 type Fragment = readonly (Piece | string)[];
 
-const remembered = new WeakMap<object, Fragment>();
+/**
+ * A value's JSON is remembered on the value itself, under this symbol, not enumerable: JSON.stringify,
+ * spreads, structuredClone and YAML dumps never see it, and a copy (which may then be changed) does
+ * not carry it. Not in a WeakMap: every review remembers its answer and its pod's sidecar for a few
+ * microseconds, and a WeakMap entry per review made every young-generation collection of the
+ * webhook 5 to 10 times longer (the table of weak entries is walked at each one, and its dead
+ * entries wait for a full collection): those pauses set its p99.
+ */
+const JSON_TEXT = Symbol('flb-mesh JSON text');
+
+type Remembered = { readonly [JSON_TEXT]?: Fragment };
+
+function remembered(value: object): Fragment | undefined {
+  const known = (value as Remembered)[JSON_TEXT];
+  // Only the value's own: an object made with a remembered value as its prototype has other JSON.
+  return known !== undefined && Object.hasOwn(value, JSON_TEXT) ? known : undefined;
+}
 
 /**
  * Remembers `text` as the JSON of `value` and returns `value`. The value must not change afterwards:
- * callers freeze it (shared parts) or build it fresh and hand it only to the patch.
+ * callers freeze it after this (shared parts) or build it fresh and hand it only to the patch.
  */
 export function rememberJson<T extends object>(value: T, text: string = JSON.stringify(value)): T {
-  remembered.set(value, [new Piece(text)]);
-  return value;
+  return rememberFragment(value, [new Piece(text)]);
 }
 
 function rememberFragment<T extends object>(value: T, fragment: Fragment): T {
-  remembered.set(value, fragment);
+  if (!Object.isExtensible(value)) throw new TypeError('JSON text can only be remembered for a value before it is frozen');
+  Object.defineProperty(value, JSON_TEXT, { value: fragment });
   return value;
 }
 
 /** JSON.stringify(value), taking remembered text for the value or for the items of an array. */
 export function jsonText(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value);
-  const known = remembered.get(value);
+  const known = remembered(value);
   if (known !== undefined) {
     let out = '';
     for (const part of known) out += typeof part === 'string' ? part : part.text;
@@ -89,7 +105,7 @@ export class Base64JsonWriter {
 
   value(value: unknown): void {
     if (value === null || typeof value !== 'object') return this.text(JSON.stringify(value));
-    const known = remembered.get(value);
+    const known = remembered(value);
     if (known !== undefined) {
       for (const part of known) {
         if (typeof part === 'string') this.text(part);

@@ -118,7 +118,7 @@ function buildParts(settings: InjectorSettings): MeshParts {
 }
 
 function frozenWithJson<T extends object>(value: T): T {
-  return rememberJson(deepFreeze(value));
+  return deepFreeze(rememberJson(value));
 }
 
 /** The pod's sidecar: the mesh's template with the pod's workload, probes and resources in its holes. */
@@ -129,13 +129,16 @@ export function podSidecar(parts: MeshParts, workload: { kind: string; name: str
   env[envIndex.workloadName] = Object.freeze({ name: 'FLB_WORKLOAD_NAME', value: workload.name });
   env[envIndex.appProbes] = Object.freeze({ name: APP_PROBES_ENV, value: appProbesJson });
   Object.freeze(env);
-  const container = Object.freeze({ ...sidecarBase, env, resources });
-  return parts.sidecarTemplate.rememberAs(container, {
-    workloadKind: JSON.stringify(workload.kind),
-    workloadName: JSON.stringify(workload.name),
-    appProbes: JSON.stringify(appProbesJson),
-    resources: jsonText(resources),
-  });
+  const container = parts.sidecarTemplate.rememberAs(
+    { ...sidecarBase, env, resources },
+    {
+      workloadKind: JSON.stringify(workload.kind),
+      workloadName: JSON.stringify(workload.name),
+      appProbes: JSON.stringify(appProbesJson),
+      resources: jsonText(resources),
+    },
+  );
+  return Object.freeze(container);
 }
 
 /** The mesh's interception settings for a pod, and what applies them, built once per distinct exclusion annotations. */
