@@ -1,76 +1,18 @@
-// Simulated sidecars for bench/bridge.ts, in their own process: one repo worker per codebase, each
+// Simulated sidecars for bench/bridge.ts and bench/registry.ts, in their own process: one repo worker per codebase, each
 // on its own keep-alive connection, long-polling without end as the sidecar's worker does against
 // flb's repo (If-None-Match, Prefer: wait, the pushed delta). Sets of codebases may live on
 // different repos (the bridge's and the floor's). A benchmark change is recognised by a mark in the
-// files it moves (`mark-<n>`, an endpoint's pod name): for every answer that brings a higher mark
+// files it moves (`mark-<n>`, an endpoint's pod name, or the `mark` pattern given): for every answer that brings a higher mark
 // than the worker held, one line `<set> <worker> <mark> <epoch ms>` goes to stdout. `ready` is
 // printed once every worker has its codebase's current version and holds a long poll.
-import { connect, type Socket } from 'node:net';
+import { parseEtags, RepoConnection } from './repo-connection.js';
 
 const DELTA = 'application/vnd.flb.repo-delta+json';
-const MARK = /mark-(\d+)/g;
-const options = JSON.parse(process.argv[2]!) as { sets: { base: string; codebases: string[] }[] };
+const options = JSON.parse(process.argv[2]!) as { sets: { base: string; codebases: string[] }[]; mark?: string };
+// The pattern's first group is the mark: bench/registry.ts recognises a Consul health flip by the
+// instance it turned critical (`"instance":"mark-<n>","status":"critical"`).
+const MARK = new RegExp(options.mark ?? 'mark-(\\d+)', 'g');
 const now = () => performance.timeOrigin + performance.now();
-
-interface Answer {
-  status: number;
-  etag: string;
-  type: string;
-  body: string;
-}
-
-/**
- * HTTP/1.1 over one socket, by hand: a thousand workers share one core here, and node:http's cost
- * per answer would be measured instead of the repo's and the bridge's. The repo answers with a
- * content-length, never chunked.
- */
-class Connection {
-  private socket!: Socket;
-  private buffer: Buffer = Buffer.alloc(0);
-  private pending?: { head: boolean; resolve: (answer: Answer) => void; reject: (error: Error) => void };
-
-  constructor(private readonly url: URL) {}
-
-  async open(): Promise<this> {
-    await new Promise<void>((resolve, reject) => {
-      this.socket = connect({ host: this.url.hostname, port: Number(this.url.port) }, resolve);
-      this.socket.once('error', reject);
-    });
-    this.socket.setNoDelay(true);
-    this.socket.on('data', (chunk: Buffer) => {
-      this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
-      this.parse();
-    });
-    this.socket.on('close', () => this.pending?.reject(new Error(`the repo at ${this.url.host} closed the connection`)));
-    return this;
-  }
-
-  private parse(): void {
-    const end = this.buffer.indexOf('\r\n\r\n');
-    if (end < 0 || !this.pending) return;
-    const lines = this.buffer.subarray(0, end).toString('latin1').split('\r\n');
-    const headers = new Map(lines.slice(1).map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]));
-    if (headers.get('transfer-encoding')) throw new Error('a chunked answer: the simulated workers read content-length only');
-    const status = Number(lines[0]!.split(' ')[1]);
-    const length = this.pending.head || status === 304 ? 0 : Number(headers.get('content-length') ?? 0);
-    if (this.buffer.length < end + 4 + length) return;
-    const body = this.buffer.subarray(end + 4, end + 4 + length).toString('utf8');
-    this.buffer = this.buffer.subarray(end + 4 + length);
-    const { resolve } = this.pending;
-    this.pending = undefined;
-    resolve({ status, etag: headers.get('etag') ?? '', type: headers.get('content-type') ?? '', body });
-  }
-
-  send(method: string, path: string, headers: Record<string, string> = {}): Promise<Answer> {
-    return new Promise((resolve, reject) => {
-      this.pending = { head: method === 'HEAD', resolve, reject };
-      const extra = Object.entries(headers)
-        .map(([name, value]) => `${name}: ${value}\r\n`)
-        .join('');
-      this.socket.write(`${method} ${path} HTTP/1.1\r\nhost: ${this.url.host}\r\n${extra}\r\n`);
-    });
-  }
-}
 
 function highestMark(text: string): number {
   let highest = -1;
@@ -78,19 +20,11 @@ function highestMark(text: string): number {
   return highest;
 }
 
-const etagsOf = (listing: string) =>
-  new Map(
-    listing
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => [line.slice(0, line.lastIndexOf('#')), line.slice(line.lastIndexOf('#') + 1)] as [string, string]),
-  );
-
 const total = options.sets.reduce((n, set) => n + set.codebases.length, 0);
 let synced = 0;
 
 async function worker(set: number, index: number, base: string, codebase: string): Promise<void> {
-  const connection = await new Connection(new URL(base)).open();
+  const connection = await new RepoConnection(new URL(base)).open();
   const path = `/repo${codebase}/`;
   let head = await connection.send('HEAD', path);
   while (head.status !== 200) {
@@ -98,7 +32,7 @@ async function worker(set: number, index: number, base: string, codebase: string
     head = await connection.send('HEAD', path);
   }
   let etag = head.etag;
-  let fileEtags = etagsOf((await connection.send('GET', `${path}_etags`)).body);
+  let fileEtags = parseEtags((await connection.send('GET', `${path}_etags`)).body);
   if (++synced === total) process.stdout.write('ready\n');
   let held = -1;
   for (;;) {
@@ -109,7 +43,7 @@ async function worker(set: number, index: number, base: string, codebase: string
     let changed = answer.body;
     if (answer.type !== DELTA) {
       // No delta for this step (the repo forgot the version we held): what a Pipy worker does.
-      const latest = etagsOf((await connection.send('GET', `${path}_etags`)).body);
+      const latest = parseEtags((await connection.send('GET', `${path}_etags`)).body);
       changed = '';
       for (const [file, tag] of latest) if (fileEtags.get(file) !== tag) changed += (await connection.send('GET', `${path}${file.slice(1)}`)).body;
       fileEtags = latest;
