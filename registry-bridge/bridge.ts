@@ -6,15 +6,17 @@
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { Registry, collectDefaultMetrics, Gauge, Counter } from 'prom-client';
+import type { Registry } from 'prom-client';
 import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type SinkConfig } from '../common/contract/index.js';
 import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from '../common/kube-events.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { Catalog } from './core/catalog.js';
+import { SyncLag } from './core/sync-lag.js';
 import type { Sink, SinkStatus, Source, SourceStatus } from './core/types.js';
 import { LeaderElector } from './kube/leader.js';
 import { MeshSettings } from './kube/mesh-settings.js';
+import { createBridgeMetrics } from './metrics.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
 import { RepoSink } from './sinks/repo.js';
 import { ConsulSource } from './sources/consul/source.js';
@@ -37,8 +39,16 @@ export interface BridgeStatus {
   leaseHolder: string;
   mesh: { name: string; where: string; problem?: string };
   catalog: { services: number; sidecars: number; rejected: number; conflicts: number };
-  sources: SourceStatus[];
+  sources: SourceReport[];
   sinks: SinkStatus[];
+}
+
+export interface SourceReport extends SourceStatus {
+  /**
+   * Age in ms of the oldest change the source reported that the sinks have not written yet (0: all
+   * written). Absent on a standby: it writes nothing.
+   */
+  syncLagMs?: number;
 }
 
 export interface Bridge {
@@ -78,14 +88,8 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     },
     createEvent: (namespace, body) => cluster.createEvent(namespace, body),
   };
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
-  const eventsDropped = new Counter({
-    name: 'flb_bridge_events_dropped_total',
-    help: 'Kubernetes Events not raised, by reason',
-    labelNames: ['reason'],
-    registers: [registry],
-  });
+  // Read at each scrape, which comes after `status` below is made.
+  const { registry, eventsDropped } = createBridgeMetrics(() => status());
   const recorder = new KubeEventRecorder({ api: eventsApi, log, component: 'flb-bridge', onDropped: (reason) => eventsDropped.inc({ reason }) });
   const raiseEvent = (event: KubeEvent) => void recorder.record(event);
 
@@ -139,6 +143,11 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     : undefined;
 
   let sinks: Sink[] = [];
+  const syncLag = new SyncLag(
+    catalog,
+    config.sources.map((s) => s.name),
+    () => sinks,
+  );
   // Each term of leadership; a term that ended while it read the stored VIPs attaches nothing.
   let term = 0;
   const leading = () => {
@@ -159,6 +168,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       catalog.adoptStoredVips(stored);
       sinks = next;
       catalog.attach(sinks);
+      syncLag.sinksChanged();
       repoCa?.setActive(true);
     });
   };
@@ -167,6 +177,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     repoCa?.setActive(false);
     const stopped = catalog.detach();
     sinks = [];
+    syncLag.sinksChanged();
     void Promise.all(stopped.map((s) => s.stop()));
   };
   const elector = config.leaderElection.enabled
@@ -184,7 +195,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       })
     : undefined;
 
-  for (const source of sources) source.start(catalog);
+  for (const source of sources) source.start(syncLag);
   repoCa?.start();
   if (elector) elector.start();
   else leading();
@@ -199,10 +210,12 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     leaseHolder: elector ? elector.holder : identity,
     mesh: { name: meshSettings.current().name, where: meshSettings.where, ...(meshSettings.problem ? { problem: meshSettings.problem } : {}) },
     catalog: { ...catalog.stats },
-    sources: sources.map((s) => s.status()),
+    sources: sources.map((s) => {
+      const lag = syncLag.lagMs(s.name);
+      return { ...s.status(), ...(lag === undefined ? {} : { syncLagMs: lag }) };
+    }),
     sinks: sinks.map((s) => s.status()),
   });
-  registerMetrics(registry, status);
 
   let server: Server | undefined;
   let adminPort: number | undefined;
@@ -295,50 +308,4 @@ async function readStoredMesh(sinks: readonly Sink[], log: Logger): Promise<stri
     }
   }
   return undefined;
-}
-
-function registerMetrics(registry: Registry, status: () => BridgeStatus): void {
-  const gauge = (name: string, help: string, labelNames: string[], read: (s: BridgeStatus, g: Gauge) => void) =>
-    new Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [registry],
-      collect() {
-        this.reset();
-        read(status(), this);
-      },
-    });
-  gauge('flb_bridge_leader', '1 while this replica leads (writes to the sinks)', [], (s, g) => g.set(s.leader ? 1 : 0));
-  gauge('flb_bridge_source_synced', '1 once the source has listed everything (and is not stale)', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.state === 'synced' ? 1 : 0);
-  });
-  gauge('flb_bridge_source_stale', '1 while the source has not been heard from for its staleAfterSeconds', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.state === 'stale' ? 1 : 0);
-  });
-  gauge('flb_bridge_source_services', 'Services the source puts in the catalog', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.services);
-  });
-  gauge('flb_bridge_source_endpoints', 'Endpoints of those services', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.endpoints);
-  });
-  gauge('flb_bridge_source_sidecars', 'Sidecars (injected pods) the source reports', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.sidecars);
-  });
-  gauge('flb_bridge_source_last_contact_age_seconds', 'Seconds since the source last heard from its registry', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) if (x.lastContactAt) g.set({ source: x.name, kind: x.kind }, (Date.now() - x.lastContactAt) / 1000);
-  });
-  gauge('flb_bridge_source_errors', 'List/watch errors of the source since start', ['source', 'kind'], (s, g) => {
-    for (const x of s.sources) g.set({ source: x.name, kind: x.kind }, x.errors);
-  });
-  gauge('flb_bridge_sink_pending', 'Changes told to the sink and not written yet', ['sink', 'kind'], (s, g) => {
-    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.pending);
-  });
-  gauge('flb_bridge_sink_writes', 'Writes (publishes) the sink made since it started', ['sink', 'kind'], (s, g) => {
-    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.writes);
-  });
-  gauge('flb_bridge_sink_failures', 'Failed write rounds of the sink since it started', ['sink', 'kind'], (s, g) => {
-    for (const x of s.sinks) g.set({ sink: x.name, kind: x.kind }, x.failures);
-  });
-  gauge('flb_bridge_catalog_rejected', 'Services and sidecar.json documents refused by the contract since start', [], (s, g) => g.set(s.catalog.rejected));
 }

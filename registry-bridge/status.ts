@@ -9,6 +9,13 @@ function age(at: number, now: number): string {
   return seconds < 120 ? `${seconds}s ago` : `${Math.round(seconds / 60)}m ago`;
 }
 
+/** How far the sinks are behind a source: '-' on a standby (it writes nothing). */
+function lag(ms: number | undefined): string {
+  if (ms === undefined) return '-';
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)}s`;
+  return ms < 120_000 ? `${Math.round(ms / 1000)}s` : `${Math.round(ms / 60_000)}m`;
+}
+
 export function formatTable(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows
@@ -28,7 +35,7 @@ export function renderBridgeStatus(status: BridgeStatus, now = Date.now()): stri
     `catalog: ${status.catalog.services} services, ${status.catalog.sidecars} sidecars, ${status.catalog.rejected} refused, ${status.catalog.conflicts} conflicts`,
     '',
     formatTable([
-      ['SOURCE', 'KIND', 'ADDRESS', 'STATE', 'SERVICES', 'ENDPOINTS', 'SIDECARS', 'LAST SYNC', 'LAST CONTACT', 'ERRORS'],
+      ['SOURCE', 'KIND', 'ADDRESS', 'STATE', 'SERVICES', 'ENDPOINTS', 'SIDECARS', 'LAST SYNC', 'LAG', 'LAST CONTACT', 'ERRORS'],
       ...status.sources.map((s) => [
         s.name,
         s.kind,
@@ -38,6 +45,7 @@ export function renderBridgeStatus(status: BridgeStatus, now = Date.now()): stri
         String(s.endpoints),
         String(s.sidecars),
         age(s.lastSyncAt, now),
+        lag(s.syncLagMs),
         age(s.lastContactAt, now),
         String(s.errors),
       ]),
