@@ -481,7 +481,7 @@ export function repoErrorHint(url: string, code: string | undefined, meshNamespa
     case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
       return `the repo's certificate is not signed by the CA given (--repo-ca-file, or ca.crt of Secret ${meshNamespace}/flb-repo-client): pass the repo's CA`;
     case 'ERR_TLS_CERT_ALTNAME_INVALID':
-      return `the repo's certificate does not name ${host}: use the address it was issued for, or add ${host} to it (the chart's repo.tls.extraDnsNames / extraIpAddresses)`;
+      return `the repo's certificate does not name ${host}: pass --repo-tls-server-name with a name it was issued for (flb-repo.${meshNamespace}.svc), or add ${host} to it (the chart's repo.tls.extraDnsNames / extraIpAddresses)`;
     case 'CERT_HAS_EXPIRED':
       return "the repo's certificate expired: helm upgrade issues a new one (the chart reissues after two thirds of its life)";
     default:

@@ -14,6 +14,7 @@ interface LocationFlags {
   repoCaFile?: string;
   repoCertFile?: string;
   repoKeyFile?: string;
+  repoTlsServerName?: string;
   repoClientSecret: string;
   output: 'table' | 'json';
 }
@@ -45,6 +46,10 @@ function withLocation(command: Command): Command {
     .option('--repo-ca-file <file>', "PEM file of the repo's CA (default: ca.crt of the client Secret)")
     .option('--repo-cert-file <file>', 'client certificate (CN flb-control-plane) the repo reads everything for (default: tls.crt of the client Secret)')
     .option('--repo-key-file <file>', "that certificate's key (default: tls.key of the client Secret)")
+    .option(
+      '--repo-tls-server-name <name>',
+      "the name the repo's certificate is checked for, when --repo-url's host is an address it does not name (a pod IP, a port-forward)",
+    )
     .option('--repo-client-secret <name>', "Secret in the mesh's namespace with the control plane's client certificate", 'flb-repo-client')
     .addOption(new Option('-o, --output <format>', 'table or json').choices(['table', 'json']).default('table'));
 }
@@ -63,6 +68,7 @@ function location(flags: LocationFlags) {
       ...(flags.repoCaFile ? { caFile: flags.repoCaFile } : {}),
       ...(flags.repoCertFile ? { certFile: flags.repoCertFile } : {}),
       ...(flags.repoKeyFile ? { keyFile: flags.repoKeyFile } : {}),
+      ...(flags.repoTlsServerName ? { tlsServerName: flags.repoTlsServerName } : {}),
       clientSecret: flags.repoClientSecret,
     },
   };

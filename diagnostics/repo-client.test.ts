@@ -77,6 +77,31 @@ describe('the repo client', () => {
     }
   });
 
+  it("checks the certificate against --repo-tls-server-name when the URL's address is not one it names", async () => {
+    // The serving certificate names localhost and 127.0.0.1, not 127.0.0.2 (an address a port-forward or a pod IP would be).
+    const byAddress = new URL(url);
+    byAddress.hostname = '127.0.0.2';
+    const server2 = `https://127.0.0.2:${byAddress.port}`;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await new Promise<void>((resolve) => server.listen(Number(byAddress.port), '0.0.0.0', resolve));
+    const unnamed = new RepoClient({ url: server2, ca: ca.certPem, cert: controlPlane.certPem, key: controlPlane.keyPem, credentials: 'test' });
+    await expect(unnamed.codebases()).rejects.toMatchObject({ name: 'RepoUnreachable', code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
+    unnamed.close();
+    const named = new RepoClient({
+      url: server2,
+      ca: ca.certPem,
+      cert: controlPlane.certPem,
+      key: controlPlane.keyPem,
+      serverName: 'localhost',
+      credentials: 'test',
+    });
+    try {
+      expect((await named.codebases()).status).toBe(200);
+    } finally {
+      named.close();
+    }
+  });
+
   it("names Node's code for a certificate the CA given did not sign, and for a port nobody listens on", async () => {
     const other = createCertificateAuthority('another CA', 30);
     const untrusting = client({ ca: other.certPem });

@@ -15,6 +15,11 @@ export interface RepoAccess {
   ca?: string;
   cert?: string;
   key?: string;
+  /**
+   * The name the repo's certificate is checked against (and sent as SNI) when the URL's host is
+   * not one it names: a pod IP, or 127.0.0.1 through `kubectl port-forward`.
+   */
+  serverName?: string;
   /** Where they came from, for messages ('client certificate from Secret flomesh/flb-repo-client'). */
   credentials: string;
 }
@@ -54,6 +59,7 @@ export class RepoClient {
           maxSockets: 8,
           ...(access.ca ? { ca: access.ca } : {}),
           ...(access.cert ? { cert: access.cert, key: access.key } : {}),
+          ...(access.serverName ? { servername: access.serverName } : {}),
         })
       : new HttpAgent({ keepAlive: true, maxSockets: 8 });
   }
@@ -61,17 +67,21 @@ export class RepoClient {
   request(method: 'GET' | 'HEAD', path: string): Promise<RepoAnswer> {
     const url = new URL(path, this.access.url);
     return new Promise((resolve, reject) => {
-      const req = (this.https ? httpsRequest : httpRequest)(url, { method, agent: this.agent, timeout: this.timeoutMs }, (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_ANSWER_BYTES) req.destroy(new RepoUnreachable(`the answer to ${method} ${path} is larger than ${MAX_ANSWER_BYTES} bytes`));
-          else chunks.push(chunk);
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', (error) => reject(unreachable(error)));
-      });
+      const req = (this.https ? httpsRequest : httpRequest)(
+        url,
+        { method, agent: this.agent, timeout: this.timeoutMs, ...(this.access.serverName ? { servername: this.access.serverName } : {}) },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_ANSWER_BYTES) req.destroy(new RepoUnreachable(`the answer to ${method} ${path} is larger than ${MAX_ANSWER_BYTES} bytes`));
+            else chunks.push(chunk);
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+          res.on('error', (error) => reject(unreachable(error)));
+        },
+      );
       req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
       req.on('error', (error) => reject(unreachable(error)));
       req.end();

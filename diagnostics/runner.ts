@@ -62,7 +62,7 @@ export interface MeshLocation {
   /** The mesh's (control plane's) namespace. */
   namespace: string;
   meshConfigMap: ConfigMapRef;
-  repo: { url?: string; caFile?: string; certFile?: string; keyFile?: string; clientSecret: string };
+  repo: { url?: string; caFile?: string; certFile?: string; keyFile?: string; tlsServerName?: string; clientSecret: string };
 }
 
 export interface CheckOptions extends MeshLocation {
@@ -105,7 +105,8 @@ async function repoAccess(location: MeshLocation, kc: KubeConfig | undefined, me
     ...(repo.caFile ? { ca: readPem(repo.caFile, '--repo-ca-file') } : {}),
     ...(repo.certFile ? { cert: readPem(repo.certFile, '--repo-cert-file'), key: readPem(repo.keyFile!, '--repo-key-file') } : {}),
   };
-  if (given.cert && (given.ca || !url.startsWith('https:'))) return { url, ...given, credentials: `client certificate ${repo.certFile}` };
+  const serverName = repo.tlsServerName ? { serverName: repo.tlsServerName } : {};
+  if (given.cert && (given.ca || !url.startsWith('https:'))) return { url, ...given, ...serverName, credentials: `client certificate ${repo.certFile}` };
   // What is missing comes from the control plane's client certificate Secret.
   let secret: Record<string, string> | undefined;
   let secretProblem = '';
@@ -125,7 +126,7 @@ async function repoAccess(location: MeshLocation, kc: KubeConfig | undefined, me
     : cert
       ? `client certificate from Secret ${namespace}/${repo.clientSecret}`
       : `no client certificate${secretProblem}`;
-  return { url, ...(ca ? { ca } : {}), ...(cert && key ? { cert, key } : {}), credentials: from };
+  return { url, ...(ca ? { ca } : {}), ...(cert && key ? { cert, key } : {}), ...serverName, credentials: from };
 }
 
 function kubeConfigOrUndefined(path: string | undefined): { kc?: KubeConfig; problem?: string } {
