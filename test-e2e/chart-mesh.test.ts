@@ -3,10 +3,13 @@
 // claim, two bridges on a Lease, two injectors behind the Service the webhook configuration names
 // (the apiserver reaches it by `service:` with --enable-aggregator-routing, as there is no
 // kube-proxy; pods reach ClusterIPs through the simulator's stand-in for it). Then a labelled
-// namespace's pods get sidecars and call each other by name.
+// namespace's pods get sidecars and call each other by name; `flb check` is green on that install,
+// and red with the reason once the injector's Service is deleted.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { REPO_CA_CONFIGMAP } from '../common/contract/index.js';
@@ -21,6 +24,11 @@ import { demoDeployment, isPodReady, type ClientStats } from '../devenv/apps/wor
 const MESH_NS = 'flomesh';
 const APP_NS = 'shop';
 const log = createLogger('chart-mesh-test', 'silent');
+const FLB = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
+
+interface CheckReport {
+  results: { id: string; status: string; detail: string; hint?: string }[];
+}
 
 function post(url: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -177,5 +185,88 @@ describe('the chart installed on the test control plane with pods that run', () 
       60_000,
     );
     expect(Object.keys((await clientStats()).byPod).sort()).toEqual(echoPods.sort());
+  });
+
+  it("flb check is green on the chart's install, and red with the reason once the injector's Service is deleted", async () => {
+    // From this machine the repo's in-cluster name does not resolve: its pod's address, checked
+    // against the name its certificate was issued for. The bridge is found through its Lease, the
+    // client certificate in the chart's Secret, as a user's `flb check` finds them.
+    const repoPod = (await pods(MESH_NS, 'app.kubernetes.io/name=flb-repo')).find(isPodReady)!;
+    const check = async () => {
+      const run = await execa(
+        process.execPath,
+        [
+          FLB,
+          'check',
+          '--kubeconfig',
+          env.plane.kubeconfigPath,
+          '--repo-url',
+          `https://${repoPod.status!.podIP!}:6060`,
+          '--repo-tls-server-name',
+          `flb-repo.${MESH_NS}.svc`,
+          '--stale-after',
+          '10s',
+          '-o',
+          'json',
+        ],
+        { reject: false, env: { FLB_LOG_LEVEL: 'silent' }, timeout: 60_000 },
+      );
+      return { code: run.exitCode, stderr: run.stderr, report: JSON.parse(run.stdout) as CheckReport };
+    };
+    const failing = (run: { report: CheckReport }) => run.report.results.filter((r) => r.status === 'fail').map((r) => r.id);
+
+    // Sidecars are judged once they have run longer than --stale-after.
+    const green = await eventually(
+      'flb check with no failed check',
+      async () => {
+        const run = await check();
+        return failing(run).length === 0 ? run : undefined;
+      },
+      60_000,
+      2000,
+    );
+    expect({ code: green.code, stderr: green.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(green.report.results.map((r) => [r.id, r.status])).toEqual([
+      ['apiserver', 'pass'],
+      ['native-sidecars', 'pass'],
+      ['mesh-settings', 'pass'],
+      ['webhook-config', 'pass'],
+      ['webhook-answers', 'pass'],
+      ['webhook-ca-bundle', 'pass'],
+      ['repo', 'pass'],
+      ['bridge-leader', 'pass'],
+      ['bridge-sources', 'pass'],
+      ['cni', 'skip'],
+      ['sidecars', 'pass'],
+    ]);
+    expect(green.report.results.find((r) => r.id === 'sidecars')!.detail).toBe('4 running sidecars, every one reported within 10s');
+
+    await core.deleteNamespacedService({ name: 'flb-injector', namespace: MESH_NS });
+    let seen = '';
+    const red = await eventually(
+      'flb check failing on the webhook',
+      async () => {
+        const run = await check();
+        seen = JSON.stringify(run.report.results.filter((r) => r.status !== 'pass'));
+        const failed = failing(run);
+        return failed[0] === 'webhook-config' && failed.every((id) => id === 'webhook-config' || id === 'webhook-answers') ? run : undefined;
+      },
+      60_000,
+      2000,
+    ).catch((error: unknown) => {
+      throw new Error(`${(error as Error).message}; last run: ${seen}`, { cause: error });
+    });
+    expect(red.code).toBe(1);
+    // The dry run may still be injected for a while: the apiserver keeps its kept-alive connection
+    // to the injector pod after the Service is gone (through kube-proxy's conntrack entry on a real
+    // cluster too), and fails it only on a new connection.
+    expect(red.stderr).toMatch(/^flb: [12] of 11 checks failed: webhook configuration(, webhook answers)?\nhint: each failed check has a hint$/);
+    const byId = Object.fromEntries(red.report.results.map((r) => [r.id, r]));
+    expect(byId['webhook-config']).toMatchObject({
+      detail: `the webhook's Service ${MESH_NS}/flb-injector does not exist: the apiserver cannot reach the injector`,
+      status: 'fail',
+      hint: expect.stringContaining('helm upgrade the release to restore it'),
+    });
+    if (byId['webhook-answers']!.status === 'fail') expect(byId['webhook-answers']!.detail).toContain('service "flb-injector" not found');
   });
 });
