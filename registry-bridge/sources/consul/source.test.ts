@@ -2,6 +2,7 @@
 // test-e2e/bridge-consul.test.ts): a stand-in HTTP server that holds blocking queries as Consul
 // does and answers what each test sets, garbage and all.
 import { afterEach, describe, expect, it } from '@jest/globals';
+import { getEventListeners } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ConsulSourceSchema, type Service } from '../../../common/contract/index.js';
@@ -217,5 +218,21 @@ describe('the Consul source', () => {
     fake.change(() => fake.services.delete('web-api'));
     await until('Web_API moved to the plain label', () => (updates.services.get('web-api.dc1.consul')?.name === 'Web_API' ? true : undefined), 8000);
     expect(updates.services.has(other.id)).toBe(false);
+  });
+
+  it('holds no more abort listeners than requests and waits in flight, however often Consul wakes it', async () => {
+    // Consul waking the watches faster than minQueryIntervalMs makes each wait between two queries;
+    // a wait that left its listener on the source's abort signal grew it by one per wake, without
+    // end (53 after the changes below; Node warns past 10, "MaxListenersExceededWarning").
+    const updates = await start({ minQueryIntervalMs: 50 });
+    for (let round = 0; round < 100; round++) {
+      fake.change(() => fake.services.set('web', [{ node: 'n1', address: '10.0.0.1', port: 8080, status: round % 2 ? 'warning' : 'passing' }]));
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await until('the last change in', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.1 unhealthy' ? true : undefined));
+    await new Promise((r) => setTimeout(r, 200));
+    const signal = (source as unknown as { abort: AbortController }).abort.signal;
+    // Two blocking queries, each in flight or waiting: one listener apiece.
+    expect(getEventListeners(signal, 'abort').length).toBeLessThanOrEqual(2);
   });
 });

@@ -8,6 +8,7 @@
 // did not, no check changed at that index) is found by a sweep that fetches every service, at
 // most every sweepIntervalSeconds. Nothing is removed because Consul is away: the last good state
 // stays, and the source reads stale once it has not heard from Consul for staleAfterSeconds.
+import { setMaxListeners } from 'node:events';
 import type { ConsulSourceConfig, Mesh } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
 import { LabelBook } from '../../core/names.js';
@@ -36,11 +37,19 @@ interface Known {
   problems?: string;
 }
 
+/** A wait that stop() cuts short. Its listener goes with it: the signal lives as long as the source. */
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
     if (signal.aborted || ms <= 0) return resolve();
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 
 export class ConsulSource implements Source {
@@ -85,6 +94,9 @@ export class ConsulSource implements Source {
     this.log = options.log.child({ source: this.name });
     this.client = new ConsulClient(options.config, 2);
     this.datacenter = options.config.datacenter;
+    // Every request in flight listens on it (the fetch pool and the two watches, each of which may
+    // be waiting instead): past Node's default of 10 it warned of a leak there is not.
+    setMaxListeners(options.config.fetchConcurrency + 4, this.abort.signal);
   }
 
   start(updates: CatalogUpdates): void {
