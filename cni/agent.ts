@@ -11,6 +11,7 @@ import { INTERCEPTION_ANNOTATION, InterceptionSchema, SIDECAR_STATUS_ANNOTATION,
 import { listenError, portInUse } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { applyRules, cleanRules, verifyRules } from './iptables.js';
+import type { CniAgentMetrics } from './metrics.js';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 
@@ -64,6 +65,7 @@ export interface AgentOptions {
   log: Logger;
   /** REQUEST_LIMITS.timeoutMs unless told (tests). */
   requestTimeoutMs?: number;
+  metrics?: CniAgentMetrics;
 }
 
 class CniFailure extends Error {
@@ -144,6 +146,7 @@ export class CniAgent {
       socket.removeAllListeners('data');
       clearTimeout(deadline);
       this.options.log.warn({ code }, `CNI request refused: ${message}`);
+      this.options.metrics?.refused();
       answer({ exitCode: 1, stdout: errorResult('1.0.0', code, message) });
     };
     const timeoutMs = this.options.requestTimeoutMs ?? REQUEST_LIMITS.timeoutMs;
@@ -170,6 +173,13 @@ export class CniAgent {
 
   /** One CNI call; never throws: failures become CNI error results. */
   async handle(request: CniRequest): Promise<CniReply> {
+    const started = performance.now();
+    const reply = await this.answer(request);
+    this.options.metrics?.answered(request.command, reply, started);
+    return reply;
+  }
+
+  private async answer(request: CniRequest): Promise<CniReply> {
     let version = '1.0.0';
     const log = this.options.log.child({ command: request.command, container: request.containerId });
     try {

@@ -5,7 +5,7 @@
 import { fileURLToPath } from 'node:url';
 import { untilStopped } from '../common/cli.js';
 import { Command, Option } from 'commander';
-import { parseDuration } from '../common/duration.js';
+import { parseDuration, parseHostPort } from '../common/duration.js';
 import { ActionableError } from '../common/errors.js';
 import type { Interception } from '../common/contract/index.js';
 
@@ -104,9 +104,19 @@ function cniCommand(): Command {
         .default('delete'),
     )
     .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
+    .option('--metrics-listen <host:port>', 'serve Prometheus GET /metrics (plain HTTP) here; default: nowhere')
     .action(
-      async (o: { socket: string; stateDir: string; kubeconfig?: string; nodeName?: string; repair: 'delete' | 'label' | 'off'; repairInterval: string }) => {
+      async (o: {
+        socket: string;
+        stateDir: string;
+        kubeconfig?: string;
+        nodeName?: string;
+        repair: 'delete' | 'label' | 'off';
+        repairInterval: string;
+        metricsListen?: string;
+      }) => {
         const repairIntervalMs = parseDuration(o.repairInterval);
+        const metricsListen = o.metricsListen === undefined ? undefined : parseHostPort(o.metricsListen, '--metrics-listen', '0.0.0.0:15014');
         const nodeName = o.nodeName ?? process.env.NODE_NAME;
         const [{ runCniAgent }, { createLogger }] = await Promise.all([import('./runner.js'), import('../common/log.js')]);
         const agent = await runCniAgent({
@@ -116,6 +126,7 @@ function cniCommand(): Command {
           ...(nodeName ? { nodeName } : {}),
           repair: o.repair,
           repairIntervalMs,
+          ...(metricsListen ? { metricsListen } : {}),
           log: createLogger('cni-agent'),
           repairLog: createLogger('cni-repair'),
         });

@@ -5,7 +5,9 @@
 import { CoreV1Api } from '@kubernetes/client-node';
 import { loadKubeConfig } from '../common/kube.js';
 import { ConditionLog, type Logger } from '../common/log.js';
+import { startMetricsServer } from '../common/metrics.js';
 import { CniAgent } from './agent.js';
+import { CniAgentMetrics } from './metrics.js';
 import { repairPass, type RepairMode } from './repair.js';
 
 export interface AgentRunOptions {
@@ -16,6 +18,8 @@ export interface AgentRunOptions {
   nodeName?: string;
   repair: RepairMode | 'off';
   repairIntervalMs: number;
+  /** Where GET /metrics is served (plain HTTP); undefined: nowhere. */
+  metricsListen?: { host: string; port: number };
   log: Logger;
   repairLog: Logger;
 }
@@ -23,7 +27,9 @@ export interface AgentRunOptions {
 export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): Promise<void> }> {
   // First: without an API the agent could only fail every pod's ADD, so it does not start.
   const core = loadKubeConfig(options.kubeconfig).makeApiClient(CoreV1Api);
+  const metrics = new CniAgentMetrics();
   const agent = new CniAgent({
+    metrics,
     socketPath: options.socketPath,
     stateDir: options.stateDir,
     log: options.log,
@@ -37,12 +43,21 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
     },
   });
   await agent.start();
+  const metricsServer = options.metricsListen
+    ? await startMetricsServer(metrics.registry, options.metricsListen, { what: "the CNI agent's metrics", flag: '--metrics-listen HOST:PORT' }).catch(
+        async (error: unknown) => {
+          await agent.stop();
+          throw error;
+        },
+      )
+    : undefined;
   const repair =
-    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName }) : undefined;
+    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName, metrics }) : undefined;
   if (options.repair !== 'off' && !options.nodeName) options.log.warn('no --node-name and no NODE_NAME: the repair loop is off');
   return {
     stop: async () => {
       repair?.stop();
+      await metricsServer?.close();
       await agent.stop();
     },
   };
@@ -52,7 +67,14 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
  * A repair pass every interval. A pass that fails (the API away) is logged when that starts, as a
  * reminder once a minute, and when passes succeed again, not every interval with a stack.
  */
-function startRepairLoop(options: { core: CoreV1Api; nodeName: string; mode: RepairMode; repairIntervalMs: number; repairLog: Logger }): { stop(): void } {
+function startRepairLoop(options: {
+  core: CoreV1Api;
+  nodeName: string;
+  mode: RepairMode;
+  repairIntervalMs: number;
+  repairLog: Logger;
+  metrics: CniAgentMetrics;
+}): { stop(): void } {
   const conditions = new ConditionLog(options.repairLog);
   let running = false;
   const pass = () => {
@@ -60,8 +82,14 @@ function startRepairLoop(options: { core: CoreV1Api; nodeName: string; mode: Rep
     running = true;
     repairPass({ core: options.core, nodeName: options.nodeName, mode: options.mode, log: options.repairLog })
       .then(
-        () => conditions.clear('repair passes succeed again'),
-        (error: unknown) => conditions.report('repair-failing', 'repair pass failed; trying again every interval', { error }),
+        (outcome) => {
+          options.metrics.repairPass(outcome);
+          conditions.clear('repair passes succeed again');
+        },
+        (error: unknown) => {
+          options.metrics.repairPass('failed');
+          conditions.report('repair-failing', 'repair pass failed; trying again every interval', { error });
+        },
       )
       .finally(() => (running = false));
   };

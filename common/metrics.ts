@@ -5,7 +5,10 @@
  * a prefix: stock Node.js dashboards and alerts then see the repo, the bridge, the injector, the
  * CNI agent and every sidecar alike, told apart by the scrape's job and pod labels.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import { formatAddress, listenError } from './errors.js';
 
 /** A component's registry; with `processMetrics: false` (tests, a second handler in one process) only its own metrics. */
 export function createMetricsRegistry(options: { processMetrics?: boolean } = {}): Registry {
@@ -39,4 +42,37 @@ export async function exposedSeriesNames(registry: Registry): Promise<Set<string
     }
   }
   return names;
+}
+
+/**
+ * A plain HTTP listener answering GET /metrics with the registry, for a component without an HTTP
+ * server of its own. `what` names it in the error a busy address gets.
+ */
+export async function startMetricsServer(
+  registry: Registry,
+  address: { host: string; port: number },
+  listener: { what: string; flag: string },
+): Promise<{ port: number; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    if ((req.url ?? '/').split('?')[0] !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try GET /metrics\n');
+      return;
+    }
+    registry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : text),
+      (error: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${String(error)}\n`),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error) => reject(listenError(error, { ...listener, address: formatAddress(address.host, address.port) })));
+    server.listen(address.port, address.host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
 }
