@@ -1,5 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
-import { effectiveCapabilities, setprivArgs } from './containers.js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { effectiveCapabilities, execInContainer, setprivArgs, startContainerProcess, type ContainerProcessSpec } from './containers.js';
 import { containerArgv, DEMO_IMAGE, ImagePullError, MESH_IMAGE } from './images.js';
 
 describe('container security', () => {
@@ -34,5 +38,55 @@ describe('images', () => {
   it('fails an image it does not have the way a pull fails, naming the ones it has', () => {
     expect(() => containerArgv('nginx:latest', undefined, undefined)).toThrow(ImagePullError);
     expect(() => containerArgv('flomesh/flb-mesh:latest', undefined, undefined)).toThrow(/Failed to pull image "flomesh\/flb-mesh:latest".*flomesh\/flb-mesh:/);
+  });
+});
+
+describe('a container process', () => {
+  // A postStart hook or exec probe enters the container's namespaces by its pid. Right after the
+  // spawn that pid is still nsenter (the node's network namespace): a hook run then asked the node's
+  // 127.0.0.1 for the sidecar's /ready, and under load a native sidecar's hook waited its 120 s out.
+  it("is in its pod's network namespace, with its hostname and mounts, once `entered` resolves", async () => {
+    const netns = `flb-containers-test-${process.pid}`;
+    const dir = mkdtempSync(join(tmpdir(), 'flb-containers-test-'));
+    execFileSync('ip', ['netns', 'add', netns]);
+    try {
+      const spec: ContainerProcessSpec = {
+        argv: ['sleep', '30'],
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+        uid: 0,
+        gid: 0,
+        supplementaryGroups: [],
+        capabilities: [],
+        noNewPrivileges: true,
+        netnsPath: `/var/run/netns/${netns}`,
+        hostname: 'pod-under-test',
+        mounts: [{ source: dir, target: '/mnt', readOnly: true }],
+        logFile: join(dir, 'container.log'),
+      };
+      const container = startContainerProcess(spec);
+      try {
+        await container.entered;
+        const pid = container.process.pid!;
+        // What a command entering it by its pid would join, the moment `entered` resolves.
+        expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(`net:[${statSync(spec.netnsPath).ino}]`);
+        expect(readlinkSync(`/proc/${pid}/ns/mnt`)).not.toBe(readlinkSync('/proc/self/ns/mnt'));
+        expect(readFileSync(`/proc/${pid}/mountinfo`, 'utf8')).toContain(' /mnt ');
+        const inside = (command: string[]) =>
+          new Promise<string>((resolve) => {
+            const child = execInContainer(container.process.pid!, spec, command, undefined);
+            let out = '';
+            child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+            child.once('close', () => resolve(out.trim()));
+          });
+        expect(await inside(['readlink', '/proc/self/ns/net'])).toBe(`net:[${statSync(spec.netnsPath).ino}]`);
+        expect(await inside(['hostname'])).toBe('pod-under-test');
+        expect(await inside(['sh', '-c', 'grep -c " /mnt " /proc/self/mountinfo'])).toBe('1');
+      } finally {
+        process.kill(-container.process.pid!, 'SIGKILL');
+      }
+    } finally {
+      execFileSync('ip', ['netns', 'del', netns]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

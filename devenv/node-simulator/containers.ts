@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { Readable } from 'node:stream';
 import type { V1SecurityContext } from '@kubernetes/client-node';
 
 export interface Mount {
@@ -74,7 +75,8 @@ export function setprivArgs(spec: Pick<ContainerProcessSpec, 'uid' | 'gid' | 'su
 }
 
 // Runs as root in the new mount and UTS namespaces, then becomes the container's process.
-// Arguments: hostname, working dir, mount count, (source target ro|rw)..., then the command.
+// Arguments: hostname, working dir, mount count, (source target ro|rw)..., then the command. It
+// closes fd 3 once the container's namespaces and mounts are in place (see ContainerProcess.entered).
 const ENTER = `set -e
 hostname "$1"; workdir=$2; n=$3; shift 3
 while [ "$n" -gt 0 ]; do
@@ -83,6 +85,7 @@ while [ "$n" -gt 0 ]; do
   shift 3; n=$((n - 1))
 done
 if [ -n "$workdir" ]; then cd "$workdir"; fi
+exec 3>&-
 exec "$@"`;
 
 /**
@@ -99,7 +102,18 @@ export function prepareMountTargets(mounts: readonly Mount[], created: Set<strin
   }
 }
 
-export function startContainerProcess(spec: ContainerProcessSpec): ChildProcess {
+export interface ContainerProcess {
+  process: ChildProcess;
+  /**
+   * Resolves once the process is in the container's namespaces with its mounts made (or has
+   * exited): until then it is still nsenter, unshare or the mounting shell, and a command entering
+   * "its" namespaces (a postStart hook, an exec probe) would land in the node's network namespace.
+   * A container runtime's start returns only then, and the kubelet runs hooks and probes after it.
+   */
+  entered: Promise<void>;
+}
+
+export function startContainerProcess(spec: ContainerProcessSpec): ContainerProcess {
   const mountArgs = spec.mounts.flatMap((m) => [m.source, m.target, m.readOnly ? 'ro' : 'rw']);
   const argv = [
     `--net=${spec.netnsPath}`,
@@ -128,8 +142,16 @@ export function startContainerProcess(spec: ContainerProcessSpec): ChildProcess 
   const log = openSync(spec.logFile, 'a');
   try {
     // Its own process group: Ctrl-C in the simulator's terminal must not reach containers, which
-    // stop in the order Kubernetes uses.
-    return spawn('nsenter', argv, { env: spec.env, stdio: ['ignore', log, log], detached: true });
+    // stop in the order Kubernetes uses. Fd 3 is open until the container is set up (ENTER closes it).
+    const process = spawn('nsenter', argv, { env: spec.env, stdio: ['ignore', log, log, 'pipe'], detached: true });
+    const setUp = process.stdio[3] as Readable;
+    const entered = new Promise<void>((resolve) => {
+      setUp.once('close', () => resolve());
+      setUp.once('error', () => resolve());
+      process.once('error', () => resolve());
+      setUp.resume();
+    });
+    return { process, entered };
   } finally {
     closeSync(log);
   }

@@ -399,7 +399,7 @@ export class PodWorker {
       return;
     }
     if (this.terminating || this.closed) return;
-    const process = startContainerProcess(spec);
+    const { process, entered } = startContainerProcess(spec);
     c.process = process;
     c.processSpec = spec;
     c.killing = false;
@@ -420,6 +420,9 @@ export class PodWorker {
       });
     });
     this.publishStatus();
+    // Hooks and exec probes enter the container's namespaces: only once it has them.
+    await entered;
+    if (c.process !== process) return;
     const postStart = c.spec.lifecycle?.postStart;
     if (postStart) {
       // The kubelet gives a postStart hook no deadline of its own; two minutes keeps a stuck one from holding the pod forever.
