@@ -144,6 +144,12 @@ describe('injected pods', () => {
     expect(pod.spec!.containers.map((c) => c.name)).toEqual(['app', 'worker']);
   });
 
+  it('hold the app until the native sidecar is ready: a postStart hook that waits for /ready, then the startup probe the kubelet gates on', () => {
+    const sidecar = injectFixture('deployment-pod').pod.spec!.initContainers![1]!;
+    expect(sidecar.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=15000']);
+    expect(sidecar.startupProbe).toEqual({ httpGet: { path: '/ready', port: 15902, scheme: 'HTTP' }, periodSeconds: 1, failureThreshold: 120 });
+  });
+
   it('give the sidecar what it needs to find its id and the repo', () => {
     const { pod } = injectFixture('deployment-pod');
     const env = Object.fromEntries(pod.spec!.initContainers![1]!.env!.map((e) => [e.name, e.value ?? e.valueFrom?.fieldRef?.fieldPath]));

@@ -237,21 +237,23 @@ function sidecarContainer(settings: InjectorSettings): V1Container {
     ],
     ports: [{ name: 'flb-metrics', containerPort: mesh.ports.metrics, protocol: 'TCP' }],
     readinessProbe: { ...ready(), periodSeconds: 2, failureThreshold: 3 },
-    ...(settings.nativeSidecars
-      ? { startupProbe: { ...ready(), periodSeconds: 1, failureThreshold: 120 } }
-      : {
-          lifecycle: {
-            postStart: {
-              exec: {
-                // The hook asks the sidecar's admin port, so it must know the mesh's.
-                command:
-                  runsFlb(waitReady, 'sidecar', 'wait-ready') && !waitReady.some((a) => a.startsWith('--admin-port'))
-                    ? [...waitReady, `--admin-port=${mesh.ports.admin}`]
-                    : [...waitReady],
-              },
-            },
-          },
-        }),
+    // Both kinds hold the app with the postStart hook, which returns within milliseconds of /ready.
+    // A native sidecar also counts as started only once its startup probe passes, and the kubelet
+    // looks at that probe only after the hook: with the hook, its first look passes; without it,
+    // its first run (as the sidecar starts) fails and the next is a period (1 s at least) later.
+    // Istio's native sidecar does the same.
+    ...(settings.nativeSidecars ? { startupProbe: { ...ready(), periodSeconds: 1, failureThreshold: 120 } } : {}),
+    lifecycle: {
+      postStart: {
+        exec: {
+          // The hook asks the sidecar's admin port, so it must know the mesh's.
+          command:
+            runsFlb(waitReady, 'sidecar', 'wait-ready') && !waitReady.some((a) => a.startsWith('--admin-port'))
+              ? [...waitReady, `--admin-port=${mesh.ports.admin}`]
+              : [...waitReady],
+        },
+      },
+    },
     resources: hole('resources') as unknown as Resources,
     securityContext: {
       runAsUser: mesh.proxyUid,

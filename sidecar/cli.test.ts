@@ -3,7 +3,9 @@
  * the sidecar bundle alone (the memory it is bundled for), parser and runner included.
  */
 import { describe, expect, it } from '@jest/globals';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,13 +116,12 @@ describe('flb sidecar flags', () => {
     expect(() => sidecarOptions(args!, { POD_NAMESPACE: 'shop', POD_NAME: 'x' }, log)).toThrow('--repo URL (or FLB_REPO_URL), or --config-dir DIR');
   });
 
-  it('runs from the sidecar bundle alone when bin/flb.js starts it: parser, runner and sidecar in one module', () => {
-    const bundle = join(root, 'dist', 'sidecar.bundle.mjs');
-    if (!existsSync(bundle)) throw new Error(`${bundle} is missing: run npm run build`);
+  /** bin/flb.js with ARGS, and every file Node resolved meanwhile (written down by a loader hook, which runs on its own thread). */
+  function runFlb(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string; files: string[] } {
     const work = mkdtempSync(join(tmpdir(), 'flb-sidecar-cli-'));
     try {
-      // Every module Node resolves, written down by a loader hook (hooks run on their own thread).
       const loaded = join(work, 'loaded.txt');
+      writeFileSync(loaded, '');
       const hooks = join(work, 'hooks.mjs');
       writeFileSync(
         hooks,
@@ -128,25 +129,58 @@ describe('flb sidecar flags', () => {
       );
       const register = join(work, 'register.mjs');
       writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
-      const run = (...args: string[]) =>
-        spawnSync(process.execPath, ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), 'sidecar', ...args], {
-          encoding: 'utf8',
-          env: { ...process.env, FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '' },
-        });
-      // Through the parser into the runner, which refuses: no configuration source.
-      const result = run('--id', 'vm.test');
-      expect(result.stderr).toContain('--repo URL');
-      expect(result.status).toBe(2);
-      expect(run('wait-ready', '--timeout', '1ms', '--admin-port', '1').stderr).toContain('the sidecar was not ready within');
+      const result = spawnSync(process.execPath, ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '', ...env },
+      });
       const files = new Set(
         readFileSync(loaded, 'utf8')
           .split('\n')
           .filter((url) => url.startsWith('file:'))
           .map((url) => fileURLToPath(url)),
       );
-      expect([...files].sort()).toEqual([join(root, 'bin', 'flb.js'), bundle].sort());
+      return { status: result.status, stdout: result.stdout, stderr: result.stderr, files: [...files].sort() };
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
+  }
+
+  it('runs from the sidecar bundle alone when bin/flb.js starts it: parser, runner and sidecar in one module', () => {
+    const bundle = join(root, 'dist', 'sidecar.bundle.mjs');
+    if (!existsSync(bundle)) throw new Error(`${bundle} is missing: run npm run build`);
+    // Through the parser into the runner, which refuses: no configuration source.
+    const result = runFlb(['sidecar', '--id', 'vm.test']);
+    expect(result.stderr).toContain('--repo URL');
+    expect(result.status).toBe(2);
+    expect(result.files).toEqual([join(root, 'bin', 'flb.js'), bundle].sort());
+  });
+
+  it('runs wait-ready, the postStart hook of every injected pod, from its own small module: no bundle, no CLI', async () => {
+    const waiter = join(root, 'dist', 'sidecar', 'wait-ready.js');
+    if (!existsSync(waiter)) throw new Error(`${waiter} is missing: run npm run build`);
+    const lean = [join(root, 'bin', 'flb.js'), waiter, join(root, 'dist', 'common', 'duration.js'), join(root, 'dist', 'common', 'errors.js')].sort();
+    const refused = runFlb(['sidecar', 'wait-ready', '--timeout', '1ms', '--admin-port', '1']);
+    expect(refused.stderr).toContain('the sidecar was not ready within 0.001 s (http://127.0.0.1:1/ready: no answer');
+    expect(refused.status).toBe(1);
+    expect(refused.files).toEqual(lean);
+    const server = createServer((_req, res) => res.end('ready\n'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      // spawnSync would block the server's event loop: the child runs asynchronously here.
+      const child = spawn(process.execPath, [join(root, 'bin', 'flb.js'), 'sidecar', 'wait-ready', '--timeout=5s', `--admin-port=${port}`], {
+        stdio: 'ignore',
+      });
+      expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(0);
+    } finally {
+      server.close();
+    }
+    // What it does not parse goes to the full CLI, which answers as it always did.
+    const help = runFlb(['sidecar', 'wait-ready', '--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('Waits until the sidecar on this host is ready');
+    const bad = runFlb(['sidecar', 'wait-ready', '--admin-port', 'http']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('not a port number');
   });
 });

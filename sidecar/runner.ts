@@ -6,7 +6,6 @@
  * postStart hook.
  */
 import { readFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { untilStopped } from '../common/cli.js';
 import { REPO_CA_FILE_ENV } from '../common/contract/annotations.js';
@@ -69,32 +68,8 @@ export async function runSidecarProcess(args: SidecarArgs): Promise<void> {
   await running.drain();
 }
 
-/** `flb sidecar wait-ready`: polls the admin port's /ready until 200; on timeout, fails with the sidecar's last reason. */
-export async function waitForReady(args: { adminPort: number; timeoutMs: number }): Promise<void> {
-  const deadline = Date.now() + args.timeoutMs;
-  const url = `http://127.0.0.1:${args.adminPort}/ready`;
-  for (;;) {
-    const answer = await getText(url, 1000).catch((error: unknown) => ({ status: 0, body: `no answer: ${(error as Error).message}` }));
-    if (answer.status === 200) return;
-    if (Date.now() > deadline)
-      throw new Error(
-        `the sidecar was not ready within ${args.timeoutMs / 1000} s (${url}: ${answer.body.trim() || answer.status}); see its logs: kubectl logs <pod> -c flb-sidecar`,
-      );
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
-
-function getText(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end();
-  });
-}
+/**
+ * `flb sidecar wait-ready`: polls the admin port's /ready until 200; on timeout, fails with the
+ * sidecar's last reason. One waiter for both paths to it (bin/flb.js's fast path and the full CLI).
+ */
+export { waitUntilReady as waitForReady } from './wait-ready.js';
