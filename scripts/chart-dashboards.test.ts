@@ -1,0 +1,245 @@
+/*
+ * The Grafana dashboards the chart ships (charts/flb-mesh/dashboards/*.json): every PromQL query
+ * parses, and every metric it names is one the code exports. The exported names are read from each
+ * component's own registry, started here in-process as the component starts it, so renaming a
+ * metric (or prefixing the process metrics) fails this test instead of leaving a panel empty.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parser } from '@prometheus-io/lezer-promql';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { CniAgentMetrics } from '../cni/metrics.js';
+import { createLogger } from '../common/log.js';
+import { exposedSeriesNames } from '../common/metrics.js';
+import { InjectorMetrics } from '../injector/metrics.js';
+import type { BridgeStatus } from '../registry-bridge/bridge.js';
+import { createBridgeMetrics } from '../registry-bridge/metrics.js';
+import { Repo } from '../repo/repo.js';
+import { startRepoServer, type RepoServer } from '../repo/server.js';
+import { DiskStore } from '../repo/store/disk.js';
+import { DnsMetrics } from '../sidecar/dns/metrics.js';
+import { SidecarMetrics } from '../sidecar/metrics.js';
+import { find, Helm } from '../test-e2e/harness/chart.js';
+
+const DASHBOARDS_DIR = fileURLToPath(new URL('../charts/flb-mesh/dashboards/', import.meta.url));
+
+interface Query {
+  dashboard: string;
+  /** The panel's title, or the template variable's name. */
+  where: string;
+  expr: string;
+}
+
+interface Panel {
+  title?: string;
+  type?: string;
+  datasource?: { uid?: string };
+  targets?: { expr?: string }[];
+  panels?: Panel[];
+}
+interface Dashboard {
+  uid: string;
+  title: string;
+  panels: Panel[];
+  templating?: { list: { name: string; type: string; query?: string | { query?: string } }[] };
+}
+
+function readDashboards(): Map<string, Dashboard> {
+  const dashboards = new Map<string, Dashboard>();
+  for (const file of readdirSync(DASHBOARDS_DIR)
+    .filter((f) => f.endsWith('.json'))
+    .sort())
+    dashboards.set(file, JSON.parse(readFileSync(join(DASHBOARDS_DIR, file), 'utf8')) as Dashboard);
+  return dashboards;
+}
+
+/** Every panel, those inside rows included. */
+function* panelsOf(panels: Panel[]): Generator<Panel> {
+  for (const panel of panels) {
+    yield panel;
+    if (panel.panels) yield* panelsOf(panel.panels);
+  }
+}
+
+/**
+ * The PromQL of a Prometheus template variable: `label_values(<selector>, label)` and
+ * `query_result(<expr>)` hold one; `label_values(label)` and `metrics(...)` name no metric the
+ * code could be checked against, so they are refused.
+ */
+function variableQuery(query: string): string {
+  const labelValues = /^label_values\((.+),\s*\w+\)$/s.exec(query.trim());
+  if (labelValues) return labelValues[1]!;
+  const result = /^query_result\((.+)\)$/s.exec(query.trim());
+  if (result) return result[1]!;
+  throw new Error(`a variable query that names no metric: ${query}`);
+}
+
+function queriesOf(file: string, dashboard: Dashboard): Query[] {
+  const queries: Query[] = [];
+  for (const panel of panelsOf(dashboard.panels))
+    for (const target of panel.targets ?? [])
+      if (target.expr !== undefined) queries.push({ dashboard: file, where: panel.title ?? '(untitled)', expr: target.expr });
+  for (const variable of dashboard.templating?.list ?? []) {
+    if (variable.type !== 'query') continue;
+    const query = typeof variable.query === 'string' ? variable.query : (variable.query?.query ?? '');
+    queries.push({ dashboard: file, where: `variable $${variable.name}`, expr: variableQuery(query) });
+  }
+  return queries;
+}
+
+/**
+ * Grafana's own interval variables become a duration (they stand where PromQL wants one); the
+ * dashboard's variables are left as they are: they belong only inside label matcher strings, and
+ * anywhere else they make the query unparseable, which fails.
+ */
+const withGrafanaIntervals = (expr: string) => expr.replace(/\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}/g, '5m');
+
+/** The metric names a query selects, or the syntax errors that stop it parsing. */
+function metricNames(expr: string): { names: string[]; errors: string[] } {
+  const text = withGrafanaIntervals(expr);
+  const names: string[] = [];
+  const errors: string[] = [];
+  parser.parse(text).iterate({
+    enter(node) {
+      if (node.type.isError) errors.push(`syntax error at ${node.from}: ${JSON.stringify(text.slice(Math.max(0, node.from - 20), node.to + 20))}`);
+      if (node.name === 'VectorSelector') {
+        const identifier = node.node.getChild('Identifier');
+        if (identifier) names.push(text.slice(identifier.from, identifier.to));
+        // {__name__="..."}: only an exact name can be checked.
+        for (const matcher of node.node.getChild('LabelMatchers')?.getChildren('UnquotedLabelMatcher') ?? []) {
+          const label = matcher.getChild('LabelName');
+          if (!label || text.slice(label.from, label.to) !== '__name__') continue;
+          const value = matcher.getChild('StringLiteral');
+          const op = text.slice(matcher.getChild('MatchOp')?.from ?? 0, matcher.getChild('MatchOp')?.to ?? 0);
+          if (op === '=' && value) names.push(JSON.parse(text.slice(value.from, value.to)) as string);
+          else errors.push(`a __name__ matcher other than = cannot be checked: ${text.slice(matcher.from, matcher.to)}`);
+        }
+        if (!identifier && names.length === 0) errors.push(`a selector without a metric name: ${text.slice(node.from, node.to)}`);
+      }
+    },
+  });
+  return { names, errors };
+}
+
+const emptyBridgeStatus: BridgeStatus = {
+  identity: 'test',
+  leader: true,
+  leaseHolder: 'test',
+  mesh: { name: 'flb', where: 'test' },
+  catalog: { services: 0, sidecars: 0, rejected: 0, conflicts: 0 },
+  sources: [],
+  sinks: [],
+};
+
+/** The series names each component exposes, from its registry as the component makes it. */
+async function exportedByComponent(repoServer: RepoServer): Promise<Map<string, Set<string>>> {
+  const sidecar = new SidecarMetrics();
+  new DnsMetrics(sidecar.registry);
+  const registries: [string, Registry][] = [
+    ['repo', repoServer.registry],
+    ['bridge', createBridgeMetrics(() => emptyBridgeStatus).registry],
+    ['injector', new InjectorMetrics().registry],
+    ['sidecar', sidecar.registry],
+    ['cni agent', new CniAgentMetrics().registry],
+  ];
+  const exported = new Map<string, Set<string>>();
+  for (const [component, registry] of registries) exported.set(component, await exposedSeriesNames(registry));
+  return exported;
+}
+
+/** The queries that name a metric no component exports, as `dashboard / panel: metric in query`. */
+function unbacked(queries: Query[], exported: ReadonlySet<string>): string[] {
+  return queries.flatMap((q) =>
+    metricNames(q.expr)
+      .names.filter((name) => !exported.has(name))
+      .map((name) => `${q.dashboard} / ${q.where}: ${name} in ${q.expr}`),
+  );
+}
+
+describe('the Grafana dashboards in the chart', () => {
+  const dashboards = readDashboards();
+  const queries = [...dashboards].flatMap(([file, dashboard]) => queriesOf(file, dashboard));
+  let work: string;
+  let repoServer: RepoServer;
+  let exported: Map<string, Set<string>>;
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'flb-dashboards-'));
+    const repo = await new Repo(await new DiskStore(work).init()).load();
+    repoServer = await startRepoServer({ repo, host: '127.0.0.1', port: 0, log: createLogger('dashboards-test', 'silent') });
+    exported = await exportedByComponent(repoServer);
+  });
+  afterAll(async () => {
+    await repoServer?.close();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it('are the mesh overview, service, sidecar resources and control plane dashboards, each with its own uid', () => {
+    expect([...dashboards.keys()]).toEqual(['control-plane.json', 'sidecar-resources.json']);
+    const uids = [...dashboards.values()].map((d) => d.uid);
+    expect(new Set(uids).size).toBe(uids.length);
+  });
+
+  it('query Prometheus through the data source variable, so they work with any data source name', () => {
+    for (const [file, dashboard] of dashboards) {
+      expect({ file, variables: dashboard.templating?.list.filter((v) => v.type === 'datasource').map((v) => v.name) }).toEqual({
+        file,
+        variables: ['datasource'],
+      });
+      for (const panel of panelsOf(dashboard.panels))
+        if (panel.type !== 'row') expect({ file, panel: panel.title, uid: panel.datasource?.uid }).toEqual({ file, panel: panel.title, uid: '${datasource}' });
+    }
+  });
+
+  it('hold queries that all parse as PromQL', () => {
+    for (const [file] of dashboards) expect(queries.filter((q) => q.dashboard === file).length).toBeGreaterThan(5);
+    expect(queries.flatMap((q) => metricNames(q.expr).errors.map((e) => `${q.dashboard} / ${q.where}: ${e}`))).toEqual([]);
+  });
+
+  it('name only metrics the code exports', () => {
+    const all = new Set([...exported.values()].flatMap((names) => [...names]));
+    for (const q of queries) expect({ query: q.expr, names: metricNames(q.expr).names.length }).not.toEqual({ query: q.expr, names: 0 });
+    expect(unbacked(queries, all)).toEqual([]);
+  });
+
+  it("would catch a component whose process metrics are not under their standard names (the sidecar's were prefixed flb_sidecar_)", async () => {
+    const prefixed = new Registry();
+    collectDefaultMetrics({ register: prefixed, prefix: 'flb_sidecar_' });
+    const sidecar = new SidecarMetrics();
+    const sidecarOwn = await exposedSeriesNames(sidecar.registry);
+    const withPrefixedProcess = new Set([...(await exposedSeriesNames(prefixed)), ...[...sidecarOwn].filter((n) => n.startsWith('flb_'))]);
+    const resources = queries.filter((q) => q.dashboard === 'sidecar-resources.json');
+    expect(unbacked(resources, withPrefixedProcess)).toContainEqual(expect.stringContaining('process_cpu_seconds_total'));
+    expect(unbacked(resources, sidecarOwn)).toEqual([]);
+  });
+});
+
+describe('the chart ships them for Grafana', () => {
+  let helm: Helm;
+  beforeAll(() => {
+    helm = new Helm();
+  });
+  afterAll(() => helm?.dispose());
+
+  it("as one ConfigMap each, labelled for Grafana's dashboard sidecar, when metrics.grafanaDashboards.enabled", async () => {
+    const values = { metrics: { grafanaDashboards: { enabled: true, namespace: 'monitoring', annotations: { grafana_folder: 'flb-mesh' } } } };
+    const objects = await helm.render(values);
+    const files = readdirSync(DASHBOARDS_DIR).filter((f) => f.endsWith('.json'));
+    expect(objects.filter((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('flb-dashboard-')).length).toBe(files.length);
+    for (const file of files) {
+      const configMap = find(objects, 'ConfigMap', `flb-dashboard-${file.replace(/\.json$/, '')}`);
+      expect(configMap.metadata.namespace).toBe('monitoring');
+      expect(configMap.metadata.labels).toMatchObject({ grafana_dashboard: '1' });
+      expect(configMap.metadata.annotations).toEqual({ grafana_folder: 'flb-mesh' });
+      const data = configMap.data as Record<string, string>;
+      expect(Object.keys(data)).toEqual([`flb-mesh-${file}`]);
+      expect(JSON.parse(data[`flb-mesh-${file}`]!)).toEqual(JSON.parse(readFileSync(join(DASHBOARDS_DIR, file), 'utf8')));
+    }
+  });
+
+  it('and not by default', async () => {
+    expect((await helm.render()).filter((o) => o.metadata.name.startsWith('flb-dashboard-'))).toEqual([]);
+  });
+});
