@@ -36,7 +36,8 @@ if (kind === 'flb') {
         kind: 'AdmissionReview',
         response: { uid: body.request.uid, allowed: true, patchType: 'JSONPatch', patch: fixed.response.patch },
       });
-      res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
+      // Content-Length as the injector sends it: without it this answer went out chunked, in more pieces.
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
     });
   });
   server.keepAliveTimeout = 65_000;

@@ -1,6 +1,8 @@
 // Open-loop load at a fixed rate, for latency: requests are sent on a schedule whatever the
 // server's speed, and latency counts from the scheduled send time, so a slow server cannot hide
-// its queueing (no coordinated omission). Microsecond resolution; prints JSON on stdout.
+// its queueing (no coordinated omission). Microsecond resolution; prints JSON on stdout, with every
+// counted latency when asked (the caller pools rounds), and how late this process itself sent
+// (a late send is counted against the server, so a busy client shows there, not as the server).
 import { Agent, request } from 'node:https';
 
 interface RateOptions {
@@ -10,6 +12,8 @@ interface RateOptions {
   connections: number;
   durationSeconds: number;
   rate: number;
+  /** Print every counted latency too. */
+  raw?: boolean;
 }
 
 const o = JSON.parse(process.argv[2]!) as RateOptions;
@@ -20,6 +24,7 @@ const agent = new Agent({ keepAlive: true, maxSockets: o.connections, ca: o.ca, 
 const warmup = Math.round(o.rate);
 const total = warmup + Math.round(o.rate * o.durationSeconds);
 const latencies = new Float64Array(total);
+const sendLag = new Float64Array(total);
 let done = 0;
 let errors = 0;
 let non2xx = 0;
@@ -30,6 +35,7 @@ const intervalMs = 1000 / o.rate;
 
 function fire(i: number): void {
   const scheduled = start + i * intervalMs;
+  sendLag[i] = performance.now() - scheduled;
   const req = request(
     {
       host: url.hostname,
@@ -71,8 +77,22 @@ function finish(): void {
     .filter((v) => !Number.isNaN(v))
     .sort((a, b) => a - b);
   const q = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN;
+  const lags = Array.from(sendLag.subarray(warmup)).sort((a, b) => a - b);
   process.stdout.write(
-    `${JSON.stringify({ rps: o.rate, requests: total - warmup, p50: q(0.5), p99: q(0.99), p999: q(0.999), max: sorted[sorted.length - 1], errors, non2xx, timeouts: 0 })}\n`,
+    `${JSON.stringify({
+      rps: o.rate,
+      requests: total - warmup,
+      p50: q(0.5),
+      p99: q(0.99),
+      p999: q(0.999),
+      max: sorted[sorted.length - 1],
+      sendLagP99: lags[Math.floor(0.99 * lags.length)],
+      sendLagMax: lags[lags.length - 1],
+      errors,
+      non2xx,
+      timeouts: 0,
+      ...(o.raw ? { latencies: sorted.map((v) => Math.round(v * 1000) / 1000) } : {}),
+    })}\n`,
   );
   agent.destroy();
 }
