@@ -134,20 +134,97 @@ const emptyBridgeStatus: BridgeStatus = {
   sinks: [],
 };
 
-/** The series names each component exposes, from its registry as the component makes it. */
-async function exportedByComponent(repoServer: RepoServer): Promise<Map<string, Set<string>>> {
+/**
+ * Labels Prometheus puts on every series from its scrape target (the ServiceMonitors' and
+ * PodMonitor's relabelling, a pod-annotation scrape config), besides a metric's own.
+ */
+const TARGET_LABELS = ['job', 'instance', 'pod', 'namespace', 'service', 'container', 'endpoint'];
+
+/**
+ * Each series name a registry exposes with its label names, as a query names them (a histogram's
+ * buckets have `le`). Undefined labels: a metric whose label sets exist only once it counts
+ * something (the sidecar's hot-path families, sidecar/series.ts), so its labels go unchecked.
+ */
+function seriesLabels(registry: Registry): Map<string, Set<string> | undefined> {
+  const labels = new Map<string, Set<string> | undefined>();
+  for (const metric of registry.getMetricsAsArray() as unknown as { name: string; type?: unknown; labelNames?: string[]; get(): unknown }[]) {
+    const own = metric.labelNames ? new Set(metric.labelNames) : undefined;
+    const type = String(metric.type);
+    if (type === 'histogram') {
+      labels.set(`${metric.name}_bucket`, own && new Set([...own, 'le']));
+      labels.set(`${metric.name}_sum`, own);
+      labels.set(`${metric.name}_count`, own);
+    } else if (type === 'summary') {
+      labels.set(metric.name, own && new Set([...own, 'quantile']));
+      labels.set(`${metric.name}_sum`, own);
+      labels.set(`${metric.name}_count`, own);
+    } else labels.set(metric.name, own);
+  }
+  return labels;
+}
+
+/** Each component's registry, made as the component makes it. */
+function componentRegistries(repoServer: RepoServer): [string, Registry][] {
   const sidecar = new SidecarMetrics();
   new DnsMetrics(sidecar.registry);
-  const registries: [string, Registry][] = [
+  return [
     ['repo', repoServer.registry],
     ['bridge', createBridgeMetrics(() => emptyBridgeStatus).registry],
     ['injector', new InjectorMetrics().registry],
     ['sidecar', sidecar.registry],
     ['cni agent', new CniAgentMetrics().registry],
   ];
-  const exported = new Map<string, Set<string>>();
-  for (const [component, registry] of registries) exported.set(component, await exposedSeriesNames(registry));
-  return exported;
+}
+
+/**
+ * Label names a query uses that its metrics do not have: in a selector's matchers, and in an
+ * aggregation's `by (...)` (checked against every metric aggregated). Target labels are always
+ * there; metrics whose labels are not known are skipped.
+ */
+function unknownLabels(expr: string, labelsOf: ReadonlyMap<string, Set<string> | undefined>): string[] {
+  const text = withGrafanaIntervals(expr);
+  const slice = (node: { from: number; to: number }) => text.slice(node.from, node.to);
+  const problems: string[] = [];
+  const allowed = (names: string[]): Set<string> | undefined => {
+    const all = new Set([...TARGET_LABELS, '__name__']);
+    for (const name of names) {
+      const own = labelsOf.get(name);
+      if (!own) return undefined;
+      for (const label of own) all.add(label);
+    }
+    return all;
+  };
+  parser.parse(text).iterate({
+    enter(ref) {
+      const node = ref.node;
+      if (node.name === 'VectorSelector') {
+        const name = node.getChild('Identifier');
+        const labels = name ? allowed([slice(name)]) : undefined;
+        if (!labels) return;
+        for (const matcher of node.getChild('LabelMatchers')?.getChildren('UnquotedLabelMatcher') ?? []) {
+          const label = slice(matcher.getChild('LabelName')!);
+          if (!labels.has(label)) problems.push(`${slice(name!)} has no label ${label}`);
+        }
+      } else if (node.name === 'AggregateExpr') {
+        const by = node.getChild('AggregateModifier');
+        if (!by?.getChild('By')) return;
+        const names: string[] = [];
+        node.toTree().iterate({
+          enter(inner) {
+            if (inner.name === 'VectorSelector') {
+              const identifier = inner.node.getChild('Identifier');
+              if (identifier) names.push(text.slice(node.from + identifier.from, node.from + identifier.to));
+            }
+          },
+        });
+        const labels = allowed(names);
+        if (!labels) return;
+        for (const label of by.getChild('GroupingLabels')?.getChildren('LabelName') ?? [])
+          if (!labels.has(slice(label))) problems.push(`by (${slice(label)}): none of ${names.join(', ')} has it`);
+      }
+    },
+  });
+  return problems;
 }
 
 /** The queries that name a metric no component exports, as `dashboard / panel: metric in query`. */
@@ -165,11 +242,16 @@ describe('the Grafana dashboards in the chart', () => {
   let work: string;
   let repoServer: RepoServer;
   let exported: Map<string, Set<string>>;
+  const labelsOf = new Map<string, Set<string> | undefined>();
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'flb-dashboards-'));
     const repo = await new Repo(await new DiskStore(work).init()).load();
     repoServer = await startRepoServer({ repo, host: '127.0.0.1', port: 0, log: createLogger('dashboards-test', 'silent') });
-    exported = await exportedByComponent(repoServer);
+    exported = new Map();
+    for (const [component, registry] of componentRegistries(repoServer)) {
+      exported.set(component, await exposedSeriesNames(registry));
+      for (const [name, labels] of seriesLabels(registry)) labelsOf.set(name, labels);
+    }
   });
   afterAll(async () => {
     await repoServer?.close();
@@ -202,6 +284,18 @@ describe('the Grafana dashboards in the chart', () => {
     const all = new Set([...exported.values()].flatMap((names) => [...names]));
     for (const q of queries) expect({ query: q.expr, names: metricNames(q.expr).names.length }).not.toEqual({ query: q.expr, names: 0 });
     expect(unbacked(queries, all)).toEqual([]);
+  });
+
+  it('select and group by labels those metrics have', () => {
+    expect(queries.flatMap((q) => unknownLabels(q.expr, labelsOf).map((problem) => `${q.dashboard} / ${q.where}: ${problem} in ${q.expr}`))).toEqual([]);
+    // The check itself: a label no metric has is found, in a matcher and in a grouping.
+    expect(unknownLabels('sum by (sourse) (rate(flb_bridge_source_errors_total{kind="consul", sink="x"}[5m]))', labelsOf)).toEqual([
+      'by (sourse): none of flb_bridge_source_errors_total has it',
+      'flb_bridge_source_errors_total has no label sink',
+    ]);
+    expect(unknownLabels('histogram_quantile(0.9, sum by (le, route) (rate(flb_repo_push_latency_seconds_bucket{job="r"}[5m])))', labelsOf)).toEqual([
+      'by (route): none of flb_repo_push_latency_seconds_bucket has it',
+    ]);
   });
 
   it("would catch a component whose process metrics are not under their standard names (the sidecar's were prefixed flb_sidecar_)", async () => {
