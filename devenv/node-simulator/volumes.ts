@@ -58,31 +58,37 @@ export class PodVolumes {
     return this.pod.spec?.securityContext?.fsGroup;
   }
 
-  /** Every volume ready to mount; a VolumeError says what is missing (the kubelet's FailedMount). */
+  /**
+   * Every volume ready to mount; a VolumeError says what is missing (the kubelet's FailedMount).
+   * Volumes are set up side by side, as the kubelet's volume manager mounts each in an operation of
+   * its own, and so are the API reads within one (a pod's token and CA volumes are four calls).
+   */
   async setUp(): Promise<void> {
-    for (const volume of this.volumes()) {
-      if (volume.hostPath) continue;
-      const path = this.pathOf(volume);
-      if (volume.emptyDir) {
-        mkdirSync(path, { recursive: true });
-        // Any container user may write, as with the kubelet's emptyDir.
-        chmodSync(path, 0o777);
-        continue;
-      }
-      if (volume.persistentVolumeClaim) {
-        mkdirSync(path, { recursive: true });
-        // The fsGroup may write, and what it makes stays the group's (setgid), as on a volume the kubelet mounts.
-        if (this.fsGroup !== undefined) chownSync(path, 0, this.fsGroup);
-        chmodSync(path, this.fsGroup !== undefined ? 0o2775 : 0o755);
-        continue;
-      }
-      if (!volume.configMap && !volume.secret && !volume.projected && !volume.downwardAPI) {
-        throw new VolumeError(
-          `volume ${volume.name}: only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are simulated`,
-        );
-      }
-      await this.write(volume, path);
+    await inOrder(this.volumes().map((volume) => this.setUpOne(volume)));
+  }
+
+  private async setUpOne(volume: V1Volume): Promise<void> {
+    if (volume.hostPath) return;
+    const path = this.pathOf(volume);
+    if (volume.emptyDir) {
+      mkdirSync(path, { recursive: true });
+      // Any container user may write, as with the kubelet's emptyDir.
+      chmodSync(path, 0o777);
+      return;
     }
+    if (volume.persistentVolumeClaim) {
+      mkdirSync(path, { recursive: true });
+      // The fsGroup may write, and what it makes stays the group's (setgid), as on a volume the kubelet mounts.
+      if (this.fsGroup !== undefined) chownSync(path, 0, this.fsGroup);
+      chmodSync(path, this.fsGroup !== undefined ? 0o2775 : 0o755);
+      return;
+    }
+    if (!volume.configMap && !volume.secret && !volume.projected && !volume.downwardAPI) {
+      throw new VolumeError(
+        `volume ${volume.name}: only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are simulated`,
+      );
+    }
+    await this.write(volume, path);
   }
 
   /** Re-reads ConfigMaps and Secrets and renews tokens; a failure keeps the files as they were. */
@@ -116,25 +122,46 @@ export class PodVolumes {
   }
 
   private async write(volume: V1Volume, path: string): Promise<void> {
-    const files: Files = new Map();
     const mode = (m: number | undefined, fallback: number | undefined) => m ?? fallback ?? 0o644;
-    if (volume.configMap)
-      await this.addConfigMap(files, volume.configMap.name!, volume.configMap.items, volume.configMap.optional, mode(undefined, volume.configMap.defaultMode));
-    if (volume.secret)
-      await this.addSecret(files, volume.secret.secretName!, volume.secret.items, volume.secret.optional, mode(undefined, volume.secret.defaultMode));
-    if (volume.downwardAPI) this.addDownward(files, volume.downwardAPI.items ?? [], mode(undefined, volume.downwardAPI.defaultMode));
+    if (volume.projected?.sources?.some((source) => source.clusterTrustBundle || source.podCertificate))
+      throw new VolumeError(`volume ${volume.name}: clusterTrustBundle and podCertificate sources are not simulated`);
+    // Each source read on its own, all at once; merged in the spec's order (a later source's file wins).
+    const sources: Promise<Files>[] = [];
+    const collect = (fill: (files: Files) => Promise<void> | void) =>
+      sources.push(
+        (async () => {
+          const files: Files = new Map();
+          await fill(files);
+          return files;
+        })(),
+      );
+    if (volume.configMap) {
+      const { name, items, optional, defaultMode } = volume.configMap;
+      collect((files) => this.addConfigMap(files, name!, items, optional, mode(undefined, defaultMode)));
+    }
+    if (volume.secret) {
+      const { secretName, items, optional, defaultMode } = volume.secret;
+      collect((files) => this.addSecret(files, secretName!, items, optional, mode(undefined, defaultMode)));
+    }
+    if (volume.downwardAPI) {
+      const { items, defaultMode } = volume.downwardAPI;
+      collect((files) => this.addDownward(files, items ?? [], mode(undefined, defaultMode)));
+    }
     for (const source of volume.projected?.sources ?? []) {
       const fileMode = mode(undefined, volume.projected!.defaultMode);
-      if (source.configMap) await this.addConfigMap(files, source.configMap.name!, source.configMap.items, source.configMap.optional, fileMode);
-      if (source.secret) await this.addSecret(files, source.secret.name!, source.secret.items, source.secret.optional, fileMode);
-      if (source.downwardAPI) this.addDownward(files, source.downwardAPI.items ?? [], fileMode);
-      if (source.serviceAccountToken) {
-        const token = await this.token(source.serviceAccountToken.audience, source.serviceAccountToken.expirationSeconds ?? 3600);
-        files.set(source.serviceAccountToken.path, { content: Buffer.from(token), mode: fileMode });
+      const { configMap } = source;
+      if (configMap) collect((files) => this.addConfigMap(files, configMap.name!, configMap.items, configMap.optional, fileMode));
+      if (source.secret) collect((files) => this.addSecret(files, source.secret!.name!, source.secret!.items, source.secret!.optional, fileMode));
+      if (source.downwardAPI) collect((files) => this.addDownward(files, source.downwardAPI!.items ?? [], fileMode));
+      const token = source.serviceAccountToken;
+      if (token) {
+        collect(async (files) => {
+          files.set(token.path, { content: Buffer.from(await this.token(token.audience, token.expirationSeconds ?? 3600)), mode: fileMode });
+        });
       }
-      if (source.clusterTrustBundle || source.podCertificate)
-        throw new VolumeError(`volume ${volume.name}: clusterTrustBundle and podCertificate sources are not simulated`);
     }
+    const files: Files = new Map();
+    for (const part of await inOrder(sources)) for (const [relative, file] of part) files.set(relative, file);
     const digest = createHash('sha256');
     for (const [relative, { content, mode }] of [...files].sort(([a], [b]) => a.localeCompare(b)))
       digest.update(`${relative}\0${mode}\0`).update(content).update('\0');
@@ -213,6 +240,14 @@ export class PodVolumes {
     this.tokens.set(key, { token, issuedAt: now, expiresAt });
     return token;
   }
+}
+
+/** Every promise's value in order; when some fail, the first failure in order (as one after the other would have thrown). */
+async function inOrder<T>(promises: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
 function addKeys(files: Files, what: string, data: Map<string, Buffer>, items: V1KeyToPath[] | undefined, optional: boolean | undefined, mode: number): void {
