@@ -1,13 +1,15 @@
-// A Consul service called by name from a pod, through its sidecar: the real Consul v1.16.1, the
-// real control plane, pods that run (node simulator), the repo, the bridge (with a Consul source)
-// and the injector as processes. The service's instances are two echo pods with no Kubernetes
-// Service: only Consul knows them, as it knows a VM's or another platform's instances.
+// Consul and Eureka services called by name from a pod, through its sidecar: the real Consul
+// v1.16.1, the run's shared Eureka server (Spring Cloud Netflix), the real control plane, pods that
+// run (node simulator), the repo, the bridge (with a Consul and a Eureka source) and the injector
+// as processes. The services' instances are two echo pods with no Kubernetes Service: only the
+// registries know them, as they know a VM's or another platform's instances.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
+import { EurekaRestClient, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
 import { demoDeployment, isPodReady } from '../devenv/apps/workloads.js';
@@ -17,9 +19,11 @@ const GRACE_SECONDS = 3;
 const STALE_SECONDS = 10;
 const log = createLogger('mesh-consul-test', 'silent');
 
-describe('a Consul service called by name from a pod through its sidecar', () => {
+describe('Consul and Eureka services called by name from a pod through its sidecar', () => {
   let env: DevEnvironment;
   let consul: ConsulAgent;
+  let eureka: EurekaServer;
+  let eurekaClient: EurekaRestClient;
   let mesh: MeshComponents;
   let core: CoreV1Api;
 
@@ -54,9 +58,17 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
 
   beforeAll(async () => {
     requireRoot('the mesh-with-Consul end-to-end test');
-    [env, consul] = await Promise.all([startDevEnvironment({ log, nodes: [{ name: 'mesh-a', zone: 'zone-a' }], backoffBaseMs: 1000 }), startConsul()]);
+    [env, consul, eureka] = await Promise.all([
+      startDevEnvironment({ log, nodes: [{ name: 'mesh-a', zone: 'zone-a' }], backoffBaseMs: 1000 }),
+      startConsul(),
+      sharedEurekaServer(),
+    ]);
+    eurekaClient = new EurekaRestClient(eureka.url);
     mesh = await startMeshComponents(env, {
-      registrySources: [{ kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: STALE_SECONDS }],
+      registrySources: [
+        { kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: STALE_SECONDS },
+        { kind: 'eureka', servers: [eureka.url], intervalSeconds: 1 },
+      ],
     });
     core = env.plane.kubeConfig.makeApiClient(CoreV1Api);
     const apps = env.plane.kubeConfig.makeApiClient(AppsV1Api);
@@ -81,9 +93,12 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
     );
   });
   afterAll(async () => {
+    eurekaClient?.close();
     await mesh?.stop();
     await env?.stop();
     await consul?.stop();
+    // A server this run still holds keeps jest from exiting (bridge-eureka.test.ts stops it too).
+    await eureka?.stop();
   });
 
   it('reaches every instance by each of its names: <svc>.service.consul, <svc>.service.<dc>.consul, the catalog id', async () => {
@@ -116,6 +131,84 @@ describe('a Consul service called by name from a pod through its sidecar', () =>
       500,
     );
     expect(result['legacy.service.consul:8080']).toEqual({ [up!.metadata!.name!]: 20 });
+  });
+
+  const byName = async () => (await pods('legacy')).sort((a, b) => a.metadata!.name!.localeCompare(b.metadata!.name!));
+  const registerInEureka = async (pod: V1Pod, status: 'UP' | 'DOWN') =>
+    eurekaClient.register({ app: 'orders', instanceId: `orders-${pod.metadata!.name}`, ipAddr: pod.status!.podIP!, port: 8080, status });
+
+  it('reaches every instance of a Eureka application by its lower-cased name and its catalog id', async () => {
+    // Registered as a Spring client does it: app ORDERS; clients dial http://orders/ (port 80).
+    for (const pod of await byName()) await registerInEureka(pod, 'UP');
+    const names = ['orders', 'orders.eureka.eureka'];
+    const instances = (await byName()).map((p) => p.metadata!.name!);
+    const spread = await eventually(
+      'calls by both names reaching both instances',
+      async () => {
+        const result = await callFromClient(names);
+        return names.every((n) => instances.every((i) => (result[n]![i] ?? 0) > 0)) ? result : undefined;
+      },
+      60_000,
+      1000,
+    );
+    for (const name of names) expect({ name, reached: Object.keys(spread[name]!).sort() }).toEqual({ name, reached: instances });
+  });
+
+  it('sends nothing to a Eureka instance marked DOWN', async () => {
+    const [down, up] = await byName();
+    await registerInEureka(down!, 'DOWN');
+    const result = await eventually(
+      `calls to orders reaching only ${up!.metadata!.name}`,
+      async () => {
+        const r = await callFromClient(['orders']);
+        return Object.keys(r.orders!).join() === up!.metadata!.name ? r : undefined;
+      },
+      30_000,
+      500,
+    );
+    expect(result.orders).toEqual({ [up!.metadata!.name!]: 20 });
+  });
+
+  it('keeps one name in Consul and in Eureka apart: orders.service.consul is the Consul service, orders the Eureka application', async () => {
+    // The Eureka app orders has only the second pod UP now; Consul's orders gets only the first.
+    const [first, second] = await byName();
+    const r = await consul.api('PUT', '/v1/catalog/register', {
+      Node: `node-orders-${first!.metadata!.name}`,
+      Address: first!.status!.podIP!,
+      Service: { ID: 'orders-consul', Service: 'orders', Port: 8080, Meta: { protocol: 'http' } },
+      Checks: [{ CheckID: 'service:orders-consul', Name: 'orders health', Status: 'passing', ServiceID: 'orders-consul' }],
+    });
+    expect(r).toMatchObject({ status: 200, body: true });
+    const names = ['orders.service.consul:8080', 'orders.dc1.consul:8080', 'orders', 'orders.eureka.eureka'];
+    const result = await eventually(
+      'the Consul orders reachable by its names',
+      async () => {
+        const calls = await callFromClient(names);
+        return Object.keys(calls['orders.service.consul:8080']!).join() === first!.metadata!.name ? calls : undefined;
+      },
+      30_000,
+      1000,
+    );
+    expect(result).toEqual({
+      'orders.service.consul:8080': { [first!.metadata!.name!]: 20 },
+      'orders.dc1.consul:8080': { [first!.metadata!.name!]: 20 },
+      orders: { [second!.metadata!.name!]: 20 },
+      'orders.eureka.eureka': { [second!.metadata!.name!]: 20 },
+    });
+    // Different hostnames, so no claim to settle: the bridge counts no conflict.
+    const status = await getJson<{ catalog: { conflicts: number } }>(`${mesh.bridgeAdminUrls[0]}/status`);
+    expect(status?.catalog).toMatchObject({ conflicts: 0 });
+  });
+
+  it('stops resolving a Eureka application in the pod once its last instance is cancelled', async () => {
+    const client = (await pods('client')).find(isPodReady)!;
+    const resolves = async (name: string) => (await env.simulator.exec(NS, client.metadata!.name!, 'client', ['getent', 'hosts', name])).exitCode === 0;
+    expect(await resolves('orders')).toBe(true);
+    for (const pod of await byName()) await eurekaClient.cancel('orders', `orders-${pod.metadata!.name}`);
+    // Eureka's rule (registry-bridge/README.md): no grace, the app goes with the delta that cancels its last instance.
+    await eventually('orders no longer resolving in the pod', async () => ((await resolves('orders')) ? undefined : true), 30_000, 250);
+    expect(await resolves('orders.eureka.eureka')).toBe(false);
+    expect(await resolves('orders.service.consul')).toBe(true);
   });
 
   it('keeps routing to the last known instances while Consul is away', async () => {
