@@ -148,6 +148,20 @@ export const MeshSchema = z
         idleTimeoutSeconds: z.number().int().min(0).max(604800, 'at most 7 days (604800)').default(DEFAULT_TCP_IDLE_TIMEOUT_SECONDS),
       })
       .default({ idleTimeoutSeconds: DEFAULT_TCP_IDLE_TIMEOUT_SECONDS }),
+    /** What sidecars report beyond their metrics; applied live, as every mesh.json change. */
+    telemetry: z
+      .object({
+        /** One structured log line per HTTP request (HTTP/2 stream, gRPC call) and per `tcp` connection. */
+        accessLog: z.boolean().default(false),
+        /**
+         * Inbound `http`, `http2` and `grpc` ports (sidecar.json's `inbound.ports`) go through the
+         * sidecar's HTTP proxies, for server-side request metrics (response codes, gRPC status,
+         * durations, as the app answered); false: forwarded natively as `tcp`, cheaper, connection
+         * and byte metrics only.
+         */
+        inboundRequestMetrics: z.boolean().default(true),
+      })
+      .default({ accessLog: false, inboundRequestMetrics: true }),
     /** Room for sidecar-to-sidecar mTLS: the default for services that do not set their own. */
     tls: z.object({ mode: TlsModeSchema.default('disabled') }).default({ mode: 'disabled' }),
     sidecar: SidecarTemplateSchema.default(SidecarTemplateSchema.parse({})),
