@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { readFileSync } from 'node:fs';
-import { proxyConfigView, proxyStatusRows, renderProxyConfig, renderProxyStatus, sidecarTarget, type RepoInstance } from './sidecars.js';
+import { endpointHealth, proxyConfigView, proxyStatusRows, renderProxyConfig, renderProxyStatus, sidecarTarget, type RepoInstance } from './sidecars.js';
 
 const NOW = Date.parse('2031-05-01T12:00:00Z');
 const example = (name: string) => readFileSync(new URL(`../common/contract/examples/${name}`, import.meta.url), 'utf8');
@@ -149,9 +149,40 @@ describe('proxy-config view', () => {
     const text = renderProxyConfig(view);
     expect(text).toContain('sidecar pod.shop.orders-7d9f8c6b5-x2x4q: pod shop/orders-7d9f8c6b5-x2x4q, zone east-1a');
     expect(text).toContain('configuration: applied 7+30 (the latest); reported 3s ago, ready');
-    expect(text).toMatch(/orders\.shop +10\.244\.3\.9:8080 +east-1b +1 +0 +UNHEALTHY/);
+    expect(text).toMatch(/orders\.shop +10\.244\.3\.9:8080 +east-1b +1 +0 +UNHEALTHY \(registry\)$/m);
     expect(text).toContain('SERVICES (2 this sidecar may reach, of 12 in the catalog)');
-    expect(text).toContain('not reported by the sidecar, so not shown: active health-check results per endpoint; outlier ejections per endpoint');
+    // This report (an older sidecar's) carries no results of the sidecar's own checks, and says so.
+    expect(text).toContain("ENDPOINTS (health as the registry says: the sidecar's last report carries no results of its own checks)");
+    expect(text).toContain('not reported by the sidecar, so not shown: requests in flight per endpoint');
+  });
+
+  it("shows the endpoints the sidecar's active checks failed and its outlier detection ejected, from its last report", () => {
+    const view = proxyConfigView({
+      ...facts,
+      instances: [
+        instance(3000, {
+          ready: true,
+          appliedVersion: '7+30',
+          unhealthyEndpoints: [
+            { service: 'orders.shop', endpoint: '10.244.1.5:8080', activeHealth: 'unhealthy', ejected: false },
+            { service: 'orders.shop', endpoint: '10.244.2.7:8080', activeHealth: 'healthy', ejected: true, ejectedUntil: '2026-12-06T07:00:30.000Z' },
+            { service: 'gone.shop', endpoint: '10.0.0.1:80', activeHealth: 'unhealthy', ejected: false },
+            'garbage',
+          ],
+          unhealthyEndpointsOmitted: 2,
+        }),
+      ],
+    });
+    expect(view.services[0]!.endpoints.map((e) => endpointHealth(e))).toEqual([
+      'UNHEALTHY (active check)',
+      'EJECTED until 2026-12-06T07:00:30.000Z',
+      'UNHEALTHY (registry)',
+    ]);
+    const text = renderProxyConfig(view);
+    expect(text).toContain("ENDPOINTS (health: the registry's, then the sidecar's active checks and outlier ejections, as of its last report)");
+    expect(text).toMatch(/orders\.shop +10\.244\.1\.5:8080 +east-1a +1 +0 +UNHEALTHY \(active check\)$/m);
+    expect(text).toContain('and 2 more endpoints taken out by the sidecar that its report had no room for');
+    expect(text).not.toContain('active health-check results per endpoint');
   });
 
   it('says when the applied version is not the latest shown, and names a file that fails the contract and a service the catalog lacks', () => {

@@ -213,6 +213,8 @@ export interface EndpointView {
   priority: number;
   /** What the registry says: unhealthy endpoints are never chosen. */
   healthy: boolean;
+  /** What the sidecar's own checks say, when they took it out (from its last report). */
+  takenOut?: { activeHealth: string; ejected: boolean; ejectedUntil?: string };
 }
 
 export interface ServiceView {
@@ -246,14 +248,16 @@ export interface ProxyConfigView {
   dns: { name: string; type: string; address: string; service?: string }[];
   /** Files that fail the contract as served now, with why (the sidecar refuses them too). */
   invalid: RejectedFile[];
+  /** Whether the last report carried the sidecar's checks' results (an older sidecar's or Pipy's does not). */
+  checksReported: boolean;
+  /** Endpoints taken out that the report had no room for. */
+  takenOutOmitted: number;
   /** What the sidecar keeps to itself: not in its reports to the repo. */
   notReported: string[];
 }
 
 /** What proxy-config cannot show, because the sidecar does not report it to the repo. */
 export const NOT_REPORTED = [
-  'active health-check results per endpoint',
-  'outlier ejections per endpoint (and when each ends)',
   'requests in flight per endpoint and which locality level is in use',
   'which ports its listeners really bound (only that they match mesh.json, or it is not ready)',
 ];
@@ -328,6 +332,23 @@ function serviceView(service: Service): ServiceView {
   };
 }
 
+/** The endpoints the sidecar's report says its active checks or outlier detection took out, by service and address:port. */
+function takenOutOf(status: Record<string, unknown>): Map<string, NonNullable<EndpointView['takenOut']>> {
+  const out = new Map<string, NonNullable<EndpointView['takenOut']>>();
+  if (!Array.isArray(status.unhealthyEndpoints)) return out;
+  for (const entry of status.unhealthyEndpoints as unknown[]) {
+    if (typeof entry !== 'object' || entry === null) continue;
+    const e = entry as Record<string, unknown>;
+    if (typeof e.service !== 'string' || typeof e.endpoint !== 'string') continue;
+    out.set(`${e.service} ${e.endpoint}`, {
+      activeHealth: typeof e.activeHealth === 'string' ? e.activeHealth : 'unknown',
+      ejected: e.ejected === true,
+      ...(typeof e.ejectedUntil === 'string' ? { ejectedUntil: e.ejectedUntil } : {}),
+    });
+  }
+  return out;
+}
+
 export function proxyConfigView(facts: ProxyConfigFacts): ProxyConfigView {
   const invalid: RejectedFile[] = facts.unreadable.map((path) => ({ path, error: 'listed in the codebase but could not be fetched' }));
   const mesh = parsed<Mesh>(MeshSchema, 'mesh.json', facts.files, invalid);
@@ -343,6 +364,12 @@ export function proxyConfigView(facts: ProxyConfigFacts): ProxyConfigView {
   const present = new Set(services.map((s) => s.id));
   const instance = latestInstance(facts.instances);
   const status = instance?.status ?? {};
+  const takenOut = takenOutOf(status);
+  for (const service of services)
+    for (const endpoint of service.endpoints) {
+      const verdict = takenOut.get(`${service.id} ${hostPort(endpoint.address, endpoint.port)}`);
+      if (verdict) endpoint.takenOut = verdict;
+    }
   return {
     id: facts.id,
     ...(sidecar ? { identity: sidecar.identity, locality: sidecar.locality } : {}),
@@ -363,11 +390,23 @@ export function proxyConfigView(facts: ProxyConfigFacts): ProxyConfigView {
     catalogSize: facts.catalogSize,
     dns: (sidecar?.dns.records ?? []).map((r) => ({ name: r.name, type: r.type, address: r.address, ...(r.service ? { service: r.service } : {}) })),
     invalid,
+    checksReported: Array.isArray(status.unhealthyEndpoints),
+    takenOutOmitted: typeof status.unhealthyEndpointsOmitted === 'number' ? status.unhealthyEndpointsOmitted : 0,
     notReported: NOT_REPORTED,
   };
 }
 
-const hostPort = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+function hostPort(address: string, port: number): string {
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** The registry's verdict first (such an endpoint is never chosen), then the sidecar's own. */
+export function endpointHealth(e: EndpointView): string {
+  if (!e.healthy) return 'UNHEALTHY (registry)';
+  if (e.takenOut?.ejected) return `EJECTED${e.takenOut.ejectedUntil ? ` until ${e.takenOut.ejectedUntil}` : ''}`;
+  if (e.takenOut?.activeHealth === 'unhealthy') return 'UNHEALTHY (active check)';
+  return 'healthy';
+}
 
 export function renderProxyConfig(view: ProxyConfigView): string {
   const out: string[] = [];
@@ -421,11 +460,17 @@ export function renderProxyConfig(view: ProxyConfigView): string {
   );
   if (view.missingServices.length) out.push(`named in sidecar.json but not in the catalog: ${view.missingServices.join(', ')}`);
 
-  out.push('', 'ENDPOINTS (health as the registry says)');
+  out.push(
+    '',
+    view.checksReported
+      ? "ENDPOINTS (health: the registry's, then the sidecar's active checks and outlier ejections, as of its last report)"
+      : "ENDPOINTS (health as the registry says: the sidecar's last report carries no results of its own checks)",
+  );
   const endpointRows = view.services.flatMap((s) =>
-    s.endpoints.map((e) => [s.id, hostPort(e.address, e.port), e.zone ?? '-', String(e.weight), String(e.priority), e.healthy ? 'healthy' : 'UNHEALTHY']),
+    s.endpoints.map((e) => [s.id, hostPort(e.address, e.port), e.zone ?? '-', String(e.weight), String(e.priority), endpointHealth(e)]),
   );
   out.push(endpointRows.length ? formatTable([['SERVICE', 'ENDPOINT', 'ZONE', 'WEIGHT', 'PRIORITY', 'HEALTH'], ...endpointRows]) : 'none');
+  if (view.takenOutOmitted > 0) out.push(`and ${view.takenOutOmitted} more endpoints taken out by the sidecar that its report had no room for`);
   const policies = view.services.filter((s) => s.healthCheck || s.outlierDetection);
   for (const s of policies)
     out.push(

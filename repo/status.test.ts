@@ -43,6 +43,11 @@ const sidecarStatus = (uuid: string) => ({
   rejected: [{ path: 'services/bad.json', error: 'services/bad.json: port: expected a number' }],
   receivedVersion: '7+12',
   cache: { dir: '/var/lib/flb/config', version: '7+12' },
+  unhealthyEndpoints: [
+    { service: 'orders.shop', endpoint: '10.244.1.7:8080', activeHealth: 'unhealthy', ejected: false },
+    { service: 'orders.shop', endpoint: '10.244.1.8:8080', activeHealth: 'healthy', ejected: true, ejectedUntil: '2026-12-06T07:00:30.000Z' },
+  ],
+  unhealthyEndpointsOmitted: 3,
   version: '7+12',
 });
 
@@ -113,6 +118,27 @@ describe('status reports', () => {
     // What did not fit is counted, not silently dropped.
     expect((kept.rejected as unknown[]).length + (kept.rejectedOmitted as number)).toBe(5000);
     expect(kept).not.toHaveProperty('unknown');
+  });
+
+  it("keeps as many of a sidecar's unhealthy endpoints as fit and counts the rest with those the sidecar left out", async () => {
+    const report = {
+      ...sidecarStatus('many-unhealthy'),
+      rejected: [],
+      unhealthyEndpoints: Array.from({ length: 2000 }, (_, i) => ({
+        service: `s-${i}.shop`,
+        endpoint: `10.0.${i >> 8}.${i & 255}:8080`,
+        activeHealth: 'unhealthy',
+        ejected: false,
+      })),
+      unhealthyEndpointsOmitted: 10,
+    };
+    expect(await post('/repo/flb/mesh/', JSON.stringify(report))).toBe(201);
+    const kept = (await instances('/flb/mesh')).find((s) => s.uuid === 'many-unhealthy')!;
+    expect(JSON.stringify(kept).length).toBeLessThanOrEqual(MAX_STATUS_BYTES);
+    const shown = kept.unhealthyEndpoints as { service: string }[];
+    expect(shown.length).toBeGreaterThan(20);
+    expect(shown[0]).toEqual({ service: 's-0.shop', endpoint: '10.0.0.0:8080', activeHealth: 'unhealthy', ejected: false });
+    expect(shown.length + (kept.unhealthyEndpointsOmitted as number)).toBe(2010);
   });
 
   it('retains a bounded amount of memory for many large reports (12 of 7 MiB)', async () => {

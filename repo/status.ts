@@ -7,7 +7,8 @@
  *
  * Fields kept: Pipy's (repo/PIPY-API.md §1.9: timestamp, since, uuid, name, ip, version, modules,
  * logs; never metrics) and the flb sidecar's (sidecar/config/source.ts status(): sidecarId,
- * source, ready, appliedVersion, receivedVersion, rejected, applyError, cache), which
+ * source, ready, appliedVersion, receivedVersion, rejected, applyError, cache, unhealthyEndpoints:
+ * the endpoints its active checks or outlier detection took out), which
  * `GET /api/v1/repo/<codebase>` shows under `instances`.
  */
 
@@ -32,6 +33,8 @@ const FIELD_ORDER = [
   'rejectedOmitted',
   'applyError',
   'cache',
+  'unhealthyEndpoints',
+  'unhealthyEndpointsOmitted',
 ] as const;
 
 /** Cut to `max` characters, marked with an ellipsis; undefined when not a string. */
@@ -101,6 +104,23 @@ export function keptStatus(report: Record<string, unknown>): KeptStatus {
   if (Array.isArray(report.rejected)) {
     const rejected = report.rejected.filter(isObject).map((r) => ({ path: truncated(r.path, 512) ?? '', error: truncated(r.error, 1024) ?? '' }));
     offerList('rejected', rejected, 'rejectedOmitted');
+  }
+  if (Array.isArray(report.unhealthyEndpoints)) {
+    const unhealthy = report.unhealthyEndpoints.filter(isObject).map((e) => ({
+      service: truncated(e.service, 256) ?? '',
+      endpoint: truncated(e.endpoint, 64) ?? '',
+      activeHealth: truncated(e.activeHealth, 16) ?? 'unknown',
+      ejected: e.ejected === true,
+      ...(typeof e.ejectedUntil === 'string' ? { ejectedUntil: truncated(e.ejectedUntil, 32) } : {}),
+    }));
+    offerList('unhealthyEndpoints', unhealthy, 'unhealthyEndpointsOmitted');
+    // What the sidecar itself left out of its report (it sends a bounded list).
+    const omittedBySidecar = finite(report.unhealthyEndpointsOmitted);
+    if (omittedBySidecar && omittedBySidecar > 0) {
+      const omittedHere = (kept.get('unhealthyEndpointsOmitted') as number | undefined) ?? 0;
+      kept.delete('unhealthyEndpointsOmitted');
+      offer('unhealthyEndpointsOmitted', omittedHere + Math.floor(omittedBySidecar));
+    }
   }
   if (Array.isArray(report.logs))
     offerList(

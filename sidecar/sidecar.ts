@@ -12,6 +12,7 @@ import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { startAdmin, startMetricsServer, type Readiness } from './admin.js';
 import { EndpointPool, endpointKey, type PoolEvent } from './balancer/index.js';
+import { endpointHealthReport } from './balancer/health-report.js';
 import { localConfigSource, repoConfigSource, type ConfigSource } from './config/source.js';
 import type { ConfigChange, SidecarState } from './config/state.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
@@ -118,6 +119,14 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
   };
 
+  /** Snapshots only of the pools that have one: a report every few seconds must not copy the whole catalog. */
+  function* poolsWithUnhealthyEndpoints() {
+    for (const pool of pools.values()) {
+      const counters = pool.counters();
+      if (counters.ejected > 0 || counters.activeUnhealthy > 0) yield pool.snapshot();
+    }
+  }
+
   // Not a closure over `source` before it exists: the sources report changes while they start.
   const statusChanged = () => void readiness();
   const source: ConfigSource =
@@ -128,6 +137,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
           log,
           onUpdate: apply,
           onStatusChange: statusChanged,
+          reportExtra: () => endpointHealthReport(poolsWithUnhealthyEndpoints()),
           ...(options.config.headers ? { headers: options.config.headers } : {}),
           ...(options.config.caFile !== undefined ? { caFile: options.config.caFile } : {}),
         })

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
+import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, DiscoveryV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
 import { startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
@@ -167,6 +167,42 @@ describe('flb check, proxy-status and proxy-config on a running mesh', () => {
       expect(run.stdout).toMatch(new RegExp(`^echo\\.shop +${pod.status!.podIP!.replace(/\./g, '\\.')}:8080 +zone-a +1 +0 +healthy$`, 'm'));
     expect(run.stdout).toMatch(/^15001 +all addresses \(captured\) +outbound/m);
     expect(run.stdout).toMatch(/^8080 +\S+ +http$/m);
+
+    // A Service whose endpoints are the first echo pod on its port and on one nobody listens on,
+    // with an active HTTP check (a TCP check would pass: the pod's own sidecar accepts every
+    // intercepted port): every sidecar takes the second out, and proxy-config says so.
+    await core.createNamespacedService({
+      namespace: NS,
+      body: {
+        metadata: { name: 'flaky', annotations: { 'flomesh.io/health-check': '{protocol: http, path: /healthz, intervalMs: 300, timeoutMs: 200}' } },
+        spec: { ports: [{ name: 'http', port: 80, appProtocol: 'http' }] },
+      },
+    });
+    const slice = (name: string, port: number) => ({
+      metadata: { name, labels: { 'kubernetes.io/service-name': 'flaky' } },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', port, protocol: 'TCP' }],
+      endpoints: [{ addresses: [first!.status!.podIP!], conditions: { ready: true }, zone: 'zone-a' }],
+    });
+    const discovery = env.plane.kubeConfig.makeApiClient(DiscoveryV1Api);
+    await discovery.createNamespacedEndpointSlice({ namespace: NS, body: slice('flaky-live', 8080) });
+    await discovery.createNamespacedEndpointSlice({ namespace: NS, body: slice('flaky-dead', 8099) });
+    const ip = first!.status!.podIP!.replace(/\./g, '\\.');
+    let shown = '';
+    const checked = await eventually(
+      "the sidecar's report of the endpoint its active check took out",
+      async () => {
+        const answer = await flb('proxy-config', ...located(), `${NS}/${second!.metadata!.name!}`);
+        shown = answer.stdout + answer.stderr;
+        return new RegExp(`^flaky\\.shop +${ip}:8099 +zone-a +1 +0 +UNHEALTHY \\(active check\\)$`, 'm').test(answer.stdout) ? answer : undefined;
+      },
+      30_000,
+      1000,
+    ).catch((error: unknown) => {
+      throw new Error(`${(error as Error).message}; proxy-config said:\n${shown}`, { cause: error });
+    });
+    expect(checked.stdout).toMatch(new RegExp(`^flaky\\.shop +${ip}:8080 +zone-a +1 +0 +healthy$`, 'm'));
+    expect(checked.stdout).toContain("ENDPOINTS (health: the registry's, then the sidecar's active checks and outlier ejections, as of its last report)");
 
     const lonely = await flb('proxy-config', ...located(), '-n', 'plain', 'lonely');
     expect(lonely.code).toBe(1);

@@ -83,6 +83,7 @@ describe('repoConfigSource', () => {
       onUpdate,
       statusIntervalMs: 100,
       instanceId: 'first',
+      reportExtra: () => ({ unhealthyEndpoints: [{ service: 'a.static', endpoint: '10.0.0.2:8080', activeHealth: 'unhealthy', ejected: false }] }),
     });
     await source.start();
     try {
@@ -129,6 +130,8 @@ describe('repoConfigSource', () => {
         appliedVersion: '1+3',
         ready: true,
         rejected: [{ path: 'services/a.static.json' }, { path: 'services/d.static.json' }],
+        // What the sidecar adds (its endpoints' health), kept by the repo.
+        unhealthyEndpoints: [{ service: 'a.static', endpoint: '10.0.0.2:8080', activeHealth: 'unhealthy', ejected: false }],
       });
     } finally {
       await source.stop();

@@ -55,6 +55,11 @@ export interface RepoConfigSourceOptions {
   sidecarId?: string;
   /** The instance uuid in status reports; a new one per process by default. */
   instanceId?: string;
+  /**
+   * More of the sidecar's state for each status report: the endpoints its own checks took out
+   * (`flb proxy-config` reads them from the repo, since the admin port binds 127.0.0.1).
+   */
+  reportExtra?: () => Record<string, unknown>;
 }
 
 export interface LocalConfigSourceOptions {
@@ -248,6 +253,7 @@ class RepoConfigSource implements ConfigSource {
       ...this.applier.status(),
       receivedVersion: this.worker?.current()?.etag ?? '',
       cache: { dir: this.options.cacheDir, version: this.savedVersion ?? '', ...(this.cacheError !== undefined ? { error: this.cacheError } : {}) },
+      ...this.options.reportExtra?.(),
     };
   }
 
