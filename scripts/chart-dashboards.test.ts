@@ -97,31 +97,52 @@ function queriesOf(file: string, dashboard: Dashboard): Query[] {
  */
 const withGrafanaIntervals = (expr: string) => expr.replace(/\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}/g, '5m');
 
-/** The metric names a query selects, or the syntax errors that stop it parsing. */
-function metricNames(expr: string): { names: string[]; errors: string[] } {
+/**
+ * The dashboards' variables that pick one component's scrape targets: a selector matching on one
+ * of them reads that component's metrics (the sidecars are told apart by their metrics port).
+ */
+const COMPONENT_VARIABLES: Record<string, string> = {
+  $bridge_job: 'bridge',
+  $repo_job: 'repo',
+  $injector_job: 'injector',
+  $cni_job: 'cni agent',
+  $sidecar_port: 'sidecar',
+};
+
+interface Selected {
+  name: string;
+  /** The components whose targets the selector picks by a variable; none: any component. */
+  components: string[];
+}
+
+/** The metrics a query selects, or the syntax errors that stop it parsing. */
+function metricNames(expr: string): { names: string[]; selected: Selected[]; errors: string[] } {
   const text = withGrafanaIntervals(expr);
-  const names: string[] = [];
+  const slice = (node: { from: number; to: number }) => text.slice(node.from, node.to);
+  const selected: Selected[] = [];
   const errors: string[] = [];
   parser.parse(text).iterate({
-    enter(node) {
-      if (node.type.isError) errors.push(`syntax error at ${node.from}: ${JSON.stringify(text.slice(Math.max(0, node.from - 20), node.to + 20))}`);
-      if (node.name === 'VectorSelector') {
-        const identifier = node.node.getChild('Identifier');
-        if (identifier) names.push(text.slice(identifier.from, identifier.to));
+    enter(ref) {
+      if (ref.type.isError) errors.push(`syntax error at ${ref.from}: ${JSON.stringify(text.slice(Math.max(0, ref.from - 20), ref.to + 20))}`);
+      if (ref.name !== 'VectorSelector') return;
+      const identifier = ref.node.getChild('Identifier');
+      let name = identifier ? slice(identifier) : undefined;
+      const components = new Set<string>();
+      for (const matcher of ref.node.getChild('LabelMatchers')?.getChildren('UnquotedLabelMatcher') ?? []) {
+        const label = slice(matcher.getChild('LabelName')!);
+        const value = matcher.getChild('StringLiteral');
+        for (const [variable, component] of Object.entries(COMPONENT_VARIABLES)) if (value && slice(value).includes(variable)) components.add(component);
+        if (label !== '__name__') continue;
         // {__name__="..."}: only an exact name can be checked.
-        for (const matcher of node.node.getChild('LabelMatchers')?.getChildren('UnquotedLabelMatcher') ?? []) {
-          const label = matcher.getChild('LabelName');
-          if (!label || text.slice(label.from, label.to) !== '__name__') continue;
-          const value = matcher.getChild('StringLiteral');
-          const op = text.slice(matcher.getChild('MatchOp')?.from ?? 0, matcher.getChild('MatchOp')?.to ?? 0);
-          if (op === '=' && value) names.push(JSON.parse(text.slice(value.from, value.to)) as string);
-          else errors.push(`a __name__ matcher other than = cannot be checked: ${text.slice(matcher.from, matcher.to)}`);
-        }
-        if (!identifier && names.length === 0) errors.push(`a selector without a metric name: ${text.slice(node.from, node.to)}`);
+        const op = matcher.getChild('MatchOp');
+        if (op && slice(op) === '=' && value) name = JSON.parse(slice(value)) as string;
+        else errors.push(`a __name__ matcher other than = cannot be checked: ${slice(matcher)}`);
       }
+      if (name === undefined) errors.push(`a selector without a metric name: ${slice(ref)}`);
+      else selected.push({ name, components: [...components] });
     },
   });
-  return { names, errors };
+  return { names: selected.map((s) => s.name), selected, errors };
 }
 
 const emptyBridgeStatus: BridgeStatus = {
@@ -227,12 +248,22 @@ function unknownLabels(expr: string, labelsOf: ReadonlyMap<string, Set<string> |
   return problems;
 }
 
-/** The queries that name a metric no component exports, as `dashboard / panel: metric in query`. */
-function unbacked(queries: Query[], exported: ReadonlySet<string>): string[] {
+/**
+ * The queries that name a metric its components do not export, as `dashboard / panel: problem`: a
+ * selector that picks components by their variables must find the metric in each of them; any
+ * other, in one component at least.
+ */
+function unbacked(queries: Query[], exported: ReadonlyMap<string, ReadonlySet<string>>): string[] {
+  const anywhere = new Set([...exported.values()].flatMap((names) => [...names]));
   return queries.flatMap((q) =>
-    metricNames(q.expr)
-      .names.filter((name) => !exported.has(name))
-      .map((name) => `${q.dashboard} / ${q.where}: ${name} in ${q.expr}`),
+    metricNames(q.expr).selected.flatMap(({ name, components }) => {
+      const missing = components.length
+        ? components.filter((component) => !exported.get(component)?.has(name)).map((component) => `the ${component} does not export ${name}`)
+        : anywhere.has(name)
+          ? []
+          : [`no component exports ${name}`];
+      return missing.map((problem) => `${q.dashboard} / ${q.where}: ${problem}, in ${q.expr}`);
+    }),
   );
 }
 
@@ -280,10 +311,9 @@ describe('the Grafana dashboards in the chart', () => {
     expect(queries.flatMap((q) => metricNames(q.expr).errors.map((e) => `${q.dashboard} / ${q.where}: ${e}`))).toEqual([]);
   });
 
-  it('name only metrics the code exports', () => {
-    const all = new Set([...exported.values()].flatMap((names) => [...names]));
+  it('name only metrics the code exports, each from the components whose targets it selects', () => {
     for (const q of queries) expect({ query: q.expr, names: metricNames(q.expr).names.length }).not.toEqual({ query: q.expr, names: 0 });
-    expect(unbacked(queries, all)).toEqual([]);
+    expect(unbacked(queries, exported)).toEqual([]);
   });
 
   it('select and group by labels those metrics have', () => {
@@ -298,15 +328,17 @@ describe('the Grafana dashboards in the chart', () => {
     ]);
   });
 
-  it("would catch a component whose process metrics are not under their standard names (the sidecar's were prefixed flb_sidecar_)", async () => {
+  it("fail a component whose process metrics are not under their standard names (the sidecar's were prefixed flb_sidecar_)", async () => {
     const prefixed = new Registry();
     collectDefaultMetrics({ register: prefixed, prefix: 'flb_sidecar_' });
-    const sidecar = new SidecarMetrics();
-    const sidecarOwn = await exposedSeriesNames(sidecar.registry);
-    const withPrefixedProcess = new Set([...(await exposedSeriesNames(prefixed)), ...[...sidecarOwn].filter((n) => n.startsWith('flb_'))]);
-    const resources = queries.filter((q) => q.dashboard === 'sidecar-resources.json');
-    expect(unbacked(resources, withPrefixedProcess)).toContainEqual(expect.stringContaining('process_cpu_seconds_total'));
-    expect(unbacked(resources, sidecarOwn)).toEqual([]);
+    const withPrefixedSidecar = new Map(exported);
+    withPrefixedSidecar.set(
+      'sidecar',
+      new Set([...(await exposedSeriesNames(prefixed)), ...[...exported.get('sidecar')!].filter((n) => n.startsWith('flb_'))]),
+    );
+    const problems = unbacked(queries, withPrefixedSidecar);
+    expect(problems).toContainEqual(expect.stringMatching(/^sidecar-resources.json \/ CPU: the sidecar does not export process_cpu_seconds_total,/));
+    expect(problems.every((p) => p.includes('the sidecar does not export'))).toBe(true);
   });
 });
 
