@@ -1,5 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { LOG_LEVELS, type Logger } from '../common/log.js';
+import type { AccessLog } from './access-log.js';
 import { listen } from './listen.js';
 
 /** The sidecar's readiness: `reason` says why not (or `ready`). */
@@ -20,23 +22,64 @@ export interface AdminOptions {
   configDump: () => unknown;
   endpoints: () => unknown;
   registry: Registry;
+  /** The sidecar's logger, whose level `/logging` reads and sets. */
+  log: Logger;
+  accessLog: AccessLog;
 }
 
-const json = (res: ServerResponse, status: number, body: unknown) =>
-  res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
+const PATHS = ['/ready', '/live', '/config_dump', '/endpoints', '/metrics', '/logging', '/access_log'];
+
+const json = (res: ServerResponse, status: number, body: unknown): void =>
+  void res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
 
 async function metrics(res: ServerResponse, registry: Registry): Promise<void> {
   res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
 }
 
 /**
+ * `/logging`: GET says the level; POST or PUT `?level=debug` sets it (as Envoy's admin
+ * `/logging?level=`), until the next change or a restart (which goes back to FLB_LOG_LEVEL).
+ */
+function logging(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, log: Logger): void {
+  if (req.method === 'GET' || req.method === 'HEAD') return json(res, 200, { level: log.level });
+  const level = query.get('level')?.trim().toLowerCase();
+  if (!level || !(LOG_LEVELS as readonly string[]).includes(level))
+    return json(res, 400, { error: `say the level: /logging?level=LEVEL, one of ${LOG_LEVELS.join(', ')}`, level: log.level });
+  const previous = log.level;
+  if (level !== previous) {
+    // Said at the old level's reach and the new one's: whoever reads the logs sees why they changed.
+    log.level = 'info';
+    log.info({ level, previous }, 'log level changed on the admin port');
+    log.level = level;
+  }
+  json(res, 200, { level, previous });
+}
+
+/** `/access_log`: GET says whether it is on; POST or PUT `?enabled=true|false` turns it on or off until the next mesh.json change. */
+function accessLogSwitch(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, accessLog: AccessLog, log: Logger): void {
+  if (req.method === 'GET' || req.method === 'HEAD') return json(res, 200, { enabled: accessLog.enabled });
+  const value = query.get('enabled');
+  if (value !== 'true' && value !== 'false') return json(res, 400, { error: 'say /access_log?enabled=true or ?enabled=false', enabled: accessLog.enabled });
+  const enabled = value === 'true';
+  if (enabled !== accessLog.enabled) log.info({ enabled }, 'access log switched on the admin port');
+  accessLog.setEnabled(enabled);
+  json(res, 200, { enabled });
+}
+
+/**
  * The admin port (15000, loopback only, as Envoy's): /ready, /live, /config_dump (what the sidecar
  * runs: version, mesh, sidecar.json, services, refused files), /endpoints (every endpoint with its
- * health, ejection and load), /metrics.
+ * health, ejection and load), /metrics, /logging (the log level, read and set), /access_log (on or off).
  */
 export function startAdmin(options: AdminOptions): Promise<Server> {
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0];
+    const [path, search] = (req.url ?? '/').split('?', 2) as [string, string | undefined];
+    const query = new URLSearchParams(search ?? '');
+    if (path === '/logging' || path === '/access_log') {
+      if (req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'POST' && req.method !== 'PUT')
+        return void res.writeHead(405, { allow: 'GET, POST, PUT' }).end();
+      return path === '/logging' ? logging(req, res, query, options.log) : accessLogSwitch(req, res, query, options.accessLog, options.log);
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405, { allow: 'GET' }).end();
     switch (path) {
       case '/ready':
@@ -53,7 +96,7 @@ export function startAdmin(options: AdminOptions): Promise<Server> {
       case '/stats/prometheus':
         return void metrics(res, options.registry);
       default:
-        return json(res, 404, { error: `no such admin path ${path}`, paths: ['/ready', '/live', '/config_dump', '/endpoints', '/metrics'] });
+        return json(res, 404, { error: `no such admin path ${path}`, paths: PATHS });
     }
   });
   return listen(server, options.host, options.port).then(() => server);

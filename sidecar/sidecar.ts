@@ -10,6 +10,7 @@ import type { Server } from 'node:net';
 import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
+import { AccessLog } from './access-log.js';
 import { startAdmin, startMetricsServer, type Readiness } from './admin.js';
 import { EndpointPool, endpointKey, type PoolEvent } from './balancer/index.js';
 import { endpointHealthReport } from './balancer/health-report.js';
@@ -17,14 +18,14 @@ import { localConfigSource, repoConfigSource, type ConfigSource } from './config
 import type { ConfigChange, SidecarState } from './config/state.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
 import { buildDnsTable } from './dns/table.js';
-import { SidecarMetrics } from './metrics.js';
+import { SidecarMetrics, workloadFromEnvironment, type WorkloadIdentity } from './metrics.js';
 import type { OriginalDestination } from './native/index.js';
 import { PORT_FLAGS } from './port-flags.js';
 import { parseAppProbes, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
 import { Http2Proxy } from './proxy/http2.js';
 import { Lazy } from './lazy.js';
-import { startInbound } from './proxy/inbound.js';
+import { inboundHttpSource, startInbound, type InboundPort } from './proxy/inbound.js';
 import { startOutbound, type OutboundView, type ProxyListener } from './proxy/outbound.js';
 import { RouteTable } from './proxy/routes.js';
 
@@ -51,6 +52,10 @@ export interface SidecarOptions {
    * then not read). Ports given as 0 (any free port) are not compared with the mesh's.
    */
   outboundDestination?: (peer: { address: string; port: number }) => OriginalDestination;
+  /** Tests without interception: where an inbound connection was meant to go. */
+  inboundDestination?: (peer: { address: string; port: number }) => OriginalDestination;
+  /** The workload and namespace in metrics; default: FLB_WORKLOAD_NAME and POD_NAMESPACE, as the injector sets them. */
+  workload?: WorkloadIdentity;
 }
 
 export interface RunningSidecar {
@@ -68,15 +73,22 @@ export interface RunningSidecar {
 
 export async function runSidecar(options: SidecarOptions): Promise<RunningSidecar> {
   const { log, ports } = options;
-  const metrics = new SidecarMetrics();
+  const metrics = new SidecarMetrics(options.workload ?? workloadFromEnvironment());
+  const accessLog = new AccessLog(log);
+  /** mesh.json's telemetry.accessLog last applied: the admin port's switch holds until it changes. */
+  let meshAccessLog: boolean | undefined;
+  /** sidecar.json's inbound ports, when mesh.json's telemetry.inboundRequestMetrics sends them through the HTTP proxies. */
+  let inboundPorts: ReadonlyMap<number, InboundPort> = new Map();
   const pools = new Map<string, EndpointPool>();
   metrics.countUsableEndpoints(() => [...pools].map(([id, pool]) => [id, pool.counters().usable]));
   metrics.countRejectedFiles(() => source.rejected().length);
   let view: OutboundView = { routes: RouteTable.build([]), pools, unknownDestination: 'passthrough' };
   let listening = false;
   let draining = false;
-  const http = new HttpProxy('outbound', metrics, log);
-  const http2 = new Lazy(() => Http2Proxy.load('outbound', metrics, log));
+  const http = new HttpProxy('outbound', metrics, log, accessLog);
+  const http2 = new Lazy(() => Http2Proxy.load('outbound', metrics, log, accessLog));
+  const inboundHttp = new HttpProxy('inbound', metrics, log, accessLog, inboundHttpSource);
+  const inboundHttp2 = new Lazy(() => Http2Proxy.load('inbound', metrics, log, accessLog, inboundHttpSource));
   const appProbes = parseAppProbes(options.appProbes, ProbeSchema, log);
 
   const onPoolEvent = (event: PoolEvent) => {
@@ -106,6 +118,12 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
     for (const problem of view.routes.problems) log.warn({ problem }, 'endpoint address dialled directly goes to one of its services');
     for (const proxy of proxies) proxy.setIdleTimeout(state.mesh.tcp.idleTimeoutSeconds * 1000);
+    const { telemetry } = state.mesh;
+    if (telemetry.accessLog !== meshAccessLog) accessLog.setEnabled((meshAccessLog = telemetry.accessLog));
+    const declared = telemetry.inboundRequestMetrics
+      ? state.sidecar.inbound.ports
+      : state.sidecar.inbound.ports.map((p) => ({ ...p, protocol: 'tcp' as const }));
+    if (!samePorts(inboundPorts, declared)) inboundPorts = new Map(declared.map((p) => [p.port, p]));
     const endpointKeys = new Set([...state.services.values()].flatMap((s) => s.endpoints.map((e) => endpointKey(e.address, e.port))));
     http.retainAgents(endpointKeys);
     http2.current()?.retainSessions(endpointKeys);
@@ -200,12 +218,25 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
         http2,
         metrics,
         log,
+        accessLog,
         ...(options.outboundDestination ? { destination: options.outboundDestination } : {}),
       }),
     );
     proxies.push(outbound);
     bound.outbound = outbound.port;
-    const inbound = await asListener('inbound', '::', () => startInbound({ host: '::', port: ports.inbound, metrics, log }));
+    const inbound = await asListener('inbound', '::', () =>
+      startInbound({
+        host: '::',
+        port: ports.inbound,
+        metrics,
+        log,
+        accessLog,
+        ports: () => inboundPorts,
+        http: inboundHttp,
+        http2: inboundHttp2,
+        ...(options.inboundDestination ? { destination: options.inboundDestination } : {}),
+      }),
+    );
     proxies.push(inbound);
     bound.inbound = inbound.port;
     const admin = await asListener('admin', '127.0.0.1', () =>
@@ -214,6 +245,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
         port: ports.admin,
         readiness,
         registry: metrics.registry,
+        log,
+        accessLog,
         configDump: () => configDump(options.id, source),
         endpoints: () => [...pools.values()].map((p) => p.snapshot()),
       }),
@@ -264,6 +297,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     for (const server of servers) (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
     http.close();
     http2.current()?.close();
+    inboundHttp.close();
+    inboundHttp2.current()?.close();
     await dns?.close();
     for (const pool of pools.values()) pool.close();
   }
@@ -323,6 +358,14 @@ function dnsListen(port: number) {
     { host: '127.0.0.1', port },
     { host: '::1', port },
   ];
+}
+
+/** The inbound ports as last applied, unchanged: the inbound listener keeps what it made of them. */
+function samePorts(
+  current: ReadonlyMap<number, InboundPort>,
+  declared: readonly { port: number; name?: string | undefined; protocol: InboundPort['protocol'] }[],
+): boolean {
+  return current.size === declared.length && declared.every((p) => current.get(p.port)?.name === p.name && current.get(p.port)?.protocol === p.protocol);
 }
 
 function summarize(change: ConfigChange) {

@@ -10,7 +10,8 @@ import {
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import { AttemptPlanner, dialWithRetries, GIVE_UP, tcpDial, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
-import type { Direction, SidecarMetrics } from '../metrics.js';
+import { addressOf, headerValue, NO_ACCESS_LOG, type AccessLog } from '../access-log.js';
+import type { Direction, ServiceSeries, SidecarMetrics } from '../metrics.js';
 import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
 import { splice } from './splice.js';
@@ -24,6 +25,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 interface Bound {
   route: Route;
   pool: EndpointPool;
+  series: ServiceSeries;
 }
 
 class AttemptError extends Error {
@@ -69,14 +71,17 @@ export class HttpProxy {
     private readonly direction: Direction,
     private readonly metrics: SidecarMetrics,
     private readonly log: Logger,
+    private readonly accessLog: AccessLog = NO_ACCESS_LOG,
+    /** Where connections to endpoints come from (inbound: 127.0.0.6, so the sidecar's own redirect leaves them alone). */
+    private readonly localAddress?: (address: string) => string | undefined,
   ) {
     this.server.on('request', (req, res) => void this.request(req, res));
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
   }
 
   handle(socket: Socket, route: Route, pool: EndpointPool): void {
-    this.bound.set(socket, { route, pool });
-    const series = this.metrics.for(this.direction, route.service.id);
+    const series = this.metrics.forService(this.direction, route.service);
+    this.bound.set(socket, { route, pool, series });
     series.connections.inc();
     this.metrics.countSocketBytes(socket, series);
     this.server.emit('connection', socket);
@@ -109,8 +114,7 @@ export class HttpProxy {
       res.writeHead(500).end();
       return;
     }
-    const { route, pool } = bound;
-    const series = this.metrics.for(this.direction, route.service.id);
+    const { route, pool, series } = bound;
     const started = performance.now();
     const policy = route.service.policy.retries;
     const method = req.method ?? 'GET';
@@ -121,8 +125,40 @@ export class HttpProxy {
     // after a connect failure (it never arrived: safe for any method), or after a 5xx or a reset
     // when the method is idempotent. A large or chunked body streams once.
     const replayable = !chunked && length <= MAX_REPLAY_BODY;
+    const logged = this.accessLog.enabled;
+    let bytesReceived = 0;
+    if (logged && !replayable) req.on('data', (chunk: Buffer) => (bytesReceived += chunk.length));
     const body = replayable ? await readAll(req) : undefined;
+    if (body) bytesReceived = body.length;
     const resendable = body !== undefined;
+    let attempts = 0;
+    let upstreamAddress: string | undefined;
+    let bytesSent = 0;
+    /** Counted once the response is over (or the client went away), as Istio and Linkerd count. */
+    const finished = (status: number) => {
+      const response = series.response('http', status, undefined);
+      response.requests.inc();
+      response.seconds.observe((performance.now() - started) / 1000);
+      if (logged)
+        this.accessLog.request({
+          direction: this.direction,
+          protocol: 'http',
+          startedAt: started,
+          method,
+          path: req.url ?? '',
+          authority: req.headers.host,
+          status,
+          grpcStatus: undefined,
+          bytesReceived,
+          bytesSent,
+          upstream: upstreamAddress,
+          source: addressOf(req.socket.remoteAddress, req.socket.remotePort),
+          destination: route.service.id,
+          attempts,
+          userAgent: req.headers['user-agent'],
+          requestId: headerValue(req.headers['x-request-id']),
+        });
+    };
     const planner = new AttemptPlanner(pool, route.port.port, req.socket.remoteAddress, policy, IDEMPOTENT.has(method), route.kept);
     planner.header = (name: string) => {
       const value = req.headers[name.toLowerCase()];
@@ -133,10 +169,12 @@ export class HttpProxy {
       const target = planner.next();
       if (!target) {
         series.connectErrors.inc();
-        series.requests('5xx').inc();
         this.reply(res, 503, `no healthy endpoint for ${route.service.id}\n`);
+        finished(503);
         return;
       }
+      attempts++;
+      if (logged) upstreamAddress = addressOf(target.address, target.port);
       let delay: number;
       let failure: AttemptError;
       try {
@@ -151,10 +189,10 @@ export class HttpProxy {
           await planner.wait(delay);
           continue;
         }
-        series.requestSeconds.observe((performance.now() - started) / 1000);
-        series.requests(`${Math.floor(status / 100)}xx`).inc();
+        res.once('close', () => finished(status));
         res.writeHead(status, upstream.statusMessage, forwardHeaders(upstream.headers));
         upstream.on('data', (chunk: Buffer) => {
+          bytesSent += chunk.length;
           if (!res.write(chunk)) upstream.pause();
         });
         res.on('drain', () => upstream.resume());
@@ -183,8 +221,9 @@ export class HttpProxy {
       }
       this.log.debug({ service: route.service.id, endpoint: target.key, err: failure.message }, 'request failed');
       if (failure.kind === 'connect-failure') series.connectErrors.inc();
-      series.requests('5xx').inc();
-      this.reply(res, failure.kind === 'timeout' ? 504 : 502, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
+      const status = failure.kind === 'timeout' ? 504 : 502;
+      this.reply(res, status, `upstream ${target.address}:${target.port} of ${route.service.id}: ${failure.message}\n`);
+      finished(status);
       return;
     }
   }
@@ -202,7 +241,16 @@ export class HttpProxy {
   ): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       let reached = false;
-      const upstream = httpRequest({ host: target.address, port: target.port, method, path: req.url, headers, agent: this.agent(target), setHost: false });
+      const upstream = httpRequest({
+        host: target.address,
+        port: target.port,
+        method,
+        path: req.url,
+        headers,
+        agent: this.agent(target),
+        setHost: false,
+        localAddress: this.localAddress?.(target.address),
+      });
       let connectTimer: NodeJS.Timeout | undefined;
       upstream.on('socket', (socket: Socket) => {
         if (!socket.connecting) {

@@ -1,9 +1,10 @@
 import type * as Http2 from 'node:http2';
 import type { ClientHttp2Session, ClientHttp2Stream, Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import type { Socket } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import { AttemptPlanner, GIVE_UP, type EndpointPool, type PickedEndpoint } from '../balancer/index.js';
-import type { Direction, SidecarMetrics } from '../metrics.js';
+import { addressOf, headerValue, NO_ACCESS_LOG, type AccessLog } from '../access-log.js';
+import type { Direction, RequestProtocol, ServiceSeries, SidecarMetrics } from '../metrics.js';
 import { forwardedHeaders } from './forwarded.js';
 import type { Route } from './routes.js';
 
@@ -18,6 +19,7 @@ const NOT_FORWARDED = new Set(['connection', 'keep-alive', 'proxy-connection', '
 interface Bound {
   route: Route;
   pool: EndpointPool;
+  series: ServiceSeries;
 }
 /**
  * Kept on the socket itself: a stream's session exposes its socket only through a proxy object,
@@ -47,8 +49,14 @@ export class Http2Proxy {
    * node:http2 costs ~3 MiB of memory once loaded: a sidecar whose services have no HTTP/2 or
    * gRPC port never loads it.
    */
-  static async load(direction: Direction, metrics: SidecarMetrics, log: Logger): Promise<Http2Proxy> {
-    return new Http2Proxy(direction, metrics, log, await import('node:http2'));
+  static async load(
+    direction: Direction,
+    metrics: SidecarMetrics,
+    log: Logger,
+    accessLog: AccessLog = NO_ACCESS_LOG,
+    localAddress?: (address: string) => string | undefined,
+  ): Promise<Http2Proxy> {
+    return new Http2Proxy(direction, metrics, log, await import('node:http2'), accessLog, localAddress);
   }
 
   private readonly server: Http2Server;
@@ -59,6 +67,9 @@ export class Http2Proxy {
     private readonly metrics: SidecarMetrics,
     private readonly log: Logger,
     private readonly http2: Http2Module,
+    private readonly accessLog: AccessLog = NO_ACCESS_LOG,
+    /** Where connections to endpoints come from (inbound: 127.0.0.6, as the native path). */
+    private readonly localAddress?: (address: string) => string | undefined,
   ) {
     this.server = http2.createServer({ maxSessionMemory: 64 });
     this.server.on('stream', (stream, headers) => void this.stream(stream, headers));
@@ -66,8 +77,8 @@ export class Http2Proxy {
   }
 
   handle(socket: Socket, route: Route, pool: EndpointPool): void {
-    (socket as BoundSocket)[BOUND] = { route, pool };
-    const series = this.metrics.for(this.direction, route.service.id);
+    const series = this.metrics.forService(this.direction, route.service);
+    (socket as BoundSocket)[BOUND] = { route, pool, series };
     series.connections.inc();
     this.metrics.countSocketBytes(socket, series);
     this.server.emit('connection', socket);
@@ -99,7 +110,11 @@ export class Http2Proxy {
     if (existing) return existing;
     const host = target.address.includes(':') ? `[${target.address}]` : target.address;
     const pending = new Promise<ClientHttp2Session>((resolve, reject) => {
-      const session = this.http2.connect(`http://${host}:${target.port}`);
+      const localAddress = this.localAddress?.(target.address);
+      const session = this.http2.connect(
+        `http://${host}:${target.port}`,
+        localAddress ? { createConnection: () => netConnect({ host: target.address, port: target.port, localAddress }) } : {},
+      );
       const timer = setTimeout(() => session.destroy(new Error(`no connection within ${connectTimeoutMs} ms`)), connectTimeoutMs);
       session.once('connect', () => {
         clearTimeout(timer);
@@ -131,11 +146,41 @@ export class Http2Proxy {
       stream.close(this.http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
-    const { route, pool } = bound;
-    const series = this.metrics.for(this.direction, route.service.id);
+    const { route, pool, series } = bound;
     const started = performance.now();
     const policy = route.service.policy.retries;
     const method = String(headers[':method'] ?? 'GET');
+    const contentType = headers['content-type'];
+    const protocol: RequestProtocol =
+      route.port.protocol === 'grpc' || (typeof contentType === 'string' && contentType.startsWith('application/grpc')) ? 'grpc' : 'http2';
+    const logged = this.accessLog.enabled;
+    const exchange: Exchange = { bytesReceived: 0, bytesSent: 0, attempts: 0, upstream: undefined };
+    if (logged) stream.on('data', (chunk: Buffer) => (exchange.bytesReceived += chunk.length));
+    /** Counted once the stream is over, with the gRPC status of its trailers (or of a Trailers-Only answer). */
+    const finished = (status: number, grpcStatus: string | undefined) => {
+      const response = series.response(protocol, status, grpcStatus);
+      response.requests.inc();
+      response.seconds.observe((performance.now() - started) / 1000);
+      if (logged)
+        this.accessLog.request({
+          direction: this.direction,
+          protocol,
+          startedAt: started,
+          method,
+          path: String(headers[':path'] ?? ''),
+          authority: headerValue(headers[':authority']),
+          status,
+          grpcStatus,
+          bytesReceived: exchange.bytesReceived,
+          bytesSent: exchange.bytesSent,
+          upstream: exchange.upstream,
+          source: addressOf(stream.session?.socket?.remoteAddress, stream.session?.socket?.remotePort),
+          destination: route.service.id,
+          attempts: exchange.attempts,
+          userAgent: headerValue(headers['user-agent']),
+          requestId: headerValue(headers['x-request-id']),
+        });
+    };
     const request = new RequestBody(stream, policy ? MAX_REPLAY_BODY : 0);
     const sent = forwardedHeaders(forward(headers), route, stream.session?.socket?.remoteAddress);
     const planner = new AttemptPlanner(pool, route.port.port, stream.session?.socket?.remoteAddress, policy, IDEMPOTENT.has(method), route.kept);
@@ -147,12 +192,14 @@ export class Http2Proxy {
       const target = planner.next();
       if (!target) {
         series.connectErrors.inc();
-        series.requests('5xx').inc();
         if (!stream.headersSent && !stream.destroyed)
           stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-flb-error': 'upstream' }, { endStream: false });
         stream.end(`no healthy endpoint for ${route.service.id}\n`);
+        finished(503, undefined);
         return;
       }
+      exchange.attempts++;
+      if (logged) exchange.upstream = addressOf(target.address, target.port);
       let session: ClientHttp2Session;
       try {
         session = await this.session(target, pool.connect.timeoutMs, () => series.connectSeconds.observe((performance.now() - started) / 1000));
@@ -166,8 +213,8 @@ export class Http2Proxy {
           continue;
         }
         series.connectErrors.inc();
-        series.requests('5xx').inc();
         if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 502, 'x-flb-error': 'upstream' }, { endStream: true });
+        finished(502, undefined);
         this.log.debug({ service: route.service.id, endpoint: target.key, err: error }, 'http2 connect failed');
         return;
       }
@@ -191,9 +238,9 @@ export class Http2Proxy {
         if (stream.destroyed) return;
         continue;
       }
-      if (answer.kind === 'response') this.pass(stream, answer, planner, series, started);
+      if (answer.kind === 'response') this.pass(stream, answer, planner, finished, logged ? exchange : undefined);
       else {
-        series.requests('5xx').inc();
+        finished(answer.kind === 'timeout' ? 504 : 502, undefined);
         answer.upstream.close(this.http2.constants.NGHTTP2_CANCEL);
         if (stream.destroyed) return;
         if (!stream.headersSent) stream.respond({ ':status': answer.kind === 'timeout' ? 504 : 502, 'x-flb-error': 'upstream' }, { endStream: true });
@@ -248,20 +295,22 @@ export class Http2Proxy {
     stream: ServerHttp2Stream,
     answer: Extract<Attempt, { kind: 'response' }>,
     planner: AttemptPlanner,
-    series: ReturnType<SidecarMetrics['for']>,
-    started: number,
+    finished: (status: number, grpcStatus: string | undefined) => void,
+    /** Set when the access log wants the response's bytes. */
+    exchange: Exchange | undefined,
   ): void {
     const { upstream, response, status, endStream, received } = answer;
     // A gRPC failure is an HTTP 200 with grpc-status in the trailers; only UNAVAILABLE (14) says the endpoint is unwell.
     let outcome: 'success' | '5xx' | 'reset' = status >= 500 || answer.grpcStatus === '14' ? '5xx' : 'success';
-    series.requestSeconds.observe((performance.now() - started) / 1000);
-    series.requests(`${Math.floor(status / 100)}xx`).inc();
+    if (exchange) upstream.on('data', (chunk: Buffer) => (exchange.bytesSent += chunk.length));
     const trailers = () => {
       if (received.trailers?.['grpc-status'] === '14') outcome = '5xx';
       return received.trailers ? forward(received.trailers) : {};
     };
     const closed = () => {
       trailers();
+      const grpcStatus = received.trailers?.['grpc-status'];
+      finished(status, typeof grpcStatus === 'string' ? grpcStatus : answer.grpcStatus);
       planner.end(outcome);
       if (upstream.rstCode && upstream.rstCode !== this.http2.constants.NGHTTP2_NO_ERROR && !stream.destroyed) stream.close(upstream.rstCode);
     };
@@ -281,6 +330,14 @@ export class Http2Proxy {
     stream.on('wantTrailers', () => stream.sendTrailers(trailers()));
     upstream.pipe(stream);
   }
+}
+
+/** What the access log says of a stream, filled in as it goes. */
+interface Exchange {
+  bytesReceived: number;
+  bytesSent: number;
+  attempts: number;
+  upstream: string | undefined;
 }
 
 type Attempt =

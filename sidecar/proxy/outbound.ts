@@ -1,4 +1,5 @@
 import type { Logger } from '../../common/log.js';
+import { addressOf, ConnectionRecord, NO_ACCESS_LOG, type AccessLog } from '../access-log.js';
 import { AttemptPlanner, GIVE_UP, type EndpointPool } from '../balancer/index.js';
 import type { ServiceSeries, SidecarMetrics } from '../metrics.js';
 import { ForwardOutcome, type OriginalDestination } from '../native/index.js';
@@ -27,6 +28,7 @@ export interface OutboundOptions {
   http2: Lazy<Http2Proxy>;
   metrics: SidecarMetrics;
   log: Logger;
+  accessLog?: AccessLog;
   /** For tests and VMs without interception: where a connection was meant to go (the original destination is then not read). */
   destination?: (peer: { address: string; port: number }) => OriginalDestination;
 }
@@ -55,6 +57,9 @@ export interface ProxyListener {
  */
 export function startOutbound(options: OutboundOptions): ProxyListener {
   const { log, metrics } = options;
+  const accessLog = options.accessLog ?? NO_ACCESS_LOG;
+  const unknownSeries = metrics.for('outbound', 'unknown');
+  const deniedSeries = metrics.for('outbound', 'denied');
   const listener: ForwardingListener = new ForwardingListener((accepted) => route(accepted), log);
   metrics.beforeCollect(() => listener.reportBytes());
 
@@ -68,7 +73,7 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
     const view = options.view();
     const route = view.routes.lookup(destination.address, destination.port);
     if (!route) {
-      passThrough(accepted.id, destination, view.unknownDestination);
+      passThrough(accepted, destination, view.unknownDestination);
       return;
     }
     const pool = view.pools.get(route.service.id);
@@ -101,18 +106,29 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
           },
         );
       }
-    } else new BalancedConnection(accepted, route, pool, listener, metrics.for('outbound', route.service.id), log).attempt();
+    } else {
+      const record = accessLog.enabled
+        ? new ConnectionRecord(accessLog, 'outbound', addressOf(accepted.peerAddress, accepted.peerPort), route.service.id)
+        : undefined;
+      new BalancedConnection(accepted, route, pool, listener, metrics.forService('outbound', route.service), log, record).attempt();
+    }
   }
 
-  function passThrough(id: number, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {
+  function passThrough(accepted: AcceptedConnection, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {
+    const { id } = accepted;
+    const record = accessLog.enabled
+      ? new ConnectionRecord(accessLog, 'outbound', addressOf(accepted.peerAddress, accepted.peerPort), policy === 'deny' ? 'denied' : 'unknown')
+      : undefined;
     if (policy === 'deny') {
-      metrics.for('outbound', 'denied').connections.inc();
+      deniedSeries.connections.inc();
       log.debug({ destination }, 'unknown destination refused (outbound.unknownDestination: deny)');
       listener.reset(id);
+      record?.closed('denied');
       return;
     }
+    if (record) record.upstream = addressOf(destination.address, destination.port);
     // The sidecar's own connections are never redirected (its UID is excluded), so this goes out as is.
-    const connection = new PassThroughConnection(id, listener, metrics.for('outbound', 'unknown'));
+    const connection = new PassThroughConnection(id, listener, unknownSeries, record);
     const errno = listener.connect(id, connection, destination.address, destination.port, PASSTHROUGH_CONNECT_TIMEOUT_MS);
     if (errno !== 0) connection.connected(errno);
   }
@@ -144,6 +160,8 @@ class BalancedConnection implements ForwardedConnection {
     private readonly listener: ForwardingListener,
     private readonly series: ServiceSeries,
     private readonly log: Logger,
+    /** Set while the access log is on. */
+    private readonly record: ConnectionRecord | undefined,
   ) {
     series.connections.inc();
     // Hashing on the client address is the only use of the peer address.
@@ -158,6 +176,7 @@ class BalancedConnection implements ForwardedConnection {
         this.giveUp();
         return;
       }
+      if (this.record) this.record.upstream = addressOf(target.address, target.port);
       const errno = this.listener.connect(this.accepted.id, this, target.address, target.port, this.pool.connect.timeoutMs);
       if (errno === 0 || !this.retryNow(errno)) return;
     }
@@ -175,12 +194,14 @@ class BalancedConnection implements ForwardedConnection {
   bytes(fromClient: number, fromUpstream: number): void {
     this.series.sent.inc(fromClient);
     this.series.received.inc(fromUpstream);
+    this.record?.bytes(fromClient, fromUpstream);
   }
 
   closed(fromClient: number, fromUpstream: number, outcome: ForwardOutcome): void {
     this.bytes(fromClient, fromUpstream);
     this.series.active.dec();
     this.planner.end(outcome === ForwardOutcome.UpstreamFailed ? 'reset' : 'success');
+    this.record?.closed(outcome);
   }
 
   /** After a failed connect: true to attempt again at once; a later attempt is scheduled, or the connection reset. */
@@ -212,6 +233,7 @@ class BalancedConnection implements ForwardedConnection {
       'no endpoint could be reached; connection reset',
     );
     this.listener.reset(this.accepted.id);
+    this.record?.closed(this.lastErrno ? `connect-failed: ${errnoName(this.lastErrno)}` : 'no-endpoint');
   }
 }
 
@@ -221,6 +243,7 @@ class PassThroughConnection implements ForwardedConnection {
     private readonly id: number,
     private readonly listener: ForwardingListener,
     private readonly series: ServiceSeries,
+    private readonly record: ConnectionRecord | undefined,
   ) {
     series.connections.inc();
   }
@@ -232,15 +255,18 @@ class PassThroughConnection implements ForwardedConnection {
     }
     this.series.connectErrors.inc();
     this.listener.reset(this.id);
+    this.record?.closed(`connect-failed: ${errnoName(errno)}`);
   }
 
   bytes(fromClient: number, fromUpstream: number): void {
     this.series.sent.inc(fromClient);
     this.series.received.inc(fromUpstream);
+    this.record?.bytes(fromClient, fromUpstream);
   }
 
-  closed(fromClient: number, fromUpstream: number): void {
+  closed(fromClient: number, fromUpstream: number, outcome: ForwardOutcome): void {
     this.bytes(fromClient, fromUpstream);
     this.series.active.dec();
+    this.record?.closed(outcome);
   }
 }
