@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1StatefulSet } from '@kubernetes/client-node';
 import { execa } from 'execa';
 import YAML from 'yaml';
-import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { defaultMesh, SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { meshParts, podSidecar } from '../injector/mesh-parts.js';
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
 import { CHECKOUT } from '../devenv/node-simulator/images.js';
 import { CHART_DIR, find, Helm, VALUES_SCHEMA_FILE, valuesSchemaWithContract, type KubeObject } from './harness/chart.js';
@@ -295,6 +296,21 @@ describe('the flb-mesh chart', () => {
       expect((service.spec as { ports: { name: string }[] }).ports.map((p) => p.name)).toContain(spec.endpoints[0]!.port);
       expect(monitor.metadata.labels).toMatchObject({ release: 'prometheus' });
     }
+  });
+
+  it("renders a PodMonitor for every injected sidecar, by the label and the metrics port name the injector gives them, whatever the app's prometheus.io annotations", async () => {
+    const objects = await helm.render({ metrics: { serviceMonitor: { enabled: true, labels: { release: 'prometheus' } } } });
+    const monitor = find(objects, 'PodMonitor', 'flb-sidecars');
+    expect(monitor.metadata.labels).toMatchObject({ release: 'prometheus' });
+    expect(monitor.spec).toEqual({
+      selector: { matchLabels: { [SIDECAR_INJECTED_LABEL]: SIDECAR_INJECTED_VALUE } },
+      namespaceSelector: { any: true },
+      podMetricsEndpoints: [{ port: 'flb-metrics', path: '/metrics', interval: '30s' }],
+    });
+    const mesh = defaultMesh();
+    const sidecar = podSidecar(meshParts({ mesh, nativeSidecars: false, version: FLB_MESH_VERSION }), { kind: 'Deployment', name: 'web' }, '{}', {});
+    expect(sidecar.ports).toEqual([expect.objectContaining({ name: 'flb-metrics', containerPort: mesh.ports.metrics })]);
+    expect(await helm.render()).not.toContainEqual(expect.objectContaining({ kind: 'PodMonitor' }));
   });
 });
 
