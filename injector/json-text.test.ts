@@ -1,6 +1,6 @@
 import { GCProfiler } from 'node:v8';
 import { describe, expect, it } from '@jest/globals';
-import { deepFreeze, jsonText, rememberJson } from './json-text.js';
+import { Base64JsonWriter, deepFreeze, jsonText, rememberJson } from './json-text.js';
 
 /** Median young-generation collection time while `make` runs 400,000 times (after a warm-up). */
 function medianScavengeMs(make: (i: number) => number): number {
@@ -43,5 +43,22 @@ describe('remembered JSON text', () => {
     const plain = medianScavengeMs((i) => jsonText({ id: i, padding }).length);
     const remembered = medianScavengeMs((i) => jsonText(rememberJson({ id: i, padding })).length);
     expect(remembered).toBeLessThan(4 * plain);
+  });
+});
+
+describe('Base64JsonWriter', () => {
+  it('encodes text of any length and script between remembered pieces to the JSON it was given, but for spaces between tokens', () => {
+    const piece = rememberJson({ name: 'flb-sidecar', image: 'flomesh/flb-mesh:test', note: 'long enough to be encoded once, apart' });
+    for (const between of ['', 'é', 'ab', '😀', 'x'.repeat(5000), 'é😀中'.repeat(3000)]) {
+      const writer = new Base64JsonWriter();
+      writer.text(`[${JSON.stringify(between)},`);
+      writer.value(piece);
+      writer.text(`,${JSON.stringify(between)},`);
+      writer.value(piece);
+      writer.text(']');
+      const decoded = Buffer.from(writer.finish(), 'base64').toString('utf8');
+      expect(decoded.replace(/\s+(?=[,{\]])/g, '')).toBe(JSON.stringify([between, piece, between, piece]));
+      expect(JSON.parse(decoded)).toEqual([between, piece, between, piece]);
+    }
   });
 });

@@ -136,11 +136,22 @@ export class Base64JsonWriter {
 
   private flush(beforePiece: boolean): void {
     if (!this.pending) return;
-    // Before a piece, the text must fill whole 3-byte groups; the last text needs no padding.
-    this.out += Buffer.from(beforePiece ? padToGroups(this.pending) : this.pending).toString('base64');
+    // A UTF-16 code unit is at most 3 bytes of UTF-8; 2 more for the padding.
+    const needed = 3 * this.pending.length + 2;
+    if (needed > scratch.length) scratch = Buffer.allocUnsafeSlow(needed);
+    let end = scratch.write(this.pending, 0);
+    // Before a piece, the text must fill whole 3-byte groups (spaces, as padToGroups pads); the last text needs no padding.
+    if (beforePiece) while (end % 3) scratch[end++] = 0x20;
+    this.out += scratch.toString('base64', 0, end);
     this.pending = '';
   }
 }
+
+/**
+ * Where flush() puts the text it encodes, kept between reviews: a Buffer made per encoding was most
+ * of the writer's garbage. Used only within one synchronous flush().
+ */
+let scratch = Buffer.allocUnsafeSlow(4096);
 
 /** Freezes a value and everything in it: a part shared by every pod's patch must never change. */
 export function deepFreeze<T>(value: T): T {
