@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
-import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type SinkConfig } from '../common/contract/index.js';
+import { SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, type BridgeConfig, type Mesh, type Service, type SinkConfig } from '../common/contract/index.js';
 import { KubeEventRecorder, kubeEventsApi, type EventsApi, type KubeEvent } from '../common/kube-events.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
@@ -18,6 +18,7 @@ import { LeaderElector } from './kube/leader.js';
 import { MeshSettings } from './kube/mesh-settings.js';
 import { createBridgeMetrics } from './metrics.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
+import { ConsulSink } from './sinks/consul/sink.js';
 import { RepoSink } from './sinks/repo.js';
 import { ConsulSource } from './sources/consul/source.js';
 import { EurekaSource } from './sources/eureka/source.js';
@@ -61,10 +62,22 @@ export interface Bridge {
   stop(): Promise<void>;
 }
 
-function makeSink(config: SinkConfig, log: Logger): Sink {
+interface SinkContext {
+  sources: BridgeConfig['sources'];
+  log: Logger;
+  /** A Warning Event on the Kubernetes Service a sink could not write (registry services have no object to carry one). */
+  problemOn: (service: Pick<Service, 'name' | 'source' | 'namespace'>, reason: string, why: string) => void;
+}
+
+function makeSink(config: SinkConfig, context: SinkContext): Sink {
+  const { log, sources } = context;
   switch (config.kind) {
     case 'repo':
       return new RepoSink(config, log);
+    case 'consul':
+      return new ConsulSink({ config, sources, log, onProblem: (service, why) => context.problemOn(service, 'ConsulSyncFailed', why) });
+    case 'kubernetes':
+      throw new Error(`sink ${config.name}: the kubernetes sink is not built yet`);
   }
 }
 
@@ -142,6 +155,21 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       })
     : undefined;
 
+  const sinkContext: SinkContext = {
+    sources: config.sources,
+    log,
+    problemOn: (service, reason, why) => {
+      if (service.source !== 'kubernetes' || !service.namespace) return;
+      const uid = kubernetesSources.map((k) => k.uidOf('Service', service.namespace!, service.name)).find((u) => u !== undefined);
+      if (uid)
+        raiseEvent({
+          subject: { apiVersion: 'v1', kind: 'Service', namespace: service.namespace, name: service.name, uid },
+          type: 'Warning',
+          reason,
+          message: why,
+        });
+    },
+  };
   let sinks: Sink[] = [];
   const syncLag = new SyncLag(
     catalog,
@@ -152,7 +180,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   let term = 0;
   const leading = () => {
     const mine = ++term;
-    const next = config.sinks.map((s) => makeSink(s, log));
+    const next = config.sinks.map((s) => makeSink(s, sinkContext));
     void readStoredVips(next, log, () => mine !== term).then(async (stored) => {
       const publishedMesh = meshSettings.loaded ? undefined : await readStoredMesh(next, log);
       if (mine !== term) {

@@ -196,8 +196,79 @@ export const RepoSinkSchema = z.object({
     .optional(),
 });
 
+/**
+ * Which catalog services a registry sink writes (registry-bridge/README.md, Sinks): those of the
+ * sources named in `from`, Kubernetes ones only in `namespaces`, and, per Service, the
+ * `flomesh.io/registry-sync` annotation (`"true"` or `"false"`) over `exportByDefault`.
+ */
+const sinkScope = {
+  /** Source names whose services are written; unset: every kubernetes source. A sink never writes what came from its own registry. */
+  from: z.array(dnsLabel).min(1).optional(),
+  namespaces: NamespaceSelectionSchema.default({ include: ['*'], exclude: [] }),
+  /** Kubernetes Services without the `flomesh.io/registry-sync` annotation: written when true (the default). */
+  exportByDefault: z.boolean().default(true),
+};
+
+export const ConsulSinkSchema = z.object({
+  kind: z.literal('consul'),
+  name: dnsLabel.default('consul'),
+  address: consulAddress.default('http://127.0.0.1:8500'),
+  /** The datacenter written (`?dc=`); the agent's own when unset. */
+  datacenter: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be a Consul datacenter name (letters, digits, - and _)')
+    .optional(),
+  /** A file holding the ACL token (needs node:write on `node` and service:write on the names written); read again after Consul refuses it. */
+  tokenFile: z.string().min(1).optional(),
+  tls: z
+    .object({
+      caFile: z.string().min(1).optional(),
+      certFile: z.string().min(1).optional(),
+      keyFile: z.string().min(1).optional(),
+      serverName: dnsName.optional(),
+    })
+    .refine((t) => !t.certFile === !t.keyFile, 'certFile and keyFile go together')
+    .optional(),
+  /** The synthetic node every instance is registered on (as consul-k8s's k8s-sync); unset: flb-<the mesh's clusterName>. One per cluster. */
+  node: z
+    .string()
+    .regex(/^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$/, 'must be a Consul node name')
+    .optional(),
+  /** The synthetic node's address (never dialled: instances carry their own). */
+  nodeAddress: z.string().min(1).default('127.0.0.1'),
+  ...sinkScope,
+  /** Prepended to every name written (consul-k8s's -consul-service-prefix). */
+  servicePrefix: z
+    .string()
+    .regex(/^[a-z0-9-]*$/, 'lowercase letters, digits and -')
+    .default(''),
+  /** Kubernetes services are written as <name>-<namespace> (else two namespaces' `web` are one Consul service, as in consul-k8s). */
+  namespaceSuffix: z.boolean().default(false),
+  /** Tags on every instance written (consul-k8s tags with k8s). */
+  tags: z.array(z.string().min(1)).default(['k8s']),
+  /** How often what the node holds is read back, to put back what someone removed (a read: no write unless something differs). */
+  resyncSeconds: z.number().int().min(5).default(60),
+  /** Registrations in flight at once. */
+  writeConcurrency: z.number().int().min(1).max(64).default(4),
+  timeoutSeconds: z.number().int().min(1).max(120).default(10),
+});
+
+export const KubernetesSinkSchema = z.object({
+  kind: z.literal('kubernetes'),
+  name: dnsLabel.default('kubernetes'),
+  /** Where registry services appear as headless Services with EndpointSlices. */
+  namespace: dnsLabel,
+  /** Source names whose services are written; unset: every consul and eureka source. */
+  from: z.array(dnsLabel).min(1).optional(),
+  /** Prepended to every Service name written. */
+  servicePrefix: z
+    .string()
+    .regex(/^([a-z0-9]([-a-z0-9]*[a-z0-9])?-)?$/, 'empty, or a DNS label ending in -')
+    .default(''),
+});
+
 export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema, EurekaSourceSchema, ConsulSourceSchema]);
-export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema]);
+export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema, ConsulSinkSchema, KubernetesSinkSchema]);
 
 export const LeaderElectionSchema = z
   .object({
@@ -256,6 +327,24 @@ export const BridgeConfigSchema = z
         else seen.set(item.name, i);
       });
     }
+    config.sinks.forEach((sink, i) => {
+      if (sink.kind === 'kubernetes') ctx.addIssue({ code: 'custom', path: ['sinks', i, 'kind'], message: 'the kubernetes sink is not built yet' });
+      if (sink.kind === 'repo' || !sink.from) return;
+      sink.from.forEach((name, j) => {
+        const source = config.sources.find((s) => s.name === name);
+        if (!source) ctx.addIssue({ code: 'custom', path: ['sinks', i, 'from', j], message: `no source is named ${name}` });
+        // Its own registry's services written back into it would be there twice.
+        else if (
+          source.kind === sink.kind &&
+          (sink.kind === 'kubernetes' || (source.kind === 'consul' && sink.kind === 'consul' && source.address === sink.address))
+        )
+          ctx.addIssue({
+            code: 'custom',
+            path: ['sinks', i, 'from', j],
+            message: `source ${name} reads the registry this sink writes; its services are there already`,
+          });
+      });
+    });
   })
   .meta({ title: 'flb-mesh BridgeConfig', description: 'The registry bridge: sources, sinks, leader election (flb bridge run --config)' });
 
@@ -264,5 +353,7 @@ export type KubernetesSourceConfig = z.output<typeof KubernetesSourceSchema>;
 export type EurekaSourceConfig = z.output<typeof EurekaSourceSchema>;
 export type ConsulSourceConfig = z.output<typeof ConsulSourceSchema>;
 export type RepoSinkConfig = z.output<typeof RepoSinkSchema>;
+export type ConsulSinkConfig = z.output<typeof ConsulSinkSchema>;
+export type KubernetesSinkConfig = z.output<typeof KubernetesSinkSchema>;
 export type SourceConfig = z.output<typeof SourceConfigSchema>;
 export type SinkConfig = z.output<typeof SinkConfigSchema>;

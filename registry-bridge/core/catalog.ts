@@ -116,7 +116,7 @@ export class Catalog implements CatalogUpdates {
     this.completed = false;
     for (const sink of sinks) {
       sink.setMesh(this.mesh);
-      for (const [id, held] of this.services) sink.setService(id, documentOf(held), held.json);
+      for (const [id, held] of this.services) sink.setService(id, documentOf(held), held.json, held.source);
       for (const [id, held] of this.sidecars) sink.setSidecar(id, held.value);
     }
     this.maybeComplete();
@@ -204,7 +204,7 @@ export class Catalog implements CatalogUpdates {
     this.services.set(id, { source, json, reportedHostnames: wanted, reportedVips: reported.vips });
     this.stats.services = this.services.size;
     if (held && held.json === json) return true;
-    for (const sink of this.sinks) sink.setService(id, checked.data, json);
+    for (const sink of this.sinks) sink.setService(id, checked.data, json, source);
     return true;
   }
 
@@ -221,7 +221,7 @@ export class Catalog implements CatalogUpdates {
     this.lostNames.delete(id);
     this.vips.release(id);
     this.stats.services = this.services.size;
-    for (const sink of this.sinks) sink.setService(id, undefined, undefined);
+    for (const sink of this.sinks) sink.setService(id, undefined, undefined, source);
     for (const other of this.hostnames.release(id)) this.render(other);
   }
 

@@ -57,8 +57,11 @@ export interface Sink {
   readonly name: string;
   readonly kind: string;
   setMesh(mesh: Mesh): void;
-  /** `json` is the service as the catalog serialised it (sinks that store JSON write it as is). */
-  setService(id: string, service: Service | undefined, json: string | undefined): void;
+  /**
+   * `json` is the service as the catalog serialised it (sinks that store JSON write it as is);
+   * `source` the name of the source that reported it (registry sinks write only some sources').
+   */
+  setService(id: string, service: Service | undefined, json: string | undefined, source?: string): void;
   setSidecar(id: string, config: SidecarConfig | undefined): void;
   /** Every source has synced: what the sink holds and nobody desires may now be removed. */
   complete(): void;

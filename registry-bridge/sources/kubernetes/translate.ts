@@ -18,6 +18,8 @@ export type PortProtocol = 'tcp' | 'http' | 'http2' | 'grpc';
 
 /** Marks objects a sink of the bridge wrote (a registry service shown as a Kubernetes Service): never read back as a source. */
 export const ORIGIN_LABEL = 'flomesh.io/origin';
+/** Opts a Service in (`"true"`) or out (`"false"`) of the registry sinks (Consul, Eureka), as consul-k8s's `consul.hashicorp.com/service-sync`. */
+export const REGISTRY_SYNC_ANNOTATION = 'flomesh.io/registry-sync';
 
 /**
  * What a port speaks: its `appProtocol` first (`http`, `kubernetes.io/h2c`, `grpc`; anything else,
@@ -121,7 +123,11 @@ export function translateService(
     })),
     endpoints,
     policy,
-    labels: { [ORIGIN_LABEL]: 'kubernetes' },
+    labels: {
+      [ORIGIN_LABEL]: 'kubernetes',
+      // Registry sinks read it from the catalog (registry-bridge/sinks/scope.ts).
+      ...(svc.annotations[REGISTRY_SYNC_ANNOTATION] !== undefined ? { [REGISTRY_SYNC_ANNOTATION]: svc.annotations[REGISTRY_SYNC_ANNOTATION] } : {}),
+    },
   };
   return { service, problems };
 }

@@ -1,0 +1,333 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { API_VERSION, BridgeConfigSchema, ServiceSchema, type ConsulSinkConfig, type Service } from '../../../common/contract/index.js';
+import { createLogger } from '../../../common/log.js';
+import { ConsulWriteError } from './api.js';
+import { ConsulSink } from './sink.js';
+
+const log = createLogger('consul-sink-test', 'silent');
+
+interface Instance {
+  ID: string;
+  Service: string;
+  Address: string;
+  Port: number;
+  Tags: string[];
+  Meta: Record<string, string>;
+}
+
+/** Consul's catalog as the sink sees it: one node's services and checks, every write recorded. */
+class FakeConsul {
+  nodes = new Map<string, { services: Map<string, Instance>; checks: Map<string, { CheckID: string; ServiceID: string; Status: string }> }>();
+  writes: { path: string; body: Record<string, unknown> }[] = [];
+  /** Answers the next calls with this error instead. */
+  failing?: (path: string, body: unknown) => Error | undefined;
+
+  node(name: string) {
+    let node = this.nodes.get(name);
+    if (!node) this.nodes.set(name, (node = { services: new Map(), checks: new Map() }));
+    return node;
+  }
+
+  api = {
+    call: async (method: 'GET' | 'PUT', path: string, body?: unknown): Promise<unknown> => {
+      await Promise.resolve();
+      const error = this.failing?.(path, body);
+      if (error) throw error;
+      if (method === 'GET') {
+        const name = decodeURIComponent(path.split('/').pop()!);
+        const node = this.nodes.get(name);
+        if (path.startsWith('/v1/catalog/node-services/')) return node ? { Node: { Node: name }, Services: [...node.services.values()] } : null;
+        return node ? [...node.checks.values()] : [];
+      }
+      const b = body as Record<string, unknown>;
+      this.writes.push({ path, body: b });
+      const node = this.node(b.Node as string);
+      if (path === '/v1/catalog/register') {
+        if (b.Service) {
+          const service = b.Service as Partial<Instance> & { ID: string };
+          node.services.set(service.ID, { ...service, Tags: service.Tags ?? [], Meta: service.Meta ?? {} } as Instance);
+        }
+        if (b.Check) {
+          const check = b.Check as { CheckID: string; ServiceID: string; Status: string };
+          node.checks.set(check.CheckID, check);
+        }
+      } else {
+        node.services.delete(b.ServiceID as string);
+        for (const [id, check] of node.checks) if (check.ServiceID === b.ServiceID) node.checks.delete(id);
+      }
+      return true;
+    },
+    reloadToken: () => {},
+    close: () => {},
+  };
+}
+
+const sources = [
+  { name: 'kubernetes', kind: 'kubernetes' as const },
+  { name: 'consul', kind: 'consul' as const },
+];
+
+const sinkConfig = (over: Record<string, unknown> = {}): ConsulSinkConfig =>
+  BridgeConfigSchema.parse({
+    apiVersion: API_VERSION,
+    kind: 'BridgeConfig',
+    mesh: { file: '/x' },
+    sources: [{ kind: 'kubernetes' }, { kind: 'consul', address: 'http://consul-source:8500' }],
+    sinks: [{ kind: 'consul', address: 'http://consul:8500', ...over }],
+  }).sinks[0] as ConsulSinkConfig;
+
+const kubeService = (name: string, namespace: string, endpoints: [string, boolean][], labels: Record<string, string> = {}): Service =>
+  ServiceSchema.parse({
+    apiVersion: API_VERSION,
+    kind: 'Service',
+    id: `${name}.${namespace}`,
+    name,
+    namespace,
+    source: 'kubernetes',
+    hostnames: [],
+    vips: [],
+    ports: [{ port: 80, protocol: 'http' }],
+    endpoints: endpoints.map(([address, healthy]) => ({ address, port: 8080, weight: 1, priority: 0, healthy, metadata: {} })),
+    labels: { 'flomesh.io/origin': 'kubernetes', ...labels },
+  });
+
+const sinks: ConsulSink[] = [];
+afterEach(async () => {
+  for (const sink of sinks.splice(0)) await sink.stop();
+});
+
+function makeSink(consul: FakeConsul, over: Record<string, unknown> = {}) {
+  const problems: string[] = [];
+  const sink = new ConsulSink({ config: sinkConfig(over), sources, log, api: consul.api, onProblem: (s, why) => problems.push(`${s.id}: ${why}`) });
+  sink.setMesh({ clusterName: 'east' } as never);
+  sinks.push(sink);
+  return { sink, problems };
+}
+
+const instancesOf = (consul: FakeConsul, node = 'flb-east') =>
+  [...(consul.nodes.get(node)?.services.values() ?? [])]
+    .map((s) => `${s.Service} ${s.Address}:${s.Port} ${consul.node(node).checks.get(`${s.ID}:readiness`)?.Status ?? '-'}`)
+    .sort();
+
+describe('the Consul sink', () => {
+  it('registers each endpoint of a Kubernetes Service on the cluster node, at its pod address, with its readiness and origin', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul);
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', false],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual(['web 10.244.0.5:8080 passing', 'web 10.244.0.6:8080 critical']);
+    const registered = consul.nodes.get('flb-east')!.services.get('web.shop-10-244-0-5-8080')!;
+    expect(registered).toMatchObject({
+      Tags: ['k8s'],
+      Meta: {
+        'flomesh-origin': 'kubernetes',
+        'flomesh-writer': 'flb-east/consul',
+        'flomesh-service': 'web.shop',
+        'external-source': 'kubernetes',
+        'external-k8s-ns': 'shop',
+      },
+    });
+    expect(consul.writes[0]!.body).toMatchObject({ Node: 'flb-east', Address: '127.0.0.1' });
+    expect(sink.status()).toMatchObject({ kind: 'consul', pending: 0, writes: 2, failures: 0 });
+  });
+
+  it('writes only the check when only readiness changed, and nothing when nothing did', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul);
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', true],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    consul.writes = [];
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', false],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    expect(consul.writes).toHaveLength(1);
+    expect(consul.writes[0]!.body).toMatchObject({ SkipNodeUpdate: true, Check: { CheckID: 'web.shop-10-244-0-6-8080:readiness', Status: 'critical' } });
+    expect(consul.writes[0]!.body.Service).toBeUndefined();
+    consul.writes = [];
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', false],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    expect(consul.writes).toEqual([]);
+  });
+
+  it('a new sink (a restart, a new leader) rewrites nothing Consul holds already, and removes nothing before every source listed', async () => {
+    const consul = new FakeConsul();
+    const first = makeSink(consul).sink;
+    first.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    first.setService('old.shop', kubeService('old', 'shop', [['10.244.0.9', true]]), undefined, 'kubernetes');
+    await first.settled();
+    await first.stop();
+    // Someone else's service on the same node: never touched.
+    consul.node('flb-east').services.set('hand-made', { ID: 'hand-made', Service: 'manual', Address: '10.0.0.1', Port: 1, Tags: [], Meta: {} });
+    consul.writes = [];
+    const { sink } = makeSink(consul);
+    // Only web is listed so far: old must stay.
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await sink.settled();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(consul.writes).toEqual([]);
+    expect(instancesOf(consul)).toEqual(['manual 10.0.0.1:1 -', 'old 10.244.0.9:8080 passing', 'web 10.244.0.5:8080 passing']);
+    sink.complete();
+    await sink.settled();
+    expect(consul.writes.map((w) => `${w.path} ${String(w.body.ServiceID)}`)).toEqual(['/v1/catalog/deregister old.shop-10-244-0-9-8080']);
+    expect(instancesOf(consul)).toEqual(['manual 10.0.0.1:1 -', 'web 10.244.0.5:8080 passing']);
+  });
+
+  it('deregisters the instances of a scaled-down or deleted Service once sources have listed', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul);
+    sink.complete();
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', true],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.6', true]]), undefined, 'kubernetes');
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual(['web 10.244.0.6:8080 passing']);
+    sink.setService('web.shop', undefined, undefined, 'kubernetes');
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual([]);
+  });
+
+  it('writes only the sources, namespaces and Services in its scope', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul, { namespaces: { include: ['*'], exclude: ['kube-system'] }, exportByDefault: false });
+    sink.setService('a.shop', kubeService('a', 'shop', [['10.244.0.1', true]]), undefined, 'kubernetes');
+    sink.setService('b.shop', kubeService('b', 'shop', [['10.244.0.2', true]], { 'flomesh.io/registry-sync': 'true' }), undefined, 'kubernetes');
+    sink.setService('c.kube-system', kubeService('c', 'kube-system', [['10.244.0.3', true]], { 'flomesh.io/registry-sync': 'true' }), undefined, 'kubernetes');
+    // What the Consul source read is Consul's already (the default `from` is the kubernetes sources).
+    sink.setService(
+      'd.dc1.consul',
+      { ...kubeService('d', 'x', [['10.1.0.4', true]]), id: 'd.dc1.consul', source: 'consul', registry: 'dc1' } as Service,
+      undefined,
+      'consul',
+    );
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual(['b 10.244.0.2:8080 passing']);
+    // Exported by default, a Service annotated "false" opts out.
+    const other = new FakeConsul();
+    const opted = makeSink(other).sink;
+    opted.setService('e.shop', kubeService('e', 'shop', [['10.244.0.7', true]], { 'flomesh.io/registry-sync': 'false' }), undefined, 'kubernetes');
+    opted.setService('f.shop', kubeService('f', 'shop', [['10.244.0.8', true]]), undefined, 'kubernetes');
+    await opted.settled();
+    expect(instancesOf(other)).toEqual(['f 10.244.0.8:8080 passing']);
+  });
+
+  it('names Services with the prefix and namespace suffix', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul, { servicePrefix: 'k8s-', namespaceSuffix: true, tags: ['k8s', 'east'] });
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual(['k8s-web-shop 10.244.0.5:8080 passing']);
+    expect([...consul.nodes.get('flb-east')!.services.values()][0]!.Tags).toEqual(['east', 'k8s']);
+  });
+
+  it('reports a refused registration by instance, retries it with backoff, and writes the rest', async () => {
+    const consul = new FakeConsul();
+    let refusals = 0;
+    consul.failing = (path, body) => {
+      const id = (body as { Service?: { ID: string } } | undefined)?.Service?.ID;
+      if (path === '/v1/catalog/register' && id === 'bad.shop-10-244-0-8-8080' && refusals < 2) {
+        refusals++;
+        return new ConsulWriteError('PUT /v1/catalog/register: answered 400: Invalid service address', 400);
+      }
+      return undefined;
+    };
+    const { sink } = makeSink(consul);
+    sink.setService('bad.shop', kubeService('bad', 'shop', [['10.244.0.8', true]]), undefined, 'kubernetes');
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(sink.status().lastError).toMatch(/^bad\.shop-10-244-0-8-8080: .*400: Invalid service address/);
+    expect(instancesOf(consul)).toEqual(['web 10.244.0.5:8080 passing']);
+    await sink.settled();
+    expect(refusals).toBe(2);
+    expect(instancesOf(consul)).toEqual(['bad 10.244.0.8:8080 passing', 'web 10.244.0.5:8080 passing']);
+    expect(sink.status()).toMatchObject({ failures: 2, pending: 0 });
+  });
+
+  it('reads the node again after Consul was away, and puts back what a Consul that came back empty lost', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul, { resyncSeconds: 3600 });
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await sink.settled();
+    let down = true;
+    consul.failing = () => (down ? new ConsulWriteError('PUT /v1/catalog/register: connect ECONNREFUSED') : undefined);
+    consul.nodes.clear();
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', false]]), undefined, 'kubernetes');
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(sink.status().lastError).toMatch(/ECONNREFUSED/);
+    down = false;
+    await sink.settled();
+    expect(instancesOf(consul)).toEqual(['web 10.244.0.5:8080 critical']);
+  });
+
+  it('leaves a service ID someone else holds on the node alone and reports it on the Service', async () => {
+    const consul = new FakeConsul();
+    consul
+      .node('flb-east')
+      .services.set('web.shop-10-244-0-5-8080', { ID: 'web.shop-10-244-0-5-8080', Service: 'theirs', Address: '10.9.9.9', Port: 1, Tags: [], Meta: {} });
+    const { sink, problems } = makeSink(consul);
+    sink.complete();
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await sink.settled();
+    expect(consul.writes).toEqual([]);
+    expect(instancesOf(consul)).toEqual(['theirs 10.9.9.9:1 -']);
+    expect(problems).toEqual([
+      expect.stringMatching(/^web\.shop: Consul already holds a service ID web\.shop-10-244-0-5-8080 on node flb-east that the bridge did not write/),
+    ]);
+    expect(sink.status().lastError).toMatch(/someone else's/);
+  });
+
+  it('refuses a sink that would write a registry back into itself', () => {
+    const parse = (sinks: unknown[]) =>
+      BridgeConfigSchema.safeParse({
+        apiVersion: API_VERSION,
+        kind: 'BridgeConfig',
+        mesh: { file: '/x' },
+        sources: [{ kind: 'kubernetes' }, { kind: 'consul', address: 'http://consul:8500' }],
+        sinks,
+      });
+    expect(parse([{ kind: 'consul', address: 'http://consul:8500', from: ['kubernetes', 'consul'] }]).error?.issues[0]).toMatchObject({
+      path: ['sinks', 0, 'from', 1],
+      message: expect.stringContaining('reads the registry this sink writes'),
+    });
+    expect(parse([{ kind: 'consul', from: ['nope'] }]).error?.issues[0]?.message).toBe('no source is named nope');
+    expect(parse([{ kind: 'consul', address: 'http://other:8500', from: ['consul'] }]).success).toBe(true);
+  });
+});
