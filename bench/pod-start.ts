@@ -204,7 +204,8 @@ function steps(t: Tracked): Record<string, number> {
     'init done -> sidecar running': s.sidecarRunning! - s.initDone!,
     'sidecar: to listening': (s.sidecarListening ?? s.sidecarRunning!) - s.sidecarRunning!,
     'sidecar: to configured': (s.sidecarConfigured ?? s.sidecarListening ?? s.sidecarRunning!) - (s.sidecarListening ?? s.sidecarRunning!),
-    'sidecar: to startup probe passed': s.sidecarStarted! - (s.sidecarConfigured ?? s.sidecarListening ?? s.sidecarRunning!),
+    // The postStart hook (wait-ready) returning, the startup probe's first run, the status write.
+    'sidecar: to started (hook, startup probe)': s.sidecarStarted! - (s.sidecarConfigured ?? s.sidecarListening ?? s.sidecarRunning!),
     'app start (after the sidecar)': s.appRunning - s.sidecarStarted!,
     'app readiness': s.ready - s.appRunning,
     total: s.ready - s.created,
@@ -348,7 +349,7 @@ try {
   const apiSeconds = (kind: Kind) => measured.filter((t) => t.kind === kind && t.seen.apiCreateToReadyS !== undefined).map((t) => t.seen.apiCreateToReadyS!);
   const file = report(
     'pod-start',
-    `Pod start, creation to Ready: ${measured.filter((t) => t.kind === 'injected').length} injected and ${measured.filter((t) => t.kind === 'plain').length} plain pods, alternately at ${rate} pods/s (${achievedRate.toFixed(1)} achieved)`,
+    `Pod start, creation to Ready: ${measured.filter((t) => t.kind === 'injected').length} injected and ${measured.filter((t) => t.kind === 'plain').length} plain pods, alternately at ${rate} pods/s (${achievedRate.toFixed(1)} achieved; load average ${loadBefore.map((l) => l.toFixed(1)).join(' ')} before)`,
     rows,
     {
       podsPerKind,
