@@ -1,0 +1,193 @@
+// The Consul sink end to end: the bridge (a Kubernetes source, a Consul source reading the same
+// Consul, a Consul sink) between a real apiserver and a real Consul v1.16.1 (-dev). Services carry
+// hand-made EndpointSlices: what is asserted is what Consul's catalog and health endpoints answer
+// for them (addresses, ports, readiness), which pods that run would only make slower.
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
+import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/contract/index.js';
+import { createLogger } from '../common/log.js';
+import { startConsul, type ConsulAgent } from '../devenv/consul.js';
+import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
+import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
+import { eventually } from './harness/eventually.js';
+
+const log = createLogger('bridge-sinks-consul-test', process.env.FLB_TEST_LOG === '1' ? 'debug' : 'silent');
+const NS = 'shop';
+const CONTROL = 'flomesh';
+const NODE = 'flb-local';
+
+interface CatalogEntry {
+  Node: string;
+  Address: string;
+  ServiceID: string;
+  ServiceAddress: string;
+  ServicePort: number;
+  ServiceTags: string[];
+  ServiceMeta: Record<string, string>;
+  ModifyIndex: number;
+}
+interface HealthEntry {
+  Service: { ID: string; Address: string; Port: number };
+  Checks: { CheckID: string; Status: string; ModifyIndex: number }[];
+}
+
+describe('the Consul sink against a real Consul and apiserver', () => {
+  let plane: ControlPlane;
+  let consul: ConsulAgent;
+  let core: CoreV1Api;
+  let discovery: DiscoveryV1Api;
+  let bridge: Bridge | undefined;
+
+  const config = (consulSourceAddress = consul.url): BridgeConfig =>
+    BridgeConfigSchema.parse({
+      apiVersion: API_VERSION,
+      kind: 'BridgeConfig',
+      mesh: { configMap: { namespace: CONTROL, name: 'flb-mesh' } },
+      sources: [
+        { kind: 'kubernetes' },
+        // Reads the Consul the sink writes: what the sink wrote must never come back as a Consul service.
+        { kind: 'consul', address: consulSourceAddress, waitSeconds: 2, staleAfterSeconds: 4, sweepIntervalSeconds: 1, removeAfterSeconds: 0 },
+      ],
+      sinks: [{ kind: 'consul', address: consul.url, resyncSeconds: 5 }],
+      leaderElection: { namespace: CONTROL, leaseDurationSeconds: 4, renewDeadlineSeconds: 3, retryPeriodSeconds: 1 },
+    });
+  const start = async (identity: string, consulSourceAddress?: string) => {
+    bridge = await startBridge({ config: config(consulSourceAddress), kubeConfig: plane.kubeConfig, log, identity });
+    return bridge;
+  };
+  const catalog = async (name: string) => ((await consul.api('GET', `/v1/catalog/service/${name}`)).body as CatalogEntry[]) ?? [];
+  const health = async (name: string, passing = false) =>
+    ((await consul.api('GET', `/v1/health/service/${name}${passing ? '?passing=true' : ''}`)).body as HealthEntry[]) ?? [];
+  // Consul's rule: an instance without an address of its own is at its node's.
+  const addresses = async (name: string) => (await catalog(name)).map((e) => `${e.ServiceAddress || e.Address}:${e.ServicePort}`).sort();
+  const passing = async (name: string) => (await health(name, true)).map((e) => e.Service.Address).sort();
+
+  const service = (name: string) => ({
+    metadata: { name },
+    spec: { ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] },
+  });
+  const slice = (name: string, endpoints: [string, boolean][]) => ({
+    metadata: { name: `${name}-1`, labels: { 'kubernetes.io/service-name': name } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    endpoints: endpoints.map(([address, ready]) => ({ addresses: [address], conditions: { ready } })),
+  });
+
+  beforeAll(async () => {
+    [plane, consul] = await Promise.all([startControlPlane(), startConsul()]);
+    core = plane.kubeConfig.makeApiClient(CoreV1Api);
+    discovery = plane.kubeConfig.makeApiClient(DiscoveryV1Api);
+    for (const name of [NS, CONTROL]) await core.createNamespace({ body: { metadata: { name } } });
+    await core.createNamespacedConfigMap({
+      namespace: CONTROL,
+      body: { metadata: { name: 'flb-mesh' }, data: { 'mesh.yaml': `apiVersion: ${API_VERSION}\nkind: Mesh\nname: flb\n` } },
+    });
+  });
+  afterAll(async () => {
+    await bridge?.stop();
+    await consul?.stop();
+    await plane?.stop();
+  });
+
+  it('registers a Kubernetes Service in the catalog at its pod addresses, with a check that is its readiness', async () => {
+    await core.createNamespacedService({ namespace: NS, body: service('web') });
+    await discovery.createNamespacedEndpointSlice({
+      namespace: NS,
+      body: slice('web', [
+        ['10.244.1.1', true],
+        ['10.244.1.2', true],
+        ['10.244.1.3', false],
+      ]),
+    });
+    await start('bridge-a');
+    await eventually('web in Consul with three instances', async () => ((await catalog('web')).length === 3 ? true : undefined));
+    const entries = await catalog('web');
+    expect(entries.map((e) => `${e.Node} ${e.ServiceAddress}:${e.ServicePort}`).sort()).toEqual([
+      `${NODE} 10.244.1.1:8080`,
+      `${NODE} 10.244.1.2:8080`,
+      `${NODE} 10.244.1.3:8080`,
+    ]);
+    expect(entries[0]).toMatchObject({
+      ServiceTags: ['k8s'],
+      ServiceMeta: { 'flomesh-origin': 'kubernetes', 'external-source': 'kubernetes', 'external-k8s-ns': NS, 'flomesh-service': 'web.shop' },
+    });
+    // The not-ready pod is listed, critical: Consul clients asking for passing instances do not get it.
+    expect(await passing('web')).toEqual(['10.244.1.1', '10.244.1.2']);
+    const checks = (await health('web')).map((e) => `${e.Service.Address} ${e.Checks.find((c) => c.CheckID.endsWith(':readiness'))?.Status}`).sort();
+    expect(checks).toEqual(['10.244.1.1 passing', '10.244.1.2 passing', '10.244.1.3 critical']);
+  });
+
+  it('follows a scale-up, a scale-down and readiness, writing only the check when only readiness moved', async () => {
+    const before = new Map((await catalog('web')).map((e) => [e.ServiceID, e.ModifyIndex]));
+    await discovery.replaceNamespacedEndpointSlice({
+      name: 'web-1',
+      namespace: NS,
+      body: slice('web', [
+        ['10.244.1.1', true],
+        ['10.244.1.3', true],
+        ['10.244.1.4', true],
+        ['10.244.1.5', false],
+      ]),
+    });
+    await eventually('web scaled', async () =>
+      (await addresses('web')).join() === '10.244.1.1:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.1.5:8080' ? true : undefined,
+    );
+    await eventually('readiness followed', async () => ((await passing('web')).join() === '10.244.1.1,10.244.1.3,10.244.1.4' ? true : undefined));
+    const after = new Map((await catalog('web')).map((e) => [e.ServiceID, e.ModifyIndex]));
+    // 10.244.1.1 did not change and 10.244.1.3 only became ready: neither service entry was written again.
+    for (const id of ['web.shop-10-244-1-1-8080', 'web.shop-10-244-1-3-8080']) expect(after.get(id)).toBe(before.get(id));
+  });
+
+  it('never imports back what it wrote: the Consul source reading the same Consul sees no web', async () => {
+    await eventually('the consul source synced', async () =>
+      bridge!.status().sources.find((s) => s.kind === 'consul')!.state === 'synced' ? true : undefined,
+    );
+    // A sweep and a few blocking rounds go by.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect([...bridge!.catalog.serviceIds()].filter((id) => id.endsWith('.consul'))).toEqual([]);
+    expect(bridge!.status().sources.find((s) => s.kind === 'consul')).toMatchObject({ services: 0, errors: 0 });
+  });
+
+  it('writes nothing when restarted, and deletes nothing before every source listed once', async () => {
+    await bridge!.settled();
+    const indexes = async () =>
+      (await health('web'))
+        .flatMap((e) => e.Checks.map((c) => `${e.Service.ID} ${c.CheckID} ${c.ModifyIndex}`))
+        .concat((await catalog('web')).map((e) => `${e.ServiceID} ${e.ModifyIndex}`))
+        .sort();
+    const before = await indexes();
+    await bridge!.stop();
+    // While it is down, a Service goes away; the new bridge's Consul source never lists (nothing answers there).
+    await core.deleteNamespacedService({ name: 'web', namespace: NS });
+    await start('bridge-b', 'http://127.0.0.1:1');
+    await eventually('leading, with the kubernetes source synced', async () => {
+      const s = bridge!.status();
+      return s.leader && s.sinks.length > 0 && s.sources.find((x) => x.kind === 'kubernetes')!.state === 'synced' ? true : undefined;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    expect(bridge!.status().sources.find((x) => x.kind === 'consul')!.state).toBe('starting');
+    expect(await indexes()).toEqual(before);
+    expect(bridge!.status().sinks[0]).toMatchObject({ kind: 'consul', writes: 0, failures: 0 });
+  });
+
+  it('deregisters a deleted Service once every source has listed, and only what it wrote', async () => {
+    // Someone's own instance on the bridge's node, and another registration of the name elsewhere: never touched.
+    await consul.api('PUT', '/v1/catalog/register', {
+      Node: NODE,
+      Address: '127.0.0.1',
+      Service: { ID: 'web-by-hand', Service: 'web', Address: '10.9.0.1', Port: 9000 },
+    });
+    await consul.api('PUT', '/v1/catalog/register', { Node: 'vm-1', Address: '10.9.0.2', Service: { ID: 'web-vm', Service: 'web', Port: 9000 } });
+    await bridge!.stop();
+    await start('bridge-c');
+    await eventually(
+      'only the instances the bridge did not write are left',
+      async () => {
+        return (await addresses('web')).join() === '10.9.0.1:9000,10.9.0.2:9000' ? true : undefined;
+      },
+      15_000,
+    );
+    await bridge!.settled();
+    expect(bridge!.status().sinks[0]).toMatchObject({ writes: 4, failures: 0 });
+  });
+});
