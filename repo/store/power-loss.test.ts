@@ -5,13 +5,16 @@
  * is opened as a store. Every acknowledged write must be there, whole, or the write in flight
  * applied whole; the store must open; and it must take a publish afterwards and keep it.
  */
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { materialise, PowerLossRecorder, type CrashPoint, type RecorderOptions, type SyncKind } from '../../common/testing/power-loss.js';
 import { Repo } from '../repo.js';
 import { DiskStore, type JournalLimits } from './disk.js';
+
+// Every crash point is replayed from disk images: seconds of work, more on a loaded machine.
+jest.setTimeout(60_000);
 
 interface CodebaseState {
   version: string;
