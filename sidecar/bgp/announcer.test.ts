@@ -157,7 +157,9 @@ describe('flb bgp', () => {
     expect(metrics).toContain(`flb_bgp_session_down_total{${peerLabel}} 1`);
     expect(metrics).toContain('flb_bgp_vip_healthy{vip="198.51.100.10/32"} 0');
     expect(metrics).toContain('flb_bgp_vip_announced{vip="198.51.100.10/32"} 0');
-    expect(metrics).toMatch(/^flb_bgp_process_resident_memory_bytes \d+/m);
+    // Node's process metrics under their standard names, as in every component (common/metrics.ts).
+    expect(metrics).toMatch(/^process_resident_memory_bytes \d+/m);
+    expect(metrics).not.toContain('flb_bgp_process_');
     await expect(fetchBgpStatus('http://127.0.0.1:1')).rejects.toThrow(/cannot reach the BGP announcer at http:\/\/127.0.0.1:1/);
   });
 });

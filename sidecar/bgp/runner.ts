@@ -5,7 +5,7 @@
 // added off lo, and exits.
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { createMetricsRegistry } from '../../common/metrics.js';
 import type { Logger } from 'pino';
 import type * as Yaml from 'yaml';
 import { BgpSchema } from '../../common/contract/sidecar.js';
@@ -65,8 +65,7 @@ export interface StartOptions {
 
 export async function startBgp(config: BgpConfig, admin: { host: string; port: number }, log: Logger, options: StartOptions): Promise<RunningBgp> {
   const announcer = new Announcer(config, log);
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'flb_bgp_' });
+  const registry = createMetricsRegistry();
   registerBgpMetrics(registry, announcer);
   const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
