@@ -14,7 +14,8 @@
 //   bridge to everything published, its RSS, the HTTP connections it holds to Consul, and the same
 //   100 changes at 10,000 services against those at 1,000.
 // Usage: npm run bench:registry [-- --services 10000 --instances 100000 --small 1000 --changes 100
-//        --workers 1000 --eureka-interval 1 --skip-consul --skip-eureka --skip-scale --profile]
+//        --scale-changes 100 --workers 1000 --eureka-interval 1 --fetch-concurrency 8 --skip-consul --skip-eureka
+//        --skip-scale --profile]
 // --profile writes a CPU profile of the bridge at scale to bench/results/registry-profiles/.
 import type { ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -61,8 +62,11 @@ const SERVICES = flag('services', 10_000);
 const INSTANCES = flag('instances', 100_000);
 const SMALL = Math.min(flag('small', 1000), SERVICES);
 const CHANGES = flag('changes', 100);
+const SCALE_CHANGES = flag('scale-changes', CHANGES);
 const WORKERS = flag('workers', 1000);
 const EUREKA_INTERVAL = flag('eureka-interval', 1);
+/** The Consul source's fetchConcurrency (its default when not given): connections held to Consul are this plus 2. */
+const FETCH_CONCURRENCY = process.argv.includes('--fetch-concurrency') ? flag('fetch-concurrency', 8) : undefined;
 const PROFILE = process.argv.includes('--profile');
 const RUN_CONSUL = !process.argv.includes('--skip-consul');
 const RUN_EUREKA = !process.argv.includes('--skip-eureka');
@@ -233,7 +237,12 @@ async function startBridgeProcess(name: string, repoUrl: string, source: Record<
   return { child, startedAt, logs };
 }
 
-const consulSource = (consul: ConsulAgent) => ({ kind: 'consul', address: consul.url, datacenter: DC });
+const consulSource = (consul: ConsulAgent) => ({
+  kind: 'consul',
+  address: consul.url,
+  datacenter: DC,
+  ...(FETCH_CONCURRENCY ? { fetchConcurrency: FETCH_CONCURRENCY } : {}),
+});
 const consulFile = (s: number) => `/${serviceFilePath(`${serviceName(s)}.${DC}.consul`)}`;
 
 // ---- the measurements
@@ -272,10 +281,11 @@ async function measureChanges(
    * otherwise come right after the poll that saw the last one, a whole interval before the next.
    */
   jitterMs = 0,
+  count = CHANGES,
 ): Promise<ChangeSample[]> {
   const samples: ChangeSample[] = [];
   let said = performance.now();
-  for (let i = 0; i < CHANGES; i++) {
+  for (let i = 0; i < count; i++) {
     const mark = markOf(i);
     await sleep(Math.random() * jitterMs);
     const t0 = now();
@@ -303,7 +313,7 @@ async function measureChanges(
     samples.push(sample);
     if (performance.now() - said > 5000) {
       said = performance.now();
-      progress(`${label}: ${i + 1} of ${CHANGES} changes`);
+      progress(`${label}: ${i + 1} of ${count} changes`);
     }
   }
   return samples;
@@ -359,7 +369,15 @@ async function prepareRepos(bridgeRepo: string, floorRepo?: string) {
 const rows: Record<string, string | number>[] = [];
 const extra: Record<string, unknown> = {
   loadAverageAtStart: loadavg(),
-  sizes: { services: SERVICES, instances: INSTANCES, small: SMALL, changes: CHANGES, workers: WORKERS, eurekaIntervalSeconds: EUREKA_INTERVAL },
+  sizes: {
+    services: SERVICES,
+    instances: INSTANCES,
+    small: SMALL,
+    changes: CHANGES,
+    scaleChanges: SCALE_CHANGES,
+    workers: WORKERS,
+    eurekaIntervalSeconds: EUREKA_INTERVAL,
+  },
 };
 /** A phase's rows on stderr as soon as it ends, so a later failure does not lose them. */
 const sayRows = (from: number) => {
@@ -558,7 +576,7 @@ try {
     const watchers = await startWatchers(sets, /mark-(\d+)\\?",\\?"status\\?":\\?"critical/.source);
     // The same instances as at SMALL services (the first ones): the same files, in a larger catalog.
     const step = Math.floor(SMALL_INSTANCES / CHANGES);
-    progress(`${CHANGES} checks turned critical at ${SERVICES.toLocaleString('en')} services (load ${load()})`);
+    progress(`${SCALE_CHANGES} checks turned critical at ${SERVICES.toLocaleString('en')} services (load ${load()})`);
     const loadAtScaleChanges = load();
     const changesUs = monotonicUs();
     const atLarge = await measureChanges(
@@ -571,8 +589,11 @@ try {
         return now();
       },
       (i) => consulFile(Math.floor((i * step) / PER_SERVICE)),
+      undefined,
+      0,
+      SCALE_CHANGES,
     );
-    profileWindows[`${CHANGES} changes at ${SERVICES.toLocaleString('en')} services`] = { fromUs: changesUs, toUs: monotonicUs() };
+    profileWindows[`${SCALE_CHANGES} changes at ${SERVICES.toLocaleString('en')} services`] = { fromUs: changesUs, toUs: monotonicUs() };
     const connectionsAfterChanges = connectionsTo(large.child.pid!, consulPort);
     await stopChild(watchers.child);
     // What the bridge needs to hold 10,000 services is the RSS once V8 has given back start-up's garbage.
@@ -609,7 +630,7 @@ try {
         value: `${connectionsAtSync}; ${connectionsAfterChanges}`,
       },
       {
-        measure: `scale: one change at ${SERVICES.toLocaleString('en')} services -> ${WORKERS} sidecars`,
+        measure: `scale: one change at ${SERVICES.toLocaleString('en')} services -> ${WORKERS} sidecars (${SCALE_CHANGES} changes)`,
         'p50 ms': p50(largeAll),
         'p99 ms': p99(largeAll),
         value: atSmall
@@ -660,5 +681,7 @@ try {
   rmSync(work, { recursive: true, force: true });
 }
 extra.loadAverageAtEnd = loadavg();
-const file = report('registry', 'Registry bridge (Consul, Eureka): propagation and scale against floors measured in the same run', rows, extra);
+// A run of one registry keeps the other's last results.
+const resultName = RUN_CONSUL && RUN_EUREKA ? 'registry' : RUN_CONSUL ? 'registry-consul' : 'registry-eureka';
+const file = report(resultName, 'Registry bridge (Consul, Eureka): propagation and scale against floors measured in the same run', rows, extra);
 progress(`results in ${file}`);
