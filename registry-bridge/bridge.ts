@@ -19,6 +19,7 @@ import { MeshSettings } from './kube/mesh-settings.js';
 import { createBridgeMetrics } from './metrics.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
 import { ConsulSink } from './sinks/consul/sink.js';
+import { KubernetesSink } from './sinks/kubernetes/sink.js';
 import { RepoSink } from './sinks/repo.js';
 import { ConsulSource } from './sources/consul/source.js';
 import { EurekaSource } from './sources/eureka/source.js';
@@ -64,7 +65,9 @@ export interface Bridge {
 
 interface SinkContext {
   sources: BridgeConfig['sources'];
+  kubeConfig: KubeConfig;
   log: Logger;
+  raiseEvent: (event: KubeEvent) => void;
   /** A Warning Event on the Kubernetes Service a sink could not write (registry services have no object to carry one). */
   problemOn: (service: Pick<Service, 'name' | 'source' | 'namespace'>, reason: string, why: string) => void;
 }
@@ -77,7 +80,19 @@ function makeSink(config: SinkConfig, context: SinkContext): Sink {
     case 'consul':
       return new ConsulSink({ config, sources, log, onProblem: (service, why) => context.problemOn(service, 'ConsulSyncFailed', why) });
     case 'kubernetes':
-      throw new Error(`sink ${config.name}: the kubernetes sink is not built yet`);
+      return new KubernetesSink({
+        config,
+        sources,
+        kubeConfig: context.kubeConfig,
+        log,
+        onClash: (clash) =>
+          context.raiseEvent({
+            subject: { apiVersion: 'v1', kind: 'Service', namespace: clash.namespace, name: clash.name, uid: clash.uid },
+            type: 'Warning',
+            reason: 'ServiceNameTaken',
+            message: clash.message,
+          }),
+      });
   }
 }
 
@@ -157,7 +172,9 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
 
   const sinkContext: SinkContext = {
     sources: config.sources,
+    kubeConfig,
     log,
+    raiseEvent,
     problemOn: (service, reason, why) => {
       if (service.source !== 'kubernetes' || !service.namespace) return;
       const uid = kubernetesSources.map((k) => k.uidOf('Service', service.namespace!, service.name)).find((u) => u !== undefined);

@@ -3,7 +3,7 @@
 // hand-made EndpointSlices: what is asserted is what Consul's catalog and health endpoints answer
 // for them (addresses, ports, readiness), which pods that run would only make slower.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, DiscoveryV1Api, type CoreV1Event } from '@kubernetes/client-node';
 import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
@@ -15,6 +15,8 @@ const log = createLogger('bridge-sinks-consul-test', process.env.FLB_TEST_LOG ==
 const NS = 'shop';
 const CONTROL = 'flomesh';
 const NODE = 'flb-local';
+/** Where the Kubernetes sink shows Consul's services. */
+const SINK_NS = 'registry';
 
 interface CatalogEntry {
   Node: string;
@@ -31,7 +33,7 @@ interface HealthEntry {
   Checks: { CheckID: string; Status: string; ModifyIndex: number }[];
 }
 
-describe('the Consul sink against a real Consul and apiserver', () => {
+describe('the Consul and Kubernetes sinks against a real Consul and apiserver', () => {
   let plane: ControlPlane;
   let consul: ConsulAgent;
   let core: CoreV1Api;
@@ -48,7 +50,10 @@ describe('the Consul sink against a real Consul and apiserver', () => {
         // Reads the Consul the sink writes: what the sink wrote must never come back as a Consul service.
         { kind: 'consul', address: consulSourceAddress, waitSeconds: 2, staleAfterSeconds: 4, sweepIntervalSeconds: 1, removeAfterSeconds: 0 },
       ],
-      sinks: [{ kind: 'consul', address: consul.url, resyncSeconds: 5 }],
+      sinks: [
+        { kind: 'consul', address: consul.url, resyncSeconds: 5 },
+        { kind: 'kubernetes', namespace: SINK_NS },
+      ],
       leaderElection: { namespace: CONTROL, leaseDurationSeconds: 4, renewDeadlineSeconds: 3, retryPeriodSeconds: 1 },
     });
   const start = async (identity: string, consulSourceAddress?: string) => {
@@ -77,7 +82,7 @@ describe('the Consul sink against a real Consul and apiserver', () => {
     [plane, consul] = await Promise.all([startControlPlane(), startConsul()]);
     core = plane.kubeConfig.makeApiClient(CoreV1Api);
     discovery = plane.kubeConfig.makeApiClient(DiscoveryV1Api);
-    for (const name of [NS, CONTROL]) await core.createNamespace({ body: { metadata: { name } } });
+    for (const name of [NS, CONTROL, SINK_NS]) await core.createNamespace({ body: { metadata: { name } } });
     await core.createNamespacedConfigMap({
       namespace: CONTROL,
       body: { metadata: { name: 'flb-mesh' }, data: { 'mesh.yaml': `apiVersion: ${API_VERSION}\nkind: Mesh\nname: flb\n` } },
@@ -167,7 +172,7 @@ describe('the Consul sink against a real Consul and apiserver', () => {
     await new Promise((resolve) => setTimeout(resolve, 2000));
     expect(bridge!.status().sources.find((x) => x.kind === 'consul')!.state).toBe('starting');
     expect(await indexes()).toEqual(before);
-    expect(bridge!.status().sinks[0]).toMatchObject({ kind: 'consul', writes: 0, failures: 0 });
+    expect(bridge!.status().sinks.find((x) => x.kind === 'consul')).toMatchObject({ writes: 0, failures: 0 });
   });
 
   it('deregisters a deleted Service once every source has listed, and only what it wrote', async () => {
@@ -188,6 +193,85 @@ describe('the Consul sink against a real Consul and apiserver', () => {
       15_000,
     );
     await bridge!.settled();
-    expect(bridge!.status().sinks[0]).toMatchObject({ writes: 4, failures: 0 });
+    expect(bridge!.status().sinks.find((x) => x.kind === 'consul')).toMatchObject({ writes: 4, failures: 0 });
+  });
+
+  const sliceEndpoints = async (name: string) =>
+    (await discovery.listNamespacedEndpointSlice({ namespace: SINK_NS, labelSelector: `kubernetes.io/service-name=${name}` })).items
+      .flatMap((slice) => slice.endpoints.map((e) => `${e.addresses[0]}:${slice.ports?.[0]?.port} ${e.conditions?.ready ? 'ready' : 'not ready'}`))
+      .sort();
+  const registerPay = async () => {
+    await consul.api('PUT', '/v1/catalog/register', {
+      Node: 'vm-2',
+      Address: '10.9.1.1',
+      Service: { ID: 'pay-1', Service: 'pay', Port: 7000 },
+      Checks: [{ CheckID: 'service:pay-1', Name: 'pay', Status: 'passing', ServiceID: 'pay-1' }],
+    });
+    await consul.api('PUT', '/v1/catalog/register', {
+      Node: 'vm-3',
+      Address: '10.9.1.2',
+      Service: { ID: 'pay-2', Service: 'pay', Port: 7000 },
+      Checks: [{ CheckID: 'service:pay-2', Name: 'pay', Status: 'critical', ServiceID: 'pay-2' }],
+    });
+  };
+
+  it("shows a Consul service as a headless Service with EndpointSlices, labelled as the bridge's", async () => {
+    await registerPay();
+    const svc = await eventually('Service registry/pay', () => core.readNamespacedService({ name: 'pay', namespace: SINK_NS }));
+    expect(svc.spec).toMatchObject({ clusterIP: 'None', ports: [{ port: 7000, targetPort: 7000, protocol: 'TCP' }] });
+    expect(svc.spec?.selector).toBeUndefined();
+    expect(svc.metadata?.labels).toMatchObject({ 'flomesh.io/origin': 'consul', 'app.kubernetes.io/managed-by': 'flb-bridge' });
+    await eventually('its endpoints', async () => ((await sliceEndpoints('pay')).length === 2 ? true : undefined));
+    expect(await sliceEndpoints('pay')).toEqual(['10.9.1.1:7000 ready', '10.9.1.2:7000 not ready']);
+    const slices = await discovery.listNamespacedEndpointSlice({ namespace: SINK_NS, labelSelector: 'kubernetes.io/service-name=pay' });
+    expect(slices.items[0]!.metadata?.labels).toMatchObject({
+      'endpointslice.kubernetes.io/managed-by': 'flb-bridge.flomesh.io',
+      'flomesh.io/origin': 'consul',
+    });
+  });
+
+  it('creates nothing twice around a loop: Consul -> Kubernetes -> Consul and Kubernetes -> Consul -> Kubernetes', async () => {
+    // registry/pay is not imported by the Kubernetes source, so the Consul sink does not register it back.
+    await core.createNamespacedService({ namespace: NS, body: service('api') });
+    await discovery.createNamespacedEndpointSlice({ namespace: NS, body: slice('api', [['10.244.2.1', true]]) });
+    await eventually('api in Consul', async () => ((await addresses('api')).length === 1 ? true : undefined));
+    await bridge!.settled();
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect((await catalog('pay')).map((e) => e.ServiceID).sort()).toEqual(['pay-1', 'pay-2']);
+    expect(bridge!.catalog.service('pay.registry')).toBeUndefined();
+    // shop/api went to Consul; the Consul source skips it, so no registry/api Service appears.
+    expect(bridge!.catalog.service('api.dc1.consul')).toBeUndefined();
+    await expect(core.readNamespacedService({ name: 'api', namespace: SINK_NS })).rejects.toMatchObject({ code: 404 });
+  });
+
+  it("leaves a user's Service with the same name alone and reports it with an Event on it", async () => {
+    await core.createNamespacedService({ namespace: SINK_NS, body: { metadata: { name: 'cart' }, spec: { ports: [{ port: 1234 }] } } });
+    await consul.api('PUT', '/v1/catalog/register', { Node: 'vm-4', Address: '10.9.2.1', Service: { ID: 'cart-1', Service: 'cart', Port: 8000 } });
+    const event = await eventually('a Warning Event on registry/cart', async () => {
+      const events = await core.listNamespacedEvent({ namespace: SINK_NS });
+      return events.items.find((e: CoreV1Event) => e.involvedObject.name === 'cart' && e.reason === 'ServiceNameTaken');
+    });
+    expect(event).toMatchObject({ type: 'Warning', message: expect.stringContaining('is not the bridge') });
+    expect(bridge!.status().sinks.find((x) => x.kind === 'kubernetes')!.lastError).toMatch(/registry\/cart/);
+    const cart = await core.readNamespacedService({ name: 'cart', namespace: SINK_NS });
+    expect(cart.spec?.ports?.map((p) => p.port)).toEqual([1234]);
+    expect(cart.metadata?.labels ?? {}).toEqual({});
+    expect(await sliceEndpoints('cart')).toEqual([]);
+  });
+
+  it('deletes the Service and its slices when the Consul service is deregistered', async () => {
+    await consul.api('PUT', '/v1/catalog/deregister', { Node: 'vm-2', ServiceID: 'pay-1' });
+    await consul.api('PUT', '/v1/catalog/deregister', { Node: 'vm-3', ServiceID: 'pay-2' });
+    await eventually('registry/pay gone', async () => {
+      try {
+        await core.readNamespacedService({ name: 'pay', namespace: SINK_NS });
+        return undefined;
+      } catch (error) {
+        return (error as { code?: number }).code === 404 ? true : undefined;
+      }
+    });
+    expect(await sliceEndpoints('pay')).toEqual([]);
+    // The user's Service stays.
+    expect((await core.readNamespacedService({ name: 'cart', namespace: SINK_NS })).spec?.ports?.[0]?.port).toBe(1234);
   });
 });

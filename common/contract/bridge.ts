@@ -328,7 +328,6 @@ export const BridgeConfigSchema = z
       });
     }
     config.sinks.forEach((sink, i) => {
-      if (sink.kind === 'kubernetes') ctx.addIssue({ code: 'custom', path: ['sinks', i, 'kind'], message: 'the kubernetes sink is not built yet' });
       if (sink.kind === 'repo' || !sink.from) return;
       sink.from.forEach((name, j) => {
         const source = config.sources.find((s) => s.name === name);

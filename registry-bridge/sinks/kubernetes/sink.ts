@@ -1,0 +1,351 @@
+// The Kubernetes sink: registry services (Consul and Eureka sources by default) as headless
+// Services with EndpointSlices in one namespace (objects.ts). Like the Consul sink it reads what it
+// holds first (a restart or a new leader rewrites nothing: each object carries a hash of what was
+// written) and every `resyncSeconds`, deletes nothing before every source's first full list
+// (`complete()`), and changes or deletes only objects labelled as its own. A Service of the same
+// name that is not the bridge's is left alone, reported with a Warning Event on it, and tried
+// again with backoff (its owner may delete it).
+import { CoreV1Api, DiscoveryV1Api, type KubeConfig, type V1EndpointSlice, type V1Service } from '@kubernetes/client-node';
+import type { KubernetesSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
+import type { Logger } from '../../../common/log.js';
+import type { Sink, SinkStatus } from '../../core/types.js';
+import { inScope, sourcesOf } from '../scope.js';
+import { desiredObjects, HASH_ANNOTATION, isOurs, serviceNameOf, SINK_LABEL, type Desired } from './objects.js';
+
+const BACKOFF_START_MS = 200;
+const BACKOFF_MAX_MS = 30_000;
+const RESYNC_MS = 60_000;
+
+const statusOf = (error: unknown) => (error as { code?: number }).code;
+const messageOf = (error: unknown) => {
+  const body = (error as { body?: unknown }).body;
+  const text = typeof body === 'string' ? body : body ? JSON.stringify(body) : '';
+  const parsed = (() => {
+    try {
+      return (JSON.parse(text) as { message?: string }).message;
+    } catch {
+      return undefined;
+    }
+  })();
+  return parsed ?? (error as Error).message;
+};
+
+interface Held {
+  service?: V1Service;
+  slices: Map<string, V1EndpointSlice>;
+}
+
+/** A user's Service in the way: the subject of the Warning Event. */
+export interface Clash {
+  namespace: string;
+  name: string;
+  uid: string;
+  message: string;
+}
+
+export interface KubernetesSinkOptions {
+  config: KubernetesSinkConfig;
+  sources: readonly Pick<SourceConfig, 'name' | 'kind'>[];
+  kubeConfig: KubeConfig;
+  log: Logger;
+  onClash?: (clash: Clash) => void;
+}
+
+export class KubernetesSink implements Sink {
+  readonly kind = 'kubernetes';
+  readonly name: string;
+  private readonly config: KubernetesSinkConfig;
+  private readonly from: Set<string>;
+  private readonly core: CoreV1Api;
+  private readonly discovery: DiscoveryV1Api;
+  private readonly log: Logger;
+  private readonly onClash: (clash: Clash) => void;
+  /** Desired objects by Service name, and the name of each catalog service. */
+  private readonly wanted = new Map<string, Desired>();
+  private readonly nameOf = new Map<string, string>();
+  private held?: Map<string, Held>;
+  private readonly dirty = new Set<string>();
+  private readonly retryAt = new Map<string, { failures: number; at: number }>();
+  private readonly reported = new Map<string, string>();
+  private mayRemove = false;
+  private running = false;
+  private stopped = false;
+  private readBackoffMs = BACKOFF_START_MS;
+  private wake?: NodeJS.Timeout;
+  private readonly resync: NodeJS.Timeout;
+  private idleWaiters: (() => void)[] = [];
+  private readonly stats = { writes: 0, failures: 0, lastWriteAt: 0, lastError: undefined as string | undefined };
+
+  constructor(options: KubernetesSinkOptions) {
+    this.config = options.config;
+    this.name = options.config.name;
+    this.from = sourcesOf(options.config, options.sources);
+    this.core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.discovery = options.kubeConfig.makeApiClient(DiscoveryV1Api);
+    this.log = options.log.child({ sink: this.name });
+    this.onClash = options.onClash ?? (() => {});
+    this.resync = setInterval(() => {
+      this.held = undefined;
+      this.kick();
+    }, RESYNC_MS);
+    this.resync.unref();
+  }
+
+  setMesh(_mesh: Mesh): void {}
+  setSidecar(): void {}
+
+  setService(id: string, service: Service | undefined, _json: string | undefined, source?: string): void {
+    const previous = this.nameOf.get(id);
+    if (previous !== undefined) {
+      this.nameOf.delete(id);
+      if (this.wanted.get(previous)?.catalogId === id) this.wanted.delete(previous);
+      this.dirty.add(previous);
+    }
+    if (service && inScope(this.config, this.from, source, service)) {
+      const name = serviceNameOf(service, this.config.servicePrefix);
+      if (name === undefined) this.problem(id, `${id} makes no Service name (a DNS label)`);
+      else {
+        const holder = this.wanted.get(name);
+        // Two registry services with one name: the smaller catalog id has it, whichever came first.
+        if (holder && holder.catalogId !== id && holder.catalogId < id)
+          this.problem(id, `Service ${this.config.namespace}/${name} is ${holder.catalogId}'s; ${id} is not written`);
+        else {
+          if (holder && holder.catalogId !== id) this.nameOf.delete(holder.catalogId);
+          this.wanted.set(name, desiredObjects(service, name, this.config.namespace, this.name));
+          this.nameOf.set(id, name);
+          this.dirty.add(name);
+        }
+      }
+    }
+    this.kick();
+  }
+
+  complete(): void {
+    if (this.mayRemove) return;
+    this.mayRemove = true;
+    if (this.held) for (const name of this.held.keys()) this.dirty.add(name);
+    this.kick();
+  }
+
+  private problem(key: string, why: string): void {
+    if (this.reported.get(key) === why) return;
+    this.reported.set(key, why);
+    this.stats.lastError = why;
+    this.log.warn({ service: key, why }, 'a registry service is not written to Kubernetes');
+  }
+
+  private kick(): void {
+    if (this.stopped || this.running) return;
+    this.running = true;
+    void this.run().finally(() => {
+      this.running = false;
+      this.later();
+      this.notifyIdle();
+    });
+  }
+
+  private later(): void {
+    if (this.stopped || this.wake) return;
+    const now = Date.now();
+    let at = this.held === undefined ? now + this.readBackoffMs : Infinity;
+    for (const name of this.dirty) at = Math.min(at, this.retryAt.get(name)?.at ?? now);
+    if (at === Infinity) return;
+    this.wake = setTimeout(
+      () => {
+        this.wake = undefined;
+        this.kick();
+      },
+      Math.max(0, at - now),
+    );
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      if (!this.held) {
+        try {
+          await this.readHeld();
+          this.readBackoffMs = BACKOFF_START_MS;
+        } catch (error) {
+          this.fail(undefined, error);
+          this.readBackoffMs = Math.min(this.readBackoffMs * 2, BACKOFF_MAX_MS);
+          return;
+        }
+      }
+      const now = Date.now();
+      const due = [...this.dirty].filter((name) => (this.retryAt.get(name)?.at ?? 0) <= now);
+      if (due.length === 0) return;
+      for (const name of due) this.dirty.delete(name);
+      for (const name of due) {
+        if (this.stopped) return;
+        try {
+          await this.reconcile(name);
+          this.retryAt.delete(name);
+        } catch (error) {
+          this.dirty.add(name);
+          this.fail(name, error);
+        }
+      }
+    }
+  }
+
+  private async readHeld(): Promise<void> {
+    const namespace = this.config.namespace;
+    const labelSelector = `${SINK_LABEL}=${this.name},app.kubernetes.io/managed-by=flb-bridge`;
+    const [services, slices] = await Promise.all([
+      this.core.listNamespacedService({ namespace, labelSelector }),
+      this.discovery.listNamespacedEndpointSlice({ namespace, labelSelector }),
+    ]);
+    const held = new Map<string, Held>();
+    const entry = (name: string) => {
+      let h = held.get(name);
+      if (!h) held.set(name, (h = { slices: new Map() }));
+      return h;
+    };
+    for (const s of services.items) if (isOurs(s.metadata?.labels, this.name)) entry(s.metadata!.name!).service = s;
+    for (const s of slices.items) {
+      const owner = s.metadata?.labels?.['kubernetes.io/service-name'];
+      if (owner && isOurs(s.metadata?.labels, this.name)) entry(owner).slices.set(s.metadata!.name!, s);
+    }
+    this.held = held;
+    for (const name of held.keys()) this.dirty.add(name);
+    for (const name of this.wanted.keys()) this.dirty.add(name);
+  }
+
+  private async reconcile(name: string): Promise<void> {
+    const namespace = this.config.namespace;
+    const wanted = this.wanted.get(name);
+    const held = this.held!.get(name) ?? { slices: new Map<string, V1EndpointSlice>() };
+    const wrote = () => {
+      this.stats.writes++;
+      this.stats.lastWriteAt = Date.now();
+    };
+    if (!wanted) {
+      if (!this.mayRemove || (!held.service && held.slices.size === 0)) return;
+      for (const sliceName of [...held.slices.keys()]) {
+        await this.ignoreMissing(this.discovery.deleteNamespacedEndpointSlice({ name: sliceName, namespace }));
+        held.slices.delete(sliceName);
+        wrote();
+      }
+      if (held.service) {
+        await this.ignoreMissing(this.core.deleteNamespacedService({ name, namespace }));
+        wrote();
+      }
+      this.held!.delete(name);
+      return;
+    }
+    this.held!.set(name, held);
+    const hash = (o: { metadata?: { annotations?: Record<string, string> } } | undefined) => o?.metadata?.annotations?.[HASH_ANNOTATION];
+    if (!held.service) {
+      try {
+        held.service = await this.core.createNamespacedService({ namespace, body: wanted.service });
+        wrote();
+      } catch (error) {
+        if (statusOf(error) !== 409) throw error;
+        const existing = await this.core.readNamespacedService({ name, namespace });
+        if (!isOurs(existing.metadata?.labels, this.name)) {
+          const message = `Service ${namespace}/${name} exists and is not the bridge's (no ${SINK_LABEL}=${this.name} label); ${wanted.catalogId} is not shown as a Service until it is gone`;
+          if (this.reported.get(name) !== message) {
+            this.reported.set(name, message);
+            this.onClash({ namespace, name, uid: existing.metadata?.uid ?? '', message });
+          }
+          throw new Error(message, { cause: error });
+        }
+        held.service = existing;
+      }
+    }
+    if (hash(held.service) !== hash(wanted.service)) {
+      const body = { ...wanted.service, metadata: { ...wanted.service.metadata, resourceVersion: held.service.metadata?.resourceVersion } };
+      held.service = await this.core.replaceNamespacedService({ name, namespace, body });
+      wrote();
+    }
+    this.reported.delete(name);
+    for (const [sliceName, slice] of wanted.slices) {
+      const current = held.slices.get(sliceName);
+      if (!current) {
+        try {
+          held.slices.set(sliceName, await this.discovery.createNamespacedEndpointSlice({ namespace, body: slice }));
+        } catch (error) {
+          if (statusOf(error) !== 409) throw error;
+          // Someone's slice of that name: read, and replace only when it is ours.
+          const existing = await this.discovery.readNamespacedEndpointSlice({ name: sliceName, namespace });
+          if (!isOurs(existing.metadata?.labels, this.name))
+            throw new Error(`EndpointSlice ${namespace}/${sliceName} exists and is not the bridge's; left alone`, { cause: error });
+          held.slices.set(sliceName, existing);
+          this.dirty.add(name);
+          continue;
+        }
+        wrote();
+      } else if (hash(current) !== hash(slice)) {
+        const body = { ...slice, metadata: { ...slice.metadata, resourceVersion: current.metadata?.resourceVersion } };
+        held.slices.set(sliceName, await this.discovery.replaceNamespacedEndpointSlice({ name: sliceName, namespace, body }));
+        wrote();
+      }
+    }
+    for (const sliceName of [...held.slices.keys()]) {
+      if (wanted.slices.has(sliceName)) continue;
+      if (!this.mayRemove) {
+        // Emptied, not deleted, before every source listed: the instances are gone, the object stays.
+        continue;
+      }
+      await this.ignoreMissing(this.discovery.deleteNamespacedEndpointSlice({ name: sliceName, namespace }));
+      held.slices.delete(sliceName);
+      wrote();
+    }
+  }
+
+  private async ignoreMissing(request: Promise<unknown>): Promise<void> {
+    try {
+      await request;
+    } catch (error) {
+      if (statusOf(error) !== 404) throw error;
+    }
+  }
+
+  private fail(name: string | undefined, error: unknown): void {
+    this.stats.failures++;
+    const status = statusOf(error);
+    const what = `${name ? `Service ${this.config.namespace}/${name}: ` : ''}${status ? `${status} ` : ''}${messageOf(error)}`;
+    this.stats.lastError = what;
+    // Conflicts (someone changed it meanwhile) and unreachable apiservers: read again before writing.
+    if (status === 409 || status === undefined) this.held = undefined;
+    if (name) {
+      const failures = (this.retryAt.get(name)?.failures ?? 0) + 1;
+      this.retryAt.set(name, { failures, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** (failures - 1), BACKOFF_MAX_MS) });
+    }
+    this.log.warn({ service: name, namespace: this.config.namespace, err: what }, 'a Kubernetes write failed; retried with backoff');
+  }
+
+  private pendingCount(): number {
+    return [...this.dirty].filter((name) => this.wanted.has(name) || this.mayRemove).length;
+  }
+
+  private notifyIdle(): void {
+    if (this.running || this.pendingCount() > 0) return;
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  async settled(): Promise<void> {
+    if (!this.running && this.pendingCount() === 0) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.resync);
+    clearTimeout(this.wake);
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  status(): SinkStatus {
+    return {
+      name: this.name,
+      kind: this.kind,
+      address: `namespace ${this.config.namespace}`,
+      pending: this.pendingCount(),
+      writes: this.stats.writes,
+      failures: this.stats.failures,
+      lastWriteAt: this.stats.lastWriteAt,
+      ...(this.stats.lastError ? { lastError: this.stats.lastError } : {}),
+    };
+  }
+}
