@@ -427,6 +427,7 @@ describe('request metrics for dashboards', () => {
     const grpcApp = await serve(grpcServer());
     let appPort = portOf(app);
     const sidecar = await startSidecar(echoService([]), {
+      mesh: { telemetry: { inboundRequestMetrics: true } },
       sidecar: {
         inbound: {
           ports: [
@@ -456,10 +457,9 @@ describe('request metrics for dashboards', () => {
     expect(await sidecar.metric('flb_sidecar_requests_total', { ...inbound, service: 'api', request_protocol: 'grpc', grpc_response_status: '5' })).toBe(1);
   });
 
-  it('inbound: with telemetry.inboundRequestMetrics off, an http port is forwarded natively (connections and bytes, no requests)', async () => {
+  it('inbound: unless telemetry.inboundRequestMetrics is on, an http port is forwarded natively (connections and bytes, no requests)', async () => {
     const app = await serve(createHttpServer((req, res) => req.resume().on('end', () => res.writeHead(200).end('ok\n'))));
     const sidecar = await startSidecar(echoService([]), {
-      mesh: { telemetry: { inboundRequestMetrics: false } },
       sidecar: { inbound: { ports: [{ port: portOf(app), protocol: 'http', name: 'web' }] } },
       inboundTo: () => ({ address: '127.0.0.1', port: portOf(app) }),
     });

@@ -156,12 +156,13 @@ export const MeshSchema = z
         /**
          * Inbound `http`, `http2` and `grpc` ports (sidecar.json's `inbound.ports`) go through the
          * sidecar's HTTP proxies, for server-side request metrics (response codes, gRPC status,
-         * durations, as the app answered); false: forwarded natively as `tcp`, cheaper, connection
-         * and byte metrics only.
+         * durations, as the app answered). Off by default: that costs the app's every request what
+         * the outbound HTTP path costs (~80-150 us of sidecar CPU against ~9 us forwarded natively
+         * as `tcp`, which gives connection and byte metrics only).
          */
-        inboundRequestMetrics: z.boolean().default(true),
+        inboundRequestMetrics: z.boolean().default(false),
       })
-      .default({ accessLog: false, inboundRequestMetrics: true }),
+      .default({ accessLog: false, inboundRequestMetrics: false }),
     /** Room for sidecar-to-sidecar mTLS: the default for services that do not set their own. */
     tls: z.object({ mode: TlsModeSchema.default('disabled') }).default({ mode: 'disabled' }),
     sidecar: SidecarTemplateSchema.default(SidecarTemplateSchema.parse({})),
