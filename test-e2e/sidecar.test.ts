@@ -121,6 +121,9 @@ describe('flb sidecar in network namespaces', () => {
       env: {
         FLB_LOG_LEVEL: 'warn',
         POD_IP,
+        // As the injector sets them: the workload and namespace of the sidecar's metrics.
+        FLB_WORKLOAD_NAME: 'app',
+        POD_NAMESPACE: 'shop',
         FLB_APP_PROBES: JSON.stringify({
           '/app-health/app/readiness': { kind: 'readiness', sidecarPort: 15902, original: { type: 'tcp', port: 7070 } },
           '/app-health/app/liveness': { kind: 'liveness', sidecarPort: 15901, original: { type: 'tcp', port: 7079 } },
@@ -172,9 +175,17 @@ describe('flb sidecar in network namespaces', () => {
     await applyRules(InterceptionSchema.parse({ version: 1, mode: 'iptables', ipv6: 'disabled', proxyUid: PROXY_UID }), { netns: app.path });
     for (let i = 0; i < 3; i++) await startEndpoint(i);
     others.push(
-      (await start(app, [process.execPath, `${fixtures}sidecar-app.mjs`, `${POD_IP}:7070`, '127.0.0.1:7071'], { uid: APP_UID, readyText: 'ready' })).process,
+      (
+        await start(app, [process.execPath, `${fixtures}sidecar-app.mjs`, `${POD_IP}:7070`, '127.0.0.1:7071', `http:${POD_IP}:7072`], {
+          uid: APP_UID,
+          readyText: 'ready',
+        })
+      ).process,
     );
-    writeFileSync(join(configDir, 'mesh.json'), JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb' }));
+    writeFileSync(
+      join(configDir, 'mesh.json'),
+      JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', telemetry: { inboundRequestMetrics: true } }),
+    );
     writeFileSync(
       join(configDir, 'sidecar.json'),
       JSON.stringify({
@@ -184,6 +195,7 @@ describe('flb sidecar in network namespaces', () => {
         mesh: 'flb',
         identity: { kind: 'pod', namespace: 'shop', name: 'app-1', serviceAccount: 'default' },
         dns: { searchDomains: SEARCH },
+        inbound: { ports: [{ port: 7072, protocol: 'http', name: 'web' }] },
       }),
     );
     writeService(orders());
@@ -368,6 +380,40 @@ describe('flb sidecar in network namespaces', () => {
     };
     expect(await metric('flb_sidecar_connections_total', app)).toBe(connectionsBefore + 1);
     expect(await metric('flb_sidecar_bytes_total', { ...app, way: 'received' })).toBe(inboundBefore + Buffer.byteLength(answer.text));
+  });
+
+  it("counts the app's inbound HTTP requests as their destination, by exact code and with this pod's workload (the app still sees 127.0.0.6), and its outbound ones as their source", async () => {
+    const metric = async (name: string, labels: Record<string, string>) => {
+      const text = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
+      const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && wanted.every((w) => l.includes(w)));
+      return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+    };
+    const web = {
+      direction: 'inbound',
+      service: 'web',
+      reporter: 'destination',
+      destination_workload: 'app',
+      destination_workload_namespace: 'shop',
+      request_protocol: 'http',
+    };
+    const ok = () => metric('flb_sidecar_requests_total', { ...web, response_code: '200' });
+    const missing = () => metric('flb_sidecar_requests_total', { ...web, response_code: '404' });
+    const [okBefore, missingBefore] = [await ok(), await missing()];
+    const fromNetwork = async (...args: string[]) =>
+      JSON.parse((await eps[0]!.exec(process.execPath, [`${fixtures}sidecar-client.mjs`, ...args])).stdout) as Record<string, unknown>;
+    expect((await fromNetwork('http', POD_IP, '7072', '3')).counts).toEqual({ [`app ${POD_IP}:7072 from 127.0.0.6`]: 3 });
+    expect(await fromNetwork('get', `http://${POD_IP}:7072/status/404`)).toEqual({ status: 404, body: `app ${POD_IP}:7072 from 127.0.0.6\n` });
+    expect(await ok()).toBe(okBefore + 3);
+    expect(await missing()).toBe(missingBefore + 1);
+    expect(await metric('flb_sidecar_request_duration_seconds_count', { ...web, response_code: '200' })).toBe(okBefore + 3);
+
+    const orders = { direction: 'outbound', service: 'orders.shop', reporter: 'source', source_workload: 'app', source_workload_namespace: 'shop' };
+    const ordersOk = () =>
+      metric('flb_sidecar_requests_total', { ...orders, destination_service_namespace: 'shop', request_protocol: 'http', response_code: '200' });
+    const ordersBefore = await ordersOk();
+    expect(Object.values(await counts('http', 4)).reduce((a, b) => a + b, 0)).toBe(4);
+    expect(await ordersOk()).toBe(ordersBefore + 4);
   });
 
   it('drains on SIGTERM: not ready, no new connections, an open transfer finishes', async () => {
