@@ -17,6 +17,10 @@ if (waiter) exitCode = await (await import(waiter)).runWaitReady(process.argv.sl
 
 if (exitCode !== undefined) {
   process.exitCode = exitCode;
+} else if (command === 'iptables' && built('iptables.bundle.mjs')) {
+  // The init container of every injected pod (iptables mode): its bundle alone, for start-up CPU.
+  const { runIptablesCommand } = await import(built('iptables.bundle.mjs'));
+  process.exitCode = await runIptablesCommand(process.argv);
 } else if (command === 'sidecar' && process.env.FLB_SIDECAR_UNBUNDLED !== '1' && built('sidecar.bundle.mjs')) {
   // `flb sidecar` runs next to every app: it loads its bundle alone, not the whole CLI (memory).
   const { runSidecarCommand } = await import(built('sidecar.bundle.mjs'));

@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { repoRoot, runFlbRecordingFiles } from '../common/testing/loaded-files.js';
 
 // The installed executable, as a DaemonSet runs it (built by `npm ci` / scripts/test.sh).
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
@@ -88,4 +89,23 @@ describe('flb cni agent', () => {
       await new Promise((resolve) => first.once('exit', resolve));
     }
   }, 20_000);
+});
+
+describe('flb iptables as the init container runs it', () => {
+  it('runs from its bundle alone (no CLI, no other part), with the full parser: print, help and a bad flag', () => {
+    const bundle = join(repoRoot, 'dist', 'iptables.bundle.mjs');
+    if (!existsSync(bundle)) throw new Error(`${bundle} is missing: run npm run build`);
+    const printed = runFlbRecordingFiles(['iptables', 'print', '--settings', JSON.stringify({ version: 1, mode: 'iptables', ipv6: 'disabled' })]);
+    expect(printed.stderr).toBe('');
+    expect(printed.status).toBe(0);
+    expect(printed.stdout).toMatch(/^# IPv4: iptables-restore --noflush\n\*nat\n/);
+    expect(printed.stdout).toContain('-j REDIRECT --to-ports 15001');
+    expect(printed.files).toEqual([join(repoRoot, 'bin', 'flb.js'), bundle].sort());
+    const help = runFlbRecordingFiles(['iptables', 'apply', '--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('Usage: flb iptables apply [options]');
+    const bad = runFlbRecordingFiles(['iptables', 'apply', '--backend', 'pf']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("option '--backend <backend>' argument 'pf' is invalid");
+  });
 });

@@ -37,7 +37,7 @@ async function prepare(flags: IptablesFlags): Promise<{ settings: Interception; 
   return { settings, options: { ...(flags.backend !== 'auto' ? { backend: flags.backend } : {}), ...(flags.netns ? { netns: flags.netns } : {}) } };
 }
 
-function iptablesCommand(): Command {
+export function iptablesCommand(): Command {
   const iptables = new Command('iptables')
     .summary('apply, clean, print or verify the traffic interception rules')
     .description('The one iptables rule builder, for the init container, the CNI node agent and VMs. Rules live in FLB_* chains of the nat table.');

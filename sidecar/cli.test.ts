@@ -3,17 +3,17 @@
  * the sidecar bundle alone (the memory it is bundled for), parser and runner included.
  */
 import { describe, expect, it } from '@jest/globals';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { PORT_FLAGS, sidecarCommands, type SidecarRunner } from './cli.js';
 import { createLogger } from '../common/log.js';
+import { runFlbRecordingFiles } from '../common/testing/loaded-files.js';
 import { sidecarOptions, type SidecarArgs } from './runner.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -116,34 +116,7 @@ describe('flb sidecar flags', () => {
     expect(() => sidecarOptions(args!, { POD_NAMESPACE: 'shop', POD_NAME: 'x' }, log)).toThrow('--repo URL (or FLB_REPO_URL), or --config-dir DIR');
   });
 
-  /** bin/flb.js with ARGS, and every file Node resolved meanwhile (written down by a loader hook, which runs on its own thread). */
-  function runFlb(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string; files: string[] } {
-    const work = mkdtempSync(join(tmpdir(), 'flb-sidecar-cli-'));
-    try {
-      const loaded = join(work, 'loaded.txt');
-      writeFileSync(loaded, '');
-      const hooks = join(work, 'hooks.mjs');
-      writeFileSync(
-        hooks,
-        `import { appendFileSync } from 'node:fs';\nexport async function resolve(specifier, context, next) {\n  const result = await next(specifier, context);\n  appendFileSync(${JSON.stringify(loaded)}, result.url + '\\n');\n  return result;\n}\n`,
-      );
-      const register = join(work, 'register.mjs');
-      writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
-      const result = spawnSync(process.execPath, ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '', ...env },
-      });
-      const files = new Set(
-        readFileSync(loaded, 'utf8')
-          .split('\n')
-          .filter((url) => url.startsWith('file:'))
-          .map((url) => fileURLToPath(url)),
-      );
-      return { status: result.status, stdout: result.stdout, stderr: result.stderr, files: [...files].sort() };
-    } finally {
-      rmSync(work, { recursive: true, force: true });
-    }
-  }
+  const runFlb = (args: string[]) => runFlbRecordingFiles(args, { FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '' });
 
   it('runs from the sidecar bundle alone when bin/flb.js starts it: parser, runner and sidecar in one module', () => {
     const bundle = join(root, 'dist', 'sidecar.bundle.mjs');
