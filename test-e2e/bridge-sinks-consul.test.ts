@@ -274,4 +274,37 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
     // The user's Service stays.
     expect((await core.readNamespacedService({ name: 'cart', namespace: SINK_NS })).spec?.ports?.[0]?.port).toBe(1234);
   });
+
+  it('a standby that takes over from the leader neither duplicates nor drops a registration, and writes nothing', async () => {
+    await bridge!.settled();
+    const standby = await startBridge({ config: config(), kubeConfig: plane.kubeConfig, log, identity: 'bridge-standby' });
+    try {
+      await eventually('the standby synced', async () => (standby.status().sources.every((x) => x.state === 'synced') ? true : undefined));
+      expect(standby.status()).toMatchObject({ leader: false, sinks: [] });
+      const consulState = async () => (await catalog('api')).map((e) => `${e.ServiceID} ${e.ServiceAddress}:${e.ServicePort} ${e.ModifyIndex}`).sort();
+      const kubeState = async () =>
+        (await core.listNamespacedService({ namespace: SINK_NS })).items.map((x) => `${x.metadata?.name} ${x.metadata?.resourceVersion}`).sort();
+      const before = { consul: await consulState(), kube: await kubeState(), slices: await sliceEndpoints('web') };
+      expect(before.consul).toHaveLength(1);
+      await bridge!.stop();
+      bridge = standby;
+      await eventually(
+        'the standby leads with its sinks',
+        async () => (standby.status().leader && standby.status().sinks.length === 2 ? true : undefined),
+        20_000,
+      );
+      await standby.settled();
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      await standby.settled();
+      expect(await consulState()).toEqual(before.consul);
+      expect(await kubeState()).toEqual(before.kube);
+      expect(await sliceEndpoints('web')).toEqual(before.slices);
+      expect(standby.status().sinks.map((x) => `${x.kind} ${x.writes}`)).toEqual(['consul 0', 'kubernetes 0']);
+      // The only failures are the user's cart Service, still in the way, retried with backoff.
+      expect(standby.status().sinks[0]!.failures).toBe(0);
+      expect(standby.status().sinks[1]!.lastError).toMatch(/registry\/cart exists and is not the bridge's/);
+    } finally {
+      if (bridge !== standby) await standby.stop();
+    }
+  });
 });

@@ -282,8 +282,14 @@ export class ConsulSink implements Sink {
     );
   }
 
+  /** Work not written yet that has not failed: what settled() waits for (a failing write is reported, and retried, not awaited). */
+  private unsettledCount(): number {
+    if (!this.held) return this.wanted.size > 0 && this.readBackoffMs === BACKOFF_START_MS ? this.dirty.size : 0;
+    return this.work().filter((id) => !this.retryAt.has(id) && (this.mayRemove || this.wanted.has(id))).length;
+  }
+
   private notifyIdle(): void {
-    if (this.running || this.pendingCount() > 0) return;
+    if (this.running || this.unsettledCount() > 0) return;
     for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
@@ -295,7 +301,7 @@ export class ConsulSink implements Sink {
   }
 
   async settled(): Promise<void> {
-    if (!this.running && this.pendingCount() === 0) return;
+    if (!this.running && this.unsettledCount() === 0) return;
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 

@@ -319,13 +319,18 @@ export class KubernetesSink implements Sink {
     return [...this.dirty].filter((name) => this.wanted.has(name) || this.mayRemove).length;
   }
 
+  /** Work not written yet that has not failed: what settled() waits for (a failing write is reported, and retried, not awaited). */
+  private unsettledCount(): number {
+    return [...this.dirty].filter((name) => (this.wanted.has(name) || this.mayRemove) && !this.retryAt.has(name)).length;
+  }
+
   private notifyIdle(): void {
-    if (this.running || this.pendingCount() > 0) return;
+    if (this.running || this.unsettledCount() > 0) return;
     for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   async settled(): Promise<void> {
-    if (!this.running && this.pendingCount() === 0) return;
+    if (!this.running && this.unsettledCount() === 0) return;
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 
