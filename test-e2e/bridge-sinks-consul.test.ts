@@ -307,4 +307,23 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
       if (bridge !== standby) await standby.stop();
     }
   });
+
+  it('a restart while the Consul source cannot list deletes none of the Services the Kubernetes sink wrote', async () => {
+    await bridge!.settled();
+    const web = await core.readNamespacedService({ name: 'web', namespace: SINK_NS });
+    expect(web.metadata?.labels?.['flomesh.io/origin']).toBe('consul');
+    const slicesBefore = await sliceEndpoints('web');
+    expect(slicesBefore.length).toBeGreaterThan(0);
+    await bridge!.stop();
+    await start('bridge-e', 'http://127.0.0.1:1');
+    await eventually('leading, with the kubernetes source synced', async () => {
+      const s = bridge!.status();
+      return s.leader && s.sinks.length === 2 && s.sources.find((x) => x.kind === 'kubernetes')!.state === 'synced' ? true : undefined;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    expect(bridge!.status().sources.find((x) => x.kind === 'consul')!.state).toBe('starting');
+    expect((await core.readNamespacedService({ name: 'web', namespace: SINK_NS })).metadata?.resourceVersion).toBe(web.metadata?.resourceVersion);
+    expect(await sliceEndpoints('web')).toEqual(slicesBefore);
+    expect(bridge!.status().sinks.find((x) => x.kind === 'kubernetes')!.writes).toBe(0);
+  });
 });

@@ -210,6 +210,11 @@ export class ConsulSink implements Sink {
   }
 
   private async write(id: string): Promise<void> {
+    // A failure in this round dropped what the node holds: decided once it is read again, never as "nothing there".
+    if (!this.held) {
+      this.dirty.add(id);
+      return;
+    }
     // Decided again now: an earlier write in this round may have changed what Consul holds.
     const action = this.actionOf(id);
     const wanted = this.wanted.get(id);

@@ -30,6 +30,9 @@ const messageOf = (error: unknown) => {
   return parsed ?? (error as Error).message;
 };
 
+/** A Service of the name that is not the sink's: reported and retried, while what the sink holds stays known. */
+class ClashError extends Error {}
+
 interface Held {
   service?: V1Service;
   slices: Map<string, V1EndpointSlice>;
@@ -174,9 +177,10 @@ export class KubernetesSink implements Sink {
       const now = Date.now();
       const due = [...this.dirty].filter((name) => (this.retryAt.get(name)?.at ?? 0) <= now);
       if (due.length === 0) return;
-      for (const name of due) this.dirty.delete(name);
       for (const name of due) {
-        if (this.stopped) return;
+        // A failure may have dropped what the sink knows it holds: the rest waits for it to be read again.
+        if (this.stopped || !this.held) break;
+        this.dirty.delete(name);
         try {
           await this.reconcile(name);
           this.retryAt.delete(name);
@@ -248,7 +252,7 @@ export class KubernetesSink implements Sink {
             this.reported.set(name, message);
             this.onClash({ namespace, name, uid: existing.metadata?.uid ?? '', message });
           }
-          throw new Error(message, { cause: error });
+          throw new ClashError(message, { cause: error });
         }
         held.service = existing;
       }
@@ -307,7 +311,7 @@ export class KubernetesSink implements Sink {
     const what = `${name ? `Service ${this.config.namespace}/${name}: ` : ''}${status ? `${status} ` : ''}${messageOf(error)}`;
     this.stats.lastError = what;
     // Conflicts (someone changed it meanwhile) and unreachable apiservers: read again before writing.
-    if (status === 409 || status === undefined) this.held = undefined;
+    if (!(error instanceof ClashError) && (status === 409 || status === undefined)) this.held = undefined;
     if (name) {
       const failures = (this.retryAt.get(name)?.failures ?? 0) + 1;
       this.retryAt.set(name, { failures, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** (failures - 1), BACKOFF_MAX_MS) });
