@@ -21,13 +21,15 @@ export interface AdminOptions {
   readiness: () => Readiness;
   configDump: () => unknown;
   endpoints: () => unknown;
+  /** The BGP announcer's status (`flb bgp status --admin`); undefined when sidecar.json has no bgp section. */
+  bgp?: () => unknown;
   registry: Registry;
   /** The sidecar's logger, whose level `/logging` reads and sets. */
   log: Logger;
   accessLog: AccessLog;
 }
 
-const PATHS = ['/ready', '/live', '/config_dump', '/endpoints', '/metrics', '/logging', '/access_log'];
+const PATHS = ['/ready', '/live', '/config_dump', '/endpoints', '/metrics', '/logging', '/access_log', '/bgp'];
 
 const json = (res: ServerResponse, status: number, body: unknown): void =>
   void res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
@@ -95,6 +97,10 @@ export function startAdmin(options: AdminOptions): Promise<Server> {
       case '/metrics':
       case '/stats/prometheus':
         return void metrics(res, options.registry);
+      case '/bgp': {
+        const status = options.bgp?.();
+        return status === undefined ? json(res, 404, { error: "no BGP announcer runs: sidecar.json has no bgp section" }) : json(res, 200, status);
+      }
       default:
         return json(res, 404, { error: `no such admin path ${path}`, paths: PATHS });
     }

@@ -28,6 +28,7 @@ import { Lazy } from './lazy.js';
 import { inboundHttpSource, startInbound, type InboundPort } from './proxy/inbound.js';
 import { startOutbound, type OutboundView, type ProxyListener } from './proxy/outbound.js';
 import { RouteTable } from './proxy/routes.js';
+import type { SidecarBgp } from './bgp/in-sidecar.js';
 
 export type { Readiness };
 
@@ -103,6 +104,17 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       );
   };
 
+  /** The BGP announcer, loaded with the first sidecar.json that has a bgp section (never otherwise). */
+  let bgp: Lazy<SidecarBgp> | undefined;
+  const applyBgp = (section: SidecarState['sidecar']['bgp']) => {
+    if (!section && !bgp) return;
+    bgp ??= new Lazy(async () => new (await import('./bgp/in-sidecar.js')).SidecarBgp(log, metrics.registry));
+    bgp.get().then(
+      (announcer) => announcer.apply(section),
+      (error: unknown) => log.error({ err: error }, 'the BGP announcer could not be loaded'),
+    );
+  };
+
   let dns: DnsServer | undefined;
   const apply = (state: SidecarState, change: ConfigChange) => {
     for (const [id, service] of state.services) {
@@ -133,6 +145,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
     // The DNS server is up before the configuration source starts, so every configuration reaches it.
     dns?.setTable(table).catch((error: unknown) => log.error({ err: error }, 'the DNS table could not be swapped; the previous one stays'));
+    applyBgp(state.sidecar.bgp);
     metrics.configApplied.inc();
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
   };
@@ -249,6 +262,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
         accessLog,
         configDump: () => configDump(options.id, source),
         endpoints: () => [...pools.values()].map((p) => p.snapshot()),
+        bgp: () => bgp?.current()?.status(),
       }),
     );
     servers.push(admin);
@@ -301,6 +315,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     inboundHttp2.current()?.close();
     await dns?.close();
     for (const pool of pools.values()) pool.close();
+    await bgp?.current()?.close();
   }
 
   return {
@@ -312,9 +327,13 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     async drain() {
       draining = true;
       readiness();
+      // BGP first: GRACEFUL_SHUTDOWN goes out at once, so the routers move new flows away while
+      // the proxies let open connections finish; the VIPs are withdrawn after bgp.drainSeconds.
+      const bgpDrained = bgp?.current()?.drain();
       for (const proxy of proxies) proxy.stopAccepting();
       const deadline = Date.now() + (options.drainMs ?? 5000);
       while (Date.now() < deadline && proxies.some((proxy) => proxy.openConnections() > 0)) await new Promise((r) => setTimeout(r, 100));
+      await bgpDrained;
       await closeAll();
     },
     close: closeAll,

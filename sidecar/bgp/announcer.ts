@@ -22,6 +22,13 @@ export interface AnnouncerStatus extends SpeakerStatus {
   draining: boolean;
 }
 
+/** Fields the schema takes that the announcer cannot honour yet (the sidecar refuses them too). */
+export function unbuiltFields(config: BgpConfig, prefix = ''): { field: string; message: string }[] {
+  return config.peers.flatMap((peer, i) =>
+    peer.passwordRef !== undefined ? [{ field: `${prefix}peers[${i}].passwordRef`, message: 'TCP MD5 (RFC 2385) is not built yet' }] : [],
+  );
+}
+
 const GRACEFUL_SHUTDOWN = communityText(WellKnownCommunity.GRACEFUL_SHUTDOWN);
 
 export class Announcer {

@@ -35,11 +35,12 @@ export function bgpCommand(): Command {
   bgp
     .command('status')
     .description('Print the peers (state, uptime, prefixes sent and received) and each VIP with its health, from a running announcer.')
-    .option('--url <url>', "the announcer's admin endpoint", `http://${DEFAULT_ADMIN}`)
+    .option('--url <url>', "a standalone announcer's admin endpoint (flb bgp --admin)", `http://${DEFAULT_ADMIN}`)
+    .option('--admin <url>', "a sidecar's admin port instead (its announcer's status is at /bgp), e.g. http://127.0.0.1:15000")
     .option('-o, --output <format>', 'table or json', 'table')
-    .action(async (o: { url: string; output: string }) => {
+    .action(async (o: { url: string; admin?: string; output: string }) => {
       const { printBgpStatus } = await import('./status.js');
-      await printBgpStatus(o.url, o.output === 'json' ? 'json' : 'table');
+      await printBgpStatus(o.admin ? { url: o.admin, path: '/bgp' } : { url: o.url, path: '/status' }, o.output === 'json' ? 'json' : 'table');
     });
   return bgp;
 }

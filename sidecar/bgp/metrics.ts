@@ -1,10 +1,19 @@
-// Prometheus metrics of the announcer (`flb bgp`'s GET /metrics; the sidecar's registry once it
+// Prometheus metrics of the announcer (`flb bgp`'s GET /metrics; the sidecar's registry while it
 // announces). States are read from the announcer when scraped; events are counted as they happen.
+// Registered once per registry: the sidecar replaces its announcer when sidecar.json's bgp section
+// changes, so the gauges read whichever runs now and each new announcer's sessions are watched.
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { Announcer } from './announcer.js';
+import type { Announcer, AnnouncerStatus } from './announcer.js';
 
-export function registerBgpMetrics(registry: Registry, announcer: Announcer): void {
-  const status = () => announcer.status();
+export interface BgpMetrics {
+  /** Counts the events of this announcer's sessions (call once per announcer). */
+  watch(announcer: Announcer): void;
+}
+
+const NONE: Pick<AnnouncerStatus, 'peers' | 'vips'> = { peers: [], vips: [] };
+
+export function registerBgpMetrics(registry: Registry, current: Announcer | (() => Announcer | undefined)): BgpMetrics {
+  const status = () => (typeof current === 'function' ? current() : current)?.status() ?? NONE;
   new Gauge({
     name: 'flb_bgp_session_established',
     help: 'BGP sessions Established (1) or not (0), by peer',
@@ -73,17 +82,21 @@ export function registerBgpMetrics(registry: Registry, announcer: Announcer): vo
     labelNames: ['peer'] as const,
     registers: [registry],
   });
-  for (const session of announcer.speaker.peers) {
-    const peer = session.status().peer;
-    session.on('notification', (direction: string, code: number, subcode: number) =>
-      notifications.inc({ peer, direction, code: String(code), subcode: String(subcode) }),
-    );
-    session.on('updates', (count: number) => updates.inc({ peer }, count));
-    let established = false;
-    session.on('established', () => (established = true));
-    session.on('down', () => {
-      if (established) downs.inc({ peer });
-      established = false;
-    });
-  }
+  const watch = (announcer: Announcer) => {
+    for (const session of announcer.speaker.peers) {
+      const peer = session.status().peer;
+      session.on('notification', (direction: string, code: number, subcode: number) =>
+        notifications.inc({ peer, direction, code: String(code), subcode: String(subcode) }),
+      );
+      session.on('updates', (count: number) => updates.inc({ peer }, count));
+      let established = false;
+      session.on('established', () => (established = true));
+      session.on('down', () => {
+        if (established) downs.inc({ peer });
+        established = false;
+      });
+    }
+  };
+  if (typeof current !== 'function') watch(current);
+  return { watch };
 }

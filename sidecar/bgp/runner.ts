@@ -11,7 +11,7 @@ import type * as Yaml from 'yaml';
 import { BgpSchema } from '../../common/contract/sidecar.js';
 import { ContractError, parseDocument } from '../../common/contract/validate.js';
 import { ActionableError, formatAddress, listenError } from '../../common/errors.js';
-import { Announcer, type BgpConfig } from './announcer.js';
+import { Announcer, unbuiltFields, type BgpConfig } from './announcer.js';
 import { addVipsToLoopback } from './loopback.js';
 import { registerBgpMetrics } from './metrics.js';
 
@@ -45,10 +45,8 @@ export async function loadBgpConfig(file: string): Promise<BgpConfig> {
   }
   const config = parseDocument(BgpSchema, data, file);
   // Refused, not ignored: a user who set a password must not get an unauthenticated session.
-  const md5 = config.peers.flatMap((peer, i) =>
-    peer.passwordRef !== undefined ? [{ field: `peers[${i}].passwordRef`, message: 'TCP MD5 (RFC 2385) is not built yet' }] : [],
-  );
-  if (md5.length) throw new ContractError(file, md5);
+  const unbuilt = unbuiltFields(config);
+  if (unbuilt.length) throw new ContractError(file, unbuilt);
   return config;
 }
 

@@ -56,16 +56,31 @@ export function renderBgpStatus(status: AnnouncerStatus, now = Date.now()): stri
   return `${lines.join('\n')}\n`;
 }
 
-export async function fetchBgpStatus(url: string): Promise<AnnouncerStatus> {
-  const target = new URL('/status', url);
+/** Where an announcer's status is: a standalone's admin endpoint (/status) or a sidecar's admin port (/bgp). */
+export interface StatusEndpoint {
+  url: string;
+  path: '/status' | '/bgp';
+}
+
+export async function fetchBgpStatus(endpoint: string | StatusEndpoint): Promise<AnnouncerStatus> {
+  const { url, path } = typeof endpoint === 'string' ? { url: endpoint, path: '/status' } : endpoint;
+  const target = new URL(path, url);
+  const inSidecar = path === '/bgp';
   return new Promise((resolve, reject) => {
     const req = request(target, { timeout: 5000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
       res.on('end', () => {
-        if (res.statusCode !== 200)
-          reject(new ActionableError(`the BGP announcer at ${url} answered ${res.statusCode}`, "is --url the announcer's --admin address?"));
+        if (res.statusCode === 404 && inSidecar)
+          reject(new ActionableError(`the sidecar at ${url} runs no BGP announcer`, "add a bgp section to its sidecar.json (see sidecar/bgp/README.md)"));
+        else if (res.statusCode !== 200)
+          reject(
+            new ActionableError(
+              `the BGP announcer at ${url} answered ${res.statusCode}`,
+              inSidecar ? "is --admin the sidecar's admin port (15000)?" : "is --url the announcer's --admin address?",
+            ),
+          );
         else resolve(JSON.parse(body) as AnnouncerStatus);
       });
     });
@@ -74,7 +89,9 @@ export async function fetchBgpStatus(url: string): Promise<AnnouncerStatus> {
       reject(
         new ActionableError(
           `cannot reach the BGP announcer at ${url}: ${error.message}`,
-          "is 'flb bgp --config ...' running, and is --url its --admin address?",
+          inSidecar
+            ? "is 'flb sidecar' running, and is --admin its admin port (http://127.0.0.1:15000)?"
+            : "is 'flb bgp --config ...' running, and is --url its --admin address? (a sidecar's: flb bgp status --admin http://127.0.0.1:15000)",
         ),
       ),
     );
@@ -82,7 +99,7 @@ export async function fetchBgpStatus(url: string): Promise<AnnouncerStatus> {
   });
 }
 
-export async function printBgpStatus(url: string, format: 'table' | 'json'): Promise<void> {
-  const status = await fetchBgpStatus(url);
+export async function printBgpStatus(endpoint: string | StatusEndpoint, format: 'table' | 'json'): Promise<void> {
+  const status = await fetchBgpStatus(endpoint);
   process.stdout.write(format === 'json' ? `${JSON.stringify(status, null, 2)}\n` : renderBgpStatus(status));
 }

@@ -1,0 +1,187 @@
+// The announcer inside `flb sidecar` (runSidecar with a watched local config dir): it starts when
+// sidecar.json gains a bgp section, follows its changes, drains when it goes or on SIGTERM's drain,
+// and shows on the admin port (/bgp, /metrics). Routers are fake peers on loopback.
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import type { SidecarPorts } from '../../common/contract/index.js';
+import { meshDoc, sidecarDoc } from '../config/testing/fixtures.js';
+import { runSidecar, type RunningSidecar } from '../sidecar.js';
+import { fetchBgpStatus } from './status.js';
+import { FakePeer } from './testing/fake-peer.js';
+import { communityText, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
+
+const ID = 'pod.shop.w';
+const ANY_PORTS: SidecarPorts = { admin: 0, outbound: 0, inbound: 0, metrics: 0, dns: 0, livenessProbe: 0, readinessProbe: 0, startupProbe: 0 };
+const VIP = '198.51.100.10/32';
+const log = pino({ level: 'silent' });
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const updates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update' && endOfRib(m) === undefined);
+function rib(received: ReceivedMessage[]): string[] {
+  const held = new Set<string>();
+  for (const update of updates(received)) {
+    const { announced, withdrawn } = routesOf(update);
+    for (const p of withdrawn) held.delete(prefixText(p));
+    for (const p of announced) held.add(prefixText(p));
+  }
+  return [...held].sort();
+}
+const opens = (received: ReceivedMessage[]) => received.filter((m) => m.type === 'open').length;
+
+async function tcpApp(): Promise<{ server: Server; port: number }> {
+  const server = createServer((s) => s.destroy());
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanups.push(() => new Promise((r) => server.close(r)));
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+async function fakePeer(): Promise<FakePeer> {
+  const peer = await FakePeer.start({ as: 65000 });
+  cleanups.push(() => peer.close());
+  return peer;
+}
+
+function bgpSection(appPort: number, peers: FakePeer[], extra: Record<string, unknown> = {}) {
+  return {
+    localAs: 65001,
+    routerId: '192.0.2.1',
+    connectRetrySeconds: 1,
+    drainSeconds: 0,
+    peers: peers.map((p) => ({ address: '127.0.0.1', port: p.port, remoteAs: 65000, addressFamilies: ['ipv4-unicast'] })),
+    vips: [{ prefix: VIP, healthCheck: { protocol: 'tcp', port: appPort, intervalMs: 100, timeoutMs: 100, healthyThreshold: 1, unhealthyThreshold: 2 } }],
+    ...extra,
+  };
+}
+
+async function sidecarWith(bgp: unknown): Promise<{ sidecar: RunningSidecar; write(bgp: unknown): void; admin: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'flb-sidecar-bgp-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'services'));
+  writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
+  const write = (section: unknown) => writeFileSync(join(dir, 'sidecar.json'), JSON.stringify(sidecarDoc(ID, section ? { bgp: section } : {})));
+  write(bgp);
+  const sidecar = await runSidecar({ id: ID, ports: ANY_PORTS, log, appHost: '127.0.0.1', dnsUpstreams: ['127.0.0.1:9'], drainMs: 0, config: { kind: 'local', dir, watch: true } });
+  cleanups.push(() => sidecar.close());
+  return { sidecar, write, admin: `http://127.0.0.1:${sidecar.ports.admin}` };
+}
+
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('the BGP announcer in the sidecar', () => {
+  it('runs no announcer without a bgp section, starts one when the section appears, and shows it on the admin port', async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const { write, admin } = await sidecarWith(undefined);
+    const none = await get(`${admin}/bgp`);
+    expect(none.status).toBe(404);
+    expect(none.body).toContain('no BGP announcer runs: sidecar.json has no bgp section');
+    await expect(fetchBgpStatus({ url: admin, path: '/bgp' })).rejects.toThrow(`the sidecar at ${admin} runs no BGP announcer`);
+    expect((await get(`${admin}/metrics`)).body).not.toContain('flb_bgp_');
+
+    write(bgpSection(app.port, [peer]));
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    const status = await fetchBgpStatus({ url: admin, path: '/bgp' });
+    expect(status.peers).toEqual([expect.objectContaining({ state: 'Established', prefixesSent: 1 })]);
+    expect(status.vips).toEqual([expect.objectContaining({ prefix: VIP, healthy: true, announced: true })]);
+    const metrics = (await get(`${admin}/metrics`)).body;
+    expect(metrics).toContain(`flb_bgp_session_established{peer="127.0.0.1:${peer.port}",remote_as="65000"} 1`);
+    expect(metrics).toContain(`flb_bgp_vip_announced{vip="${VIP}"} 1`);
+  });
+
+  it('withdraws a VIP whose app fails with the session kept, and announces it again when it is back', async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    await sidecarWith(bgpSection(app.port, [peer]));
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await new Promise((r) => app.server.close(r));
+    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    app.server.listen(app.port, '127.0.0.1');
+    await peer.until('the VIP again', (r) => (rib(r).join() === VIP ? true : undefined));
+    expect(opens(peer.received)).toBe(1);
+    expect(peer.received.some((m) => m.type === 'notification')).toBe(false);
+  });
+
+  it('follows the section: the same section again changes nothing, a peer added gets the VIP, a refused section keeps the running one', async () => {
+    const app = await tcpApp();
+    const [first, second] = [await fakePeer(), await fakePeer()];
+    const { write, admin } = await sidecarWith(bgpSection(app.port, [first]));
+    await first.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+
+    // A mesh.json change re-applies the same sidecar.json: the session is not touched.
+    write(bgpSection(app.port, [first]));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(opens(first.received)).toBe(1);
+
+    write(bgpSection(app.port, [first, second]));
+    await second.until('the VIP at the added peer', (r) => (rib(r).join() === VIP ? true : undefined));
+    // Replaced, not reconciled: the first peer's session was restarted and has the VIP again.
+    await first.until('the VIP after the restart', (r) => (opens(r) === 2 && rib(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined));
+
+    const secret = bgpSection(app.port, [first]) as { peers: Record<string, unknown>[] };
+    secret.peers[0]!.passwordRef = 'bgp-md5';
+    write(secret);
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).peers).toHaveLength(2);
+  });
+
+  it('drains when the section goes: GRACEFUL_SHUTDOWN first, then the VIP withdrawn and the session closed with Cease', async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const { write, admin } = await sidecarWith(bgpSection(app.port, [peer], { drainSeconds: 1 }));
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    write(undefined);
+    const graceful = await peer.until('GRACEFUL_SHUTDOWN', (r) =>
+      updates(r).find((u) => u.attributes.communities?.map(communityText).includes('65535:0')) ? Date.now() : undefined,
+    );
+    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined), 3000);
+    expect(Date.now() - graceful).toBeGreaterThanOrEqual(900);
+    await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+    await until('no announcer on the admin port', async () => ((await get(`${admin}/bgp`)).status === 404 ? true : undefined));
+  });
+
+  it("starts the BGP drain with the sidecar's own on SIGTERM, and the drain lasts until the VIPs are withdrawn", async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const { sidecar } = await sidecarWith(bgpSection(app.port, [peer], { drainSeconds: 1 }));
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    const started = Date.now();
+    const drained = sidecar.drain();
+    await peer.until('GRACEFUL_SHUTDOWN', (r) => updates(r).some((u) => u.attributes.communities?.map(communityText).includes('65535:0')) || undefined, 500);
+    expect(sidecar.ready()).toBe(false);
+    await drained;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(rib(peer.received)).toEqual([]);
+    await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+  });
+});
