@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1StatefulSet } from '@kubernetes/client-node';
 import { execa } from 'execa';
 import YAML from 'yaml';
-import { defaultMesh, SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { BridgeConfigSchema, defaultMesh, SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
 import { meshParts, podSidecar } from '../injector/mesh-parts.js';
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
 import { CHECKOUT } from '../devenv/node-simulator/images.js';
@@ -39,6 +39,18 @@ interface RenderedMesh {
 }
 const meshSettings = (objects: KubeObject[]) => YAML.parse(configMapFile(objects, 'flb-mesh', 'mesh.yaml')) as RenderedMesh;
 type NetworkPolicySpec = { podSelector: { matchLabels: Record<string, string> }; ingress: { ports: unknown[]; from: unknown[] }[] };
+/** Registry sinks as the chart README's example has them: a Consul sink with its token from a Secret, a Kubernetes sink. */
+const sinkValues = {
+  bridge: {
+    sources: [{ kind: 'kubernetes' }, { kind: 'consul', address: 'http://consul.example:8500', tokenFile: '/etc/consul-token/token' }],
+    sinks: [
+      { kind: 'consul', address: 'http://consul.example:8500', tokenFile: '/etc/consul-token/token', from: ['kubernetes'] },
+      { kind: 'kubernetes', namespace: 'registry', from: ['consul'] },
+    ],
+    extraVolumes: [{ name: 'consul-token', secret: { secretName: 'consul-token' } }],
+    extraVolumeMounts: [{ name: 'consul-token', mountPath: '/etc/consul-token', readOnly: true }],
+  },
+};
 const selectorOf = (o: KubeObject) => (o.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels;
 
 describe('the flb-mesh chart', () => {
@@ -46,10 +58,12 @@ describe('the flb-mesh chart', () => {
   let helm: Helm;
   let defaults: KubeObject[];
   let cniMode: KubeObject[];
+  let withSinks: KubeObject[];
   beforeAll(async () => {
     helm = new Helm();
     defaults = await helm.render();
     cniMode = await helm.render({ mesh: { interception: { mode: 'cni' } } });
+    withSinks = await helm.render(sinkValues);
   });
   afterAll(() => helm?.dispose());
 
@@ -72,7 +86,7 @@ describe('the flb-mesh chart', () => {
     expect(mesh.init.image).toBe(`flomesh/flb-mesh:${FLB_MESH_VERSION}`);
   });
 
-  it("keeps values.schema.json's mesh and bridge.sources the contract's (UPDATE_GOLDEN=1 rewrites them)", () => {
+  it("keeps values.schema.json's mesh, bridge.sources and bridge.sinks the contract's (UPDATE_GOLDEN=1 rewrites them)", () => {
     const wanted = valuesSchemaWithContract();
     if (process.env.UPDATE_GOLDEN === '1') writeFileSync(VALUES_SCHEMA_FILE, wanted);
     expect(readFileSync(VALUES_SCHEMA_FILE, 'utf8')).toBe(wanted);
@@ -123,6 +137,13 @@ describe('the flb-mesh chart', () => {
       [{ webhookIngressCIDRs: [] }, /\/webhookIngressCIDRs/],
       [{ vmCIDRs: ['10.0.0.0/33'] }, /\/vmCIDRs\/0/],
       [{ bridge: { sources: [{ kind: 'zookeeper' }] } }, /\/bridge\/sources\/0/],
+      [{ bridge: { sinks: [{ kind: 'eureka' }] } }, /\/bridge\/sinks\/0/],
+      [{ bridge: { sinks: [{ kind: 'kubernetes' }] } }, /\/bridge\/sinks\/0.*namespace/],
+      [{ bridge: { sinks: [{ kind: 'kubernetes', namespace: 'Registry' }] } }, /\/bridge\/sinks\/0\/namespace/],
+      [{ bridge: { sinks: [{ kind: 'consul', adress: 'http://consul:8500' }] } }, /\/bridge\/sinks\/0.*adress/],
+      [{ bridge: { sinks: [{ kind: 'consul', resyncSeconds: 1 }] } }, /\/bridge\/sinks\/0\/resyncSeconds/],
+      // The repo sink is the chart's own.
+      [{ bridge: { sinks: [{ kind: 'repo', url: 'https://elsewhere:6060' }] } }, /\/bridge\/sinks\/0/],
       [{ injector: { replicas: 'two' } }, /\/injector\/replicas/],
       [{ priorityClasses: { node: { value: 2000000000 } } }, /\/priorityClasses\/node\/value/],
       [{ imageTag: '1.0' }, /imageTag/],
@@ -140,6 +161,15 @@ describe('the flb-mesh chart', () => {
     const certManager = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cm', { webhook: { certManager: { enabled: true } } })]);
     expect(certManager.exitCode).toBe(1);
     expect(certManager.stderr).toContain('webhook.certManager.enabled: not available yet');
+    const namedRepo = await helm.run([
+      'template',
+      'flb',
+      CHART_DIR,
+      '-f',
+      helm.valuesFile('repo-name', { bridge: { sinks: [{ kind: 'kubernetes', name: 'repo', namespace: 'registry' }] } }),
+    ]);
+    expect(namedRepo.exitCode).toBe(1);
+    expect(namedRepo.stderr).toContain("bridge.sinks: the name repo is the repo sink's");
   });
 
   it('grants least privilege: no wildcard, no Secret outside its namespace, no built-in role; every rule explained in the README', async () => {
@@ -156,7 +186,7 @@ describe('the flb-mesh chart', () => {
             .join(' | '),
         ),
     );
-    for (const objects of [defaults, cniMode]) {
+    for (const objects of [defaults, cniMode, withSinks]) {
       const roles = objects.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role');
       expect(roles.length).toBeGreaterThan(0);
       for (const role of roles) {
@@ -176,8 +206,11 @@ describe('the flb-mesh chart', () => {
       }
       for (const binding of objects.filter((o) => o.kind.endsWith('Binding'))) {
         const { roleRef, subjects } = binding as unknown as { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string }[] };
-        expect(roles.some((r) => r.kind === roleRef.kind && r.metadata.name === roleRef.name)).toBe(true);
-        expect(subjects).toEqual([{ kind: 'ServiceAccount', name: roleRef.name, namespace: 'flomesh' }]);
+        const bound = roles.find((r) => r.kind === roleRef.kind && r.metadata.name === roleRef.name && r.metadata.namespace === binding.metadata.namespace);
+        expect(bound).toBeDefined();
+        // The Kubernetes sink's Role is the bridge's, in another namespace.
+        const serviceAccount = roleRef.name === 'flb-bridge-sink' ? 'flb-bridge' : roleRef.name;
+        expect(subjects).toEqual([{ kind: 'ServiceAccount', name: serviceAccount, namespace: 'flomesh' }]);
       }
     }
     // The CNI agent's pod rights follow its repair mode.
@@ -188,6 +221,57 @@ describe('the flb-mesh chart', () => {
     expect(await agentRules('off')).toEqual(['pods:get']);
     expect(await agentRules('label')).toEqual(['pods:get', 'pods:list', 'pods:patch', 'events:create']);
     expect(await agentRules('delete')).toEqual(['pods:get', 'pods:list', 'pods:patch', 'pods:delete', 'events:create']);
+  });
+
+  it('runs the registry sinks it is given after its repo sink, in a BridgeConfig the contract takes, with the files they name mounted', () => {
+    const text = configMapFile(withSinks, 'flb-bridge-config', 'bridge.yaml');
+    const parsed = BridgeConfigSchema.safeParse(YAML.parse(text));
+    expect(parsed.error?.issues ?? []).toEqual([]);
+    expect(parsed.data!.sinks.map((s) => [s.kind, s.name])).toEqual([
+      ['repo', 'repo'],
+      ['consul', 'consul'],
+      ['kubernetes', 'kubernetes'],
+    ]);
+    const bridge = podSpec(find(withSinks, 'Deployment', 'flb-bridge')) as PodSpec & { volumes: { name: string }[] };
+    expect(bridge.containers[0]).toMatchObject({
+      volumeMounts: expect.arrayContaining([{ name: 'consul-token', mountPath: '/etc/consul-token', readOnly: true }]),
+    });
+    expect(bridge.volumes).toContainEqual({ name: 'consul-token', secret: { secretName: 'consul-token' } });
+    // A new sink restarts the bridge: its config is read at start.
+    const checksum = (objects: KubeObject[]) =>
+      (find(objects, 'Deployment', 'flb-bridge').spec as { template: { metadata: { annotations: Record<string, string> } } }).template.metadata.annotations[
+        'checksum/config'
+      ];
+    expect(checksum(withSinks)).not.toBe(checksum(defaults));
+    // By default the repo sink alone, as before sinks were values.
+    expect((YAML.parse(configMapFile(defaults, 'flb-bridge-config', 'bridge.yaml')) as { sinks: { kind: string }[] }).sinks.map((s) => s.kind)).toEqual([
+      'repo',
+    ]);
+  });
+
+  it("gives the bridge a Role in a Kubernetes sink's namespace only, with the verbs the sink uses, one per namespace", async () => {
+    const sinkRoles = (objects: KubeObject[]) =>
+      objects.filter((o) => o.metadata.name === 'flb-bridge-sink').map((o) => `${o.kind} ${o.metadata.namespace ?? ''}`);
+    expect(sinkRoles(defaults)).toEqual([]);
+    expect(sinkRoles(withSinks)).toEqual(['Role registry', 'RoleBinding registry']);
+    expect(find(withSinks, 'Role', 'flb-bridge-sink').rules).toEqual([
+      { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'create', 'update', 'delete'] },
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'create', 'update', 'delete'] },
+    ]);
+    // A Consul sink needs no Kubernetes permission.
+    const consulOnly = await helm.render({ bridge: { sinks: [sinkValues.bridge.sinks[0]] } });
+    expect(sinkRoles(consulOnly)).toEqual([]);
+    const two = await helm.render({
+      bridge: {
+        sources: [{ kind: 'consul' }, { kind: 'eureka', servers: ['http://eureka:8761/eureka/'] }],
+        sinks: [
+          { kind: 'kubernetes', name: 'from-consul', namespace: 'registry', from: ['consul'] },
+          { kind: 'kubernetes', name: 'from-eureka', namespace: 'registry', from: ['eureka'], servicePrefix: 'eureka-' },
+          { kind: 'kubernetes', name: 'legacy', namespace: 'legacy', from: ['eureka'] },
+        ],
+      },
+    });
+    expect(sinkRoles(two)).toEqual(['Role registry', 'Role legacy', 'RoleBinding registry', 'RoleBinding legacy']);
   });
 
   it("reads YAML 1.1's unquoted off, true and false (booleans to helm) as the flags they name", async () => {
@@ -339,6 +423,8 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
 
   it('accepts every rendered object in a server-side dry run with strict field validation', async () => {
     await core.createNamespace({ body: { metadata: { name: 'flomesh' } } });
+    // A Kubernetes sink's namespace is the user's to make (README, Registry sinks).
+    await core.createNamespace({ body: { metadata: { name: 'registry' } } });
     const valueSets = [
       {},
       {
@@ -353,6 +439,7 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
         cni: { repair: 'label' },
         webhook: { failurePolicy: 'Ignore' },
       },
+      sinkValues,
     ];
     for (const values of valueSets) {
       const text = await helm.renderText(values);
@@ -444,6 +531,18 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
     expect(upgrade.stderr).toContain("repo.persistence.size: the repo's volume claim template cannot change on an upgrade (it is 1Gi, the values say 5Gi)");
     expect((await helm.run(['history', 'flb', '-n', 'flomesh', '-o', 'json'])).stdout).toBe(history.stdout);
     expect((await apps.readNamespacedStatefulSet({ name: 'flb-repo', namespace: 'flomesh' })).metadata?.resourceVersion).toBe(before.metadata?.resourceVersion);
+  });
+
+  it("fails an install whose Kubernetes sink's namespace does not exist, naming it, creating nothing", async () => {
+    const values = helm.valuesFile('sink-missing', {
+      bridge: { ...sinkValues.bridge, sinks: [{ kind: 'kubernetes', namespace: 'registry-missing', from: ['consul'] }] },
+    });
+    const install = await helm.run(['install', 'flb3', CHART_DIR, '--namespace', 'flomesh-3', '--create-namespace', '-f', values]);
+    expect(install.exitCode).toBe(1);
+    expect(install.stderr).toContain("bridge.sinks: the kubernetes sink's namespace registry-missing does not exist; create it first");
+    const namespaces = (await core.listNamespace()).items.map((n) => n.metadata?.name);
+    expect(namespaces).not.toContain('flomesh-3');
+    expect(namespaces).not.toContain('registry-missing');
   });
 
   it('fails an install with a bad values file naming the field, creating nothing', async () => {

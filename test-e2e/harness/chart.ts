@@ -129,8 +129,9 @@ const toJsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, { io: 'input'
 /**
  * values.mesh: the contract's Mesh without what the chart sets (apiVersion, kind, the control
  * plane's namespace, the repo). values.bridge.sources: the BridgeConfig's sources.
+ * values.bridge.sinks: its sinks but the repo sink, which the chart always configures itself.
  */
-export function contractValuesSchemas(): { mesh: JsonSchema; sources: JsonSchema } {
+export function contractValuesSchemas(): { mesh: JsonSchema; sources: JsonSchema; sinks: JsonSchema } {
   const mesh = toJsonSchema(MeshSchema);
   const chartOwned = ['apiVersion', 'kind', 'controlPlaneNamespace', 'repo'];
   for (const key of ['$schema', 'title']) delete mesh[key];
@@ -145,14 +146,30 @@ export function contractValuesSchemas(): { mesh: JsonSchema; sources: JsonSchema
   const sources = (bridge.properties as Record<string, JsonSchema>).sources!;
   sources.description = 'BridgeConfig sources (common/contract/bridge.ts)';
   tighten(sources, undefined, []);
-  return { mesh, sources };
+
+  const sinks = (bridge.properties as Record<string, JsonSchema>).sinks!;
+  sinks.description = 'BridgeConfig registry sinks (common/contract/bridge.ts), after the repo sink the chart configures';
+  // The BridgeConfig needs a sink; the chart's repo sink is always there, so none more is fine.
+  delete sinks.minItems;
+  const kinds = sinks.items as JsonSchema;
+  const union = (kinds.oneOf ?? kinds.anyOf) as JsonSchema[];
+  const isRepo = (kind: JsonSchema) => ((kind.properties as Record<string, JsonSchema>).kind!.const ?? '') === 'repo';
+  if (union.filter(isRepo).length !== 1) throw new Error("the contract's sinks changed shape: no single repo kind to leave out");
+  kinds[kinds.oneOf ? 'oneOf' : 'anyOf'] = union.filter((kind) => !isRepo(kind));
+  tighten(sinks, undefined, []);
+  return { mesh, sources, sinks };
 }
 
 /** values.schema.json with its contract parts as the contract has them now. */
 export function valuesSchemaWithContract(): string {
   const schema = JSON.parse(readFileSync(VALUES_SCHEMA_FILE, 'utf8')) as { properties: Record<string, JsonSchema> };
-  const { mesh, sources } = contractValuesSchemas();
+  const { mesh, sources, sinks } = contractValuesSchemas();
   schema.properties.mesh = mesh;
-  (schema.properties.bridge!.properties as Record<string, unknown>).sources = sources;
+  const bridge = schema.properties.bridge!.properties as Record<string, unknown>;
+  bridge.sources = sources;
+  // sinks right after sources, as values.yaml has them (a new key would go last).
+  const ordered = Object.entries(bridge).filter(([key]) => key !== 'sinks');
+  ordered.splice(ordered.findIndex(([key]) => key === 'sources') + 1, 0, ['sinks', sinks]);
+  schema.properties.bridge!.properties = Object.fromEntries(ordered);
   return `${JSON.stringify(schema, null, 2)}\n`;
 }
