@@ -16,11 +16,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type ServerProcess } from '../devenv/processes.js';
+import { meshDoc, sidecarDoc } from '../sidecar/config/testing/fixtures.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
 
@@ -32,6 +33,8 @@ const HOST2 = { v4: '10.219.1.2', passive: '10.219.1.3' };
 const VIP4 = '198.51.100.10/32';
 const VIP6 = '2001:db8:100::10/128';
 const HOLD_SECONDS = 9;
+/** The host's second address, the sidecar's BGP source. */
+const SIDECAR_HOST = '10.219.0.3';
 const GOBGP_PORT = 1790;
 const GOBGP_API = 50061;
 
@@ -70,6 +73,15 @@ protocol bgp hostp {
   local ${ROUTER2.v4} as 65000;
   neighbor ${HOST2.passive} as 65001;
   hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export none; };
+}
+# flb sidecar's announcer, from a second address of the host: a 3 s hold time (keepalives every
+# second) for the test under proxy load
+protocol bgp sidecar {
+  local ${ROUTER.v4} as 65000;
+  neighbor ${SIDECAR_HOST} as 65001;
+  passive on;
+  hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2;
   ipv4 { import all; export none; };
 }
 # the same host over an IPv6 session: IPv4 routes then carry the configured IPv4 next hop
@@ -128,6 +140,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   let flbBundle: string;
   let app: ResultPromise | undefined;
   let flbBgp: ResultPromise | undefined;
+  let sidecar: ResultPromise | undefined;
+  let sink: ResultPromise | undefined;
 
   const birdc = async (...args: string[]) => (await router.exec('birdc', ['-s', join(work, 'bird.ctl'), ...args])).stdout;
   const gobgp = async (...args: string[]) => (await router.exec('gobgp', ['-p', String(GOBGP_API), ...args])).stdout;
@@ -224,6 +238,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   afterAll(async () => {
     speaker?.kill('SIGKILL');
     flbBgp?.kill('SIGKILL');
+    sidecar?.kill('SIGKILL');
+    sink?.kill('SIGKILL');
     app?.kill('SIGKILL');
     for (const child of ecmp) child.kill('SIGKILL');
     await gobgpd?.stop();
@@ -549,5 +565,122 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     );
     // BIRD opened the connection: its local port is 179's peer, ours is 179
     expect((await host2.exec('ss', ['-tn', 'state', 'established', `( sport = :179 )`])).stdout).toContain(`${HOST2.passive}:179`);
+  });
+
+  // flb sidecar with a bgp section in its sidecar.json (a local config dir): the same announcer,
+  // loaded by the sidecar, gating the app's VIP on the app's port, sharing the loop with the proxies.
+  const SIDECAR_VIP = '198.51.100.50';
+  const SIDECAR_APP_PORT = 8090;
+  const LOAD_PORT = 9000;
+  const LOAD_UID = 1777;
+  const sidecarApp = () =>
+    execa(
+      'setpriv',
+      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, '-e', `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`],
+      { reject: false },
+    );
+  let sidecarAppProcess: ResultPromise | undefined;
+  const sidecarSince = async () => /^sidecar\s+BGP\s+\S+\s+up\s+(\S+)\s+Established/m.exec(await birdc('show', 'protocols', 'sidecar'))?.[1];
+  const sidecarStatus = async () => {
+    const result = await host.exec(process.execPath, [flbBundle, 'bgp', 'status', '--admin', 'http://127.0.0.1:15000'], { reject: false });
+    return result.stdout || result.stderr;
+  };
+
+  it('flb sidecar with a bgp section announces the VIP while the app passes, withdraws it when the app fails (session kept), and again on recovery', async () => {
+    const device = /^\d+:\s+(\S+)\s+inet /m.exec((await host.exec('ip', ['-o', 'addr', 'show', 'to', `${HOST.v4}/32`])).stdout)?.[1];
+    await host.exec('ip', ['addr', 'add', `${SIDECAR_HOST}/24`, 'dev', device!]);
+    const dir = join(work, 'sidecar-config');
+    mkdirSync(join(dir, 'services'), { recursive: true });
+    writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
+    writeFileSync(
+      join(dir, 'sidecar.json'),
+      JSON.stringify(
+        sidecarDoc('pod.shop.w', {
+          bgp: {
+            localAs: 65001,
+            routerId: SIDECAR_HOST,
+            holdTimeSeconds: 3,
+            connectRetrySeconds: 1,
+            drainSeconds: 2,
+            peers: [{ address: ROUTER.v4, remoteAs: 65000, localAddress: SIDECAR_HOST, addressFamilies: ['ipv4-unicast'] }],
+            vips: [
+              {
+                prefix: `${SIDECAR_VIP}/32`,
+                healthCheck: { protocol: 'tcp', port: SIDECAR_APP_PORT, intervalMs: 200, timeoutMs: 150, healthyThreshold: 2, unhealthyThreshold: 3 },
+              },
+            ],
+          },
+        }),
+      ),
+    );
+    sidecarAppProcess = sidecarApp();
+    sidecar = execa(
+      'setpriv',
+      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, join(ROOT, 'bin', 'flb.js'), 'sidecar', '--id', 'pod.shop.w', '--config-dir', dir],
+      { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
+    );
+    await eventually('BIRD to hold the VIP from the sidecar', async () => ((await birdRoutes('sidecar')).join() === `${SIDECAR_VIP}/32` ? true : undefined), 30_000);
+    const status = await sidecarStatus();
+    expect(status).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));
+    expect(status).toMatch(/^198\.51\.100\.50\/32\s+healthy \(\d+ in a row\)\s+yes\s+connected/m);
+    const since = await sidecarSince();
+    sidecarAppProcess.kill('SIGKILL');
+    await eventually('BIRD to drop the VIP', async () => ((await birdRoutes('sidecar')).length === 0 ? true : undefined), 10_000, 50);
+    expect(await sidecarStatus()).toMatch(/^198\.51\.100\.50\/32\s+unhealthy \(\d+ in a row\)\s+no\s+ECONNREFUSED/m);
+    sidecarAppProcess = sidecarApp();
+    await eventually('BIRD to hold the VIP again', async () => ((await birdRoutes('sidecar')).length === 1 ? true : undefined), 10_000);
+    expect(await sidecarSince()).toBe(since);
+  });
+
+  it("flb sidecar keeps its 3 s BGP session Established while a saturating load goes through the sidecar's outbound port for 12 s", async () => {
+    // The load: another user's connections to the router, redirected to the sidecar's outbound
+    // port (the sidecar itself runs as root, so its own connections are not redirected back).
+    await host.exec('iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', ROUTER.v4, '--dport', String(LOAD_PORT), '-m', 'owner', '--uid-owner', String(LOAD_UID), '-j', 'REDIRECT', '--to-ports', '15001']);
+    sink = execa(
+      'setpriv',
+      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', router.name, process.execPath, '-e', `require('net').createServer((s) => { s.resume(); s.on('error', () => {}); }).listen(${LOAD_PORT}, '${ROUTER.v4}')`],
+      { reject: false },
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    const since = await sidecarSince();
+    expect(since).toBeDefined();
+    const sidecarPid = Number((await host.exec('sh', ['-c', `ss -ltnp 'sport = :15001' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2`])).stdout);
+    const cpuTicks = () => readFileSync(`/proc/${sidecarPid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).map(Number).reduce((a, b) => a + b, 0);
+    const ticksBefore = cpuTicks();
+    const seconds = 12;
+    const load = `const net = require('net'); const chunk = Buffer.alloc(65536); let bytes = 0; const end = Date.now() + ${seconds * 1000};
+      for (let i = 0; i < 16; i++) { const s = net.connect(${LOAD_PORT}, '${ROUTER.v4}'); s.on('error', () => {});
+        const pump = () => { while (Date.now() < end) { bytes += chunk.length; if (!s.write(chunk)) return void s.once('drain', pump); } s.destroy(); }; s.on('connect', pump); }
+      setTimeout(() => { console.log(bytes); process.exit(0); }, ${seconds * 1000 + 200});`;
+    const result = await host.exec('setpriv', ['--reuid', String(LOAD_UID), '--regid', String(LOAD_UID), '--clear-groups', process.execPath, '-e', load]);
+    const ticks = cpuTicks() - ticksBefore;
+    const mib = Number(result.stdout) / 2 ** 20;
+    console.log(`through the sidecar's outbound port: ${(mib / seconds).toFixed(0)} MiB/s for ${seconds} s, the sidecar busy ${((ticks / 100 / seconds) * 100).toFixed(0)} % of a core; BGP hold time 3 s`);
+    expect(mib).toBeGreaterThan(100);
+    expect(await sidecarSince()).toBe(since);
+    expect(await sidecarStatus()).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));
+    expect(await birdRoutes('sidecar')).toEqual([`${SIDECAR_VIP}/32`]);
+  }, 60_000);
+
+  it('flb sidecar on SIGTERM: GRACEFUL_SHUTDOWN first, the VIP withdrawn after the drain time, the session closed, then exit', async () => {
+    sidecar!.kill('SIGTERM');
+    const stopped = Date.now();
+    await eventually(
+      'BIRD to see GRACEFUL_SHUTDOWN',
+      async () => ((await birdc('show', 'route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
+      5_000,
+      50,
+    );
+    await eventually('BIRD to drop the VIP', async () => ((await birdRoutes('sidecar')).length === 0 ? true : undefined), 10_000, 50);
+    const drainedMs = Date.now() - stopped;
+    expect(drainedMs).toBeGreaterThanOrEqual(2000);
+    expect(drainedMs).toBeLessThan(4000);
+    await eventually(
+      'BIRD to see the session closed',
+      async () => (/Received: Administrative shutdown/.test(await birdc('show', 'protocols', 'all', 'sidecar')) ? true : undefined),
+      5_000,
+    );
+    expect((await sidecar!).exitCode).toBe(0);
+    sidecarAppProcess?.kill('SIGKILL');
   });
 });

@@ -39,8 +39,14 @@ export function bgpCommand(): Command {
     .option('--admin <url>', "a sidecar's admin port instead (its announcer's status is at /bgp), e.g. http://127.0.0.1:15000")
     .option('-o, --output <format>', 'table or json', 'table')
     .action(async (o: { url: string; admin?: string; output: string }) => {
+      // `bgp` has an --admin of its own (the standalone's listen address), which commander gives
+      // the parent when it follows `status`: taken from there when the user typed it.
+      const admin = o.admin ?? (bgp.getOptionValueSource('admin') === 'cli' ? (bgp.opts() as { admin: string }).admin : undefined);
       const { printBgpStatus } = await import('./status.js');
-      await printBgpStatus(o.admin ? { url: o.admin, path: '/bgp' } : { url: o.url, path: '/status' }, o.output === 'json' ? 'json' : 'table');
+      await printBgpStatus(
+        admin ? { url: /^https?:\/\//.test(admin) ? admin : `http://${admin}`, path: '/bgp' } : { url: o.url, path: '/status' },
+        o.output === 'json' ? 'json' : 'table',
+      );
     });
   return bgp;
 }
