@@ -2,12 +2,14 @@
 // sidecar.json gains a bgp section, follows its changes, drains when it goes or on SIGTERM's drain,
 // and shows on the admin port (/bgp, /metrics). Routers are fake peers on loopback.
 import { afterEach, describe, expect, it } from '@jest/globals';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { pino } from 'pino';
 import type { SidecarPorts } from '../../common/contract/index.js';
 import { meshDoc, sidecarDoc } from '../config/testing/fixtures.js';
@@ -184,4 +186,66 @@ describe('the BGP announcer in the sidecar', () => {
     expect(rib(peer.received)).toEqual([]);
     await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
   });
+});
+
+describe('loading', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+
+  /**
+   * `flb sidecar` from dist/ module by module (FLB_SIDECAR_UNBUNDLED: the bundle is one file), run
+   * until `until` holds, then SIGTERM: the files it loaded under dist/sidecar/bgp/.
+   */
+  async function bgpFilesLoaded(sidecarJson: Record<string, unknown>, ready: (admin: string) => Promise<unknown>): Promise<string[]> {
+    if (!existsSync(join(root, 'dist', 'sidecar', 'bgp', 'in-sidecar.js'))) throw new Error('dist/ is missing or old: run npm run build');
+    const dir = mkdtempSync(join(tmpdir(), 'flb-sidecar-bgp-load-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    mkdirSync(join(dir, 'services'));
+    writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
+    writeFileSync(join(dir, 'sidecar.json'), JSON.stringify(sidecarJson));
+    const loaded = join(dir, 'loaded.txt');
+    writeFileSync(loaded, '');
+    // A resolve hook (it runs on its own thread) writes down every module the sidecar resolves.
+    const hooks = join(dir, 'hooks.mjs');
+    writeFileSync(
+      hooks,
+      `import { appendFileSync } from 'node:fs';\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(${JSON.stringify(loaded)}, r.url + '\\n'); return r; }\n`,
+    );
+    const register = join(dir, 'register.mjs');
+    writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+    const firstPort = 40_000 + (process.pid % 1000) * 10;
+    const ports = ['--admin-port', '--outbound-port', '--inbound-port', '--metrics-port', '--dns-port', '--liveness-probe-port', '--readiness-probe-port', '--startup-probe-port'];
+    const child = spawn(
+      process.execPath,
+      ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), 'sidecar', '--id', ID, '--config-dir', dir, ...ports.flatMap((flag, i) => [flag, String(firstPort + i)])],
+      { env: { ...process.env, FLB_SIDECAR_UNBUNDLED: '1', FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '' }, stdio: 'ignore' },
+    );
+    cleanups.push(() => child.kill('SIGKILL'));
+    await ready(`http://127.0.0.1:${firstPort}`);
+    child.kill('SIGTERM');
+    await once(child, 'exit');
+    return readFileSync(loaded, 'utf8')
+      .split('\n')
+      .filter((url) => url.startsWith('file:'))
+      .map((url) => fileURLToPath(url))
+      .filter((file) => file.startsWith(join(root, 'dist', 'sidecar', 'bgp')));
+  }
+
+  it('a sidecar without a bgp section loads none of the speaker (only the bgp command\'s flags); one with a section loads it', async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const applied = (admin: string) =>
+      until(
+        'the sidecar to apply its sidecar.json',
+        async () => ((JSON.parse((await get(`${admin}/config_dump`).catch(() => ({ body: '{}' }))).body) as { version?: unknown }).version ? true : undefined),
+        10_000,
+      );
+    const without = await bgpFilesLoaded(sidecarDoc(ID), applied);
+    // Only `flb bgp`'s flags (sidecar/cli.ts registers the command in every sidecar's parser).
+    expect(without).toEqual([join(root, 'dist', 'sidecar', 'bgp', 'cli.js')]);
+    const withBgp = await bgpFilesLoaded(sidecarDoc(ID, { bgp: bgpSection(app.port, [peer]) }), async (admin) => {
+      await applied(admin);
+      await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined), 10_000);
+    });
+    expect(withBgp).toContain(join(root, 'dist', 'sidecar', 'bgp', 'in-sidecar.js'));
+  }, 30_000);
 });
