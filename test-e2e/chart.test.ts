@@ -161,15 +161,48 @@ describe('the flb-mesh chart', () => {
     const certManager = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cm', { webhook: { certManager: { enabled: true } } })]);
     expect(certManager.exitCode).toBe(1);
     expect(certManager.stderr).toContain('webhook.certManager.enabled: not available yet');
-    const namedRepo = await helm.run([
-      'template',
-      'flb',
-      CHART_DIR,
-      '-f',
-      helm.valuesFile('repo-name', { bridge: { sinks: [{ kind: 'kubernetes', name: 'repo', namespace: 'registry' }] } }),
-    ]);
-    expect(namedRepo.exitCode).toBe(1);
-    expect(namedRepo.stderr).toContain("bridge.sinks: the name repo is the repo sink's");
+  });
+
+  it("refuses the sinks the BridgeConfig's own check refuses (one field against another), naming the field, at install", async () => {
+    const repoSink = (YAML.parse(configMapFile(defaults, 'flb-bridge-config', 'bridge.yaml')) as { sinks: unknown[] }).sinks[0];
+    const kubernetes = { kind: 'kubernetes' };
+    const cases: [{ sources?: unknown[]; sinks: unknown[] }, string][] = [
+      [
+        { sinks: [{ kind: 'kubernetes', name: 'repo', namespace: 'registry' }] },
+        'bridge.sinks[0].name: repo is already the repo sink, which the chart configures itself',
+      ],
+      [
+        {
+          sinks: [
+            { kind: 'kubernetes', namespace: 'registry' },
+            { kind: 'kubernetes', namespace: 'other' },
+          ],
+        },
+        "bridge.sinks[1].name: kubernetes is already bridge.sinks[0]'s",
+      ],
+      [{ sinks: [{ kind: 'consul', from: ['kubernets'] }] }, 'bridge.sinks[0].from[0]: no source in bridge.sources is named kubernets'],
+      [
+        { sinks: [{ kind: 'kubernetes', namespace: 'registry', from: ['kubernetes'] }] },
+        'bridge.sinks[0].from[0]: source kubernetes reads the registry this sink writes',
+      ],
+      [
+        { sources: [kubernetes, { kind: 'consul', name: 'dc1' }], sinks: [{ kind: 'consul', from: ['kubernetes', 'dc1'] }] },
+        'bridge.sinks[0].from[1]: source dc1 reads the registry this sink writes',
+      ],
+    ];
+    for (const [bridge, message] of cases) {
+      const sources = bridge.sources ?? [kubernetes];
+      const result = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cross', { bridge: { sources, sinks: bridge.sinks } })]);
+      expect({ bridge, exitCode: result.exitCode }).toEqual({ bridge, exitCode: 1 });
+      expect(result.stderr).toContain(message);
+      // The bridge would refuse it too: the chart says no more than the contract.
+      const config = YAML.parse(configMapFile(defaults, 'flb-bridge-config', 'bridge.yaml')) as Record<string, unknown>;
+      expect(BridgeConfigSchema.safeParse({ ...config, sources, sinks: [repoSink, ...bridge.sinks] }).success).toBe(false);
+    }
+    // A Consul sink from a Consul source on another Consul is fine.
+    const elsewhere = { sources: [{ kind: 'consul', address: 'http://dc1:8500' }], sinks: [{ kind: 'consul', address: 'http://dc2:8500', from: ['consul'] }] };
+    const rendered = YAML.parse(configMapFile(await helm.render({ bridge: elsewhere }), 'flb-bridge-config', 'bridge.yaml')) as unknown;
+    expect(BridgeConfigSchema.safeParse(rendered).success).toBe(true);
   });
 
   it('grants least privilege: no wildcard, no Secret outside its namespace, no built-in role; every rule explained in the README', async () => {
