@@ -21,7 +21,7 @@ import { buildDnsTable } from './dns/table.js';
 import { SidecarMetrics, workloadFromEnvironment, type WorkloadIdentity } from './metrics.js';
 import type { OriginalDestination } from './native/index.js';
 import { PORT_FLAGS } from './port-flags.js';
-import { parseAppProbes, startProbeServers } from './probes.js';
+import { parseAppProbes, runProbe, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
 import { Http2Proxy } from './proxy/http2.js';
 import { Lazy } from './lazy.js';
@@ -104,11 +104,19 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       );
   };
 
+  /** A VIP's `readiness` check: every readiness probe of the app's containers passes, as the kubelet would see through the sidecar. */
+  const appReadiness = async (): Promise<{ ok: boolean; detail: string }> => {
+    const probes = [...appProbes.values()].filter((probe) => probe.kind === 'readiness');
+    if (probes.length === 0) return { ok: false, detail: 'the app declares no readiness probe (FLB_APP_PROBES): give the VIP a tcp or http check' };
+    const results = await Promise.all(probes.map((probe) => runProbe(probe, options.appHost)));
+    const failed = results.find((result) => !result.ok);
+    return failed ? { ok: false, detail: `readiness probe: ${failed.detail}` } : { ok: true, detail: `readiness probe: ${results[0]!.detail}` };
+  };
   /** The BGP announcer, loaded with the first sidecar.json that has a bgp section (never otherwise). */
   let bgp: Lazy<SidecarBgp> | undefined;
   const applyBgp = (section: SidecarState['sidecar']['bgp']) => {
     if (!section && !bgp) return;
-    bgp ??= new Lazy(async () => new (await import('./bgp/in-sidecar.js')).SidecarBgp(log, metrics.registry));
+    bgp ??= new Lazy(async () => new (await import('./bgp/in-sidecar.js')).SidecarBgp(log, metrics.registry, appReadiness));
     bgp.get().then(
       (announcer) => announcer.apply(section),
       (error: unknown) => log.error({ err: error }, 'the BGP announcer could not be loaded'),

@@ -50,18 +50,26 @@ export const DnsRecordSchema = z.object({
   service: z.string().optional(),
 });
 
-export const HealthGateSchema = z.object({
-  protocol: z.enum(['tcp', 'http']),
-  address: ipAddress.default('127.0.0.1'),
-  port,
-  path: z.string().startsWith('/').optional(),
-  /** http: the one status that means healthy; unset, any 2xx or 3xx (as a Kubernetes httpGet probe). */
-  expectedStatus: z.number().int().min(100).max(599).optional(),
-  intervalMs: durationMs.min(100).default(2000),
-  timeoutMs: durationMs.min(10).default(1000),
-  healthyThreshold: z.number().int().min(1).default(2),
-  unhealthyThreshold: z.number().int().min(1).default(3),
-});
+export const HealthGateSchema = z
+  .object({
+    /**
+     * tcp: a connect; http: a GET; readiness (in `flb sidecar` only): the app's own readiness probes,
+     * as the sidecar runs them for the kubelet (FLB_APP_PROBES), so the VIP follows what Kubernetes
+     * sees; address, port and path are then not used.
+     */
+    protocol: z.enum(['tcp', 'http', 'readiness']),
+    address: ipAddress.default('127.0.0.1'),
+    /** Needed for tcp and http. */
+    port: port.optional(),
+    path: z.string().startsWith('/').optional(),
+    /** http: the one status that means healthy; unset, any 2xx or 3xx (as a Kubernetes httpGet probe). */
+    expectedStatus: z.number().int().min(100).max(599).optional(),
+    intervalMs: durationMs.min(100).default(2000),
+    timeoutMs: durationMs.min(10).default(1000),
+    healthyThreshold: z.number().int().min(1).default(2),
+    unhealthyThreshold: z.number().int().min(1).default(3),
+  })
+  .refine((check) => check.protocol === 'readiness' || check.port !== undefined, { message: 'tcp and http checks need a port', path: ['port'] });
 
 const asNumber = z.number().int().min(1, 'must be an AS number, 1-4294967295').max(4294967295, 'must be an AS number, 1-4294967295');
 const uint32 = z.number().int().min(0).max(4294967295);

@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import type { BgpSchema } from '../../common/contract/sidecar.js';
-import { HealthGate, type GateStatus } from './health.js';
+import { HealthGate, type GateStatus, type ReadinessSource } from './health.js';
 import { BgpSpeaker, type SpeakerStatus } from './speaker.js';
 import { Afi, communityText, parsePrefix, prefixText, WellKnownCommunity } from './wire/index.js';
 
@@ -23,10 +23,19 @@ export interface AnnouncerStatus extends SpeakerStatus {
 }
 
 /** Fields the schema takes that the announcer cannot honour yet (the sidecar refuses them too). */
-export function unbuiltFields(config: BgpConfig, prefix = ''): { field: string; message: string }[] {
-  return config.peers.flatMap((peer, i) =>
-    peer.passwordRef !== undefined ? [{ field: `${prefix}peers[${i}].passwordRef`, message: 'TCP MD5 (RFC 2385) is not built yet' }] : [],
-  );
+export function unbuiltFields(config: BgpConfig, prefix = '', where: 'standalone' | 'sidecar' = 'standalone'): { field: string; message: string }[] {
+  return [
+    ...config.peers.flatMap((peer, i) =>
+      peer.passwordRef !== undefined ? [{ field: `${prefix}peers[${i}].passwordRef`, message: 'TCP MD5 (RFC 2385) is not built yet' }] : [],
+    ),
+    ...(where === 'standalone'
+      ? config.vips.flatMap((vip, i) =>
+          vip.healthCheck.protocol === 'readiness'
+            ? [{ field: `${prefix}vips[${i}].healthCheck.protocol`, message: "readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp" }]
+            : [],
+        )
+      : []),
+  ];
 }
 
 const GRACEFUL_SHUTDOWN = communityText(WellKnownCommunity.GRACEFUL_SHUTDOWN);
@@ -39,6 +48,8 @@ export class Announcer {
   constructor(
     private readonly config: BgpConfig,
     private readonly log: Logger,
+    /** For `protocol: readiness` checks (the sidecar gives it). */
+    readiness?: ReadinessSource,
   ) {
     this.speaker = new BgpSpeaker({
       localAs: config.localAs,
@@ -59,7 +70,7 @@ export class Announcer {
     });
     this.gates = config.vips.map((vip) => {
       const prefix = prefixText(parsePrefix(vip.prefix));
-      const gate = new HealthGate(vip.healthCheck);
+      const gate = new HealthGate(vip.healthCheck, readiness);
       gate.on('change', (healthy: boolean, result: { detail: string }) => {
         if (this.draining) return;
         this.log.info({ vip: prefix, healthy, check: result.detail }, healthy ? 'VIP healthy: announcing' : 'VIP unhealthy: withdrawing');

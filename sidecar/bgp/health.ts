@@ -7,9 +7,11 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 
 export interface HealthCheck {
-  protocol: 'tcp' | 'http';
+  /** readiness: the app's readiness probes as the sidecar runs them (given to the gate by the sidecar). */
+  protocol: 'tcp' | 'http' | 'readiness';
   address: string;
-  port: number;
+  /** tcp and http. */
+  port?: number;
   path?: string;
   /** http: the one status that means healthy; unset, any 2xx or 3xx. */
   expectedStatus?: number;
@@ -25,7 +27,18 @@ export interface ProbeResult {
   detail: string;
 }
 
-export function probe(check: HealthCheck): Promise<ProbeResult> {
+/** The app's readiness, as `flb sidecar` knows it (its probes from FLB_APP_PROBES). */
+export type ReadinessSource = () => Promise<ProbeResult>;
+
+export function probe(check: HealthCheck, readiness?: ReadinessSource): Promise<ProbeResult> {
+  if (check.protocol === 'readiness') {
+    if (!readiness) return Promise.resolve({ ok: false, detail: "readiness checks run inside flb sidecar only" });
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<ProbeResult>((resolve) => (timer = setTimeout(() => resolve({ ok: false, detail: `timed out after ${check.timeoutMs} ms` }), check.timeoutMs)));
+    return Promise.race([readiness().catch((error: Error) => ({ ok: false, detail: error.message })), timedOut]).finally(() => clearTimeout(timer));
+  }
+  // The schema refuses tcp and http checks without one.
+  const port = check.port ?? 0;
   return new Promise((resolve) => {
     let settled = false;
     const done = (result: ProbeResult) => {
@@ -41,7 +54,7 @@ export function probe(check: HealthCheck): Promise<ProbeResult> {
     const failed = (error: NodeJS.ErrnoException) => done({ ok: false, detail: error.code ?? error.message });
     let socketOrRequest: { destroy(): void };
     if (check.protocol === 'tcp') {
-      const socket = connect({ host: check.address, port: check.port }, () => {
+      const socket = connect({ host: check.address, port }, () => {
         done({ ok: true, detail: 'connected' });
         // Closed politely: a FIN, and whatever the app says read and dropped until it closes too.
         // destroy() here would leave an app's greeting unread and the kernel would answer it with a
@@ -55,7 +68,7 @@ export function probe(check: HealthCheck): Promise<ProbeResult> {
       socketOrRequest = socket;
     } else {
       const req = request(
-        { host: check.address, port: check.port, path: check.path ?? '/', method: 'GET', agent: false, headers: { 'user-agent': 'flb-bgp-health' } },
+        { host: check.address, port, path: check.path ?? '/', method: 'GET', agent: false, headers: { 'user-agent': 'flb-bgp-health' } },
         (res) => {
           res.resume();
           const status = res.statusCode ?? 0;
@@ -87,7 +100,10 @@ export class HealthGate extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
 
-  constructor(readonly check: HealthCheck) {
+  constructor(
+    readonly check: HealthCheck,
+    private readonly readiness?: ReadinessSource,
+  ) {
     super();
   }
 
@@ -108,7 +124,7 @@ export class HealthGate extends EventEmitter {
 
   private async tick(): Promise<void> {
     const started = Date.now();
-    const result = await probe(this.check);
+    const result = await probe(this.check, this.readiness);
     if (!this.running) return;
     this.record(result);
     // The next check an interval after this one began, so a slow probe does not stretch the period.

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { request } from 'node:http';
+import { createServer as createHttpServer, request } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { pino } from 'pino';
 import type { SidecarPorts } from '../../common/contract/index.js';
 import { meshDoc, sidecarDoc } from '../config/testing/fixtures.js';
 import { runSidecar, type RunningSidecar } from '../sidecar.js';
+import { loadBgpConfig } from './runner.js';
 import { fetchBgpStatus } from './status.js';
 import { FakePeer } from './testing/fake-peer.js';
 import { communityText, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
@@ -66,14 +67,14 @@ function bgpSection(appPort: number, peers: FakePeer[], extra: Record<string, un
   };
 }
 
-async function sidecarWith(bgp: unknown): Promise<{ sidecar: RunningSidecar; write(bgp: unknown): void; admin: string }> {
+async function sidecarWith(bgp: unknown, appProbes?: string): Promise<{ sidecar: RunningSidecar; write(bgp: unknown): void; admin: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'flb-sidecar-bgp-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'services'));
   writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
   const write = (section: unknown) => writeFileSync(join(dir, 'sidecar.json'), JSON.stringify(sidecarDoc(ID, section ? { bgp: section } : {})));
   write(bgp);
-  const sidecar = await runSidecar({ id: ID, ports: ANY_PORTS, log, appHost: '127.0.0.1', dnsUpstreams: ['127.0.0.1:9'], drainMs: 0, config: { kind: 'local', dir, watch: true } });
+  const sidecar = await runSidecar({ id: ID, ports: ANY_PORTS, log, appHost: '127.0.0.1', dnsUpstreams: ['127.0.0.1:9'], drainMs: 0, config: { kind: 'local', dir, watch: true }, ...(appProbes ? { appProbes } : {}) });
   cleanups.push(() => sidecar.close());
   return { sidecar, write, admin: `http://127.0.0.1:${sidecar.ports.admin}` };
 }
@@ -185,6 +186,46 @@ describe('the BGP announcer in the sidecar', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
     expect(rib(peer.received)).toEqual([]);
     await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+  });
+});
+
+describe("the app's readiness as a VIP's check", () => {
+  it("announces while the app's readiness probe passes (as the sidecar runs it for the kubelet) and withdraws when it fails", async () => {
+    let status = 200;
+    const appServer = createHttpServer((_req, res) => res.writeHead(status).end());
+    appServer.listen(0, '127.0.0.1');
+    await once(appServer, 'listening');
+    cleanups.push(() => new Promise((r) => appServer.close(r)));
+    const appPort = (appServer.address() as { port: number }).port;
+    const probes = { '/app-health/app/readyz': { kind: 'readiness', sidecarPort: 15902, original: { type: 'http', port: appPort, path: '/ready' } } };
+    const peer = await fakePeer();
+    const section = bgpSection(0, [peer]) as { vips: { healthCheck: Record<string, unknown> }[] };
+    section.vips[0]!.healthCheck = { protocol: 'readiness', intervalMs: 100, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 2 };
+    const { admin } = await sidecarWith(section, JSON.stringify(probes));
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]!.lastResult?.detail).toMatch(/^readiness probe: .*200/);
+    status = 503;
+    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]).toMatchObject({ healthy: false, announced: false, lastResult: { detail: expect.stringMatching(/^readiness probe: .*503/) } });
+  });
+
+  it('says so when the app has no readiness probe, and flb bgp refuses a readiness check (it has no app probes)', async () => {
+    const peer = await fakePeer();
+    const section = bgpSection(0, [peer]) as { vips: { healthCheck: Record<string, unknown> }[] };
+    section.vips[0]!.healthCheck = { protocol: 'readiness', intervalMs: 100 };
+    const { admin } = await sidecarWith(section);
+    const vip = await until('a check', async () => (await fetchBgpStatus({ url: admin, path: '/bgp' }).catch(() => undefined))?.vips[0]?.lastResult);
+    expect(vip.detail).toBe('the app declares no readiness probe (FLB_APP_PROBES): give the VIP a tcp or http check');
+    const dir = mkdtempSync(join(tmpdir(), 'flb-bgp-readiness-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, 'bgp.json'), JSON.stringify(section));
+    await expect(loadBgpConfig(join(dir, 'bgp.json'))).rejects.toThrow("vips[0].healthCheck.protocol: readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp");
+    section.vips[0]!.healthCheck = { protocol: 'tcp', port: 8080 };
+    writeFileSync(join(dir, 'bgp.json'), JSON.stringify(section));
+    await expect(loadBgpConfig(join(dir, 'bgp.json'))).resolves.toBeDefined();
+    section.vips[0]!.healthCheck = { protocol: 'http' };
+    writeFileSync(join(dir, 'bgp.json'), JSON.stringify(section));
+    await expect(loadBgpConfig(join(dir, 'bgp.json'))).rejects.toThrow('vips[0].healthCheck.port: tcp and http checks need a port');
   });
 });
 

@@ -18,6 +18,7 @@
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../common/log.js';
 import { Announcer, unbuiltFields, type AnnouncerStatus, type BgpConfig } from './announcer.js';
+import type { ReadinessSource } from './health.js';
 import { registerBgpMetrics, type BgpMetrics } from './metrics.js';
 
 export class SidecarBgp {
@@ -31,6 +32,8 @@ export class SidecarBgp {
   constructor(
     private readonly log: Logger,
     registry: Registry,
+    /** The app's readiness as the sidecar runs it, for VIPs with `healthCheck: { protocol: readiness }`. */
+    private readonly readiness: ReadinessSource,
   ) {
     this.metrics = registerBgpMetrics(registry, () => this.announcer);
   }
@@ -76,7 +79,7 @@ export class SidecarBgp {
       await this.retire('drain');
       return;
     }
-    const unbuilt = unbuiltFields(config, 'bgp.');
+    const unbuilt = unbuiltFields(config, 'bgp.', 'sidecar');
     if (unbuilt.length) {
       this.log.error(
         { problems: unbuilt },
@@ -84,7 +87,7 @@ export class SidecarBgp {
       );
       return;
     }
-    const next = new Announcer(config, this.log);
+    const next = new Announcer(config, this.log, this.readiness);
     if (this.announcer) {
       this.log.info('BGP announcer: the bgp section changed, restarting the announcer (every VIP is withdrawn until its check passes again)');
       await this.retire('stop');
