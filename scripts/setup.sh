@@ -97,8 +97,10 @@ kube_ldflags=""
 for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $package.gitVersion=$kube_version -X $package.gitMajor=${BASH_REMATCH[1]} -X $package.gitMinor=${BASH_REMATCH[2]}"
 done
-build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl" "$kube_ldflags" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+# The kubelet is for the real-kubelet end-to-end test (devenv/real-kubelet/), with Debian's containerd.
+build_server kubernetes test-e2e/servers/kube "kube-apiserver kube-controller-manager kubectl kubelet" "$kube_ldflags" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet
 # helm, for the chart's tests. Stamped as helm's Makefile does: its version, and the Kubernetes
 # version of its client-go as what `helm template` and `helm lint` assume without a cluster.
 helm_versions=$(cd test-e2e/servers/helm && go mod edit -json | node -e '
