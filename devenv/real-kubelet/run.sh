@@ -24,6 +24,26 @@ SOCKET=$RUN/containerd.sock
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nreal-kubelet failed: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (containerd, runc, the bridge)"
+
+# What a run killed outright (SIGKILL: no trap) left: containerd's shims and the pods' processes
+# (they outlive containerd by design), their mounts and network namespaces, the bridge.
+remove_leftovers() {
+  local pid
+  for pid in $(grep -lsE "$WORK/|$RUN/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    [[ $pid != "$$" ]] && kill -KILL "$pid" 2>/dev/null || true
+  done
+  # The pods' processes, in the kubelet's cgroups (cgroupfs driver; one such kubelet per machine).
+  cat /sys/fs/cgroup/pids/kubepods*/**/cgroup.procs /sys/fs/cgroup/pids/kubepods*/cgroup.procs 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  findmnt -rn -o TARGET | grep -E "^($WORK|$RUN)/" | sort -r | xargs -r umount -l 2>/dev/null || true
+  local netns
+  for netns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
+    ip -n "$netns" -4 addr 2>/dev/null | grep -q "inet ${GATEWAY%.*}\." && ip netns delete "$netns" 2>/dev/null || true
+  done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  rm -rf "$WORK/state.json" "$WORK/kubelet" "$WORK/containerd" "$WORK"/mesh-* "$WORK/cni/ipam" "$RUN/containerd" "$SOCKET" "$SOCKET.ttrpc"
+}
+shopt -s globstar
+remove_leftovers
 mkdir -p "$WORK" "$RUN" "$CACHE/bin"
 
 step "kubelet (built from test-e2e/servers/kube's pinned k8s.io/kubernetes, as setup.sh builds the apiserver)"
@@ -115,8 +135,7 @@ cleanup() {
   fi
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
   findmnt -rn -o TARGET | grep -E "^($WORK|$RUN)/" | sort -r | xargs -r umount -l 2>/dev/null || true
-  ip link del "$BRIDGE" 2>/dev/null || true
-  rm -rf "$WORK/state.json" "$WORK/kubelet" "$WORK/containerd" "$WORK"/mesh-*
+  remove_leftovers
 }
 trap cleanup EXIT INT TERM
 
@@ -147,9 +166,9 @@ state = "$RUN/containerd"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$WORK/cni/net.d"
 EOF
-containerd --config "$WORK/containerd/config.toml" >"$WORK/containerd.log" 2>&1 &
+setpriv --pdeathsig KILL -- containerd --config "$WORK/containerd/config.toml" >"$WORK/containerd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do [[ -S $SOCKET ]] && break; sleep 0.2; done
+for _ in $(seq 100); do ctr -a "$SOCKET" version >/dev/null 2>&1 && break; kill -0 "${pids[-1]}" 2>/dev/null || die "containerd stopped (log: $WORK/containerd.log)"; sleep 0.2; done
 for tar in pause flb-mesh flb-mesh-control-plane flb-demo; do
   ctr -a "$SOCKET" -n k8s.io images import "$WORK/images/$tar.tar" >/dev/null
 done
@@ -157,7 +176,8 @@ ctr -a "$SOCKET" -n k8s.io images ls -q | grep -v '^sha256:' >&2
 
 step "control plane (devenv/controlplane.ts) and flb-mesh's repo, bridge and injector (devenv/mesh.ts)"
 rm -f "$WORK/state.json"
-GATEWAY=$GATEWAY WORK=$WORK ROOT=$ROOT node --input-type=module -e '
+# pdeathsig TERM: if this script is killed outright, the plane and the mesh still stop in order.
+GATEWAY=$GATEWAY WORK=$WORK ROOT=$ROOT setpriv --pdeathsig TERM -- node --input-type=module -e '
   const { startControlPlane } = await import(`${process.env.ROOT}/dist/devenv/controlplane.js`);
   const { startMeshComponents } = await import(`${process.env.ROOT}/dist/devenv/mesh.js`);
   const { mkdtempSync, writeFileSync } = await import("node:fs");
@@ -207,7 +227,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 EOF
 # The admin kubeconfig (system:masters) stands in for a node credential.
-"$CACHE/bin/kubelet" --config="$WORK/kubelet/config.yaml" --kubeconfig="$KUBECONFIG" --hostname-override="$NODE_NAME" \
+setpriv --pdeathsig KILL -- "$CACHE/bin/kubelet" --config="$WORK/kubelet/config.yaml" --kubeconfig="$KUBECONFIG" --hostname-override="$NODE_NAME" \
   --root-dir="$WORK/kubelet/root" --cert-dir="$WORK/kubelet/pki" --v=2 >"$WORK/kubelet.log" 2>&1 &
 kubelet_pid=$!
 pids+=($kubelet_pid)
