@@ -337,7 +337,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       readiness();
       // BGP first: GRACEFUL_SHUTDOWN goes out at once, so the routers move new flows away while
       // the proxies let open connections finish; the VIPs are withdrawn after bgp.drainSeconds.
-      const bgpDrained = bgp?.current()?.drain();
+      // get(), not current(): an announcer still loading is drained once it is there.
+      const bgpDrained = bgp?.get().then(
+        (announcer) => announcer.drain(),
+        () => undefined,
+      );
       for (const proxy of proxies) proxy.stopAccepting();
       const deadline = Date.now() + (options.drainMs ?? 5000);
       while (Date.now() < deadline && proxies.some((proxy) => proxy.openConnections() > 0)) await new Promise((r) => setTimeout(r, 100));
