@@ -64,8 +64,7 @@ interface ClientStats {
 describe('a real kubelet (containerd, runc) runs plain and injected pods', () => {
   let node: ServerProcess | undefined;
   let kubeconfig = '';
-  const kubectl = async (...args: string[]) =>
-    (await execa(testBinary('kubectl'), args, { env: { KUBECONFIG: kubeconfig }, timeout: 120_000 })).stdout;
+  const kubectl = async (...args: string[]) => (await execa(testBinary('kubectl'), args, { env: { KUBECONFIG: kubeconfig }, timeout: 120_000 })).stdout;
   const pod = async (name: string) => JSON.parse(await kubectl('get', 'pod', name, '-o', 'json')) as PodStatus;
 
   beforeAll(async () => {
