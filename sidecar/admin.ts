@@ -99,7 +99,7 @@ export function startAdmin(options: AdminOptions): Promise<Server> {
         return void metrics(res, options.registry);
       case '/bgp': {
         const status = options.bgp?.();
-        return status === undefined ? json(res, 404, { error: "no BGP announcer runs: sidecar.json has no bgp section" }) : json(res, 200, status);
+        return status === undefined ? json(res, 404, { error: 'no BGP announcer runs: sidecar.json has no bgp section' }) : json(res, 200, status);
       }
       default:
         return json(res, 404, { error: `no such admin path ${path}`, paths: PATHS });

@@ -576,7 +576,18 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   const sidecarApp = () =>
     execa(
       'setpriv',
-      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, '-e', `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`],
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        host.name,
+        process.execPath,
+        '-e',
+        `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`,
+      ],
       { reject: false },
     );
   let sidecarAppProcess: ResultPromise | undefined;
@@ -616,10 +627,29 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     sidecarAppProcess = sidecarApp();
     sidecar = execa(
       'setpriv',
-      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, join(ROOT, 'bin', 'flb.js'), 'sidecar', '--id', 'pod.shop.w', '--config-dir', dir],
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        host.name,
+        process.execPath,
+        join(ROOT, 'bin', 'flb.js'),
+        'sidecar',
+        '--id',
+        'pod.shop.w',
+        '--config-dir',
+        dir,
+      ],
       { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
     );
-    await eventually('BIRD to hold the VIP from the sidecar', async () => ((await birdRoutes('sidecar')).join() === `${SIDECAR_VIP}/32` ? true : undefined), 30_000);
+    await eventually(
+      'BIRD to hold the VIP from the sidecar',
+      async () => ((await birdRoutes('sidecar')).join() === `${SIDECAR_VIP}/32` ? true : undefined),
+      30_000,
+    );
     const status = await sidecarStatus();
     expect(status).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));
     expect(status).toMatch(/^198\.51\.100\.50\/32\s+healthy \(\d+ in a row\)\s+yes\s+connected/m);
@@ -635,17 +665,53 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   it("flb sidecar keeps its 3 s BGP session Established while a saturating load goes through the sidecar's outbound port for 12 s", async () => {
     // The load: another user's connections to the router, redirected to the sidecar's outbound
     // port (the sidecar itself runs as root, so its own connections are not redirected back).
-    await host.exec('iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', ROUTER.v4, '--dport', String(LOAD_PORT), '-m', 'owner', '--uid-owner', String(LOAD_UID), '-j', 'REDIRECT', '--to-ports', '15001']);
+    await host.exec('iptables', [
+      '-t',
+      'nat',
+      '-A',
+      'OUTPUT',
+      '-p',
+      'tcp',
+      '-d',
+      ROUTER.v4,
+      '--dport',
+      String(LOAD_PORT),
+      '-m',
+      'owner',
+      '--uid-owner',
+      String(LOAD_UID),
+      '-j',
+      'REDIRECT',
+      '--to-ports',
+      '15001',
+    ]);
     sink = execa(
       'setpriv',
-      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', router.name, process.execPath, '-e', `require('net').createServer((s) => { s.resume(); s.on('error', () => {}); }).listen(${LOAD_PORT}, '${ROUTER.v4}')`],
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        router.name,
+        process.execPath,
+        '-e',
+        `require('net').createServer((s) => { s.resume(); s.on('error', () => {}); }).listen(${LOAD_PORT}, '${ROUTER.v4}')`,
+      ],
       { reject: false },
     );
     await new Promise((r) => setTimeout(r, 500));
     const since = await sidecarSince();
     expect(since).toBeDefined();
     const sidecarPid = Number((await host.exec('sh', ['-c', `ss -ltnp 'sport = :15001' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2`])).stdout);
-    const cpuTicks = () => readFileSync(`/proc/${sidecarPid}/stat`, 'utf8').split(') ')[1]!.split(' ').slice(11, 13).map(Number).reduce((a, b) => a + b, 0);
+    const cpuTicks = () =>
+      readFileSync(`/proc/${sidecarPid}/stat`, 'utf8')
+        .split(') ')[1]!
+        .split(' ')
+        .slice(11, 13)
+        .map(Number)
+        .reduce((a, b) => a + b, 0);
     const ticksBefore = cpuTicks();
     const seconds = 12;
     const load = `const net = require('net'); const chunk = Buffer.alloc(65536); let bytes = 0; const end = Date.now() + ${seconds * 1000};
@@ -655,7 +721,9 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const result = await host.exec('setpriv', ['--reuid', String(LOAD_UID), '--regid', String(LOAD_UID), '--clear-groups', process.execPath, '-e', load]);
     const ticks = cpuTicks() - ticksBefore;
     const mib = Number(result.stdout) / 2 ** 20;
-    console.log(`through the sidecar's outbound port: ${(mib / seconds).toFixed(0)} MiB/s for ${seconds} s, the sidecar busy ${((ticks / 100 / seconds) * 100).toFixed(0)} % of a core; BGP hold time 3 s`);
+    console.log(
+      `through the sidecar's outbound port: ${(mib / seconds).toFixed(0)} MiB/s for ${seconds} s, the sidecar busy ${((ticks / 100 / seconds) * 100).toFixed(0)} % of a core; BGP hold time 3 s`,
+    );
     expect(mib).toBeGreaterThan(100);
     expect(await sidecarSince()).toBe(since);
     expect(await sidecarStatus()).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));

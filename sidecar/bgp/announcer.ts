@@ -31,7 +31,12 @@ export function unbuiltFields(config: BgpConfig, prefix = '', where: 'standalone
     ...(where === 'standalone'
       ? config.vips.flatMap((vip, i) =>
           vip.healthCheck.protocol === 'readiness'
-            ? [{ field: `${prefix}vips[${i}].healthCheck.protocol`, message: "readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp" }]
+            ? [
+                {
+                  field: `${prefix}vips[${i}].healthCheck.protocol`,
+                  message: "readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp",
+                },
+              ]
             : [],
         )
       : []),

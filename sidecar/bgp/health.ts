@@ -32,9 +32,11 @@ export type ReadinessSource = () => Promise<ProbeResult>;
 
 export function probe(check: HealthCheck, readiness?: ReadinessSource): Promise<ProbeResult> {
   if (check.protocol === 'readiness') {
-    if (!readiness) return Promise.resolve({ ok: false, detail: "readiness checks run inside flb sidecar only" });
+    if (!readiness) return Promise.resolve({ ok: false, detail: 'readiness checks run inside flb sidecar only' });
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<ProbeResult>((resolve) => (timer = setTimeout(() => resolve({ ok: false, detail: `timed out after ${check.timeoutMs} ms` }), check.timeoutMs)));
+    const timedOut = new Promise<ProbeResult>(
+      (resolve) => (timer = setTimeout(() => resolve({ ok: false, detail: `timed out after ${check.timeoutMs} ms` }), check.timeoutMs)),
+    );
     return Promise.race([readiness().catch((error: Error) => ({ ok: false, detail: error.message })), timedOut]).finally(() => clearTimeout(timer));
   }
   // The schema refuses tcp and http checks without one.

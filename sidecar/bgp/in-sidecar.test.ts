@@ -74,7 +74,16 @@ async function sidecarWith(bgp: unknown, appProbes?: string): Promise<{ sidecar:
   writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
   const write = (section: unknown) => writeFileSync(join(dir, 'sidecar.json'), JSON.stringify(sidecarDoc(ID, section ? { bgp: section } : {})));
   write(bgp);
-  const sidecar = await runSidecar({ id: ID, ports: ANY_PORTS, log, appHost: '127.0.0.1', dnsUpstreams: ['127.0.0.1:9'], drainMs: 0, config: { kind: 'local', dir, watch: true }, ...(appProbes ? { appProbes } : {}) });
+  const sidecar = await runSidecar({
+    id: ID,
+    ports: ANY_PORTS,
+    log,
+    appHost: '127.0.0.1',
+    dnsUpstreams: ['127.0.0.1:9'],
+    drainMs: 0,
+    config: { kind: 'local', dir, watch: true },
+    ...(appProbes ? { appProbes } : {}),
+  });
   cleanups.push(() => sidecar.close());
   return { sidecar, write, admin: `http://127.0.0.1:${sidecar.ports.admin}` };
 }
@@ -149,7 +158,9 @@ describe('the BGP announcer in the sidecar', () => {
     write(bgpSection(app.port, [first, second]));
     await second.until('the VIP at the added peer', (r) => (rib(r).join() === VIP ? true : undefined));
     // Replaced, not reconciled: the first peer's session was restarted and has the VIP again.
-    await first.until('the VIP after the restart', (r) => (opens(r) === 2 && rib(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined));
+    await first.until('the VIP after the restart', (r) =>
+      opens(r) === 2 && rib(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined,
+    );
 
     const secret = bgpSection(app.port, [first]) as { peers: Record<string, unknown>[] };
     secret.peers[0]!.passwordRef = 'bgp-md5';
@@ -206,7 +217,11 @@ describe("the app's readiness as a VIP's check", () => {
     expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]!.lastResult?.detail).toMatch(/^readiness probe: .*200/);
     status = 503;
     await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
-    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]).toMatchObject({ healthy: false, announced: false, lastResult: { detail: expect.stringMatching(/^readiness probe: .*503/) } });
+    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]).toMatchObject({
+      healthy: false,
+      announced: false,
+      lastResult: { detail: expect.stringMatching(/^readiness probe: .*503/) },
+    });
   });
 
   it('says so when the app has no readiness probe, and flb bgp refuses a readiness check (it has no app probes)', async () => {
@@ -219,7 +234,9 @@ describe("the app's readiness as a VIP's check", () => {
     const dir = mkdtempSync(join(tmpdir(), 'flb-bgp-readiness-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     writeFileSync(join(dir, 'bgp.json'), JSON.stringify(section));
-    await expect(loadBgpConfig(join(dir, 'bgp.json'))).rejects.toThrow("vips[0].healthCheck.protocol: readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp");
+    await expect(loadBgpConfig(join(dir, 'bgp.json'))).rejects.toThrow(
+      "vips[0].healthCheck.protocol: readiness is the app's readiness as flb sidecar sees it: use tcp or http with flb bgp",
+    );
     section.vips[0]!.healthCheck = { protocol: 'tcp', port: 8080 };
     writeFileSync(join(dir, 'bgp.json'), JSON.stringify(section));
     await expect(loadBgpConfig(join(dir, 'bgp.json'))).resolves.toBeDefined();
@@ -254,10 +271,29 @@ describe('loading', () => {
     const register = join(dir, 'register.mjs');
     writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
     const firstPort = 40_000 + (process.pid % 1000) * 10;
-    const ports = ['--admin-port', '--outbound-port', '--inbound-port', '--metrics-port', '--dns-port', '--liveness-probe-port', '--readiness-probe-port', '--startup-probe-port'];
+    const ports = [
+      '--admin-port',
+      '--outbound-port',
+      '--inbound-port',
+      '--metrics-port',
+      '--dns-port',
+      '--liveness-probe-port',
+      '--readiness-probe-port',
+      '--startup-probe-port',
+    ];
     const child = spawn(
       process.execPath,
-      ['--import', pathToFileURL(register).href, join(root, 'bin', 'flb.js'), 'sidecar', '--id', ID, '--config-dir', dir, ...ports.flatMap((flag, i) => [flag, String(firstPort + i)])],
+      [
+        '--import',
+        pathToFileURL(register).href,
+        join(root, 'bin', 'flb.js'),
+        'sidecar',
+        '--id',
+        ID,
+        '--config-dir',
+        dir,
+        ...ports.flatMap((flag, i) => [flag, String(firstPort + i)]),
+      ],
       { env: { ...process.env, FLB_SIDECAR_UNBUNDLED: '1', FLB_LOG_LEVEL: 'silent', FLB_REPO_URL: '' }, stdio: 'ignore' },
     );
     cleanups.push(() => child.kill('SIGKILL'));
@@ -271,7 +307,7 @@ describe('loading', () => {
       .filter((file) => file.startsWith(join(root, 'dist', 'sidecar', 'bgp')));
   }
 
-  it('a sidecar without a bgp section loads none of the speaker (only the bgp command\'s flags); one with a section loads it', async () => {
+  it("a sidecar without a bgp section loads none of the speaker (only the bgp command's flags); one with a section loads it", async () => {
     const app = await tcpApp();
     const peer = await fakePeer();
     const applied = (admin: string) =>

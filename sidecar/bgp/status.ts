@@ -73,7 +73,7 @@ export async function fetchBgpStatus(endpoint: string | StatusEndpoint): Promise
       res.on('data', (c: string) => (body += c));
       res.on('end', () => {
         if (res.statusCode === 404 && inSidecar)
-          reject(new ActionableError(`the sidecar at ${url} runs no BGP announcer`, "add a bgp section to its sidecar.json (see sidecar/bgp/README.md)"));
+          reject(new ActionableError(`the sidecar at ${url} runs no BGP announcer`, 'add a bgp section to its sidecar.json (see sidecar/bgp/README.md)'));
         else if (res.statusCode !== 200)
           reject(
             new ActionableError(
