@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { cacheDir, testBinary } from '../devenv/cache.js';
@@ -70,8 +69,10 @@ describe('a real kubelet (containerd, runc) runs plain and injected pods', () =>
   beforeAll(async () => {
     const missing = missingPrerequisites();
     if (missing.length > 0) throw new Error(`the real-kubelet test cannot run here; it needs:\n  ${missing.join('\n  ')}`);
-    const logDir = mkdtempSync(join(tmpdir(), 'flb-real-kubelet-test-'));
-    node = startServer('real-kubelet', runScript, [], join(logDir, 'run.log'));
+    // Beside the kubelet's and containerd's logs, replaced by the next run like them.
+    mkdirSync(work, { recursive: true });
+    rmSync(`${work}/run.log`, { force: true });
+    node = startServer('real-kubelet', runScript, [], `${work}/run.log`);
     const started = node;
     const ready = await eventually(
       'the node to be Ready',
