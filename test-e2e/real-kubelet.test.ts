@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:f
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { cacheDir, testBinary } from '../devenv/cache.js';
+import { buildImages } from '../devenv/images/builder.js';
 import { startServer, type ServerProcess } from '../devenv/processes.js';
 import { eventually } from './harness/eventually.js';
 
@@ -27,6 +28,7 @@ function missingPrerequisites(): string[] {
     ['ctr', 'apt-get install containerd'],
     ['runc', 'apt-get install runc'],
     ['buildah', 'apt-get install buildah'],
+    ['mmdebstrap', 'apt-get install mmdebstrap'],
     ['gcc', 'apt-get install gcc libc6-dev'],
     ['setpriv', 'apt-get install util-linux'],
   ] as const) {
@@ -69,6 +71,9 @@ describe('a real kubelet (containerd, runc) runs plain and injected pods', () =>
   beforeAll(async () => {
     const missing = missingPrerequisites();
     if (missing.length > 0) throw new Error(`the real-kubelet test cannot run here; it needs:\n  ${missing.join('\n  ')}`);
+    // run.sh imports the images from the builder's store: made here when this file runs before
+    // images.test.ts (cached by their inputs, so a warm run only checks them).
+    await buildImages({ onProgress: (message) => process.stderr.write(`images: ${message}\n`) });
     // Beside the kubelet's and containerd's logs, replaced by the next run like them.
     mkdirSync(work, { recursive: true });
     rmSync(`${work}/run.log`, { force: true });
@@ -86,7 +91,7 @@ describe('a real kubelet (containerd, runc) runs plain and injected pods', () =>
     kubeconfig = ready;
     await kubectl('apply', '-f', demo);
     await kubectl('wait', '--for=condition=Ready', 'pod/echo', 'pod/client', '--timeout=90s');
-  }, 360_000);
+  }, 720_000);
 
   afterAll(async () => {
     // SIGTERM: run.sh deletes the pods through the kubelet, then removes everything it made.
