@@ -123,8 +123,9 @@ describe('the repo worker client', () => {
       expect(updates).toHaveLength(0);
       await repo.create('/flb/sidecars/pod.shop.later', { base: '/flb/mesh' });
       await publish('/flb/sidecars/pod.shop.later', { '/sidecar.json': '{"id":"later"}' }, '1');
-      // Not-published retries are capped at 2 s, not the 30 s of an unreachable repo.
-      await until('the codebase once published', () => updates.length === 1, 3000);
+      // Not-published retries are capped at 2 s (with jitter), not the 30 s of an unreachable
+      // repo: 6 s leaves room for a loaded machine (3 s failed in CI beside the other workers).
+      await until('the codebase once published', () => updates.length === 1, 6000);
       expect(updates[0]!.files.get('/sidecar.json')!.toString()).toBe('{"id":"later"}');
     } finally {
       await worker.stop();
