@@ -101,14 +101,22 @@ export class Demo {
     this.mesh = await startMeshComponents(this.env, { onProgress: (m) => this.step(m) });
     this.core = this.env.plane.kubeConfig.makeApiClient(CoreV1Api);
     const apps = this.env.plane.kubeConfig.makeApiClient(AppsV1Api);
-    this.step(`labelling namespace ${DEMO_NAMESPACE} with flomesh.io/inject=enabled; deploying echo (3 replicas) and a client that calls http://echo/`);
+    this.step(
+      `labelling namespace ${DEMO_NAMESPACE} with flomesh.io/inject=enabled; deploying echo (3 replicas, its Service balanced over both zones: flomesh.io/locality none) and a client that calls http://echo/`,
+    );
     await this.core.createNamespace({ body: { metadata: { name: DEMO_NAMESPACE, labels: { 'flomesh.io/inject': 'enabled' } } } });
     await this.waitFor('the namespace default ServiceAccount', async () =>
       Boolean(await this.core!.readNamespacedServiceAccount({ name: 'default', namespace: DEMO_NAMESPACE }).catch(() => undefined)),
     );
     await this.core.createNamespacedService({
       namespace: DEMO_NAMESPACE,
-      body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] } },
+      // Two nodes in two zones: by default a sidecar keeps calls in its own zone while that zone has
+      // healthy endpoints, so with one echo pod beside the client every call would go to it. The
+      // demo shows balancing over every pod; `flomesh.io/locality: zone` (the default) shows the other.
+      body: {
+        metadata: { name: 'echo', annotations: { 'flomesh.io/locality': 'none' } },
+        spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 'http', appProtocol: 'http' }] },
+      },
     });
     await apps.createNamespacedDeployment({ namespace: DEMO_NAMESPACE, body: demoDeployment('echo', 3, ['echo'], { name: 'http', containerPort: 8080 }) });
     await apps.createNamespacedDeployment({
