@@ -17,9 +17,8 @@
 // The first 100 Services have ClusterIPs; the others are headless unless --cluster-ips (see
 // createServices: allocating 10,000 ClusterIPs takes kube-apiserver minutes).
 // --profile writes a CPU profile of the bridge at scale and summarises it (where its time goes).
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdirSync } from 'node:fs';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, copyFileSync, mkdirSync } from 'node:fs';
 import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +33,23 @@ import { freePorts, startControlPlane } from '../devenv/controlplane.js';
 import { injectPod } from '../injector/inject.js';
 import { Publisher } from '../registry-bridge/sinks/repo-publisher.js';
 import { summariseProfile, type ProfileSummary } from './lib/cpu-profile.js';
+import {
+  flb,
+  killChildren,
+  lines,
+  makeWorkerCodebases,
+  now,
+  quantile,
+  repoRequest,
+  rssOf,
+  sleep,
+  startChild,
+  startRepo,
+  startWatchers,
+  stopChild,
+  Tally,
+  untilPublished,
+} from './lib/bridge-bench.js';
 import { report } from './lib/report.js';
 
 const flag = (name: string, fallback: number) => {
@@ -55,20 +71,14 @@ const ENDPOINTS_PER_SERVICE = Math.ceil(ENDPOINTS / SERVICES);
 if (ENDPOINTS_PER_SERVICE > 1000) throw new Error('at most 1,000 endpoints per service (one EndpointSlice holds 1,000): raise --services or lower --endpoints');
 const WAIT_MS = 15_000;
 
-const flb = fileURLToPath(new URL('../../bin/flb.js', import.meta.url));
 const here = fileURLToPath(new URL('.', import.meta.url));
 const log = createLogger('bench', 'warn');
 const benchStarted = performance.now();
 const progress = (m: string) => process.stderr.write(`bench: [${((performance.now() - benchStarted) / 1000).toFixed(1)} s] ${m}\n`);
-const now = () => performance.timeOrigin + performance.now();
 /** CLOCK_MONOTONIC microseconds, the clock V8 stamps profile samples with: windows of the bridge's profile. */
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 const profileWindows: Record<string, { fromUs: number; toUs: number }> = {};
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
-/** Nearest rank: p99 of 100 samples is the 99th smallest, not the largest. */
-const quantile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.max(0, Math.ceil(p * xs.length) - 1)] ?? Number.NaN;
 const work = mkdtempSync(join(tmpdir(), 'flb-bench-bridge-'));
-const children: ChildProcess[] = [];
 
 // ---- the apiserver, by plain HTTPS (client-node's per-request cost would slow creating 20,000 objects)
 
@@ -211,86 +221,6 @@ async function createNamespace(kube: KubeRest, name: string, labels: Record<stri
 
 // ---- processes
 
-function lines(child: ChildProcess, onLine: (line: string) => void): void {
-  createInterface({ input: child.stdout! }).on('line', onLine);
-}
-
-function startChild(args: string[], options: { env?: NodeJS.ProcessEnv; stderr?: 'inherit' | 'pipe' } = {}): ChildProcess {
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, ...args], {
-    stdio: ['ignore', 'pipe', options.stderr ?? 'inherit'],
-    env: { ...process.env, ...options.env },
-  });
-  children.push(child);
-  return child;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function startRepo(name: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = startChild([flb, 'repo', '--listen', '127.0.0.1:0', '--data-dir', join(work, name)], { env: { FLB_LOG_LEVEL: 'warn' } });
-  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
-  return { child, url: `http://127.0.0.1:${port}` };
-}
-
-const repoAgent = new HttpAgent({ keepAlive: true, maxSockets: 16 });
-function repoRequest(url: string, method = 'GET', headers: Record<string, string> = {}): Promise<{ status: number; etag: string; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method, agent: repoAgent, headers }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, etag: String(res.headers.etag ?? ''), body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** Keys seen on a child's stdout with the times they were seen; waits for a number of them. */
-class Tally {
-  private readonly seen = new Map<string, number[]>();
-  private readonly waiting = new Map<string, { count: number; resolve: () => void }>();
-
-  add(key: string, at: number): void {
-    let times = this.seen.get(key);
-    if (!times) this.seen.set(key, (times = []));
-    times.push(at);
-    const waiter = this.waiting.get(key);
-    if (waiter && times.length >= waiter.count) {
-      this.waiting.delete(key);
-      waiter.resolve();
-    }
-  }
-
-  /** The times `key` was seen, once there are `count` of them or after `timeoutMs` (then fewer). */
-  async until(key: string, count: number, timeoutMs = WAIT_MS): Promise<number[]> {
-    if ((this.seen.get(key)?.length ?? 0) < count) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
-        this.waiting.set(key, {
-          count,
-          resolve: () => {
-            clearTimeout(timer);
-            resolve();
-          },
-        });
-      });
-      this.waiting.delete(key);
-    }
-    const times = this.seen.get(key) ?? [];
-    this.seen.delete(key);
-    return times;
-  }
-}
-
 /** The floor informer process (bench/lib/floor-informer.ts): `slice <mark>` and `pod <ns>/<name>` keys. */
 async function startFloorInformer(kubeconfigPath: string): Promise<{ child: ChildProcess; tally: Tally }> {
   const child = startChild([join(here, 'lib/floor-informer.js'), kubeconfigPath]);
@@ -302,22 +232,6 @@ async function startFloorInformer(kubeconfigPath: string): Promise<{ child: Chil
       tally.add(line.slice(0, at), Number(line.slice(at + 1)));
     }),
   );
-  await ready;
-  return { child, tally };
-}
-
-/** Simulated sidecars (bench/lib/catalog-watchers.ts): `<set> <mark>` keys, one time per worker. */
-async function startWatchers(sets: { base: string; codebases: string[] }[]): Promise<{ child: ChildProcess; tally: Tally }> {
-  const child = startChild([join(here, 'lib/catalog-watchers.js'), JSON.stringify({ sets })]);
-  const tally = new Tally();
-  const ready = new Promise<void>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`the simulated sidecars exited (${code}) before they were ready`)));
-    lines(child, (line) => {
-      if (line === 'ready') return resolve();
-      const [set, , mark, at] = line.split(' ');
-      tally.add(`${set} ${mark}`, Number(at));
-    });
-  });
   await ready;
   return { child, tally };
 }
@@ -374,43 +288,6 @@ async function startBridgeProcess(name: string, repoUrl: string, kubeconfigPath:
   return { child, startedAt, logs };
 }
 
-/**
- * When the repo serves `count` services in /flb/mesh (and mesh.json), no draft left: seen by a long
- * poll on the codebase, so the moment is the publish's, not a status poll's.
- */
-async function untilPublished(bridge: BridgeProcess, repoUrl: string, count: number, timeoutMs: number): Promise<number> {
-  const deadline = performance.now() + timeoutMs;
-  let etag: string | undefined;
-  while (performance.now() < deadline) {
-    if (bridge.child.exitCode !== null) throw new Error(`the bridge exited (${bridge.child.exitCode}) before publishing`);
-    const head = await repoRequest(`${repoUrl}/repo/flb/mesh/`, 'HEAD', etag === undefined ? {} : { 'if-none-match': etag, prefer: 'wait=5' });
-    const at = now();
-    if (head.status === 404) {
-      await sleep(20);
-      continue;
-    }
-    if (head.status !== 200 && head.status !== 304) throw new Error(`HEAD /repo/flb/mesh/: HTTP ${head.status}`);
-    if (head.status === 304 && etag !== undefined) continue;
-    etag = head.etag;
-    const info = JSON.parse((await repoRequest(`${repoUrl}/api/v1/repo/flb/mesh`)).body) as { files: string[]; editFiles: string[] };
-    if (info.files.length >= count + 1 && info.editFiles.length === 0) return at;
-  }
-  throw new Error(`the bridge did not publish ${count} services within ${timeoutMs / 1000} s`);
-}
-
-const rssOf = (pid: number) => {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
-  return { rssMiB: kib('VmRSS') / 1024, peakMiB: kib('VmHWM') / 1024 };
-};
-
-/** Sidecar codebases (VM ids, which the bridge's collection of pods' codebases leaves alone) derived from /flb/mesh. */
-async function makeWorkerCodebases(publisher: Publisher, prefix: string): Promise<string[]> {
-  for (let i = 0; i < WORKERS; i++) publisher.setSidecar(`vm.${prefix}-w${i}`, new Map([['/sidecar.json', `${JSON.stringify({ worker: i })}\n`]]));
-  await publisher.settled();
-  return Array.from({ length: WORKERS }, (_, i) => `/flb/sidecars/vm.${prefix}-w${i}`);
-}
-
 // ---- the measurements
 
 interface ChangeSample {
@@ -449,9 +326,9 @@ async function measureChanges(
     const t0 = now();
     await changeSlice(kube, index, mark);
     const [informer, published, all] = await Promise.all([
-      floor.until(`slice ${mark}`, 1),
-      watchers.until(`${MESH_SET} ${mark}`, 1),
-      watchers.until(`${BRIDGE_SET} ${mark}`, WORKERS),
+      floor.until(`slice ${mark}`, 1, WAIT_MS),
+      watchers.until(`${MESH_SET} ${mark}`, 1, WAIT_MS),
+      watchers.until(`${BRIDGE_SET} ${mark}`, WORKERS, WAIT_MS),
     ]);
     const sample: ChangeSample = {
       informer: (informer[0] ?? t0 + WAIT_MS) - t0,
@@ -469,7 +346,7 @@ async function measureChanges(
         throw new Error(`the bridge's repo does not serve ${path} with mark-${mark} (${file.status})`);
       const t1 = now();
       floorPush.setMeshFile(path, file.body);
-      const floorAll = await watchers.until(`${FLOOR_SET} ${mark}`, WORKERS);
+      const floorAll = await watchers.until(`${FLOOR_SET} ${mark}`, WORKERS, WAIT_MS);
       sample.floorPush = floorAll.length === WORKERS ? Math.max(...floorAll) - t1 : WAIT_MS;
     }
     samples.push(sample);
@@ -514,15 +391,15 @@ try {
   await createNamespace(kube, PROP_NAMESPACE);
   progress(`creating ${SMALL} Services with their EndpointSlices`);
   await createServices(kube, [...Array(SMALL).keys()], true);
-  const repoSmall = await startRepo('repo-small');
-  const repoFloor = await startRepo('repo-floor');
+  const repoSmall = await startRepo(join(work, 'repo-small'));
+  const repoFloor = await startRepo(join(work, 'repo-floor'));
   progress('starting the bridge');
   const small = await startBridgeProcess('small', repoSmall.url, plane.kubeconfigPath);
-  const smallPublished = await untilPublished(small, repoSmall.url, SMALL, 60_000);
+  const smallPublished = await untilPublished(small.child, repoSmall.url, SMALL, 60_000);
   extra.smallStartMs = smallPublished - small.startedAt;
   progress(`the bridge published ${SMALL} services in ${Math.round(smallPublished - small.startedAt)} ms; making ${WORKERS} sidecar codebases on each repo`);
   const sidecarsSmall = new Publisher({ url: repoSmall.url, log, concurrency: 16, batchMs: 0 });
-  const smallCodebases = await makeWorkerCodebases(sidecarsSmall, 'bench');
+  const smallCodebases = await makeWorkerCodebases(sidecarsSmall, 'bench', WORKERS);
   sidecarsSmall.stop();
   // The floor's repo gets what the bridge's has in /flb/mesh, and its own sidecar codebases.
   const floorPublisher = new Publisher({ url: repoFloor.url, log, concurrency: 16, batchMs: 0 });
@@ -531,7 +408,7 @@ try {
     meshFiles.set(path, (await repoRequest(`${repoSmall.url}/repo/flb/mesh${path}`)).body);
   }
   floorPublisher.setMesh(meshFiles);
-  const floorCodebases = await makeWorkerCodebases(floorPublisher, 'floor');
+  const floorCodebases = await makeWorkerCodebases(floorPublisher, 'floor', WORKERS);
   progress(`starting ${WORKERS} simulated sidecars on each repo`);
   const smallWatchers = await startWatchers([
     { base: repoSmall.url, codebases: smallCodebases },
@@ -592,12 +469,12 @@ try {
   const createStarted = performance.now();
   await createServices(kube, [...Array(SERVICES).keys()].slice(SMALL), CLUSTER_IPS);
   extra.createObjectsSeconds = (performance.now() - createStarted) / 1000;
-  const repoLarge = await startRepo('repo-large');
+  const repoLarge = await startRepo(join(work, 'repo-large'));
   const profileDir = PROFILE ? join(work, 'profile') : undefined;
   progress(`starting the bridge on ${SERVICES.toLocaleString('en')} services`);
   const startUs = monotonicUs();
   const large = await startBridgeProcess('large', repoLarge.url, plane.kubeconfigPath, profileDir);
-  const largePublished = await untilPublished(large, repoLarge.url, SERVICES, 120_000);
+  const largePublished = await untilPublished(large.child, repoLarge.url, SERVICES, 120_000);
   profileWindows['start to everything published'] = { fromUs: startUs, toUs: monotonicUs() };
   const startMs = largePublished - large.startedAt;
   const largeRss = rssOf(large.child.pid!);
@@ -607,7 +484,7 @@ try {
   progress(`published ${SERVICES.toLocaleString('en')} services in ${(startMs / 1000).toFixed(1)} s; RSS ${largeRss.rssMiB.toFixed(0)} MiB`);
 
   const sidecarsLarge = new Publisher({ url: repoLarge.url, log, concurrency: 16, batchMs: 0 });
-  const largeCodebases = await makeWorkerCodebases(sidecarsLarge, 'bench');
+  const largeCodebases = await makeWorkerCodebases(sidecarsLarge, 'bench', WORKERS);
   sidecarsLarge.stop();
   const largeWatchers = await startWatchers([
     { base: repoLarge.url, codebases: largeCodebases },
@@ -739,7 +616,7 @@ try {
         const body = injectedPod(name);
         const t0 = now();
         const created = kube.request('POST', `/api/v1/namespaces/${podNamespace}/pods`, body);
-        const seen = floorInformer.tally.until(`pod ${podNamespace}/${name}`, 1);
+        const seen = floorInformer.tally.until(`pod ${podNamespace}/${name}`, 1, WAIT_MS);
         const codebase = `${repoLarge.url}/repo/flb/sidecars/pod.${podNamespace}.${name}/`;
         const deadline = t0 + WAIT_MS;
         // The codebase, polled (a HEAD of one that does not exist costs the repo a map lookup)...
@@ -820,9 +697,8 @@ try {
   }
   await stopChild(floorInformer.child);
 } finally {
-  for (const child of children) child.kill('SIGKILL');
+  killChildren();
   kube.close();
-  repoAgent.destroy();
   await plane.stop();
   rmSync(work, { recursive: true, force: true });
 }
