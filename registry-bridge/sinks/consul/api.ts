@@ -1,9 +1,9 @@
 // Consul's HTTP API as the Consul sink writes it: catalog register and deregister, and the two reads
 // of its own node. node:http with the ACL token and TLS of the sink's config, a bounded answer and
 // a timeout on every call (a Consul that hangs must not hold a sync forever).
-import { readFileSync } from 'node:fs';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { request as httpRequest, type Agent as HttpAgent } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { consulAgent, readConsulToken } from '../../core/consul-http.js';
 import type { ConsulSinkConfig } from '../../../common/contract/index.js';
 
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
@@ -26,36 +26,19 @@ export class ConsulApi {
 
   constructor(private readonly config: ConsulSinkConfig) {
     this.base = new URL(config.address);
-    const read = (file: string, what: string) => {
-      try {
-        return readFileSync(file);
-      } catch (error) {
-        throw new ConsulWriteError(`consul sink ${config.name}: cannot read the ${what} ${file} (${(error as Error).message}); check sinks[].tls`);
-      }
-    };
-    const maxSockets = config.writeConcurrency + 1;
-    this.agent =
-      this.base.protocol === 'https:'
-        ? new HttpsAgent({
-            keepAlive: true,
-            maxSockets,
-            ...(config.tls?.caFile ? { ca: read(config.tls.caFile, 'CA') } : {}),
-            ...(config.tls?.certFile ? { cert: read(config.tls.certFile, 'client certificate') } : {}),
-            ...(config.tls?.keyFile ? { key: read(config.tls.keyFile, 'client key') } : {}),
-            ...(config.tls?.serverName ? { servername: config.tls.serverName } : {}),
-          })
-        : new HttpAgent({ keepAlive: true, maxSockets });
+    this.agent = consulAgent(
+      this.base,
+      config.tls,
+      config.writeConcurrency + 1,
+      (detail) => new ConsulWriteError(`consul sink ${config.name}: ${detail}; check sinks[].tls`),
+    );
     this.reloadToken();
   }
 
   /** Reads the token file again (Consul refused the token: the Secret may have rotated). */
   reloadToken(): void {
     if (!this.config.tokenFile) return;
-    try {
-      this.token = readFileSync(this.config.tokenFile, 'utf8').trim();
-    } catch (error) {
-      throw new ConsulWriteError(`cannot read the ACL token file ${this.config.tokenFile} (${(error as Error).message}); check sinks[].tokenFile`);
-    }
+    this.token = readConsulToken(this.config.tokenFile, (detail) => new ConsulWriteError(`${detail}; check sinks[].tokenFile`));
   }
 
   call(method: 'GET' | 'PUT', path: string, body?: unknown): Promise<unknown> {

@@ -4,9 +4,9 @@
 // hostile registry's answer must be refused at a bound, not buffered), and its watch resets the
 // index to 0 and re-asks at once, where Consul's guidance is never below 1 and rate-limited
 // (index.ts). One keep-alive agent bounds the connections held to Consul.
-import { readFileSync } from 'node:fs';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { request as httpRequest, type Agent as HttpAgent } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { consulAgent, readConsulToken } from '../../core/consul-http.js';
 import type { ConsulSourceConfig } from '../../../common/contract/index.js';
 
 export class ConsulError extends Error {
@@ -50,36 +50,19 @@ export class ConsulClient {
     blockingQueries: number,
   ) {
     this.base = new URL(config.address);
-    const read = (file: string, what: string) => {
-      try {
-        return readFileSync(file);
-      } catch (error) {
-        throw new ConsulError(`cannot read the ${what} ${file} (${(error as Error).message}); check sources[].tls of source ${config.name}`);
-      }
-    };
-    const maxSockets = config.fetchConcurrency + blockingQueries;
-    this.agent =
-      this.base.protocol === 'https:'
-        ? new HttpsAgent({
-            keepAlive: true,
-            maxSockets,
-            ...(config.tls?.caFile ? { ca: read(config.tls.caFile, 'CA') } : {}),
-            ...(config.tls?.certFile ? { cert: read(config.tls.certFile, 'client certificate') } : {}),
-            ...(config.tls?.keyFile ? { key: read(config.tls.keyFile, 'client key') } : {}),
-            ...(config.tls?.serverName ? { servername: config.tls.serverName } : {}),
-          })
-        : new HttpAgent({ keepAlive: true, maxSockets });
+    this.agent = consulAgent(
+      this.base,
+      config.tls,
+      config.fetchConcurrency + blockingQueries,
+      (detail) => new ConsulError(`${detail}; check sources[].tls of source ${config.name}`),
+    );
     this.reloadToken();
   }
 
   /** Reads the token file again (after Consul refused the token: the Secret may have rotated). */
   reloadToken(): void {
     if (!this.config.tokenFile) return;
-    try {
-      this.token = readFileSync(this.config.tokenFile, 'utf8').trim();
-    } catch (error) {
-      throw new ConsulError(`cannot read the ACL token file ${this.config.tokenFile} (${(error as Error).message}); check sources[].tokenFile`);
-    }
+    this.token = readConsulToken(this.config.tokenFile, (detail) => new ConsulError(`${detail}; check sources[].tokenFile`));
   }
 
   get(request: ConsulGet): Promise<ConsulAnswer> {
