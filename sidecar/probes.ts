@@ -3,10 +3,18 @@
  * `/app-health/<container>/<kind>` and the sidecar runs the app's original probe (HTTP, TCP or
  * gRPC) against the app, on the pod's own address, answering 200 or 503 with what it saw. `/ready`
  * is the sidecar's own readiness. The probe map comes from FLB_APP_PROBES (set by the injector).
+ *
+ * `/drain/bgp` is the app containers' preStop hook in pods whose sidecar announces VIPs
+ * (`flomesh.io/bgp-announcer`): the kubelet calls it, on the pod IP, before it sends the app
+ * SIGTERM, and waits for the answer. With native sidecars the app stops before the sidecar, so
+ * the sidecar's own SIGTERM would withdraw the VIPs only after the app is gone; here the drain
+ * starts first (GRACEFUL_SHUTDOWN, then withdrawn after `drainSeconds`) and the answer comes once
+ * the VIPs are withdrawn, so the app serves until the routers have stopped sending to it. An app's
+ * own httpGet or sleep preStop (FLB_APP_PRESTOP, moved here by the injector) runs after the drain.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIPv4 } from 'node:net';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
 import { runNetworkProbe, type NetworkProbe, type ProbeResult } from '../common/probes.js';
@@ -24,13 +32,41 @@ export interface ProbeServerOptions {
   appHost: string;
   readiness: () => Readiness;
   log: Logger;
+  /** Starts the BGP drain (or joins the one under way); resolves, saying what it withdrew, once every VIP is withdrawn. */
+  drainBgp?: () => Promise<string>;
+  /** The app containers' own preStop hooks by container name (FLB_APP_PRESTOP), run after the drain. */
+  appPreStops?: ReadonlyMap<string, AppPreStop>;
 }
+
+/** The preStop hook's path (the injector writes the same; `?container=NAME` runs that container's own hook afterwards). */
+export const BGP_DRAIN_PATH = '/drain/bgp';
+
+/** An app container's own preStop hook the injector replaced with the drain: run by the sidecar once the drain is done. */
+const AppPreStopSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('http'),
+    port: z.number().int().min(1).max(65535),
+    path: z.string().default('/'),
+    scheme: z.enum(['HTTP', 'HTTPS']).default('HTTP'),
+    host: z.string().optional(),
+    headers: z.array(z.object({ name: z.string(), value: z.string() })).default([]),
+  }),
+  z.object({ type: z.literal('sleep'), seconds: z.number().int().min(0) }),
+]);
+export type AppPreStop = z.output<typeof AppPreStopSchema>;
+
+/** An app's own httpGet hook has only the kubelet's bound (the grace period, which ends the pod anyway); this keeps a hung one from lingering. */
+const APP_HOOK_TIMEOUT_MS = 10 * 60_000;
 
 export async function startProbeServers(options: ProbeServerOptions): Promise<Server[]> {
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/ready') {
       answerReady(res, options.readiness());
+      return;
+    }
+    if (path === BGP_DRAIN_PATH) {
+      void answerDrain(req, res, options);
       return;
     }
     const probe = options.probes().get(path);
@@ -50,6 +86,70 @@ export async function startProbeServers(options: ProbeServerOptions): Promise<Se
     servers.push(server);
   }
   return servers;
+}
+
+/**
+ * The preStop hook: the BGP drain, then the container's own hook if the injector moved one here;
+ * 500 with the reason if either fails (the kubelet's FailedPreStopHook Event shows it).
+ */
+async function answerDrain(req: IncomingMessage, res: ServerResponse, options: ProbeServerOptions): Promise<void> {
+  const container = new URL(req.url ?? '/', 'http://preStop').searchParams.get('container') ?? undefined;
+  const answer = (status: number, text: string) => res.writeHead(status, { 'content-type': 'text/plain' }).end(`${text}\n`);
+  const started = Date.now();
+  options.log.info({ container }, 'preStop hook: draining BGP before the app stops');
+  let drained: string;
+  try {
+    drained = options.drainBgp ? await options.drainBgp() : 'no BGP announcer: nothing to withdraw';
+  } catch (error) {
+    options.log.error({ err: error, container }, 'preStop hook: the BGP drain failed');
+    answer(500, `BGP drain failed: ${String(error)}`);
+    return;
+  }
+  options.log.info({ container, ms: Date.now() - started, drained }, 'preStop hook: BGP drained');
+  const hook = container === undefined ? undefined : options.appPreStops?.get(container);
+  if (!hook) {
+    answer(200, drained);
+    return;
+  }
+  const result = await runAppPreStop(hook, options.appHost);
+  if (!result.ok) options.log.warn({ container, hook: result.detail }, "preStop hook: the app's own hook failed");
+  answer(result.ok ? 200 : 500, `${drained}; the app's own preStop: ${result.detail}`);
+}
+
+async function runAppPreStop(hook: AppPreStop, appHost: string): Promise<ProbeResult> {
+  if (hook.type === 'sleep') {
+    await new Promise((resolve) => setTimeout(resolve, hook.seconds * 1000));
+    return { ok: true, status: 200, detail: `slept ${hook.seconds} s` };
+  }
+  const host = hook.host || appHost;
+  return runNetworkProbe(
+    { type: 'http', host, port: hook.port, path: hook.path, scheme: hook.scheme, headers: hook.headers },
+    APP_HOOK_TIMEOUT_MS,
+    probeSource(host),
+  );
+}
+
+/** Parses FLB_APP_PRESTOP ({"web": {"type": "http", ...}}), dropping entries that do not validate (said in the log). */
+export function parseAppPreStops(value: string | undefined, log: Logger): Map<string, AppPreStop> {
+  const out = new Map<string, AppPreStop>();
+  if (!value) return out;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    log.error("FLB_APP_PRESTOP is not JSON; the app containers' own preStop hooks will not run (re-inject the pod)");
+    return out;
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    log.error("FLB_APP_PRESTOP is not a JSON object; the app containers' own preStop hooks will not run (re-inject the pod)");
+    return out;
+  }
+  for (const [container, hook] of Object.entries(parsed as Record<string, unknown>)) {
+    const result = AppPreStopSchema.safeParse(hook);
+    if (result.success) out.set(container, result.data);
+    else log.error({ container, error: result.error.message }, "an app container's preStop hook in FLB_APP_PRESTOP is invalid; it will not run");
+  }
+  return out;
 }
 
 /** Parses FLB_APP_PROBES ({"/app-health/app/readiness": {...}}), dropping entries that do not validate. */

@@ -1,7 +1,7 @@
 /*
  * The thin runner between `flb sidecar`'s flags (cli.ts) and the sidecar itself (sidecar.ts): it
  * fills in what the flags leave to the environment (the downward API's id, FLB_REPO_URL, the token
- * and CA files, POD_IP, FLB_APP_PROBES), makes the logger, runs the sidecar until SIGTERM or
+ * and CA files, POD_IP, FLB_APP_PROBES, FLB_APP_PRESTOP), makes the logger, runs the sidecar until SIGTERM or
  * SIGINT, and drains it. `flb sidecar wait-ready` is here too: it runs in the same image, as the
  * postStart hook.
  */
@@ -54,6 +54,7 @@ export function sidecarOptions(args: SidecarArgs, env: NodeJS.ProcessEnv, log: L
     ports: args.ports,
     appHost: args.appHost ?? env.POD_IP ?? '127.0.0.1',
     ...(env.FLB_APP_PROBES ? { appProbes: env.FLB_APP_PROBES } : {}),
+    ...(env.FLB_APP_PRESTOP ? { appPreStops: env.FLB_APP_PRESTOP } : {}),
     ...(args.dnsUpstreams ? { dnsUpstreams: args.dnsUpstreams } : {}),
     drainMs: args.drainMs,
   };

@@ -21,7 +21,7 @@ import { buildDnsTable } from './dns/table.js';
 import { SidecarMetrics, workloadFromEnvironment, type WorkloadIdentity } from './metrics.js';
 import type { OriginalDestination } from './native/index.js';
 import { PORT_FLAGS } from './port-flags.js';
-import { parseAppProbes, runProbe, startProbeServers } from './probes.js';
+import { parseAppPreStops, parseAppProbes, runProbe, startProbeServers } from './probes.js';
 import { HttpProxy } from './proxy/http.js';
 import { Http2Proxy } from './proxy/http2.js';
 import { Lazy } from './lazy.js';
@@ -42,6 +42,8 @@ export interface SidecarOptions {
   log: Logger;
   /** FLB_APP_PROBES, as the injector wrote it. */
   appProbes?: string;
+  /** FLB_APP_PRESTOP: the app containers' own preStop hooks, run after the BGP drain of the probe ports' /drain/bgp. */
+  appPreStops?: string;
   /** Where the app listens: the pod's IP (POD_IP); loopback on a VM. */
   appHost: string;
   /** Upstream resolvers instead of /etc/resolv.conf's (tests). */
@@ -114,8 +116,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   };
   /** The BGP announcer, loaded with the first sidecar.json that has a bgp section (never otherwise). */
   let bgp: Lazy<SidecarBgp> | undefined;
+  /** The app's preStop hook came with no announcer loaded: a bgp section arriving later must not start one for an app about to stop. */
+  let bgpDrainedBeforeLoad = false;
   const applyBgp = (section: SidecarState['sidecar']['bgp']) => {
     if (!section && !bgp) return;
+    if (bgpDrainedBeforeLoad) return;
     bgp ??= new Lazy(async () => new (await import('./bgp/in-sidecar.js')).SidecarBgp(log, metrics.registry, appReadiness));
     bgp.get().then(
       (announcer) => announcer.apply(section),
@@ -286,6 +291,12 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       appHost: options.appHost,
       readiness,
       log,
+      drainBgp: async () => {
+        if (bgp) return (await bgp.get()).drainBeforeAppStops();
+        bgpDrainedBeforeLoad = true;
+        return 'no bgp section in sidecar.json: nothing to withdraw';
+      },
+      appPreStops: parseAppPreStops(options.appPreStops, log),
     }).catch((error: unknown) => {
       const failed = (error as { port?: unknown }).port;
       const name = (['livenessProbe', 'readinessProbe', 'startupProbe'] as const).find((probe) => ports[probe] === failed) ?? 'livenessProbe';

@@ -94,6 +94,11 @@ export class Announcer {
     });
   }
 
+  /** How long drain() keeps the VIPs announced with GRACEFUL_SHUTDOWN before withdrawing them. */
+  get drainSeconds(): number {
+    return this.config.drainSeconds;
+  }
+
   async start(): Promise<void> {
     await this.speaker.start();
     for (const { gate } of this.gates) gate.start();

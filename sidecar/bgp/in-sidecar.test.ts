@@ -67,7 +67,11 @@ function bgpSection(appPort: number, peers: FakePeer[], extra: Record<string, un
   };
 }
 
-async function sidecarWith(bgp: unknown, appProbes?: string): Promise<{ sidecar: RunningSidecar; write(bgp: unknown): void; admin: string }> {
+async function sidecarWith(
+  bgp: unknown,
+  appProbes?: string,
+  appPreStops?: string,
+): Promise<{ sidecar: RunningSidecar; write(bgp: unknown): void; admin: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'flb-sidecar-bgp-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'services'));
@@ -83,6 +87,7 @@ async function sidecarWith(bgp: unknown, appProbes?: string): Promise<{ sidecar:
     drainMs: 0,
     config: { kind: 'local', dir, watch: true },
     ...(appProbes ? { appProbes } : {}),
+    ...(appPreStops ? { appPreStops } : {}),
   });
   cleanups.push(() => sidecar.close());
   return { sidecar, write, admin: `http://127.0.0.1:${sidecar.ports.admin}` };
@@ -197,6 +202,65 @@ describe('the BGP announcer in the sidecar', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
     expect(rib(peer.received)).toEqual([]);
     await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+  });
+});
+
+describe("the app's preStop hook: /drain/bgp on the probe ports", () => {
+  const hasGracefulShutdown = (received: ReceivedMessage[]) => updates(received).some((u) => u.attributes.communities?.map(communityText).includes('65535:0'));
+
+  it("answers once the VIP is withdrawn after the drain time, then runs the app's own hook, and the sidecar keeps serving", async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const appHookCalls: { path: string | undefined; at: number }[] = [];
+    const appHook = createHttpServer((req, res) => {
+      appHookCalls.push({ path: req.url, at: Date.now() });
+      res.end('bye\n');
+    });
+    appHook.listen(0, '127.0.0.1');
+    await once(appHook, 'listening');
+    cleanups.push(() => new Promise((r) => appHook.close(r)));
+    const hookPort = (appHook.address() as { port: number }).port;
+    const { sidecar } = await sidecarWith(
+      bgpSection(app.port, [peer], { drainSeconds: 1 }),
+      undefined,
+      JSON.stringify({ web: { type: 'http', port: hookPort, path: '/shutdown' } }),
+    );
+    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    const started = Date.now();
+    const withdrawn = peer.until('the withdrawal', (r) => (rib(r).length === 0 ? Date.now() : undefined), 5000);
+    // What the kubelet does with the hook the injector writes: a GET on the pod's address, waiting for the answer.
+    const answer = await get(`http://127.0.0.1:${sidecar.ports.readinessProbe}/drain/bgp?container=web`);
+    const answeredAt = Date.now();
+    expect(answer.status).toBe(200);
+    expect(answer.body).toBe(`withdrawn after a 1 s drain: ${VIP}; the app's own preStop: http 127.0.0.1:${hookPort}/shutdown: 200\n`);
+    expect(hasGracefulShutdown(peer.received)).toBe(true);
+    expect(await withdrawn).toBeLessThanOrEqual(answeredAt);
+    expect(answeredAt - started).toBeGreaterThanOrEqual(1000);
+    // The app's own hook ran once, after the drain.
+    expect(appHookCalls).toEqual([{ path: '/shutdown', at: expect.any(Number) }]);
+    expect(appHookCalls[0]!.at - started).toBeGreaterThanOrEqual(1000);
+    await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+    // Only BGP drained: the proxies still serve the app until the kubelet stops it.
+    expect(sidecar.ready()).toBe(true);
+    // A second container's hook, then the sidecar's own SIGTERM, find the drain done.
+    const second = Date.now();
+    expect((await get(`http://127.0.0.1:${sidecar.ports.livenessProbe}/drain/bgp`)).status).toBe(200);
+    await sidecar.drain();
+    expect(Date.now() - second).toBeLessThan(900);
+    expect(opens(peer.received)).toBe(1);
+  });
+
+  it('answers at once without a bgp section, and a section arriving afterwards starts no announcer', async () => {
+    const app = await tcpApp();
+    const peer = await fakePeer();
+    const { sidecar, write, admin } = await sidecarWith(undefined);
+    const answer = await get(`http://127.0.0.1:${sidecar.ports.readinessProbe}/drain/bgp`);
+    expect(answer).toEqual({ status: 200, body: 'no bgp section in sidecar.json: nothing to withdraw\n' });
+    write(bgpSection(app.port, [peer]));
+    await until('the section applied', () => (sidecar.current()?.sidecar.bgp ? true : undefined));
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(peer.connections).toBe(0);
+    expect((await get(`${admin}/bgp`)).status).toBe(404);
   });
 });
 

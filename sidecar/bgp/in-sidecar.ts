@@ -56,6 +56,22 @@ export class SidecarBgp {
     });
   }
 
+  /**
+   * The app's preStop hook (the probe ports' /drain/bgp): the drain SIGTERM does, started before the
+   * app stops. Resolves once every VIP is withdrawn, saying which; a second call (another app
+   * container's hook, the sidecar's own SIGTERM) waits for the same drain.
+   */
+  async drainBeforeAppStops(): Promise<string> {
+    const announced =
+      this.announcer
+        ?.status()
+        .vips.filter((vip) => vip.announced)
+        .map((vip) => vip.prefix) ?? [];
+    const drainSeconds = this.announcer?.drainSeconds ?? 0;
+    await this.drain();
+    return announced.length ? `withdrawn after a ${drainSeconds} s drain: ${announced.join(', ')}` : 'no VIP is announced';
+  }
+
   /** At once, no drain (the sidecar closing without SIGTERM, tests). */
   close(): Promise<void> {
     this.stopped = true;
