@@ -418,7 +418,18 @@ describe('flb sidecar in network namespaces', () => {
 
   it('drains on SIGTERM: not ready, no new connections, an open transfer finishes', async () => {
     const transfer = client('transfer', CLUSTER_IP, '9090', String(400_000));
-    await new Promise((r) => setTimeout(r, 150));
+    // The client is a process that starts first (over 150 ms on a loaded machine): SIGTERM once its
+    // connection is open, or the test only proves that a new connection is refused.
+    await eventually(
+      'the transfer to be open',
+      async () => {
+        const text = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
+        const open = text.split('\n').find((l) => l.startsWith('flb_sidecar_active_connections{') && l.includes('direction="outbound"') && !l.endsWith(' 0'));
+        return open ? true : undefined;
+      },
+      5000,
+      20,
+    );
     sidecar!.kill('SIGTERM');
     await eventually('readiness to fail', async () => ((await client('get', 'http://127.0.0.1:15000/ready')).status !== 200 ? true : undefined), 2000, 20);
     expect((await client('tcp', CLUSTER_IP, '9090', '1')).names).toEqual([expect.stringMatching(/^error:/)]);
