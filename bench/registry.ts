@@ -65,7 +65,7 @@ const CHANGES = flag('changes', 100);
 const SCALE_CHANGES = flag('scale-changes', CHANGES);
 const WORKERS = flag('workers', 1000);
 const EUREKA_INTERVAL = flag('eureka-interval', 1);
-/** The Consul source's fetchConcurrency (its default when not given): connections held to Consul are this plus 2. */
+/** The Consul source's fetchConcurrency (its default when not given): connections held to Consul are this plus 4. */
 const FETCH_CONCURRENCY = process.argv.includes('--fetch-concurrency') ? flag('fetch-concurrency', 8) : undefined;
 const PROFILE = process.argv.includes('--profile');
 const RUN_CONSUL = !process.argv.includes('--skip-consul');

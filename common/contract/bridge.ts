@@ -154,7 +154,7 @@ export const ConsulSourceSchema = z
     removeAfterSeconds: z.number().int().min(0).max(86400).default(30),
     /** How long one blocking query waits for a change; Consul adds up to 1/16 of it. */
     waitSeconds: z.number().int().min(1).max(600).default(30),
-    /** Changed services fetched at once; the bridge holds at most this plus 2 connections to Consul (its default limit per client is 200). */
+    /** Changed services fetched at once; the bridge holds at most this plus 4 connections to Consul (its default limit per client is 200). */
     fetchConcurrency: z.number().int().min(1).max(64).default(8),
     /** At least this long between two blocking queries of one watch (Consul asks clients to rate-limit). */
     minQueryIntervalMs: z.number().int().min(0).max(60_000).default(100),

@@ -17,14 +17,23 @@ interface Instance {
   address: string;
   port: number;
   status?: string;
-  /** The raft index its check last changed at (Consul keeps one per check). */
-  modifyIndex?: number;
+  /** Registered without a check (Consul then counts it passing, and no list of checks names it). */
+  noCheck?: boolean;
 }
 
-/** A Consul stand-in: services, their instances and one check each; `index` moves on every change. */
+/**
+ * A Consul stand-in: services, their instances and one check each, node checks. As in Consul, the
+ * raft index moves on every write, the service list's index only on registrations, the checks'
+ * index on any check change (a registration brings its check), and a blocking query returns when
+ * the index of what it reads moved past the one it sent, else after its wait.
+ */
 class FakeConsul {
   index = 10;
+  servicesIndex = 10;
+  checksIndex = 10;
   readonly services = new Map<string, Instance[]>();
+  /** Node checks (serfHealth) by node; a node not here has none. */
+  readonly nodeChecks = new Map<string, string>();
   /** Raw bodies that replace the answer of a path (garbage, huge). */
   readonly override = new Map<string, string>();
   /** X-Consul-Index sent instead of the real one (an index that went backwards, or 0). */
@@ -39,14 +48,42 @@ class FakeConsul {
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
-  change(apply: () => void): void {
+  /** A registration change (instances or services came or went), or with `checksOnly` a check's status. */
+  change(apply: () => void, checksOnly = false): void {
     apply();
     this.index++;
+    if (!checksOnly) this.servicesIndex = this.index;
+    this.checksIndex = this.index;
     for (const wake of this.waiting.splice(0)) wake();
   }
 
   setStatus(service: string, i: number, status: string): void {
-    this.change(() => Object.assign(this.services.get(service)![i]!, { status, modifyIndex: this.index + 1 }));
+    this.change(() => Object.assign(this.services.get(service)![i]!, { status }), true);
+  }
+
+  setNodeStatus(node: string, status: string): void {
+    this.change(() => this.nodeChecks.set(node, status), true);
+  }
+
+  /** How many queries of this path (without its query string) were sent. */
+  count(path: string): number {
+    return this.queries.filter((q) => q.split('?')[0] === path).length;
+  }
+
+  private checks(): { Node: string; CheckID: string; Status: string; ServiceName: string }[] {
+    const services = [...this.services].flatMap(([name, instances]) =>
+      instances
+        .filter((i) => !i.noCheck)
+        .map((i) => ({ Node: i.node, CheckID: `service:${name}-${i.node}`, Status: i.status ?? 'passing', ServiceName: name })),
+    );
+    const nodes = [...this.nodeChecks].map(([node, status]) => ({ Node: node, CheckID: 'serfHealth', Status: status, ServiceName: '' }));
+    return [...services, ...nodes];
+  }
+
+  private indexOf(path: string): number {
+    if (path === '/v1/catalog/services') return this.servicesIndex;
+    if (path.startsWith('/v1/health/state/')) return this.checksIndex;
+    return this.index;
   }
 
   async stop(): Promise<void> {
@@ -59,36 +96,32 @@ class FakeConsul {
     const url = new URL(req.url!, 'http://x');
     this.queries.push(`${url.pathname}${url.search}`);
     const asked = Number(url.searchParams.get('index') ?? 0);
-    if (asked > 0 && asked >= this.index) {
+    const deadline = Date.now() + Number.parseInt(url.searchParams.get('wait') ?? '1', 10) * 1000;
+    while (asked > 0 && asked >= this.indexOf(url.pathname) && Date.now() < deadline && this.server?.listening) {
       await new Promise<void>((resolve) => {
         this.waiting.push(resolve);
-        setTimeout(resolve, Number.parseInt(url.searchParams.get('wait') ?? '1', 10) * 1000);
+        setTimeout(resolve, deadline - Date.now());
       });
     }
     const send = (body: unknown) => {
       const raw = this.override.get(url.pathname) ?? JSON.stringify(body);
-      res.writeHead(200, { 'content-type': 'application/json', 'x-consul-index': String(this.forcedIndex ?? this.index) }).end(raw);
+      res.writeHead(200, { 'content-type': 'application/json', 'x-consul-index': String(this.forcedIndex ?? this.indexOf(url.pathname)) }).end(raw);
     };
     if (url.pathname === '/v1/catalog/services') return send(Object.fromEntries([...this.services.keys()].map((s) => [s, []])));
-    if (url.pathname === '/v1/health/state/any') {
-      return send(
-        [...this.services].flatMap(([name, instances]) =>
-          instances.map((i) => ({
-            Node: i.node,
-            CheckID: `service:${name}-${i.node}`,
-            Status: i.status ?? 'passing',
-            ServiceName: name,
-            ModifyIndex: i.modifyIndex ?? 1,
-          })),
-        ),
-      );
+    if (url.pathname === '/v1/health/state/any') return send(this.checks());
+    if (url.pathname.startsWith('/v1/health/state/')) {
+      const status = url.pathname.slice('/v1/health/state/'.length);
+      return send(this.checks().filter((c) => c.Status === status));
     }
     const service = decodeURIComponent(url.pathname.slice('/v1/health/service/'.length));
     return send(
       (this.services.get(service) ?? []).map((i) => ({
         Node: { Node: i.node, Address: i.address },
         Service: { ID: `${service}-${i.node}`, Service: service, Address: '', Port: i.port },
-        Checks: [{ CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing' }],
+        Checks: [
+          ...(this.nodeChecks.has(i.node) ? [{ CheckID: 'serfHealth', Status: this.nodeChecks.get(i.node) }] : []),
+          ...(i.noCheck ? [] : [{ CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing' }]),
+        ],
       })),
     );
   }
@@ -153,16 +186,57 @@ describe('the Consul source', () => {
   };
   const endpointsOf = (updates: Recorder, id: string) => updates.services.get(id)?.endpoints.map((e) => `${e.address}${e.healthy ? '' : ' unhealthy'}`);
 
-  it('lists every service once, then follows a check change in one service', async () => {
+  const fetchedSince = (before: number) =>
+    fake.queries
+      .filter((q) => q.startsWith('/v1/health/service/'))
+      .slice(before)
+      .map((q) => q.split('?')[0]);
+  const fetches = () => fake.queries.filter((q) => q.startsWith('/v1/health/service/')).length;
+
+  it('lists every service once, then follows a check change in one service without reading every check', async () => {
     const updates = await start();
     expect([...updates.services.keys()].sort()).toEqual(['api.dc1.consul', 'web.dc1.consul']);
-    const fetchesBefore = fake.queries.filter((q) => q.startsWith('/v1/health/service/')).length;
+    const [fetchesBefore, allChecksBefore] = [fetches(), fake.count('/v1/health/state/any')];
     fake.setStatus('web', 1, 'critical');
     await until('web-2 unhealthy', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.2 unhealthy') ? true : undefined));
-    // Only the service whose check moved was fetched again.
-    const fetched = fake.queries.filter((q) => q.startsWith('/v1/health/service/')).slice(fetchesBefore);
-    expect(fetched.map((q) => q.split('?')[0])).toEqual(['/v1/health/service/web']);
+    fake.setStatus('web', 1, 'warning');
+    // Seen by both status watches: fetched once or twice.
+    await until('web-2 still unhealthy, now warning', () => (fetches() >= fetchesBefore + 2 ? true : undefined));
+    fake.setStatus('web', 1, 'passing');
+    await until('web-2 healthy again', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.1,10.0.0.2' ? true : undefined));
+    // Only the service whose check moved was fetched again; a flip reads the failing checks only,
+    // never every check (at 100,000 checks that list is 45 MB).
+    expect(new Set(fetchedSince(fetchesBefore))).toEqual(new Set(['/v1/health/service/web']));
+    expect(fake.count('/v1/health/state/any')).toBe(allChecksBefore);
     expect(source!.status()).toMatchObject({ state: 'synced', services: 2, endpoints: 3, errors: 0 });
+  });
+
+  it('finds an instance added to or removed from a service by reading every check once, and fetches that service only', async () => {
+    const updates = await start({ sweepIntervalSeconds: 3600 });
+    const [fetchesBefore, allChecksBefore] = [fetches(), fake.count('/v1/health/state/any')];
+    fake.change(() => fake.services.get('api')!.push({ node: 'n4', address: '10.0.0.4', port: 9000 }));
+    await until('api on two nodes', () => (endpointsOf(updates, 'api.dc1.consul')?.length === 2 ? true : undefined));
+    fake.change(() => fake.services.get('web')!.shift());
+    await until('web on one node', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.2' ? true : undefined));
+    expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/api', '/v1/health/service/web']);
+    expect(fake.count('/v1/health/state/any')).toBe(allChecksBefore + 2);
+  });
+
+  it('finds an instance registered without a check by a sweep, at most every sweepIntervalSeconds', async () => {
+    const updates = await start({ sweepIntervalSeconds: 1 });
+    fake.change(() => fake.services.get('api')!.push({ node: 'n5', address: '10.0.0.5', port: 9000, noCheck: true }));
+    await until('api on two nodes', () => (endpointsOf(updates, 'api.dc1.consul')?.join() === '10.0.0.3,10.0.0.5' ? true : undefined));
+    // Every service was fetched again (the sweep), since no check said which one moved.
+    expect(fake.queries.some((q) => q.startsWith('/v1/health/service/web'))).toBe(true);
+  });
+
+  it('fetches every service on a node whose node check fails, and those only', async () => {
+    const updates = await start();
+    const fetchesBefore = fetches();
+    fake.setNodeStatus('n1', 'critical');
+    await until('web on n1 unhealthy', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.1 unhealthy') ? true : undefined));
+    expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/web']);
+    expect(endpointsOf(updates, 'api.dc1.consul')).toEqual(['10.0.0.3']);
   });
 
   it('keeps the last good state of a service whose answer is garbage, huge or cut, and of the rest', async () => {
@@ -232,7 +306,7 @@ describe('the Consul source', () => {
     await until('the last change in', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.1 unhealthy' ? true : undefined));
     await new Promise((r) => setTimeout(r, 200));
     const signal = (source as unknown as { abort: AbortController }).abort.signal;
-    // Two blocking queries, each in flight or waiting: one listener apiece.
-    expect(getEventListeners(signal, 'abort').length).toBeLessThanOrEqual(2);
+    // Three blocking queries, each in flight or waiting, and the read of every check: one listener apiece.
+    expect(getEventListeners(signal, 'abort').length).toBeLessThanOrEqual(4);
   });
 });

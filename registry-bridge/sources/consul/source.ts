@@ -1,13 +1,16 @@
 // The Consul source: one datacenter's services into the catalog without one long poll per
-// service (Consul allows 200 connections per client by default). Two blocking queries run all the
-// time: /v1/catalog/services (names and tags: services that came, went or were retagged) and
-// /v1/health/state/any (every check: it wakes on any check change, and the diff names the services
-// whose checks moved, or the node whose node check did). The services they name are fetched from
-// /v1/health/service/<name> by a bounded pool. A change Consul signals without naming a service
-// (an instance with no check registered or edited: the catalog's index moved, its names and tags
-// did not, no check changed at that index) is found by a sweep that fetches every service, at
-// most every sweepIntervalSeconds. Nothing is removed because Consul is away: the last good state
-// stays, and the source reads stale once it has not heard from Consul for staleAfterSeconds.
+// service (Consul allows 200 connections per client by default). Three blocking queries run all
+// the time: /v1/catalog/services (names and tags; its index moves on every registration change,
+// never on a check's status) and /v1/health/state/critical and /warning (the failing checks only:
+// they wake on any check change and answer a short list, so a status flip costs two small reads
+// however many checks there are; comparing them with the last answers names the services whose
+// checks moved, or the node whose node check did). Every check, /v1/health/state/any, is read only
+// when the catalog moved, to find which services gained or lost instances (45 MB at 100,000
+// checks: reading it on every check change made a flip cost half a second there). The services
+// named are fetched from /v1/health/service/<name> by a bounded pool. A registration change
+// no check explains (an instance with no check) is found by a sweep that fetches every service,
+// at most every sweepIntervalSeconds. Nothing is removed because Consul is away: the last good
+// state stays, and the source reads stale once it has not heard from Consul for staleAfterSeconds.
 import { setMaxListeners } from 'node:events';
 import type { ConsulSourceConfig, Mesh } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
@@ -63,12 +66,16 @@ export class ConsulSource implements Source {
   private datacenter?: string;
   private readonly known = new Map<string, Known>();
   private readonly labels = new LabelBook();
-  /** node\0checkID to status|modifyIndex|serviceName, as /v1/health/state/any last said. */
-  private checks = new Map<string, string>();
+  /** node\0checkID to its service's name ('' for a node check), as /v1/health/state/any last said. */
+  private allChecks?: Map<string, string>;
+  /** The same for the failing checks, per status, as the two status watches last said. */
+  private readonly failing: Record<FailingStatus, Map<string, string> | undefined> = { critical: undefined, warning: undefined };
   private readonly servicesOnNode = new Map<string, Set<string>>();
-  /** Indexes at which checks changed (recent ones), to tell an explained catalog change from one that needs a sweep. */
-  private readonly checkChangeIndexes = new Set<bigint>();
-  private checksIndex = 0n;
+  /** A read of every check is running, and another is wanted after it (the catalog moved meanwhile). */
+  private allChecksReading = false;
+  private allChecksWanted = false;
+  private allChecksFailures = 0;
+  private allChecksTimer?: NodeJS.Timeout;
   private readonly queue = new Set<string>();
   /** Queued by a sweep only: skipped when Consul's index for the service has not moved. */
   private readonly swept = new Set<string>();
@@ -77,7 +84,6 @@ export class ConsulSource implements Source {
   private retryFailures = 0;
   private inFlight = 0;
   private catalogListed = false;
-  private checksListed = false;
   private syncedOnce = false;
   private lastContactAt = 0;
   private lastSyncAt = 0;
@@ -92,11 +98,12 @@ export class ConsulSource implements Source {
     this.config = options.config;
     this.name = options.config.name;
     this.log = options.log.child({ source: this.name });
-    this.client = new ConsulClient(options.config, 2);
+    // Three watches and the read of every check, beside the fetch pool.
+    this.client = new ConsulClient(options.config, 4);
     this.datacenter = options.config.datacenter;
     // Every request in flight listens on it (the fetch pool and the two watches, each of which may
     // be waiting instead): past Node's default of 10 it warned of a leak there is not.
-    setMaxListeners(options.config.fetchConcurrency + 4, this.abort.signal);
+    setMaxListeners(options.config.fetchConcurrency + 6, this.abort.signal);
   }
 
   start(updates: CatalogUpdates): void {
@@ -112,6 +119,7 @@ export class ConsulSource implements Source {
     this.abort.abort();
     clearTimeout(this.retryTimer);
     clearTimeout(this.sweepTimer);
+    clearTimeout(this.allChecksTimer);
     for (const known of this.known.values()) clearTimeout(known.removeTimer);
     await Promise.all(this.loops);
     this.client.close();
@@ -136,7 +144,7 @@ export class ConsulSource implements Source {
     };
   }
 
-  // ---- the two watches
+  // ---- the watches
 
   private async run(): Promise<void> {
     const signal = this.abort.signal;
@@ -154,13 +162,14 @@ export class ConsulSource implements Source {
       }
     }
     if (signal.aborted) return;
+    this.readAllChecks();
     await Promise.all([
-      this.watch('catalog', '/v1/catalog/services', (body, index) => this.onCatalog(body, index)),
-      this.watch('checks', '/v1/health/state/any', (body, index) => this.onChecks(body, index)),
+      this.watch('catalog', '/v1/catalog/services', (body) => this.onCatalog(body)),
+      ...FAILING_STATUSES.map((status) => this.watch(`${status} checks`, `/v1/health/state/${status}`, (body) => this.onFailing(status, body))),
     ]);
   }
 
-  private async watch(what: string, path: string, onAnswer: (body: unknown, index: bigint) => void): Promise<void> {
+  private async watch(what: string, path: string, onAnswer: (body: unknown) => void): Promise<void> {
     const signal = this.abort.signal;
     let index = 0n;
     let failures = 0;
@@ -181,7 +190,7 @@ export class ConsulSource implements Source {
         const step = nextIndex(index, answer.index);
         if (step.reset) this.log.info({ watch: what, from: String(index), to: String(step.next) }, 'the Consul index went backwards; taking the answer whole');
         index = step.next;
-        if (step.changed) onAnswer(answer.body, index);
+        if (step.changed) onAnswer(answer.body);
       } catch (error) {
         if (signal.aborted) return;
         failures++;
@@ -214,7 +223,7 @@ export class ConsulSource implements Source {
     );
   }
 
-  private onCatalog(body: unknown, index: bigint): void {
+  private onCatalog(body: unknown): void {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       this.failed(new ConsulError('not an object of service names'), 'reading /v1/catalog/services');
       return;
@@ -225,11 +234,9 @@ export class ConsulSource implements Source {
       if (exclude.includes(name) || !(include.includes('*') || include.includes(name))) continue;
       listed.set(name, Array.isArray(tags) ? tags.filter((t) => typeof t === 'string').join('\u0000') : '');
     }
-    let news = false;
     for (const [name, tags] of listed) {
       const known = this.known.get(name);
       if (!known) {
-        news = true;
         this.known.set(name, { tags, endpoints: 0, nodes: [] });
         const changed = this.labels.add(name);
         if (changed === undefined) {
@@ -245,92 +252,115 @@ export class ConsulSource implements Source {
           );
         this.enqueue(name);
       } else if (known.removeAt !== undefined) {
-        news = true;
         clearTimeout(known.removeTimer);
         delete known.removeAt;
         delete known.removeTimer;
         known.tags = tags;
         this.enqueue(name);
       } else if (known.tags !== tags) {
-        news = true;
         known.tags = tags;
         this.enqueue(name);
       }
     }
     for (const [name, known] of this.known) {
       if (listed.has(name) || known.removeAt !== undefined) continue;
-      news = true;
       this.gone(name, known);
     }
-    if (!this.catalogListed) this.catalogListed = true;
-    else if (!news) this.maybeSweep(index);
+    // Instances came or went somewhere (or a service did): every check says where. The first
+    // list fetches every service anyway, and the first read of every check is already running.
+    if (this.catalogListed) this.readAllChecks();
+    this.catalogListed = true;
     this.pump();
   }
 
-  private onChecks(body: unknown, index: bigint): void {
-    if (!Array.isArray(body)) {
-      this.failed(new ConsulError('not a list of checks'), 'reading /v1/health/state/any');
+  /** The failing checks of one status: those that came, went or changed service name the services to fetch. */
+  private onFailing(status: FailingStatus, body: unknown): void {
+    const next = checkServices(body);
+    if (!next) {
+      this.failed(new ConsulError('not a list of checks'), `reading /v1/health/state/${status}`);
       return;
     }
-    const next = new Map<string, string>();
-    const touched = new Set<string>();
-    const touchedNodes = new Set<string>();
-    for (const check of body) {
-      if (typeof check !== 'object' || check === null) continue;
-      const { Node, CheckID, Status, ServiceName, ModifyIndex } = check as Record<string, unknown>;
-      if (typeof Node !== 'string' || typeof CheckID !== 'string') continue;
-      const key = `${Node}\u0000${CheckID}`;
-      const value = `${String(Status)}|${String(ModifyIndex)}|${typeof ServiceName === 'string' ? ServiceName : ''}`;
-      next.set(key, value);
-      if (this.checks.get(key) === value) continue;
-      if (typeof ModifyIndex === 'number') this.checkChangeIndexes.add(BigInt(ModifyIndex));
-      if (typeof ServiceName === 'string' && ServiceName !== '') touched.add(ServiceName);
-      else touchedNodes.add(Node);
-    }
-    let removed = false;
-    for (const [key, value] of this.checks) {
-      if (next.has(key)) continue;
-      removed = true;
-      const service = value.slice(value.indexOf('|', value.indexOf('|') + 1) + 1);
-      if (service) touched.add(service);
-      else touchedNodes.add(key.slice(0, key.indexOf('\u0000')));
-    }
-    if (removed) this.checkChangeIndexes.add(index);
-    if (this.checkChangeIndexes.size > 4096) for (const old of [...this.checkChangeIndexes].slice(0, 2048)) this.checkChangeIndexes.delete(old);
-    this.checks = next;
-    this.checksIndex = index;
-    for (const node of touchedNodes) for (const name of this.servicesOnNode.get(node) ?? []) touched.add(name);
+    const previous = this.failing[status];
+    this.failing[status] = next;
     // The first answer only sets the baseline: the catalog's first list fetches every service.
-    if (this.checksListed) for (const name of touched) if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) this.enqueue(name);
-    this.checksListed = true;
+    if (previous) this.touch(changedChecks(previous, next));
     this.pump();
   }
 
-  /** The catalog moved with no new name or tag: unless a check changed at that index, sweep (rate-limited). */
-  private maybeSweep(index: bigint): void {
+  /**
+   * Reads every check (one read at a time; a catalog change meanwhile asks for one more after it)
+   * and fetches the services whose checks came or went since the last read. When none did, the
+   * catalog's change was an instance without checks: a sweep finds it.
+   */
+  private readAllChecks(): void {
+    if (this.allChecksReading || this.allChecksTimer) {
+      this.allChecksWanted = true;
+      return;
+    }
+    this.allChecksReading = true;
+    this.allChecksWanted = false;
+    void this.client
+      .get({ path: '/v1/health/state/any', query: { dc: this.datacenter! }, signal: this.abort.signal })
+      .then((answer) => {
+        this.contact();
+        const next = checkServices(answer.body);
+        if (!next) throw new ConsulError('not a list of checks');
+        this.allChecksFailures = 0;
+        const previous = this.allChecks;
+        this.allChecks = next;
+        if (!previous) return;
+        const changed = changedChecks(previous, next);
+        if (changed.length > 0) this.touch(changed);
+        else this.maybeSweep();
+      })
+      .catch((error: unknown) => {
+        if (this.abort.signal.aborted) return;
+        this.failed(error, 'reading /v1/health/state/any');
+        this.allChecksFailures++;
+        this.allChecksWanted = true;
+      })
+      .finally(() => {
+        this.allChecksReading = false;
+        if (this.abort.signal.aborted) return;
+        if (this.allChecksWanted)
+          this.allChecksTimer = setTimeout(
+            () => {
+              this.allChecksTimer = undefined;
+              this.readAllChecks();
+            },
+            nextQueryDelay(0, 0, 0, this.allChecksFailures),
+          );
+        this.pump();
+      });
+  }
+
+  /** Checks that changed: their services are fetched; a node check's, every service on that node. */
+  private touch(changed: readonly string[]): void {
+    const names = new Set<string>();
+    for (const change of changed) {
+      if (change.startsWith(NODE_CHECK)) for (const name of this.servicesOnNode.get(change.slice(NODE_CHECK.length)) ?? []) names.add(name);
+      else names.add(change);
+    }
+    for (const name of names) if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) this.enqueue(name);
+  }
+
+  /** The catalog moved and no check says where: fetch every service, at most every sweepIntervalSeconds. */
+  private maybeSweep(): void {
     if (this.sweepTimer) return;
-    this.sweepTimer = setTimeout(
-      () => {
-        this.sweepTimer = undefined;
-        if (this.checkChangeIndexes.has(index)) return;
-        const wait = this.lastSweepAt + this.config.sweepIntervalSeconds * 1000 - Date.now();
-        if (wait > 0) {
-          this.sweepTimer = setTimeout(() => {
-            this.sweepTimer = undefined;
-            this.sweep();
-          }, wait);
-          return;
-        }
-        this.sweep();
-        // The check watch answers the same write within moments; give it that long.
-      },
-      Math.max(1000, this.config.minQueryIntervalMs * 2),
-    );
+    const wait = this.lastSweepAt + this.config.sweepIntervalSeconds * 1000 - Date.now();
+    if (wait <= 0) {
+      this.sweep();
+      return;
+    }
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.sweep();
+    }, wait);
   }
 
   private sweep(): void {
     this.lastSweepAt = Date.now();
-    this.log.debug({ services: this.known.size, checksIndex: String(this.checksIndex) }, 'a catalog change no check explains: fetching every service');
+    this.log.debug({ services: this.known.size }, 'a catalog change no check explains: fetching every service');
     for (const [name, known] of this.known) {
       if (known.removeAt !== undefined || this.queue.has(name)) continue;
       this.queue.add(name);
@@ -361,7 +391,16 @@ export class ConsulSource implements Source {
   }
 
   private maybeSynced(): void {
-    if (!this.catalogListed || !this.checksListed || this.queue.size > 0 || this.inFlight > 0 || this.retry.size > 0) return;
+    if (
+      !this.catalogListed ||
+      !this.allChecks ||
+      !this.failing.critical ||
+      !this.failing.warning ||
+      this.queue.size > 0 ||
+      this.inFlight > 0 ||
+      this.retry.size > 0
+    )
+      return;
     this.lastSyncAt = Date.now();
     if (this.syncedOnce) return;
     this.syncedOnce = true;
@@ -486,4 +525,36 @@ export class ConsulSource implements Source {
     known.problems = text;
     if (text) this.log.warn({ service: name, problems: problems.slice(0, 10), count: problems.length }, 'a Consul service has instances the mesh cannot use');
   }
+}
+
+const FAILING_STATUSES = ['critical', 'warning'] as const;
+type FailingStatus = (typeof FAILING_STATUSES)[number];
+/** How changedChecks names a node check's node: its services follow. */
+const NODE_CHECK = '\u0000node:';
+
+/** node\0checkID to its service's name ('' for a node check), from a list of checks; undefined when it is not one. */
+function checkServices(body: unknown): Map<string, string> | undefined {
+  if (!Array.isArray(body)) return undefined;
+  const checks = new Map<string, string>();
+  for (const check of body) {
+    if (typeof check !== 'object' || check === null) continue;
+    const { Node, CheckID, ServiceName } = check as Record<string, unknown>;
+    if (typeof Node !== 'string' || typeof CheckID !== 'string') continue;
+    checks.set(`${Node}\u0000${CheckID}`, typeof ServiceName === 'string' ? ServiceName : '');
+  }
+  return checks;
+}
+
+/** The services (or NODE_CHECK + node) of the checks in one map and not the other, or under another service. */
+function changedChecks(before: ReadonlyMap<string, string>, after: ReadonlyMap<string, string>): string[] {
+  const changed = new Set<string>();
+  const note = (key: string, service: string) => changed.add(service !== '' ? service : NODE_CHECK + key.slice(0, key.indexOf('\u0000')));
+  for (const [key, service] of after) {
+    const was = before.get(key);
+    if (was === service) continue;
+    note(key, service);
+    if (was !== undefined) note(key, was);
+  }
+  for (const [key, service] of before) if (!after.has(key)) note(key, service);
+  return [...changed];
 }
