@@ -5,8 +5,14 @@ import { injectorCommands, parseConfigMapRef } from './cli.js';
 
 /** `flb <args>` with the injector's commands; rejects with what the action throws. */
 function flb(...args: string[]): Promise<unknown> {
-  const program = new Command('flb').exitOverride();
-  for (const command of injectorCommands()) program.addCommand(command.exitOverride());
+  const program = new Command('flb');
+  for (const command of injectorCommands()) program.addCommand(command);
+  // Every level: commander's own errors (a conflict found while parsing `serve`) would exit the process.
+  const throwInstead = (command: Command): void => {
+    command.exitOverride().configureOutput({ writeErr: () => undefined });
+    for (const sub of command.commands) throwInstead(sub);
+  };
+  throwInstead(program);
   return program.parseAsync(['node', 'flb', ...args]);
 }
 
@@ -30,5 +36,28 @@ describe('flb webhook serve: where the mesh settings come from', () => {
 
   it('refuses a file and a ConfigMap together', async () => {
     await expect(flb('webhook', 'serve', '--mesh-config', 'mesh.yaml', '--mesh-configmap', 'flomesh/flb-mesh')).rejects.toBeInstanceOf(UsageError);
+  });
+});
+
+describe('flb webhook serve --tls-dir: a certificate from a mounted Secret', () => {
+  it('refuses the options of the certificates the injector makes itself, naming both', async () => {
+    for (const other of [
+      ['--secret', 'mine'],
+      ['--config-name', 'theirs'],
+      ['--cert-validity', '24h'],
+      ['--dns-name', 'a.example'],
+    ]) {
+      await expect(flb('webhook', 'serve', '--tls-dir', '/etc/flb/tls', ...other)).rejects.toMatchObject({
+        code: 'commander.conflictingOption',
+        message: expect.stringContaining(`option '--tls-dir <dir>' cannot be used with option '${other[0]}`),
+      });
+    }
+  });
+
+  it('names a folder without the certificate before reaching for the cluster', async () => {
+    await expect(flb('webhook', 'serve', '--tls-dir', '/nonexistent/flb-tls', '--kubeconfig', '/nonexistent/kubeconfig')).rejects.toMatchObject({
+      name: 'ActionableError',
+      message: 'the webhook certificate file /nonexistent/flb-tls/tls.crt does not exist',
+    });
   });
 });

@@ -8,6 +8,9 @@ import { parseDuration, parseHostPort } from '../common/duration.js';
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+/** What only the injector's own certificates use: meaningless with a certificate from --tls-dir. */
+const CERTIFICATE_MAKING_OPTIONS = ['secret', 'configName', 'dnsName', 'ip', 'certValidity', 'caValidity'];
+
 /** `NAMESPACE/NAME[:KEY]` of a ConfigMap, as Kubernetes names them; no key: the runner's default. */
 export function parseConfigMapRef(text: string, flag: string): { namespace: string; name: string; key?: string } {
   const match = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)(?::([-._a-zA-Z0-9]{1,253}))?$/.exec(text);
@@ -67,7 +70,9 @@ function webhookCommand(): Command {
 
   webhook
     .command('serve')
-    .description('Serve AdmissionReviews over HTTPS; make, store (in a Secret) and renew its certificates; keep the caBundle current.')
+    .description(
+      'Serve AdmissionReviews over HTTPS; make, store (in a Secret) and renew its certificates and keep the caBundle current, or with --tls-dir serve the certificate in a mounted Secret (cert-manager) and leave the caBundle to its CA injector.',
+    )
     .option('--listen <host:port>', 'HTTPS address', '0.0.0.0:9443')
     .option('--metrics-listen <host:port>', 'Prometheus /metrics address (plain HTTP)', '0.0.0.0:15010')
     .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)')
@@ -77,6 +82,12 @@ function webhookCommand(): Command {
       'mesh settings from this ConfigMap (key mesh.yaml unless given), the one the registry bridge reads: edits apply to the next pod; a bad edit keeps the last good settings, with an Event on the ConfigMap; until good settings are read, reviews get 503 and the failurePolicy decides',
     )
     .option('--namespace <ns>', "the mesh's namespace (holds the certificate Secret; never injected)", 'flomesh')
+    .addOption(
+      new Option(
+        '--tls-dir <dir>',
+        "serve tls.crt and tls.key from this folder (a mounted Secret, e.g. one cert-manager issues), reloaded when they change; the injector then makes no certificate and leaves the caBundle to cert-manager's CA injector",
+      ).conflicts(CERTIFICATE_MAKING_OPTIONS),
+    )
     .option('--secret <name>', 'Secret that holds the CA and serving certificate', 'flb-injector-tls')
     .option('--config-name <name>', 'MutatingWebhookConfiguration whose caBundle is kept current', 'flb-sidecar-injector')
     .option('--dns-name <name>', 'DNS name in the serving certificate; repeatable (default: the Service names)', collect, [])
@@ -94,6 +105,18 @@ function webhookCommand(): Command {
         throw new UsageError('give --mesh-config (a file, for offline and VM use) or --mesh-configmap (the ConfigMap the registry bridge reads), not both');
       const meshConfigMap = o.meshConfigmap === undefined ? undefined : parseConfigMapRef(o.meshConfigmap, '--mesh-configmap');
       const { serveWebhook } = await import('./runner.js');
+      const certificates = o.tlsDir
+        ? { tlsDir: o.tlsDir }
+        : {
+            secret: { namespace: ns, name: o.secret! },
+            webhookConfigName: o.configName!,
+            certs: {
+              dnsNames: o.dnsName.length ? o.dnsName : [`${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`, `${svc}.${ns}`, svc],
+              ipAddresses: o.ip,
+              certValidityMs: parseDuration(o.certValidity!),
+              caValidityMs: parseDuration(o.caValidity!),
+            },
+          };
       await serveWebhook({
         ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
         ...(o.meshConfig ? { meshConfig: o.meshConfig } : {}),
@@ -103,14 +126,7 @@ function webhookCommand(): Command {
         port: listen.port,
         metricsHost: metricsListen.host,
         metricsPort: metricsListen.port,
-        secret: { namespace: ns, name: o.secret! },
-        webhookConfigName: o.configName!,
-        certs: {
-          dnsNames: o.dnsName.length ? o.dnsName : [`${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`, `${svc}.${ns}`, svc],
-          ipAddresses: o.ip,
-          certValidityMs: parseDuration(o.certValidity!),
-          caValidityMs: parseDuration(o.caValidity!),
-        },
+        ...certificates,
       });
     });
 
@@ -128,6 +144,10 @@ function webhookCommand(): Command {
     .option('--namespace <ns>', "the mesh's namespace (never injected; holds the certificate Secret)", 'flomesh')
     .option('--secret <name>', 'Secret whose CA goes into the caBundle, when it exists already', 'flb-injector-tls')
     .option('--config-name <name>', 'name of the MutatingWebhookConfiguration', 'flb-sidecar-injector')
+    .option(
+      '--cert-manager-certificate <ns/name>',
+      "the cert-manager Certificate the injector serves (flb webhook serve --tls-dir): cert-manager's CA injector sets the caBundle from it",
+    )
     .option('--kubeconfig <file>', 'kubeconfig')
     .option('--print', 'print the configuration as YAML instead of applying it')
     .action(
@@ -139,6 +159,7 @@ function webhookCommand(): Command {
         namespace: string;
         secret: string;
         configName: string;
+        certManagerCertificate?: string;
         kubeconfig?: string;
         print?: boolean;
       }) => {
@@ -150,6 +171,12 @@ function webhookCommand(): Command {
           const m = /^([a-z0-9-]+)\/([a-z0-9-]+)(?::(\d+))?$/.exec(o.service);
           if (!m) throw new UsageError(`--service "${o.service}" is not NAMESPACE/NAME[:PORT]`);
           service = { namespace: m[1]!, name: m[2]!, ...(m[3] ? { port: Number(m[3]) } : {}) };
+        }
+        let certManagerCertificate: { namespace: string; name: string } | undefined;
+        if (o.certManagerCertificate !== undefined) {
+          const m = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$/.exec(o.certManagerCertificate);
+          if (!m) throw new UsageError(`--cert-manager-certificate "${o.certManagerCertificate}" is not NAMESPACE/NAME of a cert-manager Certificate`);
+          certManagerCertificate = { namespace: m[1]!, name: m[3]! };
         }
         const [{ loadKubeConfig }, { createLogger }, { installWebhook }] = await Promise.all([
           import('../common/kube.js'),
@@ -165,6 +192,7 @@ function webhookCommand(): Command {
             timeoutSeconds: timeout,
             meshNamespace: o.namespace,
             secret: o.secret,
+            ...(certManagerCertificate ? { certManagerCertificate } : {}),
             ...(o.print ? { print: true } : { kubeConfig: loadKubeConfig(o.kubeconfig) }),
           },
           createLogger('injector'),

@@ -61,6 +61,11 @@ export class InjectorMetrics {
     help: 'Serving certificates taken into use after the first',
     registers: [this.registry],
   });
+  readonly certificateReloadsRefused = new Counter({
+    name: 'flb_injector_certificate_reloads_refused_total',
+    help: 'Changes of the mounted certificate files (--tls-dir) not taken (unreadable, not PEM, key and certificate apart, expired): the certificate served before stays',
+    registers: [this.registry],
+  });
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry });

@@ -2,7 +2,6 @@
 // (certificates, caBundle, namespace cache, HTTPS and metrics servers, rotation) and `flb webhook
 // install|uninstall`. `flb inject` has its own (manifests-runner.ts), which loads no Kubernetes
 // client: half a second of start-up for a command run once per manifest in a pipeline.
-import { X509Certificate } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { untilStopped } from '../common/cli.js';
@@ -17,6 +16,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import { caBundle, ensureCertificates, SecretCertStore, syncCaBundle, type CertOptions, type TlsMaterial } from './certs.js';
 import type { InjectorSettings } from './inject.js';
 import { InjectorMetrics } from './metrics.js';
+import { certificateExpiry, MountedCertificate, readCertificateFiles, type ServedCertificate } from './mounted-certs.js';
 import { NamespaceCache } from './namespaces.js';
 import { startMetricsServer, startWebhookServer, type CurrentSettings, type WebhookServerOptions } from './server.js';
 import { installWebhookConfiguration, uninstallWebhookConfiguration, webhookConfiguration, type WebhookConfigOptions } from './webhook-config.js';
@@ -27,7 +27,7 @@ import { installWebhookConfiguration, uninstallWebhookConfiguration, webhookConf
  */
 export type MeshSource = { fixed: Mesh } | { configMap: MeshConfigMap };
 
-export interface InjectorOptions {
+interface CommonInjectorOptions {
   kubeConfig: KubeConfig;
   /** How pods are injected, but for the mesh settings: those come from `mesh`. */
   settings: Omit<InjectorSettings, 'mesh'>;
@@ -37,6 +37,13 @@ export interface InjectorOptions {
   metricsHost?: string;
   /** Omit for no metrics listener. */
   metricsPort?: number;
+  /** Events per namespace: this many at once, then this many a second (default 25, then 1 a second). */
+  eventRate?: { burst: number; perSecond: number };
+  log: Logger;
+}
+
+/** The injector makes, stores and renews its own CA and serving certificate, and keeps the caBundle current. */
+export interface ManagedCertificates {
   /** Where the certificates live: namespace/name of a Secret. */
   secret: { namespace: string; name: string };
   webhookConfigName: string;
@@ -45,12 +52,22 @@ export interface InjectorOptions {
   checkIntervalMs?: number;
   /** After a new CA is put in the caBundle, wait this long before serving a certificate it signed. */
   caPropagationMs?: number;
-  /** Events per namespace: this many at once, then this many a second (default 25, then 1 a second). */
-  eventRate?: { burst: number; perSecond: number };
-  log: Logger;
 }
 
-export interface RunningInjector {
+/**
+ * The serving certificate is someone else's (cert-manager's, in a mounted Secret): read from
+ * tls.crt and tls.key in this folder and reloaded when they change. The injector then writes no
+ * Secret and never touches the caBundle, which cert-manager's CA injector owns.
+ */
+export interface MountedCertificates {
+  tlsDir: string;
+  /** Re-read the folder this often too, in case a change was not seen (default 60 s). */
+  tlsPollIntervalMs?: number;
+}
+
+export type InjectorOptions = CommonInjectorOptions & (ManagedCertificates | MountedCertificates);
+
+export interface RunningInjector<Certificate extends ServedCertificate = TlsMaterial> {
   readonly port: number;
   readonly metricsPort?: number;
   readonly metrics: InjectorMetrics;
@@ -58,18 +75,22 @@ export interface RunningInjector {
   /** The mesh settings pods are injected with (undefined until good ones were read), and what is wrong with the ConfigMap now, if anything. */
   meshSettings(): { mesh: Mesh | undefined; problem: string | undefined };
   /** The certificate being served now. */
-  current(): TlsMaterial;
+  current(): Certificate;
   stop(): Promise<void>;
 }
 
-/** The running injector: certificates, caBundle, namespace cache, HTTPS and metrics servers, rotation. */
-export async function runInjector(options: InjectorOptions): Promise<RunningInjector> {
-  const { kubeConfig, log } = options;
-  const metrics = new InjectorMetrics();
+/** The serving certificate, and what keeps it current once the server runs. */
+interface CertificateKeeper<Certificate extends ServedCertificate> {
+  current(): Certificate;
+  /** Keeps the certificate current; `serve` puts a renewed one in use from the next handshake on. */
+  start(serve: (certificate: ServedCertificate) => void): void;
+  stop(): void;
+}
+
+/** Ours: made, stored in a Secret the replicas share, renewed, with the caBundle kept current. */
+async function managedCertificates(options: ManagedCertificates, kubeConfig: KubeConfig, log: Logger): Promise<CertificateKeeper<TlsMaterial>> {
   const store = new SecretCertStore(kubeConfig, options.secret.namespace, options.secret.name);
   let material = await ensureCertificates(store, options.certs, log);
-  const updateExpiry = () => metrics.certificateExpiry.set(certificateExpiry(material.certPem) / 1000);
-  updateExpiry();
   /** True when the configuration's caBundle is now `m`'s (or there is no configuration to update yet). */
   const syncBundle = async (m: TlsMaterial): Promise<boolean> => {
     try {
@@ -89,6 +110,68 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     }
   };
   await syncBundle(material);
+  let timer: NodeJS.Timeout | undefined;
+  return {
+    current: () => material,
+    start(serve) {
+      let checking = false;
+      const check = async () => {
+        if (checking) return;
+        checking = true;
+        try {
+          const next = await ensureCertificates(store, options.certs, log);
+          if (next.certPem !== material.certPem) {
+            if (next.caPem !== material.caPem) {
+              // The bundle must trust the new CA before anyone is shown a certificate it signed: until
+              // the update is confirmed, keep serving the old certificate (still valid) and retry.
+              if (!(await syncBundle(next))) return;
+              await new Promise((r) => setTimeout(r, options.caPropagationMs ?? 5000));
+            }
+            material = next;
+            serve(next);
+          }
+          await syncBundle(material);
+        } catch (error) {
+          log.warn({ err: error }, 'certificate check failed; will retry');
+        } finally {
+          checking = false;
+        }
+      };
+      timer = setInterval(() => void check(), options.checkIntervalMs ?? Math.max(1000, Math.min(3_600_000, options.certs.certValidityMs / 10)));
+    },
+    stop: () => clearInterval(timer),
+  };
+}
+
+/** Someone else's (cert-manager's): files in a mounted Secret, reloaded when they change; the caBundle is theirs too. */
+function mountedCertificates(options: MountedCertificates, metrics: InjectorMetrics, log: Logger): CertificateKeeper<ServedCertificate> {
+  let serve: ((certificate: ServedCertificate) => void) | undefined;
+  const mounted = new MountedCertificate({
+    dir: options.tlsDir,
+    log,
+    onRenewed: (certificate) => serve?.(certificate),
+    onRefused: () => metrics.certificateReloadsRefused.inc(),
+    ...(options.tlsPollIntervalMs ? { pollIntervalMs: options.tlsPollIntervalMs } : {}),
+  });
+  log.info({ dir: options.tlsDir }, 'serving the certificate in the mounted folder; the caBundle is left to its issuer (cert-manager)');
+  return {
+    current: () => mounted.current(),
+    start: (serveRenewed) => (serve = serveRenewed),
+    stop: () => mounted.stop(),
+  };
+}
+
+/** The running injector: certificates, caBundle, namespace cache, HTTPS and metrics servers, rotation. */
+export async function runInjector(options: CommonInjectorOptions & ManagedCertificates): Promise<RunningInjector<TlsMaterial>>;
+export async function runInjector(options: CommonInjectorOptions & MountedCertificates): Promise<RunningInjector<ServedCertificate>>;
+export async function runInjector(options: InjectorOptions): Promise<RunningInjector<ServedCertificate>>;
+export async function runInjector(options: InjectorOptions): Promise<RunningInjector<ServedCertificate>> {
+  const { kubeConfig, log } = options;
+  const metrics = new InjectorMetrics();
+  const certificates: CertificateKeeper<ServedCertificate> =
+    'tlsDir' in options ? mountedCertificates(options, metrics, log) : await managedCertificates(options, kubeConfig, log);
+  const updateExpiry = () => metrics.certificateExpiry.set(certificateExpiry(certificates.current().certPem) / 1000);
+  updateExpiry();
 
   // Never inject with settings not read: until the ConfigMap gives good ones, reviews get a 503.
   let injecting: InjectorSettings | undefined = 'fixed' in options.mesh ? { ...options.settings, mesh: options.mesh.fixed } : undefined;
@@ -117,7 +200,10 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     api: kubeEventsApi(kubeConfig),
     log,
     component: 'flb-injector',
-    protectedNamespaces: [options.secret.namespace, ...('configMap' in options.mesh ? [options.mesh.configMap.namespace] : [])],
+    protectedNamespaces: [
+      ...('secret' in options ? [options.secret.namespace] : []),
+      ...('configMap' in options.mesh ? [options.mesh.configMap.namespace] : []),
+    ],
     // The mesh's namespace comes with its settings, which may change.
     isProtectedNamespace: (namespace) => namespace === injecting?.mesh.controlPlaneNamespace,
     ...(options.eventRate ? { perNamespace: options.eventRate } : {}),
@@ -131,7 +217,7 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
         port: options.port,
         settings,
         namespaces,
-        tls: { cert: material.certPem, key: material.keyPem },
+        tls: { cert: certificates.current().certPem, key: certificates.current().keyPem },
         metrics,
         log,
         events,
@@ -140,6 +226,7 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     );
   } catch (error) {
     // Nothing may keep the process up after a failed start: the namespace and ConfigMap watches would.
+    certificates.stop();
     await namespaces.stop();
     await meshWatch?.stop();
     throw error;
@@ -155,33 +242,12 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     'injector serving',
   );
 
-  let checking = false;
-  const check = async () => {
-    if (checking) return;
-    checking = true;
-    try {
-      const next = await ensureCertificates(store, options.certs, log);
-      if (next.certPem !== material.certPem) {
-        if (next.caPem !== material.caPem) {
-          // The bundle must trust the new CA before anyone is shown a certificate it signed: until
-          // the update is confirmed, keep serving the old certificate (still valid) and retry.
-          if (!(await syncBundle(next))) return;
-          await new Promise((r) => setTimeout(r, options.caPropagationMs ?? 5000));
-        }
-        server.setCertificate({ cert: next.certPem, key: next.keyPem });
-        material = next;
-        updateExpiry();
-        metrics.certificateRenewals.inc();
-        log.info({ expires: new Date(certificateExpiry(next.certPem)).toISOString() }, 'serving a renewed certificate');
-      }
-      await syncBundle(material);
-    } catch (error) {
-      log.warn({ err: error }, 'certificate check failed; will retry');
-    } finally {
-      checking = false;
-    }
-  };
-  const timer = setInterval(() => void check(), options.checkIntervalMs ?? Math.max(1000, Math.min(3_600_000, options.certs.certValidityMs / 10)));
+  certificates.start((next) => {
+    server.setCertificate({ cert: next.certPem, key: next.keyPem });
+    updateExpiry();
+    metrics.certificateRenewals.inc();
+    log.info({ expires: new Date(certificateExpiry(next.certPem)).toISOString() }, 'serving a renewed certificate');
+  });
 
   return {
     port: server.port,
@@ -189,9 +255,9 @@ export async function runInjector(options: InjectorOptions): Promise<RunningInje
     metrics,
     events,
     meshSettings: () => ({ mesh: injecting?.mesh, problem: meshWatch?.problem }),
-    current: () => material,
+    current: () => certificates.current(),
     async stop() {
-      clearInterval(timer);
+      certificates.stop();
       await server.close();
       await metricsServer?.close();
       await events.flush();
@@ -222,11 +288,7 @@ export async function startServers(webhook: WebhookServerOptions, metricsAt: { h
   }
 }
 
-function certificateExpiry(certPem: string): number {
-  return new Date(new X509Certificate(certPem).validTo).getTime();
-}
-
-export interface ServeOptions extends Omit<InjectorOptions, 'kubeConfig' | 'settings' | 'mesh' | 'log'> {
+interface ServeOnlyOptions {
   kubeconfig?: string;
   /** A mesh settings file, read at start; neither this nor meshConfigMap: the defaults. */
   meshConfig?: string;
@@ -236,10 +298,16 @@ export interface ServeOptions extends Omit<InjectorOptions, 'kubeConfig' | 'sett
   nativeSidecars: 'auto' | 'true' | 'false';
 }
 
+export type ServeOptions = Omit<CommonInjectorOptions, 'kubeConfig' | 'settings' | 'mesh' | 'log'> &
+  ServeOnlyOptions &
+  (ManagedCertificates | MountedCertificates);
+
 /** `flb webhook serve`: runs the injector until SIGINT or SIGTERM, then stops it. */
 export async function serveWebhook(options: ServeOptions): Promise<void> {
   const { kubeconfig, meshConfig, meshConfigMap, nativeSidecars: native, ...rest } = options;
   const log = createLogger('injector');
+  // A Secret that is not mounted right is named before anything else can fail.
+  if ('tlsDir' in rest) readCertificateFiles(rest.tlsDir);
   const kubeConfig = loadKubeConfig(kubeconfig);
   const mesh: MeshSource = meshConfigMap ? { configMap: { key: DEFAULT_MESH_CONFIGMAP_KEY, ...meshConfigMap } } : { fixed: loadMeshConfig(meshConfig) };
   const nativeSidecars = native === 'auto' ? await supportsNativeSidecars(kubeConfig) : native === 'true';
@@ -261,7 +329,9 @@ export interface InstallOptions extends Omit<WebhookConfigOptions, 'caBundlePem'
 /** `flb webhook install`: applies the configuration (or prints it); says whether it was created or updated. */
 export async function installWebhook(options: InstallOptions, log: Logger, stdout: NodeJS.WritableStream = process.stdout): Promise<void> {
   const { kubeConfig, secret, print, ...config } = options;
-  const existing = kubeConfig ? (await new SecretCertStore(kubeConfig, config.meshNamespace, secret).read()).material : undefined;
+  // With cert-manager the caBundle is its CA injector's: the injector's own Secret is not looked at.
+  const existing =
+    kubeConfig && !config.certManagerCertificate ? (await new SecretCertStore(kubeConfig, config.meshNamespace, secret).read()).material : undefined;
   const configuration = webhookConfiguration({ ...config, ...(existing ? { caBundlePem: caBundle(existing) } : {}) });
   if (print || !kubeConfig) {
     stdout.write(YAML.stringify(configuration, { lineWidth: 0 }));

@@ -3,6 +3,8 @@ import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/index
 import { SYSTEM_NAMESPACES } from './policy.js';
 
 export const DEFAULT_WEBHOOK_CONFIG_NAME = 'flb-sidecar-injector';
+/** cert-manager's CA injector puts the CA of the Certificate this names (namespace/name) into every caBundle of the object. */
+export const CERT_MANAGER_INJECT_CA_FROM = 'cert-manager.io/inject-ca-from';
 
 export interface WebhookConfigOptions {
   name?: string;
@@ -14,6 +16,11 @@ export interface WebhookConfigOptions {
   failurePolicy?: 'Fail' | 'Ignore';
   timeoutSeconds?: number;
   caBundlePem?: string;
+  /**
+   * The cert-manager Certificate whose CA goes into the caBundle: cert-manager's CA injector sets
+   * it (annotation cert-manager.io/inject-ca-from), and the injector serves that Certificate's Secret.
+   */
+  certManagerCertificate?: { namespace: string; name: string };
   /** The mesh's namespace, never injected (nor are kube-system and friends). */
   meshNamespace: string;
 }
@@ -55,7 +62,13 @@ export function webhookConfiguration(options: WebhookConfigOptions): V1MutatingW
   return {
     apiVersion: 'admissionregistration.k8s.io/v1',
     kind: 'MutatingWebhookConfiguration',
-    metadata: { name: options.name ?? DEFAULT_WEBHOOK_CONFIG_NAME, labels: { 'app.kubernetes.io/part-of': 'flb-mesh' } },
+    metadata: {
+      name: options.name ?? DEFAULT_WEBHOOK_CONFIG_NAME,
+      labels: { 'app.kubernetes.io/part-of': 'flb-mesh' },
+      ...(options.certManagerCertificate
+        ? { annotations: { [CERT_MANAGER_INJECT_CA_FROM]: `${options.certManagerCertificate.namespace}/${options.certManagerCertificate.name}` } }
+        : {}),
+    },
     webhooks: [
       {
         name: 'namespace.sidecar-injector.flomesh.io',
