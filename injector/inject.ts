@@ -34,6 +34,7 @@ import {
 } from './mesh-parts.js';
 import { appendToArray, insertIntoArray, pointerKey, setMapEntries } from './patch.js';
 import { decide, SKIP_REASONS, type InvalidSetting, type SkipReason } from './policy.js';
+import { APP_PRESTOP_ENV, appPreStopsJson, BGP_ANNOUNCER_ANNOTATION, drainHooks, parseBgpAnnouncer, type PreStopRewrite } from './prestop.js';
 import { rewriteProbes, type AppProbe, type ProbeRewrite } from './probes.js';
 
 export { APP_PROBES_ENV, REPO_DIR, REPO_VOLUME, STATE_DIR, STATE_VOLUME, type InjectorSettings, type SidecarStatus } from './mesh-parts.js';
@@ -92,12 +93,14 @@ export function injectPod(
   const annotations = new AnnotationReader(pod.metadata?.annotations ?? {});
   const interception = interceptionParts(pod, parts, annotations);
   const resources = podResources(parts, annotations);
+  const bgpAnnouncer = annotations.read(BGP_ANNOUNCER_ANNOTATION, parseBgpAnnouncer, false);
   const invalid = [...(decision.inject ? [] : decision.invalid), ...annotations.invalid];
   if (!decision.inject || !interception || invalid.length) return refusal(invalid);
 
   const containers = pod.spec?.containers ?? [];
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
-  const sidecar = podSidecar(parts, workload ?? ownerWorkload(pod), JSON.stringify(probeMap(rewrites)), resources);
+  const preStops = bgpAnnouncer ? drainHooks(containers, mesh.ports, warnings) : [];
+  const sidecar = withAppPreStops(podSidecar(parts, workload ?? ownerWorkload(pod), JSON.stringify(probeMap(rewrites)), resources), preStops);
   const initContainers = settings.nativeSidecars ? [interception.init, sidecar] : [interception.init];
 
   const existing = pod.metadata?.annotations;
@@ -120,6 +123,7 @@ export function injectPod(
   );
   // Probe replacements use the container indexes as given, so they come before any insertion.
   for (const rewrite of rewrites) patch.push({ op: 'replace', path: `/spec/containers/${rewrite.containerIndex}/${rewrite.field}`, value: rewrite.probe });
+  for (const preStop of preStops) patch.push(preStopOperation(preStop));
   patch.push(...insertIntoArray('/spec/initContainers', pod.spec?.initContainers, 0, initContainers));
   if (!settings.nativeSidecars) patch.push(...insertIntoArray('/spec/containers', containers, 0, [sidecar]));
   patch.push(...appendToArray('/spec/volumes', pod.spec?.volumes, parts.volumes as unknown[]));
@@ -127,6 +131,22 @@ export function injectPod(
   const podSecurityConflict = interception.interception.mode === 'iptables' ? podSecurityProblem(namespace) : undefined;
   if (podSecurityConflict) warnings.push(podSecurityConflict);
   return { action: 'inject', patch, because: decision.because, reinvocation: false, warnings, ...(podSecurityConflict ? { podSecurityConflict } : {}) };
+}
+
+/** The drain hook in place of the container's preStop (or its lifecycle's, or a new lifecycle). */
+function preStopOperation(rewrite: PreStopRewrite): Operation {
+  const container = `/spec/containers/${rewrite.containerIndex}`;
+  if (!rewrite.hasLifecycle) return { op: 'add', path: `${container}/lifecycle`, value: { preStop: rewrite.hook } };
+  return { op: rewrite.replaces ? 'replace' : 'add', path: `${container}/lifecycle/preStop`, value: rewrite.hook };
+}
+
+/**
+ * The app containers' own hooks the sidecar runs after the drain. Rare (a BGP pod whose app has an
+ * httpGet or sleep preStop), so the sidecar is copied without its pre-written JSON text.
+ */
+function withAppPreStops(sidecar: V1Container, preStops: readonly PreStopRewrite[]): V1Container {
+  const value = appPreStopsJson(preStops);
+  return value === undefined ? sidecar : { ...sidecar, env: [...(sidecar.env ?? []), { name: APP_PRESTOP_ENV, value }] };
 }
 
 /** Reads a pod's annotations, collecting every one it cannot accept instead of stopping at the first. */
