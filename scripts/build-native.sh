@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the C parts: the sidecar's N-API addon (sidecar/native: original destination, the L4
-# forwarder) and the CNI plugin (cni/plugin, static so hosts need no Node.js). `npm ci` and
-# `npm install` run it (package.json's install script), so the sidecar and the injector need only
-# gcc, never Go; scripts/setup.sh runs it with --sanitizers. Plain gcc against the headers Node
-# ships: node-gyp would download them. Each output is rebuilt only when one of its sources is newer.
+# forwarder), the CNI plugin (cni/plugin, static so hosts need no Node.js), the eBPF loader's addon
+# (bpf/native) and the eBPF programs (bpf/src, clang -target bpf, skipped with a notice without clang
+# and libbpf-dev). `npm ci` and `npm install` run it (package.json's install script), so the
+# sidecar and the injector need only gcc, never Go; scripts/setup.sh runs it with --sanitizers.
+# Plain gcc against the headers Node ships: node-gyp would download them. Each output is
+# rebuilt only when one of its sources is newer.
 # Usage: scripts/build-native.sh [--sanitizers]
 #   --sanitizers  also the AddressSanitizer and UBSan builds (build/asan/) that scripts/test.sh runs
 #                 the forwarder's and the CNI tests against, and the plugin's libFuzzer target.
@@ -64,6 +66,22 @@ build sidecar/native/build/flb-sidecar.node "the sidecar's addon (sidecar/native
   gcc -O2 "${ADDON_FLAGS[@]}" sidecar/native/*.c
 build cni/plugin/build/flb-cni "the CNI plugin (cni/plugin; static linking needs libc6-dev)" "${PLUGIN_SOURCES[@]}" -- \
   gcc -O2 -Wall -Wextra -Werror -static cni/plugin/flb-cni.c
+# eBPF interception (bpf/) is optional: iptables is the fallback, and `flb bpf check` names what is
+# missing. Its programs need clang and libbpf's headers; without them the rest still builds. (Each
+# part is built when its folder is there: a copy of only some C sources builds only those.)
+if [[ -d bpf/native ]]; then
+  build bpf/native/build/flb-bpf.node "the eBPF loader's addon (bpf/native)" bpf/native/*.c -- \
+    gcc -O2 "${ADDON_FLAGS[@]}" bpf/native/*.c
+fi
+if [[ -d bpf/src ]] && command -v clang >/dev/null && [[ -f /usr/include/bpf/bpf_helpers.h ]]; then
+  # Debian puts asm/ under the multiarch folder, which clang -target bpf does not search by itself.
+  BPF_FLAGS=(-O2 -g -target bpf -Wall -Wextra -Werror -I"/usr/include/$(gcc -print-multiarch)" -c)
+  build bpf/build/redirect.bpf.o "the eBPF programs (bpf/src)" bpf/src/*.c -- clang "${BPF_FLAGS[@]}" bpf/src/redirect.bpf.c
+  build bpf/build/testing/socket-lb.bpf.o "the eBPF test program (bpf/testing)" bpf/testing/*.bpf.c -- \
+    clang "${BPF_FLAGS[@]}" bpf/testing/socket-lb.bpf.c
+elif [[ -d bpf/src ]]; then
+  info "eBPF programs not built: clang and libbpf's headers are needed (apt-get install clang libbpf-dev); eBPF interception stays unavailable, iptables works"
+fi
 
 ((SANITIZERS)) || exit 0
 

@@ -1,0 +1,438 @@
+/*
+ * Loads the programs of bpf/src into the kernel, attaches them to a cgroup v2 through bpf_links,
+ * registers network namespaces, and removes all of it. Everything of one mesh is pinned under
+ * <bpffs>/flb-mesh/<mesh>/ (progs/, maps/, links/), so it outlives the command that made it and
+ * `unload` finds it again. Loading (ELF, relocations, the verifier) goes through bpftool; the
+ * links, map entries and the namespace cookie through the addon (bpf/native), since bpftool
+ * attaches cgroup programs without bpf_link and costs a process per call.
+ */
+import { execa } from 'execa';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { endianness, release } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Interception } from '../common/contract/index.js';
+import { ActionableError } from '../common/errors.js';
+import { KEY_SIZE, MAP, cookieKey, keyCookie, namespaceEntries } from './maps.js';
+import { addonPath, loadAddon, type AttachType } from './native/index.js';
+
+export const PROGRAMS: readonly { name: string; attach: AttachType }[] = [
+  { name: 'flb_connect4', attach: 'connect4' },
+  { name: 'flb_connect6', attach: 'connect6' },
+  { name: 'flb_sockops', attach: 'sockops' },
+  { name: 'flb_getsockopt', attach: 'getsockopt' },
+  { name: 'flb_peername4', attach: 'getpeername4' },
+  { name: 'flb_peername6', attach: 'getpeername6' },
+];
+
+export const DEFAULT_BPFFS = '/sys/fs/bpf';
+const FALLBACK = 'iptables interception (mode "iptables" or "cni") is the fallback and needs none of this';
+/** bpf_get_netns_cookie in sockops and SO_NETNS_COOKIE came with 5.15 and 5.14. */
+const MINIMUM_KERNEL: [number, number] = [5, 15];
+
+export interface Paths {
+  mesh: string;
+  bpffs: string;
+}
+
+export function meshDir({ mesh, bpffs }: Paths): string {
+  return join(bpffs, 'flb-mesh', mesh);
+}
+const progPin = (p: Paths, name: string) => join(meshDir(p), 'progs', name);
+const mapPin = (p: Paths, name: string) => join(meshDir(p), 'maps', name);
+const linkPin = (p: Paths, name: string) => join(meshDir(p), 'links', name);
+
+export function validateMeshName(mesh: string): string {
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(mesh)) {
+    throw new ActionableError(`mesh name '${mesh}' is not a DNS label`, 'use lowercase letters, digits and dashes, 63 at most (the mesh.json name)');
+  }
+  return mesh;
+}
+
+/** The compiled programs, seen from the sources (bpf/) and the build (dist/bpf/). */
+export function objectPath(name = 'redirect.bpf.o'): string | undefined {
+  for (const candidate of [`./build/${name}`, `../../bpf/build/${name}`]) {
+    const path = fileURLToPath(new URL(candidate, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  return undefined;
+}
+
+// ---- /proc/self/mountinfo ----
+
+export interface Mount {
+  mountPoint: string;
+  fsType: string;
+}
+
+/** Mount points as the kernel escapes them (\040 for a space, ...), decoded. */
+export function parseMountinfo(text: string): Mount[] {
+  const mounts: Mount[] = [];
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const separator = fields.indexOf('-');
+    if (fields.length < 10 || separator < 6) continue;
+    const mountPoint = fields[4]!.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+    mounts.push({ mountPoint, fsType: fields[separator + 1]! });
+  }
+  return mounts;
+}
+
+/** The mount a path lives on: the longest mount point that is a prefix of it (the last one mounted wins). */
+export function mountOf(mounts: readonly Mount[], path: string): Mount | undefined {
+  let best: Mount | undefined;
+  for (const mount of mounts) {
+    const prefix = mount.mountPoint === '/' ? '/' : `${mount.mountPoint}/`;
+    if (path !== mount.mountPoint && !path.startsWith(prefix)) continue;
+    if (!best || mount.mountPoint.length >= best.mountPoint.length) best = mount;
+  }
+  return best;
+}
+
+const readMounts = () => parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
+
+/** The root of the cgroup v2 hierarchy: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a hybrid one. */
+export function defaultCgroup(mounts: readonly Mount[] = readMounts()): string | undefined {
+  return mounts.find((m) => m.fsType === 'cgroup2')?.mountPoint;
+}
+
+// ---- the feature check ----
+
+export interface FeatureReport {
+  ok: boolean;
+  /** What is missing, each a sentence that says how to get it. */
+  missing: string[];
+  cgroup?: string;
+  bpffs: string;
+  kernel: string;
+}
+
+/**
+ * Whether this host can run eBPF interception here, and if not exactly what is missing. Mounts
+ * bpffs when it is not (the only change it makes). The verifier's verdict comes at load.
+ */
+export async function checkFeatures(options: { cgroup?: string; bpffs?: string } = {}): Promise<FeatureReport> {
+  const bpffs = options.bpffs ?? DEFAULT_BPFFS;
+  const missing: string[] = [];
+  const kernel = release();
+  const [major = 0, minor = 0] = kernel.split(/[.-]/).map(Number);
+  if (major < MINIMUM_KERNEL[0] || (major === MINIMUM_KERNEL[0] && minor < MINIMUM_KERNEL[1])) {
+    missing.push(`Linux ${MINIMUM_KERNEL.join('.')} or later (this is ${kernel}): the network namespace cookie in sockops and SO_NETNS_COOKIE`);
+  }
+  if (endianness() !== 'LE') missing.push('a little-endian host (the map layouts are written little-endian)');
+  if (process.getuid?.() !== 0) missing.push('root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load programs and attach them to cgroups)');
+
+  let mounts = readMounts();
+  const cgroup = options.cgroup ?? defaultCgroup(mounts);
+  if (!cgroup) {
+    missing.push('a cgroup v2 hierarchy: none is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)');
+  } else if (!existsSync(cgroup) || !statSync(cgroup).isDirectory()) {
+    missing.push(`the cgroup ${cgroup}: no such directory`);
+  } else if (mountOf(mounts, cgroup)?.fsType !== 'cgroup2') {
+    missing.push(
+      `a cgroup v2 path: ${cgroup} is on ${mountOf(mounts, cgroup)?.fsType ?? 'no'} filesystem, not cgroup2 (v1 cgroups cannot hold socket programs)`,
+    );
+  }
+
+  if (mountOf(mounts, bpffs)?.fsType !== 'bpf' && process.getuid?.() === 0) {
+    mkdirSync(bpffs, { recursive: true });
+    const mounted = await execa('mount', ['-t', 'bpf', 'bpf', bpffs], { reject: false });
+    if (mounted.exitCode !== 0) missing.push(`bpffs at ${bpffs}: mounting it failed (${mounted.stderr.trim() || `exit ${mounted.exitCode}`})`);
+    mounts = readMounts();
+  }
+  if (mountOf(mounts, bpffs)?.fsType !== 'bpf' && !missing.some((m) => m.startsWith('bpffs')))
+    missing.push(`bpffs mounted at ${bpffs} (mount -t bpf bpf ${bpffs})`);
+
+  if ((await execa('bpftool', ['version'], { reject: false })).exitCode !== 0) missing.push('bpftool, which loads the programs (apt-get install bpftool)');
+  if (!objectPath()) missing.push('the compiled programs bpf/build/redirect.bpf.o (apt-get install clang libbpf-dev, then bash scripts/build-native.sh)');
+  if (!addonPath()) missing.push("the loader's addon bpf/native/build/flb-bpf.node (bash scripts/build-native.sh)");
+  return { ok: missing.length === 0, missing, ...(cgroup ? { cgroup } : {}), bpffs, kernel };
+}
+
+function refuse(report: FeatureReport): never {
+  throw new ActionableError(`eBPF interception cannot run here; missing: ${report.missing.join('; ')}`, FALLBACK);
+}
+
+// ---- load / unload ----
+
+export interface LoadResult {
+  mesh: string;
+  cgroup: string;
+  pins: string;
+  alreadyLoaded: boolean;
+}
+
+function isComplete(paths: Paths): boolean {
+  return PROGRAMS.every((p) => existsSync(linkPin(paths, p.name))) && Object.values(MAP).every((m) => existsSync(mapPin(paths, m)));
+}
+
+/**
+ * Loads and attaches, or says it already is. Two loaders racing: the mesh's folder is made with
+ * one mkdir, which only one of them can win; the other finds it and reports it loaded (or
+ * half-loaded, with what to do).
+ */
+export async function load(options: { mesh: string; cgroup?: string; bpffs?: string }): Promise<LoadResult> {
+  const report = await checkFeatures(options);
+  if (!report.ok) refuse(report);
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: report.bpffs };
+  const cgroup = report.cgroup!;
+  const dir = meshDir(paths);
+  mkdirSync(join(paths.bpffs, 'flb-mesh'), { recursive: true });
+  try {
+    mkdirSync(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    if (isComplete(paths)) return { mesh: paths.mesh, cgroup, pins: dir, alreadyLoaded: true };
+    throw new ActionableError(
+      `mesh ${paths.mesh} is partly loaded at ${dir} (another loader is at work, or one was killed)`,
+      `run 'flb bpf unload --mesh ${paths.mesh}' if no other loader is running, then load again`,
+    );
+  }
+  try {
+    const loaded = await execa('bpftool', ['prog', 'loadall', objectPath()!, join(dir, 'progs'), 'pinmaps', join(dir, 'maps')], { reject: false, all: true });
+    if (loaded.exitCode !== 0) {
+      // The verifier's log is long; its last lines say what it refused.
+      const log = (loaded.all ?? '')
+        .split('\n')
+        .filter((l) => l.trim() && !l.startsWith('Warning: bpftool is now running in libbpf strict mode') && !l.startsWith('If it used to work'));
+      throw new ActionableError(`the kernel refused the eBPF programs (bpftool prog loadall): ${log.slice(-6).join(' | ')}`, FALLBACK);
+    }
+    mkdirSync(join(dir, 'links'));
+    const addon = loadAddon();
+    for (const program of PROGRAMS) {
+      try {
+        addon.attachCgroup(progPin(paths, program.name), cgroup, program.attach, linkPin(paths, program.name));
+      } catch (error) {
+        throw new ActionableError(`attaching ${program.name} (${program.attach}) failed: ${(error as Error).message}`, FALLBACK);
+      }
+    }
+  } catch (error) {
+    await removeAll(paths);
+    throw error;
+  }
+  return { mesh: paths.mesh, cgroup, pins: dir, alreadyLoaded: false };
+}
+
+interface Ids {
+  programs: number[];
+  maps: number[];
+  links: number[];
+}
+
+async function bpftoolJson(args: string[]): Promise<unknown> {
+  const result = await execa('bpftool', ['-j', ...args], { reject: false });
+  if (result.exitCode !== 0) return undefined;
+  return JSON.parse(result.stdout || 'null') as unknown;
+}
+
+const idOf = (value: unknown): number[] => (value && typeof value === 'object' && 'id' in value && typeof value.id === 'number' ? [value.id] : []);
+
+async function pinnedIds(paths: Paths): Promise<Ids> {
+  const ids: Ids = { programs: [], maps: [], links: [] };
+  for (const [kind, folder, list] of [
+    ['prog', 'progs', ids.programs],
+    ['map', 'maps', ids.maps],
+    ['link', 'links', ids.links],
+  ] as const) {
+    const dir = join(meshDir(paths), folder);
+    if (!existsSync(dir)) continue;
+    for (const name of readdirSync(dir)) list.push(...idOf(await bpftoolJson([kind, 'show', 'pinned', join(dir, name)])));
+  }
+  return ids;
+}
+
+/** The ids of ours that the kernel still holds. */
+async function stillThere(ids: Ids): Promise<string[]> {
+  const left: string[] = [];
+  for (const [kind, wanted] of [
+    ['prog', ids.programs],
+    ['map', ids.maps],
+    ['link', ids.links],
+  ] as const) {
+    if (wanted.length === 0) continue;
+    const live = await bpftoolJson([kind, 'show']);
+    const liveIds = new Set(Array.isArray(live) ? live.flatMap(idOf) : []);
+    for (const id of wanted) if (liveIds.has(id)) left.push(`${kind} ${id}`);
+  }
+  return left;
+}
+
+async function removeAll(paths: Paths): Promise<void> {
+  const dir = meshDir(paths);
+  if (!existsSync(dir)) return;
+  if (existsSync(join(dir, 'links'))) {
+    for (const name of readdirSync(join(dir, 'links'))) {
+      try {
+        loadAddon().detachLink(join(dir, 'links', name));
+      } catch {
+        // Removing the pin below detaches it as well once nobody holds it.
+      }
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+  try {
+    rmdirSync(join(paths.bpffs, 'flb-mesh'));
+  } catch {
+    // Another mesh is still loaded, or it was never there.
+  }
+}
+
+export interface UnloadResult {
+  mesh: string;
+  wasLoaded: boolean;
+  removed: Ids;
+}
+
+/** Detaches and removes everything of the mesh, then waits until the kernel has freed it (a few ms). */
+export async function unload(options: { mesh: string; bpffs?: string }): Promise<UnloadResult> {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  if (!existsSync(meshDir(paths))) return { mesh: paths.mesh, wasLoaded: false, removed: { programs: [], maps: [], links: [] } };
+  const ids = await pinnedIds(paths);
+  await removeAll(paths);
+  // Programs and maps are freed after an RCU grace period, not when the last pin goes.
+  const deadline = Date.now() + 3000;
+  let left = await stillThere(ids);
+  while (left.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    left = await stillThere(ids);
+  }
+  if (left.length > 0) {
+    throw new ActionableError(
+      `unloaded mesh ${paths.mesh}, but the kernel still holds ${left.join(', ')}`,
+      'a process keeps a file descriptor of them open (bpftool prog show / map show names it); it goes when that process ends',
+    );
+  }
+  return { mesh: paths.mesh, wasLoaded: true, removed: ids };
+}
+
+// ---- status ----
+
+export interface ProgramStatus {
+  name: string;
+  attach: AttachType;
+  programId?: number;
+  linkId?: number;
+  cgroupId?: number;
+}
+
+export interface Status {
+  mesh: string;
+  loaded: boolean;
+  complete: boolean;
+  pins: string;
+  programs: ProgramStatus[];
+  /** Network namespaces registered (entries of the settings map). */
+  namespaces: number;
+}
+
+export async function status(options: { mesh: string; bpffs?: string }): Promise<Status> {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  const dir = meshDir(paths);
+  const loaded = existsSync(dir);
+  const programs: ProgramStatus[] = [];
+  for (const program of PROGRAMS) {
+    const entry: ProgramStatus = { name: program.name, attach: program.attach };
+    if (loaded) {
+      const prog = await bpftoolJson(['prog', 'show', 'pinned', progPin(paths, program.name)]);
+      const link = (await bpftoolJson(['link', 'show', 'pinned', linkPin(paths, program.name)])) as { id?: number; cgroup_id?: number } | undefined;
+      const [programId] = idOf(prog);
+      if (programId !== undefined) entry.programId = programId;
+      if (link?.id !== undefined) entry.linkId = link.id;
+      if (link?.cgroup_id !== undefined) entry.cgroupId = link.cgroup_id;
+    }
+    programs.push(entry);
+  }
+  const namespaces = loaded && existsSync(mapPin(paths, MAP.settings)) ? loadAddon().mapKeys(mapPin(paths, MAP.settings), KEY_SIZE[MAP.settings]).length : 0;
+  return { mesh: paths.mesh, loaded, complete: loaded && isComplete(paths), pins: dir, programs, namespaces };
+}
+
+// ---- per-namespace registration ----
+
+function requireLoaded(paths: Paths): void {
+  if (!isComplete(paths)) {
+    throw new ActionableError(`mesh ${paths.mesh} is not loaded (nothing complete at ${meshDir(paths)})`, `run 'flb bpf load --mesh ${paths.mesh}' first`);
+  }
+}
+
+function mapWriteError(map: string, error: unknown): ActionableError {
+  const errno = (error as { errno?: number }).errno;
+  // E2BIG (hash maps) and ENOSPC (LPM tries) both mean the map is full.
+  if (errno === 7 || errno === 28) return new ActionableError(`the eBPF map ${map} is full`, 'unregister namespaces that are gone, or reload with bigger maps');
+  return new ActionableError(`writing ${map} failed: ${(error as Error).message}`);
+}
+
+function namespaceCookie(netns: string): bigint {
+  try {
+    return loadAddon().netnsCookie(netns);
+  } catch (error) {
+    throw new ActionableError(
+      `cannot read the network namespace ${netns}: ${(error as Error).message}`,
+      'give the path of a live namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net',
+    );
+  }
+}
+
+export interface Registration {
+  mesh: string;
+  netns: string;
+  cookie: string;
+}
+
+/**
+ * Makes the namespace meshed with these settings, or replaces its settings: the exclusions and
+ * inclusions are written before the settings entry the programs look up first, and the ones no
+ * longer wanted are removed after, so a connection never sees a namespace with half its rules.
+ */
+export function register(options: { mesh: string; netns: string; settings: Interception; bpffs?: string }): Registration {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  requireLoaded(paths);
+  if (options.settings.excludeInterfaces.length > 0) {
+    throw new ActionableError(
+      `excludeInterfaces (${options.settings.excludeInterfaces.join(', ')}) cannot be honoured in eBPF mode: connect() happens before a route, and so an interface, is chosen`,
+      'use iptables interception for this pod, or exclude the destinations by range (excludeOutboundIpRanges)',
+    );
+  }
+  const cookie = namespaceCookie(options.netns);
+  const addon = loadAddon();
+  const entries = namespaceEntries(cookie, options.settings);
+  const lists = [
+    [MAP.excludedPorts, entries.excludedPorts],
+    [MAP.excludedCidrs, entries.excludedCidrs],
+    [MAP.includedCidrs, entries.includedCidrs],
+  ] as const;
+  const one = Buffer.from([1]);
+  for (const [map, keys] of lists) {
+    for (const key of keys) {
+      try {
+        addon.mapUpdate(mapPin(paths, map), key, one);
+      } catch (error) {
+        throw mapWriteError(map, error);
+      }
+    }
+  }
+  try {
+    addon.mapUpdate(mapPin(paths, MAP.settings), entries.settings.key, entries.settings.value);
+  } catch (error) {
+    throw mapWriteError(MAP.settings, error);
+  }
+  for (const [map, keys] of lists) {
+    const wanted = new Set(keys.map((k) => k.toString('hex')));
+    for (const key of addon.mapKeys(mapPin(paths, map), KEY_SIZE[map])) {
+      if (keyCookie(map, key) === cookie && !wanted.has(key.toString('hex'))) addon.mapDelete(mapPin(paths, map), key);
+    }
+  }
+  return { mesh: paths.mesh, netns: options.netns, cookie: cookie.toString() };
+}
+
+/** Leaves the namespace alone again: its settings go first, so the programs stop at once. */
+export function unregister(options: { mesh: string; netns: string; bpffs?: string }): { mesh: string; netns: string; wasRegistered: boolean } {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  requireLoaded(paths);
+  const cookie = namespaceCookie(options.netns);
+  const addon = loadAddon();
+  const wasRegistered = addon.mapDelete(mapPin(paths, MAP.settings), cookieKey(cookie));
+  for (const map of [MAP.excludedPorts, MAP.excludedCidrs, MAP.includedCidrs] as const) {
+    for (const key of addon.mapKeys(mapPin(paths, map), KEY_SIZE[map])) if (keyCookie(map, key) === cookie) addon.mapDelete(mapPin(paths, map), key);
+  }
+  return { mesh: paths.mesh, netns: options.netns, wasRegistered };
+}
