@@ -158,9 +158,6 @@ describe('the flb-mesh chart', () => {
     const blocking = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('pdb', { injector: { replicas: 1 } })]);
     expect(blocking.exitCode).toBe(1);
     expect(blocking.stderr).toContain('injector.podDisruptionBudget.minAvailable (1) must be less than injector.replicas (1)');
-    const certManager = await helm.run(['template', 'flb', CHART_DIR, '-f', helm.valuesFile('cm', { webhook: { certManager: { enabled: true } } })]);
-    expect(certManager.exitCode).toBe(1);
-    expect(certManager.stderr).toContain('webhook.certManager.enabled: not available yet');
   });
 
   it("refuses the sinks the BridgeConfig's own check refuses (one field against another), naming the field, at install", async () => {
