@@ -20,6 +20,7 @@ import { CHECKOUT, DEMO_IMAGE } from '../devenv/node-simulator/images.js';
 import { isPodReady } from '../devenv/apps/workloads.js';
 import { CHART_DIR, find, Helm, type KubeObject } from './harness/chart.js';
 import { eventually } from './harness/eventually.js';
+import type { CheckReport } from './harness/flb-check.js';
 import { requireRoot } from './harness/netns.js';
 
 type Container = { name: string; args?: string[]; volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[] };
@@ -322,5 +323,19 @@ describe('the chart with cert-manager on the test control plane with pods that r
     const pod = await createPod('second');
     expect(injected(pod)).toEqual(['flb-init', 'flb-sidecar']);
     expect(await caBundles()).toEqual(bundles);
+  });
+
+  it("flb check's webhook checks pass when told cert-manager's Secret", async () => {
+    const run = await execa(
+      process.execPath,
+      [join(CHECKOUT, 'bin/flb.js'), 'check', '--kubeconfig', env.plane.kubeconfigPath, '--injector-secret', certificate.secretName, '-o', 'json'],
+      { reject: false, env: { FLB_LOG_LEVEL: 'silent' }, timeout: 60_000 },
+    );
+    const report = JSON.parse(run.stdout) as CheckReport;
+    expect(report.results.filter((r) => r.id.startsWith('webhook-')).map((r) => [r.id, r.status, r.detail])).toEqual([
+      ['webhook-config', 'pass', expect.any(String)],
+      ['webhook-answers', 'pass', expect.any(String)],
+      ['webhook-ca-bundle', 'pass', expect.any(String)],
+    ]);
   });
 });
