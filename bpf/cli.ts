@@ -22,7 +22,7 @@ function withMesh(command: Command): Command {
 
 const print = (flags: MeshFlags, data: unknown, lines: string[]) => process.stdout.write(flags.json ? `${JSON.stringify(data)}\n` : `${lines.join('\n')}\n`);
 
-async function readSettings(text: string): Promise<Interception> {
+export async function readSettings(text: string): Promise<Interception> {
   const { InterceptionSchema, parseDocument } = await import('../common/contract/index.js');
   let source = '--settings';
   if (text.startsWith('@')) {

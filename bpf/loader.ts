@@ -401,25 +401,29 @@ export function register(options: { mesh: string; netns: string; settings: Inter
     [MAP.includedCidrs, entries.includedCidrs],
   ] as const;
   const one = Buffer.from([1]);
+  // This namespace's entries from an earlier registration: kept if still wanted, removed after.
+  const earlier = new Map(lists.map(([map]) => [map, addon.mapKeys(mapPin(paths, map), KEY_SIZE[map]).filter((key) => keyCookie(map, key) === cookie)]));
+  const written: [string, Buffer][] = [];
+  const write = (map: string, key: Buffer, value: Buffer) => {
+    try {
+      addon.mapUpdate(mapPin(paths, map), key, value);
+    } catch (error) {
+      // Undo this call's new entries, so the namespace keeps exactly its earlier settings.
+      for (const [writtenMap, writtenKey] of written) addon.mapDelete(mapPin(paths, writtenMap), writtenKey);
+      throw mapWriteError(map, error);
+    }
+  };
   for (const [map, keys] of lists) {
+    const before = new Set(earlier.get(map)!.map((k) => k.toString('hex')));
     for (const key of keys) {
-      try {
-        addon.mapUpdate(mapPin(paths, map), key, one);
-      } catch (error) {
-        throw mapWriteError(map, error);
-      }
+      write(map, key, one);
+      if (!before.has(key.toString('hex'))) written.push([map, key]);
     }
   }
-  try {
-    addon.mapUpdate(mapPin(paths, MAP.settings), entries.settings.key, entries.settings.value);
-  } catch (error) {
-    throw mapWriteError(MAP.settings, error);
-  }
+  write(MAP.settings, entries.settings.key, entries.settings.value);
   for (const [map, keys] of lists) {
     const wanted = new Set(keys.map((k) => k.toString('hex')));
-    for (const key of addon.mapKeys(mapPin(paths, map), KEY_SIZE[map])) {
-      if (keyCookie(map, key) === cookie && !wanted.has(key.toString('hex'))) addon.mapDelete(mapPin(paths, map), key);
-    }
+    for (const key of earlier.get(map)!) if (!wanted.has(key.toString('hex'))) addon.mapDelete(mapPin(paths, map), key);
   }
   return { mesh: paths.mesh, netns: options.netns, cookie: cookie.toString() };
 }
