@@ -1,13 +1,11 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { pino } from 'pino';
-import { startReplicaSync } from './runner.js';
 
 // The installed executable, as users run it (built by `npm ci` / scripts/test.sh).
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
@@ -25,18 +23,6 @@ async function listening(server: Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   cleanup.push(() => server.close());
   return (server.address() as AddressInfo).port;
-}
-
-/** Starts `flb repo`; resolves with the port it prints once serving. */
-function startRepo(args: string[]): Promise<{ child: ChildProcess; port: number; stderr: () => string }> {
-  const child = spawn(process.execPath, [flb, 'repo', '--listen', '127.0.0.1:0', ...args], { env });
-  cleanup.push(() => child.kill('SIGKILL'));
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.stdout.once('data', (d: Buffer) => resolve({ child, port: Number(d.toString().trim()), stderr: () => stderr }));
-    child.once('exit', (code) => reject(new Error(`flb repo exited ${code}: ${stderr}`)));
-  });
 }
 
 describe('flb repo', () => {
@@ -57,54 +43,23 @@ describe('flb repo', () => {
     expect(result.stderr).not.toContain('9443');
   });
 
-  it('with etcd away for a while, logs it once without a stack and once when it is back (was: a warning with a stack every sync)', async () => {
-    let etcdUp = true;
-    // Enough of etcd's JSON gateway for an empty store: one revision, no keys.
-    const etcd = createServer((req, res) => {
-      req.resume();
-      if (!etcdUp) res.writeHead(503).end('unavailable');
-      else res.writeHead(200, { 'content-type': 'application/json' }).end('{"header":{"revision":"7"},"responses":[]}');
-    });
-    const etcdPort = await listening(etcd);
-    const repo = await startRepo(['--etcd-endpoint', `http://127.0.0.1:${etcdPort}`, '--sync-interval', '20ms']);
-    etcdUp = false;
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    etcdUp = true;
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    repo.child.kill('SIGTERM');
-    await new Promise((resolve) => repo.child.once('exit', resolve));
-    const lines = repo
-      .stderr()
-      .trim()
-      .split('\n')
-      .map((line) => JSON.parse(line) as { msg: string; level: number; error?: string; attempts?: number });
-    const away = lines.filter((l) => l.msg === 'cannot reach etcd; serving what this replica has');
-    expect(away).toHaveLength(1);
-    expect(away[0]).toMatchObject({ level: 40, error: 'etcd kv/range: 503 unavailable' });
-    const back = lines.filter((l) => l.msg === 'etcd reachable again; replicas in sync');
-    expect(back).toHaveLength(1);
-    expect(back[0]!.attempts).toBeGreaterThan(20);
-    expect(repo.stderr()).not.toContain('"stack"');
-  }, 20_000);
-});
+  it('with etcd unreachable at start, says which endpoints and why, and exits 1 (it never serves an empty repo)', async () => {
+    const port = await listening(createServer((req, res) => res.end()));
+    const result = spawnSync(process.execPath, [flb, 'repo', '--etcd-endpoint', `http://127.0.0.1:${port}`, '--etcd-timeout', '2s'], { env, encoding: 'utf8' });
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain(`flb: cannot start the repo on etcd (http://127.0.0.1:${port}): etcd (http://127.0.0.1:${port}) did not answer`);
+  }, 15_000);
 
-describe('the replicas sync loop', () => {
-  it('takes in a revision whose refresh failed on the next tick', async () => {
-    let refreshes = 0;
-    const sync = startReplicaSync({
-      etcd: { revision: async () => '8' },
-      repo: {
-        refresh: async () => {
-          if (++refreshes === 1) throw new Error('etcd went away mid-load');
-          return [];
-        },
-      },
-      since: '7',
-      intervalMs: 5,
-      log: pino({ level: 'silent' }),
-    });
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    sync.stop();
-    expect(refreshes).toBe(2);
+  it('refuses half of a client certificate or of a password for etcd', () => {
+    for (const [args, message] of [
+      [['--etcd-cert', 'c.pem'], 'give both --etcd-cert and --etcd-key, or neither'],
+      [['--etcd-username', 'flb'], 'give both --etcd-username and --etcd-password-file, or neither'],
+      [['--etcd-endpoint', 'etcd:2379'], '--etcd-endpoint etcd:2379: expected http(s)://HOST:PORT'],
+    ] as const) {
+      const all = args[0] === '--etcd-endpoint' ? args : ['--etcd-endpoint', 'http://127.0.0.1:1', ...args];
+      const result = spawnSync(process.execPath, [flb, 'repo', ...all], { env, encoding: 'utf8' });
+      expect(result.status).toBe(2);
+      expect(result.stderr).toContain(message);
+    }
   });
 });

@@ -168,4 +168,26 @@ describe('repo replicas on one shared store', () => {
     expect(conflicts).toBeGreaterThan(0);
     expect(Object.keys((await new Repo(store).load()).get('/mesh')!.files).sort()).toEqual(acknowledged.sort());
   });
+
+  it('reload (what a watch event triggers) wakes workers once per change of what is served, not for drafts or a second read', async () => {
+    const store = new SharedStore();
+    const a = await new Repo(store).load();
+    await a.create('/mesh', {});
+    const b = await new Repo(store).load();
+    const woken: string[] = [];
+    b.onPublish((name) => woken.push(name));
+    await a.writeFiles('/mesh', files({ '/a.json': 'a' }), { version: '1' });
+    expect(await b.reload(['/mesh'])).toEqual(['/mesh']);
+    // The same event delivered again (a watch resumed from an older revision, a reload after compaction).
+    expect(await b.reload(['/mesh'])).toEqual([]);
+    expect(await b.refresh()).toEqual([]);
+    // Another replica's draft is taken in, but workers are served nothing new.
+    await a.writeDraft('/mesh', '/b.json', Buffer.from('b'));
+    expect(await b.reload(['/mesh'])).toEqual(['/mesh']);
+    expect(b.info(b.get('/mesh')!).editFiles).toEqual(['/b.json']);
+    await a.patch('/mesh', { version: '2' });
+    await b.reload(['/mesh']);
+    expect(woken).toEqual(['/mesh', '/mesh']);
+    expect(b.get('/mesh')!.version).toBe('2');
+  });
 });

@@ -81,6 +81,17 @@ const BLOB_CACHE_BYTES = 64 * 1024 * 1024;
 /** What changed between two served states: path -> new content sha, or null when removed. */
 export type Delta = Map<string, string | null>;
 
+/**
+ * A record as a string that is equal for equal records whatever order their keys were set in (one
+ * parsed from the store and one built here); with 'served', only what workers are served.
+ */
+function canonical(record: CodebaseRecord | undefined, part: 'all' | 'served' = 'all'): string {
+  if (!record) return '';
+  const sorted = (entries: Record<string, unknown>) => Object.entries(entries).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const served = [record.name, record.base ?? null, record.version, record.main, sorted(record.files)];
+  return JSON.stringify(part === 'served' ? served : [...served, sorted(record.edits), record.draftMain ?? null, record.revision ?? null]);
+}
+
 export class Repo {
   private readonly codebases = new Map<string, CodebaseRecord>();
   /** Per codebase, by uuid; each map in report order, least recent first. */
@@ -156,7 +167,7 @@ export class Repo {
     try {
       const fresh = new Map((await this.store.loadAll()).map((r) => [r.name, r]));
       const names = [...new Set([...this.codebases.keys(), ...fresh.keys()])].filter(
-        (name) => JSON.stringify(this.codebases.get(name)) !== JSON.stringify(fresh.get(name)),
+        (name) => canonical(this.codebases.get(name)) !== canonical(fresh.get(name)),
       );
       // In each codebase's queue: a write in flight lands first, and is never overwritten by a load made before it.
       const results = await Promise.allSettled(
@@ -177,10 +188,24 @@ export class Repo {
     }
   }
 
+  /**
+   * Takes in these codebases as the store holds them now (another replica wrote them; a watch said
+   * so), each read inside its own write queue: after any local write in flight, and never older
+   * than what an earlier call took in. Wakes the workers of each one whose served state changed, and
+   * only of those, so reading a codebase again publishes nothing twice. Returns the names that changed.
+   */
+  async reload(names: Iterable<string>): Promise<string[]> {
+    const list = [...names];
+    const results = await Promise.allSettled(list.map((name) => this.queued(name, async () => this.adopt(name, await this.store.loadRecord(name)))));
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return list.filter((_, i) => (results[i] as PromiseFulfilledResult<boolean>).value);
+  }
+
   /** Makes `after`, what the store holds, this codebase's state (undefined: deleted); false if it already was. */
   private adopt(name: string, after: CodebaseRecord | undefined): boolean {
     const before = this.codebases.get(name);
-    if (JSON.stringify(before) === JSON.stringify(after)) return false;
+    if (canonical(before) === canonical(after)) return false;
     if (after) {
       this.codebases.set(name, after);
       this.remember(after, before?.version === after.version);
@@ -188,7 +213,8 @@ export class Repo {
       this.codebases.delete(name);
       this.history.delete(name);
     }
-    this.published(name);
+    // Another replica's draft changes nothing a worker is served: no publish to count or wake for.
+    if (canonical(before, 'served') !== canonical(after, 'served')) this.published(name);
     return true;
   }
 

@@ -5,26 +5,39 @@
 import { readFileSync } from 'node:fs';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { formatAddress, listenError } from '../common/errors.js';
-import { ConditionLog, describeError, type Logger } from '../common/log.js';
+import { describeError, type Logger } from '../common/log.js';
 import { Authenticator } from './auth.js';
+import { startReplicaSync } from './replica-sync.js';
 import { Repo } from './repo.js';
 import { startRepoServer } from './server.js';
 import { DiskStore, type WriteStep } from './store/disk.js';
 import { EtcdStore } from './store/etcd.js';
+import { StoreUnavailable } from './store/store.js';
 
 export interface RepoRunOptions {
   host: string;
   port: number;
-  /** Exactly one of dataDir and etcdEndpoint. */
+  /** Exactly one of dataDir and etcd. */
   dataDir?: string;
-  etcdEndpoint?: string;
-  /** With etcd: how often to take in the other replicas' writes. */
-  syncIntervalMs: number;
+  etcd?: EtcdRunOptions;
   /** PEM files; without them the repo serves plain HTTP to anyone (the CLI allows that on loopback only). */
   tls?: { certFile: string; keyFile: string; clientCaFile?: string };
   tokenAudience: string;
   kubeconfig?: string;
   log: Logger;
+}
+
+export interface EtcdRunOptions {
+  endpoints: string[];
+  /** PEM files: the CA that signed etcd's serving certificates, and the repo's client certificate. */
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  username?: string;
+  /** The password, in a file (a mounted Secret) so that it is in no process listing. */
+  passwordFile?: string;
+  prefix?: string;
+  timeoutMs: number;
 }
 
 export interface RunningRepo {
@@ -34,12 +47,19 @@ export interface RunningRepo {
 
 export async function runRepo(options: RepoRunOptions): Promise<RunningRepo> {
   const { log } = options;
-  const etcd = options.etcdEndpoint ? new EtcdStore(options.etcdEndpoint) : undefined;
+  const etcd = options.etcd ? openEtcd(options.etcd) : undefined;
   const store = etcd ?? (await new DiskStore(options.dataDir!, crashPointFromEnvironment()).init());
-  // Read before the load: a write landing between the two is taken in by the first sync.
-  const loadedAt = await etcd?.revision();
+  // Read before the load: a write landing between the two comes through the watch. Also the first
+  // call to etcd: wrong certificates or credentials stop the repo here, saying which.
+  const loadedAt = await etcd?.revision().catch(async (error: unknown) => {
+    const why = error instanceof StoreUnavailable ? await etcd.diagnoseTls() : undefined;
+    await etcd.close();
+    throw new Error(`cannot start the repo on etcd (${options.etcd!.endpoints.join(', ')}): ${why ?? describeError(error)}`);
+  });
   const repo = await new Repo(store).load();
-  const sync = etcd ? startReplicaSync({ etcd, repo, since: loadedAt!, intervalMs: options.syncIntervalMs, log }) : undefined;
+  // Every published file in memory before serving: reads go on while etcd is away.
+  await etcd?.prefetchBlobs(repo.list().flatMap((name) => Object.values(repo.get(name)!.files)));
+  const sync = etcd ? startReplicaSync({ etcd, repo, since: loadedAt!, log }) : undefined;
   try {
     const server = await startRepoServer({
       repo,
@@ -56,11 +76,19 @@ export async function runRepo(options: RepoRunOptions): Promise<RunningRepo> {
           }
         : {}),
       auth: await authenticator(options),
+      ...(sync ? { storeHealth: () => ({ writable: sync.health().reachable, etcd: sync.health() }) } : {}),
     }).catch((error: unknown) => {
       throw listenError(error, { what: 'the repo', address: formatAddress(options.host, options.port), flag: '--listen HOST:PORT' });
     });
+    sync?.registerMetrics(server.registry);
     log.info(
-      { host: options.host, port: server.port, store: etcd ? options.etcdEndpoint : options.dataDir, codebases: repo.list().length, tls: Boolean(options.tls) },
+      {
+        host: options.host,
+        port: server.port,
+        store: options.etcd ? options.etcd.endpoints.join(',') : options.dataDir,
+        codebases: repo.list().length,
+        tls: Boolean(options.tls),
+      },
       options.tls
         ? 'repo serving over TLS; writes need the control plane certificate, sidecars read their own'
         : 'repo serving; anonymous access, bound to loopback',
@@ -68,12 +96,14 @@ export async function runRepo(options: RepoRunOptions): Promise<RunningRepo> {
     return {
       port: server.port,
       close: async () => {
-        sync?.stop();
+        await sync?.stop();
         await server.close();
+        await etcd?.close();
       },
     };
   } catch (error) {
-    sync?.stop();
+    await sync?.stop();
+    await etcd?.close();
     throw error;
   }
 }
@@ -100,43 +130,16 @@ function crashPointFromEnvironment(): { crashAfter: WriteStep; occurrence: numbe
   return crashAfter ? { crashAfter: crashAfter as WriteStep, occurrence: Number(occurrence ?? 1) } : undefined;
 }
 
-export interface ReplicaSyncOptions {
-  etcd: Pick<EtcdStore, 'revision'>;
-  repo: Pick<Repo, 'refresh'>;
-  /** etcd's revision when the Repo was loaded. */
-  since: string;
-  intervalMs: number;
-  log: Logger;
-  /** Reminders while etcd stays away; 60 s unless told (tests). */
-  reminderMs?: number;
-}
-
-/**
- * Replicas on one etcd take in each other's writes: every interval, when etcd's revision moved, the
- * Repo reloads (and wakes the long polls whose codebase changed). While etcd is away the replica
- * serves what it has; that is logged when it starts, as a reminder once a minute, and when it ends,
- * not on every tick.
- */
-export function startReplicaSync(options: ReplicaSyncOptions): { stop(): void } {
-  const conditions = new ConditionLog(options.log, options.reminderMs === undefined ? {} : { reminderMs: options.reminderMs });
-  let seen = options.since;
-  let syncing = false;
-  const tick = async () => {
-    const revision = await options.etcd.revision();
-    if (revision === seen) return;
-    // Marked seen only once taken in: a refresh that fails is tried again on the next tick.
-    await options.repo.refresh();
-    seen = revision;
-  };
-  const timer = setInterval(() => {
-    if (syncing) return;
-    syncing = true;
-    tick()
-      .then(
-        () => conditions.clear('etcd reachable again; replicas in sync'),
-        (error: unknown) => conditions.report('etcd-unreachable', 'cannot reach etcd; serving what this replica has', { error }),
-      )
-      .finally(() => (syncing = false));
-  }, options.intervalMs);
-  return { stop: () => clearInterval(timer) };
+function openEtcd(options: EtcdRunOptions): EtcdStore {
+  const pem = (file: string | undefined) => (file === undefined ? undefined : readFileSync(file));
+  const ca = pem(options.caFile);
+  const cert = pem(options.certFile);
+  const key = pem(options.keyFile);
+  return new EtcdStore({
+    endpoints: options.endpoints,
+    ...(ca || cert || key ? { tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) } } : {}),
+    ...(options.username !== undefined ? { auth: { username: options.username, password: readFileSync(options.passwordFile!, 'utf8').trim() } } : {}),
+    ...(options.prefix !== undefined ? { prefix: options.prefix } : {}),
+    timeoutMs: options.timeoutMs,
+  });
 }

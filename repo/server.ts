@@ -14,7 +14,7 @@ import { createMetricsRegistry } from '../common/metrics.js';
 import { DELTA_MEDIA_TYPE } from '../common/repo-worker.js';
 import { Authenticator, TooManyTokenReviews, authorize } from './auth.js';
 import { RepoError, checkPath, type Delta, type Repo } from './repo.js';
-import type { CodebaseRecord } from './store/store.js';
+import { StoreUnavailable, type CodebaseRecord } from './store/store.js';
 
 export const MAX_BODY_BYTES = 8 * 1024 * 1024;
 /** Longest a worker's long poll is held; below common proxy idle timeouts. */
@@ -102,6 +102,8 @@ export interface RepoHandlerOptions {
   registry?: Registry;
   /** Longest a long poll is held, in ms (MAX_WAIT_SECONDS unless told; a fuzz test shortens it). */
   maxWaitMs?: number;
+  /** What `GET /healthz` adds about the store (etcd: reachable, watch lag); the disk store has nothing to add. */
+  storeHealth?: () => { writable: boolean } & Record<string, unknown>;
 }
 
 export interface RepoServerOptions extends Omit<RepoHandlerOptions, 'registry'> {
@@ -197,6 +199,16 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
     if (path.includes('\0')) throw new RepoError(400, 'Invalid path: NUL byte');
     // No `.`/`..` segments anywhere: authorization compares path prefixes, so paths must be plain.
     if (path.split('/').some((segment) => segment === '.' || segment === '..')) throw new RepoError(400, 'Invalid path: "." and ".." segments are not allowed');
+
+    // Before authentication: kubelet probes carry no credentials. Reads are served either way, so
+    // the answer is 200; `writable: false` says writes get 503 until the store is back.
+    if (path === '/healthz' && (method === 'GET' || method === 'HEAD')) {
+      const store = options.storeHealth?.() ?? { writable: true };
+      return {
+        route: 'healthz',
+        reply: new Reply(200, JSON.stringify({ status: store.writable ? 'ok' : 'degraded', ...store }), { 'content-type': 'application/json' }),
+      };
+    }
 
     let principal;
     try {
@@ -436,15 +448,17 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
       res.end(body);
       if (reply.pushedAt !== undefined) pushLatency.observe((performance.now() - reply.pushedAt) / 1000);
     } catch (error) {
-      const status = error instanceof RepoError ? error.status : 500;
+      const status = error instanceof RepoError ? error.status : error instanceof StoreUnavailable ? 503 : 500;
       const message = error instanceof Error ? error.message : String(error);
-      if (status >= 500) log.error({ err: error, url: req.url }, 'repo request failed');
+      // An unreachable store is logged once by the replica sync, not on every refused write.
+      if (status >= 500 && !(error instanceof StoreUnavailable)) log.error({ err: error, url: req.url }, 'repo request failed');
       requests.inc({ route: 'error', status: String(status) });
       const headers = {
         server: 'flb-repo',
         'content-type': 'text/plain',
         connection: status === 413 ? 'close' : 'keep-alive',
         ...(error instanceof RepoError ? error.headers : {}),
+        ...(error instanceof StoreUnavailable ? { 'retry-after': '1' } : {}),
       };
       if (!res.headersSent) {
         res.writeHead(status, headers);

@@ -36,6 +36,17 @@ export class StoreConflict extends Error {
   }
 }
 
+/**
+ * The store could not be reached (or did not answer in time): the write was not acknowledged. It
+ * may still have been made; a replica learns that from its watch, and a retry that finds it made
+ * is answered as made. The repo answers 503 with Retry-After and keeps serving what it has.
+ */
+export class StoreUnavailable extends Error {
+  constructor(message: string) {
+    super(message);
+  }
+}
+
 export interface RepoStore {
   /** Every codebase record with its drafts, for start-up. */
   loadAll(): Promise<CodebaseRecord[]>;
