@@ -123,7 +123,7 @@ check and status, not available / not loaded), 2 usage.`,
     .requiredOption('--settings <json|@file>', 'the flomesh.io/interception settings (ports, exclusions, proxy UID); mode is not read')
     .action(async (flags: MeshFlags & { netns: string; settings: string }) => {
       const { register } = await import('./loader.js');
-      const result = register({
+      const result = await register({
         mesh: flags.mesh,
         netns: flags.netns,
         settings: await readSettings(flags.settings),

@@ -372,6 +372,16 @@ function namespaceCookie(netns: string): bigint {
   }
 }
 
+/** The namespace's addresses other than loopback (which the programs leave alone by themselves). */
+async function ownAddresses(netns: string): Promise<string[]> {
+  const shown = await execa('nsenter', [`--net=${netns}`, 'ip', '-j', 'address', 'show'], { reject: false });
+  if (shown.exitCode !== 0) throw new ActionableError(`cannot list the addresses of the network namespace ${netns}: ${shown.stderr.trim() || `exit ${shown.exitCode}`}`);
+  const links = JSON.parse(shown.stdout || '[]') as { addr_info?: { local?: string }[] }[];
+  return links
+    .flatMap((l) => l.addr_info ?? [])
+    .flatMap((a) => (a.local && !/^127\./.test(a.local) && a.local !== '::1' ? [a.local] : []));
+}
+
 export interface Registration {
   mesh: string;
   netns: string;
@@ -381,9 +391,11 @@ export interface Registration {
 /**
  * Makes the namespace meshed with these settings, or replaces its settings: the exclusions and
  * inclusions are written before the settings entry the programs look up first, and the ones no
- * longer wanted are removed after, so a connection never sees a namespace with half its rules.
+ * longer wanted are removed after, so a connection never sees a namespace with half its rules. The
+ * namespace's own addresses are read now and excluded (an app reaching itself is not a mesh
+ * call): register after the namespace has its addresses, and again when they change.
  */
-export function register(options: { mesh: string; netns: string; settings: Interception; bpffs?: string }): Registration {
+export async function register(options: { mesh: string; netns: string; settings: Interception; bpffs?: string }): Promise<Registration> {
   const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
   requireLoaded(paths);
   if (options.settings.excludeInterfaces.length > 0) {
@@ -394,7 +406,7 @@ export function register(options: { mesh: string; netns: string; settings: Inter
   }
   const cookie = namespaceCookie(options.netns);
   const addon = loadAddon();
-  const entries = namespaceEntries(cookie, options.settings);
+  const entries = namespaceEntries(cookie, options.settings, await ownAddresses(options.netns));
   const lists = [
     [MAP.excludedPorts, entries.excludedPorts],
     [MAP.excludedCidrs, entries.excludedCidrs],

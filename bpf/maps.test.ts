@@ -54,3 +54,11 @@ describe('the map entries of one network namespace', () => {
     expect(keyCookie(MAP.includedCidrs, entries.includedCidrs[0]!)).toBe(COOKIE);
   });
 });
+
+describe("the namespace's own addresses", () => {
+  it('are excluded one address each, beside the excluded ranges', () => {
+    const { excludedCidrs } = namespaceEntries(COOKIE, settings({ excludeOutboundIpRanges: ['10.0.0.0/8'] }), ['10.210.0.1', 'fd00:210::1']);
+    expect(excludedCidrs.map((k) => k.readUInt32LE(0))).toEqual([64 + 96 + 8, 64 + 96 + 32, 64 + 128]);
+    expect(excludedCidrs[2]!.subarray(12).toString('hex')).toBe('fd000210000000000000000000000001');
+  });
+});

@@ -69,7 +69,12 @@ export function keyCookie(map: keyof typeof KEY_SIZE, key: Buffer): bigint {
   return key.readBigUInt64LE(map === MAP.excludedCidrs || map === MAP.includedCidrs ? 4 : 0);
 }
 
-export function namespaceEntries(cookie: bigint, settings: Interception): NamespaceEntries {
+/**
+ * `ownAddresses`: the namespace's own addresses, which an app reaches directly (the iptables rules
+ * let everything that leaves through lo pass; connect() comes before any route, so here they are
+ * excluded ranges of one address each).
+ */
+export function namespaceEntries(cookie: bigint, settings: Interception, ownAddresses: readonly string[] = []): NamespaceEntries {
   const value = Buffer.alloc(16);
   value.writeUInt32LE(settings.proxyUid, 0);
   value.writeUInt32LE(settings.proxyGid ?? 0, 4);
@@ -84,7 +89,9 @@ export function namespaceEntries(cookie: bigint, settings: Interception): Namesp
   return {
     settings: { key: cookieKey(cookie), value },
     excludedPorts: unique(settings.excludeOutboundPorts.map((p) => portKey(cookie, p))),
-    excludedCidrs: unique(settings.excludeOutboundIpRanges.map((c) => cidrKey(cookie, c))),
+    excludedCidrs: unique(
+      [...settings.excludeOutboundIpRanges, ...ownAddresses.map((a) => `${a}/${a.includes(':') ? 128 : 32}`)].map((c) => cidrKey(cookie, c)),
+    ),
     includedCidrs: unique(settings.includeOutboundIpRanges.map((c) => cidrKey(cookie, c))),
   };
 }

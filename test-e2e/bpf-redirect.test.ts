@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InterceptionSchema, type InterceptionInput } from '../common/contract/index.js';
 import { checkFeatures, defaultCgroup, objectPath, register, status, unload, unregister, type Status } from '../bpf/loader.js';
-import { createNetns, deleteNetns, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
+import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
 import { isAlive } from './harness/leftovers.js';
 
 /**
@@ -14,8 +14,9 @@ import { isAlive } from './harness/leftovers.js';
  * and then enter the namespace (`ip netns exec` remounts /sys, after which the cgroup folder is
  * out of reach). A stand-in sidecar on 15001 reads each connection's original destination with
  * the sidecar's own addon (getsockopt SO_ORIGINAL_DST); apps dial as UID 1000, the proxy is 1500.
- * Destinations are addresses of the namespace's loopback, with plain servers on 8080 and 9090,
- * so a connection that is not redirected reaches them and says {"via":"direct"}.
+ * Destinations live on a peer namespace across a veth pair, with plain servers on 8080 and 9090,
+ * so a connection that is not redirected reaches them and says {"via":"direct"}; the pod's own app
+ * listens on 8080 in the pod.
  */
 const probe = fileURLToPath(new URL('../bpf/testing/probe.mjs', import.meta.url));
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
@@ -23,6 +24,8 @@ const APP = 1000;
 const PROXY = 1500;
 const MESH = `flbt-${process.pid}`;
 const SERVICE = { v4: '10.200.0.5', excluded: '10.201.0.5', other: '10.202.0.5', v6: 'fd00:200::5' };
+const POD = { v4: '10.210.0.1', v6: 'fd00:210::1' };
+const PEER = { v4: '10.210.0.2', v6: 'fd00:210::2' };
 
 interface Dialled {
   peer?: { address: string; port: number };
@@ -32,6 +35,15 @@ interface Dialled {
 
 const settings = (overrides: Partial<InterceptionInput> = {}) =>
   InterceptionSchema.parse({ version: 1, mode: 'cni', excludeOutboundPorts: [9090], excludeOutboundIpRanges: [`${SERVICE.excluded}/24`], ...overrides });
+
+/** Resolves once the server says it is ready; wrapped, because an execa process is a thenable that would be awaited to its exit. */
+async function ready(server: ResultPromise): Promise<{ server: ResultPromise }> {
+  await new Promise<void>((resolve, reject) => {
+    server.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+    void server.then((r) => reject(new Error(`a probe server exited: ${r.stderr}`)));
+  });
+  return { server };
+}
 
 /** Removes what a killed run of this file left: its meshes' pins and links, and its cgroups. */
 async function removeStale(cgroupRoot: string): Promise<void> {
@@ -57,7 +69,9 @@ async function removeStale(cgroupRoot: string): Promise<void> {
 describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername)', () => {
   let cgroup: string;
   let ns: Netns;
+  let peer: Netns;
   let sidecar: ResultPromise | undefined;
+  let peerServer: ResultPromise | undefined;
   let otherPin: string;
   let loadedStatus: Status;
 
@@ -96,31 +110,38 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     await execa('bpftool', ['cgroup', 'attach', cgroup, 'connect4', 'pinned', otherPin, 'multi']);
 
     ns = await createNetns('bpf');
-    for (const args of [
-      ['addr', 'add', `${SERVICE.v4}/32`, 'dev', 'lo'],
-      ['addr', 'add', `${SERVICE.excluded}/32`, 'dev', 'lo'],
-      ['addr', 'add', `${SERVICE.other}/32`, 'dev', 'lo'],
-      ['addr', 'add', `${SERVICE.v6}/128`, 'dev', 'lo'],
-    ])
-      await execa('ip', ['-n', ns.name, ...args]);
+    peer = await createNetns('bpf-peer');
+    await link(ns, [`${POD.v4}/24`, `${POD.v6}/64`], peer, [`${PEER.v4}/24`, `${PEER.v6}/64`]);
+    for (const address of [`${SERVICE.v4}/32`, `${SERVICE.excluded}/32`, `${SERVICE.other}/32`, `${SERVICE.v6}/128`]) {
+      await execa('ip', ['-n', peer.name, 'addr', 'add', address, 'dev', 'lo']);
+    }
+    await execa('ip', ['-n', ns.name, 'route', 'add', 'default', 'via', PEER.v4]);
+    await execa('ip', ['-n', ns.name, '-6', 'route', 'add', 'default', 'via', PEER.v6]);
 
     const loaded = await execa(process.execPath, [flb, 'bpf', 'load', '--mesh', MESH, '--cgroup', cgroup, '--json'], { reject: false });
     expect(loaded.stderr).not.toMatch(/"level":(40|50)/);
     expect(loaded.exitCode).toBe(0);
     expect(JSON.parse(loaded.stdout)).toMatchObject({ mesh: MESH, cgroup, alreadyLoaded: false });
-    register({ mesh: MESH, netns: ns.path, settings: settings() });
+    await register({ mesh: MESH, netns: ns.path, settings: settings() });
     loadedStatus = await status({ mesh: MESH });
 
-    sidecar = inPod(['setpriv', '--pdeathsig', 'KILL', `--reuid=${PROXY}`, `--regid=${PROXY}`, '--clear-groups', '--', process.execPath, probe, 'serve']);
-    await new Promise<void>((resolve, reject) => {
-      sidecar!.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
-      void sidecar!.then((r) => reject(new Error(`the stand-in sidecar exited: ${r.stderr}`)));
-    });
+    sidecar = (
+      await ready(
+        inPod(['setpriv', '--pdeathsig', 'KILL', `--reuid=${PROXY}`, `--regid=${PROXY}`, '--clear-groups', '--', process.execPath, probe, 'serve', 'sidecar']),
+      )
+    ).server;
+    peerServer = (
+      await ready(
+        execa('ip', ['netns', 'exec', peer.name, 'setpriv', '--pdeathsig', 'KILL', '--', process.execPath, probe, 'serve', 'peer'], { reject: false }),
+      )
+    ).server;
   });
 
   afterAll(async () => {
-    sidecar?.kill('SIGKILL');
-    await sidecar?.catch(() => undefined);
+    for (const server of [sidecar, peerServer]) {
+      server?.kill('SIGKILL');
+      await server?.catch(() => undefined);
+    }
     await unload({ mesh: MESH }).catch(() => undefined);
     if (cgroup) {
       await execa('bpftool', ['cgroup', 'detach', cgroup, 'connect4', 'pinned', otherPin], { reject: false });
@@ -134,6 +155,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
       }
     }
     await deleteNetns(ns);
+    await deleteNetns(peer);
   });
 
   it('loads all six programs and attaches each through a bpf_link to the test cgroup only', async () => {
@@ -177,6 +199,12 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     expect(proxy.peer).toEqual({ address: SERVICE.v4, port: 8080 });
   });
 
+  it("leaves an app reaching its own pod's addresses alone, as the iptables rules do", async () => {
+    const [v4, v6] = await Promise.all([dial(POD.v4, 8080), dial(POD.v6, 8080)]);
+    expect(v4.reply).toEqual({ via: 'pod-app', local: `::ffff:${POD.v4}:8080` });
+    expect(v6.reply).toEqual({ via: 'pod-app', local: `${POD.v6}:8080` });
+  });
+
   it('sends TCP port 53 to the DNS port', async () => {
     const result = await dial(SERVICE.v4, 53);
     expect(result.reply).toMatchObject({ via: 'dns', original: { address: SERVICE.v4, port: 53, family: 4 } });
@@ -188,7 +216,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
   });
 
   it('with an inclusion list, captures only those ranges; re-registering replaces the settings', async () => {
-    register({ mesh: MESH, netns: ns.path, settings: settings({ includeOutboundIpRanges: [`${SERVICE.v4}/32`], excludeOutboundPorts: [] }) });
+    await register({ mesh: MESH, netns: ns.path, settings: settings({ includeOutboundIpRanges: [`${SERVICE.v4}/32`], excludeOutboundPorts: [] }) });
     try {
       const [included, other, formerlyExcludedPort] = await Promise.all([dial(SERVICE.v4, 8080), dial(SERVICE.other, 8080), dial(SERVICE.v4, 9090)]);
       expect(included.reply?.via).toBe('sidecar');
@@ -197,7 +225,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
       // IPv6 has no included range, so none of it is captured.
       expect((await dial(SERVICE.v6, 8080)).reply?.via).toBe('direct');
     } finally {
-      register({ mesh: MESH, netns: ns.path, settings: settings() });
+      await register({ mesh: MESH, netns: ns.path, settings: settings() });
     }
   });
 
@@ -206,7 +234,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     try {
       expect((await dial(SERVICE.v4, 8080)).reply?.via).toBe('direct');
     } finally {
-      register({ mesh: MESH, netns: ns.path, settings: settings() });
+      await register({ mesh: MESH, netns: ns.path, settings: settings() });
     }
   });
 

@@ -1,19 +1,20 @@
-// The processes of the eBPF end-to-end test (test-e2e/bpf-redirect.test.ts), run inside the test's
-// cgroup and network namespace.
+// The processes of the eBPF end-to-end test (test-e2e/bpf-redirect.test.ts): the pod's run inside the
+// test's cgroup and network namespace, the peer in a network namespace of its own.
 //
-//   node probe.mjs serve              a stand-in sidecar on [::]:15001 and a DNS port on [::]:15053
-//                                     that answer each connection with the original destination
-//                                     the sidecar's own addon reads (SO_ORIGINAL_DST), and plain
-//                                     servers on [::]:8080 and [::]:9090 that answer {"via":"direct"};
-//                                     prints "ready" once all listen
+//   node probe.mjs serve sidecar      in the pod: a stand-in sidecar on [::]:15001 and a DNS port on
+//                                     [::]:15053 that answer each connection with the original
+//                                     destination the sidecar's own addon reads (SO_ORIGINAL_DST),
+//                                     and the pod's app on [::]:8080, answering {"via":"pod-app"}
+//   node probe.mjs serve peer         on another host: [::]:8080 and [::]:9090 answer {"via":"direct"}
+//                                     (both print "ready" once all listen)
 //   node probe.mjs dial HOST PORT     connects, prints {"peer": getpeername, "reply": the answer}
 import { createRequire } from 'node:module';
 import { createConnection, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-const [mode, host, port] = process.argv.slice(2);
+const [mode, hostOrRole, port] = process.argv.slice(2);
 
-function serve() {
+function serve(role) {
   const addon = createRequire(import.meta.url)(fileURLToPath(new URL('../../sidecar/native/build/flb-sidecar.node', import.meta.url)));
   const answer = (via, readOriginal) => (socket) => {
     const reply = { via, local: `${socket.localAddress}:${socket.localPort}` };
@@ -27,12 +28,17 @@ function serve() {
     socket.end(`${JSON.stringify(reply)}\n`);
     socket.on('error', () => {});
   };
-  const listeners = [
-    [15001, answer('sidecar', true)],
-    [15053, answer('dns', true)],
-    [8080, answer('direct', false)],
-    [9090, answer('direct', false)],
-  ];
+  const listeners =
+    role === 'sidecar'
+      ? [
+          [15001, answer('sidecar', true)],
+          [15053, answer('dns', true)],
+          [8080, answer('pod-app', false)],
+        ]
+      : [
+          [8080, answer('direct', false)],
+          [9090, answer('direct', false)],
+        ];
   let listening = 0;
   for (const [listenPort, handler] of listeners) {
     createServer(handler).listen({ host: '::', port: listenPort }, () => {
@@ -42,7 +48,7 @@ function serve() {
 }
 
 function dial() {
-  const socket = createConnection({ host, port: Number(port) });
+  const socket = createConnection({ host: hostOrRole, port: Number(port) });
   let data = '';
   let peer;
   const timer = setTimeout(() => finish({ error: 'timeout' }), 5000);
@@ -59,9 +65,9 @@ function dial() {
   socket.on('error', (error) => finish({ peer, error: error.code ?? error.message }));
 }
 
-if (mode === 'serve') serve();
-else if (mode === 'dial' && host && port) dial();
+if (mode === 'serve' && (hostOrRole === 'sidecar' || hostOrRole === 'peer')) serve(hostOrRole);
+else if (mode === 'dial' && hostOrRole && port) dial();
 else {
-  process.stderr.write('usage: probe.mjs serve | dial HOST PORT\n');
+  process.stderr.write('usage: probe.mjs serve sidecar|peer, or dial HOST PORT\n');
   process.exit(2);
 }
