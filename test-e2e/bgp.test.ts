@@ -12,7 +12,10 @@
  * marked GRACEFUL_SHUTDOWN, withdrawn after the drain time, the sessions closed with Cease.
  * Last, two hosts announce one VIP, each gated by its own app: BIRD merges the paths (ECMP, hashed
  * by ports) and connections reach both apps; one app dies, its path leaves and its session stays.
- * And passive peering: BIRD connects to flb bgp's listener.
+ * And passive peering: BIRD connects to flb bgp's listener. Then `flb sidecar` with a bgp section:
+ * the same announcer in the sidecar, under proxy load, on SIGTERM, and through the app's preStop
+ * hook (the one the injector writes, run as the kubelet runs it): the VIP has left BIRD when the
+ * hook answers, while the app still serves, before the kubelet would send it SIGTERM.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -21,6 +24,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type ServerProcess } from '../devenv/processes.js';
+import { defaultMesh, INJECT_LABEL } from '../common/contract/index.js';
+import { injectPod } from '../injector/inject.js';
+import { BGP_ANNOUNCER_ANNOTATION } from '../injector/prestop.js';
 import { meshDoc, sidecarDoc } from '../sidecar/config/testing/fixtures.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
@@ -591,6 +597,27 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       { reject: false },
     );
   let sidecarAppProcess: ResultPromise | undefined;
+  const startSidecar = (configDir: string) =>
+    execa(
+      'setpriv',
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'ip',
+        'netns',
+        'exec',
+        host.name,
+        process.execPath,
+        join(ROOT, 'bin', 'flb.js'),
+        'sidecar',
+        '--id',
+        'pod.shop.w',
+        '--config-dir',
+        configDir,
+      ],
+      { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
+    );
   const sidecarSince = async () => /^sidecar\s+BGP\s+\S+\s+up\s+(\S+)\s+Established/m.exec(await birdc('show', 'protocols', 'sidecar'))?.[1];
   const sidecarStatus = async () => {
     const result = await host.exec(process.execPath, [flbBundle, 'bgp', 'status', '--admin', 'http://127.0.0.1:15000'], { reject: false });
@@ -625,26 +652,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       ),
     );
     sidecarAppProcess = sidecarApp();
-    sidecar = execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        host.name,
-        process.execPath,
-        join(ROOT, 'bin', 'flb.js'),
-        'sidecar',
-        '--id',
-        'pod.shop.w',
-        '--config-dir',
-        dir,
-      ],
-      { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
-    );
+    sidecar = startSidecar(dir);
     await eventually(
       'BIRD to hold the VIP from the sidecar',
       async () => ((await birdRoutes('sidecar')).join() === `${SIDECAR_VIP}/32` ? true : undefined),
@@ -751,4 +759,73 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     expect((await sidecar!).exitCode).toBe(0);
     sidecarAppProcess?.kill('SIGKILL');
   });
+
+  it("the app's preStop hook, as the injector writes it and run as the kubelet runs it: the VIP has left BIRD when the hook answers, before the app gets SIGTERM", async () => {
+    // The hook the injector gives the app container of a pod annotated flomesh.io/bgp-announcer: "true".
+    const injected = injectPod(
+      {
+        metadata: { name: 'w', namespace: 'shop', annotations: { [BGP_ANNOUNCER_ANNOTATION]: 'true' } },
+        spec: { containers: [{ name: 'app', image: 'example/app' }] },
+      },
+      { metadata: { name: 'shop', labels: { [INJECT_LABEL]: 'enabled' } } },
+      { mesh: defaultMesh(), nativeSidecars: true, version: 'e2e' },
+    );
+    const hook = (injected.action === 'inject' ? injected.patch.find((op) => op.path === '/spec/containers/0/lifecycle') : undefined) as
+      { value: { preStop: { httpGet: { path: string; port: number } } } } | undefined;
+    expect(hook?.value.preStop.httpGet).toEqual({ path: '/drain/bgp', port: 15902, scheme: 'HTTP' });
+    const { path, port } = hook!.value.preStop.httpGet;
+
+    sidecarAppProcess = sidecarApp();
+    sidecar = startSidecar(join(work, 'sidecar-config'));
+    await eventually(
+      'BIRD to hold the VIP from the new sidecar',
+      async () => ((await birdRoutes('sidecar')).join() === `${SIDECAR_VIP}/32` ? true : undefined),
+      30_000,
+    );
+    // The kubelet: a GET on the pod's address, waiting for the answer before it sends the app SIGTERM.
+    const started = Date.now();
+    const kubelet = host.exec(
+      process.execPath,
+      [
+        '-e',
+        `require('http').get({ host: '${SIDECAR_HOST}', port: ${port}, path: '${path}', agent: false }, (res) => {
+        let body = ''; res.on('data', (d) => (body += d)); res.on('end', () => console.log(JSON.stringify({ status: res.statusCode, body })));
+      }).on('error', (e) => { console.error(e.message); process.exit(1); });`,
+      ],
+      { reject: false },
+    );
+    let gracefulSeen = false;
+    let hookDone = false;
+    void kubelet.then(() => (hookDone = true));
+    while (!hookDone) {
+      // reject: false: BIRD exits 1 ("Network not found") once the route is gone
+      const route = await router.exec('birdc', ['-s', join(work, 'bird.ctl'), 'show', 'route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all'], {
+        reject: false,
+      });
+      if (route.stdout.includes('(65535,0)')) gracefulSeen = true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const hookResult = await kubelet;
+    expect(hookResult.stderr).toBe('');
+    const answer = JSON.parse(hookResult.stdout) as { status: number; body: string };
+    const hookMs = Date.now() - started;
+    // Before the kubelet would send SIGTERM: the route is gone from the router and the app still serves.
+    expect(await birdRoutes('sidecar')).toEqual([]);
+    expect(sidecarAppProcess.exitCode).toBeNull();
+    expect(
+      (await host.exec(process.execPath, ['-e', `require('net').connect(${SIDECAR_APP_PORT}, '127.0.0.1').on('data', (d) => process.stdout.write(d))`])).stdout,
+    ).toBe('sidecar app');
+    expect(answer).toEqual({ status: 200, body: `withdrawn after a 2 s drain: ${SIDECAR_VIP}/32\n` });
+    expect(gracefulSeen).toBe(true);
+    expect(hookMs).toBeGreaterThanOrEqual(2000);
+    expect(hookMs).toBeLessThan(4000);
+    console.log(`preStop hook answered after ${hookMs} ms (drainSeconds 2), the VIP already gone from BIRD's RIB, the app still serving`);
+    // Then the app stops, and the sidecar's own SIGTERM finds nothing left to drain.
+    sidecarAppProcess.kill('SIGTERM');
+    await sidecarAppProcess;
+    const stopping = Date.now();
+    sidecar!.kill('SIGTERM');
+    expect((await sidecar!).exitCode).toBe(0);
+    expect(Date.now() - stopping).toBeLessThan(1500);
+  }, 60_000);
 });
