@@ -46,15 +46,11 @@ export async function readSettings(text: string): Promise<Interception> {
 }
 
 export function bpfCommands(): Command[] {
-  const bpf = new Command('bpf').summary('load, inspect or unload the eBPF interception programs').description(
-    `eBPF interception of outbound TCP without iptables: cgroup/connect4 and connect6 send a meshed
-namespace's connections to its sidecar's outbound port, sockops and cgroup/getsockopt answer the
-sidecar's SO_ORIGINAL_DST, getpeername4/6 show the app the address it dialled. The programs
-attach to a cgroup v2 through bpf_links (they coexist with other programs there) and act only in
-the network namespaces registered with 'flb bpf register'. Needs root; 'flb bpf check' says what
-is missing, and iptables interception is the fallback. Exit codes: 0 done, 1 failed (or, for
-check and status, not available / not loaded), 2 usage.`,
-  );
+  const bpf = new Command('bpf')
+    .summary('load, inspect or unload the eBPF interception programs')
+    .description(
+      `eBPF interception of outbound TCP without iptables: cgroup/connect4 and connect6 send a meshed namespace's connections to its sidecar's outbound port, sockops and cgroup/getsockopt answer the sidecar's SO_ORIGINAL_DST, getpeername4/6 show the app the address it dialled. The programs attach to a cgroup v2 through bpf_links (they coexist with other programs there) and act only in the network namespaces registered with 'flb bpf register'. Needs root; 'flb bpf check' says what is missing, and iptables interception is the fallback. Exit codes: 0 done, 1 failed (or, for check and status, not available / not loaded), 2 usage.`,
+    );
 
   withMesh(bpf.command('check'))
     .description('Check the kernel and host for eBPF interception: exit 1 and name what is missing.')
