@@ -19,6 +19,7 @@ import { MeshSettings } from './kube/mesh-settings.js';
 import { createBridgeMetrics } from './metrics.js';
 import { RepoCaConfigMaps } from './kube/repo-ca.js';
 import { ConsulSink } from './sinks/consul/sink.js';
+import { EurekaSink } from './sinks/eureka/sink.js';
 import { KubernetesSink } from './sinks/kubernetes/sink.js';
 import { RepoSink } from './sinks/repo.js';
 import { ConsulSource } from './sources/consul/source.js';
@@ -79,6 +80,8 @@ function makeSink(config: SinkConfig, context: SinkContext): Sink {
       return new RepoSink(config, log);
     case 'consul':
       return new ConsulSink({ config, sources, log, onProblem: (service, why) => context.problemOn(service, 'ConsulSyncFailed', why) });
+    case 'eureka':
+      return new EurekaSink({ config, sources, log, onProblem: (service, why) => context.problemOn(service, 'EurekaSyncFailed', why) });
     case 'kubernetes':
       return new KubernetesSink({
         config,

@@ -267,8 +267,48 @@ export const KubernetesSinkSchema = z.object({
     .default(''),
 });
 
+/**
+ * The Eureka sink: catalog services (Kubernetes ones by default) registered as Eureka instances and
+ * kept alive by renewals (registry-bridge/README.md, Sinks into registries: Eureka).
+ */
+export const EurekaSinkSchema = z
+  .object({
+    kind: z.literal('eureka'),
+    name: dnsLabel.default('eureka'),
+    /** Peers of one Eureka cluster (they replicate what one is told): written to the first that answers, the next on failure. */
+    servers: z.array(eurekaServerUrl).min(1, 'name at least one Eureka server'),
+    basicAuth: z.object({ username: z.string().min(1), passwordFile: z.string().min(1) }).optional(),
+    tls: z
+      .object({ caFile: z.string().min(1).optional(), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+      .refine((t) => !t.certFile === !t.keyFile, 'certFile and keyFile go together')
+      .optional(),
+    ...sinkScope,
+    /** Prepended to every application name written (upper-cased by Eureka, as every app name). */
+    servicePrefix: z
+      .string()
+      .regex(/^[a-z0-9-]*$/, 'lowercase letters, digits and -')
+      .default(''),
+    /** Kubernetes services are written as <name>-<namespace> (else two namespaces' `web` are one Eureka application). */
+    namespaceSuffix: z.boolean().default(false),
+    /**
+     * Each instance is renewed this often, its renewals spread evenly over the interval. Eureka
+     * servers count on 60/30 renewals a minute per instance (expected-client-renewal-interval-seconds,
+     * 30 by default) for their self-preservation threshold: never set this above the server's value.
+     */
+    renewalIntervalSeconds: z.number().int().min(1).max(30).default(30),
+    /** The lease written into each instance: the server evicts an instance not renewed for this long. */
+    leaseDurationSeconds: z.number().int().min(2).max(3600).default(90),
+    /** Requests in flight at once (registrations, renewals, cancels): the connections held to the server. */
+    writeConcurrency: z.number().int().min(1).max(256).default(16),
+    timeoutSeconds: z.number().int().min(1).max(120).default(10),
+  })
+  .refine((c) => c.leaseDurationSeconds >= 2 * c.renewalIntervalSeconds, {
+    path: ['leaseDurationSeconds'],
+    message: 'must be at least twice renewalIntervalSeconds: one late renewal must not let the server evict an instance',
+  });
+
 export const SourceConfigSchema = z.discriminatedUnion('kind', [KubernetesSourceSchema, EurekaSourceSchema, ConsulSourceSchema]);
-export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema, ConsulSinkSchema, KubernetesSinkSchema]);
+export const SinkConfigSchema = z.discriminatedUnion('kind', [RepoSinkSchema, ConsulSinkSchema, KubernetesSinkSchema, EurekaSinkSchema]);
 
 export const LeaderElectionSchema = z
   .object({
@@ -335,7 +375,9 @@ export const BridgeConfigSchema = z
         // Its own registry's services written back into it would be there twice.
         else if (
           source.kind === sink.kind &&
-          (sink.kind === 'kubernetes' || (source.kind === 'consul' && sink.kind === 'consul' && source.address === sink.address))
+          (sink.kind === 'kubernetes' ||
+            (source.kind === 'consul' && sink.kind === 'consul' && source.address === sink.address) ||
+            (source.kind === 'eureka' && sink.kind === 'eureka' && source.servers.some((server) => sink.servers.includes(server))))
         )
           ctx.addIssue({
             code: 'custom',
@@ -354,5 +396,6 @@ export type ConsulSourceConfig = z.output<typeof ConsulSourceSchema>;
 export type RepoSinkConfig = z.output<typeof RepoSinkSchema>;
 export type ConsulSinkConfig = z.output<typeof ConsulSinkSchema>;
 export type KubernetesSinkConfig = z.output<typeof KubernetesSinkSchema>;
+export type EurekaSinkConfig = z.output<typeof EurekaSinkSchema>;
 export type SourceConfig = z.output<typeof SourceConfigSchema>;
 export type SinkConfig = z.output<typeof SinkConfigSchema>;

@@ -1,7 +1,7 @@
 // Which catalog services a registry sink writes, and the origin every sink marks its writes with.
-// Shared by the Consul and Kubernetes sinks so direction and scope read the same everywhere
+// Shared by the Consul, Eureka and Kubernetes sinks so direction and scope read the same everywhere
 // (registry-bridge/README.md, Sinks).
-import type { ConsulSinkConfig, KubernetesSinkConfig, Service, SourceConfig } from '../../common/contract/index.js';
+import type { ConsulSinkConfig, EurekaSinkConfig, KubernetesSinkConfig, Service, SourceConfig } from '../../common/contract/index.js';
 
 import { REGISTRY_SYNC_ANNOTATION } from '../sources/kubernetes/translate.js';
 
@@ -10,6 +10,7 @@ export const REGISTRY_SYNC_LABEL = REGISTRY_SYNC_ANNOTATION;
 
 export type SinkScope =
   | Pick<ConsulSinkConfig, 'kind' | 'from' | 'namespaces' | 'exportByDefault'>
+  | Pick<EurekaSinkConfig, 'kind' | 'from' | 'namespaces' | 'exportByDefault'>
   | (Pick<KubernetesSinkConfig, 'kind' | 'from'> & { namespaces?: undefined; exportByDefault?: undefined });
 
 /** The source names a sink takes from: its `from`, else the default for its kind (Kubernetes into registries, registries into Kubernetes). */

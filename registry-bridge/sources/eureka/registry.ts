@@ -5,6 +5,9 @@
 // every status, so every instance is kept here whatever its status; the source filters on output.
 // Pure code over parsed JSON: every rule is tested on answers recorded from a real server.
 
+/** The metadata key every instance a bridge's Eureka sink writes carries (sinks/eureka/instances.ts): the source never publishes those. */
+export const ORIGIN_METADATA = 'flomesh-origin';
+
 /** An instance as kept: the fields the catalog needs, in the types the contract wants. */
 export interface EurekaInstance {
   /** Eureka's id of the instance (InstanceInfo.getId()): instanceId, else the Amazon instance-id, else hostName. */
@@ -18,6 +21,8 @@ export interface EurekaInstance {
   securePort?: EurekaPort;
   /** `metadata.zone` (Spring Cloud's), else the Amazon data center's availability-zone. */
   zone?: string;
+  /** `metadata.flomesh-origin`: a bridge's Eureka sink wrote it (from that source kind); never published. */
+  origin?: string;
 }
 
 export interface EurekaPort {
@@ -94,6 +99,7 @@ export function parseInstance(raw: unknown, appName: string): EurekaDeltaInstanc
   if (id === undefined) return { problem: `an instance of ${appName} has no instanceId and no hostName`, status };
   const metadata = isObject(raw.metadata) ? raw.metadata : {};
   const zone = text(metadata.zone) ?? text(dataCenterMetadata['availability-zone']);
+  const origin = text(metadata[ORIGIN_METADATA]);
   const ipAddr = text(raw.ipAddr);
   const port = portOf(raw.port);
   const securePort = portOf(raw.securePort);
@@ -107,6 +113,7 @@ export function parseInstance(raw: unknown, appName: string): EurekaDeltaInstanc
     ...(port ? { port } : {}),
     ...(securePort ? { securePort } : {}),
     ...(zone !== undefined ? { zone } : {}),
+    ...(origin !== undefined ? { origin } : {}),
     ...(actionType !== undefined ? { actionType: actionType.toUpperCase() } : {}),
   };
 }
@@ -184,6 +191,13 @@ export class LocalRegistry {
 
   hasApp(app: string): boolean {
     return this.apps.has(app) || this.anonymous.has(app);
+  }
+
+  /** Whether the app has an instance no bridge sink wrote: an app only a sink wrote is not the registry's own. */
+  hasOwnInstances(app: string): boolean {
+    if (this.anonymous.has(app)) return true;
+    for (const instance of this.apps.get(app)?.values() ?? []) if (instance.origin === undefined) return true;
+    return false;
   }
 
   get instanceCount(): number {
@@ -280,6 +294,7 @@ function sameInstance(a: EurekaInstance, b: EurekaInstance): boolean {
     a.ipAddr === b.ipAddr &&
     a.hostName === b.hostName &&
     a.zone === b.zone &&
+    a.origin === b.origin &&
     a.port?.number === b.port?.number &&
     a.port?.enabled === b.port?.enabled &&
     a.securePort?.number === b.securePort?.number &&

@@ -122,6 +122,36 @@ describe('the Eureka source against recorded answers under /eureka/v2', () => {
     expect(server.requests).toEqual(['/eureka/v2/apps']);
   });
 
+  it('never publishes what a bridge sink wrote (flomesh-origin metadata), and still counts it in the hashcode', async () => {
+    const server = await serve();
+    const apps = JSON.parse(recorded('apps-1.json')) as {
+      applications: { apps__hashcode: string; application: { name: string; instance: Record<string, unknown>[] }[] };
+    };
+    const orders = apps.applications.application.find((a) => a.name === 'ORDERS')!;
+    const written = (ip: string, app: string) => ({
+      ...orders.instance[0],
+      instanceId: `${ip}:web.shop:8080`,
+      app,
+      ipAddr: ip,
+      hostName: ip,
+      status: 'UP',
+      metadata: { 'flomesh-origin': 'kubernetes', 'flomesh-writer': 'flb-local/eureka' },
+    });
+    // An app only the sink wrote (a Kubernetes Service), and one instance written into an app VMs register too.
+    apps.applications.application.push({ name: 'WEB', instance: [written('10.244.0.5', 'WEB'), written('10.244.0.6', 'WEB')] });
+    orders.instance.push(written('10.244.0.7', 'ORDERS'));
+    const ups = Number(/UP_(\d+)_/.exec(apps.applications.apps__hashcode)![1]) + 3;
+    apps.applications.apps__hashcode = apps.applications.apps__hashcode.replace(/UP_\d+_/, `UP_${ups}_`);
+    v2(server, JSON.stringify(apps));
+    const { source: s, told } = source({ servers: [`http://127.0.0.1:${server.port}/eureka/v2/`] });
+    await eventually('the first sync', () => told.syncedTimes === 1);
+    expect([...told.services.keys()].sort()).toEqual(['inventory.eureka.eureka', 'orders.eureka.eureka', 'payments.eureka.eureka']);
+    expect(told.endpoints('orders.eureka.eureka')).toEqual(['10.1.0.1:8080', '10.1.0.2:8080']);
+    await s.sync();
+    // The local copy holds them: the delta's hashcode matches, no full fetch.
+    expect(s.counters).toEqual({ fullFetches: 1, deltaFetches: 1, reconciliations: 0 });
+  });
+
   it('follows a delta whose hashcode matches without fetching everything again', async () => {
     const server = await serve();
     v2(server, recorded('apps-1.json'), recorded('delta-1.json'));

@@ -196,7 +196,7 @@ export class EurekaSource implements Source {
   private publish(apps: Iterable<string>): void {
     const todo = new Set(apps);
     for (const app of todo) {
-      if (this.registry.hasApp(app)) {
+      if (this.registry.hasOwnInstances(app)) {
         const moved = this.labels.add(app);
         if (moved === undefined) {
           this.report(app, [`application name ${JSON.stringify(app)} has nothing a DNS label can hold; not published`]);
@@ -213,9 +213,10 @@ export class EurekaSource implements Source {
 
   private refresh(app: string): void {
     const label = this.labels.labelOf(app);
-    if (!this.registry.hasApp(app) || label === undefined) {
+    // An app only bridge sinks wrote (a Kubernetes Service registered here) is not published: loop prevention.
+    if (!this.registry.hasOwnInstances(app) || label === undefined) {
       this.withdraw(app);
-      if (!this.registry.hasApp(app)) this.report(app, []);
+      if (!this.registry.hasOwnInstances(app)) this.report(app, []);
       return;
     }
     const translated = translateApp(app, label, this.registry.instancesOf(app), { ...this.config, registry: this.registryName });

@@ -4,7 +4,9 @@
 import { isIP } from 'node:net';
 import { API_VERSION, ServicePolicySchema, serviceId, type Endpoint, type EurekaSourceConfig, type Service } from '../../../common/contract/index.js';
 import { ORIGIN_LABEL } from '../kubernetes/translate.js';
-import type { EurekaInstance } from './registry.js';
+import { ORIGIN_METADATA, type EurekaInstance } from './registry.js';
+
+export { ORIGIN_METADATA };
 
 /** The app's name in Eureka, on the catalog service (its `name` is the same; this survives a rename of the label rules). */
 export const EUREKA_APP_LABEL = 'flomesh.io/eureka-app';
@@ -50,6 +52,8 @@ export function translateApp(app: string, label: string, instances: Iterable<Eur
   const published: { instance: EurekaInstance; address: string }[] = [];
   let any = false;
   for (const instance of instances) {
+    // Written by a bridge's Eureka sink: it is another source's service already (loop prevention).
+    if (instance.origin !== undefined) continue;
     any = true;
     if (!statuses.has(instance.status)) continue;
     const address = addressOf(instance);

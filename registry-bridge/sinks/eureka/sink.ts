@@ -1,0 +1,455 @@
+// The Eureka sink: catalog services (Kubernetes ones by default) registered in a Eureka server as
+// instances a Spring Cloud client reads as its own, kept alive by renewals (registry-bridge/README.md,
+// Sinks into registries: Eureka). What the server holds is read when the sink starts (a restart or
+// a new leader registers nothing unchanged, and renews what it finds of its own at once); after that
+// a renewal that gets 404 (the server evicted or lost the instance) registers it again. A status
+// change is a new registration, as Spring's clients make one, so status is written only when it
+// changes. Every instance renews once per renewalIntervalSeconds at its own phase (renewals.ts), at
+// most writeConcurrency requests in flight over one keep-alive agent. Nothing is cancelled before
+// every source's first full list (`complete()`, the catalog's gate), and only instances carrying
+// this sink's writer mark ever are; until then the sink's own instances nobody wants are renewed,
+// so a restart cannot let them expire either.
+import type { EurekaSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
+import type { Logger } from '../../../common/log.js';
+import type { Sink, SinkStatus } from '../../core/types.js';
+import { inScope, sourcesOf } from '../scope.js';
+import { EurekaApi, EurekaWriteError, type EurekaCall } from './api.js';
+import {
+  actionFor,
+  heldAfterRegister,
+  heldInRegistry,
+  keyOf,
+  METADATA,
+  registrationBody,
+  registrationsOf,
+  type Held,
+  type Lease,
+  type Registration,
+} from './instances.js';
+import { RenewalSchedule, SLOT_MS } from './renewals.js';
+
+type ServiceSubject = Pick<Service, 'id' | 'name' | 'source' | 'namespace'>;
+
+const BACKOFF_START_MS = 200;
+const BACKOFF_MAX_MS = 30_000;
+/** An instance not retried until the registry is read again (someone else's holds its id). */
+const NEVER = Number.MAX_SAFE_INTEGER;
+/** A failure that lasts is logged when it changes, and reminded of this often. */
+const REMIND_EVERY_MS = 60_000;
+
+export interface EurekaSinkOptions {
+  config: EurekaSinkConfig;
+  sources: readonly Pick<SourceConfig, 'name' | 'kind'>[];
+  log: Logger;
+  /** A problem a user should see on the object (an Event on a Kubernetes Service), besides the log and status. */
+  onProblem?: (service: ServiceSubject, why: string) => void;
+  /** Test hook: the API (a fake server in unit tests). */
+  api?: { call: EurekaCall; close(): void; readonly address: string };
+}
+
+export interface EurekaSinkCounters {
+  registrations: number;
+  cancels: number;
+  renewals: number;
+  /** Renewals answered 404: the server had lost the instance, which was registered again. */
+  renewalsNotFound: number;
+  renewalFailures: number;
+  /** Renewals sent more than half an interval after their time (the server or the sink fell behind). */
+  lateRenewals: number;
+  /** The largest delay of a renewal past its time, in ms, since the sink started. */
+  maxRenewalDelayMs: number;
+}
+
+export class EurekaSink implements Sink {
+  readonly kind = 'eureka';
+  readonly name: string;
+  private readonly config: EurekaSinkConfig;
+  private readonly lease: Lease;
+  private readonly from: Set<string>;
+  private readonly api: NonNullable<EurekaSinkOptions['api']>;
+  private readonly log: Logger;
+  private writer?: { writer: string; mesh: string };
+  /** Desired instances by keyOf(app, id), and the keys of each catalog service. */
+  private readonly wanted = new Map<string, Registration>();
+  private readonly byService = new Map<string, string[]>();
+  private readonly subjects = new Map<string, ServiceSubject>();
+  /** What the server holds (ours and others'); undefined until read, and after it could not be reached. */
+  private held?: Map<string, Held>;
+  private readonly dirty = new Set<string>();
+  private readonly retryAt = new Map<string, { failures: number; at: number }>();
+  /** Our instances the server holds, each renewed once per interval at its phase. */
+  private readonly schedule: RenewalSchedule;
+  private readonly renewing = new Set<string>();
+  private lastTick = Date.now();
+  private inFlight = 0;
+  private readonly waiting: (() => void)[] = [];
+  private lastDirty = 0;
+  private mayRemove = false;
+  private running = false;
+  private stopped = false;
+  private readBackoffMs = BACKOFF_START_MS;
+  private wake?: NodeJS.Timeout;
+  private readonly ticker: NodeJS.Timeout;
+  private idleWaiters: (() => void)[] = [];
+  private readonly reported = new Map<string, string>();
+  private readonly logged = new Map<string, number>();
+  private readonly stats = { writes: 0, failures: 0, lastWriteAt: 0, lastError: undefined as string | undefined };
+  readonly counters: EurekaSinkCounters = {
+    registrations: 0,
+    cancels: 0,
+    renewals: 0,
+    renewalsNotFound: 0,
+    renewalFailures: 0,
+    lateRenewals: 0,
+    maxRenewalDelayMs: 0,
+  };
+  private readonly onProblem: (service: ServiceSubject, why: string) => void;
+
+  constructor(options: EurekaSinkOptions) {
+    this.config = options.config;
+    this.name = options.config.name;
+    this.lease = { renewalIntervalSeconds: options.config.renewalIntervalSeconds, leaseDurationSeconds: options.config.leaseDurationSeconds };
+    this.from = sourcesOf(options.config, options.sources);
+    this.log = options.log.child({ sink: this.name });
+    this.api = options.api ?? new EurekaApi(options.config);
+    this.onProblem = options.onProblem ?? (() => {});
+    this.schedule = new RenewalSchedule(options.config.renewalIntervalSeconds * 1000);
+    this.ticker = setInterval(() => this.tick(), SLOT_MS);
+    this.ticker.unref();
+  }
+
+  setMesh(mesh: Mesh): void {
+    // The mark is set once: a cluster renamed later keeps renewing and cancelling what it wrote.
+    if (this.writer) return;
+    this.writer = { writer: `flb-${mesh.clusterName}/${this.name}`, mesh: mesh.name };
+  }
+
+  setService(id: string, service: Service | undefined, _json: string | undefined, source?: string): void {
+    for (const key of this.byService.get(id) ?? []) {
+      this.wanted.delete(key);
+      this.dirty.add(key);
+    }
+    this.byService.delete(id);
+    this.subjects.delete(id);
+    if (service && this.writer && inScope(this.config, this.from, source, service)) {
+      const { registrations, refused } = registrationsOf(service, this.config, this.writer);
+      if (refused) this.problem(service, refused);
+      const keys: string[] = [];
+      for (const registration of registrations) {
+        const key = keyOf(registration.app, registration.id);
+        this.wanted.set(key, registration);
+        this.dirty.add(key);
+        keys.push(key);
+      }
+      if (keys.length > 0) this.byService.set(id, keys);
+      this.subjects.set(id, { id, name: service.name, source: service.source, ...(service.namespace ? { namespace: service.namespace } : {}) });
+    }
+    this.kick();
+  }
+
+  setSidecar(): void {}
+
+  complete(): void {
+    if (this.mayRemove) return;
+    this.mayRemove = true;
+    if (this.held) for (const key of this.held.keys()) this.dirty.add(key);
+    this.kick();
+  }
+
+  private problem(service: ServiceSubject, why: string): void {
+    if (this.reported.get(service.id) === why) return;
+    this.reported.set(service.id, why);
+    this.log.warn({ service: service.id, why }, 'a service is not written to Eureka');
+    this.onProblem(service, why);
+  }
+
+  private ours(held: Held | undefined): boolean {
+    return held !== undefined && this.writer !== undefined && held.metadata[METADATA.writer] === this.writer.writer;
+  }
+
+  private actionOf(key: string) {
+    const held = this.held?.get(key);
+    return actionFor(this.wanted.get(key), held, this.ours(held), this.mayRemove, this.lease);
+  }
+
+  private kick(): void {
+    if (this.stopped || this.running) return;
+    this.running = true;
+    void this.run().finally(() => {
+      this.running = false;
+      if (this.work().length > 0 || this.held === undefined) this.later();
+      this.notifyIdle();
+    });
+  }
+
+  private later(): void {
+    if (this.stopped || this.wake) return;
+    const now = Date.now();
+    let at = this.held === undefined ? now + this.readBackoffMs : Infinity;
+    for (const key of this.work()) {
+      const retry = this.retryAt.get(key)?.at ?? now;
+      if (retry !== NEVER) at = Math.min(at, retry);
+    }
+    if (at === Infinity) return;
+    this.wake = setTimeout(
+      () => {
+        this.wake = undefined;
+        this.kick();
+      },
+      Math.max(0, at - now),
+    );
+  }
+
+  private work(): string[] {
+    if (!this.held) return [...this.dirty];
+    return [...this.dirty].filter((key) => this.actionOf(key).kind !== 'none');
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped && this.writer) {
+      if (!this.held) {
+        try {
+          await this.readRegistry();
+          this.readBackoffMs = BACKOFF_START_MS;
+        } catch (error) {
+          this.fail(undefined, error as Error);
+          this.readBackoffMs = Math.min(this.readBackoffMs * 2, BACKOFF_MAX_MS);
+          return;
+        }
+      }
+      const now = Date.now();
+      const due = [...this.dirty].filter((key) => (this.retryAt.get(key)?.at ?? 0) <= now);
+      if (due.length === 0) return;
+      for (const key of due) this.dirty.delete(key);
+      const queue = due.filter((key) => {
+        const action = this.actionOf(key);
+        if (action.kind === 'foreign') {
+          const wanted = this.wanted.get(key)!;
+          this.fail(key, new Error(`Eureka already holds instance ${wanted.id} of ${wanted.app} that the bridge did not write; left alone`), false);
+          this.problem(
+            this.subjects.get(wanted.catalogId) ?? { id: wanted.catalogId, name: wanted.app, source: 'static' },
+            `Eureka already holds instance ${wanted.id} of ${wanted.app} that the bridge did not write; left alone`,
+          );
+        }
+        return action.kind === 'register' || action.kind === 'cancel';
+      });
+      await Promise.all(queue.map((key) => this.limited(() => this.write(key))));
+    }
+  }
+
+  private async readRegistry(): Promise<void> {
+    const answer = await this.api.call('GET', 'apps');
+    if (answer.status !== 200) throw new EurekaWriteError(`GET apps answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
+    let document: unknown;
+    try {
+      document = JSON.parse(answer.body);
+    } catch (error) {
+      throw new EurekaWriteError(`GET apps: not JSON (${(error as Error).message})`, answer.status);
+    }
+    this.held = heldInRegistry(document);
+    for (const [key, retry] of this.retryAt) if (retry.at === NEVER) this.retryAt.delete(key);
+    // Our instances are renewed from now on, wanted or not yet: none may expire before complete() decides.
+    this.schedule.clear();
+    for (const [key, held] of this.held) if (this.ours(held)) this.schedule.add(key);
+    for (const key of this.held.keys()) this.dirty.add(key);
+    for (const key of this.wanted.keys()) this.dirty.add(key);
+    this.log.info({ server: this.api.address, instances: this.held.size, ours: this.schedule.size }, 'read what the Eureka server holds');
+  }
+
+  /** Runs `task` once fewer than writeConcurrency requests are in flight (renewals and writes alike). */
+  private async limited<T>(task: () => Promise<T>): Promise<T> {
+    while (this.inFlight >= this.config.writeConcurrency) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.inFlight++;
+    try {
+      return await task();
+    } finally {
+      this.inFlight--;
+      this.waiting.shift()?.();
+    }
+  }
+
+  /** A registration's lastDirtyTimestamp: always newer than the last one, or the server keeps what it has. */
+  private dirtyTimestamp(): number {
+    this.lastDirty = Math.max(Date.now(), this.lastDirty + 1);
+    return this.lastDirty;
+  }
+
+  private async write(key: string): Promise<void> {
+    if (!this.held || this.stopped) {
+      this.dirty.add(key);
+      return;
+    }
+    const action = this.actionOf(key);
+    const wanted = this.wanted.get(key);
+    const held = this.held.get(key);
+    try {
+      if (action.kind === 'register' && wanted) {
+        const path = `apps/${encodeURIComponent(wanted.app)}`;
+        const answer = await this.api.call('POST', path, registrationBody(wanted, this.lease, this.dirtyTimestamp()));
+        if (answer.status !== 204 && answer.status !== 200)
+          throw new EurekaWriteError(`POST ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300) || '(no body)'}`, answer.status);
+        this.held?.set(key, heldAfterRegister(wanted, this.lease));
+        this.schedule.add(key);
+        this.counters.registrations++;
+      } else if (action.kind === 'cancel' && held) {
+        const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
+        const answer = await this.api.call('DELETE', path);
+        // 404: it went already (evicted, or cancelled by someone): what was wanted is true.
+        if (answer.status !== 200 && answer.status !== 404)
+          throw new EurekaWriteError(`DELETE ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
+        this.held?.delete(key);
+        this.schedule.delete(key);
+        this.counters.cancels++;
+      } else return;
+      this.stats.writes++;
+      this.stats.lastWriteAt = Date.now();
+      this.retryAt.delete(key);
+    } catch (error) {
+      this.dirty.add(key);
+      this.fail(key, error as Error);
+    }
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    const due = this.schedule.due(this.lastTick, now);
+    const scheduledAt = Math.floor(now / SLOT_MS) * SLOT_MS;
+    this.lastTick = now;
+    if (this.stopped || !this.held) return;
+    for (const key of due) {
+      // One renewal of an instance at a time: a backlog never doubles itself.
+      if (this.renewing.has(key)) continue;
+      this.renewing.add(key);
+      void this.limited(() => this.renew(key, scheduledAt)).finally(() => this.renewing.delete(key));
+    }
+  }
+
+  private async renew(key: string, scheduledAt: number): Promise<void> {
+    const held = this.held?.get(key);
+    if (this.stopped || !held || !this.ours(held)) {
+      this.schedule.delete(key);
+      return;
+    }
+    const delay = Date.now() - scheduledAt;
+    if (delay > this.counters.maxRenewalDelayMs) this.counters.maxRenewalDelayMs = delay;
+    if (delay > (this.config.renewalIntervalSeconds * 1000) / 2) {
+      this.counters.lateRenewals++;
+      this.stats.lastError = `renewals are ${(delay / 1000).toFixed(1)} s late (${this.counters.lateRenewals} so far): the server answers too slowly for ${this.schedule.size} instances at writeConcurrency ${this.config.writeConcurrency}`;
+      this.remind('late', 'renewals fall behind their interval: the server may evict instances and enter self-preservation', { delayMs: delay });
+    }
+    const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
+    try {
+      const answer = await this.api.call('PUT', path);
+      if (answer.status === 200) {
+        this.counters.renewals++;
+        return;
+      }
+      if (answer.status === 404) {
+        // Evicted, or lost in a server restart: registered again, as Eureka's clients do.
+        this.counters.renewalsNotFound++;
+        this.log.info({ instance: held.id, app: held.app }, 'the Eureka server no longer holds an instance; registering it again');
+        this.held?.delete(key);
+        this.schedule.delete(key);
+        this.dirty.add(key);
+        this.kick();
+        return;
+      }
+      throw new EurekaWriteError(`PUT ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
+    } catch (error) {
+      this.counters.renewalFailures++;
+      this.stats.failures++;
+      const message = `renewing ${held.id} of ${held.app}: ${(error as Error).message}`;
+      this.stats.lastError = message;
+      // Tried again at its next time: a lease outlives two missed renewals (leaseDurationSeconds >= 2 intervals).
+      this.remind(`renew ${(error as Error).message}`, 'a Eureka renewal failed; tried again at its next time', {
+        instance: held.id,
+        app: held.app,
+        err: (error as Error).message,
+      });
+    }
+  }
+
+  private remind(what: string, message: string, fields: Record<string, unknown>): void {
+    const now = Date.now();
+    const last = this.logged.get(what);
+    if (last !== undefined && now - last < REMIND_EVERY_MS) return;
+    this.logged.set(what, now);
+    this.log.warn(fields, message);
+  }
+
+  private fail(key: string | undefined, error: Error, retry = true): void {
+    this.stats.failures++;
+    const registration = key ? (this.wanted.get(key) ?? this.held?.get(key)) : undefined;
+    const what = registration ? `instance ${registration.id} of ${registration.app}: ${error.message}` : error.message;
+    this.stats.lastError = what;
+    const status = error instanceof EurekaWriteError ? error.status : undefined;
+    // Unreachable: the server may come back empty (a restart); read it again before deciding anything.
+    if (status === undefined && key && error instanceof EurekaWriteError) this.held = undefined;
+    if (!key) {
+      const waiting = [...this.dirty].map((k) => this.wanted.get(k)).find((r) => r !== undefined);
+      const more = this.dirty.size - 1;
+      if (waiting) this.stats.lastError = `${what} (instance ${waiting.id} of ${waiting.app}${more > 0 ? ` and ${more} more` : ''} waiting to be written)`;
+    }
+    if (key && retry) {
+      const previous = this.retryAt.get(key)?.failures ?? 0;
+      this.retryAt.set(key, { failures: previous + 1, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** previous, BACKOFF_MAX_MS) });
+    } else if (key) this.retryAt.set(key, { failures: 1, at: NEVER });
+    this.log.warn(
+      { instance: registration?.id, app: registration?.app, err: error.message, status },
+      key ? 'a Eureka write failed; retried with backoff' : 'cannot read what the Eureka server holds; retried with backoff',
+    );
+  }
+
+  private unsettledCount(): number {
+    if (!this.held) return this.wanted.size > 0 && this.readBackoffMs === BACKOFF_START_MS ? this.dirty.size : 0;
+    return this.work().filter((key) => !this.retryAt.has(key) && (this.mayRemove || this.wanted.has(key))).length;
+  }
+
+  private notifyIdle(): void {
+    if (this.running || this.unsettledCount() > 0) return;
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  private pendingCount(): number {
+    if (!this.held) return this.wanted.size > 0 ? this.dirty.size : 0;
+    return this.work()
+      .filter((key) => this.retryAt.get(key)?.at !== NEVER)
+      .filter((key) => this.mayRemove || this.wanted.has(key)).length;
+  }
+
+  async settled(): Promise<void> {
+    if (!this.running && this.unsettledCount() === 0) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Stops writing and renewing. Nothing is cancelled: the next leader (or this bridge restarted)
+   * renews the instances within their lease; a bridge gone for good lets them expire.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.ticker);
+    clearTimeout(this.wake);
+    this.api.close();
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+    for (const resolve of this.waiting.splice(0)) resolve();
+  }
+
+  /** Instances renewed now, and the renewals a minute they send (what the server counts on for them). */
+  renewalLoad(): { instances: number; renewalsPerMinute: number } {
+    return { instances: this.schedule.size, renewalsPerMinute: (this.schedule.size * 60) / this.config.renewalIntervalSeconds };
+  }
+
+  status(): SinkStatus {
+    return {
+      name: this.name,
+      kind: this.kind,
+      address: this.api.address,
+      pending: this.pendingCount(),
+      writes: this.stats.writes,
+      failures: this.stats.failures,
+      lastWriteAt: this.stats.lastWriteAt,
+      ...(this.stats.lastError ? { lastError: this.stats.lastError } : {}),
+    };
+  }
+}
