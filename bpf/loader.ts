@@ -23,6 +23,10 @@ export const PROGRAMS: readonly { name: string; attach: AttachType }[] = [
   { name: 'flb_getsockopt', attach: 'getsockopt' },
   { name: 'flb_peername4', attach: 'getpeername4' },
   { name: 'flb_peername6', attach: 'getpeername6' },
+  { name: 'flb_sendmsg4', attach: 'sendmsg4' },
+  { name: 'flb_sendmsg6', attach: 'sendmsg6' },
+  { name: 'flb_recvmsg4', attach: 'recvmsg4' },
+  { name: 'flb_recvmsg6', attach: 'recvmsg6' },
 ];
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf';
@@ -375,11 +379,10 @@ function namespaceCookie(netns: string): bigint {
 /** The namespace's addresses other than loopback (which the programs leave alone by themselves). */
 async function ownAddresses(netns: string): Promise<string[]> {
   const shown = await execa('nsenter', [`--net=${netns}`, 'ip', '-j', 'address', 'show'], { reject: false });
-  if (shown.exitCode !== 0) throw new ActionableError(`cannot list the addresses of the network namespace ${netns}: ${shown.stderr.trim() || `exit ${shown.exitCode}`}`);
+  if (shown.exitCode !== 0)
+    throw new ActionableError(`cannot list the addresses of the network namespace ${netns}: ${shown.stderr.trim() || `exit ${shown.exitCode}`}`);
   const links = JSON.parse(shown.stdout || '[]') as { addr_info?: { local?: string }[] }[];
-  return links
-    .flatMap((l) => l.addr_info ?? [])
-    .flatMap((a) => (a.local && !/^127\./.test(a.local) && a.local !== '::1' ? [a.local] : []));
+  return links.flatMap((l) => l.addr_info ?? []).flatMap((a) => (a.local && !/^127\./.test(a.local) && a.local !== '::1' ? [a.local] : []));
 }
 
 export interface Registration {

@@ -13,6 +13,7 @@ export const MAP = {
   includedCidrs: 'flb_incl_cidrs',
   originalByCookie: 'flb_orig_cookie',
   originalByTuple: 'flb_orig_tuple',
+  dnsServerByCookie: 'flb_dns_cookie',
 } as const;
 
 export const KEY_SIZE = {

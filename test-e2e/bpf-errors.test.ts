@@ -103,7 +103,18 @@ describe('flb bpf when things go wrong', () => {
     // The loser either finds it loaded or sees the winner at work.
     expect(outcomes[0]).toBe(false);
     expect([true, expect.stringContaining(`mesh ${MESH} is partly loaded`)]).toContainEqual(outcomes[1]);
-    expect(await attachedNames(cgroup)).toEqual(['flb_connect4', 'flb_connect6', 'flb_getsockopt', 'flb_peername4', 'flb_peername6', 'flb_sockops']);
+    expect(await attachedNames(cgroup)).toEqual([
+      'flb_connect4',
+      'flb_connect6',
+      'flb_getsockopt',
+      'flb_peername4',
+      'flb_peername6',
+      'flb_recvmsg4',
+      'flb_recvmsg6',
+      'flb_sendmsg4',
+      'flb_sendmsg6',
+      'flb_sockops',
+    ]);
   });
 
   it('a half-loaded mesh is reported as such, and unload removes what there is', async () => {

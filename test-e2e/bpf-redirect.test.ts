@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
-import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InterceptionSchema, type InterceptionInput } from '../common/contract/index.js';
@@ -24,8 +24,17 @@ const APP = 1000;
 const PROXY = 1500;
 const MESH = `flbt-${process.pid}`;
 const SERVICE = { v4: '10.200.0.5', excluded: '10.201.0.5', other: '10.202.0.5', v6: 'fd00:200::5' };
+/** The nameservers the pod asks (nothing answers DNS there: the peer refuses it). */
+const NAMESERVER = { v4: '10.96.0.53', v6: 'fd00:96::53' };
 const POD = { v4: '10.210.0.1', v6: 'fd00:210::1' };
 const PEER = { v4: '10.210.0.2', v6: 'fd00:210::2' };
+
+interface DnsQueried {
+  from?: { address: string; port: number };
+  answer?: string;
+  peer?: { address: string; port: number; family: string };
+  error?: string;
+}
 
 interface Dialled {
   peer?: { address: string; port: number };
@@ -45,13 +54,14 @@ async function ready(server: ResultPromise): Promise<{ server: ResultPromise }> 
   return { server };
 }
 
-/** Removes what a killed run of this file left: its meshes' pins and links, and its cgroups. */
+/** Removes what a killed run of this file left: its meshes' pins and links, its resolv.conf, its cgroups. */
 async function removeStale(cgroupRoot: string): Promise<void> {
   const stale = (name: string) => {
     const pid = Number(/^flbt-(\d+)/.exec(name)?.[1]);
     return pid > 0 && pid !== process.pid && !isAlive(pid);
   };
   for (const mesh of existsSync('/sys/fs/bpf/flb-mesh') ? readdirSync('/sys/fs/bpf/flb-mesh') : []) if (stale(mesh)) await unload({ mesh });
+  for (const name of existsSync('/etc/netns') ? readdirSync('/etc/netns') : []) if (stale(name)) rmSync(`/etc/netns/${name}`, { recursive: true, force: true });
   for (const name of readdirSync(cgroupRoot)) {
     if (!stale(name)) continue;
     for (const pin of existsSync(`/sys/fs/bpf/${name}`) ? readdirSync(`/sys/fs/bpf/${name}`) : []) {
@@ -66,7 +76,7 @@ async function removeStale(cgroupRoot: string): Promise<void> {
   }
 }
 
-describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername)', () => {
+describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername, sendmsg/recvmsg)', () => {
   let cgroup: string;
   let ns: Netns;
   let peer: Netns;
@@ -79,6 +89,12 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
   const inPod = (args: string[], uid?: number) => {
     const asUser = uid !== undefined ? ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--'] : [];
     return execa('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, 'ip', 'netns', 'exec', ns.name, ...asUser, ...args], { reject: false });
+  };
+  /** One DNS query over UDP: connected (as glibc sends it) or with sendto. */
+  const query = async (how: 'udp-dial' | 'udp-send', host: string, uid = APP): Promise<DnsQueried> => {
+    const result = await inPod(['setpriv', '--pdeathsig', 'KILL', '--', process.execPath, probe, how, host, '53'], uid);
+    if (result.exitCode !== 0) throw new Error(`the DNS client failed: ${result.stderr}`);
+    return JSON.parse(result.stdout) as DnsQueried;
   };
   const dial = async (host: string, port: number, uid = APP): Promise<Dialled> => {
     const result = await inPod(['setpriv', '--pdeathsig', 'KILL', '--', process.execPath, probe, 'dial', host, String(port)], uid);
@@ -110,9 +126,19 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     await execa('bpftool', ['cgroup', 'attach', cgroup, 'connect4', 'pinned', otherPin, 'multi']);
 
     ns = await createNetns('bpf');
+    // `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+    mkdirSync(`/etc/netns/${ns.name}`, { recursive: true });
+    writeFileSync(`/etc/netns/${ns.name}/resolv.conf`, `nameserver ${NAMESERVER.v4}\noptions timeout:2 attempts:1\n`);
     peer = await createNetns('bpf-peer');
     await link(ns, [`${POD.v4}/24`, `${POD.v6}/64`], peer, [`${PEER.v4}/24`, `${PEER.v6}/64`]);
-    for (const address of [`${SERVICE.v4}/32`, `${SERVICE.excluded}/32`, `${SERVICE.other}/32`, `${SERVICE.v6}/128`]) {
+    for (const address of [
+      `${SERVICE.v4}/32`,
+      `${SERVICE.excluded}/32`,
+      `${SERVICE.other}/32`,
+      `${SERVICE.v6}/128`,
+      `${NAMESERVER.v4}/32`,
+      `${NAMESERVER.v6}/128`,
+    ]) {
       await execa('ip', ['-n', peer.name, 'addr', 'add', address, 'dev', 'lo']);
     }
     await execa('ip', ['-n', ns.name, 'route', 'add', 'default', 'via', PEER.v4]);
@@ -156,14 +182,27 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     }
     await deleteNetns(ns);
     await deleteNetns(peer);
+    if (ns) rmSync(`/etc/netns/${ns.name}`, { recursive: true, force: true });
   });
 
-  it('loads all six programs and attaches each through a bpf_link to the test cgroup only', async () => {
+  it('loads all ten programs and attaches each through a bpf_link to the test cgroup only', async () => {
     expect(loadedStatus).toMatchObject({ loaded: true, complete: true, namespaces: 1 });
     for (const program of loadedStatus.programs) expect(program).toMatchObject({ programId: expect.any(Number), linkId: expect.any(Number) });
     const attached = JSON.parse((await execa('bpftool', ['-j', 'cgroup', 'show', cgroup])).stdout) as { id: number; name: string }[];
     expect(attached.map((a) => a.name).sort()).toEqual(
-      ['flb_connect4', 'flb_connect6', 'flb_getsockopt', 'flb_peername4', 'flb_peername6', 'flb_sockops', 'test_socket_lb4'].sort(),
+      [
+        'flb_connect4',
+        'flb_connect6',
+        'flb_getsockopt',
+        'flb_peername4',
+        'flb_peername6',
+        'flb_recvmsg4',
+        'flb_recvmsg6',
+        'flb_sendmsg4',
+        'flb_sendmsg6',
+        'flb_sockops',
+        'test_socket_lb4',
+      ].sort(),
     );
     // A second load of the same mesh changes nothing.
     const again = await execa(process.execPath, [flb, 'bpf', 'load', '--mesh', MESH, '--cgroup', cgroup, '--json']);
@@ -205,6 +244,31 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     expect(v6.reply).toEqual({ via: 'pod-app', local: `${POD.v6}:8080` });
   });
 
+  it("sends DNS over UDP to the sidecar's resolver, connected (glibc's way) or not, and the answer comes from the server asked", async () => {
+    const [connected, sent, v6, mapped] = await Promise.all([
+      query('udp-dial', NAMESERVER.v4),
+      query('udp-send', NAMESERVER.v4),
+      query('udp-dial', NAMESERVER.v6),
+      query('udp-send', `::ffff:${NAMESERVER.v4}`),
+    ]);
+    expect(connected).toEqual({
+      from: { address: NAMESERVER.v4, port: 53 },
+      answer: '10.200.0.77',
+      peer: { address: NAMESERVER.v4, port: 53, family: 'IPv4' },
+    });
+    expect(sent).toEqual({ from: { address: NAMESERVER.v4, port: 53 }, answer: '10.200.0.77' });
+    expect(v6).toEqual({ from: { address: NAMESERVER.v6, port: 53 }, answer: '10.200.0.77', peer: { address: NAMESERVER.v6, port: 53, family: 'IPv6' } });
+    expect(mapped).toEqual({ from: { address: `::ffff:${NAMESERVER.v4}`, port: 53 }, answer: '10.200.0.77' });
+  });
+
+  it("answers glibc's resolver (getent) through the sidecar's resolver; the proxy's own queries go to the real server", async () => {
+    const resolved = await inPod(['getent', 'ahostsv4', 'probe.test'], APP);
+    expect(resolved.exitCode).toBe(0);
+    expect(resolved.stdout.split('\n')[0]).toMatch(/^10\.200\.0\.77\s+STREAM probe\.test$/);
+    // The peer has the nameserver's address but no DNS server: it refuses.
+    expect(await query('udp-dial', NAMESERVER.v4, PROXY)).toEqual({ error: 'ECONNREFUSED' });
+  });
+
   it('sends TCP port 53 to the DNS port', async () => {
     const result = await dial(SERVICE.v4, 53);
     expect(result.reply).toMatchObject({ via: 'dns', original: { address: SERVICE.v4, port: 53, family: 4 } });
@@ -244,7 +308,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     const result = JSON.parse(unloaded.stdout) as { wasLoaded: boolean; removed: { programs: number[]; maps: number[]; links: number[] } };
     expect(result.wasLoaded).toBe(true);
     expect(result.removed.programs.sort()).toEqual(loadedStatus.programs.map((p) => p.programId).sort());
-    expect(result.removed.maps).toHaveLength(6);
+    expect(result.removed.maps).toHaveLength(7);
     expect(result.removed.links.sort()).toEqual(loadedStatus.programs.map((p) => p.linkId).sort());
     const [programs, maps, links] = await Promise.all([ids('prog'), ids('map'), ids('link')]);
     expect(programs.filter((id) => result.removed.programs.includes(id))).toEqual([]);

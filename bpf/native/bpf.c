@@ -81,6 +81,8 @@ static const struct {
     {"connect4", BPF_CGROUP_INET4_CONNECT},       {"connect6", BPF_CGROUP_INET6_CONNECT},
     {"sockops", BPF_CGROUP_SOCK_OPS},             {"getsockopt", BPF_CGROUP_GETSOCKOPT},
     {"getpeername4", BPF_CGROUP_INET4_GETPEERNAME}, {"getpeername6", BPF_CGROUP_INET6_GETPEERNAME},
+    {"sendmsg4", BPF_CGROUP_UDP4_SENDMSG},         {"sendmsg6", BPF_CGROUP_UDP6_SENDMSG},
+    {"recvmsg4", BPF_CGROUP_UDP4_RECVMSG},         {"recvmsg6", BPF_CGROUP_UDP6_RECVMSG},
 };
 
 // attachCgroup(programPin, cgroupPath, attachType, linkPin): a bpf_link from the pinned program to

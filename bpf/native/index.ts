@@ -3,7 +3,8 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 /** The cgroup hooks the loader attaches, by the names bpf/native/bpf.c knows them. */
-export type AttachType = 'connect4' | 'connect6' | 'sockops' | 'getsockopt' | 'getpeername4' | 'getpeername6';
+export type AttachType =
+  'connect4' | 'connect6' | 'sockops' | 'getsockopt' | 'getpeername4' | 'getpeername6' | 'sendmsg4' | 'sendmsg6' | 'recvmsg4' | 'recvmsg6';
 
 /** The loader's bpf() calls (bpf/native/bpf.c). Failures throw an Error with `errno` and the path in the message. */
 export interface BpfAddon {

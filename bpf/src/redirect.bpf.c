@@ -2,10 +2,14 @@
 /*
  * Outbound interception without iptables: a meshed workload's TCP connect() is rewritten to the
  * sidecar's outbound listener, and the sidecar learns where the connection was going with the
- * same getsockopt(SO_ORIGINAL_DST) it uses under iptables REDIRECT.
+ * same getsockopt(SO_ORIGINAL_DST) it uses under iptables REDIRECT; DNS over UDP goes to the
+ * sidecar's resolver and its answers look as if they came from the server the app asked.
  *
- *   connect4/6   rewrite the destination to 127.0.0.1 (::1) : outbound port, remembering the
- *                original destination by socket cookie;
+ *   connect4/6   rewrite the destination to 127.0.0.1 (::1) : outbound port (TCP port 53 and
+ *                connected UDP port 53: the DNS port), remembering the original destination by
+ *                socket cookie;
+ *   sendmsg4/6   the same for an unconnected UDP socket's datagram to port 53;
+ *   recvmsg4/6   shows the replies from the resolver as coming from that original server;
  *   sockops      once the connection is established, re-keys that memory by the connection's
  *                4-tuple, which is all the sidecar's accepted socket shares with the app's;
  *   getsockopt   answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on the sidecar's socket from it;
@@ -27,6 +31,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define SOL_IP 0
 #define SOL_IPV6 41
 /* SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST have the same number. */
@@ -127,6 +132,18 @@ struct {
 	__type(value, struct flb_original);
 } flb_orig_cookie SEC(".maps");
 
+/*
+ * The DNS server a UDP socket last sent to, by socket cookie, for its replies. Apart from the TCP
+ * map because UDP sockets are not seen closing: their entries only age out, and every lookup
+ * makes one, which must not push out a long-lived TCP connection's entry.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct flb_original);
+} flb_dns_cookie SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -163,18 +180,21 @@ static __always_inline int in_cidrs(void *trie, __u64 netns_cookie, const __u8 a
 	return bpf_map_lookup_elem(trie, &key) != 0;
 }
 
-/*
- * Where this connection goes: 0 to leave it alone, else the local port to send it to. Same order
- * as FLB_OUTPUT: DNS first, then the proxy's own sockets, loopback, excluded ports and ranges,
- * and with an inclusion list only those ranges.
- */
-static __always_inline __u16 redirect_port(const __u8 address[16], __u16 port, int is_ipv4,
-					   __u64 netns_cookie, const struct flb_settings *settings)
+static __always_inline int is_proxy(const struct flb_settings *settings)
 {
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	if ((__u32)uid_gid == settings->proxy_uid)
-		return 0;
-	if (settings->proxy_gid != 0 && (__u32)(uid_gid >> 32) == settings->proxy_gid)
+	return (__u32)uid_gid == settings->proxy_uid || (settings->proxy_gid != 0 && (__u32)(uid_gid >> 32) == settings->proxy_gid);
+}
+
+/*
+ * Where a TCP connection goes: 0 to leave it alone, else the local port to send it to. Same order
+ * as FLB_OUTPUT: DNS first, then the proxy's own sockets, excluded ports and ranges, and with an
+ * inclusion list only those ranges (loopback was left alone before).
+ */
+static __always_inline __u16 tcp_redirect_port(const __u8 address[16], __u16 port, int is_ipv4, __u64 netns_cookie,
+					       const struct flb_settings *settings)
+{
+	if (is_proxy(settings))
 		return 0;
 	if (port == 53 && (settings->flags & FLB_CAPTURE_DNS))
 		return settings->dns_port;
@@ -191,66 +211,137 @@ static __always_inline __u16 redirect_port(const __u8 address[16], __u16 port, i
 	return settings->outbound_port;
 }
 
-static __always_inline void remember(struct bpf_sock_addr *ctx, const __u8 address[16], __u16 port, int is_ipv4)
+/*
+ * The TCP connect, UDP connect and UDP sendmsg of a registered namespace: TCP by the rules above,
+ * UDP only to port 53 (FLB_DNS: everyone's but the proxy's). The destination becomes 127.0.0.1
+ * (::1; ::ffff:127.0.0.1 when a dual-stack socket dials IPv4, as REDIRECT would) at the chosen
+ * port, and the original is remembered by socket cookie.
+ */
+static __always_inline int redirect(struct bpf_sock_addr *ctx, int ipv6_hook)
 {
+	int udp = ctx->type == SOCK_DGRAM;
+	if (ctx->type != SOCK_STREAM && !udp)
+		return 1;
+	__u64 netns_cookie = bpf_get_netns_cookie(ctx);
+	const struct flb_settings *settings = bpf_map_lookup_elem(&flb_settings, &netns_cookie);
+	if (!settings)
+		return 1;
+
+	__u8 address[16];
+	int is_ipv4;
+	if (ipv6_hook) {
+		/* The verifier allows the context's address only as u32 loads, one word at a time. */
+		__u32 ip6[4] = { CTX_WORD(ctx->user_ip6[0]), CTX_WORD(ctx->user_ip6[1]), CTX_WORD(ctx->user_ip6[2]), CTX_WORD(ctx->user_ip6[3]) };
+		is_ipv4 = is_v4_mapped(ip6);
+		if (is_ipv4 ? is_ipv4_loopback(ip6[3]) : (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == bpf_htonl(1)))
+			return 1;
+		__builtin_memcpy(address, ip6, 16);
+	} else {
+		__u32 ip4 = ctx->user_ip4;
+		if (is_ipv4_loopback(ip4))
+			return 1;
+		is_ipv4 = 1;
+		map_ipv4(address, ip4);
+	}
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+
+	__u16 to_port;
+	if (udp)
+		to_port = port == 53 && (settings->flags & FLB_CAPTURE_DNS) && !is_proxy(settings) ? settings->dns_port : 0;
+	else
+		to_port = tcp_redirect_port(address, port, is_ipv4, netns_cookie, settings);
+	if (!to_port)
+		return 1;
+
 	struct flb_original original = { .port = port, .is_ipv4 = is_ipv4 };
 	__builtin_memcpy(original.address, address, 16);
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	bpf_map_update_elem(&flb_orig_cookie, &cookie, &original, BPF_ANY);
+	bpf_map_update_elem(udp ? (void *)&flb_dns_cookie : (void *)&flb_orig_cookie, &cookie, &original, BPF_ANY);
+
+	if (ipv6_hook) {
+		CTX_WORD(ctx->user_ip6[0]) = 0;
+		CTX_WORD(ctx->user_ip6[1]) = 0;
+		CTX_WORD(ctx->user_ip6[2]) = is_ipv4 ? bpf_htonl(0x0000ffff) : 0;
+		CTX_WORD(ctx->user_ip6[3]) = is_ipv4 ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	} else {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	}
+	ctx->user_port = bpf_htons(to_port);
+	return 1;
 }
 
 SEC("cgroup/connect4")
 int flb_connect4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM)
-		return 1;
-	__u64 netns_cookie = bpf_get_netns_cookie(ctx);
-	const struct flb_settings *settings = bpf_map_lookup_elem(&flb_settings, &netns_cookie);
-	if (!settings)
-		return 1;
-	__u32 ip4 = ctx->user_ip4;
-	if (is_ipv4_loopback(ip4))
-		return 1;
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u8 address[16];
-	map_ipv4(address, ip4);
-	__u16 to_port = redirect_port(address, port, 1, netns_cookie, settings);
-	if (!to_port)
-		return 1;
-	remember(ctx, address, port, 1);
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
-	ctx->user_port = bpf_htons(to_port);
-	return 1;
+	return redirect(ctx, 0);
 }
 
 SEC("cgroup/connect6")
 int flb_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM)
+	return redirect(ctx, 1);
+}
+
+/* An unconnected UDP socket's sendto(): only these carry an address (a connected one went through connect). */
+SEC("cgroup/sendmsg4")
+int flb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return redirect(ctx, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int flb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return redirect(ctx, 1);
+}
+
+/*
+ * A DNS reply from the sidecar's resolver is shown as coming from the server the app asked: glibc
+ * drops answers whose source is not one of its nameservers.
+ */
+static __always_inline int restore_dns_source(struct bpf_sock_addr *ctx, int ipv6_hook)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	const struct flb_original *original = bpf_map_lookup_elem(&flb_dns_cookie, &cookie);
+	if (!original)
 		return 1;
 	__u64 netns_cookie = bpf_get_netns_cookie(ctx);
 	const struct flb_settings *settings = bpf_map_lookup_elem(&flb_settings, &netns_cookie);
-	if (!settings)
+	if (!settings || ctx->user_port != bpf_htons(settings->dns_port))
 		return 1;
-	/* The verifier allows the context's address only as u32 loads, one word at a time. */
-	__u32 ip6[4] = { CTX_WORD(ctx->user_ip6[0]), CTX_WORD(ctx->user_ip6[1]), CTX_WORD(ctx->user_ip6[2]), CTX_WORD(ctx->user_ip6[3]) };
-	int is_ipv4 = is_v4_mapped(ip6);
-	if (is_ipv4 ? is_ipv4_loopback(ip6[3]) : (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == bpf_htonl(1)))
-		return 1;
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u8 address[16];
-	__builtin_memcpy(address, ip6, 16);
-	__u16 to_port = redirect_port(address, port, is_ipv4, netns_cookie, settings);
-	if (!to_port)
-		return 1;
-	remember(ctx, address, port, is_ipv4);
-	/* A dual-stack socket dialling an IPv4 address stays IPv4: ::ffff:127.0.0.1, as REDIRECT would. */
-	CTX_WORD(ctx->user_ip6[0]) = 0;
-	CTX_WORD(ctx->user_ip6[1]) = 0;
-	CTX_WORD(ctx->user_ip6[2]) = is_ipv4 ? bpf_htonl(0x0000ffff) : 0;
-	CTX_WORD(ctx->user_ip6[3]) = is_ipv4 ? bpf_htonl(0x7f000001) : bpf_htonl(1);
-	ctx->user_port = bpf_htons(to_port);
+	if (ipv6_hook) {
+		__u32 ip6[4] = { CTX_WORD(ctx->user_ip6[0]), CTX_WORD(ctx->user_ip6[1]), CTX_WORD(ctx->user_ip6[2]), CTX_WORD(ctx->user_ip6[3]) };
+		int from_resolver = ip6[0] == 0 && ip6[1] == 0 &&
+				    ((ip6[2] == 0 && ip6[3] == bpf_htonl(1)) || (ip6[2] == bpf_htonl(0x0000ffff) && ip6[3] == bpf_htonl(0x7f000001)));
+		if (!from_resolver)
+			return 1;
+		__u32 restored[4];
+		__builtin_memcpy(restored, original->address, 16);
+		CTX_WORD(ctx->user_ip6[0]) = restored[0];
+		CTX_WORD(ctx->user_ip6[1]) = restored[1];
+		CTX_WORD(ctx->user_ip6[2]) = restored[2];
+		CTX_WORD(ctx->user_ip6[3]) = restored[3];
+	} else {
+		if (ctx->user_ip4 != bpf_htonl(0x7f000001) || !original->is_ipv4)
+			return 1;
+		__u32 ip4;
+		__builtin_memcpy(&ip4, &original->address[12], 4);
+		ctx->user_ip4 = ip4;
+	}
+	ctx->user_port = bpf_htons(original->port);
 	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int flb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore_dns_source(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int flb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return restore_dns_source(ctx, 1);
 }
 
 SEC("sockops")
@@ -360,6 +451,8 @@ int flb_peername4(struct bpf_sock_addr *ctx)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct flb_original *original = bpf_map_lookup_elem(&flb_orig_cookie, &cookie);
 	if (!original)
+		original = bpf_map_lookup_elem(&flb_dns_cookie, &cookie);
+	if (!original)
 		return 1;
 	__u32 ip4;
 	__builtin_memcpy(&ip4, &original->address[12], 4);
@@ -373,6 +466,8 @@ int flb_peername6(struct bpf_sock_addr *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct flb_original *original = bpf_map_lookup_elem(&flb_orig_cookie, &cookie);
+	if (!original)
+		original = bpf_map_lookup_elem(&flb_dns_cookie, &cookie);
 	if (!original)
 		return 1;
 	__u32 ip6[4];
