@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { defaultCgroup, mountOf, parseMountinfo, validateMeshName } from './loader.js';
+import { defaultCgroup, describeLoadFailure, mountOf, parseMountinfo, validateMeshName } from './loader.js';
 
 // A hybrid host like the test machines: cgroup v1 controllers, the v2 hierarchy at /sys/fs/cgroup/unified.
 const HYBRID = `22 1 0:21 / / rw,relatime - overlay overlay rw
@@ -36,5 +36,25 @@ describe('mesh names', () => {
   it('takes a DNS label, the pins folder name, and refuses anything that could leave it', () => {
     expect(validateMeshName('flb')).toBe('flb');
     for (const bad of ['', '../x', 'a/b', 'UPPER', '-x', 'x'.repeat(64)]) expect(() => validateMeshName(bad)).toThrow(/is not a DNS label/);
+  });
+});
+
+describe("bpftool's refusal", () => {
+  it("names the program and the verifier's reason, not the whole log", () => {
+    const output = [
+      "libbpf: prog 'flb_recvmsg4': BPF program load failed: Permission denied",
+      "libbpf: prog 'flb_recvmsg4': -- BEGIN PROG LOAD LOG --",
+      '0: (b7) r0 = 1',
+      'R1 type=scalar expected=ctx',
+      'processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0',
+      '-- END PROG LOAD LOG --',
+      "libbpf: prog 'flb_recvmsg4': failed to load: -13",
+      'Error: failed to load object file',
+      'Warning: bpftool is now running in libbpf strict mode and has more stringent requirements about BPF programs.',
+    ].join('\n');
+    expect(describeLoadFailure(output)).toBe('the verifier refused flb_recvmsg4: R1 type=scalar expected=ctx');
+    expect(describeLoadFailure('libbpf: elf: failed to open x.o: No such file or directory\nError: failed to open object file')).toBe(
+      'bpftool prog loadall failed: libbpf: elf: failed to open x.o: No such file or directory | Error: failed to open object file',
+    );
   });
 });

@@ -159,6 +159,20 @@ function refuse(report: FeatureReport): never {
 
 // ---- load / unload ----
 
+/**
+ * What bpftool's output says was refused: the verifier's last word before its statistics line, and
+ * which program; else the last lines as they are.
+ */
+export function describeLoadFailure(output: string): string {
+  const lines = output
+    .split('\n')
+    .filter((l) => l.trim() && !l.startsWith('Warning: bpftool is now running in libbpf strict mode') && !l.startsWith('If it used to work'));
+  const statistics = lines.findIndex((l) => /^processed \d+ insns/.test(l));
+  const program = lines.map((l) => /prog '([^']+)': failed to load/.exec(l)?.[1]).find(Boolean);
+  if (statistics > 0 && program) return `the verifier refused ${program}: ${lines[statistics - 1]!.trim()}`;
+  return `bpftool prog loadall failed: ${lines.slice(-6).join(' | ')}`;
+}
+
 export interface LoadResult {
   mesh: string;
   cgroup: string;
@@ -175,7 +189,12 @@ function isComplete(paths: Paths): boolean {
  * one mkdir, which only one of them can win; the other finds it and reports it loaded (or
  * half-loaded, with what to do).
  */
-export async function load(options: { mesh: string; cgroup?: string; bpffs?: string }): Promise<LoadResult> {
+export async function load(options: {
+  mesh: string;
+  cgroup?: string;
+  bpffs?: string;
+  /** Another compiled object: for tests. */ object?: string;
+}): Promise<LoadResult> {
   const report = await checkFeatures(options);
   if (!report.ok) refuse(report);
   const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: report.bpffs };
@@ -193,13 +212,12 @@ export async function load(options: { mesh: string; cgroup?: string; bpffs?: str
     );
   }
   try {
-    const loaded = await execa('bpftool', ['prog', 'loadall', objectPath()!, join(dir, 'progs'), 'pinmaps', join(dir, 'maps')], { reject: false, all: true });
+    const loaded = await execa('bpftool', ['prog', 'loadall', options.object ?? objectPath()!, join(dir, 'progs'), 'pinmaps', join(dir, 'maps')], {
+      reject: false,
+      all: true,
+    });
     if (loaded.exitCode !== 0) {
-      // The verifier's log is long; its last lines say what it refused.
-      const log = (loaded.all ?? '')
-        .split('\n')
-        .filter((l) => l.trim() && !l.startsWith('Warning: bpftool is now running in libbpf strict mode') && !l.startsWith('If it used to work'));
-      throw new ActionableError(`the kernel refused the eBPF programs (bpftool prog loadall): ${log.slice(-6).join(' | ')}`, FALLBACK);
+      throw new ActionableError(`the kernel refused the eBPF programs: ${describeLoadFailure(loaded.all ?? '')}`, FALLBACK);
     }
     mkdirSync(join(dir, 'links'));
     const addon = loadAddon();

@@ -77,8 +77,9 @@ if [[ -d bpf/src ]] && command -v clang >/dev/null && [[ -f /usr/include/bpf/bpf
   # Debian puts asm/ under the multiarch folder, which clang -target bpf does not search by itself.
   BPF_FLAGS=(-O2 -g -target bpf -Wall -Wextra -Werror -I"/usr/include/$(gcc -print-multiarch)" -c)
   build bpf/build/redirect.bpf.o "the eBPF programs (bpf/src)" bpf/src/*.c -- clang "${BPF_FLAGS[@]}" bpf/src/redirect.bpf.c
-  build bpf/build/testing/socket-lb.bpf.o "the eBPF test program (bpf/testing)" bpf/testing/*.bpf.c -- \
-    clang "${BPF_FLAGS[@]}" bpf/testing/socket-lb.bpf.c
+  for program in bpf/testing/*.bpf.c; do
+    build "bpf/build/testing/$(basename "$program" .c).o" "an eBPF test program ($program)" "$program" -- clang "${BPF_FLAGS[@]}" "$program"
+  done
 elif [[ -d bpf/src ]]; then
   info "eBPF programs not built: clang and libbpf's headers are needed (apt-get install clang libbpf-dev); eBPF interception stays unavailable, iptables works"
 fi

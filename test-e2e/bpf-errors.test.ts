@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSettings } from '../bpf/cli.js';
-import { checkFeatures, defaultCgroup, load, register, status, unload } from '../bpf/loader.js';
+import { checkFeatures, defaultCgroup, load, objectPath, register, status, unload } from '../bpf/loader.js';
 import { loadAddon } from '../bpf/native/index.js';
 import { createNetns, deleteNetns, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
 
@@ -56,6 +56,20 @@ describe('flb bpf when things go wrong', () => {
     expect(loaded.stderr).toContain(`eBPF interception cannot run here; missing: a cgroup v2 path: ${v1}`);
     expect(loaded.stderr).toContain('iptables interception (mode "iptables" or "cni") is the fallback');
     expect(existsSync(`/sys/fs/bpf/flb-mesh/${MESH}`)).toBe(false);
+  });
+
+  it('a program the verifier refuses, or one that cannot be attached, leaves nothing behind', async () => {
+    const other = `${MESH}v`;
+    await expect(load({ mesh: other, cgroup, object: objectPath('testing/rejected.bpf.o')! })).rejects.toThrow(
+      'the kernel refused the eBPF programs: the verifier refused flb_connect4: invalid bpf_context access off=4096 size=4',
+    );
+    expect(existsSync(`/sys/fs/bpf/flb-mesh/${other}`)).toBe(false);
+    // Loads (a connect4 program of another name), then finds no flb_connect4 to attach.
+    await expect(load({ mesh: other, cgroup, object: objectPath('testing/socket-lb.bpf.o')! })).rejects.toThrow(
+      `attaching flb_connect4 (connect4) failed: opening the pinned program /sys/fs/bpf/flb-mesh/${other}/progs/flb_connect4: No such file or directory`,
+    );
+    expect(existsSync(`/sys/fs/bpf/flb-mesh/${other}`)).toBe(false);
+    expect(await attachedNames(cgroup)).toEqual([]);
   });
 
   it('says what is wrong with settings, a namespace or a mesh it cannot register', async () => {
