@@ -136,4 +136,26 @@ describe('a replica following etcd through a watch', () => {
     expect(lines.filter((l) => l.msg === 'etcd reachable again; replicas in sync')).toHaveLength(1);
     await sync.stop();
   });
+
+  it('starts the watch again when etcd answers but the watch stays down, from the revision applied', async () => {
+    const { etcd, watches, last } = fakeEtcd();
+    const repo: ReplicaSyncOptions['repo'] = { refresh: async () => [], reload: async () => [], get: () => undefined, list: () => [] };
+    const sync = startReplicaSync({ etcd, repo, since: '10', log: pino({ level: 'silent' }), probeIntervalMs: 10, watchRestartMs: 100 });
+    last().connected();
+    last().changes(changes('12', []));
+    await sync.settled();
+    last().disconnected(new Error('stream ended'));
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    expect(watches).toHaveLength(1);
+    while (watches.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    last().connected();
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    // Started once more, and not again once it is up.
+    expect(watches.map((w) => [w.from, w.cancelled])).toEqual([
+      ['11', true],
+      ['13', false],
+    ]);
+    expect(sync.health()).toMatchObject({ reachable: true, watching: true });
+    await sync.stop();
+  });
 });

@@ -26,6 +26,8 @@ export interface ReplicaSyncOptions {
   probeIntervalMs?: number;
   /** Reminders while etcd stays away; 60 s unless told (tests). */
   reminderMs?: number;
+  /** How long etcd may answer while the watch stays down before it is started again; 10 s unless told (tests). */
+  watchRestartMs?: number;
 }
 
 export interface ReplicaHealth {
@@ -55,6 +57,8 @@ export interface ReplicaSync {
 
 const RETRY_MIN_MS = 200;
 const RETRY_MAX_MS = 5000;
+/** How long etcd may answer while the watch stays down before the watch is started again. */
+const WATCH_RESTART_MS = 10_000;
 
 export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
   const { etcd, repo, log } = options;
@@ -168,7 +172,19 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
   };
 
   const probe = setInterval(() => {
-    etcd.revision().then(found, lost);
+    etcd.revision().then(() => {
+      found();
+      // etcd answers but the watch has not come back: start it again rather than trust the
+      // client's reconnection. From the revision applied: a batch delivered twice is read again
+      // and publishes nothing.
+      if (!watching && watchDownSince !== undefined && Date.now() - watchDownSince > (options.watchRestartMs ?? WATCH_RESTART_MS)) {
+        log.warn({ appliedRevision: String(applied) }, 'the etcd watch did not come back with etcd; starting it again');
+        watchDownSince = Date.now();
+        const stale = watch;
+        void stale?.cancel().catch(() => undefined);
+        enqueue(async () => startWatch());
+      }
+    }, lost);
   }, options.probeIntervalMs ?? 2000);
   probe.unref();
   startWatch();

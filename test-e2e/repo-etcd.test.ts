@@ -163,6 +163,8 @@ describe('repo replicas on a three-member etcd cluster with TLS, client certific
     const pem = (name: string, pair: KeyPair) => ({ cert: file(`${name}.crt`, pair.certPem), key: file(`${name}.key`, pair.keyPem) });
     const servingFiles = pem('serving', serving);
     files = { ca: file('ca.crt', ca.certPem), ...pem('repo', repoCert), password: file('password', `${PASSWORD}\n`) };
+    const rootFiles = pem('root', rootCert);
+    Object.assign(files, { rootCert: rootFiles.cert, rootKey: rootFiles.key });
     const strangerFiles = pem('stranger', stranger);
     Object.assign(files, { strangerCert: strangerFiles.cert, strangerKey: strangerFiles.key, strangerCa: file('stranger-ca.crt', strangerCa.certPem) });
 
@@ -230,8 +232,11 @@ describe('repo replicas on a three-member etcd cluster with TLS, client certific
     expect(answer.status).toBe(201);
     await until('every worker holding version 2', async () => seen.size === 3, 5000);
     console.info(`publish on a seen by the workers of a, b, c after ${[...seen.values()].map((ms) => `${ms.toFixed(1)} ms`).join(', ')}`);
-    // The disk-polling design this replaces took up to 500 ms for the other replicas alone.
-    for (const ms of seen.values()) expect(ms).toBeLessThan(400);
+    // What the other replicas add to the publish itself (which the worker on a waits for): the
+    // polling design this replaces added up to 500 ms. A margin for a loaded machine (a run at a
+    // load of 12 on two cores saw the publish alone take 250 ms, c 160 ms more): b and c took
+    // 2-40 ms more than a otherwise.
+    for (const other of ['b', 'c']) expect(seen.get(other)! - seen.get('a')!).toBeLessThan(250);
     for (const worker of workers) expect(worker.current()!.files.get('/mesh.json')!.toString()).toBe('{"v":2}');
   });
 
@@ -370,6 +375,47 @@ describe('repo replicas on a three-member etcd cluster with TLS, client certific
       await Promise.all(stores.map((s) => s.close()));
     }
   });
+
+  it('resumes a watch that was catching up from just past the last event delivered, not from the revision etcd was at (etcd3 alone skips the rest)', async () => {
+    // etcd sends a watch catching up at most 1,000 revisions per answer, each answer carrying the
+    // revision etcd is at: a stream broken after the first answer must resume at revision 1,001.
+    const relay = new Relay(members[2]!.clientPort);
+    await relay.listen();
+    const store = new EtcdStore({
+      endpoints: [`https://127.0.0.1:${relay.port}`],
+      tls: { ca: readFileSync(files.ca!), cert: readFileSync(files.rootCert!), key: readFileSync(files.rootKey!) },
+      prefix: 'catchup/',
+    });
+    try {
+      const { header } = await admin.kv.range({ key: Buffer.from('catchup-start') });
+      const codebases = Array.from({ length: 1200 }, (_, i) => `/c${i}`);
+      for (let i = 0; i < codebases.length; i += 100) {
+        await Promise.all(codebases.slice(i, i + 100).map((name) => admin.put(`catchup/drafts/${name}\u0000/f.json`).value('{}')));
+      }
+      const seen = new Set<string>();
+      let answers = 0;
+      const watch = store.watchCodebases(String(BigInt(header.revision) + 1n), {
+        changes: (changes) => {
+          for (const name of changes.names) seen.add(name);
+          // The first answer in: break the stream under it, and let it come back.
+          if (++answers === 1) void relay.cut().then(() => setTimeout(() => void relay.listen(), 300));
+        },
+        connected: () => {},
+        disconnected: () => {},
+        compacted: () => {
+          throw new Error('not compacted');
+        },
+        failed: (error) => {
+          throw error;
+        },
+      });
+      await until('every codebase written seen by the watch', async () => seen.size === codebases.length, 15_000).finally(() => watch.cancel());
+      expect(answers).toBeGreaterThan(1);
+    } finally {
+      await store.close();
+      await relay.cut();
+    }
+  }, 40_000);
 
   describe('the REST API contract, on an etcd replica', () => {
     repoContract(() => a.url, 'e');

@@ -28,6 +28,15 @@ const rangeEnd = (prefix: string) => {
 };
 const key = (s: string) => Buffer.from(s);
 
+type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
+/**
+ * The watch stream comes back after 100 ms, doubling to 2 s, jittered: etcd3's default grows to
+ * 30 s, and a replica would follow the others again only that long after etcd's return.
+ */
+function watchBackoff(delayMs: number): WatchBackoff {
+  return { duration: delayMs * (0.5 + Math.random() / 2), next: () => watchBackoff(Math.min(delayMs * 2, 2000)) };
+}
+
 export interface EtcdStoreOptions {
   /** Client URLs of the cluster's members, e.g. https://etcd-0:2379; calls fail over between them. */
   endpoints: string[];
@@ -116,6 +125,7 @@ export class EtcdStore implements RepoStore {
           }
         : {}),
       ...(options.auth ? { auth: options.auth } : {}),
+      faultHandling: { watchBackoff: watchBackoff(50) },
     };
     this.client = new Etcd3(clientOptions);
   }
@@ -350,8 +360,11 @@ export class EtcdStore implements RepoStore {
   watchCodebases(fromRevision: string, handlers: CodebaseWatchHandlers): CodebaseWatch {
     const drafts = `${this.prefix}drafts/`;
     const records = `${this.prefix}records/`;
-    // Not create(), which waits for etcd: the watcher attaches whenever etcd answers, and says so.
+    // A watch stream of its own (a namespace has its own watch manager): etcd3's manager can be
+    // left stuck after etcd cancels its only watcher (a compaction), and the next watch would never
+    // attach. Not create(), which waits for etcd: the watcher attaches whenever etcd answers.
     const watcher: Watcher = this.client
+      .namespace('')
       .watch()
       .inRange({ start: key(drafts), end: rangeEnd(records) })
       .startRevision(fromRevision)
