@@ -383,24 +383,18 @@ function mapWriteError(map: string, error: unknown): ActionableError {
   return new ActionableError(`writing ${map} failed: ${(error as Error).message}`);
 }
 
-function namespaceCookie(netns: string): bigint {
+/** Its cookie, and its addresses other than loopback (which the programs leave alone by themselves). */
+function namespaceInfo(netns: string): { cookie: bigint; ownAddresses: string[] } {
+  let info: { cookie: bigint; addresses: string[] };
   try {
-    return loadAddon().netnsCookie(netns);
+    info = loadAddon().netnsInfo(netns);
   } catch (error) {
     throw new ActionableError(
       `cannot read the network namespace ${netns}: ${(error as Error).message}`,
       'give the path of a live namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net',
     );
   }
-}
-
-/** The namespace's addresses other than loopback (which the programs leave alone by themselves). */
-async function ownAddresses(netns: string): Promise<string[]> {
-  const shown = await execa('nsenter', [`--net=${netns}`, 'ip', '-j', 'address', 'show'], { reject: false });
-  if (shown.exitCode !== 0)
-    throw new ActionableError(`cannot list the addresses of the network namespace ${netns}: ${shown.stderr.trim() || `exit ${shown.exitCode}`}`);
-  const links = JSON.parse(shown.stdout || '[]') as { addr_info?: { local?: string }[] }[];
-  return links.flatMap((l) => l.addr_info ?? []).flatMap((a) => (a.local && !/^127\./.test(a.local) && a.local !== '::1' ? [a.local] : []));
+  return { cookie: info.cookie, ownAddresses: info.addresses.filter((a) => !/^127\./.test(a) && a !== '::1') };
 }
 
 export interface Registration {
@@ -425,9 +419,9 @@ export async function register(options: { mesh: string; netns: string; settings:
       'use iptables interception for this pod, or exclude the destinations by range (excludeOutboundIpRanges)',
     );
   }
-  const cookie = namespaceCookie(options.netns);
+  const { cookie, ownAddresses } = namespaceInfo(options.netns);
   const addon = loadAddon();
-  const entries = namespaceEntries(cookie, options.settings, await ownAddresses(options.netns));
+  const entries = namespaceEntries(cookie, options.settings, ownAddresses);
   const lists = [
     [MAP.excludedPorts, entries.excludedPorts],
     [MAP.excludedCidrs, entries.excludedCidrs],
@@ -465,7 +459,7 @@ export async function register(options: { mesh: string; netns: string; settings:
 export function unregister(options: { mesh: string; netns: string; bpffs?: string }): { mesh: string; netns: string; wasRegistered: boolean } {
   const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
   requireLoaded(paths);
-  const cookie = namespaceCookie(options.netns);
+  const { cookie } = namespaceInfo(options.netns);
   const addon = loadAddon();
   const wasRegistered = addon.mapDelete(mapPin(paths, MAP.settings), cookieKey(cookie));
   for (const map of [MAP.excludedPorts, MAP.excludedCidrs, MAP.includedCidrs] as const) {

@@ -106,7 +106,7 @@ describe('flb bpf when things go wrong', () => {
     expect(full).toMatchObject({ exitCode: 1, stderr: expect.stringContaining('the eBPF map flb_excl_ports is full') });
     expect(await status({ mesh: MESH })).toMatchObject({ namespaces: 1 });
     // The one that fitted was taken out again.
-    const cookie = addon.netnsCookie(ns.path);
+    const { cookie } = addon.netnsInfo(ns.path);
     expect(addon.mapKeys(ports, 16).filter((k) => k.readBigUInt64LE(0) === cookie)).toEqual([]);
   });
 

@@ -1,14 +1,17 @@
 // The loader's bpf() calls that bpftool cannot make for us: cgroup attachment through bpf_link
 // (bpftool's `cgroup attach` uses the older BPF_PROG_ATTACH), pinning and detaching those links,
 // map reads and writes for per-namespace settings without a process per entry, and a network
-// namespace's cookie (SO_NETNS_COOKIE, which Node cannot ask for). Raw syscalls against the
-// kernel's UAPI header, so the addon needs no libbpf at run time.
+// namespace's cookie and addresses (SO_NETNS_COOKIE, which Node cannot ask for, and getifaddrs,
+// read from inside it with no process started). Raw syscalls against the kernel's UAPI header,
+// so the addon needs no libbpf at run time.
 //
 // Nothing here parses untrusted input: paths and buffers come from the loader, and the kernel
 // checks every size against the map's own.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <linux/bpf.h>
 #include <node_api.h>
 #include <sched.h>
@@ -252,10 +255,14 @@ static napi_value map_keys(napi_env env, napi_callback_info info) {
   }
 }
 
-// netnsCookie(netnsPath) -> bigint: the cookie BPF programs see for that network namespace.
-// setns() moves only the calling thread, and only for the length of this synchronous call.
-static napi_value netns_cookie(napi_env env, napi_callback_info info) {
-  static const char usage[] = "netnsCookie(netnsPath): a string";
+#define MAX_ADDRESSES 256
+
+// netnsInfo(netnsPath) -> { cookie: bigint, addresses: string[] }: the cookie BPF programs see for
+// that network namespace (SO_NETNS_COOKIE) and the addresses of its interfaces (getifaddrs), both
+// read from inside it: setns() moves only the calling thread, for the length of this synchronous
+// call. No process is started.
+static napi_value netns_info(napi_env env, napi_callback_info info) {
+  static const char usage[] = "netnsInfo(netnsPath): a string";
   napi_value argv[1];
   char path[MAX_PATH];
   if (get_args(env, info, 1, argv, usage) || get_string(env, argv[0], path, sizeof path, usage)) return NULL;
@@ -274,25 +281,54 @@ static napi_value netns_cookie(napi_env env, napi_callback_info info) {
     return throw_errno(env, "entering the network namespace", path);
   }
   close(target);
-  int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  int saved = errno;
+
+  const char *failed = NULL;
+  int saved = 0;
   uint64_t cookie = 0;
+  int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   socklen_t length = sizeof cookie;
-  int asked = sock < 0 ? -1 : getsockopt(sock, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length);
-  if (asked < 0) saved = errno;
+  if (sock < 0 || getsockopt(sock, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) {
+    saved = errno;
+    failed = "reading the cookie (SO_NETNS_COOKIE, Linux 5.14+) of";
+  }
   if (sock >= 0) close(sock);
+  char addresses[MAX_ADDRESSES][INET6_ADDRSTRLEN];
+  size_t count = 0;
+  struct ifaddrs *interfaces = NULL;
+  if (!failed && getifaddrs(&interfaces) != 0) {
+    saved = errno;
+    failed = "listing the addresses of";
+  }
+  for (struct ifaddrs *i = interfaces; i && count < MAX_ADDRESSES; i = i->ifa_next) {
+    if (!i->ifa_addr) continue;
+    if (i->ifa_addr->sa_family == AF_INET)
+      inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, addresses[count++], INET6_ADDRSTRLEN);
+    else if (i->ifa_addr->sa_family == AF_INET6)
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, addresses[count++], INET6_ADDRSTRLEN);
+  }
+  if (interfaces) freeifaddrs(interfaces);
+
   if (setns(own, CLONE_NEWNET) != 0) {
     // The main thread stuck in a pod's namespace would make every later socket wrong.
     fprintf(stderr, "flb bpf: could not return to the original network namespace: %s\n", strerror(errno));
     abort();
   }
   close(own);
-  if (asked < 0) {
+  if (failed) {
     errno = saved;
-    return throw_errno(env, "reading the cookie (SO_NETNS_COOKIE, Linux 5.14+) of", path);
+    return throw_errno(env, failed, path);
   }
-  napi_value result;
-  napi_create_bigint_uint64(env, cookie, &result);
+  napi_value result, cookie_value, list;
+  napi_create_object(env, &result);
+  napi_create_bigint_uint64(env, cookie, &cookie_value);
+  napi_create_array_with_length(env, count, &list);
+  for (size_t i = 0; i < count; i++) {
+    napi_value text;
+    napi_create_string_utf8(env, addresses[i], NAPI_AUTO_LENGTH, &text);
+    napi_set_element(env, list, (uint32_t)i, text);
+  }
+  napi_set_named_property(env, result, "cookie", cookie_value);
+  napi_set_named_property(env, result, "addresses", list);
   return result;
 }
 
@@ -303,7 +339,7 @@ NAPI_MODULE_INIT() {
       {"mapUpdate", NULL, map_update, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mapDelete", NULL, map_delete, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mapKeys", NULL, map_keys, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"netnsCookie", NULL, netns_cookie, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"netnsInfo", NULL, netns_info, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

@@ -16,8 +16,8 @@ export interface BpfAddon {
   /** Whether there was such an entry. */
   mapDelete(mapPin: string, key: Buffer): boolean;
   mapKeys(mapPin: string, keySize: number): Buffer[];
-  /** The cookie BPF programs see for the network namespace at this path (SO_NETNS_COOKIE). */
-  netnsCookie(netnsPath: string): bigint;
+  /** The cookie BPF programs see for the network namespace at this path (SO_NETNS_COOKIE), and its interfaces' addresses. */
+  netnsInfo(netnsPath: string): { cookie: bigint; addresses: string[] };
 }
 
 const ADDON = 'flb-bpf.node';
