@@ -21,6 +21,9 @@ function fakeEtcd() {
       if (etcd.current instanceof Error) throw etcd.current;
       return etcd.current;
     },
+    /** Keys of the repo written past the revision asked about, as the stand-in says. */
+    pending: 0,
+    changesAfter: async () => ({ revision: await etcd.revision(), count: etcd.pending }),
     watchCodebases: (from: string, handlers: CodebaseWatchHandlers) => {
       const watch = { from, handlers, cancelled: false };
       watches.push(watch);
@@ -68,7 +71,7 @@ describe('a replica following etcd through a watch', () => {
     last().changes(changes('11', ['/a']));
     last().changes(changes('13', ['/b', '/mine'], { '/mine': '12' }));
     last().changes(changes('14', ['/a']));
-    expect(sync.health()).toMatchObject({ appliedRevision: '10', lagRevisions: 4 });
+    expect(sync.health()).toMatchObject({ appliedRevision: '10' });
     await sync.settled();
     // /mine's record was already at the event's revision (this replica's own write): not read again.
     expect(reloads).toEqual([['/a'], ['/b'], ['/a']]);
@@ -156,6 +159,56 @@ describe('a replica following etcd through a watch', () => {
       ['13', false],
     ]);
     expect(sync.health()).toMatchObject({ reachable: true, watching: true });
+    await sync.stop();
+  });
+
+  it('counts as lag only revisions past which the repo’s own keys changed, and restarts a watch that never delivers them', async () => {
+    const { etcd, watches, last } = fakeEtcd();
+    const repo: ReplicaSyncOptions['repo'] = { refresh: async () => [], reload: async () => [], get: () => undefined, list: () => [] };
+    const sync = startReplicaSync({ etcd, repo, since: '10', log: pino({ level: 'silent' }), probeIntervalMs: 10, watchRestartMs: 150 });
+    last().connected();
+    // Others' writes moved etcd to 20: nothing for this replica, no lag.
+    etcd.current = '20';
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    expect(sync.health()).toMatchObject({ lagRevisions: 0, appliedRevision: '10' });
+    // Two of the repo's keys written past 10: 10 revisions behind until the watch delivers them.
+    etcd.pending = 2;
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    expect(sync.health()).toMatchObject({ lagRevisions: 10 });
+    expect(watches).toHaveLength(1);
+    // The watch never delivers them: it is started again, from the revision applied.
+    while (watches.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(watches.map((w) => [w.from, w.cancelled])).toEqual([
+      ['11', true],
+      ['11', false],
+    ]);
+    last().connected();
+    last().changes(changes('20', ['/a']));
+    etcd.pending = 0;
+    await sync.settled();
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    expect(sync.health()).toMatchObject({ lagRevisions: 0, appliedRevision: '20' });
+    await sync.stop();
+  });
+
+  it('reloads once for a compaction however many watches report it, and ignores a replaced watch', async () => {
+    const { etcd, watches } = fakeEtcd();
+    let refreshes = 0;
+    const repo: ReplicaSyncOptions['repo'] = { refresh: async () => (refreshes++, []), reload: async () => [], get: () => undefined, list: () => [] };
+    const sync = startReplicaSync({ etcd, repo, since: '10', log: pino({ level: 'silent' }) });
+    const first = watches[0]!.handlers;
+    etcd.current = '30';
+    first.compacted();
+    first.compacted();
+    await sync.settled();
+    expect(refreshes).toBe(1);
+    // The first watch, replaced, says it is down: the new one speaks for the stream.
+    watches[1]!.handlers.connected();
+    first.disconnected(new Error('old stream ended'));
+    first.compacted();
+    await sync.settled();
+    expect(refreshes).toBe(1);
+    expect(sync.health()).toMatchObject({ watching: true, reloads: 1 });
     await sync.stop();
   });
 });

@@ -17,12 +17,12 @@ import type { Repo } from './repo.js';
 import type { CodebaseChanges, CodebaseWatch, CodebaseWatchHandlers, EtcdStore } from './store/etcd.js';
 
 export interface ReplicaSyncOptions {
-  etcd: Pick<EtcdStore, 'revision' | 'watchCodebases' | 'latestRevision' | 'errors' | 'prefetchBlobs'>;
+  etcd: Pick<EtcdStore, 'revision' | 'changesAfter' | 'watchCodebases' | 'latestRevision' | 'errors' | 'prefetchBlobs'>;
   repo: Pick<Repo, 'refresh' | 'reload' | 'get' | 'list'>;
   /** etcd's revision read before the Repo was loaded: the watch starts just after it. */
   since: string;
   log: Logger;
-  /** How often etcd is asked for its revision (reachability, watch lag); 2 s unless told. */
+  /** How often etcd is asked what changed past the revision applied (reachability, watch lag); 2 s unless told. */
   probeIntervalMs?: number;
   /** Reminders while etcd stays away; 60 s unless told (tests). */
   reminderMs?: number;
@@ -39,6 +39,7 @@ export interface ReplicaHealth {
   appliedRevision: string;
   /** The newest revision etcd was seen at. */
   etcdRevision: string;
+  /** Revisions etcd is ahead of appliedRevision when some of the repo's own keys changed past it (else 0). */
   lagRevisions: number;
   /** Full reloads after etcd compacted the revision the watch needed (or cancelled the watch). */
   reloads: number;
@@ -73,6 +74,10 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
   let lastError: string | undefined;
   let stopped = false;
   let watch: CodebaseWatch | undefined;
+  /** Since the probe first found changes the watch had not delivered yet, and etcd's revision then. */
+  let behind: { since: number; revision: bigint } | undefined;
+  /** When the watch last delivered a batch. */
+  let lastDelivery = 0;
   /** Batches are applied one after another, in the order etcd sent them. */
   let work: Promise<void> = Promise.resolve();
 
@@ -122,7 +127,10 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
     });
 
   const handlers: CodebaseWatchHandlers = {
-    changes: apply,
+    changes: (changes) => {
+      lastDelivery = Date.now();
+      apply(changes);
+    },
     connected: () => {
       watching = true;
       watchDownSince = undefined;
@@ -139,7 +147,7 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
       watching = false;
       watchDownSince ??= Date.now();
       log.warn({ appliedRevision: String(applied) }, 'etcd compacted the revisions this replica had not taken in yet; reloading every codebase');
-      enqueue(reloadAll);
+      queueReload(0);
     },
     failed: (error) => {
       watching = false;
@@ -147,18 +155,38 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
       lost(error);
       // A reload is always safe (nothing lost, nothing published twice); it fails, and is retried,
       // for as long as the cause (permissions) lasts.
-      enqueue(async () => {
-        await new Promise((resolve) => setTimeout(resolve, RETRY_MAX_MS));
-        await reloadAll();
-      });
+      queueReload(RETRY_MAX_MS);
     },
+  };
+
+  /** One reload at a time: a second cause while one is queued is the same reload. */
+  let reloadQueued = false;
+  const queueReload = (afterMs: number) => {
+    if (reloadQueued) return;
+    reloadQueued = true;
+    enqueue(async () => {
+      if (afterMs > 0) await new Promise((resolve) => setTimeout(resolve, afterMs));
+      await reloadAll();
+      reloadQueued = false;
+    });
   };
 
   const servedShas = (names: string[]) => names.flatMap((name) => Object.values(repo.get(name)?.files ?? {}));
 
+  /** Only the newest watch speaks for the stream: one cancelled or replaced may still report its end. */
+  let generation = 0;
   const startWatch = () => {
     if (stopped) return;
-    watch = etcd.watchCodebases(String(applied + 1n), handlers);
+    const mine = ++generation;
+    const current = () => mine === generation;
+    watch = etcd.watchCodebases(String(applied + 1n), {
+      // Its changes are real whichever watch brings them; read again, they publish nothing twice.
+      changes: handlers.changes,
+      connected: () => current() && handlers.connected(),
+      disconnected: (error) => current() && handlers.disconnected(error),
+      compacted: () => current() && handlers.compacted(),
+      failed: (error) => current() && handlers.failed(error),
+    });
   };
 
   const reloadAll = async () => {
@@ -171,19 +199,27 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
     startWatch();
   };
 
+  const restartWatch = (why: string) => {
+    log.warn({ appliedRevision: String(applied) }, why);
+    watchDownSince = Date.now();
+    behind = undefined;
+    generation++;
+    void watch?.cancel().catch(() => undefined);
+    // From the revision applied: a batch delivered twice is read again and publishes nothing.
+    enqueue(async () => startWatch());
+  };
+  const restartMs = options.watchRestartMs ?? WATCH_RESTART_MS;
   const probe = setInterval(() => {
-    etcd.revision().then(() => {
+    etcd.changesAfter(String(applied)).then(({ revision, count }) => {
       found();
-      // etcd answers but the watch has not come back: start it again rather than trust the
-      // client's reconnection. From the revision applied: a batch delivered twice is read again
-      // and publishes nothing.
-      if (!watching && watchDownSince !== undefined && Date.now() - watchDownSince > (options.watchRestartMs ?? WATCH_RESTART_MS)) {
-        log.warn({ appliedRevision: String(applied) }, 'the etcd watch did not come back with etcd; starting it again');
-        watchDownSince = Date.now();
-        const stale = watch;
-        void stale?.cancel().catch(() => undefined);
-        enqueue(async () => startWatch());
-      }
+      const now = Date.now();
+      behind = count > 0 ? { since: behind?.since ?? now, revision: BigInt(revision) } : undefined;
+      // etcd answers but the watch has not come back, or holds changes it never delivers (a
+      // stream on a member cut off from the others): start it again rather than trust the client.
+      if (!watching && watchDownSince !== undefined && now - watchDownSince > restartMs)
+        restartWatch('the etcd watch did not come back with etcd; starting it again');
+      else if (behind && now - behind.since > restartMs && lastDelivery < behind.since)
+        restartWatch('the etcd watch delivers nothing while etcd has changes for it; starting it again');
     }, lost);
   }, options.probeIntervalMs ?? 2000);
   probe.unref();
@@ -198,7 +234,7 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
       watching,
       appliedRevision: String(applied),
       etcdRevision: String(latest > applied ? latest : applied),
-      lagRevisions: latest > applied ? Number(latest - applied) : 0,
+      lagRevisions: behind && behind.revision > applied ? Number(behind.revision - applied) : 0,
       reloads,
       ...(lostSince() !== undefined ? { unreachableSince: new Date(lostSince()!).toISOString() } : {}),
       ...(lastError !== undefined ? { lastError } : {}),
@@ -210,7 +246,7 @@ export function startReplicaSync(options: ReplicaSyncOptions): ReplicaSync {
     registerMetrics(registry) {
       new Gauge({
         name: 'flb_repo_etcd_watch_lag_revisions',
-        help: "Revisions etcd is ahead of what this replica serves (0: every replica's write taken in)",
+        help: "Revisions etcd is ahead of what this replica serves, when the repo's keys changed past it (0: every replica's write taken in)",
         registers: [registry],
         collect() {
           this.set(health().lagRevisions);

@@ -112,7 +112,8 @@ function failedStart(endpoints: string[], files: Record<string, string>): Promis
 }
 
 const call = async (base: string, method: string, path: string, body?: string, headers: Record<string, string> = {}) => {
-  const res = await fetch(`${base}${path}`, { method, headers, ...(body !== undefined ? { body } : {}) });
+  // Bounded: a replica that stops answering fails the test saying which request, instead of its timeout.
+  const res = await fetch(`${base}${path}`, { method, headers, signal: AbortSignal.timeout(15_000), ...(body !== undefined ? { body } : {}) });
   return { status: res.status, text: await res.text(), etag: res.headers.get('etag'), retryAfter: res.headers.get('retry-after') };
 };
 const until = async (what: string, check: () => Promise<boolean>, timeoutMs = 15_000) => {
@@ -126,10 +127,12 @@ const servedFiles = async (base: string, codebase: string) => (await call(base, 
 
 /** A batch publish of one new file; the writer retries on 409 and 503, as it is told to. Returns the status that ended it. */
 async function publishFile(base: string, codebase: string, file: string, version: string): Promise<number> {
+  const deadline = Date.now() + 20_000;
   for (;;) {
     const answer = await call(base, 'PATCH', `/api/v1/repo${codebase}`, JSON.stringify({ files: { [file]: file }, version }));
     if (answer.status === 201) return 201;
-    if (answer.status !== 409 && answer.status !== 503) throw new Error(`publish of ${file}: ${answer.status} ${answer.text}`);
+    if ((answer.status !== 409 && answer.status !== 503) || Date.now() > deadline)
+      throw new Error(`publish of ${file} on ${base}: ${answer.status} ${answer.text}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -201,6 +204,8 @@ describe('repo replicas on a three-member etcd cluster with TLS, client certific
   }, 90_000);
 
   afterAll(async () => {
+    // What the replicas logged, when something failed (FLB_LOG_LEVEL warn: conditions and errors only).
+    for (const [name, replica] of Object.entries({ a, b, c })) if (replica?.stderr()) console.info(`replica ${name}:\n${replica.stderr()}`);
     await Promise.all(workers.map((w) => w.stop()));
     for (const replica of [a, b, c]) replica?.child.kill('SIGKILL');
     admin?.close();

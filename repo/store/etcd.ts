@@ -171,6 +171,20 @@ export class EtcdStore implements RepoStore {
     return out.header.revision;
   }
 
+  /**
+   * etcd's revision, and how many of the repo's records and drafts were written after
+   * `afterRevision` (deletions are not counted): what a watch that far should still deliver. The
+   * revision alone says nothing in an etcd shared with others, whose writes move it too.
+   */
+  async changesAfter(afterRevision: string): Promise<{ revision: string; count: number }> {
+    const drafts = `${this.prefix}drafts/`;
+    const records = `${this.prefix}records/`;
+    const out = await this.call('revision', () =>
+      this.client.kv.range({ key: key(drafts), range_end: rangeEnd(records), count_only: true, min_mod_revision: String(BigInt(afterRevision) + 1n) }),
+    );
+    return { revision: out.header.revision, count: Number(out.count) };
+  }
+
   private recordKey(name: string): string {
     return `${this.prefix}records/${name}`;
   }
