@@ -269,6 +269,23 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     expect(await query('udp-dial', NAMESERVER.v4, PROXY)).toEqual({ error: 'ECONNREFUSED' });
   });
 
+  it('captures DNS to a stub resolver on loopback too, as FLB_DNS comes before every exception', async () => {
+    expect(await query('udp-dial', '127.0.0.53')).toMatchObject({ from: { address: '127.0.0.53', port: 53 }, answer: '10.200.0.77' });
+  });
+
+  it('with IPv6 off leaves native IPv6 alone, DNS included, and still captures IPv4-mapped destinations', async () => {
+    await register({ mesh: MESH, netns: ns.path, settings: settings({ ipv6: 'disabled' }) });
+    try {
+      const [tcp6, dns6, mapped] = await Promise.all([dial(SERVICE.v6, 8080), query('udp-dial', NAMESERVER.v6), dial(`::ffff:${SERVICE.v4}`, 8080)]);
+      expect(tcp6.reply).toEqual({ via: 'direct', local: `${SERVICE.v6}:8080` });
+      // The peer has the nameserver's address but no DNS server: it refuses.
+      expect(dns6).toEqual({ error: 'ECONNREFUSED' });
+      expect(mapped.reply?.via).toBe('sidecar');
+    } finally {
+      await register({ mesh: MESH, netns: ns.path, settings: settings() });
+    }
+  });
+
   it('sends TCP port 53 to the DNS port', async () => {
     const result = await dial(SERVICE.v4, 53);
     expect(result.reply).toMatchObject({ via: 'dns', original: { address: SERVICE.v4, port: 53, family: 4 } });

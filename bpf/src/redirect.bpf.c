@@ -187,18 +187,22 @@ static __always_inline int is_proxy(const struct flb_settings *settings)
 }
 
 /*
- * Where a TCP connection goes: 0 to leave it alone, else the local port to send it to. Same order
- * as FLB_OUTPUT: DNS first, then the proxy's own sockets, excluded ports and ranges, and with an
- * inclusion list only those ranges (loopback was left alone before).
+ * Where a connection or datagram goes: 0 to leave it alone, else the local port to send it to.
+ * The order of the iptables rules: the proxy's own sockets; native IPv6 when IPv6 is off (there
+ * are no ip6tables rules then); DNS (FLB_DNS comes before every exception, so a local stub
+ * resolver's queries go to the sidecar too); then, for TCP only, loopback, excluded ports and
+ * ranges (the pod's own addresses among them), and with an inclusion list only those ranges.
  */
-static __always_inline __u16 tcp_redirect_port(const __u8 address[16], __u16 port, int is_ipv4, __u64 netns_cookie,
-					       const struct flb_settings *settings)
+static __always_inline __u16 redirect_port(const __u8 address[16], __u16 port, int is_ipv4, int is_loopback, int udp,
+					   __u64 netns_cookie, const struct flb_settings *settings)
 {
 	if (is_proxy(settings))
 		return 0;
+	if (!is_ipv4 && (settings->flags & FLB_NO_IPV6))
+		return 0;
 	if (port == 53 && (settings->flags & FLB_CAPTURE_DNS))
 		return settings->dns_port;
-	if (!is_ipv4 && (settings->flags & FLB_NO_IPV6))
+	if (udp || is_loopback)
 		return 0;
 
 	struct flb_port_key port_key = { .netns_cookie = netns_cookie, .port = port };
@@ -212,8 +216,7 @@ static __always_inline __u16 tcp_redirect_port(const __u8 address[16], __u16 por
 }
 
 /*
- * The TCP connect, UDP connect and UDP sendmsg of a registered namespace: TCP by the rules above,
- * UDP only to port 53 (FLB_DNS: everyone's but the proxy's). The destination becomes 127.0.0.1
+ * The TCP connect, UDP connect and UDP sendmsg of a registered namespace, by the rules above. The destination becomes 127.0.0.1
  * (::1; ::ffff:127.0.0.1 when a dual-stack socket dials IPv4, as REDIRECT would) at the chosen
  * port, and the original is remembered by socket cookie.
  */
@@ -228,28 +231,22 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int ipv6_hook)
 		return 1;
 
 	__u8 address[16];
-	int is_ipv4;
+	int is_ipv4, is_loopback;
 	if (ipv6_hook) {
 		/* The verifier allows the context's address only as u32 loads, one word at a time. */
 		__u32 ip6[4] = { CTX_WORD(ctx->user_ip6[0]), CTX_WORD(ctx->user_ip6[1]), CTX_WORD(ctx->user_ip6[2]), CTX_WORD(ctx->user_ip6[3]) };
 		is_ipv4 = is_v4_mapped(ip6);
-		if (is_ipv4 ? is_ipv4_loopback(ip6[3]) : (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == bpf_htonl(1)))
-			return 1;
+		is_loopback = is_ipv4 ? is_ipv4_loopback(ip6[3]) : (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == bpf_htonl(1));
 		__builtin_memcpy(address, ip6, 16);
 	} else {
 		__u32 ip4 = ctx->user_ip4;
-		if (is_ipv4_loopback(ip4))
-			return 1;
+		is_loopback = is_ipv4_loopback(ip4);
 		is_ipv4 = 1;
 		map_ipv4(address, ip4);
 	}
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
-	__u16 to_port;
-	if (udp)
-		to_port = port == 53 && (settings->flags & FLB_CAPTURE_DNS) && !is_proxy(settings) ? settings->dns_port : 0;
-	else
-		to_port = tcp_redirect_port(address, port, is_ipv4, netns_cookie, settings);
+	__u16 to_port = redirect_port(address, port, is_ipv4, is_loopback, udp, netns_cookie, settings);
 	if (!to_port)
 		return 1;
 
