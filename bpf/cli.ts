@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
-import { ActionableError } from '../common/errors.js';
+import { ActionableError, UsageError } from '../common/errors.js';
 import type { Interception } from '../common/contract/index.js';
 
 interface MeshFlags {
@@ -129,12 +129,30 @@ export function bpfCommands(): Command[] {
     });
 
   withMesh(bpf.command('unregister'))
-    .description('Leave a network namespace alone again.')
-    .requiredOption('--netns <path>', 'the network namespace')
-    .action(async (flags: MeshFlags & { netns: string }) => {
+    .description('Leave a network namespace alone again: by its path, or by the cookie register printed once it is gone.')
+    .option('--netns <path>', 'the network namespace')
+    .option('--cookie <n>', "the namespace's cookie, as register printed it (for a namespace that is gone)")
+    .action(async (flags: MeshFlags & { netns?: string; cookie?: string }) => {
       const { unregister } = await import('./loader.js');
-      const result = unregister({ mesh: flags.mesh, netns: flags.netns, ...(flags.bpffs ? { bpffs: flags.bpffs } : {}) });
-      print(flags, result, [result.wasRegistered ? `unregistered: ${result.netns}` : `was not registered: ${result.netns}`]);
+      if ((flags.netns === undefined) === (flags.cookie === undefined)) throw new UsageError('flb bpf unregister needs one of --netns PATH or --cookie N');
+      const result = unregister({
+        mesh: flags.mesh,
+        ...(flags.netns !== undefined ? { netns: flags.netns } : {}),
+        ...(flags.cookie !== undefined ? { cookie: flags.cookie } : {}),
+        ...(flags.bpffs ? { bpffs: flags.bpffs } : {}),
+      });
+      const which = result.netns ?? `cookie ${result.cookie}`;
+      print(flags, result, [result.wasRegistered ? `unregistered: ${which}` : `was not registered: ${which}`]);
+    });
+
+  withMesh(bpf.command('gc'))
+    .description('Unregister every namespace that no longer exists (a pod deleted without its unregister).')
+    .action(async (flags: MeshFlags) => {
+      const { collectGarbage } = await import('./loader.js');
+      const result = collectGarbage({ mesh: flags.mesh, ...(flags.bpffs ? { bpffs: flags.bpffs } : {}) });
+      print(flags, result, [
+        `removed ${result.removed.length} namespace(s) that are gone${result.removed.length ? ` (cookies ${result.removed.join(', ')})` : ''}, kept ${result.kept}`,
+      ]);
     });
 
   return [bpf];

@@ -455,15 +455,82 @@ export async function register(options: { mesh: string; netns: string; settings:
   return { mesh: paths.mesh, netns: options.netns, cookie: cookie.toString() };
 }
 
-/** Leaves the namespace alone again: its settings go first, so the programs stop at once. */
-export function unregister(options: { mesh: string; netns: string; bpffs?: string }): { mesh: string; netns: string; wasRegistered: boolean } {
+function removeNamespaceEntries(paths: Paths, cookies: ReadonlySet<bigint>): bigint[] {
+  const addon = loadAddon();
+  const removed = [...cookies].filter((cookie) => addon.mapDelete(mapPin(paths, MAP.settings), cookieKey(cookie)));
+  for (const map of [MAP.excludedPorts, MAP.excludedCidrs, MAP.includedCidrs] as const) {
+    for (const key of addon.mapKeys(mapPin(paths, map), KEY_SIZE[map])) if (cookies.has(keyCookie(map, key))) addon.mapDelete(mapPin(paths, map), key);
+  }
+  return removed;
+}
+
+/**
+ * Leaves the namespace alone again: its settings go first, so the programs stop at once. By path
+ * while it exists, or by the cookie `register` printed once it is gone.
+ */
+export function unregister(options: { mesh: string; netns?: string; cookie?: string; bpffs?: string }): {
+  mesh: string;
+  netns?: string;
+  cookie: string;
+  wasRegistered: boolean;
+} {
   const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
   requireLoaded(paths);
-  const { cookie } = namespaceInfo(options.netns);
-  const addon = loadAddon();
-  const wasRegistered = addon.mapDelete(mapPin(paths, MAP.settings), cookieKey(cookie));
-  for (const map of [MAP.excludedPorts, MAP.excludedCidrs, MAP.includedCidrs] as const) {
-    for (const key of addon.mapKeys(mapPin(paths, map), KEY_SIZE[map])) if (keyCookie(map, key) === cookie) addon.mapDelete(mapPin(paths, map), key);
+  let cookie: bigint;
+  if (options.cookie !== undefined) {
+    if (!/^\d{1,20}$/.test(options.cookie) || BigInt(options.cookie) >= 1n << 64n)
+      throw new ActionableError(`cookie '${options.cookie}' is not a namespace cookie (a decimal 64-bit number, as register printed it)`);
+    cookie = BigInt(options.cookie);
+  } else if (options.netns !== undefined) {
+    try {
+      cookie = namespaceInfo(options.netns).cookie;
+    } catch (error) {
+      throw new ActionableError(
+        (error as Error).message,
+        `if the namespace is gone, give the cookie 'flb bpf register' printed (--cookie), or run 'flb bpf gc --mesh ${paths.mesh}' to remove every namespace that is gone`,
+      );
+    }
+  } else {
+    throw new ActionableError('unregister needs a namespace: --netns PATH, or --cookie N once it is gone');
   }
-  return { mesh: paths.mesh, netns: options.netns, wasRegistered };
+  const wasRegistered = removeNamespaceEntries(paths, new Set([cookie])).length > 0;
+  return { mesh: paths.mesh, ...(options.netns !== undefined ? { netns: options.netns } : {}), cookie: cookie.toString(), wasRegistered };
+}
+
+/** Every network namespace alive on this host: bind-mounted ones and those of running processes. */
+function liveNamespaceCookies(): Set<bigint> {
+  const seen = new Set<string>();
+  const cookies = new Set<bigint>();
+  const candidates = [
+    ...(existsSync('/var/run/netns') ? readdirSync('/var/run/netns').map((name) => join('/var/run/netns', name)) : []),
+    ...readdirSync('/proc')
+      .filter((entry) => /^\d+$/.test(entry))
+      .map((pid) => `/proc/${pid}/ns/net`),
+  ];
+  for (const path of candidates) {
+    try {
+      // One setns per namespace, not per process: the inode names the namespace.
+      const { dev, ino } = statSync(path);
+      if (seen.has(`${dev}:${ino}`)) continue;
+      seen.add(`${dev}:${ino}`);
+      cookies.add(loadAddon().netnsInfo(path).cookie);
+    } catch {
+      // The process ended, or the file is not a namespace: nothing to keep for it.
+    }
+  }
+  return cookies;
+}
+
+/** Removes the settings of every registered namespace that no longer exists (a pod deleted without its unregister). */
+export function collectGarbage(options: { mesh: string; bpffs?: string }): { mesh: string; removed: string[]; kept: number } {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  requireLoaded(paths);
+  const registered = loadAddon()
+    .mapKeys(mapPin(paths, MAP.settings), KEY_SIZE[MAP.settings])
+    .map((key) => keyCookie(MAP.settings, key));
+  if (registered.length === 0) return { mesh: paths.mesh, removed: [], kept: 0 };
+  const live = liveNamespaceCookies();
+  const gone = new Set(registered.filter((cookie) => !live.has(cookie)));
+  const removed = removeNamespaceEntries(paths, gone);
+  return { mesh: paths.mesh, removed: removed.map(String), kept: registered.length - gone.size };
 }

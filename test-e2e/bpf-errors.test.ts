@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSettings } from '../bpf/cli.js';
-import { checkFeatures, defaultCgroup, load, objectPath, register, status, unload } from '../bpf/loader.js';
+import { checkFeatures, defaultCgroup, load, objectPath, register, status, unload, unregister } from '../bpf/loader.js';
 import { loadAddon } from '../bpf/native/index.js';
 import { createNetns, deleteNetns, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
 
@@ -90,6 +90,24 @@ describe('flb bpf when things go wrong', () => {
     expect(await status({ mesh: MESH })).toMatchObject({ complete: true, namespaces: 0 });
     // The mode field is not read: "ebpf", which the contract still refuses elsewhere, registers.
     expect(await register_(ns.path, '{"version":1,"mode":"ebpf"}')).toMatchObject({ mesh: MESH, netns: ns.path, cookie: expect.stringMatching(/^\d+$/) });
+  });
+
+  it('a namespace that vanished: unregister by path says what to do, gc and unregister --cookie remove it', async () => {
+    const gone = await createNetns('bpf-gone');
+    const { cookie } = await register({ mesh: MESH, netns: gone.path, settings: await readSettings('{"version":1,"excludeOutboundPorts":[9999]}') });
+    await deleteNetns(gone);
+    const byPath = await run('unregister', '--mesh', MESH, '--netns', gone.path);
+    expect(byPath).toMatchObject({ exitCode: 1, stderr: expect.stringContaining(`cannot read the network namespace ${gone.path}`) });
+    expect(byPath.stderr).toContain("hint: if the namespace is gone, give the cookie 'flb bpf register' printed (--cookie)");
+    const collected = await run('gc', '--mesh', MESH, '--json');
+    expect(collected.exitCode).toBe(0);
+    // The test's other namespace is alive and stays.
+    expect(JSON.parse(collected.stdout)).toEqual({ mesh: MESH, removed: [cookie], kept: 1 });
+    const ports = loadAddon().mapKeys(`/sys/fs/bpf/flb-mesh/${MESH}/maps/flb_excl_ports`, 16);
+    expect(ports.filter((k) => k.readBigUInt64LE(0) === BigInt(cookie))).toEqual([]);
+    expect(unregister({ mesh: MESH, cookie })).toMatchObject({ cookie, wasRegistered: false });
+    expect(() => unregister({ mesh: MESH, cookie: 'x1' })).toThrow("cookie 'x1' is not a namespace cookie");
+    expect(await status({ mesh: MESH })).toMatchObject({ namespaces: 1 });
   });
 
   it('says a map is full, naming it, and the namespace keeps its earlier settings', async () => {
