@@ -92,6 +92,47 @@ describe('flb bpf when things go wrong', () => {
     expect(await register_(ns.path, '{"version":1,"mode":"ebpf"}')).toMatchObject({ mesh: MESH, netns: ns.path, cookie: expect.stringMatching(/^\d+$/) });
   });
 
+  it("the pod's in-pod validation (flb cni validate) passes in a registered namespace and fails in one that is not", async () => {
+    const validate = (netns: Netns) =>
+      execa(
+        'sh',
+        [
+          '-c',
+          'echo $$ > "$0/cgroup.procs" && exec "$@"',
+          cgroup,
+          'ip',
+          'netns',
+          'exec',
+          netns.name,
+          'setpriv',
+          '--reuid=1501',
+          '--regid=1501',
+          '--clear-groups',
+          '--',
+          process.execPath,
+          flb,
+          'cni',
+          'validate',
+          '--settings',
+          '{"version":1,"mode":"cni"}',
+          '--timeout',
+          '1000',
+        ],
+        { reject: false },
+      );
+    const passed = await validate(ns);
+    expect({ exitCode: passed.exitCode, stderr: passed.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    const unmeshed = await createNetns('bpf-unmeshed');
+    try {
+      await unmeshed.exec('ip', ['route', 'add', 'default', 'dev', 'lo']);
+      const refused = await validate(unmeshed);
+      expect(refused.exitCode).toBe(1);
+      expect(refused.stderr).toMatch(/not redirected/);
+    } finally {
+      await deleteNetns(unmeshed);
+    }
+  });
+
   it('a namespace that vanished: unregister by path says what to do, gc and unregister --cookie remove it', async () => {
     const gone = await createNetns('bpf-gone');
     const { cookie } = await register({ mesh: MESH, netns: gone.path, settings: await readSettings('{"version":1,"excludeOutboundPorts":[9999]}') });
