@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa } from 'execa';
-import { existsSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSettings } from '../bpf/cli.js';
@@ -56,6 +57,18 @@ describe('flb bpf when things go wrong', () => {
     expect(loaded.stderr).toContain(`eBPF interception cannot run here; missing: a cgroup v2 path: ${v1}`);
     expect(loaded.stderr).toContain('iptables interception (mode "iptables" or "cni") is the fallback');
     expect(existsSync(`/sys/fs/bpf/flb-mesh/${MESH}`)).toBe(false);
+  });
+
+  it('mounts bpffs where it is asked to pin and none is mounted', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'flbt-bpffs-'));
+    try {
+      const checked = await run('check', '--cgroup', cgroup, '--bpffs', dir, '--json');
+      expect(JSON.parse(checked.stdout)).toMatchObject({ ok: true, bpffs: dir });
+      expect((await execa('findmnt', ['-n', '-o', 'FSTYPE', dir])).stdout).toBe('bpf');
+    } finally {
+      await execa('umount', [dir], { reject: false });
+      rmdirSync(dir);
+    }
   });
 
   it('a program the verifier refuses, or one that cannot be attached, leaves nothing behind', async () => {
