@@ -11,25 +11,14 @@ import { BgpSchema } from '../../common/contract/sidecar.js';
 import { Announcer } from './announcer.js';
 import { loadBgpConfig, startBgp } from './runner.js';
 import { fetchBgpStatus, renderBgpStatus } from './status.js';
-import { FakePeer } from './testing/fake-peer.js';
-import { communityText, encodeNotification, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
+import { FakePeer, ribOf, routeUpdates } from './testing/fake-peer.js';
+import { communityText, encodeNotification } from './wire/index.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
-
-const updates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update' && endOfRib(m) === undefined);
-function rib(received: ReceivedMessage[]): string[] {
-  const held = new Set<string>();
-  for (const update of updates(received)) {
-    const { announced, withdrawn } = routesOf(update);
-    for (const p of withdrawn) held.delete(prefixText(p));
-    for (const p of announced) held.add(prefixText(p));
-  }
-  return [...held].sort();
-}
 
 async function app(port = 0): Promise<Server> {
   const server = createServer((s) => s.destroy());
@@ -67,17 +56,17 @@ describe('health-gated VIPs', () => {
   it('announces a VIP once its app passes, withdraws it within the fall budget when the app dies, and announces it again on recovery', async () => {
     const { peer, appServer, appPort, announcer } = await setUp();
     announcer.start();
-    await peer.until('the VIP', (r) => (rib(r).join() === '198.51.100.10/32' ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === '198.51.100.10/32' ? true : undefined));
     expect(announcer.status().vips).toEqual([expect.objectContaining({ prefix: '198.51.100.10/32', healthy: true, announced: true })]);
     await new Promise((r) => appServer.close(r));
     const died = Date.now();
-    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    await peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? true : undefined));
     const withdrawMs = Date.now() - died;
     // 200 ms interval, 3 failures: at most 600 ms, plus the check that was under way
     expect(withdrawMs).toBeLessThan(900);
     const again = await app(appPort);
     cleanups.push(() => new Promise((r) => again.close(r)));
-    await peer.until('the VIP again', (r) => (rib(r).length === 1 ? true : undefined));
+    await peer.until('the VIP again', (r) => (ribOf(r).length === 1 ? true : undefined));
     expect(peer.connections).toBe(1);
     expect(announcer.status().peers[0]!.state).toBe('Established');
   });
@@ -85,20 +74,20 @@ describe('health-gated VIPs', () => {
   it('drains on stop: GRACEFUL_SHUTDOWN first, the withdrawal after drainSeconds, then Cease', async () => {
     const { peer, announcer } = await setUp(1);
     announcer.start();
-    await peer.until('the VIP', (r) => (rib(r).length === 1 ? true : undefined));
-    const before = updates(peer.received).length;
+    await peer.until('the VIP', (r) => (ribOf(r).length === 1 ? true : undefined));
+    const before = routeUpdates(peer.received).length;
     const started = Date.now();
     const drained = announcer.drain();
     const graceful = await peer.until('GRACEFUL_SHUTDOWN', (r) =>
-      updates(r)
+      routeUpdates(r)
         .slice(before)
         .find((u) => u.attributes.communities?.length === 2),
     );
     expect(graceful.attributes.communities!.map(communityText)).toEqual(['65001:100', '65535:0']);
-    expect(rib(peer.received)).toEqual(['198.51.100.10/32']);
+    expect(ribOf(peer.received)).toEqual(['198.51.100.10/32']);
     await drained;
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
-    expect(rib(peer.received)).toEqual([]);
+    expect(ribOf(peer.received)).toEqual([]);
     expect(await peer.until('Cease', (r) => r.find((m) => m.type === 'notification'))).toMatchObject({ code: 6, subcode: 2 });
   });
 });

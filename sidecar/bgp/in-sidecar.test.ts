@@ -16,8 +16,8 @@ import { meshDoc, sidecarDoc } from '../config/testing/fixtures.js';
 import { runSidecar, type RunningSidecar } from '../sidecar.js';
 import { loadBgpConfig } from './runner.js';
 import { fetchBgpStatus } from './status.js';
-import { FakePeer } from './testing/fake-peer.js';
-import { communityText, endOfRib, prefixText, routesOf, type ReceivedMessage, type ReceivedUpdate } from './wire/index.js';
+import { FakePeer, ribOf, routeUpdates } from './testing/fake-peer.js';
+import { communityText, type ReceivedMessage } from './wire/index.js';
 
 const ID = 'pod.shop.w';
 const ANY_PORTS: SidecarPorts = { admin: 0, outbound: 0, inbound: 0, metrics: 0, dns: 0, livenessProbe: 0, readinessProbe: 0, startupProbe: 0 };
@@ -29,16 +29,6 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-const updates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update' && endOfRib(m) === undefined);
-function rib(received: ReceivedMessage[]): string[] {
-  const held = new Set<string>();
-  for (const update of updates(received)) {
-    const { announced, withdrawn } = routesOf(update);
-    for (const p of withdrawn) held.delete(prefixText(p));
-    for (const p of announced) held.add(prefixText(p));
-  }
-  return [...held].sort();
-}
 const opens = (received: ReceivedMessage[]) => received.filter((m) => m.type === 'open').length;
 
 async function tcpApp(): Promise<{ server: Server; port: number }> {
@@ -127,7 +117,7 @@ describe('the BGP announcer in the sidecar', () => {
     expect((await get(`${admin}/metrics`)).body).not.toContain('flb_bgp_');
 
     write(bgpSection(app.port, [peer]));
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     const status = await fetchBgpStatus({ url: admin, path: '/bgp' });
     expect(status.peers).toEqual([expect.objectContaining({ state: 'Established', prefixesSent: 1 })]);
     expect(status.vips).toEqual([expect.objectContaining({ prefix: VIP, healthy: true, announced: true })]);
@@ -140,11 +130,11 @@ describe('the BGP announcer in the sidecar', () => {
     const app = await tcpApp();
     const peer = await fakePeer();
     await sidecarWith(bgpSection(app.port, [peer]));
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     await new Promise((r) => app.server.close(r));
-    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    await peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? true : undefined));
     app.server.listen(app.port, '127.0.0.1');
-    await peer.until('the VIP again', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP again', (r) => (ribOf(r).join() === VIP ? true : undefined));
     expect(opens(peer.received)).toBe(1);
     expect(peer.received.some((m) => m.type === 'notification')).toBe(false);
   });
@@ -153,7 +143,7 @@ describe('the BGP announcer in the sidecar', () => {
     const app = await tcpApp();
     const [first, second] = [await fakePeer(), await fakePeer()];
     const { write, admin } = await sidecarWith(bgpSection(app.port, [first]));
-    await first.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await first.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
 
     // A mesh.json change re-applies the same sidecar.json: the session is not touched.
     write(bgpSection(app.port, [first]));
@@ -161,10 +151,10 @@ describe('the BGP announcer in the sidecar', () => {
     expect(opens(first.received)).toBe(1);
 
     write(bgpSection(app.port, [first, second]));
-    await second.until('the VIP at the added peer', (r) => (rib(r).join() === VIP ? true : undefined));
+    await second.until('the VIP at the added peer', (r) => (ribOf(r).join() === VIP ? true : undefined));
     // Replaced, not reconciled: the first peer's session was restarted and has the VIP again.
     await first.until('the VIP after the restart', (r) =>
-      opens(r) === 2 && rib(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined,
+      opens(r) === 2 && ribOf(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined,
     );
 
     const secret = bgpSection(app.port, [first]) as { peers: Record<string, unknown>[] };
@@ -178,12 +168,12 @@ describe('the BGP announcer in the sidecar', () => {
     const app = await tcpApp();
     const peer = await fakePeer();
     const { write, admin } = await sidecarWith(bgpSection(app.port, [peer], { drainSeconds: 1 }));
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     write(undefined);
     const graceful = await peer.until('GRACEFUL_SHUTDOWN', (r) =>
-      updates(r).find((u) => u.attributes.communities?.map(communityText).includes('65535:0')) ? Date.now() : undefined,
+      routeUpdates(r).find((u) => u.attributes.communities?.map(communityText).includes('65535:0')) ? Date.now() : undefined,
     );
-    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined), 3000);
+    await peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? true : undefined), 3000);
     expect(Date.now() - graceful).toBeGreaterThanOrEqual(900);
     await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
     await until('no announcer on the admin port', async () => ((await get(`${admin}/bgp`)).status === 404 ? true : undefined));
@@ -193,20 +183,25 @@ describe('the BGP announcer in the sidecar', () => {
     const app = await tcpApp();
     const peer = await fakePeer();
     const { sidecar } = await sidecarWith(bgpSection(app.port, [peer], { drainSeconds: 1 }));
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     const started = Date.now();
     const drained = sidecar.drain();
-    await peer.until('GRACEFUL_SHUTDOWN', (r) => updates(r).some((u) => u.attributes.communities?.map(communityText).includes('65535:0')) || undefined, 500);
+    await peer.until(
+      'GRACEFUL_SHUTDOWN',
+      (r) => routeUpdates(r).some((u) => u.attributes.communities?.map(communityText).includes('65535:0')) || undefined,
+      500,
+    );
     expect(sidecar.ready()).toBe(false);
     await drained;
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
-    expect(rib(peer.received)).toEqual([]);
+    expect(ribOf(peer.received)).toEqual([]);
     await peer.until('Cease', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
   });
 });
 
 describe("the app's preStop hook: /drain/bgp on the probe ports", () => {
-  const hasGracefulShutdown = (received: ReceivedMessage[]) => updates(received).some((u) => u.attributes.communities?.map(communityText).includes('65535:0'));
+  const hasGracefulShutdown = (received: ReceivedMessage[]) =>
+    routeUpdates(received).some((u) => u.attributes.communities?.map(communityText).includes('65535:0'));
 
   it("answers once the VIP is withdrawn after the drain time, then runs the app's own hook, and the sidecar keeps serving", async () => {
     const app = await tcpApp();
@@ -225,9 +220,9 @@ describe("the app's preStop hook: /drain/bgp on the probe ports", () => {
       undefined,
       JSON.stringify({ web: { type: 'http', port: hookPort, path: '/shutdown' } }),
     );
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     const started = Date.now();
-    const withdrawn = peer.until('the withdrawal', (r) => (rib(r).length === 0 ? Date.now() : undefined), 5000);
+    const withdrawn = peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? Date.now() : undefined), 5000);
     // What the kubelet does with the hook the injector writes: a GET on the pod's address, waiting for the answer.
     const answer = await get(`http://127.0.0.1:${sidecar.ports.readinessProbe}/drain/bgp?container=web`);
     const answeredAt = Date.now();
@@ -277,10 +272,10 @@ describe("the app's readiness as a VIP's check", () => {
     const section = bgpSection(0, [peer]) as { vips: { healthCheck: Record<string, unknown> }[] };
     section.vips[0]!.healthCheck = { protocol: 'readiness', intervalMs: 100, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 2 };
     const { admin } = await sidecarWith(section, JSON.stringify(probes));
-    await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined));
+    await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
     expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]!.lastResult?.detail).toMatch(/^readiness probe: .*200/);
     status = 503;
-    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    await peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? true : undefined));
     expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).vips[0]).toMatchObject({
       healthy: false,
       announced: false,
@@ -385,7 +380,7 @@ describe('loading', () => {
     expect(without).toEqual([join(root, 'dist', 'sidecar', 'bgp', 'cli.js')]);
     const withBgp = await bgpFilesLoaded(sidecarDoc(ID, { bgp: bgpSection(app.port, [peer]) }), async (admin) => {
       await applied(admin);
-      await peer.until('the VIP', (r) => (rib(r).join() === VIP ? true : undefined), 10_000);
+      await peer.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined), 10_000);
     });
     expect(withBgp).toContain(join(root, 'dist', 'sidecar', 'bgp', 'in-sidecar.js'));
   }, 30_000);

@@ -4,15 +4,13 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { once } from 'node:events';
 import { pino } from 'pino';
 import { BgpSpeaker, type PeerOptions } from './speaker.js';
-import { FakePeer } from './testing/fake-peer.js';
+import { FakePeer, ribOf } from './testing/fake-peer.js';
 import {
   Afi,
   encodeKeepalive,
   encodeNotification,
   encodeRouteRefresh,
   endOfRib,
-  prefixText,
-  routesOf,
   type OpenMessage,
   type ReceivedMessage,
   type ReceivedUpdate,
@@ -41,16 +39,6 @@ async function setUp(peerOptions: { as?: number; holdTimeSeconds?: number } = {}
 }
 
 const updates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update');
-/** The routes the peer holds from us after every UPDATE received, as prefix text. */
-function rib(received: ReceivedMessage[]): string[] {
-  const held = new Set<string>();
-  for (const update of updates(received)) {
-    const { announced, withdrawn } = routesOf(update);
-    for (const p of withdrawn) held.delete(prefixText(p));
-    for (const p of announced) held.add(prefixText(p));
-  }
-  return [...held].sort();
-}
 const established = (speaker: BgpSpeaker) => () => (speaker.peers[0]!.state === 'Established' ? true : undefined);
 
 describe('a BGP session', () => {
@@ -70,7 +58,7 @@ describe('a BGP session', () => {
     ]);
     await peer.until('both End-of-RIBs', (r) => updates(r).filter((u) => endOfRib(u) !== undefined).length === 2 || undefined);
     expect(speaker.peers[0]!.state).toBe('Established');
-    expect(rib(peer.received)).toEqual(['198.51.100.10/32', '2001:db8:100::10/128']);
+    expect(ribOf(peer.received)).toEqual(['198.51.100.10/32', '2001:db8:100::10/128']);
     const ipv4 = updates(peer.received).find((u) => u.nlri.length)!;
     // eBGP: our AS in the path, the connection's address as next hop, no LOCAL_PREF
     expect(ipv4.attributes).toEqual({
@@ -92,11 +80,11 @@ describe('a BGP session', () => {
     const { peer, speaker } = await setUp();
     speaker.announce('198.51.100.10');
     speaker.start();
-    await peer.until('the route', (r) => rib(r).includes('198.51.100.10/32') || undefined);
+    await peer.until('the route', (r) => ribOf(r).includes('198.51.100.10/32') || undefined);
     speaker.withdraw('198.51.100.10/32');
-    await peer.until('the withdrawal', (r) => (rib(r).length === 0 ? true : undefined));
+    await peer.until('the withdrawal', (r) => (ribOf(r).length === 0 ? true : undefined));
     speaker.announce('198.51.100.10', { communities: ['65001:7'] });
-    await peer.until('the route again', (r) => rib(r).includes('198.51.100.10/32') || undefined);
+    await peer.until('the route again', (r) => ribOf(r).includes('198.51.100.10/32') || undefined);
     // a changed attribute is an UPDATE too
     speaker.announce('198.51.100.10', { communities: ['65001:8'] });
     await peer.until('the new community', (r) => updates(r).at(-1)?.attributes.communities?.[0] === ((65001 << 16) | 8) >>> 0 || undefined);
@@ -109,7 +97,7 @@ describe('a BGP session', () => {
     speaker.announce('198.51.100.10', { localPreference: 200 });
     speaker.announce('198.51.100.11');
     speaker.start();
-    await peer.until('the routes', (r) => rib(r).length === 2 || undefined);
+    await peer.until('the routes', (r) => ribOf(r).length === 2 || undefined);
     const attributes = updates(peer.received)
       .filter((u) => u.nlri.length)
       .map((u) => [u.attributes.asPath, u.attributes.localPref]);
@@ -192,7 +180,7 @@ describe('a BGP session', () => {
     const { peer, speaker } = await setUp();
     speaker.announce('198.51.100.10');
     speaker.start();
-    await peer.until('the route', (r) => rib(r).length === 1 || undefined);
+    await peer.until('the route', (r) => ribOf(r).length === 1 || undefined);
     const before = updates(peer.received).length;
     peer.send(encodeRouteRefresh(Afi.IPV4, 1));
     await peer.until(
@@ -208,7 +196,7 @@ describe('a BGP session', () => {
     const { peer, speaker } = await setUp();
     speaker.announce('198.51.100.10');
     speaker.start();
-    await peer.until('the route', (r) => rib(r).length === 1 || undefined);
+    await peer.until('the route', (r) => ribOf(r).length === 1 || undefined);
     peer.send(encodeNotification(6, 4));
     await peer.until('the second session', () => (peer.connections === 2 && speaker.peers[0]!.state === 'Established' ? true : undefined));
     expect(speaker.peers[0]!.status().lastError).toBe('the peer sent NOTIFICATION Cease / Administrative Reset');
@@ -234,7 +222,7 @@ describe('a BGP session', () => {
     expect(speaker.peers[0]!.status()).toMatchObject({ state: expect.stringMatching(/Active|Connect/), lastError: expect.stringMatching(/ECONNREFUSED/) });
     const peer = await FakePeer.start({ as: 65000 }, port);
     cleanups.push(() => peer.close());
-    await peer.until('the route', (r) => rib(r).length === 1 || undefined);
+    await peer.until('the route', (r) => ribOf(r).length === 1 || undefined);
   });
 
   it('on stop, says Cease / Administrative Shutdown with its reason and does not come back', async () => {
@@ -256,11 +244,11 @@ describe('many routes', () => {
     for (let i = 0; i < 1500; i++) speaker.announce(`10.${i >> 8}.${i & 255}.1`);
     for (let i = 0; i < 600; i++) speaker.announce(`2001:db8:${i.toString(16)}::1`);
     speaker.start();
-    await peer.until('every route', (r) => rib(r).length === 2100 || undefined);
+    await peer.until('every route', (r) => ribOf(r).length === 2100 || undefined);
     // 1500 × 5 bytes of IPv4 NLRI in 2 UPDATEs, 600 × 17 bytes of IPv6 in 3
     expect(updates(peer.received).filter((u) => endOfRib(u) === undefined)).toHaveLength(5);
     for (let i = 0; i < 1500; i++) speaker.withdraw(`10.${i >> 8}.${i & 255}.1`);
-    await peer.until('the withdrawals', (r) => rib(r).length === 600 || undefined);
+    await peer.until('the withdrawals', (r) => ribOf(r).length === 600 || undefined);
   });
 });
 
@@ -287,7 +275,7 @@ describe('passive peering', () => {
     const router = await FakePeer.start({ as: 65000 });
     cleanups.push(() => router.close());
     await router.dial(speaker.listenPort!);
-    await router.until('the route', (r) => (rib(r).join() === '198.51.100.10/32' ? true : undefined));
+    await router.until('the route', (r) => (ribOf(r).join() === '198.51.100.10/32' ? true : undefined));
     const second = await FakePeer.start({ as: 65000 });
     cleanups.push(() => second.close());
     await second.dial(speaker.listenPort!);
@@ -299,7 +287,7 @@ describe('passive peering', () => {
     const again = await FakePeer.start({ as: 65000 });
     cleanups.push(() => again.close());
     await again.dial(speaker.listenPort!);
-    await again.until('the route again', (r) => (rib(r).length === 1 ? true : undefined));
+    await again.until('the route again', (r) => (ribOf(r).length === 1 ? true : undefined));
   });
 
   it('closes a connection from an address that is no passive peer', async () => {
@@ -353,13 +341,13 @@ describe('several peers', () => {
     speaker.start();
     speaker.announce('198.51.100.10');
     speaker.announce('198.51.100.11');
-    for (const peer of [a, b]) await peer.until('both routes', (r) => rib(r).length === 2 || undefined);
+    for (const peer of [a, b]) await peer.until('both routes', (r) => ribOf(r).length === 2 || undefined);
     speaker.withdraw('198.51.100.10');
-    for (const peer of [a, b]) await peer.until('the withdrawal', (r) => (rib(r).join() === '198.51.100.11/32' ? true : undefined));
+    for (const peer of [a, b]) await peer.until('the withdrawal', (r) => (ribOf(r).join() === '198.51.100.11/32' ? true : undefined));
     // an IPv6 route with no IPv6 next hop for these peers (IPv4 sessions) is not sent, and said so in the status
     speaker.announce('2001:db8::10');
     await new Promise((r) => setTimeout(r, 100));
-    expect(rib(a.received)).toEqual(['198.51.100.11/32']);
+    expect(ribOf(a.received)).toEqual(['198.51.100.11/32']);
     expect(speaker.status().peers.map((p) => p.prefixesSent)).toEqual([1, 1]);
   });
 });

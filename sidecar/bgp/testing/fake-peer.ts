@@ -2,7 +2,19 @@
 // message the speaker sends, and sends what a test tells it to.
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { Afi, decodeMessage, encodeKeepalive, encodeOpen, Framer, type Capability, type ReceivedMessage } from '../wire/index.js';
+import {
+  Afi,
+  decodeMessage,
+  encodeKeepalive,
+  encodeOpen,
+  endOfRib,
+  Framer,
+  prefixText,
+  routesOf,
+  type Capability,
+  type ReceivedMessage,
+  type ReceivedUpdate,
+} from '../wire/index.js';
 
 export interface FakePeerOptions {
   as: number;
@@ -13,6 +25,20 @@ export interface FakePeerOptions {
   autoEstablish?: boolean;
   /** Send keepalives every this many ms once established (default: a third of the hold time). */
   keepaliveMs?: number;
+}
+
+/** The UPDATEs that carry routes (End-of-RIB markers left out). */
+export const routeUpdates = (received: ReceivedMessage[]) => received.filter((m): m is ReceivedUpdate => m.type === 'update' && endOfRib(m) === undefined);
+
+/** The prefixes a router holds from the speaker after these messages, as text, sorted. */
+export function ribOf(received: ReceivedMessage[]): string[] {
+  const held = new Set<string>();
+  for (const update of routeUpdates(received)) {
+    const { announced, withdrawn } = routesOf(update);
+    for (const p of withdrawn) held.delete(prefixText(p));
+    for (const p of announced) held.add(prefixText(p));
+  }
+  return [...held].sort();
 }
 
 export const ROUTER_CAPABILITIES: Capability[] = [
