@@ -6,8 +6,8 @@
 //   healthcheck with the same interval and thresholds (`--interval 0.2 --fast-interval 0.2 --fall 3
 //   --withdraw-on-down`, its check a bash script connecting with /dev/tcp). Both gate their own VIP on
 //   the same app, so one kill is one trial for both; BIRD's control socket is read every 5 ms.
-//   Each trial waits a random 0-200 ms after both VIPs are back, so the kill falls anywhere in the
-//   check interval. Goal: p99 under 1 s, and no slower than ExaBGP.
+//   Each trial kills the app 300-500 ms (random) after both VIPs are back, so the kill falls anywhere
+//   in the check interval. Goal: p99 under 1 s, and no slower than ExaBGP.
 // - scale: --prefixes prefixes (100,000) over --sessions sessions (10, a slice of prefixes each,
 //   from its own source address) into BIRD, median of --runs runs (5): flb's speaker (one process,
 //   one speaker per session), BIRD announcing the same to BIRD (static routes, a table per session)
@@ -17,7 +17,7 @@
 //   and kept out of the median. Goal: at most 2 times BIRD's median.
 // - cost: `flb sidecar` (a local config dir) without a bgp section, with one (1 peer Established to
 //   BIRD, one VIP gated by a TCP check: the speaker idle) and with 10 peers; alternating rounds
-//   (--rounds, 3): VmRSS --settle-seconds (20) after start, and the CPU of the last 10 s. Goal: an
+//   (--rounds, 3): VmRSS --settle-seconds (20) after its sessions are up, and the CPU of the last 10 s. Goal: an
 //   idle speaker adds at most 12 MiB.
 //
 // Usage: npm run bench:bgp [-- --part withdraw,scale,cost] [--small] [--trials 50] [--prefixes 100000]
