@@ -97,6 +97,7 @@ struct flb_tuple_key {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the loader only: no memory until used */
 	__type(key, __u64);
 	__type(value, struct flb_settings);
 } flb_settings SEC(".maps");
@@ -104,6 +105,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flb_port_key);
 	__type(value, __u8);
 } flb_excl_ports SEC(".maps");
@@ -124,10 +126,14 @@ struct {
 	__type(value, __u8);
 } flb_incl_cidrs SEC(".maps");
 
-/* LRU: a socket that dies before sockops sees it close (or whose close we never see) ages out. */
+/*
+ * LRU: a socket that dies before sockops sees it close (or whose close we never see) ages out.
+ * LRU maps are allocated whole (about 6 MiB here); past 65536 open redirected connections on a
+ * node the oldest lose only what getpeername shows.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct flb_original);
 } flb_orig_cookie SEC(".maps");
@@ -144,9 +150,10 @@ struct {
 	__type(value, struct flb_original);
 } flb_dns_cookie SEC(".maps");
 
+/* Needed only from the handshake to the sidecar's getsockopt (milliseconds): left to the LRU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, struct flb_tuple_key);
 	__type(value, struct flb_original);
 } flb_orig_tuple SEC(".maps");
@@ -368,8 +375,8 @@ int flb_sockops(struct bpf_sock_ops *skops)
 		/* remote_port holds the port in network order in its upper 16 bits on little-endian hosts. */
 		key.proxy_port = (__u16)bpf_ntohl(skops->remote_port);
 		bpf_map_update_elem(&flb_orig_tuple, &key, original, BPF_ANY);
-		/* To forget both entries when the connection closes. */
-		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		/* To forget the cookie entry when the connection closes; other programs' callbacks stay on. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_STATE_CB: {
