@@ -66,7 +66,10 @@ export async function startProbeServers(options: ProbeServerOptions): Promise<Se
       return;
     }
     if (path === BGP_DRAIN_PATH) {
-      void answerDrain(req, res, options);
+      answerDrain(req, res, options).catch((error: unknown) => {
+        options.log.error({ err: error }, 'preStop hook: could not answer');
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' }).end(`${String(error)}\n`);
+      });
       return;
     }
     const probe = options.probes().get(path);
