@@ -16,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import { connect as tlsConnect, rootCertificates } from 'node:tls';
-import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, type IOptions, type Watcher } from 'etcd3';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, isRecoverableError, type IOptions, type Watcher } from 'etcd3';
 import type { IKeyValue, IRequestOp, ITxnResponse } from 'etcd3/lib/rpc.js';
 import { StoreConflict, StoreUnavailable, type CodebaseRecord, type RepoStore } from './store.js';
 
@@ -27,6 +27,31 @@ const rangeEnd = (prefix: string) => {
   return bytes;
 };
 const key = (s: string) => Buffer.from(s);
+
+type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>;
+/**
+ * Per endpoint: after a failure to reach it, calls skip it for 2 s (the client then tries the
+ * next endpoint at once). In place of etcd3's default circuit breaker, whose half-open state makes
+ * every other call to the endpoint wait for its one trial call: when that trial met an expired
+ * auth token (a member restarted forgets etcd's simple tokens), etcd3 calls again from inside it,
+ * lands on the same endpoint and waits for itself, and every later call to that endpoint waited
+ * behind it for ever (seen in the e2e test: a replica's writes hung after a member came back).
+ */
+function hostPolicy(): HostPolicy {
+  let skipUntil = 0;
+  const policy = {
+    async execute<T>(work: (context: { signal: AbortSignal }) => Promise<T> | T): Promise<T> {
+      if (Date.now() < skipUntil) throw new Error('this etcd endpoint failed a moment ago');
+      try {
+        return await work({ signal: new AbortController().signal });
+      } catch (error) {
+        if (error instanceof Error && isRecoverableError(error)) skipUntil = Date.now() + 2000;
+        throw error;
+      }
+    },
+  };
+  return policy as unknown as HostPolicy;
+}
 
 type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
 /**
@@ -93,6 +118,7 @@ export class EtcdStore implements RepoStore {
   private readonly blobs = new Map<string, Buffer>();
   private blobBytes = 0;
   private readonly maxBlobBytes: number;
+  private readonly giveUpMs: number;
 
   constructor(options: EtcdStoreOptions) {
     if (options.endpoints.length === 0) throw new Error('etcd: no endpoints');
@@ -101,6 +127,7 @@ export class EtcdStore implements RepoStore {
     this.maxBlobBytes = options.maxCachedBlobBytes ?? 512 * 1024 * 1024;
     this.prefix = options.prefix ?? 'flb-repo/';
     const timeoutMs = options.timeoutMs ?? 5000;
+    this.giveUpMs = 3 * timeoutMs + 1000;
     const secure = options.endpoints.some((endpoint) => endpoint.startsWith('https://'));
     const clientOptions: IOptions = {
       hosts: options.endpoints,
@@ -125,21 +152,29 @@ export class EtcdStore implements RepoStore {
           }
         : {}),
       ...(options.auth ? { auth: options.auth } : {}),
-      faultHandling: { watchBackoff: watchBackoff(50) },
+      faultHandling: { watchBackoff: watchBackoff(50), host: () => hostPolicy() },
     };
     this.client = new Etcd3(clientOptions);
   }
 
   /** Runs one call; etcd's failures become StoreUnavailable (503) unless they are refusals no retry would change. */
   private async call<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    // etcd3 retries a call (3 attempts, every endpoint, each with its own deadline); past that the
+    // call is given up even if the client never settles it, so no write waits for ever.
+    const overdue = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${this.giveUpMs} ms (${operation}; gave up on the client)`)), this.giveUpMs);
+    });
     try {
-      const out = await work();
+      const out = await Promise.race([work(), overdue]);
       const revision = (out as { header?: { revision?: string } } | undefined)?.header?.revision;
       if (revision !== undefined) this.noteRevision(revision);
       return out;
     } catch (error) {
       this.errors.set(operation, (this.errors.get(operation) ?? 0) + 1);
       throw this.explain(error);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
