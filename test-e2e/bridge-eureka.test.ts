@@ -4,7 +4,8 @@ import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CoreV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
+import eurekaModule from 'eureka-js-client';
 import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
 import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
@@ -13,12 +14,20 @@ import { renderBridgeStatus } from '../registry-bridge/status.js';
 import { Repo } from '../repo/repo.js';
 import { startRepoServer, type RepoServer } from '../repo/server.js';
 import { DiskStore } from '../repo/store/disk.js';
-import { EurekaRestClient, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
+import { EurekaRestClient, getJson, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
 import { eventually } from './harness/eventually.js';
 
 const log = createLogger('bridge-eureka-test', 'silent');
 const CONTROL = 'flomesh';
 const ORDERS = 'orders.eureka.eureka';
+
+interface EurekaJsonInstance {
+  instanceId: string;
+  ipAddr: string;
+  hostName: string;
+  status: string;
+  port: { $: number };
+}
 
 type Published = {
   hostnames: string[];
@@ -46,9 +55,217 @@ async function recordingProxy(target: number): Promise<{ server: Server; port: n
   return { server, port: (server.address() as AddressInfo).port, paths };
 }
 
+// One control plane and one Eureka server for both parts of the file (a JVM takes 10-40 s to start
+// here): the sink's tests run first, as the source's last test stops the server.
+let plane: ControlPlane;
+let eureka: EurekaServer;
+beforeAll(async () => {
+  [plane, eureka] = await Promise.all([startControlPlane(), sharedEurekaServer()]);
+  if (eureka.startedInMs) process.stderr.write(`the Eureka server answered ${(eureka.startedInMs / 1000).toFixed(1)} s after its start\n`);
+  await plane.kubeConfig.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: CONTROL } } });
+});
+afterAll(async () => {
+  await plane?.stop();
+});
+
+describe('the Eureka sink: Kubernetes Services registered into the real Eureka server', () => {
+  const NS = 'shop';
+  const bridges: Bridge[] = [];
+  let core: CoreV1Api;
+  let discovery: DiscoveryV1Api;
+  let springClient: InstanceType<typeof eurekaModule.Eureka>;
+  /** Between the sink and the server: the test counts its renewals. */
+  let sinkProxy: Awaited<ReturnType<typeof recordingProxy>>;
+
+  const sinkConfig = (eurekaSourceServer = eureka.url): BridgeConfig =>
+    BridgeConfigSchema.parse({
+      apiVersion: API_VERSION,
+      kind: 'BridgeConfig',
+      mesh: { configMap: { namespace: CONTROL, name: 'flb-mesh' } },
+      sources: [
+        { kind: 'kubernetes' },
+        // Reads the server the sink writes: what the sink wrote must never come back as a Eureka service.
+        { kind: 'eureka', servers: [eurekaSourceServer], intervalSeconds: 1, staleAfterSeconds: 3 },
+      ],
+      // A short lease: the test server evicts every second, so a missed renewal would show within seconds.
+      sinks: [{ kind: 'eureka', servers: [`http://127.0.0.1:${sinkProxy.port}/eureka/`], renewalIntervalSeconds: 1, leaseDurationSeconds: 3 }],
+      leaderElection: { enabled: false },
+    });
+  const start = async (eurekaSourceServer?: string) => {
+    const bridge = await startBridge({ config: sinkConfig(eurekaSourceServer), kubeConfig: plane.kubeConfig, log, identity: `sink-bridge-${bridges.length}` });
+    bridges.push(bridge);
+    return bridge;
+  };
+  const stopAll = async () => {
+    for (const bridge of bridges.splice(0)) await bridge.stop();
+  };
+  const slice = (name: string, endpoints: [string, boolean][]) => ({
+    metadata: { name: `${name}-1`, labels: { 'kubernetes.io/service-name': name } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    endpoints: endpoints.map(([address, ready]) => ({ addresses: [address], conditions: { ready } })),
+  });
+  /** What the server holds of an app, straight from its REST API: `instanceId ip:port status`. */
+  const held = async (app: string) => {
+    const answer = await getJson(`${eureka.url}apps/${app}`);
+    if (answer.status === 404) return [];
+    const instances = (JSON.parse(answer.body) as { application: { instance: EurekaJsonInstance[] } }).application.instance;
+    return instances.map((i) => `${i.instanceId} ${i.ipAddr}:${i.port.$} ${i.status}`).sort();
+  };
+  /** What the Spring-style client (eureka-js-client, UP instances only) discovers for the app: `hostName:port`. */
+  const discovered = (app: string) =>
+    springClient
+      .getInstancesByAppId(app)
+      .map((i) => `${i.hostName}:${(i.port as unknown as { $: number }).$}`)
+      .sort();
+  const dashboardNumber = async (label: string) => {
+    const page = await getJson(eureka.url.replace(/eureka\/$/, ''));
+    const match = new RegExp(`<td>${label}</td>\\s*<td>(\\d+)</td>`).exec(page.body);
+    if (!match) throw new Error(`no ${label} on the Eureka dashboard`);
+    return Number(match[1]);
+  };
+
+  beforeAll(async () => {
+    core = plane.kubeConfig.makeApiClient(CoreV1Api);
+    discovery = plane.kubeConfig.makeApiClient(DiscoveryV1Api);
+    sinkProxy = await recordingProxy(eureka.port);
+    await core.createNamespace({ body: { metadata: { name: NS } } });
+    await core.createNamespacedConfigMap({
+      namespace: CONTROL,
+      body: { metadata: { name: 'flb-mesh' }, data: { 'mesh.yaml': `apiVersion: ${API_VERSION}\nkind: Mesh\nname: flb\n` } },
+    });
+    springClient = new eurekaModule.Eureka({
+      logger: { warn() {}, info() {}, debug() {}, error() {} } as never,
+      shouldUseDelta: false,
+      eureka: {
+        host: '127.0.0.1',
+        port: eureka.port,
+        servicePath: '/eureka/apps/',
+        registerWithEureka: false,
+        fetchRegistry: true,
+        registryFetchInterval: 500,
+      },
+    } as never);
+    await new Promise<void>((resolve, reject) => springClient.start((error: unknown) => (error ? reject(error as Error) : resolve())));
+  });
+  afterAll(async () => {
+    springClient?.stop();
+    await stopAll();
+    await new Promise<void>((resolve) => (sinkProxy ? sinkProxy.server.close(() => resolve()) : resolve()));
+    await core?.deleteNamespacedConfigMap({ name: 'flb-mesh', namespace: CONTROL }).catch(() => undefined);
+  });
+
+  it('registers a Service as instances a Spring-style Eureka client discovers: UP at the ready pods, DOWN at the others', async () => {
+    await core.createNamespacedService({ namespace: NS, body: { metadata: { name: 'web' }, spec: { ports: [{ name: 'http', port: 80, targetPort: 8080 }] } } });
+    await discovery.createNamespacedEndpointSlice({
+      namespace: NS,
+      body: slice('web', [
+        ['10.244.1.1', true],
+        ['10.244.1.2', true],
+        ['10.244.1.3', false],
+      ]),
+    });
+    const thresholdBefore = await dashboardNumber('Renews threshold');
+    const bridge = await start();
+    await eventually('WEB discovered by the client', async () => (discovered('WEB').length === 2 ? true : undefined), 20_000);
+    expect(discovered('WEB')).toEqual(['10.244.1.1:8080', '10.244.1.2:8080']);
+    expect(springClient.getInstancesByVipAddress('web')).toHaveLength(2);
+    expect(await held('WEB')).toEqual([
+      '10.244.1.1:web.shop:8080 10.244.1.1:8080 UP',
+      '10.244.1.2:web.shop:8080 10.244.1.2:8080 UP',
+      '10.244.1.3:web.shop:8080 10.244.1.3:8080 DOWN',
+    ]);
+    const one = springClient.getInstancesByAppId('WEB').find((i) => i.ipAddr === '10.244.1.1')! as unknown as EurekaJsonInstance;
+    expect(one).toMatchObject({
+      app: 'WEB',
+      hostName: '10.244.1.1',
+      vipAddress: 'web',
+      port: { $: 8080, '@enabled': 'true' },
+      securePort: { '@enabled': 'false' },
+      dataCenterInfo: { name: 'MyOwn' },
+      metadata: {
+        'flomesh-origin': 'kubernetes',
+        'flomesh-service': 'web.shop',
+        'flomesh-mesh': 'flb',
+        'flomesh-namespace': NS,
+        'flomesh-writer': 'flb-local/eureka',
+      },
+    });
+    // The server's self-preservation arithmetic counts each new instance as one more client renewing twice a minute (x 0.85).
+    // Three clients more add 3 x 2 x 0.85 = 5.1 renewals a minute to it (5 or 6 after Eureka's rounding down)...
+    const added = (await dashboardNumber('Renews threshold')) - thresholdBefore;
+    expect([5, 6]).toContain(added);
+    const sink = bridge.status().sinks.find((s) => s.kind === 'eureka')!;
+    expect(sink).toMatchObject({ writes: 3, failures: 0, address: `http://127.0.0.1:${sinkProxy.port}/eureka/` });
+  });
+
+  it('keeps the instances alive with renewals: none is evicted while the bridge runs, each renewed far more often than the threshold counts on', async () => {
+    const renewals = () => sinkProxy.paths.filter((p) => p.startsWith('/eureka/apps/WEB/'));
+    const before = renewals().length;
+    // The lease is 3 s and the server evicts every second: an instance not renewed would be gone within 6-7 s.
+    await new Promise((resolve) => setTimeout(resolve, 8000));
+    expect(await held('WEB')).toHaveLength(3);
+    // Renewed every second (the sink's interval here): 60 a minute each, against the 1.7 each adds to the threshold.
+    const counts = new Map<string, number>();
+    for (const path of renewals().slice(before)) counts.set(path, (counts.get(path) ?? 0) + 1);
+    expect([...counts.keys()].sort()).toEqual(
+      ['10.244.1.1', '10.244.1.2', '10.244.1.3'].map((ip) => `/eureka/apps/WEB/${encodeURIComponent(`${ip}:web.shop:8080`)}`),
+    );
+    for (const count of counts.values()) expect(count).toBeGreaterThanOrEqual(7);
+  });
+
+  it('follows a scale-up and a scale-down, and a pod turning ready', async () => {
+    await discovery.replaceNamespacedEndpointSlice({
+      name: 'web-1',
+      namespace: NS,
+      body: slice('web', [
+        ['10.244.1.1', true],
+        ['10.244.1.3', true],
+        ['10.244.1.4', true],
+      ]),
+    });
+    await eventually('the client discovers the new set', async () =>
+      discovered('WEB').join() === '10.244.1.1:8080,10.244.1.3:8080,10.244.1.4:8080' ? true : undefined,
+    );
+    await eventually('10.244.1.2 cancelled', async () => ((await held('WEB')).length === 3 ? true : undefined));
+  });
+
+  it('never imports back what it wrote: the Eureka source reading the same server publishes no WEB', async () => {
+    const bridge = bridges[0]!;
+    await eventually('the eureka source synced', async () => (bridge.status().sources.find((s) => s.kind === 'eureka')!.state === 'synced' ? true : undefined));
+    // A few delta rounds go by.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect([...bridge.catalog.serviceIds()].filter((id) => id.endsWith('.eureka'))).toEqual([]);
+    expect(bridge.status().sources.find((s) => s.kind === 'eureka')).toMatchObject({ services: 0, errors: 0 });
+    expect(bridge.catalog.service('web.shop')).toBeDefined();
+  });
+
+  it('after a restart while the Eureka source cannot list, cancels nothing and keeps renewing; cancels once every source listed', async () => {
+    await bridges[0]!.settled();
+    await stopAll();
+    // While it is down the Service goes away; the new bridge's Eureka source never lists (nothing answers there).
+    await core.deleteNamespacedService({ name: 'web', namespace: NS });
+    await discovery.deleteNamespacedEndpointSlice({ name: 'web-1', namespace: NS });
+    const restarted = await start('http://127.0.0.1:1/eureka/');
+    await eventually('the kubernetes source synced', async () =>
+      restarted.status().sources.find((x) => x.kind === 'kubernetes')!.state === 'synced' ? true : undefined,
+    );
+    // Longer than twice the lease: an instance the new sink did not renew would be evicted by now.
+    await new Promise((resolve) => setTimeout(resolve, 7000));
+    expect(restarted.status().sources.find((x) => x.kind === 'eureka')!.state).toBe('starting');
+    expect(await held('WEB')).toHaveLength(3);
+    expect(restarted.status().sinks[0]).toMatchObject({ writes: 0, failures: 0 });
+    await stopAll();
+
+    const last = await start();
+    await eventually('WEB cancelled', async () => ((await held('WEB')).length === 0 ? true : undefined), 15_000);
+    await eventually('and gone from the client', async () => (discovered('WEB').length === 0 ? true : undefined));
+    expect(last.status().sinks[0]).toMatchObject({ writes: 3, failures: 0 });
+    await stopAll();
+  });
+});
+
 describe('the registry bridge reading a real Eureka server into a real repo', () => {
-  let plane: ControlPlane;
-  let eureka: EurekaServer;
   let client: EurekaRestClient;
   let proxy: Awaited<ReturnType<typeof recordingProxy>>;
   let dir: string;
@@ -78,11 +295,6 @@ describe('the registry bridge reading a real Eureka server into a real repo', ()
   const eurekaStatus = (bridge: Bridge) => bridge.status().sources.find((s) => s.kind === 'eureka')!;
 
   beforeAll(async () => {
-    // Both take seconds to start; they start together.
-    [plane, eureka] = await Promise.all([startControlPlane(), sharedEurekaServer()]);
-    if (eureka.startedInMs) process.stderr.write(`the Eureka server answered ${(eureka.startedInMs / 1000).toFixed(1)} s after its start\n`);
-    const core = plane.kubeConfig.makeApiClient(CoreV1Api);
-    await core.createNamespace({ body: { metadata: { name: CONTROL } } });
     proxy = await recordingProxy(eureka.port);
     client = new EurekaRestClient(eureka.url);
     dir = mkdtempSync(join(tmpdir(), 'flb-bridge-eureka-test-'));
@@ -94,7 +306,6 @@ describe('the registry bridge reading a real Eureka server into a real repo', ()
     client?.close();
     await new Promise<void>((resolve) => (proxy ? proxy.server.close(() => resolve()) : resolve()));
     await server?.close();
-    await plane?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
