@@ -332,9 +332,9 @@ async function scalePart(work: string): Promise<void> {
   const dir = join(work, 'scale');
   mkdirSync(dir, { recursive: true });
   const perSession = Math.ceil(prefixCount / sessionCount);
-  // Each session's prefixes are 10.<100+session>.x.y/32: at most 65,536 a session, 155 sessions.
-  if (perSession > 65_536 || sessionCount > 155)
-    throw new Error(`--prefixes ${prefixCount} over --sessions ${sessionCount}: at most 65,536 prefixes a session and 155 sessions`);
+  // Each session has 10.<100+session>.x.y/32 and the address pair .10+session / .100+session: 65,536 prefixes and 90 sessions at most.
+  if (perSession > 65_536 || sessionCount > 90)
+    throw new Error(`--prefixes ${prefixCount} over --sessions ${sessionCount}: at most 65,536 prefixes a session and 90 sessions`);
   const slices = Array.from({ length: sessionCount }, (_, i) =>
     Array.from({ length: Math.min(perSession, prefixCount - i * perSession) }, (_, k) => `10.${100 + i}.${k >> 8}.${k & 255}/32`),
   );
