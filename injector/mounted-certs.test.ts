@@ -122,6 +122,31 @@ describe('reading the certificate files of --tls-dir', () => {
   });
 });
 
+describe("a change the folder's watch does not see", () => {
+  it('is found by the periodic re-read', async () => {
+    // The files the injector reads are links to a folder it does not watch: writing there is a
+    // change no event reports, as on file systems whose changes inotify does not see.
+    const dir = folder();
+    const elsewhere = folder();
+    const first = issue();
+    writeFileSync(join(elsewhere, 'tls.crt'), first.certPem);
+    writeFileSync(join(elsewhere, 'tls.key'), first.keyPem);
+    for (const name of ['tls.crt', 'tls.key']) symlinkSync(join(elsewhere, name), join(dir, name));
+    const renewed: ServedCertificate[] = [];
+    const mounted = new MountedCertificate({ dir, log: createLogger('mounted-certs-test', 'silent'), onRenewed: (c) => renewed.push(c), pollIntervalMs: 300 });
+    try {
+      const next = issue();
+      writeFileSync(join(elsewhere, 'tls.key'), next.keyPem);
+      writeFileSync(join(elsewhere, 'tls.crt'), next.certPem);
+      await until('the renewal found', () => (renewed.length > 0 ? true : undefined));
+      expect(renewed).toEqual([{ certPem: next.certPem, keyPem: next.keyPem }]);
+      expect(mounted.current().certPem).toBe(next.certPem);
+    } finally {
+      mounted.stop();
+    }
+  });
+});
+
 describe('the webhook serving the certificate of a mounted Secret', () => {
   let dir: string;
   let server: WebhookServer;

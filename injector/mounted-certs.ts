@@ -88,7 +88,7 @@ export interface MountedCertificateOptions {
 /** The certificate in a folder, kept current as the folder changes. */
 export class MountedCertificate {
   private served: ServedCertificate;
-  private readonly watcher: FSWatcher;
+  private readonly watcher: FSWatcher | undefined;
   private readonly poll: NodeJS.Timeout;
   private settle: NodeJS.Timeout | undefined;
   /** The last refusal's message: a bad renewal is logged once, not on every poll. */
@@ -97,10 +97,15 @@ export class MountedCertificate {
   /** Reads the folder (throws a CertificateFileError when it holds no good certificate) and watches it. */
   constructor(private readonly options: MountedCertificateOptions) {
     this.served = readCertificateFiles(options.dir);
-    this.watcher = watch(options.dir, { persistent: false }, () => this.changed());
-    this.watcher.on('error', (error) =>
-      options.log.warn({ err: error, dir: options.dir }, 'cannot watch the certificate folder; re-reading it on a timer only'),
-    );
+    const pollOnly = (error: unknown) =>
+      options.log.warn({ err: error, dir: options.dir }, 'cannot watch the certificate folder; re-reading it on a timer only');
+    try {
+      this.watcher = watch(options.dir, { persistent: false }, () => this.changed());
+      this.watcher.on('error', pollOnly);
+    } catch (error) {
+      // No inotify watch left (ENOSPC, EMFILE: the node's limit, shared by every pod): renewals are still found, later.
+      pollOnly(error);
+    }
     this.poll = setInterval(() => this.reload(), options.pollIntervalMs ?? 60_000);
     this.poll.unref();
   }
@@ -141,6 +146,6 @@ export class MountedCertificate {
   stop(): void {
     clearTimeout(this.settle);
     clearInterval(this.poll);
-    this.watcher.close();
+    this.watcher?.close();
   }
 }
