@@ -114,4 +114,27 @@ describe('the repo server bounds what one client costs', () => {
     expect(answers[2]).toEqual({ status: 429, retryAfter: '2', text: 'too many new tokens to check right now; retry in 2 s' });
     expect(await server.registry.getSingleMetricAsString('flb_repo_bearer_tokens_total')).toMatch(/outcome="rate-limited"} 1/);
   });
+
+  it('answers /healthz without credentials (kubelet probes have none), with the store’s state and nothing else; every other path still needs them', async () => {
+    const repo = await new Repo(new MemoryStore()).load();
+    let writable = true;
+    server = await startRepoServer({
+      repo,
+      host: '127.0.0.1',
+      port: 0,
+      log,
+      auth: new Authenticator({ trustAnonymous: false }),
+      storeHealth: () => ({ writable, etcd: { reachable: writable } }),
+    });
+    const get = async (path: string) => {
+      const res = await fetch(`http://127.0.0.1:${server!.port}${path}`);
+      return { status: res.status, body: await res.text() };
+    };
+    expect(await get('/healthz')).toEqual({ status: 200, body: '{"status":"ok","writable":true,"etcd":{"reachable":true}}' });
+    // Reads go on without etcd: still 200, so the replica stays in its Service; it says writes are refused.
+    writable = false;
+    expect(JSON.parse((await get('/healthz')).body)).toEqual({ status: 'degraded', writable: false, etcd: { reachable: false } });
+    expect((await get('/metrics')).status).toBe(401);
+    expect((await get('/healthz/x')).status).toBe(401);
+  });
 });
