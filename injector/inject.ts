@@ -5,6 +5,8 @@
 import type { V1Container, V1Namespace, V1Pod } from '@kubernetes/client-node';
 import type { Operation } from 'fast-json-patch';
 import {
+  APP_PRESTOP_ENV,
+  BGP_ANNOUNCER_ANNOTATION,
   INBOUND_PORT_EXCLUSION_ANNOTATION,
   INIT_CONTAINER_NAME,
   INTERCEPTION_ANNOTATION,
@@ -34,7 +36,7 @@ import {
 } from './mesh-parts.js';
 import { appendToArray, insertIntoArray, pointerKey, setMapEntries } from './patch.js';
 import { decide, SKIP_REASONS, type InvalidSetting, type SkipReason } from './policy.js';
-import { APP_PRESTOP_ENV, appPreStopsJson, BGP_ANNOUNCER_ANNOTATION, drainHooks, parseBgpAnnouncer, type PreStopRewrite } from './prestop.js';
+import { appPreStopsJson, drainHooks, parseBgpAnnouncer, type PreStopRewrite } from './prestop.js';
 import { rewriteProbes, type AppProbe, type ProbeRewrite } from './probes.js';
 
 export { APP_PROBES_ENV, REPO_DIR, REPO_VOLUME, STATE_DIR, STATE_VOLUME, type InjectorSettings, type SidecarStatus } from './mesh-parts.js';

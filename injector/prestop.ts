@@ -19,18 +19,8 @@
 //   itself calls the drain first;
 // - tcpSocket: the kubelet never runs it (deprecated, kept for compatibility), so it is replaced.
 import type { V1Container, V1LifecycleHandler } from '@kubernetes/client-node';
-import type { SidecarPorts } from '../common/contract/index.js';
+import { BGP_DRAIN_PATH, type AppPreStop, type SidecarPorts } from '../common/contract/index.js';
 import { AnnotationError } from './exclusions.js';
-
-export const BGP_ANNOUNCER_ANNOTATION = 'flomesh.io/bgp-announcer';
-/** The sidecar serves it on every probe port (sidecar/probes.ts). */
-export const BGP_DRAIN_PATH = '/drain/bgp';
-export const APP_PRESTOP_ENV = 'FLB_APP_PRESTOP';
-
-/** What the sidecar runs after the drain, as sidecar/probes.ts reads FLB_APP_PRESTOP. */
-export type AppPreStop =
-  | { type: 'http'; port: number; path: string; scheme: 'HTTP' | 'HTTPS'; host?: string; headers: { name: string; value: string }[] }
-  | { type: 'sleep'; seconds: number };
 
 export interface PreStopRewrite {
   containerIndex: number;

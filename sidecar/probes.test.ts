@@ -6,7 +6,8 @@ import { once } from 'node:events';
 import { createServer, request, type Server } from 'node:http';
 import { pino } from 'pino';
 import type { Readiness } from './admin.js';
-import { parseAppPreStops, startProbeServers, type AppPreStop } from './probes.js';
+import type { AppPreStop } from '../common/contract/index.js';
+import { parseAppPreStops, startProbeServers } from './probes.js';
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {

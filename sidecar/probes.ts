@@ -14,8 +14,8 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIPv4 } from 'node:net';
-import { z } from 'zod';
-import { INBOUND_FORWARD_SOURCE, type ProbeSchema } from '../common/contract/index.js';
+import type { z } from 'zod';
+import { AppPreStopSchema, BGP_DRAIN_PATH, INBOUND_FORWARD_SOURCE, type AppPreStop, type ProbeSchema } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
 import { runNetworkProbe, type NetworkProbe, type ProbeResult } from '../common/probes.js';
 import { answerReady, type Readiness } from './admin.js';
@@ -37,23 +37,6 @@ export interface ProbeServerOptions {
   /** The app containers' own preStop hooks by container name (FLB_APP_PRESTOP), run after the drain. */
   appPreStops?: ReadonlyMap<string, AppPreStop>;
 }
-
-/** The preStop hook's path (the injector writes the same; `?container=NAME` runs that container's own hook afterwards). */
-export const BGP_DRAIN_PATH = '/drain/bgp';
-
-/** An app container's own preStop hook the injector replaced with the drain: run by the sidecar once the drain is done. */
-const AppPreStopSchema = z.discriminatedUnion('type', [
-  z.object({
-    type: z.literal('http'),
-    port: z.number().int().min(1).max(65535),
-    path: z.string().default('/'),
-    scheme: z.enum(['HTTP', 'HTTPS']).default('HTTP'),
-    host: z.string().optional(),
-    headers: z.array(z.object({ name: z.string(), value: z.string() })).default([]),
-  }),
-  z.object({ type: z.literal('sleep'), seconds: z.number().int().min(0) }),
-]);
-export type AppPreStop = z.output<typeof AppPreStopSchema>;
 
 /** An app's own httpGet hook has only the kubelet's bound (the grace period, which ends the pod anyway); this keeps a hung one from lingering. */
 const APP_HOOK_TIMEOUT_MS = 10 * 60_000;

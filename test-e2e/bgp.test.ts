@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { startServer, type ServerProcess } from '../devenv/processes.js';
 import { defaultMesh, INJECT_LABEL } from '../common/contract/index.js';
 import { injectPod } from '../injector/inject.js';
-import { BGP_ANNOUNCER_ANNOTATION } from '../injector/prestop.js';
+import { BGP_ANNOUNCER_ANNOTATION } from '../common/contract/index.js';
 import { meshDoc, sidecarDoc } from '../sidecar/config/testing/fixtures.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';

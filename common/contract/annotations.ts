@@ -47,3 +47,14 @@ export const REPO_CA_CONFIGMAP = 'flb-repo-ca';
 export const REPO_CA_CONFIGMAP_KEY = 'ca.crt';
 /** Env var of the sidecar container: the path of the repo CA bundle (PEM) to trust. */
 export const REPO_CA_FILE_ENV = 'FLB_REPO_CA_FILE';
+
+/**
+ * "true" on a pod whose sidecar announces VIPs over BGP: the injector gives its app containers a
+ * preStop hook to BGP_DRAIN_PATH on the sidecar's readiness probe port, so the VIPs are withdrawn
+ * before the app gets SIGTERM (a native sidecar stops after the app).
+ */
+export const BGP_ANNOUNCER_ANNOTATION = 'flomesh.io/bgp-announcer';
+/** The drain hook's path on every sidecar probe port; `?container=NAME` runs that container's own hook afterwards. */
+export const BGP_DRAIN_PATH = '/drain/bgp';
+/** The app containers' own preStop hooks the injector moved to the sidecar, by container name (AppPreStopsSchema). */
+export const APP_PRESTOP_ENV = 'FLB_APP_PRESTOP';

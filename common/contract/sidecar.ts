@@ -163,3 +163,17 @@ export const SidecarConfigSchema = z
 
 export type SidecarConfig = z.output<typeof SidecarConfigSchema>;
 export type SidecarConfigInput = z.input<typeof SidecarConfigSchema>;
+
+/** An app container's own preStop hook the injector replaced with the BGP drain: run by the sidecar once the drain is done. */
+export const AppPreStopSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('http'),
+    port: z.number().int().min(1).max(65535),
+    path: z.string().default('/'),
+    scheme: z.enum(['HTTP', 'HTTPS']).default('HTTP'),
+    host: z.string().optional(),
+    headers: z.array(z.object({ name: z.string(), value: z.string() })).default([]),
+  }),
+  z.object({ type: z.literal('sleep'), seconds: z.number().int().min(0) }),
+]);
+export type AppPreStop = z.output<typeof AppPreStopSchema>;
