@@ -1,9 +1,13 @@
 // The chart's repo on etcd (repo.store: etcd): several replicas behind the one Service, the etcd
 // endpoints, client certificate and password from values and Secrets; the disk store stays the
-// default. helm template and lint only: the objects' fields are the same kinds chart.test.ts sends
-// through a real apiserver's dry run.
+// default. helm template and lint, and the rendered objects through a real apiserver's
+// server-side dry run with strict field validation.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { CoreV1Api } from '@kubernetes/client-node';
+import { execa } from 'execa';
 import YAML from 'yaml';
+import { testBinary } from '../devenv/cache.js';
+import { startControlPlane } from '../devenv/controlplane.js';
 import { CHART_DIR, find, Helm, type KubeObject } from './harness/chart.js';
 
 interface Container {
@@ -115,4 +119,30 @@ describe('the chart: the repo on etcd', () => {
       etcd: { endpoints: [], prefix: 'flb-repo/', timeout: '5s', tlsSecret: '', username: '', passwordSecret: { name: '', key: 'password' } },
     });
   });
+});
+
+describe('the chart: the repo on etcd, through a real apiserver', () => {
+  it('has every object accepted by a server-side dry run with strict field validation', async () => {
+    const plane = await startControlPlane();
+    const helm = new Helm(plane.kubeconfigPath);
+    try {
+      await plane.kubeConfig.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: 'flomesh' } } });
+      const text = await helm.renderText(etcdValues);
+      const count = YAML.parseAllDocuments(text).filter((d) => d.toJS() !== null).length;
+      const applied = await execa(
+        testBinary('kubectl'),
+        ['--kubeconfig', plane.kubeconfigPath, 'apply', '--server-side', '--dry-run=server', '--validate=strict', '--field-manager=flb-chart-test', '-f', '-'],
+        { reject: false, input: text },
+      );
+      expect({ exitCode: applied.exitCode, stderr: applied.stderr }).toEqual({ exitCode: 0, stderr: '' });
+      expect(
+        String(applied.stdout)
+          .split('\n')
+          .filter((l) => l.endsWith('serverside-applied (server dry run)')),
+      ).toHaveLength(count);
+    } finally {
+      helm.dispose();
+      await plane.stop();
+    }
+  }, 120_000);
 });
