@@ -48,6 +48,9 @@ export interface RunningRepo {
 export async function runRepo(options: RepoRunOptions): Promise<RunningRepo> {
   const { log } = options;
   const etcd = options.etcd ? openEtcd(options.etcd) : undefined;
+  const plain = options.etcd?.endpoints.filter((endpoint) => endpoint.startsWith('http://')) ?? [];
+  if (options.etcd?.username !== undefined && plain.length > 0)
+    log.warn({ endpoints: plain }, "the etcd password goes to these endpoints unencrypted (http): give etcd's https URLs");
   const store = etcd ?? (await new DiskStore(options.dataDir!, crashPointFromEnvironment()).init());
   // Read before the load: a write landing between the two comes through the watch. Also the first
   // call to etcd: wrong certificates or credentials stop the repo here, saying which.
