@@ -205,7 +205,17 @@ export async function load(options: {
     mkdirSync(dir);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    if (isComplete(paths)) return { mesh: paths.mesh, cgroup, pins: dir, alreadyLoaded: true };
+    if (isComplete(paths)) {
+      // A cgroup v2's id is its folder's inode number.
+      const link = (await bpftoolJson(['link', 'show', 'pinned', linkPin(paths, PROGRAMS[0]!.name)])) as { cgroup_id?: number } | undefined;
+      if (link?.cgroup_id !== undefined && link.cgroup_id !== statSync(cgroup).ino) {
+        throw new ActionableError(
+          `mesh ${paths.mesh} is already attached to another cgroup (id ${link.cgroup_id}), not ${cgroup} (id ${statSync(cgroup).ino})`,
+          `unload it first (flb bpf unload --mesh ${paths.mesh}), or load another mesh name here`,
+        );
+      }
+      return { mesh: paths.mesh, cgroup, pins: dir, alreadyLoaded: true };
+    }
     throw new ActionableError(
       `mesh ${paths.mesh} is partly loaded at ${dir} (another loader is at work, or one was killed)`,
       `run 'flb bpf unload --mesh ${paths.mesh}' if no other loader is running, then load again`,

@@ -203,6 +203,20 @@ describe('flb bpf when things go wrong', () => {
     ]);
   });
 
+  it('refuses to call a mesh attached elsewhere loaded: another cgroup is named as such', async () => {
+    const child = join(cgroup, 'other');
+    mkdirSync(child);
+    try {
+      const elsewhere = await run('load', '--mesh', MESH, '--cgroup', child);
+      expect(elsewhere.exitCode).toBe(1);
+      expect(elsewhere.stderr).toContain(`mesh ${MESH} is already attached to another cgroup`);
+      expect(elsewhere.stderr).toContain(`not ${child}`);
+      expect(await attachedNames(child)).toEqual([]);
+    } finally {
+      rmdirSync(child);
+    }
+  });
+
   it('a half-loaded mesh is reported as such, and unload removes what there is', async () => {
     // As a loader killed half-way leaves it: one link's pin gone.
     const addon = loadAddon();
