@@ -121,8 +121,10 @@ export function startContainerProcess(spec: ContainerProcessSpec): ContainerProc
     'unshare',
     '--mount',
     '--uts',
+    // Slave, as the kubelet's HostToContainer: mounts the node makes later (a new pod's network
+    // namespace under /var/run/netns, for the CNI agent) reach containers; theirs never reach the node.
     '--propagation',
-    'private',
+    'slave',
     '--',
     'sh',
     '-c',

@@ -337,7 +337,8 @@ export class PodWorker {
       supplementaryGroups: groups,
       capabilities: effectiveCapabilities(security),
       noNewPrivileges: security?.allowPrivilegeEscalation === false,
-      netnsPath: this.pod.spec?.hostNetwork ? '/proc/1/ns/net' : this.sandbox!.netnsPath,
+      // The node's network is the simulator's own: PID 1 may be another user's (a container's supervisor) and unreadable.
+      netnsPath: this.pod.spec?.hostNetwork ? `/proc/${process.pid}/ns/net` : this.sandbox!.netnsPath,
       hostname: this.pod.spec?.hostNetwork ? this.context.nodeName : (this.pod.metadata?.name ?? 'pod'),
       mounts,
       ...(spec.workingDir ? { workingDir: spec.workingDir } : {}),

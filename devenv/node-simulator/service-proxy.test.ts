@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import type { V1EndpointSlice, V1Service } from '@kubernetes/client-node';
 import { execa } from 'execa';
-import { translationRules } from './service-proxy.js';
+import { serviceRules } from './service-proxy.js';
 
 const service = (name: string, clusterIP: string, ports: { name?: string; port: number; protocol?: string }[]): V1Service => ({
   metadata: { name, namespace: 'shop' },
@@ -33,8 +33,10 @@ describe('the Service rules (kube-proxy stand-in)', () => {
     slice('headless', [{ name: 'http', port: 8080 }], [{ ip: '10.7.0.6' }]),
   ];
 
+  const chains = { translate: 'FLBSVC-1', reject: 'FLBSVCR-1' };
+
   it('sends each ClusterIP:port to its ready endpoints at their target port, evenly at random', () => {
-    expect(translationRules('FLBSVC-1', services, slices)).toEqual([
+    expect(serviceRules(chains, services, slices).translate).toEqual([
       '-A FLBSVC-1 -d 10.96.0.20/32 -p tcp -m tcp --dport 80 -m statistic --mode random --probability 0.33333 -j DNAT --to-destination 10.7.0.2:8080',
       '-A FLBSVC-1 -d 10.96.0.20/32 -p tcp -m tcp --dport 80 -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.7.0.3:8080',
       '-A FLBSVC-1 -d 10.96.0.20/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.7.0.4:8080',
@@ -42,9 +44,22 @@ describe('the Service rules (kube-proxy stand-in)', () => {
     ]);
   });
 
+  it('refuses a ClusterIP:port with no ready endpoint at once, as kube-proxy does, instead of letting the caller time out', () => {
+    const allUnready = [...slices, slice('later', [{ name: 'http', port: 8080 }], [{ ip: '10.7.0.8', ready: false }])];
+    expect(serviceRules(chains, [...services, service('later', '10.96.0.50', [{ name: 'http', port: 80 }])], allUnready).reject).toEqual([
+      '-A FLBSVCR-1 -d 10.96.0.40/32 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable',
+      '-A FLBSVCR-1 -d 10.96.0.50/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with tcp-reset',
+    ]);
+  });
+
   it('writes rules iptables-restore parses (--test: nothing is applied)', async () => {
-    const rules = translationRules('FLBSVC-1', services, slices);
-    const restore = await execa('iptables-restore', ['--test'], { input: `*nat\n:FLBSVC-1 - [0:0]\n${rules.join('\n')}\nCOMMIT\n`, reject: false });
-    expect({ exitCode: restore.exitCode, stderr: restore.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    const rules = serviceRules(chains, services, slices);
+    for (const [table, chain, lines] of [
+      ['nat', 'FLBSVC-1', rules.translate],
+      ['filter', 'FLBSVCR-1', rules.reject],
+    ] as const) {
+      const restore = await execa('iptables-restore', ['--test'], { input: `*${table}\n:${chain} - [0:0]\n${lines.join('\n')}\nCOMMIT\n`, reject: false });
+      expect({ table, exitCode: restore.exitCode, stderr: restore.stderr }).toEqual({ table, exitCode: 0, stderr: '' });
+    }
   });
 });
