@@ -15,6 +15,8 @@ type Instance = Record<string, unknown> & { instanceId: string; app: string; sta
 class FakeEureka {
   apps = new Map<string, Map<string, Instance>>();
   requests: string[] = [];
+  /** How long a registration takes (a busy server). */
+  registerDelayMs = 0;
   /** Answers a request with this (an error: unreachable) instead. */
   failing?: (method: string, path: string) => Error | EurekaAnswer | undefined;
 
@@ -57,6 +59,7 @@ class FakeEureka {
           }),
         };
       if (method === 'POST') {
+        if (this.registerDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.registerDelayMs));
         this.put((body as { instance: Instance }).instance);
         return { status: 204, body: '' };
       }
@@ -348,6 +351,33 @@ describe('renewals', () => {
     expect(renewals).toBeGreaterThanOrEqual(20 * 2);
     expect(sink.renewalLoad()).toEqual({ instances: 20, renewalsPerMinute: 1200 });
     expect(sink.counters).toMatchObject({ renewalFailures: 0, lateRenewals: 0 });
+  });
+
+  it('go before registrations: a backlog of new instances on a slow server never delays the renewals of those held', async () => {
+    const eureka = new FakeEureka();
+    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2, writeConcurrency: 2 });
+    sink.setService(
+      'web.shop',
+      web([
+        ['10.244.0.5', true],
+        ['10.244.0.6', true],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    // 400 registrations of 15 ms, 2 at a time: 3 s of backlog, three renewal intervals.
+    eureka.registerDelayMs = 15;
+    sink.setService(
+      'api.shop',
+      { ...web(Array.from({ length: 400 }, (_, i): [string, boolean] => [`10.245.${i >> 8}.${i & 255}`, true])), id: 'api.shop', name: 'api' },
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    expect(eureka.summary()).toHaveLength(402);
+    expect(sink.counters.lateRenewals).toBe(0);
+    expect(sink.counters.maxRenewalDelayMs).toBeLessThan(400);
   });
 
   it('refuses a renewal interval above the 30 s Eureka servers count on, and a lease that one late renewal would end', () => {

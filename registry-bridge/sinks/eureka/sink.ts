@@ -82,7 +82,9 @@ export class EurekaSink implements Sink {
   private readonly renewing = new Set<string>();
   private lastTick = Date.now();
   private inFlight = 0;
-  private readonly waiting: (() => void)[] = [];
+  /** Tasks waiting for a free slot: renewals before writes, so a backlog of registrations never lets held instances expire. */
+  private readonly waitingRenewals: (() => void)[] = [];
+  private readonly waitingWrites: (() => void)[] = [];
   private lastDirty = 0;
   private mayRemove = false;
   private running = false;
@@ -256,15 +258,20 @@ export class EurekaSink implements Sink {
     this.log.info({ server: this.api.address, instances: this.held.size, ours: this.schedule.size }, 'read what the Eureka server holds');
   }
 
-  /** Runs `task` once fewer than writeConcurrency requests are in flight (renewals and writes alike). */
-  private async limited<T>(task: () => Promise<T>): Promise<T> {
-    while (this.inFlight >= this.config.writeConcurrency) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    this.inFlight++;
+  /**
+   * Runs `task` once fewer than writeConcurrency requests are in flight (renewals and writes
+   * alike). A finished task hands its slot to the next waiting renewal, else the next write, in
+   * the order they came.
+   */
+  private async limited<T>(task: () => Promise<T>, renewal = false): Promise<T> {
+    if (this.inFlight < this.config.writeConcurrency) this.inFlight++;
+    else await new Promise<void>((resolve) => (renewal ? this.waitingRenewals : this.waitingWrites).push(resolve));
     try {
       return await task();
     } finally {
-      this.inFlight--;
-      this.waiting.shift()?.();
+      const next = this.waitingRenewals.shift() ?? this.waitingWrites.shift();
+      if (next) next();
+      else this.inFlight--;
     }
   }
 
@@ -320,7 +327,7 @@ export class EurekaSink implements Sink {
       // One renewal of an instance at a time: a backlog never doubles itself.
       if (this.renewing.has(key)) continue;
       this.renewing.add(key);
-      void this.limited(() => this.renew(key, scheduledAt)).finally(() => this.renewing.delete(key));
+      void this.limited(() => this.renew(key, scheduledAt), true).finally(() => this.renewing.delete(key));
     }
   }
 
@@ -432,7 +439,7 @@ export class EurekaSink implements Sink {
     clearTimeout(this.wake);
     this.api.close();
     for (const resolve of this.idleWaiters.splice(0)) resolve();
-    for (const resolve of this.waiting.splice(0)) resolve();
+    for (const resolve of [...this.waitingRenewals.splice(0), ...this.waitingWrites.splice(0)]) resolve();
   }
 
   /** Instances renewed now, and the renewals a minute they send (what the server counts on for them). */
