@@ -9,6 +9,7 @@
  * - File etags are content hashes, so `_etags` tells a worker exactly which files changed.
  * - Names are checked (segments of [A-Za-z0-9._-], no `..`, no nesting of one codebase in another).
  */
+import { createHash } from 'node:crypto';
 import { keptStatus, truncated } from './status.js';
 import { StoreConflict, type CodebaseRecord, type RepoStore } from './store/store.js';
 
@@ -219,9 +220,10 @@ export class Repo {
   }
 
   /** Writes the record; if another replica changed the codebase first, takes in its state and has the writer retry. */
-  private async storeRecord(record: CodebaseRecord, changed?: readonly string[]): Promise<void> {
+  private async storeRecord(record: CodebaseRecord, changed?: readonly string[], blobs?: Buffer[]): Promise<void> {
     try {
-      const revision = await this.store.putRecord(record, changed);
+      const revision =
+        blobs && this.store.putRecordWithBlobs ? await this.store.putRecordWithBlobs(record, blobs, changed) : await this.store.putRecord(record, changed);
       if (revision !== undefined) record.revision = revision;
     } catch (error) {
       throw this.conflict(record.name, error);
@@ -332,7 +334,10 @@ export class Repo {
     return this.exclusive(name, async () => {
       const record = this.require(name);
       const contents = [...files].filter((entry): entry is [string, Buffer] => entry[1] !== null);
-      const shas = await this.store.putBlobs(contents.map(([, content]) => content));
+      // A store that writes a publish's blobs with its record (etcd: one quorum write, not two) gets them there.
+      const withRecord = version !== undefined && this.store.putRecordWithBlobs !== undefined;
+      const blobs = contents.map(([, content]) => content);
+      const shas = withRecord ? blobs.map((content) => createHash('sha256').update(content).digest('hex')) : await this.store.putBlobs(blobs);
       const edits = { ...record.edits };
       contents.forEach(([file], i) => (edits[file] = shas[i]!));
       for (const [file, content] of files) {
@@ -345,7 +350,7 @@ export class Repo {
       const drafted: CodebaseRecord = { ...record, edits };
       if (version !== undefined) {
         // This batch's drafts were never written: only earlier ones have records to remove.
-        await this.publishLocked(drafted, options.main as string | undefined, version, Object.keys(record.edits));
+        await this.publishLocked(drafted, options.main as string | undefined, version, Object.keys(record.edits), withRecord ? blobs : undefined);
         return;
       }
       await this.store.putDrafts(
@@ -359,7 +364,14 @@ export class Repo {
   }
 
   /** Publishes `current` (the codebase as it is, or with a batch's drafts that are not in memory yet). */
-  private async publishLocked(current: CodebaseRecord, main: string | undefined, version: string | undefined, draftsOnDisk?: string[]): Promise<void> {
+  private async publishLocked(
+    current: CodebaseRecord,
+    main: string | undefined,
+    version: string | undefined,
+    draftsOnDisk?: string[],
+    /** Blobs the store writes with the record (putRecordWithBlobs). */
+    blobs?: Buffer[],
+  ): Promise<void> {
     const name = current.name;
     const files = { ...current.files };
     for (const [path, sha] of Object.entries(current.edits)) {
@@ -368,7 +380,7 @@ export class Repo {
     }
     const next: CodebaseRecord = { ...current, files, edits: {}, ...(main !== undefined ? { main } : {}), ...(version !== undefined ? { version } : {}) };
     // Only the drafts' paths can differ from what was last written.
-    await this.storeRecord(next, Object.keys(current.edits));
+    await this.storeRecord(next, Object.keys(current.edits), blobs);
     this.codebases.set(name, next);
     this.remember(next, version === undefined || version === current.version);
     // Durable now: waiting workers hear of it even if removing the drafts fails (they are dropped

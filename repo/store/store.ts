@@ -68,6 +68,11 @@ export interface RepoStore {
   /** Many drafts at once, durably; cheaper than one putDraft each (one directory sync). */
   putDrafts(codebase: string, drafts: [path: string, sha: string | null][]): Promise<void>;
   clearDrafts(codebase: string, paths: string[]): Promise<void>;
+  /**
+   * Optional, for stores where every write is a round trip to a quorum (etcd): the same as
+   * putBlobs(blobs) then putRecord(record, changed), in one write when they fit in one.
+   */
+  putRecordWithBlobs?(record: CodebaseRecord, blobs: Buffer[], changed?: readonly string[]): Promise<string | undefined>;
   /** Removes the record and its drafts; with a revision, only if it is still the stored one (else StoreConflict). */
   deleteRecord(name: string, revision?: string): Promise<void>;
   /** Writes the blob durably (before any record refers to it); returns its sha256. */
