@@ -97,7 +97,7 @@ export function bpfCommands(): Command[] {
         result,
         result.loaded
           ? [
-              `mesh ${result.mesh}: ${result.complete ? 'loaded' : 'partly loaded'}, ${result.namespaces} namespace(s) registered, pins ${result.pins}`,
+              `mesh ${result.mesh}: ${result.complete ? 'loaded' : 'partly loaded'}${result.cgroup ? ` at ${result.cgroup}` : ''}, ${result.namespaces} namespace(s) registered, pins ${result.pins}`,
               ...result.programs.map(
                 (p) =>
                   `${p.name.padEnd(15)} ${p.attach.padEnd(13)} ${p.programId !== undefined ? `prog ${p.programId}` : 'no program'}  ${p.linkId !== undefined ? `link ${p.linkId} cgroup ${p.cgroupId}` : 'not attached'}`,

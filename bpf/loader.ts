@@ -355,6 +355,24 @@ export interface Status {
   programs: ProgramStatus[];
   /** Network namespaces registered (entries of the settings map). */
   namespaces: number;
+  /** Where the programs are attached, when that cgroup is found under the cgroup2 mount. */
+  cgroup?: string;
+}
+
+/** The folder of the cgroup v2 with this id (its inode number), searched breadth first under the mount. */
+export function cgroupPathOf(id: number, root = defaultCgroup()): string | undefined {
+  if (!root) return undefined;
+  const queue = [root];
+  for (let visited = 0; queue.length > 0 && visited < 100_000; visited++) {
+    const dir = queue.shift()!;
+    try {
+      if (statSync(dir).ino === id) return dir;
+      for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) queue.push(join(dir, entry.name));
+    } catch {
+      // Removed while we looked.
+    }
+  }
+  return undefined;
 }
 
 export async function status(options: { mesh: string; bpffs?: string }): Promise<Status> {
@@ -375,7 +393,9 @@ export async function status(options: { mesh: string; bpffs?: string }): Promise
     programs.push(entry);
   }
   const namespaces = loaded && existsSync(mapPin(paths, MAP.settings)) ? loadAddon().mapKeys(mapPin(paths, MAP.settings), KEY_SIZE[MAP.settings]).length : 0;
-  return { mesh: paths.mesh, loaded, complete: loaded && isComplete(paths), pins: dir, programs, namespaces };
+  const cgroupId = programs.find((p) => p.cgroupId !== undefined)?.cgroupId;
+  const cgroup = cgroupId !== undefined ? cgroupPathOf(cgroupId) : undefined;
+  return { mesh: paths.mesh, loaded, complete: loaded && isComplete(paths), pins: dir, programs, namespaces, ...(cgroup ? { cgroup } : {}) };
 }
 
 // ---- per-namespace registration ----

@@ -186,7 +186,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
   });
 
   it('loads all ten programs and attaches each through a bpf_link to the test cgroup only', async () => {
-    expect(loadedStatus).toMatchObject({ loaded: true, complete: true, namespaces: 1 });
+    expect(loadedStatus).toMatchObject({ loaded: true, complete: true, namespaces: 1, cgroup });
     for (const program of loadedStatus.programs) expect(program).toMatchObject({ programId: expect.any(Number), linkId: expect.any(Number) });
     const attached = JSON.parse((await execa('bpftool', ['-j', 'cgroup', 'show', cgroup])).stdout) as { id: number; name: string }[];
     expect(attached.map((a) => a.name).sort()).toEqual(
@@ -208,7 +208,7 @@ describe('eBPF interception (cgroup/connect4/6, sockops, getsockopt, getpeername
     const again = await execa(process.execPath, [flb, 'bpf', 'load', '--mesh', MESH, '--cgroup', cgroup, '--json']);
     expect(JSON.parse(again.stdout)).toMatchObject({ alreadyLoaded: true });
     const shown = await execa(process.execPath, [flb, 'bpf', 'status', '--mesh', MESH]);
-    expect(shown.stdout).toContain(`mesh ${MESH}: loaded, 1 namespace(s) registered`);
+    expect(shown.stdout).toContain(`mesh ${MESH}: loaded at ${cgroup}, 1 namespace(s) registered`);
   });
 
   it("sends an app's IPv4 connection to the sidecar, which reads the original destination; the app sees the address it dialled", async () => {
