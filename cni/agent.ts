@@ -10,7 +10,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { INTERCEPTION_ANNOTATION, InterceptionSchema, SIDECAR_STATUS_ANNOTATION, checkDocument, type Interception } from '../common/contract/index.js';
 import { listenError, portInUse } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { applyRules, cleanRules, verifyRules } from './iptables.js';
+import { applyInterception, cleanInterception, verifyRules } from './iptables.js';
 import type { CniAgentMetrics } from './metrics.js';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
@@ -66,6 +66,13 @@ export interface AgentOptions {
   /** REQUEST_LIMITS.timeoutMs unless told (tests). */
   requestTimeoutMs?: number;
   metrics?: CniAgentMetrics;
+}
+
+/** What ADD did to a sandbox's namespace, kept in the state dir for DEL and GC. */
+interface RecordedAttachment {
+  netns: string;
+  /** The BGP VIPs put on its lo. */
+  vips?: string[];
 }
 
 class CniFailure extends Error {
@@ -208,7 +215,7 @@ export class CniAgent {
           const settings = await this.podSettings(request);
           if (settings) {
             await this.program(request, settings);
-            log.info({ netns: request.netns }, 'interception rules applied');
+            log.info({ netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) }, 'interception rules applied');
           }
           return { exitCode: 0, stdout: passThrough() };
         }
@@ -260,23 +267,24 @@ export class CniAgent {
   }
 
   private async program(request: CniRequest, settings: Interception): Promise<void> {
-    this.record(request.containerId, { netns: request.netns });
+    // The VIPs are recorded, not read from the pod at DEL: by then the pod may be gone from the API.
+    this.record(request.containerId, { netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) });
     try {
-      await applyRules(settings, { netns: request.netns });
+      await applyInterception(settings, { netns: request.netns });
     } catch (error) {
-      // applyRules leaves nothing half-applied; nothing to release but the record.
+      // applyInterception leaves nothing half-applied; nothing to release but the record.
       this.forget(request.containerId);
       throw new CniFailure(CniError.programming, `could not program the pod's network namespace: ${(error as Error).message}`);
     }
   }
 
-  /** DEL: removes what ADD made. Succeeds for something never added, or whose namespace is gone. */
+  /** DEL: removes what ADD made (the rules, the VIPs on lo). Succeeds for something never added, or whose namespace is gone. */
   private async release(containerId: string, netns: string | undefined, log: Logger): Promise<void> {
     const recorded = this.recorded(containerId);
     const target = netns || recorded?.netns;
     if (recorded && target && existsSync(target)) {
       try {
-        await cleanRules({ netns: target });
+        await cleanInterception(recorded.vips ?? [], { netns: target });
       } catch (error) {
         log.warn({ err: error }, 'could not clean the rules; the namespace is probably going away');
       }
@@ -288,15 +296,15 @@ export class CniAgent {
     return join(this.options.stateDir, `${containerId.replace(/[^A-Za-z0-9_.-]/g, '_')}.json`);
   }
 
-  private record(containerId: string, state: { netns: string }): void {
+  private record(containerId: string, state: RecordedAttachment): void {
     const path = this.statePath(containerId);
     writeFileSync(`${path}.tmp`, JSON.stringify({ containerId, ...state }));
     renameSync(`${path}.tmp`, path);
   }
 
-  private recorded(containerId: string): { netns: string } | undefined {
+  private recorded(containerId: string): RecordedAttachment | undefined {
     try {
-      return JSON.parse(readFileSync(this.statePath(containerId), 'utf8')) as { netns: string };
+      return JSON.parse(readFileSync(this.statePath(containerId), 'utf8')) as RecordedAttachment;
     } catch {
       return undefined;
     }

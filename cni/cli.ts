@@ -44,18 +44,26 @@ export function iptablesCommand(): Command {
 
   withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.')).action(
     async (flags: IptablesFlags) => {
-      const [{ applyRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
+      const [{ applyInterception }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
       const { settings, options } = await prepare(flags);
-      const result = await applyRules(settings, options);
-      createLogger('iptables').info(result, result.unchanged.length === result.families.length ? 'rules already in place' : 'rules applied');
+      const result = await applyInterception(settings, options);
+      const log = createLogger('iptables');
+      log.info(
+        { backend: result.backend, families: result.families, unchanged: result.unchanged },
+        result.unchanged.length === result.families.length ? 'rules already in place' : 'rules applied',
+      );
+      if (settings.bgpVips?.length)
+        log.info({ vips: settings.bgpVips, added: result.vipsAdded }, result.vipsAdded.length ? 'BGP VIPs put on lo' : 'BGP VIPs already on lo');
     },
   );
 
-  withCommonOptions(iptables.command('clean').description('Remove every FLB_* chain and the jumps to them.')).action(async (flags: IptablesFlags) => {
-    const [{ cleanRules }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
-    const { options } = await prepare(flags);
-    createLogger('iptables').info(await cleanRules(options), 'rules removed');
-  });
+  withCommonOptions(iptables.command('clean').description("Remove every FLB_* chain and the jumps to them, and the settings' BGP VIPs from lo.")).action(
+    async (flags: IptablesFlags) => {
+      const [{ cleanInterception }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
+      const { settings, options } = await prepare(flags);
+      createLogger('iptables').info(await cleanInterception(settings.bgpVips ?? [], options), 'rules removed');
+    },
+  );
 
   withCommonOptions(iptables.command('print').description('Print the iptables-restore documents without touching anything.')).action(
     async (flags: IptablesFlags) => {
@@ -66,6 +74,9 @@ export function iptablesCommand(): Command {
       for (const family of families) {
         process.stdout.write(`# IPv${family}: ${family === 4 ? 'iptables' : 'ip6tables'}-restore --noflush\n${printDocument(buildRules(settings, family))}`);
       }
+      const { loopbackDocument } = await import('./loopback.js');
+      const vips = loopbackDocument('add', settings.bgpVips ?? []);
+      if (vips) process.stdout.write(`# BGP VIPs on lo (those missing): ip -batch -\n${vips}`);
     },
   );
 

@@ -1,6 +1,7 @@
-import { execa } from 'execa';
 import type { Interception } from '../common/contract/index.js';
 import { ActionableError } from '../common/errors.js';
+import { run } from './netns-run.js';
+import { addLoopbackVips, loopbackProblems, readLoopback, removeLoopbackVips } from './loopback.js';
 import { applyDocument, buildRules, cleanDocument, parseSave, verifyAgainst, type Family, type LiveState } from './rules.js';
 
 export type Backend = 'legacy' | 'nft';
@@ -10,20 +11,6 @@ export interface IptablesOptions {
   backend?: Backend;
   /** Run inside this network namespace (a path such as /var/run/netns/x or /proc/PID/ns/net). */
   netns?: string;
-}
-
-async function run(command: string, args: string[], options: IptablesOptions, input?: string): Promise<string> {
-  const [file, argv] = options.netns ? ['nsenter', [`--net=${options.netns}`, '--', command, ...args]] : [command, args];
-  try {
-    const result = await execa(file, argv, { ...(input !== undefined ? { input } : {}), stripFinalNewline: false });
-    return result.stdout;
-  } catch (error) {
-    const e = error as { code?: string; stderr?: string; shortMessage?: string };
-    if (e.code === 'ENOENT') {
-      throw new ActionableError(`${file} is not installed`, file === 'nsenter' ? 'install util-linux' : 'install iptables (apt-get install iptables)');
-    }
-    throw new ActionableError(`${command} ${args.join(' ')} failed: ${(e.stderr ?? e.shortMessage ?? String(error)).trim()}`);
-  }
 }
 
 const tool = (backend: Backend, family: Family, what: 'save' | 'restore') => `${family === 6 ? 'ip6tables' : 'iptables'}-${backend}-${what}`;
@@ -105,6 +92,32 @@ export async function applyRules(settings: Interception, options: IptablesOption
   return { backend, families, unchanged };
 }
 
+/**
+ * Everything the settings ask of the pod's namespace: its BGP VIPs on lo, then the rules. If the
+ * rules fail, the VIPs this call added are taken off again (applyRules cleans its own half).
+ */
+export async function applyInterception(settings: Interception, options: IptablesOptions = {}): Promise<ApplyResult & { vipsAdded: string[] }> {
+  const { added } = await addLoopbackVips(settings.bgpVips ?? [], options);
+  try {
+    return { ...(await applyRules(settings, options)), vipsAdded: added };
+  } catch (error) {
+    await removeLoopbackVips(added, options).catch(() => {});
+    throw error;
+  }
+}
+
+/** What applyInterception made: the rules, and the settings' VIPs on lo. */
+export async function cleanInterception(
+  vips: readonly string[],
+  options: IptablesOptions = {},
+): Promise<{ backend: Backend; cleaned: Family[]; vipsRemoved: string[] }> {
+  // The rules go even when the VIPs cannot, and the other way round.
+  const [vipsResult, rulesResult] = await Promise.allSettled([removeLoopbackVips(vips, options), cleanRules(options)]);
+  if (vipsResult.status === 'rejected') throw vipsResult.reason;
+  if (rulesResult.status === 'rejected') throw rulesResult.reason;
+  return { ...rulesResult.value, vipsRemoved: vipsResult.value.removed };
+}
+
 async function cleanRulesFor(backend: Backend, family: Family, options: IptablesOptions): Promise<boolean> {
   const doc = cleanDocument(await readLive(backend, family, options));
   if (!doc) return false;
@@ -133,5 +146,6 @@ export async function verifyRules(settings: Interception, options: IptablesOptio
   for (const family of await familiesFor(settings, options)) {
     for (const p of verifyAgainst(buildRules(settings, family), await readLive(backend, family, options))) problems.push(`IPv${family}: ${p}`);
   }
+  if (settings.bgpVips?.length) problems.push(...loopbackProblems(settings.bgpVips, await readLoopback(options)));
   return { backend, problems };
 }

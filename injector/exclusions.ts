@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { parseCidr } from '../common/contract/primitives.js';
+import { canonicalIp, parseCidr } from '../common/contract/primitives.js';
 import type { InvalidSetting } from './policy.js';
 
 /** A per-pod annotation whose value could not be understood; the pod is refused naming it and every bad item. */
@@ -44,6 +44,34 @@ export function parseCidrList(annotation: string, value: string): string[] {
   const bad = list.filter((item) => isIP(item) === 0 && (!item.includes('/') || parseCidr(item) === undefined));
   if (bad.length) throw refuse(annotation, bad, bad.length === 1 ? 'an IP address or CIDR' : 'IP addresses or CIDRs', '10.0.0.0/8,169.254.169.254/32');
   return list.map((item) => (isIP(item) === 4 ? `${item}/32` : isIP(item) === 6 ? `${item}/128` : item));
+}
+
+/**
+ * "10.0.0.100, 2001:db8::100/128" -> host routes for the pod's lo. An address, or an address with
+ * /32 (IPv4) or /128 (IPv6); a wider prefix is refused, since on lo it would make the whole range
+ * the pod's own. Repeats are kept once.
+ */
+export function parseVipList(annotation: string, value: string): string[] {
+  const list = items(value);
+  const hostLength = (item: string) => {
+    const slash = item.lastIndexOf('/');
+    const address = slash < 0 ? item : item.slice(0, slash);
+    const family = isIP(address);
+    // A zone (fe80::1%eth0) names another interface: it cannot go on lo.
+    if (family === 0 || address.includes('%')) return undefined;
+    const bits = slash < 0 ? String(family === 4 ? 32 : 128) : item.slice(slash + 1);
+    return bits === (family === 4 ? '32' : '128') ? `${canonicalIp(address)}/${bits}` : undefined;
+  };
+  const bad = list.filter((item) => hostLength(item) === undefined);
+  if (bad.length) {
+    throw refuse(
+      annotation,
+      bad,
+      bad.length === 1 ? 'an IP address (a /32 or /128 at most)' : 'IP addresses (a /32 or /128 at most)',
+      '10.0.0.100/32,2001:db8::100/128',
+    );
+  }
+  return [...new Set(list.map((item) => hostLength(item)!))];
 }
 
 export function union<T>(...lists: T[][]): T[] {

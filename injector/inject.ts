@@ -7,6 +7,7 @@ import type { Operation } from 'fast-json-patch';
 import {
   APP_PRESTOP_ENV,
   BGP_ANNOUNCER_ANNOTATION,
+  BGP_VIPS_ANNOTATION,
   INBOUND_PORT_EXCLUSION_ANNOTATION,
   INIT_CONTAINER_NAME,
   INTERCEPTION_ANNOTATION,
@@ -22,7 +23,7 @@ import {
   type Interception,
   type Mesh,
 } from '../common/contract/index.js';
-import { AnnotationError, parseCidrList, parsePortList, union } from './exclusions.js';
+import { AnnotationError, parseCidrList, parsePortList, parseVipList, union } from './exclusions.js';
 import {
   APP_PROBES_ENV,
   interceptionPartsFor,
@@ -231,11 +232,13 @@ function probeMap(rewrites: ProbeRewrite[]): Record<string, AppProbe> {
   return Object.fromEntries(rewrites.map((r) => [r.path, r.original]));
 }
 
+/** The pod annotations its interception settings are made from. */
 const EXCLUSION_ANNOTATIONS = [
   INBOUND_PORT_EXCLUSION_ANNOTATION,
   OUTBOUND_PORT_EXCLUSION_ANNOTATION,
   OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION,
   OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION,
+  BGP_VIPS_ANNOTATION,
 ];
 
 /**
@@ -256,9 +259,10 @@ function interceptionParts(pod: V1Pod, parts: MeshParts, annotations: Annotation
   return annotations.invalid.length > before ? undefined : interceptionPartsFor(parts, key, () => interception);
 }
 
-/** The mesh's interception defaults narrowed by the pod's exclusion annotations. */
+/** The mesh's interception defaults narrowed by the pod's exclusion annotations, with its BGP VIPs. */
 function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interception {
   const m = mesh.interception;
+  const bgpVips = annotations.read(BGP_VIPS_ANNOTATION, parseVipList, []);
   return InterceptionSchema.parse({
     version: 1,
     mode: m.mode,
@@ -274,6 +278,7 @@ function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interceptio
     excludeOutboundIpRanges: union(m.excludeOutboundIpRanges, annotations.read(OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION, parseCidrList, [])),
     includeOutboundIpRanges: union(m.includeOutboundIpRanges, annotations.read(OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION, parseCidrList, [])),
     excludeInterfaces: m.excludeInterfaces,
+    ...(bgpVips.length ? { bgpVips } : {}),
   });
 }
 

@@ -90,6 +90,10 @@ SANITIZE=(-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 [[ "$(gcc -print-file-name=libasan.so)" == /* ]] || die "gcc's AddressSanitizer runtime is missing (libasan.so): apt-get install gcc (it brings libasan8)"
 build sidecar/native/build/asan/flb-sidecar.node "the addon's sanitizer build" "${ADDON_SOURCES[@]}" -- \
   gcc "${SANITIZE[@]}" "${ADDON_FLAGS[@]}" sidecar/native/*.c
+if [[ -d bpf/native ]]; then
+  build bpf/native/build/asan/flb-bpf.node "the eBPF loader's addon, sanitizer build" bpf/native/*.c -- \
+    gcc "${SANITIZE[@]}" "${ADDON_FLAGS[@]}" bpf/native/*.c
+fi
 # Dynamic: gcc refuses -static with AddressSanitizer.
 build cni/plugin/build/asan/flb-cni "the CNI plugin's sanitizer build" "${PLUGIN_SOURCES[@]}" -- \
   gcc "${SANITIZE[@]}" -Wall -Wextra -Werror cni/plugin/flb-cni.c

@@ -34,9 +34,10 @@ run_jest() {
 [[ $SCOPE == e2e ]] || run_jest unit --maxWorkers=2 "$@"
 [[ $SCOPE == unit ]] || run_jest e2e --runInBand "$@"
 
-# The forwarder's and the CNI plugin's tests again, against their AddressSanitizer/UBSan builds
-# (setup.sh, build/asan/). Node is not built with ASan, so the addon loads only with libasan
-# preloaded, and only into that jest run; the plugin is its own (dynamic) executable. Reports go
+# The forwarder's, the CNI plugin's and the eBPF loader's tests again, against their
+# AddressSanitizer/UBSan builds (setup.sh, build/asan/). Node is not built with ASan, so an addon
+# loads only with libasan preloaded, and only into that jest run (and the flb processes it starts);
+# the plugin is its own (dynamic) executable. Reports go
 # to files: any report fails the suite, even one a test did not notice. Skipped when jest was
 # given arguments (a partial run).
 sanitizer_logs="$results/sanitizers"
@@ -54,6 +55,8 @@ if (($# == 0)); then
   [[ $SCOPE == e2e ]] || run_sanitized forwarder LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
     npx --no-install jest --selectProjects unit --testPathPatterns sidecar/proxy/forwarding.test.ts
   [[ $SCOPE == unit ]] || run_sanitized cni npx --no-install jest --selectProjects e2e --runInBand --testPathPatterns test-e2e/cni.test.ts
+  [[ $SCOPE == unit ]] || run_sanitized bpf LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+    npx --no-install jest --selectProjects e2e --runInBand --testPathPatterns 'test-e2e/bpf-(redirect|errors).test.ts'
   if compgen -G "$sanitizer_logs/*" >/dev/null; then
     status=1
     for report in "$sanitizer_logs"/*; do printf '\nsanitizer report %s:\n' "$report" >&2; head -60 "$report" >&2; done

@@ -34,6 +34,10 @@ const conflist: Conflist = {
   ],
 };
 
+/** BGP VIPs of the pod meshed-vip. */
+const VIP = { v4: '10.216.9.100', v6: 'fd0f:216::100' };
+const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
+
 describe('the CNI plugin and node agent', () => {
   let plane: ControlPlane;
   let core: CoreV1Api;
@@ -85,8 +89,15 @@ describe('the CNI plugin and node agent', () => {
       ['meshed', true],
       ['meshed-gc', true],
       ['plain', false],
+      ['meshed-vip', true],
     ] as const) {
-      const pod: V1Pod = { metadata: { name, namespace: 'shop' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } };
+      // meshed-vip's sidecar announces VIPs over BGP; its app port is left out of interception, so the test reaches the app without a sidecar.
+      const annotations =
+        name === 'meshed-vip' ? { 'flomesh.io/bgp-vips': `${VIP.v4},${VIP.v6}`, 'flomesh.io/inbound-port-exclusion-list': '9300' } : undefined;
+      const pod: V1Pod = {
+        metadata: { name, namespace: 'shop', ...(annotations ? { annotations } : {}) },
+        spec: { containers: [{ name: 'app', image: 'example/app' }] },
+      };
       const result = injectPod(
         pod,
         { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } },
@@ -136,6 +147,58 @@ describe('the CNI plugin and node agent', () => {
     expect(await flbChains(meshed)).toEqual([]);
     await runtime.del(conflist, meshed);
     await runtime.del(conflist, { containerId: 'never-added', netns: '/var/run/netns/does-not-exist', ifName: 'eth0', args: '' });
+  });
+
+  it("ADD puts a pod's BGP VIPs on its lo once, traffic routed to them reaches the app serving them, and DEL takes them off", async () => {
+    const vipPod = await sandbox('meshed-vip');
+    const ns = sandboxes.find((n) => n.path === vipPod.netns)!;
+    const vipsOnLo = async () =>
+      (await ns.exec('ip', ['-o', 'address', 'show', 'dev', 'lo'])).stdout
+        .split('\n')
+        .map((line) => /inet6? (\S+)/.exec(line)?.[1])
+        .filter((a) => a === `${VIP.v4}/32` || a === `${VIP.v6}/128`);
+    const runs = await runtime.add(conflist, vipPod);
+    expect(runs.map((r) => r.exitCode)).toEqual([0, 0]);
+    expect(await vipsOnLo()).toEqual([`${VIP.v4}/32`, `${VIP.v6}/128`]);
+    // A repeated ADD (a runtime retrying) adds nothing twice and succeeds; CHECK sees the VIPs.
+    expect(
+      (await runtime.exec('ADD', 'flb-cni', { ...conflist.plugins[1], cniVersion: '1.0.0', name: conflist.name, prevResult: runs[0]!.result }, vipPod))
+        .exitCode,
+    ).toBe(0);
+    expect(await vipsOnLo()).toEqual([`${VIP.v4}/32`, `${VIP.v6}/128`]);
+    await runtime.check(conflist, vipPod);
+
+    // The node routes the VIP to the pod's address, as a router that learnt it over BGP would.
+    const podIp = /^(10\.215\.0\.\d+)\//.exec((runs[0]!.result as { ips: { address: string }[] }).ips[0]!.address)![1]!;
+    await host.exec('ip', ['route', 'add', `${VIP.v4}/32`, 'via', podIp]);
+    const app = execa('ip', [
+      'netns',
+      'exec',
+      ns.name,
+      'setpriv',
+      '--pdeathsig',
+      'KILL',
+      '--',
+      process.execPath,
+      `${fixtures}intercept-vip-app.mjs`,
+      '9300',
+      VIP.v4,
+    ]);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        app.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+        app.catch(reject);
+      });
+      const reached = await host.exec(process.execPath, [`${fixtures}intercept-client.mjs`, 'tcp', VIP.v4, '9300']);
+      expect(reached.stdout.trim()).toBe(`vip-app ${VIP.v4} from 10.215.0.1`);
+    } finally {
+      app.kill('SIGKILL');
+      await app.catch(() => undefined);
+    }
+
+    await runtime.del(conflist, vipPod);
+    expect(await vipsOnLo()).toEqual([]);
+    expect(await flbChains(vipPod)).toEqual([]);
   });
 
   it('GC (spec 1.1) cleans attachments the runtime no longer has', async () => {

@@ -15,6 +15,8 @@ const APP = 1000;
 const PROXY = 1500;
 const POD = { v4: '10.213.0.1', v6: 'fd0f::1' };
 const PEER = { v4: '10.213.0.2', v6: 'fd0f::2', other: '10.213.0.3' };
+/** BGP VIPs the pod's sidecar would announce; the peer routes them to the pod's address, as a router that learnt them would. */
+const VIP = { v4: '10.213.9.100', v6: 'fd0f:9::100' };
 
 const settings = (overrides: Partial<Interception> = {}): Interception =>
   InterceptionSchema.parse({
@@ -147,6 +149,73 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     } finally {
       helpers[0] = await startHelper(pod, 'intercept-helper.mjs');
     }
+  });
+
+  it("the init container puts the pod's BGP VIPs on lo once, traffic to them reaches the app serving them, clean takes them off", async () => {
+    const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
+    const withVips = JSON.stringify({ ...settings(), bgpVips: [`${VIP.v4}/32`, `${VIP.v6}/128`] });
+    // As the init container runs it: `flb iptables apply`, the settings in FLB_INTERCEPTION.
+    const init = () =>
+      pod.exec('env', [`FLB_INTERCEPTION=${withVips}`, 'FLB_LOG_FORMAT=json', process.execPath, flb, 'iptables', 'apply', '--backend', backend]);
+    const vipsOnLo = async () =>
+      (await pod.exec('ip', ['-o', 'address', 'show', 'dev', 'lo'])).stdout
+        .split('\n')
+        .map((line) => /inet6? (\S+)/.exec(line)?.[1])
+        .filter((a) => a?.startsWith('10.213.9.') || a?.startsWith('fd0f:9:'));
+    expect(await vipsOnLo()).toEqual([]);
+    expect((await init()).stderr).toContain('"added":["10.213.9.100/32","fd0f:9::100/128"],"msg":"BGP VIPs put on lo"');
+    // A restarted init container: nothing added twice, no error.
+    expect((await init()).stderr).toContain('"added":[],"msg":"BGP VIPs already on lo"');
+    expect(await vipsOnLo()).toEqual([`${VIP.v4}/32`, `${VIP.v6}/128`]);
+    expect((await verifyRules(InterceptionSchema.parse(JSON.parse(withVips)), { backend, netns: pod.path })).problems).toEqual([]);
+
+    await peer.exec('ip', ['-6', 'route', 'add', `${VIP.v6}/128`, 'via', POD.v6]);
+    const app = execa('ip', [
+      'netns',
+      'exec',
+      pod.name,
+      'setpriv',
+      '--pdeathsig',
+      'KILL',
+      '--',
+      process.execPath,
+      `${fixtures}intercept-vip-app.mjs`,
+      '9300',
+      VIP.v4,
+      VIP.v6,
+    ]);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        app.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+        app.catch(reject);
+      });
+      // From outside, a connection to the VIP is the pod's inbound traffic: the sidecar gets it with the VIP as the original destination...
+      expect(await client(peer, APP, 'tcp', VIP.v4, '9300')).toBe(`inbound ${VIP.v4}:9300 from ${PEER.v4}`);
+      expect(await client(peer, APP, 'tcp', VIP.v6, '9300')).toBe(`inbound [${VIP.v6}]:9300 from ${PEER.v6}`);
+      // ...and forwards it there from 127.0.0.6, which is not captured again: the app bound to the VIP alone answers.
+      expect(await client(pod, PROXY, 'tcp', VIP.v4, '9300', '127.0.0.6')).toBe(`vip-app ${VIP.v4} from 127.0.0.6`);
+      // With the port left out of interception, the peer reaches the app on the VIP directly.
+      await applyRules(settings({ excludeInboundPorts: [9300] }), { backend, netns: pod.path });
+      expect(await client(peer, APP, 'tcp', VIP.v4, '9300')).toBe(`vip-app ${VIP.v4} from ${PEER.v4}`);
+      expect(await client(peer, APP, 'tcp', VIP.v6, '9300')).toBe(`vip-app ${VIP.v6} from ${PEER.v6}`);
+    } finally {
+      app.kill('SIGKILL');
+      await app.catch(() => undefined);
+    }
+    const clean = await pod.exec('env', [
+      `FLB_INTERCEPTION=${withVips}`,
+      'FLB_LOG_FORMAT=json',
+      process.execPath,
+      flb,
+      'iptables',
+      'clean',
+      '--backend',
+      backend,
+    ]);
+    expect(clean.stderr).toContain('"vipsRemoved":["10.213.9.100/32","fd0f:9::100/128"]');
+    expect(await vipsOnLo()).toEqual([]);
+    // The next test cleans the rules itself.
+    await applyRules(settings(), { backend, netns: pod.path });
   });
 
   it('cleans without residue: iptables-save is as before', async () => {

@@ -22,9 +22,14 @@ export interface BpfAddon {
 
 const ADDON = 'flb-bpf.node';
 
-/** Where scripts/build-native.sh builds it, seen from the sources (bpf/native) and the build (dist/bpf/native). */
+/**
+ * Where scripts/build-native.sh builds it, seen from the sources (bpf/native) and the build
+ * (dist/bpf/native). FLB_NATIVE_BUILD=asan loads the AddressSanitizer and UBSan build (build/asan/)
+ * that scripts/test.sh runs the eBPF tests against; it loads only with libasan preloaded.
+ */
 export function addonPath(): string | undefined {
-  for (const candidate of [`./build/${ADDON}`, `../../../bpf/native/build/${ADDON}`]) {
+  const build = process.env.FLB_NATIVE_BUILD ? `build/${process.env.FLB_NATIVE_BUILD}` : 'build';
+  for (const candidate of [`./${build}/${ADDON}`, `../../../bpf/native/${build}/${ADDON}`]) {
     const path = fileURLToPath(new URL(candidate, import.meta.url));
     if (existsSync(path)) return path;
   }
@@ -37,7 +42,9 @@ export function loadAddon(): BpfAddon {
   if (addon) return addon;
   const path = addonPath();
   if (!path)
-    throw new Error(`the eBPF loader's addon is not built in bpf/native/build: run 'bash scripts/build-native.sh' (it compiles bpf/native/*.c with gcc)`);
+    throw new Error(
+      `the eBPF loader's addon is not built in bpf/native/${process.env.FLB_NATIVE_BUILD ? `build/${process.env.FLB_NATIVE_BUILD}` : 'build'}: run 'bash scripts/build-native.sh' (it compiles bpf/native/*.c with gcc)`,
+    );
   addon = createRequire(import.meta.url)(path) as BpfAddon;
   return addon;
 }

@@ -54,6 +54,12 @@ export const REPO_CA_FILE_ENV = 'FLB_REPO_CA_FILE';
  * before the app gets SIGTERM (a native sidecar stops after the app).
  */
 export const BGP_ANNOUNCER_ANNOTATION = 'flomesh.io/bgp-announcer';
+/**
+ * The VIPs a pod's sidecar announces, as a comma-separated list of addresses (`10.0.0.100`,
+ * `2001:db8::100/128`): the injector carries them in the interception settings, and the init
+ * container (iptables mode) or the CNI node agent puts them on the pod's lo.
+ */
+export const BGP_VIPS_ANNOTATION = 'flomesh.io/bgp-vips';
 /** The drain hook's path on every sidecar probe port; `?container=NAME` runs that container's own hook afterwards. */
 export const BGP_DRAIN_PATH = '/drain/bgp';
 /** The app containers' own preStop hooks the injector moved to the sidecar, by container name (AppPreStopsSchema). */

@@ -1,6 +1,26 @@
 import { z } from 'zod';
 import { DEFAULT_PORTS, DEFAULT_PROXY_UID, InterceptionModeSchema } from './mesh.js';
-import { cidr, interfaceName, port } from './primitives.js';
+import { canonicalIp, cidr, interfaceName, parseCidr, port } from './primitives.js';
+
+/**
+ * One address as a host route, `10.0.0.100/32` or `2001:db8::100/128`, in the canonical form `ip
+ * addr` prints (so what is live on lo compares as text). A wider prefix is refused: on lo it would
+ * make every address of the range local to the pod.
+ */
+export const hostRoute = z
+  .string()
+  .refine(
+    (value) => {
+      const parsed = parseCidr(value);
+      return parsed !== undefined && parsed[1] === (parsed[0].kind() === 'ipv4' ? 32 : 128);
+    },
+    { message: 'must be one address as a host route, such as 10.0.0.100/32 or 2001:db8::100/128' },
+  )
+  .overwrite((value) => {
+    const slash = value.lastIndexOf('/');
+    return `${canonicalIp(value.slice(0, slash)) ?? value.slice(0, slash)}${value.slice(slash)}`;
+  })
+  .meta({ description: 'An IPv4 /32 or IPv6 /128 host route' });
 
 /**
  * The pod annotation the injector writes and that whichever part steers the pod's traffic reads:
@@ -33,6 +53,12 @@ export const InterceptionSchema = z
     /** Empty means every destination is redirected except the excluded ranges. */
     includeOutboundIpRanges: z.array(cidr).default([]),
     excludeInterfaces: z.array(interfaceName).default([]),
+    /**
+     * The VIPs the pod's sidecar announces over BGP (the flomesh.io/bgp-vips pod annotation): put on
+     * the pod's lo by whoever applies these settings, so the app receives traffic for them. Absent
+     * when there are none, so pods without BGP carry the same annotation as before.
+     */
+    bgpVips: z.array(hostRoute).optional(),
   })
   .superRefine((settings, ctx) => {
     for (const key of ['outboundPort', 'inboundPort', 'dnsPort'] as const) {
