@@ -225,6 +225,25 @@ describe('the caBundle check', () => {
     });
   });
 
+  it("points at cert-manager's Certificate, not an injector restart, when cert-manager keeps the caBundle", () => {
+    const certManager = { namespace: NS, name: 'flb-injector' };
+    const stale = checkCaBundle({ webhooks: serviceWebhooks([otherCa.certPem]), secret, certManager, now }, NS);
+    expect(stale.status).toBe('fail');
+    expect(stale.hint).toContain(`kubectl -n ${NS} describe certificate flb-injector`);
+    expect(stale.hint).not.toContain('rollout restart');
+    const untrusted = checkWebhookAnswers(
+      {
+        namespace: 'default',
+        why: 'test',
+        failurePolicies: ['Fail'],
+        outcome: { kind: 'refused', status: 500, message: 'failed calling webhook "x": x509: certificate signed by unknown authority' },
+      },
+      NS,
+      certManager,
+    );
+    expect(untrusted.hint).toContain("cert-manager's CA injector writes the caBundle from Certificate flomesh/flb-injector");
+  });
+
   it('fails an expired serving certificate, and warns when the Secret cannot be read (cert-manager)', () => {
     const later = Date.now() + 40 * 86_400_000;
     expect(checkCaBundle({ webhooks: serviceWebhooks([ca.certPem]), secret, now: later }, NS)).toMatchObject({

@@ -259,6 +259,23 @@ export interface WebhookConfigFacts {
   error?: string;
   /** For a service-backed webhook: that Service, and its ready endpoints. */
   service?: { namespace: string; name: string; exists: boolean; readyEndpoints: number; error?: string };
+  /** The Certificate whose CA cert-manager's CA injector keeps in the caBundles (the cert-manager.io/inject-ca-from annotation). */
+  certManager?: CertManagerCertificate;
+}
+
+export interface CertManagerCertificate {
+  namespace: string;
+  name: string;
+}
+
+/** What fixes a caBundle: the injector rewrites its own; cert-manager's CA injector writes it from the Certificate. */
+function caBundleFix(meshNamespace: string, certManager: CertManagerCertificate | undefined): string {
+  if (certManager)
+    return (
+      `cert-manager's CA injector writes the caBundle from Certificate ${certManager.namespace}/${certManager.name}: ` +
+      `check that it is Ready (kubectl -n ${certManager.namespace} describe certificate ${certManager.name}) and that cert-manager's cainjector runs`
+    );
+  return `the injector rewrites the caBundle when it starts and whenever it renews: kubectl -n ${meshNamespace} rollout restart deploy/flb-injector`;
 }
 
 const describeTarget = (entry: WebhookEntry) =>
@@ -323,10 +340,10 @@ export interface WebhookAnswerFacts {
 }
 
 /** What to do about the apiserver's message when it called the webhook and failed. */
-export function webhookCallHint(message: string, meshNamespace: string): string {
+export function webhookCallHint(message: string, meshNamespace: string, certManager?: CertManagerCertificate): string {
   const logs = `kubectl -n ${meshNamespace} logs deploy/flb-injector`;
   if (/x509|certificate|tls:/i.test(message))
-    return `the apiserver does not trust the injector's certificate: see the caBundle check; restarting the injector rewrites the caBundle (kubectl -n ${meshNamespace} rollout restart deploy/flb-injector)`;
+    return `the apiserver does not trust the injector's certificate: see the caBundle check; ${caBundleFix(meshNamespace, certManager)}`;
   if (/not ready|no mesh settings/i.test(message))
     return `the injector has no valid mesh settings: fix the ConfigMap ${meshNamespace}/flb-mesh (see the mesh settings check), then ${logs}`;
   if (/no endpoints available|service "[^"]+" not found|connection refused|no route to host|i\/o timeout|context deadline exceeded|EOF/i.test(message))
@@ -334,7 +351,7 @@ export function webhookCallHint(message: string, meshNamespace: string): string 
   return `read the injector's log: ${logs}`;
 }
 
-export function checkWebhookAnswers(facts: WebhookAnswerFacts, meshNamespace: string): CheckResult {
+export function checkWebhookAnswers(facts: WebhookAnswerFacts, meshNamespace: string, certManager?: CertManagerCertificate): CheckResult {
   const id = 'webhook-answers';
   const title = 'webhook answers';
   const where = `a dry-run pod in namespace ${facts.namespace} (${facts.why})`;
@@ -343,7 +360,7 @@ export function checkWebhookAnswers(facts: WebhookAnswerFacts, meshNamespace: st
   if (outcome.kind === 'error') return fail(id, title, `${where} could not be sent: ${outcome.message}`, 'check the apiserver check above');
   if (outcome.kind === 'refused') {
     if (/failed calling webhook|failed to call webhook|admission webhook/i.test(outcome.message))
-      return fail(id, title, `${where} was refused: ${outcome.message}`, webhookCallHint(outcome.message, meshNamespace));
+      return fail(id, title, `${where} was refused: ${outcome.message}`, webhookCallHint(outcome.message, meshNamespace, certManager));
     return fail(
       id,
       title,
@@ -374,8 +391,9 @@ export function checkWebhookAnswers(facts: WebhookAnswerFacts, meshNamespace: st
 
 export interface CaBundleFacts {
   webhooks: WebhookEntry[];
-  /** The injector's Secret: where its CA and serving certificate live. */
+  /** The injector's Secret: where its CA and serving certificate live (with cert-manager, its Certificate's). */
   secret: { namespace: string; name: string; found: boolean; caPem?: string; certPem?: string; error?: string };
+  certManager?: CertManagerCertificate;
   now: number;
 }
 
@@ -397,7 +415,7 @@ export function splitPem(bundle: string): string[] {
 export function checkCaBundle(facts: CaBundleFacts, meshNamespace: string): CheckResult {
   const id = 'webhook-ca-bundle';
   const title = 'webhook caBundle';
-  const restart = `the injector rewrites the caBundle when it starts and whenever it renews: kubectl -n ${meshNamespace} rollout restart deploy/flb-injector`;
+  const restart = caBundleFix(meshNamespace, facts.certManager);
   if (facts.webhooks.length === 0) return skip(id, title, 'no webhook configuration');
   const empty = facts.webhooks.filter((w) => w.caBundle.length === 0).map((w) => w.name);
   if (empty.length) return fail(id, title, `no caBundle on ${empty.join(', ')}: the apiserver cannot verify the injector`, restart);
@@ -474,7 +492,7 @@ export function repoErrorHint(url: string, code: string | undefined, meshNamespa
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
     case 'ECONNRESET':
-      return `nothing answers at ${url}: kubectl -n ${meshNamespace} get pods -l app.kubernetes.io/name=flb-repo, then its logs (kubectl -n ${meshNamespace} logs statefulset/flb-repo)`;
+      return `nothing answers at ${url}: kubectl -n ${meshNamespace} get pods -l app.kubernetes.io/name=flb-repo, then their logs (kubectl -n ${meshNamespace} logs -l app.kubernetes.io/name=flb-repo --prefix; a StatefulSet with the disk store, a Deployment on etcd)`;
     case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
     case 'SELF_SIGNED_CERT_IN_CHAIN':
     case 'DEPTH_ZERO_SELF_SIGNED_CERT':

@@ -90,7 +90,10 @@ function checkCommand(): Command {
   )
     .option('--pre-install', 'before installing: the Kubernetes version, the APIs the mesh uses, your permission to install, an existing install')
     .option('--webhook-config <name>', 'the MutatingWebhookConfiguration', 'flb-sidecar-injector')
-    .option('--injector-secret <name>', "the Secret (in the mesh's namespace) with the injector's CA and serving certificate", 'flb-injector-tls')
+    .option(
+      '--injector-secret <name>',
+      "the Secret (in the mesh's namespace) with the injector's CA and serving certificate (default: flb-injector-tls, or with cert-manager the Secret of the Certificate the webhook configuration names)",
+    )
     .option('--probe-namespace <ns>', 'where the dry-run pod goes (default: the first namespace labelled flomesh.io/inject=enabled, else default)')
     .option(
       '--bridge-url <url>',
@@ -106,7 +109,7 @@ function checkCommand(): Command {
         flags: LocationFlags & {
           preInstall?: boolean;
           webhookConfig: string;
-          injectorSecret: string;
+          injectorSecret?: string;
           probeNamespace?: string;
           bridgeUrl: string[];
           bridgeAdminPort: string;
@@ -121,7 +124,7 @@ function checkCommand(): Command {
           ...location(flags),
           preInstall: Boolean(flags.preInstall),
           webhookConfig: flags.webhookConfig,
-          injectorSecret: flags.injectorSecret,
+          ...(flags.injectorSecret !== undefined ? { injectorSecret: flags.injectorSecret } : {}),
           ...(flags.probeNamespace ? { probeNamespace: flags.probeNamespace } : {}),
           bridgeUrls: flags.bridgeUrl,
           bridgeAdminPort: port,

@@ -12,12 +12,14 @@ import {
   AuthorizationV1Api,
   CoordinationV1Api,
   CoreV1Api,
+  CustomObjectsApi,
   DiscoveryV1Api,
   VersionApi,
   type KubeConfig,
   type V1Pod,
 } from '@kubernetes/client-node';
 import {
+  CERT_MANAGER_INJECT_CA_FROM,
   INJECT_LABEL,
   NAMESPACE_INJECT_ENABLED,
   SIDECAR_CONTAINER_NAME,
@@ -34,6 +36,7 @@ import {
   type BridgeStatusFacts,
   type BridgeStatusView,
   type CaBundleFacts,
+  type CertManagerCertificate,
   type CniFacts,
   type DryRunOutcome,
   type InjectedPodFacts,
@@ -153,11 +156,14 @@ export async function meshSettingsFacts(kc: KubeConfig, ref: ConfigMapRef): Prom
 
 export async function webhookConfigFacts(kc: KubeConfig, name: string): Promise<WebhookConfigFacts> {
   let webhooks: WebhookEntry[];
+  let certManager: CertManagerCertificate | undefined;
   try {
     const config = await withDeadline(
       'read the webhook configuration',
       kc.makeApiClient(AdmissionregistrationV1Api).readMutatingWebhookConfiguration({ name }),
     );
+    const injectFrom = /^([^/\s]+)\/([^/\s]+)$/.exec(config.metadata?.annotations?.[CERT_MANAGER_INJECT_CA_FROM] ?? '');
+    if (injectFrom) certManager = { namespace: injectFrom[1]!, name: injectFrom[2]! };
     webhooks = (config.webhooks ?? []).map((w) => ({
       name: w.name,
       ...(w.clientConfig.url ? { url: w.clientConfig.url } : {}),
@@ -177,14 +183,15 @@ export async function webhookConfigFacts(kc: KubeConfig, name: string): Promise<
   } catch (error) {
     return statusOf(error) === 404 ? { name } : { name, error: apiMessage(error) };
   }
+  const found = { name, webhooks, ...(certManager ? { certManager } : {}) };
   const target = webhooks.find((w) => w.service)?.service;
-  if (!target) return { name, webhooks };
+  if (!target) return found;
   const service = { namespace: target.namespace, name: target.name };
   try {
     await withDeadline('read the webhook Service', kc.makeApiClient(CoreV1Api).readNamespacedService(service));
   } catch (error) {
-    if (statusOf(error) === 404) return { name, webhooks, service: { ...service, exists: false, readyEndpoints: 0 } };
-    return { name, webhooks, service: { ...service, exists: false, readyEndpoints: 0, error: apiMessage(error) } };
+    if (statusOf(error) === 404) return { ...found, service: { ...service, exists: false, readyEndpoints: 0 } };
+    return { ...found, service: { ...service, exists: false, readyEndpoints: 0, error: apiMessage(error) } };
   }
   try {
     const slices = await withDeadline(
@@ -192,9 +199,9 @@ export async function webhookConfigFacts(kc: KubeConfig, name: string): Promise<
       kc.makeApiClient(DiscoveryV1Api).listNamespacedEndpointSlice({ namespace: target.namespace, labelSelector: `kubernetes.io/service-name=${target.name}` }),
     );
     const ready = slices.items.flatMap((s) => s.endpoints ?? []).filter((e) => e.conditions?.ready !== false).length;
-    return { name, webhooks, service: { ...service, exists: true, readyEndpoints: ready } };
+    return { ...found, service: { ...service, exists: true, readyEndpoints: ready } };
   } catch (error) {
-    return { name, webhooks, service: { ...service, exists: true, readyEndpoints: 0, error: apiMessage(error) } };
+    return { ...found, service: { ...service, exists: true, readyEndpoints: 0, error: apiMessage(error) } };
   }
 }
 
@@ -260,6 +267,29 @@ export async function webhookAnswerFacts(kc: KubeConfig, meshNamespace: string, 
       outcome: typeof status === 'number' ? { kind: 'refused', status, message: apiMessage(error) } : { kind: 'error', message: apiMessage(error) },
       failurePolicies,
     };
+  }
+}
+
+/**
+ * The Secret cert-manager issues for a Certificate (its spec.secretName), or why it cannot be
+ * read: no cert-manager CRDs, or no permission to read Certificates.
+ */
+export async function certificateSecretName(kc: KubeConfig, certificate: CertManagerCertificate): Promise<{ name?: string; error?: string }> {
+  try {
+    const object = (await withDeadline(
+      'read the cert-manager Certificate',
+      kc.makeApiClient(CustomObjectsApi).getNamespacedCustomObject({
+        group: 'cert-manager.io',
+        version: 'v1',
+        namespace: certificate.namespace,
+        plural: 'certificates',
+        name: certificate.name,
+      }),
+    )) as { spec?: { secretName?: unknown } };
+    const secretName = object.spec?.secretName;
+    return typeof secretName === 'string' && secretName !== '' ? { name: secretName } : { error: 'it names no spec.secretName' };
+  } catch (error) {
+    return { error: apiMessage(error) };
   }
 }
 

@@ -28,6 +28,8 @@ import {
   checkWebhookConfiguration,
   renderChecks,
   summarize,
+  type CaBundleFacts,
+  type CertManagerCertificate,
   type CheckResult,
   type CheckSummary,
   type RepoFacts,
@@ -40,6 +42,7 @@ import {
   bridgeStatusFacts,
   cniFacts,
   injectedPods,
+  certificateSecretName,
   injectorSecretFacts,
   installPermissionFacts,
   leaseFacts,
@@ -65,10 +68,14 @@ export interface MeshLocation {
   repo: { url?: string; caFile?: string; certFile?: string; keyFile?: string; tlsServerName?: string; clientSecret: string };
 }
 
+/** The Secret the injector keeps its own CA and serving certificate in (the chart's, and flb webhook serve's default). */
+export const DEFAULT_INJECTOR_SECRET = 'flb-injector-tls';
+
 export interface CheckOptions extends MeshLocation {
   preInstall: boolean;
   webhookConfig: string;
-  injectorSecret: string;
+  /** Unset: cert-manager's Secret when the webhook configuration names a Certificate, else DEFAULT_INJECTOR_SECRET. */
+  injectorSecret?: string;
   probeNamespace?: string;
   bridgeUrls: string[];
   bridgeAdminPort: number;
@@ -176,10 +183,11 @@ export async function gatherChecks(options: CheckOptions): Promise<CheckResult[]
     return [...first, checkApiGroups(groups), checkInstallPermissions(permissions), checkNotInstalled(installed)];
   }
 
+  const webhookPromise = webhookConfigFacts(kc, options.webhookConfig);
   const [meshSettings, webhook, secret, lease, pods] = await Promise.all([
     meshSettingsFacts(kc, options.meshConfigMap),
-    webhookConfigFacts(kc, options.webhookConfig),
-    injectorSecretFacts(kc, namespace, options.injectorSecret),
+    webhookPromise,
+    webhookPromise.then((facts) => injectorSecret(kc, namespace, options.injectorSecret, facts.certManager)),
     leaseFacts(kc, namespace, options.lease),
     injectedPods(kc).then(
       (list) => ({ list }),
@@ -228,8 +236,11 @@ export async function gatherChecks(options: CheckOptions): Promise<CheckResult[]
     ...first,
     checkMeshSettings(meshSettings.facts),
     checkWebhookConfiguration(webhook, namespace),
-    checkWebhookAnswers(answers ?? { namespace: '-', why: '', failurePolicies }, namespace),
-    checkCaBundle({ webhooks: webhook.webhooks ?? [], secret, now: Date.now() }, namespace),
+    checkWebhookAnswers(answers ?? { namespace: '-', why: '', failurePolicies }, namespace, webhook.certManager),
+    checkCaBundle(
+      { webhooks: webhook.webhooks ?? [], secret, ...(webhook.certManager ? { certManager: webhook.certManager } : {}), now: Date.now() },
+      namespace,
+    ),
     repoResult,
     checkBridgeLeader(lease),
     checkBridgeSources(bridge, namespace),
@@ -441,4 +452,26 @@ export function runValidate(options: { inputs: string[]; recursive: boolean; out
 export function printCompletion(shell: 'bash' | 'zsh', root: Command): void {
   const tree = completionTree(root);
   write(shell === 'bash' ? bashCompletion(tree) : zshCompletion(tree));
+}
+
+/**
+ * The Secret holding the injector's CA and serving certificate: the one named, else with
+ * cert-manager the Secret of the Certificate the webhook configuration names, else the injector's own.
+ */
+async function injectorSecret(
+  kc: KubeConfig,
+  namespace: string,
+  named: string | undefined,
+  certManager: CertManagerCertificate | undefined,
+): Promise<CaBundleFacts['secret']> {
+  if (named !== undefined || !certManager) return injectorSecretFacts(kc, namespace, named ?? DEFAULT_INJECTOR_SECRET);
+  const secret = await certificateSecretName(kc, certManager);
+  if (secret.name === undefined)
+    return {
+      namespace: certManager.namespace,
+      name: `of Certificate ${certManager.name}`,
+      found: false,
+      error: `cannot read Certificate ${certManager.namespace}/${certManager.name} (${secret.error}); name its Secret with --injector-secret`,
+    };
+  return injectorSecretFacts(kc, certManager.namespace, secret.name);
 }

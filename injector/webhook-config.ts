@@ -1,10 +1,9 @@
 import { AdmissionregistrationV1Api, type KubeConfig, type V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
-import { INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/index.js';
+import { CERT_MANAGER_INJECT_CA_FROM, INJECT_LABEL, NAMESPACE_INJECT_ENABLED } from '../common/contract/index.js';
 import { SYSTEM_NAMESPACES } from './policy.js';
 
 export const DEFAULT_WEBHOOK_CONFIG_NAME = 'flb-sidecar-injector';
-/** cert-manager's CA injector puts the CA of the Certificate this names (namespace/name) into every caBundle of the object. */
-export const CERT_MANAGER_INJECT_CA_FROM = 'cert-manager.io/inject-ca-from';
+export { CERT_MANAGER_INJECT_CA_FROM };
 
 export interface WebhookConfigOptions {
   name?: string;

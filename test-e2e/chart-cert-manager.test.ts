@@ -325,10 +325,10 @@ describe('the chart with cert-manager on the test control plane with pods that r
     expect(await caBundles()).toEqual(bundles);
   });
 
-  it("flb check's webhook checks pass when told cert-manager's Secret", async () => {
+  it("flb check's webhook checks pass, reading cert-manager's Secret through the Certificate the webhook configuration names", async () => {
     const run = await execa(
       process.execPath,
-      [join(CHECKOUT, 'bin/flb.js'), 'check', '--kubeconfig', env.plane.kubeconfigPath, '--injector-secret', certificate.secretName, '-o', 'json'],
+      [join(CHECKOUT, 'bin/flb.js'), 'check', '--kubeconfig', env.plane.kubeconfigPath, '-o', 'json'],
       { reject: false, env: { FLB_LOG_LEVEL: 'silent' }, timeout: 60_000 },
     );
     const report = JSON.parse(run.stdout) as CheckReport;

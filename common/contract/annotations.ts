@@ -64,3 +64,5 @@ export const BGP_VIPS_ANNOTATION = 'flomesh.io/bgp-vips';
 export const BGP_DRAIN_PATH = '/drain/bgp';
 /** The app containers' own preStop hooks the injector moved to the sidecar, by container name (AppPreStopsSchema). */
 export const APP_PRESTOP_ENV = 'FLB_APP_PRESTOP';
+/** cert-manager's CA injector puts the CA of the Certificate this names (namespace/name) into every caBundle of the object. */
+export const CERT_MANAGER_INJECT_CA_FROM = 'cert-manager.io/inject-ca-from';
