@@ -7,6 +7,7 @@ import type { Operation } from 'fast-json-patch';
 import {
   APP_PRESTOP_ENV,
   BGP_ANNOUNCER_ANNOTATION,
+  BGP_CONFIG_ANNOTATION,
   BGP_VIPS_ANNOTATION,
   INBOUND_PORT_EXCLUSION_ANNOTATION,
   INIT_CONTAINER_NAME,
@@ -37,7 +38,7 @@ import {
 } from './mesh-parts.js';
 import { appendToArray, insertIntoArray, pointerKey, setMapEntries } from './patch.js';
 import { decide, SKIP_REASONS, type InvalidSetting, type SkipReason } from './policy.js';
-import { appPreStopsJson, drainHooks, parseBgpAnnouncer, type PreStopRewrite } from './prestop.js';
+import { appPreStopsJson, drainHooks, parseBgpAnnouncer, parseConfigMapName, type PreStopRewrite } from './prestop.js';
 import { rewriteProbes, type AppProbe, type ProbeRewrite } from './probes.js';
 
 export { APP_PROBES_ENV, REPO_DIR, REPO_VOLUME, STATE_DIR, STATE_VOLUME, type InjectorSettings, type SidecarStatus } from './mesh-parts.js';
@@ -96,7 +97,9 @@ export function injectPod(
   const annotations = new AnnotationReader(pod.metadata?.annotations ?? {});
   const interception = interceptionParts(pod, parts, annotations);
   const resources = podResources(parts, annotations);
-  const bgpAnnouncer = annotations.read(BGP_ANNOUNCER_ANNOTATION, parseBgpAnnouncer, false);
+  // A pod naming its BGP ConfigMap announces VIPs: one annotation is enough; bgp-announcer "false" still turns the hook off.
+  const bgpConfig = annotations.read(BGP_CONFIG_ANNOTATION, parseConfigMapName, undefined);
+  const bgpAnnouncer = annotations.read(BGP_ANNOUNCER_ANNOTATION, parseBgpAnnouncer, undefined) ?? bgpConfig !== undefined;
   const invalid = [...(decision.inject ? [] : decision.invalid), ...annotations.invalid];
   if (!decision.inject || !interception || invalid.length) return refusal(invalid);
 

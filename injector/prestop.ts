@@ -1,5 +1,6 @@
 // The BGP drain's preStop hook on the app containers of pods whose sidecar announces VIPs (the pod
-// annotation `flomesh.io/bgp-announcer: "true"`; the injector cannot see the pod's sidecar.json).
+// annotation `flomesh.io/bgp-announcer: "true"`, or `flomesh.io/bgp-config` naming the ConfigMap the
+// registry bridge reads the pod's bgp section from; the injector cannot see the pod's sidecar.json).
 //
 // With native sidecars the kubelet stops the app containers first and the sidecar only once they
 // have exited, so the sidecar's own SIGTERM would withdraw the VIPs after the app is gone, while the
@@ -38,6 +39,13 @@ export function parseBgpAnnouncer(annotation: string, value: string): boolean {
   if (value === 'true') return true;
   if (value === 'false') return false;
   throw new AnnotationError(annotation, `${JSON.stringify(value)} is not "true" or "false" (say "true" when the pod's sidecar.json has a bgp section)`);
+}
+
+/** The flomesh.io/bgp-config annotation: a ConfigMap name (RFC 1123 subdomain), which the registry bridge reads. */
+export function parseConfigMapName(annotation: string, value: string): string {
+  const name = value.trim();
+  if (name.length <= 253 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(name)) return name;
+  throw new AnnotationError(annotation, `${JSON.stringify(value)} is not a ConfigMap name (lowercase letters, digits, "-" and ".")`);
 }
 
 /** The drain hook for each app container, with its own hook moved to the sidecar where it can be. */

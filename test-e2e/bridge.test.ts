@@ -138,6 +138,51 @@ describe('the registry bridge against a real apiserver and repo', () => {
     await eventually('the codebase of web-1 deleted', async () => (repo.get('/flb/sidecars/pod.shop.web-1') === undefined ? true : undefined));
   });
 
+  it('puts the bgp section of the ConfigMap a pod names in its sidecar.json, publishes an edit, and keeps the last good one over a bad edit with an Event', async () => {
+    const bgpYaml = (localAs: number) =>
+      `localAs: ${localAs}\nrouterId: 192.0.2.10\npeers: [{ address: 192.0.2.1, remoteAs: 65000 }]\nvips:\n  - prefix: 10.0.0.100/32\n    healthCheck: { protocol: readiness }\n`;
+    const setBgp = (localAs: number) =>
+      core.replaceNamespacedConfigMap({ name: 'edge-bgp', namespace: NS, body: { metadata: { name: 'edge-bgp' }, data: { 'bgp.yaml': bgpYaml(localAs) } } });
+    type WithBgp = { inbound: { ports: { port: number }[] }; bgp?: { localAs: number } };
+    const sidecar = () => readJson<WithBgp>('/flb/sidecars/pod.shop.vip-1', '/sidecar.json');
+    await core.createNamespacedConfigMap({ namespace: NS, body: { metadata: { name: 'edge-bgp' }, data: { 'bgp.yaml': bgpYaml(65001) } } });
+    await core.createNamespacedPod({
+      namespace: NS,
+      body: {
+        metadata: {
+          name: 'vip-1',
+          labels: { [SIDECAR_INJECTED_LABEL]: 'true' },
+          annotations: { 'flomesh.io/bgp-config': 'edge-bgp', 'flomesh.io/bgp-vips': '10.0.0.100' },
+        },
+        spec: { containers: [{ name: 'app', image: 'example/web:1', ports: [{ containerPort: 8080 }] }] },
+      },
+    });
+    const first = await eventually('the bgp section in the sidecar.json of vip-1', async () => (await sidecar())?.bgp);
+    expect(first).toMatchObject({
+      localAs: 65001,
+      routerId: '192.0.2.10',
+      peers: [{ address: '192.0.2.1', remoteAs: 65000, port: 179 }],
+      vips: [{ prefix: '10.0.0.100/32', healthCheck: { protocol: 'readiness' } }],
+    });
+    expect((await sidecar())!.inbound.ports.map((p) => p.port)).toEqual([8080]);
+
+    await setBgp(65002);
+    await eventually('the edited section published', async () => ((await sidecar())?.bgp?.localAs === 65002 ? true : undefined));
+
+    await setBgp(0);
+    const event = await eventually('a Warning Event on pod vip-1', async () => {
+      const events = await core.listNamespacedEvent({ namespace: NS });
+      return events.items.find((e: CoreV1Event) => e.involvedObject.kind === 'Pod' && e.involvedObject.name === 'vip-1' && e.message?.includes('localAs'));
+    });
+    expect(event).toMatchObject({ type: 'Warning', reason: 'SidecarConfigProblem' });
+    expect(event.message).toContain('ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml: localAs: must be an AS number, 1-4294967295');
+    expect(event.message).toContain('the last good bgp section stays in sidecar.json');
+    expect((await sidecar())?.bgp?.localAs).toBe(65002);
+
+    await core.deleteNamespacedPod({ name: 'vip-1', namespace: NS, gracePeriodSeconds: 0 });
+    await eventually('the codebase of vip-1 deleted', async () => (repo.get('/flb/sidecars/pod.shop.vip-1') === undefined ? true : undefined));
+  });
+
   it('after a restart deletes no codebase and republishes nothing unchanged; collects codebases of pods deleted while it was down', async () => {
     const pod = (name: string) => ({
       metadata: { name, labels: { [SIDECAR_INJECTED_LABEL]: 'true' } },

@@ -60,6 +60,12 @@ export const BGP_ANNOUNCER_ANNOTATION = 'flomesh.io/bgp-announcer';
  * container (iptables mode) or the CNI node agent puts them on the pod's lo.
  */
 export const BGP_VIPS_ANNOTATION = 'flomesh.io/bgp-vips';
+/**
+ * The name of a ConfigMap in the pod's namespace whose `bgp.yaml` (or `bgp.json`) is the pod's BGP
+ * section (BgpSchema): the registry bridge puts it in the pod's sidecar.json, and the injector gives
+ * such a pod the drain preStop as `flomesh.io/bgp-announcer: "true"` would.
+ */
+export const BGP_CONFIG_ANNOTATION = 'flomesh.io/bgp-config';
 /** The drain hook's path on every sidecar probe port; `?container=NAME` runs that container's own hook afterwards. */
 export const BGP_DRAIN_PATH = '/drain/bgp';
 /** The app containers' own preStop hooks the injector moved to the sidecar, by container name (AppPreStopsSchema). */

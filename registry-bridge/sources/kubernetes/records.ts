@@ -2,6 +2,7 @@
 // built from (10,000 Services with their EndpointSlices as whole objects, managedFields included,
 // would take hundreds of MiB). Each transform takes the raw JSON of a watch or list and never
 // throws: a field of the wrong shape is left out as if absent.
+import { BGP_CONFIG_ANNOTATION, BGP_VIPS_ANNOTATION } from '../../../common/contract/index.js';
 import type { RawObject } from '../../kube/informer.js';
 
 export interface ServicePortRecord {
@@ -65,6 +66,20 @@ export interface PodRecord {
   dnsSearches: string[];
   deleting: boolean;
   finished: boolean;
+  /** The ConfigMap of its namespace holding its BGP section (the flomesh.io/bgp-config annotation, as written). */
+  bgpConfig?: string;
+  /** The VIPs the injector put on its lo (the flomesh.io/bgp-vips annotation, as written). */
+  bgpVips?: string;
+}
+
+/** The BGP keys of a ConfigMap (a ConfigMap without any is not kept). */
+export const BGP_CONFIGMAP_KEYS = ['bgp.yaml', 'bgp.json'] as const;
+
+export interface BgpConfigMapRecord {
+  namespace: string;
+  name: string;
+  /** Each BGP key it has, with its text. */
+  keys: { key: (typeof BGP_CONFIGMAP_KEYS)[number]; text: string }[];
 }
 
 export interface NodeRecord {
@@ -186,7 +201,21 @@ export function podRecord(raw: RawObject): PodRecord | undefined {
       .filter((s): s is string => !!s),
     deleting: Boolean(meta.deletionTimestamp),
     finished: phase === 'Succeeded' || phase === 'Failed',
+    ...(meta.annotations?.[BGP_CONFIG_ANNOTATION] !== undefined ? { bgpConfig: meta.annotations[BGP_CONFIG_ANNOTATION] } : {}),
+    ...(meta.annotations?.[BGP_VIPS_ANNOTATION] !== undefined ? { bgpVips: meta.annotations[BGP_VIPS_ANNOTATION] } : {}),
   };
+}
+
+/**
+ * A ConfigMap that may hold a pod's BGP section; undefined (not kept) for the many that hold no BGP
+ * key, so watching every ConfigMap costs memory only for these.
+ */
+export function bgpConfigMapRecord(raw: RawObject): BgpConfigMapRecord | undefined {
+  const meta = raw.metadata;
+  if (!meta?.name || !meta.namespace || !isObject(raw.data)) return undefined;
+  const data = raw.data;
+  const keys = BGP_CONFIGMAP_KEYS.filter((key) => typeof data[key] === 'string').map((key) => ({ key, text: data[key] as string }));
+  return keys.length ? { namespace: meta.namespace, name: meta.name, keys } : undefined;
 }
 
 export function nodeRecord(raw: RawObject): NodeRecord | undefined {

@@ -9,8 +9,19 @@ import type { Logger } from '../../../common/log.js';
 import type { CatalogUpdates, Source, SourceStatus } from '../../core/types.js';
 import { Informer, type InformerEvent } from '../../kube/informer.js';
 import { policyFromAnnotations } from './policy.js';
-import { nodeRecord, podRecord, serviceRecord, sliceRecord, type NodeRecord, type PodRecord, type ServiceRecord, type SliceRecord } from './records.js';
-import { selects, translatePod, translateService } from './translate.js';
+import {
+  bgpConfigMapRecord,
+  nodeRecord,
+  podRecord,
+  serviceRecord,
+  sliceRecord,
+  type BgpConfigMapRecord,
+  type NodeRecord,
+  type PodRecord,
+  type ServiceRecord,
+  type SliceRecord,
+} from './records.js';
+import { bgpSectionFor, selects, translatePod, translateService, type BgpConfig } from './translate.js';
 
 export const EXPORT_ANNOTATION = 'flomesh.io/export';
 /** Objects of the first full list reported between two turns of the event loop (tens of milliseconds of work). */
@@ -36,6 +47,12 @@ export class KubernetesSource implements Source {
   private readonly slices: Informer<SliceRecord>;
   private readonly pods: Informer<PodRecord>;
   private readonly nodes: Informer<NodeRecord>;
+  /** ConfigMaps with a bgp.yaml or bgp.json key (pods name theirs with flomesh.io/bgp-config). */
+  private readonly bgpConfigMaps: Informer<BgpConfigMapRecord>;
+  /** Pods by the ConfigMap (namespace/name) their flomesh.io/bgp-config names. */
+  private readonly podsByBgpConfigMap = new Map<string, Set<string>>();
+  /** Each pod's last good BGP section: a bad edit of its ConfigMap keeps it, rather than withdrawing the pod's VIPs. */
+  private readonly lastGoodBgp = new Map<string, BgpConfig>();
   private readonly slicesByService = new Map<string, Set<string>>();
   private readonly podsByNamespace = new Map<string, Set<string>>();
   private readonly podsByNode = new Map<string, Set<string>>();
@@ -83,16 +100,23 @@ export class KubernetesSource implements Source {
       onSynced: () => this.onSynced(),
     });
     this.nodes = new Informer({ ...common, path: '/api/v1/nodes', transform: nodeRecord, onEvent: (e) => this.onNode(e), onSynced: () => this.onSynced() });
+    this.bgpConfigMaps = new Informer({
+      ...common,
+      path: '/api/v1/configmaps',
+      transform: bgpConfigMapRecord,
+      onEvent: (e) => this.onBgpConfigMap(e),
+      onSynced: () => this.onSynced(),
+    });
   }
 
   private get informers(): Informer<unknown>[] {
-    return [this.services, this.slices, this.pods, this.nodes] as Informer<unknown>[];
+    return [this.services, this.slices, this.pods, this.nodes, this.bgpConfigMaps] as Informer<unknown>[];
   }
 
   start(updates: CatalogUpdates): void {
     this.updates = updates;
     // Nodes first: a pod's zone comes from its node.
-    for (const informer of [this.nodes, this.services, this.slices, this.pods] as Informer<unknown>[]) informer.start();
+    for (const informer of [this.nodes, this.bgpConfigMaps, this.services, this.slices, this.pods] as Informer<unknown>[]) informer.start();
   }
 
   async stop(): Promise<void> {
@@ -273,10 +297,18 @@ export class KubernetesSource implements Source {
         if (set?.size === 0) map.delete(group);
       }
     };
+    const bgpConfigMap = (p: PodRecord) => (p.bgpConfig === undefined ? undefined : `${p.namespace}/${p.bgpConfig.trim()}`);
     if (event.previous) index(this.podsByNode, event.previous.nodeName, false);
+    if (event.previous) index(this.podsByBgpConfigMap, bgpConfigMap(event.previous), false);
     index(this.podsByNamespace, pod.namespace, event.type === 'upsert');
     if (event.type === 'upsert') index(this.podsByNode, event.object.nodeName, true);
+    if (event.type === 'upsert') index(this.podsByBgpConfigMap, bgpConfigMap(event.object), true);
     this.refreshPod(event.key);
+  }
+
+  /** A BGP ConfigMap appeared, changed or went: the pods naming it are published again. */
+  private onBgpConfigMap(event: InformerEvent<BgpConfigMapRecord>): void {
+    for (const podKey of this.podsByBgpConfigMap.get(event.key) ?? []) this.refreshPod(podKey);
   }
 
   private onNode(event: InformerEvent<NodeRecord>): void {
@@ -295,6 +327,7 @@ export class KubernetesSource implements Source {
     // A finished pod (a Job's) no longer has a running sidecar; one being deleted keeps its
     // configuration until it is gone, since its sidecar drains with it.
     if (!pod || pod.finished) {
+      this.lastGoodBgp.delete(key);
       if (previousId !== undefined) {
         this.reportedSidecars.delete(key);
         this.updates?.removeSidecar(this.name, previousId);
@@ -307,8 +340,9 @@ export class KubernetesSource implements Source {
       if (svc && selects(svc, pod)) selecting.push(svc);
     }
     const zone = pod.nodeName ? this.nodes.get(pod.nodeName)?.zone : undefined;
-    const translated = translatePod(pod, selecting, zone, this.mesh);
-    const problems = translated.refused ? [translated.refused, ...translated.problems] : translated.problems;
+    const bgp = this.bgpOf(key, pod);
+    const translated = translatePod(pod, selecting, zone, this.mesh, bgp.section);
+    const problems = [...(translated.refused ? [translated.refused, ...translated.problems] : translated.problems), ...bgp.problems];
     this.report(
       key,
       { apiVersion: 'v1', kind: 'Pod', namespace: pod.namespace, name: pod.name, uid: pod.uid },
@@ -318,6 +352,27 @@ export class KubernetesSource implements Source {
     if (!translated.config) return;
     this.reportedSidecars.set(key, translated.id);
     this.updates?.upsertSidecar(this.name, translated.id, translated.config);
+  }
+
+  /**
+   * The pod's BGP section from its ConfigMap; when that is refused or gone, the last good one (said
+   * in the problems), since publishing none would withdraw every VIP of the pod over a typo.
+   */
+  private bgpOf(key: string, pod: PodRecord): { section?: BgpConfig; problems: string[] } {
+    if (pod.bgpConfig === undefined) {
+      this.lastGoodBgp.delete(key);
+      return { problems: [] };
+    }
+    const found = bgpSectionFor(pod, this.bgpConfigMaps.get(`${pod.namespace}/${pod.bgpConfig.trim()}`));
+    if (found.bgp) {
+      this.lastGoodBgp.set(key, found.bgp);
+      return { section: found.bgp, problems: found.problems };
+    }
+    const kept = this.lastGoodBgp.get(key);
+    return {
+      ...(kept ? { section: kept } : {}),
+      problems: [...found.problems, kept ? 'the last good bgp section stays in sidecar.json' : 'sidecar.json is published without a bgp section'],
+    };
   }
 
   /** Namespaces with injected pods now. */

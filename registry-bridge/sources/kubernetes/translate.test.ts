@@ -1,8 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
-import { defaultMesh } from '../../../common/contract/index.js';
+import YAML from 'yaml';
+import { defaultMesh, SidecarConfigSchema } from '../../../common/contract/index.js';
 import { DEFAULT_POLICY } from './policy.js';
-import { podRecord, serviceRecord, sliceRecord, type PodRecord, type ServiceRecord, type SliceRecord } from './records.js';
-import { portProtocol, translatePod, translateService } from './translate.js';
+import { bgpConfigMapRecord, podRecord, serviceRecord, sliceRecord, type PodRecord, type ServiceRecord, type SliceRecord } from './records.js';
+import { bgpSectionFor, portProtocol, translatePod, translateService } from './translate.js';
 
 const mesh = defaultMesh();
 
@@ -207,5 +208,70 @@ describe("an injected pod's sidecar.json", () => {
   it('reports a Service that targets a port name the pod does not have', () => {
     const { problems } = translatePod(pod, [service({ selector: { app: 'orders' }, ports: [{ port: 80, targetPort: 'nope' }] })], undefined, mesh);
     expect(problems).toEqual([expect.stringMatching(/targets "nope", which pod orders-7d9f-x2x4 has no container port named/)]);
+  });
+});
+
+describe("a pod's BGP section from the ConfigMap it names", () => {
+  const bgpPod = (annotations: Record<string, string>): PodRecord =>
+    podRecord({ metadata: { name: 'vip-0', namespace: 'shop', uid: 'u-pod', annotations }, spec: { containers: [{ name: 'web' }] } })!;
+  const configMap = (data: Record<string, string>, name = 'edge-bgp') => bgpConfigMapRecord({ metadata: { name, namespace: 'shop' }, data });
+  const yaml = [
+    'localAs: 65001',
+    'routerId: 192.0.2.10',
+    'peers: [{ address: 192.0.2.1, remoteAs: 65000 }]',
+    'vips:',
+    '  - prefix: 10.0.0.100/32',
+    '    healthCheck: { protocol: readiness }',
+    '  - prefix: 2001:db8::100/128',
+    '    healthCheck: { protocol: readiness }',
+  ].join('\n');
+  const named = { 'flomesh.io/bgp-config': 'edge-bgp', 'flomesh.io/bgp-vips': '10.0.0.100, 2001:DB8:0::100/128' };
+
+  it('puts the bgp.yaml or bgp.json section in sidecar.json, as the contract reads it', () => {
+    for (const cm of [configMap({ 'bgp.yaml': yaml }), configMap({ 'bgp.json': JSON.stringify(YAML.parse(yaml)) })]) {
+      const { bgp, problems } = bgpSectionFor(bgpPod(named), cm);
+      expect(problems).toEqual([]);
+      expect(bgp).toMatchObject({ localAs: 65001, peers: [{ address: '192.0.2.1', remoteAs: 65000, port: 179 }], vips: [{ prefix: '10.0.0.100/32' }, {}] });
+      const { config } = translatePod(bgpPod(named), [], undefined, mesh, bgp);
+      expect(SidecarConfigSchema.parse(config).bgp).toEqual(bgp);
+    }
+    expect(translatePod(bgpPod({}), [], undefined, mesh).config).not.toHaveProperty('bgp');
+  });
+
+  it('refuses a bad section naming the ConfigMap, its key and every bad field', () => {
+    const bad = yaml.replace('localAs: 65001', 'localAs: 0').replace('address: 192.0.2.1', 'address: router-1');
+    expect(bgpSectionFor(bgpPod(named), configMap({ 'bgp.yaml': bad }))).toEqual({
+      problems: [
+        'ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml: localAs: must be an AS number, 1-4294967295',
+        'ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml: peers[0].address: must be an IPv4 or IPv6 address',
+      ],
+    });
+    expect(bgpSectionFor(bgpPod(named), configMap({ 'bgp.yaml': 'peers: [' })).problems[0]).toMatch(
+      /^ConfigMap shop\/edge-bgp \(annotation flomesh.io\/bgp-config\) key bgp.yaml is neither YAML nor JSON: /,
+    );
+  });
+
+  it('says when the ConfigMap is missing, holds both keys, or the annotation names none', () => {
+    expect(bgpSectionFor(bgpPod(named), undefined).problems).toEqual([
+      'ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) does not exist or has neither a bgp.yaml nor a bgp.json key',
+    ]);
+    expect(configMap({ 'other.yaml': 'x: 1' })).toBeUndefined();
+    expect(bgpSectionFor(bgpPod(named), configMap({ 'bgp.yaml': yaml, 'bgp.json': '{}' })).problems).toEqual([
+      'ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) has both bgp.yaml and bgp.json: keep one',
+    ]);
+    expect(bgpSectionFor(bgpPod({ 'flomesh.io/bgp-config': 'Edge_BGP' }), undefined).problems).toEqual([
+      'annotation flomesh.io/bgp-config: "Edge_BGP" is not a ConfigMap name',
+    ]);
+  });
+
+  it("names the VIPs it announces that flomesh.io/bgp-vips leaves off the pod's lo, and still publishes the section", () => {
+    const { bgp, problems } = bgpSectionFor(
+      bgpPod({ 'flomesh.io/bgp-config': 'edge-bgp', 'flomesh.io/bgp-vips': '10.0.0.100/32' }),
+      configMap({ 'bgp.yaml': yaml }),
+    );
+    expect(bgp).toBeDefined();
+    expect(problems).toEqual([
+      "ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml announces 2001:db8::100/128, which annotation flomesh.io/bgp-vips does not list: not on the pod's lo, so traffic to it will not reach the app (add it to the annotation and recreate the pod)",
+    ]);
   });
 });

@@ -1,8 +1,16 @@
 // Kubernetes objects into the contract: a Service and its EndpointSlices into one catalog service,
 // an injected pod (and the Services that select it) into its sidecar.json. Pure functions of the
 // records the source keeps, so every rule here is tested without a cluster.
+import { isIP } from 'node:net';
+import YAML from 'yaml';
 import {
   API_VERSION,
+  BGP_CONFIG_ANNOTATION,
+  BGP_VIPS_ANNOTATION,
+  BgpSchema,
+  canonicalIp,
+  checkDocument,
+  parseCidr,
   serviceId,
   type Endpoint,
   type Mesh,
@@ -12,7 +20,7 @@ import {
   SIDECAR_ID_PATTERN,
   sidecarId,
 } from '../../../common/contract/index.js';
-import type { PodRecord, ServicePortRecord, ServiceRecord, SliceRecord } from './records.js';
+import type { BgpConfigMapRecord, PodRecord, ServicePortRecord, ServiceRecord, SliceRecord } from './records.js';
 
 export type PortProtocol = 'tcp' | 'http' | 'http2' | 'grpc';
 
@@ -154,6 +162,69 @@ export interface SidecarTranslation {
   problems: string[];
 }
 
+/** sidecar.json's bgp section. */
+export type BgpConfig = NonNullable<SidecarConfig['bgp']>;
+
+/** A ConfigMap name as Kubernetes allows it (RFC 1123 subdomain). */
+const CONFIGMAP_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+export interface BgpSection {
+  /** The section to publish; undefined when the pod names no ConfigMap or its ConfigMap is refused. */
+  bgp?: BgpConfig;
+  /** What is wrong, each naming the ConfigMap, its key and the field. */
+  problems: string[];
+}
+
+/**
+ * The pod's BGP section from the ConfigMap its flomesh.io/bgp-config annotation names (key bgp.yaml
+ * or bgp.json, YAML or JSON either way), checked with the contract's BgpSchema. Also says which
+ * host-route VIPs of the section are missing from the pod's flomesh.io/bgp-vips annotation: those
+ * are announced but not on the pod's lo (the injector put them there at admission), so their
+ * traffic would not reach the app.
+ */
+export function bgpSectionFor(pod: PodRecord, configMap: BgpConfigMapRecord | undefined): BgpSection {
+  const name = pod.bgpConfig?.trim();
+  if (name === undefined) return { problems: [] };
+  const named = `ConfigMap ${pod.namespace}/${name} (annotation ${BGP_CONFIG_ANNOTATION})`;
+  if (!CONFIGMAP_NAME.test(name) || name.length > 253)
+    return { problems: [`annotation ${BGP_CONFIG_ANNOTATION}: ${JSON.stringify(pod.bgpConfig)} is not a ConfigMap name`] };
+  if (!configMap) return { problems: [`${named} does not exist or has neither a bgp.yaml nor a bgp.json key`] };
+  if (configMap.keys.length > 1) return { problems: [`${named} has both bgp.yaml and bgp.json: keep one`] };
+  const { key, text } = configMap.keys[0]!;
+  const where = `${named} key ${key}`;
+  let data: unknown;
+  try {
+    data = YAML.parse(text);
+  } catch (error) {
+    return { problems: [`${where} is neither YAML nor JSON: ${(error as Error).message.split('\n')[0]}`] };
+  }
+  const checked = checkDocument(BgpSchema, data);
+  if (!checked.ok) return { problems: checked.issues.map((issue) => `${where}: ${issue.field}: ${issue.message}`) };
+  const bgp = checked.value;
+  const onLo = new Set(
+    (pod.bgpVips ?? '')
+      .split(',')
+      .map(hostRouteText)
+      .filter((v): v is string => v !== undefined),
+  );
+  const missing = bgp.vips.map((vip) => hostRouteText(vip.prefix)).filter((vip): vip is string => vip !== undefined && !onLo.has(vip));
+  const problems = missing.length
+    ? [
+        `${where} announces ${missing.join(', ')}, which annotation ${BGP_VIPS_ANNOTATION} does not list: not on the pod's lo, so traffic to ${missing.length === 1 ? 'it' : 'them'} will not reach the app (add ${missing.length === 1 ? 'it' : 'them'} to the annotation and recreate the pod)`,
+      ]
+    : [];
+  return { bgp, problems };
+}
+
+/** `10.0.0.100` or `10.0.0.100/32` as `10.0.0.100/32` (IPv6 canonical, /128); undefined for anything wider or not an address. */
+function hostRouteText(value: string): string | undefined {
+  const text = value.trim();
+  if (isIP(text) !== 0) return `${canonicalIp(text)}/${isIP(text) === 4 ? 32 : 128}`;
+  const parsed = parseCidr(text);
+  if (!parsed || parsed[1] !== (parsed[0].kind() === 'ipv4' ? 32 : 128)) return undefined;
+  return `${canonicalIp(text.slice(0, text.lastIndexOf('/')))}/${parsed[1]}`;
+}
+
 /**
  * A pod's sidecar.json: who it is, the whole catalog (`*`), its zone, the resolver's search list,
  * and its inbound ports: every port a Service selecting it targets, with that Service port's
@@ -164,6 +235,8 @@ export function translatePod(
   selecting: readonly ServiceRecord[],
   zone: string | undefined,
   mesh: Pick<Mesh, 'name' | 'clusterName' | 'clusterDomain'>,
+  /** Its BGP section (bgpSectionFor, or the last good one), published as it is. */
+  bgp?: BgpConfig,
 ): SidecarTranslation {
   const id = sidecarId({ kind: 'pod', namespace: pod.namespace, name: pod.name });
   const problems: string[] = [];
@@ -205,6 +278,7 @@ export function translatePod(
     locality: { ...(zone ? { zone } : {}), cluster: mesh.clusterName },
     dns: { records: [], searchDomains: [...new Set([`${pod.namespace}.svc.${domain}`, `svc.${domain}`, domain, ...pod.dnsSearches.filter(isSearchDomain)])] },
     inbound: { ports: [...inbound.values()].sort((a, b) => a.port - b.port), probes: [] },
+    ...(bgp ? { bgp } : {}),
   };
   return { id, config, problems };
 }
