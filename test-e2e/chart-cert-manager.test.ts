@@ -326,11 +326,11 @@ describe('the chart with cert-manager on the test control plane with pods that r
   });
 
   it("flb check's webhook checks pass, reading cert-manager's Secret through the Certificate the webhook configuration names", async () => {
-    const run = await execa(
-      process.execPath,
-      [join(CHECKOUT, 'bin/flb.js'), 'check', '--kubeconfig', env.plane.kubeconfigPath, '-o', 'json'],
-      { reject: false, env: { FLB_LOG_LEVEL: 'silent' }, timeout: 60_000 },
-    );
+    const run = await execa(process.execPath, [join(CHECKOUT, 'bin/flb.js'), 'check', '--kubeconfig', env.plane.kubeconfigPath, '-o', 'json'], {
+      reject: false,
+      env: { FLB_LOG_LEVEL: 'silent' },
+      timeout: 60_000,
+    });
     const report = JSON.parse(run.stdout) as CheckReport;
     expect(report.results.filter((r) => r.id.startsWith('webhook-')).map((r) => [r.id, r.status, r.detail])).toEqual([
       ['webhook-config', 'pass', expect.any(String)],
