@@ -246,6 +246,10 @@ describe("a pod's BGP section from the ConfigMap it names", () => {
         'ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml: peers[0].address: must be an IPv4 or IPv6 address',
       ],
     });
+    // Valid for the schema, refused by the sidecar: refused here too.
+    expect(bgpSectionFor(bgpPod(named), configMap({ 'bgp.yaml': yaml.replace('remoteAs: 65000 }', 'remoteAs: 65000, passwordRef: bgp-md5 }') }))).toEqual({
+      problems: ['ConfigMap shop/edge-bgp (annotation flomesh.io/bgp-config) key bgp.yaml: peers[0].passwordRef: TCP MD5 (RFC 2385) is not built yet'],
+    });
     expect(bgpSectionFor(bgpPod(named), configMap({ 'bgp.yaml': 'peers: [' })).problems[0]).toMatch(
       /^ConfigMap shop\/edge-bgp \(annotation flomesh.io\/bgp-config\) key bgp.yaml is neither YAML nor JSON: /,
     );

@@ -201,6 +201,11 @@ export function bgpSectionFor(pod: PodRecord, configMap: BgpConfigMapRecord | un
   const checked = checkDocument(BgpSchema, data);
   if (!checked.ok) return { problems: checked.issues.map((issue) => `${where}: ${issue.field}: ${issue.message}`) };
   const bgp = checked.value;
+  // The sidecar refuses a section it cannot honour (sidecar/bgp/announcer.ts, unbuiltFields): say so here, on the pod, instead of in its log.
+  const unbuilt = bgp.peers.flatMap((peer, i) =>
+    peer.passwordRef !== undefined ? [`${where}: peers[${i}].passwordRef: TCP MD5 (RFC 2385) is not built yet`] : [],
+  );
+  if (unbuilt.length) return { problems: unbuilt };
   const onLo = new Set(
     (pod.bgpVips ?? '')
       .split(',')
