@@ -29,8 +29,6 @@ interface Known {
   tags: string;
   /** X-Consul-Index of its last fetch: a sweep that finds the same skips it. */
   index?: bigint;
-  /** Its own checks (node\0checkID) in allChecks, as its last fetch said. */
-  checkKeys?: string[];
   port?: number;
   reportedId?: string;
   endpoints: number;
@@ -68,12 +66,8 @@ export class ConsulSource implements Source {
   private datacenter?: string;
   private readonly known = new Map<string, Known>();
   private readonly labels = new LabelBook();
-  /**
-   * node\0checkID to its service's name ('' for a node check): what /v1/health/state/any last said,
-   * kept current by every service fetched since (which is all there is before the first read: at
-   * start the fetches of every service make it, so the 45 MB list is not read then).
-   */
-  private allChecks = new Map<string, string>();
+  /** node\0checkID to its service's name ('' for a node check), as /v1/health/state/any last said. */
+  private allChecks?: Map<string, string>;
   /** The same for the failing checks, per status, as the two status watches last said. */
   private readonly failing: Record<FailingStatus, Map<string, string> | undefined> = { critical: undefined, warning: undefined };
   private readonly servicesOnNode = new Map<string, Set<string>>();
@@ -168,6 +162,7 @@ export class ConsulSource implements Source {
       }
     }
     if (signal.aborted) return;
+    this.readAllChecks();
     await Promise.all([
       this.watch('catalog', '/v1/catalog/services', (body) => this.onCatalog(body)),
       ...FAILING_STATUSES.map((status) => this.watch(`${status} checks`, `/v1/health/state/${status}`, (body) => this.onFailing(status, body))),
@@ -272,7 +267,7 @@ export class ConsulSource implements Source {
       this.gone(name, known);
     }
     // Instances came or went somewhere (or a service did): every check says where. The first
-    // list fetches every service anyway.
+    // list fetches every service anyway, and the first read of every check is already running.
     if (this.catalogListed) this.readAllChecks();
     this.catalogListed = true;
     this.pump();
@@ -311,10 +306,12 @@ export class ConsulSource implements Source {
         const next = checkServices(answer.body);
         if (!next) throw new ConsulError('not a list of checks');
         this.allChecksFailures = 0;
-        const changed = changedChecks(this.allChecks, next);
+        const previous = this.allChecks;
         this.allChecks = next;
-        // Checks of services this source leaves out (Consul's own) also count as changed the first time.
-        if (this.touch(changed) === 0) this.maybeSweep();
+        if (!previous) return;
+        const changed = changedChecks(previous, next);
+        if (changed.length > 0) this.touch(changed);
+        else this.maybeSweep();
       })
       .catch((error: unknown) => {
         if (this.abort.signal.aborted) return;
@@ -337,20 +334,14 @@ export class ConsulSource implements Source {
       });
   }
 
-  /** Checks that changed: their services are fetched; a node check's, every service on that node. How many are fetched. */
-  private touch(changed: readonly string[]): number {
+  /** Checks that changed: their services are fetched; a node check's, every service on that node. */
+  private touch(changed: readonly string[]): void {
     const names = new Set<string>();
     for (const change of changed) {
       if (change.startsWith(NODE_CHECK)) for (const name of this.servicesOnNode.get(change.slice(NODE_CHECK.length)) ?? []) names.add(name);
       else names.add(change);
     }
-    let fetched = 0;
-    for (const name of names)
-      if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) {
-        this.enqueue(name);
-        fetched++;
-      }
-    return fetched;
+    for (const name of names) if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) this.enqueue(name);
   }
 
   /** The catalog moved and no check says where: fetch every service, at most every sweepIntervalSeconds. */
@@ -400,7 +391,16 @@ export class ConsulSource implements Source {
   }
 
   private maybeSynced(): void {
-    if (!this.catalogListed || !this.failing.critical || !this.failing.warning || this.queue.size > 0 || this.inFlight > 0 || this.retry.size > 0) return;
+    if (
+      !this.catalogListed ||
+      !this.allChecks ||
+      !this.failing.critical ||
+      !this.failing.warning ||
+      this.queue.size > 0 ||
+      this.inFlight > 0 ||
+      this.retry.size > 0
+    )
+      return;
     this.lastSyncAt = Date.now();
     if (this.syncedOnce) return;
     this.syncedOnce = true;
@@ -426,24 +426,7 @@ export class ConsulSource implements Source {
     if (this.known.get(name) !== known || known.removeAt !== undefined) return;
     if (swept && answer.index !== undefined && answer.index === known.index) return;
     if (answer.index !== undefined) known.index = answer.index;
-    this.noteChecks(name, known, answer.body);
     this.render(name, known, answer.body);
-  }
-
-  /** A fetched service's checks into allChecks, in place of what its last fetch said. */
-  private noteChecks(name: string, known: Known, entries: unknown): void {
-    if (!Array.isArray(entries)) return;
-    for (const key of known.checkKeys ?? []) if (this.allChecks.get(key) === name) this.allChecks.delete(key);
-    const own: string[] = [];
-    for (const entry of entries) {
-      const checks = (entry as { Checks?: unknown } | null)?.Checks;
-      const found = checkServices(checks);
-      for (const [key, service] of found ?? []) {
-        this.allChecks.set(key, service);
-        if (service === name) own.push(key);
-      }
-    }
-    known.checkKeys = own;
   }
 
   private retryLater(name: string): void {
@@ -510,7 +493,6 @@ export class ConsulSource implements Source {
     known.removeAt = Date.now() + this.config.removeAfterSeconds * 1000;
     this.queue.delete(name);
     this.retry.delete(name);
-    this.noteChecks(name, known, []);
     if (known.reportedId !== undefined) this.render(name, known, []);
     known.removeTimer = setTimeout(() => {
       if (this.known.get(name) !== known || known.removeAt === undefined) return;
