@@ -142,6 +142,11 @@ describe('the flb-mesh chart', () => {
       [{ bridge: { sinks: [{ kind: 'kubernetes', namespace: 'Registry' }] } }, /\/bridge\/sinks\/0\/namespace/],
       [{ bridge: { sinks: [{ kind: 'consul', adress: 'http://consul:8500' }] } }, /\/bridge\/sinks\/0.*adress/],
       [{ bridge: { sinks: [{ kind: 'consul', resyncSeconds: 1 }] } }, /\/bridge\/sinks\/0\/resyncSeconds/],
+      // Above the 30 s a Eureka server's self-preservation counts on.
+      [
+        { bridge: { sinks: [{ kind: 'eureka', servers: ['http://eureka:8761/eureka/'], renewalIntervalSeconds: 60 }] } },
+        /\/bridge\/sinks\/0\/renewalIntervalSeconds/,
+      ],
       // The repo sink is the chart's own.
       [{ bridge: { sinks: [{ kind: 'repo', url: 'https://elsewhere:6060' }] } }, /\/bridge\/sinks\/0/],
       [{ injector: { replicas: 'two' } }, /\/injector\/replicas/],
@@ -186,6 +191,22 @@ describe('the flb-mesh chart', () => {
         { sources: [kubernetes, { kind: 'consul', name: 'dc1' }], sinks: [{ kind: 'consul', from: ['kubernetes', 'dc1'] }] },
         'bridge.sinks[0].from[1]: source dc1 reads the registry this sink writes',
       ],
+      [
+        {
+          sources: [kubernetes, { kind: 'eureka', servers: ['http://eureka-1:8761/eureka/', 'http://eureka-2:8761/eureka/'] }],
+          sinks: [{ kind: 'eureka', servers: ['http://eureka-2:8761/eureka/'], from: ['kubernetes', 'eureka'] }],
+        },
+        'bridge.sinks[0].from[1]: source eureka reads the registry this sink writes',
+      ],
+      // The default renewal interval (30 s) against a lease one late renewal would outlast.
+      [
+        { sinks: [{ kind: 'eureka', servers: ['http://eureka:8761/eureka/'], leaseDurationSeconds: 50 }] },
+        'bridge.sinks[0].leaseDurationSeconds: 50 must be at least twice renewalIntervalSeconds (30)',
+      ],
+      [
+        { sinks: [{ kind: 'consul' }, { kind: 'eureka', servers: ['http://eureka:8761/eureka/'], renewalIntervalSeconds: 10, leaseDurationSeconds: 19 }] },
+        'bridge.sinks[1].leaseDurationSeconds: 19 must be at least twice renewalIntervalSeconds (10)',
+      ],
     ];
     for (const [bridge, message] of cases) {
       const sources = bridge.sources ?? [kubernetes];
@@ -200,6 +221,10 @@ describe('the flb-mesh chart', () => {
     const elsewhere = { sources: [{ kind: 'consul', address: 'http://dc1:8500' }], sinks: [{ kind: 'consul', address: 'http://dc2:8500', from: ['consul'] }] };
     const rendered = YAML.parse(configMapFile(await helm.render({ bridge: elsewhere }), 'flb-bridge-config', 'bridge.yaml')) as unknown;
     expect(BridgeConfigSchema.safeParse(rendered).success).toBe(true);
+    // A Eureka sink whose lease is exactly twice its renewal interval is fine.
+    const eurekaSink = { sinks: [{ kind: 'eureka', servers: ['http://eureka:8761/eureka/'], renewalIntervalSeconds: 10, leaseDurationSeconds: 20 }] };
+    const renderedEureka = YAML.parse(configMapFile(await helm.render({ bridge: eurekaSink }), 'flb-bridge-config', 'bridge.yaml')) as unknown;
+    expect(BridgeConfigSchema.safeParse(renderedEureka).success).toBe(true);
   });
 
   it('grants least privilege: no wildcard, no Secret outside its namespace, no built-in role; every rule explained in the README', async () => {
