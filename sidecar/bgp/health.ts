@@ -105,8 +105,11 @@ export class HealthGate extends EventEmitter {
   constructor(
     readonly check: HealthCheck,
     private readonly readiness?: ReadinessSource,
+    /** A check replacing another on a VIP that is announced starts healthy: the new check must fail to withdraw it. */
+    initiallyHealthy = false,
   ) {
     super();
+    this.healthy = initiallyHealthy;
   }
 
   start(): void {

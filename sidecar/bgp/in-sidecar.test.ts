@@ -139,29 +139,68 @@ describe('the BGP announcer in the sidecar', () => {
     expect(peer.received.some((m) => m.type === 'notification')).toBe(false);
   });
 
-  it('follows the section: the same section again changes nothing, a peer added gets the VIP, a refused section keeps the running one', async () => {
+  it("follows the section peer by peer: the same section again, a peer added, edited, flapping or removed leave the other peer's session and routes untouched", async () => {
     const app = await tcpApp();
     const [first, second] = [await fakePeer(), await fakePeer()];
     const { write, admin } = await sidecarWith(bgpSection(app.port, [first]));
     await first.until('the VIP', (r) => (ribOf(r).join() === VIP ? true : undefined));
+    const firstUpdates = routeUpdates(first.received).length;
+    /** What the first router would notice: a new OPEN, a NOTIFICATION, or any route UPDATE. */
+    const firstUntouched = () => {
+      expect(opens(first.received)).toBe(1);
+      expect(first.received.filter((m) => m.type === 'notification')).toEqual([]);
+      expect(routeUpdates(first.received)).toHaveLength(firstUpdates);
+      expect(first.connections).toBe(1);
+    };
+    const twoPeers = bgpSection(app.port, [first, second]);
 
-    // A mesh.json change re-applies the same sidecar.json: the session is not touched.
+    // A mesh.json change re-applies the same sidecar.json.
     write(bgpSection(app.port, [first]));
-    await new Promise((r) => setTimeout(r, 500));
-    expect(opens(first.received)).toBe(1);
+    await new Promise((r) => setTimeout(r, 300));
+    firstUntouched();
 
-    write(bgpSection(app.port, [first, second]));
+    write(twoPeers);
     await second.until('the VIP at the added peer', (r) => (ribOf(r).join() === VIP ? true : undefined));
-    // Replaced, not reconciled: the first peer's session was restarted and has the VIP again.
-    await first.until('the VIP after the restart', (r) =>
-      opens(r) === 2 && ribOf(r.slice(r.findLastIndex((m) => m.type === 'open'))).join() === VIP ? true : undefined,
+    firstUntouched();
+
+    // The second peer edited (a next hop of its own): its session is restarted, with the new next hop.
+    const edited = bgpSection(app.port, [first, second]) as { peers: Record<string, unknown>[] };
+    edited.peers[1]!.nextHop = { ipv4: '192.0.2.77' };
+    write(edited);
+    await second.until('Cease to the edited peer', (r) => r.find((m) => m.type === 'notification' && m.code === 6));
+    const nextHop = await second.until('the VIP with the new next hop', (r) =>
+      opens(r) === 2 ? routeUpdates(r.slice(r.findLastIndex((m) => m.type === 'open'))).at(-1)?.attributes.nextHop : undefined,
     );
+    expect(nextHop).toBe('192.0.2.77');
+
+    // The second router drops the connection: only that session comes back and is sent the VIP again.
+    const secondUpdates = routeUpdates(second.received).length;
+    second.socket!.destroy();
+    await second.until('the VIP on the new connection', (r) => (second.connections === 3 && routeUpdates(r).length > secondUpdates ? true : undefined));
+
+    write(bgpSection(app.port, [first]));
+    await second.until('Cease to the removed peer', (r) => r.filter((m) => m.type === 'notification' && m.code === 6).length === 2 || undefined);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(second.connections).toBe(3);
+    firstUntouched();
+    const status = await fetchBgpStatus({ url: admin, path: '/bgp' });
+    expect(status.peers).toEqual([expect.objectContaining({ peer: `127.0.0.1:${first.port}`, state: 'Established' })]);
+    expect(status.vips).toEqual([expect.objectContaining({ prefix: VIP, healthy: true, announced: true })]);
+
+    // A VIP's attributes edited: sent again as one UPDATE on the same session.
+    const tagged = bgpSection(app.port, [first]) as { vips: Record<string, unknown>[] };
+    tagged.vips[0]!.communities = ['65001:7'];
+    write(tagged);
+    const community = await first.until('the VIP with its community', (r) => routeUpdates(r).at(-1)?.attributes.communities?.map(communityText).join());
+    expect(community).toBe('65001:7');
+    expect(opens(first.received)).toBe(1);
 
     const secret = bgpSection(app.port, [first]) as { peers: Record<string, unknown>[] };
     secret.peers[0]!.passwordRef = 'bgp-md5';
     write(secret);
-    await new Promise((r) => setTimeout(r, 500));
-    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).peers).toHaveLength(2);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await fetchBgpStatus({ url: admin, path: '/bgp' })).peers).toEqual([expect.objectContaining({ state: 'Established' })]);
+    expect(opens(first.received)).toBe(1);
   });
 
   it('drains when the section goes: GRACEFUL_SHUTDOWN first, then the VIP withdrawn and the session closed with Cease', async () => {

@@ -2,11 +2,13 @@
 // `bgp` section arrives (a sidecar without one never loads the speaker), and hands it every later
 // section (or its absence). Changes are applied one at a time, in order:
 // - section appears: an announcer starts (sessions, one health gate per VIP);
-// - section changes (peers or VIPs added or removed, timers...): the announcer is replaced. Simpler
-//   than reconciling sessions one by one, and what a router sees is an ordinary restart: Cease to
-//   every peer, new sessions, the healthy VIPs announced again once their checks pass (a second or
-//   two with the default thresholds). Its cost, a short withdraw of every VIP of this sidecar, is
-//   said in the log;
+// - section changes: applied to the running announcer peer by peer and VIP by VIP
+//   (Announcer.reconfigure), so only what changed is touched: a peer added, removed or edited gets
+//   its own new session or Cease, while every other router keeps its session and our routes with
+//   no withdraw and no re-announce. Replacing the whole announcer instead made every router see a
+//   Cease and a withdraw of every VIP of this sidecar for a second or two for any edit; a change
+//   to the speaker's own AS, router id or timers still restarts every session (each OPEN carries
+//   them);
 // - section disappears: drained as on SIGTERM (GRACEFUL_SHUTDOWN for drainSeconds, withdrawn,
 //   Cease), so traffic moves away before the routes go;
 // - a section the announcer cannot honour (TCP MD5): said in the log, and the previous announcer,
@@ -52,7 +54,7 @@ export class SidecarBgp {
   drain(): Promise<void> {
     return this.enqueue(async () => {
       this.stopped = true;
-      await this.retire('drain');
+      await this.retire();
     });
   }
 
@@ -92,7 +94,7 @@ export class SidecarBgp {
     if (text === this.running) return;
     if (!config) {
       this.log.info('BGP announcer: the bgp section is gone from sidecar.json, draining');
-      await this.retire('drain');
+      await this.retire();
       return;
     }
     const unbuilt = unbuiltFields(config, 'bgp.', 'sidecar');
@@ -103,11 +105,17 @@ export class SidecarBgp {
       );
       return;
     }
-    const next = new Announcer(config, this.log, this.readiness);
     if (this.announcer) {
-      this.log.info('BGP announcer: the bgp section changed, restarting the announcer (every VIP is withdrawn until its check passes again)');
-      await this.retire('stop');
+      try {
+        const { kept, started, stopped } = await this.announcer.reconfigure(config);
+        this.running = text;
+        this.log.info({ kept, started, stopped, vips: config.vips.map((v) => v.prefix) }, 'BGP announcer: the bgp section changed, applied peer by peer');
+      } catch (error) {
+        this.log.error({ err: error }, 'BGP announcer: the changed bgp section could not be applied; the previous one keeps running');
+      }
+      return;
     }
+    const next = new Announcer(config, this.log, this.readiness);
     try {
       await next.start();
     } catch (error) {
@@ -121,11 +129,10 @@ export class SidecarBgp {
     this.log.info({ peers: config.peers.length, vips: config.vips.map((v) => v.prefix) }, 'BGP announcer running in the sidecar');
   }
 
-  private async retire(how: 'drain' | 'stop'): Promise<void> {
+  private async retire(): Promise<void> {
     const announcer = this.announcer;
     if (!announcer) return;
-    if (how === 'drain') await announcer.drain();
-    else announcer.stop();
+    await announcer.drain();
     // Gone only once drained: status and metrics show the drain while it lasts.
     if (this.announcer === announcer) {
       this.announcer = undefined;

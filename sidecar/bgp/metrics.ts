@@ -1,12 +1,13 @@
 // Prometheus metrics of the announcer (`flb bgp`'s GET /metrics; the sidecar's registry while it
 // announces). States are read from the announcer when scraped; events are counted as they happen.
-// Registered once per registry: the sidecar replaces its announcer when sidecar.json's bgp section
-// changes, so the gauges read whichever runs now and each new announcer's sessions are watched.
+// Registered once per registry: the gauges read whichever announcer runs now (the sidecar starts a
+// new one when a bgp section comes back after it went), and every session it makes is watched.
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Announcer, AnnouncerStatus } from './announcer.js';
+import type { BgpSession } from './session.js';
 
 export interface BgpMetrics {
-  /** Counts the events of this announcer's sessions (call once per announcer). */
+  /** Counts the events of this announcer's sessions, those it makes later included (call once per announcer). */
   watch(announcer: Announcer): void;
 }
 
@@ -82,20 +83,23 @@ export function registerBgpMetrics(registry: Registry, current: Announcer | (() 
     labelNames: ['peer'] as const,
     registers: [registry],
   });
+  const watchSession = (session: BgpSession) => {
+    const peer = session.status().peer;
+    session.on('notification', (direction: string, code: number, subcode: number) =>
+      notifications.inc({ peer, direction, code: String(code), subcode: String(subcode) }),
+    );
+    session.on('updates', (count: number) => updates.inc({ peer }, count));
+    let established = false;
+    session.on('established', () => (established = true));
+    session.on('down', () => {
+      if (established) downs.inc({ peer });
+      established = false;
+    });
+  };
   const watch = (announcer: Announcer) => {
-    for (const session of announcer.speaker.peers) {
-      const peer = session.status().peer;
-      session.on('notification', (direction: string, code: number, subcode: number) =>
-        notifications.inc({ peer, direction, code: String(code), subcode: String(subcode) }),
-      );
-      session.on('updates', (count: number) => updates.inc({ peer }, count));
-      let established = false;
-      session.on('established', () => (established = true));
-      session.on('down', () => {
-        if (established) downs.inc({ peer });
-        established = false;
-      });
-    }
+    for (const session of announcer.speaker.peers) watchSession(session);
+    // Peers added to a running announcer (sidecar.json's bgp section edited) get sessions of their own.
+    announcer.speaker.on('session', watchSession);
   };
   if (typeof current !== 'function') watch(current);
   return { watch };

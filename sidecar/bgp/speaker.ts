@@ -1,11 +1,14 @@
 // The announcer: one BgpSession per peer, and the set of routes every peer should have. Announcing
 // or withdrawing a VIP changes that set and each established session sends the difference at once
 // (an UPDATE; the sessions stay up). Sessions that are down get the whole set when they come up.
-import { once } from 'node:events';
+// A new peer list (reconfigure) touches only the peers whose settings changed: a router whose
+// session is kept sees no withdraw, no re-announce and no reset when another peer is added,
+// removed or edited.
+import { EventEmitter, once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { formatAddress, listenError } from '../../common/errors.js';
-import { BgpSession, type SessionStatus } from './session.js';
+import { BgpSession, type SessionOptions, type SessionStatus } from './session.js';
 import type { Route } from './routes.js';
 import { Afi, parseCommunity, parsePrefix, prefixText, type AddressFamily } from './wire/index.js';
 
@@ -46,51 +49,109 @@ export interface SpeakerStatus {
   routes: string[];
 }
 
-export class BgpSpeaker {
-  private readonly sessions: BgpSession[];
+/** Events: 'session' (session: BgpSession), for each session made, at start and by reconfigure(). */
+export class BgpSpeaker extends EventEmitter {
+  private sessions: { settings: string; session: BgpSession }[] = [];
   private readonly routes = new Map<string, Route>();
   private publishQueued = false;
-
-  constructor(private readonly options: SpeakerOptions) {
-    this.sessions = options.peers.map(
-      (peer) =>
-        new BgpSession({
-          localAs: options.localAs,
-          routerId: options.routerId,
-          holdTimeSeconds: options.holdTimeSeconds,
-          peerAddress: peer.address,
-          peerPort: peer.port ?? 179,
-          remoteAs: peer.remoteAs,
-          ...(peer.localAddress ? { localAddress: peer.localAddress } : {}),
-          nextHops: { ...(peer.nextHop?.ipv4 ? { [Afi.IPV4]: peer.nextHop.ipv4 } : {}), ...(peer.nextHop?.ipv6 ? { [Afi.IPV6]: peer.nextHop.ipv6 } : {}) },
-          ...(peer.families ? { families: peer.families } : {}),
-          ...(options.connectRetryMs !== undefined ? { connectRetryMs: options.connectRetryMs } : {}),
-          ...(peer.passive ? { passive: true } : {}),
-          log: options.log,
-        }),
-    );
-  }
-
   private listener: Server | undefined;
+  /** The listen settings the running listener was opened with. */
+  private listening: string | undefined;
+
+  constructor(private options: SpeakerOptions) {
+    super();
+    this.replaceSessions(options);
+  }
 
   /** Starts every session, and the listener for passive peers (refused with the address and how to move it). */
   async start(): Promise<void> {
-    for (const session of this.sessions) session.start();
-    if (!this.sessions.some((s) => s.passive)) return;
-    const address = this.options.listen?.address ?? '::';
-    const port = this.options.listen?.port ?? 179;
-    const server = createServer((socket) => this.incoming(socket));
-    this.listener = server;
-    server.listen({ host: address, port });
-    try {
-      await once(server, 'listening');
-    } catch (error) {
-      throw listenError(error, {
-        what: 'the BGP listener for passive peers',
-        address: formatAddress(address, port),
-        flag: 'listenAddress/listenPort in the configuration',
-      });
+    for (const { session } of this.sessions) session.start();
+    await this.listenFor(this.options);
+  }
+
+  /**
+   * Makes the running sessions match `options`: a peer whose session settings (its own, and the
+   * speaker's AS, router id, hold and connect-retry times, which every OPEN carries) are unchanged
+   * keeps its session as it is; a removed or changed one is closed with Cease, and an added or
+   * changed one starts with the routes every peer has now. A listener that cannot open throws
+   * before any session is touched.
+   */
+  async reconfigure(options: SpeakerOptions): Promise<{ kept: string[]; started: string[]; stopped: string[] }> {
+    await this.listenFor(options);
+    const changes = this.replaceSessions(options);
+    for (const { session } of this.sessions) session.start();
+    return changes;
+  }
+
+  private replaceSessions(options: SpeakerOptions): { kept: string[]; started: string[]; stopped: string[] } {
+    this.options = options;
+    const previous = new Map(this.sessions.map((entry) => [entry.settings, entry]));
+    const kept: string[] = [];
+    const started: string[] = [];
+    this.sessions = options.peers.map((peer) => {
+      const sessionOptions = this.sessionOptions(peer);
+      const settings = JSON.stringify(sessionOptions);
+      const existing = previous.get(settings);
+      if (existing) {
+        previous.delete(settings);
+        kept.push(existing.session.status().peer);
+        return existing;
+      }
+      const session = new BgpSession({ ...sessionOptions, log: options.log });
+      session.setRoutes(new Map(this.routes));
+      this.emit('session', session);
+      started.push(session.status().peer);
+      return { settings, session };
+    });
+    const stopped = [...previous.values()].map(({ session }) => {
+      session.stop('the peer was removed or changed in the configuration');
+      return session.status().peer;
+    });
+    return { kept, started, stopped };
+  }
+
+  private sessionOptions(peer: PeerOptions): Omit<SessionOptions, 'log'> {
+    const { options } = this;
+    return {
+      localAs: options.localAs,
+      routerId: options.routerId,
+      holdTimeSeconds: options.holdTimeSeconds,
+      peerAddress: peer.address,
+      peerPort: peer.port ?? 179,
+      remoteAs: peer.remoteAs,
+      ...(peer.localAddress ? { localAddress: peer.localAddress } : {}),
+      nextHops: { ...(peer.nextHop?.ipv4 ? { [Afi.IPV4]: peer.nextHop.ipv4 } : {}), ...(peer.nextHop?.ipv6 ? { [Afi.IPV6]: peer.nextHop.ipv6 } : {}) },
+      ...(peer.families ? { families: peer.families } : {}),
+      ...(options.connectRetryMs !== undefined ? { connectRetryMs: options.connectRetryMs } : {}),
+      ...(peer.passive ? { passive: true } : {}),
+    };
+  }
+
+  /**
+   * Opens, moves or closes the listener for `options`' passive peers. Connections already accepted
+   * are the sessions', not the listener's: closing it leaves them up.
+   */
+  private async listenFor(options: SpeakerOptions): Promise<void> {
+    const wanted = options.peers.some((peer) => peer.passive) ? { address: options.listen?.address ?? '::', port: options.listen?.port ?? 179 } : undefined;
+    const settings = wanted ? JSON.stringify(wanted) : undefined;
+    if (settings === this.listening) return;
+    let server: Server | undefined;
+    if (wanted) {
+      server = createServer((socket) => this.incoming(socket));
+      server.listen({ host: wanted.address, port: wanted.port });
+      try {
+        await once(server, 'listening');
+      } catch (error) {
+        throw listenError(error, {
+          what: 'the BGP listener for passive peers',
+          address: formatAddress(wanted.address, wanted.port),
+          flag: 'listenAddress/listenPort in the configuration',
+        });
+      }
     }
+    this.listener?.close();
+    this.listener = server;
+    this.listening = settings;
   }
 
   /** The port passive peers connect to (the one asked for, or the one the kernel chose for 0). */
@@ -103,7 +164,7 @@ export class BgpSpeaker {
     const remote = socket.remoteAddress ?? '';
     // A dual-stack listener shows an IPv4 peer as ::ffff:a.b.c.d.
     const address = remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
-    const session = this.sessions.find((s) => s.passive && s.peerAddress === address);
+    const session = this.sessions.find(({ session: s }) => s.passive && s.peerAddress === address)?.session;
     if (!session) {
       this.options.log.warn({ from: remote }, 'BGP connection from an address that is no passive peer: closed');
       socket.on('error', () => undefined);
@@ -144,23 +205,25 @@ export class BgpSpeaker {
     queueMicrotask(() => {
       this.publishQueued = false;
       const snapshot = new Map(this.routes);
-      for (const session of this.sessions) session.setRoutes(snapshot);
+      for (const { session } of this.sessions) session.setRoutes(snapshot);
     });
   }
 
   status(): SpeakerStatus {
-    return { localAs: this.options.localAs, routerId: this.options.routerId, peers: this.sessions.map((s) => s.status()), routes: [...this.routes.keys()] };
+    const { localAs, routerId } = this.options;
+    return { localAs, routerId, peers: this.sessions.map(({ session }) => session.status()), routes: [...this.routes.keys()] };
   }
 
   /** The sessions, for tests and for waiting on them. */
   get peers(): readonly BgpSession[] {
-    return this.sessions;
+    return this.sessions.map(({ session }) => session);
   }
 
   /** Ends every session with Cease / Administrative Shutdown (the routers drop our routes at once). */
   stop(message = 'shutting down'): void {
-    for (const session of this.sessions) session.stop(message);
+    for (const { session } of this.sessions) session.stop(message);
     this.listener?.close();
     this.listener = undefined;
+    this.listening = undefined;
   }
 }
