@@ -89,6 +89,45 @@ describe("the bridge's metrics", () => {
   });
 });
 
+describe("a Eureka sink's renewals", () => {
+  const withEureka = (renewals: { sent: number; failed: number; reregistered: number; late: number }): BridgeStatus => {
+    const leading = status(true);
+    const eureka = {
+      name: 'eureka',
+      kind: 'eureka',
+      address: 'http://eureka:8761/eureka/',
+      pending: 0,
+      writes: 30,
+      failures: 1,
+      lastWriteAt: now - 3000,
+      renewals,
+    };
+    return { ...leading, sinks: [...leading.sinks, eureka] };
+  };
+
+  it('are counters of that sink alone, rising as it renews', async () => {
+    let renewals = { sent: 120, failed: 2, reregistered: 1, late: 3 };
+    const metrics = createBridgeMetrics(() => withEureka(renewals), { processMetrics: false });
+    const scrape = async () => samples(await metrics.registry.metrics(), 'flb_bridge_sink_').filter((l) => /renewal|reregistration/.test(l));
+    expect(await scrape()).toEqual([
+      'flb_bridge_sink_renewals_total{sink="eureka",kind="eureka"} 120',
+      'flb_bridge_sink_renewal_failures_total{sink="eureka",kind="eureka"} 2',
+      'flb_bridge_sink_reregistrations_total{sink="eureka",kind="eureka"} 1',
+      'flb_bridge_sink_late_renewals_total{sink="eureka",kind="eureka"} 3',
+    ]);
+    expect(await metrics.registry.metrics()).toContain('# TYPE flb_bridge_sink_renewals_total counter');
+    renewals = { sent: 150, failed: 2, reregistered: 1, late: 3 };
+    expect((await scrape())[0]).toBe('flb_bridge_sink_renewals_total{sink="eureka",kind="eureka"} 150');
+  });
+
+  it('show in flb bridge status under the sinks', () => {
+    const table = renderBridgeStatus(withEureka({ sent: 120, failed: 2, reregistered: 1, late: 3 }), now).split('\n');
+    expect(table.find((l) => l.startsWith('eureka'))).toMatch(/^eureka\s+eureka\s+http:\/\/eureka:8761\/eureka\/\s+0\s+30\s+1\s+3s ago$/);
+    expect(table).toContain('eureka renewals: 120 sent, 2 failed, 1 registered again after a 404, 3 late');
+    expect(table.filter((l) => l.includes('renewals'))).toHaveLength(1);
+  });
+});
+
 describe('flb bridge status', () => {
   it('shows each source with its last sync and lag, and the sinks', () => {
     const table = renderBridgeStatus(status(true), now).split('\n');

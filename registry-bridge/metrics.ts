@@ -5,6 +5,8 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { createMetricsRegistry } from '../common/metrics.js';
 import type { BridgeStatus } from './bridge.js';
+import type { RenewalCounts } from './sinks/eureka/sink.js';
+import { renewalsOf } from './status.js';
 
 export interface BridgeMetrics {
   readonly registry: Registry;
@@ -141,6 +143,38 @@ export function createBridgeMetrics(status: () => BridgeStatus, options: { proce
     'Failed write rounds of the sink',
     sink,
     perSink((x) => x.failures),
+  );
+  const perRenewingSink = (read: (x: RenewalCounts) => number): Read => {
+    return (s, set) => {
+      for (const x of s.sinks) {
+        const renewals = renewalsOf(x);
+        if (renewals) set({ sink: x.name, kind: x.kind }, read(renewals));
+      }
+    };
+  };
+  counter(
+    'flb_bridge_sink_renewals_total',
+    'Renewals the sink sent to keep its registrations alive (Eureka), whatever the answer',
+    sink,
+    perRenewingSink((x) => x.sent),
+  );
+  counter(
+    'flb_bridge_sink_renewal_failures_total',
+    'Renewals not answered, or answered with neither 200 nor 404',
+    sink,
+    perRenewingSink((x) => x.failed),
+  );
+  counter(
+    'flb_bridge_sink_reregistrations_total',
+    'Instances registered again after a renewal was answered 404 (the server had lost them)',
+    sink,
+    perRenewingSink((x) => x.reregistered),
+  );
+  counter(
+    'flb_bridge_sink_late_renewals_total',
+    'Renewals sent more than the renewal interval after the one before for that instance',
+    sink,
+    perRenewingSink((x) => x.late),
   );
   return { registry, eventsDropped };
 }

@@ -10,6 +10,7 @@ import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/co
 import { createLogger } from '../common/log.js';
 import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
+import type { RenewalCounts } from '../registry-bridge/sinks/eureka/sink.js';
 import { renderBridgeStatus } from '../registry-bridge/status.js';
 import { Repo } from '../repo/repo.js';
 import { startRepoServer, type RepoServer } from '../repo/server.js';
@@ -92,7 +93,13 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
       leaderElection: { enabled: false },
     });
   const start = async (eurekaSourceServer?: string) => {
-    const bridge = await startBridge({ config: sinkConfig(eurekaSourceServer), kubeConfig: plane.kubeConfig, log, identity: `sink-bridge-${bridges.length}` });
+    const bridge = await startBridge({
+      config: sinkConfig(eurekaSourceServer),
+      kubeConfig: plane.kubeConfig,
+      log,
+      identity: `sink-bridge-${bridges.length}`,
+      admin: { host: '127.0.0.1', port: 0 },
+    });
     bridges.push(bridge);
     return bridge;
   };
@@ -212,6 +219,40 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
       ['10.244.1.1', '10.244.1.2', '10.244.1.3'].map((ip) => `/eureka/apps/WEB/${encodeURIComponent(`${ip}:web.shop:8080`)}`),
     );
     for (const count of counts.values()) expect(count).toBeGreaterThanOrEqual(7);
+  });
+
+  it('shows its renewals in /status and /metrics, rising as it renews, and a re-registration after the server lost an instance', async () => {
+    const admin = `http://127.0.0.1:${bridges[0]!.adminPort}`;
+    const renewalsInStatus = async () => {
+      const sinks = (JSON.parse((await getJson(`${admin}/status`)).body) as { sinks: { kind: string; renewals: RenewalCounts }[] }).sinks;
+      return sinks.find((s) => s.kind === 'eureka')!.renewals;
+    };
+    const metric = async (name: string) => {
+      const line = (await getJson(`${admin}/metrics`)).body.split('\n').find((l) => l.startsWith(`${name}{sink="eureka",kind="eureka"} `));
+      return line === undefined ? undefined : Number(line.split(' ')[1]);
+    };
+    const before = await renewalsInStatus();
+    const sentBefore = await metric('flb_bridge_sink_renewals_total');
+    expect(before.sent).toBeGreaterThan(0);
+    expect(before.failed).toBe(0);
+    // Three instances renewed every second.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const after = await renewalsInStatus();
+    expect(after.sent - before.sent).toBeGreaterThanOrEqual(6);
+    expect((await metric('flb_bridge_sink_renewals_total'))! - sentBefore!).toBeGreaterThanOrEqual(6);
+
+    // Cancelled behind the bridge's back: its next renewal gets 404 from the server and registers it again.
+    const someoneElse = new EurekaRestClient(eureka.url);
+    await someoneElse.cancel('WEB', '10.244.1.3:web.shop:8080');
+    someoneElse.close();
+    await eventually('registered again', async () => ((await renewalsInStatus()).reregistered === before.reregistered + 1 ? true : undefined), 10_000);
+    expect(await metric('flb_bridge_sink_reregistrations_total')).toBe(before.reregistered + 1);
+    await eventually('held again', async () => ((await held('WEB')).length === 3 ? true : undefined));
+    // Late ones depend on this machine's load (a renewal more than 1.1 s after the last): shown the same in both places.
+    const final = await renewalsInStatus();
+    expect(final.failed).toBe(0);
+    expect(await metric('flb_bridge_sink_renewal_failures_total')).toBe(0);
+    expect(await metric('flb_bridge_sink_late_renewals_total')).toBe(final.late);
   });
 
   it('follows a scale-up and a scale-down, and a pod turning ready', async () => {

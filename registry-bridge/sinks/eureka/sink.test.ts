@@ -17,6 +17,8 @@ class FakeEureka {
   requests: string[] = [];
   /** How long a registration takes (a busy server). */
   registerDelayMs = 0;
+  /** How long a renewal takes (a server that stalls). */
+  renewDelayMs = 0;
   /** Answers a request with this (an error: unreachable) instead. */
   failing?: (method: string, path: string) => Error | EurekaAnswer | undefined;
 
@@ -63,6 +65,8 @@ class FakeEureka {
         this.put((body as { instance: Instance }).instance);
         return { status: 204, body: '' };
       }
+      // unref: a renewal still stalled when the test ends does not hold jest open.
+      if (method === 'PUT' && this.renewDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.renewDelayMs).unref());
       const held = this.apps.get(app!)?.get(id!);
       if (!held) return { status: 404, body: '' };
       if (method === 'DELETE') this.apps.get(app!)!.delete(id!);
@@ -379,6 +383,42 @@ describe('renewals', () => {
     expect(sink.counters.lateRenewals).toBe(0);
     expect(sink.counters.maxRenewalDelayMs).toBeLessThan(400);
   });
+
+  it('are counted in the status as a user checks them: sent, failed, registered again after a 404, and late', async () => {
+    const eureka = new FakeEureka();
+    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2 });
+    sink.setService(
+      'web.shop',
+      web([
+        ['10.244.0.5', true],
+        ['10.244.0.6', true],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await sink.settled();
+    const renewals = () => sink.status().renewals;
+    const sentToServer = () => eureka.requests.filter((r) => r.startsWith('PUT')).length;
+    await until('both instances renewed twice', () => renewals().sent >= 4, 4000);
+    expect(renewals()).toEqual({ sent: sentToServer(), failed: 0, reregistered: 0, late: 0 });
+
+    // The server refuses one instance's renewals for a while.
+    eureka.failing = (method, path) => (method === 'PUT' && path.includes('10.244.0.5') ? { status: 500, body: 'busy' } : undefined);
+    await until('a renewal failed', () => renewals().failed >= 1, 3000);
+    eureka.failing = undefined;
+
+    // The server loses the other one: its next renewal gets 404 and it is registered again.
+    eureka.apps.get('WEB')!.delete('10.244.0.6:web.shop:8080');
+    await until('registered again', () => renewals().reregistered === 1, 3000);
+    expect(eureka.summary()).toEqual(['WEB 10.244.0.5:web.shop:8080 UP', 'WEB 10.244.0.6:web.shop:8080 UP']);
+    expect(renewals().late).toBe(0);
+
+    // A server that takes 1.5 s to answer: the renewal after the stalled one goes out 2 s after it.
+    eureka.renewDelayMs = 1500;
+    await until('late renewals counted', () => renewals().late >= 2, 5000);
+    eureka.renewDelayMs = 0;
+    expect(renewals()).toMatchObject({ sent: sentToServer(), reregistered: 1 });
+  }, 15_000);
 
   it('refuses a renewal interval above the 30 s Eureka servers count on, and a lease that one late renewal would end', () => {
     expect(() => sinkConfig({ renewalIntervalSeconds: 45 })).toThrow(/renewalIntervalSeconds/);

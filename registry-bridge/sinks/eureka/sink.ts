@@ -60,6 +60,22 @@ export interface EurekaSinkCounters {
   maxRenewalDelayMs: number;
 }
 
+/** What `/status` and the metrics show of a sink's renewals, counted since it started. */
+export interface RenewalCounts {
+  /** Renewals sent, whatever the answer. */
+  sent: number;
+  /** Renewals the server did not answer, or answered with neither 200 nor 404. */
+  failed: number;
+  /** Instances registered again after a renewal was answered 404 (the server had lost them). */
+  reregistered: number;
+  /** Renewals sent more than renewalIntervalSeconds after the one before for that instance (or its registration). */
+  late: number;
+}
+
+export interface EurekaSinkStatus extends SinkStatus {
+  renewals: RenewalCounts;
+}
+
 export class EurekaSink implements Sink {
   readonly kind = 'eureka';
   readonly name: string;
@@ -80,6 +96,11 @@ export class EurekaSink implements Sink {
   /** Our instances the server holds, each renewed once per interval at its phase. */
   private readonly schedule: RenewalSchedule;
   private readonly renewing = new Set<string>();
+  /** When each instance was last renewed or registered: a renewal later than an interval after it is late. */
+  private readonly lastRenewedAt = new Map<string, number>();
+  /** Instances a renewal found gone (404), until they are registered again. */
+  private readonly lost = new Set<string>();
+  private readonly renewalCounts: RenewalCounts = { sent: 0, failed: 0, reregistered: 0, late: 0 };
   private lastTick = Date.now();
   private inFlight = 0;
   /** Tasks waiting for a free slot: renewals before writes, so a backlog of registrations never lets held instances expire. */
@@ -127,7 +148,8 @@ export class EurekaSink implements Sink {
   }
 
   setService(id: string, service: Service | undefined, _json: string | undefined, source?: string): void {
-    for (const key of this.byService.get(id) ?? []) {
+    const previous = this.byService.get(id) ?? [];
+    for (const key of previous) {
       this.wanted.delete(key);
       this.dirty.add(key);
     }
@@ -146,6 +168,8 @@ export class EurekaSink implements Sink {
       if (keys.length > 0) this.byService.set(id, keys);
       this.subjects.set(id, { id, name: service.name, source: service.source, ...(service.namespace ? { namespace: service.namespace } : {}) });
     }
+    // Gone after a 404 and no longer wanted: never registered again, so never counted.
+    for (const key of previous) if (!this.wanted.has(key)) this.lost.delete(key);
     this.kick();
   }
 
@@ -297,7 +321,9 @@ export class EurekaSink implements Sink {
           throw new EurekaWriteError(`POST ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300) || '(no body)'}`, answer.status);
         this.held?.set(key, heldAfterRegister(wanted, this.lease));
         this.schedule.add(key);
+        this.lastRenewedAt.set(key, Date.now());
         this.counters.registrations++;
+        if (this.lost.delete(key)) this.renewalCounts.reregistered++;
       } else if (action.kind === 'cancel' && held) {
         const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
         const answer = await this.api.call('DELETE', path);
@@ -306,6 +332,8 @@ export class EurekaSink implements Sink {
           throw new EurekaWriteError(`DELETE ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
         this.held?.delete(key);
         this.schedule.delete(key);
+        this.lastRenewedAt.delete(key);
+        this.lost.delete(key);
         this.counters.cancels++;
       } else return;
       this.stats.writes++;
@@ -335,6 +363,7 @@ export class EurekaSink implements Sink {
     const held = this.held?.get(key);
     if (this.stopped || !held || !this.ours(held)) {
       this.schedule.delete(key);
+      this.lastRenewedAt.delete(key);
       return;
     }
     const delay = Date.now() - scheduledAt;
@@ -345,6 +374,12 @@ export class EurekaSink implements Sink {
       this.remind('late', 'renewals fall behind their interval: the server may evict instances and enter self-preservation', { delayMs: delay });
     }
     const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
+    const sentAt = Date.now();
+    const previous = this.lastRenewedAt.get(key);
+    // The schedule's own resolution is no lateness: ticks land anywhere in their slot.
+    if (previous !== undefined && sentAt - previous > this.config.renewalIntervalSeconds * 1000 + SLOT_MS) this.renewalCounts.late++;
+    this.lastRenewedAt.set(key, sentAt);
+    this.renewalCounts.sent++;
     try {
       const answer = await this.api.call('PUT', path);
       if (answer.status === 200) {
@@ -354,6 +389,8 @@ export class EurekaSink implements Sink {
       if (answer.status === 404) {
         // Evicted, or lost in a server restart: registered again, as Eureka's clients do.
         this.counters.renewalsNotFound++;
+        this.lost.add(key);
+        this.lastRenewedAt.delete(key);
         this.log.info({ instance: held.id, app: held.app }, 'the Eureka server no longer holds an instance; registering it again');
         this.held?.delete(key);
         this.schedule.delete(key);
@@ -364,6 +401,7 @@ export class EurekaSink implements Sink {
       throw new EurekaWriteError(`PUT ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
     } catch (error) {
       this.counters.renewalFailures++;
+      this.renewalCounts.failed++;
       this.stats.failures++;
       const message = `renewing ${held.id} of ${held.app}: ${(error as Error).message}`;
       this.stats.lastError = message;
@@ -447,11 +485,12 @@ export class EurekaSink implements Sink {
     return { instances: this.schedule.size, renewalsPerMinute: (this.schedule.size * 60) / this.config.renewalIntervalSeconds };
   }
 
-  status(): SinkStatus {
+  status(): EurekaSinkStatus {
     return {
       name: this.name,
       kind: this.kind,
       address: this.api.address,
+      renewals: { ...this.renewalCounts },
       pending: this.pendingCount(),
       writes: this.stats.writes,
       failures: this.stats.failures,
