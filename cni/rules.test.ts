@@ -19,6 +19,8 @@ const cases: Record<string, Partial<InterceptionInput>> = {
     excludeInterfaces: ['eth1'],
   },
   inclusions: { includeInboundPorts: [8080, 8443], includeOutboundIpRanges: ['10.96.0.0/12', '240.240.0.0/16'] },
+  // Inbound only: the eBPF programs take outbound and DNS.
+  'ebpf-inbound-only': { mode: 'ebpf', excludeInboundPorts: [9100], excludeOutboundPorts: [5432], bgpVips: ['10.0.0.100/32'] },
   'vm-with-gid': { proxyUid: 995, proxyGid: 995, outboundPort: 16001, inboundPort: 16003, dnsPort: 16053, sidecarPorts: [16000, 16001, 16003, 16053] },
 };
 const settings = (input: Partial<InterceptionInput>) => InterceptionSchema.parse({ version: 1, mode: 'iptables', ...input });

@@ -61,6 +61,12 @@ export function buildRules(s: Interception, family: Family): RulePlan {
     add(CHAIN.inbound, `-p tcp -j ${CHAIN.inboundRedirect}`);
   }
   add(CHAIN.inboundRedirect, `-p tcp -j REDIRECT --to-ports ${s.inboundPort}`);
+  // eBPF mode is a hybrid: outbound and DNS are the eBPF programs' (bpf/), inbound stays this rule.
+  // Inbound by eBPF needs sk_lookup with the sidecar's listening socket in a SOCKMAP, which only a
+  // privileged process can put there, and the sidecar runs unprivileged.
+  if (s.mode === 'ebpf') {
+    return { family, chains: [CHAIN.inbound, CHAIN.inboundRedirect], rules, jumps: [{ from: 'PREROUTING', rule: `-p tcp -j ${CHAIN.inbound}` }] };
+  }
 
   // Outbound TCP.
   if (s.captureDns) add(CHAIN.output, `-p tcp -m tcp --dport 53 -j ${CHAIN.dns}`);

@@ -97,7 +97,7 @@ describe('flb validate', () => {
       '    apiVersion: flb.flomesh.io/v1alpha1',
       '    kind: Mesh',
       '    name: flb',
-      '    interception: {mode: ebpf}',
+      '    interception: {mode: ebpf, excludeInterfaces: [eth1]}',
       '  notes: just text',
       '',
     ].join('\n');
@@ -106,8 +106,8 @@ describe('flb validate', () => {
     expect(result!.name).toBe('flomesh/flb-mesh');
     expect(result!.problems).toEqual([
       {
-        field: 'data["mesh.yaml"].interception.mode',
-        message: expect.stringContaining('"ebpf" is not available yet'),
+        field: 'data["mesh.yaml"].interception.excludeInterfaces',
+        message: expect.stringContaining('cannot be honoured in eBPF mode'),
         line: 9,
       },
     ]);

@@ -303,6 +303,15 @@ describe('injected pods', () => {
     expect(cni.pod.spec!.initContainers![0]!.securityContext).toMatchObject({ runAsUser: 1501, runAsNonRoot: true, capabilities: { drop: ['ALL'] } });
   });
 
+  it('in eBPF mode add no iptables init container and no NET_ADMIN, only the unprivileged validation', () => {
+    const ebpf = injectFixture('ebpf-mode');
+    expect(ebpf.result.action === 'inject' && ebpf.result.warnings).toEqual([]);
+    expect(ebpf.pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-validation', 'flb-sidecar']);
+    expect(ebpf.pod.spec!.initContainers![0]!.command).toEqual(['flb', 'cni', 'validate']);
+    expect(JSON.stringify(ebpf.pod)).not.toMatch(/NET_ADMIN|NET_RAW|"runAsUser":0/);
+    expect(JSON.parse(ebpf.pod.metadata!.annotations![INTERCEPTION_ANNOTATION]!)).toMatchObject({ mode: 'ebpf' });
+  });
+
   it('take the sidecar image and command from the mesh config (so a Pipy image can be injected)', () => {
     const fixture = load('minimal-pod');
     const mesh = MeshSchema.parse({

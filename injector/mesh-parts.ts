@@ -66,7 +66,7 @@ export interface MeshParts {
 export interface InterceptionParts {
   interception: Interception;
   json: string;
-  /** flb-init (iptables) or flb-validation (cni), frozen. */
+  /** flb-init (iptables) or flb-validation (cni, ebpf), frozen. */
   init: V1Container;
   /** The annotations map of a pod that had none (frozen); made on first use. */
   newAnnotations?: Readonly<Record<string, string>>;
@@ -89,7 +89,7 @@ function buildParts(settings: InjectorSettings): MeshParts {
   const sidecarBase = sidecarContainer(settings);
   const envNames = (sidecarBase.env ?? []).map((e) => e.name);
   const initContainers = [
-    ...(mesh.interception.mode === 'iptables' ? [INIT_CONTAINER_NAME] : mesh.interception.mode === 'cni' ? [VALIDATION_CONTAINER_NAME] : []),
+    ...(mesh.interception.mode === 'iptables' ? [INIT_CONTAINER_NAME] : [VALIDATION_CONTAINER_NAME]),
     ...(settings.nativeSidecars ? [SIDECAR_CONTAINER_NAME] : []),
   ];
   const status: SidecarStatus = {
@@ -147,7 +147,8 @@ export function interceptionPartsFor(parts: MeshParts, key: string, build: () =>
   if (!found) {
     const interception = build();
     const json = JSON.stringify(interception);
-    const init = interception.mode === 'cni' ? validationContainer(parts.settings.mesh, json) : initContainer(parts.settings.mesh, json);
+    // cni and ebpf: the privileged node agent does the work, so the pod only checks it was done.
+    const init = interception.mode === 'iptables' ? initContainer(parts.settings.mesh, json) : validationContainer(parts.settings.mesh, json);
     found = { interception, json, init: frozenWithJson(init) };
     // Bounded: a flood of pods with made-up exclusion lists must not grow the injector's memory.
     if (parts.interception.size >= 1000) parts.interception.clear();
@@ -293,8 +294,9 @@ function initContainer(mesh: Mesh, interceptionJson: string): V1Container {
 }
 
 /**
- * In CNI mode the node agent wrote the rules; a pod that started before the plugin was on its node
- * has none, and this check says so instead of letting the app run unmeshed.
+ * In CNI and eBPF mode the node agent set the pod up; a pod that started before the plugin was on
+ * its node has nothing, nor has an eBPF pod on a node whose feature check failed, and this check
+ * says so instead of letting the app run unmeshed.
  */
 function validationContainer(mesh: Mesh, interceptionJson: string): V1Container {
   return {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { DEFAULT_PORTS, DEFAULT_PROXY_UID, InterceptionModeSchema } from './mesh.js';
+import { DEFAULT_PORTS, DEFAULT_PROXY_UID, InterceptionModeSchema, refuseWhatEbpfCannotHonour } from './mesh.js';
 import { canonicalIp, cidr, interfaceName, parseCidr, port } from './primitives.js';
 
 /**
@@ -71,6 +71,7 @@ export const InterceptionSchema = z
         ctx.addIssue({ code: 'custom', path: ['excludeInboundPorts', i], message: `port ${p} is both included and excluded` });
       }
     });
+    refuseWhatEbpfCannotHonour(settings, ctx);
   })
   .meta({
     title: 'flb-mesh interception settings',

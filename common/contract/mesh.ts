@@ -55,13 +55,25 @@ function refuseUnbuilt<const T extends string>(values: readonly [T, ...T[]], unb
     .meta({ description });
 }
 
-export const InterceptionModeSchema = refuseUnbuilt(
-  ['iptables', 'cni', 'ebpf'],
-  {
-    ebpf: '"ebpf" is not available yet: eBPF interception is not built (it comes with the \'eBPF interception\' issue); use "iptables" or "cni"',
-  },
-  'How pod traffic reaches the sidecar: iptables (an init container), cni (the CNI plugin); ebpf is reserved and refused until eBPF interception is built',
-);
+export const InterceptionModeSchema = z
+  .enum(['iptables', 'cni', 'ebpf'])
+  .meta({
+    description:
+      'How pod traffic reaches the sidecar: iptables (an init container), cni (the CNI plugin and node agent write the rules), ebpf (the node agent registers the pod with the eBPF programs for outbound and DNS, and writes the inbound rule; excludeInterfaces is refused there)',
+  });
+
+/**
+ * What eBPF mode cannot honour, refused rather than ignored. connect() is intercepted before a
+ * route, and so an interface, is chosen: an interface exclusion has nothing to match there.
+ */
+export const EBPF_EXCLUDE_INTERFACES_REFUSAL =
+  'cannot be honoured in eBPF mode (connect() is intercepted before a route, and so an interface, is chosen): exclude the destinations by range (excludeOutboundIpRanges) instead, or use mode "iptables" or "cni"';
+
+export function refuseWhatEbpfCannotHonour(settings: { mode: string; excludeInterfaces: readonly string[] }, ctx: z.RefinementCtx): void {
+  if (settings.mode === 'ebpf' && settings.excludeInterfaces.length > 0) {
+    ctx.addIssue({ code: 'custom', path: ['excludeInterfaces'], message: EBPF_EXCLUDE_INTERFACES_REFUSAL });
+  }
+}
 
 /** Mesh-wide interception defaults; a pod's annotations narrow them (see interception.ts). */
 export const MeshInterceptionSchema = z.object({
@@ -74,7 +86,7 @@ export const MeshInterceptionSchema = z.object({
   /** Empty means every destination is intercepted. */
   includeOutboundIpRanges: z.array(cidr).default([]),
   excludeInterfaces: z.array(interfaceName).default([]),
-});
+}).superRefine(refuseWhatEbpfCannotHonour);
 
 const resourceQuantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/, 'must be a Kubernetes quantity such as 100m or 64Mi');
 export const ResourcesSchema = z.object({

@@ -104,8 +104,9 @@ function contractTakes(schema: z.ZodType, base: Record<string, unknown>, path: s
 
 /**
  * Makes a generated schema fit for values: typos fail (objects take no other properties), and enum
- * values the contract reserves but refuses (ebpf, mTLS modes not built yet) are left out, so helm
- * refuses them at install instead of the running bridge and injector.
+ * values the contract reserves but refuses (mTLS modes not built yet), or that the chart cannot
+ * deploy (NOT_DEPLOYED_BY_THE_CHART), are left out, so helm refuses them at install instead of the
+ * running bridge and injector.
  */
 function tighten(node: unknown, check: ((path: string[], value: unknown) => boolean) | undefined, path: string[]): void {
   if (Array.isArray(node)) {
@@ -124,6 +125,14 @@ function tighten(node: unknown, check: ((path: string[], value: unknown) => bool
   }
 }
 
+/**
+ * Mesh choices the contract takes but this chart cannot deploy yet. eBPF mode: the node agent
+ * DaemonSet would need bpffs, the host's cgroup v2 hierarchy and the host's PIDs (to find the
+ * namespaces of deleted pods), and the capabilities to load programs, none of which it has yet;
+ * with it absent every eBPF pod would fail its validation.
+ */
+const NOT_DEPLOYED_BY_THE_CHART: Record<string, unknown[]> = { 'interception.mode': ['ebpf'] };
+
 const toJsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any', target: 'draft-2020-12' }) as JsonSchema;
 
 /**
@@ -140,7 +149,8 @@ export function contractValuesSchemas(): { mesh: JsonSchema; sources: JsonSchema
   for (const key of chartOwned) delete properties[key];
   mesh.required = (mesh.required as string[]).filter((key) => !chartOwned.includes(key));
   const meshBase = { apiVersion: 'flb.flomesh.io/v1alpha1', kind: 'Mesh', name: 'flb' };
-  tighten(mesh, (path, value) => contractTakes(MeshSchema, meshBase, path, value), []);
+  const deployable = (path: string[], value: unknown) => !NOT_DEPLOYED_BY_THE_CHART[path.join('.')]?.includes(value);
+  tighten(mesh, (path, value) => contractTakes(MeshSchema, meshBase, path, value) && deployable(path, value), []);
 
   const bridge = toJsonSchema(BridgeConfigSchema);
   const sources = (bridge.properties as Record<string, JsonSchema>).sources!;
