@@ -29,7 +29,7 @@ export const houseRules = {
   common: { may: [] },
   injector: { may: ['common'], files: { cni: ['rules.ts'] } },
   sidecar: { may: ['common'], testsAlso: ['repo'] },
-  cni: { may: ['common'] },
+  cni: { may: ['common'], files: { bpf: ['loader.ts'] } },
   bpf: { may: ['common'] },
   'registry-bridge': { may: ['common'] },
   repo: { may: ['common'] },

@@ -485,6 +485,21 @@ export async function register(options: { mesh: string; netns: string; settings:
   return { mesh: paths.mesh, netns: options.netns, cookie: cookie.toString() };
 }
 
+/** Whether the mesh's programs are loaded and attached here (everything pinned). */
+export function isLoaded(options: { mesh: string; bpffs?: string }): boolean {
+  return isComplete({ mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS });
+}
+
+/** Whether the namespace has settings in the mesh's maps (what `register` wrote and `unregister` removes). */
+export function isRegistered(options: { mesh: string; netns: string; bpffs?: string }): boolean {
+  const paths: Paths = { mesh: validateMeshName(options.mesh), bpffs: options.bpffs ?? DEFAULT_BPFFS };
+  requireLoaded(paths);
+  const { cookie } = namespaceInfo(options.netns);
+  return loadAddon()
+    .mapKeys(mapPin(paths, MAP.settings), KEY_SIZE[MAP.settings])
+    .some((key) => keyCookie(MAP.settings, key) === cookie);
+}
+
 function removeNamespaceEntries(paths: Paths, cookies: ReadonlySet<bigint>): bigint[] {
   const addon = loadAddon();
   const removed = [...cookies].filter((cookie) => addon.mapDelete(mapPin(paths, MAP.settings), cookieKey(cookie)));

@@ -10,6 +10,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { INTERCEPTION_ANNOTATION, InterceptionSchema, SIDECAR_STATUS_ANNOTATION, checkDocument, type Interception } from '../common/contract/index.js';
 import { listenError, portInUse } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
+import type { EbpfNode } from './ebpf.js';
 import { applyInterception, cleanInterception, verifyRules } from './iptables.js';
 import type { CniAgentMetrics } from './metrics.js';
 
@@ -66,6 +67,8 @@ export interface AgentOptions {
   /** REQUEST_LIMITS.timeoutMs unless told (tests). */
   requestTimeoutMs?: number;
   metrics?: CniAgentMetrics;
+  /** eBPF mode's node side; without it an eBPF pod's ADD fails (programming). */
+  ebpf?: EbpfNode;
 }
 
 /** What ADD did to a sandbox's namespace, kept in the state dir for DEL and GC. */
@@ -73,6 +76,8 @@ interface RecordedAttachment {
   netns: string;
   /** The BGP VIPs put on its lo. */
   vips?: string[];
+  /** eBPF mode: the namespace's cookie in the eBPF maps, to unregister it even once the namespace is gone. */
+  ebpfCookie?: string;
 }
 
 class CniFailure extends Error {
@@ -97,7 +102,7 @@ function parseArgs(args: string): Record<string, string> {
   );
 }
 
-/** The interception settings of a pod that has a sidecar and is set up by CNI; undefined otherwise. */
+/** The interception settings of a pod that has a sidecar and is set up by the node agent (cni and ebpf mode); undefined otherwise. */
 export function cniSettingsOf(pod: V1Pod): Interception | undefined {
   const annotations = pod.metadata?.annotations ?? {};
   if (annotations[SIDECAR_STATUS_ANNOTATION] === undefined || annotations[INTERCEPTION_ANNOTATION] === undefined) return undefined;
@@ -113,7 +118,7 @@ export function cniSettingsOf(pod: V1Pod): Interception | undefined {
       CniError.invalidConfig,
       `pod annotation ${INTERCEPTION_ANNOTATION} is invalid: ${checked.issues.map((i) => `${i.field}: ${i.message}`).join('; ')}`,
     );
-  return checked.value.mode === 'cni' ? checked.value : undefined;
+  return checked.value.mode === 'iptables' ? undefined : checked.value;
 }
 
 export class CniAgent {
@@ -124,6 +129,11 @@ export class CniAgent {
     const listener = { what: 'the CNI agent', address: this.options.socketPath, flag: '--socket PATH (the plugin finds it through FLB_CNI_AGENT_SOCKET)' };
     mkdirSync(dirname(this.options.socketPath), { recursive: true });
     mkdirSync(this.options.stateDir, { recursive: true });
+    try {
+      this.options.ebpf?.collectGarbage();
+    } catch (error) {
+      this.options.log.warn({ err: error }, 'could not remove the eBPF settings of namespaces that are gone; trying again at the next start');
+    }
     if (existsSync(this.options.socketPath)) {
       // Removing the socket of an agent still serving would take the node's pods away from it.
       if (await answers(this.options.socketPath)) throw portInUse(listener);
@@ -214,8 +224,8 @@ export class CniAgent {
           }
           const settings = await this.podSettings(request);
           if (settings) {
-            await this.program(request, settings);
-            log.info({ netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) }, 'interception rules applied');
+            const outcome = await this.program(request, settings);
+            log.info({ netns: request.netns, mode: settings.mode, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) }, outcome);
           }
           return { exitCode: 0, stdout: passThrough() };
         }
@@ -226,6 +236,8 @@ export class CniAgent {
           const settings = await this.podSettings(request);
           if (settings) {
             const { problems } = await verifyRules(settings, { netns: request.netns });
+            if (settings.mode === 'ebpf' && !this.options.ebpf?.isRegistered(request.netns))
+              problems.unshift('the namespace is not registered with the eBPF programs');
             if (problems.length)
               throw new CniFailure(CniError.programming, `the pod's interception rules are not in place: ${problems.slice(0, 5).join('; ')}`);
           }
@@ -266,21 +278,54 @@ export class CniAgent {
     return cniSettingsOf(pod);
   }
 
-  private async program(request: CniRequest, settings: Interception): Promise<void> {
+  /** ADD's work; what was done, for the log. */
+  private async program(request: CniRequest, settings: Interception): Promise<string> {
+    const ebpf = settings.mode === 'ebpf' ? this.options.ebpf : undefined;
+    if (settings.mode === 'ebpf') {
+      if (!ebpf) throw new CniFailure(CniError.programming, 'the pod is in eBPF mode, but this node agent was started without eBPF');
+      const verdict = await ebpf.available();
+      if (!verdict.ok) {
+        // The pod starts and its validation fails, saying why: a failed ADD would only be retried
+        // by the runtime for ever, its reason in the kubelet's log rather than the pod's.
+        try {
+          await ebpf.markUnavailable(request.netns, verdict.reason);
+        } catch (error) {
+          throw new CniFailure(CniError.programming, `eBPF interception is not available on this node (${verdict.reason}), and marking the pod failed: ${(error as Error).message}`);
+        }
+        return 'eBPF interception is not available on this node: the pod is marked, its validation fails saying so';
+      }
+    }
     // The VIPs are recorded, not read from the pod at DEL: by then the pod may be gone from the API.
-    this.record(request.containerId, { netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) });
+    const record: RecordedAttachment = { netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) };
+    this.record(request.containerId, record);
+    let cookie: string | undefined;
     try {
+      if (ebpf) {
+        cookie = await ebpf.register(request.netns, settings);
+        this.record(request.containerId, { ...record, ebpfCookie: cookie });
+      }
+      // In eBPF mode the rules are the inbound ones only (cni/rules.ts): the programs take outbound and DNS.
       await applyInterception(settings, { netns: request.netns });
     } catch (error) {
-      // applyInterception leaves nothing half-applied; nothing to release but the record.
+      // applyInterception leaves nothing half-applied; the registration and the record go too.
+      if (cookie !== undefined) ebpf!.unregister(cookie);
       this.forget(request.containerId);
       throw new CniFailure(CniError.programming, `could not program the pod's network namespace: ${(error as Error).message}`);
     }
+    return ebpf ? 'registered with the eBPF programs, inbound rule applied' : 'interception rules applied';
   }
 
-  /** DEL: removes what ADD made (the rules, the VIPs on lo). Succeeds for something never added, or whose namespace is gone. */
+  /** DEL: removes what ADD made (the eBPF registration, the rules, the VIPs on lo). Succeeds for something never added, or whose namespace is gone. */
   private async release(containerId: string, netns: string | undefined, log: Logger): Promise<void> {
     const recorded = this.recorded(containerId);
+    if (recorded?.ebpfCookie !== undefined) {
+      try {
+        this.options.ebpf?.unregister(recorded.ebpfCookie);
+      } catch (error) {
+        // Left to the collection at the agent's next start, which finds the namespace gone.
+        log.warn({ err: error, cookie: recorded.ebpfCookie }, 'could not unregister the namespace from the eBPF programs');
+      }
+    }
     const target = netns || recorded?.netns;
     if (recorded && target && existsSync(target)) {
       try {

@@ -116,8 +116,14 @@ function cniCommand(): Command {
     )
     .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
     .option('--metrics-listen <host:port>', 'serve Prometheus GET /metrics (plain HTTP) here; default: nowhere')
+    .option('--mesh <name>', 'eBPF mode: the mesh whose eBPF programs pods are registered with (pins under <bpffs>/flb-mesh/<name>)', 'flb')
+    .option('--bpf-cgroup <path>', 'eBPF mode: the cgroup v2 the programs attach to, loaded at the first eBPF pod (default: the root of the cgroup2 mount)')
+    .option('--bpffs <path>', 'eBPF mode: where bpffs is mounted (mounted there if it is not)', '/sys/fs/bpf')
     .action(
       async (o: {
+        mesh: string;
+        bpfCgroup?: string;
+        bpffs: string;
         socket: string;
         stateDir: string;
         kubeconfig?: string;
@@ -138,6 +144,7 @@ function cniCommand(): Command {
           repair: o.repair,
           repairIntervalMs,
           ...(metricsListen ? { metricsListen } : {}),
+          ebpf: { mesh: o.mesh, bpffs: o.bpffs, ...(o.bpfCgroup ? { cgroup: o.bpfCgroup } : {}) },
           log: createLogger('cni-agent'),
           repairLog: createLogger('cni-repair'),
         });
@@ -148,7 +155,7 @@ function cniCommand(): Command {
   cni
     .command('validate')
     .description(
-      'In-pod check for CNI mode (the injector adds it as the first init container): exit 1, saying what to do, when outbound traffic is not redirected.',
+      'In-pod check for CNI and eBPF mode (the injector adds it as the first init container): exit 1, saying what to do, when outbound traffic is not redirected.',
     )
     .option('--settings <json|@file>', 'interception settings; default: $FLB_INTERCEPTION')
     .option('--timeout <ms>', 'how long to wait for the redirected connection', '2000')

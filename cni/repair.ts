@@ -7,7 +7,7 @@
 import type { CoreV1Api } from '@kubernetes/client-node';
 import { PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../common/log.js';
-import { VALIDATION_CONTAINER_NAME } from '../common/contract/index.js';
+import { INTERCEPTION_ANNOTATION, VALIDATION_CONTAINER_NAME } from '../common/contract/index.js';
 
 export const REPAIR_LABEL = 'flomesh.io/cni-repair';
 
@@ -25,11 +25,21 @@ export function brokenInterception(pod: V1Pod): string | undefined {
   return undefined;
 }
 
+function podInEbpfMode(pod: V1Pod): boolean {
+  try {
+    return (JSON.parse(pod.metadata?.annotations?.[INTERCEPTION_ANNOTATION] ?? '{}') as { mode?: unknown }).mode === 'ebpf';
+  } catch {
+    return false;
+  }
+}
+
 export interface RepairOptions {
   core: CoreV1Api;
   nodeName: string;
   mode: RepairMode;
   log: Logger;
+  /** Why eBPF interception cannot run on this node, when the agent found out; its eBPF pods are then labelled, not deleted. */
+  ebpfUnavailable?: () => string | undefined;
 }
 
 export async function repairPass(options: RepairOptions): Promise<{ deleted: string[]; labelled: string[] }> {
@@ -38,13 +48,16 @@ export async function repairPass(options: RepairOptions): Promise<{ deleted: str
   const deleted: string[] = [];
   const labelled: string[] = [];
   for (const pod of pods.items) {
-    const reason = brokenInterception(pod);
-    if (!reason) continue;
+    const brokenBecause = brokenInterception(pod);
+    if (!brokenBecause) continue;
     const namespace = pod.metadata!.namespace!;
     const name = pod.metadata!.name!;
     const owned = pod.metadata?.ownerReferences?.some((o) => o.controller) ?? false;
+    // Recreated, an eBPF pod would come back to a node that still cannot run eBPF, and fail again.
+    const ebpfUnavailable = podInEbpfMode(pod) ? options.ebpfUnavailable?.() : undefined;
+    const reason = ebpfUnavailable ? `${brokenBecause}; eBPF interception is not available on this node (${ebpfUnavailable})` : brokenBecause;
     try {
-      if (options.mode === 'delete' && owned) {
+      if (options.mode === 'delete' && owned && !ebpfUnavailable) {
         await core.deleteNamespacedPod({ name, namespace });
         deleted.push(`${namespace}/${name}`);
         log.info({ pod: `${namespace}/${name}`, reason }, 'deleted a pod without interception rules; its controller recreates it');

@@ -7,6 +7,7 @@ import { loadKubeConfig } from '../common/kube.js';
 import { ConditionLog, type Logger } from '../common/log.js';
 import { startMetricsServer } from '../common/metrics.js';
 import { CniAgent } from './agent.js';
+import { EbpfNode } from './ebpf.js';
 import { CniAgentMetrics } from './metrics.js';
 import { repairPass, type RepairMode } from './repair.js';
 
@@ -20,6 +21,8 @@ export interface AgentRunOptions {
   repairIntervalMs: number;
   /** Where GET /metrics is served (plain HTTP); undefined: nowhere. */
   metricsListen?: { host: string; port: number };
+  /** eBPF mode: the mesh whose programs the agent loads and registers pods with, and where they attach. */
+  ebpf: { mesh: string; cgroup?: string; bpffs?: string };
   log: Logger;
   repairLog: Logger;
 }
@@ -28,7 +31,9 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
   // First: without an API the agent could only fail every pod's ADD, so it does not start.
   const core = loadKubeConfig(options.kubeconfig).makeApiClient(CoreV1Api);
   const metrics = new CniAgentMetrics();
+  const ebpf = new EbpfNode({ ...options.ebpf, log: options.log.child({ mode: 'ebpf' }) });
   const agent = new CniAgent({
+    ebpf,
     metrics,
     socketPath: options.socketPath,
     stateDir: options.stateDir,
@@ -52,7 +57,7 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
       )
     : undefined;
   const repair =
-    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName, metrics }) : undefined;
+    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName, metrics, ebpf }) : undefined;
   if (options.repair !== 'off' && !options.nodeName) options.log.warn('no --node-name and no NODE_NAME: the repair loop is off');
   return {
     stop: async () => {
@@ -74,13 +79,15 @@ function startRepairLoop(options: {
   repairIntervalMs: number;
   repairLog: Logger;
   metrics: CniAgentMetrics;
+  ebpf: EbpfNode;
 }): { stop(): void } {
   const conditions = new ConditionLog(options.repairLog);
   let running = false;
   const pass = () => {
     if (running) return;
     running = true;
-    repairPass({ core: options.core, nodeName: options.nodeName, mode: options.mode, log: options.repairLog })
+    const ebpfUnavailable = () => options.ebpf.knownUnavailable();
+    repairPass({ core: options.core, nodeName: options.nodeName, mode: options.mode, log: options.repairLog, ebpfUnavailable })
       .then(
         (outcome) => {
           options.metrics.repairPass(outcome);

@@ -1,16 +1,27 @@
 /*
- * The in-pod check for CNI mode, run as the pod's first init container: is outbound traffic
- * really redirected? (A pod that started before the CNI plugin was on its node has no rules, the
- * most common failure of mesh CNI plugins.) It needs no privilege: it listens on the outbound port
- * and dials an address that only the redirect can answer, with a token it expects back.
+ * The in-pod check for CNI and eBPF mode, run as the pod's first init container: is outbound
+ * traffic really redirected? (A pod that started before the CNI plugin was on its node has no
+ * rules, the most common failure of mesh CNI plugins; an eBPF pod on a node whose feature check
+ * failed is not registered.) It needs no privilege: it listens on the outbound port and dials an
+ * address that only the redirect (iptables or eBPF) can answer, with a token it expects back.
  */
 import { randomBytes } from 'node:crypto';
 import { connect, createServer } from 'node:net';
+import { readFile } from 'node:fs/promises';
 import ipaddr from 'ipaddr.js';
 import type { Interception } from '../common/contract/index.js';
 import { ActionableError } from '../common/errors.js';
+import { run } from './netns-run.js';
 
 const PROBE_PORT = 15999;
+
+/**
+ * How lo's alias (IFLA_IFALIAS) starts when the node agent marked an eBPF pod on a node that cannot
+ * run eBPF (cni/ebpf.ts writes it, with the node and what it lacks). The alias is the one thing the
+ * agent can leave in a sandbox's namespace that an unprivileged container reads later, without a
+ * volume or the API.
+ */
+export const EBPF_UNAVAILABLE_MARK = 'flb-mesh: eBPF interception is not available on node ';
 
 export function probeDestination(settings: Interception): { host: string; port: number } {
   let host = '240.240.255.254';
@@ -70,10 +81,18 @@ export async function validateInterception(settings: Interception, timeoutMs = 2
       });
       const fail = (why: string) => {
         socket.destroy();
-        reject(
-          new ActionableError(
-            `traffic interception is not in place in this pod: a connection to ${host}:${port} was not redirected to port ${settings.outboundPort} (${why})`,
-            'the pod probably started before the flb-mesh CNI plugin was installed on its node: delete the pod so that it is recreated, and check that the flb-mesh CNI DaemonSet runs on the node',
+        const notRedirected = `traffic interception is not in place in this pod: a connection to ${host}:${port} was not redirected to port ${settings.outboundPort} (${why})`;
+        void (settings.mode === 'ebpf' ? ebpfUnavailableMark() : Promise.resolve(undefined)).then((mark) =>
+          reject(
+            mark
+              ? new ActionableError(
+                  `${notRedirected}: ${mark.replace(/^flb-mesh: /, '')}`,
+                  'this node cannot run eBPF interception: set the mesh interception.mode to "cni" (or "iptables"), or give the node what it lacks and restart the flb-mesh CNI agent there, then delete the pod',
+                )
+              : new ActionableError(
+                  notRedirected,
+                  'the pod probably started before the flb-mesh CNI plugin was installed on its node: delete the pod so that it is recreated, and check that the flb-mesh CNI DaemonSet runs on the node',
+                ),
           ),
         );
       };
@@ -85,4 +104,21 @@ export async function validateInterception(settings: Interception, timeoutMs = 2
     server.close();
   }
   return { destination: `${host}:${port}`, ms: performance.now() - started };
+}
+
+/**
+ * What the node agent left on lo when this eBPF pod's node cannot run eBPF (cni/ebpf.ts). Read
+ * with `ip`, which asks the kernel for this namespace's lo; /sys is the fallback, since a /sys
+ * mounted in another namespace would show that namespace's lo.
+ */
+async function ebpfUnavailableMark(): Promise<string | undefined> {
+  let alias: string | undefined;
+  try {
+    const links = JSON.parse(await run('ip', ['-j', 'link', 'show', 'dev', 'lo'], {})) as { ifalias?: string }[];
+    alias = links[0]?.ifalias;
+  } catch {
+    alias = await readFile('/sys/class/net/lo/ifalias', 'utf8').catch(() => undefined);
+  }
+  alias = alias?.trim();
+  return alias?.startsWith(EBPF_UNAVAILABLE_MARK) ? alias : undefined;
 }

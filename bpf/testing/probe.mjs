@@ -4,6 +4,7 @@
 //   node probe.mjs serve sidecar      in the pod: a stand-in sidecar on [::]:15001 and a DNS port on
 //                                     [::]:15053 that answer each connection with the original
 //                                     destination the sidecar's own addon reads (SO_ORIGINAL_DST),
+//                                     its inbound port [::]:15003 likewise (eBPF mode's iptables rule),
 //                                     and the pod's app on [::]:8080, answering {"via":"pod-app"}, and a
 //                                     resolver on 127.0.0.1 and ::1 port 15053 (UDP)
 //   node probe.mjs serve peer         on another host: [::]:8080 and [::]:9090 answer {"via":"direct"}
@@ -39,6 +40,7 @@ function serve(role) {
       ? [
           [15001, answer('sidecar', true)],
           [15053, answer('dns', true)],
+          [15003, answer('inbound', true)],
           [8080, answer('pod-app', false)],
         ]
       : [
