@@ -1,8 +1,9 @@
 /*
  * The real `flb sidecar`, unchanged, behind eBPF interception instead of iptables: the pod's
- * namespace has no nat rule at all; the programs are attached to a cgroup of the test's own and
- * the namespace is registered. The sidecar (UID 1500) and the app (UID 1000) join the cgroup,
- * then the namespace. Two endpoints live in namespaces of their own on veth pairs.
+ * namespace has no outbound or DNS nat rule, only the inbound one eBPF mode keeps (to 15003, as
+ * the node agent writes it); the programs are attached to a cgroup of the test's own and the
+ * namespace is registered. The sidecar (UID 1500) and the app (UID 1000) join the cgroup, then
+ * the namespace. Two endpoints live in namespaces of their own on veth pairs.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -12,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { API_VERSION, InterceptionSchema } from '../common/contract/index.js';
 import { checkFeatures, defaultCgroup, load, register, unload } from '../bpf/loader.js';
+import { applyInterception } from '../cni/iptables.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
 
@@ -24,6 +26,10 @@ const EP = ['10.217.1.2', '10.217.2.2'] as const;
 const CLUSTER_IP = '10.96.0.10';
 const VIP = '240.240.0.20';
 const ID = 'pod.shop.app-1';
+/** The pod's own address (on the veth to the first endpoint) and its app's port, which answers with the address it sees the connection come from. */
+const POD_IP = '10.217.1.1';
+const APP_PORT = 7070;
+const APP_SERVER = `require('node:net').createServer((s) => s.end(s.remoteAddress)).listen(${APP_PORT}, () => console.log('ready'))`;
 
 const orders = {
   apiVersion: API_VERSION,
@@ -122,7 +128,16 @@ describe('flb sidecar behind eBPF interception', () => {
     await app.exec('ip', ['route', 'add', 'default', 'via', EP[0]]);
 
     await load({ mesh: MESH, cgroup });
-    await register({ mesh: MESH, netns: app.path, settings: InterceptionSchema.parse({ version: 1, mode: 'cni', ipv6: 'disabled', proxyUid: PROXY_UID }) });
+    const settings = InterceptionSchema.parse({ version: 1, mode: 'ebpf', ipv6: 'disabled', proxyUid: PROXY_UID });
+    await register({ mesh: MESH, netns: app.path, settings });
+    // What the node agent writes in eBPF mode: the inbound rule only.
+    await applyInterception(settings, { netns: app.path });
+    const appServer = inCgroup(app, [process.execPath, '-e', APP_SERVER], APP_UID);
+    children.push(appServer);
+    await new Promise<void>((resolve, reject) => {
+      appServer.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      void appServer.then((r) => reject(new Error(`the app exited: ${r.stderr}`)));
+    });
 
     writeFileSync(join(configDir, 'mesh.json'), JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb' }));
     writeFileSync(
@@ -189,6 +204,12 @@ describe('flb sidecar behind eBPF interception', () => {
     // Any resolver address: DNS is sent to the sidecar on 127.0.0.1:15053.
     expect(await client('dns', '10.96.0.53', 'payments.service.consul', 'A')).toEqual({ answers: [VIP] });
     expect(await counts('tcp', VIP, 9090, 3)).toEqual({ ep1: 3 });
+  });
+
+  it("inbound reaches the app through the sidecar's inbound port 15003: the app sees it come from the sidecar (127.0.0.6)", async () => {
+    const dial = `require('node:net').connect(${APP_PORT}, '${POD_IP}').on('data', (d) => process.stdout.write(d))`;
+    const seen = await execa('ip', ['netns', 'exec', eps[0]!.name, process.execPath, '-e', dial]);
+    expect(seen.stdout).toMatch(/^(::ffff:)?127\.0\.0\.6$/);
   });
 
   it('moves new connections off a killed endpoint: none fails', async () => {
