@@ -38,7 +38,14 @@ class FakeConsul {
   readonly override = new Map<string, string>();
   /** X-Consul-Index sent instead of the real one (an index that went backwards, or 0). */
   forcedIndex?: number;
+  /** Milliseconds to hold the answer of a path after it is ready (to order two answers). */
+  readonly delay = new Map<string, number>();
   readonly queries: string[] = [];
+  /** Paths answered, and those refused while away, in order. */
+  readonly answered: string[] = [];
+  readonly refused: string[] = [];
+  /** Away (stopped, restarting, electing a leader): every query answers 500, as Consul does without a leader. */
+  private away = false;
   private waiting: (() => void)[] = [];
   private server?: Server;
 
@@ -55,6 +62,16 @@ class FakeConsul {
     if (!checksOnly) this.servicesIndex = this.index;
     this.checksIndex = this.index;
     for (const wake of this.waiting.splice(0)) wake();
+  }
+
+  /** Stops answering; the blocking queries held answer at once (refused). */
+  goAway(): void {
+    this.away = true;
+    for (const wake of this.waiting.splice(0)) wake();
+  }
+
+  comeBack(): void {
+    this.away = false;
   }
 
   setStatus(service: string, i: number, status: string): void {
@@ -97,15 +114,27 @@ class FakeConsul {
     this.queries.push(`${url.pathname}${url.search}`);
     const asked = Number(url.searchParams.get('index') ?? 0);
     const deadline = Date.now() + Number.parseInt(url.searchParams.get('wait') ?? '1', 10) * 1000;
-    while (asked > 0 && asked >= this.indexOf(url.pathname) && Date.now() < deadline && this.server?.listening) {
+    while (asked > 0 && asked >= this.indexOf(url.pathname) && Date.now() < deadline && this.server?.listening && !this.away) {
       await new Promise<void>((resolve) => {
         this.waiting.push(resolve);
         setTimeout(resolve, deadline - Date.now());
       });
     }
+    if (this.away) {
+      this.refused.push(url.pathname);
+      res.writeHead(500, { 'content-type': 'text/plain' }).end('No cluster leader');
+      return;
+    }
     const send = (body: unknown) => {
       const raw = this.override.get(url.pathname) ?? JSON.stringify(body);
-      res.writeHead(200, { 'content-type': 'application/json', 'x-consul-index': String(this.forcedIndex ?? this.indexOf(url.pathname)) }).end(raw);
+      const index = String(this.forcedIndex ?? this.indexOf(url.pathname));
+      const answer = () => {
+        this.answered.push(url.pathname);
+        res.writeHead(200, { 'content-type': 'application/json', 'x-consul-index': index }).end(raw);
+      };
+      const delay = this.delay.get(url.pathname);
+      if (delay) setTimeout(answer, delay);
+      else answer();
     };
     if (url.pathname === '/v1/catalog/services') return send(Object.fromEntries([...this.services.keys()].map((s) => [s, []])));
     if (url.pathname === '/v1/health/state/any') return send(this.checks());
@@ -119,8 +148,8 @@ class FakeConsul {
         Node: { Node: i.node, Address: i.address },
         Service: { ID: `${service}-${i.node}`, Service: service, Address: '', Port: i.port },
         Checks: [
-          ...(this.nodeChecks.has(i.node) ? [{ CheckID: 'serfHealth', Status: this.nodeChecks.get(i.node) }] : []),
-          ...(i.noCheck ? [] : [{ CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing' }]),
+          ...(this.nodeChecks.has(i.node) ? [{ Node: i.node, CheckID: 'serfHealth', Status: this.nodeChecks.get(i.node), ServiceName: '' }] : []),
+          ...(i.noCheck ? [] : [{ Node: i.node, CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing', ServiceName: service }]),
         ],
       })),
     );
@@ -197,6 +226,8 @@ describe('the Consul source', () => {
     const updates = await start();
     expect([...updates.services.keys()].sort()).toEqual(['api.dc1.consul', 'web.dc1.consul']);
     const [fetchesBefore, allChecksBefore] = [fetches(), fake.count('/v1/health/state/any')];
+    // Nor at start: the fetches of every service say what every check is.
+    expect(allChecksBefore).toBe(0);
     fake.setStatus('web', 1, 'critical');
     await until('web-2 unhealthy', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.2 unhealthy') ? true : undefined));
     fake.setStatus('web', 1, 'warning');
@@ -220,6 +251,10 @@ describe('the Consul source', () => {
     await until('web on one node', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.2' ? true : undefined));
     expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/api', '/v1/health/service/web']);
     expect(fake.count('/v1/health/state/any')).toBe(allChecksBefore + 2);
+    // A registration after the first read is found against that read.
+    fake.change(() => fake.services.get('api')!.push({ node: 'n6', address: '10.0.0.6', port: 9000 }));
+    await until('api on three nodes', () => (endpointsOf(updates, 'api.dc1.consul')?.length === 3 ? true : undefined));
+    expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/api', '/v1/health/service/web', '/v1/health/service/api']);
   });
 
   it('finds an instance registered without a check by a sweep, at most every sweepIntervalSeconds', async () => {
@@ -275,6 +310,46 @@ describe('the Consul source', () => {
     fake.change(() => fake.services.get('new')!.push({ node: 'n8', address: '10.0.0.8', port: 7000 }));
     await until('a query with index=1', () => (fake.queries.some((q) => q.includes('index=1&') || q.endsWith('index=1')) ? true : undefined));
     expect(fake.queries.some((q) => /[?&]index=0(&|$)/.test(q))).toBe(false);
+  });
+
+  // A restarted Consul (a dev agent, a server that lost its data) is registered again by its agents,
+  // and its indexes climb back from small numbers; a real v1.16.1 came back, in mesh-consul's
+  // sequence, at the very index the source had last seen (21 before, 21 after a deregistration).
+  const awayAndBack = async (changeWhileAway: () => void) => {
+    const refusedBefore = fake.refused.filter((p) => p === '/v1/catalog/services').length;
+    fake.goAway();
+    await until('the catalog watch refused', () => (fake.refused.filter((p) => p === '/v1/catalog/services').length > refusedBefore ? true : undefined));
+    // Written without moving any index: Consul back at the indexes the source last saw.
+    changeWhileAway();
+    fake.comeBack();
+  };
+
+  it('sees a service deregistered while it was away when Consul comes back at the index it had', async () => {
+    const updates = await start({ removeAfterSeconds: 0 });
+    await awayAndBack(() => fake.services.delete('api'));
+    // A blocking query sent with the old index would wait for a write past it and read "no change".
+    await until('api removed', () => (updates.services.has('api.dc1.consul') ? undefined : true), 3000);
+    expect([...updates.services.keys()]).toEqual(['web.dc1.consul']);
+  });
+
+  it('fetches again a service whose instance moved while it was away, though its checks and its index read the same', async () => {
+    const updates = await start({ sweepIntervalSeconds: 1 });
+    await awayAndBack(() => (fake.services.get('web')![0]!.address = '10.0.0.11'));
+    // No check came or went, so a sweep finds it; one that skipped the service for an index equal to
+    // its last fetch's (from before Consul went away) would keep the old address.
+    await until('web at its new address', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.11,10.0.0.2' ? true : undefined), 3000);
+  });
+
+  it('fetches a new service once, and sweeps nothing for it, whichever of its fetch and the read of every check answers first', async () => {
+    const updates = await start({ sweepIntervalSeconds: 1 });
+    fake.delay.set('/v1/health/state/any', 200);
+    const [fetchesBefore, readsBefore] = [fetches(), fake.answered.filter((p) => p === '/v1/health/state/any').length];
+    fake.change(() => fake.services.set('db', [{ node: 'n7', address: '10.0.0.7', port: 5432 }]));
+    await until('db published', () => endpointsOf(updates, 'db.dc1.consul'));
+    await until('the read of every check answered', () => (fake.answered.filter((p) => p === '/v1/health/state/any').length > readsBefore ? true : undefined));
+    await new Promise((r) => setTimeout(r, 200));
+    // The service list named db: its fetch explains the change, and put its checks in the baseline first.
+    expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/db']);
   });
 
   it('gives names that make one DNS label distinct ids by rule, and the plain one back when its holder goes', async () => {

@@ -11,6 +11,8 @@
 // no check explains (an instance with no check) is found by a sweep that fetches every service,
 // at most every sweepIntervalSeconds. Nothing is removed because Consul is away: the last good
 // state stays, and the source reads stale once it has not heard from Consul for staleAfterSeconds.
+// Once it answers again, nothing it said before counts: a restarted Consul's indexes climb back
+// from small numbers and can stand at the very ones last seen, with other contents (see watch()).
 import { setMaxListeners } from 'node:events';
 import type { ConsulSourceConfig, Mesh } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
@@ -27,8 +29,10 @@ export interface ConsulSourceOptions {
 
 interface Known {
   tags: string;
-  /** X-Consul-Index of its last fetch: a sweep that finds the same skips it. */
+  /** X-Consul-Index of its last fetch: a sweep that finds the same skips it. Forgotten when Consul goes away. */
   index?: bigint;
+  /** Its own checks (node\0checkID) in allChecks, as its last fetch said. */
+  checkKeys?: string[];
   port?: number;
   reportedId?: string;
   endpoints: number;
@@ -66,8 +70,12 @@ export class ConsulSource implements Source {
   private datacenter?: string;
   private readonly known = new Map<string, Known>();
   private readonly labels = new LabelBook();
-  /** node\0checkID to its service's name ('' for a node check), as /v1/health/state/any last said. */
-  private allChecks?: Map<string, string>;
+  /**
+   * node\0checkID to its service's name ('' for a node check): what /v1/health/state/any last said,
+   * kept current by every service fetched since (which is all there is before the first read: at
+   * start the fetches of every service make it, so the 45 MB list is not read then).
+   */
+  private allChecks = new Map<string, string>();
   /** The same for the failing checks, per status, as the two status watches last said. */
   private readonly failing: Record<FailingStatus, Map<string, string> | undefined> = { critical: undefined, warning: undefined };
   private readonly servicesOnNode = new Map<string, Set<string>>();
@@ -76,6 +84,13 @@ export class ConsulSource implements Source {
   private allChecksWanted = false;
   private allChecksFailures = 0;
   private allChecksTimer?: NodeJS.Timeout;
+  /**
+   * What the next read of every check is for: a catalog change the service list did not explain
+   * (an instance came or went in a listed service: only a sweep finds one without checks), or the
+   * first list after Consul was away (a sweep in any case: see watch()).
+   */
+  private catalogUnexplained = false;
+  private catalogAfterOutage = false;
   private readonly queue = new Set<string>();
   /** Queued by a sweep only: skipped when Consul's index for the service has not moved. */
   private readonly swept = new Set<string>();
@@ -162,14 +177,20 @@ export class ConsulSource implements Source {
       }
     }
     if (signal.aborted) return;
-    this.readAllChecks();
     await Promise.all([
-      this.watch('catalog', '/v1/catalog/services', (body) => this.onCatalog(body)),
+      this.watch('catalog', '/v1/catalog/services', (body, afterOutage) => this.onCatalog(body, afterOutage)),
       ...FAILING_STATUSES.map((status) => this.watch(`${status} checks`, `/v1/health/state/${status}`, (body) => this.onFailing(status, body))),
     ]);
   }
 
-  private async watch(what: string, path: string, onAnswer: (body: unknown) => void): Promise<void> {
+  /**
+   * One blocking query after another. After a failure the next query is a plain read, its answer
+   * taken whole: Consul's rule that an index going backwards resets the watch does not see a
+   * restarted Consul whose writes brought its index back to the one last seen (mesh-consul's
+   * agent came back at 21, as it went): a blocking query sent with it would wait for a write past
+   * it and then read "no change" with different contents, missing a deregistration for good.
+   */
+  private async watch(what: string, path: string, onAnswer: (body: unknown, afterOutage: boolean) => void): Promise<void> {
     const signal = this.abort.signal;
     let index = 0n;
     let failures = 0;
@@ -186,17 +207,26 @@ export class ConsulSource implements Source {
           signal,
         });
         this.contact();
+        const afterOutage = failures > 0;
+        if (afterOutage) this.log.info({ watch: what, failures }, 'Consul answers again; taking its answer whole');
         failures = 0;
         const step = nextIndex(index, answer.index);
         if (step.reset) this.log.info({ watch: what, from: String(index), to: String(step.next) }, 'the Consul index went backwards; taking the answer whole');
         index = step.next;
-        if (step.changed) onAnswer(answer.body);
+        if (step.changed) onAnswer(answer.body, afterOutage);
       } catch (error) {
         if (signal.aborted) return;
+        if (failures === 0) this.forgetFetchIndexes();
         failures++;
+        index = 0n;
         this.failed(error, `watching ${path}`);
       }
     }
+  }
+
+  /** A service's index from before Consul went away may be its index again after, with other instances. */
+  private forgetFetchIndexes(): void {
+    for (const known of this.known.values()) delete known.index;
   }
 
   private contact(): void {
@@ -223,7 +253,7 @@ export class ConsulSource implements Source {
     );
   }
 
-  private onCatalog(body: unknown): void {
+  private onCatalog(body: unknown, afterOutage = false): void {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       this.failed(new ConsulError('not an object of service names'), 'reading /v1/catalog/services');
       return;
@@ -234,9 +264,11 @@ export class ConsulSource implements Source {
       if (exclude.includes(name) || !(include.includes('*') || include.includes(name))) continue;
       listed.set(name, Array.isArray(tags) ? tags.filter((t) => typeof t === 'string').join('\u0000') : '');
     }
+    let named = false;
     for (const [name, tags] of listed) {
       const known = this.known.get(name);
       if (!known) {
+        named = true;
         this.known.set(name, { tags, endpoints: 0, nodes: [] });
         const changed = this.labels.add(name);
         if (changed === undefined) {
@@ -252,23 +284,30 @@ export class ConsulSource implements Source {
           );
         this.enqueue(name);
       } else if (known.removeAt !== undefined) {
+        named = true;
         clearTimeout(known.removeTimer);
         delete known.removeAt;
         delete known.removeTimer;
         known.tags = tags;
         this.enqueue(name);
       } else if (known.tags !== tags) {
+        named = true;
         known.tags = tags;
         this.enqueue(name);
       }
     }
     for (const [name, known] of this.known) {
       if (listed.has(name) || known.removeAt !== undefined) continue;
+      named = true;
       this.gone(name, known);
     }
     // Instances came or went somewhere (or a service did): every check says where. The first
-    // list fetches every service anyway, and the first read of every check is already running.
-    if (this.catalogListed) this.readAllChecks();
+    // list fetches every service anyway.
+    if (this.catalogListed) {
+      if (!named) this.catalogUnexplained = true;
+      if (afterOutage) this.catalogAfterOutage = true;
+      this.readAllChecks();
+    }
     this.catalogListed = true;
     this.pump();
   }
@@ -289,8 +328,11 @@ export class ConsulSource implements Source {
 
   /**
    * Reads every check (one read at a time; a catalog change meanwhile asks for one more after it)
-   * and fetches the services whose checks came or went since the last read. When none did, the
-   * catalog's change was an instance without checks: a sweep finds it.
+   * and fetches the services whose checks came or went since the last read. When none did and
+   * the service list named no service either, the catalog's change was an instance without
+   * checks: a sweep finds it. (A service the list named is fetched for that, and its fetch often
+   * answers first, putting its checks in the baseline: that read finds nothing, and must not
+   * sweep every service for it.) After Consul was away, a sweep in any case.
    */
   private readAllChecks(): void {
     if (this.allChecksReading || this.allChecksTimer) {
@@ -299,6 +341,8 @@ export class ConsulSource implements Source {
     }
     this.allChecksReading = true;
     this.allChecksWanted = false;
+    const [unexplained, afterOutage] = [this.catalogUnexplained, this.catalogAfterOutage];
+    this.catalogUnexplained = this.catalogAfterOutage = false;
     void this.client
       .get({ path: '/v1/health/state/any', query: { dc: this.datacenter! }, signal: this.abort.signal })
       .then((answer) => {
@@ -306,18 +350,18 @@ export class ConsulSource implements Source {
         const next = checkServices(answer.body);
         if (!next) throw new ConsulError('not a list of checks');
         this.allChecksFailures = 0;
-        const previous = this.allChecks;
+        const changed = changedChecks(this.allChecks, next);
         this.allChecks = next;
-        if (!previous) return;
-        const changed = changedChecks(previous, next);
-        if (changed.length > 0) this.touch(changed);
-        else this.maybeSweep();
+        // Checks of services this source leaves out (Consul's own) count as changed the first time: touch() fetches none of them.
+        if ((this.touch(changed) === 0 && unexplained) || afterOutage) this.maybeSweep();
       })
       .catch((error: unknown) => {
         if (this.abort.signal.aborted) return;
         this.failed(error, 'reading /v1/health/state/any');
         this.allChecksFailures++;
         this.allChecksWanted = true;
+        this.catalogUnexplained ||= unexplained;
+        this.catalogAfterOutage ||= afterOutage;
       })
       .finally(() => {
         this.allChecksReading = false;
@@ -334,14 +378,20 @@ export class ConsulSource implements Source {
       });
   }
 
-  /** Checks that changed: their services are fetched; a node check's, every service on that node. */
-  private touch(changed: readonly string[]): void {
+  /** Checks that changed: their services are fetched; a node check's, every service on that node. How many are fetched. */
+  private touch(changed: readonly string[]): number {
     const names = new Set<string>();
     for (const change of changed) {
       if (change.startsWith(NODE_CHECK)) for (const name of this.servicesOnNode.get(change.slice(NODE_CHECK.length)) ?? []) names.add(name);
       else names.add(change);
     }
-    for (const name of names) if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) this.enqueue(name);
+    let fetched = 0;
+    for (const name of names)
+      if (this.known.has(name) && this.known.get(name)!.removeAt === undefined) {
+        this.enqueue(name);
+        fetched++;
+      }
+    return fetched;
   }
 
   /** The catalog moved and no check says where: fetch every service, at most every sweepIntervalSeconds. */
@@ -391,16 +441,7 @@ export class ConsulSource implements Source {
   }
 
   private maybeSynced(): void {
-    if (
-      !this.catalogListed ||
-      !this.allChecks ||
-      !this.failing.critical ||
-      !this.failing.warning ||
-      this.queue.size > 0 ||
-      this.inFlight > 0 ||
-      this.retry.size > 0
-    )
-      return;
+    if (!this.catalogListed || !this.failing.critical || !this.failing.warning || this.queue.size > 0 || this.inFlight > 0 || this.retry.size > 0) return;
     this.lastSyncAt = Date.now();
     if (this.syncedOnce) return;
     this.syncedOnce = true;
@@ -426,7 +467,24 @@ export class ConsulSource implements Source {
     if (this.known.get(name) !== known || known.removeAt !== undefined) return;
     if (swept && answer.index !== undefined && answer.index === known.index) return;
     if (answer.index !== undefined) known.index = answer.index;
+    this.noteChecks(name, known, answer.body);
     this.render(name, known, answer.body);
+  }
+
+  /** A fetched service's checks into allChecks, in place of what its last fetch said. */
+  private noteChecks(name: string, known: Known, entries: unknown): void {
+    if (!Array.isArray(entries)) return;
+    for (const key of known.checkKeys ?? []) if (this.allChecks.get(key) === name) this.allChecks.delete(key);
+    const own: string[] = [];
+    for (const entry of entries) {
+      const checks = (entry as { Checks?: unknown } | null)?.Checks;
+      const found = checkServices(checks);
+      for (const [key, service] of found ?? []) {
+        this.allChecks.set(key, service);
+        if (service === name) own.push(key);
+      }
+    }
+    known.checkKeys = own;
   }
 
   private retryLater(name: string): void {
@@ -493,6 +551,7 @@ export class ConsulSource implements Source {
     known.removeAt = Date.now() + this.config.removeAfterSeconds * 1000;
     this.queue.delete(name);
     this.retry.delete(name);
+    this.noteChecks(name, known, []);
     if (known.reportedId !== undefined) this.render(name, known, []);
     known.removeTimer = setTimeout(() => {
       if (this.known.get(name) !== known || known.removeAt === undefined) return;
