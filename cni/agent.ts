@@ -290,7 +290,10 @@ export class CniAgent {
         try {
           await ebpf.markUnavailable(request.netns, verdict.reason);
         } catch (error) {
-          throw new CniFailure(CniError.programming, `eBPF interception is not available on this node (${verdict.reason}), and marking the pod failed: ${(error as Error).message}`);
+          throw new CniFailure(
+            CniError.programming,
+            `eBPF interception is not available on this node (${verdict.reason}), and marking the pod failed: ${(error as Error).message}`,
+          );
         }
         return 'eBPF interception is not available on this node: the pod is marked, its validation fails saying so';
       }

@@ -63,7 +63,10 @@ export class EbpfNode {
     const report = await checkFeatures({ ...(cgroup ? { cgroup } : {}), ...(bpffs ? { bpffs } : {}) });
     if (!report.ok) {
       const reason = `missing ${report.missing.join('; ')}`;
-      log.error({ missing: report.missing }, 'eBPF interception cannot run on this node: eBPF pods here fail their validation; iptables or cni mode is the fallback');
+      log.error(
+        { missing: report.missing },
+        'eBPF interception cannot run on this node: eBPF pods here fail their validation; iptables or cni mode is the fallback',
+      );
       return { ok: false, reason };
     }
     try {

@@ -12,7 +12,9 @@ const failedPod = (name: string, mode: string): V1Pod => ({
     annotations: { 'flomesh.io/interception': JSON.stringify({ version: 1, mode }) },
     ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'web-1', uid: 'rs', controller: true }],
   },
-  status: { initContainerStatuses: [{ name: 'flb-validation', ready: false, restartCount: 1, image: 'x', imageID: 'x', state: { terminated: { exitCode: 1 } } }] },
+  status: {
+    initContainerStatuses: [{ name: 'flb-validation', ready: false, restartCount: 1, image: 'x', imageID: 'x', state: { terminated: { exitCode: 1 } } }],
+  },
 });
 
 /** The calls the repair loop makes, recorded. */

@@ -57,7 +57,9 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
       )
     : undefined;
   const repair =
-    options.repair !== 'off' && options.nodeName ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName, metrics, ebpf }) : undefined;
+    options.repair !== 'off' && options.nodeName
+      ? startRepairLoop({ ...options, core, mode: options.repair, nodeName: options.nodeName, metrics, ebpf })
+      : undefined;
   if (options.repair !== 'off' && !options.nodeName) options.log.warn('no --node-name and no NODE_NAME: the repair loop is off');
   return {
     stop: async () => {

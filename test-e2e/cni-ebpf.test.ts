@@ -56,7 +56,8 @@ function injectedPod(name: string): V1Pod {
   return jsonpatch.applyPatch(structuredClone(pod), result.patch, true, false).newDocument as V1Pod;
 }
 
-const settingsOf = (pod: V1Pod): Interception => parseDocument(InterceptionSchema, JSON.parse(pod.metadata!.annotations![INTERCEPTION_ANNOTATION]!), 'annotation');
+const settingsOf = (pod: V1Pod): Interception =>
+  parseDocument(InterceptionSchema, JSON.parse(pod.metadata!.annotations![INTERCEPTION_ANNOTATION]!), 'annotation');
 
 /** Removes what a killed run of this file left: its mesh's pins and links, its cgroup. */
 async function removeStale(cgroupRoot: string): Promise<void> {

@@ -55,12 +55,10 @@ function refuseUnbuilt<const T extends string>(values: readonly [T, ...T[]], unb
     .meta({ description });
 }
 
-export const InterceptionModeSchema = z
-  .enum(['iptables', 'cni', 'ebpf'])
-  .meta({
-    description:
-      'How pod traffic reaches the sidecar: iptables (an init container), cni (the CNI plugin and node agent write the rules), ebpf (the node agent registers the pod with the eBPF programs for outbound and DNS, and writes the inbound rule; excludeInterfaces is refused there)',
-  });
+export const InterceptionModeSchema = z.enum(['iptables', 'cni', 'ebpf']).meta({
+  description:
+    'How pod traffic reaches the sidecar: iptables (an init container), cni (the CNI plugin and node agent write the rules), ebpf (the node agent registers the pod with the eBPF programs for outbound and DNS, and writes the inbound rule; excludeInterfaces is refused there)',
+});
 
 /**
  * What eBPF mode cannot honour, refused rather than ignored. connect() is intercepted before a
@@ -76,17 +74,19 @@ export function refuseWhatEbpfCannotHonour(settings: { mode: string; excludeInte
 }
 
 /** Mesh-wide interception defaults; a pod's annotations narrow them (see interception.ts). */
-export const MeshInterceptionSchema = z.object({
-  mode: InterceptionModeSchema.default('iptables'),
-  captureDns: z.boolean().default(true),
-  ipv6: z.enum(['auto', 'enabled', 'disabled']).default('auto'),
-  excludeOutboundPorts: z.array(port).default([]),
-  excludeInboundPorts: z.array(port).default([]),
-  excludeOutboundIpRanges: z.array(cidr).default([]),
-  /** Empty means every destination is intercepted. */
-  includeOutboundIpRanges: z.array(cidr).default([]),
-  excludeInterfaces: z.array(interfaceName).default([]),
-}).superRefine(refuseWhatEbpfCannotHonour);
+export const MeshInterceptionSchema = z
+  .object({
+    mode: InterceptionModeSchema.default('iptables'),
+    captureDns: z.boolean().default(true),
+    ipv6: z.enum(['auto', 'enabled', 'disabled']).default('auto'),
+    excludeOutboundPorts: z.array(port).default([]),
+    excludeInboundPorts: z.array(port).default([]),
+    excludeOutboundIpRanges: z.array(cidr).default([]),
+    /** Empty means every destination is intercepted. */
+    includeOutboundIpRanges: z.array(cidr).default([]),
+    excludeInterfaces: z.array(interfaceName).default([]),
+  })
+  .superRefine(refuseWhatEbpfCannotHonour);
 
 const resourceQuantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/, 'must be a Kubernetes quantity such as 100m or 64Mi');
 export const ResourcesSchema = z.object({
