@@ -1,6 +1,7 @@
-import { afterEach, describe, expect, it } from '@jest/globals';
-import { API_VERSION, BridgeConfigSchema, ServiceSchema, type ConsulSinkConfig, type Service } from '../../../common/contract/index.js';
+import { describe, expect, it } from '@jest/globals';
+import { API_VERSION, BridgeConfigSchema, type ConsulSinkConfig, type Service } from '../../../common/contract/index.js';
 import { createLogger } from '../../../common/log.js';
+import { kubeService as service, parseSinkConfig, stoppedAfterEach, until } from '../testing/sink-tests.js';
 import { ConsulWriteError } from './api.js';
 import { ConsulSink } from './sink.js';
 
@@ -62,52 +63,16 @@ class FakeConsul {
   };
 }
 
-const sources = [
-  { name: 'kubernetes', kind: 'kubernetes' as const },
-  { name: 'consul', kind: 'consul' as const },
-];
-
-const sinkConfig = (over: Record<string, unknown> = {}): ConsulSinkConfig =>
-  BridgeConfigSchema.parse({
-    apiVersion: API_VERSION,
-    kind: 'BridgeConfig',
-    mesh: { file: '/x' },
-    sources: [{ kind: 'kubernetes' }, { kind: 'consul', address: 'http://consul-source:8500' }],
-    sinks: [{ kind: 'consul', address: 'http://consul:8500', ...over }],
-  }).sinks[0] as ConsulSinkConfig;
-
+const parsed = (over: Record<string, unknown> = {}) =>
+  parseSinkConfig<ConsulSinkConfig>({ kind: 'consul', address: 'http://consul-source:8500' }, { kind: 'consul', address: 'http://consul:8500', ...over });
+const { sources } = parsed();
 const kubeService = (name: string, namespace: string, endpoints: [string, boolean][], labels: Record<string, string> = {}): Service =>
-  ServiceSchema.parse({
-    apiVersion: API_VERSION,
-    kind: 'Service',
-    id: `${name}.${namespace}`,
-    name,
-    namespace,
-    source: 'kubernetes',
-    hostnames: [],
-    vips: [],
-    ports: [{ port: 80, protocol: 'http' }],
-    endpoints: endpoints.map(([address, healthy]) => ({ address, port: 8080, weight: 1, priority: 0, healthy, metadata: {} })),
-    labels: { 'flomesh.io/origin': 'kubernetes', ...labels },
-  });
-
-const sinks: ConsulSink[] = [];
-
-/** settled() does not wait for writes that failed (they are retried with backoff): this does, up to a bound. */
-async function until(what: string, ok: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-afterEach(async () => {
-  for (const sink of sinks.splice(0)) await sink.stop();
-});
+  service(name, namespace, endpoints, { labels });
+const sinks = stoppedAfterEach<ConsulSink>();
 
 function makeSink(consul: FakeConsul, over: Record<string, unknown> = {}) {
   const problems: string[] = [];
-  const sink = new ConsulSink({ config: sinkConfig(over), sources, log, api: consul.api, onProblem: (s, why) => problems.push(`${s.id}: ${why}`) });
+  const sink = new ConsulSink({ config: parsed(over).config, sources, log, api: consul.api, onProblem: (s, why) => problems.push(`${s.id}: ${why}`) });
   sink.setMesh({ clusterName: 'east' } as never);
   sinks.push(sink);
   return { sink, problems };

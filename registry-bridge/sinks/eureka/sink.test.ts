@@ -1,6 +1,7 @@
-import { afterEach, describe, expect, it } from '@jest/globals';
-import { API_VERSION, BridgeConfigSchema, ServiceSchema, type EurekaSinkConfig, type Service } from '../../../common/contract/index.js';
+import { describe, expect, it } from '@jest/globals';
+import { API_VERSION, BridgeConfigSchema, type EurekaSinkConfig, type Service } from '../../../common/contract/index.js';
 import { createLogger } from '../../../common/log.js';
+import { kubeService as service, parseSinkConfig, stoppedAfterEach, until } from '../testing/sink-tests.js';
 import type { EurekaAnswer } from './api.js';
 import { EurekaWriteError } from './api.js';
 import { registrationBody, registrationsOf } from './instances.js';
@@ -75,47 +76,16 @@ class FakeEureka {
   };
 }
 
-const sources = [
-  { name: 'kubernetes', kind: 'kubernetes' as const },
-  { name: 'eureka', kind: 'eureka' as const },
-];
-
-const sinkConfig = (over: Record<string, unknown> = {}): EurekaSinkConfig =>
-  BridgeConfigSchema.parse({
-    apiVersion: API_VERSION,
-    kind: 'BridgeConfig',
-    mesh: { file: '/x' },
-    sources: [{ kind: 'kubernetes' }, { kind: 'eureka', servers: ['http://other-eureka:8761/eureka/'] }],
-    sinks: [{ kind: 'eureka', servers: ['http://eureka:8761/eureka/'], ...over }],
-  }).sinks[0] as EurekaSinkConfig;
-
-const kubeService = (name: string, namespace: string, endpoints: [string, boolean][], port: { name?: string; port: number } = { port: 80 }): Service =>
-  ServiceSchema.parse({
-    apiVersion: API_VERSION,
-    kind: 'Service',
-    id: `${name}.${namespace}`,
-    name,
-    namespace,
-    source: 'kubernetes',
-    hostnames: [],
-    vips: [],
-    ports: [{ ...port, protocol: 'http' }],
-    endpoints: endpoints.map(([address, healthy]) => ({ address, port: 8080, weight: 1, priority: 0, healthy, zone: 'zone-a', metadata: {} })),
-    labels: { 'flomesh.io/origin': 'kubernetes' },
-  });
-
-const sinks: EurekaSink[] = [];
-afterEach(async () => {
-  for (const sink of sinks.splice(0)) await sink.stop();
-});
-
-async function until(what: string, ok: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+const parsed = (over: Record<string, unknown> = {}) =>
+  parseSinkConfig<EurekaSinkConfig>(
+    { kind: 'eureka', servers: ['http://other-eureka:8761/eureka/'] },
+    { kind: 'eureka', servers: ['http://eureka:8761/eureka/'], ...over },
+  );
+const sinkConfig = (over: Record<string, unknown> = {}) => parsed(over).config;
+const { sources } = parsed();
+const kubeService = (name: string, namespace: string, endpoints: [string, boolean][], port?: { name?: string; port: number }): Service =>
+  service(name, namespace, endpoints, { zone: 'zone-a', ...(port ? { port } : {}) });
+const sinks = stoppedAfterEach<EurekaSink>();
 
 function makeSink(eureka: FakeEureka, over: Record<string, unknown> = {}) {
   const problems: string[] = [];

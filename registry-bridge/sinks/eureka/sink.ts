@@ -12,6 +12,7 @@
 import type { EurekaSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
 import type { Sink, SinkStatus } from '../../core/types.js';
+import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
 import { EurekaApi, EurekaWriteError, type EurekaCall } from './api.js';
 import {
@@ -30,10 +31,6 @@ import { RenewalSchedule, SLOT_MS } from './renewals.js';
 
 type ServiceSubject = Pick<Service, 'id' | 'name' | 'source' | 'namespace'>;
 
-const BACKOFF_START_MS = 200;
-const BACKOFF_MAX_MS = 30_000;
-/** An instance not retried until the registry is read again (someone else's holds its id). */
-const NEVER = Number.MAX_SAFE_INTEGER;
 /** A failure that lasts is logged when it changes, and reminded of this often. */
 const REMIND_EVERY_MS = 60_000;
 
@@ -91,8 +88,8 @@ export class EurekaSink implements Sink {
   private readonly subjects = new Map<string, ServiceSubject>();
   /** What the server holds (ours and others'); undefined until read, and after it could not be reached. */
   private held?: Map<string, Held>;
-  private readonly dirty = new Set<string>();
-  private readonly retryAt = new Map<string, { failures: number; at: number }>();
+  /** Keys to compare with the server, their backoff, and the first-sync gate. */
+  private readonly queue: WriteQueue;
   /** Our instances the server holds, each renewed once per interval at its phase. */
   private readonly schedule: RenewalSchedule;
   private readonly renewing = new Set<string>();
@@ -107,13 +104,8 @@ export class EurekaSink implements Sink {
   private readonly waitingRenewals: (() => void)[] = [];
   private readonly waitingWrites: (() => void)[] = [];
   private lastDirty = 0;
-  private mayRemove = false;
-  private running = false;
   private stopped = false;
-  private readBackoffMs = BACKOFF_START_MS;
-  private wake?: NodeJS.Timeout;
   private readonly ticker: NodeJS.Timeout;
-  private idleWaiters: (() => void)[] = [];
   private readonly reported = new Map<string, string>();
   private readonly logged = new Map<string, number>();
   private readonly stats = { writes: 0, failures: 0, lastWriteAt: 0, lastError: undefined as string | undefined };
@@ -137,6 +129,24 @@ export class EurekaSink implements Sink {
     this.api = options.api ?? new EurekaApi(options.config);
     this.onProblem = options.onProblem ?? (() => {});
     this.schedule = new RenewalSchedule(options.config.renewalIntervalSeconds * 1000);
+    this.queue = new WriteQueue(
+      {
+        canWrite: () => this.writer !== undefined,
+        hasRead: () => this.held !== undefined,
+        read: () => this.readRegistry(),
+        wanted: (key) => this.wanted.has(key),
+        wantedKeys: () => this.wanted.keys(),
+        needs: (key, removalsAllowed) => {
+          const kind = this.actionOf(key, removalsAllowed).kind;
+          return kind === 'foreign' ? 'foreign' : kind === 'register' || kind === 'cancel' ? 'write' : 'none';
+        },
+        write: (key, removalsAllowed) => this.limited(() => this.write(key, removalsAllowed)),
+        failed: (key, error) => this.fail(key, error as Error),
+        foreign: (key) => this.foreign(key),
+      },
+      // Every write starts at once and waits in limited(), whose writeConcurrency slots renewals share.
+      { concurrency: Number.POSITIVE_INFINITY },
+    );
     this.ticker = setInterval(() => this.tick(), SLOT_MS);
     this.ticker.unref();
   }
@@ -151,7 +161,7 @@ export class EurekaSink implements Sink {
     const previous = this.byService.get(id) ?? [];
     for (const key of previous) {
       this.wanted.delete(key);
-      this.dirty.add(key);
+      this.queue.mark(key);
     }
     this.byService.delete(id);
     this.subjects.delete(id);
@@ -162,7 +172,7 @@ export class EurekaSink implements Sink {
       for (const registration of registrations) {
         const key = keyOf(registration.app, registration.id);
         this.wanted.set(key, registration);
-        this.dirty.add(key);
+        this.queue.mark(key);
         keys.push(key);
       }
       if (keys.length > 0) this.byService.set(id, keys);
@@ -170,16 +180,13 @@ export class EurekaSink implements Sink {
     }
     // Gone after a 404 and no longer wanted: never registered again, so never counted.
     for (const key of previous) if (!this.wanted.has(key)) this.lost.delete(key);
-    this.kick();
+    this.queue.kick();
   }
 
   setSidecar(): void {}
 
   complete(): void {
-    if (this.mayRemove) return;
-    this.mayRemove = true;
-    if (this.held) for (const key of this.held.keys()) this.dirty.add(key);
-    this.kick();
+    this.queue.allowRemovals(this.held?.keys() ?? []);
   }
 
   private problem(service: ServiceSubject, why: string): void {
@@ -193,77 +200,20 @@ export class EurekaSink implements Sink {
     return held !== undefined && this.writer !== undefined && held.metadata[METADATA.writer] === this.writer.writer;
   }
 
-  private actionOf(key: string) {
+  private actionOf(key: string, removalsAllowed: boolean) {
     const held = this.held?.get(key);
-    return actionFor(this.wanted.get(key), held, this.ours(held), this.mayRemove, this.lease);
+    return actionFor(this.wanted.get(key), held, this.ours(held), removalsAllowed, this.lease);
   }
 
-  private kick(): void {
-    if (this.stopped || this.running) return;
-    this.running = true;
-    void this.run().finally(() => {
-      this.running = false;
-      if (this.work().length > 0 || this.held === undefined) this.later();
-      this.notifyIdle();
-    });
+  /** Someone else's instance holds the id: reported on the Service, left alone until the server is read again. */
+  private foreign(key: string): void {
+    const wanted = this.wanted.get(key)!;
+    const why = `Eureka already holds instance ${wanted.id} of ${wanted.app} that the bridge did not write; left alone`;
+    this.fail(key, new Error(why));
+    this.problem(this.subjects.get(wanted.catalogId) ?? { id: wanted.catalogId, name: wanted.app, source: 'static' }, why);
   }
 
-  private later(): void {
-    if (this.stopped || this.wake) return;
-    const now = Date.now();
-    let at = this.held === undefined ? now + this.readBackoffMs : Infinity;
-    for (const key of this.work()) {
-      const retry = this.retryAt.get(key)?.at ?? now;
-      if (retry !== NEVER) at = Math.min(at, retry);
-    }
-    if (at === Infinity) return;
-    this.wake = setTimeout(
-      () => {
-        this.wake = undefined;
-        this.kick();
-      },
-      Math.max(0, at - now),
-    );
-  }
-
-  private work(): string[] {
-    if (!this.held) return [...this.dirty];
-    return [...this.dirty].filter((key) => this.actionOf(key).kind !== 'none');
-  }
-
-  private async run(): Promise<void> {
-    while (!this.stopped && this.writer) {
-      if (!this.held) {
-        try {
-          await this.readRegistry();
-          this.readBackoffMs = BACKOFF_START_MS;
-        } catch (error) {
-          this.fail(undefined, error as Error);
-          this.readBackoffMs = Math.min(this.readBackoffMs * 2, BACKOFF_MAX_MS);
-          return;
-        }
-      }
-      const now = Date.now();
-      const due = [...this.dirty].filter((key) => (this.retryAt.get(key)?.at ?? 0) <= now);
-      if (due.length === 0) return;
-      for (const key of due) this.dirty.delete(key);
-      const queue = due.filter((key) => {
-        const action = this.actionOf(key);
-        if (action.kind === 'foreign') {
-          const wanted = this.wanted.get(key)!;
-          this.fail(key, new Error(`Eureka already holds instance ${wanted.id} of ${wanted.app} that the bridge did not write; left alone`), false);
-          this.problem(
-            this.subjects.get(wanted.catalogId) ?? { id: wanted.catalogId, name: wanted.app, source: 'static' },
-            `Eureka already holds instance ${wanted.id} of ${wanted.app} that the bridge did not write; left alone`,
-          );
-        }
-        return action.kind === 'register' || action.kind === 'cancel';
-      });
-      await Promise.all(queue.map((key) => this.limited(() => this.write(key))));
-    }
-  }
-
-  private async readRegistry(): Promise<void> {
+  private async readRegistry(): Promise<Iterable<string>> {
     const answer = await this.api.call('GET', 'apps');
     if (answer.status !== 200) throw new EurekaWriteError(`GET apps answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
     let document: unknown;
@@ -273,13 +223,11 @@ export class EurekaSink implements Sink {
       throw new EurekaWriteError(`GET apps: not JSON (${(error as Error).message})`, answer.status);
     }
     this.held = heldInRegistry(document);
-    for (const [key, retry] of this.retryAt) if (retry.at === NEVER) this.retryAt.delete(key);
     // Our instances are renewed from now on, wanted or not yet: none may expire before complete() decides.
     this.schedule.clear();
     for (const [key, held] of this.held) if (this.ours(held)) this.schedule.add(key);
-    for (const key of this.held.keys()) this.dirty.add(key);
-    for (const key of this.wanted.keys()) this.dirty.add(key);
     this.log.info({ server: this.api.address, instances: this.held.size, ours: this.schedule.size }, 'read what the Eureka server holds');
+    return this.held.keys();
   }
 
   /**
@@ -305,44 +253,39 @@ export class EurekaSink implements Sink {
     return this.lastDirty;
   }
 
-  private async write(key: string): Promise<void> {
+  private async write(key: string, removalsAllowed: boolean): Promise<void> {
+    // What the server holds was dropped while this waited for a slot: decided once it is read again.
     if (!this.held || this.stopped) {
-      this.dirty.add(key);
+      this.queue.mark(key);
       return;
     }
-    const action = this.actionOf(key);
+    const action = this.actionOf(key, removalsAllowed);
     const wanted = this.wanted.get(key);
     const held = this.held.get(key);
-    try {
-      if (action.kind === 'register' && wanted) {
-        const path = `apps/${encodeURIComponent(wanted.app)}`;
-        const answer = await this.api.call('POST', path, registrationBody(wanted, this.lease, this.dirtyTimestamp()));
-        if (answer.status !== 204 && answer.status !== 200)
-          throw new EurekaWriteError(`POST ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300) || '(no body)'}`, answer.status);
-        this.held?.set(key, heldAfterRegister(wanted, this.lease));
-        this.schedule.add(key);
-        this.lastRenewedAt.set(key, Date.now());
-        this.counters.registrations++;
-        if (this.lost.delete(key)) this.renewalCounts.reregistered++;
-      } else if (action.kind === 'cancel' && held) {
-        const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
-        const answer = await this.api.call('DELETE', path);
-        // 404: it went already (evicted, or cancelled by someone): what was wanted is true.
-        if (answer.status !== 200 && answer.status !== 404)
-          throw new EurekaWriteError(`DELETE ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
-        this.held?.delete(key);
-        this.schedule.delete(key);
-        this.lastRenewedAt.delete(key);
-        this.lost.delete(key);
-        this.counters.cancels++;
-      } else return;
-      this.stats.writes++;
-      this.stats.lastWriteAt = Date.now();
-      this.retryAt.delete(key);
-    } catch (error) {
-      this.dirty.add(key);
-      this.fail(key, error as Error);
-    }
+    if (action.kind === 'register' && wanted) {
+      const path = `apps/${encodeURIComponent(wanted.app)}`;
+      const answer = await this.api.call('POST', path, registrationBody(wanted, this.lease, this.dirtyTimestamp()));
+      if (answer.status !== 204 && answer.status !== 200)
+        throw new EurekaWriteError(`POST ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300) || '(no body)'}`, answer.status);
+      this.held?.set(key, heldAfterRegister(wanted, this.lease));
+      this.schedule.add(key);
+      this.lastRenewedAt.set(key, Date.now());
+      this.counters.registrations++;
+      if (this.lost.delete(key)) this.renewalCounts.reregistered++;
+    } else if (action.kind === 'cancel' && held) {
+      const path = `apps/${encodeURIComponent(held.app)}/${encodeURIComponent(held.id)}`;
+      const answer = await this.api.call('DELETE', path);
+      // 404: it went already (evicted, or cancelled by someone): what was wanted is true.
+      if (answer.status !== 200 && answer.status !== 404)
+        throw new EurekaWriteError(`DELETE ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
+      this.held?.delete(key);
+      this.schedule.delete(key);
+      this.lastRenewedAt.delete(key);
+      this.lost.delete(key);
+      this.counters.cancels++;
+    } else return;
+    this.stats.writes++;
+    this.stats.lastWriteAt = Date.now();
   }
 
   private tick(): void {
@@ -394,8 +337,8 @@ export class EurekaSink implements Sink {
         this.log.info({ instance: held.id, app: held.app }, 'the Eureka server no longer holds an instance; registering it again');
         this.held?.delete(key);
         this.schedule.delete(key);
-        this.dirty.add(key);
-        this.kick();
+        this.queue.mark(key);
+        this.queue.kick();
         return;
       }
       throw new EurekaWriteError(`PUT ${path} answered ${answer.status}: ${answer.body.trim().slice(0, 300)}`, answer.status);
@@ -422,7 +365,7 @@ export class EurekaSink implements Sink {
     this.log.warn(fields, message);
   }
 
-  private fail(key: string | undefined, error: Error, retry = true): void {
+  private fail(key: string | undefined, error: Error): void {
     this.stats.failures++;
     const registration = key ? (this.wanted.get(key) ?? this.held?.get(key)) : undefined;
     const what = registration ? `instance ${registration.id} of ${registration.app}: ${error.message}` : error.message;
@@ -431,40 +374,19 @@ export class EurekaSink implements Sink {
     // Unreachable: the server may come back empty (a restart); read it again before deciding anything.
     if (status === undefined && key && error instanceof EurekaWriteError) this.held = undefined;
     if (!key) {
-      const waiting = [...this.dirty].map((k) => this.wanted.get(k)).find((r) => r !== undefined);
-      const more = this.dirty.size - 1;
+      const keys = [...this.queue.waiting()];
+      const waiting = keys.map((k) => this.wanted.get(k)).find((r) => r !== undefined);
+      const more = keys.length - 1;
       if (waiting) this.stats.lastError = `${what} (instance ${waiting.id} of ${waiting.app}${more > 0 ? ` and ${more} more` : ''} waiting to be written)`;
     }
-    if (key && retry) {
-      const previous = this.retryAt.get(key)?.failures ?? 0;
-      this.retryAt.set(key, { failures: previous + 1, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** previous, BACKOFF_MAX_MS) });
-    } else if (key) this.retryAt.set(key, { failures: 1, at: NEVER });
     this.log.warn(
       { instance: registration?.id, app: registration?.app, err: error.message, status },
       key ? 'a Eureka write failed; retried with backoff' : 'cannot read what the Eureka server holds; retried with backoff',
     );
   }
 
-  private unsettledCount(): number {
-    if (!this.held) return this.wanted.size > 0 && this.readBackoffMs === BACKOFF_START_MS ? this.dirty.size : 0;
-    return this.work().filter((key) => !this.retryAt.has(key) && (this.mayRemove || this.wanted.has(key))).length;
-  }
-
-  private notifyIdle(): void {
-    if (this.running || this.unsettledCount() > 0) return;
-    for (const resolve of this.idleWaiters.splice(0)) resolve();
-  }
-
-  private pendingCount(): number {
-    if (!this.held) return this.wanted.size > 0 ? this.dirty.size : 0;
-    return this.work()
-      .filter((key) => this.retryAt.get(key)?.at !== NEVER)
-      .filter((key) => this.mayRemove || this.wanted.has(key)).length;
-  }
-
-  async settled(): Promise<void> {
-    if (!this.running && this.unsettledCount() === 0) return;
-    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  settled(): Promise<void> {
+    return this.queue.settled();
   }
 
   /**
@@ -473,10 +395,9 @@ export class EurekaSink implements Sink {
    */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.queue.stop();
     clearInterval(this.ticker);
-    clearTimeout(this.wake);
     this.api.close();
-    for (const resolve of this.idleWaiters.splice(0)) resolve();
     for (const resolve of [...this.waitingRenewals.splice(0), ...this.waitingWrites.splice(0)]) resolve();
   }
 
@@ -491,7 +412,7 @@ export class EurekaSink implements Sink {
       kind: this.kind,
       address: this.api.address,
       renewals: { ...this.renewalCounts },
-      pending: this.pendingCount(),
+      pending: this.queue.pending(),
       writes: this.stats.writes,
       failures: this.stats.failures,
       lastWriteAt: this.stats.lastWriteAt,

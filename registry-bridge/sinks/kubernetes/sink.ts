@@ -9,11 +9,10 @@ import { CoreV1Api, DiscoveryV1Api, type KubeConfig, type V1EndpointSlice, type 
 import type { KubernetesSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
 import type { Sink, SinkStatus } from '../../core/types.js';
+import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
 import { desiredObjects, HASH_ANNOTATION, isOurs, serviceNameOf, SINK_LABEL, type Desired } from './objects.js';
 
-const BACKOFF_START_MS = 200;
-const BACKOFF_MAX_MS = 30_000;
 const RESYNC_MS = 60_000;
 
 const statusOf = (error: unknown) => (error as { code?: number }).code;
@@ -67,16 +66,10 @@ export class KubernetesSink implements Sink {
   private readonly wanted = new Map<string, Desired>();
   private readonly nameOf = new Map<string, string>();
   private held?: Map<string, Held>;
-  private readonly dirty = new Set<string>();
-  private readonly retryAt = new Map<string, { failures: number; at: number }>();
+  /** Service names to compare with what the namespace holds, their backoff, and the first-sync gate. */
+  private readonly queue: WriteQueue;
   private readonly reported = new Map<string, string>();
-  private mayRemove = false;
-  private running = false;
-  private stopped = false;
-  private readBackoffMs = BACKOFF_START_MS;
-  private wake?: NodeJS.Timeout;
   private readonly resync: NodeJS.Timeout;
-  private idleWaiters: (() => void)[] = [];
   private readonly stats = { writes: 0, failures: 0, lastWriteAt: 0, lastError: undefined as string | undefined };
 
   constructor(options: KubernetesSinkOptions) {
@@ -87,9 +80,25 @@ export class KubernetesSink implements Sink {
     this.discovery = options.kubeConfig.makeApiClient(DiscoveryV1Api);
     this.log = options.log.child({ sink: this.name });
     this.onClash = options.onClash ?? (() => {});
+    this.queue = new WriteQueue(
+      {
+        canWrite: () => true,
+        hasRead: () => this.held !== undefined,
+        read: () => this.readHeld(),
+        wanted: (name) => this.wanted.has(name),
+        wantedKeys: () => this.wanted.keys(),
+        // Every marked name is reconciled: reconcile() compares the objects' hashes and writes only what differs.
+        needs: () => 'write',
+        write: (name, removalsAllowed) => this.reconcile(name, removalsAllowed),
+        failed: (name, error) => this.fail(name, error),
+        foreign: () => {},
+      },
+      // One name at a time: a conflict drops what was read, and the names after it wait for the read.
+      { concurrency: 1 },
+    );
     this.resync = setInterval(() => {
       this.held = undefined;
-      this.kick();
+      this.queue.kick();
     }, RESYNC_MS);
     this.resync.unref();
   }
@@ -102,7 +111,7 @@ export class KubernetesSink implements Sink {
     if (previous !== undefined) {
       this.nameOf.delete(id);
       if (this.wanted.get(previous)?.catalogId === id) this.wanted.delete(previous);
-      this.dirty.add(previous);
+      this.queue.mark(previous);
     }
     if (service && inScope(this.config, this.from, source, service)) {
       const name = serviceNameOf(service, this.config.servicePrefix);
@@ -116,18 +125,15 @@ export class KubernetesSink implements Sink {
           if (holder && holder.catalogId !== id) this.nameOf.delete(holder.catalogId);
           this.wanted.set(name, desiredObjects(service, name, this.config.namespace, this.name));
           this.nameOf.set(id, name);
-          this.dirty.add(name);
+          this.queue.mark(name);
         }
       }
     }
-    this.kick();
+    this.queue.kick();
   }
 
   complete(): void {
-    if (this.mayRemove) return;
-    this.mayRemove = true;
-    if (this.held) for (const name of this.held.keys()) this.dirty.add(name);
-    this.kick();
+    this.queue.allowRemovals(this.held?.keys() ?? []);
   }
 
   private problem(key: string, why: string): void {
@@ -137,62 +143,7 @@ export class KubernetesSink implements Sink {
     this.log.warn({ service: key, why }, 'a registry service is not written to Kubernetes');
   }
 
-  private kick(): void {
-    if (this.stopped || this.running) return;
-    this.running = true;
-    void this.run().finally(() => {
-      this.running = false;
-      this.later();
-      this.notifyIdle();
-    });
-  }
-
-  private later(): void {
-    if (this.stopped || this.wake) return;
-    const now = Date.now();
-    let at = this.held === undefined ? now + this.readBackoffMs : Infinity;
-    for (const name of this.dirty) at = Math.min(at, this.retryAt.get(name)?.at ?? now);
-    if (at === Infinity) return;
-    this.wake = setTimeout(
-      () => {
-        this.wake = undefined;
-        this.kick();
-      },
-      Math.max(0, at - now),
-    );
-  }
-
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      if (!this.held) {
-        try {
-          await this.readHeld();
-          this.readBackoffMs = BACKOFF_START_MS;
-        } catch (error) {
-          this.fail(undefined, error);
-          this.readBackoffMs = Math.min(this.readBackoffMs * 2, BACKOFF_MAX_MS);
-          return;
-        }
-      }
-      const now = Date.now();
-      const due = [...this.dirty].filter((name) => (this.retryAt.get(name)?.at ?? 0) <= now);
-      if (due.length === 0) return;
-      for (const name of due) {
-        // A failure may have dropped what the sink knows it holds: the rest waits for it to be read again.
-        if (this.stopped || !this.held) break;
-        this.dirty.delete(name);
-        try {
-          await this.reconcile(name);
-          this.retryAt.delete(name);
-        } catch (error) {
-          this.dirty.add(name);
-          this.fail(name, error);
-        }
-      }
-    }
-  }
-
-  private async readHeld(): Promise<void> {
+  private async readHeld(): Promise<Iterable<string>> {
     const namespace = this.config.namespace;
     const labelSelector = `${SINK_LABEL}=${this.name},app.kubernetes.io/managed-by=flb-bridge`;
     const [services, slices] = await Promise.all([
@@ -211,11 +162,10 @@ export class KubernetesSink implements Sink {
       if (owner && isOurs(s.metadata?.labels, this.name)) entry(owner).slices.set(s.metadata!.name!, s);
     }
     this.held = held;
-    for (const name of held.keys()) this.dirty.add(name);
-    for (const name of this.wanted.keys()) this.dirty.add(name);
+    return held.keys();
   }
 
-  private async reconcile(name: string): Promise<void> {
+  private async reconcile(name: string, mayRemove: boolean): Promise<void> {
     const namespace = this.config.namespace;
     const wanted = this.wanted.get(name);
     const held = this.held!.get(name) ?? { slices: new Map<string, V1EndpointSlice>() };
@@ -224,7 +174,7 @@ export class KubernetesSink implements Sink {
       this.stats.lastWriteAt = Date.now();
     };
     if (!wanted) {
-      if (!this.mayRemove || (!held.service && held.slices.size === 0)) return;
+      if (!mayRemove || (!held.service && held.slices.size === 0)) return;
       for (const sliceName of [...held.slices.keys()]) {
         await this.ignoreMissing(this.discovery.deleteNamespacedEndpointSlice({ name: sliceName, namespace }));
         held.slices.delete(sliceName);
@@ -275,7 +225,7 @@ export class KubernetesSink implements Sink {
           if (!isOurs(existing.metadata?.labels, this.name))
             throw new Error(`EndpointSlice ${namespace}/${sliceName} exists and is not the bridge's; left alone`, { cause: error });
           held.slices.set(sliceName, existing);
-          this.dirty.add(name);
+          this.queue.mark(name);
           continue;
         }
         wrote();
@@ -287,7 +237,7 @@ export class KubernetesSink implements Sink {
     }
     for (const sliceName of [...held.slices.keys()]) {
       if (wanted.slices.has(sliceName)) continue;
-      if (!this.mayRemove) {
+      if (!mayRemove) {
         // Emptied, not deleted, before every source listed: the instances are gone, the object stays.
         continue;
       }
@@ -305,6 +255,7 @@ export class KubernetesSink implements Sink {
     }
   }
 
+  /** The queue retries the name with backoff; this counts, reports and logs. */
   private fail(name: string | undefined, error: unknown): void {
     this.stats.failures++;
     const status = statusOf(error);
@@ -312,37 +263,16 @@ export class KubernetesSink implements Sink {
     this.stats.lastError = what;
     // Conflicts (someone changed it meanwhile) and unreachable apiservers: read again before writing.
     if (!(error instanceof ClashError) && (status === 409 || status === undefined)) this.held = undefined;
-    if (name) {
-      const failures = (this.retryAt.get(name)?.failures ?? 0) + 1;
-      this.retryAt.set(name, { failures, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** (failures - 1), BACKOFF_MAX_MS) });
-    }
     this.log.warn({ service: name, namespace: this.config.namespace, err: what }, 'a Kubernetes write failed; retried with backoff');
   }
 
-  private pendingCount(): number {
-    return [...this.dirty].filter((name) => this.wanted.has(name) || this.mayRemove).length;
-  }
-
-  /** Work not written yet that has not failed: what settled() waits for (a failing write is reported, and retried, not awaited). */
-  private unsettledCount(): number {
-    return [...this.dirty].filter((name) => (this.wanted.has(name) || this.mayRemove) && !this.retryAt.has(name)).length;
-  }
-
-  private notifyIdle(): void {
-    if (this.running || this.unsettledCount() > 0) return;
-    for (const resolve of this.idleWaiters.splice(0)) resolve();
-  }
-
-  async settled(): Promise<void> {
-    if (!this.running && this.unsettledCount() === 0) return;
-    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  settled(): Promise<void> {
+    return this.queue.settled();
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
+    this.queue.stop();
     clearInterval(this.resync);
-    clearTimeout(this.wake);
-    for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   status(): SinkStatus {
@@ -350,7 +280,7 @@ export class KubernetesSink implements Sink {
       name: this.name,
       kind: this.kind,
       address: `namespace ${this.config.namespace}`,
-      pending: this.pendingCount(),
+      pending: this.queue.pending(),
       writes: this.stats.writes,
       failures: this.stats.failures,
       lastWriteAt: this.stats.lastWriteAt,
