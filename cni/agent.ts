@@ -301,17 +301,15 @@ export class CniAgent {
     // The VIPs are recorded, not read from the pod at DEL: by then the pod may be gone from the API.
     const record: RecordedAttachment = { netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) };
     this.record(request.containerId, record);
-    let cookie: string | undefined;
+    let vipsAdded: string[] | undefined;
     try {
-      if (ebpf) {
-        cookie = await ebpf.register(request.netns, settings);
-        this.record(request.containerId, { ...record, ebpfCookie: cookie });
-      }
       // In eBPF mode the rules are the inbound ones only (cni/rules.ts): the programs take outbound and DNS.
-      await applyInterception(settings, { netns: request.netns });
+      vipsAdded = (await applyInterception(settings, { netns: request.netns })).vipsAdded;
+      // Registered after the VIPs are on lo: registration reads the namespace's own addresses, which the app reaches directly.
+      if (ebpf) this.record(request.containerId, { ...record, ebpfCookie: await ebpf.register(request.netns, settings) });
     } catch (error) {
-      // applyInterception leaves nothing half-applied; the registration and the record go too.
-      if (cookie !== undefined) ebpf!.unregister(cookie);
+      // applyInterception leaves nothing half-applied; if registering failed, what it made goes too.
+      if (vipsAdded) await cleanInterception(vipsAdded, { netns: request.netns }).catch(() => {});
       this.forget(request.containerId);
       throw new CniFailure(CniError.programming, `could not program the pod's network namespace: ${(error as Error).message}`);
     }

@@ -48,9 +48,12 @@ interface Dialled {
 }
 
 /** The pod as the injector makes it in eBPF mode. */
-function injectedPod(name: string): V1Pod {
+function injectedPod(name: string, annotations?: Record<string, string>): V1Pod {
   const mesh = MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode: 'ebpf' } });
-  const pod: V1Pod = { metadata: { name, namespace: 'shop' }, spec: { containers: [{ name: 'app', image: 'example/app' }] } };
+  const pod: V1Pod = {
+    metadata: { name, namespace: 'shop', ...(annotations ? { annotations } : {}) },
+    spec: { containers: [{ name: 'app', image: 'example/app' }] },
+  };
   const result = injectPod(pod, { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } }, { mesh, nativeSidecars: true, version: 'test' });
   if (result.action !== 'inject') throw new Error(`the injector did not inject: ${JSON.stringify(result)}`);
   return jsonpatch.applyPatch(structuredClone(pod), result.patch, true, false).newDocument as V1Pod;
@@ -88,10 +91,10 @@ describe('eBPF mode through the CNI plugin and node agent', () => {
   const pods = new Map<string, V1Pod>();
   const log = createLogger('cni-ebpf-test', 'error');
 
-  const sandbox = async (pod: string): Promise<{ sandbox: Sandbox; ns: Netns }> => {
+  const sandbox = async (pod: string, annotations?: Record<string, string>): Promise<{ sandbox: Sandbox; ns: Netns }> => {
     const ns = await createNetns(pod.slice(0, 8));
     sandboxes.push(ns);
-    pods.set(pod, injectedPod(pod));
+    pods.set(pod, injectedPod(pod, annotations));
     return {
       ns,
       sandbox: { containerId: `c-${pod}`, netns: ns.path, ifName: 'eth0', args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=${pod}` },
@@ -218,6 +221,30 @@ describe('eBPF mode through the CNI plugin and node agent', () => {
     await runtime.del(conflist(join(work, 'ipam')), pod.sandbox);
     expect(isRegistered({ mesh: MESH, netns: pod.ns.path })).toBe(false);
     expect(await flbChains(pod.ns)).toEqual([]);
+    expect((await status({ mesh: MESH })).namespaces).toBe(0);
+  });
+
+  it("ADD puts an eBPF pod's BGP VIPs on its lo, and DEL takes them off", async () => {
+    const vip = await sandbox('ebpf-vip', { 'flomesh.io/bgp-vips': '10.216.9.100' });
+    const onLo = async () => (await vip.ns.exec('ip', ['-4', '-o', 'addr', 'show', 'dev', 'lo'])).stdout;
+    await runtime.add(conflist(join(work, 'ipam')), vip.sandbox);
+    expect(await onLo()).toContain('inet 10.216.9.100/32');
+    await runtime.check(conflist(join(work, 'ipam')), vip.sandbox);
+    // The VIP is one of the pod's own addresses: the app reaching it goes to its own port, not to the sidecar.
+    const standIn = inPod(vip.ns, ['setpriv', '--pdeathsig', 'KILL', '--', process.execPath, probe, 'serve', 'sidecar'], PROXY);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        standIn.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+        void standIn.then((r) => reject(new Error(`the stand-in sidecar exited: ${r.stderr}`)));
+      });
+      expect((await dial(vip.ns, '10.216.9.100', 8080)).reply).toMatchObject({ via: 'pod-app' });
+      expect((await dial(vip.ns, GATEWAY, 8080)).reply).toMatchObject({ via: 'sidecar' });
+    } finally {
+      standIn.kill('SIGKILL');
+      await standIn.catch(() => undefined);
+    }
+    await runtime.del(conflist(join(work, 'ipam')), vip.sandbox);
+    expect(await onLo()).not.toContain('10.216.9.100');
     expect((await status({ mesh: MESH })).namespaces).toBe(0);
   });
 
