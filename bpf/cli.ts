@@ -40,7 +40,7 @@ export async function readSettings(text: string): Promise<Interception> {
     throw new ActionableError(`${source} is not JSON: ${(error as Error).message}`, 'it holds the flomesh.io/interception settings, e.g. {"version":1}');
   }
   // Registering is itself the choice of eBPF for this namespace, so the mode field is not read
-  // (and "ebpf", still refused by the contract until the injector can ask for it, is not an error here).
+  // (register itself refuses what eBPF cannot honour, naming it).
   const withoutMode = data && typeof data === 'object' && !Array.isArray(data) ? { ...data, mode: 'cni' } : data;
   return parseDocument(InterceptionSchema, withoutMode, source);
 }

@@ -101,7 +101,7 @@ describe('flb bpf when things go wrong', () => {
     );
     // Nothing was registered by any of them.
     expect(await status({ mesh: MESH })).toMatchObject({ complete: true, namespaces: 0 });
-    // The mode field is not read: "ebpf", which the contract still refuses elsewhere, registers.
+    // The mode field is not read: registering is the choice of eBPF, whatever it says.
     expect(await register_(ns.path, '{"version":1,"mode":"ebpf"}')).toMatchObject({ mesh: MESH, netns: ns.path, cookie: expect.stringMatching(/^\d+$/) });
   });
 
