@@ -3,10 +3,11 @@
  * rules), runner.ts (the node agent and its repair loop), install.ts and validate.ts.
  */
 import { fileURLToPath } from 'node:url';
-import { untilStopped } from '../common/cli.js';
+import { durationArgument, portArgument, untilStopped } from '../common/cli.js';
 import { Command, Option } from 'commander';
 import { parseDuration, parseHostPort } from '../common/duration.js';
 import { ActionableError } from '../common/errors.js';
+import { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, waitUntilReady } from '../common/sidecar-ready.js';
 import type { Interception } from '../common/contract/index.js';
 
 interface IptablesFlags {
@@ -42,8 +43,16 @@ export function iptablesCommand(): Command {
     .summary('apply, clean, print or verify the traffic interception rules')
     .description('The one iptables rule builder, for the init container, the CNI node agent and VMs. Rules live in FLB_* chains of the nat table.');
 
-  withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.')).action(
-    async (flags: IptablesFlags) => {
+  withCommonOptions(iptables.command('apply').description('Apply the rules atomically (iptables-restore --noflush); a second apply changes nothing.'))
+    .option(
+      '--wait-for-sidecar',
+      "then wait until the sidecar's admin port answers /ready: the init container after a native sidecar, which holds the app until the sidecar is ready",
+    )
+    .addOption(new Option('--sidecar-admin-port <port>', "the sidecar's admin port").default(DEFAULT_ADMIN_PORT).argParser(portArgument))
+    .addOption(
+      new Option('--sidecar-timeout <duration>', 'give up waiting for the sidecar after').default(DEFAULT_WAIT_TIMEOUT_MS, '120s').argParser(durationArgument),
+    )
+    .action(async (flags: IptablesFlags & { waitForSidecar?: boolean; sidecarAdminPort: number; sidecarTimeout: number }) => {
       const [{ applyInterception }, { createLogger }] = await Promise.all([import('./iptables.js'), import('../common/log.js')]);
       const { settings, options } = await prepare(flags);
       const result = await applyInterception(settings, options);
@@ -54,8 +63,13 @@ export function iptablesCommand(): Command {
       );
       if (settings.bgpVips?.length)
         log.info({ vips: settings.bgpVips, added: result.vipsAdded }, result.vipsAdded.length ? 'BGP VIPs put on lo' : 'BGP VIPs already on lo');
-    },
-  );
+      if (flags.waitForSidecar) {
+        log.info({ adminPort: flags.sidecarAdminPort }, 'waiting for the sidecar to be ready');
+        const started = Date.now();
+        await waitUntilReady({ adminPort: flags.sidecarAdminPort, timeoutMs: flags.sidecarTimeout });
+        log.info({ waitedMs: Date.now() - started }, 'sidecar ready');
+      }
+    });
 
   withCommonOptions(iptables.command('clean').description("Remove every FLB_* chain and the jumps to them, and the settings' BGP VIPs from lo.")).action(
     async (flags: IptablesFlags) => {

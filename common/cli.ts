@@ -2,10 +2,27 @@
  * The conventions every `flb` command shares: exit codes, how errors reach the user, subcommands
  * that are not built yet, and waiting for Ctrl-C / SIGTERM.
  */
-import { CommanderError, type Command } from 'commander';
+import { CommanderError, InvalidArgumentError, type Command } from 'commander';
+import { parseDuration } from './duration.js';
 import { ActionableError, ExitCode, UsageError } from './errors.js';
 import { ContractError } from './contract/validate.js';
 import { checkLogEnvironment, type Logger } from './log.js';
+
+/** A commander option parser for a port number, with commander's usage error for anything else. */
+export function portArgument(value: string): number {
+  const number = Number(value);
+  if (!/^\d+$/.test(value) || number > 65535) throw new InvalidArgumentError('not a port number (0-65535; 0: any free port)');
+  return number;
+}
+
+/** A commander option parser for a duration (`500ms`, `2s`, `1m`), in milliseconds. */
+export function durationArgument(value: string): number {
+  try {
+    return parseDuration(value);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
 
 /**
  * A subcommand whose capability has not landed yet: its --help and the `flb --help` list say so,

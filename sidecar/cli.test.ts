@@ -131,7 +131,13 @@ describe('flb sidecar flags', () => {
   it('runs wait-ready, the postStart hook of every injected pod, from its own small module: no bundle, no CLI', async () => {
     const waiter = join(root, 'dist', 'sidecar', 'wait-ready.js');
     if (!existsSync(waiter)) throw new Error(`${waiter} is missing: run npm run build`);
-    const lean = [join(root, 'bin', 'flb.js'), waiter, join(root, 'dist', 'common', 'duration.js'), join(root, 'dist', 'common', 'errors.js')].sort();
+    const lean = [
+      join(root, 'bin', 'flb.js'),
+      waiter,
+      join(root, 'dist', 'common', 'duration.js'),
+      join(root, 'dist', 'common', 'errors.js'),
+      join(root, 'dist', 'common', 'sidecar-ready.js'),
+    ].sort();
     const refused = runFlb(['sidecar', 'wait-ready', '--timeout', '1ms', '--admin-port', '1']);
     expect(refused.stderr).toContain('the sidecar was not ready within 0.001 s (http://127.0.0.1:1/ready: no answer');
     expect(refused.status).toBe(1);

@@ -4,9 +4,9 @@
  * runner comes from the sidecar bundle when the build made one (less memory per sidecar, see
  * main.ts), else from runner.js.
  */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
+import { durationArgument, portArgument } from '../common/cli.js';
 import { DEFAULT_PORTS, type SidecarPorts } from '../common/contract/mesh.js';
-import { parseDuration } from '../common/duration.js';
 import { bgpCommand } from './bgp/cli.js';
 import { PORT_FLAGS } from './port-flags.js';
 import type * as Runner from './runner.js';
@@ -21,20 +21,6 @@ async function loadRunner(): Promise<SidecarRunner> {
   const { existsSync } = await import('node:fs');
   if (process.env.FLB_SIDECAR_UNBUNDLED !== '1' && bundle.protocol === 'file:' && existsSync(bundle)) return (await import(bundle.href)) as SidecarRunner;
   return import('./runner.js');
-}
-
-function port(value: string): number {
-  const number = Number(value);
-  if (!/^\d+$/.test(value) || number > 65535) throw new InvalidArgumentError('not a port number (0-65535; 0: any free port)');
-  return number;
-}
-
-function duration(value: string): number {
-  try {
-    return parseDuration(value);
-  } catch (error) {
-    throw new InvalidArgumentError((error as Error).message);
-  }
 }
 
 const PORT_HELP: Record<keyof SidecarPorts, string> = {
@@ -77,11 +63,11 @@ export function sidecarCommands(load: () => Promise<SidecarRunner> = loadRunner)
     .option('--state-dir <dir>', 'where the last good configuration is kept (default: FLB_STATE_DIR or /var/lib/flb)')
     .option('--app-host <address>', "the app's address for inbound probes (default: POD_IP, else 127.0.0.1)");
   for (const [name, flag] of Object.entries(PORT_FLAGS) as [keyof SidecarPorts, string][]) {
-    sidecar.addOption(new Option(`${flag} <port>`, PORT_HELP[name]).default(DEFAULT_PORTS[name]).argParser(port));
+    sidecar.addOption(new Option(`${flag} <port>`, PORT_HELP[name]).default(DEFAULT_PORTS[name]).argParser(portArgument));
   }
   sidecar
     .option('--dns-upstream <address...>', "resolvers for names outside the catalog (default: /etc/resolv.conf's)")
-    .addOption(new Option('--drain <duration>', 'how long SIGTERM lets open connections finish').default(5000, '5s').argParser(duration))
+    .addOption(new Option('--drain <duration>', 'how long SIGTERM lets open connections finish').default(5000, '5s').argParser(durationArgument))
     .action(async (o: SidecarFlags) => {
       const runner = await load();
       await runner.runSidecarProcess({
@@ -113,8 +99,8 @@ export function sidecarCommands(load: () => Promise<SidecarRunner> = loadRunner)
     .description(
       "Waits until the sidecar on this host is ready (its admin port's /ready answers 200): the postStart hook that holds the app until the proxy runs. Gives up with the sidecar's own reason.",
     )
-    .addOption(new Option('--timeout <duration>', 'give up after').default(120_000, '120s').argParser(duration))
-    .addOption(new Option('--admin-port <port>', 'admin port').default(DEFAULT_PORTS.admin).argParser(port))
+    .addOption(new Option('--timeout <duration>', 'give up after').default(120_000, '120s').argParser(durationArgument))
+    .addOption(new Option('--admin-port <port>', 'admin port').default(DEFAULT_PORTS.admin).argParser(portArgument))
     .action(async (o: { timeout: number; adminPort: number }, command: Command) => {
       // Unless the program parses options positionally, `sidecar` takes its own --admin-port wherever it is written.
       const adminPort = command.getOptionValueSource('adminPort') === 'cli' ? o.adminPort : (sidecar.opts<SidecarFlags>().adminPort ?? o.adminPort);

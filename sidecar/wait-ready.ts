@@ -9,25 +9,11 @@
  * Anything this parser does not take as written (--help, an unknown flag, a bad value) goes to the
  * full CLI (sidecar/cli.ts), which answers it with its usage errors.
  */
-import { request } from 'node:http';
 import { parseArgs } from 'node:util';
 import { parseDuration } from '../common/duration.js';
+import { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, waitUntilReady, type WaitReadyArgs } from '../common/sidecar-ready.js';
 
-/**
- * A question costs about 1 ms of CPU here and, once the sidecar listens, 0.75 ms there (measured at
- * load 20): every 10 ms that was 0.17 of a core per pod starting, two cores' worth with a dozen
- * injected pods starting at once, taken from the sidecars being waited for. Every 50 ms: 25 ms late
- * on average (a startup probe is up to a second), 0.035 of a core.
- */
-export const POLL_INTERVAL_MS = 50;
-export const DEFAULT_WAIT_TIMEOUT_MS = 120_000;
-/** The mesh's default admin port (DEFAULT_PORTS.admin, whose module would load zod; a test keeps them equal). */
-export const DEFAULT_ADMIN_PORT = 15000;
-
-export interface WaitReadyArgs {
-  adminPort: number;
-  timeoutMs: number;
-}
+export { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, POLL_INTERVAL_MS, waitUntilReady, type WaitReadyArgs } from '../common/sidecar-ready.js';
 
 /** `[--timeout=D] [--admin-port=P]` (either spelling commander takes), or undefined for anything else. */
 export function parseWaitReadyArgs(args: readonly string[]): WaitReadyArgs | undefined {
@@ -53,37 +39,6 @@ export function parseWaitReadyArgs(args: readonly string[]): WaitReadyArgs | und
     }
   }
   return { adminPort: port === undefined ? DEFAULT_ADMIN_PORT : Number(port), timeoutMs };
-}
-
-/** Resolves once the admin port's /ready answers 200; rejects at the deadline with the sidecar's last answer. */
-export async function waitUntilReady(args: WaitReadyArgs & { intervalMs?: number }): Promise<void> {
-  const deadline = Date.now() + args.timeoutMs;
-  const url = `http://127.0.0.1:${args.adminPort}/ready`;
-  for (;;) {
-    const answer = await getText(url, 1000).catch((error: unknown) => ({ status: 0, body: `no answer: ${(error as Error).message}` }));
-    if (answer.status === 200) return;
-    if (Date.now() > deadline)
-      throw new Error(
-        `the sidecar was not ready within ${args.timeoutMs / 1000} s (${url}: ${answer.body.trim() || answer.status}); see its logs: kubectl logs <pod> -c flb-sidecar`,
-      );
-    await new Promise((resolve) => setTimeout(resolve, args.intervalMs ?? POLL_INTERVAL_MS));
-  }
-}
-
-function getText(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    // A connection per request: a kept-alive one would hold this short-lived process open.
-    const req = request(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 /**

@@ -218,6 +218,60 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     await applyRules(settings(), { backend, netns: pod.path });
   });
 
+  it('the init container after a native sidecar applies the rules, then holds the app until the sidecar is ready, or fails saying why', async () => {
+    const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
+    const init = (...flags: string[]) =>
+      pod.exec(
+        'env',
+        [
+          `FLB_INTERCEPTION=${JSON.stringify(settings())}`,
+          'FLB_LOG_FORMAT=json',
+          process.execPath,
+          flb,
+          'iptables',
+          'apply',
+          '--backend',
+          backend,
+          '--wait-for-sidecar',
+          ...flags,
+        ],
+        {
+          reject: false,
+        },
+      );
+    // A sidecar's admin port in the pod: /ready answers 503 for its first 600 ms, then 200.
+    const admin = execa('ip', [
+      'netns',
+      'exec',
+      pod.name,
+      'setpriv',
+      '--pdeathsig',
+      'KILL',
+      '--',
+      process.execPath,
+      '-e',
+      "const t=Date.now();require('http').createServer((q,r)=>{r.statusCode=Date.now()-t<600?503:200;r.end(r.statusCode===200?'ready':'no catalog yet')}).listen(15990,'127.0.0.1',()=>console.log('listening'))",
+    ]);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        admin.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
+        admin.catch(reject);
+      });
+      const started = Date.now();
+      const held = await init('--sidecar-admin-port=15990');
+      expect(held.exitCode).toBe(0);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(500);
+      expect(held.stderr).toContain('"msg":"rules already in place"');
+      expect(held.stderr).toMatch(/"waitedMs":\d+,"msg":"sidecar ready"/);
+    } finally {
+      admin.kill('SIGKILL');
+    }
+    // No sidecar answers: the init container fails (the kubelet restarts it) with what it last heard.
+    const failed = await init('--sidecar-admin-port=15990', '--sidecar-timeout=300ms');
+    expect(failed.exitCode).toBe(1);
+    expect(failed.stderr).toContain('the sidecar was not ready within 0.3 s (http://127.0.0.1:15990/ready: no answer');
+  });
+
   it('cleans without residue: iptables-save is as before', async () => {
     expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [4, 6] });
     expect(await normalisedSave(pod, backend, 4)).toBe(before[4]);
