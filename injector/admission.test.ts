@@ -19,7 +19,7 @@ describe('AdmissionReview handling', () => {
     const injected = jsonpatch.applyPatch(structuredClone(realisticPod), patch, true, false).newDocument as typeof realisticPod & {
       spec: { initContainers: { name: string }[] };
     };
-    expect(injected.spec.initContainers.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(injected.spec.initContainers.map((c) => c.name)).toEqual(['flb-sidecar', 'flb-init']);
   });
 
   it('answers with the text JSON.stringify would write, built around the base64 patch, warnings included', async () => {

@@ -18,6 +18,7 @@ import {
   SIDECAR_CONTAINER_NAME,
   SIDECAR_INJECTED_LABEL,
   SIDECAR_STATUS_ANNOTATION,
+  type Mesh,
 } from '../common/contract/index.js';
 import { MESH_IMAGE } from '../common/contract/version.js';
 import { injectPod, REPO_VOLUME, type InjectionResult, type InjectorSettings } from './inject.js';
@@ -122,11 +123,11 @@ describe('injected pods', () => {
     const result = injectPod(fixture.pod, fixture.namespace, { ...settingsFor(fixture), ...overrides });
     return { result, pod: apply(fixture.pod, result) };
   };
+  const initContainer = (pod: V1Pod, name: string) => pod.spec!.initContainers!.find((c) => c.name === name)!;
 
   it('run the interception init container as root with NET_ADMIN and NET_RAW only, never privileged', () => {
     const { pod } = injectFixture('deployment-pod');
-    const init = pod.spec!.initContainers![0]!;
-    expect(init.name).toBe('flb-init');
+    const init = initContainer(pod, 'flb-init');
     expect(init.command).toEqual(['flb', 'iptables', 'apply']);
     expect(init.securityContext).toMatchObject({
       runAsUser: 0,
@@ -136,23 +137,47 @@ describe('injected pods', () => {
     });
   });
 
-  it('run the sidecar as UID 1500 without privilege escalation, as a native sidecar after the init container', () => {
+  it('run the sidecar as UID 1500 without privilege escalation, as a native sidecar started before the init container', () => {
     const { pod } = injectFixture('deployment-pod');
-    const sidecar = pod.spec!.initContainers![1]!;
+    expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-sidecar', 'flb-init']);
+    const sidecar = initContainer(pod, 'flb-sidecar');
     expect(sidecar).toMatchObject({ name: 'flb-sidecar', restartPolicy: 'Always' });
     expect(sidecar.securityContext).toMatchObject({ runAsUser: 1500, runAsNonRoot: true, allowPrivilegeEscalation: false });
     expect(pod.spec!.containers.map((c) => c.name)).toEqual(['app', 'worker']);
   });
 
-  it('hold the app until the native sidecar is ready: a postStart hook that waits for /ready, then the startup probe the kubelet gates on', () => {
-    const sidecar = injectFixture('deployment-pod').pod.spec!.initContainers![1]!;
-    expect(sidecar.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=15000']);
-    expect(sidecar.startupProbe).toEqual({ httpGet: { path: '/ready', port: 15902, scheme: 'HTTP' }, periodSeconds: 1, failureThreshold: 120 });
+  it('apply the rules while the native sidecar starts, and hold the app in flb-init until the sidecar is ready', () => {
+    const { pod, result } = injectFixture('deployment-pod');
+    const sidecar = initContainer(pod, 'flb-sidecar');
+    // The kubelet counts a restartable init container with neither as started at once, and runs flb-init.
+    expect(sidecar.lifecycle?.postStart).toBeUndefined();
+    expect(sidecar.startupProbe).toBeUndefined();
+    expect(initContainer(pod, 'flb-init').args).toEqual(['--wait-for-sidecar', '--sidecar-admin-port=15000', '--sidecar-timeout=120s']);
+    expect(result.action === 'inject' && JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!)).toMatchObject({
+      native: true,
+      initContainers: ['flb-sidecar', 'flb-init'],
+    });
+  });
+
+  it("keep flb-init first, and the sidecar's postStart hook and startup probe, when the mesh's init command or waiter is another program", () => {
+    for (const change of [
+      (m: Mesh) => ({ ...m, init: { ...m.init, command: ['/usr/local/bin/proxy-init'] } }),
+      (m: Mesh) => ({ ...m, sidecar: { ...m.sidecar, waitReadyCommand: ['pilot-agent', 'wait'] } }),
+    ]) {
+      const fixture = load('deployment-pod');
+      const settings = settingsFor(fixture);
+      const pod = apply(fixture.pod, injectPod(fixture.pod, fixture.namespace, { ...settings, mesh: change(settings.mesh) }));
+      expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+      expect(initContainer(pod, 'flb-init').args).toBeUndefined();
+      const sidecar = initContainer(pod, 'flb-sidecar');
+      expect(sidecar.lifecycle!.postStart!.exec!.command![0]).toMatch(/flb|pilot-agent/);
+      expect(sidecar.startupProbe).toEqual({ httpGet: { path: '/ready', port: 15902, scheme: 'HTTP' }, periodSeconds: 1, failureThreshold: 120 });
+    }
   });
 
   it('give the sidecar what it needs to find its id and the repo', () => {
     const { pod } = injectFixture('deployment-pod');
-    const env = Object.fromEntries(pod.spec!.initContainers![1]!.env!.map((e) => [e.name, e.value ?? e.valueFrom?.fieldRef?.fieldPath]));
+    const env = Object.fromEntries(initContainer(pod, 'flb-sidecar').env!.map((e) => [e.name, e.value ?? e.valueFrom?.fieldRef?.fieldPath]));
     expect(env).toMatchObject({
       POD_NAME: 'metadata.name',
       POD_NAMESPACE: 'metadata.namespace',
@@ -211,6 +236,8 @@ describe('injected pods', () => {
       '--startup-probe-port=16903',
     ]);
     expect(sidecar.lifecycle!.postStart!.exec!.command).toEqual(['flb', 'sidecar', 'wait-ready', '--timeout=120s', '--admin-port=16000']);
+    // A native sidecar started first is waited for by flb-init, on the same port.
+    expect(initContainer(injectFixture('mesh-ports', { nativeSidecars: true }).pod, 'flb-init').args).toContain('--sidecar-admin-port=16000');
     expect(sidecar.readinessProbe!.httpGet!.port).toBe(16902);
     expect(pod.spec!.containers.find((c) => c.name === 'web')!.readinessProbe!.httpGet).toMatchObject({ port: 16902 });
   });
@@ -222,7 +249,7 @@ describe('injected pods', () => {
     expect(app.readinessProbe).toEqual({ httpGet: { path: '/app-health/app/readiness', port: 15902, scheme: 'HTTP' }, initialDelaySeconds: 2 });
     expect(app.startupProbe).toEqual({ httpGet: { path: '/app-health/app/startup', port: 15903, scheme: 'HTTP' }, failureThreshold: 30 });
     expect(pod.spec!.containers[1]!.livenessProbe).toEqual({ exec: { command: ['cat', '/tmp/healthy'] } });
-    const probes = JSON.parse(pod.spec!.initContainers![1]!.env!.find((e) => e.name === 'FLB_APP_PROBES')!.value!) as Record<string, { original: unknown }>;
+    const probes = JSON.parse(initContainer(pod, 'flb-sidecar').env!.find((e) => e.name === 'FLB_APP_PROBES')!.value!) as Record<string, { original: unknown }>;
     expect(probes['/app-health/app/liveness']!.original).toEqual({
       type: 'http',
       port: 8080,
@@ -243,7 +270,7 @@ describe('injected pods', () => {
       excludeOutboundIpRanges: ['169.254.169.254/32', '10.10.0.0/16', '192.168.1.7/32'],
       includeOutboundIpRanges: ['10.0.0.0/8'],
     });
-    expect(JSON.parse(pod.spec!.initContainers![0]!.env![0]!.value!)).toEqual(annotation);
+    expect(JSON.parse(initContainer(pod, 'flb-init').env![0]!.value!)).toEqual(annotation);
   });
 
   it('deny invalid annotations with a message naming the annotation', () => {

@@ -107,7 +107,7 @@ export function injectPod(
   const rewrites = rewriteProbes(containers, mesh.ports, warnings);
   const preStops = bgpAnnouncer ? drainHooks(containers, mesh.ports, warnings) : [];
   const sidecar = withAppPreStops(podSidecar(parts, workload ?? ownerWorkload(pod), JSON.stringify(probeMap(rewrites)), resources), preStops);
-  const initContainers = settings.nativeSidecars ? [interception.init, sidecar] : [interception.init];
+  const initContainers = !settings.nativeSidecars ? [interception.init] : parts.sidecarFirst ? [sidecar, interception.init] : [interception.init, sidecar];
 
   const existing = pod.metadata?.annotations;
   const patch: Operation[] = [];

@@ -31,12 +31,12 @@ describe('flb inject', () => {
     const docs = YAML.parseAllDocuments(stdout).map((d) => d.toJS() as Doc);
     expect(docs.map((d) => d.kind)).toEqual(['Deployment', 'StatefulSet', 'CronJob', 'List', 'Service']);
     const [deployment, statefulSet, cronJob, list, service] = docs as [Doc, Doc, Doc, Doc, Doc];
-    expect(sidecars(deployment)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(sidecars(deployment)).toEqual(['flb-sidecar', 'flb-init']);
     expect((template(deployment) as { metadata?: { namespace?: string } }).metadata?.namespace).toBeUndefined();
     expect(sidecars(statefulSet)).toEqual([]);
-    expect(sidecars(cronJob)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(sidecars(cronJob)).toEqual(['flb-sidecar', 'flb-init']);
     expect(sidecars(list.items![0]!)).toEqual([]);
-    expect(sidecars(list.items![1]!)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(sidecars(list.items![1]!)).toEqual(['flb-sidecar', 'flb-init']);
     expect(service).toEqual({
       apiVersion: 'v1',
       kind: 'Service',
@@ -126,7 +126,7 @@ describe('flb inject', () => {
     expect(recursive.code).toBe(0);
     const docs = YAML.parseAllDocuments(recursive.stdout).map((d) => d.toJS() as Doc);
     expect(docs.map((d) => `${d.kind} ${d.metadata.name}`)).toEqual(['Deployment orders', 'Pod debug', 'Job migrate']);
-    expect(sidecars(docs[2]!)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(sidecars(docs[2]!)).toEqual(['flb-sidecar', 'flb-init']);
   });
 
   it('says what to do with a folder that holds no manifests, or a path that does not exist', () => {
@@ -142,11 +142,12 @@ describe('flb inject', () => {
     const { code, stdout } = run(['-f', kinds]);
     expect(code).toBe(0);
     const docs = YAML.parseAllDocuments(stdout).map((d) => d.toJS() as Doc & { template?: { spec: { initContainers?: { name: string }[] } } });
-    expect(sidecars(docs[0]!)).toEqual(['flb-init', 'flb-sidecar']);
-    const env = (docs[0]!.spec as { template: { spec: { initContainers: { name: string; env: { name: string; value?: string }[] }[] } } }).template.spec
-      .initContainers[1]!.env;
+    expect(sidecars(docs[0]!)).toEqual(['flb-sidecar', 'flb-init']);
+    const env = (
+      docs[0]!.spec as { template: { spec: { initContainers: { name: string; env: { name: string; value?: string }[] }[] } } }
+    ).template.spec.initContainers.find((c) => c.name === 'flb-sidecar')!.env;
     expect(env.find((e) => e.name === 'FLB_WORKLOAD_KIND')?.value).toBe('Rollout');
-    expect(docs[3]!.template!.spec.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(docs[3]!.template!.spec.initContainers!.map((c) => c.name)).toEqual(['flb-sidecar', 'flb-init']);
     expect(run(['-f', kinds, '--explain']).stdout.trim().split('\n')).toEqual([
       'Rollout shop/checkout: inject (namespace label flomesh.io/inject=enabled)',
       'Rollout shop/payments: ignored (Rollout has no spec.template: it uses the pod template of "payments" (spec.workloadRef); inject that workload)',
@@ -155,12 +156,17 @@ describe('flb inject', () => {
     ]);
   });
 
-  it('passes the sidecar only flags that `flb sidecar` has', () => {
+  it('passes the sidecar and flb-init only flags that `flb sidecar` and `flb iptables apply` have', () => {
     const injected = YAML.parseAllDocuments(run(['-f', workloads]).stdout)[0]!.toJS() as Doc;
-    const args = (template(injected).spec as { initContainers: { name: string; args?: string[] }[] }).initContainers[1]!.args!;
-    const help = spawnSync(process.execPath, [flb, 'sidecar', '--help'], { encoding: 'utf8' }).stdout;
-    expect(args.length).toBe(8);
-    for (const arg of args) expect(help).toContain(`${arg.slice(0, arg.indexOf('='))} <`);
+    const initContainers = (template(injected).spec as { initContainers: { name: string; args?: string[] }[] }).initContainers;
+    const argsOf = (name: string) => initContainers.find((c) => c.name === name)!.args!;
+    const helpOf = (...command: string[]) => spawnSync(process.execPath, [flb, ...command, '--help'], { encoding: 'utf8' }).stdout;
+    const sidecarHelp = helpOf('sidecar');
+    expect(argsOf('flb-sidecar').length).toBe(8);
+    for (const arg of argsOf('flb-sidecar')) expect(sidecarHelp).toContain(`${arg.slice(0, arg.indexOf('='))} <`);
+    const initHelp = helpOf('iptables', 'apply');
+    expect(argsOf('flb-init')).toHaveLength(3);
+    for (const arg of argsOf('flb-init')) expect(initHelp).toContain(arg.includes('=') ? `${arg.slice(0, arg.indexOf('='))} <` : arg);
   });
 
   it('exits 1 with a clear message on input that is not YAML', () => {

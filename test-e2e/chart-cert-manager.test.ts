@@ -300,7 +300,7 @@ describe('the chart with cert-manager on the test control plane with pods that r
     await core.createNamespace({ body: { metadata: { name: APP_NS, labels: { 'flomesh.io/inject': 'enabled' } } } });
     await eventually('the default ServiceAccount', () => core.readNamespacedServiceAccount({ name: 'default', namespace: APP_NS }));
     const pod = await eventually('a pod created through the webhook', () => createPod('first').catch(() => undefined), 30_000);
-    expect(injected(pod)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(injected(pod)).toEqual(['flb-sidecar', 'flb-init']);
     expect(pod.metadata?.labels?.['flomesh.io/sidecar-injected']).toBe('true');
     // Nothing of the injector's own certificates: no Secret written.
     await expect(core.readNamespacedSecret({ name: 'flb-injector-tls', namespace: MESH_NS })).rejects.toMatchObject({ code: 404 });
@@ -321,7 +321,7 @@ describe('the chart with cert-manager on the test control plane with pods that r
     const after = await injectorPods();
     expect(after.map((p) => [p.metadata!.uid, p.status!.containerStatuses![0]!.restartCount])).toEqual(before.map((p) => [p.metadata!.uid, 0]));
     const pod = await createPod('second');
-    expect(injected(pod)).toEqual(['flb-init', 'flb-sidecar']);
+    expect(injected(pod)).toEqual(['flb-sidecar', 'flb-init']);
     expect(await caBundles()).toEqual(bundles);
   });
 

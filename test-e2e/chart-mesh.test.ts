@@ -163,7 +163,7 @@ describe('the chart installed on the test control plane with pods that run', () 
       150_000,
     );
     for (const pod of ready) {
-      expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
+      expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-sidecar', 'flb-init']);
       expect(pod.metadata!.labels!['flomesh.io/sidecar-injected']).toBe('true');
     }
     // The bridge put the repo's CA where the sidecars mount it.

@@ -149,12 +149,12 @@ describe('the sidecar injector against a real kube-apiserver', () => {
       return list.items.length === 2 ? list.items : undefined;
     });
     for (const pod of [...pods, await core.readNamespacedPod({ name: 'bare', namespace: 'shop' })]) {
-      expect(names(pod)).toEqual({ init: ['flb-init', 'flb-sidecar'], containers: ['app'] });
-      expect(pod.spec!.initContainers![1]!.restartPolicy).toBe('Always');
+      expect(names(pod)).toEqual({ init: ['flb-sidecar', 'flb-init'], containers: ['app'] });
+      expect(pod.spec!.initContainers![0]!.restartPolicy).toBe('Always');
       expect(pod.spec!.containers[0]!.readinessProbe!.httpGet).toEqual({ path: '/app-health/app/readiness', port: 15902, scheme: 'HTTP' });
       expect(JSON.parse(pod.metadata!.annotations!['flomesh.io/sidecar-status']!)).toMatchObject({ version: '0.1.0-e2e', native: true });
     }
-    const env = pods[0]!.spec!.initContainers![1]!.env!;
+    const env = pods[0]!.spec!.initContainers![0]!.env!;
     expect(env.find((e) => e.name === 'FLB_WORKLOAD_NAME')?.value).toBe('orders');
 
     // The apiserver's own view: an Event on the ReplicaSet that owns the pods.

@@ -97,14 +97,16 @@ describe('the mesh with pods that run', () => {
     await env?.stop();
   });
 
-  it('injects pods that really start: iptables rules from the init container, the native sidecar before the app, probes through the rewritten ports', async () => {
+  it('injects pods that really start: the native sidecar, then iptables rules from the init container while it starts, the app once it is ready, probes through the rewritten ports', async () => {
     const [pod] = await pods('echo');
     const init = pod!.status!.initContainerStatuses!;
-    expect(init.map((c) => c.name)).toEqual(['flb-init', 'flb-sidecar']);
-    expect(init[0]!.state?.terminated?.exitCode).toBe(0);
-    expect(init[1]).toMatchObject({ started: true, ready: true });
-    const sidecarStarted = new Date(init[1]!.state!.running!.startedAt!).getTime();
-    expect(new Date(pod!.status!.containerStatuses![0]!.state!.running!.startedAt!).getTime()).toBeGreaterThanOrEqual(sidecarStarted);
+    expect(init.map((c) => c.name)).toEqual(['flb-sidecar', 'flb-init']);
+    expect(init[0]).toMatchObject({ started: true, ready: true });
+    expect(init[1]!.state?.terminated?.exitCode).toBe(0);
+    const sidecarStarted = new Date(init[0]!.state!.running!.startedAt!).getTime();
+    const initFinished = new Date(init[1]!.state!.terminated!.finishedAt!).getTime();
+    expect(initFinished).toBeGreaterThanOrEqual(sidecarStarted);
+    expect(new Date(pod!.status!.containerStatuses![0]!.state!.running!.startedAt!).getTime()).toBeGreaterThanOrEqual(initFinished);
     // The app's readiness probe goes to the sidecar's probe port, which runs the app's own probe.
     expect(pod!.spec!.containers[0]!.readinessProbe?.httpGet).toMatchObject({ port: 15902, path: '/app-health/echo/readiness' });
     expect(pod!.metadata!.labels?.['flomesh.io/sidecar-injected']).toBe('true');

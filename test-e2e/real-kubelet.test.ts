@@ -98,11 +98,11 @@ describe('a real kubelet (containerd, runc) runs plain and injected pods', () =>
     await node?.stop(120_000);
   }, 150_000);
 
-  it('the injector gave the client flb-init and flb-sidecar as a native sidecar, and every container is Ready', async () => {
+  it('the injector gave the client flb-sidecar as a native sidecar, then flb-init, and every container is Ready', async () => {
     const client = await pod('client');
     expect(client.spec.initContainers?.map((c) => ({ name: c.name, restartPolicy: c.restartPolicy }))).toEqual([
-      { name: 'flb-init', restartPolicy: undefined },
       { name: 'flb-sidecar', restartPolicy: 'Always' },
+      { name: 'flb-init', restartPolicy: undefined },
     ]);
     expect(client.status.initContainerStatuses?.find((c) => c.name === 'flb-sidecar')?.ready).toBe(true);
     expect(client.status.containerStatuses?.map((c) => [c.name, c.ready])).toEqual([['client', true]]);
