@@ -759,6 +759,8 @@ export class PodWorker {
   }
 
   private async writeStatus(): Promise<void> {
+    // As a default kubelet's status update does: a started container not yet ready is probed again now.
+    for (const c of this.containers) if (c.started && !c.ready && c.process) c.readinessProbe?.trigger();
     const status = podStatus(this.pod, {
       hostIP: this.context.nodeIp,
       ...(this.pod.spec?.hostNetwork ? { podIP: this.context.nodeIp } : this.sandbox ? { podIP: this.sandbox.ip } : {}),

@@ -50,6 +50,9 @@ export class ProbeRunner {
   private stopped = false;
   private successes = 0;
   private failures = 0;
+  private startedAt = 0;
+  private inFlight = false;
+  private triggered = false;
   /** undefined until the thresholds decide. */
   healthy: boolean | undefined;
   last?: ProbeResult;
@@ -57,6 +60,7 @@ export class ProbeRunner {
   constructor(private readonly options: ProbeRunnerOptions) {}
 
   start(): void {
+    this.startedAt = Date.now();
     const delayMs = (this.options.probe.initialDelaySeconds ?? 0) * 1000;
     this.timer = setTimeout(() => void this.tick(), delayMs);
   }
@@ -66,14 +70,40 @@ export class ProbeRunner {
     clearTimeout(this.timer);
   }
 
+  /**
+   * A run now, besides the period's: a default kubelet does this for the readiness probe of every
+   * started container not yet ready each time it works out the pod's status (prober_manager.go,
+   * UpdatePodStatus: a non-blocking send on the worker's manualTriggerCh, which holds one), so a
+   * container that became ready between ticks is seen at the next status change, not a period
+   * later. Like the kubelet: not before initialDelaySeconds, and once more after a run in flight.
+   */
+  trigger(): void {
+    if (this.stopped || this.startedAt === 0) return;
+    if (Date.now() - this.startedAt < (this.options.probe.initialDelaySeconds ?? 0) * 1000) return;
+    if (this.inFlight) this.triggered = true;
+    else void this.probe();
+  }
+
   private async tick(): Promise<void> {
     if (this.stopped) return;
     const started = Date.now();
-    const result = await this.runOnce().catch((error: unknown) => ({ ok: false, status: 0, detail: String(error) }));
+    // A triggered run in flight stands for this tick's.
+    if (!this.inFlight) await this.probe();
     if (this.stopped) return;
-    this.record(result);
     const periodMs = (this.options.probe.periodSeconds ?? 10) * 1000;
     this.timer = setTimeout(() => void this.tick(), Math.max(0, periodMs - (Date.now() - started)));
+  }
+
+  private async probe(): Promise<void> {
+    this.inFlight = true;
+    const result = await this.runOnce().catch((error: unknown) => ({ ok: false, status: 0, detail: String(error) }));
+    this.inFlight = false;
+    if (this.stopped) return;
+    this.record(result);
+    if (this.triggered) {
+      this.triggered = false;
+      void this.probe();
+    }
   }
 
   private runOnce(): Promise<ProbeResult> {
