@@ -58,6 +58,10 @@ interface Seen {
   sidecarStarted?: number;
   appRunning?: number;
   ready?: number;
+  /** The sidecar started before flb-init, which applied the rules and then waited for it (the injector's order since 2026-12). */
+  sidecarFirst?: boolean;
+  /** From flb-init's own log: the rules in place, when it then waits for the sidecar. */
+  initRulesApplied?: number;
   /** From the sidecar's own log. */
   sidecarListening?: number;
   sidecarConfigured?: number;
@@ -138,18 +142,16 @@ async function containerCpu(pod: string): Promise<Pick<Seen, 'sidecarCpuMs' | 'a
   return found;
 }
 
-/** Reads the sidecar's log: when it listened and when it first had a configuration. */
-function sidecarLogTimes(env: DevEnvironment, pod: V1Pod): Pick<Seen, 'sidecarListening' | 'sidecarConfigured' | 'sidecarWaitedForPublish'> {
-  const file = env.simulator.logFile(pod, SIDECAR_CONTAINER_NAME);
-  if (!file) return {};
-  const times: Pick<Seen, 'sidecarListening' | 'sidecarConfigured' | 'sidecarWaitedForPublish'> = {};
+/** The times (epoch ms) of a container's JSON log lines, by message, the first of each. */
+function logTimes(env: DevEnvironment, pod: V1Pod, container: string): Map<string, number> {
+  const file = env.simulator.logFile(pod, container);
+  const times = new Map<string, number>();
+  if (!file) return times;
   for (const line of readFileSync(file, 'utf8').split('\n')) {
     if (!line.startsWith('{')) continue;
     try {
       const entry = JSON.parse(line) as { time?: number; msg?: string };
-      if (entry.msg === 'sidecar started') times.sidecarListening ??= entry.time;
-      if (entry.msg === 'ready') times.sidecarConfigured ??= entry.time;
-      if (entry.msg?.startsWith('codebase not published yet')) times.sidecarWaitedForPublish = true;
+      if (entry.msg !== undefined && entry.time !== undefined && !times.has(entry.msg)) times.set(entry.msg, entry.time);
     } catch {
       // a line cut by the reader: the next read has it whole
     }
@@ -157,9 +159,26 @@ function sidecarLogTimes(env: DevEnvironment, pod: V1Pod): Pick<Seen, 'sidecarLi
   return times;
 }
 
+/** From the containers' logs: when the sidecar listened and first had a configuration, when flb-init had applied the rules. */
+function containerLogTimes(
+  env: DevEnvironment,
+  pod: V1Pod,
+): Pick<Seen, 'sidecarListening' | 'sidecarConfigured' | 'sidecarWaitedForPublish' | 'initRulesApplied'> {
+  const sidecar = logTimes(env, pod, SIDECAR_CONTAINER_NAME);
+  const init = logTimes(env, pod, INIT_CONTAINER_NAME);
+  const rules = init.get('rules applied') ?? init.get('rules already in place');
+  return {
+    ...(sidecar.has('sidecar started') ? { sidecarListening: sidecar.get('sidecar started')! } : {}),
+    ...(sidecar.has('ready') ? { sidecarConfigured: sidecar.get('ready')! } : {}),
+    ...([...sidecar.keys()].some((m) => m.startsWith('codebase not published yet')) ? { sidecarWaitedForPublish: true } : {}),
+    ...(rules !== undefined ? { initRulesApplied: rules } : {}),
+  };
+}
+
 /** Records what this version of the pod shows for the first time; true once it is Ready. */
 function observe(tracked: Tracked, pod: V1Pod, at: number): boolean {
   const seen = tracked.seen;
+  seen.sidecarFirst ??= pod.spec?.initContainers?.[0]?.name === SIDECAR_CONTAINER_NAME;
   if (pod.status?.podIP) seen.sandbox ??= at;
   const init = status(pod, INIT_CONTAINER_NAME);
   if (init?.state?.running) seen.initRunning ??= at;
@@ -182,9 +201,11 @@ function observe(tracked: Tracked, pod: V1Pod, at: number): boolean {
 function filled(seen: Seen, kind: Kind): Required<Pick<Seen, 'created' | 'sandbox' | 'appRunning' | 'ready'>> & Seen {
   type Step = 'sandbox' | 'initRunning' | 'initDone' | 'sidecarRunning' | 'sidecarStarted' | 'appRunning' | 'ready';
   const order: Step[] =
-    kind === 'injected'
-      ? ['sandbox', 'initRunning', 'initDone', 'sidecarRunning', 'sidecarStarted', 'appRunning', 'ready']
-      : ['sandbox', 'appRunning', 'ready'];
+    kind === 'plain'
+      ? ['sandbox', 'appRunning', 'ready']
+      : seen.sidecarFirst
+        ? ['sandbox', 'sidecarRunning', 'sidecarStarted', 'initRunning', 'initDone', 'appRunning', 'ready']
+        : ['sandbox', 'initRunning', 'initDone', 'sidecarRunning', 'sidecarStarted', 'appRunning', 'ready'];
   const out: Seen = { ...seen };
   for (let i = order.length - 2; i >= 0; i--) out[order[i]!] ??= out[order[i + 1]!];
   return out as ReturnType<typeof filled>;
@@ -197,15 +218,34 @@ function steps(t: Tracked): Record<string, number> {
   if (t.kind === 'plain') {
     return { ...common, 'volumes, app start': s.appRunning - s.sandbox, 'app readiness': s.ready - s.appRunning, total: s.ready - s.created };
   }
+  const listening = s.sidecarListening ?? s.sidecarRunning!;
+  const configured = s.sidecarConfigured ?? listening;
+  if (s.sidecarFirst) {
+    // The critical path: the sidecar, flb-init (the rules, then waiting for the sidecar), the app.
+    // The sidecar's own steps run beside flb-init: they add only where flb-init waits for them.
+    const rulesApplied = Math.min(Math.max(s.initRulesApplied ?? s.initDone!, s.initRunning!), s.initDone!);
+    return {
+      ...common,
+      'volumes (to sidecar running)': s.sidecarRunning! - s.sandbox,
+      'sidecar started -> init running': s.initRunning! - s.sidecarRunning!,
+      'init: rules applied': rulesApplied - s.initRunning!,
+      'init: waits for the sidecar': s.initDone! - rulesApplied,
+      'app start (after init)': s.appRunning - s.initDone!,
+      'app readiness': s.ready - s.appRunning,
+      total: s.ready - s.created,
+      '(beside init) sidecar: to listening': listening - s.sidecarRunning!,
+      '(beside init) sidecar: to configured': configured - listening,
+    };
+  }
   return {
     ...common,
     'volumes (to init container running)': s.initRunning! - s.sandbox,
     'init container (flb-init)': s.initDone! - s.initRunning!,
     'init done -> sidecar running': s.sidecarRunning! - s.initDone!,
-    'sidecar: to listening': (s.sidecarListening ?? s.sidecarRunning!) - s.sidecarRunning!,
-    'sidecar: to configured': (s.sidecarConfigured ?? s.sidecarListening ?? s.sidecarRunning!) - (s.sidecarListening ?? s.sidecarRunning!),
+    'sidecar: to listening': listening - s.sidecarRunning!,
+    'sidecar: to configured': configured - listening,
     // The postStart hook (wait-ready) returning, the startup probe's first run, the status write.
-    'sidecar: to started (hook, startup probe)': s.sidecarStarted! - (s.sidecarConfigured ?? s.sidecarListening ?? s.sidecarRunning!),
+    'sidecar: to started (hook, startup probe)': s.sidecarStarted! - configured,
     'app start (after the sidecar)': s.appRunning - s.sidecarStarted!,
     'app readiness': s.ready - s.appRunning,
     total: s.ready - s.created,
@@ -245,7 +285,7 @@ try {
     if (!t || type === 'DELETED' || t.finished) return;
     if (!observe(t, pod, at)) return;
     t.finished = true;
-    if (t.kind === 'injected') Object.assign(t.seen, sidecarLogTimes(env!, pod));
+    if (t.kind === 'injected') Object.assign(t.seen, containerLogTimes(env!, pod));
     void containerCpu(t.name)
       .then((cpu) => Object.assign(t.seen, cpu))
       .catch(() => undefined)
