@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type ServerProcess } from '../devenv/processes.js';
+import { Bird, requireRouters, type BirdNeighbor } from './harness/bird.js';
 import { defaultMesh, INJECT_LABEL } from '../common/contract/index.js';
 import { injectPod } from '../injector/inject.js';
 import { BGP_ANNOUNCER_ANNOTATION } from '../common/contract/index.js';
@@ -41,65 +42,46 @@ const VIP6 = '2001:db8:100::10/128';
 const HOLD_SECONDS = 9;
 /** The host's second address, the sidecar's BGP source. */
 const SIDECAR_HOST = '10.219.0.3';
+/** Its third, the source of the sidecar's session to a second router (BIRD's `sidecar2`). */
+const SIDECAR_HOST2 = '10.219.0.4';
 const GOBGP_PORT = 1790;
 const GOBGP_API = 50061;
 
-async function requireRouters(): Promise<void> {
-  const missing: string[] = [];
-  for (const tool of ['bird', 'birdc', 'gobgpd', 'gobgp'])
-    if ((await execa('sh', ['-c', `command -v ${tool}`], { reject: false })).exitCode !== 0) missing.push(tool);
-  if (missing.length) throw new Error(`missing ${missing.join(', ')}: run 'npm run setup' (apt-get install bird2 gobgpd)`);
-}
-
-const birdConf = (socketDir: string) => `
-router id ${ROUTER.v4};
-log "${socketDir}/bird.log" all;
-protocol device { scan time 1; }
-# the learned VIPs go into the router's kernel table, so connections to them are forwarded
-protocol kernel { ipv4 { export all; }; merge paths on; }
-protocol kernel { ipv6 { export all; }; }
-protocol bgp host {
-  local ${ROUTER.v4} as 65000;
-  neighbor ${HOST.v4} as 65001;
-  passive on;
-  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
-  ipv4 { import all; export none; };
-  ipv6 { import all; export none; };
-}
-# a second host, for ECMP
-protocol bgp host2 {
-  local ${ROUTER2.v4} as 65000;
-  neighbor ${HOST2.v4} as 65001;
-  passive on;
-  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
-  ipv4 { import all; export none; };
-}
-# the announcer is passive toward this one: BIRD connects
-protocol bgp hostp {
-  local ${ROUTER2.v4} as 65000;
-  neighbor ${HOST2.passive} as 65001;
-  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
-  ipv4 { import all; export none; };
-}
-# flb sidecar's announcer, from a second address of the host: a 3 s hold time (keepalives every
-# second) for the test under proxy load
-protocol bgp sidecar {
-  local ${ROUTER.v4} as 65000;
-  neighbor ${SIDECAR_HOST} as 65001;
-  passive on;
-  hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2;
-  ipv4 { import all; export none; };
-}
-# the same host over an IPv6 session: IPv4 routes then carry the configured IPv4 next hop
-protocol bgp host6 {
-  local ${ROUTER.v6} as 65000;
-  neighbor ${HOST.v6} as 65001;
-  passive on;
-  hold time ${HOLD_SECONDS}; keepalive time 3; connect retry time 1; error wait time 1, 2;
-  ipv4 { import all; export none; };
-  ipv6 { import all; export none; };
-}
-`;
+/** BIRD's sessions: one per announcer the tests run, with the test timers (hold 9 s unless said). */
+const birdNeighbors = (): BirdNeighbor[] => {
+  const ebgp = { localAs: 65000, remoteAs: 65001, holdSeconds: HOLD_SECONDS };
+  return [
+    { name: 'host', local: ROUTER.v4, neighbor: HOST.v4, ...ebgp, families: ['ipv4', 'ipv6'] },
+    { name: 'host2', local: ROUTER2.v4, neighbor: HOST2.v4, ...ebgp, families: ['ipv4'], comment: 'a second host, for ECMP' },
+    {
+      name: 'hostp',
+      local: ROUTER2.v4,
+      neighbor: HOST2.passive,
+      ...ebgp,
+      passive: false,
+      families: ['ipv4'],
+      comment: 'the announcer is passive toward this one: BIRD connects',
+    },
+    {
+      name: 'sidecar',
+      local: ROUTER.v4,
+      neighbor: SIDECAR_HOST,
+      ...ebgp,
+      holdSeconds: 3,
+      families: ['ipv4'],
+      comment: "flb sidecar's announcer, from a second address of the host: a 3 s hold time (keepalives every second) for the test under proxy load",
+    },
+    { name: 'sidecar2', local: ROUTER.v4, neighbor: SIDECAR_HOST2, ...ebgp, families: ['ipv4'], comment: "a second router for flb sidecar's announcer" },
+    {
+      name: 'host6',
+      local: ROUTER.v6,
+      neighbor: HOST.v6,
+      ...ebgp,
+      families: ['ipv4', 'ipv6'],
+      comment: 'the same host over an IPv6 session: IPv4 routes then carry the configured IPv4 next hop',
+    },
+  ];
+};
 
 const gobgpConf = `
 [global.config]
@@ -139,7 +121,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   let host2: Netns;
   const ecmp: ResultPromise[] = [];
   let work: string;
-  let bird: ServerProcess | undefined;
+  let bird: Bird | undefined;
   let gobgpd: ServerProcess | undefined;
   let speaker: ResultPromise | undefined;
   let speakerBundle: string;
@@ -149,11 +131,9 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   let sidecar: ResultPromise | undefined;
   let sink: ResultPromise | undefined;
 
-  const birdc = async (...args: string[]) => (await router.exec('birdc', ['-s', join(work, 'bird.ctl'), ...args])).stdout;
   const gobgp = async (...args: string[]) => (await router.exec('gobgp', ['-p', String(GOBGP_API), ...args])).stdout;
   /** The prefixes BIRD learned from the speaker (over its IPv4 session, or `host6`). */
-  const birdRoutes = async (protocol = 'host') =>
-    [...(await birdc('show', 'route', 'protocol', protocol)).matchAll(/^([0-9a-f.:]+\/\d+)/gm)].map((m) => m[1]!).sort();
+  const birdRoutes = (protocol = 'host') => bird!.routes(protocol);
   const gobgpRoutes = async () => {
     const prefixes: string[] = [];
     for (const family of ['ipv4', 'ipv6']) {
@@ -163,20 +143,13 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     return prefixes.sort();
   };
   /** "Established" with its since-time (BIRD prints the time the state began). */
-  const birdSession = async () => /^host\s+BGP\s+\S+\s+up\s+(\S+)\s+Established/m.exec(await birdc('show', 'protocols', 'host'))?.[1];
+  const birdSession = () => bird!.establishedSince('host');
   const gobgpSession = async () => {
     const [neighbor] = JSON.parse(await gobgp('neighbor', '-j')) as { state: { session_state: number }; timers: { state: { uptime: { seconds: number } } } }[];
     // session_state 6: ESTABLISHED in GoBGP's API
     return neighbor?.state.session_state === 6 ? neighbor.timers.state.uptime.seconds : undefined;
   };
   const command = (line: string) => speaker!.stdin!.write(`${line}\n`);
-  const startBird = () =>
-    startServer(
-      'bird',
-      'ip',
-      ['netns', 'exec', router.name, 'bird', '-f', '-c', join(work, 'bird.conf'), '-s', join(work, 'bird.ctl'), '-P', join(work, 'bird.pid')],
-      join(work, 'bird.out'),
-    );
 
   function startSpeaker(): ResultPromise {
     const options = {
@@ -201,7 +174,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   beforeAll(async () => {
     requireRoot('the BGP end-to-end test');
-    await requireRouters();
+    await requireRouters(['bird', 'birdc', 'gobgpd', 'gobgp']);
     await removeStaleNamespaces();
     work = mkdtempSync(join(tmpdir(), 'flb-bgp-e2e-'));
     const { build } = await import('esbuild');
@@ -229,16 +202,15 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     await link(router, [`${ROUTER2.v4}/24`], host2, [`${HOST2.v4}/24`, `${HOST2.passive}/24`]);
     // Spread connections over equal-cost paths by ports too, not by addresses alone (one client address here).
     await router.exec('sysctl', ['-qw', 'net.ipv4.fib_multipath_hash_policy=1']);
-    writeFileSync(join(work, 'bird.conf'), birdConf(work));
     writeFileSync(join(work, 'gobgpd.toml'), gobgpConf);
-    bird = startBird();
+    bird = await Bird.start(work, { routerId: ROUTER.v4, kernel: true, neighbors: birdNeighbors() }, router);
     gobgpd = startServer(
       'gobgpd',
       'ip',
       ['netns', 'exec', router.name, 'gobgpd', '-f', join(work, 'gobgpd.toml'), '--api-hosts', `127.0.0.1:${GOBGP_API}`, '-l', 'info'],
       join(work, 'gobgpd.log'),
     );
-    await eventually('BIRD and GoBGP to answer', async () => ((await birdc('show', 'status')) && (await gobgp('global')) ? true : undefined), 20_000);
+    await eventually('GoBGP to answer', async () => ((await gobgp('global')) ? true : undefined), 20_000);
   });
 
   afterAll(async () => {
@@ -268,14 +240,14 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       30_000,
     );
     // eBGP to BIRD: our AS in the path, the connection's address as next hop, the community.
-    const detail = await birdc('show', 'route', VIP4, 'all');
+    const detail = await bird!.show('route', VIP4, 'all');
     expect(detail).toContain(`via ${HOST.v4}`);
     expect(detail).toMatch(/BGP\.as_path: 65001\s*$/m);
     expect(detail).toMatch(/BGP\.community: \(65001,100\)/);
-    expect(await birdc('show', 'route', VIP6, 'all')).toContain(`via ${HOST.v6}`);
+    expect(await bird!.show('route', VIP6, 'all')).toContain(`via ${HOST.v6}`);
     // over the IPv6 session, the IPv4 VIP carries the configured IPv4 next hop
-    expect(await birdc('show', 'route', 'protocol', 'host6', VIP4, 'all')).toContain(`via ${HOST.v4}`);
-    expect(await birdc('show', 'protocols', 'all', 'host6')).toMatch(new RegExp(`Neighbor address:\\s+${HOST.v6}`));
+    expect(await bird!.show('route', 'protocol', 'host6', VIP4, 'all')).toContain(`via ${HOST.v4}`);
+    expect(await bird!.show('protocols', 'all', 'host6')).toMatch(new RegExp(`Neighbor address:\\s+${HOST.v6}`));
     // iBGP to GoBGP: LOCAL_PREF 100, an empty AS path.
     const [path] = (
       JSON.parse(await gobgp('global', 'rib', '-a', 'ipv4', '-j')) as Record<string, { attrs: { type: number; value?: unknown; as_paths?: unknown[] }[] }[]>
@@ -411,7 +383,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       async () => (/^10\.219\.0\.1:179\s+65000\s+(Active|Connect)/m.test(await flbStatus()) ? true : undefined),
       15_000,
     );
-    bird = startBird();
+    await bird!.startAgain();
     await eventually('BIRD to hold the app VIP again', async () => ((await birdRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 20_000);
     expect(await flbStatus()).toMatch(/^10\.219\.0\.1:179\s+65000\s+Established/m);
   });
@@ -421,7 +393,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const stopped = Date.now();
     await eventually(
       'BIRD to see GRACEFUL_SHUTDOWN',
-      async () => ((await birdc('show', 'route', `${APP_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
+      async () => ((await bird!.show('route', `${APP_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
       5_000,
       50,
     );
@@ -431,7 +403,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     expect(drainedMs).toBeLessThan(4000);
     await eventually(
       'BIRD to see the session closed',
-      async () => (/Received: Administrative shutdown/.test(await birdc('show', 'protocols', 'all', 'host')) ? true : undefined),
+      async () => (/Received: Administrative shutdown/.test(await bird!.show('protocols', 'all', 'host')) ? true : undefined),
       5_000,
     );
     expect((await flbBgp!).exitCode).toBe(0);
@@ -493,7 +465,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   };
   /** The protocols BIRD has a path to the ECMP VIP from, and the next hops in the router's kernel route. */
   const ecmpPaths = async () => ({
-    bird: [...(await birdc('show', 'route', `${ECMP_VIP}/32`)).matchAll(/unicast \[(host2?) /g)].map((m) => m[1]!).sort(),
+    bird: [...(await bird!.show('route', `${ECMP_VIP}/32`)).matchAll(/unicast \[(host2?) /g)].map((m) => m[1]!).sort(),
     kernel: [...(await router.exec('ip', ['route', 'show', ECMP_VIP])).stdout.matchAll(/via (\S+)/g)].map((m) => m[1]!).sort(),
   });
   /** Which app answers each of `n` connections from the router. */
@@ -519,7 +491,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   });
 
   it("one host's app dies: its path leaves the router, every connection goes to the other, the sessions stay; it comes back with the app", async () => {
-    const since = await birdc('show', 'protocols', 'host2');
+    const since = await bird!.show('protocols', 'host2');
     ecmp[1]!.kill('SIGKILL'); // host2's app
     await eventually('the path through host2 to leave', async () => ((await ecmpPaths()).kernel.join() === HOST.v4 ? true : undefined), 10_000, 50);
     expect((await ecmpPaths()).bird).toEqual(['host']);
@@ -527,7 +499,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     ecmpApp(host2, 'host2');
     await eventually('the path through host2 to return', async () => ((await ecmpPaths()).kernel.length === 2 ? true : undefined), 10_000);
     expect(Object.keys(await answers(40)).sort()).toEqual(['host1', 'host2']);
-    expect(await birdc('show', 'protocols', 'host2')).toBe(since);
+    expect(await bird!.show('protocols', 'host2')).toBe(since);
   });
 
   it('flb bgp stopped on one host: its path leaves and the VIP it put on lo is gone', async () => {
@@ -615,21 +587,21 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         'pod.shop.w',
         '--config-dir',
         configDir,
+        '--watch',
       ],
       { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
     );
-  const sidecarSince = async () => /^sidecar\s+BGP\s+\S+\s+up\s+(\S+)\s+Established/m.exec(await birdc('show', 'protocols', 'sidecar'))?.[1];
+  const sidecarSince = () => bird!.establishedSince('sidecar');
   const sidecarStatus = async () => {
     const result = await host.exec(process.execPath, [flbBundle, 'bgp', 'status', '--admin', 'http://127.0.0.1:15000'], { reject: false });
     return result.stdout || result.stderr;
   };
 
-  it('flb sidecar with a bgp section announces the VIP while the app passes, withdraws it when the app fails (session kept), and again on recovery', async () => {
-    const device = /^\d+:\s+(\S+)\s+inet /m.exec((await host.exec('ip', ['-o', 'addr', 'show', 'to', `${HOST.v4}/32`])).stdout)?.[1];
-    await host.exec('ip', ['addr', 'add', `${SIDECAR_HOST}/24`, 'dev', device!]);
-    const dir = join(work, 'sidecar-config');
-    mkdirSync(join(dir, 'services'), { recursive: true });
-    writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
+  type SidecarPeer = Record<string, unknown>;
+  const sidecarPeer: SidecarPeer = { address: ROUTER.v4, remoteAs: 65000, localAddress: SIDECAR_HOST, addressFamilies: ['ipv4-unicast'] };
+  const sidecarPeer2: SidecarPeer = { address: ROUTER.v4, remoteAs: 65000, localAddress: SIDECAR_HOST2, addressFamilies: ['ipv4-unicast'] };
+  /** sidecar.json with a bgp section toward `peers`, gating the VIP on the app's port (the sidecar watches the file). */
+  const writeSidecarBgp = (dir: string, peers: SidecarPeer[]) =>
     writeFileSync(
       join(dir, 'sidecar.json'),
       JSON.stringify(
@@ -640,7 +612,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
             holdTimeSeconds: 3,
             connectRetrySeconds: 1,
             drainSeconds: 2,
-            peers: [{ address: ROUTER.v4, remoteAs: 65000, localAddress: SIDECAR_HOST, addressFamilies: ['ipv4-unicast'] }],
+            peers,
             vips: [
               {
                 prefix: `${SIDECAR_VIP}/32`,
@@ -651,6 +623,17 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         }),
       ),
     );
+  /** BIRD's route to the VIP over the first session, with the time it was learned (its age). */
+  const sidecarRoute = async () => /^198\.51\.100\.50\/32\s+unicast \[sidecar [^\]]+\].*$/m.exec(await bird!.show('route', 'protocol', 'sidecar', 'all'))?.[0];
+
+  it('flb sidecar with a bgp section announces the VIP while the app passes, withdraws it when the app fails (session kept), and again on recovery', async () => {
+    const device = /^\d+:\s+(\S+)\s+inet /m.exec((await host.exec('ip', ['-o', 'addr', 'show', 'to', `${HOST.v4}/32`])).stdout)?.[1];
+    await host.exec('ip', ['addr', 'add', `${SIDECAR_HOST}/24`, 'dev', device!]);
+    await host.exec('ip', ['addr', 'add', `${SIDECAR_HOST2}/24`, 'dev', device!]);
+    const dir = join(work, 'sidecar-config');
+    mkdirSync(join(dir, 'services'), { recursive: true });
+    writeFileSync(join(dir, 'mesh.json'), JSON.stringify(meshDoc()));
+    writeSidecarBgp(dir, [sidecarPeer]);
     sidecarAppProcess = sidecarApp();
     sidecar = startSidecar(dir);
     await eventually(
@@ -668,6 +651,43 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     sidecarAppProcess = sidecarApp();
     await eventually('BIRD to hold the VIP again', async () => ((await birdRoutes('sidecar')).length === 1 ? true : undefined), 10_000);
     expect(await sidecarSince()).toBe(since);
+  });
+
+  it("flb sidecar follows its bgp section peer by peer: a second router added, edited and removed while the first router's session and route keep their age", async () => {
+    const dir = join(work, 'sidecar-config');
+    const since = await sidecarSince();
+    const route = await sidecarRoute();
+    expect(since).toBeDefined();
+    expect(route).toBeDefined();
+    writeSidecarBgp(dir, [sidecarPeer, sidecarPeer2]);
+    await eventually(
+      'the second router to hold the VIP',
+      async () => ((await birdRoutes('sidecar2')).join() === `${SIDECAR_VIP}/32` ? true : undefined),
+      20_000,
+    );
+    const since2 = await bird!.establishedSince('sidecar2');
+    // BIRD's since-times are in seconds: a restart of the second session must show in it.
+    await new Promise((r) => setTimeout(r, 1100));
+    writeSidecarBgp(dir, [sidecarPeer, { ...sidecarPeer2, addressFamilies: ['ipv4-unicast', 'ipv6-unicast'] }]);
+    await eventually(
+      "the second router's session restarted with the edit",
+      async () => {
+        const now = await bird!.establishedSince('sidecar2');
+        return now && now !== since2 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
+      },
+      20_000,
+    );
+    writeSidecarBgp(dir, [sidecarPeer]);
+    await eventually(
+      'the second router to see its session closed',
+      async () => (/Received: Administrative shutdown/.test(await bird!.show('protocols', 'all', 'sidecar2')) ? true : undefined),
+      10_000,
+    );
+    expect(await birdRoutes('sidecar2')).toEqual([]);
+    // The first router saw none of it.
+    expect(await sidecarSince()).toBe(since);
+    expect(await sidecarRoute()).toBe(route);
+    expect(await sidecarStatus()).toMatch(new RegExp(`^${ROUTER.v4}:179\\s+65000\\s+Established`, 'm'));
   });
 
   it("flb sidecar keeps its 3 s BGP session Established while a saturating load goes through the sidecar's outbound port for 12 s", async () => {
@@ -743,7 +763,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const stopped = Date.now();
     await eventually(
       'BIRD to see GRACEFUL_SHUTDOWN',
-      async () => ((await birdc('show', 'route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
+      async () => ((await bird!.show('route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all')).includes('(65535,0)') ? true : undefined),
       5_000,
       50,
     );
@@ -753,7 +773,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     expect(drainedMs).toBeLessThan(4000);
     await eventually(
       'BIRD to see the session closed',
-      async () => (/Received: Administrative shutdown/.test(await birdc('show', 'protocols', 'all', 'sidecar')) ? true : undefined),
+      async () => (/Received: Administrative shutdown/.test(await bird!.show('protocols', 'all', 'sidecar')) ? true : undefined),
       5_000,
     );
     expect((await sidecar!).exitCode).toBe(0);
@@ -798,11 +818,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     let hookDone = false;
     void kubelet.then(() => (hookDone = true));
     while (!hookDone) {
-      // reject: false: BIRD exits 1 ("Network not found") once the route is gone
-      const route = await router.exec('birdc', ['-s', join(work, 'bird.ctl'), 'show', 'route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all'], {
-        reject: false,
-      });
-      if (route.stdout.includes('(65535,0)')) gracefulSeen = true;
+      if ((await bird!.show('route', 'protocol', 'sidecar', `${SIDECAR_VIP}/32`, 'all')).includes('(65535,0)')) gracefulSeen = true;
       await new Promise((r) => setTimeout(r, 50));
     }
     const hookResult = await kubelet;
