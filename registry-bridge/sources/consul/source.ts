@@ -107,6 +107,7 @@ export class ConsulSource implements Source {
   private endpointCount = 0;
   private sweepTimer?: NodeJS.Timeout;
   private lastSweepAt = 0;
+  private sweepWhy = '';
   private readonly loops: Promise<void>[] = [];
 
   constructor(options: ConsulSourceOptions) {
@@ -353,7 +354,9 @@ export class ConsulSource implements Source {
         const changed = changedChecks(this.allChecks, next);
         this.allChecks = next;
         // Checks of services this source leaves out (Consul's own) count as changed the first time: touch() fetches none of them.
-        if ((this.touch(changed) === 0 && unexplained) || afterOutage) this.maybeSweep();
+        const fetched = this.touch(changed);
+        if (afterOutage) this.maybeSweep('Consul answers again after it was away: what it held before says nothing now');
+        else if (fetched === 0 && unexplained) this.maybeSweep('a catalog change no check explains');
       })
       .catch((error: unknown) => {
         if (this.abort.signal.aborted) return;
@@ -395,7 +398,8 @@ export class ConsulSource implements Source {
   }
 
   /** The catalog moved and no check says where: fetch every service, at most every sweepIntervalSeconds. */
-  private maybeSweep(): void {
+  private maybeSweep(why: string): void {
+    this.sweepWhy = why;
     if (this.sweepTimer) return;
     const wait = this.lastSweepAt + this.config.sweepIntervalSeconds * 1000 - Date.now();
     if (wait <= 0) {
@@ -410,7 +414,7 @@ export class ConsulSource implements Source {
 
   private sweep(): void {
     this.lastSweepAt = Date.now();
-    this.log.debug({ services: this.known.size }, 'a catalog change no check explains: fetching every service');
+    this.log.debug({ services: this.known.size, why: this.sweepWhy }, 'fetching every service');
     for (const [name, known] of this.known) {
       if (known.removeAt !== undefined || this.queue.has(name)) continue;
       this.queue.add(name);
