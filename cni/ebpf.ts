@@ -102,15 +102,17 @@ export class EbpfNode {
 
   /** Leaves the reason on the pod's lo for `flb cni validate` (see EBPF_UNAVAILABLE_MARK). */
   async markUnavailable(netns: string, reason: string): Promise<void> {
-    await run('ip', ['link', 'set', 'dev', 'lo', 'alias', truncateUtf8(`${EBPF_UNAVAILABLE_MARK}${hostname()}: ${reason}`, ALIAS_BYTES)], { netns });
+    await run('ip', ['link', 'set', 'dev', 'lo', 'alias', unavailableAlias(hostname(), reason)], { netns });
   }
 }
 
-function truncateUtf8(text: string, bytes: number): string {
+/** The alias that marks a pod on a node that cannot run eBPF: the mark, the node and why, cut to what the kernel keeps. */
+export function unavailableAlias(node: string, reason: string): string {
+  const text = `${EBPF_UNAVAILABLE_MARK}${node}: ${reason}`;
   const buffer = Buffer.from(text);
-  if (buffer.length <= bytes) return text;
+  if (buffer.length <= ALIAS_BYTES) return text;
   // Cut at a character boundary: drop continuation bytes (10xxxxxx) at the cut.
-  let end = bytes - 3;
+  let end = ALIAS_BYTES - 3;
   while (end > 0 && (buffer[end]! & 0xc0) === 0x80) end--;
   return `${buffer.subarray(0, end).toString()}...`;
 }

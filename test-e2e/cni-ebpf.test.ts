@@ -8,7 +8,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import { API_VERSION, INTERCEPTION_ANNOTATION, InterceptionSchema, MeshSchema, parseDocument, type Interception } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
-import { checkFeatures, defaultCgroup, isRegistered, status, unload } from '../bpf/loader.js';
+import { checkFeatures, defaultCgroup, isRegistered, status, unload, unregister } from '../bpf/loader.js';
 import { CniAgent } from '../cni/agent.js';
 import { EbpfNode } from '../cni/ebpf.js';
 import { verifyRules } from '../cni/iptables.js';
@@ -215,6 +215,13 @@ describe('eBPF mode through the CNI plugin and node agent', () => {
     // The sidecar's own ports are never redirected inbound.
     const own = await dial('node', address, 15001);
     expect(own.reply).toMatchObject({ via: 'sidecar', local: `::ffff:${address}:15001` });
+  });
+
+  it('CHECK fails, naming it, when the pod is no longer registered', async () => {
+    unregister({ mesh: MESH, netns: pod.ns.path });
+    await expect(runtime.check(conflist(join(work, 'ipam')), pod.sandbox)).rejects.toThrow(
+      "flb-cni: CNI error 100: the pod's interception rules are not in place: the namespace is not registered with the eBPF programs",
+    );
   });
 
   it('DEL unregisters the pod and removes its inbound rule', async () => {
