@@ -5,8 +5,7 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { createMetricsRegistry } from '../common/metrics.js';
 import type { BridgeStatus } from './bridge.js';
-import type { RenewalCounts } from './sinks/eureka/sink.js';
-import { renewalsOf } from './status.js';
+import type { RenewalCounts } from './core/types.js';
 
 export interface BridgeMetrics {
   readonly registry: Registry;
@@ -147,7 +146,7 @@ export function createBridgeMetrics(status: () => BridgeStatus, options: { proce
   const perRenewingSink = (read: (x: RenewalCounts) => number): Read => {
     return (s, set) => {
       for (const x of s.sinks) {
-        const renewals = renewalsOf(x);
+        const renewals = x.renewals;
         if (renewals) set({ sink: x.name, kind: x.kind }, read(renewals));
       }
     };

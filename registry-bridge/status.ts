@@ -2,13 +2,6 @@
 import { request } from 'node:http';
 import { ActionableError } from '../common/errors.js';
 import type { BridgeStatus } from './bridge.js';
-import type { SinkStatus } from './core/types.js';
-import type { RenewalCounts } from './sinks/eureka/sink.js';
-
-/** The renewals of a sink that keeps its registrations alive by renewing them (Eureka); undefined for the others. */
-export function renewalsOf(sink: SinkStatus): RenewalCounts | undefined {
-  return (sink as SinkStatus & { renewals?: RenewalCounts }).renewals;
-}
 
 function age(at: number, now: number): string {
   if (!at) return 'never';
@@ -74,7 +67,7 @@ export function renderBridgeStatus(status: BridgeStatus, now = Date.now()): stri
           ]),
         ]),
     ...status.sinks.flatMap((s) => {
-      const renewals = renewalsOf(s);
+      const renewals = s.renewals;
       return renewals
         ? [`${s.name} renewals: ${renewals.sent} sent, ${renewals.failed} failed, ${renewals.reregistered} registered again after a 404, ${renewals.late} late`]
         : [];

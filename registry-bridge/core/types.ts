@@ -41,6 +41,18 @@ export interface Source {
   status(): SourceStatus;
 }
 
+/** What `/status` and the metrics show of a sink's renewals, counted since it started. */
+export interface RenewalCounts {
+  /** Renewals sent, whatever the answer. */
+  sent: number;
+  /** Renewals the server did not answer, or answered with neither 200 nor 404. */
+  failed: number;
+  /** Instances registered again after a renewal was answered 404 (the server had lost them). */
+  reregistered: number;
+  /** Renewals sent more than renewalIntervalSeconds after the one before for that instance (or its registration). */
+  late: number;
+}
+
 export interface SinkStatus {
   name: string;
   kind: string;
@@ -51,6 +63,8 @@ export interface SinkStatus {
   failures: number;
   lastWriteAt: number;
   lastError?: string;
+  /** Only a sink that keeps its registrations alive by renewing them (Eureka). */
+  renewals?: RenewalCounts;
 }
 
 export interface Sink {

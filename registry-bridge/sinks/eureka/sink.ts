@@ -11,7 +11,7 @@
 // so a restart cannot let them expire either.
 import type { EurekaSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
-import type { Sink, SinkStatus } from '../../core/types.js';
+import type { RenewalCounts, Sink, SinkStatus } from '../../core/types.js';
 import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
 import { EurekaApi, EurekaWriteError, type EurekaCall } from './api.js';
@@ -57,17 +57,7 @@ export interface EurekaSinkCounters {
   maxRenewalDelayMs: number;
 }
 
-/** What `/status` and the metrics show of a sink's renewals, counted since it started. */
-export interface RenewalCounts {
-  /** Renewals sent, whatever the answer. */
-  sent: number;
-  /** Renewals the server did not answer, or answered with neither 200 nor 404. */
-  failed: number;
-  /** Instances registered again after a renewal was answered 404 (the server had lost them). */
-  reregistered: number;
-  /** Renewals sent more than renewalIntervalSeconds after the one before for that instance (or its registration). */
-  late: number;
-}
+export type { RenewalCounts };
 
 export interface EurekaSinkStatus extends SinkStatus {
   renewals: RenewalCounts;
