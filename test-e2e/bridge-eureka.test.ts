@@ -1,15 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
 import eurekaModule from 'eureka-js-client';
 import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
-import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
-import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
+import { freePorts, startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
+import { startServer } from '../devenv/processes.js';
+import { startBridge, type Bridge, type BridgeStatus } from '../registry-bridge/bridge.js';
 import type { RenewalCounts } from '../registry-bridge/sinks/eureka/sink.js';
 import { renderBridgeStatus } from '../registry-bridge/status.js';
 import { Repo } from '../repo/repo.js';
@@ -21,6 +23,7 @@ import { eventually } from './harness/eventually.js';
 const log = createLogger('bridge-eureka-test', 'silent');
 const CONTROL = 'flomesh';
 const ORDERS = 'orders.eureka.eureka';
+const FLB = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
 
 interface EurekaJsonInstance {
   instanceId: string;
@@ -39,12 +42,16 @@ type Published = {
 
 /**
  * In front of the Eureka server, so the test sees which requests the bridge makes (a full /apps or
- * a delta). It forwards every request as it came.
+ * a delta, a registration, a renewal) and when. It forwards every request as it came.
  */
-async function recordingProxy(target: number): Promise<{ server: Server; port: number; paths: string[] }> {
+async function recordingProxy(
+  target: number,
+): Promise<{ server: Server; port: number; paths: string[]; requests: { method: string; path: string; at: number }[] }> {
   const paths: string[] = [];
+  const requests: { method: string; path: string; at: number }[] = [];
   const server = createServer((req, res) => {
     paths.push(req.url ?? '');
+    requests.push({ method: req.method ?? '', path: req.url ?? '', at: Date.now() });
     const upstream = request({ host: '127.0.0.1', port: target, path: req.url, method: req.method, headers: req.headers }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.headers);
       answer.pipe(res);
@@ -53,7 +60,7 @@ async function recordingProxy(target: number): Promise<{ server: Server; port: n
     req.pipe(upstream);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, port: (server.address() as AddressInfo).port, paths };
+  return { server, port: (server.address() as AddressInfo).port, paths, requests };
 }
 
 // One control plane and one Eureka server for both parts of the file (a JVM takes 10-40 s to start
@@ -303,6 +310,151 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
     await eventually('and gone from the client', async () => (discovered('WEB').length === 0 ? true : undefined));
     expect(last.status().sinks[0]).toMatchObject({ writes: 3, failures: 0 });
     await stopAll();
+  });
+
+  it('with two bridges on a Lease and the leader killed (SIGKILL), the standby renews the same instances within their lease: none cancelled, evicted or registered twice', async () => {
+    const KILL_NS = 'leader-kill';
+    const LEASE = { leaseDurationSeconds: 3, renewDeadlineSeconds: 2, retryPeriodSeconds: 1 };
+    // Renewed every second, evicted 10 s after the last renewal: the standby must take over well within that.
+    const EUREKA_LEASE_SECONDS = 10;
+    await core.createNamespace({ body: { metadata: { name: KILL_NS } } });
+    await core.createNamespacedService({
+      namespace: KILL_NS,
+      body: { metadata: { name: 'pay' }, spec: { ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    });
+    await discovery.createNamespacedEndpointSlice({
+      namespace: KILL_NS,
+      body: slice('pay', [
+        ['10.244.2.1', true],
+        ['10.244.2.2', true],
+        ['10.244.2.3', false],
+      ]),
+    });
+    const ids = ['10.244.2.1', '10.244.2.2', '10.244.2.3'].map((ip) => `${ip}:pay.${KILL_NS}:8080`);
+    type Lease = { registered: number; renewed: number; updated: number };
+    /**
+     * What the server holds of PAY's instances: when each was registered, last renewed and last
+     * updated. Read one instance at a time, from the registry itself: the server caches a whole
+     * application's answer until a registration, cancel or eviction, so renewals do not show there.
+     */
+    const leases = async () => {
+      const held = new Map<string, Lease>();
+      for (const id of ids) {
+        const answer = await getJson(`${eureka.url}apps/PAY/${encodeURIComponent(id)}`);
+        if (answer.status === 404) continue;
+        const instance = (
+          JSON.parse(answer.body) as { instance: { lastUpdatedTimestamp: string; leaseInfo: { registrationTimestamp: number; lastRenewalTimestamp: number } } }
+        ).instance;
+        held.set(id, {
+          registered: instance.leaseInfo.registrationTimestamp,
+          renewed: instance.leaseInfo.lastRenewalTimestamp,
+          updated: Number(instance.lastUpdatedTimestamp),
+        });
+      }
+      return held;
+    };
+    // Each replica writes to the server through its own proxy, so the test sees who sent what.
+    const proxies = [await recordingProxy(eureka.port), await recordingProxy(eureka.port)];
+    const [adminPorts, dir] = [await freePorts(2), mkdtempSync(join(tmpdir(), 'flb-eureka-leader-kill-'))];
+    const replicas = proxies.map((proxy, index) => {
+      const configFile = join(dir, `bridge-${index}.json`);
+      writeFileSync(
+        configFile,
+        JSON.stringify({
+          apiVersion: API_VERSION,
+          kind: 'BridgeConfig',
+          mesh: { configMap: { namespace: CONTROL, name: 'flb-mesh' } },
+          sources: [{ kind: 'kubernetes' }],
+          sinks: [
+            {
+              kind: 'eureka',
+              servers: [`http://127.0.0.1:${proxy.port}/eureka/`],
+              namespaces: { include: [KILL_NS] },
+              renewalIntervalSeconds: 1,
+              leaseDurationSeconds: EUREKA_LEASE_SECONDS,
+            },
+          ],
+          leaderElection: { namespace: CONTROL, name: 'flb-bridge-leader-kill', ...LEASE },
+        }),
+      );
+      const args = [FLB, 'bridge', 'run', '--config', configFile, '--kubeconfig', plane.kubeconfigPath, '--admin', `127.0.0.1:${adminPorts[index]}`];
+      return startServer(`flb-bridge-${index}`, process.execPath, [...args, '--identity', `replica-${index}`], join(dir, `bridge-${index}.log`));
+    });
+    const status = async (index: number) => {
+      const answer = await getJson(`http://127.0.0.1:${adminPorts[index]}/status`).catch(() => undefined);
+      return answer?.status === 200 ? (JSON.parse(answer.body) as BridgeStatus) : undefined;
+    };
+    try {
+      const leader = await eventually(
+        'one replica leading with the instances registered, the other synced as its standby',
+        async () => {
+          const both = await Promise.all([status(0), status(1)]);
+          const index = both.findIndex((s) => s?.leader);
+          const [lead, standby] = [both[index], both[1 - index]];
+          if (!lead || !standby || standby.leader || (await leases()).size !== 3) return undefined;
+          return lead.sinks[0]?.pending === 0 && standby.sources.every((s) => s.state === 'synced') ? index : undefined;
+        },
+        30_000,
+      );
+      const standby = 1 - leader;
+      const before = await leases();
+      expect([...before.keys()].sort()).toEqual(ids);
+      expect(proxies[standby]!.requests).toEqual([]);
+
+      process.kill(replicas[leader]!.pid, 'SIGKILL');
+      const killedAt = Date.now();
+      await replicas[leader]!.exited;
+      // Every 200 ms until the new leader has renewed each instance twice: all three held throughout.
+      const renewedBy = (index: number, id: string) =>
+        proxies[index]!.requests.filter((r) => r.method === 'PUT' && r.path.startsWith(`/eureka/apps/PAY/${encodeURIComponent(id)}`));
+      const gaps: string[] = [];
+      await eventually(
+        'the standby renewing every instance',
+        async () => {
+          const held = await leases();
+          if (held.size !== 3) gaps.push(`${Date.now() - killedAt} ms after the kill: ${[...held.keys()].sort().join(', ') || 'none'}`);
+          return ids.every((id) => renewedBy(standby, id).length >= 2) ? true : undefined;
+        },
+        // Long enough for an eviction to show before this gives up.
+        (LEASE.leaseDurationSeconds + 2 * EUREKA_LEASE_SECONDS) * 1000,
+        200,
+      );
+      expect(gaps).toEqual([]);
+      const takeover = await status(standby);
+      expect(takeover).toMatchObject({ leader: true, sinks: [{ kind: 'eureka', failures: 0 }] });
+      // The new leader wrote nothing: no registration, no cancel; renewals only, the first within the lease.
+      expect(proxies[standby]!.requests.filter((r) => r.method === 'POST' || r.method === 'DELETE')).toEqual([]);
+      expect(takeover!.sinks[0]!.writes).toBe(0);
+      const lastOldRenewal = Math.max(...proxies[leader]!.requests.filter((r) => r.method === 'PUT').map((r) => r.at));
+      const firstNewRenewal = Math.min(...proxies[standby]!.requests.filter((r) => r.method === 'PUT').map((r) => r.at));
+      expect(firstNewRenewal - lastOldRenewal).toBeLessThan(EUREKA_LEASE_SECONDS * 1000);
+      // The old leader registered each instance once; the server kept those registrations and saw the renewals continue.
+      expect(
+        proxies[leader]!.requests.filter((r) => r.method === 'POST')
+          .map((r) => r.path)
+          .sort(),
+      ).toEqual(ids.map(() => '/eureka/apps/PAY').sort());
+      const after = await leases();
+      for (const id of ids) {
+        expect({ id, registered: after.get(id)!.registered, updated: after.get(id)!.updated }).toEqual({
+          id,
+          registered: before.get(id)!.registered,
+          updated: before.get(id)!.updated,
+        });
+        expect(after.get(id)!.renewed).toBeGreaterThan(killedAt);
+      }
+    } finally {
+      for (const replica of replicas) await replica.stop();
+      for (const proxy of proxies) await new Promise<void>((resolve) => proxy.server.close(() => resolve()));
+      // What the sink wrote outlives it (a bridge stopping cancels nothing): cleared for the tests after this one.
+      const cleaner = new EurekaRestClient(eureka.url);
+      for (const id of (await leases()).keys()) await cleaner.cancel('PAY', id);
+      cleaner.close();
+      await core.deleteNamespacedService({ name: 'pay', namespace: KILL_NS });
+      await discovery.deleteNamespacedEndpointSlice({ name: 'pay-1', namespace: KILL_NS });
+      await core.deleteNamespace({ name: KILL_NS });
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
