@@ -63,6 +63,13 @@ export async function requireRouters(tools = ['bird', 'birdc']): Promise<void> {
   if (missing.length) throw new Error(`missing ${missing.join(', ')}: run 'npm run setup' (apt-get install bird2 gobgpd)`);
 }
 
+/** BIRD's time of day (HH:MM:SS, milliseconds optional) in ms since midnight. */
+function msOfDay(text: string): number {
+  const [, h, m, sec, ms] = /(\d\d):(\d\d):(\d\d)(?:\.(\d+))?/.exec(text) ?? [];
+  if (h === undefined) throw new Error(`not a BIRD time: ${text}`);
+  return ((Number(h) * 60 + Number(m)) * 60 + Number(sec)) * 1000 + Number((ms ?? '0').padEnd(3, '0').slice(0, 3));
+}
+
 export class Bird {
   private process: ServerProcess;
 
@@ -112,9 +119,22 @@ export class Bird {
     return [...(await this.show('route', 'protocol', protocol)).matchAll(/^([0-9a-f.:]+\/\d+)/gm)].map((m) => m[1]!).sort();
   }
 
-  /** The time `protocol`'s session became Established (BIRD prints it, in seconds), or undefined when it is not. */
-  async establishedSince(protocol: string): Promise<string | undefined> {
-    return new RegExp(`^${protocol}\\s+BGP\\s+\\S+\\s+up\\s+(\\S+)\\s+Established`, 'm').exec(await this.show('protocols', protocol))?.[1];
+  /**
+   * When `protocol`'s session became Established, in ms since midnight; undefined when it is not.
+   * BIRD works the printed time out from its monotonic clock at each call, so one instant can print
+   * 1 ms apart: compare with toBeCloseTo(since, -2) (within 50 ms), a restart being seconds later.
+   */
+  async establishedSince(protocol: string): Promise<number | undefined> {
+    const match = new RegExp(`^${protocol}\\s+BGP\\s+\\S+\\s+up\\s+(\\S+)\\s+Established`, 'm').exec(await this.show('protocols', protocol));
+    return match ? msOfDay(match[1]!) : undefined;
+  }
+
+  /** When BIRD learned its route to `prefix` over `protocol`, in ms since midnight (as establishedSince). */
+  async learnedAt(protocol: string, prefix: string): Promise<number | undefined> {
+    const match = new RegExp(`^${prefix.replace(/[./]/g, '\\$&')}\\s+unicast \\[${protocol} (\\S+)\\]`, 'm').exec(
+      await this.show('route', 'protocol', protocol, prefix),
+    );
+    return match ? msOfDay(match[1]!) : undefined;
   }
 
   /** The protocols BIRD spawned for a `neighbor range` template, with their state lines. */
