@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The demo image's program (flomesh/flb-demo), two small apps for pods that run under the node
 // simulator:
-//   flb-demo echo     an HTTP server that answers with its pod's name (and drains on SIGTERM)
+//   flb-demo echo     an HTTP server that answers with its pod's name (and drains on SIGTERM);
+//                     POST /healthz/fail and /healthz/pass make its readiness fail and pass (tests)
 //   flb-demo client   calls a URL in a loop and counts answers per pod and failures; GET /stats
 //                     on its stats port returns the counts as JSON
 // Plain node:http: these are the apps, not the mesh, and must not depend on it.
@@ -19,9 +20,16 @@ function echo(): void {
   const port = Number(flag('port', '8080'));
   let served = 0;
   let draining = false;
+  let failing = false;
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'POST' && (req.url === '/healthz/fail' || req.url === '/healthz/pass')) {
+      failing = req.url === '/healthz/fail';
+      res.writeHead(200, { 'content-type': 'text/plain' }).end(failing ? 'failing\n' : 'ok\n');
+      return;
+    }
     if (req.url === '/healthz') {
-      res.writeHead(draining ? 503 : 200, { 'content-type': 'text/plain' }).end(draining ? 'draining\n' : 'ok\n');
+      const answer = draining ? 'draining' : failing ? 'failing, as asked (POST /healthz/pass)' : 'ok';
+      res.writeHead(answer === 'ok' ? 200 : 503, { 'content-type': 'text/plain' }).end(`${answer}\n`);
       return;
     }
     served++;
