@@ -22,6 +22,12 @@ import { eventually } from './harness/eventually.js';
 type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };
 type Container = { name: string; image: string; args?: string[]; lifecycle?: { preStop?: { exec?: { command?: string[] } } } };
 type PodSpec = { containers: Container[]; imagePullSecrets?: { name: string }[]; priorityClassName?: string };
+type EbpfPodSpec = PodSpec & { hostNetwork?: boolean; hostPID?: boolean; volumes: { name: string; hostPath?: { path: string; type?: string } }[] };
+type EbpfAgentContainer = Container & {
+  args: string[];
+  securityContext: Record<string, unknown>;
+  volumeMounts: { name: string; mountPath: string; mountPropagation?: string; readOnly?: boolean }[];
+};
 const podSpec = (o: KubeObject) => (o.spec as { template: { spec: PodSpec } }).template.spec;
 const workloads = (objects: KubeObject[]) => objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet'].includes(o.kind));
 /** A file of a rendered ConfigMap. */
@@ -67,8 +73,12 @@ describe('the flb-mesh chart', () => {
   });
   afterAll(() => helm?.dispose());
 
-  it('passes helm lint in iptables and in CNI mode', async () => {
-    for (const values of [{}, { mesh: { interception: { mode: 'cni' } }, metrics: { serviceMonitor: { enabled: true } } }]) {
+  it('passes helm lint in iptables, CNI and eBPF mode', async () => {
+    for (const values of [
+      {},
+      { mesh: { interception: { mode: 'cni' } }, metrics: { serviceMonitor: { enabled: true } } },
+      { mesh: { interception: { mode: 'ebpf' } } },
+    ]) {
       const lint = await helm.run(['lint', '--strict', CHART_DIR, '-f', helm.valuesFile('lint', values)]);
       expect({ exitCode: lint.exitCode, stderr: lint.stderr }).toEqual({ exitCode: 0, stderr: '' });
       expect(lint.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
@@ -128,7 +138,8 @@ describe('the flb-mesh chart', () => {
     const cases: [unknown, RegExp][] = [
       [{ webhook: { failurePolicy: 'Sometimes' } }, /\/webhook\/failurePolicy/],
       [{ webhook: { timeoutSeconds: 60 } }, /\/webhook\/timeoutSeconds/],
-      [{ mesh: { interception: { mode: 'ebpf' } } }, /\/mesh\/interception\/mode/],
+      [{ mesh: { interception: { mode: 'bpf' } } }, /\/mesh\/interception\/mode/],
+      [{ cni: { ebpf: { cgroup: 'sys/fs/cgroup/unified' } } }, /\/cni\/ebpf\/cgroup/],
       [{ mesh: { interception: { mdoe: 'cni' } } }, /\/mesh\/interception.*mdoe/],
       [{ mesh: { tls: { mode: 'strict' } } }, /\/mesh\/tls\/mode/],
       [{ mesh: { ports: { outbound: 70000 } } }, /\/mesh\/ports\/outbound/],
@@ -399,6 +410,50 @@ describe('the flb-mesh chart', () => {
     expect(install.lifecycle?.preStop?.exec?.command).toEqual(['flb', 'cni', 'uninstall', '--conf-dir=/host/cni/net.d', '--bin-dir=/host/cni/bin']);
     for (const workload of workloads(defaults)) expect(podSpec(workload).priorityClassName).toBe('flb-mesh-control-plane');
     expect(meshSettings(cniMode).interception.mode).toBe('cni');
+    // CNI mode's agent stays unprivileged, in its own PID namespace, with no eBPF mount or flag.
+    const cniAgent = spec.containers.find((c) => c.name === 'agent') as EbpfAgentContainer;
+    expect((spec as EbpfPodSpec).hostPID).toBeUndefined();
+    expect(cniAgent.securityContext).toEqual({
+      runAsUser: 0,
+      runAsNonRoot: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'] },
+    });
+    expect(cniAgent.args.filter((a) => /^--(mesh|bpf-cgroup|bpffs)=/.test(a))).toEqual([]);
+    expect((spec as EbpfPodSpec).volumes.map((v) => v.name).sort()).toEqual(['cni-bin', 'cni-conf', 'netns', 'run']);
+  });
+
+  it("runs the node agent in eBPF mode with bpffs (Bidirectional), the host's cgroup v2 hierarchy and PIDs, privileged, with its eBPF flags", async () => {
+    const objects = await helm.render({ mesh: { name: 'shop-mesh', interception: { mode: 'ebpf' } } });
+    expect(meshSettings(objects).interception.mode).toBe('ebpf');
+    const spec = podSpec(find(objects, 'DaemonSet', 'flb-cni-node')) as EbpfPodSpec;
+    expect({ hostNetwork: spec.hostNetwork, hostPID: spec.hostPID, priorityClassName: spec.priorityClassName }).toEqual({
+      hostNetwork: true,
+      hostPID: true,
+      priorityClassName: 'flb-mesh-node',
+    });
+    const agent = spec.containers.find((c) => c.name === 'agent') as EbpfAgentContainer;
+    expect(agent.args.slice(0, 2)).toEqual(['cni', 'agent']);
+    expect(agent.args).toEqual(expect.arrayContaining(['--mesh=shop-mesh', '--bpf-cgroup=/host/cgroup2', '--bpffs=/sys/fs/bpf']));
+    // privileged: Bidirectional propagation needs it (the API refuses it otherwise: the dry run below).
+    expect(agent.securityContext).toEqual({ runAsUser: 0, runAsNonRoot: false, privileged: true, readOnlyRootFilesystem: true });
+    const hostPathOf = (name: string) => spec.volumes.find((v) => v.name === name)?.hostPath?.path;
+    const mountOf = (name: string) => agent.volumeMounts.find((m) => m.name === name);
+    expect([mountOf('bpffs'), hostPathOf('bpffs')]).toEqual([{ name: 'bpffs', mountPath: '/sys/fs/bpf', mountPropagation: 'Bidirectional' }, '/sys/fs/bpf']);
+    expect([mountOf('cgroup2'), hostPathOf('cgroup2')]).toEqual([{ name: 'cgroup2', mountPath: '/host/cgroup2', readOnly: true }, '/sys/fs/cgroup']);
+    // The installer container is the CNI mode's: no privilege.
+    const install = spec.containers.find((c) => c.name === 'install') as EbpfAgentContainer;
+    expect(install.securityContext).toMatchObject({ allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
+    // What CNI mode deploys with its agent deploys with it: the node's PriorityClass, the agent's RBAC.
+    expect(find(objects, 'PriorityClass', 'flb-mesh-node').value).toBe(1000000000);
+    expect(find(objects, 'ClusterRole', 'flb-cni-node').rules).toEqual(find(cniMode, 'ClusterRole', 'flb-cni-node').rules);
+
+    // A hybrid host's cgroup v2 hierarchy (these machines'): the agent still attaches at /host/cgroup2.
+    const hybrid = await helm.render({ mesh: { interception: { mode: 'ebpf' } }, cni: { ebpf: { cgroup: '/sys/fs/cgroup/unified' } } });
+    const hybridSpec = podSpec(find(hybrid, 'DaemonSet', 'flb-cni-node')) as EbpfPodSpec;
+    expect(hybridSpec.volumes.find((v) => v.name === 'cgroup2')?.hostPath).toEqual({ path: '/sys/fs/cgroup/unified', type: 'Directory' });
+    expect(hybridSpec.containers[0]!.args).toContain('--bpf-cgroup=/host/cgroup2');
   });
 
   it('wires the parts together: the repo URL, its certificates, the Lease, the mesh ConfigMap', () => {
@@ -495,6 +550,8 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
         webhook: { failurePolicy: 'Ignore' },
       },
       sinkValues,
+      // privileged with Bidirectional propagation, hostPID: what the API checks of the eBPF agent.
+      { mesh: { interception: { mode: 'ebpf' } }, cni: { ebpf: { cgroup: '/sys/fs/cgroup/unified' } } },
     ];
     for (const values of valueSets) {
       const text = await helm.renderText(values);

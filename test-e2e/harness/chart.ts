@@ -127,17 +127,10 @@ function tighten(node: unknown, check: ((path: string[], value: unknown) => bool
 
 /**
  * Mesh choices the contract takes but this chart cannot deploy yet, and why (added to the field's
- * description in values.schema.json). eBPF mode: the node agent DaemonSet would need bpffs, the
- * host's cgroup v2 hierarchy and the host's PIDs (to find the namespaces of deleted pods), and the
- * capabilities to load programs, none of which it has yet; with it absent every eBPF pod would
- * fail its validation.
+ * description in values.schema.json). None now: eBPF mode, the last, runs with the node agent's
+ * DaemonSet given bpffs, the host's cgroup v2 hierarchy and PIDs (templates/cni.yaml).
  */
-const NOT_DEPLOYED_BY_THE_CHART: Record<string, { values: unknown[]; why: string }> = {
-  'interception.mode': {
-    values: ['ebpf'],
-    why: 'ebpf is left out, since its node agent has no bpffs, host cgroup v2 or host PID mounts yet (mesh.json outside the chart takes it, see bpf/README.md)',
-  },
-};
+const NOT_DEPLOYED_BY_THE_CHART: Record<string, { values: unknown[]; why: string }> = {};
 
 const toJsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any', target: 'draft-2020-12' }) as JsonSchema;
 

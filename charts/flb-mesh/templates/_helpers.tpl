@@ -66,8 +66,13 @@ the chart owns filled in.
 {{- toYaml $mesh -}}
 {{- end -}}
 
+{{/* The node agent runs in cni and in ebpf mode (eBPF mode is CNI mode plus eBPF: bpf/README.md). */}}
 {{- define "flb-mesh.cniMode" -}}
-{{- if eq (dig "interception" "mode" "iptables" .Values.mesh) "cni" }}true{{ end -}}
+{{- if has (dig "interception" "mode" "iptables" .Values.mesh) (list "cni" "ebpf") }}true{{ end -}}
+{{- end -}}
+
+{{- define "flb-mesh.ebpfMode" -}}
+{{- if eq (dig "interception" "mode" "iptables" .Values.mesh) "ebpf" }}true{{ end -}}
 {{- end -}}
 
 {{/* Restricted Pod Security for the control plane: non-root, no capability, read-only root. */}}
