@@ -1,6 +1,8 @@
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isAlive, mountPointsOf } from './node-simulator/cgroups.js';
 
 /**
  * A container runtime's CNI side, as libcni does it: each plugin of a conflist is executed with
@@ -106,5 +108,50 @@ export class CniRuntime {
       if (run.exitCode !== 0) throw new CniError(run.type, (run.result ?? { msg: run.stdout }) as { code?: number; msg?: string });
     }
     this.cache.delete(sandbox.containerId);
+  }
+}
+
+const BPFFS_PREFIX = 'flb-bpffs-';
+
+/**
+ * A bpffs of the run's own, for a node agent in eBPF mode (`flb cni agent --bpffs`): its pins are
+ * nobody else's to see or remove, and unmounting it (once the agent has exited) takes every pin of
+ * the run with it, so the kernel frees its programs, maps and links. A run killed before it
+ * unmounted has its bpffs unmounted by the next.
+ */
+export class PrivateBpffs {
+  private constructor(readonly path: string) {}
+
+  static async mount(): Promise<PrivateBpffs> {
+    await unmountStaleBpffs();
+    const path = mkdtempSync(join(tmpdir(), `${BPFFS_PREFIX}${process.pid}-`));
+    const mounted = await execa('mount', ['-t', 'bpf', 'bpf', path], { reject: false });
+    if (mounted.exitCode !== 0) {
+      rmdirSync(path);
+      throw new Error(`could not mount a bpffs at ${path}: ${mounted.stderr.trim() || `exit ${mounted.exitCode}`}`);
+    }
+    return new PrivateBpffs(path);
+  }
+
+  /** After the agent stopped: an agent still running keeps its map file descriptors, and so the maps. */
+  async unmount(): Promise<void> {
+    await unmount(this.path);
+  }
+}
+
+async function unmount(path: string): Promise<void> {
+  if ((await mountPointsOf('bpf')).includes(path)) {
+    const r = await execa('umount', [path], { reject: false });
+    if (r.exitCode !== 0) throw new Error(`could not unmount the bpffs at ${path}: ${r.stderr.trim()}`);
+  }
+  if (existsSync(path)) rmdirSync(path);
+}
+
+async function unmountStaleBpffs(): Promise<void> {
+  const prefix = join(tmpdir(), BPFFS_PREFIX);
+  for (const mountPoint of await mountPointsOf('bpf')) {
+    if (!mountPoint.startsWith(prefix)) continue;
+    const pid = Number(/^(\d+)-/.exec(mountPoint.slice(prefix.length))?.[1]);
+    if (pid > 0 && pid !== process.pid && !isAlive(pid)) await unmount(mountPoint);
   }
 }

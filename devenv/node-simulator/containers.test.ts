@@ -1,8 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { mountPointsOf, removeCgroupTree } from './cgroups.js';
 import { effectiveCapabilities, execInContainer, setprivArgs, startContainerProcess, type ContainerProcessSpec } from './containers.js';
 import { containerArgv, DEMO_IMAGE, ImagePullError, MESH_IMAGE } from './images.js';
 
@@ -86,6 +87,51 @@ describe('a container process', () => {
       }
     } finally {
       execFileSync('ip', ['netns', 'del', netns]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // eBPF interception's programs sit on the node's cgroup: a process outside it is not intercepted.
+  it('is in its cgroup, and so is a command run in it', async () => {
+    const [mount] = await mountPointsOf('cgroup2');
+    if (!mount) throw new Error('this test needs a cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup/unified)');
+    const name = `flb-containers-test-${process.pid}`;
+    const cgroup = join(mount, name);
+    const dir = mkdtempSync(join(tmpdir(), 'flb-containers-test-'));
+    mkdirSync(cgroup);
+    execFileSync('ip', ['netns', 'add', name]);
+    try {
+      const spec: ContainerProcessSpec = {
+        argv: ['sleep', '30'],
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+        uid: 1000,
+        gid: 1000,
+        supplementaryGroups: [],
+        capabilities: [],
+        noNewPrivileges: true,
+        netnsPath: `/var/run/netns/${name}`,
+        cgroup,
+        hostname: 'pod-under-test',
+        mounts: [],
+        logFile: join(dir, 'container.log'),
+      };
+      const container = startContainerProcess(spec);
+      try {
+        await container.entered;
+        expect(readFileSync(`/proc/${container.process.pid!}/cgroup`, 'utf8')).toContain(`0::/${name}\n`);
+        const inside = await new Promise<string>((resolve) => {
+          const child = execInContainer(container.process.pid!, spec, ['cat', '/proc/self/cgroup'], undefined);
+          let out = '';
+          child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+          child.once('close', () => resolve(out));
+        });
+        expect(inside).toContain(`0::/${name}\n`);
+      } finally {
+        process.kill(-container.process.pid!, 'SIGKILL');
+      }
+    } finally {
+      execFileSync('ip', ['netns', 'del', name]);
+      expect(await removeCgroupTree(cgroup)).toEqual([]);
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -25,6 +25,8 @@ export interface ContainerProcessSpec {
   capabilities: string[] | 'all';
   noNewPrivileges: boolean;
   netnsPath: string;
+  /** The pod's cgroup v2 folder, joined before anything else (see inCgroup); none where the machine has no cgroup v2. */
+  cgroup?: string;
   hostname: string;
   mounts: Mount[];
   workingDir?: string;
@@ -102,6 +104,17 @@ export function prepareMountTargets(mounts: readonly Mount[], created: Set<strin
   }
 }
 
+/**
+ * The command, first moved into the cgroup: before it enters the pod's namespaces, so that
+ * nothing of the container ever runs outside it (the eBPF programs on the node's cgroup see each
+ * of its sockets), and through the host's own /sys (a namespace entered with `ip netns exec`
+ * remounts /sys).
+ */
+export function inCgroup(cgroup: string | undefined, argv: string[]): string[] {
+  if (!cgroup) return argv;
+  return ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, ...argv];
+}
+
 export interface ContainerProcess {
   process: ChildProcess;
   /**
@@ -115,7 +128,8 @@ export interface ContainerProcess {
 
 export function startContainerProcess(spec: ContainerProcessSpec): ContainerProcess {
   const mountArgs = spec.mounts.flatMap((m) => [m.source, m.target, m.readOnly ? 'ro' : 'rw']);
-  const argv = [
+  const nsenter = [
+    'nsenter',
     `--net=${spec.netnsPath}`,
     '--',
     'unshare',
@@ -145,7 +159,8 @@ export function startContainerProcess(spec: ContainerProcessSpec): ContainerProc
   try {
     // Its own process group: Ctrl-C in the simulator's terminal must not reach containers, which
     // stop in the order Kubernetes uses. Fd 3 is open until the container is set up (ENTER closes it).
-    const process = spawn('nsenter', argv, { env: spec.env, stdio: ['ignore', log, log, 'pipe'], detached: true });
+    const [file, ...argv] = inCgroup(spec.cgroup, nsenter);
+    const process = spawn(file!, argv, { env: spec.env, stdio: ['ignore', log, log, 'pipe'], detached: true });
     const setUp = process.stdio[3] as Readable;
     const entered = new Promise<void>((resolve) => {
       setUp.once('close', () => resolve());
@@ -167,14 +182,25 @@ export function execInContainer(pid: number, spec: ContainerProcessSpec, command
   const log = logFile ? openSync(logFile, 'a') : undefined;
   try {
     const workdir = spec.workingDir ? [`--wd=${spec.workingDir}`] : [];
-    return spawn(
+    const [file, ...args] = inCgroup(spec.cgroup, [
       'nsenter',
-      [`--target=${pid}`, '--mount', '--uts', '--net', ...workdir, '--', 'setpriv', ...setprivArgs(spec), '--pdeathsig', 'KILL', '--', ...command],
-      {
-        env: spec.env,
-        stdio: log === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', log, log],
-      },
-    );
+      `--target=${pid}`,
+      '--mount',
+      '--uts',
+      '--net',
+      ...workdir,
+      '--',
+      'setpriv',
+      ...setprivArgs(spec),
+      '--pdeathsig',
+      'KILL',
+      '--',
+      ...command,
+    ]);
+    return spawn(file!, args, {
+      env: spec.env,
+      stdio: log === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', log, log],
+    });
   } finally {
     if (log !== undefined) closeSync(log);
   }

@@ -17,6 +17,7 @@ import { containerEnv, EnvError, homeDirectory, type EnvSources } from './env.js
 import { CHECKOUT, containerArgv, ImagePullError } from './images.js';
 import { ProbeRunner, resolvePort } from './probes.js';
 import { podStatus, type ContainerRole, type ContainerView } from './status.js';
+import type { NodeCgroups } from './cgroups.js';
 import { PodVolumes, VolumeError } from './volumes.js';
 
 export interface PodWorkerContext {
@@ -33,6 +34,8 @@ export interface PodWorkerContext {
   backoffMaxMs: number;
   log: Logger;
   dir: string;
+  /** Where pods' cgroups are made; undefined without cgroup v2 (containers stay in the simulator's). */
+  cgroups?: NodeCgroups;
 }
 
 interface Container {
@@ -67,6 +70,8 @@ export class PodWorker {
   private readonly dir: string;
   private readonly containers: Container[];
   private sandbox?: PodSandbox;
+  /** The pod's cgroup v2 folder (kubepods/pod<uid> under its node's), made with its sandbox. */
+  private cgroup?: string;
   private volumes?: PodVolumes;
   private volumesReady = false;
   private readonly createdDirs = new Set<string>();
@@ -191,6 +196,7 @@ export class PodWorker {
   private async sync(): Promise<void> {
     if (!this.sandbox) {
       try {
+        this.cgroup ??= this.context.cgroups?.addPod(this.context.nodeName, this.uid);
         this.sandbox = await this.context.network.addPod({ uid: this.uid, namespace: this.pod.metadata!.namespace!, name: this.pod.metadata!.name! });
         this.writeNetworkFiles();
         this.log.info({ ip: this.sandbox.ip }, 'pod sandbox ready');
@@ -339,6 +345,7 @@ export class PodWorker {
       noNewPrivileges: security?.allowPrivilegeEscalation === false,
       // The node's network is the simulator's own: PID 1 may be another user's (a container's supervisor) and unreadable.
       netnsPath: this.pod.spec?.hostNetwork ? `/proc/${process.pid}/ns/net` : this.sandbox!.netnsPath,
+      ...(this.cgroup ? { cgroup: this.cgroup } : {}),
       hostname: this.pod.spec?.hostNetwork ? this.context.nodeName : (this.pod.metadata?.name ?? 'pod'),
       mounts,
       ...(spec.workingDir ? { workingDir: spec.workingDir } : {}),
@@ -693,6 +700,11 @@ export class PodWorker {
       await this.context.network
         .removePod(sandbox, { uid: this.uid, namespace: this.pod.metadata!.namespace!, name: this.pod.metadata!.name! })
         .catch((error: unknown) => this.log.warn({ err: error }, 'CNI DEL failed'));
+    }
+    if (this.cgroup) {
+      const cgroup = this.cgroup;
+      this.cgroup = undefined;
+      await this.context.cgroups?.removePod(cgroup);
     }
     this.volumes?.tearDown();
     for (const dir of this.createdDirs) {

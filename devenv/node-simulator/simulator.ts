@@ -7,6 +7,7 @@ import { CoreV1Api, ListWatch, Watch, type KubeConfig, type V1Pod } from '@kuber
 import type { Logger } from '../../common/log.js';
 import { KeepAliveKubeConfig } from '../keep-alive-kubeconfig.js';
 import type { PodNetwork } from '../pod-network.js';
+import { NodeCgroups } from './cgroups.js';
 import { ClusterDns } from './cluster-dns.js';
 import { ServiceProxy } from './service-proxy.js';
 import { SimulatedNode } from './node.js';
@@ -51,6 +52,7 @@ export class NodeSimulator {
   private dns?: ClusterDns;
   private serviceProxy?: ServiceProxy;
   private dnsServing = false;
+  private cgroups?: NodeCgroups;
   private nextNode = 0;
   private readonly binding = new Set<string>();
   private stopped = false;
@@ -79,6 +81,7 @@ export class NodeSimulator {
   static async start(options: NodeSimulatorOptions): Promise<NodeSimulator> {
     const simulator = new NodeSimulator(options);
     try {
+      simulator.cgroups = await NodeCgroups.create(simulator.nodeNames, options.log);
       await simulator.startRelay();
       simulator.dns = new ClusterDns({
         kubeConfig: options.kubeConfig,
@@ -107,6 +110,15 @@ export class NodeSimulator {
 
   get nodeNames(): string[] {
     return this.nodes.map((n) => n.name);
+  }
+
+  /**
+   * The node's cgroup v2 folder, which every container of its pods is in (under kubepods/pod<uid>):
+   * where its node agent attaches the eBPF programs (`flb cni agent --bpf-cgroup`). Undefined
+   * where the machine has no cgroup v2, or the node is not simulated here.
+   */
+  cgroupOf(node: string): string | undefined {
+    return this.cgroups && this.nodeNames.includes(node) ? this.cgroups.nodeCgroup(node) : undefined;
   }
 
   /** The log of one container of a pod running here. */
@@ -169,6 +181,7 @@ export class NodeSimulator {
       backoffMaxMs: this.options.backoffMaxMs ?? 300_000,
       log: this.options.log,
       dir: this.options.dir,
+      ...(this.cgroups ? { cgroups: this.cgroups } : {}),
     };
   }
 
@@ -262,6 +275,7 @@ export class NodeSimulator {
     await Promise.all([...this.workers.values()].map((w) => w.kill()));
     this.workers.clear();
     for (const node of this.nodes) await node.stop(true);
+    await this.cgroups?.remove();
     await this.dns?.stop();
     await this.serviceProxy?.stop();
     for (const socket of this.relayed) socket.destroy();
