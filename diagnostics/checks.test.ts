@@ -372,6 +372,35 @@ describe('the CNI check', () => {
     expect(checkCni({ mode: 'cni', namespace: NS, daemonSet: { ...ds, ready: 2 }, brokenPods: [] }).detail).toContain('2 of 3 nodes');
     expect(checkCni({ mode: 'cni', namespace: NS, daemonSet: ds, brokenPods: ['shop/a'] }).detail).toContain('shop/a');
   });
+
+  it('checks the node agent in eBPF mode too (CNI mode plus eBPF), not saying no CNI plugin is needed', () => {
+    expect(checkCni({ mode: 'ebpf', namespace: NS, daemonSet: ds, brokenPods: [] })).toMatchObject({
+      status: 'pass',
+      detail: 'DaemonSet flomesh/flb-cni-node ready on 3 of 3 nodes (eBPF mode)',
+    });
+    const missing = checkCni({ mode: 'ebpf', namespace: NS, daemonSet: { ...ds, found: false }, brokenPods: [] });
+    expect(missing).toMatchObject({ status: 'fail', detail: expect.stringContaining('eBPF interception'), hint: expect.stringContaining('mesh.interception.mode=ebpf') });
+    expect(checkCni({ mode: 'ebpf', namespace: NS, daemonSet: { ...ds, ready: 1 }, brokenPods: [] })).toMatchObject({
+      status: 'fail',
+      detail: expect.stringContaining('1 of 3 nodes'),
+    });
+  });
+
+  it("fails naming each node where eBPF cannot run, what its agent said is missing and its pods, with the other broken pods", () => {
+    const result = checkCni({
+      mode: 'ebpf',
+      namespace: NS,
+      daemonSet: ds,
+      brokenPods: ['shop/a', 'shop/b', 'shop/other'],
+      ebpfUnavailable: [{ node: 'n1', pods: ['shop/a', 'shop/b'], reason: 'missing bpftool, which loads the programs (apt-get install bpftool)' }],
+    });
+    expect(result.status).toBe('fail');
+    expect(result.detail).toBe(
+      'eBPF interception is not available on a node, whose eBPF pods fail their validation: node n1 (missing bpftool, which loads the programs (apt-get install bpftool)): shop/a, shop/b' +
+        '; other pods found without interception (labelled flomesh.io/cni-repair=broken): shop/other',
+    );
+    expect(result.hint).toContain("'flb bpf check' on the node");
+  });
 });
 
 describe('the sidecars check', () => {

@@ -648,13 +648,25 @@ export interface CniFacts {
   daemonSet?: { name: string; found: boolean; desired: number; ready: number; error?: string };
   /** Pods the agent's repair loop labelled flomesh.io/cni-repair=broken. */
   brokenPods: string[];
+  /** Of those, the eBPF pods, by node: their node's agent could not run eBPF (its feature check or load failed). */
+  ebpfUnavailable?: EbpfNodeFacts[];
+}
+
+export interface EbpfNodeFacts {
+  node: string;
+  pods: string[];
+  /** What the node's agent said is missing (its repair Event on the pods; Events last an hour by default). */
+  reason: string;
 }
 
 export function checkCni(facts: CniFacts): CheckResult {
   const id = 'cni';
   const title = 'CNI plugin';
   if (facts.mode === undefined) return skip(id, title, 'the mesh settings could not be read, so the interception mode is unknown');
-  if (facts.mode !== 'cni') return skip(id, title, `interception mode ${facts.mode}: pods steer their own traffic, no CNI plugin is needed`);
+  // eBPF mode is CNI mode plus eBPF: the same plugin and node agent set pods up.
+  if (facts.mode !== 'cni' && facts.mode !== 'ebpf')
+    return skip(id, title, `interception mode ${facts.mode}: pods steer their own traffic, no CNI plugin is needed`);
+  const ebpf = facts.mode === 'ebpf';
   const ds = facts.daemonSet;
   const named = `DaemonSet ${facts.namespace}/${ds?.name ?? 'flb-cni-node'}`;
   const logs = `kubectl -n ${facts.namespace} get pods -l app.kubernetes.io/name=flb-cni-node -o wide, then the logs of those not ready`;
@@ -663,13 +675,29 @@ export function checkCni(facts: CniFacts): CheckResult {
     return fail(
       id,
       title,
-      `the mesh uses CNI interception but ${named} does not exist: pods fail their flb-validation init container (no rules)`,
-      'install the chart with mesh.interception.mode=cni (it deploys the node agent), or switch the mesh to iptables',
+      ebpf
+        ? `the mesh uses eBPF interception but ${named} does not exist: pods fail their flb-validation init container (not registered with the eBPF programs)`
+        : `the mesh uses CNI interception but ${named} does not exist: pods fail their flb-validation init container (no rules)`,
+      `install the chart with mesh.interception.mode=${ebpf ? 'ebpf' : 'cni'} (it deploys the node agent), or switch the mesh to iptables`,
     );
   if (ds.desired === 0)
     return fail(id, title, `${named} runs on no node: no node can program pods`, "check the DaemonSet's nodeSelector and tolerations (the chart's cni values)");
   if (ds.ready < ds.desired)
     return fail(id, title, `${named}: ${ds.ready} of ${ds.desired} nodes have a ready CNI agent; pods on the others cannot start`, logs);
+  const ebpfNodes = facts.ebpfUnavailable ?? [];
+  if (ebpfNodes.length) {
+    const nodes = ebpfNodes.map((n) => `node ${n.node} (${n.reason}): ${someOf(n.pods, 3)}`);
+    const onEbpfNodes = new Set(ebpfNodes.flatMap((n) => n.pods));
+    const others = facts.brokenPods.filter((p) => !onEbpfNodes.has(p));
+    return fail(
+      id,
+      title,
+      `eBPF interception is not available on ${ebpfNodes.length === 1 ? 'a node' : `${ebpfNodes.length} nodes`}, whose eBPF pods fail their validation: ${someOf(nodes, 3)}` +
+        (others.length ? `; other pods found without interception (labelled flomesh.io/cni-repair=broken): ${someOf(others)}` : ''),
+      `fix the node (its agent's log says what is missing; 'flb bpf check' on the node) and restart its agent (kubectl -n ${facts.namespace} delete pod on that node), ` +
+        'then delete those pods; or give them cni or iptables mode (the flomesh.io/interception annotation, or the mesh)',
+    );
+  }
   if (facts.brokenPods.length)
     return fail(
       id,
@@ -677,7 +705,7 @@ export function checkCni(facts: CniFacts): CheckResult {
       `pods found without interception (labelled flomesh.io/cni-repair=broken): ${someOf(facts.brokenPods)}`,
       'delete them so they start again with the rules (they have no controller to do it), and read the agent log of their node',
     );
-  return pass(id, title, `${named} ready on ${ds.ready} of ${ds.desired} nodes`);
+  return pass(id, title, `${named} ready on ${ds.ready} of ${ds.desired} nodes${ebpf ? ' (eBPF mode)' : ''}`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import {
   CustomObjectsApi,
   DiscoveryV1Api,
   VersionApi,
+  type CoreV1Event,
   type KubeConfig,
   type V1Pod,
 } from '@kubernetes/client-node';
@@ -26,7 +27,7 @@ import {
   SIDECAR_INJECTED_LABEL,
   SIDECAR_INJECTED_VALUE,
 } from '../common/contract/annotations.js';
-import { sidecarId, type Mesh } from '../common/contract/index.js';
+import { INTERCEPTION_ANNOTATION, sidecarId, type Mesh } from '../common/contract/index.js';
 import { describeError } from '../common/log.js';
 import {
   meshFromText,
@@ -39,6 +40,7 @@ import {
   type CertManagerCertificate,
   type CniFacts,
   type DryRunOutcome,
+  type EbpfNodeFacts,
   type InjectedPodFacts,
   type LeaseFacts,
   type MeshSettingsFacts,
@@ -385,8 +387,8 @@ export async function bridgeStatusFacts(kc: KubeConfig | undefined, urls: string
 }
 
 export async function cniFacts(kc: KubeConfig, namespace: string, mode: string | undefined): Promise<CniFacts> {
-  const base = { ...(mode ? { mode } : {}), namespace, brokenPods: [] as string[] };
-  if (mode !== 'cni') return base;
+  const base: CniFacts = { ...(mode ? { mode } : {}), namespace, brokenPods: [] };
+  if (mode !== 'cni' && mode !== 'ebpf') return base;
   const name = 'flb-cni-node';
   let daemonSet: CniFacts['daemonSet'];
   try {
@@ -401,10 +403,58 @@ export async function cniFacts(kc: KubeConfig, namespace: string, mode: string |
       kc.makeApiClient(CoreV1Api).listPodForAllNamespaces({ labelSelector: 'flomesh.io/cni-repair=broken' }),
     );
     base.brokenPods = broken.items.map((p) => `${p.metadata?.namespace}/${p.metadata?.name}`);
+    // Per-pod annotations may choose eBPF in a CNI mesh too: look whenever a broken pod is one.
+    if (broken.items.some(inEbpfMode)) {
+      const events = await withDeadline(
+        'list the node agents\' repair Events',
+        kc.makeApiClient(CoreV1Api).listEventForAllNamespaces({ fieldSelector: `reason=${REPAIR_EVENT_REASON}` }),
+      ).catch(() => ({ items: [] as CoreV1Event[] }));
+      base.ebpfUnavailable = ebpfUnavailableNodes(broken.items, events.items);
+    }
   } catch {
     // the DaemonSet verdict stands on its own
   }
   return { ...base, daemonSet };
+}
+
+/** The reason cni/repair.ts gives the Event it records on a pod it labels or deletes. */
+const REPAIR_EVENT_REASON = 'InterceptionMissing';
+/** How that Event's message carries the node agent's eBPF verdict (cni/repair.ts). */
+const EBPF_VERDICT = /eBPF interception is not available on this node \((.*)\); (?:labelled|deleted) /s;
+
+function inEbpfMode(pod: V1Pod): boolean {
+  try {
+    return (JSON.parse(pod.metadata?.annotations?.[INTERCEPTION_ANNOTATION] ?? '{}') as { mode?: unknown }).mode === 'ebpf';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The broken eBPF pods by node, with what the node's agent said is missing, from its repair Events
+ * (the agent labels such pods rather than deleting them: a replacement would fail the same way).
+ * A broken eBPF pod with no such Event is not counted: its node may run eBPF and the pod have
+ * failed for another reason (it stays among the broken pods).
+ */
+export function ebpfUnavailableNodes(brokenPods: readonly V1Pod[], events: readonly CoreV1Event[]): EbpfNodeFacts[] {
+  const verdicts = new Map<string, { node: string; reason: string }>();
+  for (const event of events) {
+    const verdict = EBPF_VERDICT.exec(event.message ?? '')?.[1];
+    const pod = event.involvedObject;
+    if (verdict === undefined || pod.kind !== 'Pod') continue;
+    verdicts.set(`${pod.namespace}/${pod.name}`, { node: event.source?.host ?? '', reason: verdict });
+  }
+  const byNode = new Map<string, EbpfNodeFacts>();
+  for (const pod of brokenPods) {
+    const name = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
+    const verdict = verdicts.get(name);
+    if (!inEbpfMode(pod) || !verdict) continue;
+    const node = pod.spec?.nodeName ?? verdict.node;
+    const entry = byNode.get(node) ?? { node, pods: [], reason: verdict.reason };
+    entry.pods.push(name);
+    byNode.set(node, entry);
+  }
+  return [...byNode.values()].sort((a, b) => a.node.localeCompare(b.node));
 }
 
 /** Injected pods (by the label the injector gives them), with when their sidecar started running. */
