@@ -654,7 +654,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     expect(await sidecarSince()).toBeCloseTo(since!, -2);
   });
 
-  it("flb sidecar follows its bgp section peer by peer: a second router added, edited and removed while the first router's session and route keep their age", async () => {
+  it("flb sidecar follows its bgp section peer by peer: a second router added, edited, reset by the router and removed while the first router's session and route keep their age", async () => {
     const dir = join(work, 'sidecar-config');
     const since = await sidecarSince();
     const route = await sidecarRoute();
@@ -675,6 +675,18 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       async () => {
         const now = await bird!.establishedSince('sidecar2');
         return now && now - since2! > 500 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
+      },
+      20_000,
+    );
+    // The second router resets its session: only that one comes back and is sent the VIP again.
+    const edited = await bird!.establishedSince('sidecar2');
+    await new Promise((r) => setTimeout(r, 600));
+    await bird!.restartProtocol('sidecar2');
+    await eventually(
+      'the second session back with the VIP after its reset',
+      async () => {
+        const now = await bird!.establishedSince('sidecar2');
+        return now && now - edited! > 500 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
       },
       20_000,
     );

@@ -146,6 +146,12 @@ export class Bird {
     await this.process.stop();
   }
 
+  /** Resets one session from BIRD's side (`birdc restart`), as a router that flaps it. */
+  async restartProtocol(protocol: string): Promise<void> {
+    const answer = (await this.birdc(['restart', protocol])).stdout;
+    if (!answer.includes('restarted')) throw new Error(`birdc restart ${protocol}: ${answer}`);
+  }
+
   /** After stop(): BIRD again with the same configuration (a router restart). */
   async startAgain(): Promise<void> {
     this.process = this.spawn();
