@@ -64,8 +64,12 @@ export class NodeCgroups {
    * The simulator's cgroups, or undefined where the machine has no cgroup v2 hierarchy (logged:
    * containers then run in the simulator's own cgroup, and eBPF mode is unavailable).
    */
-  static async create(nodes: readonly string[], log: Logger): Promise<NodeCgroups | undefined> {
-    const [mount] = await mountPointsOf('cgroup2');
+  static async create(
+    nodes: readonly string[],
+    log: Logger,
+    findMount: () => Promise<string | undefined> = async () => (await mountPointsOf('cgroup2'))[0],
+  ): Promise<NodeCgroups | undefined> {
+    const mount = await findMount();
     if (!mount) {
       log.warn("no cgroup v2 hierarchy is mounted: containers run in the simulator's own cgroup, so eBPF interception cannot run on the simulated nodes");
       return undefined;
