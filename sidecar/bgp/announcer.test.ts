@@ -52,6 +52,61 @@ async function setUp(drainSeconds = 0) {
   return { peer, appServer, appPort, announcer };
 }
 
+describe('a new section for the running announcer (reconfigure)', () => {
+  it('withdraws a VIP removed, announces one added once its check passes, and keeps a VIP whose check changed until the new check fails, on the same session', async () => {
+    const { peer, appPort, announcer } = await setUp();
+    const section = (vips: Record<string, unknown>[]) =>
+      BgpSchema.parse({
+        localAs: 65001,
+        routerId: '192.0.2.1',
+        connectRetrySeconds: 1,
+        drainSeconds: 0,
+        peers: [{ address: '127.0.0.1', port: peer.port, remoteAs: 65000 }],
+        vips,
+      });
+    const tcp = (port: number) => ({ protocol: 'tcp', port, intervalMs: 100, timeoutMs: 100, healthyThreshold: 1, unhealthyThreshold: 2 });
+    await announcer.start();
+    await peer.until('the VIP', (r) => (ribOf(r).join() === '198.51.100.10/32' ? true : undefined));
+
+    await announcer.reconfigure(section([{ prefix: '198.51.100.11/32', healthCheck: tcp(appPort) }]));
+    await peer.until('the old VIP withdrawn and the new one announced', (r) => (ribOf(r).join() === '198.51.100.11/32' ? true : undefined));
+
+    // A check toward a port nothing listens on: the route stays until it has failed twice (2 x 100 ms).
+    const placeholder = await app();
+    const deadPort = (placeholder.address() as { port: number }).port;
+    await new Promise((r) => placeholder.close(r));
+    const changed = Date.now();
+    await announcer.reconfigure(section([{ prefix: '198.51.100.11/32', healthCheck: tcp(deadPort) }]));
+    expect(announcer.status().vips).toEqual([expect.objectContaining({ prefix: '198.51.100.11/32', healthy: true, announced: true })]);
+    await peer.until('the withdrawal by the new check', (r) => (ribOf(r).length === 0 ? true : undefined));
+    expect(Date.now() - changed).toBeGreaterThanOrEqual(100);
+    expect(peer.connections).toBe(1);
+    expect(peer.received.filter((m) => m.type === 'notification')).toEqual([]);
+  });
+
+  it('refused as a whole, changing nothing, when the listener for a passive peer cannot open', async () => {
+    const { peer, appPort, announcer } = await setUp();
+    await announcer.start();
+    await peer.until('the VIP', (r) => (ribOf(r).length === 1 ? true : undefined));
+    const taken = await app();
+    cleanups.push(() => new Promise((r) => taken.close(r)));
+    const config = BgpSchema.parse({
+      localAs: 65001,
+      routerId: '192.0.2.1',
+      listenAddress: '127.0.0.1',
+      listenPort: (taken.address() as { port: number }).port,
+      peers: [{ address: '127.0.0.2', remoteAs: 65000, passive: true }],
+      vips: [{ prefix: '198.51.100.12/32', healthCheck: { protocol: 'tcp', port: appPort } }],
+    });
+    await expect(announcer.reconfigure(config)).rejects.toThrow(/the BGP listener for passive peers.*127\.0\.0\.1/);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(announcer.status().peers).toEqual([expect.objectContaining({ peer: `127.0.0.1:${peer.port}`, state: 'Established' })]);
+    expect(announcer.status().vips.map((v) => v.prefix)).toEqual(['198.51.100.10/32']);
+    expect(ribOf(peer.received)).toEqual(['198.51.100.10/32']);
+    expect(peer.connections).toBe(1);
+  });
+});
+
 describe('health-gated VIPs', () => {
   it('announces a VIP once its app passes, withdraws it within the fall budget when the app dies, and announces it again on recovery', async () => {
     const { peer, appServer, appPort, announcer } = await setUp();
