@@ -178,6 +178,9 @@ describe('the BGP announcer in the sidecar', () => {
     second.socket!.destroy();
     await second.until('the VIP on the new connection', (r) => (second.connections === 3 && routeUpdates(r).length > secondUpdates ? true : undefined));
 
+    // The sessions a running announcer adds are counted too.
+    expect((await get(`${admin}/metrics`)).body).toMatch(new RegExp(`flb_bgp_session_down_total\\{peer="127.0.0.1:${second.port}"\\} 1`));
+
     write(bgpSection(app.port, [first]));
     await second.until('Cease to the removed peer', (r) => r.filter((m) => m.type === 'notification' && m.code === 6).length === 2 || undefined);
     await new Promise((r) => setTimeout(r, 300));
