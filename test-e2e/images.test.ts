@@ -8,6 +8,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../common/log.js';
+import { defaultCgroup } from '../bpf/loader.js';
 import { createCertificateAuthority, issueCertificate, type KeyPair } from '../common/pki.js';
 import { API_VERSION } from '../common/contract/primitives.js';
 import { InterceptionSchema } from '../common/contract/interception.js';
@@ -196,6 +197,33 @@ describe('container images, built here and run with runc', () => {
     expect((await repoCall('/api/v1/repo')).status).toBe(401);
     const listed = await repoCall('/api/v1/repo', controlPlaneClient);
     expect(listed.status).toBe(200);
+  });
+
+  it("the control-plane image has what the CNI agent's eBPF mode loads: `flb bpf check` passes there, given the host's cgroup v2 and bpffs as the chart mounts them", async () => {
+    const cgroup = defaultCgroup();
+    if (!cgroup) throw new Error('this host mounts no cgroup v2 hierarchy: the eBPF check in the image needs one');
+    // As the chart's agent sees the node (charts/flb-mesh/templates/cni.yaml): root, bpffs at
+    // /sys/fs/bpf, the host's cgroup v2 hierarchy at /host/cgroup2. Read-only: it loads nothing.
+    const check = await runtime.start({
+      name: 'bpf-check',
+      image: IMAGES['control-plane'].reference,
+      args: ['bpf', 'check', '--json', '--cgroup', '/host/cgroup2', '--bpffs', '/sys/fs/bpf'],
+      user: { uid: 0, gid: 0 },
+      netnsPath: repoPod.netnsPath,
+      mounts: [
+        { source: cgroup, destination: '/host/cgroup2', readOnly: true },
+        { source: '/sys/fs/bpf', destination: '/sys/fs/bpf', readOnly: true },
+      ],
+    });
+    const exitCode = await check.exited;
+    const report = check
+      .log()
+      .split('\n')
+      .find((line) => line.startsWith('{"ok"'));
+    expect({ exitCode, report: report && (JSON.parse(report) as unknown) }).toMatchObject({
+      exitCode: 0,
+      report: { ok: true, missing: [], cgroup: '/host/cgroup2', bpffs: '/sys/fs/bpf' },
+    });
   });
 
   it("the sidecar image's init container writes the pod's nat rules; its sidecar reads its codebase from the repo and is ready", async () => {

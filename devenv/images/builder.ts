@@ -33,11 +33,13 @@ export type ImageName = keyof typeof IMAGES;
  * images changing Node under the same tag. Debian's own revisions (security fixes) go through.
  */
 export const BASES: Record<string, BaseRecipe> = {
-  'localhost/flb-mesh-base:trixie-nodejs20.19.2': { suite: 'trixie', nodejs: '20.19.2', packages: ['nodejs', 'iptables'] },
+  // bpftool loads the eBPF programs and mount mounts bpffs when a node has none (the CNI agent in eBPF mode).
+  'localhost/flb-mesh-base:trixie-nodejs20.19.2': { suite: 'trixie', nodejs: '20.19.2', packages: ['nodejs', 'iptables', 'bpftool', 'mount'] },
   'localhost/flb-mesh-build-base:trixie-nodejs20.19.2': {
     suite: 'trixie',
     nodejs: '20.19.2',
-    packages: ['nodejs', 'gcc', 'libc6-dev', 'libnode-dev', 'libuv1-dev'],
+    // clang and libbpf's headers compile the eBPF programs (bpf/src); without them build-native.sh skips them.
+    packages: ['nodejs', 'gcc', 'libc6-dev', 'libnode-dev', 'libuv1-dev', 'clang', 'libbpf-dev'],
   },
 };
 
