@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { execa } from 'execa';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { get as httpGet } from 'node:http';
 import { request, type RequestOptions } from 'node:https';
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../common/log.js';
 import { defaultCgroup } from '../bpf/loader.js';
+import { PrivateBpffs } from '../devenv/cni.js';
+import { isAlive } from './harness/leftovers.js';
 import { createCertificateAuthority, issueCertificate, type KeyPair } from '../common/pki.js';
 import { API_VERSION } from '../common/contract/primitives.js';
 import { InterceptionSchema } from '../common/contract/interception.js';
@@ -224,6 +226,48 @@ describe('container images, built here and run with runc', () => {
       exitCode: 0,
       report: { ok: true, missing: [], cgroup: '/host/cgroup2', bpffs: '/sys/fs/bpf' },
     });
+  });
+
+  it("the control-plane image's bpftool loads the programs its build compiled, attaching them to a cgroup, and unloads them leaving nothing", async () => {
+    // The image's own clang, libbpf headers and bpftool (not the host's, which the bpf tests use)
+    // against this kernel's verifier; in a cgroup and a bpffs of the test's own, never the machine's root.
+    const root = defaultCgroup();
+    if (!root) throw new Error('this host mounts no cgroup v2 hierarchy: loading the programs needs one');
+    for (const name of readdirSync(root).filter((n) => n.startsWith('flb-images-'))) {
+      if (!isAlive(Number(name.slice('flb-images-'.length)))) rmdirSync(join(root, name));
+    }
+    const cgroup = join(root, `flb-images-${process.pid}`);
+    mkdirSync(cgroup);
+    const bpffs = await PrivateBpffs.mount();
+    const attached = async () =>
+      ((JSON.parse((await execa('bpftool', ['-j', 'cgroup', 'show', cgroup])).stdout || '[]') as { name?: string }[]).map((p) => p.name ?? '?')).sort();
+    const inImage = async (name: string, args: string[]) => {
+      const container = await runtime.start({
+        name,
+        image: IMAGES['control-plane'].reference,
+        args: ['bpf', ...args, '--mesh', 'images-test', '--bpffs', '/sys/fs/bpf'],
+        user: { uid: 0, gid: 0 },
+        capabilities: ['BPF', 'PERFMON', 'NET_ADMIN', 'SYS_ADMIN'],
+        netnsPath: repoPod.netnsPath,
+        mounts: [
+          { source: cgroup, destination: '/host/cgroup2', readOnly: true },
+          { source: bpffs.path, destination: '/sys/fs/bpf' },
+        ],
+      });
+      return { exitCode: await container.exited, log: container.log() };
+    };
+    try {
+      const loaded = await inImage('bpf-load', ['load', '--cgroup', '/host/cgroup2']);
+      expect(loaded).toMatchObject({ exitCode: 0, log: expect.stringContaining('loaded: mesh images-test, cgroup /host/cgroup2') });
+      expect(await attached()).toEqual(expect.arrayContaining(['flb_connect4', 'flb_connect6', 'flb_getsockopt', 'flb_sockops']));
+      const unloaded = await inImage('bpf-unload', ['unload']);
+      expect(unloaded).toMatchObject({ exitCode: 0 });
+      // maps.debug and progs.debug are the kernel's own (bpf_preload's iterators, in every new bpffs).
+      expect({ attached: await attached(), pins: readdirSync(bpffs.path).filter((f) => !f.endsWith('.debug')) }).toEqual({ attached: [], pins: [] });
+    } finally {
+      await bpffs.unmount();
+      rmdirSync(cgroup);
+    }
   });
 
   it("the sidecar image's init container writes the pod's nat rules; its sidecar reads its codebase from the repo and is ready", async () => {
