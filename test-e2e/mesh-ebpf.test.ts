@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -30,15 +29,7 @@ const log = createLogger('mesh-ebpf-test', 'silent');
 
 /** The sidecar's connection counters by "direction service" (its metrics port, 15010, which interception leaves alone). */
 async function connections(podIp: string): Promise<Record<string, number>> {
-  const text = await new Promise<string>((resolve, reject) => {
-    request(`http://${podIp}:15010/metrics`, { timeout: 2000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    })
-      .on('error', reject)
-      .end();
-  });
+  const text = await (await fetch(`http://${podIp}:15010/metrics`, { signal: AbortSignal.timeout(2000) })).text();
   const counts: Record<string, number> = {};
   for (const line of text.split('\n')) {
     if (!line.startsWith('flb_sidecar_connections_total{')) continue;

@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import type { Logger } from '../../common/log.js';
 
 const PREFIX = 'flb-devenv-';
+let simulatorsInThisProcess = 0;
 
 /** Where filesystems of these types are mounted (findmnt reads this process's mountinfo and decodes its escapes). */
 export async function mountPointsOf(...types: string[]): Promise<string[]> {
@@ -18,7 +19,6 @@ export async function mountPointsOf(...types: string[]): Promise<string[]> {
   if (found.exitCode !== 0 || !found.stdout) return [];
   return (JSON.parse(found.stdout) as { filesystems: { target: string }[] }).filesystems.map((f) => f.target);
 }
-let simulatorsInThisProcess = 0;
 
 /** Whether a process of that id exists (a run that left folders named after it). */
 export const isAlive = (pid: number): boolean => {
