@@ -17,6 +17,8 @@ export interface EbpfNodeOptions {
   /** Where the programs attach; default the root of the cgroup2 mount (every pod of the node). */
   cgroup?: string;
   bpffs?: string;
+  /** The Kubernetes node's name, which the pod's validation message names; default this host's name. */
+  nodeName?: string;
   log: Logger;
 }
 
@@ -102,7 +104,7 @@ export class EbpfNode {
 
   /** Leaves the reason on the pod's lo for `flb cni validate` (see EBPF_UNAVAILABLE_MARK). */
   async markUnavailable(netns: string, reason: string): Promise<void> {
-    await run('ip', ['link', 'set', 'dev', 'lo', 'alias', unavailableAlias(hostname(), reason)], { netns });
+    await run('ip', ['link', 'set', 'dev', 'lo', 'alias', unavailableAlias(this.options.nodeName ?? hostname(), reason)], { netns });
   }
 }
 

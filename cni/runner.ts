@@ -31,7 +31,7 @@ export async function runCniAgent(options: AgentRunOptions): Promise<{ stop(): P
   // First: without an API the agent could only fail every pod's ADD, so it does not start.
   const core = loadKubeConfig(options.kubeconfig).makeApiClient(CoreV1Api);
   const metrics = new CniAgentMetrics();
-  const ebpf = new EbpfNode({ ...options.ebpf, log: options.log.child({ mode: 'ebpf' }) });
+  const ebpf = new EbpfNode({ ...options.ebpf, ...(options.nodeName ? { nodeName: options.nodeName } : {}), log: options.log.child({ mode: 'ebpf' }) });
   const agent = new CniAgent({
     ebpf,
     metrics,
