@@ -15,7 +15,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIPv4 } from 'node:net';
 import type { z } from 'zod';
-import { AppPreStopSchema, BGP_DRAIN_PATH, INBOUND_FORWARD_SOURCE, type AppPreStop, type ProbeSchema } from '../common/contract/index.js';
+import { BGP_DRAIN_PATH } from '../common/contract/annotations.js';
+import { INBOUND_FORWARD_SOURCE } from '../common/contract/interception.js';
+import { AppPreStopSchema, type AppPreStop, type ProbeSchema } from '../common/contract/sidecar.js';
 import type { Logger } from '../common/log.js';
 import { runNetworkProbe, type NetworkProbe, type ProbeResult } from '../common/probes.js';
 import { answerReady, type Readiness } from './admin.js';

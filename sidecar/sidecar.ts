@@ -7,7 +7,8 @@
  * codebase, repo unreachable, a file refused), or ports that differ from the mesh's.
  */
 import type { Server } from 'node:net';
-import { ProbeSchema, type SidecarPorts } from '../common/contract/index.js';
+import type { SidecarPorts } from '../common/contract/mesh.js';
+import { ProbeSchema } from '../common/contract/sidecar.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { AccessLog } from './access-log.js';

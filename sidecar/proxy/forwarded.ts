@@ -1,5 +1,5 @@
 import type { OutgoingHttpHeaders } from 'node:http';
-import { routingAddress } from '../../common/contract/index.js';
+import { routingAddress } from '../../common/contract/primitives.js';
 import type { Route } from './routes.js';
 
 /**

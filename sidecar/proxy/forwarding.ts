@@ -1,6 +1,6 @@
 import { Socket } from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import { DEFAULT_TCP_IDLE_TIMEOUT_SECONDS } from '../../common/contract/index.js';
+import { DEFAULT_TCP_IDLE_TIMEOUT_SECONDS } from '../../common/contract/mesh.js';
 import type { Logger } from '../../common/log.js';
 import { createForwarder, type ForwardOutcome, type NativeForwarder, type OriginalDestination } from '../native/index.js';
 

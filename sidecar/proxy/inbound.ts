@@ -1,4 +1,6 @@
-import { API_VERSION, INBOUND_FORWARD_SOURCE, routingAddress, ServiceSchema, type Service } from '../../common/contract/index.js';
+import { ServiceSchema, type Service } from '../../common/contract/catalog.js';
+import { INBOUND_FORWARD_SOURCE } from '../../common/contract/interception.js';
+import { API_VERSION, routingAddress } from '../../common/contract/primitives.js';
 
 type PortProtocol = Service['ports'][number]['protocol'];
 import type { Logger } from '../../common/log.js';

@@ -1,4 +1,5 @@
-import { routingAddress, type Service } from '../../common/contract/index.js';
+import type { Service } from '../../common/contract/catalog.js';
+import { routingAddress } from '../../common/contract/primitives.js';
 import { endpointKey, resolvePort } from '../balancer/pool.js';
 
 /** What a redirected connection's original destination means: a service and the port dialled. */
