@@ -18,7 +18,7 @@
  * hook answers, while the app still serves, before the kubelet would send it SIGTERM.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execa, type ResultPromise } from 'execa';
+import { execa, type Options, type ResultPromise } from 'execa';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -115,6 +115,10 @@ const gobgpConf = `
       enabled = true
 `;
 
+/** `node ARGS` in `ns`, killed if this test process dies (a non-zero exit is the test's to judge). */
+const nodeIn = (ns: Netns, args: string[], options: Options = {}) =>
+  execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', ns.name, process.execPath, ...args], { reject: false, ...options });
+
 describe('the BGP announcer against BIRD and GoBGP', () => {
   let router: Netns;
   let host: Netns;
@@ -163,11 +167,10 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         { address: ROUTER.v6, remoteAs: 65000, nextHop: { ipv4: HOST.v4 } },
       ],
     };
-    const child = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, speakerBundle, JSON.stringify(options)], {
+    const child = nodeIn(host, [speakerBundle, JSON.stringify(options)], {
       stdin: 'pipe',
       stdout: 'pipe',
       stderr: ['pipe', 'inherit'].includes(process.env.FLB_E2E_SPEAKER_LOG ?? '') ? 'inherit' : 'ignore',
-      reject: false,
     });
     return child;
   }
@@ -286,23 +289,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   // flb bgp --config: the VIP on the host's loopback, an app listening on it, a TCP check gating it.
   const APP_VIP = '198.51.100.20';
-  const startApp = () =>
-    execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        host.name,
-        process.execPath,
-        '-e',
-        `require('net').createServer((s) => s.end('hello from the app\\n')).listen(8080, '${APP_VIP}')`,
-      ],
-      { reject: false },
-    );
+  const startApp = () => nodeIn(host, ['-e', `require('net').createServer((s) => s.end('hello from the app\\n')).listen(8080, '${APP_VIP}')`]);
   /** A connection from the router to the VIP, through the route BIRD learned and put in its kernel table. */
   const viaRouter = async () =>
     (
@@ -341,16 +328,11 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       ],
     };
     writeFileSync(join(work, 'bgp.yaml'), JSON.stringify(config));
-    flbBgp = execa(
-      'setpriv',
-      ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host.name, process.execPath, flbBundle, 'bgp', '--config', join(work, 'bgp.yaml')],
-      {
-        reject: false,
-        env: { FLB_LOG_FORMAT: 'json' },
-        stdout: 'ignore',
-        stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore',
-      },
-    );
+    flbBgp = nodeIn(host, [flbBundle, 'bgp', '--config', join(work, 'bgp.yaml')], {
+      env: { FLB_LOG_FORMAT: 'json' },
+      stdout: 'ignore',
+      stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore',
+    });
     await eventually('BIRD to hold the app VIP', async () => ((await birdRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 30_000);
     await eventually('GoBGP to hold the app VIP', async () => ((await gobgpRoutes()).join() === `${APP_VIP}/32` ? true : undefined), 30_000);
     expect(await viaRouter()).toBe('hello from the app'); // execa drops the final newline
@@ -416,23 +398,11 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   // not 8080: the app of the tests above still listens there on its own VIP
   const ECMP_PORT = 8081;
   const ecmpApp = (ns: Netns, greeting: string) => {
-    const child = execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        ns.name,
-        process.execPath,
-        '-e',
-        // on every address: the check (to the VIP) passes only once flb bgp has put the VIP on lo
-        `require('net').createServer((s) => s.end('${greeting}')).listen(${ECMP_PORT})`,
-      ],
-      { reject: false },
-    );
+    const child = nodeIn(ns, [
+      '-e',
+      // on every address: the check (to the VIP) passes only once flb bgp has put the VIP on lo
+      `require('net').createServer((s) => s.end('${greeting}')).listen(${ECMP_PORT})`,
+    ]);
     ecmp.push(child);
     return child;
   };
@@ -455,11 +425,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         ],
       }),
     );
-    const child = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', ns.name, process.execPath, flbBundle, 'bgp', '--config', file], {
-      reject: false,
-      stdout: 'ignore',
-      stderr: 'ignore',
-    });
+    const child = nodeIn(ns, [flbBundle, 'bgp', '--config', file], { stdout: 'ignore', stderr: 'ignore' });
     ecmp.push(child);
     return child;
   };
@@ -526,17 +492,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
         vips: [{ prefix: '198.51.100.40/32', healthCheck: { protocol: 'tcp', address: HOST2.passive, port: ECMP_PORT, intervalMs: 200, healthyThreshold: 1 } }],
       }),
     );
-    ecmp.push(
-      execa(
-        'setpriv',
-        ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', host2.name, process.execPath, flbBundle, 'bgp', '--config', file, '--admin', '127.0.0.1:15180'],
-        {
-          reject: false,
-          stdout: 'ignore',
-          stderr: 'ignore',
-        },
-      ),
-    );
+    ecmp.push(nodeIn(host2, [flbBundle, 'bgp', '--config', file, '--admin', '127.0.0.1:15180'], { stdout: 'ignore', stderr: 'ignore' }));
     await eventually(
       'BIRD to hold the VIP from its own connection',
       async () => ((await birdRoutes('hostp')).join() === '198.51.100.40/32' ? true : undefined),
@@ -552,46 +508,14 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   const SIDECAR_APP_PORT = 8090;
   const LOAD_PORT = 9000;
   const LOAD_UID = 1777;
-  const sidecarApp = () =>
-    execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        host.name,
-        process.execPath,
-        '-e',
-        `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`,
-      ],
-      { reject: false },
-    );
+  const sidecarApp = () => nodeIn(host, ['-e', `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`]);
   let sidecarAppProcess: ResultPromise | undefined;
   const startSidecar = (configDir: string) =>
-    execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        host.name,
-        process.execPath,
-        join(ROOT, 'bin', 'flb.js'),
-        'sidecar',
-        '--id',
-        'pod.shop.w',
-        '--config-dir',
-        configDir,
-        '--watch',
-      ],
-      { reject: false, env: { FLB_LOG_FORMAT: 'json' }, stdout: 'ignore', stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore' },
-    );
+    nodeIn(host, [join(ROOT, 'bin', 'flb.js'), 'sidecar', '--id', 'pod.shop.w', '--config-dir', configDir, '--watch'], {
+      env: { FLB_LOG_FORMAT: 'json' },
+      stdout: 'ignore',
+      stderr: process.env.FLB_E2E_SPEAKER_LOG === 'inherit' ? 'inherit' : 'ignore',
+    });
   const sidecarSince = () => bird!.establishedSince('sidecar');
   const sidecarStatus = async () => {
     const result = await host.exec(process.execPath, [flbBundle, 'bgp', 'status', '--admin', 'http://127.0.0.1:15000'], { reject: false });
@@ -666,30 +590,25 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       async () => ((await birdRoutes('sidecar2')).join() === `${SIDECAR_VIP}/32` ? true : undefined),
       20_000,
     );
-    const since2 = await bird!.establishedSince('sidecar2');
-    // A restart of the second session must show in its since-time.
-    await new Promise((r) => setTimeout(r, 1100));
-    writeSidecarBgp(dir, [sidecarPeer, { ...sidecarPeer2, addressFamilies: ['ipv4-unicast', 'ipv6-unicast'] }]);
-    await eventually(
-      "the second router's session restarted with the edit",
-      async () => {
-        const now = await bird!.establishedSince('sidecar2');
-        return now && now - since2! > 500 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
-      },
-      20_000,
+    /** Waits for the second router's session to be Established again, since later than before, with the VIP. */
+    const secondSessionRenewed = async (what: string, change: () => Promise<void> | void) => {
+      const before = await bird!.establishedSince('sidecar2');
+      await change();
+      await eventually(
+        what,
+        async () => {
+          const now = await bird!.establishedSince('sidecar2');
+          // 50 ms: beyond BIRD's printing jitter (harness/bird.ts)
+          return now && now - before! > 50 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
+        },
+        20_000,
+      );
+    };
+    await secondSessionRenewed("the second router's session restarted with the edit", () =>
+      writeSidecarBgp(dir, [sidecarPeer, { ...sidecarPeer2, addressFamilies: ['ipv4-unicast', 'ipv6-unicast'] }]),
     );
     // The second router resets its session: only that one comes back and is sent the VIP again.
-    const edited = await bird!.establishedSince('sidecar2');
-    await new Promise((r) => setTimeout(r, 600));
-    await bird!.restartProtocol('sidecar2');
-    await eventually(
-      'the second session back with the VIP after its reset',
-      async () => {
-        const now = await bird!.establishedSince('sidecar2');
-        return now && now - edited! > 500 && (await birdRoutes('sidecar2')).length === 1 ? true : undefined;
-      },
-      20_000,
-    );
+    await secondSessionRenewed('the second session back with the VIP after its reset', () => bird!.restartProtocol('sidecar2'));
     writeSidecarBgp(dir, [sidecarPeer]);
     await eventually(
       'the second router to see its session closed',
@@ -726,22 +645,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
       '--to-ports',
       '15001',
     ]);
-    sink = execa(
-      'setpriv',
-      [
-        '--pdeathsig',
-        'KILL',
-        '--',
-        'ip',
-        'netns',
-        'exec',
-        router.name,
-        process.execPath,
-        '-e',
-        `require('net').createServer((s) => { s.resume(); s.on('error', () => {}); }).listen(${LOAD_PORT}, '${ROUTER.v4}')`,
-      ],
-      { reject: false },
-    );
+    sink = nodeIn(router, ['-e', `require('net').createServer((s) => { s.resume(); s.on('error', () => {}); }).listen(${LOAD_PORT}, '${ROUTER.v4}')`], {});
     await new Promise((r) => setTimeout(r, 500));
     const since = await sidecarSince();
     expect(since).toBeDefined();
