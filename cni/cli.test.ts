@@ -3,7 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { repoRoot, runFlbRecordingFiles } from '../common/testing/loaded-files.js';
 
 // The installed executable, as a DaemonSet runs it (built by `npm ci` / scripts/test.sh).
@@ -107,5 +107,21 @@ describe('flb iptables as the init container runs it', () => {
     const bad = runFlbRecordingFiles(['iptables', 'apply', '--backend', 'pf']);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain("option '--backend <backend>' argument 'pf' is invalid");
+  });
+
+  it("starts from V8's code cache (the init container runs without NODE_OPTIONS); under other flags it compiles as before", () => {
+    const bundle = join(repoRoot, 'dist', 'iptables.bundle.mjs');
+    const work = mkdtempSync(join(tmpdir(), 'flb-iptables-cache-'));
+    try {
+      // A script file, not -e: the flags are the process's own (execArgv and NODE_OPTIONS), as in the pod.
+      const script = join(work, 'load.mjs');
+      writeFileSync(script, `const m = await import(${JSON.stringify(pathToFileURL(bundle).href)});\nconsole.log(m.codeCache, typeof m.runIptablesCommand);\n`);
+      const load = (nodeOptions: string) =>
+        spawnSync(process.execPath, [script], { env: { ...process.env, NODE_OPTIONS: nodeOptions }, encoding: 'utf8' }).stdout.trim();
+      expect(load('')).toBe('accepted function');
+      expect(load('--max-semi-space-size=7')).toBe('none function');
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });

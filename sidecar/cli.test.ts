@@ -3,12 +3,14 @@
  * the sidecar bundle alone (the memory it is bundled for), parser and runner included.
  */
 import { describe, expect, it } from '@jest/globals';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { defaultMesh } from '../common/contract/mesh.js';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { PORT_FLAGS, sidecarCommands, type SidecarRunner } from './cli.js';
@@ -126,6 +128,24 @@ describe('flb sidecar flags', () => {
     expect(result.stderr).toContain('--repo URL');
     expect(result.status).toBe(2);
     expect(result.files).toEqual([join(root, 'bin', 'flb.js'), bundle].sort());
+  });
+
+  it("starts from V8's code cache under the NODE_OPTIONS the injector gives it; under other flags it compiles as before", () => {
+    const bundle = join(root, 'dist', 'sidecar.bundle.mjs');
+    if (!existsSync(bundle)) throw new Error(`${bundle} is missing: run npm run build`);
+    const work = mkdtempSync(join(tmpdir(), 'flb-sidecar-cache-'));
+    try {
+      // A script file, not -e: the flags are the process's own (execArgv and NODE_OPTIONS), as in the pod.
+      const script = join(work, 'load.mjs');
+      writeFileSync(script, `const m = await import(${JSON.stringify(pathToFileURL(bundle).href)});\nconsole.log(m.codeCache, typeof m.runSidecarCommand);\n`);
+      const load = (nodeOptions: string) =>
+        spawnSync(process.execPath, [script], { env: { ...process.env, NODE_OPTIONS: nodeOptions }, encoding: 'utf8' }).stdout.trim();
+      expect(load(defaultMesh().sidecar.nodeOptions)).toBe('accepted function');
+      expect(load('')).toBe('accepted function');
+      expect(load('--max-semi-space-size=7')).toBe('none function');
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 
   it('runs wait-ready, the postStart hook of every injected pod, from its own small module: no bundle, no CLI', async () => {
