@@ -290,6 +290,34 @@ describe('passive peering', () => {
     await again.until('the route again', (r) => (ribOf(r).length === 1 ? true : undefined));
   });
 
+  it('reconfigured onto every address on the same port: the listener moves, the passive session stays up', async () => {
+    const speaker = await passiveSpeaker();
+    const router = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => router.close());
+    await router.dial(speaker.listenPort!);
+    await router.until('the route', (r) => (ribOf(r).length === 1 ? true : undefined));
+    const port = speaker.listenPort!;
+    // 127.0.0.1:port is held by the running listener: '::' on the same port has to take its place.
+    await speaker.reconfigure({
+      localAs: LOCAL_AS,
+      routerId: '192.0.2.1',
+      holdTimeSeconds: 90,
+      connectRetryMs: 100,
+      listen: { address: '::', port },
+      peers: [{ address: '127.0.0.1', remoteAs: 65000, passive: true }],
+      log,
+    });
+    expect(speaker.listenPort).toBe(port);
+    expect(speaker.peers[0]!.state).toBe('Established');
+    const second = await FakePeer.start({ as: 65000 });
+    cleanups.push(() => second.close());
+    await second.dial(port);
+    // the new listener answers, and hands the connection to the session that is up: refused
+    expect(await second.until('NOTIFICATION', (r) => r.find((m) => m.type === 'notification'))).toMatchObject({ code: 6, subcode: 7 });
+    expect(router.received.filter((m) => m.type === 'notification')).toEqual([]);
+    expect(router.connections).toBe(1);
+  });
+
   it('closes a connection from an address that is no passive peer', async () => {
     const speaker = await passiveSpeaker();
     const stranger = await FakePeer.start({ as: 65000 });

@@ -129,29 +129,44 @@ export class BgpSpeaker extends EventEmitter {
 
   /**
    * Opens, moves or closes the listener for `options`' passive peers. Connections already accepted
-   * are the sessions', not the listener's: closing it leaves them up.
+   * are the sessions', not the listener's: closing it leaves them up. Moved to another address on
+   * the same port, the old listener may hold that port (`::` covers every address): it closes
+   * first then, and opens again if the new one cannot.
    */
   private async listenFor(options: SpeakerOptions): Promise<void> {
     const wanted = options.peers.some((peer) => peer.passive) ? { address: options.listen?.address ?? '::', port: options.listen?.port ?? 179 } : undefined;
     const settings = wanted ? JSON.stringify(wanted) : undefined;
     if (settings === this.listening) return;
-    let server: Server | undefined;
-    if (wanted) {
-      server = createServer((socket) => this.incoming(socket));
-      server.listen({ host: wanted.address, port: wanted.port });
-      try {
-        await once(server, 'listening');
-      } catch (error) {
-        throw listenError(error, {
-          what: 'the BGP listener for passive peers',
-          address: formatAddress(wanted.address, wanted.port),
-          flag: 'listenAddress/listenPort in the configuration',
-        });
-      }
+    const running =
+      this.listener && this.listening ? { server: this.listener, where: JSON.parse(this.listening) as { address: string; port: number } } : undefined;
+    // The port bound, not the one asked for: 0 there means the kernel chose it.
+    const samePort = wanted !== undefined && running !== undefined && wanted.port !== 0 && this.listenPort === wanted.port;
+    if (samePort) running.server.close();
+    try {
+      const server = wanted ? await this.openListener(wanted) : undefined;
+      if (!samePort) running?.server.close();
+      this.listener = server;
+      this.listening = settings;
+    } catch (error) {
+      if (samePort) this.listener = await this.openListener({ address: running.where.address, port: wanted.port }).catch(() => undefined);
+      if (samePort && !this.listener) this.listening = undefined;
+      throw error;
     }
-    this.listener?.close();
-    this.listener = server;
-    this.listening = settings;
+  }
+
+  private async openListener(where: { address: string; port: number }): Promise<Server> {
+    const server = createServer((socket) => this.incoming(socket));
+    server.listen({ host: where.address, port: where.port });
+    try {
+      await once(server, 'listening');
+      return server;
+    } catch (error) {
+      throw listenError(error, {
+        what: 'the BGP listener for passive peers',
+        address: formatAddress(where.address, where.port),
+        flag: 'listenAddress/listenPort in the configuration',
+      });
+    }
   }
 
   /** The port passive peers connect to (the one asked for, or the one the kernel chose for 0). */
