@@ -378,4 +378,37 @@ describe('several peers', () => {
     expect(ribOf(a.received)).toEqual(['198.51.100.11/32']);
     expect(speaker.status().peers.map((p) => p.prefixesSent)).toEqual([1, 1]);
   });
+
+  it('reconfigured with another router id (in every OPEN): every session restarts with it and gets the routes again', async () => {
+    const a = await FakePeer.start({ as: 65000 });
+    const b = await FakePeer.start({ as: 65002, routerId: '192.0.2.253' });
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    const options = (routerId: string) => ({
+      localAs: LOCAL_AS,
+      routerId,
+      holdTimeSeconds: 90,
+      connectRetryMs: 100,
+      peers: [
+        { address: '127.0.0.1', port: a.port, remoteAs: 65000 },
+        { address: '127.0.0.1', port: b.port, remoteAs: 65002 },
+      ],
+      log,
+    });
+    const speaker = new BgpSpeaker(options('192.0.2.1'));
+    cleanups.push(() => speaker.stop());
+    speaker.announce('198.51.100.10');
+    await speaker.start();
+    for (const peer of [a, b]) await peer.until('the route', (r) => ribOf(r).length === 1 || undefined);
+    const changes = await speaker.reconfigure(options('192.0.2.2'));
+    expect(changes).toEqual({ kept: [], started: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`], stopped: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`] });
+    for (const peer of [a, b]) {
+      const open = await peer.until('an OPEN with the new id', (r) => r.filter((m): m is OpenMessage => m.type === 'open')[1]);
+      expect(open.bgpId).toBe('192.0.2.2');
+      await peer.until('the route on the new session', (r) => (ribOf(r.slice(r.indexOf(open))).length === 1 ? true : undefined));
+      expect(peer.received.find((m) => m.type === 'notification')).toMatchObject({ code: 6, subcode: 2 });
+    }
+  });
 });
