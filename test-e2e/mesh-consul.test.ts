@@ -2,22 +2,45 @@
 // v1.16.1, the run's shared Eureka server (Spring Cloud Netflix), the real control plane, pods that
 // run (node simulator), the repo, the bridge (with a Consul and a Eureka source) and the injector
 // as processes. The services' instances are two echo pods with no Kubernetes Service: only the
-// registries know them, as they know a VM's or another platform's instances.
+// registries know them, as they know a VM's or another platform's instances. The last describe
+// runs the other direction (issue 18): a Kubernetes Service with pods that run, written into the
+// same Consul and Eureka by the sinks.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
-import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
-import { EurekaRestClient, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
+import { CONTROL_PLANE_NAMESPACE, MESH_CONFIGMAP, getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
+import { EurekaRestClient, getJson as getEurekaJson, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
 import { demoDeployment, isPodReady } from '../devenv/apps/workloads.js';
+import eurekaModule from 'eureka-js-client';
+import { API_VERSION, BridgeConfigSchema } from '../common/contract/index.js';
+import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
 
 const NS = 'shop';
 const GRACE_SECONDS = 3;
 const STALE_SECONDS = 10;
 const log = createLogger('mesh-consul-test', 'silent');
+
+interface ConsulCatalogEntry {
+  ServiceID: string;
+  ServiceAddress: string;
+  ServicePort: number;
+  ServiceTags: string[];
+  ServiceMeta: Record<string, string>;
+}
+interface ConsulHealthEntry {
+  Service: { ID: string; Address: string; Port: number };
+  Checks: { ServiceID: string; Status: string }[];
+}
+interface EurekaJsonInstance {
+  ipAddr: string;
+  hostName: string;
+  status: string;
+  port: { $: number };
+}
 
 describe('Consul and Eureka services called by name from a pod through its sidecar', () => {
   let env: DevEnvironment;
@@ -86,9 +109,23 @@ describe('Consul and Eureka services called by name from a pod through its sidec
         5,
       ),
     });
+    // A Kubernetes Service with pods that run, for the Consul and Eureka sinks (last describe); started with the others to share their wait.
+    await core.createNamespacedService({
+      namespace: NS,
+      body: { metadata: { name: 'echo' }, spec: { selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    });
+    await apps.createNamespacedDeployment({ namespace: NS, body: demoDeployment('echo', 2, ['echo'], { name: 'http', containerPort: 8080 }, 1) });
+    // On a timeout the error names the pods not Ready yet and their state.
     await eventually(
-      'three pods Ready',
-      async () => ((await pods('legacy')).filter(isPodReady).length === 2 && (await pods('client')).filter(isPodReady).length === 1 ? true : undefined),
+      'five pods Ready (legacy 2, client 1, echo 2)',
+      async () => {
+        const all = (await core.listNamespacedPod({ namespace: NS })).items;
+        const notReady = all.filter((p) => !isPodReady(p));
+        if (all.length === 5 && notReady.length === 0) return true;
+        throw new Error(
+          `${all.length} pods; not Ready: ${notReady.map((p) => `${p.metadata!.name} ${p.status?.phase} ${JSON.stringify(p.status?.containerStatuses?.map((c) => c.state))}`).join('; ')}`,
+        );
+      },
       120_000,
     );
   });
@@ -251,5 +288,187 @@ describe('Consul and Eureka services called by name from a pod through its sidec
       250,
     );
     expect(gone - deregisteredAt).toBeGreaterThanOrEqual(GRACE_SECONDS * 1000);
+  });
+
+  // The sinks (issue 18) with pods that run: the echo Deployment's pods are Ready through the real
+  // readiness path (kubelet probe, sidecar probe port, the app's /healthz), so what reaches Consul
+  // and Eureka is what the EndpointSlice controller made of them. A bridge of its own in this
+  // process (devenv/mesh.ts gives the mesh's bridge the repo sink only), reading only this namespace;
+  // the mesh's bridge, with its Consul and Eureka sources on the same two registries, must never
+  // import back what this one writes.
+  describe('the Consul and Eureka sinks with pods that run', () => {
+    let sinks: Bridge;
+    let springClient: InstanceType<typeof eurekaModule.Eureka>;
+    let deployments: AppsV1Api;
+
+    const echoAddresses = async () =>
+      (await pods('echo'))
+        .filter(isPodReady)
+        .map((p) => `${p.status!.podIP!}:8080`)
+        .sort();
+    const consulCatalog = async () => ((await consul.api('GET', '/v1/catalog/service/echo')).body as ConsulCatalogEntry[] | undefined) ?? [];
+    const consulPassing = async () =>
+      (((await consul.api('GET', '/v1/health/service/echo?passing=true')).body as ConsulHealthEntry[] | undefined) ?? [])
+        .map((e) => `${e.Service.Address}:${e.Service.Port}`)
+        .sort();
+    const consulChecks = async () =>
+      (((await consul.api('GET', '/v1/health/service/echo')).body as ConsulHealthEntry[] | undefined) ?? [])
+        .map((e) => `${e.Service.Address}:${e.Service.Port} ${e.Checks.find((c) => c.ServiceID === e.Service.ID)?.Status}`)
+        .sort();
+    /** What the server holds of ECHO: `ipAddr:port status`. */
+    const eurekaHeld = async () => {
+      const answer = await getEurekaJson(`${eureka.url}apps/ECHO`);
+      if (answer.status === 404) return [];
+      return (JSON.parse(answer.body) as { application: { instance: EurekaJsonInstance[] } }).application.instance
+        .map((i) => `${i.ipAddr}:${i.port.$} ${i.status}`)
+        .sort();
+    };
+    /** What a Spring-style client (eureka-js-client: UP instances only) discovers for ECHO: `hostName:port`. */
+    const discovered = () =>
+      springClient
+        .getInstancesByAppId('ECHO')
+        .map((i) => `${i.hostName}:${(i.port as unknown as { $: number }).$}`)
+        .sort();
+    /** Waits until Consul lists `listed` (default: the Ready ones) and both registries hand out exactly the Ready addresses `ready()` names. */
+    const bothFollow = async (what: string, ready: () => Promise<string[]>, listed?: string[]) => {
+      let want: string[] = [];
+      await eventually(
+        what,
+        async () => {
+          want = await ready();
+          const [inConsul, passing] = await Promise.all([consulCatalog(), consulPassing()]);
+          const registered = inConsul.map((e) => `${e.ServiceAddress}:${e.ServicePort}`).sort();
+          const state = { registered, passing, discovered: discovered() };
+          const expected = { registered: listed ?? want, passing: want, discovered: want };
+          if (JSON.stringify(state) === JSON.stringify(expected)) return true;
+          throw new Error(`have ${JSON.stringify(state)}, want ${JSON.stringify(expected)}`);
+        },
+        60_000,
+        250,
+      );
+      return want;
+    };
+
+    beforeAll(async () => {
+      deployments = env.plane.kubeConfig.makeApiClient(AppsV1Api);
+      sinks = await startBridge({
+        config: BridgeConfigSchema.parse({
+          apiVersion: API_VERSION,
+          kind: 'BridgeConfig',
+          mesh: { configMap: { namespace: CONTROL_PLANE_NAMESPACE, name: MESH_CONFIGMAP } },
+          sources: [{ kind: 'kubernetes', namespaces: { include: [NS] } }],
+          sinks: [
+            { kind: 'consul', address: consul.url, resyncSeconds: 5 },
+            { kind: 'eureka', servers: [eureka.url], renewalIntervalSeconds: 1, leaseDurationSeconds: 3 },
+          ],
+          leaderElection: { enabled: false },
+        }),
+        kubeConfig: env.plane.kubeConfig,
+        log,
+        identity: 'mesh-consul-sinks',
+      });
+      springClient = new eurekaModule.Eureka({
+        logger: { warn() {}, info() {}, debug() {}, error() {} } as never,
+        shouldUseDelta: false,
+        eureka: {
+          host: '127.0.0.1',
+          port: eureka.port,
+          servicePath: '/eureka/apps/',
+          registerWithEureka: false,
+          fetchRegistry: true,
+          registryFetchInterval: 500,
+        },
+      } as never);
+      await new Promise<void>((resolve, reject) => springClient.start((error: unknown) => (error ? reject(error as Error) : resolve())));
+    });
+    afterAll(async () => {
+      springClient?.stop();
+      await sinks?.stop();
+    });
+
+    it("registers the Deployment's Ready pods in Consul (catalog and passing health) and as UP Eureka instances a Spring-style client discovers", async () => {
+      const want = await bothFollow('echo in Consul and Eureka at its two pods', echoAddresses);
+      expect(want).toHaveLength(2);
+      const entries = await consulCatalog();
+      for (const entry of entries) {
+        expect(entry).toMatchObject({
+          ServiceTags: ['k8s'],
+          ServiceMeta: { 'flomesh-origin': 'kubernetes', 'external-source': 'kubernetes', 'external-k8s-ns': NS, 'flomesh-service': `echo.${NS}` },
+        });
+      }
+      expect(await eurekaHeld()).toEqual(want.map((a) => `${a} UP`));
+      const instance = (JSON.parse((await getEurekaJson(`${eureka.url}apps/ECHO`)).body) as { application: { instance: EurekaJsonInstance[] } }).application
+        .instance[0]!;
+      expect(instance).toMatchObject({
+        vipAddress: 'echo',
+        dataCenterInfo: { name: 'MyOwn' },
+        metadata: { 'flomesh-origin': 'kubernetes', 'flomesh-service': `echo.${NS}` },
+      });
+    });
+
+    it('follows a scale to 3 in both', async () => {
+      const scale = await deployments.readNamespacedDeploymentScale({ name: 'echo', namespace: NS });
+      await deployments.replaceNamespacedDeploymentScale({ name: 'echo', namespace: NS, body: { ...scale, spec: { replicas: 3 } } });
+      await eventually('three echo pods Ready', async () => ((await echoAddresses()).length === 3 ? true : undefined), 60_000);
+      expect(await bothFollow('three instances in Consul and Eureka', echoAddresses)).toHaveLength(3);
+    });
+
+    it('a pod whose app turns unready: its Consul check goes critical and its Eureka instance DOWN, the instances stay listed', async () => {
+      const [unready, ...others] = (await pods('echo')).filter(isPodReady).sort((a, b) => a.metadata!.name!.localeCompare(b.metadata!.name!));
+      const failed = await env.simulator.exec(NS, unready!.metadata!.name!, 'echo', [
+        'node',
+        '--input-type=module',
+        '-e',
+        "const r = await fetch('http://127.0.0.1:8080/healthz/fail', { method: 'POST' }); process.exit(r.ok ? 0 : 1);",
+      ]);
+      expect(failed.exitCode).toBe(0);
+      const unreadyAddress = `${unready!.status!.podIP!}:8080`;
+      const readyAddresses = others.map((p) => `${p.status!.podIP!}:8080`).sort();
+      await eventually('the pod NotReady', async () => ((await echoAddresses()).includes(unreadyAddress) ? undefined : true), 30_000);
+      await bothFollow(
+        'only the two Ready pods passing in Consul and discovered from Eureka, all three listed',
+        async () => readyAddresses,
+        [...readyAddresses, unreadyAddress].sort(),
+      );
+      expect(await consulChecks()).toEqual([...readyAddresses.map((a) => `${a} passing`), `${unreadyAddress} critical`].sort());
+      await eventually('the instance DOWN in Eureka', async () =>
+        (await eurekaHeld()).join() === [...readyAddresses.map((a) => `${a} UP`), `${unreadyAddress} DOWN`].sort().join() ? true : undefined,
+      );
+    });
+
+    it("is never imported back by the mesh bridge's Consul and Eureka sources reading the same registries", async () => {
+      const client = (await pods('client')).find(isPodReady)!;
+      const resolves = async (name: string) => (await env.simulator.exec(NS, client.metadata!.name!, 'client', ['getent', 'hosts', name])).exitCode === 0;
+      // Services registered by hand after the sinks' writes: once the pod resolves them, the mesh's sources have read past echo.
+      const [somePod] = await pods('legacy');
+      const r = await consul.api('PUT', '/v1/catalog/register', {
+        Node: 'node-loopcheck',
+        Address: somePod!.status!.podIP!,
+        Service: { ID: 'loopcheck-1', Service: 'loopcheck', Port: 8080 },
+        Checks: [{ CheckID: 'service:loopcheck-1', Name: 'loopcheck', Status: 'passing', ServiceID: 'loopcheck-1' }],
+      });
+      expect(r).toMatchObject({ status: 200, body: true });
+      await eurekaClient.register({ app: 'loopcheck', instanceId: 'loopcheck-1', ipAddr: somePod!.status!.podIP!, port: 8080 });
+      await eventually(
+        'both hand-made services resolving in the pod',
+        async () => ((await resolves('loopcheck.service.consul')) && (await resolves('loopcheck.eureka.eureka')) ? true : undefined),
+        30_000,
+        500,
+      );
+      expect({ consul: await resolves('echo.service.consul'), eureka: await resolves('echo.eureka.eureka') }).toEqual({ consul: false, eureka: false });
+      await consul.api('PUT', '/v1/catalog/deregister', { Node: 'node-loopcheck' });
+      await eurekaClient.cancel('loopcheck', 'loopcheck-1');
+    });
+
+    it('deregisters from both once the Deployment and its Service are deleted', async () => {
+      await deployments.deleteNamespacedDeployment({ name: 'echo', namespace: NS });
+      await core.deleteNamespacedService({ name: 'echo', namespace: NS });
+      await eventually(
+        'echo gone from Consul and Eureka',
+        async () => ((await consulCatalog()).length === 0 && (await eurekaHeld()).length === 0 && discovered().length === 0 ? true : undefined),
+        60_000,
+        250,
+      );
+    });
   });
 });
