@@ -28,7 +28,7 @@ import { Http2Proxy } from './proxy/http2.js';
 import { Lazy } from './lazy.js';
 import { inboundHttpSource, startInbound, type InboundPort } from './proxy/inbound.js';
 import { startOutbound, type OutboundView, type ProxyListener } from './proxy/outbound.js';
-import { RouteTable } from './proxy/routes.js';
+import { endpointFallbackEnabled, RouteTable } from './proxy/routes.js';
 import type { SidecarBgp } from './bgp/in-sidecar.js';
 
 export type { Readiness };
@@ -141,7 +141,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       pool.close();
       pools.delete(id);
     }
-    view = { routes: RouteTable.build(state.services.values()), pools: new Map(pools), unknownDestination: state.mesh.outbound.unknownDestination };
+    view = {
+      routes: RouteTable.build(state.services.values(), { endpointFallback: endpointFallbackEnabled(state.mesh) }),
+      pools: new Map(pools),
+      unknownDestination: state.mesh.outbound.unknownDestination,
+    };
     for (const problem of view.routes.problems) log.warn({ problem }, 'endpoint address dialled directly goes to one of its services');
     for (const proxy of proxies) proxy.setIdleTimeout(state.mesh.tcp.idleTimeoutSeconds * 1000);
     const { telemetry } = state.mesh;

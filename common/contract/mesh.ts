@@ -73,6 +73,20 @@ export function refuseWhatEbpfCannotHonour(settings: { mode: string; excludeInte
   }
 }
 
+/**
+ * A connection whose original destination is no VIP but the pod address:port of a Kubernetes
+ * service's endpoint: a socket load balancer (Cilium's or Calico's cgroup connect4 in the pod's
+ * cgroup) may have rewritten the ClusterIP the app dialled before the mesh's redirect saw it.
+ * `on`: such a connection is that service's (balanced, retried, failed over, counted under it) when
+ * the address:port is an endpoint of exactly one service with a ClusterIP and of no other service;
+ * `off`: it goes to that pod, as Istio does with a pod-IP destination; `auto` (default): `on` when
+ * the mesh's `interception.mode` is `ebpf`, else `off`. See sidecar/proxy/routes.ts for why.
+ */
+export const EndpointFallbackSchema = z.enum(['auto', 'on', 'off']).meta({
+  description:
+    "A connection to a Kubernetes service's endpoint address:port (a socket load balancer may have rewritten the ClusterIP the app dialled) is treated as the service's when the address:port is an endpoint of exactly one service, which has a ClusterIP: on, off, or auto (on when interception.mode is ebpf)",
+});
+
 /** Mesh-wide interception defaults; a pod's annotations narrow them (see interception.ts). */
 export const MeshInterceptionSchema = z
   .object({
@@ -148,7 +162,12 @@ export const MeshSchema = z
         ttlSeconds: z.number().int().min(0).max(86400).default(30),
       })
       .default({ domains: [], ttlSeconds: 30 }),
-    outbound: z.object({ unknownDestination: z.enum(['passthrough', 'deny']).default('passthrough') }).default({ unknownDestination: 'passthrough' }),
+    outbound: z
+      .object({
+        unknownDestination: z.enum(['passthrough', 'deny']).default('passthrough'),
+        endpointFallback: EndpointFallbackSchema.default('auto'),
+      })
+      .default({ unknownDestination: 'passthrough', endpointFallback: 'auto' }),
     /** Connections the sidecar forwards as plain TCP: outbound `tcp` ports, passthrough and inbound. */
     tcp: z
       .object({

@@ -60,6 +60,9 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
   const accessLog = options.accessLog ?? NO_ACCESS_LOG;
   const unknownSeries = metrics.for('outbound', 'unknown');
   const deniedSeries = metrics.for('outbound', 'denied');
+  // Passed through as unknown ones are, but counted apart: an endpoint of several services that the
+  // endpoint fallback (mesh.json `outbound.endpointFallback`) will not guess between.
+  const ambiguousSeries = metrics.for('outbound', 'ambiguous');
   const listener: ForwardingListener = new ForwardingListener((accepted) => route(accepted), log);
   metrics.beforeCollect(() => listener.reportBytes());
 
@@ -73,7 +76,9 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
     const view = options.view();
     const route = view.routes.lookup(destination.address, destination.port);
     if (!route) {
-      passThrough(accepted, destination, view.unknownDestination);
+      const ambiguous = view.unknownDestination === 'passthrough' && view.routes.isAmbiguous(destination.address, destination.port);
+      if (ambiguous) log.debug({ destination }, 'an endpoint of several services: passed through, not balanced (outbound.endpointFallback)');
+      passThrough(accepted, destination, view.unknownDestination, ambiguous ? ambiguousSeries : unknownSeries);
       return;
     }
     const pool = view.pools.get(route.service.id);
@@ -114,10 +119,15 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
     }
   }
 
-  function passThrough(accepted: AcceptedConnection, destination: OriginalDestination, policy: 'passthrough' | 'deny'): void {
+  function passThrough(accepted: AcceptedConnection, destination: OriginalDestination, policy: 'passthrough' | 'deny', series: ServiceSeries): void {
     const { id } = accepted;
     const record = accessLog.enabled
-      ? new ConnectionRecord(accessLog, 'outbound', addressOf(accepted.peerAddress, accepted.peerPort), policy === 'deny' ? 'denied' : 'unknown')
+      ? new ConnectionRecord(
+          accessLog,
+          'outbound',
+          addressOf(accepted.peerAddress, accepted.peerPort),
+          policy === 'deny' ? 'denied' : series === ambiguousSeries ? 'ambiguous' : 'unknown',
+        )
       : undefined;
     if (policy === 'deny') {
       deniedSeries.connections.inc();
@@ -128,7 +138,7 @@ export function startOutbound(options: OutboundOptions): ProxyListener {
     }
     if (record) record.upstream = addressOf(destination.address, destination.port);
     // The sidecar's own connections are never redirected (its UID is excluded), so this goes out as is.
-    const connection = new PassThroughConnection(id, listener, unknownSeries, record);
+    const connection = new PassThroughConnection(id, listener, series, record);
     const errno = listener.connect(id, connection, destination.address, destination.port, PASSTHROUGH_CONNECT_TIMEOUT_MS);
     if (errno !== 0) connection.connected(errno);
   }

@@ -511,6 +511,58 @@ describe('the outbound proxy', () => {
     expect(new Set(sequences)).toEqual(new Set([`${owner}${other}${owner}${owner}`]));
   });
 
+  it("balances a connection to a Kubernetes service's pod address (a socket load balancer chose it) and fails over from a dead one; passes one two services list through, counted as ambiguous", async () => {
+    const named = (name: string) => listen(createServer((socket) => socket.end(name)));
+    const [a, b, closed] = await Promise.all([named('a'), named('b'), listen(createServer())]);
+    const deadPort = portOf(closed);
+    closed.close();
+    servers.push(a, b);
+    const kubernetes = (id: string, ports: number[], vips: unknown[]) =>
+      ServiceSchema.parse({
+        apiVersion: API_VERSION,
+        kind: 'Service',
+        id,
+        name: id.split('.')[0],
+        namespace: 'shop',
+        source: 'kubernetes',
+        vips,
+        ports: [{ port: 7, protocol: 'tcp' }],
+        endpoints: ports.map((port) => ({ address: '127.0.0.1', port })),
+      });
+    const web = kubernetes('web.shop', [deadPort, portOf(a), portOf(b)], [{ address: '10.96.0.10', allocation: 'cluster-ip' }]);
+    // A headless service (a StatefulSet's) that lists b's pod too.
+    const peers = kubernetes('web-peers.shop', [portOf(b)], []);
+    pool?.close();
+    pool = new EndpointPool({ activeHealthChecks: false });
+    pool.update(web);
+    view = { routes: RouteTable.build([web, peers], { endpointFallback: true }), pools: new Map([[web.id, pool]]), unknownDestination: 'passthrough' };
+    const answer = async (port: number) => {
+      nextAddress = '127.0.0.1';
+      const socket = await dial(port);
+      return new Promise<string>((resolve) => {
+        let body = '';
+        socket.on('data', (d: Buffer) => (body += d.toString()));
+        socket.once('close', () => resolve(body));
+        socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      });
+    };
+    const counted = async (service: string) =>
+      Number(
+        (await metrics.registry.getSingleMetricAsString('flb_sidecar_connections_total')).match(new RegExp(`service="${service}"[^}]*} (\\d+)`))?.[1] ?? 0,
+      );
+    const before = { web: await counted('web.shop'), ambiguous: await counted('ambiguous') };
+    // The balancer picked the dead pod: the connection goes to a live one of the service instead.
+    expect(['a', 'b']).toContain(await answer(deadPort));
+    // Sent to a's pod address every time, yet spread over the service's pods.
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) seen.add(await answer(portOf(a)));
+    expect(seen).toEqual(new Set(['a', 'b']));
+    expect((await counted('web.shop')) - before.web).toBe(7);
+    // b's address:port is an endpoint of both services: it goes where it was sent, and is counted apart.
+    for (let i = 0; i < 3; i++) expect(await answer(portOf(b))).toBe('b');
+    expect((await counted('ambiguous')) - before.ambiguous).toBe(3);
+  });
+
   it('refuses an unknown destination when the mesh says deny', async () => {
     use(service([{ port: 7, protocol: 'tcp' }], [{ port: 1 }]));
     nextPort = 4444;

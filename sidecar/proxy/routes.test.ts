@@ -8,7 +8,8 @@ import { AttemptPlanner } from '../balancer/attempts.js';
 import { ManualClock } from '../balancer/clock.js';
 import { EndpointPool } from '../balancer/pool.js';
 import { endpoints, makeService, tally } from '../balancer/testing/fixtures.js';
-import { RouteTable, type Route } from './routes.js';
+import { MeshSchema, API_VERSION } from '../../common/contract/index.js';
+import { endpointFallbackEnabled, RouteTable, type Route } from './routes.js';
 
 const registry = (extra: Record<string, unknown> = {}, policy: Record<string, unknown> = {}, count = 3) =>
   makeService(endpoints(count, { port: 8080 }, 7), policy, {
@@ -168,5 +169,82 @@ describe('direct dials', () => {
         ['10.0.7.3', 10],
       ]),
     );
+  });
+});
+
+describe('the endpoint fallback (a socket load balancer rewrote the ClusterIP to a pod address)', () => {
+  // orders.shop: ClusterIP 10.96.0.10 port 80 -> pods 10.0.9.1-2:8080.
+  const headless = makeService([{ address: '10.0.9.2' }, { address: '10.0.9.3' }], {}, { id: 'orders-headless.shop', name: 'orders-headless' });
+  const admin = makeService(
+    [{ address: '10.0.9.1', port: 9000 }],
+    {},
+    { id: 'orders-admin.shop', name: 'orders-admin', vips: [{ address: '10.96.0.11', allocation: 'cluster-ip' }] },
+  );
+
+  it('routes the pod address:port of a service with a ClusterIP to that service, balanced, not kept', () => {
+    const routes = RouteTable.build([kubernetes, admin], { endpointFallback: true });
+    expect(routes.lookup('10.0.9.1', 8080)).toMatchObject({ service: { id: 'orders.shop' }, port: { port: 80 } });
+    expect(routes.lookup('::ffff:10.0.9.2', 8080)?.service.id).toBe('orders.shop');
+    // The same pod on another service's port is that service's.
+    expect(routes.lookup('10.0.9.1', 9000)?.service.id).toBe('orders-admin.shop');
+    const route = routes.lookup('10.0.9.1', 8080)!;
+    expect(route.kept).toBeUndefined();
+    const { pool } = poolFor(route);
+    expect(tally(10, () => connect(pool, route))).toEqual(
+      new Map([
+        ['10.0.9.1', 5],
+        ['10.0.9.2', 5],
+      ]),
+    );
+    // A port no service's endpoint listens on, an address no endpoint has.
+    expect(routes.lookup('10.0.9.1', 8081)).toBeUndefined();
+    expect(routes.lookup('10.0.9.7', 8080)).toBeUndefined();
+    expect(routes.isAmbiguous('10.0.9.7', 8080)).toBe(false);
+  });
+
+  it('is off unless asked: a pod address passes through as before', () => {
+    const routes = RouteTable.build([kubernetes]);
+    expect(routes.lookup('10.0.9.1', 8080)).toBeUndefined();
+    expect(routes.isAmbiguous('10.0.9.1', 8080)).toBe(false);
+  });
+
+  it('passes through an endpoint two services list on the same port, and says it is ambiguous, whatever the catalog order', () => {
+    for (const order of [
+      [kubernetes, headless],
+      [headless, kubernetes],
+    ]) {
+      const routes = RouteTable.build(order, { endpointFallback: true });
+      // 10.0.9.2 is behind orders.shop and its headless service (a StatefulSet peer dialled on purpose).
+      expect(routes.lookup('10.0.9.2', 8080)).toBeUndefined();
+      expect(routes.isAmbiguous('10.0.9.2', 8080)).toBe(true);
+      // Only orders.shop lists 10.0.9.1; only the headless service (no ClusterIP to rewrite) lists 10.0.9.3.
+      expect(routes.lookup('10.0.9.1', 8080)?.service.id).toBe('orders.shop');
+      expect(routes.lookup('10.0.9.3', 8080)).toBeUndefined();
+      expect(routes.isAmbiguous('10.0.9.3', 8080)).toBe(false);
+    }
+  });
+
+  it("never takes a registry service's endpoint, and leaves a direct dial and a VIP their own routes", () => {
+    const consul = registry({ directDial: undefined, endpoints: [{ address: '10.0.9.1', port: 8080 }] });
+    const routes = RouteTable.build([kubernetes, consul], { endpointFallback: true });
+    // A registry service that did not opt in to direct dials still makes the pod address ambiguous.
+    expect(routes.isAmbiguous('10.0.9.1', 8080)).toBe(true);
+    expect(routes.lookup('10.0.9.1', 8080)).toBeUndefined();
+    const dialled = RouteTable.build([kubernetes, registry({ endpoints: [{ address: '10.0.9.1', port: 8080 }] })], { endpointFallback: true });
+    expect(dialled.lookup('10.0.9.1', 8080)).toMatchObject({ service: { id: 'orders.dc1.consul' }, kept: '10.0.9.1|8080' });
+    expect(dialled.lookup('10.0.9.2', 8080)?.service.id).toBe('orders.shop');
+    expect(RouteTable.build([kubernetes], { endpointFallback: true }).lookup('10.96.0.10', 80)?.service.id).toBe('orders.shop');
+  });
+
+  it('follows mesh.json: auto is on in eBPF mode only; on and off say so in every mode', () => {
+    const mesh = (outbound: Record<string, unknown>, mode: string) =>
+      MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', outbound, interception: { mode } });
+    expect(mesh({}, 'iptables').outbound.endpointFallback).toBe('auto');
+    expect(endpointFallbackEnabled(mesh({}, 'ebpf'))).toBe(true);
+    expect(endpointFallbackEnabled(mesh({}, 'iptables'))).toBe(false);
+    expect(endpointFallbackEnabled(mesh({}, 'cni'))).toBe(false);
+    expect(endpointFallbackEnabled(mesh({ endpointFallback: 'on' }, 'iptables'))).toBe(true);
+    expect(endpointFallbackEnabled(mesh({ endpointFallback: 'off' }, 'ebpf'))).toBe(false);
+    expect(() => mesh({ endpointFallback: 'yes' }, 'ebpf')).toThrow(/endpointFallback/);
   });
 });

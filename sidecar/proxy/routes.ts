@@ -1,4 +1,5 @@
 import type { Service } from '../../common/contract/catalog.js';
+import type { Mesh } from '../../common/contract/mesh.js';
 import { routingAddress } from '../../common/contract/primitives.js';
 import { endpointKey, resolvePort } from '../balancer/pool.js';
 
@@ -39,6 +40,53 @@ function endpointRoutes(service: Service): readonly (readonly [string, Route])[]
 }
 
 /**
+ * Whether a connection to a Kubernetes service's pod address:port is the service's
+ * (mesh.json `outbound.endpointFallback`). Cilium's and Calico's socket load balancers rewrite a
+ * ClusterIP to a pod address in connect(), before the mesh's redirect reads the destination, so
+ * the sidecar sees the endpoint the balancer chose; Istio treats such a pod-IP destination as
+ * passthrough to that pod (istio/istio#27619: "we do not support routing direct to pod IP
+ * traffic") and Cilium asks Istio users to keep its socket balancer out of pods
+ * (`socketLB.hostNamespaceOnly`). We cannot count on that setting, so in eBPF mode, where our
+ * connect4 runs alongside theirs, the fallback is on by default. In iptables and CNI modes it is
+ * off by default: there an app that dials a pod address usually means that pod (a StatefulSet
+ * peer, a client that balances by itself), and a cluster whose socket balancer runs in pods can
+ * say `on`. The mesh-wide mode decides `auto`; a pod whose annotation picks another mode keeps it.
+ */
+export function endpointFallbackEnabled(mesh: Pick<Mesh, 'outbound' | 'interception'>): boolean {
+  const setting = mesh.outbound.endpointFallback;
+  return setting === 'on' || (setting === 'auto' && mesh.interception.mode === 'ebpf');
+}
+
+/** A pod address:port that is an endpoint of a service no fallback goes to (headless, a registry's). */
+const NOT_ROUTED = 0;
+/** A pod address:port that is an endpoint of several services: which one the app meant is unknown. */
+const AMBIGUOUS = 1;
+type FallbackOwner = Route | typeof NOT_ROUTED | typeof AMBIGUOUS;
+
+/** A service's endpoint address:ports for the fallback, made once per parsed service (as endpointRoutes). */
+const fallbackEntriesCache = new WeakMap<Service, ReadonlyMap<string, Route | typeof NOT_ROUTED>>();
+
+function fallbackEntries(service: Service): ReadonlyMap<string, Route | typeof NOT_ROUTED> {
+  let entries = fallbackEntriesCache.get(service);
+  if (entries !== undefined) return entries;
+  // Socket load balancers translate Kubernetes ClusterIPs only; a headless service's pod addresses
+  // are dialled on purpose, and a registry service's take `directDial` instead.
+  const isKubernetesService = service.source === 'kubernetes' || service.source.startsWith('cluster:');
+  const routed = isKubernetesService && service.vips.some((vip) => vip.allocation === 'cluster-ip');
+  const routes = routed ? service.ports.map((port) => ({ service, port })) : undefined;
+  const made = new Map<string, Route | typeof NOT_ROUTED>();
+  for (const endpoint of service.endpoints) {
+    service.ports.forEach((port, i) => {
+      const key = `${routingAddress(endpoint.address)}|${resolvePort(endpoint, port, i)}`;
+      // Two service ports with one target port name the same endpoint: the first port's route is kept.
+      if (!made.has(key)) made.set(key, routes ? routes[i]! : NOT_ROUTED);
+    });
+  }
+  fallbackEntriesCache.set(service, (entries = made));
+  return entries;
+}
+
+/**
  * Destination -> service, built once per configuration change so the per-connection lookup is one
  * or two map accesses. The contract gives addresses in inet_ntop's form, the form the forwarder
  * reports destinations in, so they compare as strings.
@@ -62,9 +110,19 @@ export class RouteTable {
     private readonly endpoints: ReadonlyMap<string, Route>,
     /** Ambiguous endpoint addresses, for the caller to log. */
     readonly problems: readonly string[],
+    private readonly fallback: ReadonlyMap<string, FallbackOwner>,
   ) {}
 
-  static build(services: Iterable<Service>): RouteTable {
+  /**
+   * `endpointFallback` (see endpointFallbackEnabled): last, where neither a VIP nor a direct dial
+   * matched, the pod address:port of a Kubernetes service with a ClusterIP is that service's when
+   * no other service in the catalog lists it on that port. The connection is balanced over the
+   * service's endpoints like one to the ClusterIP (the socket balancer chose without the mesh's
+   * health, ejection and locality, so its choice is not kept). An address:port listed by two
+   * services is passed through as before, and `isAmbiguous` says so for the caller to count.
+   */
+  static build(input: Iterable<Service>, options: { endpointFallback?: boolean } = {}): RouteTable {
+    const services = [...input];
     const vips = new Map<string, Route>();
     const dialable: Service[] = [];
     for (const service of services) {
@@ -88,7 +146,20 @@ export class RouteTable {
           problems.push(`${key.replace('|', ' port ')}: an endpoint of ${held.service.id} and ${service.id}; ${held.service.id} takes its calls`);
       }
     }
-    return new RouteTable(vips, endpoints, problems);
+    const fallback = new Map<string, FallbackOwner>();
+    if (options.endpointFallback) {
+      for (const service of services) {
+        if (service.directDial !== undefined) continue;
+        for (const [key, owner] of fallbackEntries(service)) {
+          if (vips.has(key) || endpoints.has(key)) continue;
+          const held = fallback.get(key);
+          if (held === undefined) fallback.set(key, owner);
+          // Two services that no fallback goes to leave nothing to guess between.
+          else if (held !== AMBIGUOUS && !(held === NOT_ROUTED && owner === NOT_ROUTED)) fallback.set(key, AMBIGUOUS);
+        }
+      }
+    }
+    return new RouteTable(vips, endpoints, problems, fallback);
   }
 
   /** VIP:port routes, then endpoint routes. */
@@ -98,6 +169,14 @@ export class RouteTable {
 
   lookup(address: string, port: number): Route | undefined {
     const key = `${routingAddress(address)}|${port}`;
-    return this.vips.get(key) ?? this.endpoints.get(key);
+    const route = this.vips.get(key) ?? this.endpoints.get(key);
+    if (route !== undefined || this.fallback.size === 0) return route;
+    const owner = this.fallback.get(key);
+    return typeof owner === 'object' ? owner : undefined;
+  }
+
+  /** With the endpoint fallback: this address:port is an endpoint of several services, so a connection to it passes through. */
+  isAmbiguous(address: string, port: number): boolean {
+    return this.fallback.size > 0 && this.fallback.get(`${routingAddress(address)}|${port}`) === AMBIGUOUS;
   }
 }
