@@ -3,7 +3,11 @@
  * namespace has no outbound or DNS nat rule, only the inbound one eBPF mode keeps (to 15003, as
  * the node agent writes it); the programs are attached to a cgroup of the test's own and the
  * namespace is registered. The sidecar (UID 1500) and the app (UID 1000) join the cgroup, then
- * the namespace. Two endpoints live in namespaces of their own on veth pairs.
+ * the namespace. Two endpoints live in namespaces of their own on veth pairs. A stand-in for a
+ * CNI's socket load balancer (bpf/testing/socket-lb.bpf.c) is attached to the cgroup before ours:
+ * it sends LB_CLUSTER_IP:80 to the pod LB_ENDPOINT:8080, a third endpoint, as Cilium's or Calico's
+ * does with a ClusterIP, so the sidecar sees a pod address and falls back on the catalog's
+ * endpoint-to-service map (mesh.json `outbound.endpointFallback`, on in eBPF mode).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execa, type ResultPromise } from 'execa';
@@ -12,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { API_VERSION, InterceptionSchema } from '../common/contract/index.js';
-import { checkFeatures, defaultCgroup, load, register, unload } from '../bpf/loader.js';
+import { checkFeatures, defaultCgroup, load, objectPath, register, unload } from '../bpf/loader.js';
 import { applyInterception } from '../cni/iptables.js';
 import { eventually } from './harness/eventually.js';
 import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, type Netns } from './harness/netns.js';
@@ -23,7 +27,10 @@ const APP_UID = 1000;
 const PROXY_UID = 1500;
 const MESH = `flbt-${process.pid}-s`;
 const EP = ['10.217.1.2', '10.217.2.2'] as const;
-const CLUSTER_IP = '10.96.0.10';
+const CLUSTER_IP = '10.96.0.20';
+/** What the stand-in socket load balancer rewrites: this ClusterIP's port 80 to LB_ENDPOINT:8080. */
+const LB_CLUSTER_IP = '10.96.0.10';
+const LB_ENDPOINT = '10.200.0.5';
 const VIP = '240.240.0.20';
 const ID = 'pod.shop.app-1';
 /** The pod's own address (on the veth to the first endpoint) and its app's port, which answers with the address it sees the connection come from. */
@@ -46,6 +53,18 @@ const orders = {
   endpoints: EP.map((address) => ({ address, port: 9090, ports: { http: 8080 } })),
   policy: { retries: { attempts: 2, on: ['connect-failure', 'gateway-error'] } },
 };
+/** The service behind the socket load balancer: the pod it picks, and ep1. */
+const web = {
+  apiVersion: API_VERSION,
+  kind: 'Service',
+  id: 'web.shop',
+  name: 'web',
+  namespace: 'shop',
+  source: 'kubernetes',
+  vips: [{ address: LB_CLUSTER_IP, allocation: 'cluster-ip' }],
+  ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'http' }],
+  endpoints: [LB_ENDPOINT, EP[0]].map((address) => ({ address, port: 8080 })),
+};
 const payments = {
   apiVersion: API_VERSION,
   kind: 'Service',
@@ -66,6 +85,8 @@ describe('flb sidecar behind eBPF interception', () => {
   let work: string;
   const children: ResultPromise[] = [];
   let sidecar: ResultPromise | undefined;
+  let lbEndpoint: ResultPromise;
+  const pinDir = `/sys/fs/bpf/flbt-${process.pid}-bpf-sidecar`;
 
   /** Joins the test's cgroup, then the namespace (which remounts /sys), then becomes the user. */
   const inCgroup = (ns: Netns, args: string[], uid?: number, env: Record<string, string> = {}) => {
@@ -91,13 +112,18 @@ describe('flb sidecar behind eBPF interception', () => {
     requireRoot('the eBPF interception tests');
     const cgroupRoot = defaultCgroup();
     const report = await checkFeatures(cgroupRoot ? { cgroup: cgroupRoot } : {});
-    if (!report.ok)
+    const socketLb = objectPath('testing/socket-lb.bpf.o');
+    if (!report.ok || !socketLb)
       throw new Error(
-        `the eBPF tests cannot run here: ${report.missing.join('; ')}. Install clang libbpf-dev bpftool (npm run setup) and run bash scripts/build-native.sh`,
+        `the eBPF tests cannot run here: ${[...report.missing, ...(socketLb ? [] : ['bpf/build/testing/socket-lb.bpf.o'])].join('; ')}. Install clang libbpf-dev bpftool (npm run setup) and run bash scripts/build-native.sh`,
       );
     await removeStaleNamespaces();
     cgroup = join(cgroupRoot!, `flbt-${process.pid}-bpf-sidecar`);
     mkdirSync(cgroup, { recursive: true });
+    // The CNI's socket load balancer, attached first (the older way: BPF_PROG_ATTACH, multi).
+    mkdirSync(pinDir, { recursive: true });
+    await execa('bpftool', ['prog', 'load', socketLb, `${pinDir}/socket-lb`, 'type', 'cgroup/connect4']);
+    await execa('bpftool', ['cgroup', 'attach', cgroup, 'connect4', 'pinned', `${pinDir}/socket-lb`, 'multi']);
     work = mkdtempSync(join(tmpdir(), 'flb-bpf-sidecar-'));
     const configDir = join(work, 'config');
     mkdirSync(join(configDir, 'services'), { recursive: true });
@@ -124,6 +150,19 @@ describe('flb sidecar behind eBPF interception', () => {
         void endpoint.then((r) => reject(new Error(`an endpoint exited: ${r.stderr}`)));
       });
     }
+    const lbNs = await createNetns('bpf-ep3');
+    eps.push(lbNs);
+    await link(app, ['10.200.0.1/24'], lbNs, [`${LB_ENDPOINT}/24`]);
+    lbEndpoint = execa(
+      'ip',
+      ['netns', 'exec', lbNs.name, 'setpriv', '--pdeathsig', 'KILL', '--', process.execPath, `${fixtures}sidecar-endpoint.mjs`, 'ep3', LB_ENDPOINT],
+      { reject: false },
+    );
+    children.push(lbEndpoint);
+    await new Promise<void>((resolve, reject) => {
+      lbEndpoint.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      void lbEndpoint.then((r) => reject(new Error(`an endpoint exited: ${r.stderr}`)));
+    });
     // A default route covers ClusterIPs and the mesh VIP range, or connect() fails before our program runs.
     await app.exec('ip', ['route', 'add', 'default', 'via', EP[0]]);
 
@@ -139,7 +178,7 @@ describe('flb sidecar behind eBPF interception', () => {
       void appServer.then((r) => reject(new Error(`the app exited: ${r.stderr}`)));
     });
 
-    writeFileSync(join(configDir, 'mesh.json'), JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb' }));
+    writeFileSync(join(configDir, 'mesh.json'), JSON.stringify({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode: 'ebpf' } }));
     writeFileSync(
       join(configDir, 'sidecar.json'),
       JSON.stringify({
@@ -153,6 +192,7 @@ describe('flb sidecar behind eBPF interception', () => {
     );
     writeFileSync(join(configDir, 'services', 'orders.shop.json'), JSON.stringify(orders));
     writeFileSync(join(configDir, 'services', 'payments.dc1.consul.json'), JSON.stringify(payments));
+    writeFileSync(join(configDir, 'services', 'web.shop.json'), JSON.stringify(web));
 
     sidecar = inCgroup(
       app,
@@ -183,6 +223,8 @@ describe('flb sidecar behind eBPF interception', () => {
     for (const child of children) child.kill('SIGKILL');
     await Promise.all([sidecar, ...children].map((c) => c?.catch(() => undefined)));
     await unload({ mesh: MESH }).catch(() => undefined);
+    if (cgroup) await execa('bpftool', ['cgroup', 'detach', cgroup, 'connect4', 'pinned', `${pinDir}/socket-lb`], { reject: false });
+    rmSync(pinDir, { recursive: true, force: true });
     for (let i = 0; cgroup && existsSync(cgroup) && i < 50; i++) {
       try {
         rmdirSync(cgroup);
@@ -210,6 +252,16 @@ describe('flb sidecar behind eBPF interception', () => {
     const dial = `require('node:net').connect(${APP_PORT}, '${POD_IP}').on('data', (d) => process.stdout.write(d))`;
     const seen = await execa('ip', ['netns', 'exec', eps[0]!.name, process.execPath, '-e', dial]);
     expect(seen.stdout).toMatch(/^(::ffff:)?127\.0\.0\.6$/);
+  });
+
+  it("balances requests to a ClusterIP a socket load balancer attached first sent to one pod over the service's endpoints, counted under the service, and fails over when that pod dies", async () => {
+    expect(await counts('http', LB_CLUSTER_IP, 80, 20)).toEqual({ ep1: 10, ep3: 10 });
+    const metrics = (await client('get', 'http://127.0.0.1:15010/metrics')).body as string;
+    expect(metrics).toMatch(/^flb_sidecar_requests_total\{[^}]*service="web\.shop"[^}]*} 20$/m);
+    lbEndpoint.kill('SIGKILL');
+    await lbEndpoint.catch(() => undefined);
+    // The balancer still sends every connection to the dead pod: none fails.
+    expect(await counts('http', LB_CLUSTER_IP, 80, 10)).toEqual({ ep1: 10 });
   });
 
   it('moves new connections off a killed endpoint: none fails', async () => {
