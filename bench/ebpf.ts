@@ -294,6 +294,23 @@ try {
     }
   };
 
+  // The namespace's TCP counters around each new-connections run (TIME_WAIT recycling, dropped
+  // SYNs, resets, listen queue overflows), in the JSON: what explains a slow column's tail.
+  const tcpCounters = async (ns: Netns): Promise<Map<string, number>> => {
+    const counters = new Map<string, number>();
+    const lines = (await ns.exec('cat', ['/proc/net/netstat', '/proc/net/snmp'])).stdout.split('\n');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      const names = lines[i]!.split(/\s+/);
+      const values = lines[i + 1]!.split(/\s+/);
+      for (let k = 1; k < names.length; k++) counters.set(`${names[0]}${names[k]}`, Number(values[k]));
+    }
+    return counters;
+  };
+  const changedCounters = (before: Map<string, number>, after: Map<string, number>) =>
+    Object.fromEntries([...after].filter(([name, v]) => v !== (before.get(name) ?? 0)).map(([name, v]) => [name, v - (before.get(name) ?? 0)]));
+  const counterDeltas: { phase: string; column: Column; repetition: number; changed: Record<string, number> }[] = [];
+  extra.tcpCountersDuringNewConnections = counterDeltas;
+
   // --- the data path --------------------------------------------------------------------------------
   type Measure = 'conn' | 'rate' | 'bulk';
   const raw: Record<string, Record<Column, Record<Measure, LoadResult[]>>> = {};
@@ -339,7 +356,9 @@ try {
           ...Object.entries({ warmup, seconds, ...params }).map(([k, v]) => `${k}=${v}`),
         ];
         checkAlive();
+        const before = await tcpCounters(pods[c]);
         results[c].conn.push(await loadFrom(c, [bin('connect-time'), target(c), String(ONCE_PORT), String(seconds), String(warmup)]));
+        counterDeltas.push({ phase, column: c, repetition: rep + 1, changed: changedCounters(before, await tcpCounters(pods[c])) });
         results[c].rate.push(await loadFrom(c, tcpLoad('rate', ECHO_PORT, { conns: rateConns, rate: fixedRate, size: 64 })));
         results[c].bulk.push(await loadFrom(c, tcpLoad('bulk', SOURCE_PORT, {})));
         checkAlive();
@@ -381,6 +400,16 @@ try {
       ...Object.fromEntries(
         COLUMNS.map((c) => [c, `${results[c].conn.reduce((s, r) => s + (r.errors ?? 0), 0)} / ${results[c].rate.reduce((s, r) => s + (r.lost ?? 0), 0)}`]),
       ),
+    });
+    // A SYN that meets the proxy's TIME_WAIT socket of an earlier connection from the same port
+    // is dropped (PAWS) and sent again after a timeout: under REDIRECT the client cannot see that
+    // socket when it picks a port (NAT hides it), which is where a slow connect() tail comes from.
+    const counted = (c: Column, name: string) =>
+      counterDeltas.filter((d) => d.phase === phase && d.column === c).reduce((sum, d) => sum + (d.changed[name] ?? 0), 0);
+    rows.push({
+      phase,
+      measure: '  SYNs sent again / SYNs refused by a TIME_WAIT socket (PAWS), all repetitions',
+      ...Object.fromEntries(COLUMNS.map((c) => [c, `${counted(c, 'TcpExt:TCPSynRetrans')} / ${counted(c, 'TcpExt:PAWSTimewait')}`])),
     });
 
     // Where eBPF does not beat iptables in this phase (lower is better for times, higher for rates).
