@@ -323,6 +323,13 @@ try {
     // The listener relays to the address dialled, so it is dialled at an endpoint's real address;
     // the sidecar balances a service, so it is dialled at the service's VIP.
     const target = (c: Column) => (c === 'direct' || phase === 'listener' ? endpointsOf(c)[0]! : VIP);
+    if (phase === 'listener') {
+      // With nothing on 15001 yet, a redirected connection is refused and a direct one answered:
+      // otherwise a column that is not intercepted would be measured as if it were.
+      await untilAnswering('direct', target('direct'), ECHO_PORT);
+      for (const c of ['iptables', 'ebpf'] as const)
+        if (await answers(c, target(c), ECHO_PORT)) throw new Error(`${c}: ${target(c)}:${ECHO_PORT} answered with no listener on 15001: not intercepted`);
+    }
     for (const c of ['iptables', 'ebpf'] as const) {
       const cg = cgroupOf(c);
       if (phase === 'listener') {
