@@ -249,12 +249,18 @@ try {
       ep,
       endpointsOf(c).map((a) => `${a}/24`),
     );
-    // The VIP needs a route, or connect() fails before the nat rules see the packet.
+    // To the VIP on ep: a route, or connect() fails before the nat rules see the packet.
     await ns.exec('ip', ['route', 'add', 'default', 'via', endpointsOf(c)[0]!]);
     // New connections one after another for seconds from one address to one destination: more
     // source ports, reused 1 s after TIME_WAIT, in conntrack too (the nat table loads it).
     await ns.exec('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=20000 65535', 'net.ipv4.tcp_tw_reuse=1']);
   }
+  // The VIP is also an address of the endpoint server, so every column in both phases dials the
+  // same address: the direct one reaches it, the listener relays to it, the sidecar balances it.
+  // Dialling different addresses in the two phases made the second phase's SYNs under REDIRECT
+  // meet the first phase's TIME_WAIT sockets on 127.0.0.1:15001 with another timestamp offset
+  // (the kernel keys it by the addresses dialled), which PAWS refuses: ~12 ms each, for iptables only.
+  await ep.exec('ip', ['addr', 'add', `${VIP}/32`, 'dev', 'lo']);
   const iptablesSettings = InterceptionSchema.parse({ version: 1, mode: 'iptables', ipv6: 'disabled' });
   const ebpfSettings = InterceptionSchema.parse({ version: 1, mode: 'ebpf', ipv6: 'disabled' });
   await run('ip', ['netns', 'exec', pods.iptables.name, process.execPath, flbBin, 'iptables', 'apply', '--settings', JSON.stringify(iptablesSettings)], {
@@ -320,15 +326,12 @@ try {
   ] as const;
   for (const { phase, title } of phases) {
     const proxies: Partial<Record<Column, Proc>> = {};
-    // The listener relays to the address dialled, so it is dialled at an endpoint's real address;
-    // the sidecar balances a service, so it is dialled at the service's VIP.
-    const target = (c: Column) => (c === 'direct' || phase === 'listener' ? endpointsOf(c)[0]! : VIP);
     if (phase === 'listener') {
       // With nothing on 15001 yet, a redirected connection is refused and a direct one answered:
       // otherwise a column that is not intercepted would be measured as if it were.
-      await untilAnswering('direct', target('direct'), ECHO_PORT);
+      await untilAnswering('direct', VIP, ECHO_PORT);
       for (const c of ['iptables', 'ebpf'] as const)
-        if (await answers(c, target(c), ECHO_PORT)) throw new Error(`${c}: ${target(c)}:${ECHO_PORT} answered with no listener on 15001: not intercepted`);
+        if (await answers(c, VIP, ECHO_PORT)) throw new Error(`${c}: ${VIP}:${ECHO_PORT} answered with no listener on 15001: not intercepted`);
     }
     for (const c of ['iptables', 'ebpf'] as const) {
       const cg = cgroupOf(c);
@@ -342,7 +345,7 @@ try {
       } else {
         proxies[c] = await startSidecar(c, cg);
       }
-      await untilAnswering(c, target(c), ECHO_PORT, proxies[c]);
+      await untilAnswering(c, VIP, ECHO_PORT, proxies[c]);
     }
     const results = (raw[phase] = {} as Record<Column, Record<Measure, LoadResult[]>>);
     for (const c of COLUMNS) results[c] = { conn: [], rate: [], bulk: [] };
@@ -358,13 +361,13 @@ try {
         const tcpLoad = (mode: string, port: number, params: Record<string, number>) => [
           bin('tcp-load'),
           mode,
-          target(c),
+          VIP,
           String(port),
           ...Object.entries({ warmup, seconds, ...params }).map(([k, v]) => `${k}=${v}`),
         ];
         checkAlive();
         const before = await tcpCounters(pods[c]);
-        results[c].conn.push(await loadFrom(c, [bin('connect-time'), target(c), String(ONCE_PORT), String(seconds), String(warmup)]));
+        results[c].conn.push(await loadFrom(c, [bin('connect-time'), VIP, String(ONCE_PORT), String(seconds), String(warmup)]));
         counterDeltas.push({ phase, column: c, repetition: rep + 1, changed: changedCounters(before, await tcpCounters(pods[c])) });
         results[c].rate.push(await loadFrom(c, tcpLoad('rate', ECHO_PORT, { conns: rateConns, rate: fixedRate, size: 64 })));
         results[c].bulk.push(await loadFrom(c, tcpLoad('bulk', SOURCE_PORT, {})));
