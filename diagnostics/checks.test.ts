@@ -379,14 +379,18 @@ describe('the CNI check', () => {
       detail: 'DaemonSet flomesh/flb-cni-node ready on 3 of 3 nodes (eBPF mode)',
     });
     const missing = checkCni({ mode: 'ebpf', namespace: NS, daemonSet: { ...ds, found: false }, brokenPods: [] });
-    expect(missing).toMatchObject({ status: 'fail', detail: expect.stringContaining('eBPF interception'), hint: expect.stringContaining('mesh.interception.mode=ebpf') });
+    expect(missing).toMatchObject({
+      status: 'fail',
+      detail: expect.stringContaining('eBPF interception'),
+      hint: expect.stringContaining('mesh.interception.mode=ebpf'),
+    });
     expect(checkCni({ mode: 'ebpf', namespace: NS, daemonSet: { ...ds, ready: 1 }, brokenPods: [] })).toMatchObject({
       status: 'fail',
       detail: expect.stringContaining('1 of 3 nodes'),
     });
   });
 
-  it("fails naming each node where eBPF cannot run, what its agent said is missing and its pods, with the other broken pods", () => {
+  it('fails naming each node where eBPF cannot run, what its agent said is missing and its pods, with the other broken pods', () => {
     const result = checkCni({
       mode: 'ebpf',
       namespace: NS,

@@ -406,7 +406,7 @@ export async function cniFacts(kc: KubeConfig, namespace: string, mode: string |
     // Per-pod annotations may choose eBPF in a CNI mesh too: look whenever a broken pod is one.
     if (broken.items.some(inEbpfMode)) {
       const events = await withDeadline(
-        'list the node agents\' repair Events',
+        "list the node agents' repair Events",
         kc.makeApiClient(CoreV1Api).listEventForAllNamespaces({ fieldSelector: `reason=${REPAIR_EVENT_REASON}` }),
       ).catch(() => ({ items: [] as CoreV1Event[] }));
       base.ebpfUnavailable = ebpfUnavailableNodes(broken.items, events.items);

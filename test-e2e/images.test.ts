@@ -240,7 +240,7 @@ describe('container images, built here and run with runc', () => {
     mkdirSync(cgroup);
     const bpffs = await PrivateBpffs.mount();
     const attached = async () =>
-      ((JSON.parse((await execa('bpftool', ['-j', 'cgroup', 'show', cgroup])).stdout || '[]') as { name?: string }[]).map((p) => p.name ?? '?')).sort();
+      (JSON.parse((await execa('bpftool', ['-j', 'cgroup', 'show', cgroup])).stdout || '[]') as { name?: string }[]).map((p) => p.name ?? '?').sort();
     const inImage = async (name: string, args: string[]) => {
       const container = await runtime.start({
         name,
