@@ -103,6 +103,35 @@ describe('the sidecar names a listener that cannot start', () => {
   });
 });
 
+describe('the sidecar asks the repo for its configuration while its listeners start', () => {
+  it('a listener that cannot start stops the asking again: no worker is left polling the repo', async () => {
+    const asked: string[] = [];
+    const repo = createServer((req, res) => {
+      asked.push(`${req.method} ${req.url}`);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => repo.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => repo.close(resolve)));
+    const state = mkdtempSync(join(tmpdir(), 'flb-sidecar-state-'));
+    cleanups.push(() => rmSync(state, { recursive: true, force: true }));
+    // The last listener to start, the readiness probe's, cannot.
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '::', resolve));
+    cleanups.push(() => new Promise((resolve) => taken.close(resolve)));
+    const url = `http://127.0.0.1:${(repo.address() as { port: number }).port}/repo/flb/sidecars/${ID}/`;
+    const error = await start({
+      ports: { ...ANY_PORTS, readinessProbe: (taken.address() as { port: number }).port },
+      config: { kind: 'repo', url, cacheDir: join(state, 'config') },
+    }).catch((e: unknown) => e as ActionableError);
+    expect((error as ActionableError).message).toContain("the sidecar's readiness probe listener cannot listen");
+    // What was on its way when it stopped has arrived; a worker still running would ask again within a second (not published: 0.25-0.5 s).
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const before = asked.length;
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(asked.slice(before)).toEqual([]);
+  });
+});
+
 describe('the sidecar says why it is not ready', () => {
   it('refuses a sidecar.json for another sidecar in --config-dir mode, naming both ids, on /ready and the probe ports', async () => {
     const sidecar = await start({ config: { kind: 'local', dir: configDir({ mesh: meshDoc(), sidecar: sidecarDoc('pod.shop.other') }), watch: false } });

@@ -18,7 +18,7 @@ import { endpointHealthReport } from './balancer/health-report.js';
 import { localConfigSource, repoConfigSource, type ConfigSource } from './config/source.js';
 import type { ConfigChange, SidecarState } from './config/state.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
-import { buildDnsTable } from './dns/table.js';
+import { buildDnsTable, type DnsTable } from './dns/table.js';
 import { SidecarMetrics, workloadFromEnvironment, type WorkloadIdentity } from './metrics.js';
 import type { OriginalDestination } from './native/index.js';
 import { PORT_FLAGS } from './port-flags.js';
@@ -129,7 +129,16 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     );
   };
 
+  /**
+   * The configuration source starts before the listeners (its first answer from the repo is the
+   * longest wait of a sidecar's start), so a configuration may come before the DNS server or the
+   * proxies are up: what they need of it is kept here and given to each as it starts.
+   */
   let dns: DnsServer | undefined;
+  let dnsTable: DnsTable | undefined;
+  let idleTimeoutMs: number | undefined;
+  const swapDnsTable = (server: DnsServer, table: DnsTable) =>
+    server.setTable(table).catch((error: unknown) => log.error({ err: error }, 'the DNS table could not be swapped; the previous one stays'));
   const apply = (state: SidecarState, change: ConfigChange) => {
     for (const [id, service] of state.services) {
       let pool = pools.get(id);
@@ -147,7 +156,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       unknownDestination: state.mesh.outbound.unknownDestination,
     };
     for (const problem of view.routes.problems) log.warn({ problem }, 'endpoint address dialled directly goes to one of its services');
-    for (const proxy of proxies) proxy.setIdleTimeout(state.mesh.tcp.idleTimeoutSeconds * 1000);
+    idleTimeoutMs = state.mesh.tcp.idleTimeoutSeconds * 1000;
+    for (const proxy of proxies) proxy.setIdleTimeout(idleTimeoutMs);
     const { telemetry } = state.mesh;
     if (telemetry.accessLog !== meshAccessLog) accessLog.setEnabled((meshAccessLog = telemetry.accessLog));
     const declared = telemetry.inboundRequestMetrics
@@ -161,8 +171,8 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       clusterDomain: state.mesh.clusterDomain,
     });
     for (const problem of table.problems) log.warn({ problem }, 'DNS name not served');
-    // The DNS server is up before the configuration source starts, so every configuration reaches it.
-    dns?.setTable(table).catch((error: unknown) => log.error({ err: error }, 'the DNS table could not be swapped; the previous one stays'));
+    dnsTable = table;
+    if (dns) swapDnsTable(dns, table);
     applyBgp(state.sidecar.bgp);
     metrics.configApplied.inc();
     log.debug({ version: state.version, services: state.services.size, routes: view.routes.size, change: summarize(change) }, 'data plane updated');
@@ -230,6 +240,10 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
   function describeListenError(error: unknown, name: keyof SidecarPorts, host: string): unknown {
     return listenError(error, { what: `the sidecar's ${LISTENERS[name]}`, address: formatAddress(host, ports[name]), flag: `${PORT_FLAGS[name]} PORT` });
   }
+  // The cached configuration and the repo's first answer while the listeners start.
+  const sourceStarted = source.start();
+  // Awaited once the listeners are up; a failure meanwhile is not an unhandled rejection.
+  sourceStarted.catch(() => {});
   try {
     dns = await asListener('dns', '127.0.0.1', () =>
       startDnsServer({
@@ -240,6 +254,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       }),
     );
     bound.dns = dns.ports[0]?.port ?? ports.dns;
+    if (dnsTable) swapDnsTable(dns, dnsTable);
     const outbound = await asListener('outbound', '::', () =>
       startOutbound({
         host: '::',
@@ -254,6 +269,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       }),
     );
     proxies.push(outbound);
+    if (idleTimeoutMs !== undefined) outbound.setIdleTimeout(idleTimeoutMs);
     bound.outbound = outbound.port;
     const inbound = await asListener('inbound', '::', () =>
       startInbound({
@@ -269,6 +285,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       }),
     );
     proxies.push(inbound);
+    if (idleTimeoutMs !== undefined) inbound.setIdleTimeout(idleTimeoutMs);
     bound.inbound = inbound.port;
     const admin = await asListener('admin', '127.0.0.1', () =>
       startAdmin({
@@ -314,9 +331,11 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
     bound.livenessProbe = probeServerPort(ports.livenessProbe);
     bound.readinessProbe = probeServerPort(ports.readinessProbe);
     bound.startupProbe = probeServerPort(ports.startupProbe);
-    await source.start();
+    await sourceStarted;
     listening = true;
   } catch (error) {
+    // Not stopped half-started: a worker made after stop() would keep running.
+    await sourceStarted.catch(() => {});
     await closeAll();
     throw error;
   }
