@@ -8,7 +8,10 @@ import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/in
 
 export type Family = 4 | 6;
 
-export const CHAIN = {
+export /** `-p tcp --syn` as iptables-save prints it (the live rules are compared with these texts). */
+const SYN_ONLY = '-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN';
+
+const CHAIN = {
   inbound: 'FLB_INBOUND',
   inboundRedirect: 'FLB_IN_REDIRECT',
   output: 'FLB_OUTPUT',
@@ -60,7 +63,13 @@ export function buildRules(s: Interception, family: Family): RulePlan {
   } else {
     add(CHAIN.inbound, `-p tcp -j ${CHAIN.inboundRedirect}`);
   }
-  add(CHAIN.inboundRedirect, `-p tcp -j REDIRECT --to-ports ${s.inboundPort}`);
+  // Only a connection's SYN is redirected. A connection made before these rules, when the pod's
+  // namespace had no conntrack yet (the native sidecar's to the repo, started before flb-init; a
+  // VM's running services), is picked up mid-stream by conntrack once the rules load it, and its
+  // first packet seen then counts as NEW: redirected, a reply meant for the sidecar's socket would
+  // land on 15003 and the request stall until its timeout (bench:pod-start saw 15 s for 5 of 50
+  // pods). Left alone, it keeps going to the socket it belongs to.
+  add(CHAIN.inboundRedirect, `${SYN_ONLY} -j REDIRECT --to-ports ${s.inboundPort}`);
   // eBPF mode is a hybrid: outbound and DNS are the eBPF programs' (bpf/), inbound stays this rule.
   // Inbound by eBPF needs sk_lookup with the sidecar's listening socket in a SOCKMAP, which only a
   // privileged process can put there, and the sidecar runs unprivileged.
@@ -88,7 +97,7 @@ export function buildRules(s: Interception, family: Family): RulePlan {
   } else {
     add(CHAIN.output, `-j ${CHAIN.outboundRedirect}`);
   }
-  add(CHAIN.outboundRedirect, `-p tcp -j REDIRECT --to-ports ${s.outboundPort}`);
+  add(CHAIN.outboundRedirect, `${SYN_ONLY} -j REDIRECT --to-ports ${s.outboundPort}`);
 
   const chains: string[] = [CHAIN.inbound, CHAIN.inboundRedirect, CHAIN.output, CHAIN.outboundRedirect];
   const jumps: Jump[] = [

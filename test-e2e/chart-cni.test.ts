@@ -149,8 +149,8 @@ describe('the chart in CNI mode on the test control plane: the node agent Daemon
         });
       }
       const rules = await natRules(pod);
-      expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001/);
-      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15003/);
+      expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15001/);
+      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15003/);
     }
     // The mesh's own pods went through the same chain and were left alone.
     for (const pod of (await pods(MESH_NS)).filter((p) => !p.spec!.hostNetwork)) expect(await natRules(pod)).not.toMatch(/FLB_/);

@@ -272,6 +272,69 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     expect(failed.stderr).toContain('the sidecar was not ready within 0.3 s (http://127.0.0.1:15990/ready: no answer');
   });
 
+  it('leaves alone a connection the sidecar opened before the rules (a native sidecar starts before flb-init): it still gets its replies', async () => {
+    // Fresh namespaces: no nat table, so no conntrack yet when the connection is made, as in a new pod.
+    const early = await createNetns('early-pod');
+    const far = await createNetns('early-peer');
+    const children: ResultPromise[] = [];
+    try {
+      await link(early, ['10.214.0.1/24'], far, ['10.214.0.2/24']);
+      const inNs = (ns: Netns, uid: number, script: string) =>
+        execa(
+          'ip',
+          [
+            'netns',
+            'exec',
+            ns.name,
+            'setpriv',
+            '--pdeathsig',
+            'KILL',
+            `--reuid=${uid}`,
+            `--regid=${uid}`,
+            '--clear-groups',
+            '--',
+            process.execPath,
+            '-e',
+            script,
+          ],
+          {
+            reject: false,
+          },
+        );
+      // The repo's side: answers at once, and once more when told (a long-poll's answer, held until a publish).
+      const server = inNs(
+        far,
+        0,
+        "const s=new Set();require('net').createServer((c)=>{s.add(c);c.on('data',(d)=>c.write('echo '+d))}).listen(7000,'10.214.0.2',()=>console.log('listening'));process.stdin.on('data',()=>{for(const c of s)c.write('published')})",
+      );
+      children.push(server);
+      await new Promise<void>((resolve) => server.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve()));
+      // The sidecar's side (the proxy UID): asks, gets its answer, then only waits.
+      const sidecar = inNs(
+        early,
+        PROXY,
+        "const c=require('net').connect(7000,'10.214.0.2');c.setEncoding('utf8');c.on('data',(d)=>console.log(d.trim()));c.on('connect',()=>c.write('ask'))",
+      );
+      children.push(sidecar);
+      const lines: string[] = [];
+      sidecar.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().trim().split('\n')));
+      const until = async (line: string) => {
+        for (let i = 0; i < 60 && !lines.includes(line); i++) await new Promise((r) => setTimeout(r, 50));
+        return lines.includes(line);
+      };
+      expect(await until('echo ask')).toBe(true);
+      await applyRules(settings({ ipv6: 'disabled' }), { backend, netns: early.path });
+      // The first packet the pod's new conntrack sees of this connection comes from outside: taken for
+      // a NEW inbound connection and redirected, it would go to 15003 (nothing there) and never arrive.
+      server.stdin!.write('go\n');
+      expect(await until('published')).toBe(true);
+    } finally {
+      for (const child of children) child.kill('SIGKILL');
+      await deleteNetns(early);
+      await deleteNetns(far);
+    }
+  });
+
   it('cleans without residue: iptables-save is as before', async () => {
     expect(await cleanRules({ backend, netns: pod.path })).toEqual({ backend, cleaned: [4, 6] });
     expect(await normalisedSave(pod, backend, 4)).toBe(before[4]);

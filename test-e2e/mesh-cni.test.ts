@@ -138,8 +138,8 @@ describe('the mesh in CNI mode: interception by the CNI plugin and node agent', 
     const injected = [...(await pods(NS, 'echo')), ...(await pods(NS, 'client'))];
     for (const pod of injected) {
       const rules = await natRules(NS, pod.metadata!.name!);
-      expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001/);
-      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15003/);
+      expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15001/);
+      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15003/);
       expect(rules).toMatch(/-A OUTPUT -p tcp -j FLB_OUTPUT/);
       expect(rules).toMatch(/-A OUTPUT -p udp -m udp --dport 53 -j FLB_DNS/);
     }

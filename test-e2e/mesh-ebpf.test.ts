@@ -186,7 +186,7 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
       // Every container of the pod is in the node's cgroup, under the pod's own folder, as a kubelet places them.
       expect(readFileSync(join(cgroup, 'kubepods', `pod${pod.metadata!.uid}`, 'cgroup.procs'), 'utf8').trim()).not.toBe('');
       const rules = await natRules(pod);
-      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15003/);
+      expect(rules).toMatch(/-A FLB_IN_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15003/);
       expect(rules).not.toMatch(/FLB_OUTPUT|FLB_OUT_REDIRECT|FLB_DNS/);
     }
     const registered = readFileSync(agent!.logFile, 'utf8')

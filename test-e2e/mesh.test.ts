@@ -112,7 +112,7 @@ describe('the mesh with pods that run', () => {
     expect(pod!.metadata!.labels?.['flomesh.io/sidecar-injected']).toBe('true');
     const netns = env.simulator.netnsOf(NS, pod!.metadata!.name!)!;
     const rules = (await execa('ip', ['netns', 'exec', netns, 'iptables-save', '-t', 'nat'])).stdout;
-    expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001/);
+    expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15001/);
     expect(rules).toMatch(/REDIRECT --to-ports 15003/);
     // kube-controller-manager built the EndpointSlice from the status the node simulator wrote.
     const discovery = env.plane.kubeConfig.makeApiClient(DiscoveryV1Api);
