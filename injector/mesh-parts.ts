@@ -87,7 +87,8 @@ export function meshParts(settings: InjectorSettings): MeshParts {
 
 /**
  * Whether the native sidecar starts before flb-init instead of after it. The sidecar needs no rules
- * to start (its own traffic is the proxy UID's, which the rules leave alone), so applying them
+ * to start (its own traffic is the proxy UID's, which the rules leave alone, and they redirect only
+ * SYNs, so its connections made before them keep their replies: cni/rules.ts), so applying them
  * while it starts takes the init container's ~0.5 s off every injected pod's start; flb-init then
  * holds the app until the sidecar is ready, as the postStart hook and startup probe did (the
  * sidecar gets neither: the kubelet counts it started at once and runs flb-init). Only with the
