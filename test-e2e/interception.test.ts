@@ -37,12 +37,23 @@ const normalisedSave = async (ns: Netns, backend: Backend, family: 4 | 6) =>
 
 /** Resolves once the helper says it is ready; wrapped, because an execa process is a thenable that would be awaited to its exit. */
 async function startHelper(ns: Netns, script: string): Promise<{ process: ResultPromise }> {
-  const child = execa('ip', ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', '--', process.execPath, `${fixtures}${script}`], { reject: false });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
-    void child.then((r) => reject(new Error(`${script} exited: ${r.stderr}`)));
-  });
+  const child = nodeIn(ns, [`${fixtures}${script}`]);
+  await printed(child, 'ready');
   return { process: child };
+}
+
+/** `node ARGS` in a namespace (as `uid` when given), killed with the test. */
+function nodeIn(ns: Netns, args: string[], uid?: number): ResultPromise {
+  const asUser = uid !== undefined ? [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'] : [];
+  return execa('ip', ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', ...asUser, '--', process.execPath, ...args], { reject: false });
+}
+
+/** Resolves once the process prints `text`; rejects if it exits first. */
+function printed(child: ResultPromise, text: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => d.toString().includes(text) && resolve());
+    void child.then((r) => reject(new Error(`exited before printing ${text}: ${r.stderr}`)));
+  });
 }
 
 describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (backend) => {
@@ -170,25 +181,9 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     expect((await verifyRules(InterceptionSchema.parse(JSON.parse(withVips)), { backend, netns: pod.path })).problems).toEqual([]);
 
     await peer.exec('ip', ['-6', 'route', 'add', `${VIP.v6}/128`, 'via', POD.v6]);
-    const app = execa('ip', [
-      'netns',
-      'exec',
-      pod.name,
-      'setpriv',
-      '--pdeathsig',
-      'KILL',
-      '--',
-      process.execPath,
-      `${fixtures}intercept-vip-app.mjs`,
-      '9300',
-      VIP.v4,
-      VIP.v6,
-    ]);
+    const app = nodeIn(pod, [`${fixtures}intercept-vip-app.mjs`, '9300', VIP.v4, VIP.v6]);
     try {
-      await new Promise<void>((resolve, reject) => {
-        app.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
-        app.catch(reject);
-      });
+      await printed(app, 'ready');
       // From outside, a connection to the VIP is the pod's inbound traffic: the sidecar gets it with the VIP as the original destination...
       expect(await client(peer, APP, 'tcp', VIP.v4, '9300')).toBe(`inbound ${VIP.v4}:9300 from ${PEER.v4}`);
       expect(await client(peer, APP, 'tcp', VIP.v6, '9300')).toBe(`inbound [${VIP.v6}]:9300 from ${PEER.v6}`);
@@ -240,23 +235,12 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
         },
       );
     // A sidecar's admin port in the pod: /ready answers 503 for its first 600 ms, then 200.
-    const admin = execa('ip', [
-      'netns',
-      'exec',
-      pod.name,
-      'setpriv',
-      '--pdeathsig',
-      'KILL',
-      '--',
-      process.execPath,
+    const admin = nodeIn(pod, [
       '-e',
       "const t=Date.now();require('http').createServer((q,r)=>{r.statusCode=Date.now()-t<600?503:200;r.end(r.statusCode===200?'ready':'no catalog yet')}).listen(15990,'127.0.0.1',()=>console.log('listening'))",
     ]);
     try {
-      await new Promise<void>((resolve, reject) => {
-        admin.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
-        admin.catch(reject);
-      });
+      await printed(admin, 'listening');
       const started = Date.now();
       const held = await init('--sidecar-admin-port=15990');
       expect(held.exitCode).toBe(0);
@@ -279,28 +263,7 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
     const children: ResultPromise[] = [];
     try {
       await link(early, ['10.214.0.1/24'], far, ['10.214.0.2/24']);
-      const inNs = (ns: Netns, uid: number, script: string) =>
-        execa(
-          'ip',
-          [
-            'netns',
-            'exec',
-            ns.name,
-            'setpriv',
-            '--pdeathsig',
-            'KILL',
-            `--reuid=${uid}`,
-            `--regid=${uid}`,
-            '--clear-groups',
-            '--',
-            process.execPath,
-            '-e',
-            script,
-          ],
-          {
-            reject: false,
-          },
-        );
+      const inNs = (ns: Netns, uid: number, script: string) => nodeIn(ns, ['-e', script], uid);
       // The repo's side: answers at once, and once more when told (a long-poll's answer, held until a publish).
       const server = inNs(
         far,
@@ -308,7 +271,7 @@ describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (back
         "const s=new Set();require('net').createServer((c)=>{s.add(c);c.on('data',(d)=>c.write('echo '+d))}).listen(7000,'10.214.0.2',()=>console.log('listening'));process.stdin.on('data',()=>{for(const c of s)c.write('published')})",
       );
       children.push(server);
-      await new Promise<void>((resolve) => server.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve()));
+      await printed(server, 'listening');
       // The sidecar's side (the proxy UID): asks, gets its answer, then only waits.
       const sidecar = inNs(
         early,
