@@ -102,6 +102,20 @@ const web = (
   ],
 ) => kubeService('web', 'shop', endpoints);
 
+const twoReadyPods: [string, boolean][] = [
+  ['10.244.0.5', true],
+  ['10.244.0.6', true],
+];
+
+/** A sink renewing every second on a 2 s lease that has registered web.shop at `endpoints`. */
+async function renewingWeb(endpoints: [string, boolean][] = twoReadyPods, over: Record<string, unknown> = {}) {
+  const eureka = new FakeEureka();
+  const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2, ...over });
+  sink.setService('web.shop', web(endpoints), undefined, 'kubernetes');
+  await sink.settled();
+  return { eureka, sink };
+}
+
 describe('what the Eureka sink registers', () => {
   const writer = { writer: 'flb-east/eureka', mesh: 'flb' };
 
@@ -225,10 +239,7 @@ describe('the Eureka sink', () => {
   });
 
   it('registers again an instance whose renewal gets 404 (the server evicted it)', async () => {
-    const eureka = new FakeEureka();
-    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2 });
-    sink.setService('web.shop', web([['10.244.0.5', true]]), undefined, 'kubernetes');
-    await sink.settled();
+    const { eureka, sink } = await renewingWeb([['10.244.0.5', true]]);
     eureka.apps.clear();
     await until('registered again', () => eureka.summary().length === 1, 3000);
     expect(sink.counters.renewalsNotFound).toBe(1);
@@ -310,10 +321,7 @@ describe('renewals', () => {
     // client, and the threshold is expected x (60 / expected-client-renewal-interval-seconds, 30) x
     // renewal-percent-threshold (0.85) renewals a minute. Renewing each instance once per
     // renewalIntervalSeconds (at most 30) sends 60 / interval >= 2 a minute each, above its 1.7.
-    const eureka = new FakeEureka();
-    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2 });
-    sink.setService('web.shop', web(Array.from({ length: 20 }, (_, i): [string, boolean] => [`10.244.0.${i + 1}`, true])), undefined, 'kubernetes');
-    await sink.settled();
+    const { eureka, sink } = await renewingWeb(Array.from({ length: 20 }, (_, i): [string, boolean] => [`10.244.0.${i + 1}`, true]));
     const started = Date.now();
     eureka.requests = [];
     await new Promise((resolve) => setTimeout(resolve, 3000));
@@ -328,18 +336,7 @@ describe('renewals', () => {
   });
 
   it('go before registrations: a backlog of new instances on a slow server never delays the renewals of those held', async () => {
-    const eureka = new FakeEureka();
-    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2, writeConcurrency: 2 });
-    sink.setService(
-      'web.shop',
-      web([
-        ['10.244.0.5', true],
-        ['10.244.0.6', true],
-      ]),
-      undefined,
-      'kubernetes',
-    );
-    await sink.settled();
+    const { eureka, sink } = await renewingWeb(twoReadyPods, { writeConcurrency: 2 });
     // 400 registrations of 15 ms, 2 at a time: 3 s of backlog, three renewal intervals.
     eureka.registerDelayMs = 15;
     sink.setService(
@@ -355,18 +352,7 @@ describe('renewals', () => {
   });
 
   it('are counted in the status as a user checks them: sent, failed, registered again after a 404, and late', async () => {
-    const eureka = new FakeEureka();
-    const { sink } = makeSink(eureka, { renewalIntervalSeconds: 1, leaseDurationSeconds: 2 });
-    sink.setService(
-      'web.shop',
-      web([
-        ['10.244.0.5', true],
-        ['10.244.0.6', true],
-      ]),
-      undefined,
-      'kubernetes',
-    );
-    await sink.settled();
+    const { eureka, sink } = await renewingWeb();
     const renewals = () => sink.status().renewals;
     const sentToServer = () => eureka.requests.filter((r) => r.startsWith('PUT')).length;
     await until('both instances renewed twice', () => renewals().sent >= 4, 4000);
