@@ -6,7 +6,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
-import eurekaModule from 'eureka-js-client';
 import { API_VERSION, BridgeConfigSchema, type BridgeConfig } from '../common/contract/index.js';
 import { createLogger } from '../common/log.js';
 import { freePorts, startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
@@ -18,6 +17,7 @@ import { Repo } from '../repo/repo.js';
 import { startRepoServer, type RepoServer } from '../repo/server.js';
 import { DiskStore } from '../repo/store/disk.js';
 import { EurekaRestClient, getJson, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
+import { startDiscoveryClient, type DiscoveryClient } from './harness/eureka-discovery.js';
 import { eventually } from './harness/eventually.js';
 
 const log = createLogger('bridge-eureka-test', 'silent');
@@ -81,7 +81,8 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
   const bridges: Bridge[] = [];
   let core: CoreV1Api;
   let discovery: DiscoveryV1Api;
-  let springClient: InstanceType<typeof eurekaModule.Eureka>;
+  /** An app discovering through eureka-js-client, as a Spring Cloud client does (UP instances only). */
+  let springClient: DiscoveryClient;
   /** Between the sink and the server: the test counts its renewals. */
   let sinkProxy: Awaited<ReturnType<typeof recordingProxy>>;
 
@@ -126,12 +127,6 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
     const instances = (JSON.parse(answer.body) as { application: { instance: EurekaJsonInstance[] } }).application.instance;
     return instances.map((i) => `${i.instanceId} ${i.ipAddr}:${i.port.$} ${i.status}`).sort();
   };
-  /** What the Spring-style client (eureka-js-client, UP instances only) discovers for the app: `hostName:port`. */
-  const discovered = (app: string) =>
-    springClient
-      .getInstancesByAppId(app)
-      .map((i) => `${i.hostName}:${(i.port as unknown as { $: number }).$}`)
-      .sort();
   const dashboardNumber = async (label: string) => {
     const page = await getJson(eureka.url.replace(/eureka\/$/, ''));
     const match = new RegExp(`<td>${label}</td>\\s*<td>(\\d+)</td>`).exec(page.body);
@@ -148,19 +143,7 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
       namespace: CONTROL,
       body: { metadata: { name: 'flb-mesh' }, data: { 'mesh.yaml': `apiVersion: ${API_VERSION}\nkind: Mesh\nname: flb\n` } },
     });
-    springClient = new eurekaModule.Eureka({
-      logger: { warn() {}, info() {}, debug() {}, error() {} } as never,
-      shouldUseDelta: false,
-      eureka: {
-        host: '127.0.0.1',
-        port: eureka.port,
-        servicePath: '/eureka/apps/',
-        registerWithEureka: false,
-        fetchRegistry: true,
-        registryFetchInterval: 500,
-      },
-    } as never);
-    await new Promise<void>((resolve, reject) => springClient.start((error: unknown) => (error ? reject(error as Error) : resolve())));
+    springClient = await startDiscoveryClient(eureka);
   });
   afterAll(async () => {
     springClient?.stop();
@@ -181,15 +164,15 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
     });
     const thresholdBefore = await dashboardNumber('Renews threshold');
     const bridge = await start();
-    await eventually('WEB discovered by the client', async () => (discovered('WEB').length === 2 ? true : undefined), 20_000);
-    expect(discovered('WEB')).toEqual(['10.244.1.1:8080', '10.244.1.2:8080']);
-    expect(springClient.getInstancesByVipAddress('web')).toHaveLength(2);
+    await eventually('WEB discovered by the client', async () => (springClient.discovered('WEB').length === 2 ? true : undefined), 20_000);
+    expect(springClient.discovered('WEB')).toEqual(['10.244.1.1:8080', '10.244.1.2:8080']);
+    expect(springClient.instancesByVip('web')).toHaveLength(2);
     expect(await held('WEB')).toEqual([
       '10.244.1.1:web.shop:8080 10.244.1.1:8080 UP',
       '10.244.1.2:web.shop:8080 10.244.1.2:8080 UP',
       '10.244.1.3:web.shop:8080 10.244.1.3:8080 DOWN',
     ]);
-    const one = springClient.getInstancesByAppId('WEB').find((i) => i.ipAddr === '10.244.1.1')! as unknown as EurekaJsonInstance;
+    const one = springClient.instances('WEB').find((i) => i.ipAddr === '10.244.1.1')! as unknown as EurekaJsonInstance;
     expect(one).toMatchObject({
       app: 'WEB',
       hostName: '10.244.1.1',
@@ -273,7 +256,7 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
       ]),
     });
     await eventually('the client discovers the new set', async () =>
-      discovered('WEB').join() === '10.244.1.1:8080,10.244.1.3:8080,10.244.1.4:8080' ? true : undefined,
+      springClient.discovered('WEB').join() === '10.244.1.1:8080,10.244.1.3:8080,10.244.1.4:8080' ? true : undefined,
     );
     await eventually('10.244.1.2 cancelled', async () => ((await held('WEB')).length === 3 ? true : undefined));
   });
@@ -307,7 +290,7 @@ describe('the Eureka sink: Kubernetes Services registered into the real Eureka s
 
     const last = await start();
     await eventually('WEB cancelled', async () => ((await held('WEB')).length === 0 ? true : undefined), 15_000);
-    await eventually('and gone from the client', async () => (discovered('WEB').length === 0 ? true : undefined));
+    await eventually('and gone from the client', async () => (springClient.discovered('WEB').length === 0 ? true : undefined));
     expect(last.status().sinks[0]).toMatchObject({ writes: 3, failures: 0 });
     await stopAll();
   });
