@@ -242,7 +242,8 @@ neighbor ${ROUTER} {
       join(work, 'withdraw', 'exabgp.err'),
     );
     let app: ChildProcess | undefined;
-    const startApp = () => (app = run(host, process.execPath, ['-e', `require('net').createServer((s) => s.end()).listen(${APP_PORT}, '127.0.0.1')`]));
+    const startApp = () =>
+      (app = run(host, process.execPath, ['-e', `require('net').createServer((s) => s.on('error', () => {}).end()).listen(${APP_PORT}, '127.0.0.1')`]));
     const both = async () => (await control.routes('flb')).length === 1 && (await control.routes('exabgp')).length === 1;
     startApp();
     await until('both VIPs in BIRD', async () => ((await both()) ? true : undefined), 60_000, 100).catch(async (error: unknown) => {
@@ -568,7 +569,7 @@ ${Array.from(
 `,
     );
     const control = await bird.control();
-    const app = run(host, process.execPath, ['-e', `require('net').createServer((s) => s.end()).listen(${APP_PORT}, '127.0.0.1')`]);
+    const app = run(host, process.execPath, ['-e', `require('net').createServer((s) => s.on('error', () => {}).end()).listen(${APP_PORT}, '127.0.0.1')`]);
     const bgpSection = (peers: number) => ({
       localAs: 65001,
       routerId: hostAddress(0),

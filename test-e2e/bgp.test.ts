@@ -289,7 +289,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
 
   // flb bgp --config: the VIP on the host's loopback, an app listening on it, a TCP check gating it.
   const APP_VIP = '198.51.100.20';
-  const startApp = () => nodeIn(host, ['-e', `require('net').createServer((s) => s.end('hello from the app\\n')).listen(8080, '${APP_VIP}')`]);
+  const startApp = () =>
+    nodeIn(host, ['-e', `require('net').createServer((s) => s.on('error', () => {}).end('hello from the app\\n')).listen(8080, '${APP_VIP}')`]);
   /** A connection from the router to the VIP, through the route BIRD learned and put in its kernel table. */
   const viaRouter = async () =>
     (
@@ -401,7 +402,7 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
     const child = nodeIn(ns, [
       '-e',
       // on every address: the check (to the VIP) passes only once flb bgp has put the VIP on lo
-      `require('net').createServer((s) => s.end('${greeting}')).listen(${ECMP_PORT})`,
+      `require('net').createServer((s) => s.on('error', () => {}).end('${greeting}')).listen(${ECMP_PORT})`,
     ]);
     ecmp.push(child);
     return child;
@@ -508,7 +509,8 @@ describe('the BGP announcer against BIRD and GoBGP', () => {
   const SIDECAR_APP_PORT = 8090;
   const LOAD_PORT = 9000;
   const LOAD_UID = 1777;
-  const sidecarApp = () => nodeIn(host, ['-e', `require('net').createServer((s) => s.end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`]);
+  const sidecarApp = () =>
+    nodeIn(host, ['-e', `require('net').createServer((s) => s.on('error', () => {}).end('sidecar app\\n')).listen(${SIDECAR_APP_PORT}, '127.0.0.1')`]);
   let sidecarAppProcess: ResultPromise | undefined;
   const startSidecar = (configDir: string) =>
     nodeIn(host, [join(ROOT, 'bin', 'flb.js'), 'sidecar', '--id', 'pod.shop.w', '--config-dir', configDir, '--watch'], {

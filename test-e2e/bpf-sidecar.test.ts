@@ -36,7 +36,7 @@ const ID = 'pod.shop.app-1';
 /** The pod's own address (on the veth to the first endpoint) and its app's port, which answers with the address it sees the connection come from. */
 const POD_IP = '10.217.1.1';
 const APP_PORT = 7070;
-const APP_SERVER = `require('node:net').createServer((s) => s.end(s.remoteAddress)).listen(${APP_PORT}, () => console.log('ready'))`;
+const APP_SERVER = `require('node:net').createServer((s) => s.on('error', () => {}).end(s.remoteAddress)).listen(${APP_PORT}, () => console.log('ready'))`;
 
 const orders = {
   apiVersion: API_VERSION,
