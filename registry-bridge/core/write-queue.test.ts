@@ -21,7 +21,8 @@ class FakeRegistry {
 
   readonly queue: WriteQueue;
 
-  constructor(concurrency = 4) {
+  /** With `batchSize`, keys come in batches through writeBatch(), each recorded as `batch a,b`. */
+  constructor(concurrency = 4, batchSize?: number) {
     this.queue = new WriteQueue(
       {
         canWrite: () => this.ready,
@@ -44,8 +45,9 @@ class FakeRegistry {
           if ((error as Error).message === 'unreachable') this.held = undefined;
         },
         foreign: (key) => this.reported.push(key),
+        ...(batchSize ? { writeBatch: (keys: readonly string[], removalsAllowed: boolean) => this.writeBatch(keys, removalsAllowed) } : {}),
       },
-      { concurrency },
+      { concurrency, ...(batchSize ? { batchSize } : {}) },
     );
   }
 
@@ -80,6 +82,20 @@ class FakeRegistry {
     }
   }
 
+  async writeBatch(keys: readonly string[], removalsAllowed: boolean): Promise<Map<string, unknown>> {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    this.requests.push(`batch ${keys.join(',')}`);
+    const failures = new Map<string, unknown>();
+    for (const key of keys) {
+      if (this.needs(key, removalsAllowed) !== 'write') continue;
+      const error = this.failing?.(key);
+      if (error) failures.set(key, error);
+      else this.stored.set(key, this.wanted.get(key)!);
+      if (!error) this.held?.set(key, this.wanted.get(key)!);
+    }
+    return failures;
+  }
+
   want(key: string, value: string | undefined): void {
     if (value === undefined) this.wanted.delete(key);
     else this.wanted.set(key, value);
@@ -93,8 +109,8 @@ class FakeRegistry {
 }
 
 const registries: FakeRegistry[] = [];
-const registry = (concurrency?: number) => {
-  const r = new FakeRegistry(concurrency);
+const registry = (concurrency?: number, batchSize?: number) => {
+  const r = new FakeRegistry(concurrency, batchSize);
   registries.push(r);
   return r;
 };
@@ -242,6 +258,22 @@ describe('the write queue the registry sinks drive', () => {
     await r.queue.settled();
     expect(r.stored.size).toBe(20);
     expect(r.maxInFlight).toBe(3);
+  });
+
+  it('hands keys to writeBatch() at most batchSize at a time, and retries with backoff only the keys a batch failed', async () => {
+    const r = registry(1, 3);
+    let refusals = 0;
+    r.failing = (what) => (what === 'k4' && refusals++ < 1 ? new Error('refused') : undefined);
+    for (let i = 0; i < 7; i++) r.wanted.set(`k${i}`, '1');
+    for (let i = 0; i < 7; i++) r.queue.mark(`k${i}`);
+    r.queue.kick();
+    await r.queue.settled();
+    // A batch of one is a plain write().
+    expect(r.writes()).toEqual(['batch k0,k1,k2', 'batch k3,k4,k5', 'put k6=1']);
+    expect(r.failures).toEqual(['k4: refused']);
+    expect(r.queue.pending()).toBe(1);
+    await until('k4 written again', () => r.stored.size === 7, 3000);
+    expect(r.writes().slice(3)).toEqual(['put k4=1']);
   });
 
   it('stops: no write after stop(), and settled() resolves', async () => {

@@ -34,6 +34,12 @@ export interface WriteQueueTarget {
   needs(key: string, removalsAllowed: boolean): Need;
   /** Writes `key` (decided again inside: an earlier write may have changed what the registry holds); throws to be retried with backoff. */
   write(key: string, removalsAllowed: boolean): Promise<void>;
+  /**
+   * Writes several keys in one request (with `batchSize` over 1), each decided again inside as in
+   * write(); resolves with the failure of each key that was not written (retried with backoff, as
+   * a thrown write() is), or throws when none was.
+   */
+  writeBatch?(keys: readonly string[], removalsAllowed: boolean): Promise<Map<string, unknown>>;
   /** A failed read (`key` undefined) or write: the sink counts, logs, and may drop what it read. */
   failed(key: string | undefined, error: unknown): void;
   /** Someone else's object holds `key`: reported by the sink, and not tried again until the registry is read again. */
@@ -41,8 +47,10 @@ export interface WriteQueueTarget {
 }
 
 export interface WriteQueueOptions {
-  /** Writes in flight at once (the sink may limit further inside write()). */
+  /** Writes (or batches) in flight at once (the sink may limit further inside write()). */
   concurrency: number;
+  /** Keys given to one writeBatch() at most (a registry's transaction limit); 1, the default: write() each. */
+  batchSize?: number;
 }
 
 export class WriteQueue {
@@ -150,28 +158,42 @@ export class WriteQueue {
         // A removal not yet allowed is found again by allowRemovals(), which compares everything held.
         return need === 'write';
       });
+      const batchSize = this.target.writeBatch ? Math.max(1, this.options.batchSize ?? 1) : 1;
+      const batches: string[][] = [];
+      for (let at = 0; at < queue.length; at += batchSize) batches.push(queue.slice(at, at + batchSize));
       await Promise.all(
-        Array.from({ length: Math.min(this.options.concurrency, queue.length) }, async () => {
-          for (let key = queue.shift(); key !== undefined && !this.stopped; key = queue.shift()) await this.write(key);
+        Array.from({ length: Math.min(this.options.concurrency, batches.length) }, async () => {
+          for (let batch = batches.shift(); batch !== undefined && !this.stopped; batch = batches.shift()) await this.write(batch);
         }),
       );
     }
   }
 
-  private async write(key: string): Promise<void> {
+  private async write(keys: string[]): Promise<void> {
     // A failure in this round dropped what was read: decided once it is read again, never as "nothing there".
     if (!this.target.hasRead()) {
-      this.dirty.add(key);
+      for (const key of keys) this.dirty.add(key);
       return;
     }
+    let failures: Map<string, unknown>;
     try {
-      await this.target.write(key, this.mayRemove);
-      this.retryAt.delete(key);
+      if (keys.length > 1 && this.target.writeBatch) failures = await this.target.writeBatch(keys, this.mayRemove);
+      else {
+        await this.target.write(keys[0]!, this.mayRemove);
+        failures = new Map();
+      }
     } catch (error) {
+      failures = new Map(keys.map((key) => [key, error]));
+    }
+    for (const key of keys) {
+      if (!failures.has(key)) {
+        this.retryAt.delete(key);
+        continue;
+      }
       this.dirty.add(key);
-      const failures = (this.retryAt.get(key)?.failures ?? 0) + 1;
-      this.retryAt.set(key, { failures, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** (failures - 1), BACKOFF_MAX_MS) });
-      this.target.failed(key, error);
+      const failed = (this.retryAt.get(key)?.failures ?? 0) + 1;
+      this.retryAt.set(key, { failures: failed, at: Date.now() + Math.min(BACKOFF_START_MS * 2 ** (failed - 1), BACKOFF_MAX_MS) });
+      this.target.failed(key, failures.get(key));
     }
   }
 
