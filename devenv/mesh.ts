@@ -30,6 +30,8 @@ export interface MeshComponentsOptions {
   logLevel?: string;
   /** Bridge sources after the Kubernetes one (a Consul, a Eureka), as the BridgeConfig has them. */
   registrySources?: Record<string, unknown>[];
+  /** Bridge sinks after the repo one (a Consul, a Eureka), as the BridgeConfig has them: one bridge reads and writes the registries, as a user runs it. */
+  registrySinks?: Record<string, unknown>[];
   onProgress?: (message: string) => void;
 }
 
@@ -160,7 +162,7 @@ export async function startMeshComponents(env: DevEnvironment, options: MeshComp
         kind: 'BridgeConfig',
         mesh: { configMap: { namespace: CONTROL_PLANE_NAMESPACE, name: MESH_CONFIGMAP } },
         sources: [{ kind: 'kubernetes' }, ...(options.registrySources ?? [])],
-        sinks: [{ kind: 'repo', url: repoUrl, tls: { caFile, ...controlPlaneCert } }],
+        sinks: [{ kind: 'repo', url: repoUrl, tls: { caFile, ...controlPlaneCert } }, ...(options.registrySinks ?? [])],
         repoCaFile: caFile,
         leaderElection: { namespace: CONTROL_PLANE_NAMESPACE, leaseDurationSeconds: 6, renewDeadlineSeconds: 4, retryPeriodSeconds: 1 },
       }),

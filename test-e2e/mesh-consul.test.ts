@@ -1,23 +1,21 @@
 // Consul and Eureka services called by name from a pod, through its sidecar: the real Consul
 // v1.16.1, the run's shared Eureka server (Spring Cloud Netflix), the real control plane, pods that
-// run (node simulator), the repo, the bridge (with a Consul and a Eureka source) and the injector
-// as processes. The services' instances are two echo pods with no Kubernetes Service: only the
-// registries know them, as they know a VM's or another platform's instances. The last describe
-// runs the other direction (issue 18): a Kubernetes Service with pods that run, written into the
-// same Consul and Eureka by the sinks.
+// run (node simulator), the repo, the bridge (with a Consul and a Eureka source, and a Consul and a
+// Eureka sink) and the injector as processes. The services' instances are two echo pods with no
+// Kubernetes Service: only the registries know them, as they know a VM's or another platform's
+// instances. The last describe checks the other direction (issue 18): a Kubernetes Service with
+// pods that run, written into the same Consul and Eureka by the same bridge's sinks.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { AppsV1Api, CoreV1Api, type V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startDevEnvironment, type DevEnvironment } from '../devenv/environment.js';
-import { CONTROL_PLANE_NAMESPACE, MESH_CONFIGMAP, getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
+import { getJson, startMeshComponents, type MeshComponents } from '../devenv/mesh.js';
 import { EurekaRestClient, getJson as getEurekaJson, sharedEurekaServer, type EurekaServer } from './harness/eureka.js';
+import { startDiscoveryClient, type DiscoveryClient } from './harness/eureka-discovery.js';
 import { eventually } from './harness/eventually.js';
 import { requireRoot } from './harness/netns.js';
 import { demoDeployment, isPodReady } from '../devenv/apps/workloads.js';
-import eurekaModule from 'eureka-js-client';
-import { API_VERSION, BridgeConfigSchema } from '../common/contract/index.js';
-import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
 
 const NS = 'shop';
 const GRACE_SECONDS = 3;
@@ -91,6 +89,11 @@ describe('Consul and Eureka services called by name from a pod through its sidec
       registrySources: [
         { kind: 'consul', address: consul.url, removeAfterSeconds: GRACE_SECONDS, waitSeconds: 5, staleAfterSeconds: STALE_SECONDS },
         { kind: 'eureka', servers: [eureka.url], intervalSeconds: 1 },
+      ],
+      // Into the registries its sources read (the last describe): Kubernetes Services of this namespace only.
+      registrySinks: [
+        { kind: 'consul', address: consul.url, namespaces: { include: [NS] }, resyncSeconds: 5 },
+        { kind: 'eureka', servers: [eureka.url], namespaces: { include: [NS] }, renewalIntervalSeconds: 1, leaseDurationSeconds: 3 },
       ],
     });
     core = env.plane.kubeConfig.makeApiClient(CoreV1Api);
@@ -292,13 +295,13 @@ describe('Consul and Eureka services called by name from a pod through its sidec
 
   // The sinks (issue 18) with pods that run: the echo Deployment's pods are Ready through the real
   // readiness path (kubelet probe, sidecar probe port, the app's /healthz), so what reaches Consul
-  // and Eureka is what the EndpointSlice controller made of them. A bridge of its own in this
-  // process (devenv/mesh.ts gives the mesh's bridge the repo sink only), reading only this namespace;
-  // the mesh's bridge, with its Consul and Eureka sources on the same two registries, must never
-  // import back what this one writes.
+  // and Eureka is what the EndpointSlice controller made of them. The mesh's one bridge writes
+  // them, as a user runs it: its sinks write this namespace's Services into the two registries its
+  // Consul and Eureka sources read, and those sources must never import back what the sinks wrote.
+  // The sinks have run since the file's start, through Consul's minute away and its return empty.
   describe('the Consul and Eureka sinks with pods that run', () => {
-    let sinks: Bridge;
-    let springClient: InstanceType<typeof eurekaModule.Eureka>;
+    /** An app discovering through eureka-js-client, as a Spring Cloud client does (UP instances only). */
+    let springClient: DiscoveryClient;
     let deployments: AppsV1Api;
 
     const echoAddresses = async () =>
@@ -323,12 +326,7 @@ describe('Consul and Eureka services called by name from a pod through its sidec
         .map((i) => `${i.ipAddr}:${i.port.$} ${i.status}`)
         .sort();
     };
-    /** What a Spring-style client (eureka-js-client: UP instances only) discovers for ECHO: `hostName:port`. */
-    const discovered = () =>
-      springClient
-        .getInstancesByAppId('ECHO')
-        .map((i) => `${i.hostName}:${(i.port as unknown as { $: number }).$}`)
-        .sort();
+    const discovered = () => springClient.discovered('ECHO');
     /** Waits until Consul lists `listed` (default: the Ready ones) and both registries hand out exactly the Ready addresses `ready()` names. */
     const bothFollow = async (what: string, ready: () => Promise<string[]>, listed?: string[]) => {
       let want: string[] = [];
@@ -351,40 +349,9 @@ describe('Consul and Eureka services called by name from a pod through its sidec
 
     beforeAll(async () => {
       deployments = env.plane.kubeConfig.makeApiClient(AppsV1Api);
-      sinks = await startBridge({
-        config: BridgeConfigSchema.parse({
-          apiVersion: API_VERSION,
-          kind: 'BridgeConfig',
-          mesh: { configMap: { namespace: CONTROL_PLANE_NAMESPACE, name: MESH_CONFIGMAP } },
-          sources: [{ kind: 'kubernetes', namespaces: { include: [NS] } }],
-          sinks: [
-            { kind: 'consul', address: consul.url, resyncSeconds: 5 },
-            { kind: 'eureka', servers: [eureka.url], renewalIntervalSeconds: 1, leaseDurationSeconds: 3 },
-          ],
-          leaderElection: { enabled: false },
-        }),
-        kubeConfig: env.plane.kubeConfig,
-        log,
-        identity: 'mesh-consul-sinks',
-      });
-      springClient = new eurekaModule.Eureka({
-        logger: { warn() {}, info() {}, debug() {}, error() {} } as never,
-        shouldUseDelta: false,
-        eureka: {
-          host: '127.0.0.1',
-          port: eureka.port,
-          servicePath: '/eureka/apps/',
-          registerWithEureka: false,
-          fetchRegistry: true,
-          registryFetchInterval: 500,
-        },
-      } as never);
-      await new Promise<void>((resolve, reject) => springClient.start((error: unknown) => (error ? reject(error as Error) : resolve())));
+      springClient = await startDiscoveryClient(eureka);
     });
-    afterAll(async () => {
-      springClient?.stop();
-      await sinks?.stop();
-    });
+    afterAll(() => springClient?.stop());
 
     it("registers the Deployment's Ready pods in Consul (catalog and passing health) and as UP Eureka instances a Spring-style client discovers", async () => {
       const want = await bothFollow('echo in Consul and Eureka at its two pods', echoAddresses);
@@ -436,7 +403,7 @@ describe('Consul and Eureka services called by name from a pod through its sidec
       );
     });
 
-    it("is never imported back by the mesh bridge's Consul and Eureka sources reading the same registries", async () => {
+    it("is never imported back by the same bridge's Consul and Eureka sources reading those registries", async () => {
       const client = (await pods('client')).find(isPodReady)!;
       const resolves = async (name: string) => (await env.simulator.exec(NS, client.metadata!.name!, 'client', ['getent', 'hosts', name])).exitCode === 0;
       // Services registered by hand after the sinks' writes: once the pod resolves them, the mesh's sources have read past echo.
