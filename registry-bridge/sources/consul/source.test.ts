@@ -10,6 +10,8 @@ import { createLogger } from '../../../common/log.js';
 import type { CatalogUpdates } from '../../core/types.js';
 import { ConsulSource } from './source.js';
 
+type StartReads = NonNullable<ConstructorParameters<typeof ConsulSource>[0]['startReads']>;
+
 const log = createLogger('consul-source-test', process.env.FLB_TEST_LOG === '1' ? 'debug' : 'silent');
 
 interface Instance {
@@ -87,13 +89,13 @@ class FakeConsul {
     return this.queries.filter((q) => q.split('?')[0] === path).length;
   }
 
-  private checks(): { Node: string; CheckID: string; Status: string; ServiceName: string }[] {
+  private checks(): { Node: string; CheckID: string; Status: string; ServiceID: string; ServiceName: string }[] {
     const services = [...this.services].flatMap(([name, instances]) =>
       instances
         .filter((i) => !i.noCheck)
-        .map((i) => ({ Node: i.node, CheckID: `service:${name}-${i.node}`, Status: i.status ?? 'passing', ServiceName: name })),
+        .map((i) => ({ Node: i.node, CheckID: `service:${name}-${i.node}`, Status: i.status ?? 'passing', ServiceID: `${name}-${i.node}`, ServiceName: name })),
     );
-    const nodes = [...this.nodeChecks].map(([node, status]) => ({ Node: node, CheckID: 'serfHealth', Status: status, ServiceName: '' }));
+    const nodes = [...this.nodeChecks].map(([node, status]) => ({ Node: node, CheckID: 'serfHealth', Status: status, ServiceID: '', ServiceName: '' }));
     return [...services, ...nodes];
   }
 
@@ -142,17 +144,50 @@ class FakeConsul {
       const status = url.pathname.slice('/v1/health/state/'.length);
       return send(this.checks().filter((c) => c.Status === status));
     }
+    if (url.pathname === '/v1/catalog/nodes') return send([...this.nodeAddresses()].map(([node, address]) => ({ Node: node, Address: address })));
+    if (url.pathname.startsWith('/v1/catalog/node-services/')) {
+      const node = decodeURIComponent(url.pathname.slice('/v1/catalog/node-services/'.length));
+      const address = this.nodeAddresses().get(node);
+      if (address === undefined) return send({ Node: null, Services: null });
+      const services = [...this.services].flatMap(([name, instances]) => instances.filter((i) => i.node === node).map((i) => this.serviceOf(name, i)));
+      return send({ Node: { Node: node, Address: address }, Services: services });
+    }
     const service = decodeURIComponent(url.pathname.slice('/v1/health/service/'.length));
     return send(
       (this.services.get(service) ?? []).map((i) => ({
-        Node: { Node: i.node, Address: i.address },
-        Service: { ID: `${service}-${i.node}`, Service: service, Address: '', Port: i.port },
+        Node: { Node: i.node, Address: this.nodeAddresses().get(i.node) },
+        Service: this.serviceOf(service, i),
         Checks: [
-          ...(this.nodeChecks.has(i.node) ? [{ Node: i.node, CheckID: 'serfHealth', Status: this.nodeChecks.get(i.node), ServiceName: '' }] : []),
-          ...(i.noCheck ? [] : [{ Node: i.node, CheckID: `service:${service}-${i.node}`, Status: i.status ?? 'passing', ServiceName: service }]),
+          ...(this.nodeChecks.has(i.node)
+            ? [{ Node: i.node, CheckID: 'serfHealth', Status: this.nodeChecks.get(i.node), ServiceID: '', ServiceName: '' }]
+            : []),
+          ...(i.noCheck
+            ? []
+            : [
+                {
+                  Node: i.node,
+                  CheckID: `service:${service}-${i.node}`,
+                  Status: i.status ?? 'passing',
+                  ServiceID: `${service}-${i.node}`,
+                  ServiceName: service,
+                },
+              ]),
         ],
       })),
     );
+  }
+
+  /** A node's address is its first instance's; an instance elsewhere has its own (Service.Address), as Consul's rule reads it. */
+  private nodeAddresses(): Map<string, string> {
+    const addresses = new Map<string, string>();
+    for (const instances of this.services.values()) for (const i of instances) if (!addresses.has(i.node)) addresses.set(i.node, i.address);
+    for (const node of this.nodeChecks.keys()) if (!addresses.has(node)) addresses.set(node, '10.255.0.1');
+    return addresses;
+  }
+
+  private serviceOf(name: string, i: Instance) {
+    const address = this.nodeAddresses().get(i.node) === i.address ? '' : i.address;
+    return { ID: `${name}-${i.node}`, Service: name, Address: address, Port: i.port };
   }
 }
 
@@ -182,6 +217,9 @@ const until = async <T>(what: string, probe: () => T | undefined, timeoutMs = 50
   }
 };
 
+/** The two ways the start can read every service: tests that concern what follows run after each. */
+const START_READS: StartReads[] = ['per-service', 'per-node'];
+
 describe('the Consul source', () => {
   let fake: FakeConsul;
   let source: ConsulSource | undefined;
@@ -190,14 +228,9 @@ describe('the Consul source', () => {
     await fake.stop();
   });
 
-  const start = async (extra: Record<string, unknown> = {}) => {
-    fake = new FakeConsul();
-    fake.services.set('web', [
-      { node: 'n1', address: '10.0.0.1', port: 8080 },
-      { node: 'n2', address: '10.0.0.2', port: 8080 },
-    ]);
-    fake.services.set('api', [{ node: 'n3', address: '10.0.0.3', port: 9000 }]);
-    const address = await fake.start();
+  let address: string;
+  /** A source on the running stand-in, synced once. */
+  const startSource = async (extra: Record<string, unknown>, startReads?: StartReads) => {
     const config = ConsulSourceSchema.parse({
       kind: 'consul',
       address,
@@ -207,11 +240,27 @@ describe('the Consul source', () => {
       minQueryIntervalMs: 10,
       ...extra,
     });
-    source = new ConsulSource({ config, log });
+    const started = new ConsulSource({ config, log, ...(startReads ? { startReads } : {}) });
     const updates = new Recorder();
-    source.start(updates);
+    started.start(updates);
     await until('the first sync', () => (updates.syncs === 1 ? true : undefined));
-    return updates;
+    return { source: started, updates };
+  };
+  const webAndApi = (consul: FakeConsul) => {
+    consul.services.set('web', [
+      { node: 'n1', address: '10.0.0.1', port: 8080 },
+      { node: 'n2', address: '10.0.0.2', port: 8080 },
+    ]);
+    consul.services.set('api', [{ node: 'n3', address: '10.0.0.3', port: 9000 }]);
+  };
+  const start = async (extra: Record<string, unknown> = {}, startReads?: StartReads, fill = webAndApi) => {
+    fake = new FakeConsul();
+    fill(fake);
+    address = await fake.start();
+    const started = await startSource(extra, startReads);
+    source = started.source;
+    if (startReads === 'per-node') expect(fetches()).toBe(0);
+    return started.updates;
   };
   const endpointsOf = (updates: Recorder, id: string) => updates.services.get(id)?.endpoints.map((e) => `${e.address}${e.healthy ? '' : ' unhealthy'}`);
 
@@ -257,6 +306,88 @@ describe('the Consul source', () => {
     expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/api', '/v1/health/service/web', '/v1/health/service/api']);
   });
 
+  /**
+   * Eight services on four nodes, with what the start must carry over either way: a node's address
+   * or the instance's own, node checks failing, an instance without a check, one on a node whose
+   * check warns, Consul's own service left out, two names that make one label, Connect proxies.
+   */
+  const manyPerNode = (consul: FakeConsul) => {
+    consul.services.set('web', [
+      { node: 'n1', address: '10.0.0.1', port: 8080 },
+      { node: 'n2', address: '10.0.0.2', port: 8080, status: 'warning' },
+      { node: 'n3', address: '10.0.0.3', port: 8080, status: 'critical' },
+    ]);
+    consul.services.set('api', [
+      { node: 'n1', address: '10.0.1.1', port: 9000 },
+      { node: 'n2', address: '10.0.0.2', port: 9000, noCheck: true },
+    ]);
+    consul.services.set('db', [{ node: 'n3', address: '10.0.0.3', port: 5432 }]);
+    consul.services.set('cache', [
+      { node: 'n2', address: '10.0.0.2', port: 6379 },
+      { node: 'n4', address: '10.0.0.4', port: 6379 },
+    ]);
+    consul.services.set('queue', [{ node: 'n4', address: '10.0.0.4', port: 5672, status: 'warning' }]);
+    consul.services.set('consul', [{ node: 'n1', address: '10.0.0.1', port: 8300 }]);
+    consul.services.set('Web_API', [{ node: 'n1', address: '10.0.0.1', port: 80 }]);
+    consul.services.set('web-api', [{ node: 'n4', address: '10.0.0.4', port: 80 }]);
+    consul.nodeChecks.set('n3', 'critical');
+    consul.nodeChecks.set('n4', 'passing');
+    consul.nodeChecks.set('n2', 'warning');
+  };
+  const published = (updates: Recorder) => [...updates.services.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+
+  it('reads every service per node at start when there are fewer nodes than services: a read per node and one of every check', async () => {
+    const updates = await start({}, undefined, manyPerNode);
+    // Four nodes against seven services listed (consul is left out): 4 + 1 reads instead of 7.
+    expect(fetches()).toBe(0);
+    expect(fake.count('/v1/catalog/nodes')).toBe(1);
+    expect(fake.count('/v1/health/state/any')).toBe(1);
+    expect(fake.queries.filter((q) => q.startsWith('/v1/catalog/node-services/')).length).toBe(4);
+    expect(endpointsOf(updates, 'web.dc1.consul')).toEqual(['10.0.0.1', '10.0.0.2 unhealthy', '10.0.0.3 unhealthy']);
+    expect(source!.status()).toMatchObject({ state: 'synced', services: 7, errors: 0 });
+  });
+
+  it('publishes the same services read per node as read per service, and follows changes the same after', async () => {
+    const viaServices = await start({}, 'per-service', manyPerNode);
+    const viaNodes = await startSource({}, 'per-node');
+    try {
+      expect(published(viaNodes.updates)).toEqual(published(viaServices));
+      expect(published(viaServices).length).toBe(7);
+      expect(viaNodes.source.status()).toMatchObject({ services: 7, endpoints: source!.status().endpoints, errors: 0 });
+      // What the start noted (checks, services per node) serves the watches after it the same.
+      fake.setNodeStatus('n3', 'passing');
+      fake.setNodeStatus('n2', 'passing');
+      fake.setStatus('web', 1, 'passing');
+      fake.change(() => fake.services.get('cache')!.pop());
+      for (const updates of [viaServices, viaNodes.updates]) {
+        await until('n2 and n3 passing, web on n2 passing, cache on n2 only', () =>
+          endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.1,10.0.0.2,10.0.0.3 unhealthy' &&
+          endpointsOf(updates, 'cache.dc1.consul')?.join() === '10.0.0.2' &&
+          endpointsOf(updates, 'db.dc1.consul')?.join() === '10.0.0.3'
+            ? true
+            : undefined,
+        );
+      }
+      expect(published(viaNodes.updates)).toEqual(published(viaServices));
+    } finally {
+      await viaNodes.source.stop();
+    }
+  });
+
+  it('fetches on its own every service a node read could not give, and publishes the same', async () => {
+    const viaServices = await start({}, 'per-service', manyPerNode);
+    fake.override.set('/v1/catalog/node-services/n2', '{"Node": {"Node": "n2"}, "Services": "garbage"}');
+    const fetchedBefore = fetches();
+    const fellBack = await startSource({});
+    try {
+      expect(fellBack.source.status().lastError).toMatch(/reading every service per node \(each is fetched on its own instead\): .*node-services\/n2/);
+      expect(fetches() - fetchedBefore).toBe(7);
+      expect(published(fellBack.updates)).toEqual(published(viaServices));
+    } finally {
+      await fellBack.source.stop();
+    }
+  });
+
   it('finds an instance registered without a check by a sweep, at most every sweepIntervalSeconds', async () => {
     const updates = await start({ sweepIntervalSeconds: 1 });
     fake.change(() => fake.services.get('api')!.push({ node: 'n5', address: '10.0.0.5', port: 9000, noCheck: true }));
@@ -265,8 +396,8 @@ describe('the Consul source', () => {
     expect(fake.queries.some((q) => q.startsWith('/v1/health/service/web'))).toBe(true);
   });
 
-  it('fetches every service on a node whose node check fails, and those only', async () => {
-    const updates = await start();
+  it.each(START_READS)('fetches every service on a node whose node check fails, and those only (start read %s)', async (startReads) => {
+    const updates = await start({}, startReads);
     const fetchesBefore = fetches();
     fake.setNodeStatus('n1', 'critical');
     await until('web on n1 unhealthy', () => (endpointsOf(updates, 'web.dc1.consul')?.includes('10.0.0.1 unhealthy') ? true : undefined));
@@ -324,33 +455,41 @@ describe('the Consul source', () => {
     fake.comeBack();
   };
 
-  it('sees a service deregistered while it was away when Consul comes back at the index it had', async () => {
-    const updates = await start({ removeAfterSeconds: 0 });
+  it.each(START_READS)('sees a service deregistered while it was away when Consul comes back at the index it had (start read %s)', async (startReads) => {
+    const updates = await start({ removeAfterSeconds: 0 }, startReads);
     await awayAndBack(() => fake.services.delete('api'));
     // A blocking query sent with the old index would wait for a write past it and read "no change".
     await until('api removed', () => (updates.services.has('api.dc1.consul') ? undefined : true), 3000);
     expect([...updates.services.keys()]).toEqual(['web.dc1.consul']);
   });
 
-  it('fetches again a service whose instance moved while it was away, though its checks and its index read the same', async () => {
-    const updates = await start({ sweepIntervalSeconds: 1 });
-    await awayAndBack(() => (fake.services.get('web')![0]!.address = '10.0.0.11'));
-    // No check came or went, so a sweep finds it; one that skipped the service for an index equal to
-    // its last fetch's (from before Consul went away) would keep the old address.
-    await until('web at its new address', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.11,10.0.0.2' ? true : undefined), 3000);
-  });
+  it.each(START_READS)(
+    'fetches again a service whose instance moved while it was away, though its checks and its index read the same (start read %s)',
+    async (startReads) => {
+      const updates = await start({ sweepIntervalSeconds: 1 }, startReads);
+      await awayAndBack(() => (fake.services.get('web')![0]!.address = '10.0.0.11'));
+      // No check came or went, so a sweep finds it; one that skipped the service for an index equal to
+      // its last fetch's (from before Consul went away) would keep the old address.
+      await until('web at its new address', () => (endpointsOf(updates, 'web.dc1.consul')?.join() === '10.0.0.11,10.0.0.2' ? true : undefined), 3000);
+    },
+  );
 
-  it('fetches a new service once, and sweeps nothing for it, whichever of its fetch and the read of every check answers first', async () => {
-    const updates = await start({ sweepIntervalSeconds: 1 });
-    fake.delay.set('/v1/health/state/any', 200);
-    const [fetchesBefore, readsBefore] = [fetches(), fake.answered.filter((p) => p === '/v1/health/state/any').length];
-    fake.change(() => fake.services.set('db', [{ node: 'n7', address: '10.0.0.7', port: 5432 }]));
-    await until('db published', () => endpointsOf(updates, 'db.dc1.consul'));
-    await until('the read of every check answered', () => (fake.answered.filter((p) => p === '/v1/health/state/any').length > readsBefore ? true : undefined));
-    await new Promise((r) => setTimeout(r, 200));
-    // The service list named db: its fetch explains the change, and put its checks in the baseline first.
-    expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/db']);
-  });
+  it.each(START_READS)(
+    'fetches a new service once, and sweeps nothing for it, whichever of its fetch and the read of every check answers first (start read %s)',
+    async (startReads) => {
+      const updates = await start({ sweepIntervalSeconds: 1 }, startReads);
+      fake.delay.set('/v1/health/state/any', 200);
+      const [fetchesBefore, readsBefore] = [fetches(), fake.answered.filter((p) => p === '/v1/health/state/any').length];
+      fake.change(() => fake.services.set('db', [{ node: 'n7', address: '10.0.0.7', port: 5432 }]));
+      await until('db published', () => endpointsOf(updates, 'db.dc1.consul'));
+      await until('the read of every check answered', () =>
+        fake.answered.filter((p) => p === '/v1/health/state/any').length > readsBefore ? true : undefined,
+      );
+      await new Promise((r) => setTimeout(r, 200));
+      // The service list named db: its fetch explains the change, and put its checks in the baseline first.
+      expect(fetchedSince(fetchesBefore)).toEqual(['/v1/health/service/db']);
+    },
+  );
 
   it('gives names that make one DNS label distinct ids by rule, and the plain one back when its holder goes', async () => {
     const updates = await start({ removeAfterSeconds: 0 });

@@ -20,11 +20,14 @@ import { LabelBook } from '../../core/names.js';
 import type { CatalogUpdates, Source, SourceStatus } from '../../core/types.js';
 import { ConsulClient, ConsulError } from './client.js';
 import { nextIndex, nextQueryDelay } from './index-rules.js';
+import { addNodeServices, checksByNode, nodeNames, readPerNode } from './node-reads.js';
 import { translateConsulService } from './translate.js';
 
 export interface ConsulSourceOptions {
   config: ConsulSourceConfig;
   log: Logger;
+  /** How the start reads every service: by the counts (node-reads.ts), or one way for tests that compare the two. */
+  startReads?: 'by-counts' | 'per-service' | 'per-node';
 }
 
 interface Known {
@@ -64,6 +67,7 @@ export class ConsulSource implements Source {
   readonly name: string;
   private readonly config: ConsulSourceConfig;
   private readonly log: Logger;
+  private readonly startReads: NonNullable<ConsulSourceOptions['startReads']>;
   private readonly client: ConsulClient;
   private readonly abort = new AbortController();
   private updates?: CatalogUpdates;
@@ -99,6 +103,13 @@ export class ConsulSource implements Source {
   private retryFailures = 0;
   private inFlight = 0;
   private catalogListed = false;
+  /**
+   * Services the start reads per node, not yet published; each leaves it when it is fetched on its
+   * own instead (a change named it meanwhile: its fetch is newer than the node reads).
+   */
+  private readonly startPending = new Set<string>();
+  /** The start's reads are running: the queue waits for them to choose the way (the read of every check too). */
+  private startRunning = false;
   private syncedOnce = false;
   private lastContactAt = 0;
   private lastSyncAt = 0;
@@ -114,6 +125,7 @@ export class ConsulSource implements Source {
     this.config = options.config;
     this.name = options.config.name;
     this.log = options.log.child({ source: this.name });
+    this.startReads = options.startReads ?? 'by-counts';
     // Three watches and the read of every check, beside the fetch pool.
     this.client = new ConsulClient(options.config, 4);
     this.datacenter = options.config.datacenter;
@@ -308,8 +320,69 @@ export class ConsulSource implements Source {
       if (!named) this.catalogUnexplained = true;
       if (afterOutage) this.catalogAfterOutage = true;
       this.readAllChecks();
+    } else {
+      for (const name of this.queue) this.startPending.add(name);
+      this.queue.clear();
+      this.startRunning = true;
+      void this.readAtStart(Object.keys(body).length);
     }
     this.catalogListed = true;
+    this.pump();
+  }
+
+  /**
+   * Every listed service read once, per service or per node (node-reads.ts says which is cheaper).
+   * The node reads start once both failing-check watches hold their first answer: a check that
+   * changes after that wakes them and its service is fetched again, one before is in the reads.
+   * Whatever the node reads cannot give (a read that fails, a service none of them holds: hidden by
+   * the token's policy, or registered on a node listed too late) is fetched per service.
+   */
+  private async readAtStart(total: number): Promise<void> {
+    const signal = this.abort.signal;
+    const into = new Map<string, unknown[]>();
+    let way = this.startReads === 'per-node' ? 'per node' : 'per service';
+    try {
+      if (this.startReads !== 'per-service') {
+        const nodes = nodeNames((await this.client.get({ path: '/v1/catalog/nodes', query: { dc: this.datacenter! }, signal })).body);
+        if (!nodes) throw new ConsulError('/v1/catalog/nodes: not a list of nodes');
+        const counts = { nodes: nodes.length, listed: this.startPending.size, total };
+        if (this.startReads === 'by-counts') way = readPerNode(counts) ? 'per node' : 'per service';
+        this.log.info({ ...counts, way }, 'reading every Consul service');
+        if (way === 'per node') {
+          while (!(this.failing.critical && this.failing.warning) && !signal.aborted) await sleep(20, signal);
+          const checks = checksByNode((await this.client.get({ path: '/v1/health/state/any', query: { dc: this.datacenter! }, signal })).body);
+          let next = 0;
+          const readNodes = async () => {
+            while (next < nodes.length && !signal.aborted) {
+              const node = nodes[next++]!;
+              const path = `/v1/catalog/node-services/${encodeURIComponent(node)}`;
+              addNodeServices(node, (await this.client.get({ path, query: { dc: this.datacenter! }, signal })).body, checks, this.startPending, into);
+            }
+          };
+          await Promise.all(Array.from({ length: Math.min(this.config.fetchConcurrency, nodes.length) }, readNodes));
+          this.contact();
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      this.failed(error, `reading every service per node (each is fetched on its own instead)`);
+      into.clear();
+    }
+    if (signal.aborted) return;
+    this.startRunning = false;
+    for (const name of this.startPending) {
+      const known = this.known.get(name);
+      const entries = into.get(name);
+      if (!known || known.removeAt !== undefined) continue;
+      if (!entries) {
+        this.enqueue(name);
+        continue;
+      }
+      this.noteChecks(name, known, entries);
+      this.render(name, known, entries);
+    }
+    this.startPending.clear();
+    if (this.allChecksWanted) this.readAllChecks();
     this.pump();
   }
 
@@ -336,7 +409,8 @@ export class ConsulSource implements Source {
    * sweep every service for it.) After Consul was away, a sweep in any case.
    */
   private readAllChecks(): void {
-    if (this.allChecksReading || this.allChecksTimer) {
+    // During the start, a read of every check would find the checks of services not yet published new.
+    if (this.allChecksReading || this.allChecksTimer || this.startRunning) {
       this.allChecksWanted = true;
       return;
     }
@@ -426,6 +500,7 @@ export class ConsulSource implements Source {
   // ---- fetching services
 
   private enqueue(name: string): void {
+    this.startPending.delete(name);
     this.queue.add(name);
     this.swept.delete(name);
   }
@@ -445,7 +520,16 @@ export class ConsulSource implements Source {
   }
 
   private maybeSynced(): void {
-    if (!this.catalogListed || !this.failing.critical || !this.failing.warning || this.queue.size > 0 || this.inFlight > 0 || this.retry.size > 0) return;
+    if (
+      !this.catalogListed ||
+      this.startRunning ||
+      !this.failing.critical ||
+      !this.failing.warning ||
+      this.queue.size > 0 ||
+      this.inFlight > 0 ||
+      this.retry.size > 0
+    )
+      return;
     this.lastSyncAt = Date.now();
     if (this.syncedOnce) return;
     this.syncedOnce = true;
@@ -553,6 +637,7 @@ export class ConsulSource implements Source {
   /** Deregistered: its instances are gone at once; its name and VIP stay for removeAfterSeconds. */
   private gone(name: string, known: Known): void {
     known.removeAt = Date.now() + this.config.removeAfterSeconds * 1000;
+    this.startPending.delete(name);
     this.queue.delete(name);
     this.retry.delete(name);
     this.noteChecks(name, known, []);
