@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mountPointsOf, removeCgroupTree } from './cgroups.js';
@@ -49,6 +49,11 @@ describe('a container process', () => {
   it("is in its pod's network namespace, with its hostname and mounts, once `entered` resolves", async () => {
     const netns = `flb-containers-test-${process.pid}`;
     const dir = mkdtempSync(join(tmpdir(), 'flb-containers-test-'));
+    // Read-write, and named with what an fstab line would split or cut at.
+    const writable = { source: join(dir, 'a volume #1'), target: join(dir, 'its mount point') };
+    mkdirSync(writable.source);
+    mkdirSync(writable.target);
+    writeFileSync(join(writable.source, 'data'), 'from the volume');
     execFileSync('ip', ['netns', 'add', netns]);
     try {
       const spec: ContainerProcessSpec = {
@@ -61,7 +66,11 @@ describe('a container process', () => {
         noNewPrivileges: true,
         netnsPath: `/var/run/netns/${netns}`,
         hostname: 'pod-under-test',
-        mounts: [{ source: dir, target: '/mnt', readOnly: true }],
+        mounts: [
+          { source: dir, target: '/mnt', readOnly: true },
+          { ...writable, readOnly: false },
+        ],
+        mountTableFile: join(dir, 'container.fstab'),
         logFile: join(dir, 'container.log'),
       };
       const container = startContainerProcess(spec);
@@ -82,6 +91,12 @@ describe('a container process', () => {
         expect(await inside(['readlink', '/proc/self/ns/net'])).toBe(`net:[${statSync(spec.netnsPath).ino}]`);
         expect(await inside(['hostname'])).toBe('pod-under-test');
         expect(await inside(['sh', '-c', 'grep -c " /mnt " /proc/self/mountinfo'])).toBe('1');
+        expect(await inside(['sh', '-c', 'touch /mnt/written 2>/dev/null && echo written || echo refused'])).toBe('refused');
+        expect(await inside(['cat', join(writable.target, 'data')])).toBe('from the volume');
+        expect(await inside(['sh', '-c', `echo from the container > "${writable.target}/back"`])).toBe('');
+        expect(readFileSync(join(writable.source, 'back'), 'utf8')).toBe('from the container\n');
+        // Its own UTS namespace took the name, not the node.
+        expect(execFileSync('hostname', { encoding: 'utf8' }).trim()).not.toBe('pod-under-test');
       } finally {
         process.kill(-container.process.pid!, 'SIGKILL');
       }
@@ -113,6 +128,7 @@ describe('a container process', () => {
         cgroup,
         hostname: 'pod-under-test',
         mounts: [],
+        mountTableFile: join(dir, 'container.fstab'),
         logFile: join(dir, 'container.log'),
       };
       const container = startContainerProcess(spec);

@@ -4,7 +4,7 @@
 // it dies with the simulator however that ends. There is no image filesystem: a container sees
 // the host's files (see devenv/README.md).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { V1SecurityContext } from '@kubernetes/client-node';
@@ -25,10 +25,12 @@ export interface ContainerProcessSpec {
   capabilities: string[] | 'all';
   noNewPrivileges: boolean;
   netnsPath: string;
-  /** The pod's cgroup v2 folder, joined before anything else (see inCgroup); none where the machine has no cgroup v2. */
+  /** The pod's cgroup v2 folder, joined before anything of the container runs; none where the machine has no cgroup v2. */
   cgroup?: string;
   hostname: string;
   mounts: Mount[];
+  /** Where the mounts are written for the container's `mount --all` (rewritten at each start). */
+  mountTableFile: string;
   workingDir?: string;
   logFile: string;
 }
@@ -77,18 +79,33 @@ export function setprivArgs(spec: Pick<ContainerProcessSpec, 'uid' | 'gid' | 'su
 }
 
 // Runs as root in the new mount and UTS namespaces, then becomes the container's process.
-// Arguments: hostname, working dir, mount count, (source target ro|rw)..., then the command. It
-// closes fd 3 once the container's namespaces and mounts are in place (see ContainerProcess.entered).
+// Arguments: hostname, cgroup folder (or ''), working dir, mount table file (or ''), then the
+// command. It joins the cgroup first: nsenter and unshare before it open no socket, so the eBPF
+// programs on the node's cgroup still see every socket of the container. It closes fd 3 once the container's namespaces and mounts are in place (see
+// ContainerProcess.entered). Every program run here is on a pod's start path, once per container,
+// on cores the starting pods share: the hostname and the cgroup are written by the shell itself,
+// and one `mount --all` makes every mount (read-only ones included: libmount remounts a bind
+// mount with the options asked), where a `hostname`, a `mount --bind` per volume and a remount
+// per read-only one made a pod's sidecar wait for about a dozen programs.
 const ENTER = `set -e
-hostname "$1"; workdir=$2; n=$3; shift 3
-while [ "$n" -gt 0 ]; do
-  mount --bind "$1" "$2"
-  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi
-  shift 3; n=$((n - 1))
-done
+cgroup=$2; workdir=$3; table=$4
+if [ -n "$cgroup" ]; then echo $$ > "$cgroup/cgroup.procs"; fi
+echo "$1" > /proc/sys/kernel/hostname
+shift 4
+if [ -n "$table" ]; then mount --all --fstab "$table"; fi
 if [ -n "$workdir" ]; then cd "$workdir"; fi
 exec 3>&-
 exec "$@"`;
+
+/** A path as an fstab field: octal escapes for what would end or bend the field, as libmount reads them. */
+function fstabField(path: string): string {
+  return path.replace(/[\\\s#]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
+}
+
+/** The container's mounts as the table its `mount --all` reads, in the spec's order (a mount inside another comes after it). */
+export function mountTable(mounts: readonly Mount[]): string {
+  return mounts.map((m) => `${fstabField(m.source)} ${fstabField(m.target)} none ${m.readOnly ? 'bind,ro' : 'bind'} 0 0\n`).join('');
+}
 
 /**
  * Mount targets that do not exist on the host are made (empty folders; the bind mounts themselves
@@ -105,7 +122,8 @@ export function prepareMountTargets(mounts: readonly Mount[], created: Set<strin
 }
 
 /**
- * The command, first moved into the cgroup: before it enters the pod's namespaces, so that
+ * A command run in a container (exec probes, hooks, `kubectl exec`), first moved into the cgroup:
+ * before it enters the pod's namespaces, so that
  * nothing of the container ever runs outside it (the eBPF programs on the node's cgroup see each
  * of its sockets), and through the host's own /sys (a namespace entered with `ip netns exec`
  * remounts /sys).
@@ -121,19 +139,25 @@ export interface ContainerProcess {
    * Resolves once the process is in the container's namespaces with its mounts made (or has
    * exited): until then it is still nsenter, unshare or the mounting shell, and a command entering
    * "its" namespaces (a postStart hook, an exec probe) would land in the node's network namespace.
-   * A container runtime's start returns only then, and the kubelet runs hooks and probes after it.
+   * A container runtime's start returns only then, and the kubelet runs hooks and probes after it:
+   * kuberuntime_container.go's startContainer returns after the CRI StartContainer (then the
+   * postStart hook), and containerd's StartContainer returns once the task is created (runc create:
+   * namespaces, mounts) and started (runc start: the container's process exec'd). So the pod worker
+   * counts a container started, and starts the next init container, only once this resolves: at
+   * the spawn would be earlier than any runtime. What it costs here is kept small instead (ENTER).
    */
   entered: Promise<void>;
 }
 
 export function startContainerProcess(spec: ContainerProcessSpec): ContainerProcess {
-  const mountArgs = spec.mounts.flatMap((m) => [m.source, m.target, m.readOnly ? 'ro' : 'rw']);
-  const nsenter = [
+  if (spec.mounts.length) writeFileSync(spec.mountTableFile, mountTable(spec.mounts), { mode: 0o600 });
+  const argv = [
     'nsenter',
     `--net=${spec.netnsPath}`,
     '--',
     'unshare',
     '--mount',
+    // Always a UTS namespace of its own: ENTER writes the hostname through /proc.
     '--uts',
     // Slave, as the kubelet's HostToContainer: mounts the node makes later (a new pod's network
     // namespace under /var/run/netns, for the CNI agent) reach containers; theirs never reach the node.
@@ -145,9 +169,9 @@ export function startContainerProcess(spec: ContainerProcessSpec): ContainerProc
     ENTER,
     'flb-container',
     spec.hostname,
+    spec.cgroup ?? '',
     spec.workingDir ?? '',
-    String(spec.mounts.length),
-    ...mountArgs,
+    spec.mounts.length ? spec.mountTableFile : '',
     'setpriv',
     ...setprivArgs(spec),
     '--pdeathsig',
@@ -159,8 +183,7 @@ export function startContainerProcess(spec: ContainerProcessSpec): ContainerProc
   try {
     // Its own process group: Ctrl-C in the simulator's terminal must not reach containers, which
     // stop in the order Kubernetes uses. Fd 3 is open until the container is set up (ENTER closes it).
-    const [file, ...argv] = inCgroup(spec.cgroup, nsenter);
-    const process = spawn(file!, argv, { env: spec.env, stdio: ['ignore', log, log, 'pipe'], detached: true });
+    const process = spawn(argv[0]!, argv.slice(1), { env: spec.env, stdio: ['ignore', log, log, 'pipe'], detached: true });
     const setUp = process.stdio[3] as Readable;
     const entered = new Promise<void>((resolve) => {
       setUp.once('close', () => resolve());

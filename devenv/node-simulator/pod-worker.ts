@@ -348,6 +348,7 @@ export class PodWorker {
       ...(this.cgroup ? { cgroup: this.cgroup } : {}),
       hostname: this.pod.spec?.hostNetwork ? this.context.nodeName : (this.pod.metadata?.name ?? 'pod'),
       mounts,
+      mountTableFile: join(this.dir, `${spec.name}.fstab`),
       ...(spec.workingDir ? { workingDir: spec.workingDir } : {}),
       logFile: this.logFile(spec.name),
     };
