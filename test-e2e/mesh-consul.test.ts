@@ -356,6 +356,13 @@ describe('Consul and Eureka services called by name from a pod through its sidec
     it("registers the Deployment's Ready pods in Consul (catalog and passing health) and as UP Eureka instances a Spring-style client discovers", async () => {
       const want = await bothFollow('echo in Consul and Eureka at its two pods', echoAddresses);
       expect(want).toHaveLength(2);
+      // Written by the mesh's own bridge: its /status (what `flb bridge status` prints) lists both sinks, caught up.
+      const sinks = await eventually('both sinks caught up in the bridge status', async () => {
+        const status = await getJson<{ sinks: { kind: string; pending: number }[] }>(`${mesh.bridgeAdminUrls[0]}/status`);
+        const registries = status?.sinks.filter((sink) => sink.kind !== 'repo');
+        return registries?.every((sink) => sink.pending === 0) ? registries : undefined;
+      });
+      expect(sinks.map((sink) => sink.kind).sort()).toEqual(['consul', 'eureka']);
       const entries = await consulCatalog();
       for (const entry of entries) {
         expect(entry).toMatchObject({
