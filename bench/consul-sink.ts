@@ -10,8 +10,10 @@
 //   seen the same way.
 // - Writes when nothing changes, at --small and --services Services of 3 endpoints: once
 //   everything is registered, every request the sink sends for --quiet-seconds, counted by kind by
-//   a proxy in front of Consul: registrations and deregistrations (goal: none; the sink writes no
-//   TTL checks, so nothing needs renewing) and the reads of its node every --resync-seconds.
+//   a proxy in front of Consul: registrations, deregistrations and transactions (the sink's batches;
+//   goal: none; the sink writes no TTL checks, so nothing needs renewing) and the reads of its node
+//   every --resync-seconds. Also how long the first sync took from the first Service created, which
+//   at 10,000 is bounded by Consul (its CPU, not the bridge's: registry-bridge/README.md, Sinks).
 // Usage: node dist/bench/consul-sink.js [--services 10000 --small 1000 --changes 100 --quiet-seconds 60 --resync-seconds 60]
 import { createServer, request as httpRequest, Agent as HttpAgent } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -48,11 +50,13 @@ const started = performance.now();
 const progress = (m: string) => process.stderr.write(`bench: [${((performance.now() - started) / 1000).toFixed(1)} s] ${m}\n`);
 const address = (n: number) => `10.${1 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
 
-type RequestKind = 'register' | 'deregister' | 'read' | 'other';
+type RequestKind = 'register' | 'deregister' | 'txn' | 'read' | 'other';
 const kindOf = (method: string | undefined, url: string | undefined): RequestKind => {
   const path = (url ?? '').split('?')[0]!;
   if (method === 'PUT' && path === '/v1/catalog/register') return 'register';
   if (method === 'PUT' && path === '/v1/catalog/deregister') return 'deregister';
+  // The sink's batches: up to 32 registrations, check updates or deregistrations each.
+  if (method === 'PUT' && path === '/v1/txn') return 'txn';
   if (method === 'GET') return 'read';
   return 'other';
 };
@@ -60,7 +64,7 @@ const kindOf = (method: string | undefined, url: string | undefined): RequestKin
 /** Between the sink (and the floor) and Consul: every request counted by kind, with the bytes the reads answered. */
 async function countingProxy(target: string) {
   const upstreamUrl = new URL(target);
-  const counts: Record<RequestKind, number> = { register: 0, deregister: 0, read: 0, other: 0 };
+  const counts: Record<RequestKind, number> = { register: 0, deregister: 0, txn: 0, read: 0, other: 0 };
   const readBytes = { total: 0 };
   const agent = new HttpAgent({ keepAlive: true, maxSockets: 64 });
   const server = createServer((req, res) => {
@@ -251,9 +255,11 @@ async function main(): Promise<void> {
   await bridge.settled();
 
   // ---- writes when nothing changes
-  const quiet = async (services: number, created: number, base: number) => {
+  /** `createdIn`: how long creating the Services took, from `creating` (when the first was created, as now()). */
+  const quiet = async (services: number, created: number, base: number, creating: number, createdIn: number) => {
     const instances = PROP_SERVICES + services * ENDPOINTS_PER_SERVICE;
-    const syncMs = await settled(created * ENDPOINTS_PER_SERVICE, `${services} services`, base);
+    await settled(created * ENDPOINTS_PER_SERVICE, `${services} services`, base);
+    const syncMs = now() - creating;
     await bridge.settled();
     await sleep(3000);
     const before = { ...proxy.counts };
@@ -265,9 +271,12 @@ async function main(): Promise<void> {
       services,
       instances,
       heldInConsul: held?.Services.length ?? 0,
+      createSeconds: createdIn / 1000,
       syncSeconds: syncMs / 1000,
+      syncedPerSecond: (created * ENDPOINTS_PER_SERVICE) / (syncMs / 1000),
       registrations: proxy.counts.register - before.register,
       deregistrations: proxy.counts.deregister - before.deregister,
+      transactions: proxy.counts.txn - before.txn,
       sinkWrites: sinkStatus().writes - sinkWritesBefore,
       reads: proxy.counts.read - before.read,
       readMiB: (proxy.readBytes.total - bytesBefore) / 2 ** 20,
@@ -300,15 +309,17 @@ async function main(): Promise<void> {
   };
   progress(`creating ${SMALL} services of ${ENDPOINTS_PER_SERVICE} endpoints`);
   let base = sinkStatus().writes;
+  let creating = now();
   await create(0, SMALL);
-  const small = await quiet(SMALL, SMALL, base);
+  const small = await quiet(SMALL, SMALL, base, creating, now() - creating);
   progress(`quiet at ${SMALL}: ${JSON.stringify(small)}`);
   let large: typeof small | undefined;
   if (SERVICES > SMALL) {
     progress(`creating ${SERVICES - SMALL} more services`);
     base = sinkStatus().writes;
+    creating = now();
     await create(SMALL, SERVICES);
-    large = await quiet(SERVICES, SERVICES - SMALL, base);
+    large = await quiet(SERVICES, SERVICES - SMALL, base, creating, now() - creating);
     progress(`quiet at ${SERVICES}: ${JSON.stringify(large)}`);
   }
 
@@ -326,10 +337,10 @@ async function main(): Promise<void> {
       { measure: 'the bridge adds (goal: at most 200 ms at p99)', p50: bridgeRow.p50 - floorRow.p50, p99: bridgeRow.p99 - floorRow.p99, n: '' },
       { measure: 'ratio to the floor', p50: (bridgeRow.p50 / floorRow.p50).toFixed(2), p99: (bridgeRow.p99 / floorRow.p99).toFixed(2), n: '' },
       ...[small, ...(large ? [large] : [])].map((q) => ({
-        measure: `nothing changing, ${q.services} services (${q.instances} instances, ${q.heldInConsul} on the node), ${QUIET_SECONDS} s: register / deregister calls (goal: 0 / 0); reads of its node (two every ${RESYNC_SECONDS} s resync)`,
-        p50: `${q.registrations} / ${q.deregistrations}; ${q.reads} reads, ${q.readMiB.toFixed(1)} MiB`,
+        measure: `nothing changing, ${q.services} services (${q.instances} instances, ${q.heldInConsul} on the node), ${QUIET_SECONDS} s: register / deregister / transaction calls (goal: 0 / 0 / 0); reads of its node (two every ${RESYNC_SECONDS} s resync)`,
+        p50: `${q.registrations} / ${q.deregistrations} / ${q.transactions}; ${q.reads} reads, ${q.readMiB.toFixed(1)} MiB`,
         p99: '',
-        n: `synced in ${q.syncSeconds.toFixed(1)} s; failures ${q.failures}; load ${q.load}`,
+        n: `synced ${q.syncSeconds.toFixed(1)} s after the first Service was created (${Math.round(q.syncedPerSecond)} instances/s; creating them took ${q.createSeconds.toFixed(1)} s); failures ${q.failures}; load ${q.load}`,
       })),
     ],
     { samples, small, large, resyncSeconds: RESYNC_SECONDS },

@@ -326,4 +326,32 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
     expect(await sliceEndpoints('web')).toEqual(slicesBefore);
     expect(bridge!.status().sinks.find((x) => x.kind === 'kubernetes')!.writes).toBe(0);
   });
+
+  it('registers a Service of 40 endpoints in transactions of 32 instances, each written as a registration alone writes it', async () => {
+    const endpoints = Array.from({ length: 40 }, (_, i): [string, boolean] => [`10.244.2.${i + 1}`, i % 10 !== 0]);
+    await core.createNamespacedService({ namespace: NS, body: service('wide') });
+    await discovery.createNamespacedEndpointSlice({ namespace: NS, body: slice('wide', endpoints) });
+    await eventually('wide in Consul with 40 instances', async () => ((await catalog('wide')).length === 40 ? true : undefined));
+    await bridge!.settled();
+    const entries = await catalog('wide');
+    // A transaction is one Raft entry: its instances share a ModifyIndex (40 registrations alone carry 40).
+    expect(new Set(entries.map((e) => e.ModifyIndex)).size).toBeLessThanOrEqual(2);
+    for (const entry of entries)
+      expect(entry).toMatchObject({
+        Node: NODE,
+        ServicePort: 8080,
+        ServiceTags: ['k8s'],
+        ServiceMeta: { 'flomesh-origin': 'kubernetes', 'flomesh-writer': `${NODE}/consul`, 'flomesh-service': 'wide.shop', 'external-k8s-ns': NS },
+        ServiceWeights: { Passing: 1, Warning: 1 },
+      });
+    expect(await passing('wide')).toEqual(
+      endpoints
+        .filter(([, ready]) => ready)
+        .map(([address]) => address)
+        .sort(),
+    );
+    const checks = (await health('wide')).map((e) => e.Checks.find((c) => c.CheckID === `${e.Service.ID}:readiness`) as unknown as Record<string, string>);
+    expect(new Set(checks.map((c) => `${c.ServiceName} ${c.Name}`))).toEqual(new Set(['wide Kubernetes readiness']));
+    expect(bridge!.status().sinks.find((x) => x.kind === 'consul')).toMatchObject({ failures: 0, pending: 0 });
+  });
 });

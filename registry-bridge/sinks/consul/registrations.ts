@@ -165,3 +165,11 @@ export function heldOnNode(nodeServices: unknown, nodeChecks: unknown): Map<stri
   }
   return held;
 }
+
+/** Whether /v1/catalog/node-services/<node> answered the node with this address and node meta (null: no such node). */
+export function sameNode(nodeServices: unknown, address: string, meta: Record<string, string>): boolean {
+  const node = isRecord(nodeServices) && isRecord(nodeServices.Node) ? nodeServices.Node : undefined;
+  if (!node || node.Address !== address) return false;
+  const held = stringRecord(node.Meta);
+  return Object.keys(held).length === Object.keys(meta).length && Object.entries(meta).every(([key, value]) => held[key] === value);
+}

@@ -16,9 +16,12 @@ interface Instance {
   Meta: Record<string, string>;
 }
 
-/** Consul's catalog as the sink sees it: one node's services and checks, every write recorded. */
+type Check = { CheckID: string; ServiceID: string; Status: string };
+type TxnOp = { Service?: { Verb: string; Node: string; Service: Instance }; Check?: { Verb: string; Check: Check & { Node: string } } };
+
+/** Consul's catalog as the sink sees it: nodes with their services and checks, every write recorded. */
 class FakeConsul {
-  nodes = new Map<string, { services: Map<string, Instance>; checks: Map<string, { CheckID: string; ServiceID: string; Status: string }> }>();
+  nodes = new Map<string, { address?: string; meta?: Record<string, string>; services: Map<string, Instance>; checks: Map<string, Check> }>();
   writes: { path: string; body: Record<string, unknown> }[] = [];
   /** Answers the next calls with this error instead. */
   failing?: (path: string, body: unknown) => Error | undefined;
@@ -29,6 +32,31 @@ class FakeConsul {
     return node;
   }
 
+  /** Consul applies a transaction whole or not at all; a service or check needs its node, a check its service. */
+  private txn(ops: TxnOp[]): void {
+    const errors = ops.flatMap((op, index) => {
+      const nodeName = op.Service?.Node ?? op.Check?.Check.Node;
+      const node = this.nodes.get(nodeName ?? '');
+      if (!node) return [`op ${index}: Missing node registration`];
+      const serviceId = op.Check?.Check.ServiceID;
+      const serviceThere = (id: string) => node.services.has(id) || ops.some((o) => o.Service?.Verb === 'set' && o.Service.Service.ID === id);
+      if (op.Check && !serviceThere(serviceId!)) return [`op ${index}: Missing service registration`];
+      return [];
+    });
+    if (errors.length > 0) throw new ConsulWriteError(`PUT /v1/txn: answered 409: ${errors.join('; ')}`, 409);
+    for (const op of ops) {
+      if (op.Service?.Verb === 'set') this.node(op.Service.Node).services.set(op.Service.Service.ID, op.Service.Service);
+      else if (op.Service?.Verb === 'delete') this.deregister(op.Service.Node, op.Service.Service.ID);
+      else if (op.Check?.Verb === 'set') this.node(op.Check.Check.Node).checks.set(op.Check.Check.CheckID, op.Check.Check);
+    }
+  }
+
+  private deregister(nodeName: string, serviceId: string): void {
+    const node = this.node(nodeName);
+    node.services.delete(serviceId);
+    for (const [id, check] of node.checks) if (check.ServiceID === serviceId) node.checks.delete(id);
+  }
+
   api = {
     call: async (method: 'GET' | 'PUT', path: string, body?: unknown): Promise<unknown> => {
       await Promise.resolve();
@@ -37,25 +65,28 @@ class FakeConsul {
       if (method === 'GET') {
         const name = decodeURIComponent(path.split('/').pop()!);
         const node = this.nodes.get(name);
-        if (path.startsWith('/v1/catalog/node-services/')) return node ? { Node: { Node: name }, Services: [...node.services.values()] } : null;
+        if (path.startsWith('/v1/catalog/node-services/'))
+          return node ? { Node: { Node: name, Address: node.address, Meta: node.meta }, Services: [...node.services.values()] } : null;
         return node ? [...node.checks.values()] : [];
       }
       const b = body as Record<string, unknown>;
       this.writes.push({ path, body: b });
+      if (path === '/v1/txn') {
+        this.txn(body as TxnOp[]);
+        return { Results: [], Errors: null };
+      }
       const node = this.node(b.Node as string);
       if (path === '/v1/catalog/register') {
+        if (!b.SkipNodeUpdate) [node.address, node.meta] = [b.Address as string, b.NodeMeta as Record<string, string>];
         if (b.Service) {
           const service = b.Service as Partial<Instance> & { ID: string };
           node.services.set(service.ID, { ...service, Tags: service.Tags ?? [], Meta: service.Meta ?? {} } as Instance);
         }
         if (b.Check) {
-          const check = b.Check as { CheckID: string; ServiceID: string; Status: string };
+          const check = b.Check as Check;
           node.checks.set(check.CheckID, check);
         }
-      } else {
-        node.services.delete(b.ServiceID as string);
-        for (const [id, check] of node.checks) if (check.ServiceID === b.ServiceID) node.checks.delete(id);
-      }
+      } else this.deregister(b.Node as string, b.ServiceID as string);
       return true;
     },
     reloadToken: () => {},
@@ -111,6 +142,33 @@ describe('the Consul sink', () => {
     });
     expect(consul.writes[0]!.body).toMatchObject({ Node: 'flb-east', Address: '127.0.0.1' });
     expect(sink.status()).toMatchObject({ kind: 'consul', pending: 0, writes: 2, failures: 0 });
+  });
+
+  it('registers many instances in transactions of at most 64 operations, writing the node once', async () => {
+    const consul = new FakeConsul();
+    const { sink } = makeSink(consul);
+    const endpoints = (service: number) => Array.from({ length: 25 }, (_, i): [string, boolean] => [`10.244.${service}.${i + 1}`, i % 5 !== 0]);
+    for (let service = 0; service < 4; service++)
+      sink.setService(`s${service}.shop`, kubeService(`s${service}`, 'shop', endpoints(service)), undefined, 'kubernetes');
+    await sink.settled();
+    expect(instancesOf(consul)).toHaveLength(100);
+    expect(instancesOf(consul).filter((i) => i.endsWith('critical'))).toHaveLength(20);
+    // The node alone first, then 100 instances of two operations each: 4 transactions, not 100 registrations.
+    expect(consul.writes.map((w) => w.path)).toEqual(['/v1/catalog/register', ...Array<string>(4).fill('/v1/txn')]);
+    expect(consul.writes[0]!.body).toEqual({
+      Node: 'flb-east',
+      Address: '127.0.0.1',
+      NodeMeta: { 'external-source': 'flomesh', 'flomesh-writer': 'flb-east/consul' },
+    });
+    for (const { body } of consul.writes.slice(1)) expect((body as unknown as TxnOp[]).length).toBeLessThanOrEqual(64);
+    expect(sink.status()).toMatchObject({ pending: 0, writes: 100, failures: 0 });
+    // Half of one Service scaled away, after every source listed: one transaction of deletions.
+    sink.complete();
+    consul.writes = [];
+    sink.setService('s0.shop', kubeService('s0', 'shop', endpoints(0).slice(0, 12)), undefined, 'kubernetes');
+    await sink.settled();
+    expect(consul.writes.map((w) => w.path)).toEqual(['/v1/txn']);
+    expect(instancesOf(consul)).toHaveLength(87);
   });
 
   it('writes only the check when only readiness changed, and nothing when nothing did', async () => {
@@ -235,9 +293,13 @@ describe('the Consul sink', () => {
   it('reports a refused registration by instance, retries it with backoff, and writes the rest', async () => {
     const consul = new FakeConsul();
     let refusals = 0;
+    const bad = 'bad.shop-10-244-0-8-8080';
     consul.failing = (path, body) => {
+      // Consul refuses a whole transaction for one bad service in it (409, the operation named).
+      if (path === '/v1/txn' && (body as TxnOp[]).some((op) => op.Service?.Service.ID === bad))
+        return new ConsulWriteError('PUT /v1/txn: answered 409: op 0: Invalid service address', 409);
       const id = (body as { Service?: { ID: string } } | undefined)?.Service?.ID;
-      if (path === '/v1/catalog/register' && id === 'bad.shop-10-244-0-8-8080' && refusals < 2) {
+      if (path === '/v1/catalog/register' && id === bad && refusals < 2) {
         refusals++;
         return new ConsulWriteError('PUT /v1/catalog/register: answered 400: Invalid service address', 400);
       }

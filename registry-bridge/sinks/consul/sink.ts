@@ -11,7 +11,13 @@ import type { Sink, SinkStatus } from '../../core/types.js';
 import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
 import { ConsulApi, ConsulWriteError } from './api.js';
-import { actionFor, checkIdOf, heldOnNode, META, registrationsOf, type Held, type Registration } from './registrations.js';
+import { actionFor, checkIdOf, heldOnNode, META, registrationsOf, sameNode, type Held, type Registration } from './registrations.js';
+
+/**
+ * Instances per /v1/txn: two operations each (service and check), within the 64 operations a
+ * transaction may hold (Consul before 1.16; 128 since).
+ */
+export const TXN_INSTANCES = 32;
 
 type ServiceSubject = Pick<Service, 'id' | 'name' | 'source' | 'namespace'>;
 
@@ -40,6 +46,9 @@ export class ConsulSink implements Sink {
   private readonly subjects = new Map<string, ServiceSubject>();
   /** What the node holds (all of it, ours and others'); undefined until read, and after Consul was unreachable. */
   private held?: Map<string, Held>;
+  /** The node as the sink writes it is in Consul (read so, or registered since the read): a transaction's service operations need it there. */
+  private nodeWritten = false;
+  private nodeWriting?: Promise<void>;
   /** Instance IDs to compare with Consul, their backoff, and the first-sync gate. */
   private readonly queue: WriteQueue;
   private resync?: NodeJS.Timeout;
@@ -67,10 +76,11 @@ export class ConsulSink implements Sink {
           return kind === 'foreign' ? 'foreign' : kind === 'none' ? 'none' : 'write';
         },
         write: (id, removalsAllowed) => this.write(id, removalsAllowed),
+        writeBatch: (ids, removalsAllowed) => this.writeBatch(ids, removalsAllowed),
         failed: (id, error) => this.fail(id, error as Error),
         foreign: (id) => this.foreign(id),
       },
-      { concurrency: options.config.writeConcurrency },
+      { concurrency: options.config.writeConcurrency, batchSize: TXN_INSTANCES },
     );
     this.resync = setInterval(() => {
       this.held = undefined;
@@ -145,7 +155,12 @@ export class ConsulSink implements Sink {
     const node = encodeURIComponent(this.node!);
     const [services, checks] = await Promise.all([this.api.call('GET', `/v1/catalog/node-services/${node}`), this.api.call('GET', `/v1/health/node/${node}`)]);
     this.held = heldOnNode(services, checks);
+    this.nodeWritten = sameNode(services, this.config.nodeAddress, this.nodeMeta());
     return this.held.keys();
+  }
+
+  private nodeMeta(): Record<string, string> {
+    return { [META.externalSource]: 'flomesh', [META.writer]: this.writer };
   }
 
   private async write(id: string, removalsAllowed: boolean): Promise<void> {
@@ -156,11 +171,11 @@ export class ConsulSink implements Sink {
       await this.api.call('PUT', '/v1/catalog/register', {
         Node: this.node,
         Address: this.config.nodeAddress,
-        NodeMeta: { [META.externalSource]: 'flomesh', [META.writer]: this.writer },
-        Service: { ID: id, Service: wanted.name, Address: wanted.address, Port: wanted.port, Tags: wanted.tags, Meta: wanted.meta },
+        NodeMeta: this.nodeMeta(),
+        Service: this.service(wanted),
         Check: this.check(wanted),
       });
-      this.held?.set(id, { id, name: wanted.name, address: wanted.address, port: wanted.port, tags: wanted.tags, meta: wanted.meta, status: wanted.status });
+      this.nodeWritten = true;
     } else if (action.kind === 'check' && wanted) {
       // Readiness alone changed: the check only, the service and node untouched.
       await this.api.call('PUT', '/v1/catalog/register', {
@@ -169,14 +184,95 @@ export class ConsulSink implements Sink {
         SkipNodeUpdate: true,
         Check: this.check(wanted),
       });
-      const held = this.held?.get(id);
-      if (held) held.status = wanted.status;
     } else if (action.kind === 'deregister') {
       await this.api.call('PUT', '/v1/catalog/deregister', { Node: this.node, ServiceID: id });
-      this.held?.delete(id);
     } else return;
+    this.written(id, action.kind);
+  }
+
+  /** What Consul holds now that `id` was written. */
+  private written(id: string, kind: 'register' | 'check' | 'deregister'): void {
+    const wanted = this.wanted.get(id);
+    if (kind === 'register' && wanted) {
+      this.held?.set(id, { id, name: wanted.name, address: wanted.address, port: wanted.port, tags: wanted.tags, meta: wanted.meta, status: wanted.status });
+    } else if (kind === 'check' && wanted) {
+      const held = this.held?.get(id);
+      if (held) held.status = wanted.status;
+    } else if (kind === 'deregister') this.held?.delete(id);
     this.stats.writes++;
     this.stats.lastWriteAt = Date.now();
+  }
+
+  /**
+   * Several instances in one /v1/txn. A catalog register costs Consul a copy of every service on
+   * the node (it reads them all to check the ACL; with one node carrying every instance, that grows
+   * with the catalog), a transaction's service operations do not, and one Raft entry carries them
+   * all. A transaction Consul refuses applies nothing: each instance is then written alone, so the
+   * one refused is named and the others go in.
+   */
+  private async writeBatch(ids: readonly string[], removalsAllowed: boolean): Promise<Map<string, unknown>> {
+    const failures = new Map<string, unknown>();
+    const operations: unknown[] = [];
+    const inTxn: { id: string; kind: 'register' | 'check' | 'deregister' }[] = [];
+    for (const id of ids) {
+      const action = this.actionOf(id, removalsAllowed);
+      const wanted = this.wanted.get(id);
+      if (action.kind === 'register' && wanted) {
+        operations.push({ Service: { Verb: 'set', Node: this.node, Service: this.service(wanted) } }, { Check: { Verb: 'set', Check: this.check(wanted) } });
+      } else if (action.kind === 'check' && wanted) operations.push({ Check: { Verb: 'set', Check: this.check(wanted) } });
+      else if (action.kind === 'deregister') operations.push({ Service: { Verb: 'delete', Node: this.node, Service: { ID: id } } });
+      else continue;
+      inTxn.push({ id, kind: action.kind });
+    }
+    if (inTxn.length === 0) return failures;
+    if (inTxn.some((write) => write.kind === 'register')) await this.writeNode();
+    try {
+      await this.api.call('PUT', '/v1/txn', operations);
+    } catch (error) {
+      // Refused (409 names an operation; 413 or 400 the whole body): each alone. Unreachable or a 5xx: all retried.
+      if (!(error instanceof ConsulWriteError) || error.status === undefined || error.status < 400 || error.status >= 500) throw error;
+      for (const { id } of inTxn) {
+        try {
+          await this.write(id, removalsAllowed);
+        } catch (alone) {
+          failures.set(id, alone);
+        }
+      }
+      return failures;
+    }
+    for (const { id, kind } of inTxn) this.written(id, kind);
+    return failures;
+  }
+
+  /**
+   * The node first, once for the batches in flight: a transaction's service operations need it,
+   * and a node operation in every transaction would rewrite it (a transaction's node carries no
+   * datacenter, so Consul finds it changed and touches every service on it).
+   */
+  private writeNode(): Promise<void> {
+    if (this.nodeWritten) return Promise.resolve();
+    this.nodeWriting ??= this.api
+      .call('PUT', '/v1/catalog/register', { Node: this.node, Address: this.config.nodeAddress, NodeMeta: this.nodeMeta() })
+      .then(() => {
+        this.nodeWritten = true;
+      })
+      .finally(() => {
+        this.nodeWriting = undefined;
+      });
+    return this.nodeWriting;
+  }
+
+  private service(wanted: Registration) {
+    return {
+      ID: wanted.id,
+      Service: wanted.name,
+      Address: wanted.address,
+      Port: wanted.port,
+      Tags: wanted.tags,
+      Meta: wanted.meta,
+      // What an agent gives a service by default (a transaction would store 0 / 0).
+      Weights: { Passing: 1, Warning: 1 },
+    };
   }
 
   private check(wanted: Registration) {
@@ -186,6 +282,8 @@ export class ConsulSink implements Sink {
       Name: wanted.meta[META.origin] === 'kubernetes' ? 'Kubernetes readiness' : 'Registry health',
       Status: wanted.status,
       ServiceID: wanted.id,
+      // What the ACL check of a transaction's check operation is made against.
+      ServiceName: wanted.name,
       Output: wanted.status === 'passing' ? 'ready (written by flb bridge)' : 'not ready (written by flb bridge)',
     };
   }
@@ -203,7 +301,10 @@ export class ConsulSink implements Sink {
       }
     }
     // Unreachable: Consul may come back empty (a restart of a dev agent, a restored snapshot); read the node again.
-    if (status === undefined && error instanceof ConsulWriteError) this.held = undefined;
+    if (status === undefined && error instanceof ConsulWriteError) {
+      this.held = undefined;
+      this.nodeWritten = false;
+    }
     this.log.warn(
       { instance: id, node: this.node, err: error.message, status },
       id ? 'a Consul write failed; retried with backoff' : 'cannot read the node Consul holds; retried with backoff',

@@ -1,7 +1,7 @@
 // Fuzz target of the Consul sink (run by ../fuzz.test.ts through common/testing/fuzz.ts): whatever
 // Consul (or something in its place) answers to /v1/catalog/node-services/<node> and
 // /v1/health/node/<node> reaches what the sink decides to write. For every input that is JSON:
-//  - heldOnNode returns (never throws);
+//  - heldOnNode returns (never throws), and so does sameNode (whether the node is as the sink writes it);
 //  - no instance without this sink's writer mark is ever registered over or deregistered, whatever
 //    the sink wants and whether removals are allowed;
 //  - an instance of ours that matches what is wanted is never written again.
@@ -10,7 +10,7 @@
 import type fc from 'fast-check';
 import { fuzzInputs, utf8 } from '../../../../common/testing/fuzz-inputs.js';
 import type { FuzzCheck, FuzzTarget } from '../../../../common/testing/fuzz-runner.js';
-import { actionFor, heldOnNode, META, type Registration } from '../registrations.js';
+import { actionFor, heldOnNode, META, sameNode, type Registration } from '../registrations.js';
 
 const WRITER = 'flb-local/consul';
 
@@ -23,6 +23,7 @@ function run(input: Uint8Array): void {
   }
   const { services, checks } = (typeof doc === 'object' && doc !== null ? doc : {}) as { services?: unknown; checks?: unknown };
   const held = heldOnNode(services, checks);
+  if (typeof sameNode(services, '127.0.0.1', { [META.writer]: WRITER }) !== 'boolean') throw new Error('sameNode answered no boolean');
   for (const [id, instance] of held) {
     const ours = instance.meta[META.writer] === WRITER;
     const same: Registration = {
@@ -71,7 +72,25 @@ function structured(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   );
   const doc = check.record(
     {
-      services: check.oneof(check.record({ Node: value, Services: check.oneof(check.array(service, { maxLength: 4 }), value) }, { requiredKeys: [] }), value),
+      services: check.oneof(
+        check.record(
+          {
+            Node: check.oneof(
+              check.record(
+                {
+                  Address: check.oneof(check.constant('127.0.0.1'), value),
+                  Meta: check.oneof(check.record({ [META.writer]: check.oneof(check.constant(WRITER), value) }, { requiredKeys: [] }), value),
+                },
+                { requiredKeys: [] },
+              ),
+              value,
+            ),
+            Services: check.oneof(check.array(service, { maxLength: 4 }), value),
+          },
+          { requiredKeys: [] },
+        ),
+        value,
+      ),
       checks: check.oneof(check.array(healthCheck, { maxLength: 4 }), value),
     },
     { requiredKeys: [] },
