@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import { fileURLToPath } from 'node:url';
 import { InterceptionSchema, type Interception } from '../common/contract/index.js';
 import { applyRules, cleanRules, verifyRules, type Backend } from '../cni/iptables.js';
-import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
+import { createNetns, deleteNetns, link, printed, removeStaleNamespaces, requireRoot, requireTools, spawnIn, type Netns } from './harness/netns.js';
 
 /**
  * The interception rules in real network namespaces, with both iptables backends: a "pod"
@@ -43,18 +43,7 @@ async function startHelper(ns: Netns, script: string): Promise<{ process: Result
 }
 
 /** `node ARGS` in a namespace (as `uid` when given), killed with the test. */
-function nodeIn(ns: Netns, args: string[], uid?: number): ResultPromise {
-  const asUser = uid !== undefined ? [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'] : [];
-  return execa('ip', ['netns', 'exec', ns.name, 'setpriv', '--pdeathsig', 'KILL', ...asUser, '--', process.execPath, ...args], { reject: false });
-}
-
-/** Resolves once the process prints `text`; rejects if it exits first. */
-function printed(child: ResultPromise, text: string): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => d.toString().includes(text) && resolve());
-    void child.then((r) => reject(new Error(`exited before printing ${text}: ${r.stderr}`)));
-  });
-}
+const nodeIn = (ns: Netns, args: string[], uid?: number): ResultPromise => spawnIn(ns, [process.execPath, ...args], uid !== undefined ? { uid } : {});
 
 describe.each(['legacy', 'nft'] as const)('interception with iptables-%s', (backend) => {
   let pod: Netns;

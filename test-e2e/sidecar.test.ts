@@ -5,7 +5,7 @@
  * through the sidecar's DNS, and sees the balancing, failover, DNS and inbound behaviour users get.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { API_VERSION, InterceptionSchema } from '../common/contract/index.js';
 import { applyRules } from '../cni/iptables.js';
 import { eventually } from './harness/eventually.js';
-import { createNetns, deleteNetns, link, removeStaleNamespaces, requireRoot, requireTools, type Netns } from './harness/netns.js';
+import { createNetns, deleteNetns, link, printed, removeStaleNamespaces, requireRoot, requireTools, spawnIn, type Netns } from './harness/netns.js';
 
 const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const flb = fileURLToPath(new URL('../bin/flb.js', import.meta.url));
@@ -91,19 +91,8 @@ describe('flb sidecar in network namespaces', () => {
     args: string[],
     options: { uid?: number; env?: Record<string, string>; readyText?: string } = {},
   ): Promise<{ process: ResultPromise }> {
-    // One setpriv: a parent-death signal set before a change of user is cleared by it.
-    const asUser = options.uid !== undefined ? [`--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'] : [];
-    const child = execa('ip', ['netns', 'exec', ns.name, 'setpriv', ...asUser, '--pdeathsig', 'KILL', '--', ...args], {
-      reject: false,
-      env: options.env ?? {},
-      extendEnv: true,
-    });
-    if (options.readyText) {
-      await new Promise<void>((resolve, reject) => {
-        child.stdout!.on('data', (d: Buffer) => d.toString().includes(options.readyText!) && resolve());
-        void child.then((r) => reject(new Error(`${args.join(' ')} exited: ${r.stderr}`)));
-      });
-    }
+    const child = spawnIn(ns, args, options);
+    if (options.readyText) await printed(child, options.readyText);
     return { process: child };
   }
   const startEndpoint = async (i: number) =>

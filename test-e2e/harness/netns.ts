@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
 import { readdirSync } from 'node:fs';
 
 /**
@@ -94,4 +94,26 @@ export async function link(a: Netns, aAddresses: string[], b: Netns, bAddresses:
     }
     await execa('ip', ['-n', ns.name, 'link', 'set', iface, 'up']);
   }
+}
+
+/**
+ * A long-running command in a namespace (as `uid` when given), killed with the test (one setpriv
+ * both changes the user and sets the parent-death signal: a signal set by an earlier process
+ * would be cleared by the change of user). Rejects nothing: the caller reads the exit.
+ */
+export function spawnIn(ns: Netns, args: string[], options: { uid?: number; env?: Record<string, string> } = {}): ResultPromise {
+  const asUser = options.uid !== undefined ? [`--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'] : [];
+  return execa('ip', ['netns', 'exec', ns.name, 'setpriv', ...asUser, '--pdeathsig', 'KILL', '--', ...args], {
+    reject: false,
+    env: options.env ?? {},
+    extendEnv: true,
+  });
+}
+
+/** Resolves once the process prints `text`; rejects with its stderr if it exits first. */
+export function printed(child: ResultPromise, text: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => d.toString().includes(text) && resolve());
+    void child.then((r) => reject(new Error(`${r.command} exited before printing ${text}: ${r.stderr}`)));
+  });
 }
