@@ -144,13 +144,19 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: redirect-listener PORT\n");
     return 2;
   }
+  char *end;
+  long port = strtol(argv[1], &end, 10);
+  if (end == argv[1] || *end != '\0' || port < 1 || port > 65535) {
+    fprintf(stderr, "redirect-listener: PORT must be a whole number from 1 to 65535, not '%s'\n", argv[1]);
+    return 2;
+  }
   // A write to a peer that has gone must fail with EPIPE and close that pair, not end the process.
   signal(SIGPIPE, SIG_IGN);
   int listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (listener < 0) die("socket");
   int one = 1;
   setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1])), .sin_addr.s_addr = htonl(INADDR_ANY)};
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY)};
   if (bind(listener, (struct sockaddr *)&addr, sizeof addr) != 0) die("bind");
   if (listen(listener, 4096) != 0) die("listen");
   ep = epoll_create1(0);
