@@ -48,6 +48,24 @@ describe("flb check's eBPF facts", () => {
     ]);
   });
 
+  it("reads the verdict from flb-validation's termination message once the Events have expired", () => {
+    const pod = brokenPod('a', 'n1', 'ebpf');
+    // As the kubelet keeps it with FallbackToLogsOnError: the tail of the log, `flb: <error>` and the hint.
+    pod.status!.initContainerStatuses![0]!.lastState = {
+      terminated: {
+        exitCode: 1,
+        message:
+          'flb: traffic interception is not in place in this pod: a connection to 240.240.255.254:15999 was not redirected to port 15001 (closed): eBPF interception is not available on node n1: missing bpftool, which loads the programs (apt-get install bpftool)\nhint: this node cannot run eBPF interception: set the mesh interception.mode to "cni"\n',
+      },
+    };
+    expect(ebpfUnavailableNodes([pod], [])).toEqual([
+      { node: 'n1', pods: ['shop/a'], reason: 'missing bpftool, which loads the programs (apt-get install bpftool)' },
+    ]);
+    // A validation that failed for another reason names no node.
+    pod.status!.initContainerStatuses![0]!.lastState = { terminated: { exitCode: 1, message: 'flb: traffic interception is not in place in this pod: ...' } };
+    expect(ebpfUnavailableNodes([pod], [])).toEqual([]);
+  });
+
   it('leaves out a broken eBPF pod on a node that runs eBPF (its Event names no eBPF verdict), and Events of pods no longer broken', () => {
     const onWorkingNode = brokenPod('a', 'n1', 'ebpf');
     const events = [...repairEvents('n1', [onWorkingNode], undefined), ...repairEvents('n2', [brokenPod('gone', 'n2', 'ebpf')], 'missing bpftool')];

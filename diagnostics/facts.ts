@@ -431,10 +431,28 @@ function inEbpfMode(pod: V1Pod): boolean {
 }
 
 /**
+ * How flb-validation's error names the node and what it lacks (cni/validate.ts, from the mark
+ * cni/ebpf.ts leaves on the pod's lo); the injector makes that error the container's termination
+ * message (FallbackToLogsOnError), which lasts as long as the pod where the Events expire.
+ */
+const EBPF_TERMINATION_VERDICT = /eBPF interception is not available on node (\S+): ([^\n]*)/;
+
+/** What a broken eBPF pod's flb-validation said, from its current or last termination message. */
+function validationVerdict(pod: V1Pod): { node: string; reason: string } | undefined {
+  const validation = pod.status?.initContainerStatuses?.find((c) => c.name === 'flb-validation');
+  for (const terminated of [validation?.state?.terminated, validation?.lastState?.terminated]) {
+    const match = EBPF_TERMINATION_VERDICT.exec(terminated?.message ?? '');
+    if (match) return { node: match[1]!, reason: match[2]!.replace(/\.\.\.$/, '').trim() };
+  }
+  return undefined;
+}
+
+/**
  * The broken eBPF pods by node, with what the node's agent said is missing, from its repair Events
- * (the agent labels such pods rather than deleting them: a replacement would fail the same way).
- * A broken eBPF pod with no such Event is not counted: its node may run eBPF and the pod have
- * failed for another reason (it stays among the broken pods).
+ * (the agent labels such pods rather than deleting them: a replacement would fail the same way),
+ * or, once those have expired (an hour), from the pod's flb-validation termination message. A
+ * broken eBPF pod with neither is not counted: its node may run eBPF and the pod have failed for
+ * another reason (it stays among the broken pods).
  */
 export function ebpfUnavailableNodes(brokenPods: readonly V1Pod[], events: readonly CoreV1Event[]): EbpfNodeFacts[] {
   const verdicts = new Map<string, { node: string; reason: string }>();
@@ -447,7 +465,7 @@ export function ebpfUnavailableNodes(brokenPods: readonly V1Pod[], events: reado
   const byNode = new Map<string, EbpfNodeFacts>();
   for (const pod of brokenPods) {
     const name = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
-    const verdict = verdicts.get(name);
+    const verdict = verdicts.get(name) ?? validationVerdict(pod);
     if (!inEbpfMode(pod) || !verdict) continue;
     const node = pod.spec?.nodeName ?? verdict.node;
     const entry = byNode.get(node) ?? { node, pods: [], reason: verdict.reason };

@@ -328,6 +328,9 @@ function initContainer(mesh: Mesh, interceptionJson: string, sidecarFirst: boole
     ...(sidecarFirst ? { args: ['--wait-for-sidecar', `--sidecar-admin-port=${mesh.ports.admin}`, `--sidecar-timeout=${waitReadyTimeout(mesh)}`] } : {}),
     env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
     resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
+    // Its error (the rules refused, the sidecar never ready) becomes the container's termination
+    // message, so `kubectl describe pod` and the pod's status say why it is stuck.
+    terminationMessagePolicy: 'FallbackToLogsOnError',
     // Root with NET_ADMIN and NET_RAW to write the pod's nat table, and nothing more.
     securityContext: {
       runAsUser: 0,
@@ -354,6 +357,9 @@ function validationContainer(mesh: Mesh, interceptionJson: string): V1Container 
     command: ['flb', 'cni', 'validate'],
     env: [{ name: 'FLB_INTERCEPTION', value: interceptionJson }],
     resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
+    // Its reason (not redirected; eBPF missing on node N and why) stays in the pod's status as the
+    // termination message, where the node agent's Events expire after an hour.
+    terminationMessagePolicy: 'FallbackToLogsOnError',
     // Any UID but the proxy's, or its test connection would not be redirected; no privilege at all.
     securityContext: {
       runAsUser: mesh.proxyUid + 1,
