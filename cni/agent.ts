@@ -298,13 +298,16 @@ export class CniAgent {
         return 'eBPF interception is not available on this node: the pod is marked, its validation fails saying so';
       }
     }
+    // Never programmed by this agent (no record survives from an earlier ADD, not registered): no
+    // rule of ours can be in the namespace. Decided before this ADD's record is written.
+    const fresh = ebpf !== undefined && this.recorded(request.containerId) === undefined && !ebpf.isRegistered(request.netns);
     // The VIPs are recorded, not read from the pod at DEL: by then the pod may be gone from the API.
     const record: RecordedAttachment = { netns: request.netns, ...(settings.bgpVips?.length ? { vips: settings.bgpVips } : {}) };
     this.record(request.containerId, record);
     let vipsAdded: string[] | undefined;
     try {
       // In eBPF mode the rules are the inbound ones only (cni/rules.ts): the programs take outbound and DNS.
-      vipsAdded = (await applyInterception(settings, { netns: request.netns })).vipsAdded;
+      vipsAdded = (fresh ? await ebpf.applyInboundToFresh(settings, request.netns) : await applyInterception(settings, { netns: request.netns })).vipsAdded;
       // Registered after the VIPs are on lo: registration reads the namespace's own addresses, which the app reaches directly.
       if (ebpf) this.record(request.containerId, { ...record, ebpfCookie: await ebpf.register(request.netns, settings) });
     } catch (error) {

@@ -8,7 +8,10 @@ import { hostname } from 'node:os';
 import { checkFeatures, collectGarbage, isLoaded, isRegistered, load, register, unregister } from '../bpf/loader.js';
 import type { Interception } from '../common/contract/index.js';
 import type { Logger } from '../common/log.js';
+import { cleanRules, detectBackend, familiesFor, type ApplyResult, type Backend } from './iptables.js';
+import { addLoopbackVips, removeLoopbackVips } from './loopback.js';
 import { run } from './netns-run.js';
+import { buildRules, printDocument } from './rules.js';
 import { EBPF_UNAVAILABLE_MARK } from './validate.js';
 
 export interface EbpfNodeOptions {
@@ -100,6 +103,33 @@ export class EbpfNode {
 
   isRegistered(netns: string): boolean {
     return isLoaded(this.where) && isRegistered({ ...this.where, netns });
+  }
+
+  private freshBackend?: Promise<Backend>;
+
+  /**
+   * The inbound rule (and BGP VIPs) of an eBPF pod, as applyInterception writes them, into a
+   * namespace this agent has never programmed: an eBPF pod has no init container, so nothing else
+   * writes our chains there, and there is nothing to read back and reconcile. The live read
+   * (iptables-save in both backends, every ADD) cost more than the restore itself. The backend is
+   * what a namespace with no rules resolves to, the same for every pod of the node: detected at the
+   * first such pod and kept. Anything else goes through applyInterception.
+   */
+  async applyInboundToFresh(settings: Interception, netns: string): Promise<ApplyResult & { vipsAdded: string[] }> {
+    const freshBackend = (this.freshBackend ??= detectBackend({ netns }));
+    freshBackend.catch(() => (this.freshBackend = undefined));
+    const [backend, families] = await Promise.all([freshBackend, familiesFor(settings, { netns })]);
+    const { added } = await addLoopbackVips(settings.bgpVips ?? [], { netns });
+    try {
+      for (const family of families)
+        await run(`${family === 6 ? 'ip6tables' : 'iptables'}-${backend}-restore`, ['--noflush'], { netns }, printDocument(buildRules(settings, family)));
+    } catch (error) {
+      // Nothing half-applied is left, as applyInterception promises.
+      await cleanRules({ netns, backend }).catch(() => {});
+      await removeLoopbackVips(added, { netns }).catch(() => {});
+      throw error;
+    }
+    return { backend, families, unchanged: [], vipsAdded: added };
   }
 
   /** Leaves the reason on the pod's lo for `flb cni validate` (see EBPF_UNAVAILABLE_MARK). */
