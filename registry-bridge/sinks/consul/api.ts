@@ -6,7 +6,8 @@ import { request as httpsRequest } from 'node:https';
 import { consulAgent, readConsulToken } from '../../core/consul-http.js';
 import type { ConsulSinkConfig } from '../../../common/contract/index.js';
 
-const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+/** The largest answer read (the node's two reads at ~1.4 KB per instance together: registry-bridge/README.md, One node's size). */
+export const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 
 export class ConsulWriteError extends Error {
   constructor(
@@ -19,12 +20,23 @@ export class ConsulWriteError extends Error {
   }
 }
 
+/** An answer over the size the sink reads: Consul reached, so not "unreachable", but nothing to decide on. */
+export class ConsulAnswerTooLargeError extends ConsulWriteError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConsulAnswerTooLargeError';
+  }
+}
+
 export class ConsulApi {
   private readonly agent: HttpAgent;
   private readonly base: URL;
   private token?: string;
 
-  constructor(private readonly config: ConsulSinkConfig) {
+  constructor(
+    private readonly config: ConsulSinkConfig,
+    private readonly maxAnswerBytes = MAX_ANSWER_BYTES,
+  ) {
     this.base = new URL(config.address);
     this.agent = consulAgent(
       this.base,
@@ -70,8 +82,8 @@ export class ConsulApi {
           let size = 0;
           res.on('data', (chunk: Buffer) => {
             size += chunk.length;
-            if (size > MAX_ANSWER_BYTES) {
-              fail(new ConsulWriteError(`${where}: the answer passed ${MAX_ANSWER_BYTES} bytes; refused`));
+            if (size > this.maxAnswerBytes) {
+              fail(new ConsulAnswerTooLargeError(`${where}: the answer passed ${this.maxAnswerBytes} bytes; refused`));
               res.destroy();
             } else chunks.push(chunk);
           });

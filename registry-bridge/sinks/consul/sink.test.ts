@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { API_VERSION, BridgeConfigSchema, type ConsulSinkConfig, type Service } from '../../../common/contract/index.js';
 import { createLogger } from '../../../common/log.js';
 import { kubeService as service, parseSinkConfig, stoppedAfterEach, until } from '../testing/sink-tests.js';
-import { ConsulWriteError } from './api.js';
+import { ConsulAnswerTooLargeError, ConsulWriteError } from './api.js';
 import { ConsulSink } from './sink.js';
 
 const log = createLogger('consul-sink-test', 'silent');
@@ -330,6 +330,20 @@ describe('the Consul sink', () => {
     down = false;
     await until('written again', () => instancesOf(consul).length === 1);
     expect(instancesOf(consul)).toEqual(['web 10.244.0.5:8080 critical']);
+  });
+
+  it('says how to split the catalog when its node is too large to read, and writes nothing meanwhile', async () => {
+    const consul = new FakeConsul();
+    consul.failing = (path) =>
+      path.startsWith('/v1/catalog/node-services/') ? new ConsulAnswerTooLargeError(`GET ${path}: the answer passed 67108864 bytes; refused`) : undefined;
+    const { sink } = makeSink(consul);
+    sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
+    await until('the read refused', () => sink.status().failures > 0);
+    expect(sink.status().lastError).toMatch(
+      /^GET \/v1\/catalog\/node-services\/flb-east: the answer passed 67108864 bytes; refused: node flb-east holds more than the sink reads at once .* split the catalog over Consul sinks with a node each/,
+    );
+    expect(consul.writes).toEqual([]);
+    expect(sink.status().pending).toBe(1);
   });
 
   it('leaves a service ID someone else holds on the node alone and reports it on the Service', async () => {

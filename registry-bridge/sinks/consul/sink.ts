@@ -10,7 +10,7 @@ import type { Logger } from '../../../common/log.js';
 import type { Sink, SinkStatus } from '../../core/types.js';
 import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
-import { ConsulApi, ConsulWriteError } from './api.js';
+import { ConsulAnswerTooLargeError, ConsulApi, ConsulWriteError } from './api.js';
 import { actionFor, checkIdOf, heldOnNode, META, registrationsOf, sameNode, type Held, type Registration } from './registrations.js';
 
 /**
@@ -153,7 +153,15 @@ export class ConsulSink implements Sink {
 
   private async readNode(): Promise<Iterable<string>> {
     const node = encodeURIComponent(this.node!);
-    const [services, checks] = await Promise.all([this.api.call('GET', `/v1/catalog/node-services/${node}`), this.api.call('GET', `/v1/health/node/${node}`)]);
+    const [services, checks] = await Promise.all([
+      this.api.call('GET', `/v1/catalog/node-services/${node}`),
+      this.api.call('GET', `/v1/health/node/${node}`),
+    ]).catch((error: unknown) => {
+      if (!(error instanceof ConsulAnswerTooLargeError)) throw error;
+      throw new ConsulAnswerTooLargeError(
+        `${error.message}: node ${this.node} holds more than the sink reads at once (about 80,000 instances); nothing is written until it can be read: split the catalog over Consul sinks with a node each (registry-bridge/README.md, One node's size)`,
+      );
+    });
     this.held = heldOnNode(services, checks);
     this.nodeWritten = sameNode(services, this.config.nodeAddress, this.nodeMeta());
     return this.held.keys();
