@@ -28,6 +28,17 @@ export class ConsulAnswerTooLargeError extends ConsulWriteError {
   }
 }
 
+/**
+ * Connected, but no answer in time: Consul is there and slow (a large node's writes on a busy
+ * server), not away; a write may or may not have been applied. Not a reason to read the node again.
+ */
+export class ConsulSlowError extends ConsulWriteError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConsulSlowError';
+  }
+}
+
 export class ConsulApi {
   private readonly agent: HttpAgent;
   private readonly base: URL;
@@ -107,7 +118,10 @@ export class ConsulApi {
           });
         },
       );
-      req.setTimeout(timeoutMs, () => req.destroy(new ConsulWriteError(`${where}: no answer within ${Math.round(timeoutMs / 1000)} s`)));
+      req.setTimeout(timeoutMs, () => {
+        const what = `${where}: no answer within ${Math.round(timeoutMs / 1000)} s`;
+        req.destroy(req.socket && !req.socket.connecting ? new ConsulSlowError(what) : new ConsulWriteError(what));
+      });
       req.on('error', fail);
       req.end(payload);
     });

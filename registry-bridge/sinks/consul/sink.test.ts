@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { API_VERSION, BridgeConfigSchema, type ConsulSinkConfig, type Service } from '../../../common/contract/index.js';
 import { createLogger } from '../../../common/log.js';
 import { kubeService as service, parseSinkConfig, stoppedAfterEach, until } from '../testing/sink-tests.js';
-import { ConsulAnswerTooLargeError, ConsulWriteError } from './api.js';
+import { ConsulAnswerTooLargeError, ConsulSlowError, ConsulWriteError } from './api.js';
 import { ConsulSink } from './sink.js';
 
 const log = createLogger('consul-sink-test', 'silent');
@@ -344,6 +344,33 @@ describe('the Consul sink', () => {
     );
     expect(consul.writes).toEqual([]);
     expect(sink.status().pending).toBe(1);
+  });
+
+  it('retries writes Consul was too slow to answer without reading the whole node again', async () => {
+    const consul = new FakeConsul();
+    let reads = 0;
+    let slow = true;
+    consul.failing = (path) => {
+      if (path.startsWith('/v1/catalog/node-services/')) reads++;
+      if (path === '/v1/txn' && slow) {
+        slow = false;
+        return new ConsulSlowError('PUT /v1/txn: no answer within 10 s');
+      }
+      return undefined;
+    };
+    const { sink } = makeSink(consul, { resyncSeconds: 3600 });
+    sink.setService(
+      'web.shop',
+      kubeService('web', 'shop', [
+        ['10.244.0.5', true],
+        ['10.244.0.6', true],
+      ]),
+      undefined,
+      'kubernetes',
+    );
+    await until('written after the backoff', () => instancesOf(consul).length === 2);
+    expect(sink.status().lastError).toMatch(/no answer within 10 s/);
+    expect(reads).toBe(1);
   });
 
   it('leaves a service ID someone else holds on the node alone and reports it on the Service', async () => {

@@ -10,7 +10,7 @@ import type { Logger } from '../../../common/log.js';
 import type { Sink, SinkStatus } from '../../core/types.js';
 import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
-import { ConsulAnswerTooLargeError, ConsulApi, ConsulWriteError } from './api.js';
+import { ConsulAnswerTooLargeError, ConsulApi, ConsulSlowError, ConsulWriteError } from './api.js';
 import { actionFor, checkIdOf, heldOnNode, META, registrationsOf, sameNode, type Held, type Registration } from './registrations.js';
 
 /**
@@ -309,7 +309,9 @@ export class ConsulSink implements Sink {
       }
     }
     // Unreachable: Consul may come back empty (a restart of a dev agent, a restored snapshot); read the node again.
-    if (status === undefined && error instanceof ConsulWriteError) {
+    // A slow Consul is not read again: each read of a large node is what a slow server can least afford,
+    // and a write retried is the same write (a restart that emptied it is found by the next resync).
+    if (status === undefined && error instanceof ConsulWriteError && !(error instanceof ConsulSlowError)) {
       this.held = undefined;
       this.nodeWritten = false;
     }
