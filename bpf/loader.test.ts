@@ -1,5 +1,9 @@
-import { describe, expect, it } from '@jest/globals';
-import { defaultCgroup, describeLoadFailure, mountOf, parseMountinfo, validateMeshName } from './loader.js';
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execa } from 'execa';
+import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { checkFeatures, defaultCgroup, describeLoadFailure, hostCgroup, mountOf, parseMountinfo, validateMeshName } from './loader.js';
 
 // A hybrid host like the test machines: cgroup v1 controllers, the v2 hierarchy at /sys/fs/cgroup/unified.
 const HYBRID = `22 1 0:21 / / rw,relatime - overlay overlay rw
@@ -29,6 +33,101 @@ describe('mountinfo', () => {
   it("decodes the kernel's escapes in mount points and skips lines it cannot read", () => {
     expect(parseMountinfo(`${HYBRID}\ngarbage\n\n1 2 3`).map((m) => m.mountPoint)).toContain('/mnt/with space');
     expect(parseMountinfo('garbage\n\n1 2 3')).toEqual([]);
+  });
+});
+
+// A unified host (most current distributions): the v2 hierarchy is /sys/fs/cgroup itself.
+const UNIFIED = `22 1 0:21 / / rw,relatime - ext4 /dev/sda1 rw
+25 22 0:23 / /sys rw,nosuid - sysfs sysfs rw
+30 25 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate
+40 25 0:35 / /sys/fs/bpf rw,relatime shared:9 - bpf bpf rw`;
+
+// The node agent's own mount table on a unified host, as the chart runs it: its private cgroup
+// namespace's /sys/fs/cgroup (its own cgroup only) comes first; the host's /sys/fs/cgroup, mounted
+// at /host/sys/fs/cgroup, shows the hierarchy's root as a path above that namespace.
+const AGENT_CONTAINER = `1500 1400 0:300 / / ro,relatime - overlay overlay rw
+1510 1500 0:23 / /sys rw,nosuid - sysfs sysfs rw
+1520 1510 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+1530 1500 0:26 /../../.. /host/sys/fs/cgroup ro,nosuid master:4 - cgroup2 cgroup2 rw,nsdelegate`;
+
+const V1_ONLY = `22 1 0:21 / / rw,relatime - ext4 /dev/sda1 rw
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+32 30 0:28 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory`;
+
+describe("the host's cgroup v2 hierarchy, from the host's mount table", () => {
+  it('is /sys/fs/cgroup on a unified host and /sys/fs/cgroup/unified on a hybrid one, seen under where the host is mounted', () => {
+    expect(hostCgroup(parseMountinfo(UNIFIED), '/host')).toEqual({ path: '/host/sys/fs/cgroup', hostPath: '/sys/fs/cgroup' });
+    expect(hostCgroup(parseMountinfo(HYBRID), '/host')).toEqual({ path: '/host/sys/fs/cgroup/unified', hostPath: '/sys/fs/cgroup/unified' });
+    expect(hostCgroup(parseMountinfo(HYBRID))).toEqual({ path: '/sys/fs/cgroup/unified', hostPath: '/sys/fs/cgroup/unified' });
+  });
+
+  it("is not what the agent's own mount table puts first (its own cgroup), and comes from the host's", () => {
+    expect(defaultCgroup(parseMountinfo(AGENT_CONTAINER))).toBe('/sys/fs/cgroup');
+    expect(hostCgroup(parseMountinfo(UNIFIED), '/host')).toMatchObject({ path: '/host/sys/fs/cgroup' });
+    // The mount the chart makes is cgroup2 in the agent's own table, which the feature check reads.
+    expect(mountOf(parseMountinfo(AGENT_CONTAINER), '/host/sys/fs/cgroup')?.fsType).toBe('cgroup2');
+  });
+
+  it('prefers the usual places when the host mounts the hierarchy more than once (Cilium adds /run/cilium/cgroupv2)', () => {
+    const twice = `${HYBRID.replace('/sys/fs/cgroup/unified', '/run/cilium/cgroupv2')}\n31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw`;
+    expect(hostCgroup(parseMountinfo(twice), '/host')).toMatchObject({ hostPath: '/sys/fs/cgroup/unified' });
+    expect(hostCgroup(parseMountinfo(`42 22 0:27 / /run/cilium/cgroupv2 rw - cgroup2 none rw`))).toMatchObject({ path: '/run/cilium/cgroupv2' });
+  });
+
+  it('says what the host mounts when it has no cgroup v2 at all', () => {
+    expect(hostCgroup(parseMountinfo(V1_ONLY))).toEqual({
+      missing:
+        'a cgroup v2 hierarchy on the host: its mount table mounts only cgroup v1 (/sys/fs/cgroup/cpu, /sys/fs/cgroup/memory) (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)',
+    });
+    expect(hostCgroup(parseMountinfo(V1_ONLY.split('\n')[0]!))).toEqual({ missing: expect.stringContaining('mounts no cgroup filesystem at all') });
+  });
+});
+
+describe("the feature check with cgroup 'auto', on this machine (root: it bind-mounts the host's /sys/fs/cgroup as the chart does)", () => {
+  const cgroupMissing = (missing: string[]) => missing.filter((m) => /cgroup/.test(m));
+  let hostRoot: string;
+  beforeAll(async () => {
+    // The chart's volume: hostPath /sys/fs/cgroup, which the runtime bind-mounts recursively (runc's
+    // rbind) and read-only; a hybrid host's /sys/fs/cgroup/unified comes with it.
+    hostRoot = mkdtempSync(join(tmpdir(), 'flb-host-'));
+    mkdirSync(join(hostRoot, 'sys/fs/cgroup'), { recursive: true });
+    await execa('mount', ['--rbind', '-o', 'ro', '/sys/fs/cgroup', join(hostRoot, 'sys/fs/cgroup')]);
+    await execa('mount', ['--make-rslave', join(hostRoot, 'sys/fs/cgroup')]);
+  });
+  afterAll(async () => {
+    await execa('umount', ['-R', join(hostRoot, 'sys/fs/cgroup')], { reject: false });
+    rmSync(hostRoot, { recursive: true });
+  });
+
+  it("finds the machine's cgroup v2 hierarchy through the host's mount table, under the host's mounted /sys/fs/cgroup", async () => {
+    const real = defaultCgroup()!;
+    const report = await checkFeatures({ cgroup: 'auto', hostRoot, bpffs: '/sys/fs/bpf' });
+    expect(cgroupMissing(report.missing)).toEqual([]);
+    expect(report.cgroup).toBe(join(hostRoot, real));
+    // The same cgroup (a cgroup v2's id is its folder's inode), and a child made in it shows under it.
+    expect(statSync(report.cgroup!).ino).toBe(statSync(real).ino);
+    const child = join(real, `flbt-${process.pid}-auto`);
+    mkdirSync(child);
+    try {
+      expect(statSync(join(report.cgroup!, `flbt-${process.pid}-auto`)).ino).toBe(statSync(child).ino);
+      expect(readFileSync(join(child, 'cgroup.procs'), 'utf8')).toBe('');
+    } finally {
+      rmdirSync(child);
+    }
+  });
+
+  it("names the host's mount and where it looked when the hierarchy is not visible there, and what the host has when it has none", async () => {
+    const elsewhere = await checkFeatures({ cgroup: 'auto', hostRoot: join(hostRoot, 'nothing'), bpffs: '/sys/fs/bpf' });
+    expect(cgroupMissing(elsewhere.missing)).toEqual([
+      `the cgroup ${join(hostRoot, 'nothing', defaultCgroup()!)}: no such directory (the host mounts its cgroup v2 hierarchy at ${defaultCgroup()!}: make it visible at ${join(hostRoot, 'nothing', defaultCgroup()!)}, or name the cgroup)`,
+    ]);
+    const none = await checkFeatures({ cgroup: 'auto', hostRoot, hostMounts: parseMountinfo(V1_ONLY), bpffs: '/sys/fs/bpf' });
+    expect(none.ok).toBe(false);
+    expect(cgroupMissing(none.missing)).toEqual([
+      expect.stringMatching(/^a cgroup v2 hierarchy on the host: its mount table mounts only cgroup v1 \(\/sys\/fs\/cgroup\/cpu/),
+    ]);
+    expect(none.cgroup).toBeUndefined();
   });
 });
 

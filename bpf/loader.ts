@@ -100,6 +100,39 @@ export function defaultCgroup(mounts: readonly Mount[] = readMounts()): string |
   return mounts.find((m) => m.fsType === 'cgroup2')?.mountPoint;
 }
 
+/** The cgroup option that finds the host's cgroup v2 hierarchy (hostCgroup) instead of naming a path. */
+export const AUTO_CGROUP = 'auto';
+/** The host's mount table as a process in the host's PID namespace reads it (pid 1 is the host's init). */
+export const HOST_MOUNTINFO = '/proc/1/mountinfo';
+
+export type HostCgroup = { path: string; hostPath: string } | { missing: string };
+
+/**
+ * Where this process reaches the host's cgroup v2 hierarchy, from the host's mount table: the
+ * cgroup2 mount at the host's path P, seen here at <hostRoot>/P (the chart mounts the host's
+ * /sys/fs/cgroup at /host/sys/fs/cgroup, submounts included). A container's own mount table would
+ * not do: its first cgroup2 is its own cgroup's subtree. The usual places come first; every
+ * cgroup2 mount shows the one hierarchy, so any other is as good.
+ */
+export function hostCgroup(hostMounts: readonly Mount[], hostRoot = '/'): HostCgroup {
+  const cgroup2 = hostMounts.filter((m) => m.fsType === 'cgroup2');
+  const chosen = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified'].map((at) => cgroup2.find((m) => m.mountPoint === at)).find(Boolean) ?? cgroup2[0];
+  if (chosen) return { path: join(hostRoot, chosen.mountPoint), hostPath: chosen.mountPoint };
+  const v1 = hostMounts.filter((m) => m.fsType === 'cgroup').map((m) => m.mountPoint);
+  const found = v1.length ? `only cgroup v1 (${v1.slice(0, 4).join(', ')}${v1.length > 4 ? `, ${v1.length - 4} more` : ''})` : 'no cgroup filesystem at all';
+  return {
+    missing: `a cgroup v2 hierarchy on the host: its mount table mounts ${found} (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)`,
+  };
+}
+
+function readHostMounts(): Mount[] | string {
+  try {
+    return parseMountinfo(readFileSync(HOST_MOUNTINFO, 'utf8'));
+  } catch (error) {
+    return `the host's mount table ${HOST_MOUNTINFO} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}), which finds its cgroup v2 hierarchy: run in the host's PID namespace (hostPID), or name the cgroup`;
+  }
+}
+
 // ---- the feature check ----
 
 export interface FeatureReport {
@@ -115,7 +148,17 @@ export interface FeatureReport {
  * Whether this host can run eBPF interception here, and if not exactly what is missing. Mounts
  * bpffs when it is not (the only change it makes). The verifier's verdict comes at load.
  */
-export async function checkFeatures(options: { cgroup?: string; bpffs?: string } = {}): Promise<FeatureReport> {
+export interface FeatureCheckOptions {
+  /** A cgroup v2 folder, or 'auto' for the host's hierarchy (hostCgroup); default the first cgroup2 mount here. */
+  cgroup?: string;
+  /** Where this process sees the host's paths, for 'auto'. Default /. */
+  hostRoot?: string;
+  /** The host's mount table, for 'auto'; default read from /proc/1/mountinfo (tests give a host of their own). */
+  hostMounts?: readonly Mount[];
+  bpffs?: string;
+}
+
+export async function checkFeatures(options: FeatureCheckOptions = {}): Promise<FeatureReport> {
   const bpffs = options.bpffs ?? DEFAULT_BPFFS;
   const missing: string[] = [];
   const kernel = release();
@@ -127,14 +170,26 @@ export async function checkFeatures(options: { cgroup?: string; bpffs?: string }
   if (process.getuid?.() !== 0) missing.push('root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load programs and attach them to cgroups)');
 
   let mounts = readMounts();
-  const cgroup = options.cgroup ?? defaultCgroup(mounts);
-  if (!cgroup) {
-    missing.push('a cgroup v2 hierarchy: none is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)');
-  } else if (!existsSync(cgroup) || !statSync(cgroup).isDirectory()) {
-    missing.push(`the cgroup ${cgroup}: no such directory`);
-  } else if (mountOf(mounts, cgroup)?.fsType !== 'cgroup2') {
+  let cgroup: string | undefined;
+  let fix = '';
+  if (options.cgroup === AUTO_CGROUP) {
+    const hostMounts = options.hostMounts ?? readHostMounts();
+    const found = typeof hostMounts === 'string' ? { missing: hostMounts } : hostCgroup(hostMounts, options.hostRoot);
+    if ('missing' in found) missing.push(found.missing);
+    else {
+      cgroup = found.path;
+      fix = ` (the host mounts its cgroup v2 hierarchy at ${found.hostPath}: make it visible at ${found.path}, or name the cgroup)`;
+    }
+  } else {
+    cgroup = options.cgroup ?? defaultCgroup(mounts);
+    if (!cgroup)
+      missing.push('a cgroup v2 hierarchy: none is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)');
+  }
+  if (cgroup && (!existsSync(cgroup) || !statSync(cgroup).isDirectory())) {
+    missing.push(`the cgroup ${cgroup}: no such directory${fix}`);
+  } else if (cgroup && mountOf(mounts, cgroup)?.fsType !== 'cgroup2') {
     missing.push(
-      `a cgroup v2 path: ${cgroup} is on ${mountOf(mounts, cgroup)?.fsType ?? 'no'} filesystem, not cgroup2 (v1 cgroups cannot hold socket programs)`,
+      `a cgroup v2 path: ${cgroup} is on ${mountOf(mounts, cgroup)?.fsType ?? 'no'} filesystem, not cgroup2 (v1 cgroups cannot hold socket programs)${fix}`,
     );
   }
 

@@ -131,12 +131,22 @@ function cniCommand(): Command {
     .option('--repair-interval <duration>', 'how often the repair loop looks', '30s')
     .option('--metrics-listen <host:port>', 'serve Prometheus GET /metrics (plain HTTP) here; default: nowhere')
     .option('--mesh <name>', 'eBPF mode: the mesh whose eBPF programs pods are registered with (pins under <bpffs>/flb-mesh/<name>)', 'flb')
-    .option('--bpf-cgroup <path>', 'eBPF mode: the cgroup v2 the programs attach to, loaded at the first eBPF pod (default: the root of the cgroup2 mount)')
+    .option(
+      '--bpf-cgroup <path|auto>',
+      "eBPF mode: the cgroup v2 the programs attach to, loaded at the first eBPF pod; auto: the root of the host's cgroup v2 hierarchy, wherever the host's mount table (/proc/1/mountinfo: run with the host's PIDs) puts it, seen under --host-root",
+      'auto',
+    )
+    .option(
+      '--host-root <dir>',
+      "eBPF mode with --bpf-cgroup auto: where this process sees the host's paths (the chart mounts the host's /sys/fs/cgroup at /host/sys/fs/cgroup)",
+      '/',
+    )
     .option('--bpffs <path>', 'eBPF mode: where bpffs is mounted (mounted there if it is not)', '/sys/fs/bpf')
     .action(
       async (o: {
         mesh: string;
-        bpfCgroup?: string;
+        bpfCgroup: string;
+        hostRoot: string;
         bpffs: string;
         socket: string;
         stateDir: string;
@@ -158,7 +168,7 @@ function cniCommand(): Command {
           repair: o.repair,
           repairIntervalMs,
           ...(metricsListen ? { metricsListen } : {}),
-          ebpf: { mesh: o.mesh, bpffs: o.bpffs, ...(o.bpfCgroup ? { cgroup: o.bpfCgroup } : {}) },
+          ebpf: { mesh: o.mesh, bpffs: o.bpffs, cgroup: o.bpfCgroup, hostRoot: o.hostRoot },
           log: createLogger('cni-agent'),
           repairLog: createLogger('cni-repair'),
         });

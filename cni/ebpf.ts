@@ -17,8 +17,14 @@ import { EBPF_UNAVAILABLE_MARK } from './validate.js';
 export interface EbpfNodeOptions {
   /** The mesh whose programs these are: pins under <bpffs>/flb-mesh/<mesh>. */
   mesh: string;
-  /** Where the programs attach; default the root of the cgroup2 mount (every pod of the node). */
+  /**
+   * Where the programs attach: a cgroup v2 folder, or 'auto' for the root of the host's hierarchy
+   * (every pod of the node) found from the host's mount table under hostRoot; default the first
+   * cgroup2 mount this process sees.
+   */
   cgroup?: string;
+  /** Where this process sees the host's paths, for 'auto' (the chart: /host). Default /. */
+  hostRoot?: string;
   bpffs?: string;
   /** The Kubernetes node's name, which the pod's validation message names; default this host's name. */
   nodeName?: string;
@@ -64,8 +70,8 @@ export class EbpfNode {
 
   private async check(): Promise<EbpfVerdict> {
     const { log } = this.options;
-    const { cgroup, bpffs } = this.options;
-    const report = await checkFeatures({ ...(cgroup ? { cgroup } : {}), ...(bpffs ? { bpffs } : {}) });
+    const { cgroup, hostRoot, bpffs } = this.options;
+    const report = await checkFeatures({ ...(cgroup ? { cgroup } : {}), ...(hostRoot ? { hostRoot } : {}), ...(bpffs ? { bpffs } : {}) });
     if (!report.ok) {
       const reason = `missing ${report.missing.join('; ')}`;
       log.error(

@@ -22,7 +22,7 @@ export interface AgentRunOptions {
   /** Where GET /metrics is served (plain HTTP); undefined: nowhere. */
   metricsListen?: { host: string; port: number };
   /** eBPF mode: the mesh whose programs the agent loads and registers pods with, and where they attach. */
-  ebpf: { mesh: string; cgroup?: string; bpffs?: string };
+  ebpf: { mesh: string; cgroup?: string; hostRoot?: string; bpffs?: string };
   log: Logger;
   repairLog: Logger;
 }
