@@ -2,9 +2,10 @@
  * `flb sidecar wait-ready`: the postStart hook that holds a pod's next containers until its
  * sidecar is ready. It runs on every injected pod's start, on the critical path, beside a sidecar
  * that is starting on the same cores, so bin/flb.js runs it from this module alone (Node's http
- * and the duration parser; the whole CLI costs ~150 ms of CPU more) and it asks every
- * POLL_INTERVAL_MS: the hook returns within tens of milliseconds of the sidecar being ready, where
- * a startup probe (period 1 s at least) would see it up to a second later.
+ * and the duration parser; the whole CLI costs ~150 ms of CPU more). Once the admin port listens,
+ * the sidecar holds its question (`/ready?wait=`) and answers the moment it is ready: the hook
+ * returns within milliseconds of it, where a startup probe (period 1 s at least) would see it up
+ * to a second later.
  *
  * Anything this parser does not take as written (--help, an unknown flag, a bad value) goes to the
  * full CLI (sidecar/cli.ts), which answers it with its usage errors.
@@ -13,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { parseDuration } from '../common/duration.js';
 import { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, waitUntilReady, type WaitReadyArgs } from '../common/sidecar-ready.js';
 
-export { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, POLL_INTERVAL_MS, waitUntilReady, type WaitReadyArgs } from '../common/sidecar-ready.js';
+export { DEFAULT_ADMIN_PORT, DEFAULT_WAIT_TIMEOUT_MS, POLL_INTERVAL_MS, READY_HOLD_MS, waitUntilReady, type WaitReadyArgs } from '../common/sidecar-ready.js';
 
 /** `[--timeout=D] [--admin-port=P]` (either spelling commander takes), or undefined for anything else. */
 export function parseWaitReadyArgs(args: readonly string[]): WaitReadyArgs | undefined {
