@@ -227,7 +227,8 @@ function steps(t: Tracked): Record<string, number> {
     return {
       ...common,
       'volumes (to sidecar running)': s.sidecarRunning! - s.sandbox,
-      'sidecar started -> init running': s.initRunning! - s.sidecarRunning!,
+      // The sidecar's container start (its namespaces and mounts), then flb-init's spawn and the status write.
+      'sidecar running -> init running': s.initRunning! - s.sidecarRunning!,
       'init: rules applied': rulesApplied - s.initRunning!,
       'init: waits for the sidecar': s.initDone! - rulesApplied,
       'app start (after init)': s.appRunning - s.initDone!,
