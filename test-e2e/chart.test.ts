@@ -4,13 +4,14 @@
 // and an install followed by upgrades that must keep the repo's data and the injector's caBundle.
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { X509Certificate } from 'node:crypto';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdmissionregistrationV1Api, AppsV1Api, CoreV1Api, type V1StatefulSet } from '@kubernetes/client-node';
 import { execa } from 'execa';
 import YAML from 'yaml';
 import { BridgeConfigSchema, defaultMesh, SIDECAR_INJECTED_LABEL, SIDECAR_INJECTED_VALUE, REPO_CA_CONFIGMAP } from '../common/contract/index.js';
+import { checkFeatures, defaultCgroup } from '../bpf/loader.js';
 import { meshParts, podSidecar } from '../injector/mesh-parts.js';
 import { FLB_MESH_VERSION } from '../common/contract/version.js';
 import { CHECKOUT } from '../devenv/node-simulator/images.js';
@@ -435,13 +436,18 @@ describe('the flb-mesh chart', () => {
     });
     const agent = spec.containers.find((c) => c.name === 'agent') as EbpfAgentContainer;
     expect(agent.args.slice(0, 2)).toEqual(['cni', 'agent']);
-    expect(agent.args).toEqual(expect.arrayContaining(['--mesh=shop-mesh', '--bpf-cgroup=/host/cgroup2', '--bpffs=/sys/fs/bpf']));
+    expect(agent.args).toEqual(expect.arrayContaining(['--mesh=shop-mesh', '--bpf-cgroup=auto', '--host-root=/host', '--bpffs=/sys/fs/bpf']));
     // privileged: Bidirectional propagation needs it (the API refuses it otherwise: the dry run below).
     expect(agent.securityContext).toEqual({ runAsUser: 0, runAsNonRoot: false, privileged: true, readOnlyRootFilesystem: true });
     const hostPathOf = (name: string) => spec.volumes.find((v) => v.name === name)?.hostPath?.path;
     const mountOf = (name: string) => agent.volumeMounts.find((m) => m.name === name);
     expect([mountOf('bpffs'), hostPathOf('bpffs')]).toEqual([{ name: 'bpffs', mountPath: '/sys/fs/bpf', mountPropagation: 'Bidirectional' }, '/sys/fs/bpf']);
-    expect([mountOf('cgroup2'), hostPathOf('cgroup2')]).toEqual([{ name: 'cgroup2', mountPath: '/host/cgroup2', readOnly: true }, '/sys/fs/cgroup']);
+    // cgroup auto: the host's whole /sys/fs/cgroup under --host-root, the hierarchy found in it from the host's mount table.
+    expect([mountOf('host-cgroup'), hostPathOf('host-cgroup')]).toEqual([
+      { name: 'host-cgroup', mountPath: '/host/sys/fs/cgroup', mountPropagation: 'HostToContainer', readOnly: true },
+      '/sys/fs/cgroup',
+    ]);
+    expect(hostPathOf('cgroup2')).toBeUndefined();
     // The installer container is the CNI mode's: no privilege.
     const install = spec.containers.find((c) => c.name === 'install') as EbpfAgentContainer;
     expect(install.securityContext).toMatchObject({ allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
@@ -449,11 +455,48 @@ describe('the flb-mesh chart', () => {
     expect(find(objects, 'PriorityClass', 'flb-mesh-node').value).toBe(1000000000);
     expect(find(objects, 'ClusterRole', 'flb-cni-node').rules).toEqual(find(cniMode, 'ClusterRole', 'flb-cni-node').rules);
 
-    // A hybrid host's cgroup v2 hierarchy (these machines'): the agent still attaches at /host/cgroup2.
-    const hybrid = await helm.render({ mesh: { interception: { mode: 'ebpf' } }, cni: { ebpf: { cgroup: '/sys/fs/cgroup/unified' } } });
-    const hybridSpec = podSpec(find(hybrid, 'DaemonSet', 'flb-cni-node')) as EbpfPodSpec;
-    expect(hybridSpec.volumes.find((v) => v.name === 'cgroup2')?.hostPath).toEqual({ path: '/sys/fs/cgroup/unified', type: 'Directory' });
-    expect(hybridSpec.containers[0]!.args).toContain('--bpf-cgroup=/host/cgroup2');
+    // A cgroup named (a host that has it outside /sys/fs/cgroup): that folder alone, at /host/cgroup2.
+    const named = await helm.render({ mesh: { interception: { mode: 'ebpf' } }, cni: { ebpf: { cgroup: '/run/cilium/cgroupv2' } } });
+    const namedSpec = podSpec(find(named, 'DaemonSet', 'flb-cni-node')) as EbpfPodSpec;
+    expect(namedSpec.volumes.find((v) => v.name === 'cgroup2')?.hostPath).toEqual({ path: '/run/cilium/cgroupv2', type: 'Directory' });
+    expect(namedSpec.volumes.find((v) => v.name === 'host-cgroup')).toBeUndefined();
+    expect(namedSpec.containers[0]!.args).toContain('--bpf-cgroup=/host/cgroup2');
+    expect(namedSpec.containers[0]!.args!.filter((a) => a.startsWith('--host-root'))).toEqual([]);
+  });
+
+  it("gives the eBPF agent, with the chart's defaults, a cgroup v2 hierarchy its feature check takes on this machine (a hybrid host)", async () => {
+    // The agent's volumes as the runtime makes them (a recursive, read-only bind of each hostPath),
+    // under a folder of the test's standing for the container's root, and its feature check with its
+    // own flags there. On a unified host and on this hybrid one alike (`findmnt -t cgroup2`).
+    const objects = await helm.render({ mesh: { interception: { mode: 'ebpf' } } });
+    const spec = podSpec(find(objects, 'DaemonSet', 'flb-cni-node')) as EbpfPodSpec;
+    const agent = spec.containers.find((c) => c.name === 'agent') as EbpfAgentContainer;
+    const flag = (name: string) => agent.args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+    const container = mkdtempSync(join(tmpdir(), 'flb-agent-root-'));
+    const bound: string[] = [];
+    try {
+      for (const mount of agent.volumeMounts.filter((m) => /cgroup/.test(m.name))) {
+        const target = join(container, mount.mountPath);
+        mkdirSync(target, { recursive: true });
+        await execa('mount', ['--rbind', spec.volumes.find((v) => v.name === mount.name)!.hostPath!.path, target]);
+        bound.push(target);
+        await execa('mount', ['--make-rslave', target]);
+        await execa('mount', ['-o', 'remount,bind,ro', target]);
+      }
+      const cgroup = flag('bpf-cgroup')!;
+      const hostRoot = flag('host-root');
+      const report = await checkFeatures({
+        cgroup: cgroup === 'auto' ? cgroup : join(container, cgroup),
+        ...(hostRoot ? { hostRoot: join(container, hostRoot) } : {}),
+        bpffs: '/sys/fs/bpf',
+      });
+      expect(report.missing.filter((m) => /cgroup/.test(m))).toEqual([]);
+      // The hierarchy's root itself (a cgroup v2's id is its folder's inode), where every pod of the node is.
+      expect(statSync(report.cgroup!).ino).toBe(statSync(defaultCgroup()!).ino);
+    } finally {
+      for (const target of bound.reverse()) await execa('umount', ['-R', target], { reject: false });
+      rmSync(container, { recursive: true, force: true });
+    }
   });
 
   it('wires the parts together: the repo URL, its certificates, the Lease, the mesh ConfigMap', () => {
@@ -552,6 +595,8 @@ describe('the flb-mesh chart on a real kube-apiserver', () => {
       sinkValues,
       // privileged with Bidirectional propagation, hostPID: what the API checks of the eBPF agent.
       { mesh: { interception: { mode: 'ebpf' } }, cni: { ebpf: { cgroup: '/sys/fs/cgroup/unified' } } },
+      // ... and with the host's /sys/fs/cgroup, read-only with HostToContainer propagation (cgroup auto).
+      { mesh: { interception: { mode: 'ebpf' } } },
     ];
     for (const values of valueSets) {
       const text = await helm.renderText(values);
