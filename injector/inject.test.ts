@@ -4,7 +4,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { readFileSync, readdirSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
+import type { V1Container, V1Namespace, V1Pod } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import YAML from 'yaml';
 import {
@@ -353,5 +353,127 @@ describe('injected pods', () => {
     expect(sidecar.command).toEqual(['pipy', 'http://repo/flb/sidecars/']);
     // flb's port flags would mean nothing to another program.
     expect(sidecar.args).toBeUndefined();
+  });
+});
+
+describe('a pod that chooses its interception mode (flomesh.io/interception-mode)', () => {
+  const MODES = ['iptables', 'cni', 'ebpf'] as const;
+  const meshIn = (mode: string, interception: Record<string, unknown> = {}) =>
+    MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', interception: { mode, ...interception } });
+  const namespace: V1Namespace = { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled' } } };
+  const podIn = (mode?: string, annotations: Record<string, string> = {}): V1Pod => ({
+    metadata: { name: 'api', namespace: 'shop', annotations: { ...(mode === undefined ? {} : { 'flomesh.io/interception-mode': mode }), ...annotations } },
+    spec: { containers: [{ name: 'api', image: 'example/api' }] },
+  });
+  const inject = (meshMode: string, podMode?: string, overrides: Partial<InjectorSettings> = {}) => {
+    const pod = podIn(podMode);
+    const result = injectPod(pod, namespace, { mesh: meshIn(meshMode), nativeSidecars: true, version: 'x', ...overrides });
+    return { result, pod: apply(pod, result) };
+  };
+  /** What a user checks on the injected pod: the containers in order, the modes it records, and who needs NET_ADMIN. */
+  const observed = (pod: V1Pod) => {
+    const sidecar = [...(pod.spec!.initContainers ?? []), ...pod.spec!.containers].find((c) => c.name === SIDECAR_CONTAINER_NAME)!;
+    return {
+      initContainers: (pod.spec!.initContainers ?? []).map((c) => c.name),
+      interceptionMode: (JSON.parse(pod.metadata!.annotations![INTERCEPTION_ANNOTATION]!) as { mode: string }).mode,
+      statusMode: (JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!) as { mode: string }).mode,
+      sidecarMode: sidecar.env!.find((e) => e.name === 'FLB_INTERCEPTION_MODE')?.value,
+      netAdmin: JSON.stringify(pod.spec).includes('NET_ADMIN'),
+      sidecarHeld: sidecar.lifecycle?.postStart !== undefined,
+    };
+  };
+
+  const allowed: [string, string][] = [
+    ['iptables', 'iptables'],
+    ['cni', 'iptables'],
+    ['cni', 'cni'],
+    ['ebpf', 'iptables'],
+    ['ebpf', 'cni'],
+    ['ebpf', 'ebpf'],
+  ];
+  it.each(allowed)('a %s mesh injects a pod that chose %s in that mode, in its order', (meshMode, podMode) => {
+    const { result, pod } = inject(meshMode, podMode);
+    expect(result.action).toBe('inject');
+    // The sidecar first only in iptables mode, flb-init waiting for it; the validation of cni and
+    // ebpf listens on the outbound port, so it runs before the sidecar binds it.
+    expect(observed(pod)).toEqual(
+      podMode === 'iptables'
+        ? { initContainers: ['flb-sidecar', 'flb-init'], interceptionMode: 'iptables', statusMode: 'iptables', sidecarMode: 'iptables', netAdmin: true, sidecarHeld: false }
+        : { initContainers: ['flb-validation', 'flb-sidecar'], interceptionMode: podMode, statusMode: podMode, sidecarMode: podMode, netAdmin: false, sidecarHeld: true },
+    );
+    const status = JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!) as { initContainers: string[] };
+    expect(status.initContainers).toEqual(observed(pod).initContainers);
+  });
+
+  it.each(MODES)("a pod without the annotation follows the %s mesh's mode", (meshMode) => {
+    expect(observed(inject(meshMode).pod)).toMatchObject({ interceptionMode: meshMode, statusMode: meshMode, sidecarMode: meshMode });
+  });
+
+  it('keeps the order without native sidecars: the interception init container, the sidecar as the first container', () => {
+    const { pod } = inject('ebpf', 'iptables', { nativeSidecars: false });
+    expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init']);
+    expect(pod.spec!.containers.map((c) => c.name)).toEqual(['flb-sidecar', 'api']);
+    expect(JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!)).toMatchObject({ mode: 'iptables', initContainers: ['flb-init'], containers: ['flb-sidecar'] });
+  });
+
+  it('refuses cni and ebpf in an iptables mesh, which runs no node agent, saying what to do', () => {
+    for (const mode of ['cni', 'ebpf']) {
+      const { result } = inject('iptables', mode);
+      expect(result).toMatchObject({ action: 'deny', problem: 'pod annotation flomesh.io/interception-mode is invalid' });
+      expect(result.action === 'deny' && result.message).toBe(
+        `annotation flomesh.io/interception-mode: "${mode}" is not available: this mesh's interception.mode is "iptables", which deploys no CNI node agent ` +
+          `to set the pod up, so it would run unmeshed or fail its validation; remove the annotation, or set the mesh's interception.mode to "${mode}" ` +
+          `(its node agent also sets up "iptables" pods)`,
+      );
+    }
+  });
+
+  it("refuses ebpf in a cni mesh, whose node agent runs without eBPF", () => {
+    const { result } = inject('cni', 'ebpf');
+    expect(result.action === 'deny' && result.message).toBe(
+      `annotation flomesh.io/interception-mode: "ebpf" is not available: this mesh's interception.mode is "cni", whose node agent runs without eBPF ` +
+        `(unprivileged, no bpffs or cgroup v2 mounts), so the pod would fail its validation; choose "iptables" or "cni", or set the mesh's ` +
+        `interception.mode to "ebpf" (its node agent does all three)`,
+    );
+  });
+
+  it.each(['nftables', 'EBPF', '', 'toString', '__proto__'])('refuses %j as a mode, naming the annotation and the modes there are', (value) => {
+    const { result } = inject('ebpf', value);
+    expect(result.action === 'deny' && result.message).toBe(
+      `annotation flomesh.io/interception-mode: ${JSON.stringify(value)} is not an interception mode (expected "iptables", "cni" or "ebpf")`,
+    );
+  });
+
+  it("refuses, naming the annotation, a mode that cannot honour the mesh's settings instead of throwing", () => {
+    // eBPF intercepts connect() before an interface is chosen, so the contract refuses it with
+    // excludeInterfaces. A parsed ebpf mesh cannot carry them and a cni mesh refuses ebpf first; a
+    // mesh object put together by hand (a library user) still must not make the injector throw.
+    const cni = meshIn('cni', { excludeInterfaces: ['eth1'] });
+    const mesh: Mesh = { ...cni, interception: { ...cni.interception, mode: 'ebpf' } };
+    const result = injectPod(podIn('ebpf'), namespace, { mesh, nativeSidecars: true, version: 'x' });
+    expect(result).toMatchObject({ action: 'deny', problem: 'pod annotation flomesh.io/interception-mode is invalid' });
+    expect(result.action === 'deny' && result.message).toMatch(/^annotation flomesh\.io\/interception-mode: "ebpf" cannot honour this mesh's interception settings \(excludeInterfaces: /);
+  });
+
+  it('tells Pod Security users to choose the mode the node agent sets up, where the mesh runs one', () => {
+    const restricted: V1Namespace = { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' } } };
+    const result = injectPod(podIn('iptables'), restricted, { mesh: meshIn('ebpf'), nativeSidecars: true, version: 'x' });
+    expect(result.action === 'inject' && result.podSecurityConflict).toMatch(/annotate the pod flomesh\.io\/interception-mode: ebpf/);
+    expect(injectPod(podIn('cni'), restricted, { mesh: meshIn('ebpf'), nativeSidecars: true, version: 'x' })).toMatchObject({ action: 'inject', warnings: [] });
+  });
+
+  it('builds the parts of each mode once, not per pod', () => {
+    const settings: InjectorSettings = { mesh: meshIn('ebpf'), nativeSidecars: true, version: 'x' };
+    const first = MODES.map((mode) => injectPod(podIn(mode), namespace, settings));
+    const again = MODES.map((mode) => injectPod(podIn(mode), namespace, settings));
+    const interceptionContainer = (r: InjectionResult) => {
+      const added = r.action === 'inject' ? r.patch.find((op) => op.path.startsWith('/spec/initContainers')) : undefined;
+      return ((added as { value?: V1Container[] } | undefined)?.value ?? []).find((c) => c.name !== SIDECAR_CONTAINER_NAME);
+    };
+    // The same (frozen, shared) container comes back for the same mode: built once.
+    for (let i = 0; i < MODES.length; i++) {
+      expect(interceptionContainer(first[i]!)?.name).toBe(MODES[i] === 'iptables' ? 'flb-init' : 'flb-validation');
+      expect(interceptionContainer(again[i]!)).toBe(interceptionContainer(first[i]!));
+    }
   });
 });

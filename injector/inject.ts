@@ -12,6 +12,7 @@ import {
   INBOUND_PORT_EXCLUSION_ANNOTATION,
   INIT_CONTAINER_NAME,
   INTERCEPTION_ANNOTATION,
+  INTERCEPTION_MODE_ANNOTATION,
   InterceptionSchema,
   OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION,
   OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION,
@@ -22,6 +23,7 @@ import {
   SIDECAR_INJECTED_VALUE,
   SIDECAR_STATUS_ANNOTATION,
   type Interception,
+  type InterceptionMode,
   type Mesh,
 } from '../common/contract/index.js';
 import { AnnotationError, parseCidrList, parsePortList, parseVipList, union } from './exclusions.js';
@@ -93,8 +95,9 @@ export function injectPod(
   if (decision.inject && isInjected(pod)) return reinvoke(pod, mesh, decision.because, warnings);
 
   // Every problem of the pod's labels and annotations at once, so one edit fixes them all.
-  const parts = meshParts(settings);
   const annotations = new AnnotationReader(pod.metadata?.annotations ?? {});
+  const mode = annotations.read(INTERCEPTION_MODE_ANNOTATION, (name, value) => parseInterceptionMode(name, value, mesh), mesh.interception.mode);
+  const parts = meshParts(settings, mode);
   const interception = interceptionParts(pod, parts, annotations);
   const resources = podResources(parts, annotations);
   // A pod naming its BGP ConfigMap announces VIPs: one annotation is enough; bgp-announcer "false" still turns the hook off.
@@ -134,7 +137,7 @@ export function injectPod(
   if (!settings.nativeSidecars) patch.push(...insertIntoArray('/spec/containers', containers, 0, [sidecar]));
   patch.push(...appendToArray('/spec/volumes', pod.spec?.volumes, parts.volumes as unknown[]));
 
-  const podSecurityConflict = interception.interception.mode === 'iptables' ? podSecurityProblem(namespace) : undefined;
+  const podSecurityConflict = interception.interception.mode === 'iptables' ? podSecurityProblem(namespace, mesh) : undefined;
   if (podSecurityConflict) warnings.push(podSecurityConflict);
   return { action: 'inject', patch, because: decision.because, reinvocation: false, warnings, ...(podSecurityConflict ? { podSecurityConflict } : {}) };
 }
@@ -162,6 +165,11 @@ class AnnotationReader {
 
   hasAny(names: readonly string[]): boolean {
     return names.some((name) => this.annotations[name] !== undefined);
+  }
+
+  /** A problem found once the annotations were read together. */
+  reject(error: AnnotationError): void {
+    this.invalid.push(error.setting);
   }
 
   /** The parsed value, or `absent` when the annotation is missing or invalid (then it is in `invalid`). */
@@ -258,17 +266,54 @@ function interceptionParts(pod: V1Pod, parts: MeshParts, annotations: Annotation
   const found = parts.interception.get(key);
   if (found) return found;
   const before = annotations.invalid.length;
-  const interception = interceptionFor(parts.settings.mesh, annotations);
-  return annotations.invalid.length > before ? undefined : interceptionPartsFor(parts, key, () => interception);
+  const interception = interceptionFor(parts.settings.mesh, parts.mode, annotations);
+  return annotations.invalid.length > before || !interception ? undefined : interceptionPartsFor(parts, key, () => interception);
 }
 
-/** The mesh's interception defaults narrowed by the pod's exclusion annotations, with its BGP VIPs. */
-function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interception {
+/**
+ * What the node agent the mesh deploys can set up (charts/flb-mesh/templates/cni.yaml): an iptables
+ * mesh runs none; a cni mesh's runs unprivileged, without bpffs or the host's cgroup v2, so it
+ * cannot load or attach the eBPF programs; an ebpf mesh's does all three (iptables pods it leaves
+ * to their flb-init).
+ */
+const MODES_A_MESH_RUNS: Record<InterceptionMode, readonly InterceptionMode[]> = {
+  iptables: ['iptables'],
+  cni: ['iptables', 'cni'],
+  ebpf: ['iptables', 'cni', 'ebpf'],
+};
+
+/** The pod's `flomesh.io/interception-mode`, refused when the mesh's node agent could not set the pod up. */
+function parseInterceptionMode(annotation: string, value: string, mesh: Mesh): InterceptionMode {
+  const meshMode = mesh.interception.mode;
+  const allowed = MODES_A_MESH_RUNS[meshMode];
+  const mode = value.trim();
+  if (!Object.hasOwn(MODES_A_MESH_RUNS, mode)) {
+    throw new AnnotationError(annotation, `${JSON.stringify(value)} is not an interception mode (expected "iptables", "cni" or "ebpf")`);
+  }
+  const chosen = mode as InterceptionMode;
+  if (allowed.includes(chosen)) return chosen;
+  const why =
+    meshMode === 'iptables'
+      ? `this mesh's interception.mode is "iptables", which deploys no CNI node agent to set the pod up, so it would run unmeshed or fail its validation`
+      : `this mesh's interception.mode is "cni", whose node agent runs without eBPF (unprivileged, no bpffs or cgroup v2 mounts), so the pod would fail its validation`;
+  const remedy =
+    meshMode === 'iptables'
+      ? `remove the annotation, or set the mesh's interception.mode to "${chosen}" (its node agent also sets up "iptables" pods)`
+      : `choose "iptables" or "cni", or set the mesh's interception.mode to "ebpf" (its node agent does all three)`;
+  throw new AnnotationError(annotation, `"${chosen}" is not available: ${why}; ${remedy}`);
+}
+
+/**
+ * The mesh's interception defaults in the pod's mode, narrowed by the pod's exclusion annotations,
+ * with its BGP VIPs. Undefined, with the reason in the reader, when the pod's mode cannot honour
+ * the mesh's settings (the contract's refusal, as the pod's annotation made it).
+ */
+function interceptionFor(mesh: Mesh, mode: InterceptionMode, annotations: AnnotationReader): Interception | undefined {
   const m = mesh.interception;
   const bgpVips = annotations.read(BGP_VIPS_ANNOTATION, parseVipList, []);
-  return InterceptionSchema.parse({
+  const parsed = InterceptionSchema.safeParse({
     version: 1,
-    mode: m.mode,
+    mode,
     proxyUid: mesh.proxyUid,
     outboundPort: mesh.ports.outbound,
     inboundPort: mesh.ports.inbound,
@@ -283,6 +328,14 @@ function interceptionFor(mesh: Mesh, annotations: AnnotationReader): Interceptio
     excludeInterfaces: m.excludeInterfaces,
     ...(bgpVips.length ? { bgpVips } : {}),
   });
+  if (parsed.success) return parsed.data;
+  // The annotations were each checked as they were read, so a refusal of the whole is the chosen
+  // mode's clash with the mesh's settings (eBPF cannot honour excludeInterfaces); without a chosen
+  // mode it is the mesh's own, which its schema refuses before any pod: a bug.
+  if (!annotations.hasAny([INTERCEPTION_MODE_ANNOTATION])) throw parsed.error;
+  const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'settings'}: ${issue.message}`).join('; ');
+  annotations.reject(new AnnotationError(INTERCEPTION_MODE_ANNOTATION, `"${mode}" cannot honour this mesh's interception settings (${problems})`));
+  return undefined;
 }
 
 const RESOURCE_ANNOTATIONS = Object.values(PROXY_RESOURCE_ANNOTATIONS);
@@ -346,12 +399,16 @@ export function ownerWorkload(pod: V1Pod): { kind: string; name: string } {
 }
 
 /** Pod Security baseline and restricted both forbid NET_ADMIN: say so, and what to do. */
-function podSecurityProblem(namespace: V1Namespace | undefined): string | undefined {
+function podSecurityProblem(namespace: V1Namespace | undefined, mesh: Mesh): string | undefined {
   const level = namespace?.metadata?.labels?.['pod-security.kubernetes.io/enforce'];
   if (level !== 'baseline' && level !== 'restricted') return undefined;
+  // A mesh whose node agent runs can set this pod up instead, if the pod asks.
+  const cni =
+    mesh.interception.mode === 'iptables'
+      ? 'use the CNI interception mode (mesh interception.mode: cni)'
+      : `annotate the pod ${INTERCEPTION_MODE_ANNOTATION}: ${mesh.interception.mode} (or remove its "iptables")`;
   return (
     `namespace ${namespace?.metadata?.name} enforces Pod Security "${level}", which rejects the ${INIT_CONTAINER_NAME} init container ` +
-    `(NET_ADMIN and NET_RAW as root); use the CNI interception mode (mesh interception.mode: cni), ` +
-    `or enforce "privileged" in this namespace`
+    `(NET_ADMIN and NET_RAW as root); ${cni}, or enforce "privileged" in this namespace`
   );
 }

@@ -1,10 +1,12 @@
-// What the injector adds to a pod, built once per mesh (and injector settings) instead of once per
-// pod: the sidecar container as a template with a few per-pod holes, the init and validation
-// containers, the volumes, the status annotation, and their JSON text (json-text.ts). A new mesh
-// object (a changed mesh.json) gets parts of its own; the old ones go with it (WeakMap).
+// What the injector adds to a pod, built once per mesh, injector settings and interception mode
+// (the mesh's, or the one a pod's annotation chose) instead of once per pod: the sidecar container
+// as a template with a few per-pod holes, the init and validation containers, the volumes, the
+// status annotation, and their JSON text (json-text.ts). A new mesh object (a changed mesh.json)
+// gets parts of its own; the old ones go with it (WeakMap).
 import type { V1Container, V1EnvVar, V1Probe, V1Volume } from '@kubernetes/client-node';
 import {
   INIT_CONTAINER_NAME,
+  INTERCEPTION_MODE_ENV,
   REPO_CA_CONFIGMAP,
   REPO_CA_CONFIGMAP_KEY,
   REPO_CA_FILE_ENV,
@@ -13,6 +15,7 @@ import {
   SIDECAR_INJECTED_VALUE,
   VALIDATION_CONTAINER_NAME,
   type Interception,
+  type InterceptionMode,
   type Mesh,
 } from '../common/contract/index.js';
 import { deepFreeze, jsonText, JsonTemplate, rememberJson } from './json-text.js';
@@ -46,6 +49,8 @@ type SidecarHole = 'workloadKind' | 'workloadName' | 'appProbes' | 'resources';
 
 export interface MeshParts {
   settings: InjectorSettings;
+  /** The pods' interception mode these parts are for. */
+  mode: InterceptionMode;
   /** Frozen; their JSON is remembered. */
   volumes: readonly V1Volume[];
   /** The flomesh.io/sidecar-status annotation's value. */
@@ -76,12 +81,13 @@ export interface InterceptionParts {
 
 const partsByMesh = new WeakMap<Mesh, Map<string, MeshParts>>();
 
-export function meshParts(settings: InjectorSettings): MeshParts {
+/** The parts for pods in `mode` (default: the mesh's); at most three sets per mesh and settings. */
+export function meshParts(settings: InjectorSettings, mode: InterceptionMode = settings.mesh.interception.mode): MeshParts {
   let perMesh = partsByMesh.get(settings.mesh);
   if (!perMesh) partsByMesh.set(settings.mesh, (perMesh = new Map()));
-  const key = `${settings.nativeSidecars}\u0000${settings.version}`;
+  const key = `${settings.nativeSidecars}\u0000${settings.version}\u0000${mode}`;
   let parts = perMesh.get(key);
-  if (!parts) perMesh.set(key, (parts = buildParts(settings)));
+  if (!parts) perMesh.set(key, (parts = buildParts(settings, mode)));
   return parts;
 }
 
@@ -93,26 +99,26 @@ export function meshParts(settings: InjectorSettings): MeshParts {
  * holds the app until the sidecar is ready, as the postStart hook and startup probe did (the
  * sidecar gets neither: the kubelet counts it started at once and runs flb-init). Only with the
  * mesh's own commands, which know that hand-over: a custom init command or waiter (another
- * proxy's image) keeps the usual order, and the CNI and eBPF modes too: their validation listens on
- * the outbound port, so it must run before the sidecar binds it.
+ * proxy's image) keeps the usual order, and so does a pod in CNI or eBPF mode (the mesh's or its
+ * own choice): its validation listens on the outbound port, so it must run before the sidecar binds it.
  */
-export function sidecarStartsFirst(settings: InjectorSettings): boolean {
+export function sidecarStartsFirst(settings: InjectorSettings, mode: InterceptionMode): boolean {
   const { mesh } = settings;
   return (
     settings.nativeSidecars &&
-    mesh.interception.mode === 'iptables' &&
+    mode === 'iptables' &&
     runsFlb(mesh.init.command, 'iptables', 'apply') &&
     runsFlb(mesh.sidecar.waitReadyCommand, 'sidecar', 'wait-ready')
   );
 }
 
-function buildParts(settings: InjectorSettings): MeshParts {
+function buildParts(settings: InjectorSettings, mode: InterceptionMode): MeshParts {
   const { mesh } = settings;
   const volumes = frozenWithJson(sidecarVolumes(mesh));
-  const sidecarFirst = sidecarStartsFirst(settings);
-  const sidecarBase = sidecarContainer(settings, sidecarFirst);
+  const sidecarFirst = sidecarStartsFirst(settings, mode);
+  const sidecarBase = sidecarContainer(settings, mode, sidecarFirst);
   const envNames = (sidecarBase.env ?? []).map((e) => e.name);
-  const interceptionContainer = mesh.interception.mode === 'iptables' ? INIT_CONTAINER_NAME : VALIDATION_CONTAINER_NAME;
+  const interceptionContainer = mode === 'iptables' ? INIT_CONTAINER_NAME : VALIDATION_CONTAINER_NAME;
   const initContainers = !settings.nativeSidecars
     ? [interceptionContainer]
     : sidecarFirst
@@ -120,7 +126,7 @@ function buildParts(settings: InjectorSettings): MeshParts {
       : [interceptionContainer, SIDECAR_CONTAINER_NAME];
   const status: SidecarStatus = {
     version: settings.version,
-    mode: mesh.interception.mode,
+    mode,
     native: settings.nativeSidecars,
     initContainers,
     containers: settings.nativeSidecars ? [] : [SIDECAR_CONTAINER_NAME],
@@ -128,6 +134,7 @@ function buildParts(settings: InjectorSettings): MeshParts {
   };
   return {
     settings,
+    mode,
     volumes,
     status: JSON.stringify(status),
     defaultResources: frozenWithJson(sidecarResources(mesh, {})),
@@ -227,7 +234,7 @@ export function sidecarPortArgs(mesh: Mesh): string[] {
   ];
 }
 
-function sidecarContainer(settings: InjectorSettings, startsFirst: boolean): V1Container {
+function sidecarContainer(settings: InjectorSettings, mode: InterceptionMode, startsFirst: boolean): V1Container {
   const { mesh } = settings;
   const hole = (name: SidecarHole) => JsonTemplate.hole(name);
   // Fresh objects each time: shared references would come out as YAML anchors in `flb inject`.
@@ -255,6 +262,8 @@ function sidecarContainer(settings: InjectorSettings, startsFirst: boolean): V1C
       { name: 'FLB_WORKLOAD_KIND', value: hole('workloadKind') },
       { name: 'FLB_WORKLOAD_NAME', value: hole('workloadName') },
       { name: 'FLB_MESH', value: mesh.name },
+      // The pod's mode may not be the mesh's: the sidecar's endpoint fallback follows the pod's.
+      { name: INTERCEPTION_MODE_ENV, value: mode },
       { name: 'FLB_REPO_URL', value: mesh.repo.url },
       { name: 'FLB_REPO_TOKEN_FILE', value: `${REPO_DIR}/token` },
       ...(https ? [{ name: REPO_CA_FILE_ENV, value: `${REPO_DIR}/${REPO_CA_CONFIGMAP_KEY}` }] : []),

@@ -14,6 +14,17 @@ export const INBOUND_PORT_EXCLUSION_ANNOTATION = 'flomesh.io/inbound-port-exclus
 export const OUTBOUND_IP_RANGE_EXCLUSION_ANNOTATION = 'flomesh.io/outbound-ip-range-exclusion-list';
 export const OUTBOUND_IP_RANGE_INCLUSION_ANNOTATION = 'flomesh.io/outbound-ip-range-inclusion-list';
 
+/**
+ * A pod's own interception mode, `iptables`, `cni` or `ebpf` (Istio's `sidecar.istio.io/interceptionMode`),
+ * instead of the mesh's `interception.mode`. What a pod may choose is what the mesh deploys: an
+ * iptables mesh runs no node agent, so only iptables; a cni mesh's agent runs without eBPF, so
+ * iptables or cni; an ebpf mesh's agent does all three. Anything else refuses the pod naming this
+ * annotation. The injector tells the sidecar the chosen mode in INTERCEPTION_MODE_ENV.
+ */
+export const INTERCEPTION_MODE_ANNOTATION = 'flomesh.io/interception-mode';
+/** Env var of the sidecar container: its pod's interception mode (mesh.json's `outbound.endpointFallback: auto` follows it). */
+export const INTERCEPTION_MODE_ENV = 'FLB_INTERCEPTION_MODE';
+
 /** Per-pod sidecar resources, Kubernetes quantities. */
 export const PROXY_RESOURCE_ANNOTATIONS = {
   cpuRequest: 'flomesh.io/proxy-cpu-request',
