@@ -78,9 +78,13 @@ describe("the host's cgroup v2 hierarchy, from the host's mount table", () => {
   it('says what the host mounts when it has no cgroup v2 at all', () => {
     expect(hostCgroup(parseMountinfo(V1_ONLY))).toEqual({
       missing:
-        'a cgroup v2 hierarchy on the host: its mount table mounts only cgroup v1 (/sys/fs/cgroup/cpu, /sys/fs/cgroup/memory) (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)',
+        'a cgroup v2 hierarchy: the host mounts only cgroup v1 (/sys/fs/cgroup/cpu, /sys/fs/cgroup/memory); mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1',
     });
-    expect(hostCgroup(parseMountinfo(V1_ONLY.split('\n')[0]!))).toEqual({ missing: expect.stringContaining('mounts no cgroup filesystem at all') });
+    const manyControllers = `${V1_ONLY}\n34 30 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n35 30 0:31 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio`;
+    expect(hostCgroup(parseMountinfo(manyControllers))).toEqual({
+      missing: expect.stringContaining('only cgroup v1 (/sys/fs/cgroup/cpu, /sys/fs/cgroup/memory, 2 more);'),
+    });
+    expect(hostCgroup(parseMountinfo(V1_ONLY.split('\n')[0]!))).toEqual({ missing: expect.stringContaining('the host mounts no cgroup filesystem;') });
   });
 });
 
@@ -119,14 +123,20 @@ describe("the feature check with cgroup 'auto', on this machine (root: it bind-m
 
   it("names the host's mount and where it looked when the hierarchy is not visible there, and what the host has when it has none", async () => {
     const elsewhere = await checkFeatures({ cgroup: 'auto', hostRoot: join(hostRoot, 'nothing'), bpffs: '/sys/fs/bpf' });
+    const real = defaultCgroup()!;
     expect(cgroupMissing(elsewhere.missing)).toEqual([
-      `the cgroup ${join(hostRoot, 'nothing', defaultCgroup()!)}: no such directory (the host mounts its cgroup v2 hierarchy at ${defaultCgroup()!}: make it visible at ${join(hostRoot, 'nothing', defaultCgroup()!)}, or name the cgroup)`,
+      `the host's cgroup v2 hierarchy (${real} on the host) at ${join(hostRoot, 'nothing', real)}: no such directory; mount the host's ${real} there, or name the cgroup`,
+    ]);
+    // A folder there that is not the hierarchy (a bind without its submounts would show one).
+    const emptyFolder = join(hostRoot, 'empty');
+    mkdirSync(join(emptyFolder, real), { recursive: true });
+    const hidden = await checkFeatures({ cgroup: 'auto', hostRoot: emptyFolder, bpffs: '/sys/fs/bpf' });
+    expect(cgroupMissing(hidden.missing)).toEqual([
+      expect.stringMatching(/^the host's cgroup v2 hierarchy \(.* on the host\) at .*: \w+ filesystem, not cgroup2; mount the host's /),
     ]);
     const none = await checkFeatures({ cgroup: 'auto', hostRoot, hostMounts: parseMountinfo(V1_ONLY), bpffs: '/sys/fs/bpf' });
     expect(none.ok).toBe(false);
-    expect(cgroupMissing(none.missing)).toEqual([
-      expect.stringMatching(/^a cgroup v2 hierarchy on the host: its mount table mounts only cgroup v1 \(\/sys\/fs\/cgroup\/cpu/),
-    ]);
+    expect(cgroupMissing(none.missing)).toEqual([expect.stringMatching(/^a cgroup v2 hierarchy: the host mounts only cgroup v1 \(\/sys\/fs\/cgroup\/cpu/)]);
     expect(none.cgroup).toBeUndefined();
   });
 });

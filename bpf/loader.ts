@@ -118,10 +118,11 @@ export function hostCgroup(hostMounts: readonly Mount[], hostRoot = '/'): HostCg
   const cgroup2 = hostMounts.filter((m) => m.fsType === 'cgroup2');
   const chosen = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified'].map((at) => cgroup2.find((m) => m.mountPoint === at)).find(Boolean) ?? cgroup2[0];
   if (chosen) return { path: join(hostRoot, chosen.mountPoint), hostPath: chosen.mountPoint };
+  // Short: the reason reaches an eBPF pod's validation through a 255-byte interface alias.
   const v1 = hostMounts.filter((m) => m.fsType === 'cgroup').map((m) => m.mountPoint);
-  const found = v1.length ? `only cgroup v1 (${v1.slice(0, 4).join(', ')}${v1.length > 4 ? `, ${v1.length - 4} more` : ''})` : 'no cgroup filesystem at all';
+  const found = v1.length ? `only cgroup v1 (${[...v1.slice(0, 2), ...(v1.length > 2 ? [`${v1.length - 2} more`] : [])].join(', ')})` : 'no cgroup filesystem';
   return {
-    missing: `a cgroup v2 hierarchy on the host: its mount table mounts ${found} (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)`,
+    missing: `a cgroup v2 hierarchy: the host mounts ${found}; mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1`,
   };
 }
 
@@ -171,26 +172,28 @@ export async function checkFeatures(options: FeatureCheckOptions = {}): Promise<
 
   let mounts = readMounts();
   let cgroup: string | undefined;
-  let fix = '';
+  /** For 'auto': where the host has the hierarchy, which a wrong path here is named by. */
+  let hostPath: string | undefined;
   if (options.cgroup === AUTO_CGROUP) {
     const hostMounts = options.hostMounts ?? readHostMounts();
     const found = typeof hostMounts === 'string' ? { missing: hostMounts } : hostCgroup(hostMounts, options.hostRoot);
     if ('missing' in found) missing.push(found.missing);
-    else {
-      cgroup = found.path;
-      fix = ` (the host mounts its cgroup v2 hierarchy at ${found.hostPath}: make it visible at ${found.path}, or name the cgroup)`;
-    }
+    else ({ path: cgroup, hostPath } = found);
   } else {
     cgroup = options.cgroup ?? defaultCgroup(mounts);
     if (!cgroup)
       missing.push('a cgroup v2 hierarchy: none is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1)');
   }
-  if (cgroup && (!existsSync(cgroup) || !statSync(cgroup).isDirectory())) {
-    missing.push(`the cgroup ${cgroup}: no such directory${fix}`);
-  } else if (cgroup && mountOf(mounts, cgroup)?.fsType !== 'cgroup2') {
+  const notHere = cgroup && (!existsSync(cgroup) || !statSync(cgroup).isDirectory()) ? 'no such directory' : undefined;
+  const fsType = cgroup && !notHere ? (mountOf(mounts, cgroup)?.fsType ?? 'no') : undefined;
+  if (cgroup && hostPath && (notHere || fsType !== 'cgroup2')) {
     missing.push(
-      `a cgroup v2 path: ${cgroup} is on ${mountOf(mounts, cgroup)?.fsType ?? 'no'} filesystem, not cgroup2 (v1 cgroups cannot hold socket programs)${fix}`,
+      `the host's cgroup v2 hierarchy (${hostPath} on the host) at ${cgroup}: ${notHere ?? `${fsType} filesystem, not cgroup2`}; mount the host's ${hostPath} there, or name the cgroup`,
     );
+  } else if (cgroup && notHere) {
+    missing.push(`the cgroup ${cgroup}: no such directory`);
+  } else if (cgroup && fsType !== 'cgroup2') {
+    missing.push(`a cgroup v2 path: ${cgroup} is on ${fsType} filesystem, not cgroup2 (v1 cgroups cannot hold socket programs)`);
   }
 
   if (mountOf(mounts, bpffs)?.fsType !== 'bpf' && process.getuid?.() === 0) {
