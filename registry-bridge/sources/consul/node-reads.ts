@@ -1,16 +1,17 @@
-// The Consul source's start read per node: /v1/catalog/node-services/<node> for every node and
-// one /v1/health/state/any, put together into what /v1/health/service/<name> answers for each
-// service (its instances, each with its node, and its node's checks and its own), so the same
-// translation publishes the same service whichever way it was read.
+// The Consul source's start read per node: /v1/catalog/node-services/<node> and
+// /v1/health/node/<node> for every node, put together into what /v1/health/service/<name> answers
+// for each service (its instances, each with its node, and its node's checks and its own), so the
+// same translation publishes the same service whichever way it was read.
 //
 // Which way is cheaper was measured against Consul v1.16.1 (a dev agent, the bridge benchmark's
 // catalog: a passing check per instance; 8 reads at a time, on a loaded 2-core machine, Consul's
 // CPU time from /proc): at 10,000 services with 100,000 instances on 100 nodes, one read per
-// service cost Consul 6.0-7.1 s of CPU (156 MB of answers), one per node and every check
-// 2.9-3.1 s (109 MB); at 2,000 services on 2,000 nodes 0.8-1.0 s against 0.5-0.6 s. Each instance
-// costs Consul about half as much read per node (no node or node checks repeated per instance),
-// and a read's fixed cost is small beside it, so fewer reads and fewer bytes go together; but the
-// node reads carry every service, also those the source leaves out.
+// service cost Consul 6.0-7.1 s of CPU (156 MB of answers), two per node 1.5-3.5 s (109 MB), one
+// per node and one /v1/health/state/any 2.9-3.1 s. Each instance costs Consul about half as much
+// read per node (no node or node checks repeated per instance). Every check in one read was not
+// kept: Consul writes that 45 MB answer on one core before its first byte, and beside the node
+// reads on a loaded machine it passed the source's 10 s timeout; read per node, no answer grows
+// with the datacenter, and each node's checks are read beside its services.
 import { ConsulError } from './client.js';
 
 export interface StartCounts {
@@ -23,13 +24,13 @@ export interface StartCounts {
 }
 
 /**
- * Read per node when that takes fewer reads than one per listed service, and the services left
- * out (read per node all the same) are at most half. A datacenter with as many nodes as services
- * is read per service, as is one whose nodes cannot be listed (no node:read in the token's policy
- * hides them all).
+ * Read per node when its two reads a node are fewer than one per listed service, and the services
+ * left out (read per node all the same) are at most half. A datacenter with as many nodes as
+ * services is read per service, as is one whose nodes cannot be listed (a token's policy without
+ * node:read hides them all).
  */
 export function readPerNode({ nodes, listed, total }: StartCounts): boolean {
-  return nodes > 0 && nodes + 1 < listed && listed * 2 >= total;
+  return nodes > 0 && 2 * nodes < listed && listed * 2 >= total;
 }
 
 /** Node names from /v1/catalog/nodes; undefined when the answer is not a list of nodes. */
@@ -52,11 +53,11 @@ interface Check {
   ServiceName: string;
 }
 
-/** Checks from /v1/health/state/any, by node and by service ID ('' for the node's own checks). */
+/** Checks from /v1/health/node/<node> (or /v1/health/state/any), by node and by service ID ('' for the node's own checks). */
 export type ChecksByNode = Map<string, Map<string, Check[]>>;
 
 export function checksByNode(body: unknown): ChecksByNode {
-  if (!Array.isArray(body)) throw new ConsulError('/v1/health/state/any: not a list of checks');
+  if (!Array.isArray(body)) throw new ConsulError('not a list of checks');
   const byNode: ChecksByNode = new Map();
   for (const raw of body) {
     if (typeof raw !== 'object' || raw === null) continue;

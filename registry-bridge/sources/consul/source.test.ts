@@ -140,6 +140,10 @@ class FakeConsul {
     };
     if (url.pathname === '/v1/catalog/services') return send(Object.fromEntries([...this.services.keys()].map((s) => [s, []])));
     if (url.pathname === '/v1/health/state/any') return send(this.checks());
+    if (url.pathname.startsWith('/v1/health/node/')) {
+      const node = decodeURIComponent(url.pathname.slice('/v1/health/node/'.length));
+      return send(this.checks().filter((c) => c.Node === node));
+    }
     if (url.pathname.startsWith('/v1/health/state/')) {
       const status = url.pathname.slice('/v1/health/state/'.length);
       return send(this.checks().filter((c) => c.Status === status));
@@ -307,7 +311,7 @@ describe('the Consul source', () => {
   });
 
   /**
-   * Eight services on four nodes, with what the start must carry over either way: a node's address
+   * Eleven services on four nodes, with what the start must carry over either way: a node's address
    * or the instance's own, node checks failing, an instance without a check, one on a node whose
    * check warns, Consul's own service left out, two names that make one label, Connect proxies.
    */
@@ -330,21 +334,24 @@ describe('the Consul source', () => {
     consul.services.set('consul', [{ node: 'n1', address: '10.0.0.1', port: 8300 }]);
     consul.services.set('Web_API', [{ node: 'n1', address: '10.0.0.1', port: 80 }]);
     consul.services.set('web-api', [{ node: 'n4', address: '10.0.0.4', port: 80 }]);
+    for (const name of ['mail', 'search', 'auth']) consul.services.set(name, [{ node: 'n3', address: '10.0.0.3', port: 25 }]);
     consul.nodeChecks.set('n3', 'critical');
     consul.nodeChecks.set('n4', 'passing');
     consul.nodeChecks.set('n2', 'warning');
   };
   const published = (updates: Recorder) => [...updates.services.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
 
-  it('reads every service per node at start when there are fewer nodes than services: a read per node and one of every check', async () => {
+  it('reads every service per node at start when that takes fewer reads: its services and its checks', async () => {
     const updates = await start({}, undefined, manyPerNode);
-    // Four nodes against seven services listed (consul is left out): 4 + 1 reads instead of 7.
+    // Four nodes against ten services listed (consul is left out): 2 x 4 reads instead of 10.
     expect(fetches()).toBe(0);
     expect(fake.count('/v1/catalog/nodes')).toBe(1);
-    expect(fake.count('/v1/health/state/any')).toBe(1);
-    expect(fake.queries.filter((q) => q.startsWith('/v1/catalog/node-services/')).length).toBe(4);
+    expect(fake.count('/v1/health/state/any')).toBe(0);
+    const nodeReads = (prefix: string) => fake.queries.filter((q) => q.startsWith(prefix)).map((q) => q.split('?')[0]!.slice(prefix.length));
+    expect(nodeReads('/v1/catalog/node-services/').sort()).toEqual(['n1', 'n2', 'n3', 'n4']);
+    expect(nodeReads('/v1/health/node/').sort()).toEqual(['n1', 'n2', 'n3', 'n4']);
     expect(endpointsOf(updates, 'web.dc1.consul')).toEqual(['10.0.0.1', '10.0.0.2 unhealthy', '10.0.0.3 unhealthy']);
-    expect(source!.status()).toMatchObject({ state: 'synced', services: 7, errors: 0 });
+    expect(source!.status()).toMatchObject({ state: 'synced', services: 10, errors: 0 });
   });
 
   it('publishes the same services read per node as read per service, and follows changes the same after', async () => {
@@ -352,8 +359,8 @@ describe('the Consul source', () => {
     const viaNodes = await startSource({}, 'per-node');
     try {
       expect(published(viaNodes.updates)).toEqual(published(viaServices));
-      expect(published(viaServices).length).toBe(7);
-      expect(viaNodes.source.status()).toMatchObject({ services: 7, endpoints: source!.status().endpoints, errors: 0 });
+      expect(published(viaServices).length).toBe(10);
+      expect(viaNodes.source.status()).toMatchObject({ services: 10, endpoints: source!.status().endpoints, errors: 0 });
       // What the start noted (checks, services per node) serves the watches after it the same.
       fake.setNodeStatus('n3', 'passing');
       fake.setNodeStatus('n2', 'passing');
@@ -381,7 +388,7 @@ describe('the Consul source', () => {
     const fellBack = await startSource({});
     try {
       expect(fellBack.source.status().lastError).toMatch(/reading every service per node \(each is fetched on its own instead\): .*node-services\/n2/);
-      expect(fetches() - fetchedBefore).toBe(7);
+      expect(fetches() - fetchedBefore).toBe(10);
       expect(published(fellBack.updates)).toEqual(published(viaServices));
     } finally {
       await fellBack.source.stop();

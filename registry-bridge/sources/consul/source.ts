@@ -130,8 +130,9 @@ export class ConsulSource implements Source {
     this.client = new ConsulClient(options.config, 4);
     this.datacenter = options.config.datacenter;
     // Every request in flight listens on it (the fetch pool and the two watches, each of which may
-    // be waiting instead): past Node's default of 10 it warned of a leak there is not.
-    setMaxListeners(options.config.fetchConcurrency + 6, this.abort.signal);
+    // be waiting instead; at the start, the node reads too): past Node's default of 10 it warned of a
+    // leak there is not.
+    setMaxListeners(2 * options.config.fetchConcurrency + 8, this.abort.signal);
   }
 
   start(updates: CatalogUpdates): void {
@@ -350,16 +351,21 @@ export class ConsulSource implements Source {
         this.log.info({ ...counts, way }, 'reading every Consul service');
         if (way === 'per node') {
           while (!(this.failing.critical && this.failing.warning) && !signal.aborted) await sleep(20, signal);
-          const checks = checksByNode((await this.client.get({ path: '/v1/health/state/any', query: { dc: this.datacenter! }, signal })).body);
           let next = 0;
           const readNodes = async () => {
             while (next < nodes.length && !signal.aborted) {
               const node = nodes[next++]!;
-              const path = `/v1/catalog/node-services/${encodeURIComponent(node)}`;
-              addNodeServices(node, (await this.client.get({ path, query: { dc: this.datacenter! }, signal })).body, checks, this.startPending, into);
+              const query = { dc: this.datacenter! };
+              const [services, checks] = await Promise.all([
+                this.client.get({ path: `/v1/catalog/node-services/${encodeURIComponent(node)}`, query, signal }),
+                this.client.get({ path: `/v1/health/node/${encodeURIComponent(node)}`, query, signal }),
+              ]);
+              addNodeServices(node, services.body, checksByNode(checks.body), this.startPending, into);
             }
           };
-          await Promise.all(Array.from({ length: Math.min(this.config.fetchConcurrency, nodes.length) }, readNodes));
+          // Half as many nodes at once as services are fetched: each takes two reads.
+          const readers = Math.max(1, Math.floor(this.config.fetchConcurrency / 2));
+          await Promise.all(Array.from({ length: Math.min(readers, nodes.length) }, readNodes));
           this.contact();
         }
       }
