@@ -75,6 +75,15 @@ describe("the host's cgroup v2 hierarchy, from the host's mount table", () => {
     expect(hostCgroup(parseMountinfo(`42 22 0:27 / /run/cilium/cgroupv2 rw - cgroup2 none rw`))).toMatchObject({ path: '/run/cilium/cgroupv2' });
   });
 
+  it('never leaves the host root for a mount point a kernel would not write (found by bpf/fuzz.test)', () => {
+    expect(hostCgroup(parseMountinfo('0 0 0:0 / /.. rw - cgroup2 cgroup2 rw'), '/host')).toEqual({ missing: expect.stringContaining('no cgroup filesystem') });
+    expect(hostCgroup(parseMountinfo('0 0 0:0 / /sys/../.. rw - cgroup2 cgroup2 rw\n1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw'), '/host')).toMatchObject(
+      {
+        path: '/host/sys/fs/cgroup',
+      },
+    );
+  });
+
   it('says what the host mounts when it has no cgroup v2 at all', () => {
     expect(hostCgroup(parseMountinfo(V1_ONLY))).toEqual({
       missing:

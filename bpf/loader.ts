@@ -9,7 +9,7 @@
 import { execa } from 'execa';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { endianness, release } from 'node:os';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Interception } from '../common/contract/index.js';
 import { ActionableError } from '../common/errors.js';
@@ -115,7 +115,9 @@ export type HostCgroup = { path: string; hostPath: string } | { missing: string 
  * cgroup2 mount shows the one hierarchy, so any other is as good.
  */
 export function hostCgroup(hostMounts: readonly Mount[], hostRoot = '/'): HostCgroup {
-  const cgroup2 = hostMounts.filter((m) => m.fsType === 'cgroup2');
+  // A kernel writes mount points as plain absolute paths; one that is not (a '..' would leave the
+  // host root) is not taken.
+  const cgroup2 = hostMounts.filter((m) => m.fsType === 'cgroup2' && m.mountPoint.startsWith('/') && posix.normalize(m.mountPoint) === m.mountPoint);
   const chosen = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified'].map((at) => cgroup2.find((m) => m.mountPoint === at)).find(Boolean) ?? cgroup2[0];
   if (chosen) return { path: join(hostRoot, chosen.mountPoint), hostPath: chosen.mountPoint };
   // Short: the reason reaches an eBPF pod's validation through a 255-byte interface alias.
