@@ -13,4 +13,12 @@ describe('fuzzing the Consul source', () => {
     expect(report.runs).toBeGreaterThanOrEqual(100_000);
     expect(report.replayed).toBeGreaterThanOrEqual(3);
   }, 90_000);
+
+  // Cheaper per input than consul-service (a node answer, one translation of a few entries): the same budget.
+  it("turns any answer to a start's node read into a refusal, or entries of the wanted services that translate", async () => {
+    const report = await fuzz({ module: 'registry-bridge/sources/consul/testing/fuzz-targets.ts', target: 'consul-node-read', budgetMs: BUDGET_MS });
+    process.stderr.write(`consul-node-read: ${report.runs} inputs in ${report.ms} ms\n`);
+    expect(report.runs).toBeGreaterThanOrEqual(100_000);
+    expect(report.replayed).toBeGreaterThanOrEqual(3);
+  }, 90_000);
 });

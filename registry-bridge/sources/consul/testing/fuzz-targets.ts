@@ -11,6 +11,8 @@ import type fc from 'fast-check';
 import { API_VERSION, ConsulSourceSchema, MeshSchema, serviceSchemaFor } from '../../../../common/contract/index.js';
 import { fuzzInputs, utf8 } from '../../../../common/testing/fuzz-inputs.js';
 import type { FuzzCheck, FuzzTarget } from '../../../../common/testing/fuzz-runner.js';
+import { ConsulError } from '../client.js';
+import { addNodeServices, checksByNode } from '../node-reads.js';
 import { translateConsulService } from '../translate.js';
 
 const schema = serviceSchemaFor(MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb' }));
@@ -118,9 +120,74 @@ function structured(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
   return check.oneof(check.array(entry, { maxLength: 6 }), value).map((doc) => utf8(JSON.stringify(doc)));
 }
 
+/** The checks the node reads are put together with: vm-1's node check and web-1's own. */
+const NODE_CHECKS = checksByNode([
+  { Node: 'vm-1', CheckID: 'serfHealth', Status: 'passing', ServiceID: '', ServiceName: '' },
+  { Node: 'vm-1', CheckID: 'service:web-1', Status: 'warning', ServiceID: 'web-1', ServiceName: 'web' },
+]);
+const WANTED = new Set(['web', 'web-sidecar-proxy']);
+
+/**
+ * Whatever Consul answers to /v1/catalog/node-services/<node> or /v1/health/node/<node>: the
+ * start's node reads refuse it with a ConsulError (its services are then fetched one by one) or
+ * make entries of the wanted services only, each with its node and a list of checks, which the
+ * translation takes like any other answer.
+ */
+function runNodeRead(input: Uint8Array): void {
+  let body: unknown;
+  try {
+    body = JSON.parse(new TextDecoder().decode(input));
+  } catch {
+    return;
+  }
+  const refusedOnly = (read: () => void) => {
+    try {
+      read();
+    } catch (error) {
+      if (!(error instanceof ConsulError)) throw error;
+    }
+  };
+  refusedOnly(() => checksByNode(body));
+  const into = new Map<string, unknown[]>();
+  refusedOnly(() => addNodeServices('vm-1', body, NODE_CHECKS, WANTED, into));
+  for (const [name, entries] of into) {
+    if (!WANTED.has(name)) throw new Error(`an entry for ${name}, which was not wanted`);
+    for (const entry of entries as { Node: unknown; Checks: unknown }[]) {
+      if (typeof entry.Node !== 'object' || entry.Node === null || !Array.isArray(entry.Checks)) throw new Error('an entry without its node or checks');
+    }
+    translateConsulService({ name, label: name, datacenter: 'dc1', entries, filters: FILTERS[0]! });
+  }
+}
+
+/** node-services-shaped JSON with odd values where Consul (or a broken proxy) could put them. */
+function nodeServices(check: FuzzCheck): fc.Arbitrary<Uint8Array> {
+  const value = check.oneof(check.constantFrom<unknown>(null, true, 0, '', 'web', [], {}), check.string({ maxLength: 8 }), check.integer());
+  const service = check.oneof(
+    check.record(
+      {
+        ID: check.oneof(check.constantFrom('web-1', 'web-2', ''), value),
+        Service: check.oneof(check.constantFrom('web', 'web-sidecar-proxy', 'db'), value),
+        Kind: check.oneof(check.constant('connect-proxy'), value),
+        Address: check.oneof(check.constantFrom('', '10.1.0.9'), value),
+        Port: check.oneof(check.constantFrom(8080, 0), value),
+      },
+      { requiredKeys: [] },
+    ),
+    value,
+  );
+  const node = check.oneof(check.record({ Node: check.oneof(check.constant('vm-1'), value), Address: check.oneof(check.constant('10.1.0.1'), value) }), value);
+  return check
+    .oneof(check.record({ Node: node, Services: check.oneof(check.array(service, { maxLength: 4 }), value) }, { requiredKeys: [] }), value)
+    .map((doc) => utf8(JSON.stringify(doc)));
+}
+
 export const fuzzTargets: Record<string, FuzzTarget> = {
   'consul-service': {
     run,
     inputs: (check, seeds) => fuzzInputs(check, seeds, structured(check)),
+  },
+  'consul-node-read': {
+    run: runNodeRead,
+    inputs: (check, seeds) => fuzzInputs(check, seeds, nodeServices(check)),
   },
 };
