@@ -14,6 +14,7 @@ import { defaultMesh } from '../common/contract/mesh.js';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { PORT_FLAGS, sidecarCommands, type SidecarRunner } from './cli.js';
+import { pino } from 'pino';
 import { createLogger } from '../common/log.js';
 import { runFlbRecordingFiles } from '../common/testing/loaded-files.js';
 import { sidecarOptions, type SidecarArgs } from './runner.js';
@@ -116,6 +117,20 @@ describe('flb sidecar flags', () => {
     const flagged = (await parse('sidecar', '--id', 'vm.a', '--repo-ca-file', '/ca.pem', '--state-dir', '/s')).args!;
     expect(sidecarOptions(flagged, env, log).config).toMatchObject({ url: expect.stringContaining('/vm.a/'), caFile: '/ca.pem', cacheDir: '/s/config' });
     expect(() => sidecarOptions(args!, { POD_NAMESPACE: 'shop', POD_NAME: 'x' }, log)).toThrow('--repo URL (or FLB_REPO_URL), or --config-dir DIR');
+  });
+
+  it("takes its pod's interception mode from FLB_INTERCEPTION_MODE, and leaves it to mesh.json when unset or not a mode (logged)", async () => {
+    const { args } = await parse('sidecar');
+    const lines: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) });
+    const env = { POD_NAMESPACE: 'shop', POD_NAME: 'orders-1', FLB_REPO_URL: 'http://repo:6060' };
+    expect(sidecarOptions(args!, { ...env, FLB_INTERCEPTION_MODE: 'ebpf' }, log).interceptionMode).toBe('ebpf');
+    expect(sidecarOptions(args!, env, log).interceptionMode).toBeUndefined();
+    expect(lines).toEqual([]);
+    expect(sidecarOptions(args!, { ...env, FLB_INTERCEPTION_MODE: 'bpf' }, log).interceptionMode).toBeUndefined();
+    expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([
+      expect.objectContaining({ FLB_INTERCEPTION_MODE: 'bpf', msg: "FLB_INTERCEPTION_MODE is not iptables, cni or ebpf; mesh.json's interception.mode decides endpointFallback auto" }),
+    ]);
   });
 
   const runFlb = (args: string[]) => runFlbRecordingFiles(args, { FLB_REPO_URL: '', FLB_SIDECAR_UNBUNDLED: '' });

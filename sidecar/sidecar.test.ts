@@ -7,11 +7,12 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
+import { connect, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import type { SidecarPorts } from '../common/contract/index.js';
+import { API_VERSION, type SidecarPorts } from '../common/contract/index.js';
 import { ActionableError } from '../common/errors.js';
 import { meshDoc, sidecarDoc } from './config/testing/fixtures.js';
 import { runSidecar, type RunningSidecar, type SidecarOptions } from './sidecar.js';
@@ -196,5 +197,56 @@ describe('the sidecar says why it is not ready', () => {
     const drained = sidecar.drain();
     expect(sidecar.readiness()).toEqual({ ready: false, reason: 'draining: SIGTERM received, open connections are finishing' });
     await drained;
+  });
+});
+
+describe("the sidecar's endpoint fallback follows its pod's interception mode (FLB_INTERCEPTION_MODE)", () => {
+  // A Kubernetes service's pod address dialled (as a socket load balancer leaves it): with the
+  // fallback on it is the service's and reaches its pod; off, it is an unknown destination, which
+  // this mesh refuses.
+  it.each([
+    ['iptables', 'unset', 'refused'],
+    ['iptables', 'ebpf', 'answered'],
+    ['ebpf', 'unset', 'answered'],
+    ['ebpf', 'iptables', 'refused'],
+    ['ebpf', 'cni', 'refused'],
+  ] as const)('a %s mesh, the pod\'s mode %s: %s', async (meshMode, podMode, expected) => {
+    // A reset from the peer (the refused case's close) is part of the test, not a crash.
+    const pod = createNetServer((socket) => socket.on('error', () => undefined).end('web'));
+    await new Promise<void>((resolve) => pod.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => pod.close(resolve)));
+    const podPort = (pod.address() as { port: number }).port;
+    const dir = configDir({
+      mesh: meshDoc({ interception: { mode: meshMode }, outbound: { unknownDestination: 'deny' } }),
+      sidecar: sidecarDoc(ID),
+    });
+    writeFileSync(
+      join(dir, 'services', 'web.shop.json'),
+      JSON.stringify({
+        apiVersion: API_VERSION,
+        kind: 'Service',
+        id: 'web.shop',
+        name: 'web',
+        namespace: 'shop',
+        source: 'kubernetes',
+        vips: [{ address: '10.96.0.10', allocation: 'cluster-ip' }],
+        ports: [{ port: 80, protocol: 'tcp' }],
+        endpoints: [{ address: '127.0.0.1', port: podPort }],
+      }),
+    );
+    const sidecar = await start({
+      config: { kind: 'local', dir, watch: false },
+      outboundDestination: () => ({ address: '127.0.0.1', port: podPort, family: 4 }),
+      ...(podMode === 'unset' ? {} : { interceptionMode: podMode }),
+    });
+    await until('the sidecar configured', async () => (sidecar.ready() ? true : undefined));
+    const answer = await new Promise<string>((resolve) => {
+      let body = '';
+      const socket = connect({ host: '127.0.0.1', port: sidecar.ports.outbound });
+      socket.on('data', (d: Buffer) => (body += d.toString()));
+      socket.once('close', () => resolve(body));
+      socket.on('error', () => undefined);
+    });
+    expect(answer === 'web' ? 'answered' : 'refused').toBe(expected);
   });
 });

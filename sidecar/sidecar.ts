@@ -7,7 +7,7 @@
  * codebase, repo unreachable, a file refused), or ports that differ from the mesh's.
  */
 import type { Server } from 'node:net';
-import type { SidecarPorts } from '../common/contract/mesh.js';
+import type { InterceptionMode, SidecarPorts } from '../common/contract/mesh.js';
 import { ProbeSchema } from '../common/contract/sidecar.js';
 import { formatAddress, listenError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
@@ -45,6 +45,8 @@ export interface SidecarOptions {
   appProbes?: string;
   /** FLB_APP_PRESTOP: the app containers' own preStop hooks, run after the BGP drain of the probe ports' /drain/bgp. */
   appPreStops?: string;
+  /** FLB_INTERCEPTION_MODE: the pod's interception mode, when the injector said (else mesh.json's decides). */
+  interceptionMode?: InterceptionMode;
   /** Where the app listens: the pod's IP (POD_IP); loopback on a VM. */
   appHost: string;
   /** Upstream resolvers instead of /etc/resolv.conf's (tests). */
@@ -151,7 +153,7 @@ export async function runSidecar(options: SidecarOptions): Promise<RunningSideca
       pools.delete(id);
     }
     view = {
-      routes: RouteTable.build(state.services.values(), { endpointFallback: endpointFallbackEnabled(state.mesh) }),
+      routes: RouteTable.build(state.services.values(), { endpointFallback: endpointFallbackEnabled(state.mesh, options.interceptionMode) }),
       pools: new Map(pools),
       unknownDestination: state.mesh.outbound.unknownDestination,
     };

@@ -247,4 +247,14 @@ describe('the endpoint fallback (a socket load balancer rewrote the ClusterIP to
     expect(endpointFallbackEnabled(mesh({ endpointFallback: 'off' }, 'ebpf'))).toBe(false);
     expect(() => mesh({ endpointFallback: 'yes' }, 'ebpf')).toThrow(/endpointFallback/);
   });
+
+  it("decides auto by the pod's own interception mode where it chose one, on and off still in every mode", () => {
+    const mesh = (outbound: Record<string, unknown>, mode: string) =>
+      MeshSchema.parse({ apiVersion: API_VERSION, kind: 'Mesh', name: 'flb', outbound, interception: { mode } });
+    expect(endpointFallbackEnabled(mesh({}, 'ebpf'), 'iptables')).toBe(false);
+    expect(endpointFallbackEnabled(mesh({}, 'ebpf'), 'cni')).toBe(false);
+    expect(endpointFallbackEnabled(mesh({}, 'iptables'), 'ebpf')).toBe(true);
+    expect(endpointFallbackEnabled(mesh({ endpointFallback: 'on' }, 'ebpf'), 'iptables')).toBe(true);
+    expect(endpointFallbackEnabled(mesh({ endpointFallback: 'off' }, 'iptables'), 'ebpf')).toBe(false);
+  });
 });

@@ -1,5 +1,5 @@
 import type { Service } from '../../common/contract/catalog.js';
-import type { Mesh } from '../../common/contract/mesh.js';
+import type { InterceptionMode, Mesh } from '../../common/contract/mesh.js';
 import { routingAddress } from '../../common/contract/primitives.js';
 import { endpointKey, resolvePort } from '../balancer/pool.js';
 
@@ -50,11 +50,13 @@ function endpointRoutes(service: Service): readonly (readonly [string, Route])[]
  * connect4 runs alongside theirs, the fallback is on by default. In iptables and CNI modes it is
  * off by default: there an app that dials a pod address usually means that pod (a StatefulSet
  * peer, a client that balances by itself), and a cluster whose socket balancer runs in pods can
- * say `on`. The mesh-wide mode decides `auto`; a pod whose annotation picks another mode keeps it.
+ * say `on`. `auto` follows the pod's own mode (its `flomesh.io/interception-mode`, which the injector
+ * hands the sidecar in FLB_INTERCEPTION_MODE), and the mesh's when the pod has none: an iptables pod
+ * of an eBPF mesh has no connect4 of ours beside a socket balancer, an eBPF pod of it has.
  */
-export function endpointFallbackEnabled(mesh: Pick<Mesh, 'outbound' | 'interception'>): boolean {
+export function endpointFallbackEnabled(mesh: Pick<Mesh, 'outbound' | 'interception'>, podMode: InterceptionMode = mesh.interception.mode): boolean {
   const setting = mesh.outbound.endpointFallback;
-  return setting === 'on' || (setting === 'auto' && mesh.interception.mode === 'ebpf');
+  return setting === 'on' || (setting === 'auto' && podMode === 'ebpf');
 }
 
 /** A pod address:port that is an endpoint of a service no fallback goes to (headless, a registry's). */
