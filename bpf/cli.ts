@@ -54,7 +54,10 @@ export function bpfCommands(): Command[] {
 
   withMesh(bpf.command('check'))
     .description('Check the kernel and host for eBPF interception: exit 1 and name what is missing.')
-    .option('--cgroup <path>', 'the cgroup v2 to check (default: the cgroup2 mount in /proc/self/mountinfo)')
+    .option(
+      '--cgroup <path>',
+      "the cgroup v2 to check (default: the cgroup2 mount in /proc/self/mountinfo; auto: the host's, from /proc/1/mountinfo, as the node agent finds it)",
+    )
     .action(async (flags: MeshFlags & { cgroup?: string }) => {
       const { checkFeatures } = await import('./loader.js');
       const report = await checkFeatures({ ...(flags.cgroup ? { cgroup: flags.cgroup } : {}), ...(flags.bpffs ? { bpffs: flags.bpffs } : {}) });

@@ -204,8 +204,10 @@ describe('container images, built here and run with runc', () => {
   it("the control-plane image has what the CNI agent's eBPF mode loads: `flb bpf check` passes there, given the host's cgroup v2 and bpffs as the chart mounts them", async () => {
     const cgroup = defaultCgroup();
     if (!cgroup) throw new Error('this host mounts no cgroup v2 hierarchy: the eBPF check in the image needs one');
-    // As the chart's agent sees the node (charts/flb-mesh/templates/cni.yaml): root, bpffs at
-    // /sys/fs/bpf, the host's cgroup v2 hierarchy at /host/cgroup2. Read-only: it loads nothing.
+    // As the chart's agent sees the node when `cni.ebpf.cgroup` names the hierarchy
+    // (charts/flb-mesh/templates/cni.yaml): root, bpffs at /sys/fs/bpf, that hierarchy at
+    // /host/cgroup2. (Its default, auto, reads the host's /proc/1/mountinfo through hostPID, which
+    // this runtime's own PID namespace cannot give; bpf/loader.test covers it.) Read-only: it loads nothing.
     const check = await runtime.start({
       name: 'bpf-check',
       image: IMAGES['control-plane'].reference,
