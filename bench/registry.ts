@@ -577,6 +577,12 @@ try {
     const logTime = (msg: string) => large.logs.find((l) => l.msg === msg)?.time;
     const running = logTime('bridge running');
     const listed = logTime('Consul listed');
+    // How the source chose to read the catalog (per node or per service, by the counts), and what
+    // went wrong meanwhile: a start that fell back to per service after a failed node read is
+    // slower for a reason the table would not show otherwise.
+    const startReads = large.logs.find((l) => l.msg === 'reading every Consul service') as
+      { way?: string; nodes?: number; listed?: number; total?: number } | undefined;
+    const startProblems = large.logs.filter((l) => l.level >= 40 && l.time <= largePublished).length;
     progress(`published ${SERVICES.toLocaleString('en')} services in ${(startMs / 1000).toFixed(1)} s; RSS ${largeRss.rssMiB.toFixed(0)} MiB`);
 
     const { sets } = await prepareRepos(repoLarge.url);
@@ -622,6 +628,10 @@ try {
             { measure: '  of which: publishing what was left when the last service was read', value: `${((largePublished - listed) / 1000).toFixed(2)} s` },
           ]
         : []),
+      {
+        measure: '  the catalog read (how the source chose; warnings and errors in its log until published)',
+        value: `${startReads ? `${startReads.way} (${startReads.nodes} nodes, ${startReads.listed} of ${startReads.total} services listed)` : 'not logged'}; ${startProblems} warnings`,
+      },
       {
         measure: `scale: bridge RSS at ${SERVICES.toLocaleString('en')} services, 30 s after start-up`,
         value: `${settledRss.rssMiB.toFixed(0)} MiB`,
