@@ -20,7 +20,8 @@ import { demoDeployment, isPodReady, type ClientStats } from '../devenv/apps/wor
 // CNI plugin and, at the first eBPF pod, loads the programs onto the simulated node's own cgroup
 // (never the machine's root) with pins in a bpffs of the run's own; every container of the node's
 // pods is in that cgroup. Injected pods get only the unprivileged check: outbound and DNS go to the
-// sidecar by the programs, inbound by the one rule the agent writes.
+// sidecar by the programs, inbound by the one rule the agent writes. One client chose CNI mode
+// (flomesh.io/interception-mode: cni): the same agent writes the iptables rules in its namespace instead.
 const NS = 'shop';
 const NODE = 'ebpf-node';
 const MESH = `flbt-${process.pid}`;
@@ -150,6 +151,9 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
       namespace: NS,
       body: demoDeployment('client', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }, 5),
     });
+    const cniClient = demoDeployment('client-cni', 1, ['client', '--url', 'http://echo/', '--interval-ms', '50'], { name: 'stats', containerPort: 8081 }, 5);
+    cniClient.spec!.template.metadata!.annotations = { 'flomesh.io/interception-mode': 'cni' };
+    await apps.createNamespacedDeployment({ namespace: NS, body: cniClient });
     // A pod whose traffic is not intercepted fails its validation, and would only be retried: said at once.
     const validationFailed = (pod: V1Pod) =>
       pod.status?.initContainerStatuses?.some(
@@ -158,10 +162,10 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
     const outcome = await eventually(
       'the injected pods Ready',
       async () => {
-        const all = [...(await pods('echo')), ...(await pods('client'))];
+        const all = [...(await pods('echo')), ...(await pods('client')), ...(await pods('client-cni'))];
         const failed = all.find(validationFailed);
         if (failed) return { failed };
-        return all.filter(isPodReady).length === 3 ? { failed: undefined } : undefined;
+        return all.filter(isPodReady).length === 4 ? { failed: undefined } : undefined;
       },
       120_000,
     ).catch((error: unknown) => {
@@ -235,6 +239,36 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
     // Counted by the client's sidecar for the Service, and by each echo pod's inbound listener (15003) for its port.
     expect((await connections(client!.status!.podIP!))['outbound echo.shop']).toBeGreaterThan(0);
     for (const echo of echoes) expect((await connections(echo.status!.podIP!))['inbound http']).toBeGreaterThan(0);
+  });
+
+  it('a pod that chose CNI mode gets the whole rule set in its namespace, is not registered, and reaches the echo pods by name', async () => {
+    const [client] = await readyPods('client-cni');
+    expect(client!.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-validation', 'flb-sidecar']);
+    expect(JSON.parse(client!.metadata!.annotations!['flomesh.io/interception']!)).toMatchObject({ mode: 'cni' });
+    const rules = await natRules(client!);
+    expect(rules).toMatch(/-A FLB_OUT_REDIRECT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15001/);
+    expect(rules).toMatch(/-A FLB_DNS -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053/);
+    // The eBPF programs leave it alone: only the two echo pods and the eBPF client are registered.
+    expect(await status({ mesh: MESH, bpffs: bpffs!.path })).toMatchObject({ namespaces: 3 });
+    const outcomes = readFileSync(agent!.logFile, 'utf8')
+      .split('\n')
+      .filter((line) => line.includes(client!.metadata!.uid!))
+      .map((line) => (JSON.parse(line) as { msg: string; mode?: string }))
+      .filter((line) => line.mode !== undefined);
+    expect(outcomes).toEqual([expect.objectContaining({ mode: 'cni', msg: 'interception rules applied' })]);
+    const echoes = await readyPods('echo');
+    let last: ClientStats | undefined;
+    await eventually(
+      'calls from the CNI-mode client reaching both echo pods',
+      async () => {
+        last = await getJson<ClientStats>(`http://${client!.status!.podIP!}:8081/stats`);
+        return last && echoes.every((p) => (last!.byPod[p.metadata!.name!] ?? 0) > 0) ? true : undefined;
+      },
+      30_000,
+    ).catch((error: unknown) => {
+      throw new Error(`${(error as Error).message}; the client saw ${JSON.stringify(last)}`);
+    });
+    expect((await connections(client!.status!.podIP!))['outbound echo.shop']).toBeGreaterThan(0);
   });
 
   it('leaves nothing of the run in the kernel, the bpffs or the cgroups once stopped', async () => {
