@@ -18,6 +18,7 @@ import { fuzzInputs, utf8 } from '../../common/testing/fuzz-inputs.js';
 import type { FuzzTarget } from '../../common/testing/fuzz-runner.js';
 import { reviewBody, type AdmissionOutcome, type NamespaceLookup } from '../admission.js';
 import { admissionEvents } from '../events.js';
+import type { InjectorSettings } from '../inject.js';
 import { jsonText } from '../json-text.js';
 import { admissionReview, realisticPod, settings } from '../testdata/reviews.js';
 
@@ -41,6 +42,7 @@ const NAMESPACES: Record<string, V1Namespace> = {
   flomesh: { metadata: { name: 'flomesh', labels: { 'flomesh.io/inject': 'enabled' } } },
   'kube-system': { metadata: { name: 'kube-system', labels: { 'flomesh.io/inject': 'enabled' } } },
 };
+const ebpfSettings: InjectorSettings = { ...settings, mesh: { ...settings.mesh, interception: { ...settings.mesh.interception, mode: 'ebpf' } } };
 export const fuzzNamespaces: NamespaceLookup = { get: (name) => NAMESPACES[name] };
 
 const ANNOTATIONS = [
@@ -52,9 +54,13 @@ const ANNOTATIONS = [
   'flomesh.io/proxy-cpu-request',
   'flomesh.io/proxy-memory-limit',
   'flomesh.io/sidecar-status',
+  'flomesh.io/interception-mode',
 ];
 const TOKENS = [
   '',
+  'iptables',
+  'cni',
+  'ebpf',
   'true',
   'false',
   '8080',
@@ -207,7 +213,8 @@ export function checkEvents(outcome: AdmissionOutcome): void {
 
 async function reviewBytes(input: Uint8Array): Promise<void> {
   const bytes = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
-  const outcome = await reviewBody(bytes, fuzzNamespaces, settings);
+  // Half the inputs (by length) meet an eBPF mesh, whose pods may choose any interception mode.
+  const outcome = await reviewBody(bytes, fuzzNamespaces, bytes.length % 2 ? settings : ebpfSettings);
   // As the server sends it: text built from parts serialised once must be what JSON.stringify writes.
   const text = jsonText(outcome.body);
   assert.equal(text, JSON.stringify(outcome.body), 'the answer text is the JSON of the answer');
