@@ -159,7 +159,7 @@ export class ConsulSink implements Sink {
     ]).catch((error: unknown) => {
       if (!(error instanceof ConsulAnswerTooLargeError)) throw error;
       throw new ConsulAnswerTooLargeError(
-        `${error.message}: node ${this.node} holds more than the sink reads at once (about 80,000 instances); nothing is written until it can be read: split the catalog over Consul sinks with a node each (registry-bridge/README.md, One node's size)`,
+        `${error.message}: node ${this.node} holds more than the sink reads at once (about 70,000 instances); nothing is written until it can be read: split the catalog over Consul sinks with a node each (registry-bridge/README.md, One node's size)`,
       );
     });
     this.held = heldOnNode(services, checks);
