@@ -398,8 +398,22 @@ describe('a pod that chooses its interception mode (flomesh.io/interception-mode
     // ebpf listens on the outbound port, so it runs before the sidecar binds it.
     expect(observed(pod)).toEqual(
       podMode === 'iptables'
-        ? { initContainers: ['flb-sidecar', 'flb-init'], interceptionMode: 'iptables', statusMode: 'iptables', sidecarMode: 'iptables', netAdmin: true, sidecarHeld: false }
-        : { initContainers: ['flb-validation', 'flb-sidecar'], interceptionMode: podMode, statusMode: podMode, sidecarMode: podMode, netAdmin: false, sidecarHeld: true },
+        ? {
+            initContainers: ['flb-sidecar', 'flb-init'],
+            interceptionMode: 'iptables',
+            statusMode: 'iptables',
+            sidecarMode: 'iptables',
+            netAdmin: true,
+            sidecarHeld: false,
+          }
+        : {
+            initContainers: ['flb-validation', 'flb-sidecar'],
+            interceptionMode: podMode,
+            statusMode: podMode,
+            sidecarMode: podMode,
+            netAdmin: false,
+            sidecarHeld: true,
+          },
     );
     const status = JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!) as { initContainers: string[] };
     expect(status.initContainers).toEqual(observed(pod).initContainers);
@@ -413,7 +427,11 @@ describe('a pod that chooses its interception mode (flomesh.io/interception-mode
     const { pod } = inject('ebpf', 'iptables', { nativeSidecars: false });
     expect(pod.spec!.initContainers!.map((c) => c.name)).toEqual(['flb-init']);
     expect(pod.spec!.containers.map((c) => c.name)).toEqual(['flb-sidecar', 'api']);
-    expect(JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!)).toMatchObject({ mode: 'iptables', initContainers: ['flb-init'], containers: ['flb-sidecar'] });
+    expect(JSON.parse(pod.metadata!.annotations![SIDECAR_STATUS_ANNOTATION]!)).toMatchObject({
+      mode: 'iptables',
+      initContainers: ['flb-init'],
+      containers: ['flb-sidecar'],
+    });
   });
 
   it('refuses cni and ebpf in an iptables mesh, which runs no node agent, saying what to do', () => {
@@ -428,7 +446,7 @@ describe('a pod that chooses its interception mode (flomesh.io/interception-mode
     }
   });
 
-  it("refuses ebpf in a cni mesh, whose node agent runs without eBPF", () => {
+  it('refuses ebpf in a cni mesh, whose node agent runs without eBPF', () => {
     const { result } = inject('cni', 'ebpf');
     expect(result.action === 'deny' && result.message).toBe(
       `annotation flomesh.io/interception-mode: "ebpf" is not available: this mesh's interception.mode is "cni", whose node agent runs without eBPF ` +
@@ -452,11 +470,15 @@ describe('a pod that chooses its interception mode (flomesh.io/interception-mode
     const mesh: Mesh = { ...cni, interception: { ...cni.interception, mode: 'ebpf' } };
     const result = injectPod(podIn('ebpf'), namespace, { mesh, nativeSidecars: true, version: 'x' });
     expect(result).toMatchObject({ action: 'deny', problem: 'pod annotation flomesh.io/interception-mode is invalid' });
-    expect(result.action === 'deny' && result.message).toMatch(/^annotation flomesh\.io\/interception-mode: "ebpf" cannot honour this mesh's interception settings \(excludeInterfaces: /);
+    expect(result.action === 'deny' && result.message).toMatch(
+      /^annotation flomesh\.io\/interception-mode: "ebpf" cannot honour this mesh's interception settings \(excludeInterfaces: /,
+    );
   });
 
   it('tells Pod Security users to choose the mode the node agent sets up, where the mesh runs one', () => {
-    const restricted: V1Namespace = { metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' } } };
+    const restricted: V1Namespace = {
+      metadata: { name: 'shop', labels: { 'flomesh.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' } },
+    };
     const result = injectPod(podIn('iptables'), restricted, { mesh: meshIn('ebpf'), nativeSidecars: true, version: 'x' });
     expect(result.action === 'inject' && result.podSecurityConflict).toMatch(/annotate the pod flomesh\.io\/interception-mode: ebpf/);
     expect(injectPod(podIn('cni'), restricted, { mesh: meshIn('ebpf'), nativeSidecars: true, version: 'x' })).toMatchObject({ action: 'inject', warnings: [] });

@@ -35,7 +35,9 @@ function answerReadyWhenReady(req: IncomingMessage, res: ServerResponse, wait: s
   try {
     waitMs = parseDuration(wait);
   } catch (error) {
-    return void res.writeHead(400, { 'content-type': 'text/plain' }).end(`${(error as Error).message}: /ready?wait=5s holds the answer until ready, up to that long\n`);
+    return void res
+      .writeHead(400, { 'content-type': 'text/plain' })
+      .end(`${(error as Error).message}: /ready?wait=5s holds the answer until ready, up to that long\n`);
   }
   if (waitMs > MAX_READY_WAIT_MS)
     return void res

@@ -129,7 +129,10 @@ describe('flb sidecar flags', () => {
     expect(lines).toEqual([]);
     expect(sidecarOptions(args!, { ...env, FLB_INTERCEPTION_MODE: 'bpf' }, log).interceptionMode).toBeUndefined();
     expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([
-      expect.objectContaining({ FLB_INTERCEPTION_MODE: 'bpf', msg: "FLB_INTERCEPTION_MODE is not iptables, cni or ebpf; mesh.json's interception.mode decides endpointFallback auto" }),
+      expect.objectContaining({
+        FLB_INTERCEPTION_MODE: 'bpf',
+        msg: "FLB_INTERCEPTION_MODE is not iptables, cni or ebpf; mesh.json's interception.mode decides endpointFallback auto",
+      }),
     ]);
   });
 

@@ -70,7 +70,10 @@ function podInterceptionMode(value: string | undefined, log: Logger): Intercepti
   if (!value) return undefined;
   const parsed = InterceptionModeSchema.safeParse(value);
   if (parsed.success) return parsed.data;
-  log.warn({ [INTERCEPTION_MODE_ENV]: value }, `${INTERCEPTION_MODE_ENV} is not iptables, cni or ebpf; mesh.json's interception.mode decides endpointFallback auto`);
+  log.warn(
+    { [INTERCEPTION_MODE_ENV]: value },
+    `${INTERCEPTION_MODE_ENV} is not iptables, cni or ebpf; mesh.json's interception.mode decides endpointFallback auto`,
+  );
   return undefined;
 }
 

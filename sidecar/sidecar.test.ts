@@ -210,7 +210,7 @@ describe("the sidecar's endpoint fallback follows its pod's interception mode (F
     ['ebpf', 'unset', 'answered'],
     ['ebpf', 'iptables', 'refused'],
     ['ebpf', 'cni', 'refused'],
-  ] as const)('a %s mesh, the pod\'s mode %s: %s', async (meshMode, podMode, expected) => {
+  ] as const)("a %s mesh, the pod's mode %s: %s", async (meshMode, podMode, expected) => {
     // A reset from the peer (the refused case's close) is part of the test, not a crash.
     const pod = createNetServer((socket) => socket.on('error', () => undefined).end('web'));
     await new Promise<void>((resolve) => pod.listen(0, '127.0.0.1', resolve));

@@ -253,7 +253,7 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
     const outcomes = readFileSync(agent!.logFile, 'utf8')
       .split('\n')
       .filter((line) => line.includes(client!.metadata!.uid!))
-      .map((line) => (JSON.parse(line) as { msg: string; mode?: string }))
+      .map((line) => JSON.parse(line) as { msg: string; mode?: string })
       .filter((line) => line.mode !== undefined);
     expect(outcomes).toEqual([expect.objectContaining({ mode: 'cni', msg: 'interception rules applied' })]);
     const echoes = await readyPods('echo');
