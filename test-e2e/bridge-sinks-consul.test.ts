@@ -9,12 +9,16 @@ import { createLogger } from '../common/log.js';
 import { startConsul, type ConsulAgent } from '../devenv/consul.js';
 import { startControlPlane, type ControlPlane } from '../devenv/controlplane.js';
 import { startBridge, type Bridge } from '../registry-bridge/bridge.js';
+import { nodeIndexOf, nodeNameOf } from '../registry-bridge/sinks/consul/registrations.js';
 import { eventually } from './harness/eventually.js';
 
 const log = createLogger('bridge-sinks-consul-test', process.env.FLB_TEST_LOG === '1' ? 'debug' : 'silent');
 const NS = 'shop';
 const CONTROL = 'flomesh';
+/** The sink's first node and its others' prefix. */
 const NODE = 'flb-local';
+/** The node a Service's instances are on, of the sink's `nodes`. */
+const nodeOf = (catalogId: string, nodes = 16) => nodeNameOf(NODE, nodeIndexOf(catalogId, nodes));
 /** Where the Kubernetes sink shows Consul's services. */
 const SINK_NS = 'registry';
 
@@ -40,7 +44,7 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
   let discovery: DiscoveryV1Api;
   let bridge: Bridge | undefined;
 
-  const config = (consulSourceAddress = consul.url): BridgeConfig =>
+  const config = (consulSourceAddress = consul.url, nodes?: number): BridgeConfig =>
     BridgeConfigSchema.parse({
       apiVersion: API_VERSION,
       kind: 'BridgeConfig',
@@ -51,13 +55,13 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
         { kind: 'consul', address: consulSourceAddress, waitSeconds: 2, staleAfterSeconds: 4, sweepIntervalSeconds: 1, removeAfterSeconds: 0 },
       ],
       sinks: [
-        { kind: 'consul', address: consul.url, resyncSeconds: 5 },
+        { kind: 'consul', address: consul.url, resyncSeconds: 5, ...(nodes ? { nodes } : {}) },
         { kind: 'kubernetes', namespace: SINK_NS },
       ],
       leaderElection: { namespace: CONTROL, leaseDurationSeconds: 4, renewDeadlineSeconds: 3, retryPeriodSeconds: 1 },
     });
-  const start = async (identity: string, consulSourceAddress?: string) => {
-    bridge = await startBridge({ config: config(consulSourceAddress), kubeConfig: plane.kubeConfig, log, identity });
+  const start = async (identity: string, consulSourceAddress?: string, nodes?: number) => {
+    bridge = await startBridge({ config: config(consulSourceAddress, nodes), kubeConfig: plane.kubeConfig, log, identity });
     return bridge;
   };
   const catalog = async (name: string) => ((await consul.api('GET', `/v1/catalog/service/${name}`)).body as CatalogEntry[]) ?? [];
@@ -108,9 +112,9 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
     await eventually('web in Consul with three instances', async () => ((await catalog('web')).length === 3 ? true : undefined));
     const entries = await catalog('web');
     expect(entries.map((e) => `${e.Node} ${e.ServiceAddress}:${e.ServicePort}`).sort()).toEqual([
-      `${NODE} 10.244.1.1:8080`,
-      `${NODE} 10.244.1.2:8080`,
-      `${NODE} 10.244.1.3:8080`,
+      `${nodeOf('web.shop')} 10.244.1.1:8080`,
+      `${nodeOf('web.shop')} 10.244.1.2:8080`,
+      `${nodeOf('web.shop')} 10.244.1.3:8080`,
     ]);
     expect(entries[0]).toMatchObject({
       ServiceTags: ['k8s'],
@@ -178,7 +182,7 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
   it('deregisters a deleted Service once every source has listed, and only what it wrote', async () => {
     // Someone's own instance on the bridge's node, and another registration of the name elsewhere: never touched.
     await consul.api('PUT', '/v1/catalog/register', {
-      Node: NODE,
+      Node: nodeOf('web.shop'),
       Address: '127.0.0.1',
       Service: { ID: 'web-by-hand', Service: 'web', Address: '10.9.0.1', Port: 9000 },
     });
@@ -338,7 +342,7 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
     expect(new Set(entries.map((e) => e.ModifyIndex)).size).toBeLessThanOrEqual(2);
     for (const entry of entries)
       expect(entry).toMatchObject({
-        Node: NODE,
+        Node: nodeOf('wide.shop'),
         ServicePort: 8080,
         ServiceTags: ['k8s'],
         ServiceMeta: { 'flomesh-origin': 'kubernetes', 'flomesh-writer': `${NODE}/consul`, 'flomesh-service': 'wide.shop', 'external-k8s-ns': NS },
@@ -352,6 +356,54 @@ describe('the Consul and Kubernetes sinks against a real Consul and apiserver', 
     );
     const checks = (await health('wide')).map((e) => e.Checks.find((c) => c.CheckID === `${e.Service.ID}:readiness`) as unknown as Record<string, string>);
     expect(new Set(checks.map((c) => `${c.ServiceName} ${c.Name}`))).toEqual(new Set(['wide Kubernetes readiness']));
+    expect(bridge!.status().sinks.find((x) => x.kind === 'consul')).toMatchObject({ failures: 0, pending: 0 });
+  });
+
+  it('moves every instance when its nodes go from 16 to 2, never missing from the catalog, and deregisters the nodes it emptied', async () => {
+    const ours = async () =>
+      ((await consul.api('GET', `/v1/catalog/nodes?node-meta=${encodeURIComponent(`flomesh-writer:${NODE}/consul`)}`)).body as { Node: string }[]).map(
+        (n) => n.Node,
+      );
+    const oursOn = async (node: string) =>
+      (
+        (await consul.api('GET', `/v1/catalog/node-services/${node}`)).body as { Services: CatalogEntry[] & { Meta: Record<string, string> }[] } | null
+      )?.Services.filter((s) => (s as unknown as { Meta: Record<string, string> }).Meta['flomesh-writer'] === `${NODE}/consul`) ?? [];
+    const before = await ours();
+    expect(before).toEqual(expect.arrayContaining([nodeOf('wide.shop')]));
+    await bridge!.stop();
+    // Sampled through the move: wide's 40 instances always listed (each written on its new node before it left the old).
+    let sampling = true;
+    const counts: number[] = [];
+    const sampler = (async () => {
+      while (sampling) {
+        counts.push(new Set((await catalog('wide')).map((e) => e.ServiceID)).size);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    await start('bridge-nodes', undefined, 2);
+    await eventually(
+      'wide and web on their nodes of 2',
+      async () => {
+        const wide = await catalog('wide');
+        const web = (await catalog('web')).filter((e) => e.ServiceMeta['flomesh-writer'] === `${NODE}/consul`);
+        return wide.length === 40 && wide.every((e) => e.Node === nodeOf('wide.shop', 2)) && web.every((e) => e.Node === nodeOf('web.shop', 2))
+          ? true
+          : undefined;
+      },
+      20_000,
+    );
+    await bridge!.settled();
+    await eventually('the nodes it emptied deregistered', async () => {
+      const left = await ours();
+      for (const node of left) if (![NODE, `${NODE}-1`].includes(node) && (await oursOn(node)).length > 0) return undefined;
+      return left.length < before.length ? true : undefined;
+    });
+    sampling = false;
+    await sampler;
+    expect(counts.length).toBeGreaterThan(5);
+    expect(Math.min(...counts)).toBe(40);
+    // Someone's own instance stays where it was registered.
+    expect(await addresses('web')).toEqual(expect.arrayContaining(['10.9.0.1:9000', '10.9.0.2:9000']));
     expect(bridge!.status().sinks.find((x) => x.kind === 'consul')).toMatchObject({ failures: 0, pending: 0 });
   });
 });

@@ -218,7 +218,10 @@ export const ConsulSinkSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be a Consul datacenter name (letters, digits, - and _)')
     .optional(),
-  /** A file holding the ACL token (needs node:write on `node` and service:write on the names written); read again after Consul refuses it. */
+  /**
+   * A file holding the ACL token (needs node:write on the nodes, a node_prefix rule on `node`, and
+   * service:write on the names written); read again after Consul refuses it.
+   */
   tokenFile: z.string().min(1).optional(),
   tls: z
     .object({
@@ -229,11 +232,27 @@ export const ConsulSinkSchema = z.object({
     })
     .refine((t) => !t.certFile === !t.keyFile, 'certFile and keyFile go together')
     .optional(),
-  /** The synthetic node every instance is registered on (as consul-k8s's k8s-sync); unset: flb-<the mesh's clusterName>. One per cluster. */
+  /**
+   * The synthetic nodes' name (as consul-k8s's k8s-sync); unset: flb-<the mesh's clusterName>. One
+   * per cluster. With `nodes` above 1 it is the first node's name and the others' prefix:
+   * <node>, <node>-1, … <node>-<nodes - 1>.
+   */
   node: z
     .string()
     .regex(/^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$/, 'must be a Consul node name')
     .optional(),
+  /**
+   * How many synthetic nodes the instances are spread over, each Service's on the node a hash of
+   * its catalog id picks (a restart puts each where it was). Consul 1.16 does work proportional to
+   * a node's size for every instance written to it and every resync reads whole nodes (64 MiB at
+   * most each, about 70,000 instances), so one node carrying a large catalog syncs at ~30
+   * instances/s at 30,000; 16 kept ~1,000/s (registry-bridge/README.md, One node's size). A fixed
+   * default, not one chosen by the catalog's size: a count that changed with the size would move
+   * instances at every restart. 16 costs a small catalog 32 small reads per resync; 1 is
+   * consul-k8s's single node (and this sink's layout before `nodes`). Changed, the instances move:
+   * each is written on its new node before it is removed from the old, and nodes left empty go.
+   */
+  nodes: z.number().int().min(1).max(128).default(16),
   /** The synthetic node's address (never dialled: instances carry their own). */
   nodeAddress: z.string().min(1).default('127.0.0.1'),
   ...sinkScope,
@@ -248,7 +267,7 @@ export const ConsulSinkSchema = z.object({
   tags: z.array(z.string().min(1)).default(['k8s']),
   /** How often what the node holds is read back, to put back what someone removed (a read: no write unless something differs). */
   resyncSeconds: z.number().int().min(5).default(60),
-  /** Registrations in flight at once. */
+  /** Requests in flight at once: transactions (/v1/txn, up to 32 instances each), lone registrations and deregistrations. */
   writeConcurrency: z.number().int().min(1).max(64).default(4),
   timeoutSeconds: z.number().int().min(1).max(120).default(10),
 });

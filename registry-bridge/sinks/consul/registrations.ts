@@ -63,6 +63,18 @@ export function instanceId(catalogId: string, address: string, port: number): st
   return `${id.slice(0, 186)}-${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
 }
 
+/**
+ * The node of `count` (0 to count - 1) a catalog service's instances go to: a hash of its catalog
+ * id, so a restart, a new leader or another replica picks the same one, and a Service's instances
+ * stay together.
+ */
+export function nodeIndexOf(catalogId: string, count: number): number {
+  return createHash('sha256').update(catalogId).digest().readUInt32BE(0) % count;
+}
+
+/** The name of node `index`: the first keeps the configured name (one node is the layout before `nodes`). */
+export const nodeNameOf = (prefix: string, index: number) => (index === 0 ? prefix : `${prefix}-${index}`);
+
 export const checkIdOf = (serviceId: string) => `${serviceId}:readiness`;
 
 /** The instances to register for a service, or why none can be (a name Consul would refuse). */
@@ -172,4 +184,9 @@ export function sameNode(nodeServices: unknown, address: string, meta: Record<st
   if (!node || node.Address !== address) return false;
   const held = stringRecord(node.Meta);
   return Object.keys(held).length === Object.keys(meta).length && Object.entries(meta).every(([key, value]) => held[key] === value);
+}
+
+/** The names in /v1/catalog/nodes?node-meta=… (the nodes a sink's writer mark is on); malformed entries skipped. */
+export function nodeNames(nodes: unknown): string[] {
+  return Array.isArray(nodes) ? nodes.flatMap((node) => (isRecord(node) && typeof node.Node === 'string' ? [node.Node] : [])) : [];
 }

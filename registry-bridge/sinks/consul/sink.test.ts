@@ -3,6 +3,7 @@ import { API_VERSION, BridgeConfigSchema, type ConsulSinkConfig, type Service } 
 import { createLogger } from '../../../common/log.js';
 import { kubeService as service, parseSinkConfig, stoppedAfterEach, until } from '../testing/sink-tests.js';
 import { ConsulAnswerTooLargeError, ConsulSlowError, ConsulWriteError } from './api.js';
+import { nodeIndexOf } from './registrations.js';
 import { ConsulSink } from './sink.js';
 
 const log = createLogger('consul-sink-test', 'silent');
@@ -62,6 +63,12 @@ class FakeConsul {
       await Promise.resolve();
       const error = this.failing?.(path, body);
       if (error) throw error;
+      if (method === 'GET' && path.startsWith('/v1/catalog/nodes?')) {
+        const [key, value] = new URL(path, 'http://consul').searchParams.get('node-meta')!.split(/:(.*)/);
+        return [...this.nodes]
+          .filter(([, node]) => node.meta?.[key!] === value)
+          .map(([name, node]) => ({ Node: name, Address: node.address, Meta: node.meta }));
+      }
       if (method === 'GET') {
         const name = decodeURIComponent(path.split('/').pop()!);
         const node = this.nodes.get(name);
@@ -86,7 +93,8 @@ class FakeConsul {
           const check = b.Check as Check;
           node.checks.set(check.CheckID, check);
         }
-      } else this.deregister(b.Node as string, b.ServiceID as string);
+      } else if (b.ServiceID === undefined) this.nodes.delete(b.Node as string);
+      else this.deregister(b.Node as string, b.ServiceID as string);
       return true;
     },
     reloadToken: () => {},
@@ -109,9 +117,13 @@ function makeSink(consul: FakeConsul, over: Record<string, unknown> = {}) {
   return { sink, problems };
 }
 
-const instancesOf = (consul: FakeConsul, node = 'flb-east') =>
-  [...(consul.nodes.get(node)?.services.values() ?? [])]
-    .map((s) => `${s.Service} ${s.Address}:${s.Port} ${consul.node(node).checks.get(`${s.ID}:readiness`)?.Status ?? '-'}`)
+/** The instances on `node`, or on every node. */
+const instancesOf = (consul: FakeConsul, node?: string) =>
+  [...consul.nodes]
+    .filter(([name]) => node === undefined || name === node)
+    .flatMap(([, { services, checks }]) =>
+      [...services.values()].map((s) => `${s.Service} ${s.Address}:${s.Port} ${checks.get(`${s.ID}:readiness`)?.Status ?? '-'}`),
+    )
     .sort();
 
 describe('the Consul sink', () => {
@@ -146,7 +158,7 @@ describe('the Consul sink', () => {
 
   it('registers many instances in transactions of at most 64 operations, writing the node once', async () => {
     const consul = new FakeConsul();
-    const { sink } = makeSink(consul);
+    const { sink } = makeSink(consul, { nodes: 1 });
     const endpoints = (service: number) => Array.from({ length: 25 }, (_, i): [string, boolean] => [`10.244.${service}.${i + 1}`, i % 5 !== 0]);
     for (let service = 0; service < 4; service++)
       sink.setService(`s${service}.shop`, kubeService(`s${service}`, 'shop', endpoints(service)), undefined, 'kubernetes');
@@ -340,7 +352,7 @@ describe('the Consul sink', () => {
     sink.setService('web.shop', kubeService('web', 'shop', [['10.244.0.5', true]]), undefined, 'kubernetes');
     await until('the read refused', () => sink.status().failures > 0);
     expect(sink.status().lastError).toMatch(
-      /^GET \/v1\/catalog\/node-services\/flb-east: the answer passed 67108864 bytes; refused: node flb-east holds more than the sink reads at once .* split the catalog over Consul sinks with a node each/,
+      /^GET \/v1\/catalog\/node-services\/flb-east: the answer passed 67108864 bytes; refused: node flb-east holds more than the sink reads at once .* raise the sink's nodes \(16 now\)/,
     );
     expect(consul.writes).toEqual([]);
     expect(sink.status().pending).toBe(1);
@@ -370,7 +382,8 @@ describe('the Consul sink', () => {
     );
     await until('written after the backoff', () => instancesOf(consul).length === 2);
     expect(sink.status().lastError).toMatch(/no answer within 10 s/);
-    expect(reads).toBe(1);
+    // One read of each of its 16 nodes, none again.
+    expect(reads).toBe(16);
   });
 
   it('leaves a service ID someone else holds on the node alone and reports it on the Service', async () => {
@@ -388,6 +401,123 @@ describe('the Consul sink', () => {
       expect.stringMatching(/^web\.shop: Consul already holds a service ID web\.shop-10-244-0-5-8080 on node flb-east that the bridge did not write/),
     ]);
     expect(sink.status().lastError).toMatch(/someone else's/);
+  });
+
+  it('spreads Services over its nodes by catalog id, and a restart finds each where it was and writes nothing', async () => {
+    const consul = new FakeConsul();
+    const first = makeSink(consul).sink;
+    for (let i = 0; i < 40; i++)
+      first.setService(
+        `s${i}.shop`,
+        kubeService(`s${i}`, 'shop', [
+          [`10.244.1.${i + 1}`, true],
+          [`10.244.2.${i + 1}`, true],
+        ]),
+        undefined,
+        'kubernetes',
+      );
+    await first.settled();
+    const nodesOf = (service: string) =>
+      [...consul.nodes].filter(([, node]) => [...node.services.values()].some((s) => s.Service === service)).map(([name]) => name);
+    const names = ['flb-east', ...Array.from({ length: 15 }, (_, i) => `flb-east-${i + 1}`)];
+    for (let i = 0; i < 40; i++) expect(nodesOf(`s${i}`)).toEqual([names[nodeIndexOf(`s${i}.shop`, 16)]]);
+    // 40 Services over 16 nodes: nearly every node used, none holding a large share.
+    const used = [...consul.nodes].filter(([, node]) => node.services.size > 0);
+    expect(used.length).toBeGreaterThanOrEqual(12);
+    for (const [name, node] of used) {
+      expect(names).toContain(name);
+      expect(node.meta).toEqual({ 'external-source': 'flomesh', 'flomesh-writer': 'flb-east/consul' });
+      expect(node.services.size).toBeLessThanOrEqual(20);
+    }
+    await first.stop();
+    consul.writes = [];
+    const { sink } = makeSink(consul);
+    for (let i = 0; i < 40; i++)
+      sink.setService(
+        `s${i}.shop`,
+        kubeService(`s${i}`, 'shop', [
+          [`10.244.1.${i + 1}`, true],
+          [`10.244.2.${i + 1}`, true],
+        ]),
+        undefined,
+        'kubernetes',
+      );
+    sink.complete();
+    await sink.settled();
+    expect(consul.writes).toEqual([]);
+    expect(instancesOf(consul)).toHaveLength(80);
+  });
+
+  it('moves instances when its node count shrinks, each written on its new node before it leaves the old, and drops emptied nodes', async () => {
+    const consul = new FakeConsul();
+    const endpoints = (i: number): [string, boolean][] => [
+      [`10.244.3.${i + 1}`, true],
+      [`10.244.4.${i + 1}`, i % 2 === 0],
+    ];
+    const first = makeSink(consul, { nodes: 4 }).sink;
+    for (let i = 0; i < 20; i++) first.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    first.setService('gone.shop', kubeService('gone', 'shop', [['10.244.5.1', true]]), undefined, 'kubernetes');
+    await first.settled();
+    await first.stop();
+    const goneNode = ['flb-east', 'flb-east-1', 'flb-east-2', 'flb-east-3'][nodeIndexOf('gone.shop', 4)]!;
+    expect(instancesOf(consul, goneNode)).toContain('gone 10.244.5.1:8080 passing');
+    expect(consul.nodes.get('flb-east-2')!.services.size + consul.nodes.get('flb-east-3')!.services.size).toBeGreaterThan(4);
+    // Someone's own service on node 3, and another sink's node: never touched.
+    consul.node('flb-east-3').services.set('hand-made', { ID: 'hand-made', Service: 'manual', Address: '10.0.0.1', Port: 1, Tags: [], Meta: {} });
+    const westNode = consul.node('flb-west-2');
+    westNode.meta = { 'external-source': 'flomesh', 'flomesh-writer': 'flb-west/consul' };
+    westNode.services.set('m0.shop-10-244-3-1-8080', {
+      ID: 'm0.shop-10-244-3-1-8080',
+      Service: 'm0',
+      Address: '10.244.3.1',
+      Port: 8080,
+      Tags: [],
+      Meta: { 'flomesh-writer': 'flb-west/consul' },
+    });
+    const wantedIds = Array.from({ length: 20 }, (_, i) => endpoints(i).map(([address]) => `m${i}.shop-${address.replace(/\./g, '-')}-8080`)).flat();
+    // After every write, every wanted instance is somewhere: never missing from both nodes.
+    const missing: string[] = [];
+    const record = consul.api.call;
+    consul.api.call = async (method, path, body) => {
+      const answer = await record(method, path, body);
+      if (method === 'PUT') {
+        const present = new Set([...consul.nodes].filter(([name]) => name.startsWith('flb-east')).flatMap(([, node]) => [...node.services.keys()]));
+        missing.push(...wantedIds.filter((id) => !present.has(id)));
+      }
+      return answer;
+    };
+    consul.writes = [];
+    const { sink } = makeSink(consul, { nodes: 2 });
+    for (let i = 0; i < 20; i++) sink.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    await sink.settled();
+    expect(missing).toEqual([]);
+    // Moves need no removal gate (nothing is lost); only gone.shop, wanted by nobody, waits for every source's list.
+    const onTwo = [...consul.nodes].filter(([name]) => name === 'flb-east' || name === 'flb-east-1').flatMap(([, node]) => [...node.services.keys()]);
+    expect(onTwo.filter((id) => !id.startsWith('gone.')).sort()).toEqual([...wantedIds].sort());
+    expect(instancesOf(consul).filter((i) => i.startsWith('gone'))).toEqual(['gone 10.244.5.1:8080 passing']);
+    for (let i = 0; i < 20; i++)
+      expect(instancesOf(consul, ['flb-east', 'flb-east-1'][nodeIndexOf(`m${i}.shop`, 2)])).toEqual(
+        expect.arrayContaining([`m${i} 10.244.3.${i + 1}:8080 passing`, `m${i} 10.244.4.${i + 1}:8080 ${i % 2 === 0 ? 'passing' : 'critical'}`]),
+      );
+    const leftOver = (node: string) => [...(consul.nodes.get(node)?.services.keys() ?? [])].filter((id) => id !== 'hand-made');
+    expect([...leftOver('flb-east-2'), ...leftOver('flb-east-3')]).toEqual(
+      goneNode === 'flb-east-2' || goneNode === 'flb-east-3' ? ['gone.shop-10-244-5-1-8080'] : [],
+    );
+    sink.complete();
+    await sink.settled();
+    await until('emptied nodes dropped', () => consul.nodes.has('flb-east-2') === false);
+    expect(instancesOf(consul).filter((i) => i.startsWith('gone'))).toEqual([]);
+    // Node 3 keeps someone's service (a node deregistered takes its services), and only that.
+    expect([...consul.nodes.get('flb-east-3')!.services.keys()]).toEqual(['hand-made']);
+    expect([...consul.nodes.get('flb-west-2')!.services.keys()]).toEqual(['m0.shop-10-244-3-1-8080']);
+    expect(consul.writes.filter((w) => w.body.Node === 'flb-west-2' || JSON.stringify(w.body).includes('flb-west-2'))).toEqual([]);
+    expect(sink.status()).toMatchObject({ pending: 0, failures: 0 });
+  });
+
+  it('spreads over 16 nodes unless told, from 1 (one node, as consul-k8s) to 128', () => {
+    expect(parsed().config.nodes).toBe(16);
+    expect(parsed({ nodes: 1 }).config.nodes).toBe(1);
+    for (const nodes of [0, 129, 2.5]) expect(() => parsed({ nodes })).toThrow(/nodes/);
   });
 
   it('refuses a sink that would write a registry back into itself', () => {

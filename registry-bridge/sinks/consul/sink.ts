@@ -1,23 +1,44 @@
 // The Consul sink: catalog services (Kubernetes ones by default) registered in Consul's catalog on
-// one synthetic node per cluster, as consul-k8s's catalog sync does (registry-bridge/README.md,
-// Sinks). It writes only differences: what the node holds is read back when the sink starts (a
-// restart or a new leader writes nothing unchanged) and every `resyncSeconds` (what someone removed
-// is put back; a read, no write when nothing differs). A check's status is written alone when only
-// readiness changed. Nothing is deregistered before every source's first full list (`complete()`,
-// the catalog's gate), and only instances carrying this sink's writer mark ever are.
+// the synthetic nodes of a cluster (`nodes` of them, each Service on the one a hash of its catalog id
+// picks), as consul-k8s's catalog sync does on one (registry-bridge/README.md, Sinks). It writes
+// only differences: what its nodes hold is read back when the sink starts (a restart or a new
+// leader writes nothing unchanged) and every `resyncSeconds` (what someone removed is put back; a
+// read, no write when nothing differs). A check's status is written alone when only readiness
+// changed. Nothing is deregistered before every source's first full list (`complete()`, the
+// catalog's gate), and only instances carrying this sink's writer mark ever are; an instance of
+// ours on another node than its own (`nodes` changed) is removed in the transaction that writes it
+// on its own, and a node of ours beyond `nodes` goes once empty.
 import type { ConsulSinkConfig, Mesh, Service, SourceConfig } from '../../../common/contract/index.js';
 import type { Logger } from '../../../common/log.js';
 import type { Sink, SinkStatus } from '../../core/types.js';
 import { WriteQueue } from '../../core/write-queue.js';
 import { inScope, sourcesOf } from '../scope.js';
 import { ConsulAnswerTooLargeError, ConsulApi, ConsulSlowError, ConsulWriteError } from './api.js';
-import { actionFor, checkIdOf, heldOnNode, META, registrationsOf, sameNode, type Held, type Registration } from './registrations.js';
+import {
+  actionFor,
+  checkIdOf,
+  heldOnNode,
+  META,
+  nodeIndexOf,
+  nodeNameOf,
+  nodeNames,
+  registrationsOf,
+  sameNode,
+  type Held,
+  type Registration,
+} from './registrations.js';
 
 /**
  * Instances per /v1/txn: two operations each (service and check), within the 64 operations a
  * transaction may hold (Consul before 1.16; 128 since).
  */
 export const TXN_INSTANCES = 32;
+
+/** Nodes read at once (two requests each) when the sink reads what it holds. */
+const NODE_READS = 4;
+
+/** One write to Consul for an instance: on its own node, or removing it from another. */
+type Write = { kind: 'register' | 'check' | 'deregister'; node: string };
 
 type ServiceSubject = Pick<Service, 'id' | 'name' | 'source' | 'namespace'>;
 
@@ -38,17 +59,23 @@ export class ConsulSink implements Sink {
   private readonly from: Set<string>;
   private readonly api: Pick<ConsulApi, 'call' | 'reloadToken' | 'close'>;
   private readonly log: Logger;
+  /** The first node's name and the others' prefix (nodeNameOf). */
   private node?: string;
   /** Desired instances by ID, and the IDs of each catalog service. */
   private readonly wanted = new Map<string, Registration>();
   private readonly byService = new Map<string, string[]>();
   /** Who each written service is, for the Event a problem raises on its Kubernetes Service. */
   private readonly subjects = new Map<string, ServiceSubject>();
-  /** What the node holds (all of it, ours and others'); undefined until read, and after Consul was unreachable. */
-  private held?: Map<string, Held>;
-  /** The node as the sink writes it is in Consul (read so, or registered since the read): a transaction's service operations need it there. */
-  private nodeWritten = false;
-  private nodeWriting?: Promise<void>;
+  /**
+   * What each node read holds (all of it, ours and others'), by node name: the sink's `nodes` and
+   * any other carrying its writer mark. Undefined until read, and after Consul was unreachable.
+   */
+  private held?: Map<string, Map<string, Held>>;
+  /** Nodes that are in Consul as the sink writes them (read so, or registered since the read): a transaction's service operations need theirs there. */
+  private nodesWritten = new Set<string>();
+  private readonly nodesWriting = new Map<string, Promise<void>>();
+  /** Empty nodes of ours beyond `nodes` being deregistered. */
+  private readonly nodesDropping = new Set<string>();
   /** Instance IDs to compare with Consul, their backoff, and the first-sync gate. */
   private readonly queue: WriteQueue;
   private resync?: NodeJS.Timeout;
@@ -68,12 +95,12 @@ export class ConsulSink implements Sink {
       {
         canWrite: () => this.node !== undefined,
         hasRead: () => this.held !== undefined,
-        read: () => this.readNode(),
+        read: () => this.readNodes(),
         wanted: (id) => this.wanted.has(id),
         wantedKeys: () => this.wanted.keys(),
         needs: (id, removalsAllowed) => {
-          const kind = this.actionOf(id, removalsAllowed).kind;
-          return kind === 'foreign' ? 'foreign' : kind === 'none' ? 'none' : 'write';
+          const writes = this.writesOf(id, removalsAllowed);
+          return writes === 'foreign' ? 'foreign' : writes.length === 0 ? 'none' : 'write';
         },
         write: (id, removalsAllowed) => this.write(id, removalsAllowed),
         writeBatch: (ids, removalsAllowed) => this.writeBatch(ids, removalsAllowed),
@@ -126,7 +153,7 @@ export class ConsulSink implements Sink {
 
   complete(): void {
     // What Consul holds of ours and nobody wants is found by comparing everything.
-    this.queue.allowRemovals(this.held?.keys() ?? []);
+    this.queue.allowRemovals(this.heldIds());
   }
 
   private problem(service: ServiceSubject, why: string): void {
@@ -136,35 +163,114 @@ export class ConsulSink implements Sink {
     this.onProblem(service, why);
   }
 
-  private actionOf(id: string, removalsAllowed: boolean) {
-    const held = this.held?.get(id);
-    return actionFor(this.wanted.get(id), held, held?.meta[META.writer] === this.writer, removalsAllowed);
+  /** The nodes instances are written to: `nodes` of them. */
+  private nodeNames(): string[] {
+    return Array.from({ length: this.config.nodes }, (_, index) => nodeNameOf(this.node!, index));
+  }
+
+  private nodeOf(wanted: Registration): string {
+    return nodeNameOf(this.node!, nodeIndexOf(wanted.catalogId, this.config.nodes));
+  }
+
+  private ours(held: Held | undefined): boolean {
+    return held?.meta[META.writer] === this.writer;
+  }
+
+  private heldIds(): Set<string> {
+    const ids = new Set<string>();
+    for (const instances of this.held?.values() ?? []) for (const id of instances.keys()) ids.add(id);
+    return ids;
+  }
+
+  /**
+   * What `id` needs written, in order: on its own node first (registered, or its check), then
+   * removed from any other node of ours holding it (`nodes` changed; not wanted any more: only
+   * once removals are allowed). 'foreign': someone else's service holds the ID on its node, and
+   * every copy of ours stays where it is.
+   */
+  private writesOf(id: string, removalsAllowed: boolean): Write[] | 'foreign' {
+    const wanted = this.wanted.get(id);
+    const writes: Write[] = [];
+    const own = wanted && this.nodeOf(wanted);
+    if (wanted && own) {
+      const held = this.held?.get(own)?.get(id);
+      const action = actionFor(wanted, held, this.ours(held), removalsAllowed);
+      if (action.kind === 'foreign') return 'foreign';
+      if (action.kind === 'register' || action.kind === 'check') writes.push({ kind: action.kind, node: own });
+    }
+    for (const [node, instances] of this.held ?? []) {
+      // A moved instance's old copy goes with the write of the new (a transaction applies both or
+      // neither), so it need not wait for removals: it is never missing from both.
+      if (node !== own && this.ours(instances.get(id)) && (wanted || removalsAllowed)) writes.push({ kind: 'deregister', node });
+    }
+    return writes;
   }
 
   /** Someone else's service holds the ID: reported on the Service, left alone until the node is read again. */
   private foreign(id: string): void {
     const wanted = this.wanted.get(id)!;
-    this.fail(id, new Error(`Consul service ID ${id} on node ${this.node} is someone else's (no ${META.writer}: ${this.writer}); left alone`));
+    const node = this.nodeOf(wanted);
+    this.fail(id, new Error(`Consul service ID ${id} on node ${node} is someone else's (no ${META.writer}: ${this.writer}); left alone`));
     this.problem(
       this.subjects.get(wanted.catalogId) ?? { id: wanted.catalogId, name: wanted.name, source: 'static' },
-      `Consul already holds a service ID ${id} on node ${this.node} that the bridge did not write; left alone`,
+      `Consul already holds a service ID ${id} on node ${node} that the bridge did not write; left alone`,
     );
   }
 
-  private async readNode(): Promise<Iterable<string>> {
-    const node = encodeURIComponent(this.node!);
-    const [services, checks] = await Promise.all([
-      this.api.call('GET', `/v1/catalog/node-services/${node}`),
-      this.api.call('GET', `/v1/health/node/${node}`),
-    ]).catch((error: unknown) => {
+  /** Each of the sink's nodes, and any other carrying its writer mark (left from a larger `nodes`). */
+  private async readNodes(): Promise<Iterable<string>> {
+    const marked = nodeNames(await this.api.call('GET', `/v1/catalog/nodes?node-meta=${encodeURIComponent(`${META.writer}:${this.writer}`)}`));
+    const names = [...new Set([...this.nodeNames(), ...marked])];
+    const held = new Map<string, Map<string, Held>>();
+    const written = new Set<string>();
+    let next = 0;
+    const reader = async () => {
+      while (next < names.length) {
+        const name = names[next++]!;
+        const [services, checks] = await this.readNode(name);
+        held.set(name, heldOnNode(services, checks));
+        if (sameNode(services, this.config.nodeAddress, this.nodeMeta())) written.add(name);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(NODE_READS, names.length) }, reader));
+    this.held = held;
+    this.nodesWritten = written;
+    void this.dropEmptyNodes();
+    return this.heldIds();
+  }
+
+  private readNode(name: string): Promise<[unknown, unknown]> {
+    const node = encodeURIComponent(name);
+    return Promise.all([this.api.call('GET', `/v1/catalog/node-services/${node}`), this.api.call('GET', `/v1/health/node/${node}`)]).catch((error: unknown) => {
       if (!(error instanceof ConsulAnswerTooLargeError)) throw error;
       throw new ConsulAnswerTooLargeError(
-        `${error.message}: node ${this.node} holds more than the sink reads at once (about 70,000 instances); nothing is written until it can be read: split the catalog over Consul sinks with a node each (registry-bridge/README.md, One node's size)`,
+        `${error.message}: node ${name} holds more than the sink reads at once (about 70,000 instances); nothing is written until it can be read: raise the sink's nodes (${this.config.nodes} now) to spread the catalog thinner (registry-bridge/README.md, One node's size)`,
       );
     });
-    this.held = heldOnNode(services, checks);
-    this.nodeWritten = sameNode(services, this.config.nodeAddress, this.nodeMeta());
-    return this.held.keys();
+  }
+
+  /**
+   * Nodes of ours beyond `nodes` are deregistered once they hold nothing (a node deregistered takes
+   * its services with it: one holding anyone's is kept). A failure is logged; the next read finds
+   * the node again.
+   */
+  private async dropEmptyNodes(): Promise<void> {
+    const own = new Set(this.nodeNames());
+    for (const [node, instances] of this.held ?? []) {
+      if (own.has(node) || instances.size > 0 || this.nodesDropping.has(node)) continue;
+      this.nodesDropping.add(node);
+      try {
+        await this.api.call('PUT', '/v1/catalog/deregister', { Node: node });
+        if (this.held?.get(node)?.size === 0) this.held.delete(node);
+        this.log.info({ node }, 'an empty Consul node of this sink beyond its nodes deregistered');
+      } catch (error) {
+        this.stats.failures++;
+        this.stats.lastError = `node ${node}: ${(error as Error).message}`;
+        this.log.warn({ node, err: (error as Error).message }, 'cannot deregister an empty Consul node of this sink; tried again after the next read');
+      } finally {
+        this.nodesDropping.delete(node);
+      }
+    }
   }
 
   private nodeMeta(): Record<string, string> {
@@ -173,42 +279,54 @@ export class ConsulSink implements Sink {
 
   private async write(id: string, removalsAllowed: boolean): Promise<void> {
     // Decided again now: an earlier write in this round may have changed what Consul holds.
-    const action = this.actionOf(id, removalsAllowed);
+    const writes = this.writesOf(id, removalsAllowed);
+    if (writes === 'foreign' || writes.length === 0) return;
     const wanted = this.wanted.get(id);
-    if (action.kind === 'register' && wanted) {
-      await this.api.call('PUT', '/v1/catalog/register', {
-        Node: this.node,
-        Address: this.config.nodeAddress,
-        NodeMeta: this.nodeMeta(),
-        Service: this.service(wanted),
-        Check: this.check(wanted),
-      });
-      this.nodeWritten = true;
-    } else if (action.kind === 'check' && wanted) {
-      // Readiness alone changed: the check only, the service and node untouched.
-      await this.api.call('PUT', '/v1/catalog/register', {
-        Node: this.node,
-        Address: this.config.nodeAddress,
-        SkipNodeUpdate: true,
-        Check: this.check(wanted),
-      });
-    } else if (action.kind === 'deregister') {
-      await this.api.call('PUT', '/v1/catalog/deregister', { Node: this.node, ServiceID: id });
-    } else return;
-    this.written(id, action.kind);
+    // In order: a moved instance is written on its node before it is removed from the old one.
+    for (const write of writes) {
+      if (write.kind === 'register' && wanted) {
+        await this.api.call('PUT', '/v1/catalog/register', {
+          Node: write.node,
+          Address: this.config.nodeAddress,
+          NodeMeta: this.nodeMeta(),
+          Service: this.service(wanted),
+          Check: this.check(wanted, write.node),
+        });
+        this.nodesWritten.add(write.node);
+      } else if (write.kind === 'check' && wanted) {
+        // Readiness alone changed: the check only, the service and node untouched.
+        await this.api.call('PUT', '/v1/catalog/register', {
+          Node: write.node,
+          Address: this.config.nodeAddress,
+          SkipNodeUpdate: true,
+          Check: this.check(wanted, write.node),
+        });
+      } else if (write.kind === 'deregister') {
+        await this.api.call('PUT', '/v1/catalog/deregister', { Node: write.node, ServiceID: id });
+      } else continue;
+      this.applied(id, write);
+    }
+    this.written(writes);
   }
 
-  /** What Consul holds now that `id` was written. */
-  private written(id: string, kind: 'register' | 'check' | 'deregister'): void {
+  /** What Consul holds now that `write` of `id` was applied. */
+  private applied(id: string, write: Write): void {
     const wanted = this.wanted.get(id);
-    if (kind === 'register' && wanted) {
-      this.held?.set(id, { id, name: wanted.name, address: wanted.address, port: wanted.port, tags: wanted.tags, meta: wanted.meta, status: wanted.status });
-    } else if (kind === 'check' && wanted) {
-      const held = this.held?.get(id);
+    if (write.kind === 'register' && wanted) {
+      if (this.held && !this.held.has(write.node)) this.held.set(write.node, new Map());
+      this.held
+        ?.get(write.node)
+        ?.set(id, { id, name: wanted.name, address: wanted.address, port: wanted.port, tags: wanted.tags, meta: wanted.meta, status: wanted.status });
+    } else if (write.kind === 'check' && wanted) {
+      const held = this.held?.get(write.node)?.get(id);
       if (held) held.status = wanted.status;
-    } else if (kind === 'deregister') this.held?.delete(id);
+    } else if (write.kind === 'deregister') this.held?.get(write.node)?.delete(id);
+  }
+
+  private written(writes: readonly Write[]): void {
     this.stats.writes++;
     this.stats.lastWriteAt = Date.now();
+    if (writes.some((write) => write.kind === 'deregister')) void this.dropEmptyNodes();
   }
 
   /**
@@ -221,19 +339,26 @@ export class ConsulSink implements Sink {
   private async writeBatch(ids: readonly string[], removalsAllowed: boolean): Promise<Map<string, unknown>> {
     const failures = new Map<string, unknown>();
     const operations: unknown[] = [];
-    const inTxn: { id: string; kind: 'register' | 'check' | 'deregister' }[] = [];
+    const inTxn: { id: string; writes: Write[] }[] = [];
+    const registeredOn = new Set<string>();
     for (const id of ids) {
-      const action = this.actionOf(id, removalsAllowed);
+      const writes = this.writesOf(id, removalsAllowed);
       const wanted = this.wanted.get(id);
-      if (action.kind === 'register' && wanted) {
-        operations.push({ Service: { Verb: 'set', Node: this.node, Service: this.service(wanted) } }, { Check: { Verb: 'set', Check: this.check(wanted) } });
-      } else if (action.kind === 'check' && wanted) operations.push({ Check: { Verb: 'set', Check: this.check(wanted) } });
-      else if (action.kind === 'deregister') operations.push({ Service: { Verb: 'delete', Node: this.node, Service: { ID: id } } });
-      else continue;
-      inTxn.push({ id, kind: action.kind });
+      if (writes === 'foreign' || writes.length === 0) continue;
+      for (const write of writes) {
+        if (write.kind === 'register' && wanted) {
+          operations.push(
+            { Service: { Verb: 'set', Node: write.node, Service: this.service(wanted) } },
+            { Check: { Verb: 'set', Check: this.check(wanted, write.node) } },
+          );
+          registeredOn.add(write.node);
+        } else if (write.kind === 'check' && wanted) operations.push({ Check: { Verb: 'set', Check: this.check(wanted, write.node) } });
+        else if (write.kind === 'deregister') operations.push({ Service: { Verb: 'delete', Node: write.node, Service: { ID: id } } });
+      }
+      inTxn.push({ id, writes });
     }
     if (inTxn.length === 0) return failures;
-    if (inTxn.some((write) => write.kind === 'register')) await this.writeNode();
+    await Promise.all([...registeredOn].map((node) => this.writeNode(node)));
     try {
       await this.api.call('PUT', '/v1/txn', operations);
     } catch (error) {
@@ -248,26 +373,33 @@ export class ConsulSink implements Sink {
       }
       return failures;
     }
-    for (const { id, kind } of inTxn) this.written(id, kind);
+    for (const { id, writes } of inTxn) {
+      for (const write of writes) this.applied(id, write);
+      this.written(writes);
+    }
     return failures;
   }
 
   /**
-   * The node first, once for the batches in flight: a transaction's service operations need it,
+   * A node first, once for the batches in flight: a transaction's service operations need it,
    * and a node operation in every transaction would rewrite it (a transaction's node carries no
    * datacenter, so Consul finds it changed and touches every service on it).
    */
-  private writeNode(): Promise<void> {
-    if (this.nodeWritten) return Promise.resolve();
-    this.nodeWriting ??= this.api
-      .call('PUT', '/v1/catalog/register', { Node: this.node, Address: this.config.nodeAddress, NodeMeta: this.nodeMeta() })
-      .then(() => {
-        this.nodeWritten = true;
-      })
-      .finally(() => {
-        this.nodeWriting = undefined;
-      });
-    return this.nodeWriting;
+  private writeNode(node: string): Promise<void> {
+    if (this.nodesWritten.has(node)) return Promise.resolve();
+    let writing = this.nodesWriting.get(node);
+    if (!writing) {
+      writing = this.api
+        .call('PUT', '/v1/catalog/register', { Node: node, Address: this.config.nodeAddress, NodeMeta: this.nodeMeta() })
+        .then(() => {
+          this.nodesWritten.add(node);
+        })
+        .finally(() => {
+          this.nodesWriting.delete(node);
+        });
+      this.nodesWriting.set(node, writing);
+    }
+    return writing;
   }
 
   private service(wanted: Registration) {
@@ -283,9 +415,9 @@ export class ConsulSink implements Sink {
     };
   }
 
-  private check(wanted: Registration) {
+  private check(wanted: Registration, node: string) {
     return {
-      Node: this.node,
+      Node: node,
       CheckID: checkIdOf(wanted.id),
       Name: wanted.meta[META.origin] === 'kubernetes' ? 'Kubernetes readiness' : 'Registry health',
       Status: wanted.status,
@@ -313,7 +445,7 @@ export class ConsulSink implements Sink {
     // and a write retried is the same write (a restart that emptied it is found by the next resync).
     if (status === undefined && error instanceof ConsulWriteError && !(error instanceof ConsulSlowError)) {
       this.held = undefined;
-      this.nodeWritten = false;
+      this.nodesWritten = new Set();
     }
     this.log.warn(
       { instance: id, node: this.node, err: error.message, status },
@@ -335,7 +467,7 @@ export class ConsulSink implements Sink {
     return {
       name: this.name,
       kind: this.kind,
-      address: `${this.config.address} (node ${this.node ?? '?'})`,
+      address: `${this.config.address} (${this.config.nodes === 1 ? `node ${this.node ?? '?'}` : `nodes ${this.node ?? '?'}, ${this.node ?? '?'}-1 … -${this.config.nodes - 1}`})`,
       pending: this.queue.pending(),
       writes: this.stats.writes,
       failures: this.stats.failures,
