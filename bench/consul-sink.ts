@@ -11,10 +11,10 @@
 // - Writes when nothing changes, at --small and --services Services of 3 endpoints: once
 //   everything is registered, every request the sink sends for --quiet-seconds, counted by kind by
 //   a proxy in front of Consul: registrations, deregistrations and transactions (the sink's batches;
-//   goal: none; the sink writes no TTL checks, so nothing needs renewing) and the reads of its node
-//   every --resync-seconds. Also how long the first sync took from the first Service created, which
+//   goal: none; the sink writes no TTL checks, so nothing needs renewing) and the reads of its nodes
+//   (--nodes, the sink's default unless given) every --resync-seconds. Also how long the first sync took from the first Service created, which
 //   at 10,000 is bounded by Consul (its CPU, not the bridge's: registry-bridge/README.md, Sinks).
-// Usage: node dist/bench/consul-sink.js [--services 10000 --small 1000 --changes 100 --quiet-seconds 60 --resync-seconds 60]
+// Usage: node dist/bench/consul-sink.js [--services 10000 --small 1000 --changes 100 --quiet-seconds 60 --resync-seconds 60 --nodes 16]
 import { createServer, request as httpRequest, Agent as HttpAgent } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
@@ -38,6 +38,8 @@ const SMALL = flag('small', 1_000);
 const CHANGES = flag('changes', 100);
 const QUIET_SECONDS = flag('quiet-seconds', 60);
 const RESYNC_SECONDS = flag('resync-seconds', 60);
+/** The sink's nodes; unset: its default (16). */
+const NODES = process.argv.includes('--nodes') ? flag('nodes', 16) : undefined;
 const ENDPOINTS_PER_SERVICE = 3;
 const PROP = 'bench-prop';
 const FLOOR = 'bench-floor';
@@ -195,19 +197,26 @@ async function main(): Promise<void> {
     kind: 'BridgeConfig',
     mesh: { configMap: { namespace: 'flomesh', name: 'flb-mesh' } },
     sources: [{ kind: 'kubernetes', namespaces: { include: ['*'], exclude: [FLOOR, 'flomesh'] } }],
-    sinks: [{ kind: 'consul', address: proxy.url, node: SINK_NODE, resyncSeconds: RESYNC_SECONDS }],
+    sinks: [{ kind: 'consul', address: proxy.url, node: SINK_NODE, resyncSeconds: RESYNC_SECONDS, ...(NODES ? { nodes: NODES } : {}) }],
     leaderElection: { enabled: false },
   });
   const bridge = await startBridge({ config, kubeConfig: plane.kubeConfig, log, identity: 'bench' });
   const sinkStatus = () => bridge.status().sinks[0]!;
   const observer = new HttpAgent({ keepAlive: true, maxSockets: 4 });
-  /** How many instances the sink's node holds (a read of the whole node: only when the count of writes stalls). */
-  const onNode = async () =>
-    (JSON.parse((await call(consul.url, 'GET', `/v1/catalog/node-services/${SINK_NODE}`, observer)).text) as { Services: unknown[] } | null)?.Services.length ??
-    0;
+  /** How many instances the sink's nodes hold (those its writer mark is on, each read whole: only when the count of writes stalls). */
+  const onNodes = async () => {
+    const marked = `/v1/catalog/nodes?node-meta=${encodeURIComponent(`flomesh-writer:${SINK_NODE}/consul`)}`;
+    const nodes = (JSON.parse((await call(consul.url, 'GET', marked, observer)).text) as { Node: string }[] | null) ?? [];
+    let held = 0;
+    for (const { Node } of nodes)
+      held +=
+        (JSON.parse((await call(consul.url, 'GET', `/v1/catalog/node-services/${encodeURIComponent(Node)}`, observer)).text) as { Services: unknown[] } | null)
+          ?.Services.length ?? 0;
+    return held;
+  };
   /**
    * Until the sink has made `instances` more writes than `base` and has nothing pending, or, its
-   * writes stalled for 5 s with nothing pending, its node holds `held`: a transaction Consul applied
+   * writes stalled for 5 s with nothing pending, its nodes hold `held`: a transaction Consul applied
    * whose answer was lost (a reset connection) is found by the sink's read and never counted as a write.
    */
   const settled = async (instances: number, what: string, base: number, held: number) => {
@@ -220,7 +229,7 @@ async function main(): Promise<void> {
       if (writes !== last.writes) last = { writes, at: Date.now() };
       if (sinkStatus().pending === 0 && writes >= instances) return now() - from;
       if (sinkStatus().pending === 0 && Date.now() - last.at > 5000) {
-        if ((await onNode()) >= held) return now() - from;
+        if ((await onNodes()) >= held) return now() - from;
         last.at = Date.now();
       }
       if (Date.now() > deadline) throw new Error(`${what}: ${writes} of ${instances} registrations after 30 minutes`);
@@ -280,11 +289,11 @@ async function main(): Promise<void> {
     const bytesBefore = proxy.readBytes.total;
     const sinkWritesBefore = sinkStatus().writes;
     await sleep(QUIET_SECONDS * 1000);
-    const held = JSON.parse((await call(consul.url, 'GET', `/v1/catalog/node-services/${SINK_NODE}`, observer)).text) as { Services: unknown[] } | null;
+    const held = await onNodes();
     return {
       services,
       instances,
-      heldInConsul: held?.Services.length ?? 0,
+      heldInConsul: held,
       createSeconds: createdIn / 1000,
       syncSeconds: syncMs / 1000,
       syncedPerSecond: (created * ENDPOINTS_PER_SERVICE) / (syncMs / 1000),
@@ -351,7 +360,7 @@ async function main(): Promise<void> {
       { measure: 'the bridge adds (goal: at most 200 ms at p99)', p50: bridgeRow.p50 - floorRow.p50, p99: bridgeRow.p99 - floorRow.p99, n: '' },
       { measure: 'ratio to the floor', p50: (bridgeRow.p50 / floorRow.p50).toFixed(2), p99: (bridgeRow.p99 / floorRow.p99).toFixed(2), n: '' },
       ...[small, ...(large ? [large] : [])].map((q) => ({
-        measure: `nothing changing, ${q.services} services (${q.instances} instances, ${q.heldInConsul} on the node), ${QUIET_SECONDS} s: register / deregister / transaction calls (goal: 0 / 0 / 0); reads of its node (two every ${RESYNC_SECONDS} s resync)`,
+        measure: `nothing changing, ${q.services} services (${q.instances} instances, ${q.heldInConsul} on its ${NODES ?? 16} nodes), ${QUIET_SECONDS} s: register / deregister / transaction calls (goal: 0 / 0 / 0); reads of its nodes (two a node every ${RESYNC_SECONDS} s resync, and its node list)`,
         p50: `${q.registrations} / ${q.deregistrations} / ${q.transactions}; ${q.reads} reads, ${q.readMiB.toFixed(1)} MiB`,
         p99: '',
         n: `synced ${q.syncSeconds.toFixed(1)} s after the first Service was created (${Math.round(q.syncedPerSecond)} instances/s; creating them took ${q.createSeconds.toFixed(1)} s); failures ${q.failures}; load ${q.load}`,
