@@ -1,7 +1,8 @@
 // Fuzz target of the Consul sink (run by ../fuzz.test.ts through common/testing/fuzz.ts): whatever
 // Consul (or something in its place) answers to /v1/catalog/node-services/<node> and
 // /v1/health/node/<node> reaches what the sink decides to write. For every input that is JSON:
-//  - heldOnNode returns (never throws), and so does sameNode (whether the node is as the sink writes it);
+//  - heldOnNode returns (never throws), and so do sameNode (whether the node is as the sink writes it)
+//    and nodeNames (the names in /v1/catalog/nodes?node-meta=…'s answer: strings only);
 //  - no instance without this sink's writer mark is ever registered over or deregistered, whatever
 //    the sink wants and whether removals are allowed;
 //  - an instance of ours that matches what is wanted is never written again.
@@ -10,7 +11,7 @@
 import type fc from 'fast-check';
 import { fuzzInputs, utf8 } from '../../../../common/testing/fuzz-inputs.js';
 import type { FuzzCheck, FuzzTarget } from '../../../../common/testing/fuzz-runner.js';
-import { actionFor, heldOnNode, META, sameNode, type Registration } from '../registrations.js';
+import { actionFor, heldOnNode, META, nodeNames, sameNode, type Registration } from '../registrations.js';
 
 const WRITER = 'flb-local/consul';
 
@@ -23,6 +24,9 @@ function run(input: Uint8Array): void {
   }
   const { services, checks } = (typeof doc === 'object' && doc !== null ? doc : {}) as { services?: unknown; checks?: unknown };
   const held = heldOnNode(services, checks);
+  // The answer to /v1/catalog/nodes?node-meta=… (the nodes the sink reads besides its own): names only.
+  for (const answer of [doc, services, checks])
+    if (nodeNames(answer).some((name) => typeof name !== 'string')) throw new Error('nodeNames gave a name that is not a string');
   if (typeof sameNode(services, '127.0.0.1', { [META.writer]: WRITER }) !== 'boolean') throw new Error('sameNode answered no boolean');
   for (const [id, instance] of held) {
     const ours = instance.meta[META.writer] === WRITER;
