@@ -450,12 +450,14 @@ describe('the Consul sink', () => {
 
   it('moves instances when its node count shrinks, each written on its new node before it leaves the old, and drops emptied nodes', async () => {
     const consul = new FakeConsul();
+    // Enough that a batch of 32 moving instances is more than 64 operations.
+    const SERVICES = 40;
     const endpoints = (i: number): [string, boolean][] => [
       [`10.244.3.${i + 1}`, true],
       [`10.244.4.${i + 1}`, i % 2 === 0],
     ];
     const first = makeSink(consul, { nodes: 4 }).sink;
-    for (let i = 0; i < 20; i++) first.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    for (let i = 0; i < SERVICES; i++) first.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
     first.setService('gone.shop', kubeService('gone', 'shop', [['10.244.5.1', true]]), undefined, 'kubernetes');
     await first.settled();
     await first.stop();
@@ -474,7 +476,7 @@ describe('the Consul sink', () => {
       Tags: [],
       Meta: { 'flomesh-writer': 'flb-west/consul' },
     });
-    const wantedIds = Array.from({ length: 20 }, (_, i) => endpoints(i).map(([address]) => `m${i}.shop-${address.replace(/\./g, '-')}-8080`)).flat();
+    const wantedIds = Array.from({ length: SERVICES }, (_, i) => endpoints(i).map(([address]) => `m${i}.shop-${address.replace(/\./g, '-')}-8080`)).flat();
     // After every write, every wanted instance is somewhere: never missing from both nodes.
     const missing: string[] = [];
     const record = consul.api.call;
@@ -488,14 +490,18 @@ describe('the Consul sink', () => {
     };
     consul.writes = [];
     const { sink } = makeSink(consul, { nodes: 2 });
-    for (let i = 0; i < 20; i++) sink.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    for (let i = 0; i < SERVICES; i++) sink.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
     await sink.settled();
     expect(missing).toEqual([]);
+    // A move is three operations (set, check, delete): still at most 64 a transaction (Consul before 1.16).
+    const txns = consul.writes.filter((w) => w.path === '/v1/txn').map(({ body }) => (body as unknown as TxnOp[]).length);
+    expect(txns.length).toBeGreaterThan(0);
+    for (const operations of txns) expect(operations).toBeLessThanOrEqual(64);
     // Moves need no removal gate (nothing is lost); only gone.shop, wanted by nobody, waits for every source's list.
     const onTwo = [...consul.nodes].filter(([name]) => name === 'flb-east' || name === 'flb-east-1').flatMap(([, node]) => [...node.services.keys()]);
     expect(onTwo.filter((id) => !id.startsWith('gone.')).sort()).toEqual([...wantedIds].sort());
     expect(instancesOf(consul).filter((i) => i.startsWith('gone'))).toEqual(['gone 10.244.5.1:8080 passing']);
-    for (let i = 0; i < 20; i++)
+    for (let i = 0; i < SERVICES; i++)
       expect(instancesOf(consul, ['flb-east', 'flb-east-1'][nodeIndexOf(`m${i}.shop`, 2)])).toEqual(
         expect.arrayContaining([`m${i} 10.244.3.${i + 1}:8080 passing`, `m${i} 10.244.4.${i + 1}:8080 ${i % 2 === 0 ? 'passing' : 'critical'}`]),
       );

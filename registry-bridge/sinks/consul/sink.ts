@@ -34,6 +34,9 @@ import {
  */
 export const TXN_INSTANCES = 32;
 
+/** Operations a transaction may hold before Consul 1.16: a batch with moves (three operations each) goes in several. */
+export const TXN_OPERATIONS = 64;
+
 /** Nodes read at once (two requests each) when the sink reads what it holds. */
 const NODE_READS = 4;
 
@@ -338,13 +341,14 @@ export class ConsulSink implements Sink {
    */
   private async writeBatch(ids: readonly string[], removalsAllowed: boolean): Promise<Map<string, unknown>> {
     const failures = new Map<string, unknown>();
-    const operations: unknown[] = [];
-    const inTxn: { id: string; writes: Write[] }[] = [];
+    // An instance's operations stay in one transaction (a move's write and delete apply together).
+    const transactions: { operations: unknown[]; inTxn: { id: string; writes: Write[] }[] }[] = [];
     const registeredOn = new Set<string>();
     for (const id of ids) {
       const writes = this.writesOf(id, removalsAllowed);
       const wanted = this.wanted.get(id);
       if (writes === 'foreign' || writes.length === 0) continue;
+      const operations: unknown[] = [];
       for (const write of writes) {
         if (write.kind === 'register' && wanted) {
           operations.push(
@@ -355,27 +359,37 @@ export class ConsulSink implements Sink {
         } else if (write.kind === 'check' && wanted) operations.push({ Check: { Verb: 'set', Check: this.check(wanted, write.node) } });
         else if (write.kind === 'deregister') operations.push({ Service: { Verb: 'delete', Node: write.node, Service: { ID: id } } });
       }
-      inTxn.push({ id, writes });
+      let last = transactions.at(-1);
+      if (!last || last.operations.length + operations.length > TXN_OPERATIONS) transactions.push((last = { operations: [], inTxn: [] }));
+      last.operations.push(...operations);
+      last.inTxn.push({ id, writes });
     }
-    if (inTxn.length === 0) return failures;
+    if (transactions.length === 0) return failures;
     await Promise.all([...registeredOn].map((node) => this.writeNode(node)));
-    try {
-      await this.api.call('PUT', '/v1/txn', operations);
-    } catch (error) {
-      // Refused (409 names an operation; 413 or 400 the whole body): each alone. Unreachable or a 5xx: all retried.
-      if (!(error instanceof ConsulWriteError) || error.status === undefined || error.status < 400 || error.status >= 500) throw error;
-      for (const { id } of inTxn) {
-        try {
-          await this.write(id, removalsAllowed);
-        } catch (alone) {
-          failures.set(id, alone);
+    for (const [index, { operations, inTxn }] of transactions.entries()) {
+      try {
+        await this.api.call('PUT', '/v1/txn', operations);
+      } catch (error) {
+        // Refused (409 names an operation; 413 or 400 the whole body): each alone. Unreachable or a 5xx: all retried.
+        if (!(error instanceof ConsulWriteError) || error.status === undefined || error.status < 400 || error.status >= 500) {
+          if (index === 0) throw error;
+          // The transactions before were applied: only this one's and the later ones' instances failed.
+          for (const later of transactions.slice(index)) for (const { id } of later.inTxn) failures.set(id, error);
+          return failures;
         }
+        for (const { id } of inTxn) {
+          try {
+            await this.write(id, removalsAllowed);
+          } catch (alone) {
+            failures.set(id, alone);
+          }
+        }
+        continue;
       }
-      return failures;
-    }
-    for (const { id, writes } of inTxn) {
-      for (const write of writes) this.applied(id, write);
-      this.written(writes);
+      for (const { id, writes } of inTxn) {
+        for (const write of writes) this.applied(id, write);
+        this.written(writes);
+      }
     }
     return failures;
   }
