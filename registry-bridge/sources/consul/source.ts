@@ -386,6 +386,7 @@ export class ConsulSource implements Source {
       }
       this.noteChecks(name, known, entries);
       this.render(name, known, entries);
+      into.delete(name);
     }
     this.startPending.clear();
     if (this.allChecksWanted) this.readAllChecks();
