@@ -71,6 +71,21 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
 
   const pods = async (app: string) => (await core.listNamespacedPod({ namespace: NS, labelSelector: `app=${app}` })).items;
   const readyPods = async (app: string) => (await pods(app)).filter(isPodReady);
+  /** The client's stats once its calls have reached every one of `servers` (what it saw, when they never do). */
+  const callsReachEvery = async (client: V1Pod, servers: V1Pod[], what: string): Promise<ClientStats> => {
+    let last: ClientStats | undefined;
+    await eventually(
+      what,
+      async () => {
+        last = await getJson<ClientStats>(`http://${client.status!.podIP!}:8081/stats`);
+        return last && servers.every((p) => (last!.byPod[p.metadata!.name!] ?? 0) > 0) ? true : undefined;
+      },
+      30_000,
+    ).catch((error: unknown) => {
+      throw new Error(`${(error as Error).message}; the client saw ${JSON.stringify(last)}`);
+    });
+    return last!;
+  };
   const natRules = async (pod: V1Pod) => {
     const netns = env.simulator.netnsOf(NS, pod.metadata!.name!);
     if (!netns) throw new Error(`pod ${pod.metadata!.name} has no network namespace on the simulator`);
@@ -220,18 +235,8 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
   it("calls by name go out through the client's sidecar and in through each echo pod's inbound port", async () => {
     const [client] = await readyPods('client');
     const echoes = await readyPods('echo');
-    let last: ClientStats | undefined;
-    await eventually(
-      'calls reaching both echo pods',
-      async () => {
-        last = await getJson<ClientStats>(`http://${client!.status!.podIP!}:8081/stats`);
-        return last && echoes.every((p) => (last!.byPod[p.metadata!.name!] ?? 0) > 0) ? true : undefined;
-      },
-      30_000,
-    ).catch((error: unknown) => {
-      throw new Error(`${(error as Error).message}; the client saw ${JSON.stringify(last)}`);
-    });
-    expect(Object.keys(last!.byPod).sort()).toEqual(echoes.map((p) => p.metadata!.name!).sort());
+    const last = await callsReachEvery(client!, echoes, 'calls reaching both echo pods');
+    expect(Object.keys(last.byPod).sort()).toEqual(echoes.map((p) => p.metadata!.name!).sort());
     // The client only knows the name: its sidecar answered the DNS query (UDP 53, redirected by the programs).
     const getent = await env.simulator.exec(NS, client!.metadata!.name!, 'client', ['getent', 'hosts', 'echo']);
     const svc = await core.readNamespacedService({ name: 'echo', namespace: NS });
@@ -257,17 +262,7 @@ describe('the mesh in eBPF mode: interception by the programs the node agent loa
       .filter((line) => line.mode !== undefined);
     expect(outcomes).toEqual([expect.objectContaining({ mode: 'cni', msg: 'interception rules applied' })]);
     const echoes = await readyPods('echo');
-    let last: ClientStats | undefined;
-    await eventually(
-      'calls from the CNI-mode client reaching both echo pods',
-      async () => {
-        last = await getJson<ClientStats>(`http://${client!.status!.podIP!}:8081/stats`);
-        return last && echoes.every((p) => (last!.byPod[p.metadata!.name!] ?? 0) > 0) ? true : undefined;
-      },
-      30_000,
-    ).catch((error: unknown) => {
-      throw new Error(`${(error as Error).message}; the client saw ${JSON.stringify(last)}`);
-    });
+    await callsReachEvery(client!, echoes, 'calls from the CNI-mode client reaching both echo pods');
     expect((await connections(client!.status!.podIP!))['outbound echo.shop']).toBeGreaterThan(0);
   });
 
