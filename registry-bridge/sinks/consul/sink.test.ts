@@ -117,6 +117,11 @@ function makeSink(consul: FakeConsul, over: Record<string, unknown> = {}) {
   return { sink, problems };
 }
 
+/** Services `<prefix><i>.shop` for i below `count`, each with `endpointsOf(i)`, from the kubernetes source. */
+function setServices(sink: ConsulSink, prefix: string, count: number, endpointsOf: (i: number) => [string, boolean][]): void {
+  for (let i = 0; i < count; i++) sink.setService(`${prefix}${i}.shop`, kubeService(`${prefix}${i}`, 'shop', endpointsOf(i)), undefined, 'kubernetes');
+}
+
 /** The instances on `node`, or on every node. */
 const instancesOf = (consul: FakeConsul, node?: string) =>
   [...consul.nodes]
@@ -405,17 +410,12 @@ describe('the Consul sink', () => {
 
   it('spreads Services over its nodes by catalog id, and a restart finds each where it was and writes nothing', async () => {
     const consul = new FakeConsul();
+    const twoReady = (i: number): [string, boolean][] => [
+      [`10.244.1.${i + 1}`, true],
+      [`10.244.2.${i + 1}`, true],
+    ];
     const first = makeSink(consul).sink;
-    for (let i = 0; i < 40; i++)
-      first.setService(
-        `s${i}.shop`,
-        kubeService(`s${i}`, 'shop', [
-          [`10.244.1.${i + 1}`, true],
-          [`10.244.2.${i + 1}`, true],
-        ]),
-        undefined,
-        'kubernetes',
-      );
+    setServices(first, 's', 40, twoReady);
     await first.settled();
     const nodesOf = (service: string) =>
       [...consul.nodes].filter(([, node]) => [...node.services.values()].some((s) => s.Service === service)).map(([name]) => name);
@@ -432,16 +432,7 @@ describe('the Consul sink', () => {
     await first.stop();
     consul.writes = [];
     const { sink } = makeSink(consul);
-    for (let i = 0; i < 40; i++)
-      sink.setService(
-        `s${i}.shop`,
-        kubeService(`s${i}`, 'shop', [
-          [`10.244.1.${i + 1}`, true],
-          [`10.244.2.${i + 1}`, true],
-        ]),
-        undefined,
-        'kubernetes',
-      );
+    setServices(sink, 's', 40, twoReady);
     sink.complete();
     await sink.settled();
     expect(consul.writes).toEqual([]);
@@ -457,7 +448,7 @@ describe('the Consul sink', () => {
       [`10.244.4.${i + 1}`, i % 2 === 0],
     ];
     const first = makeSink(consul, { nodes: 4 }).sink;
-    for (let i = 0; i < SERVICES; i++) first.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    setServices(first, 'm', SERVICES, endpoints);
     first.setService('gone.shop', kubeService('gone', 'shop', [['10.244.5.1', true]]), undefined, 'kubernetes');
     await first.settled();
     await first.stop();
@@ -490,7 +481,7 @@ describe('the Consul sink', () => {
     };
     consul.writes = [];
     const { sink } = makeSink(consul, { nodes: 2 });
-    for (let i = 0; i < SERVICES; i++) sink.setService(`m${i}.shop`, kubeService(`m${i}`, 'shop', endpoints(i)), undefined, 'kubernetes');
+    setServices(sink, 'm', SERVICES, endpoints);
     await sink.settled();
     expect(missing).toEqual([]);
     // A move is three operations (set, check, delete): still at most 64 a transaction (Consul before 1.16).
