@@ -23,6 +23,8 @@ interface PushedDelta {
   main: string;
   files: Record<string, { etag: string; content: string; encoding: 'utf8' | 'base64' }>;
   removed: string[];
+  /** Every file of the codebase (the answer to a worker with no etag), not a change. */
+  full?: boolean;
 }
 
 /** The codebase does not exist (yet) or has never been published with a version. */
@@ -98,9 +100,9 @@ export class RepoWorker {
   start(): void {
     this.loop = this.run();
     if (this.options.status) {
-      const report = () => void this.reportStatus();
-      this.statusTimer = setInterval(report, this.options.statusIntervalMs ?? 5000);
-      report();
+      // The first report follows the first sync (reportSoon): one sent now would open a second
+      // connection (TLS handshake included) beside the first GET, on a starting pod's cores.
+      this.statusTimer = setInterval(() => void this.reportStatus(), this.options.statusIntervalMs ?? 5000);
     }
   }
 
@@ -172,16 +174,17 @@ export class RepoWorker {
       if (head.headers.get('etag') === etag) return;
     }
     const longPoll = etag !== undefined && this.pushSupported && wait > 0;
-    const response = await this.request(
-      '',
-      longPoll ? { headers: { 'if-none-match': etag, prefer: `wait=${wait}`, accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` } } : {},
-      longPoll ? wait : 0,
-    );
+    const accept = { accept: `${DELTA_MEDIA_TYPE}, text/plain;q=0.5` };
+    // Starting, the worker asks for every file in the answer (flb's repo; Pipy answers with the manifest).
+    const headers = longPoll ? { 'if-none-match': etag, prefer: `wait=${wait}`, ...accept } : etag === undefined ? accept : undefined;
+    const response = await this.request('', headers ? { headers } : {}, longPoll ? wait : 0);
     if (response.status === 304) return;
     if (response.status === 404) throw new NotPublished(this.options.url);
     if (!response.ok) throw new Error(`GET ${this.options.url}: ${response.status}`);
-    if (response.headers.get('content-type') === DELTA_MEDIA_TYPE && this.snapshot) {
-      await this.applyDelta(response.json() as PushedDelta, response.headers.get('etag') ?? '');
+    if (response.headers.get('content-type') === DELTA_MEDIA_TYPE) {
+      const delta = response.json() as PushedDelta;
+      if (!delta.full && !this.snapshot) throw new Error(`GET ${this.options.url}: a change to a snapshot this worker does not have`);
+      await this.applyDelta(delta, response.headers.get('etag') ?? '');
       return;
     }
     const manifest = response.text();
@@ -194,11 +197,13 @@ export class RepoWorker {
     await this.sync(manifest, newEtag);
   }
 
-  /** A push that carries the changed files itself (flb's repo): current in one round trip. */
+  /** A push that carries the changed files (or all of them) itself (flb's repo): current in one round trip. */
   private async applyDelta(delta: PushedDelta, etag: string): Promise<void> {
-    const files = new Map(this.snapshot!.files);
-    const fileEtags = new Map(this.fileEtags);
+    const before = delta.full ? undefined : this.snapshot;
+    const files = new Map(before?.files);
+    const fileEtags = new Map(before ? this.fileEtags : []);
     const changed: string[] = [];
+    if (delta.full) for (const path of this.snapshot?.files.keys() ?? []) if (!(path in delta.files)) changed.push(path);
     for (const [path, file] of Object.entries(delta.files)) {
       files.set(path, Buffer.from(file.content, file.encoding === 'base64' ? 'base64' : 'utf8'));
       fileEtags.set(path, file.etag);

@@ -322,8 +322,10 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
           if (repo.etag(now) === known) return new Reply(304, '', { etag: known });
           current = now;
         }
-        // A pushed worker, or one back with an older etag the repo still remembers: the change itself.
-        if (known !== undefined && method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
+        if (method === 'GET' && String(req.headers.accept ?? '').includes(DELTA_MEDIA_TYPE)) {
+          // A pushed worker, or one back with an older etag the repo still remembers: the change
+          // itself. A worker starting (no etag): every file at once, so a new sidecar is configured
+          // after one round trip instead of 2 + one per file.
           const delta = await deltaReply(current, known);
           if (delta) return pushed(delta, pushedAt);
         }
@@ -351,14 +353,20 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
    * A push that carries what changed (files and their etags, removed paths) in the answer to the
    * long poll itself, so a pushed worker is current after one round trip instead of three
    * (manifest, `_etags`, files). Bodies are shared by every worker with the same change: a mesh
-   * publish answers 1,000 derived codebases with one encoding.
+   * publish answers 1,000 derived codebases with one encoding. A worker that asks with no etag
+   * (starting) gets every file the same way, marked `full`.
    */
   const deltaBodies = new Map<string, Promise<Buffer | undefined>>();
   /** Bytes of the encoded bodies in deltaBodies: each may be over a MiB, and a client can ask for many. */
   let deltaBytes = 0;
-  async function deltaReply(record: CodebaseRecord, from: string): Promise<Reply | undefined> {
-    const delta = repo.delta(record, from);
+  async function deltaReply(record: CodebaseRecord, from: string | undefined): Promise<Reply | undefined> {
+    const delta = from === undefined ? new Map(Object.entries(repo.servedFiles(record))) : repo.delta(record, from);
     if (!delta) return undefined;
+    const full = from === undefined;
+    const reply = (encoded: Buffer | undefined) =>
+      encoded ? new Reply(200, encoded, { 'content-type': DELTA_MEDIA_TYPE, etag: repo.etag(record) }) : undefined;
+    // A derived codebase's whole set is its own (sidecar.json differs): nothing to share, so not cached.
+    if (full) return reply(await encodeDelta(record.main, delta, full));
     const key = `${record.main}\0${[...delta].join('\0')}`;
     let body = deltaBodies.get(key);
     if (!body) {
@@ -367,16 +375,15 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
         deltaBytes = 0;
       }
       // Cached as a promise: the workers a publish wakes all ask at once.
-      const encoding = encodeDelta(record.main, delta);
+      const encoding = encodeDelta(record.main, delta, false);
       deltaBodies.set(key, (body = encoding));
       void encoding.then((encoded) => {
         if (deltaBodies.get(key) === encoding) deltaBytes += encoded?.length ?? 0;
       });
     }
-    const encoded = await body;
-    return encoded ? new Reply(200, encoded, { 'content-type': DELTA_MEDIA_TYPE, etag: repo.etag(record) }) : undefined;
+    return reply(await body);
   }
-  async function encodeDelta(main: string, delta: Delta): Promise<Buffer | undefined> {
+  async function encodeDelta(main: string, delta: Delta, full: boolean): Promise<Buffer | undefined> {
     const files: Record<string, { etag: string; content: string; encoding: 'utf8' | 'base64' }> = {};
     const removed: string[] = [];
     let size = 0;
@@ -393,7 +400,7 @@ export function createRepoHandler(options: RepoHandlerOptions): RepoHandler {
         ? { etag: sha.slice(0, 16), content: content.toString('utf8'), encoding: 'utf8' }
         : { etag: sha.slice(0, 16), content: content.toString('base64'), encoding: 'base64' };
     }
-    return Buffer.from(JSON.stringify({ main, files, removed }));
+    return Buffer.from(JSON.stringify({ main, files, removed, ...(full ? { full } : {}) }));
   }
 
   function pushed(reply: Reply, publishedAt: number | undefined): Reply {

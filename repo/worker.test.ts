@@ -59,11 +59,16 @@ describe('the repo worker client', () => {
       statusIntervalMs: 100,
       log,
     });
+    const servedAtStart = await servedRequests();
     worker.start();
     try {
       await until('the first snapshot', () => updates.length === 1);
       expect([...updates[0]!.snapshot.files.keys()].sort()).toEqual(['/mesh.json', '/services/a.json', '/services/b.json', '/sidecar.json']);
       expect(updates[0]!.snapshot.main).toBe('/mesh.json');
+      expect(updates[0]!.snapshot.files.get('/sidecar.json')!.toString()).toBe('{"id":"w"}');
+      // Every file came in the answer to the first GET (a Pipy worker's way: manifest, _etags, 4 files).
+      expect((await servedRequests()) - servedAtStart).toBe(1);
+      expect(worker.fetchedFiles).toBe(4);
       await new Promise((r) => setTimeout(r, 100));
       const fetchedBefore = worker.fetchedFiles;
       const servedBefore = await servedRequests();
@@ -109,6 +114,25 @@ describe('the repo worker client', () => {
       await publish('/flb/mesh', { '/services/b.json': '{"b":3}' }, '4');
       await until('the update after the repo came back', () => updates.length === 3, 3000);
       expect(updates[2]!.files.get('/services/b.json')!.toString()).toBe('{"b":3}');
+    } finally {
+      await worker.stop();
+    }
+  });
+
+  it('syncs file by file a codebase too big to send in one answer', async () => {
+    const big = 'x'.repeat(700 * 1024);
+    await repo.create('/flb/sidecars/pod.shop.big', { base: '/flb/mesh' });
+    await publish('/flb/sidecars/pod.shop.big', { '/sidecar.json': '{"id":"big"}', '/big-1.txt': big, '/big-2.txt': big }, '1');
+    const updates: Snapshot[] = [];
+    const worker = new RepoWorker({ url: `http://127.0.0.1:${port}/repo/flb/sidecars/pod.shop.big/`, onUpdate: (s) => void updates.push(s), log });
+    const servedAtStart = await servedRequests();
+    worker.start();
+    try {
+      await until('the first snapshot', () => updates.length === 1);
+      expect(updates[0]!.files.get('/big-2.txt')!.length).toBe(big.length);
+      expect(updates[0]!.files.size).toBe(6);
+      // The manifest, _etags and the six files.
+      expect((await servedRequests()) - servedAtStart).toBe(8);
     } finally {
       await worker.stop();
     }
