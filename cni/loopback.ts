@@ -8,7 +8,7 @@
  * pure, so goldens show what `ip -batch` is given.
  */
 import { isIP } from 'node:net';
-import { canonicalIp } from '../common/contract/index.js';
+import { canonicalIp } from '../common/contract/primitives.js';
 import { ActionableError } from '../common/errors.js';
 import type { IptablesOptions } from './iptables.js';
 import { run } from './netns-run.js';

@@ -4,7 +4,7 @@
  * so that `verify` is a textual comparison and goldens read like what users see.
  */
 import ipaddr from 'ipaddr.js';
-import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/index.js';
+import { INBOUND_FORWARD_SOURCE, type Interception } from '../common/contract/interception.js';
 
 export type Family = 4 | 6;
 

@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { InterceptionSchema, parseDocument, type Interception } from '../common/contract/index.js';
+// The contract's modules one by one, not its index: every injected pod's init container loads this,
+// and the index would run the top level of every schema module (the bridge's, the catalog's...).
+import { InterceptionSchema, type Interception } from '../common/contract/interception.js';
+import { parseDocument } from '../common/contract/validate.js';
 import { ActionableError } from '../common/errors.js';
 
 /**
