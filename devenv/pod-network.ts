@@ -70,6 +70,7 @@ export class PodNetwork {
     const bridge = `${BRIDGE_PREFIX}${process.pid}`;
     // Made here rather than by the plugin on the first ADD: the host listens on the gateway before any pod exists.
     await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    await pinBridgeMac(bridge);
     await execa('ip', ['addr', 'add', `${gateway}/16`, 'dev', bridge]);
     await execa('ip', ['link', 'set', bridge, 'up']);
     mkdirSync(STATE_DIR, { recursive: true });
@@ -202,6 +203,19 @@ export async function removeStaleNetworks(): Promise<void> {
       rmSync(join(STATE_DIR, file), { force: true });
     }
   }
+}
+
+/**
+ * Sets a bridge's MAC to the one it has, so that it keeps it. A bridge whose address was never set
+ * takes the lowest MAC of its ports, and so changes as pods come and go: a pod that had resolved
+ * the gateway sends to the old MAC, the bridge takes those frames for another host's, and the pod's
+ * connections to the host (its sidecar's to the repo, its replies to probes) wait a second or two for
+ * TCP to retransmit: 7 of 100 sidecars at 5 pods/s. The CNI bridge plugin does the same on a real
+ * node when it makes the bridge; here the bridge is made before the first pod.
+ */
+export async function pinBridgeMac(bridge: string): Promise<void> {
+  const [link] = JSON.parse((await execa('ip', ['-j', 'link', 'show', 'dev', bridge])).stdout) as { address: string }[];
+  await execa('ip', ['link', 'set', 'dev', bridge, 'address', link!.address]);
 }
 
 /** A 10.N.0.0/16 that no address or route of this host overlaps (N from 200 up). */

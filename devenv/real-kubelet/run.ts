@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { cacheDir } from '../cache.js';
 import { CHECKOUT } from '../node-simulator/images.js';
+import { pinBridgeMac } from '../pod-network.js';
 import type { ControlPlaneState } from './control-plane.js';
 
 const ROOT = CHECKOUT;
@@ -293,7 +294,10 @@ async function podNetwork(): Promise<void> {
   };
   writeFileSync(join(WORK, `cni/net.d/10-${BRIDGE}.conflist`), `${JSON.stringify(conflist, null, 2)}\n`);
   // Made before the first pod so that the repo can listen on the gateway address.
-  if (!(await succeeds('ip', ['link', 'show', BRIDGE]))) await run('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
+  if (!(await succeeds('ip', ['link', 'show', BRIDGE]))) {
+    await run('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
+    await pinBridgeMac(BRIDGE);
+  }
   if (!(await run('ip', ['addr', 'show', 'dev', BRIDGE])).includes(`inet ${GATEWAY}/`)) await run('ip', ['addr', 'add', `${GATEWAY}/24`, 'dev', BRIDGE]);
   await run('ip', ['link', 'set', BRIDGE, 'up']);
 }
