@@ -17,7 +17,7 @@
 // when their pod was Ready. The schedule is kept by this process's event loop, shared with the
 // simulator: the rate achieved is printed beside the rate asked.
 // Goal (issue): injection adds under 1 s at p99.
-// Needs root. Usage: npm run bench:pod-start [-- --pods 50 --rate 5]
+// Needs root. Usage: npm run bench:pod-start [-- --pods 50 --rate 5 --rounds 3]
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
@@ -36,6 +36,13 @@ const flag = (name: string, fallback: number) => {
 };
 const podsPerKind = flag('pods', 50);
 const rate = flag('rate', 5);
+/**
+ * Rounds of --pods of each kind, a pause between them. A p99 of 50 is the slowest pod: one round's
+ * added p99 is the difference of two maxima and swung from +777 to +1,490 ms between quiet runs of
+ * the same code. The goal is judged on the p99 of all rounds' pods together; each round's is shown.
+ */
+const rounds = flag('rounds', 3);
+const ROUND_PAUSE_MS = 5000;
 const GOAL_MS = 1000;
 const LABEL = 'flb-bench';
 const KINDS = ['injected', 'plain'] as const;
@@ -46,6 +53,7 @@ const log = createLogger('bench', 'warn');
 const progress = (m: string) => process.stderr.write(`bench: ${m}\n`);
 const q = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? Number.NaN;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const signed = (ms: number) => `${ms < 0 ? '-' : '+'}${Math.abs(Math.round(ms))} ms`;
 
 /** The first moment (epoch ms) each step of a pod's start was seen. */
 interface Seen {
@@ -326,7 +334,6 @@ try {
   await sleep(2000);
   const warmup = new Set(tracked.keys());
 
-  progress(`creating ${podsPerKind} pods of each kind, alternately, ${rate} pods/s in all`);
   const loadBefore = loadavg();
   // Who used the cores while the pods started: the servers, this process (the node simulator), the containers.
   const servers = [...env.plane.processes, ...mesh.processes()];
@@ -335,16 +342,25 @@ try {
   const containersCpuBefore = reapedChildrenCpuMs();
   const intervalMs = 1000 / rate;
   const started = Date.now();
-  const creations: Promise<void>[] = [];
-  for (let i = 0; i < podsPerKind * 2; i++) {
-    await sleep(started + i * intervalMs - Date.now());
-    const kind = KINDS[i % 2]!;
-    creations.push(create(kind, `${kind}-${Math.floor(i / 2)}`).catch((error: unknown) => void progress(`creating a pod failed: ${String(error)}`)));
+  const achievedRates: number[] = [];
+  const roundOf = new Map<Tracked, number>();
+  for (let round = 0; round < rounds; round++) {
+    if (round > 0) await sleep(ROUND_PAUSE_MS);
+    progress(`round ${round + 1} of ${rounds}: ${podsPerKind} pods of each kind, alternately, ${rate} pods/s in all`);
+    const roundStarted = Date.now();
+    const creations: Promise<void>[] = [];
+    for (let i = 0; i < podsPerKind * 2; i++) {
+      await sleep(roundStarted + i * intervalMs - Date.now());
+      const kind = KINDS[i % 2]!;
+      const name = `${kind}-${round}-${Math.floor(i / 2)}`;
+      creations.push(create(kind, name).catch((error: unknown) => void progress(`creating a pod failed: ${String(error)}`)));
+      roundOf.set(tracked.get(`${NAMESPACES[kind]}/${name}`)!, round);
+    }
+    achievedRates.push((podsPerKind * 2 - 1) / ((Date.now() - roundStarted) / 1000));
+    await Promise.all(creations);
+    const allBecameReady = await allReady(2 + (round + 1) * podsPerKind * 2, 180_000);
+    if (!allBecameReady) progress(`only ${readyCount - 2} of ${(round + 1) * podsPerKind * 2} pods became Ready within 3 minutes`);
   }
-  const achievedRate = (podsPerKind * 2 - 1) / ((Date.now() - started) / 1000);
-  await Promise.all(creations);
-  const allBecameReady = await allReady(2 + podsPerKind * 2, 180_000);
-  if (!allBecameReady) progress(`only ${readyCount - 2} of ${podsPerKind * 2} pods became Ready within 3 minutes`);
 
   // The last pods' containers are reaped once killed: a moment for their exit to be counted.
   await sleep(3000);
@@ -382,34 +398,43 @@ try {
     }
     rows.push(row);
   }
-  const totals = (kind: Kind) => byKind[kind].map((s) => s.total!);
-  const added = { p50: q(totals('injected'), 0.5) - q(totals('plain'), 0.5), p99: q(totals('injected'), 0.99) - q(totals('plain'), 0.99) };
+  const totalsOf = (pods: Tracked[], kind: Kind) => pods.filter((t) => t.kind === kind).map((t) => steps(t).total!);
+  const addedOver = (pods: Tracked[]) => ({
+    p50: q(totalsOf(pods, 'injected'), 0.5) - q(totalsOf(pods, 'plain'), 0.5),
+    p99: q(totalsOf(pods, 'injected'), 0.99) - q(totalsOf(pods, 'plain'), 0.99),
+  });
+  const added = addedOver(measured);
+  const addedByRound = Array.from({ length: rounds }, (_, round) => addedOver(measured.filter((t) => roundOf.get(t) === round)));
   const totalRow = rows.find((r) => r.step === 'total')!;
   totalRow['added p50 ms'] = Math.round(added.p50);
   totalRow['added p99 ms'] = Math.round(added.p99);
   const apiSeconds = (kind: Kind) => measured.filter((t) => t.kind === kind && t.seen.apiCreateToReadyS !== undefined).map((t) => t.seen.apiCreateToReadyS!);
   const file = report(
     'pod-start',
-    `Pod start, creation to Ready: ${measured.filter((t) => t.kind === 'injected').length} injected and ${measured.filter((t) => t.kind === 'plain').length} plain pods, alternately at ${rate} pods/s (${achievedRate.toFixed(1)} achieved; load average ${loadBefore.map((l) => l.toFixed(1)).join(' ')} before)`,
+    `Pod start, creation to Ready: ${measured.filter((t) => t.kind === 'injected').length} injected and ${measured.filter((t) => t.kind === 'plain').length} plain pods in ${rounds} rounds, alternately at ${rate} pods/s (${achievedRates.map((r) => r.toFixed(1)).join(', ')} achieved; load average ${loadBefore.map((l) => l.toFixed(1)).join(' ')} before)`,
     rows,
     {
       podsPerKind,
+      rounds,
       rate,
-      achievedRate,
+      achievedRates,
       // Other work on the machine shows here: the pods' processes compete with it for the cores.
       loadAverage: { before: loadBefore, after: loadavg() },
       cpu: { phaseSeconds, byProcess: cpuRows },
-      notReady: podsPerKind * 2 - measured.length,
+      notReady: rounds * podsPerKind * 2 - measured.length,
       sidecarsThatWaitedForTheirCodebase: measured.filter((t) => t.seen.sidecarWaitedForPublish).length,
       addedMs: added,
+      addedMsByRound: addedByRound,
       goalMs: GOAL_MS,
       apiTimestampsCreateToReadyS: Object.fromEntries(KINDS.map((kind) => [kind, { p50: q(apiSeconds(kind), 0.5), p99: q(apiSeconds(kind), 0.99) }])),
-      pods: measured.map((t) => ({ kind: t.kind, name: t.name, seen: t.seen })),
+      pods: measured.map((t) => ({ kind: t.kind, name: t.name, round: roundOf.get(t)! + 1, seen: t.seen })),
     },
   );
   report('pod-start-cpu', `CPU used while the pods started (${phaseSeconds.toFixed(0)} s; ${availableParallelism()} cores)`, cpuRows);
   process.stdout.write(
-    `injection adds ${Math.round(added.p50)} ms at p50, ${Math.round(added.p99)} ms at p99: goal (p99 < ${GOAL_MS} ms) ${added.p99 < GOAL_MS ? 'met' : 'missed'}\n`,
+    `injection adds ${Math.round(added.p50)} ms at p50, ${Math.round(added.p99)} ms at p99 over the ${rounds} rounds' pods (by round: ${addedByRound
+      .map((a) => `${signed(a.p50)} p50, ${signed(a.p99)} p99`)
+      .join('; ')}): goal (p99 < ${GOAL_MS} ms) ${added.p99 < GOAL_MS ? 'met' : 'missed'}\n`,
   );
   progress(`results in ${file}`);
 } finally {
