@@ -5,6 +5,8 @@
  * modules costs more CPU than applying the rules. bin/flb.js runs `flb iptables ...` from the
  * bundle; the parser is the same one (cli.ts), so flags, help and errors are the full CLI's.
  */
+// First: before any schema is built (see there).
+import '../common/contract/zod-jitless.js';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { iptablesCommand } from './cli.js';

@@ -7,6 +7,8 @@
  * subcommand's modules cost ~8 MiB more per sidecar); the full CLI's cli.ts loads the runner from
  * it too. Either way there is one parser (cli.ts), one runner (runner.ts), one sidecar (sidecar.ts).
  */
+// First: before any schema is built (see there).
+import '../common/contract/zod-jitless.js';
 import { Command } from 'commander';
 import { runCli } from '../common/cli.js';
 import { sidecarCommands } from './cli.js';
