@@ -141,6 +141,11 @@ export class PodWorker {
     return join(this.dir, 'logs', `${container}.log`);
   }
 
+  /** The process id of a container running now (each program of the start chain execs the next: it is the app's). */
+  containerPid(container: string): number | undefined {
+    return this.containers.find((c) => c.spec.name === container)?.process?.pid;
+  }
+
   start(): void {
     this.kick();
     this.refreshTimer = setInterval(() => void this.volumes?.refresh(), 5_000);
@@ -707,7 +712,7 @@ export class PodWorker {
       this.cgroup = undefined;
       await this.context.cgroups?.removePod(cgroup);
     }
-    this.volumes?.tearDown();
+    await this.volumes?.tearDown();
     for (const dir of this.createdDirs) {
       try {
         rmdirSync(dir);

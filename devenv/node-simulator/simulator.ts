@@ -127,6 +127,12 @@ export class NodeSimulator {
     return uid ? this.workers.get(uid)?.logFile(container) : undefined;
   }
 
+  /** The process id of one container of a pod running here, while it runs. */
+  containerPid(pod: V1Pod | { uid: string }, container: string): number | undefined {
+    const uid = 'uid' in pod ? pod.uid : pod.metadata?.uid;
+    return uid ? this.workers.get(uid)?.containerPid(container) : undefined;
+  }
+
   /** `kubectl exec POD -c CONTAINER -- COMMAND`: runs in the container's namespaces as its user. */
   exec(
     namespace: string,

@@ -7,6 +7,7 @@
 // reader never sees half an update, and they are refreshed while the pod runs.
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, lstatSync, chmodSync, chownSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { CoreV1Api, V1Container, V1Pod, V1Volume, V1KeyToPath, V1DownwardAPIVolumeFile } from '@kubernetes/client-node';
 import type { Logger } from '../../common/log.js';
@@ -117,8 +118,9 @@ export class PodVolumes {
     });
   }
 
-  tearDown(): void {
-    rmSync(join(this.dir, 'volumes'), { recursive: true, force: true });
+  /** Off the event loop: the simulator's loop runs every pod's start, and a sync removal of a pod's files held it. */
+  async tearDown(): Promise<void> {
+    await rm(join(this.dir, 'volumes'), { recursive: true, force: true });
   }
 
   private async write(volume: V1Volume, path: string): Promise<void> {
