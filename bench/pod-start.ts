@@ -114,16 +114,16 @@ function podSpec(kind: Kind, name: string): V1Pod {
 }
 
 const TICK_MS = 10; // USER_HZ is 100 on Linux
+/** From a /proc/<pid>/stat text, ms: utime + stime, or with `reaped` cutime + cstime (its reaped children's). */
+function statCpuMs(stat: string, reaped = false): number {
+  const fields = stat.split(') ')[1]!.split(' ');
+  const at = reaped ? 13 : 11;
+  return (Number(fields[at]) + Number(fields[at + 1])) * TICK_MS;
+}
 /** utime + stime of a process, ms. */
-function cpuMs(pid: number | string): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
-}
+const cpuMs = (pid: number | string) => statCpuMs(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 /** The same for the children this process has reaped (the pods' containers, which are its children). */
-function reapedChildrenCpuMs(): number {
-  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[13]) + Number(fields[14])) * TICK_MS;
-}
+const reapedChildrenCpuMs = () => statCpuMs(readFileSync('/proc/self/stat', 'utf8'), true);
 
 /**
  * CPU the pod's sidecar and app processes have used so far, by the process ids the node simulator
@@ -140,8 +140,7 @@ async function containerCpu(env: DevEnvironment, pod: V1Pod): Promise<Pick<Seen,
     const pid = env.simulator.containerPid(pod, container);
     if (pid === undefined) continue;
     try {
-      const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-      found[key] = (Number(fields[11]) + Number(fields[12])) * TICK_MS;
+      found[key] = statCpuMs(await readFile(`/proc/${pid}/stat`, 'utf8'));
     } catch {
       // gone meanwhile
     }
